@@ -1,0 +1,21 @@
+//! The object kinds, one module per family, with Kubernetes field names.
+
+mod config;
+mod event;
+mod namespace;
+mod node;
+mod pod;
+mod service;
+mod workloads;
+
+pub use config::*;
+pub use event::*;
+pub use namespace::*;
+pub use node::*;
+pub use pod::*;
+pub use service::*;
+pub use workloads::*;
+
+pub(crate) fn is_false(b: &bool) -> bool {
+    !*b
+}

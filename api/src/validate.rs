@@ -1,0 +1,618 @@
+//! Validation: every problem with an object, each named by its field path, before anything is
+//! stored (`spec.replicas: must be >= 0, got -1`).
+
+use crate::error::FieldError;
+use crate::intstr::IntOrString;
+use crate::kind::Kind;
+use crate::meta::ObjectMeta;
+use crate::object::Object;
+use crate::objects::*;
+use crate::quantity::Quantity;
+use crate::selector::Selector;
+use base64::Engine as _;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+/// Collects the problems found while walking an object.
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError::new(path, message));
+    }
+
+    fn check(&mut self, path: impl Into<String>, result: Result<(), String>) {
+        if let Err(m) = result {
+            self.add(path, m);
+        }
+    }
+
+    fn min(&mut self, path: &str, value: Option<i64>, min: i64) {
+        if let Some(v) = value {
+            if v < min {
+                self.add(path, format!("must be >= {min}, got {v}"));
+            }
+        }
+    }
+
+    fn one_of(&mut self, path: &str, value: Option<&str>, allowed: &[&str]) {
+        if let Some(v) = value {
+            if !allowed.contains(&v) {
+                self.add(path, format!("must be one of {}, got {v:?}", allowed.join(", ")));
+            }
+        }
+    }
+}
+
+fn is_alnum(c: char) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit()
+}
+
+/// RFC 1123 label: at most 63 of `a-z 0-9 -`, starting and ending alphanumeric.
+pub fn check_dns1123_label(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if s.len() > 63 {
+        return Err(format!("must be no more than 63 characters, got {}", s.len()));
+    }
+    let ok = s.chars().all(|c| is_alnum(c) || c == '-')
+        && s.starts_with(is_alnum)
+        && s.ends_with(is_alnum);
+    if !ok {
+        return Err(format!(
+            "{s:?} is not a valid DNS-1123 label: lower case alphanumerics and '-', starting and ending with an alphanumeric (e.g. \"my-name\")"
+        ));
+    }
+    Ok(())
+}
+
+/// RFC 1123 subdomain: dot-separated labels, at most 253 characters.
+pub fn check_dns1123_subdomain(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if s.len() > 253 {
+        return Err(format!("must be no more than 253 characters, got {}", s.len()));
+    }
+    if s.split('.').any(|l| check_dns1123_label(l).is_err()) {
+        return Err(format!(
+            "{s:?} is not a valid DNS-1123 subdomain: lower case alphanumerics, '-' and '.', starting and ending with an alphanumeric (e.g. \"example.com\")"
+        ));
+    }
+    Ok(())
+}
+
+fn check_qualified_name_part(s: &str) -> Result<(), String> {
+    let alnum = |c: char| c.is_ascii_alphanumeric();
+    if s.is_empty() || s.len() > 63 {
+        return Err("name part must be 1 to 63 characters".into());
+    }
+    if !(s.chars().all(|c| alnum(c) || "-_.".contains(c)) && s.starts_with(alnum) && s.ends_with(alnum)) {
+        return Err(format!(
+            "{s:?}: alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric"
+        ));
+    }
+    Ok(())
+}
+
+/// A label or annotation key: `[prefix/]name`, prefix a DNS subdomain.
+pub fn check_label_key(k: &str) -> Result<(), String> {
+    match k.split_once('/') {
+        Some((prefix, name)) => {
+            check_dns1123_subdomain(prefix).map_err(|e| format!("prefix: {e}"))?;
+            check_qualified_name_part(name)
+        }
+        None => check_qualified_name_part(k),
+    }
+}
+
+/// A label value: empty, or up to 63 alphanumerics, '-', '_' or '.'.
+pub fn check_label_value(v: &str) -> Result<(), String> {
+    if v.is_empty() {
+        return Ok(());
+    }
+    check_qualified_name_part(v).map_err(|e| e.replace("name part", "value"))
+}
+
+fn check_config_key(k: &str) -> Result<(), String> {
+    if k.is_empty() || k.len() > 253 || !k.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)) {
+        return Err(format!("{k:?} must consist of alphanumerics, '-', '_' or '.'"));
+    }
+    Ok(())
+}
+
+/// Every problem with `obj`; empty when it may be stored.
+pub fn validate(obj: &Object) -> Vec<FieldError> {
+    let mut e = Errors::default();
+    let kind = obj.kind();
+    validate_meta(&mut e, kind, obj.metadata());
+    match obj {
+        Object::Namespace(_) => {}
+        Object::Node(n) => validate_node(&mut e, n),
+        Object::Pod(p) => validate_pod_spec(&mut e, "spec", &p.spec),
+        Object::ReplicaSet(rs) => {
+            e.min("spec.replicas", rs.spec.replicas.map(i64::from), 0);
+            e.min("spec.minReadySeconds", rs.spec.min_ready_seconds.map(i64::from), 0);
+            validate_controller_template(&mut e, &rs.spec.selector, &rs.spec.template, true);
+        }
+        Object::Deployment(d) => validate_deployment(&mut e, d),
+        Object::DaemonSet(ds) => {
+            validate_controller_template(&mut e, &ds.spec.selector, &ds.spec.template, true);
+            if let Some(s) = &ds.spec.update_strategy {
+                e.one_of("spec.updateStrategy.type", s.type_.as_deref(), &["RollingUpdate", "OnDelete"]);
+                if let Some(ru) = &s.rolling_update {
+                    validate_budget(&mut e, "spec.updateStrategy.rollingUpdate.maxUnavailable", ru.max_unavailable.as_ref());
+                }
+            }
+        }
+        Object::Job(j) => validate_job(&mut e, j),
+        Object::Service(s) => validate_service(&mut e, s),
+        Object::Endpoints(_) => {}
+        Object::ConfigMap(cm) => {
+            for k in cm.data.keys() {
+                e.check(format!("data[{k}]"), check_config_key(k));
+            }
+            for (k, v) in &cm.binary_data {
+                e.check(format!("binaryData[{k}]"), check_config_key(k));
+                e.check(format!("binaryData[{k}]"), check_base64(v));
+                if cm.data.contains_key(k) {
+                    e.add(format!("binaryData[{k}]"), "duplicate of a key in data");
+                }
+            }
+        }
+        Object::Secret(s) => {
+            for (k, v) in &s.data {
+                e.check(format!("data[{k}]"), check_config_key(k));
+                e.check(format!("data[{k}]"), check_base64(v));
+            }
+            for k in s.string_data.keys() {
+                e.check(format!("stringData[{k}]"), check_config_key(k));
+            }
+        }
+        Object::Event(ev) => {
+            if ev.involved_object.name.as_deref().unwrap_or("").is_empty() {
+                e.add("involvedObject.name", "required");
+            }
+        }
+    }
+    e.0
+}
+
+fn check_base64(v: &str) -> Result<(), String> {
+    base64::engine::general_purpose::STANDARD
+        .decode(v)
+        .map(|_| ())
+        .map_err(|err| format!("must be base64 ({err})"))
+}
+
+fn validate_meta(e: &mut Errors, kind: Kind, m: &ObjectMeta) {
+    if m.name.is_empty() {
+        if m.generate_name.is_empty() {
+            e.add("metadata.name", "required");
+        }
+    } else {
+        // Namespaces and Services become DNS labels; the rest may be subdomains.
+        let check = if matches!(kind, Kind::Namespace | Kind::Service) {
+            check_dns1123_label(&m.name)
+        } else {
+            check_dns1123_subdomain(&m.name)
+        };
+        e.check("metadata.name", check);
+    }
+    if let Some(ns) = &m.namespace {
+        if kind.namespaced() {
+            e.check("metadata.namespace", check_dns1123_label(ns));
+        }
+    }
+    for (k, v) in &m.labels {
+        e.check(format!("metadata.labels[{k}]"), check_label_key(k));
+        e.check(format!("metadata.labels[{k}]"), check_label_value(v));
+    }
+    for k in m.annotations.keys() {
+        e.check(format!("metadata.annotations[{k}]"), check_label_key(k));
+    }
+}
+
+fn validate_node(e: &mut Errors, n: &Node) {
+    for (i, t) in n.spec.taints.iter().enumerate() {
+        let p = format!("spec.taints[{i}]");
+        e.check(format!("{p}.key"), check_label_key(&t.key));
+        e.one_of(&format!("{p}.effect"), Some(&t.effect), &["NoSchedule", "PreferNoSchedule", "NoExecute"]);
+    }
+}
+
+fn validate_budget(e: &mut Errors, path: &str, v: Option<&IntOrString>) {
+    match v {
+        Some(IntOrString::Int(i)) if *i < 0 => e.add(path, format!("must be >= 0, got {i}")),
+        Some(s @ IntOrString::String(_)) => match s.scaled_value(100, false) {
+            Err(m) => e.add(path, m),
+            Ok(p) if !(0..=100).contains(&p) => e.add(path, format!("must be between 0% and 100%, got {s}")),
+            Ok(_) => {}
+        },
+        _ => {}
+    }
+}
+
+fn validate_deployment(e: &mut Errors, d: &Deployment) {
+    let s = &d.spec;
+    e.min("spec.replicas", s.replicas.map(i64::from), 0);
+    e.min("spec.minReadySeconds", s.min_ready_seconds.map(i64::from), 0);
+    e.min("spec.revisionHistoryLimit", s.revision_history_limit.map(i64::from), 0);
+    e.min("spec.progressDeadlineSeconds", s.progress_deadline_seconds.map(i64::from), 1);
+    if let (Some(p), Some(m)) = (s.progress_deadline_seconds, s.min_ready_seconds) {
+        if p <= m {
+            e.add("spec.progressDeadlineSeconds", format!("must be greater than minReadySeconds ({m}), got {p}"));
+        }
+    }
+    validate_controller_template(e, &s.selector, &s.template, true);
+    if let Some(st) = &s.strategy {
+        e.one_of("spec.strategy.type", st.type_.as_deref(), &["RollingUpdate", "Recreate"]);
+        if let Some(ru) = &st.rolling_update {
+            if st.type_.as_deref() == Some("Recreate") {
+                e.add("spec.strategy.rollingUpdate", "may not be specified when strategy type is 'Recreate'");
+            }
+            validate_budget(e, "spec.strategy.rollingUpdate.maxSurge", ru.max_surge.as_ref());
+            validate_budget(e, "spec.strategy.rollingUpdate.maxUnavailable", ru.max_unavailable.as_ref());
+            let zero = |v: &Option<IntOrString>| v.as_ref().is_some_and(|v| v.scaled_value(100, true) == Ok(0));
+            if zero(&ru.max_surge) && zero(&ru.max_unavailable) {
+                e.add("spec.strategy.rollingUpdate.maxUnavailable", "may not be 0 when maxSurge is 0");
+            }
+        }
+    }
+}
+
+fn validate_job(e: &mut Errors, j: &Job) {
+    let s = &j.spec;
+    e.min("spec.completions", s.completions.map(i64::from), 0);
+    e.min("spec.parallelism", s.parallelism.map(i64::from), 0);
+    e.min("spec.backoffLimit", s.backoff_limit.map(i64::from), 0);
+    e.min("spec.activeDeadlineSeconds", s.active_deadline_seconds, 1);
+    e.min("spec.ttlSecondsAfterFinished", s.ttl_seconds_after_finished.map(i64::from), 0);
+    if let Some(sel) = &s.selector {
+        validate_controller_template(e, sel, &s.template, false);
+    } else {
+        validate_pod_spec(e, "spec.template.spec", &s.template.spec);
+    }
+    match s.template.spec.restart_policy.as_deref() {
+        Some("OnFailure") | Some("Never") => {}
+        other => e.add(
+            "spec.template.spec.restartPolicy",
+            format!("must be OnFailure or Never for a Job, got {:?}", other.unwrap_or("")),
+        ),
+    }
+}
+
+fn validate_controller_template(
+    e: &mut Errors,
+    selector: &crate::selector::LabelSelector,
+    template: &PodTemplateSpec,
+    restart_always: bool,
+) {
+    if selector.is_empty() {
+        e.add("spec.selector", "required: a non-empty selector");
+    } else {
+        match Selector::from_label_selector(selector) {
+            Err(err) => e.add("spec.selector", err.to_string()),
+            Ok(sel) => {
+                if !sel.matches(&template.metadata.labels) {
+                    e.add("spec.template.metadata.labels", format!("`selector` does not match template `labels` (selector {sel})"));
+                }
+            }
+        }
+    }
+    for (k, v) in &template.metadata.labels {
+        e.check(format!("spec.template.metadata.labels[{k}]"), check_label_key(k));
+        e.check(format!("spec.template.metadata.labels[{k}]"), check_label_value(v));
+    }
+    validate_pod_spec(e, "spec.template.spec", &template.spec);
+    if restart_always {
+        if let Some(p) = template.spec.restart_policy.as_deref() {
+            if p != "Always" {
+                e.add("spec.template.spec.restartPolicy", format!("only \"Always\" is supported here, got {p:?}"));
+            }
+        }
+    }
+}
+
+fn check_port(p: i32) -> Result<(), String> {
+    if (1..=65535).contains(&p) {
+        Ok(())
+    } else {
+        Err(format!("must be between 1 and 65535, got {p}"))
+    }
+}
+
+fn check_quantity_map(e: &mut Errors, path: &str, m: &BTreeMap<String, Quantity>) {
+    for (k, q) in m {
+        if q.is_negative() {
+            e.add(format!("{path}.{k}"), format!("must be >= 0, got {q}"));
+        }
+    }
+}
+
+fn validate_probe(e: &mut Errors, path: &str, p: &Probe) {
+    let handlers = [p.http_get.is_some(), p.tcp_socket.is_some(), p.exec.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    if handlers != 1 {
+        e.add(path, "must specify exactly one of httpGet, tcpSocket, exec");
+    }
+    for (field, v, min) in [
+        ("initialDelaySeconds", p.initial_delay_seconds, 0),
+        ("periodSeconds", p.period_seconds, 1),
+        ("timeoutSeconds", p.timeout_seconds, 1),
+        ("successThreshold", p.success_threshold, 1),
+        ("failureThreshold", p.failure_threshold, 1),
+    ] {
+        e.min(&format!("{path}.{field}"), v.map(i64::from), min);
+    }
+    let port = p.http_get.as_ref().map(|h| &h.port).or(p.tcp_socket.as_ref().map(|t| &t.port));
+    match port {
+        Some(IntOrString::Int(n)) => e.check(format!("{path}.port"), check_port(*n)),
+        Some(IntOrString::String(s)) => e.check(format!("{path}.port"), check_dns1123_label(s)),
+        None => {}
+    }
+    if let Some(x) = &p.exec {
+        if x.command.is_empty() {
+            e.add(format!("{path}.exec.command"), "required");
+        }
+    }
+}
+
+fn validate_pod_spec(e: &mut Errors, path: &str, s: &PodSpec) {
+    e.one_of(&format!("{path}.restartPolicy"), s.restart_policy.as_deref(), &["Always", "OnFailure", "Never"]);
+    if let Some(rc) = &s.runtime_class_name {
+        e.one_of(&format!("{path}.runtimeClassName"), Some(rc), &["wasm", "runc"]);
+    }
+    e.min(&format!("{path}.terminationGracePeriodSeconds"), s.termination_grace_period_seconds, 0);
+    e.min(&format!("{path}.activeDeadlineSeconds"), s.active_deadline_seconds, 1);
+    for (k, v) in &s.node_selector {
+        e.check(format!("{path}.nodeSelector[{k}]"), check_label_key(k));
+        e.check(format!("{path}.nodeSelector[{k}]"), check_label_value(v));
+    }
+    for (i, t) in s.tolerations.iter().enumerate() {
+        let p = format!("{path}.tolerations[{i}]");
+        e.one_of(&format!("{p}.operator"), t.operator.as_deref(), &["Exists", "Equal"]);
+        e.one_of(&format!("{p}.effect"), t.effect.as_deref(), &["NoSchedule", "PreferNoSchedule", "NoExecute"]);
+        if t.operator.as_deref() == Some("Exists") && t.value.as_deref().is_some_and(|v| !v.is_empty()) {
+            e.add(format!("{p}.value"), "must be empty when operator is Exists");
+        }
+        if t.toleration_seconds.is_some() && t.effect.as_deref() != Some("NoExecute") {
+            e.add(format!("{p}.tolerationSeconds"), "only applies to effect NoExecute");
+        }
+    }
+    let mut volume_names = BTreeSet::new();
+    for (i, v) in s.volumes.iter().enumerate() {
+        let p = format!("{path}.volumes[{i}]");
+        e.check(format!("{p}.name"), check_dns1123_label(&v.name));
+        if !volume_names.insert(v.name.as_str()) {
+            e.add(format!("{p}.name"), format!("duplicate volume name {:?}", v.name));
+        }
+        match v.source_count() {
+            1 => {}
+            0 => e.add(&p, "must specify one volume source (emptyDir, hostPath, configMap, secret)"),
+            _ => e.add(&p, "may specify only one volume source"),
+        }
+        if let Some(h) = &v.host_path {
+            if !h.path.starts_with('/') {
+                e.add(format!("{p}.hostPath.path"), format!("must be an absolute path, got {:?}", h.path));
+            }
+        }
+        if let Some(c) = &v.config_map {
+            e.check(format!("{p}.configMap.name"), check_dns1123_subdomain(&c.name));
+        }
+        if let Some(c) = &v.secret {
+            e.check(format!("{p}.secret.secretName"), check_dns1123_subdomain(&c.secret_name));
+        }
+    }
+    if s.containers.is_empty() {
+        e.add(format!("{path}.containers"), "required: at least one container");
+    }
+    let mut names = BTreeSet::new();
+    let mut host_ports = BTreeSet::new();
+    for (i, c) in s.containers.iter().enumerate() {
+        let p = format!("{path}.containers[{i}]");
+        e.check(format!("{p}.name"), check_dns1123_label(&c.name));
+        if !names.insert(c.name.as_str()) {
+            e.add(format!("{p}.name"), format!("duplicate container name {:?}", c.name));
+        }
+        if c.image.trim().is_empty() {
+            e.add(format!("{p}.image"), "required");
+        }
+        e.one_of(&format!("{p}.imagePullPolicy"), c.image_pull_policy.as_deref(), &["Always", "IfNotPresent", "Never"]);
+        for (j, port) in c.ports.iter().enumerate() {
+            let pp = format!("{p}.ports[{j}]");
+            e.check(format!("{pp}.containerPort"), check_port(port.container_port));
+            e.one_of(&format!("{pp}.protocol"), port.protocol.as_deref(), &["TCP", "UDP", "SCTP"]);
+            if let Some(hp) = port.host_port {
+                e.check(format!("{pp}.hostPort"), check_port(hp));
+                let proto = port.protocol.clone().unwrap_or_else(|| "TCP".into());
+                if !host_ports.insert((hp, proto)) {
+                    e.add(format!("{pp}.hostPort"), format!("duplicate host port {hp}"));
+                }
+            }
+            if let Some(n) = &port.name {
+                if n.len() > 15 {
+                    e.add(format!("{pp}.name"), format!("must be no more than 15 characters, got {}", n.len()));
+                }
+                e.check(format!("{pp}.name"), check_dns1123_label(n));
+            }
+        }
+        check_quantity_map(e, &format!("{p}.resources.requests"), &c.resources.requests);
+        check_quantity_map(e, &format!("{p}.resources.limits"), &c.resources.limits);
+        for (res, req) in &c.resources.requests {
+            if let Some(lim) = c.resources.limits.get(res) {
+                if req > lim {
+                    e.add(format!("{p}.resources.requests.{res}"), format!("must be less than or equal to the {res} limit ({lim}), got {req}"));
+                }
+            }
+        }
+        for (j, env) in c.env.iter().enumerate() {
+            let ep = format!("{p}.env[{j}]");
+            if env.name.is_empty() {
+                e.add(format!("{ep}.name"), "required");
+            }
+            if let Some(from) = &env.value_from {
+                let n = [from.config_map_key_ref.is_some(), from.secret_key_ref.is_some(), from.field_ref.is_some()]
+                    .iter()
+                    .filter(|b| **b)
+                    .count();
+                if n != 1 {
+                    e.add(format!("{ep}.valueFrom"), "must specify exactly one of configMapKeyRef, secretKeyRef, fieldRef");
+                }
+                if env.value.is_some() {
+                    e.add(format!("{ep}.valueFrom"), "may not be specified when `value` is not empty");
+                }
+            }
+        }
+        for (j, m) in c.volume_mounts.iter().enumerate() {
+            let mp = format!("{p}.volumeMounts[{j}]");
+            if !volume_names.contains(m.name.as_str()) {
+                e.add(format!("{mp}.name"), format!("volume {:?} is not declared in {path}.volumes", m.name));
+            }
+            if !m.mount_path.starts_with('/') {
+                e.add(format!("{mp}.mountPath"), format!("must be an absolute path, got {:?}", m.mount_path));
+            }
+        }
+        for (field, probe) in [
+            ("livenessProbe", &c.liveness_probe),
+            ("readinessProbe", &c.readiness_probe),
+            ("startupProbe", &c.startup_probe),
+        ] {
+            if let Some(pr) = probe {
+                validate_probe(e, &format!("{p}.{field}"), pr);
+            }
+        }
+    }
+}
+
+fn validate_service(e: &mut Errors, s: &Service) {
+    let spec = &s.spec;
+    let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
+    e.one_of("spec.type", Some(ty), &["ClusterIP", "NodePort", "LoadBalancer"]);
+    if let Some(ip) = &spec.cluster_ip {
+        if ip != "None" && !ip.is_empty() && ip.parse::<IpAddr>().is_err() {
+            e.add("spec.clusterIP", format!("must be an IP address or \"None\", got {ip:?}"));
+        }
+        if ip == "None" && ty != "ClusterIP" {
+            e.add("spec.clusterIP", format!("may not be \"None\" for type {ty}"));
+        }
+    }
+    for (k, v) in &spec.selector {
+        e.check(format!("spec.selector[{k}]"), check_label_key(k));
+        e.check(format!("spec.selector[{k}]"), check_label_value(v));
+    }
+    if spec.ports.is_empty() && spec.cluster_ip.as_deref() != Some("None") {
+        e.add("spec.ports", "required: at least one port");
+    }
+    let mut names = BTreeSet::new();
+    for (i, p) in spec.ports.iter().enumerate() {
+        let pp = format!("spec.ports[{i}]");
+        e.check(format!("{pp}.port"), check_port(p.port));
+        e.one_of(&format!("{pp}.protocol"), p.protocol.as_deref(), &["TCP", "UDP"]);
+        match &p.name {
+            Some(n) => {
+                e.check(format!("{pp}.name"), check_dns1123_label(n));
+                if !names.insert(n.clone()) {
+                    e.add(format!("{pp}.name"), format!("duplicate port name {n:?}"));
+                }
+            }
+            None if spec.ports.len() > 1 => e.add(format!("{pp}.name"), "required when a Service has more than one port"),
+            None => {}
+        }
+        match &p.target_port {
+            Some(IntOrString::Int(n)) => e.check(format!("{pp}.targetPort"), check_port(*n)),
+            Some(IntOrString::String(n)) => e.check(format!("{pp}.targetPort"), check_dns1123_label(n)),
+            None => {}
+        }
+        if let Some(np) = p.node_port {
+            if ty == "ClusterIP" {
+                e.add(format!("{pp}.nodePort"), "may not be used when type is 'ClusterIP'");
+            } else if !(30000..=32767).contains(&np) {
+                e.add(format!("{pp}.nodePort"), format!("must be between 30000 and 32767, got {np}"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::parse_manifests;
+
+    fn errors_of(yaml: &str) -> Vec<String> {
+        let parsed = parse_manifests("test.yaml", yaml).expect("parses");
+        validate(&parsed[0].object).iter().map(|e| e.to_string()).collect()
+    }
+
+    const DEPLOY: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: REPLICAS
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: LABEL}}
+    spec:
+      containers:
+      - name: web
+        image: web:1
+        resources: {requests: {cpu: 250m, memory: 64Mi}, limits: {memory: 128Mi}}
+"#;
+
+    #[test]
+    fn a_good_deployment_has_no_errors() {
+        assert!(errors_of(&DEPLOY.replace("REPLICAS", "3").replace("LABEL", "web")).is_empty());
+    }
+
+    #[test]
+    fn every_problem_is_named_by_its_path() {
+        let errs = errors_of(&DEPLOY.replace("REPLICAS", "-1").replace("LABEL", "other"));
+        assert!(errs.contains(&"spec.replicas: must be >= 0, got -1".to_string()), "{errs:?}");
+        assert!(errs.iter().any(|e| e.starts_with("spec.template.metadata.labels: `selector` does not match")), "{errs:?}");
+        assert_eq!(errs.len(), 2, "{errs:?}");
+    }
+
+    #[test]
+    fn table_of_invalid_objects() {
+        let cases: &[(&str, &str)] = &[
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: Bad_Name}\nspec: {containers: [{name: a, image: x}]}", "metadata.name"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: []}", "spec.containers"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: ''}]}", "spec.containers[0].image"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {restartPolicy: Sometimes, containers: [{name: a, image: x}]}", "spec.restartPolicy"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, ports: [{containerPort: 70000}]}]}", "spec.containers[0].ports[0].containerPort"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, resources: {requests: {memory: 2Gi}, limits: {memory: 1Gi}}}]}", "spec.containers[0].resources.requests.memory"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, volumeMounts: [{name: v, mountPath: /d}]}]}", "spec.containers[0].volumeMounts[0].name"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x}, {name: a, image: y}]}", "spec.containers[1].name"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {runtimeClassName: kata, containers: [{name: a, image: x}]}", "spec.runtimeClassName"),
+            ("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {type: NodePort, ports: [{port: 80, nodePort: 80}]}", "spec.ports[0].nodePort"),
+            ("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 80}, {port: 81}]}", "spec.ports[0].name"),
+            ("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {k: '***'}", "data[k]"),
+            ("apiVersion: batch/v1\nkind: Job\nmetadata: {name: j}\nspec: {template: {spec: {containers: [{name: a, image: x}]}}}", "spec.template.spec.restartPolicy"),
+            ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {template: {metadata: {labels: {a: b}}, spec: {containers: [{name: a, image: x}]}}}", "spec.selector"),
+            ("apiVersion: v1\nkind: Namespace\nmetadata: {name: my.ns}", "metadata.name"),
+            ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, labels: {'bad key': v}}", "metadata.labels[bad key]"),
+        ];
+        for (yaml, path) in cases {
+            let errs = errors_of(yaml);
+            assert!(errs.iter().any(|e| e.starts_with(&format!("{path}:"))), "{yaml}\nexpected an error at {path}, got {errs:?}");
+        }
+    }
+
+    #[test]
+    fn names_follow_dns1123() {
+        assert!(check_dns1123_label("web-1").is_ok());
+        assert!(check_dns1123_label("-web").is_err());
+        assert!(check_dns1123_label(&"a".repeat(64)).is_err());
+        assert!(check_dns1123_subdomain("a.b-c.d").is_ok());
+        assert!(check_dns1123_subdomain("a..b").is_err());
+        assert!(check_label_key("kubernetes.io/arch").is_ok());
+        assert!(check_label_key("Kubernetes.IO/arch").is_err());
+        assert!(check_label_value("v1.2_x").is_ok());
+        assert!(check_label_value("-x").is_err());
+    }
+}
