@@ -1,1 +1,12 @@
-//! placeholder
+//! Shoal's controller: the redb store (the single source of truth), the API service that
+//! knows identities and permissions, and the QUIC server that exposes it.
+
+pub mod error;
+pub mod server;
+pub mod service;
+pub mod store;
+
+pub use error::{Error, Result};
+pub use server::{Controller, ControllerConfig};
+pub use service::Service;
+pub use store::{Change, ChangeType, Store, StoreConfig};

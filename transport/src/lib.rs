@@ -1,1 +1,15 @@
-//! placeholder
+//! Shoal's wire: QUIC (quinn + rustls, ALPN `shoal/1`) with mutual TLS, the PKI behind it (a
+//! cluster CA, node and admin certificates, join tokens that pin the CA), and the
+//! length-prefixed postcard frames every request and response travels in.
+
+pub mod credentials;
+pub mod error;
+pub mod frame;
+pub mod pki;
+pub mod proto;
+pub mod quic;
+
+pub use credentials::Credentials;
+pub use error::{Error, Result};
+pub use pki::{Ca, Identity, JoinToken};
+pub use quic::{Client, ResponseStream, Server};

@@ -1,0 +1,87 @@
+//! Sealing Secrets at rest: XChaCha20-Poly1305 with a key kept in the data dir, readable only by
+//! the controller's user (as K3s's `--secrets-encryption`).
+
+use crate::error::{Error, Result};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+const KEY_LEN: usize = 32;
+const NONCE_LEN: usize = 24;
+
+pub struct SecretCipher {
+    aead: XChaCha20Poly1305,
+}
+
+impl SecretCipher {
+    pub fn load_or_create(path: &Path) -> Result<Self> {
+        let key = match std::fs::read(path) {
+            Ok(key) => {
+                let mode = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.permissions().mode();
+                if mode & 0o077 != 0 {
+                    return Err(Error::Config(format!(
+                        "{} is readable by others (mode {:o}); run: chmod 600 {}",
+                        path.display(),
+                        mode & 0o777,
+                        path.display()
+                    )));
+                }
+                key
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut key = vec![0u8; KEY_LEN];
+                rand::rng().fill_bytes(&mut key);
+                let tmp = path.with_extension("tmp");
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .map_err(|e| Error::io(&tmp, e))?;
+                f.write_all(&key).and_then(|_| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+                std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+                key
+            }
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        if key.len() != KEY_LEN {
+            return Err(Error::Config(format!(
+                "{} holds {} bytes, expected a {KEY_LEN}-byte key",
+                path.display(),
+                key.len()
+            )));
+        }
+        let aead = XChaCha20Poly1305::new_from_slice(&key)
+            .map_err(|_| Error::Config("bad secrets key".into()))?;
+        Ok(SecretCipher { aead })
+    }
+
+    /// `nonce || ciphertext`; `aad` binds the ciphertext to the object's key.
+    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rng().fill_bytes(&mut nonce);
+        let ct = self
+            .aead
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+            .map_err(|_| Error::Crypto("sealing a secret failed".into()))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&ct);
+        Ok(out)
+    }
+
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+        if sealed.len() < NONCE_LEN {
+            return Err(Error::Crypto("sealed value is truncated".into()));
+        }
+        let (nonce, ct) = sealed.split_at(NONCE_LEN);
+        self.aead
+            .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
+            .map_err(|_| {
+                Error::Crypto("a stored secret does not decrypt: wrong secrets.key for this data dir?".into())
+            })
+    }
+}

@@ -1,0 +1,396 @@
+//! The single writer: drains queued writes into one durable transaction (group commit),
+//! stamps each change with the next revision, appends it to the change log, compacts the log,
+//! then publishes the changes to watchers and answers every writer.
+//!
+//! Each request is all-or-nothing: its ops are applied to an overlay that joins the batch only
+//! if every op succeeded, so one refused write never leaves another half done.
+
+use super::codec;
+use super::{
+    Change, ChangeType, ObjectKey, Op, SecretCipher, StoreConfig, WriteRequest, LOG, META,
+    META_COMPACTED, META_REVISION, OBJECTS,
+};
+use crate::error::{Error, Result};
+use rand::Rng;
+use redb::{Database, ReadableTable, Table};
+use shoal_api::{Kind, Namespace, Object, ObjectMeta};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::{broadcast, mpsc};
+
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct LogEntry {
+    pub type_: ChangeType,
+    pub key: String,
+    pub value: Vec<u8>,
+}
+
+/// Creates the tables and the `default` namespace on a new file; returns the current revision.
+pub(crate) fn initialize(db: &Database, cipher: &SecretCipher) -> Result<u64> {
+    let txn = db.begin_write().map_err(|e| Error::store("initialize", e))?;
+    let revision;
+    {
+        let mut objects = txn.open_table(OBJECTS).map_err(|e| Error::store("initialize", e))?;
+        let mut log = txn.open_table(LOG).map_err(|e| Error::store("initialize", e))?;
+        let mut meta = txn.open_table(META).map_err(|e| Error::store("initialize", e))?;
+        let current = read_meta(&meta, META_REVISION)?;
+        let key = ObjectKey::new(Kind::Namespace, None, "default").encode();
+        if objects.get(key.as_str()).map_err(|e| Error::store("initialize", e))?.is_none() {
+            let mut batch = Batch::new(current, &objects, cipher);
+            let mut ns = Object::Namespace(Namespace {
+                metadata: ObjectMeta {
+                    name: "default".into(),
+                    ..Default::default()
+                },
+                ..Default::default()
+            });
+            ns.normalize();
+            batch.apply_request(&[Op::Create(ns)], &now())?;
+            let Batch { overlay, log: entries, next_revision, .. } = batch;
+            flush(&mut objects, &mut log, overlay, entries)?;
+            meta.insert(META_REVISION, next_revision - 1).map_err(|e| Error::store("initialize", e))?;
+            revision = next_revision - 1;
+        } else {
+            revision = current;
+        }
+    }
+    txn.commit().map_err(|e| Error::store("initialize", e))?;
+    Ok(revision)
+}
+
+pub(crate) fn spawn(
+    db: Arc<Database>,
+    cipher: Arc<SecretCipher>,
+    config: StoreConfig,
+    mut rx: mpsc::Receiver<WriteRequest>,
+    changes: broadcast::Sender<Arc<Change>>,
+    revision: Arc<AtomicU64>,
+) -> Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("store-writer".into())
+        .spawn(move || {
+            while let Some(first) = rx.blocking_recv() {
+                let mut requests = vec![first];
+                while config.group_commit && requests.len() < config.max_batch {
+                    match rx.try_recv() {
+                        Ok(r) => requests.push(r),
+                        Err(_) => break,
+                    }
+                }
+                let ops: Vec<&[Op]> = requests.iter().map(|r| r.ops.as_slice()).collect();
+                match commit(&db, &cipher, &config, &ops) {
+                    Ok((results, new_revision)) => {
+                        revision.store(new_revision, Ordering::Release);
+                        for (req, result) in requests.into_iter().zip(results) {
+                            if let Ok(done) = &result {
+                                for c in done {
+                                    // No watcher listening is fine.
+                                    let _ = changes.send(Arc::new(c.clone()));
+                                }
+                            }
+                            let _ = req.reply.send(result);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "store commit failed");
+                        for req in requests {
+                            let _ = req.reply.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+        })
+        .map_err(|e| Error::Internal(format!("cannot start the store writer: {e}")))
+}
+
+fn read_meta(meta: &Table<&str, u64>, key: &str) -> Result<u64> {
+    Ok(meta
+        .get(key)
+        .map_err(|e| Error::store("read meta", e))?
+        .map(|v| v.value())
+        .unwrap_or(0))
+}
+
+type Results = Vec<Result<Vec<Change>>>;
+
+fn commit(
+    db: &Database,
+    cipher: &SecretCipher,
+    config: &StoreConfig,
+    requests: &[&[Op]],
+) -> Result<(Results, u64)> {
+    let txn = db.begin_write().map_err(|e| Error::store("begin write", e))?;
+    let results;
+    let new_revision;
+    {
+        let mut objects = txn.open_table(OBJECTS).map_err(|e| Error::store("open objects", e))?;
+        let mut log = txn.open_table(LOG).map_err(|e| Error::store("open log", e))?;
+        let mut meta = txn.open_table(META).map_err(|e| Error::store("open meta", e))?;
+        let current = read_meta(&meta, META_REVISION)?;
+        let now = now();
+        let mut batch = Batch::new(current, &objects, cipher);
+        results = requests
+            .iter()
+            .map(|ops| batch.apply_request(ops, &now))
+            .collect::<Vec<_>>();
+        let Batch { overlay, log: entries, next_revision, .. } = batch;
+        new_revision = next_revision - 1;
+        flush(&mut objects, &mut log, overlay, entries)?;
+        meta.insert(META_REVISION, new_revision).map_err(|e| Error::store("write meta", e))?;
+        compact(&mut log, &mut meta, new_revision, config.log_retention)?;
+    }
+    txn.commit().map_err(|e| Error::store("commit", e))?;
+    Ok((results, new_revision))
+}
+
+fn flush(
+    objects: &mut Table<&str, &[u8]>,
+    log: &mut Table<u64, &[u8]>,
+    overlay: BTreeMap<String, Option<Vec<u8>>>,
+    entries: Vec<(u64, LogEntry)>,
+) -> Result<()> {
+    for (k, v) in overlay {
+        match v {
+            Some(bytes) => objects.insert(k.as_str(), bytes.as_slice()).map(|_| ()),
+            None => objects.remove(k.as_str()).map(|_| ()),
+        }
+        .map_err(|e| Error::store("write object", e))?;
+    }
+    for (rev, entry) in entries {
+        let bytes = postcard::to_allocvec(&entry).map_err(|e| Error::Internal(e.to_string()))?;
+        log.insert(rev, bytes.as_slice()).map_err(|e| Error::store("append log", e))?;
+    }
+    Ok(())
+}
+
+/// Drops log entries older than the retention window and records how far it reaches back.
+fn compact(
+    log: &mut Table<u64, &[u8]>,
+    meta: &mut Table<&str, u64>,
+    revision: u64,
+    retention: u64,
+) -> Result<()> {
+    let floor = revision.saturating_sub(retention);
+    if floor <= read_meta(meta, META_COMPACTED)? {
+        return Ok(());
+    }
+    loop {
+        let first = log.first().map_err(|e| Error::store("compact", e))?.map(|(k, _)| k.value());
+        match first {
+            Some(k) if k <= floor => {
+                log.remove(k).map_err(|e| Error::store("compact", e))?;
+            }
+            _ => break,
+        }
+    }
+    meta.insert(META_COMPACTED, floor).map_err(|e| Error::store("compact", e))?;
+    Ok(())
+}
+
+pub(crate) fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The writes of one transaction, not yet in the file.
+struct Batch<'a> {
+    table: &'a Table<'a, &'static str, &'static [u8]>,
+    cipher: &'a SecretCipher,
+    overlay: BTreeMap<String, Option<Vec<u8>>>,
+    log: Vec<(u64, LogEntry)>,
+    next_revision: u64,
+}
+
+/// The writes of one request, joined to the batch only when all of them succeed.
+struct Pending {
+    overlay: BTreeMap<String, Option<Vec<u8>>>,
+    log: Vec<(u64, LogEntry)>,
+    changes: Vec<Change>,
+}
+
+impl<'a> Batch<'a> {
+    fn new(current: u64, table: &'a Table<'a, &'static str, &'static [u8]>, cipher: &'a SecretCipher) -> Self {
+        Batch {
+            table,
+            cipher,
+            overlay: BTreeMap::new(),
+            log: Vec::new(),
+            next_revision: current + 1,
+        }
+    }
+
+    fn apply_request(&mut self, ops: &[Op], now: &str) -> Result<Vec<Change>> {
+        let mut p = Pending {
+            overlay: BTreeMap::new(),
+            log: Vec::new(),
+            changes: Vec::new(),
+        };
+        let start = self.next_revision;
+        for op in ops {
+            if let Err(e) = self.apply(&mut p, op, now) {
+                self.next_revision = start;
+                return Err(e);
+            }
+        }
+        self.overlay.extend(p.overlay);
+        self.log.extend(p.log);
+        Ok(p.changes)
+    }
+
+    fn read(&self, p: &Pending, key: &str) -> Result<Option<Object>> {
+        let bytes = match p.overlay.get(key).or_else(|| self.overlay.get(key)) {
+            Some(v) => v.clone(),
+            None => self
+                .table
+                .get(key)
+                .map_err(|e| Error::store("read", e))?
+                .map(|v| v.value().to_vec()),
+        };
+        bytes.map(|b| codec::decode(self.cipher, key, &b)).transpose()
+    }
+
+    /// Keys under `prefix`, as the file and both overlays together see them.
+    fn keys_with_prefix(&self, p: &Pending, prefix: &str) -> Result<Vec<String>> {
+        let mut keys = std::collections::BTreeSet::new();
+        for entry in self.table.range(prefix..).map_err(|e| Error::store("scan", e))? {
+            let (k, _) = entry.map_err(|e| Error::store("scan", e))?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            keys.insert(k.value().to_string());
+        }
+        for (k, v) in self.overlay.iter().chain(p.overlay.iter()) {
+            if k.starts_with(prefix) {
+                if v.is_some() {
+                    keys.insert(k.clone());
+                } else {
+                    keys.remove(k);
+                }
+            }
+        }
+        Ok(keys.into_iter().collect())
+    }
+
+    fn record(&mut self, p: &mut Pending, type_: ChangeType, key: String, mut obj: Object) -> Result<()> {
+        let revision = self.next_revision;
+        self.next_revision += 1;
+        obj.metadata_mut().resource_version = revision.to_string();
+        let value = codec::encode(self.cipher, &key, &obj)?;
+        p.overlay.insert(key.clone(), (type_ != ChangeType::Deleted).then(|| value.clone()));
+        p.log.push((revision, LogEntry { type_, key, value }));
+        p.changes.push(Change { revision, type_, object: obj });
+        Ok(())
+    }
+
+    fn apply(&mut self, p: &mut Pending, op: &Op, now: &str) -> Result<()> {
+        match op {
+            Op::Create(obj) => {
+                let mut obj = obj.clone();
+                obj.normalize();
+                if obj.name().is_empty() {
+                    let generated = self.generate_name(p, &obj)?;
+                    obj.metadata_mut().name = generated;
+                }
+                let key = ObjectKey::of(&obj);
+                if self.read(p, &key.encode())?.is_some() {
+                    return Err(Error::AlreadyExists(key.to_string()));
+                }
+                if let Some(ns) = obj.namespace() {
+                    let ns_key = ObjectKey::new(Kind::Namespace, None, ns);
+                    match self.read(p, &ns_key.encode())? {
+                        None => return Err(Error::NotFound(ns_key.to_string())),
+                        Some(n) if n.metadata().deletion_timestamp.is_some() => {
+                            return Err(Error::Invalid(format!(
+                                "namespace {ns:?} is being deleted; nothing new may be created in it"
+                            )))
+                        }
+                        Some(_) => {}
+                    }
+                }
+                let m = obj.metadata_mut();
+                m.uid = uuid::Uuid::new_v4().to_string();
+                m.creation_timestamp = Some(now.to_string());
+                m.deletion_timestamp = None;
+                m.generation = 1;
+                self.record(p, ChangeType::Added, key.encode(), obj)
+            }
+            Op::Update { object, expected } => {
+                let mut obj = object.clone();
+                obj.normalize();
+                let key = ObjectKey::of(&obj);
+                let stored = self.existing(p, &key, *expected)?;
+                let sm = stored.metadata();
+                let generation = if stored.spec_fingerprint()? == obj.spec_fingerprint()? {
+                    sm.generation
+                } else {
+                    sm.generation + 1
+                };
+                let (uid, created, deleting) = (sm.uid.clone(), sm.creation_timestamp.clone(), sm.deletion_timestamp.clone());
+                let m = obj.metadata_mut();
+                m.uid = uid;
+                m.creation_timestamp = created;
+                m.deletion_timestamp = deleting;
+                m.generation = generation;
+                self.record(p, ChangeType::Modified, key.encode(), obj)
+            }
+            Op::UpdateStatus { object, expected } => {
+                let mut obj = object.clone();
+                obj.normalize();
+                let key = ObjectKey::of(&obj);
+                let stored = self.existing(p, &key, *expected)?;
+                let merged = stored.with_status_of(&obj).map_err(|e| Error::Internal(e.to_string()))?;
+                self.record(p, ChangeType::Modified, key.encode(), merged)
+            }
+            Op::Delete { key, expected } => {
+                let stored = self.existing(p, key, *expected)?;
+                self.record(p, ChangeType::Deleted, key.encode(), stored)
+            }
+            Op::DeleteNamespace { name } => {
+                let ns_key = ObjectKey::new(Kind::Namespace, None, name);
+                let ns = self.existing(p, &ns_key, None)?;
+                for kind in Kind::ALL.iter().filter(|k| k.namespaced()) {
+                    for key in self.keys_with_prefix(p, &ObjectKey::prefix(*kind, Some(name)))? {
+                        if let Some(obj) = self.read(p, &key)? {
+                            self.record(p, ChangeType::Deleted, key, obj)?;
+                        }
+                    }
+                }
+                self.record(p, ChangeType::Deleted, ns_key.encode(), ns)
+            }
+        }
+    }
+
+    fn existing(&self, p: &Pending, key: &ObjectKey, expected: Option<u64>) -> Result<Object> {
+        let stored = self
+            .read(p, &key.encode())?
+            .ok_or_else(|| Error::NotFound(key.to_string()))?;
+        if let Some(expected) = expected {
+            let actual = stored.metadata().revision();
+            if expected != actual {
+                return Err(Error::Conflict(format!(
+                    "{key} was modified (resourceVersion {actual}, the request expected {expected}); get it again and retry"
+                )));
+            }
+        }
+        Ok(stored)
+    }
+
+    fn generate_name(&self, p: &Pending, obj: &Object) -> Result<String> {
+        let base = &obj.metadata().generate_name;
+        let mut rng = rand::rng();
+        for _ in 0..16 {
+            let suffix: String = (0..5)
+                .map(|_| {
+                    let chars = b"bcdfghjklmnpqrstvwxz2456789";
+                    chars[rng.random_range(0..chars.len())] as char
+                })
+                .collect();
+            let name = format!("{base}{suffix}");
+            let key = ObjectKey::new(obj.kind(), obj.namespace(), &name);
+            if self.read(p, &key.encode())?.is_none() {
+                return Ok(name);
+            }
+        }
+        Err(Error::Conflict(format!("could not generate a unique name from {base:?}")))
+    }
+}

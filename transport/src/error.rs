@@ -1,0 +1,44 @@
+//! Transport errors: what went wrong on the wire, said so the user knows what to fix.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("frame of {size} bytes exceeds the {max}-byte limit")]
+    FrameTooLarge { size: usize, max: usize },
+    #[error("truncated frame: the stream ended after {got} of {expected} bytes")]
+    Truncated { got: usize, expected: usize },
+    #[error("peer speaks protocol version {peer}, this shoal speaks {ours}: upgrade the older side")]
+    Version { peer: u32, ours: u32 },
+    #[error("malformed frame: {0}")]
+    Decode(String),
+    #[error("cannot encode frame: {0}")]
+    Encode(String),
+    #[error("{0}")]
+    Token(String),
+    #[error("the controller's CA does not match the token: the token pins {expected}, the server presented {actual}")]
+    CaMismatch { expected: String, actual: String },
+    #[error("certificate: {0}")]
+    Pki(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("cannot connect to {addr}: {message}")]
+    Connect { addr: String, message: String },
+    #[error("connection: {0}")]
+    Connection(String),
+    #[error("stream: {0}")]
+    Stream(String),
+    #[error("{path}: {message}")]
+    Io { path: String, message: String },
+    #[error("{0}")]
+    Config(String),
+}
+
+impl Error {
+    pub fn io(path: &std::path::Path, e: impl std::fmt::Display) -> Self {
+        Error::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

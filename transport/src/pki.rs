@@ -1,0 +1,272 @@
+//! The cluster PKI: a CA made on the controller's first start, the server certificate, client
+//! certificates for admins and nodes, and join tokens of the form
+//! `SHOAL1::<sha256 of the CA certificate>::<secret>` that let a new node trust the CA before it
+//! has any certificate of its own (as K3s's `K10<ca-hash>::<secret>`).
+
+use crate::error::{Error, Result};
+use rand::RngCore;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::CertificateDer;
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// The organisation in a client certificate that grants admin rights.
+pub const ADMIN_ORG: &str = "shoal:admins";
+/// The organisation of node certificates; the CN is `system:node:NAME`.
+pub const NODE_ORG: &str = "shoal:nodes";
+/// The name clients verify the controller's certificate against, always among its SANs.
+pub const SERVER_NAME: &str = "shoal-controller";
+
+/// Who a connection belongs to, from its verified client certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Identity {
+    Admin(String),
+    Node(String),
+    /// No client certificate: may only join with a token.
+    Anonymous,
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::Admin(n) => write!(f, "admin {n:?}"),
+            Identity::Node(n) => write!(f, "node {n:?}"),
+            Identity::Anonymous => f.write_str("anonymous"),
+        }
+    }
+}
+
+/// Reads the identity from a client certificate the TLS layer has already verified.
+pub fn identity_of(cert: &CertificateDer<'_>) -> Identity {
+    let Ok((_, x509)) = x509_parser::parse_x509_certificate(cert) else {
+        return Identity::Anonymous;
+    };
+    let subject = x509.subject();
+    let cn = subject
+        .iter_common_name()
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .unwrap_or("");
+    let orgs: Vec<&str> = subject
+        .iter_organization()
+        .filter_map(|a| a.as_str().ok())
+        .collect();
+    if orgs.contains(&ADMIN_ORG) {
+        Identity::Admin(cn.to_string())
+    } else if orgs.contains(&NODE_ORG) {
+        cn.strip_prefix("system:node:")
+            .map(|n| Identity::Node(n.to_string()))
+            .unwrap_or(Identity::Anonymous)
+    } else {
+        Identity::Anonymous
+    }
+}
+
+/// A certificate and its private key, both PEM.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+pub struct Ca {
+    cert_der: CertificateDer<'static>,
+    cert_pem: String,
+    key: KeyPair,
+}
+
+fn pki_err(what: &str) -> impl Fn(rcgen::Error) -> Error + '_ {
+    move |e| Error::Pki(format!("{what}: {e}"))
+}
+
+/// Writes `data` to `path` atomically, readable only by its owner.
+pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(data).and_then(|_| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+pub fn pem_to_der(pem: &str) -> Result<CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| Error::Pki(format!("bad certificate PEM: {e}")))
+}
+
+impl Ca {
+    /// Loads `DIR/ca.crt` + `DIR/ca.key`, or makes a new CA there.
+    pub fn load_or_create(dir: &Path) -> Result<Ca> {
+        let (crt, key) = (dir.join("ca.crt"), dir.join("ca.key"));
+        if crt.exists() {
+            let cert_pem = std::fs::read_to_string(&crt).map_err(|e| Error::io(&crt, e))?;
+            let key_pem = std::fs::read_to_string(&key).map_err(|e| Error::io(&key, e))?;
+            let key = KeyPair::from_pem(&key_pem).map_err(pki_err("ca.key"))?;
+            let cert_der = pem_to_der(&cert_pem)?;
+            return Ok(Ca { cert_der, cert_pem, key });
+        }
+        let key_pair = KeyPair::generate().map_err(pki_err("generating the CA key"))?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "shoal-ca");
+        dn.push(DnType::OrganizationName, "shoal");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+        let cert = params.self_signed(&key_pair).map_err(pki_err("signing the CA"))?;
+        write_private(&key, key_pair.serialize_pem().as_bytes())?;
+        std::fs::write(&crt, cert.pem()).map_err(|e| Error::io(&crt, e))?;
+        Ok(Ca {
+            cert_der: cert.der().clone(),
+            cert_pem: cert.pem(),
+            key: key_pair,
+        })
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert_der
+    }
+
+    /// The hash a join token pins: sha256 of the CA certificate, hex.
+    pub fn hash(&self) -> String {
+        ca_hash(&self.cert_der)
+    }
+
+    fn issue(&self, params: CertificateParams) -> Result<Issued> {
+        let key = KeyPair::generate().map_err(pki_err("generating a key"))?;
+        let issuer = Issuer::from_ca_cert_der(&self.cert_der, &self.key).map_err(pki_err("loading the CA"))?;
+        let cert = params.signed_by(&key, &issuer).map_err(pki_err("signing"))?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// The controller's serving certificate, for `SERVER_NAME`, localhost and `sans`.
+    pub fn issue_server(&self, sans: &[String]) -> Result<Issued> {
+        let mut names = vec![SERVER_NAME.to_string(), "localhost".to_string()];
+        names.extend(sans.iter().cloned());
+        names.sort();
+        names.dedup();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = names
+            .iter()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => n
+                    .clone()
+                    .try_into()
+                    .map(SanType::DnsName)
+                    .map_err(|_| Error::Pki(format!("--tls-san {n:?} is neither an IP address nor a DNS name"))),
+            })
+            .collect::<Result<_>>()?;
+        params.distinguished_name.push(DnType::CommonName, SERVER_NAME);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+        self.issue(params)
+    }
+
+    /// A client certificate: `organization` decides what the holder may do.
+    pub fn issue_client(&self, common_name: &str, organization: &str) -> Result<Issued> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.distinguished_name.push(DnType::OrganizationName, organization);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+        self.issue(params)
+    }
+}
+
+pub fn ca_hash(der: &[u8]) -> String {
+    hex::encode(Sha256::digest(der))
+}
+
+/// `SHOAL1::<ca-hash>::<secret>`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinToken {
+    pub ca_hash: String,
+    pub secret: String,
+}
+
+impl JoinToken {
+    pub fn new(ca_hash: String) -> Self {
+        let mut bytes = [0u8; 16];
+        rand::rng().fill_bytes(&mut bytes);
+        JoinToken {
+            ca_hash,
+            secret: hex::encode(bytes),
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = |why: &str| Error::Token(format!("invalid join token: {why} (expected SHOAL1::<ca-hash>::<secret>)"));
+        let mut parts = s.trim().split("::");
+        if parts.next() != Some("SHOAL1") {
+            return Err(bad("it does not start with SHOAL1::"));
+        }
+        let ca_hash = parts.next().ok_or_else(|| bad("no CA hash"))?.to_ascii_lowercase();
+        if ca_hash.len() != 64 || !ca_hash.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(bad("the CA hash is not 64 hex digits"));
+        }
+        let secret = parts.next().filter(|s| !s.is_empty()).ok_or_else(|| bad("no secret"))?.to_string();
+        if parts.next().is_some() {
+            return Err(bad("too many parts"));
+        }
+        Ok(JoinToken { ca_hash, secret })
+    }
+}
+
+impl std::fmt::Display for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SHOAL1::{}::{}", self.ca_hash, self.secret)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_parse_and_print() {
+        let t = JoinToken::new("a".repeat(64));
+        assert_eq!(JoinToken::parse(&t.to_string()).unwrap(), t);
+        for bad in ["", "K10abc::x", "SHOAL1::abc::x", &format!("SHOAL1::{}::", "a".repeat(64))] {
+            assert!(JoinToken::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn identities_come_from_the_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(dir.path()).unwrap();
+        let admin = ca.issue_client("admin", ADMIN_ORG).unwrap();
+        let node = ca.issue_client("system:node:pi-1", NODE_ORG).unwrap();
+        let other = ca.issue_client("mallory", "elsewhere").unwrap();
+        assert_eq!(identity_of(&pem_to_der(&admin.cert_pem).unwrap()), Identity::Admin("admin".into()));
+        assert_eq!(identity_of(&pem_to_der(&node.cert_pem).unwrap()), Identity::Node("pi-1".into()));
+        assert_eq!(identity_of(&pem_to_der(&other.cert_pem).unwrap()), Identity::Anonymous);
+        // Loading again gives the same CA.
+        assert_eq!(Ca::load_or_create(dir.path()).unwrap().hash(), ca.hash());
+    }
+}

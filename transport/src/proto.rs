@@ -1,0 +1,81 @@
+//! The requests and responses of Shoal's API, as they travel in frames. Objects ride inside as
+//! JSON bytes (self-describing, so object fields can grow without a protocol version bump).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Create or update each object, like `kubectl apply`.
+    Apply { objects: Vec<Vec<u8>> },
+    Get { kind: String, namespace: Option<String>, name: String },
+    /// `namespace: None` lists across all namespaces.
+    List { kind: String, namespace: Option<String>, selector: String },
+    /// Every change after `revision`, as a stream of [`Response::Event`].
+    Watch { kind: String, namespace: Option<String>, selector: String, revision: u64 },
+    Delete { kind: String, namespace: Option<String>, name: String },
+    DeleteSelected { kind: String, namespace: Option<String>, selector: String },
+    /// A new join token for agents.
+    CreateToken { description: String },
+    /// Who the server takes this connection for.
+    WhoAmI,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApplyResult {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyOutcome {
+    /// `deployment.apps/web`
+    pub reference: String,
+    pub namespace: Option<String>,
+    pub result: ApplyResult,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Applied(Vec<ApplyOutcome>),
+    Object(Vec<u8>),
+    List { items: Vec<Vec<u8>>, revision: u64 },
+    Event { type_: EventType, revision: u64, object: Vec<u8> },
+    Deleted(Vec<String>),
+    Token(String),
+    Identity(String),
+    Error(WireError),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    NotFound,
+    AlreadyExists,
+    Conflict,
+    Invalid,
+    Compacted,
+    Unauthenticated,
+    Forbidden,
+    BadRequest,
+    Internal,
+}
+
+/// An error as the client sees it: a code to act on and a message that says what to fix.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}

@@ -1,0 +1,312 @@
+//! QUIC endpoints with mutual TLS. Every request runs on its own bidirectional stream: the
+//! client writes one request frame and finishes its side; the server answers with one or more
+//! response frames (a watch streams many) and finishes.
+
+use crate::credentials::Credentials;
+use crate::error::{Error, Result};
+use crate::frame;
+use crate::pki::{ca_hash, identity_of, pem_to_der, Identity, Issued, JoinToken, SERVER_NAME};
+use crate::proto::{Request, Response};
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const ALPN: &[u8] = b"shoal/1";
+/// Silence after which a peer is taken for gone.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+pub const KEEP_ALIVE: Duration = Duration::from_secs(3);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn transport_config(max_streams: u32) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(KEEP_ALIVE));
+    t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("15 s is a valid idle timeout")));
+    t.max_concurrent_bidi_streams(max_streams.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    Arc::new(t)
+}
+
+fn tls(e: impl std::fmt::Display) -> Error {
+    Error::Tls(e.to_string())
+}
+
+fn private_key(pem: &str) -> Result<PrivateKeyDer<'static>> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| Error::Pki(format!("bad private key PEM: {e}")))
+}
+
+fn roots(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.clone()).map_err(tls)?;
+    Ok(Arc::new(roots))
+}
+
+/// The controller's listening endpoint.
+pub struct Server {
+    endpoint: Endpoint,
+}
+
+impl Server {
+    pub fn bind(listen: SocketAddr, ca_pem: &str, server: &Issued) -> Result<Server> {
+        let ca = pem_to_der(ca_pem)?;
+        let chain = vec![pem_to_der(&server.cert_pem)?, ca.clone()];
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots(&ca)?, provider())
+            // Anonymous connections are let through the handshake so that a new node can
+            // join with a token; the API refuses them everything else.
+            .allow_unauthenticated()
+            .build()
+            .map_err(tls)?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, private_key(&server.key_pem)?)
+            .map_err(tls)?;
+        cfg.alpn_protocols = vec![ALPN.to_vec()];
+        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(tls)?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        config.transport_config(transport_config(1024));
+        let endpoint = Endpoint::server(config, listen).map_err(|e| Error::Connect {
+            addr: listen.to_string(),
+            message: format!("cannot listen: {e}"),
+        })?;
+        Ok(Server { endpoint })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.endpoint.local_addr().map_err(|e| Error::Connection(e.to_string()))
+    }
+
+    /// The next incoming connection, after its handshake; `None` once closed.
+    pub async fn accept(&self) -> Option<quinn::Incoming> {
+        self.endpoint.accept().await
+    }
+
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"controller shutting down");
+    }
+}
+
+/// The identity a connection proved with its client certificate.
+pub fn peer_identity(conn: &Connection) -> Identity {
+    conn.peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|certs| certs.first().map(identity_of))
+        .unwrap_or(Identity::Anonymous)
+}
+
+/// Reads the request of a server-side stream.
+pub async fn read_request(recv: &mut RecvStream) -> Result<Request> {
+    frame::read(recv, frame::MAX_FRAME)
+        .await?
+        .ok_or_else(|| Error::Stream("the stream ended before a request".into()))
+}
+
+pub async fn send_response(send: &mut SendStream, response: &Response) -> Result<()> {
+    frame::write(send, response).await
+}
+
+/// A client connection to the controller.
+pub struct Client {
+    endpoint: Endpoint,
+    conn: Connection,
+}
+
+async fn resolve(server: &str) -> Result<SocketAddr> {
+    let connect = |message: String| Error::Connect {
+        addr: server.to_string(),
+        message,
+    };
+    tokio::net::lookup_host(server)
+        .await
+        .map_err(|e| connect(format!("cannot resolve: {e}")))?
+        .next()
+        .ok_or_else(|| connect("the name resolves to no address".into()))
+}
+
+impl Client {
+    /// Connects with the client certificate from `creds` (mutual TLS).
+    pub async fn connect(creds: &Credentials) -> Result<Client> {
+        let ca = pem_to_der(&creds.certificate_authority)?;
+        let certs = vec![pem_to_der(&creds.client_certificate)?];
+        let cfg = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls)?
+            .with_root_certificates(roots(&ca)?)
+            .with_client_auth_cert(certs, private_key(&creds.client_key)?)
+            .map_err(tls)?;
+        Client::connect_with(&creds.server, cfg, None).await
+    }
+
+    /// Connects with no client certificate, trusting the server only if its CA hashes to what
+    /// the join token pins.
+    pub async fn connect_with_token(server: &str, token: &JoinToken) -> Result<Client> {
+        let verifier = Arc::new(PinnedCa {
+            expected: token.ca_hash.clone(),
+            mismatch: Mutex::new(None),
+            provider: provider(),
+        });
+        let cfg = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls)?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier.clone())
+            .with_no_client_auth();
+        Client::connect_with(server, cfg, Some(verifier)).await
+    }
+
+    /// A connection without any client certificate, verifying the server with `ca_pem`.
+    pub async fn connect_anonymous(server: &str, ca_pem: &str) -> Result<Client> {
+        let ca = pem_to_der(ca_pem)?;
+        let cfg = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls)?
+            .with_root_certificates(roots(&ca)?)
+            .with_no_client_auth();
+        Client::connect_with(server, cfg, None).await
+    }
+
+    async fn connect_with(server: &str, mut cfg: rustls::ClientConfig, pinned: Option<Arc<PinnedCa>>) -> Result<Client> {
+        cfg.alpn_protocols = vec![ALPN.to_vec()];
+        let addr = resolve(server).await?;
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).map_err(tls)?;
+        let mut config = quinn::ClientConfig::new(Arc::new(quic));
+        config.transport_config(transport_config(64));
+        let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+            .parse()
+            .expect("a literal socket address");
+        let mut endpoint = Endpoint::client(bind).map_err(|e| Error::Connect {
+            addr: server.to_string(),
+            message: format!("cannot open a UDP socket: {e}"),
+        })?;
+        endpoint.set_default_client_config(config);
+        let connect_err = |message: String| Error::Connect {
+            addr: server.to_string(),
+            message,
+        };
+        let connecting = endpoint
+            .connect(addr, SERVER_NAME)
+            .map_err(|e| connect_err(e.to_string()))?;
+        let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Err(_) => return Err(connect_err(format!("no answer within {CONNECT_TIMEOUT:?}: is the controller running and reachable over UDP?"))),
+            Ok(Err(e)) => {
+                if let Some((expected, actual)) = pinned.and_then(|p| p.mismatch.lock().ok().and_then(|m| m.clone())) {
+                    return Err(Error::CaMismatch { expected, actual });
+                }
+                return Err(connect_err(e.to_string()));
+            }
+            Ok(Ok(conn)) => conn,
+        };
+        Ok(Client { endpoint, conn })
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Sends `req` and returns the single response.
+    pub async fn call(&self, req: &Request) -> Result<Response> {
+        let mut s = self.stream(req).await?;
+        s.next()
+            .await?
+            .ok_or_else(|| Error::Stream("the server closed the stream without answering".into()))
+    }
+
+    /// Sends `req` and returns the stream of responses (for watches and logs).
+    pub async fn stream(&self, req: &Request) -> Result<ResponseStream> {
+        let (mut send, recv) = self.conn.open_bi().await.map_err(|e| Error::Connection(e.to_string()))?;
+        frame::write(&mut send, req).await?;
+        send.finish().map_err(|e| Error::Stream(e.to_string()))?;
+        Ok(ResponseStream { recv, _send: send })
+    }
+
+    pub async fn close(self) {
+        self.conn.close(0u32.into(), b"done");
+        self.endpoint.wait_idle().await;
+    }
+}
+
+pub struct ResponseStream {
+    recv: RecvStream,
+    _send: SendStream,
+}
+
+impl ResponseStream {
+    /// The next response; `None` when the server finished the stream.
+    pub async fn next(&mut self) -> Result<Option<Response>> {
+        frame::read(&mut self.recv, frame::MAX_FRAME).await
+    }
+}
+
+/// Trusts a server whose chain ends in a CA whose hash the join token pins, then verifies the
+/// server certificate against that CA as usual.
+#[derive(Debug)]
+struct PinnedCa {
+    expected: String,
+    mismatch: Mutex<Option<(String, String)>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .last()
+            .ok_or_else(|| rustls::Error::General("the server sent no CA certificate".into()))?;
+        let actual = ca_hash(ca);
+        if actual != self.expected {
+            if let Ok(mut m) = self.mismatch.lock() {
+                *m = Some((self.expected.clone(), actual.clone()));
+            }
+            return Err(rustls::Error::General(format!(
+                "CA hash mismatch: token pins {}, server has {actual}",
+                self.expected
+            )));
+        }
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        inner.verify_server_cert(end_entity, &intermediates[..intermediates.len() - 1], server_name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
