@@ -1,1 +1,85 @@
-fn main() {}
+//! `shoal`: the controller, the agent and the command-line client in one binary. This file only
+//! parses flags; each verb lives in `cmd/` and calls into the crates.
+
+mod client;
+mod cmd;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "shoal",
+    version,
+    about = "A lightweight orchestrator for fleets of edge devices"
+)]
+struct Cli {
+    /// Log filter for the controller and agent (e.g. `info`, `shoal_controller=debug`).
+    #[arg(long, global = true, env = "SHOAL_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct ClientArgs {
+    /// Credential file (like a kubeconfig). Default: DATA_DIR/admin.conf of the default data dir.
+    #[arg(long, global = true, env = "SHOAL_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller: the store, the API and the scheduler.
+    Controller(cmd::controller::Args),
+    /// Run a whole cluster in one process (controller and local agent), the way to start.
+    Up(cmd::up::Args),
+    /// Create or update objects from manifests (YAML or JSON; files, directories or -).
+    Apply(cmd::apply::Args),
+    /// List objects, or show some by name.
+    Get(cmd::get::Args),
+    /// Show an object in detail, with its events.
+    Describe(cmd::describe::Args),
+    /// Delete objects by name, by selector or from manifests.
+    Delete(cmd::delete::Args),
+    /// Manage join tokens for agents.
+    Token(cmd::token::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Controller(a) => cmd::controller::run(a).await,
+            Command::Up(a) => cmd::up::run(a).await,
+            Command::Apply(a) => cmd::apply::run(a).await,
+            Command::Get(a) => cmd::get::run(a).await,
+            Command::Describe(a) => cmd::describe::run(a).await,
+            Command::Delete(a) => cmd::delete::run(a).await,
+            Command::Token(a) => cmd::token::run(a).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

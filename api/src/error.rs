@@ -28,7 +28,10 @@ impl fmt::Display for FieldError {
 pub enum Error {
     /// The text is not YAML/JSON at all; the message carries the line and column.
     #[error("{source_name}: {message}")]
-    Syntax { source_name: String, message: String },
+    Syntax {
+        source_name: String,
+        message: String,
+    },
     /// A document is well-formed but does not fit the schema of its kind.
     #[error("{source_name}: document {document}{what}: {message}")]
     Schema {

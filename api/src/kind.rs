@@ -29,18 +29,102 @@ struct KindInfo {
 }
 
 const KINDS: &[KindInfo] = &[
-    KindInfo { kind: Kind::Namespace, name: "Namespace", plural: "namespaces", short: &["ns"], api_version: "v1", namespaced: false },
-    KindInfo { kind: Kind::Node, name: "Node", plural: "nodes", short: &["no"], api_version: "v1", namespaced: false },
-    KindInfo { kind: Kind::Pod, name: "Pod", plural: "pods", short: &["po"], api_version: "v1", namespaced: true },
-    KindInfo { kind: Kind::ReplicaSet, name: "ReplicaSet", plural: "replicasets", short: &["rs"], api_version: "apps/v1", namespaced: true },
-    KindInfo { kind: Kind::Deployment, name: "Deployment", plural: "deployments", short: &["deploy"], api_version: "apps/v1", namespaced: true },
-    KindInfo { kind: Kind::DaemonSet, name: "DaemonSet", plural: "daemonsets", short: &["ds"], api_version: "apps/v1", namespaced: true },
-    KindInfo { kind: Kind::Job, name: "Job", plural: "jobs", short: &[], api_version: "batch/v1", namespaced: true },
-    KindInfo { kind: Kind::Service, name: "Service", plural: "services", short: &["svc"], api_version: "v1", namespaced: true },
-    KindInfo { kind: Kind::Endpoints, name: "Endpoints", plural: "endpoints", short: &["ep"], api_version: "v1", namespaced: true },
-    KindInfo { kind: Kind::ConfigMap, name: "ConfigMap", plural: "configmaps", short: &["cm"], api_version: "v1", namespaced: true },
-    KindInfo { kind: Kind::Secret, name: "Secret", plural: "secrets", short: &[], api_version: "v1", namespaced: true },
-    KindInfo { kind: Kind::Event, name: "Event", plural: "events", short: &["ev"], api_version: "v1", namespaced: true },
+    KindInfo {
+        kind: Kind::Namespace,
+        name: "Namespace",
+        plural: "namespaces",
+        short: &["ns"],
+        api_version: "v1",
+        namespaced: false,
+    },
+    KindInfo {
+        kind: Kind::Node,
+        name: "Node",
+        plural: "nodes",
+        short: &["no"],
+        api_version: "v1",
+        namespaced: false,
+    },
+    KindInfo {
+        kind: Kind::Pod,
+        name: "Pod",
+        plural: "pods",
+        short: &["po"],
+        api_version: "v1",
+        namespaced: true,
+    },
+    KindInfo {
+        kind: Kind::ReplicaSet,
+        name: "ReplicaSet",
+        plural: "replicasets",
+        short: &["rs"],
+        api_version: "apps/v1",
+        namespaced: true,
+    },
+    KindInfo {
+        kind: Kind::Deployment,
+        name: "Deployment",
+        plural: "deployments",
+        short: &["deploy"],
+        api_version: "apps/v1",
+        namespaced: true,
+    },
+    KindInfo {
+        kind: Kind::DaemonSet,
+        name: "DaemonSet",
+        plural: "daemonsets",
+        short: &["ds"],
+        api_version: "apps/v1",
+        namespaced: true,
+    },
+    KindInfo {
+        kind: Kind::Job,
+        name: "Job",
+        plural: "jobs",
+        short: &[],
+        api_version: "batch/v1",
+        namespaced: true,
+    },
+    KindInfo {
+        kind: Kind::Service,
+        name: "Service",
+        plural: "services",
+        short: &["svc"],
+        api_version: "v1",
+        namespaced: true,
+    },
+    KindInfo {
+        kind: Kind::Endpoints,
+        name: "Endpoints",
+        plural: "endpoints",
+        short: &["ep"],
+        api_version: "v1",
+        namespaced: true,
+    },
+    KindInfo {
+        kind: Kind::ConfigMap,
+        name: "ConfigMap",
+        plural: "configmaps",
+        short: &["cm"],
+        api_version: "v1",
+        namespaced: true,
+    },
+    KindInfo {
+        kind: Kind::Secret,
+        name: "Secret",
+        plural: "secrets",
+        short: &[],
+        api_version: "v1",
+        namespaced: true,
+    },
+    KindInfo {
+        kind: Kind::Event,
+        name: "Event",
+        plural: "events",
+        short: &["ev"],
+        api_version: "v1",
+        namespaced: true,
+    },
 ];
 
 impl Kind {
@@ -61,7 +145,10 @@ impl Kind {
 
     fn info(self) -> &'static KindInfo {
         // KINDS lists every variant; the lookup cannot miss.
-        KINDS.iter().find(|i| i.kind == self).expect("every kind is listed")
+        KINDS
+            .iter()
+            .find(|i| i.kind == self)
+            .expect("every kind is listed")
     }
 
     /// `Deployment`
@@ -121,7 +208,11 @@ impl FromStr for Kind {
             .ok_or_else(|| {
                 crate::Error::UnknownKind(format!(
                     "the server doesn't have a resource type {s:?} (known: {})",
-                    KINDS.iter().map(|i| i.plural).collect::<Vec<_>>().join(", ")
+                    KINDS
+                        .iter()
+                        .map(|i| i.plural)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ))
             })
     }

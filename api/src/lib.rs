@@ -12,6 +12,7 @@ pub mod object;
 pub mod objects;
 pub mod quantity;
 pub mod selector;
+pub mod table;
 pub mod validate;
 
 pub use error::{Error, FieldError, Result};

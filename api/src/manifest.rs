@@ -69,7 +69,12 @@ fn decode_document(
     if kind_name == "List" {
         let items = match value.get("items") {
             Some(serde_yaml::Value::Sequence(items)) => items.clone(),
-            _ => return Err(schema(what, "items: a List needs a sequence of items".into())),
+            _ => {
+                return Err(schema(
+                    what,
+                    "items: a List needs a sequence of items".into(),
+                ))
+            }
         };
         for item in items {
             decode_document(source_name, document, item, out)?;
@@ -85,7 +90,10 @@ fn decode_document(
             ),
         )
     })?;
-    let api_version = value.get("apiVersion").and_then(|v| v.as_str()).unwrap_or("");
+    let api_version = value
+        .get("apiVersion")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
     if !kind.accepts_api_version(api_version) {
         return Err(schema(
             what,
@@ -99,8 +107,10 @@ fn decode_document(
     let mut track = serde_path_to_error::Track::new();
     let mut record = |path: serde_ignored::Path<'_>| unknown_fields.push(path.to_string());
     let ignoring = serde_ignored::Deserializer::new(value, &mut record);
-    let decoded =
-        Object::deserialize_as(kind, serde_path_to_error::Deserializer::new(ignoring, &mut track));
+    let decoded = Object::deserialize_as(
+        kind,
+        serde_path_to_error::Deserializer::new(ignoring, &mut track),
+    );
     let object = decoded.map_err(|e| schema(what, format!("{}: {e}", track.path())))?;
     out.push(Parsed {
         object,
@@ -109,7 +119,6 @@ fn decode_document(
     });
     Ok(())
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -137,7 +146,10 @@ mod tests {
     fn schema_errors_carry_the_field_path() {
         let text = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: three\n";
         let err = parse_manifests("d.yaml", text).unwrap_err().to_string();
-        assert!(err.contains("document 1 (Deployment web): spec.replicas: invalid type"), "{err}");
+        assert!(
+            err.contains("document 1 (Deployment web): spec.replicas: invalid type"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -146,10 +158,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown kind \"Widget\""), "{err}");
-        let err = parse_manifests("x", "apiVersion: v1\nkind: Deployment\nmetadata: {name: a}\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("apiVersion: Deployment is served as \"apps/v1\""), "{err}");
+        let err = parse_manifests(
+            "x",
+            "apiVersion: v1\nkind: Deployment\nmetadata: {name: a}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("apiVersion: Deployment is served as \"apps/v1\""),
+            "{err}"
+        );
     }
 
     #[test]
@@ -158,7 +176,10 @@ mod tests {
         let parsed = parse_manifests("p.yaml", text).unwrap();
         assert_eq!(
             parsed[0].unknown_fields,
-            vec!["spec.affinity".to_string(), "spec.containers.0.stdin".to_string()]
+            vec![
+                "spec.affinity".to_string(),
+                "spec.containers.0.stdin".to_string()
+            ]
         );
     }
 
@@ -166,6 +187,9 @@ mod tests {
     fn a_list_expands_into_its_items() {
         let text = "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: a}}\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: b}}\n";
         let parsed = parse_manifests("l.yaml", text).unwrap();
-        assert_eq!(parsed.iter().map(|p| p.object.name()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            parsed.iter().map(|p| p.object.name()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
     }
 }

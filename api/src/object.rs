@@ -136,7 +136,12 @@ impl Object {
             .split_once('/')
             .map(|(g, _)| format!(".{g}"))
             .unwrap_or_default();
-        format!("{}{}/{}", kind.name().to_ascii_lowercase(), group, self.name())
+        format!(
+            "{}{}/{}",
+            kind.name().to_ascii_lowercase(),
+            group,
+            self.name()
+        )
     }
 
     pub fn into_typed<T: TryFrom<Object, Error = Error>>(self) -> Result<T> {

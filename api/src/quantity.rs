@@ -224,8 +224,21 @@ mod tests {
 
     #[test]
     fn rejects_what_kubernetes_rejects() {
-        for bad in ["", "abc", "1Xi", "1.2.3", ".", "1 Mi", "Mi", "1e", "99999999999999999999999999999999Ei"] {
-            assert!(bad.parse::<Quantity>().is_err(), "{bad:?} should be rejected");
+        for bad in [
+            "",
+            "abc",
+            "1Xi",
+            "1.2.3",
+            ".",
+            "1 Mi",
+            "Mi",
+            "1e",
+            "99999999999999999999999999999999Ei",
+        ] {
+            assert!(
+                bad.parse::<Quantity>().is_err(),
+                "{bad:?} should be rejected"
+            );
         }
     }
 

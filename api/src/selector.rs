@@ -48,7 +48,9 @@ impl Requirement {
         let value = labels.get(&self.key);
         match self.op {
             Operator::Equals | Operator::In => value.is_some_and(|v| self.values.contains(v)),
-            Operator::NotEquals | Operator::NotIn => !value.is_some_and(|v| self.values.contains(v)),
+            Operator::NotEquals | Operator::NotIn => {
+                !value.is_some_and(|v| self.values.contains(v))
+            }
             Operator::Exists => value.is_some(),
             Operator::DoesNotExist => value.is_none(),
         }

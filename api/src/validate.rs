@@ -39,7 +39,10 @@ impl Errors {
     fn one_of(&mut self, path: &str, value: Option<&str>, allowed: &[&str]) {
         if let Some(v) = value {
             if !allowed.contains(&v) {
-                self.add(path, format!("must be one of {}, got {v:?}", allowed.join(", ")));
+                self.add(
+                    path,
+                    format!("must be one of {}, got {v:?}", allowed.join(", ")),
+                );
             }
         }
     }
@@ -55,7 +58,10 @@ pub fn check_dns1123_label(s: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     if s.len() > 63 {
-        return Err(format!("must be no more than 63 characters, got {}", s.len()));
+        return Err(format!(
+            "must be no more than 63 characters, got {}",
+            s.len()
+        ));
     }
     let ok = s.chars().all(|c| is_alnum(c) || c == '-')
         && s.starts_with(is_alnum)
@@ -74,7 +80,10 @@ pub fn check_dns1123_subdomain(s: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     if s.len() > 253 {
-        return Err(format!("must be no more than 253 characters, got {}", s.len()));
+        return Err(format!(
+            "must be no more than 253 characters, got {}",
+            s.len()
+        ));
     }
     if s.split('.').any(|l| check_dns1123_label(l).is_err()) {
         return Err(format!(
@@ -89,7 +98,10 @@ fn check_qualified_name_part(s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > 63 {
         return Err("name part must be 1 to 63 characters".into());
     }
-    if !(s.chars().all(|c| alnum(c) || "-_.".contains(c)) && s.starts_with(alnum) && s.ends_with(alnum)) {
+    if !(s.chars().all(|c| alnum(c) || "-_.".contains(c))
+        && s.starts_with(alnum)
+        && s.ends_with(alnum))
+    {
         return Err(format!(
             "{s:?}: alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric"
         ));
@@ -117,8 +129,15 @@ pub fn check_label_value(v: &str) -> Result<(), String> {
 }
 
 fn check_config_key(k: &str) -> Result<(), String> {
-    if k.is_empty() || k.len() > 253 || !k.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)) {
-        return Err(format!("{k:?} must consist of alphanumerics, '-', '_' or '.'"));
+    if k.is_empty()
+        || k.len() > 253
+        || !k
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+    {
+        return Err(format!(
+            "{k:?} must consist of alphanumerics, '-', '_' or '.'"
+        ));
     }
     Ok(())
 }
@@ -134,16 +153,28 @@ pub fn validate(obj: &Object) -> Vec<FieldError> {
         Object::Pod(p) => validate_pod_spec(&mut e, "spec", &p.spec),
         Object::ReplicaSet(rs) => {
             e.min("spec.replicas", rs.spec.replicas.map(i64::from), 0);
-            e.min("spec.minReadySeconds", rs.spec.min_ready_seconds.map(i64::from), 0);
+            e.min(
+                "spec.minReadySeconds",
+                rs.spec.min_ready_seconds.map(i64::from),
+                0,
+            );
             validate_controller_template(&mut e, &rs.spec.selector, &rs.spec.template, true);
         }
         Object::Deployment(d) => validate_deployment(&mut e, d),
         Object::DaemonSet(ds) => {
             validate_controller_template(&mut e, &ds.spec.selector, &ds.spec.template, true);
             if let Some(s) = &ds.spec.update_strategy {
-                e.one_of("spec.updateStrategy.type", s.type_.as_deref(), &["RollingUpdate", "OnDelete"]);
+                e.one_of(
+                    "spec.updateStrategy.type",
+                    s.type_.as_deref(),
+                    &["RollingUpdate", "OnDelete"],
+                );
                 if let Some(ru) = &s.rolling_update {
-                    validate_budget(&mut e, "spec.updateStrategy.rollingUpdate.maxUnavailable", ru.max_unavailable.as_ref());
+                    validate_budget(
+                        &mut e,
+                        "spec.updateStrategy.rollingUpdate.maxUnavailable",
+                        ru.max_unavailable.as_ref(),
+                    );
                 }
             }
         }
@@ -219,7 +250,11 @@ fn validate_node(e: &mut Errors, n: &Node) {
     for (i, t) in n.spec.taints.iter().enumerate() {
         let p = format!("spec.taints[{i}]");
         e.check(format!("{p}.key"), check_label_key(&t.key));
-        e.one_of(&format!("{p}.effect"), Some(&t.effect), &["NoSchedule", "PreferNoSchedule", "NoExecute"]);
+        e.one_of(
+            &format!("{p}.effect"),
+            Some(&t.effect),
+            &["NoSchedule", "PreferNoSchedule", "NoExecute"],
+        );
     }
 }
 
@@ -228,7 +263,9 @@ fn validate_budget(e: &mut Errors, path: &str, v: Option<&IntOrString>) {
         Some(IntOrString::Int(i)) if *i < 0 => e.add(path, format!("must be >= 0, got {i}")),
         Some(s @ IntOrString::String(_)) => match s.scaled_value(100, false) {
             Err(m) => e.add(path, m),
-            Ok(p) if !(0..=100).contains(&p) => e.add(path, format!("must be between 0% and 100%, got {s}")),
+            Ok(p) if !(0..=100).contains(&p) => {
+                e.add(path, format!("must be between 0% and 100%, got {s}"))
+            }
             Ok(_) => {}
         },
         _ => {}
@@ -238,26 +275,62 @@ fn validate_budget(e: &mut Errors, path: &str, v: Option<&IntOrString>) {
 fn validate_deployment(e: &mut Errors, d: &Deployment) {
     let s = &d.spec;
     e.min("spec.replicas", s.replicas.map(i64::from), 0);
-    e.min("spec.minReadySeconds", s.min_ready_seconds.map(i64::from), 0);
-    e.min("spec.revisionHistoryLimit", s.revision_history_limit.map(i64::from), 0);
-    e.min("spec.progressDeadlineSeconds", s.progress_deadline_seconds.map(i64::from), 1);
+    e.min(
+        "spec.minReadySeconds",
+        s.min_ready_seconds.map(i64::from),
+        0,
+    );
+    e.min(
+        "spec.revisionHistoryLimit",
+        s.revision_history_limit.map(i64::from),
+        0,
+    );
+    e.min(
+        "spec.progressDeadlineSeconds",
+        s.progress_deadline_seconds.map(i64::from),
+        1,
+    );
     if let (Some(p), Some(m)) = (s.progress_deadline_seconds, s.min_ready_seconds) {
         if p <= m {
-            e.add("spec.progressDeadlineSeconds", format!("must be greater than minReadySeconds ({m}), got {p}"));
+            e.add(
+                "spec.progressDeadlineSeconds",
+                format!("must be greater than minReadySeconds ({m}), got {p}"),
+            );
         }
     }
     validate_controller_template(e, &s.selector, &s.template, true);
     if let Some(st) = &s.strategy {
-        e.one_of("spec.strategy.type", st.type_.as_deref(), &["RollingUpdate", "Recreate"]);
+        e.one_of(
+            "spec.strategy.type",
+            st.type_.as_deref(),
+            &["RollingUpdate", "Recreate"],
+        );
         if let Some(ru) = &st.rolling_update {
             if st.type_.as_deref() == Some("Recreate") {
-                e.add("spec.strategy.rollingUpdate", "may not be specified when strategy type is 'Recreate'");
+                e.add(
+                    "spec.strategy.rollingUpdate",
+                    "may not be specified when strategy type is 'Recreate'",
+                );
             }
-            validate_budget(e, "spec.strategy.rollingUpdate.maxSurge", ru.max_surge.as_ref());
-            validate_budget(e, "spec.strategy.rollingUpdate.maxUnavailable", ru.max_unavailable.as_ref());
-            let zero = |v: &Option<IntOrString>| v.as_ref().is_some_and(|v| v.scaled_value(100, true) == Ok(0));
+            validate_budget(
+                e,
+                "spec.strategy.rollingUpdate.maxSurge",
+                ru.max_surge.as_ref(),
+            );
+            validate_budget(
+                e,
+                "spec.strategy.rollingUpdate.maxUnavailable",
+                ru.max_unavailable.as_ref(),
+            );
+            let zero = |v: &Option<IntOrString>| {
+                v.as_ref()
+                    .is_some_and(|v| v.scaled_value(100, true) == Ok(0))
+            };
             if zero(&ru.max_surge) && zero(&ru.max_unavailable) {
-                e.add("spec.strategy.rollingUpdate.maxUnavailable", "may not be 0 when maxSurge is 0");
+                e.add(
+                    "spec.strategy.rollingUpdate.maxUnavailable",
+                    "may not be 0 when maxSurge is 0",
+                );
             }
         }
     }
@@ -269,7 +342,11 @@ fn validate_job(e: &mut Errors, j: &Job) {
     e.min("spec.parallelism", s.parallelism.map(i64::from), 0);
     e.min("spec.backoffLimit", s.backoff_limit.map(i64::from), 0);
     e.min("spec.activeDeadlineSeconds", s.active_deadline_seconds, 1);
-    e.min("spec.ttlSecondsAfterFinished", s.ttl_seconds_after_finished.map(i64::from), 0);
+    e.min(
+        "spec.ttlSecondsAfterFinished",
+        s.ttl_seconds_after_finished.map(i64::from),
+        0,
+    );
     if let Some(sel) = &s.selector {
         validate_controller_template(e, sel, &s.template, false);
     } else {
@@ -279,7 +356,10 @@ fn validate_job(e: &mut Errors, j: &Job) {
         Some("OnFailure") | Some("Never") => {}
         other => e.add(
             "spec.template.spec.restartPolicy",
-            format!("must be OnFailure or Never for a Job, got {:?}", other.unwrap_or("")),
+            format!(
+                "must be OnFailure or Never for a Job, got {:?}",
+                other.unwrap_or("")
+            ),
         ),
     }
 }
@@ -297,20 +377,32 @@ fn validate_controller_template(
             Err(err) => e.add("spec.selector", err.to_string()),
             Ok(sel) => {
                 if !sel.matches(&template.metadata.labels) {
-                    e.add("spec.template.metadata.labels", format!("`selector` does not match template `labels` (selector {sel})"));
+                    e.add(
+                        "spec.template.metadata.labels",
+                        format!("`selector` does not match template `labels` (selector {sel})"),
+                    );
                 }
             }
         }
     }
     for (k, v) in &template.metadata.labels {
-        e.check(format!("spec.template.metadata.labels[{k}]"), check_label_key(k));
-        e.check(format!("spec.template.metadata.labels[{k}]"), check_label_value(v));
+        e.check(
+            format!("spec.template.metadata.labels[{k}]"),
+            check_label_key(k),
+        );
+        e.check(
+            format!("spec.template.metadata.labels[{k}]"),
+            check_label_value(v),
+        );
     }
     validate_pod_spec(e, "spec.template.spec", &template.spec);
     if restart_always {
         if let Some(p) = template.spec.restart_policy.as_deref() {
             if p != "Always" {
-                e.add("spec.template.spec.restartPolicy", format!("only \"Always\" is supported here, got {p:?}"));
+                e.add(
+                    "spec.template.spec.restartPolicy",
+                    format!("only \"Always\" is supported here, got {p:?}"),
+                );
             }
         }
     }
@@ -333,10 +425,14 @@ fn check_quantity_map(e: &mut Errors, path: &str, m: &BTreeMap<String, Quantity>
 }
 
 fn validate_probe(e: &mut Errors, path: &str, p: &Probe) {
-    let handlers = [p.http_get.is_some(), p.tcp_socket.is_some(), p.exec.is_some()]
-        .iter()
-        .filter(|b| **b)
-        .count();
+    let handlers = [
+        p.http_get.is_some(),
+        p.tcp_socket.is_some(),
+        p.exec.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
     if handlers != 1 {
         e.add(path, "must specify exactly one of httpGet, tcpSocket, exec");
     }
@@ -349,7 +445,11 @@ fn validate_probe(e: &mut Errors, path: &str, p: &Probe) {
     ] {
         e.min(&format!("{path}.{field}"), v.map(i64::from), min);
     }
-    let port = p.http_get.as_ref().map(|h| &h.port).or(p.tcp_socket.as_ref().map(|t| &t.port));
+    let port = p
+        .http_get
+        .as_ref()
+        .map(|h| &h.port)
+        .or(p.tcp_socket.as_ref().map(|t| &t.port));
     match port {
         Some(IntOrString::Int(n)) => e.check(format!("{path}.port"), check_port(*n)),
         Some(IntOrString::String(s)) => e.check(format!("{path}.port"), check_dns1123_label(s)),
@@ -363,25 +463,57 @@ fn validate_probe(e: &mut Errors, path: &str, p: &Probe) {
 }
 
 fn validate_pod_spec(e: &mut Errors, path: &str, s: &PodSpec) {
-    e.one_of(&format!("{path}.restartPolicy"), s.restart_policy.as_deref(), &["Always", "OnFailure", "Never"]);
+    e.one_of(
+        &format!("{path}.restartPolicy"),
+        s.restart_policy.as_deref(),
+        &["Always", "OnFailure", "Never"],
+    );
     if let Some(rc) = &s.runtime_class_name {
-        e.one_of(&format!("{path}.runtimeClassName"), Some(rc), &["wasm", "runc"]);
+        e.one_of(
+            &format!("{path}.runtimeClassName"),
+            Some(rc),
+            &["wasm", "runc"],
+        );
     }
-    e.min(&format!("{path}.terminationGracePeriodSeconds"), s.termination_grace_period_seconds, 0);
-    e.min(&format!("{path}.activeDeadlineSeconds"), s.active_deadline_seconds, 1);
+    e.min(
+        &format!("{path}.terminationGracePeriodSeconds"),
+        s.termination_grace_period_seconds,
+        0,
+    );
+    e.min(
+        &format!("{path}.activeDeadlineSeconds"),
+        s.active_deadline_seconds,
+        1,
+    );
     for (k, v) in &s.node_selector {
         e.check(format!("{path}.nodeSelector[{k}]"), check_label_key(k));
         e.check(format!("{path}.nodeSelector[{k}]"), check_label_value(v));
     }
     for (i, t) in s.tolerations.iter().enumerate() {
         let p = format!("{path}.tolerations[{i}]");
-        e.one_of(&format!("{p}.operator"), t.operator.as_deref(), &["Exists", "Equal"]);
-        e.one_of(&format!("{p}.effect"), t.effect.as_deref(), &["NoSchedule", "PreferNoSchedule", "NoExecute"]);
-        if t.operator.as_deref() == Some("Exists") && t.value.as_deref().is_some_and(|v| !v.is_empty()) {
-            e.add(format!("{p}.value"), "must be empty when operator is Exists");
+        e.one_of(
+            &format!("{p}.operator"),
+            t.operator.as_deref(),
+            &["Exists", "Equal"],
+        );
+        e.one_of(
+            &format!("{p}.effect"),
+            t.effect.as_deref(),
+            &["NoSchedule", "PreferNoSchedule", "NoExecute"],
+        );
+        if t.operator.as_deref() == Some("Exists")
+            && t.value.as_deref().is_some_and(|v| !v.is_empty())
+        {
+            e.add(
+                format!("{p}.value"),
+                "must be empty when operator is Exists",
+            );
         }
         if t.toleration_seconds.is_some() && t.effect.as_deref() != Some("NoExecute") {
-            e.add(format!("{p}.tolerationSeconds"), "only applies to effect NoExecute");
+            e.add(
+                format!("{p}.tolerationSeconds"),
+                "only applies to effect NoExecute",
+            );
         }
     }
     let mut volume_names = BTreeSet::new();
@@ -389,27 +521,45 @@ fn validate_pod_spec(e: &mut Errors, path: &str, s: &PodSpec) {
         let p = format!("{path}.volumes[{i}]");
         e.check(format!("{p}.name"), check_dns1123_label(&v.name));
         if !volume_names.insert(v.name.as_str()) {
-            e.add(format!("{p}.name"), format!("duplicate volume name {:?}", v.name));
+            e.add(
+                format!("{p}.name"),
+                format!("duplicate volume name {:?}", v.name),
+            );
         }
         match v.source_count() {
             1 => {}
-            0 => e.add(&p, "must specify one volume source (emptyDir, hostPath, configMap, secret)"),
+            0 => e.add(
+                &p,
+                "must specify one volume source (emptyDir, hostPath, configMap, secret)",
+            ),
             _ => e.add(&p, "may specify only one volume source"),
         }
         if let Some(h) = &v.host_path {
             if !h.path.starts_with('/') {
-                e.add(format!("{p}.hostPath.path"), format!("must be an absolute path, got {:?}", h.path));
+                e.add(
+                    format!("{p}.hostPath.path"),
+                    format!("must be an absolute path, got {:?}", h.path),
+                );
             }
         }
         if let Some(c) = &v.config_map {
-            e.check(format!("{p}.configMap.name"), check_dns1123_subdomain(&c.name));
+            e.check(
+                format!("{p}.configMap.name"),
+                check_dns1123_subdomain(&c.name),
+            );
         }
         if let Some(c) = &v.secret {
-            e.check(format!("{p}.secret.secretName"), check_dns1123_subdomain(&c.secret_name));
+            e.check(
+                format!("{p}.secret.secretName"),
+                check_dns1123_subdomain(&c.secret_name),
+            );
         }
     }
     if s.containers.is_empty() {
-        e.add(format!("{path}.containers"), "required: at least one container");
+        e.add(
+            format!("{path}.containers"),
+            "required: at least one container",
+        );
     }
     let mut names = BTreeSet::new();
     let mut host_ports = BTreeSet::new();
@@ -417,26 +567,46 @@ fn validate_pod_spec(e: &mut Errors, path: &str, s: &PodSpec) {
         let p = format!("{path}.containers[{i}]");
         e.check(format!("{p}.name"), check_dns1123_label(&c.name));
         if !names.insert(c.name.as_str()) {
-            e.add(format!("{p}.name"), format!("duplicate container name {:?}", c.name));
+            e.add(
+                format!("{p}.name"),
+                format!("duplicate container name {:?}", c.name),
+            );
         }
         if c.image.trim().is_empty() {
             e.add(format!("{p}.image"), "required");
         }
-        e.one_of(&format!("{p}.imagePullPolicy"), c.image_pull_policy.as_deref(), &["Always", "IfNotPresent", "Never"]);
+        e.one_of(
+            &format!("{p}.imagePullPolicy"),
+            c.image_pull_policy.as_deref(),
+            &["Always", "IfNotPresent", "Never"],
+        );
         for (j, port) in c.ports.iter().enumerate() {
             let pp = format!("{p}.ports[{j}]");
-            e.check(format!("{pp}.containerPort"), check_port(port.container_port));
-            e.one_of(&format!("{pp}.protocol"), port.protocol.as_deref(), &["TCP", "UDP", "SCTP"]);
+            e.check(
+                format!("{pp}.containerPort"),
+                check_port(port.container_port),
+            );
+            e.one_of(
+                &format!("{pp}.protocol"),
+                port.protocol.as_deref(),
+                &["TCP", "UDP", "SCTP"],
+            );
             if let Some(hp) = port.host_port {
                 e.check(format!("{pp}.hostPort"), check_port(hp));
                 let proto = port.protocol.clone().unwrap_or_else(|| "TCP".into());
                 if !host_ports.insert((hp, proto)) {
-                    e.add(format!("{pp}.hostPort"), format!("duplicate host port {hp}"));
+                    e.add(
+                        format!("{pp}.hostPort"),
+                        format!("duplicate host port {hp}"),
+                    );
                 }
             }
             if let Some(n) = &port.name {
                 if n.len() > 15 {
-                    e.add(format!("{pp}.name"), format!("must be no more than 15 characters, got {}", n.len()));
+                    e.add(
+                        format!("{pp}.name"),
+                        format!("must be no more than 15 characters, got {}", n.len()),
+                    );
                 }
                 e.check(format!("{pp}.name"), check_dns1123_label(n));
             }
@@ -446,7 +616,10 @@ fn validate_pod_spec(e: &mut Errors, path: &str, s: &PodSpec) {
         for (res, req) in &c.resources.requests {
             if let Some(lim) = c.resources.limits.get(res) {
                 if req > lim {
-                    e.add(format!("{p}.resources.requests.{res}"), format!("must be less than or equal to the {res} limit ({lim}), got {req}"));
+                    e.add(
+                        format!("{p}.resources.requests.{res}"),
+                        format!("must be less than or equal to the {res} limit ({lim}), got {req}"),
+                    );
                 }
             }
         }
@@ -456,25 +629,41 @@ fn validate_pod_spec(e: &mut Errors, path: &str, s: &PodSpec) {
                 e.add(format!("{ep}.name"), "required");
             }
             if let Some(from) = &env.value_from {
-                let n = [from.config_map_key_ref.is_some(), from.secret_key_ref.is_some(), from.field_ref.is_some()]
-                    .iter()
-                    .filter(|b| **b)
-                    .count();
+                let n = [
+                    from.config_map_key_ref.is_some(),
+                    from.secret_key_ref.is_some(),
+                    from.field_ref.is_some(),
+                ]
+                .iter()
+                .filter(|b| **b)
+                .count();
                 if n != 1 {
-                    e.add(format!("{ep}.valueFrom"), "must specify exactly one of configMapKeyRef, secretKeyRef, fieldRef");
+                    e.add(
+                        format!("{ep}.valueFrom"),
+                        "must specify exactly one of configMapKeyRef, secretKeyRef, fieldRef",
+                    );
                 }
                 if env.value.is_some() {
-                    e.add(format!("{ep}.valueFrom"), "may not be specified when `value` is not empty");
+                    e.add(
+                        format!("{ep}.valueFrom"),
+                        "may not be specified when `value` is not empty",
+                    );
                 }
             }
         }
         for (j, m) in c.volume_mounts.iter().enumerate() {
             let mp = format!("{p}.volumeMounts[{j}]");
             if !volume_names.contains(m.name.as_str()) {
-                e.add(format!("{mp}.name"), format!("volume {:?} is not declared in {path}.volumes", m.name));
+                e.add(
+                    format!("{mp}.name"),
+                    format!("volume {:?} is not declared in {path}.volumes", m.name),
+                );
             }
             if !m.mount_path.starts_with('/') {
-                e.add(format!("{mp}.mountPath"), format!("must be an absolute path, got {:?}", m.mount_path));
+                e.add(
+                    format!("{mp}.mountPath"),
+                    format!("must be an absolute path, got {:?}", m.mount_path),
+                );
             }
         }
         for (field, probe) in [
@@ -492,13 +681,23 @@ fn validate_pod_spec(e: &mut Errors, path: &str, s: &PodSpec) {
 fn validate_service(e: &mut Errors, s: &Service) {
     let spec = &s.spec;
     let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
-    e.one_of("spec.type", Some(ty), &["ClusterIP", "NodePort", "LoadBalancer"]);
+    e.one_of(
+        "spec.type",
+        Some(ty),
+        &["ClusterIP", "NodePort", "LoadBalancer"],
+    );
     if let Some(ip) = &spec.cluster_ip {
         if ip != "None" && !ip.is_empty() && ip.parse::<IpAddr>().is_err() {
-            e.add("spec.clusterIP", format!("must be an IP address or \"None\", got {ip:?}"));
+            e.add(
+                "spec.clusterIP",
+                format!("must be an IP address or \"None\", got {ip:?}"),
+            );
         }
         if ip == "None" && ty != "ClusterIP" {
-            e.add("spec.clusterIP", format!("may not be \"None\" for type {ty}"));
+            e.add(
+                "spec.clusterIP",
+                format!("may not be \"None\" for type {ty}"),
+            );
         }
     }
     for (k, v) in &spec.selector {
@@ -512,7 +711,11 @@ fn validate_service(e: &mut Errors, s: &Service) {
     for (i, p) in spec.ports.iter().enumerate() {
         let pp = format!("spec.ports[{i}]");
         e.check(format!("{pp}.port"), check_port(p.port));
-        e.one_of(&format!("{pp}.protocol"), p.protocol.as_deref(), &["TCP", "UDP"]);
+        e.one_of(
+            &format!("{pp}.protocol"),
+            p.protocol.as_deref(),
+            &["TCP", "UDP"],
+        );
         match &p.name {
             Some(n) => {
                 e.check(format!("{pp}.name"), check_dns1123_label(n));
@@ -520,19 +723,30 @@ fn validate_service(e: &mut Errors, s: &Service) {
                     e.add(format!("{pp}.name"), format!("duplicate port name {n:?}"));
                 }
             }
-            None if spec.ports.len() > 1 => e.add(format!("{pp}.name"), "required when a Service has more than one port"),
+            None if spec.ports.len() > 1 => e.add(
+                format!("{pp}.name"),
+                "required when a Service has more than one port",
+            ),
             None => {}
         }
         match &p.target_port {
             Some(IntOrString::Int(n)) => e.check(format!("{pp}.targetPort"), check_port(*n)),
-            Some(IntOrString::String(n)) => e.check(format!("{pp}.targetPort"), check_dns1123_label(n)),
+            Some(IntOrString::String(n)) => {
+                e.check(format!("{pp}.targetPort"), check_dns1123_label(n))
+            }
             None => {}
         }
         if let Some(np) = p.node_port {
             if ty == "ClusterIP" {
-                e.add(format!("{pp}.nodePort"), "may not be used when type is 'ClusterIP'");
+                e.add(
+                    format!("{pp}.nodePort"),
+                    "may not be used when type is 'ClusterIP'",
+                );
             } else if !(30000..=32767).contains(&np) {
-                e.add(format!("{pp}.nodePort"), format!("must be between 30000 and 32767, got {np}"));
+                e.add(
+                    format!("{pp}.nodePort"),
+                    format!("must be between 30000 and 32767, got {np}"),
+                );
             }
         }
     }
@@ -545,7 +759,10 @@ mod tests {
 
     fn errors_of(yaml: &str) -> Vec<String> {
         let parsed = parse_manifests("test.yaml", yaml).expect("parses");
-        validate(&parsed[0].object).iter().map(|e| e.to_string()).collect()
+        validate(&parsed[0].object)
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
     }
 
     const DEPLOY: &str = r#"
@@ -572,8 +789,15 @@ spec:
     #[test]
     fn every_problem_is_named_by_its_path() {
         let errs = errors_of(&DEPLOY.replace("REPLICAS", "-1").replace("LABEL", "other"));
-        assert!(errs.contains(&"spec.replicas: must be >= 0, got -1".to_string()), "{errs:?}");
-        assert!(errs.iter().any(|e| e.starts_with("spec.template.metadata.labels: `selector` does not match")), "{errs:?}");
+        assert!(
+            errs.contains(&"spec.replicas: must be >= 0, got -1".to_string()),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("spec.template.metadata.labels: `selector` does not match")),
+            "{errs:?}"
+        );
         assert_eq!(errs.len(), 2, "{errs:?}");
     }
 
@@ -599,7 +823,10 @@ spec:
         ];
         for (yaml, path) in cases {
             let errs = errors_of(yaml);
-            assert!(errs.iter().any(|e| e.starts_with(&format!("{path}:"))), "{yaml}\nexpected an error at {path}, got {errs:?}");
+            assert!(
+                errs.iter().any(|e| e.starts_with(&format!("{path}:"))),
+                "{yaml}\nexpected an error at {path}, got {errs:?}"
+            );
         }
     }
 

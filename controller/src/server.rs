@@ -168,7 +168,9 @@ async fn serve_connection(
                 Err(_) => break,
             },
         };
-        let Ok(permit) = limit.clone().acquire_owned().await else { break };
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            break;
+        };
         let service = service.clone();
         let who = who.clone();
         let shutdown = shutdown.clone();
@@ -189,7 +191,14 @@ async fn serve_stream(
     let request = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut recv)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            let _ = send_response(&mut send, &Response::Error(WireError { code: ErrorCode::BadRequest, message: e.to_string() })).await;
+            let _ = send_response(
+                &mut send,
+                &Response::Error(WireError {
+                    code: ErrorCode::BadRequest,
+                    message: e.to_string(),
+                }),
+            )
+            .await;
             let _ = send.finish();
             return;
         }

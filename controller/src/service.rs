@@ -7,7 +7,9 @@ use base64::Engine as _;
 use shoal_api::validate::validate;
 use shoal_api::{Kind, Namespace, Object, ObjectMeta, Secret, Selector};
 use shoal_transport::pki::JoinToken;
-use shoal_transport::proto::{ApplyOutcome, ApplyResult, ErrorCode, EventType, Request, Response, WireError};
+use shoal_transport::proto::{
+    ApplyOutcome, ApplyResult, ErrorCode, EventType, Request, Response, WireError,
+};
 use shoal_transport::Identity;
 
 /// The namespace Shoal keeps its own objects in (join tokens), as Kubernetes' kube-system.
@@ -96,18 +98,33 @@ impl Service {
         }
     }
 
-    async fn dispatch(&self, who: &Identity, req: Request) -> std::result::Result<Reply, WireError> {
+    async fn dispatch(
+        &self,
+        who: &Identity,
+        req: Request,
+    ) -> std::result::Result<Reply, WireError> {
         self.authorize(who, &req)?;
         let one = |r: Response| Ok(Reply::One(r));
         match req {
             Request::WhoAmI => one(Response::Identity(who.to_string())),
             Request::Apply { objects } => one(Response::Applied(self.apply(objects).await?)),
-            Request::Get { kind, namespace, name } => {
+            Request::Get {
+                kind,
+                namespace,
+                name,
+            } => {
                 let key = ObjectKey::new(parse_kind(&kind)?, namespace.as_deref(), &name);
-                let obj = self.store.get(&key)?.ok_or_else(|| Error::NotFound(key.to_string()))?;
+                let obj = self
+                    .store
+                    .get(&key)?
+                    .ok_or_else(|| Error::NotFound(key.to_string()))?;
                 one(Response::Object(encode(&obj)?))
             }
-            Request::List { kind, namespace, selector } => {
+            Request::List {
+                kind,
+                namespace,
+                selector,
+            } => {
                 let kind = parse_kind(&kind)?;
                 let selector = parse_selector(&selector)?;
                 let (items, revision) = self.store.list(kind, namespace.as_deref())?;
@@ -118,24 +135,54 @@ impl Service {
                     .collect::<Result<Vec<_>>>()?;
                 one(Response::List { items, revision })
             }
-            Request::Watch { kind, namespace, selector, revision } => {
+            Request::Watch {
+                kind,
+                namespace,
+                selector,
+                revision,
+            } => {
                 let kind = parse_kind(&kind)?;
                 let selector = parse_selector(&selector)?;
-                let from = if revision == 0 { self.store.revision() } else { revision };
+                let from = if revision == 0 {
+                    self.store.revision()
+                } else {
+                    revision
+                };
                 let watch = self.store.watch(from, Some(kind))?;
-                Ok(Reply::Watch(WatchStream { watch, namespace, selector }))
+                Ok(Reply::Watch(WatchStream {
+                    watch,
+                    namespace,
+                    selector,
+                }))
             }
-            Request::Delete { kind, namespace, name } => {
+            Request::Delete {
+                kind,
+                namespace,
+                name,
+            } => {
                 let key = ObjectKey::new(parse_kind(&kind)?, namespace.as_deref(), &name);
                 let changes = self.delete(&key).await?;
-                one(Response::Deleted(changes.iter().map(|c| c.object.reference()).take(1).collect()))
+                one(Response::Deleted(
+                    changes
+                        .iter()
+                        .map(|c| c.object.reference())
+                        .take(1)
+                        .collect(),
+                ))
             }
-            Request::DeleteSelected { kind, namespace, selector } => {
+            Request::DeleteSelected {
+                kind,
+                namespace,
+                selector,
+            } => {
                 let kind = parse_kind(&kind)?;
                 let selector = parse_selector(&selector)?;
                 let (items, _) = self.store.list(kind, namespace.as_deref())?;
                 let mut deleted = Vec::new();
-                for obj in items.iter().filter(|o| selector.matches(&o.metadata().labels)) {
+                for obj in items
+                    .iter()
+                    .filter(|o| selector.matches(&o.metadata().labels))
+                {
                     match self.delete(&ObjectKey::of(obj)).await {
                         Ok(_) => deleted.push(obj.reference()),
                         Err(Error::NotFound(_)) => {}
@@ -144,22 +191,37 @@ impl Service {
                 }
                 one(Response::Deleted(deleted))
             }
-            Request::CreateToken { description } => one(Response::Token(self.create_token(&description, None).await?)),
+            Request::CreateToken { description } => one(Response::Token(
+                self.create_token(&description, None).await?,
+            )),
         }
     }
 
     async fn delete(&self, key: &ObjectKey) -> Result<Vec<Change>> {
         if key.kind == Kind::Namespace {
             if key.name == "default" || key.name == SYSTEM_NAMESPACE {
-                return Err(Error::Forbidden(format!("namespace {:?} may not be deleted", key.name)));
+                return Err(Error::Forbidden(format!(
+                    "namespace {:?} may not be deleted",
+                    key.name
+                )));
             }
-            self.store.write(vec![Op::DeleteNamespace { name: key.name.clone() }]).await.map(|mut c| {
-                // The namespace itself is the last change; report it first.
-                c.rotate_right(1);
-                c
-            })
+            self.store
+                .write(vec![Op::DeleteNamespace {
+                    name: key.name.clone(),
+                }])
+                .await
+                .map(|mut c| {
+                    // The namespace itself is the last change; report it first.
+                    c.rotate_right(1);
+                    c
+                })
         } else {
-            self.store.write(vec![Op::Delete { key: key.clone(), expected: None }]).await
+            self.store
+                .write(vec![Op::Delete {
+                    key: key.clone(),
+                    expected: None,
+                }])
+                .await
         }
     }
 
@@ -184,7 +246,12 @@ impl Service {
                 admitted.push(obj);
             } else {
                 let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                problems.push(format!("{} {:?} is invalid: {}", obj.kind(), obj.name(), list.join("; ")));
+                problems.push(format!(
+                    "{} {:?} is invalid: {}",
+                    obj.kind(),
+                    obj.name(),
+                    list.join("; ")
+                ));
             }
         }
         if !problems.is_empty() {
@@ -221,7 +288,9 @@ impl Service {
                     Err(e) => return Err(e),
                 }
             };
-            let mut next = desired.with_status_of(&stored).map_err(|e| Error::Internal(e.to_string()))?;
+            let mut next = desired
+                .with_status_of(&stored)
+                .map_err(|e| Error::Internal(e.to_string()))?;
             let sm = stored.metadata().clone();
             let m = next.metadata_mut();
             m.uid = sm.uid;
@@ -238,17 +307,27 @@ impl Service {
             if next == stored {
                 return Ok(ApplyResult::Unchanged);
             }
-            match self.store.update(next, Some(stored.metadata().revision())).await {
+            match self
+                .store
+                .update(next, Some(stored.metadata().revision()))
+                .await
+            {
                 Ok(_) => return Ok(ApplyResult::Configured),
                 Err(Error::Conflict(_)) | Err(Error::NotFound(_)) => continue,
                 Err(e) => return Err(e),
             }
         }
-        Err(Error::Conflict(format!("{key} kept changing while it was applied; try again")))
+        Err(Error::Conflict(format!(
+            "{key} kept changing while it was applied; try again"
+        )))
     }
 
     /// Stores a join token (as a Secret in the system namespace) and returns it.
-    pub async fn create_token(&self, description: &str, token: Option<JoinToken>) -> Result<String> {
+    pub async fn create_token(
+        &self,
+        description: &str,
+        token: Option<JoinToken>,
+    ) -> Result<String> {
         let token = token.unwrap_or_else(|| JoinToken::new(self.ca_hash.clone()));
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let mut secret = Secret {
@@ -272,7 +351,8 @@ impl Service {
 /// Kubernetes folds `stringData` into base64 `data` on write; so does Shoal.
 fn fold_string_data(s: &mut Secret) {
     for (k, v) in std::mem::take(&mut s.string_data) {
-        s.data.insert(k, base64::engine::general_purpose::STANDARD.encode(v));
+        s.data
+            .insert(k, base64::engine::general_purpose::STANDARD.encode(v));
     }
 }
 
@@ -292,7 +372,11 @@ impl WatchStream {
                 Err(e) => return Response::Error(e.into()),
             };
             let obj = &change.object;
-            if self.namespace.as_deref().is_some_and(|ns| obj.namespace() != Some(ns)) {
+            if self
+                .namespace
+                .as_deref()
+                .is_some_and(|ns| obj.namespace() != Some(ns))
+            {
                 continue;
             }
             if !self.selector.matches(&obj.metadata().labels) {

@@ -6,7 +6,9 @@ pub enum Error {
     FrameTooLarge { size: usize, max: usize },
     #[error("truncated frame: the stream ended after {got} of {expected} bytes")]
     Truncated { got: usize, expected: usize },
-    #[error("peer speaks protocol version {peer}, this shoal speaks {ours}: upgrade the older side")]
+    #[error(
+        "peer speaks protocol version {peer}, this shoal speaks {ours}: upgrade the older side"
+    )]
     Version { peer: u32, ours: u32 },
     #[error("malformed frame: {0}")]
     Decode(String),

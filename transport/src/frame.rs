@@ -14,7 +14,8 @@ pub const MAX_FRAME: usize = 16 << 20;
 
 /// Encodes `msg` as one frame (length prefix included).
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>> {
-    let body = postcard::to_allocvec(&PROTOCOL_VERSION).map_err(|e| Error::Encode(e.to_string()))?;
+    let body =
+        postcard::to_allocvec(&PROTOCOL_VERSION).map_err(|e| Error::Encode(e.to_string()))?;
     let body = postcard::to_extend(msg, body).map_err(|e| Error::Encode(e.to_string()))?;
     let len = u32::try_from(body.len()).map_err(|_| Error::FrameTooLarge {
         size: body.len(),
@@ -45,11 +46,17 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
 }
 
 /// Reads one frame; `Ok(None)` when the stream ended cleanly between frames.
-pub async fn read<T: DeserializeOwned, R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Option<T>> {
+pub async fn read<T: DeserializeOwned, R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<Option<T>> {
     let mut header = [0u8; 4];
     let mut got = 0;
     while got < 4 {
-        let n = r.read(&mut header[got..]).await.map_err(|e| Error::Stream(e.to_string()))?;
+        let n = r
+            .read(&mut header[got..])
+            .await
+            .map_err(|e| Error::Stream(e.to_string()))?;
         if n == 0 {
             return if got == 0 {
                 Ok(None)
@@ -66,9 +73,15 @@ pub async fn read<T: DeserializeOwned, R: AsyncRead + Unpin>(r: &mut R, max: usi
     let mut body = vec![0u8; size];
     let mut got = 0;
     while got < size {
-        let n = r.read(&mut body[got..]).await.map_err(|e| Error::Stream(e.to_string()))?;
+        let n = r
+            .read(&mut body[got..])
+            .await
+            .map_err(|e| Error::Stream(e.to_string()))?;
         if n == 0 {
-            return Err(Error::Truncated { got: 4 + got, expected: 4 + size });
+            return Err(Error::Truncated {
+                got: 4 + got,
+                expected: 4 + size,
+            });
         }
         got += n;
     }
@@ -77,7 +90,9 @@ pub async fn read<T: DeserializeOwned, R: AsyncRead + Unpin>(r: &mut R, max: usi
 
 pub async fn write<T: Serialize, W: AsyncWrite + Unpin>(w: &mut W, msg: &T) -> Result<()> {
     let bytes = encode(msg)?;
-    w.write_all(&bytes).await.map_err(|e| Error::Stream(e.to_string()))
+    w.write_all(&bytes)
+        .await
+        .map_err(|e| Error::Stream(e.to_string()))
 }
 
 #[cfg(test)]
@@ -87,7 +102,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn read_all(bytes: &[u8], max: usize) -> Result<Option<Request>> {
-        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
         let mut r = bytes;
         rt.block_on(read::<Request, _>(&mut r, max))
     }
@@ -112,7 +129,10 @@ mod tests {
         let bytes = encode(&sample()).unwrap();
         for cut in 1..bytes.len() {
             let err = read_all(&bytes[..cut], MAX_FRAME).unwrap_err();
-            assert!(matches!(err, Error::Truncated { .. }), "cut at {cut}: {err}");
+            assert!(
+                matches!(err, Error::Truncated { .. }),
+                "cut at {cut}: {err}"
+            );
         }
     }
 
@@ -121,7 +141,10 @@ mod tests {
         let mut bytes = (u32::MAX).to_be_bytes().to_vec();
         bytes.extend_from_slice(&[0; 8]);
         let err = read_all(&bytes, MAX_FRAME).unwrap_err();
-        assert!(matches!(err, Error::FrameTooLarge { size, .. } if size == u32::MAX as usize), "{err}");
+        assert!(
+            matches!(err, Error::FrameTooLarge { size, .. } if size == u32::MAX as usize),
+            "{err}"
+        );
     }
 
     #[test]

@@ -94,13 +94,16 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
         .mode(0o600)
         .open(&tmp)
         .map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(data).and_then(|_| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(data)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 pub fn pem_to_der(pem: &str) -> Result<CertificateDer<'static>> {
     use rustls::pki_types::pem::PemObject;
-    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| Error::Pki(format!("bad certificate PEM: {e}")))
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| Error::Pki(format!("bad certificate PEM: {e}")))
 }
 
 impl Ca {
@@ -112,7 +115,11 @@ impl Ca {
             let key_pem = std::fs::read_to_string(&key).map_err(|e| Error::io(&key, e))?;
             let key = KeyPair::from_pem(&key_pem).map_err(pki_err("ca.key"))?;
             let cert_der = pem_to_der(&cert_pem)?;
-            return Ok(Ca { cert_der, cert_pem, key });
+            return Ok(Ca {
+                cert_der,
+                cert_pem,
+                key,
+            });
         }
         let key_pair = KeyPair::generate().map_err(pki_err("generating the CA key"))?;
         let mut params = CertificateParams::default();
@@ -128,7 +135,9 @@ impl Ca {
         ];
         params.not_before = rcgen::date_time_ymd(2024, 1, 1);
         params.not_after = rcgen::date_time_ymd(2124, 1, 1);
-        let cert = params.self_signed(&key_pair).map_err(pki_err("signing the CA"))?;
+        let cert = params
+            .self_signed(&key_pair)
+            .map_err(pki_err("signing the CA"))?;
         write_private(&key, key_pair.serialize_pem().as_bytes())?;
         std::fs::write(&crt, cert.pem()).map_err(|e| Error::io(&crt, e))?;
         Ok(Ca {
@@ -153,8 +162,11 @@ impl Ca {
 
     fn issue(&self, params: CertificateParams) -> Result<Issued> {
         let key = KeyPair::generate().map_err(pki_err("generating a key"))?;
-        let issuer = Issuer::from_ca_cert_der(&self.cert_der, &self.key).map_err(pki_err("loading the CA"))?;
-        let cert = params.signed_by(&key, &issuer).map_err(pki_err("signing"))?;
+        let issuer = Issuer::from_ca_cert_der(&self.cert_der, &self.key)
+            .map_err(pki_err("loading the CA"))?;
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(pki_err("signing"))?;
         Ok(Issued {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
@@ -172,14 +184,16 @@ impl Ca {
             .iter()
             .map(|n| match n.parse::<std::net::IpAddr>() {
                 Ok(ip) => Ok(SanType::IpAddress(ip)),
-                Err(_) => n
-                    .clone()
-                    .try_into()
-                    .map(SanType::DnsName)
-                    .map_err(|_| Error::Pki(format!("--tls-san {n:?} is neither an IP address nor a DNS name"))),
+                Err(_) => n.clone().try_into().map(SanType::DnsName).map_err(|_| {
+                    Error::Pki(format!(
+                        "--tls-san {n:?} is neither an IP address nor a DNS name"
+                    ))
+                }),
             })
             .collect::<Result<_>>()?;
-        params.distinguished_name.push(DnType::CommonName, SERVER_NAME);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, SERVER_NAME);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.not_before = rcgen::date_time_ymd(2024, 1, 1);
         params.not_after = rcgen::date_time_ymd(2124, 1, 1);
@@ -189,8 +203,12 @@ impl Ca {
     /// A client certificate: `organization` decides what the holder may do.
     pub fn issue_client(&self, common_name: &str, organization: &str) -> Result<Issued> {
         let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, common_name);
-        params.distinguished_name.push(DnType::OrganizationName, organization);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, organization);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.not_before = rcgen::date_time_ymd(2024, 1, 1);
         params.not_after = rcgen::date_time_ymd(2124, 1, 1);
@@ -220,16 +238,27 @@ impl JoinToken {
     }
 
     pub fn parse(s: &str) -> Result<Self> {
-        let bad = |why: &str| Error::Token(format!("invalid join token: {why} (expected SHOAL1::<ca-hash>::<secret>)"));
+        let bad = |why: &str| {
+            Error::Token(format!(
+                "invalid join token: {why} (expected SHOAL1::<ca-hash>::<secret>)"
+            ))
+        };
         let mut parts = s.trim().split("::");
         if parts.next() != Some("SHOAL1") {
             return Err(bad("it does not start with SHOAL1::"));
         }
-        let ca_hash = parts.next().ok_or_else(|| bad("no CA hash"))?.to_ascii_lowercase();
+        let ca_hash = parts
+            .next()
+            .ok_or_else(|| bad("no CA hash"))?
+            .to_ascii_lowercase();
         if ca_hash.len() != 64 || !ca_hash.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(bad("the CA hash is not 64 hex digits"));
         }
-        let secret = parts.next().filter(|s| !s.is_empty()).ok_or_else(|| bad("no secret"))?.to_string();
+        let secret = parts
+            .next()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| bad("no secret"))?
+            .to_string();
         if parts.next().is_some() {
             return Err(bad("too many parts"));
         }
@@ -251,7 +280,12 @@ mod tests {
     fn tokens_parse_and_print() {
         let t = JoinToken::new("a".repeat(64));
         assert_eq!(JoinToken::parse(&t.to_string()).unwrap(), t);
-        for bad in ["", "K10abc::x", "SHOAL1::abc::x", &format!("SHOAL1::{}::", "a".repeat(64))] {
+        for bad in [
+            "",
+            "K10abc::x",
+            "SHOAL1::abc::x",
+            &format!("SHOAL1::{}::", "a".repeat(64)),
+        ] {
             assert!(JoinToken::parse(bad).is_err(), "{bad}");
         }
     }
@@ -263,9 +297,18 @@ mod tests {
         let admin = ca.issue_client("admin", ADMIN_ORG).unwrap();
         let node = ca.issue_client("system:node:pi-1", NODE_ORG).unwrap();
         let other = ca.issue_client("mallory", "elsewhere").unwrap();
-        assert_eq!(identity_of(&pem_to_der(&admin.cert_pem).unwrap()), Identity::Admin("admin".into()));
-        assert_eq!(identity_of(&pem_to_der(&node.cert_pem).unwrap()), Identity::Node("pi-1".into()));
-        assert_eq!(identity_of(&pem_to_der(&other.cert_pem).unwrap()), Identity::Anonymous);
+        assert_eq!(
+            identity_of(&pem_to_der(&admin.cert_pem).unwrap()),
+            Identity::Admin("admin".into())
+        );
+        assert_eq!(
+            identity_of(&pem_to_der(&node.cert_pem).unwrap()),
+            Identity::Node("pi-1".into())
+        );
+        assert_eq!(
+            identity_of(&pem_to_der(&other.cert_pem).unwrap()),
+            Identity::Anonymous
+        );
         // Loading again gives the same CA.
         assert_eq!(Ca::load_or_create(dir.path()).unwrap().hash(), ca.hash());
     }

@@ -7,13 +7,34 @@ use serde::{Deserialize, Serialize};
 pub enum Request {
     /// Create or update each object, like `kubectl apply`.
     Apply { objects: Vec<Vec<u8>> },
-    Get { kind: String, namespace: Option<String>, name: String },
+    Get {
+        kind: String,
+        namespace: Option<String>,
+        name: String,
+    },
     /// `namespace: None` lists across all namespaces.
-    List { kind: String, namespace: Option<String>, selector: String },
+    List {
+        kind: String,
+        namespace: Option<String>,
+        selector: String,
+    },
     /// Every change after `revision`, as a stream of [`Response::Event`].
-    Watch { kind: String, namespace: Option<String>, selector: String, revision: u64 },
-    Delete { kind: String, namespace: Option<String>, name: String },
-    DeleteSelected { kind: String, namespace: Option<String>, selector: String },
+    Watch {
+        kind: String,
+        namespace: Option<String>,
+        selector: String,
+        revision: u64,
+    },
+    Delete {
+        kind: String,
+        namespace: Option<String>,
+        name: String,
+    },
+    DeleteSelected {
+        kind: String,
+        namespace: Option<String>,
+        selector: String,
+    },
     /// A new join token for agents.
     CreateToken { description: String },
     /// Who the server takes this connection for.
@@ -46,8 +67,15 @@ pub enum EventType {
 pub enum Response {
     Applied(Vec<ApplyOutcome>),
     Object(Vec<u8>),
-    List { items: Vec<Vec<u8>>, revision: u64 },
-    Event { type_: EventType, revision: u64, object: Vec<u8> },
+    List {
+        items: Vec<Vec<u8>>,
+        revision: u64,
+    },
+    Event {
+        type_: EventType,
+        revision: u64,
+        object: Vec<u8>,
+    },
     Deleted(Vec<String>),
     Token(String),
     Identity(String),

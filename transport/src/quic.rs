@@ -32,7 +32,11 @@ fn provider() -> Arc<CryptoProvider> {
 fn transport_config(max_streams: u32) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(KEEP_ALIVE));
-    t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("15 s is a valid idle timeout")));
+    t.max_idle_timeout(Some(
+        IDLE_TIMEOUT
+            .try_into()
+            .expect("15 s is a valid idle timeout"),
+    ));
     t.max_concurrent_bidi_streams(max_streams.into());
     t.max_concurrent_uni_streams(0u32.into());
     Arc::new(t)
@@ -43,7 +47,8 @@ fn tls(e: impl std::fmt::Display) -> Error {
 }
 
 fn private_key(pem: &str) -> Result<PrivateKeyDer<'static>> {
-    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| Error::Pki(format!("bad private key PEM: {e}")))
+    PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| Error::Pki(format!("bad private key PEM: {e}")))
 }
 
 fn roots(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>> {
@@ -85,7 +90,9 @@ impl Server {
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr> {
-        self.endpoint.local_addr().map_err(|e| Error::Connection(e.to_string()))
+        self.endpoint
+            .local_addr()
+            .map_err(|e| Error::Connection(e.to_string()))
     }
 
     /// The next incoming connection, after its handshake; `None` once closed.
@@ -94,7 +101,8 @@ impl Server {
     }
 
     pub fn close(&self) {
-        self.endpoint.close(0u32.into(), b"controller shutting down");
+        self.endpoint
+            .close(0u32.into(), b"controller shutting down");
     }
 }
 
@@ -177,15 +185,23 @@ impl Client {
         Client::connect_with(server, cfg, None).await
     }
 
-    async fn connect_with(server: &str, mut cfg: rustls::ClientConfig, pinned: Option<Arc<PinnedCa>>) -> Result<Client> {
+    async fn connect_with(
+        server: &str,
+        mut cfg: rustls::ClientConfig,
+        pinned: Option<Arc<PinnedCa>>,
+    ) -> Result<Client> {
         cfg.alpn_protocols = vec![ALPN.to_vec()];
         let addr = resolve(server).await?;
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).map_err(tls)?;
         let mut config = quinn::ClientConfig::new(Arc::new(quic));
         config.transport_config(transport_config(64));
-        let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
-            .parse()
-            .expect("a literal socket address");
+        let bind: SocketAddr = if addr.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        }
+        .parse()
+        .expect("a literal socket address");
         let mut endpoint = Endpoint::client(bind).map_err(|e| Error::Connect {
             addr: server.to_string(),
             message: format!("cannot open a UDP socket: {e}"),
@@ -225,7 +241,11 @@ impl Client {
 
     /// Sends `req` and returns the stream of responses (for watches and logs).
     pub async fn stream(&self, req: &Request) -> Result<ResponseStream> {
-        let (mut send, recv) = self.conn.open_bi().await.map_err(|e| Error::Connection(e.to_string()))?;
+        let (mut send, recv) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| Error::Connection(e.to_string()))?;
         frame::write(&mut send, req).await?;
         send.finish().map_err(|e| Error::Stream(e.to_string()))?;
         Ok(ResponseStream { recv, _send: send })
@@ -282,10 +302,17 @@ impl ServerCertVerifier for PinnedCa {
         }
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
-        inner.verify_server_cert(end_entity, &intermediates[..intermediates.len() - 1], server_name, ocsp, now)
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        inner.verify_server_cert(
+            end_entity,
+            &intermediates[..intermediates.len() - 1],
+            server_name,
+            ocsp,
+            now,
+        )
     }
 
     fn verify_tls12_signature(
@@ -294,7 +321,12 @@ impl ServerCertVerifier for PinnedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -303,10 +335,17 @@ impl ServerCertVerifier for PinnedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

@@ -23,7 +23,9 @@ pub fn encode(cipher: &SecretCipher, key: &str, obj: &Object) -> Result<Vec<u8>>
 
 pub fn decode(cipher: &SecretCipher, key: &str, bytes: &[u8]) -> Result<Object> {
     let corrupt = |m: String| Error::Corrupt(format!("{key}: {m}"));
-    let (tag, body) = bytes.split_first().ok_or_else(|| corrupt("empty value".into()))?;
+    let (tag, body) = bytes
+        .split_first()
+        .ok_or_else(|| corrupt("empty value".into()))?;
     let json = match *tag {
         PLAIN => body.to_vec(),
         SEALED => cipher.open(key.as_bytes(), body)?,

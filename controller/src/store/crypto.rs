@@ -20,7 +20,10 @@ impl SecretCipher {
     pub fn load_or_create(path: &Path) -> Result<Self> {
         let key = match std::fs::read(path) {
             Ok(key) => {
-                let mode = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.permissions().mode();
+                let mode = std::fs::metadata(path)
+                    .map_err(|e| Error::io(path, e))?
+                    .permissions()
+                    .mode();
                 if mode & 0o077 != 0 {
                     return Err(Error::Config(format!(
                         "{} is readable by others (mode {:o}); run: chmod 600 {}",
@@ -42,7 +45,9 @@ impl SecretCipher {
                     .mode(0o600)
                     .open(&tmp)
                     .map_err(|e| Error::io(&tmp, e))?;
-                f.write_all(&key).and_then(|_| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+                f.write_all(&key)
+                    .and_then(|_| f.sync_all())
+                    .map_err(|e| Error::io(&tmp, e))?;
                 std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
                 key
             }
@@ -66,7 +71,13 @@ impl SecretCipher {
         rand::rng().fill_bytes(&mut nonce);
         let ct = self
             .aead
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
             .map_err(|_| Error::Crypto("sealing a secret failed".into()))?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&ct);
@@ -81,7 +92,9 @@ impl SecretCipher {
         self.aead
             .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
             .map_err(|_| {
-                Error::Crypto("a stored secret does not decrypt: wrong secrets.key for this data dir?".into())
+                Error::Crypto(
+                    "a stored secret does not decrypt: wrong secrets.key for this data dir?".into(),
+                )
             })
     }
 }

@@ -51,11 +51,20 @@ pub enum Op {
     /// Fails if the object exists, or if its namespace does not.
     Create(Object),
     /// Replaces an existing object. With `expected`, fails unless the stored revision matches.
-    Update { object: Object, expected: Option<u64> },
+    Update {
+        object: Object,
+        expected: Option<u64>,
+    },
     /// Replaces only the status of an existing object, keeping its spec and metadata.
-    UpdateStatus { object: Object, expected: Option<u64> },
+    UpdateStatus {
+        object: Object,
+        expected: Option<u64>,
+    },
     /// Deletes one object. With `expected`, fails unless the stored revision matches.
-    Delete { key: ObjectKey, expected: Option<u64> },
+    Delete {
+        key: ObjectKey,
+        expected: Option<u64>,
+    },
     /// Deletes a namespace and everything in it, in one transaction.
     DeleteNamespace { name: String },
 }
@@ -170,7 +179,8 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let cipher = Arc::new(SecretCipher::load_or_create(&dir.join("secrets.key"))?);
         let path = dir.join("state.redb");
-        let db = Database::create(&path).map_err(|e| Error::store(format!("opening {}", path.display()), e))?;
+        let db = Database::create(&path)
+            .map_err(|e| Error::store(format!("opening {}", path.display()), e))?;
         let db = Arc::new(db);
         let revision = writer::initialize(&db, &cipher)?;
         let revision = Arc::new(AtomicU64::new(revision));
@@ -217,11 +227,19 @@ impl Store {
     }
 
     pub async fn update(&self, obj: Object, expected: Option<u64>) -> Result<Change> {
-        self.single(Op::Update { object: obj, expected }).await
+        self.single(Op::Update {
+            object: obj,
+            expected,
+        })
+        .await
     }
 
     pub async fn update_status(&self, obj: Object, expected: Option<u64>) -> Result<Change> {
-        self.single(Op::UpdateStatus { object: obj, expected }).await
+        self.single(Op::UpdateStatus {
+            object: obj,
+            expected,
+        })
+        .await
     }
 
     pub async fn delete(&self, key: ObjectKey, expected: Option<u64>) -> Result<Change> {
@@ -236,8 +254,14 @@ impl Store {
     }
 
     pub fn get(&self, key: &ObjectKey) -> Result<Option<Object>> {
-        let txn = self.inner.db.begin_read().map_err(|e| Error::store("read", e))?;
-        let table = txn.open_table(OBJECTS).map_err(|e| Error::store("read", e))?;
+        let txn = self
+            .inner
+            .db
+            .begin_read()
+            .map_err(|e| Error::store("read", e))?;
+        let table = txn
+            .open_table(OBJECTS)
+            .map_err(|e| Error::store("read", e))?;
         let k = key.encode();
         match table.get(k.as_str()).map_err(|e| Error::store("read", e))? {
             Some(v) => Ok(Some(codec::decode(&self.inner.cipher, &k, v.value())?)),
@@ -247,17 +271,26 @@ impl Store {
 
     /// Every object of `kind` (in `namespace`, or in all), with the revision they are current at.
     pub fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<(Vec<Object>, u64)> {
-        let txn = self.inner.db.begin_read().map_err(|e| Error::store("list", e))?;
+        let txn = self
+            .inner
+            .db
+            .begin_read()
+            .map_err(|e| Error::store("list", e))?;
         let meta = txn.open_table(META).map_err(|e| Error::store("list", e))?;
         let revision = meta
             .get(META_REVISION)
             .map_err(|e| Error::store("list", e))?
             .map(|v| v.value())
             .unwrap_or(0);
-        let table = txn.open_table(OBJECTS).map_err(|e| Error::store("list", e))?;
+        let table = txn
+            .open_table(OBJECTS)
+            .map_err(|e| Error::store("list", e))?;
         let prefix = ObjectKey::prefix(kind, namespace);
         let mut out = Vec::new();
-        for entry in table.range(prefix.as_str()..).map_err(|e| Error::store("list", e))? {
+        for entry in table
+            .range(prefix.as_str()..)
+            .map_err(|e| Error::store("list", e))?
+        {
             let (k, v) = entry.map_err(|e| Error::store("list", e))?;
             if !k.value().starts_with(&prefix) {
                 break;

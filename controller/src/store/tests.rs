@@ -38,22 +38,34 @@ async fn revisions_and_optimistic_concurrency() {
     assert!(start >= 1, "the default namespace is created on open");
     let created = store.create(cm("default", "a", "1")).await.unwrap();
     assert_eq!(created.revision, start + 1);
-    assert_eq!(created.object.metadata().resource_version, (start + 1).to_string());
+    assert_eq!(
+        created.object.metadata().resource_version,
+        (start + 1).to_string()
+    );
     assert_eq!(created.object.metadata().generation, 1);
     assert!(!created.object.metadata().uid.is_empty());
 
     let again = store.create(cm("default", "a", "1")).await.unwrap_err();
     assert!(matches!(again, Error::AlreadyExists(_)), "{again}");
 
-    let updated = store.update(cm("default", "a", "2"), Some(created.revision)).await.unwrap();
+    let updated = store
+        .update(cm("default", "a", "2"), Some(created.revision))
+        .await
+        .unwrap();
     assert_eq!(updated.object.metadata().generation, 2, "data changed");
     assert_eq!(updated.object.metadata().uid, created.object.metadata().uid);
 
-    let stale = store.update(cm("default", "a", "3"), Some(created.revision)).await.unwrap_err();
+    let stale = store
+        .update(cm("default", "a", "3"), Some(created.revision))
+        .await
+        .unwrap_err();
     assert!(matches!(stale, Error::Conflict(_)), "{stale}");
     let key = ObjectKey::new(Kind::ConfigMap, Some("default"), "a");
     let stored = store.get(&key).unwrap().unwrap();
-    assert_eq!(stored, updated.object, "a refused write leaves the object as it was");
+    assert_eq!(
+        stored, updated.object,
+        "a refused write leaves the object as it was"
+    );
 }
 
 #[tokio::test]
@@ -66,9 +78,18 @@ async fn objects_need_their_namespace_and_go_with_it() {
     store.create(cm("shop", "a", "1")).await.unwrap();
     store.create(cm("shop", "b", "1")).await.unwrap();
     store.create(cm("default", "c", "1")).await.unwrap();
-    let changes = store.write(vec![Op::DeleteNamespace { name: "shop".into() }]).await.unwrap();
+    let changes = store
+        .write(vec![Op::DeleteNamespace {
+            name: "shop".into(),
+        }])
+        .await
+        .unwrap();
     assert_eq!(changes.len(), 3);
-    assert!(store.list(Kind::ConfigMap, Some("shop")).unwrap().0.is_empty());
+    assert!(store
+        .list(Kind::ConfigMap, Some("shop"))
+        .unwrap()
+        .0
+        .is_empty());
     assert_eq!(store.list(Kind::ConfigMap, None).unwrap().0.len(), 1);
 }
 
@@ -78,12 +99,18 @@ async fn a_failed_request_in_a_batch_writes_nothing() {
     let store = open(dir.path());
     let before = store.revision();
     let err = store
-        .write(vec![Op::Create(cm("default", "x", "1")), Op::Create(cm("missing", "y", "1"))])
+        .write(vec![
+            Op::Create(cm("default", "x", "1")),
+            Op::Create(cm("missing", "y", "1")),
+        ])
         .await
         .unwrap_err();
     assert!(matches!(err, Error::NotFound(_)));
     assert_eq!(store.revision(), before);
-    assert!(store.get(&ObjectKey::new(Kind::ConfigMap, Some("default"), "x")).unwrap().is_none());
+    assert!(store
+        .get(&ObjectKey::new(Kind::ConfigMap, Some("default"), "x"))
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test]
@@ -92,7 +119,10 @@ async fn watch_resumes_from_a_revision_and_sees_each_change_once() {
     let store = open(dir.path());
     let from = store.revision();
     for i in 0..5 {
-        store.create(cm("default", &format!("c{i}"), "v")).await.unwrap();
+        store
+            .create(cm("default", &format!("c{i}"), "v"))
+            .await
+            .unwrap();
     }
     let mut w = store.watch(from, Some(Kind::ConfigMap)).unwrap();
     let mut seen = Vec::new();
@@ -103,7 +133,10 @@ async fn watch_resumes_from_a_revision_and_sees_each_change_once() {
     let writer = store.clone();
     let live = tokio::spawn(async move {
         for i in 5..10 {
-            writer.create(cm("default", &format!("c{i}"), "v")).await.unwrap();
+            writer
+                .create(cm("default", &format!("c{i}"), "v"))
+                .await
+                .unwrap();
         }
     });
     for _ in 0..5 {
@@ -126,7 +159,10 @@ async fn compacted_revisions_ask_for_a_relist() {
     )
     .unwrap();
     for i in 0..30 {
-        store.create(cm("default", &format!("c{i}"), "v")).await.unwrap();
+        store
+            .create(cm("default", &format!("c{i}"), "v"))
+            .await
+            .unwrap();
     }
     let err = store.watch(1, None).map(|_| ()).unwrap_err();
     assert!(matches!(err, Error::Compacted { .. }), "{err}");
@@ -145,15 +181,23 @@ async fn secrets_are_sealed_in_the_file() {
             },
             ..Default::default()
         };
-        s.data.insert("password".into(), "c3VwZXItc2VjcmV0LXBhc3N3b3Jk".into());
+        s.data
+            .insert("password".into(), "c3VwZXItc2VjcmV0LXBhc3N3b3Jk".into());
         store.create(Object::Secret(s)).await.unwrap();
         let key = ObjectKey::new(Kind::Secret, Some("default"), "db");
         assert!(store.get(&key).unwrap().is_some());
     }
     let file = std::fs::read(dir.path().join("state.redb")).unwrap();
     let needle = b"c3VwZXItc2VjcmV0LXBhc3N3b3Jk";
-    assert!(!file.windows(needle.len()).any(|w| w == needle), "secret data is readable in the file");
-    let key_mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir.path().join("secrets.key")).unwrap().permissions());
+    assert!(
+        !file.windows(needle.len()).any(|w| w == needle),
+        "secret data is readable in the file"
+    );
+    let key_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join("secrets.key"))
+            .unwrap()
+            .permissions(),
+    );
     assert_eq!(key_mode & 0o777, 0o600);
 }
 
@@ -165,7 +209,12 @@ async fn concurrent_writers_share_commits_and_all_land() {
     let tasks: Vec<_> = (0..200)
         .map(|i| {
             let s = store.clone();
-            tokio::spawn(async move { s.create(cm("default", &format!("c{i}"), "v")).await.unwrap().revision })
+            tokio::spawn(async move {
+                s.create(cm("default", &format!("c{i}"), "v"))
+                    .await
+                    .unwrap()
+                    .revision
+            })
         })
         .collect();
     let mut revs = Vec::new();

@@ -76,7 +76,10 @@ impl Watch {
             )));
         }
         let log = txn.open_table(LOG).map_err(|e| Error::store("watch", e))?;
-        for entry in log.range(self.seen + 1..).map_err(|e| Error::store("watch", e))? {
+        for entry in log
+            .range(self.seen + 1..)
+            .map_err(|e| Error::store("watch", e))?
+        {
             let (rev, bytes) = entry.map_err(|e| Error::store("watch", e))?;
             let entry: LogEntry = postcard::from_bytes(bytes.value())
                 .map_err(|e| Error::Corrupt(format!("change log entry {}: {e}", rev.value())))?;

@@ -28,15 +28,27 @@ pub(crate) struct LogEntry {
 
 /// Creates the tables and the `default` namespace on a new file; returns the current revision.
 pub(crate) fn initialize(db: &Database, cipher: &SecretCipher) -> Result<u64> {
-    let txn = db.begin_write().map_err(|e| Error::store("initialize", e))?;
+    let txn = db
+        .begin_write()
+        .map_err(|e| Error::store("initialize", e))?;
     let revision;
     {
-        let mut objects = txn.open_table(OBJECTS).map_err(|e| Error::store("initialize", e))?;
-        let mut log = txn.open_table(LOG).map_err(|e| Error::store("initialize", e))?;
-        let mut meta = txn.open_table(META).map_err(|e| Error::store("initialize", e))?;
+        let mut objects = txn
+            .open_table(OBJECTS)
+            .map_err(|e| Error::store("initialize", e))?;
+        let mut log = txn
+            .open_table(LOG)
+            .map_err(|e| Error::store("initialize", e))?;
+        let mut meta = txn
+            .open_table(META)
+            .map_err(|e| Error::store("initialize", e))?;
         let current = read_meta(&meta, META_REVISION)?;
         let key = ObjectKey::new(Kind::Namespace, None, "default").encode();
-        if objects.get(key.as_str()).map_err(|e| Error::store("initialize", e))?.is_none() {
+        if objects
+            .get(key.as_str())
+            .map_err(|e| Error::store("initialize", e))?
+            .is_none()
+        {
             let mut batch = Batch::new(current, &objects, cipher);
             let mut ns = Object::Namespace(Namespace {
                 metadata: ObjectMeta {
@@ -47,9 +59,15 @@ pub(crate) fn initialize(db: &Database, cipher: &SecretCipher) -> Result<u64> {
             });
             ns.normalize();
             batch.apply_request(&[Op::Create(ns)], &now())?;
-            let Batch { overlay, log: entries, next_revision, .. } = batch;
+            let Batch {
+                overlay,
+                log: entries,
+                next_revision,
+                ..
+            } = batch;
             flush(&mut objects, &mut log, overlay, entries)?;
-            meta.insert(META_REVISION, next_revision - 1).map_err(|e| Error::store("initialize", e))?;
+            meta.insert(META_REVISION, next_revision - 1)
+                .map_err(|e| Error::store("initialize", e))?;
             revision = next_revision - 1;
         } else {
             revision = current;
@@ -120,13 +138,21 @@ fn commit(
     config: &StoreConfig,
     requests: &[&[Op]],
 ) -> Result<(Results, u64)> {
-    let txn = db.begin_write().map_err(|e| Error::store("begin write", e))?;
+    let txn = db
+        .begin_write()
+        .map_err(|e| Error::store("begin write", e))?;
     let results;
     let new_revision;
     {
-        let mut objects = txn.open_table(OBJECTS).map_err(|e| Error::store("open objects", e))?;
-        let mut log = txn.open_table(LOG).map_err(|e| Error::store("open log", e))?;
-        let mut meta = txn.open_table(META).map_err(|e| Error::store("open meta", e))?;
+        let mut objects = txn
+            .open_table(OBJECTS)
+            .map_err(|e| Error::store("open objects", e))?;
+        let mut log = txn
+            .open_table(LOG)
+            .map_err(|e| Error::store("open log", e))?;
+        let mut meta = txn
+            .open_table(META)
+            .map_err(|e| Error::store("open meta", e))?;
         let current = read_meta(&meta, META_REVISION)?;
         let now = now();
         let mut batch = Batch::new(current, &objects, cipher);
@@ -134,10 +160,16 @@ fn commit(
             .iter()
             .map(|ops| batch.apply_request(ops, &now))
             .collect::<Vec<_>>();
-        let Batch { overlay, log: entries, next_revision, .. } = batch;
+        let Batch {
+            overlay,
+            log: entries,
+            next_revision,
+            ..
+        } = batch;
         new_revision = next_revision - 1;
         flush(&mut objects, &mut log, overlay, entries)?;
-        meta.insert(META_REVISION, new_revision).map_err(|e| Error::store("write meta", e))?;
+        meta.insert(META_REVISION, new_revision)
+            .map_err(|e| Error::store("write meta", e))?;
         compact(&mut log, &mut meta, new_revision, config.log_retention)?;
     }
     txn.commit().map_err(|e| Error::store("commit", e))?;
@@ -159,7 +191,8 @@ fn flush(
     }
     for (rev, entry) in entries {
         let bytes = postcard::to_allocvec(&entry).map_err(|e| Error::Internal(e.to_string()))?;
-        log.insert(rev, bytes.as_slice()).map_err(|e| Error::store("append log", e))?;
+        log.insert(rev, bytes.as_slice())
+            .map_err(|e| Error::store("append log", e))?;
     }
     Ok(())
 }
@@ -176,7 +209,10 @@ fn compact(
         return Ok(());
     }
     loop {
-        let first = log.first().map_err(|e| Error::store("compact", e))?.map(|(k, _)| k.value());
+        let first = log
+            .first()
+            .map_err(|e| Error::store("compact", e))?
+            .map(|(k, _)| k.value());
         match first {
             Some(k) if k <= floor => {
                 log.remove(k).map_err(|e| Error::store("compact", e))?;
@@ -184,7 +220,8 @@ fn compact(
             _ => break,
         }
     }
-    meta.insert(META_COMPACTED, floor).map_err(|e| Error::store("compact", e))?;
+    meta.insert(META_COMPACTED, floor)
+        .map_err(|e| Error::store("compact", e))?;
     Ok(())
 }
 
@@ -209,7 +246,11 @@ struct Pending {
 }
 
 impl<'a> Batch<'a> {
-    fn new(current: u64, table: &'a Table<'a, &'static str, &'static [u8]>, cipher: &'a SecretCipher) -> Self {
+    fn new(
+        current: u64,
+        table: &'a Table<'a, &'static str, &'static [u8]>,
+        cipher: &'a SecretCipher,
+    ) -> Self {
         Batch {
             table,
             cipher,
@@ -246,13 +287,19 @@ impl<'a> Batch<'a> {
                 .map_err(|e| Error::store("read", e))?
                 .map(|v| v.value().to_vec()),
         };
-        bytes.map(|b| codec::decode(self.cipher, key, &b)).transpose()
+        bytes
+            .map(|b| codec::decode(self.cipher, key, &b))
+            .transpose()
     }
 
     /// Keys under `prefix`, as the file and both overlays together see them.
     fn keys_with_prefix(&self, p: &Pending, prefix: &str) -> Result<Vec<String>> {
         let mut keys = std::collections::BTreeSet::new();
-        for entry in self.table.range(prefix..).map_err(|e| Error::store("scan", e))? {
+        for entry in self
+            .table
+            .range(prefix..)
+            .map_err(|e| Error::store("scan", e))?
+        {
             let (k, _) = entry.map_err(|e| Error::store("scan", e))?;
             if !k.value().starts_with(prefix) {
                 break;
@@ -271,14 +318,27 @@ impl<'a> Batch<'a> {
         Ok(keys.into_iter().collect())
     }
 
-    fn record(&mut self, p: &mut Pending, type_: ChangeType, key: String, mut obj: Object) -> Result<()> {
+    fn record(
+        &mut self,
+        p: &mut Pending,
+        type_: ChangeType,
+        key: String,
+        mut obj: Object,
+    ) -> Result<()> {
         let revision = self.next_revision;
         self.next_revision += 1;
         obj.metadata_mut().resource_version = revision.to_string();
         let value = codec::encode(self.cipher, &key, &obj)?;
-        p.overlay.insert(key.clone(), (type_ != ChangeType::Deleted).then(|| value.clone()));
+        p.overlay.insert(
+            key.clone(),
+            (type_ != ChangeType::Deleted).then(|| value.clone()),
+        );
         p.log.push((revision, LogEntry { type_, key, value }));
-        p.changes.push(Change { revision, type_, object: obj });
+        p.changes.push(Change {
+            revision,
+            type_,
+            object: obj,
+        });
         Ok(())
     }
 
@@ -325,7 +385,11 @@ impl<'a> Batch<'a> {
                 } else {
                     sm.generation + 1
                 };
-                let (uid, created, deleting) = (sm.uid.clone(), sm.creation_timestamp.clone(), sm.deletion_timestamp.clone());
+                let (uid, created, deleting) = (
+                    sm.uid.clone(),
+                    sm.creation_timestamp.clone(),
+                    sm.deletion_timestamp.clone(),
+                );
                 let m = obj.metadata_mut();
                 m.uid = uid;
                 m.creation_timestamp = created;
@@ -338,7 +402,9 @@ impl<'a> Batch<'a> {
                 obj.normalize();
                 let key = ObjectKey::of(&obj);
                 let stored = self.existing(p, &key, *expected)?;
-                let merged = stored.with_status_of(&obj).map_err(|e| Error::Internal(e.to_string()))?;
+                let merged = stored
+                    .with_status_of(&obj)
+                    .map_err(|e| Error::Internal(e.to_string()))?;
                 self.record(p, ChangeType::Modified, key.encode(), merged)
             }
             Op::Delete { key, expected } => {
@@ -391,6 +457,8 @@ impl<'a> Batch<'a> {
                 return Ok(name);
             }
         }
-        Err(Error::Conflict(format!("could not generate a unique name from {base:?}")))
+        Err(Error::Conflict(format!(
+            "could not generate a unique name from {base:?}"
+        )))
     }
 }

@@ -1,0 +1,477 @@
+//! How `shoal get` shows objects: kubectl's columns per kind, and its aligned tables.
+//! Pure functions of the objects and `now`, so they are tested without a cluster.
+
+use crate::kind::Kind;
+use crate::object::Object;
+use crate::objects::*;
+use chrono::{DateTime, Utc};
+
+/// The header of a kind's table.
+pub fn columns(kind: Kind, wide: bool, all_namespaces: bool) -> Vec<&'static str> {
+    let mut c: Vec<&'static str> = match kind {
+        Kind::Pod => vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
+        Kind::Deployment => vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+        Kind::ReplicaSet => vec!["NAME", "DESIRED", "CURRENT", "READY", "AGE"],
+        Kind::DaemonSet => vec![
+            "NAME",
+            "DESIRED",
+            "CURRENT",
+            "READY",
+            "UP-TO-DATE",
+            "AVAILABLE",
+            "NODE SELECTOR",
+            "AGE",
+        ],
+        Kind::Job => vec!["NAME", "STATUS", "COMPLETIONS", "AGE"],
+        Kind::Service => vec![
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE",
+        ],
+        Kind::Endpoints => vec!["NAME", "ENDPOINTS", "AGE"],
+        Kind::ConfigMap => vec!["NAME", "DATA", "AGE"],
+        Kind::Secret => vec!["NAME", "TYPE", "DATA", "AGE"],
+        Kind::Namespace => vec!["NAME", "STATUS", "AGE"],
+        Kind::Node => vec!["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
+        Kind::Event => vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+    };
+    if wide {
+        match kind {
+            Kind::Pod => c.extend(["IP", "NODE"]),
+            Kind::Node => c.extend(["INTERNAL-IP", "OS-IMAGE", "ARCH", "RUNTIMES"]),
+            Kind::Deployment | Kind::ReplicaSet | Kind::DaemonSet => {
+                c.extend(["CONTAINERS", "IMAGES", "SELECTOR"])
+            }
+            Kind::Service => c.push("SELECTOR"),
+            _ => {}
+        }
+    }
+    if all_namespaces && kind.namespaced() {
+        c.insert(0, "NAMESPACE");
+    }
+    c
+}
+
+/// kubectl's short ages: `45s`, `5m3s`, `42m`, `3h20m`, `30h`, `3d5h`, `12d`.
+pub fn age(since: Option<&str>, now: DateTime<Utc>) -> String {
+    let Some(t) = since.and_then(|s| DateTime::parse_from_rfc3339(s).ok()) else {
+        return "<unknown>".into();
+    };
+    let s = (now - t.with_timezone(&Utc)).num_seconds().max(0);
+    let (m, h, d) = (s / 60, s / 3600, s / 86400);
+    match () {
+        _ if s < 120 => format!("{s}s"),
+        _ if m < 10 => format!("{m}m{}s", s % 60).replace("m0s", "m"),
+        _ if h < 3 => format!("{m}m"),
+        _ if h < 8 => format!("{h}h{}m", m % 60).replace("h0m", "h"),
+        _ if d < 2 => format!("{h}h"),
+        _ if d < 8 => format!("{d}d{}h", h % 24).replace("d0h", "d"),
+        _ => format!("{d}d"),
+    }
+}
+
+fn or_none(s: String) -> String {
+    if s.is_empty() {
+        "<none>".into()
+    } else {
+        s
+    }
+}
+
+fn join_map(m: &std::collections::BTreeMap<String, String>) -> String {
+    or_none(
+        m.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    )
+}
+
+/// What `get pods` shows as STATUS: the waiting or terminated reason when there is one.
+pub fn pod_status(p: &Pod) -> String {
+    if p.metadata.deletion_timestamp.is_some() {
+        return "Terminating".into();
+    }
+    let Some(st) = &p.status else {
+        return "Pending".into();
+    };
+    for cs in &st.container_statuses {
+        if let Some(state) = &cs.state {
+            if let Some(reason) = state.waiting.as_ref().and_then(|w| w.reason.clone()) {
+                return reason;
+            }
+            if let Some(t) = &state.terminated {
+                if st.phase.as_deref() != Some("Succeeded") {
+                    return t
+                        .reason
+                        .clone()
+                        .unwrap_or_else(|| format!("ExitCode:{}", t.exit_code));
+                }
+            }
+        }
+    }
+    st.reason
+        .clone()
+        .or_else(|| st.phase.clone())
+        .unwrap_or_else(|| "Pending".into())
+}
+
+fn condition_true(conds: &[Condition], ty: &str) -> bool {
+    conds.iter().any(|c| c.type_ == ty && c.status == "True")
+}
+
+fn service_ports(s: &Service) -> String {
+    or_none(
+        s.spec
+            .ports
+            .iter()
+            .map(|p| {
+                let proto = p.protocol.as_deref().unwrap_or("TCP");
+                match p.node_port {
+                    Some(np) => format!("{}:{np}/{proto}", p.port),
+                    None => format!("{}/{proto}", p.port),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+    )
+}
+
+fn template_wide(t: &PodTemplateSpec, selector: &crate::selector::LabelSelector) -> [String; 3] {
+    let names = t
+        .spec
+        .containers
+        .iter()
+        .map(|c| c.name.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    let images = t
+        .spec
+        .containers
+        .iter()
+        .map(|c| c.image.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    let sel = crate::selector::Selector::from_label_selector(selector)
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    [names, images, or_none(sel)]
+}
+
+/// One row of a kind's table, matching [`columns`].
+pub fn row(obj: &Object, now: DateTime<Utc>, wide: bool, all_namespaces: bool) -> Vec<String> {
+    let m = obj.metadata();
+    let name = m.name.clone();
+    let age = age(m.creation_timestamp.as_deref(), now);
+    let mut r: Vec<String> = match obj {
+        Object::Pod(p) => {
+            let statuses = p
+                .status
+                .as_ref()
+                .map(|s| s.container_statuses.as_slice())
+                .unwrap_or(&[]);
+            let ready = statuses.iter().filter(|c| c.ready).count();
+            let restarts: i32 = statuses.iter().map(|c| c.restart_count).sum();
+            let mut r = vec![
+                name,
+                format!("{ready}/{}", p.spec.containers.len()),
+                pod_status(p),
+                restarts.to_string(),
+                age,
+            ];
+            if wide {
+                let st = p.status.as_ref();
+                r.push(
+                    st.and_then(|s| s.pod_ip.clone())
+                        .unwrap_or_else(|| "<none>".into()),
+                );
+                r.push(p.spec.node_name.clone().unwrap_or_else(|| "<none>".into()));
+            }
+            r
+        }
+        Object::Deployment(d) => {
+            let st = d.status.clone().unwrap_or_default();
+            let mut r = vec![
+                name,
+                format!("{}/{}", st.ready_replicas, d.spec.replicas.unwrap_or(1)),
+                st.updated_replicas.to_string(),
+                st.available_replicas.to_string(),
+                age,
+            ];
+            if wide {
+                r.extend(template_wide(&d.spec.template, &d.spec.selector));
+            }
+            r
+        }
+        Object::ReplicaSet(rs) => {
+            let st = rs.status.clone().unwrap_or_default();
+            let mut r = vec![
+                name,
+                rs.spec.replicas.unwrap_or(1).to_string(),
+                st.replicas.to_string(),
+                st.ready_replicas.to_string(),
+                age,
+            ];
+            if wide {
+                r.extend(template_wide(&rs.spec.template, &rs.spec.selector));
+            }
+            r
+        }
+        Object::DaemonSet(ds) => {
+            let st = ds.status.clone().unwrap_or_default();
+            let mut r = vec![
+                name,
+                st.desired_number_scheduled.to_string(),
+                st.current_number_scheduled.to_string(),
+                st.number_ready.to_string(),
+                st.updated_number_scheduled.to_string(),
+                st.number_available.to_string(),
+                join_map(&ds.spec.template.spec.node_selector),
+                age,
+            ];
+            if wide {
+                r.extend(template_wide(&ds.spec.template, &ds.spec.selector));
+            }
+            r
+        }
+        Object::Job(j) => {
+            let st = j.status.clone().unwrap_or_default();
+            let status = if condition_true(&st.conditions, "Complete") {
+                "Complete"
+            } else if condition_true(&st.conditions, "Failed") {
+                "Failed"
+            } else {
+                "Running"
+            };
+            vec![
+                name,
+                status.into(),
+                format!("{}/{}", st.succeeded, j.spec.completions.unwrap_or(1)),
+                age,
+            ]
+        }
+        Object::Service(s) => {
+            let external = s
+                .status
+                .as_ref()
+                .and_then(|st| st.load_balancer.as_ref())
+                .map(|lb| {
+                    lb.ingress
+                        .iter()
+                        .filter_map(|i| i.ip.clone())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| {
+                    if s.spec.type_.as_deref() == Some("LoadBalancer") {
+                        "<pending>".into()
+                    } else {
+                        "<none>".into()
+                    }
+                });
+            let mut r = vec![
+                name,
+                s.spec.type_.clone().unwrap_or_else(|| "ClusterIP".into()),
+                s.spec.cluster_ip.clone().unwrap_or_else(|| "<none>".into()),
+                external,
+                service_ports(s),
+                age,
+            ];
+            if wide {
+                r.push(join_map(&s.spec.selector));
+            }
+            r
+        }
+        Object::Endpoints(e) => {
+            let eps: Vec<String> = e
+                .subsets
+                .iter()
+                .flat_map(|s| {
+                    s.addresses.iter().flat_map(move |a| {
+                        s.ports.iter().map(move |p| format!("{}:{}", a.ip, p.port))
+                    })
+                })
+                .collect();
+            vec![name, or_none(eps.join(",")), age]
+        }
+        Object::ConfigMap(c) => vec![name, (c.data.len() + c.binary_data.len()).to_string(), age],
+        Object::Secret(s) => vec![
+            name,
+            s.type_.clone().unwrap_or_else(|| "Opaque".into()),
+            s.data.len().to_string(),
+            age,
+        ],
+        Object::Namespace(n) => {
+            let phase = if n.metadata.deletion_timestamp.is_some() {
+                "Terminating"
+            } else {
+                "Active"
+            };
+            vec![name, phase.into(), age]
+        }
+        Object::Node(n) => {
+            let st = n.status.clone().unwrap_or_default();
+            let mut status = if condition_true(&st.conditions, "Ready") {
+                "Ready"
+            } else {
+                "NotReady"
+            }
+            .to_string();
+            if n.spec.unschedulable {
+                status.push_str(",SchedulingDisabled");
+            }
+            let roles: Vec<&str> = m
+                .labels
+                .keys()
+                .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
+                .collect();
+            let info = st.node_info.clone().unwrap_or_default();
+            let mut r = vec![
+                name,
+                status,
+                or_none(roles.join(",")),
+                age,
+                info.kubelet_version.clone(),
+            ];
+            if wide {
+                let ip = st
+                    .addresses
+                    .iter()
+                    .find(|a| a.type_ == "InternalIP")
+                    .map(|a| a.address.clone());
+                r.push(ip.unwrap_or_else(|| "<none>".into()));
+                r.push(or_none(info.os_image.clone()));
+                r.push(or_none(info.architecture.clone()));
+                r.push(or_none(
+                    st.runtime_handlers
+                        .iter()
+                        .map(|h| h.name.clone())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ));
+            }
+            r
+        }
+        Object::Event(e) => {
+            let obj = format!(
+                "{}/{}",
+                e.involved_object
+                    .kind
+                    .as_deref()
+                    .unwrap_or("")
+                    .to_ascii_lowercase(),
+                e.involved_object.name.as_deref().unwrap_or("")
+            );
+            let seen = crate::table::age(
+                e.last_timestamp
+                    .as_deref()
+                    .or(m.creation_timestamp.as_deref()),
+                now,
+            );
+            vec![
+                seen,
+                e.type_.clone().unwrap_or_else(|| "Normal".into()),
+                e.reason.clone().unwrap_or_default(),
+                obj,
+                e.message.clone().unwrap_or_default(),
+            ]
+        }
+    };
+    if all_namespaces && obj.kind().namespaced() {
+        r.insert(0, m.namespace_or_default().to_string());
+    }
+    r
+}
+
+/// Aligns rows under a header with three spaces between columns, as kubectl does.
+pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, cell) in r.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            s.push_str(c);
+            if i < last {
+                s.push_str(&" ".repeat(widths[i] - c.chars().count() + 3));
+            }
+        }
+        s.push('\n');
+        s
+    };
+    let mut out = line(header.to_vec());
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn ages_read_like_kubectl() {
+        let now = Utc.with_ymd_and_hms(2026, 1, 10, 12, 0, 0).unwrap();
+        let ago = |secs: i64| (now - chrono::Duration::seconds(secs)).to_rfc3339();
+        for (secs, want) in [
+            (5, "5s"),
+            (119, "119s"),
+            (303, "5m3s"),
+            (300, "5m"),
+            (2520, "42m"),
+            (12000, "3h20m"),
+            (108000, "30h"),
+            (277200, "3d5h"),
+            (1036800, "12d"),
+        ] {
+            assert_eq!(age(Some(&ago(secs)), now), want, "{secs}s");
+        }
+        assert_eq!(age(None, now), "<unknown>");
+    }
+
+    #[test]
+    fn tables_line_up() {
+        let out = render(
+            &["NAME", "READY"],
+            &[
+                vec!["web-1".into(), "1/1".into()],
+                vec!["a".into(), "0/1".into()],
+            ],
+        );
+        assert_eq!(out, "NAME    READY\nweb-1   1/1\na       0/1\n");
+    }
+
+    #[test]
+    fn pod_status_prefers_the_waiting_reason() {
+        let mut p = Pod::default();
+        assert_eq!(pod_status(&p), "Pending");
+        p.status = Some(PodStatus {
+            phase: Some("Running".into()),
+            container_statuses: vec![ContainerStatus {
+                name: "c".into(),
+                state: Some(ContainerState {
+                    waiting: Some(ContainerStateWaiting {
+                        reason: Some("CrashLoopBackOff".into()),
+                        message: None,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        assert_eq!(pod_status(&p), "CrashLoopBackOff");
+    }
+}

@@ -1,0 +1,108 @@
+//! What every client verb shares: finding the credential, connecting, turning server errors
+//! into messages, and reading manifests from files, directories or stdin.
+
+use crate::ClientArgs;
+use anyhow::{anyhow, bail, Context, Result};
+use shoal_api::{parse_manifests, Parsed};
+use shoal_transport::proto::{ErrorCode, Request, Response};
+use shoal_transport::{Client, Credentials};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// `/var/lib/shoal` for root (as K3s's /var/lib/rancher), else `~/.local/share/shoal`.
+pub fn default_data_dir() -> PathBuf {
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false);
+    if root {
+        return PathBuf::from("/var/lib/shoal");
+    }
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("shoal")
+}
+
+pub fn config_path(args: &ClientArgs) -> PathBuf {
+    args.config
+        .clone()
+        .unwrap_or_else(|| default_data_dir().join("admin.conf"))
+}
+
+pub async fn connect(args: &ClientArgs) -> Result<Client> {
+    let path = config_path(args);
+    let creds = Credentials::load(&path)?;
+    Client::connect(&creds).await.with_context(|| {
+        format!(
+            "connecting to the controller at {} (from {})",
+            creds.server,
+            path.display()
+        )
+    })
+}
+
+/// Sends a request and returns its response, or the server's error as kubectl words it.
+pub async fn call(client: &Client, req: &Request) -> Result<Response> {
+    check(client.call(req).await?)
+}
+
+pub fn check(response: Response) -> Result<Response> {
+    match response {
+        Response::Error(e) => {
+            let code = match e.code {
+                ErrorCode::NotFound => "NotFound",
+                ErrorCode::AlreadyExists => "AlreadyExists",
+                ErrorCode::Conflict => "Conflict",
+                ErrorCode::Invalid => "Invalid",
+                ErrorCode::Compacted => "Expired",
+                ErrorCode::Unauthenticated => "Unauthorized",
+                ErrorCode::Forbidden => "Forbidden",
+                ErrorCode::BadRequest => "BadRequest",
+                ErrorCode::Internal => "InternalError",
+            };
+            Err(anyhow!("Error from server ({code}): {}", e.message))
+        }
+        other => Ok(other),
+    }
+}
+
+/// Reads `-f` arguments: files, directories (their .yaml, .yml and .json files, sorted) or `-`.
+pub fn read_manifests(paths: &[PathBuf]) -> Result<Vec<Parsed>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("reading stdin")?;
+            out.extend(parse_manifests("<stdin>", &text)?);
+        } else if p.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(p)
+                .with_context(|| format!("reading {}", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| {
+                    matches!(
+                        f.extension().and_then(|e| e.to_str()),
+                        Some("yaml" | "yml" | "json")
+                    )
+                })
+                .collect();
+            files.sort();
+            for f in files {
+                out.extend(read_file(&f)?);
+            }
+        } else {
+            out.extend(read_file(p)?);
+        }
+    }
+    if out.is_empty() {
+        bail!("no objects passed to apply");
+    }
+    Ok(out)
+}
+
+fn read_file(path: &Path) -> Result<Vec<Parsed>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(parse_manifests(&path.display().to_string(), &text)?)
+}

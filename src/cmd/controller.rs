@@ -1,0 +1,87 @@
+//! `shoal controller`
+
+use crate::client::default_data_dir;
+use anyhow::{Context, Result};
+use shoal_controller::{Controller, ControllerConfig, StoreConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+#[derive(clap::Args, Clone)]
+pub struct Args {
+    /// Where the store, the PKI, admin.conf and the join token live.
+    #[arg(long, env = "SHOAL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// UDP address the QUIC API listens on.
+    #[arg(long, default_value = "0.0.0.0:7443")]
+    pub listen: SocketAddr,
+    /// Extra names or addresses for the server certificate (repeatable).
+    #[arg(long = "tls-san")]
+    pub tls_san: Vec<String>,
+    /// The server address written into admin.conf (default: the listen address).
+    #[arg(long)]
+    pub advertise_address: Option<String>,
+}
+
+impl Args {
+    pub fn config(&self) -> ControllerConfig {
+        ControllerConfig {
+            data_dir: self.data_dir.clone().unwrap_or_else(default_data_dir),
+            listen: self.listen,
+            tls_san: self.tls_san.clone(),
+            advertise: self.advertise_address.clone(),
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+/// Cancels `token` on the first SIGINT or SIGTERM; exits at once on the second.
+pub fn shutdown_on_signals(token: CancellationToken) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::spawn(async move {
+        for n in 0.. {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            if n == 0 {
+                tracing::info!("shutting down (signal again to force)");
+                token.cancel();
+            } else {
+                std::process::exit(130);
+            }
+        }
+    });
+    Ok(())
+}
+
+pub async fn start(args: &Args) -> Result<Controller> {
+    let config = args.config();
+    let dir = config.data_dir.display().to_string();
+    let controller = Controller::start(config)
+        .await
+        .with_context(|| format!("starting the controller in {dir}"))?;
+    eprintln!(
+        "shoal controller listening on {} (QUIC/UDP)",
+        controller.local_addr()?
+    );
+    eprintln!(
+        "  admin credential: {}",
+        controller.admin_config().display()
+    );
+    eprintln!(
+        "  join token:       {}",
+        controller.admin_config().with_file_name("token").display()
+    );
+    Ok(controller)
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let controller = start(&args).await?;
+    let shutdown = CancellationToken::new();
+    shutdown_on_signals(shutdown.clone())?;
+    controller.run(shutdown).await?;
+    Ok(())
+}

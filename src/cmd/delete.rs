@@ -1,0 +1,119 @@
+//! `shoal delete (-f FILE | KIND NAME... | KIND -l SELECTOR)`
+
+use crate::client::{call, connect, read_manifests};
+use crate::ClientArgs;
+use anyhow::{bail, Result};
+use shoal_api::Kind;
+use shoal_transport::proto::{Request, Response};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A kind and names, or `KIND/NAME`.
+    args: Vec<String>,
+    /// Delete what these manifests describe.
+    #[arg(short = 'f', long = "filename")]
+    files: Vec<PathBuf>,
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+    #[arg(short = 'l', long)]
+    selector: Option<String>,
+    /// Do not fail when an object does not exist.
+    #[arg(long)]
+    ignore_not_found: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let mut targets: Vec<(Kind, Option<String>, String)> = Vec::new();
+    let mut selected: Option<(Kind, String)> = None;
+    if !args.files.is_empty() {
+        for p in read_manifests(&args.files)? {
+            let ns = p
+                .object
+                .namespace()
+                .map(str::to_string)
+                .or_else(|| Some(args.namespace.clone()));
+            targets.push((p.object.kind(), ns, p.object.name().to_string()));
+        }
+    } else {
+        let Some(first) = args.args.first() else {
+            bail!("name a kind and objects (`shoal delete deploy web`), a selector (-l) or manifests (-f)");
+        };
+        if let Some((k, n)) = first.split_once('/') {
+            targets.push((k.parse()?, Some(args.namespace.clone()), n.to_string()));
+            for a in &args.args[1..] {
+                let (k, n) = a
+                    .split_once('/')
+                    .ok_or_else(|| anyhow::anyhow!("expected KIND/NAME, got {a:?}"))?;
+                targets.push((k.parse()?, Some(args.namespace.clone()), n.to_string()));
+            }
+        } else {
+            let kind: Kind = first.parse()?;
+            match &args.selector {
+                Some(sel) => selected = Some((kind, sel.clone())),
+                None if args.args.len() == 1 => {
+                    bail!("name the {} to delete, or pass -l SELECTOR", kind.plural())
+                }
+                None => targets.extend(
+                    args.args[1..]
+                        .iter()
+                        .map(|n| (kind, Some(args.namespace.clone()), n.clone())),
+                ),
+            }
+        }
+    }
+    // Namespaces last: deleting one takes its contents along at once.
+    targets.sort_by_key(|t| t.0 == Kind::Namespace);
+    let client = connect(&args.client).await?;
+    if let Some((kind, selector)) = selected {
+        let req = Request::DeleteSelected {
+            kind: kind.name().into(),
+            namespace: Some(args.namespace.clone()),
+            selector,
+        };
+        if let Response::Deleted(refs) = call(&client, &req).await? {
+            if refs.is_empty() {
+                eprintln!("No resources found");
+            }
+            for r in refs {
+                println!("{} deleted", quoted(&r));
+            }
+        }
+    }
+    let mut failed = false;
+    for (kind, namespace, name) in targets {
+        let req = Request::Delete {
+            kind: kind.name().into(),
+            namespace,
+            name: name.clone(),
+        };
+        match call(&client, &req).await {
+            Ok(Response::Deleted(refs)) => {
+                for r in refs {
+                    println!("{} deleted", quoted(&r));
+                }
+            }
+            Ok(other) => bail!("unexpected answer: {other:?}"),
+            Err(e) if args.ignore_not_found && e.to_string().contains("(NotFound)") => {}
+            Err(e) => {
+                eprintln!("{e}");
+                failed = true;
+            }
+        }
+    }
+    client.close().await;
+    if failed {
+        bail!("some objects were not deleted");
+    }
+    Ok(())
+}
+
+/// `deployment.apps/web` -> `deployment.apps "web"`, as kubectl prints deletions.
+fn quoted(reference: &str) -> String {
+    match reference.split_once('/') {
+        Some((k, n)) => format!("{k} \"{n}\""),
+        None => reference.to_string(),
+    }
+}

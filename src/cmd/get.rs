@@ -1,0 +1,242 @@
+//! `shoal get KIND [NAME...] [-n NS | -A] [-l SELECTOR] [-o wide|yaml|json|name] [--watch]`
+
+use crate::client::{call, check, connect};
+use crate::ClientArgs;
+use anyhow::{bail, Context, Result};
+use shoal_api::table::{columns, render, row};
+use shoal_api::{Kind, Object};
+use shoal_transport::proto::{Request, Response};
+use shoal_transport::Client;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A kind (pods, po, deploy, svc, ...), `KIND/NAME`, or `all`.
+    kind: String,
+    names: Vec<String>,
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+    /// Across all namespaces.
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
+    /// Label selector (`app=web,tier in (front,back)`).
+    #[arg(short = 'l', long, default_value = "")]
+    selector: String,
+    /// wide, yaml, json or name.
+    #[arg(short = 'o', long, value_parser = ["wide", "yaml", "json", "name"])]
+    output: Option<String>,
+    /// After listing, print changes as they happen.
+    #[arg(short = 'w', long)]
+    watch: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+const ALL: [Kind; 6] = [
+    Kind::Pod,
+    Kind::Service,
+    Kind::DaemonSet,
+    Kind::Deployment,
+    Kind::ReplicaSet,
+    Kind::Job,
+];
+
+fn decode(bytes: &[u8]) -> Result<Object> {
+    Object::from_json(bytes).context("decoding an object from the server")
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let (kind_arg, mut names) = match args.kind.split_once('/') {
+        Some((k, n)) => (k.to_string(), vec![n.to_string()]),
+        None => (args.kind.clone(), args.names.clone()),
+    };
+    names.extend(
+        args.names
+            .iter()
+            .filter(|n| !names.contains(n))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    let kinds: Vec<Kind> = if kind_arg == "all" {
+        ALL.to_vec()
+    } else {
+        vec![kind_arg.parse()?]
+    };
+    if args.watch && kinds.len() > 1 {
+        bail!("--watch takes one kind");
+    }
+    let namespace = (!args.all_namespaces).then(|| args.namespace.clone());
+    let client = connect(&args.client).await?;
+    let mut printed_any = false;
+    for &kind in &kinds {
+        let (objects, revision) = if names.is_empty() {
+            let req = Request::List {
+                kind: kind.name().into(),
+                namespace: namespace.clone(),
+                selector: args.selector.clone(),
+            };
+            match call(&client, &req).await? {
+                Response::List { items, revision } => (
+                    items
+                        .iter()
+                        .map(|b| decode(b))
+                        .collect::<Result<Vec<_>>>()?,
+                    revision,
+                ),
+                other => bail!("unexpected answer: {other:?}"),
+            }
+        } else {
+            let mut objects = Vec::new();
+            for name in &names {
+                let req = Request::Get {
+                    kind: kind.name().into(),
+                    namespace: namespace.clone().or(Some(args.namespace.clone())),
+                    name: name.clone(),
+                };
+                match call(&client, &req).await? {
+                    Response::Object(b) => objects.push(decode(&b)?),
+                    other => bail!("unexpected answer: {other:?}"),
+                }
+            }
+            (objects, 0)
+        };
+        if objects.is_empty() {
+            continue;
+        }
+        if printed_any && args.output.is_none() {
+            println!();
+        }
+        printed_any = true;
+        print_objects(
+            kind,
+            &objects,
+            args.output.as_deref(),
+            args.all_namespaces,
+            kinds.len() > 1,
+            true,
+        )?;
+        if args.watch {
+            return watch(&client, kind, namespace, &args, revision).await;
+        }
+    }
+    if !printed_any {
+        match &namespace {
+            Some(ns) if kinds.iter().any(|k| k.namespaced()) => {
+                eprintln!("No resources found in {ns} namespace.")
+            }
+            _ => eprintln!("No resources found"),
+        }
+        if args.watch {
+            let kind = kinds[0];
+            let (_, revision) = match call(
+                &client,
+                &Request::List {
+                    kind: kind.name().into(),
+                    namespace: namespace.clone(),
+                    selector: args.selector.clone(),
+                },
+            )
+            .await?
+            {
+                Response::List { items, revision } => (items, revision),
+                other => bail!("unexpected answer: {other:?}"),
+            };
+            return watch(&client, kind, namespace, &args, revision).await;
+        }
+    }
+    client.close().await;
+    Ok(())
+}
+
+async fn watch(
+    client: &Client,
+    kind: Kind,
+    namespace: Option<String>,
+    args: &Args,
+    revision: u64,
+) -> Result<()> {
+    let req = Request::Watch {
+        kind: kind.name().into(),
+        namespace,
+        selector: args.selector.clone(),
+        revision,
+    };
+    let mut stream = client.stream(&req).await?;
+    while let Some(resp) = stream.next().await? {
+        if let Response::Event { object, .. } = check(resp)? {
+            print_objects(
+                kind,
+                &[decode(&object)?],
+                args.output.as_deref(),
+                args.all_namespaces,
+                false,
+                false,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn print_objects(
+    kind: Kind,
+    objects: &[Object],
+    output: Option<&str>,
+    all_ns: bool,
+    qualify: bool,
+    header: bool,
+) -> Result<()> {
+    match output {
+        Some("yaml") => {
+            let text = if objects.len() == 1 && !header {
+                format!("---\n{}", serde_yaml::to_string(&objects[0])?)
+            } else if objects.len() == 1 {
+                serde_yaml::to_string(&objects[0])?
+            } else {
+                serde_yaml::to_string(
+                    &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects}),
+                )?
+            };
+            print!("{text}");
+        }
+        Some("json") => {
+            let v = if objects.len() == 1 {
+                serde_json::to_value(&objects[0])?
+            } else {
+                serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects})
+            };
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Some("name") => {
+            for o in objects {
+                println!("{}", o.reference());
+            }
+        }
+        _ => {
+            let wide = output == Some("wide");
+            let now = chrono::Utc::now();
+            let rows: Vec<Vec<String>> = objects
+                .iter()
+                .map(|o| {
+                    let mut r = row(o, now, wide, all_ns);
+                    if qualify {
+                        // `get all` names rows kind/name, as kubectl does.
+                        let i = usize::from(all_ns && kind.namespaced());
+                        r[i] = o.reference();
+                    }
+                    r
+                })
+                .collect();
+            let cols = columns(kind, wide, all_ns);
+            let table = render(&cols, &rows);
+            if header {
+                print!("{table}");
+            } else {
+                // Follow-up rows of a watch: no header.
+                print!(
+                    "{}",
+                    table.split_once('\n').map(|(_, rest)| rest).unwrap_or("")
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,40 @@
+//! `shoal up`: the whole cluster in one process, the command a new user runs first.
+
+use super::controller::{shutdown_on_signals, start};
+use crate::client::read_manifests;
+use anyhow::{Context, Result};
+use shoal_transport::{Client, Credentials};
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub controller: super::controller::Args,
+    /// Manifests to apply once the cluster is up (files, directories or -).
+    #[arg(short = 'f', long = "filename")]
+    pub files: Vec<PathBuf>,
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let manifests = if args.files.is_empty() {
+        Vec::new()
+    } else {
+        read_manifests(&args.files)?
+    };
+    let controller = start(&args.controller).await?;
+    let creds = Credentials::load(controller.admin_config())?;
+    let shutdown = CancellationToken::new();
+    shutdown_on_signals(shutdown.clone())?;
+    let serving = tokio::spawn(controller.run(shutdown.clone()));
+    if !manifests.is_empty() {
+        let client = Client::connect(&creds)
+            .await
+            .context("connecting to the local controller")?;
+        super::apply::apply_parsed(&client, manifests, false).await?;
+        client.close().await;
+    }
+    eprintln!("cluster is up; try: shoal get all -A   (Ctrl-C stops it)");
+    serving.await.context("the controller task failed")??;
+    Ok(())
+}
