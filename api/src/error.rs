@@ -54,7 +54,7 @@ pub enum Error {
     Quantity { input: String, message: String },
     #[error("cannot encode object: {0}")]
     Encode(String),
-    #[error("cannot decode stored object: {0}")]
+    #[error("cannot decode object: {0}")]
     Decode(String),
 }
 

@@ -124,7 +124,10 @@ impl Object {
             .get("kind")
             .and_then(|k| k.as_str())
             .and_then(Kind::from_manifest)
-            .ok_or_else(|| Error::Decode("object has no known kind".into()))?;
+            .ok_or_else(|| {
+                let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+                Error::Decode(format!("kind: {kind:?} is not a kind Shoal serves"))
+            })?;
         Object::deserialize_as(kind, value).map_err(|e| Error::Decode(e.to_string()))
     }
 

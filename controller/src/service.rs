@@ -255,7 +255,13 @@ impl Service {
             }
         }
         if !problems.is_empty() {
-            return Err(Error::Invalid(problems.join("\n")));
+            const SHOWN: usize = 20;
+            let more = problems.len().saturating_sub(SHOWN);
+            problems.truncate(SHOWN);
+            if more > 0 {
+                problems.push(format!("... and {more} more objects with problems"));
+            }
+            return Err(Error::Invalid(format!("nothing was applied:\n{}", problems.join("\n"))));
         }
         // Namespaces first, so objects in a new namespace can follow in the same manifest.
         admitted.sort_by_key(|o| o.kind() != Kind::Namespace);
