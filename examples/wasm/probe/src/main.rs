@@ -1,0 +1,60 @@
+//! A test fixture: does what its arguments say, so one module exercises every part of WASI the
+//! tests check. Steps run in order: `print TEXT`, `eprint TEXT`, `args`, `env NAME`,
+//! `cat PATH`, `write PATH TEXT`, `alloc MIB`, `sleep MS`, `spin`, `exit CODE`.
+
+use std::io::Write;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let mut it = args.iter().skip(1);
+    let mut keep: Vec<Vec<u8>> = Vec::new();
+    while let Some(step) = it.next() {
+        let mut next = || it.next().cloned().unwrap_or_default();
+        match step.as_str() {
+            "print" => println!("{}", next()),
+            "eprint" => eprintln!("{}", next()),
+            "args" => println!("args: {}", args.join(" ")),
+            "env" => {
+                let name = next();
+                println!("{name}={}", std::env::var(&name).unwrap_or_else(|_| "<unset>".into()));
+            }
+            "cat" => {
+                let path = next();
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => print!("{text}"),
+                    Err(e) => {
+                        eprintln!("cat {path}: {e}");
+                        std::process::exit(2);
+                    }
+                }
+            }
+            "write" => {
+                let (path, text) = (next(), next());
+                if let Err(e) = std::fs::File::create(&path).and_then(|mut f| f.write_all(text.as_bytes())) {
+                    eprintln!("write {path}: {e}");
+                    std::process::exit(2);
+                }
+            }
+            "alloc" => {
+                let mib: usize = next().parse().unwrap_or(1);
+                for _ in 0..mib {
+                    keep.push(vec![1u8; 1 << 20]);
+                }
+                println!("allocated {mib} MiB");
+            }
+            "sleep" => std::thread::sleep(std::time::Duration::from_millis(next().parse().unwrap_or(0))),
+            "spin" => {
+                let mut x: u64 = 0;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            "exit" => std::process::exit(next().parse().unwrap_or(0)),
+            other => {
+                eprintln!("unknown step {other:?}");
+                std::process::exit(64);
+            }
+        }
+        let _ = std::io::stdout().flush();
+    }
+}

@@ -1,0 +1,24 @@
+//! Runtime errors.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("artifact {path}: {message}")]
+    Artifact { path: String, message: String },
+    #[error("{id}: cannot start: {message}")]
+    Start { id: String, message: String },
+    #[error("{path}: {message}")]
+    Io { path: String, message: String },
+    #[error("wasm engine: {0}")]
+    Engine(String),
+}
+
+impl Error {
+    pub fn io(path: &std::path::Path, e: impl std::fmt::Display) -> Self {
+        Error::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

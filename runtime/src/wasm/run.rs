@@ -1,0 +1,247 @@
+//! Running one container: WASI context from the spec, limits, the guest on its own thread,
+//! and its end classified (exit code, trap, over the memory limit, stopped).
+
+use super::cache::Compiled;
+use crate::error::{Error, Result};
+use crate::handle::{Exit, ExitReason, Handle};
+use crate::ContainerSpec;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, Linker, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime_wasi::cli::OutputFile;
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// Exit code reported for a trap, as a process aborted by a signal (128 + SIGABRT).
+const TRAP_EXIT: i32 = 134;
+/// Exit code reported for a container killed by its supervisor or its memory limit.
+const KILLED_EXIT: i32 = 137;
+
+struct P1 {
+    wasi: WasiP1Ctx,
+    limits: StoreLimits,
+}
+
+struct P2 {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+}
+
+impl WasiView for P2 {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+fn wasi_builder(spec: &ContainerSpec) -> Result<WasiCtxBuilder> {
+    let start_err = |message: String| Error::Start {
+        id: spec.id.clone(),
+        message,
+    };
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log_path)
+        .map_err(|e| Error::io(&spec.log_path, e))?;
+    let log2 = log.try_clone().map_err(|e| Error::io(&spec.log_path, e))?;
+    let mut b = WasiCtxBuilder::new();
+    b.args(&spec.argv)
+        .envs(&spec.env)
+        .stdout(OutputFile::new(log))
+        .stderr(OutputFile::new(log2));
+    for m in &spec.mounts {
+        let perms = if m.read_only {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        };
+        b.preopened_dir(&m.host_path, &m.guest_path, perms)
+            .map_err(|e| {
+                start_err(format!(
+                    "volume {} at {}: {e}",
+                    m.host_path.display(),
+                    m.guest_path
+                ))
+            })?;
+    }
+    Ok(b)
+}
+
+fn limits(spec: &ContainerSpec) -> StoreLimits {
+    let mut b = StoreLimitsBuilder::new().trap_on_grow_failure(true);
+    if let Some(bytes) = spec.memory_limit {
+        b = b.memory_size(usize::try_from(bytes).unwrap_or(usize::MAX));
+    }
+    b.build()
+}
+
+/// Stops the guest when asked, and holds it to its CPU share: after running for a slice, it
+/// sleeps long enough that its share of one core matches `cpu_limit_millis`.
+fn install_epoch_callback<T: 'static>(
+    store: &mut Store<T>,
+    stop: Arc<AtomicBool>,
+    cpu_millis: Option<u64>,
+) {
+    let mut last = Instant::now();
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        if let Some(millis) = cpu_millis.filter(|m| *m > 0 && *m < 1000) {
+            let ran = last.elapsed();
+            let pause = ran
+                .mul_f64((1000 - millis) as f64 / millis as f64)
+                .min(Duration::from_millis(500));
+            let until = Instant::now() + pause;
+            while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep((until - Instant::now()).min(super::EPOCH_TICK));
+            }
+        }
+        last = Instant::now();
+        Ok(UpdateDeadline::Continue(1))
+    });
+}
+
+/// How a guest run ended, from what the call returned.
+fn classify(result: wasmtime::Result<Result<(), ()>>, stopped: bool) -> Exit {
+    match result {
+        Ok(Ok(())) => Exit {
+            code: 0,
+            reason: ExitReason::Completed,
+            message: None,
+        },
+        Ok(Err(())) => Exit {
+            code: 1,
+            reason: ExitReason::Error,
+            message: None,
+        },
+        Err(e) => {
+            if let Some(exit) = e.downcast_ref::<I32Exit>() {
+                let code = exit.0;
+                let reason = if code == 0 {
+                    ExitReason::Completed
+                } else {
+                    ExitReason::Error
+                };
+                return Exit {
+                    code,
+                    reason,
+                    message: None,
+                };
+            }
+            let text = format!("{e:#}");
+            if stopped {
+                Exit {
+                    code: KILLED_EXIT,
+                    reason: ExitReason::Killed,
+                    message: Some("stopped".into()),
+                }
+            } else if text.contains("forcing trap when growing memory") {
+                Exit {
+                    code: KILLED_EXIT,
+                    reason: ExitReason::OOMKilled,
+                    message: Some("linear memory limit reached".into()),
+                }
+            } else {
+                Exit {
+                    code: TRAP_EXIT,
+                    reason: ExitReason::Error,
+                    message: Some(format!("wasm trap: {}", text.lines().next().unwrap_or(""))),
+                }
+            }
+        }
+    }
+}
+
+fn run_module(
+    engine: &Engine,
+    module: &wasmtime::Module,
+    spec: &ContainerSpec,
+    stop: Arc<AtomicBool>,
+) -> wasmtime::Result<Result<(), ()>> {
+    let wasi = wasi_builder(spec)?.build_p1();
+    let mut store = Store::new(
+        engine,
+        P1 {
+            wasi,
+            limits: limits(spec),
+        },
+    );
+    store.limiter(|s| &mut s.limits);
+    install_epoch_callback(&mut store, stop, spec.cpu_limit_millis);
+    let mut linker: Linker<P1> = Linker::new(engine);
+    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| &mut s.wasi)?;
+    let instance = linker.instantiate(&mut store, module)?;
+    let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+    start.call(&mut store, ()).map(Ok)
+}
+
+fn run_component(
+    engine: &Engine,
+    component: &wasmtime::component::Component,
+    spec: &ContainerSpec,
+    stop: Arc<AtomicBool>,
+) -> wasmtime::Result<Result<(), ()>> {
+    let ctx = wasi_builder(spec)?.build();
+    let mut store = Store::new(
+        engine,
+        P2 {
+            ctx,
+            table: ResourceTable::new(),
+            limits: limits(spec),
+        },
+    );
+    store.limiter(|s| &mut s.limits);
+    install_epoch_callback(&mut store, stop, spec.cpu_limit_millis);
+    let mut linker = wasmtime::component::Linker::<P2>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    let command =
+        wasmtime_wasi::p2::bindings::sync::Command::instantiate(&mut store, component, &linker)?;
+    command.wasi_cli_run().call_run(&mut store)
+}
+
+pub fn start(engine: &Engine, compiled: Compiled, spec: ContainerSpec) -> Result<Handle> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let (handle, exit) = Handle::new(move |grace, exit| {
+        flag.store(true, Ordering::Relaxed);
+        // A guest in wasm code stops at the next epoch tick. One blocked in a host call (a long
+        // sleep) sees the stop only when the call returns: after the grace period the
+        // supervisor gets its answer anyway, and the thread ends on its own later.
+        let exit = exit.clone();
+        let _ = std::thread::Builder::new()
+            .name("wasm-stop".into())
+            .spawn(move || {
+                std::thread::sleep(grace);
+                exit.send(Exit {
+                    code: KILLED_EXIT,
+                    reason: ExitReason::Killed,
+                    message: Some("did not stop within its grace period".into()),
+                });
+            });
+    });
+    let engine = engine.clone();
+    let id = spec.id.clone();
+    std::thread::Builder::new()
+        .name(format!("wasm:{id}"))
+        .stack_size(8 << 20)
+        .spawn(move || {
+            let result = match &compiled {
+                Compiled::Module(m) => run_module(&engine, m, &spec, stop.clone()),
+                Compiled::Component(c) => run_component(&engine, c, &spec, stop.clone()),
+            };
+            exit.send(classify(result, stop.load(Ordering::Relaxed)));
+        })
+        .map_err(|e| Error::Start {
+            id,
+            message: format!("cannot start a thread: {e}"),
+        })?;
+    Ok(handle)
+}
