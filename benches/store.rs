@@ -37,7 +37,14 @@ fn pod(i: usize) -> Object {
 
 async fn write_throughput(group_commit: bool, writes: usize, writers: usize) -> f64 {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path(), StoreConfig { group_commit, ..Default::default() }).expect("open store");
+    let store = Store::open(
+        dir.path(),
+        StoreConfig {
+            group_commit,
+            ..Default::default()
+        },
+    )
+    .expect("open store");
     let start = Instant::now();
     let per_writer = writes / writers;
     let tasks: Vec<_> = (0..writers)
@@ -59,7 +66,11 @@ async fn write_throughput(group_commit: bool, writes: usize, writers: usize) -> 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -92,8 +103,14 @@ async fn controller_memory() {
         .map(|b| {
             let client = client.clone();
             tokio::spawn(async move {
-                let objects = (b * 500..(b + 1) * 500).map(|i| pod(i).to_json().expect("json")).collect();
-                match client.call(&Request::Apply { objects }).await.expect("apply") {
+                let objects = (b * 500..(b + 1) * 500)
+                    .map(|i| pod(i).to_json().expect("json"))
+                    .collect();
+                match client
+                    .call(&Request::Apply { objects })
+                    .await
+                    .expect("apply")
+                {
                     Response::Applied(o) => assert_eq!(o.len(), 500),
                     other => panic!("{other:?}"),
                 }
@@ -106,23 +123,47 @@ async fn controller_memory() {
     let took = start.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let loaded = rss_kib(child.id());
-    let file = std::fs::metadata(dir.path().join("state.redb")).map(|m| m.len()).unwrap_or(0);
+    let file = std::fs::metadata(dir.path().join("state.redb"))
+        .map(|m| m.len())
+        .unwrap_or(0);
     let _ = child.kill();
     let _ = child.wait();
-    println!("controller resident memory, idle:            {:>8.1} MiB", idle as f64 / 1024.0);
-    println!("controller resident memory, 10,000 pods:     {:>8.1} MiB", loaded as f64 / 1024.0);
-    println!("10,000 pods applied over QUIC in:             {:>8.2} s ({:.0} pods/s)", took.as_secs_f64(), 10_000.0 / took.as_secs_f64());
-    println!("store file with 10,000 pods:                  {:>8.1} MiB", file as f64 / (1024.0 * 1024.0));
+    println!(
+        "controller resident memory, idle:            {:>8.1} MiB",
+        idle as f64 / 1024.0
+    );
+    println!(
+        "controller resident memory, 10,000 pods:     {:>8.1} MiB",
+        loaded as f64 / 1024.0
+    );
+    println!(
+        "10,000 pods applied over QUIC in:             {:>8.2} s ({:.0} pods/s)",
+        took.as_secs_f64(),
+        10_000.0 / took.as_secs_f64()
+    );
+    println!(
+        "store file with 10,000 pods:                  {:>8.1} MiB",
+        file as f64 / (1024.0 * 1024.0)
+    );
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
-        println!("store writes (64 concurrent writers, durable commits, redb on {}):", std::env::temp_dir().display());
+        println!(
+            "store writes (64 concurrent writers, durable commits, redb on {}):",
+            std::env::temp_dir().display()
+        );
         let one = write_throughput(false, 1_000, 64).await;
         let group = write_throughput(true, 10_000, 64).await;
         println!("  one commit per write:  {one:>10.0} writes/s");
-        println!("  group commit:          {group:>10.0} writes/s  ({:.1}x)", group / one);
+        println!(
+            "  group commit:          {group:>10.0} writes/s  ({:.1}x)",
+            group / one
+        );
         controller_memory().await;
     });
 }

@@ -203,6 +203,7 @@ async fn connections_without_a_valid_identity_get_nothing() {
         kind: "Secret".into(),
         namespace: None,
         selector: String::new(),
+        fields: String::new(),
     };
     match anon.call(&list).await.unwrap() {
         Response::Error(e) => {
@@ -259,6 +260,7 @@ async fn oversized_and_truncated_frames_are_refused_and_change_nothing() {
             kind: "Namespace".into(),
             namespace: None,
             selector: String::new(),
+            fields: String::new(),
         })
         .await
         .unwrap()
@@ -309,6 +311,7 @@ async fn oversized_and_truncated_frames_are_refused_and_change_nothing() {
             kind: "Namespace".into(),
             namespace: None,
             selector: String::new(),
+            fields: String::new(),
         })
         .await
         .unwrap()
@@ -333,6 +336,7 @@ async fn list_configmaps(client: &Client) -> (BTreeMap<String, String>, u64) {
             kind: "ConfigMap".into(),
             namespace: Some("default".into()),
             selector: String::new(),
+            fields: String::new(),
         })
         .await
         .unwrap()
@@ -427,6 +431,7 @@ async fn a_watch_resumed_from_its_last_revision_sees_every_change_exactly_once()
         kind: "ConfigMap".into(),
         namespace: Some("default".into()),
         selector: String::new(),
+        fields: String::new(),
         revision,
     };
     let mut seen: Vec<(u64, EventType, String)> = Vec::new();

@@ -1,7 +1,9 @@
 //! Shoal's controller: the redb store (the single source of truth), the API service that
 //! knows identities and permissions, and the QUIC server that exposes it.
 
+pub mod artifacts;
 pub mod error;
+pub mod scheduler;
 pub mod server;
 pub mod service;
 pub mod store;

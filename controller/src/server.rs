@@ -1,16 +1,19 @@
 //! The controller process: opens the store and the PKI in the data dir, writes the admin
 //! credential and the join token, and serves the API over QUIC until shut down.
 
+use crate::artifacts::Artifacts;
 use crate::error::{Error, Result};
 use crate::service::{Reply, Service};
 use crate::store::{Store, StoreConfig};
 use shoal_transport::pki::{Ca, JoinToken, ADMIN_ORG};
-use shoal_transport::proto::{ErrorCode, Response, WireError};
+use shoal_transport::proto::{ErrorCode, Request, Response, WireError};
 use shoal_transport::quic::{peer_identity, read_request, send_response};
 use shoal_transport::{Credentials, Identity, Server};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +36,34 @@ pub struct ControllerConfig {
     pub store: StoreConfig,
 }
 
+/// The open connection of each node, by name, so requests for a node (logs) can be relayed.
+#[derive(Clone, Default)]
+pub struct NodeLinks(Arc<Mutex<HashMap<String, quinn::Connection>>>);
+
+impl NodeLinks {
+    fn insert(&self, node: &str, conn: &quinn::Connection) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(node.to_string(), conn.clone());
+        }
+    }
+
+    fn remove(&self, node: &str, conn: &quinn::Connection) {
+        if let Ok(mut m) = self.0.lock() {
+            if m.get(node)
+                .is_some_and(|c| c.stable_id() == conn.stable_id())
+            {
+                m.remove(node);
+            }
+        }
+    }
+
+    pub fn get(&self, node: &str) -> Option<quinn::Connection> {
+        self.0.lock().ok().and_then(|m| m.get(node).cloned())
+    }
+}
+
 pub struct Controller {
+    links: NodeLinks,
     service: Service,
     server: Server,
     admin_config: PathBuf,
@@ -46,13 +76,24 @@ impl Controller {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let tls_dir = dir.join("tls");
         std::fs::create_dir_all(&tls_dir).map_err(|e| Error::io(&tls_dir, e))?;
-        let ca = Ca::load_or_create(&tls_dir)?;
+        let ca = Arc::new(Ca::load_or_create(&tls_dir)?);
         let store = Store::open(dir, config.store.clone())?;
-        let service = Service::new(store, ca.hash());
+        let artifacts = Arc::new(Artifacts::open(dir)?);
+        let service = Service::new(store, ca.clone(), artifacts);
         service.bootstrap().await?;
 
+        // Shoal's own clients verify the name `shoal-controller`; these are for everyone else.
         let mut sans = config.tls_san.clone();
-        sans.push(config.listen.ip().to_string());
+        sans.push("127.0.0.1".to_string());
+        if !config.listen.ip().is_unspecified() {
+            sans.push(config.listen.ip().to_string());
+        }
+        if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+            let host = host.trim().to_ascii_lowercase();
+            if shoal_api::validate::check_dns1123_subdomain(&host).is_ok() {
+                sans.push(host);
+            }
+        }
         let server_cert = ca.issue_server(&sans)?;
         let server = Server::bind(config.listen, ca.cert_pem(), &server_cert)?;
         let bound = server.local_addr()?;
@@ -91,11 +132,16 @@ impl Controller {
                     .create_token("bootstrap token", Some(JoinToken::new(ca.hash())))
                     .await?;
                 shoal_transport::pki::write_private(&token_path, format!("{token}\n").as_bytes())?;
+                tracing::info!(
+                    "join token for agents (also in {}): {token}",
+                    token_path.display()
+                );
                 token
             }
         };
         tracing::info!(listen = %bound, data_dir = %dir.display(), "controller ready");
         Ok(Controller {
+            links: NodeLinks::default(),
             service,
             server,
             admin_config,
@@ -133,6 +179,7 @@ impl Controller {
             let service = self.service.clone();
             let shutdown = shutdown.clone();
             let conn_tracker = tracker.clone();
+            let links = self.links.clone();
             tracker.spawn(async move {
                 let conn = match incoming.await {
                     Ok(c) => c,
@@ -141,7 +188,7 @@ impl Controller {
                         return;
                     }
                 };
-                serve_connection(conn, service, shutdown, conn_tracker).await;
+                serve_connection(conn, service, links, shutdown, conn_tracker).await;
             });
         }
         self.server.close();
@@ -154,11 +201,15 @@ impl Controller {
 async fn serve_connection(
     conn: quinn::Connection,
     service: Service,
+    links: NodeLinks,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
     let who = peer_identity(&conn);
     tracing::debug!(remote = %conn.remote_address(), identity = %who, "connection");
+    if let Identity::Node(n) = &who {
+        links.insert(n, &conn);
+    }
     let limit = Arc::new(Semaphore::new(STREAMS_PER_CONNECTION));
     loop {
         let (send, recv) = tokio::select! {
@@ -174,10 +225,157 @@ async fn serve_connection(
         let service = service.clone();
         let who = who.clone();
         let shutdown = shutdown.clone();
+        let links = links.clone();
         tracker.spawn(async move {
-            serve_stream(send, recv, &service, &who, shutdown).await;
+            serve_stream(send, recv, &service, &links, &who, shutdown).await;
             drop(permit);
         });
+    }
+    if let Identity::Node(n) = &who {
+        links.remove(n, &conn);
+    }
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+    Response::Error(WireError {
+        code,
+        message: message.into(),
+    })
+}
+
+/// Receives an upload: chunk frames after the request, filed only if size and digest match.
+async fn receive_push(
+    recv: &mut quinn::RecvStream,
+    service: &Service,
+    reference: &str,
+    size: u64,
+    digest: &str,
+) -> Response {
+    let mut upload = match service.artifacts().begin() {
+        Ok(u) => u,
+        Err(e) => return Response::Error(e.into()),
+    };
+    while upload.written() < size {
+        match shoal_transport::frame::read::<Request, _>(recv, shoal_transport::frame::MAX_FRAME)
+            .await
+        {
+            Ok(Some(Request::Chunk(bytes))) => {
+                if upload.written() + bytes.len() as u64 > size {
+                    return error(
+                        ErrorCode::BadRequest,
+                        format!("upload of {reference} is longer than the {size} bytes announced"),
+                    );
+                }
+                if let Err(e) = upload.write(&bytes) {
+                    return Response::Error(e.into());
+                }
+            }
+            Ok(Some(_)) => return error(ErrorCode::BadRequest, "expected upload data"),
+            Ok(None) => break,
+            Err(e) => return error(ErrorCode::BadRequest, format!("upload of {reference}: {e}")),
+        }
+    }
+    match service.artifacts().finish(upload, reference, size, digest) {
+        Ok(blob) => {
+            tracing::info!(reference, digest = %blob.digest, size = blob.size, "artifact pushed");
+            Response::Artifact {
+                digest: blob.digest,
+                size: blob.size,
+            }
+        }
+        Err(e) => Response::Error(e.into()),
+    }
+}
+
+/// Chunk size for artifact transfers: small enough to resume cheaply, large enough to be fast.
+const CHUNK: usize = 256 * 1024;
+
+async fn send_blob(
+    send: &mut quinn::SendStream,
+    blob: &crate::artifacts::Blob,
+    offset: u64,
+) -> shoal_transport::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let io = |e| shoal_transport::Error::io(&blob.path, e);
+    let header = Response::Artifact {
+        digest: blob.digest.clone(),
+        size: blob.size,
+    };
+    send_response(send, &header).await?;
+    let mut file = tokio::fs::File::open(&blob.path).await.map_err(io)?;
+    file.seek(std::io::SeekFrom::Start(offset))
+        .await
+        .map_err(io)?;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = file.read(&mut buf).await.map_err(io)?;
+        if n == 0 {
+            return Ok(());
+        }
+        send_response(send, &Response::Chunk(buf[..n].to_vec())).await?;
+    }
+}
+
+/// Relays a request to a node over its own connection and pipes the answers back.
+async fn relay(
+    send: &mut quinn::SendStream,
+    links: &NodeLinks,
+    node: &str,
+    request: &Request,
+    shutdown: &CancellationToken,
+) {
+    let Some(conn) = links.get(node) else {
+        let e = error(
+            ErrorCode::Internal,
+            format!("node {node:?} is not connected"),
+        );
+        let _ = send_response(send, &e).await;
+        return;
+    };
+    let opened = async {
+        let (mut to_node, from_node) = conn
+            .open_bi()
+            .await
+            .map_err(|e| shoal_transport::Error::Connection(e.to_string()))?;
+        shoal_transport::frame::write(&mut to_node, request).await?;
+        to_node
+            .finish()
+            .map_err(|e| shoal_transport::Error::Stream(e.to_string()))?;
+        Ok::<_, shoal_transport::Error>((to_node, from_node))
+    };
+    let (_to_node, mut from_node) = match opened.await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = send_response(
+                send,
+                &error(ErrorCode::Internal, format!("node {node:?}: {e}")),
+            )
+            .await;
+            return;
+        }
+    };
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = send.stopped() => break,
+            r = shoal_transport::frame::read::<Response, _>(&mut from_node, shoal_transport::frame::MAX_FRAME) => r,
+        };
+        match next {
+            Ok(Some(r)) => {
+                if send_response(send, &r).await.is_err() {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                let _ = send_response(
+                    send,
+                    &error(ErrorCode::Internal, format!("node {node:?}: {e}")),
+                )
+                .await;
+                break;
+            }
+        }
     }
 }
 
@@ -185,6 +383,7 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     service: &Service,
+    links: &NodeLinks,
     who: &Identity,
     shutdown: CancellationToken,
 ) {
@@ -204,9 +403,31 @@ async fn serve_stream(
         }
         Err(_) => return,
     };
+    if let Request::Push {
+        reference,
+        size,
+        digest,
+    } = &request
+    {
+        let response = match who {
+            Identity::Admin(_) => receive_push(&mut recv, service, reference, *size, digest).await,
+            _ => error(ErrorCode::Forbidden, "only admins may push artifacts"),
+        };
+        let _ = send_response(&mut send, &response).await;
+        let _ = send.finish();
+        return;
+    }
     match service.handle(who, request).await {
         Reply::One(response) => {
             let _ = send_response(&mut send, &response).await;
+        }
+        Reply::Fetch { blob, offset } => {
+            if let Err(e) = send_blob(&mut send, &blob, offset).await {
+                tracing::debug!(error = %e, "artifact transfer ended early");
+            }
+        }
+        Reply::ToNode { node, request } => {
+            relay(&mut send, links, &node, &request, &shutdown).await
         }
         Reply::Watch(mut stream) => loop {
             let response = tokio::select! {

@@ -1,31 +1,42 @@
 //! The API service: every operation of the controller, behind identities and permissions,
 //! independent of the door it is reached through (QUIC today; HTTP later calls the same code).
 
+use crate::artifacts::{Artifacts, Blob};
 use crate::error::{Error, Result};
 use crate::store::{Change, ChangeType, ObjectKey, Op, Store, Watch};
 use base64::Engine as _;
 use shoal_api::validate::validate;
+use shoal_api::Pod;
 use shoal_api::{Kind, Namespace, Object, ObjectMeta, Secret, Selector};
 use shoal_transport::pki::JoinToken;
 use shoal_transport::proto::{
     ApplyOutcome, ApplyResult, ErrorCode, EventType, Request, Response, WireError,
 };
-use shoal_transport::Identity;
+use shoal_transport::{Ca, Identity};
+use std::sync::Arc;
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
 
 /// The namespace Shoal keeps its own objects in (join tokens), as Kubernetes' kube-system.
 pub const SYSTEM_NAMESPACE: &str = "shoal-system";
 const TOKEN_TYPE: &str = "shoal.io/bootstrap-token";
 
-/// What an operation answers: one response, or a stream of watch events.
+/// What an operation answers: one response, a stream of watch events, an artifact to send,
+/// or a request the door must relay to the node that can answer it.
 pub enum Reply {
     One(Response),
     Watch(WatchStream),
+    Fetch { blob: Blob, offset: u64 },
+    ToNode { node: String, request: Request },
 }
 
 #[derive(Clone)]
 pub struct Service {
     store: Store,
-    ca_hash: String,
+    ca: Arc<Ca>,
+    artifacts: Arc<Artifacts>,
 }
 
 fn bad_request(message: impl Into<String>) -> WireError {
@@ -47,9 +58,78 @@ fn encode(obj: &Object) -> Result<Vec<u8>> {
     obj.to_json().map_err(|e| Error::Internal(e.to_string()))
 }
 
+/// The one field selector served: `spec.nodeName=NAME`.
+fn parse_fields(fields: &str) -> std::result::Result<Option<String>, WireError> {
+    let f = fields.trim();
+    if f.is_empty() {
+        return Ok(None);
+    }
+    let value = f
+        .strip_prefix("spec.nodeName==")
+        .or_else(|| f.strip_prefix("spec.nodeName="))
+        .ok_or_else(|| {
+            bad_request(format!(
+                "field selector {f:?}: only spec.nodeName=NAME is supported"
+            ))
+        })?;
+    Ok(Some(value.to_string()))
+}
+
+fn on_node(obj: &Object, node: Option<&str>) -> bool {
+    match (node, obj) {
+        (None, _) => true,
+        (Some(n), Object::Pod(p)) => p.spec.node_name.as_deref() == Some(n),
+        (Some(_), _) => false,
+    }
+}
+
+fn forbidden(message: String) -> WireError {
+    WireError {
+        code: ErrorCode::Forbidden,
+        message,
+    }
+}
+
+/// Does a pod use this ConfigMap or Secret (env, envFrom or volume)?
+fn pod_uses(pod: &Pod, kind: Kind, name: &str) -> bool {
+    let s = &pod.spec;
+    let volumes = s.volumes.iter().any(|v| match kind {
+        Kind::ConfigMap => v.config_map.as_ref().is_some_and(|c| c.name == name),
+        Kind::Secret => v.secret.as_ref().is_some_and(|c| c.secret_name == name),
+        _ => false,
+    });
+    let env = s.containers.iter().any(|c| {
+        c.env
+            .iter()
+            .filter_map(|e| e.value_from.as_ref())
+            .any(|f| match kind {
+                Kind::ConfigMap => f
+                    .config_map_key_ref
+                    .as_ref()
+                    .is_some_and(|r| r.name == name),
+                Kind::Secret => f.secret_key_ref.as_ref().is_some_and(|r| r.name == name),
+                _ => false,
+            })
+            || c.env_from.iter().any(|f| match kind {
+                Kind::ConfigMap => f.config_map_ref.as_ref().is_some_and(|r| r.name == name),
+                Kind::Secret => f.secret_ref.as_ref().is_some_and(|r| r.name == name),
+                _ => false,
+            })
+    });
+    volumes || env
+}
+
 impl Service {
-    pub fn new(store: Store, ca_hash: String) -> Self {
-        Service { store, ca_hash }
+    pub fn new(store: Store, ca: Arc<Ca>, artifacts: Arc<Artifacts>) -> Self {
+        Service {
+            store,
+            ca,
+            artifacts,
+        }
+    }
+
+    pub fn artifacts(&self) -> &Artifacts {
+        &self.artifacts
     }
 
     pub fn store(&self) -> &Store {
@@ -83,19 +163,65 @@ impl Service {
         }
     }
 
+    /// Admins may do anything; a node may read what is bound to it and write its own status;
+    /// an anonymous connection may only join.
     fn authorize(&self, who: &Identity, req: &Request) -> std::result::Result<(), WireError> {
-        match (who, req) {
-            (_, Request::WhoAmI) => Ok(()),
-            (Identity::Admin(_), _) => Ok(()),
-            (Identity::Anonymous, _) => Err(WireError {
-                code: ErrorCode::Unauthenticated,
-                message: "this connection presented no client certificate: use the credential file the controller wrote (DATA_DIR/admin.conf) with --config or SHOAL_CONFIG".into(),
-            }),
-            (Identity::Node(n), _) => Err(WireError {
-                code: ErrorCode::Forbidden,
-                message: format!("node {n:?} may not perform this operation"),
-            }),
+        let node = match who {
+            Identity::Admin(_) => return Ok(()),
+            Identity::Anonymous => {
+                return match req {
+                    Request::WhoAmI | Request::Join { .. } => Ok(()),
+                    _ => Err(WireError {
+                        code: ErrorCode::Unauthenticated,
+                        message: "this connection presented no client certificate: use the credential file the controller wrote (DATA_DIR/admin.conf) with --config or SHOAL_CONFIG".into(),
+                    }),
+                };
+            }
+            Identity::Node(n) => n.as_str(),
+        };
+        let own_pods = |kind: &str, fields: &str| {
+            kind.parse::<Kind>().ok() == Some(Kind::Pod)
+                && parse_fields(fields).ok().flatten().as_deref() == Some(node)
+        };
+        let allowed = match req {
+            Request::WhoAmI
+            | Request::PutNode { .. }
+            | Request::UpdateStatus { .. }
+            | Request::Fetch { .. } => true,
+            Request::List { kind, fields, .. } | Request::Watch { kind, fields, .. } => {
+                own_pods(kind, fields)
+            }
+            Request::Get {
+                kind,
+                namespace,
+                name,
+            } => match kind.parse::<Kind>() {
+                Ok(k @ (Kind::ConfigMap | Kind::Secret)) => {
+                    self.node_uses(node, k, namespace.as_deref().unwrap_or("default"), name)
+                }
+                Ok(Kind::Node) => name == node,
+                _ => false,
+            },
+            _ => false,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(forbidden(format!(
+                "node {node:?} may not perform this operation"
+            )))
         }
+    }
+
+    fn node_uses(&self, node: &str, kind: Kind, namespace: &str, name: &str) -> bool {
+        self.store
+            .list(Kind::Pod, Some(namespace))
+            .map(|(pods, _)| {
+                pods.into_iter()
+                    .filter_map(|o| o.into_typed::<Pod>().ok())
+                    .any(|p| p.spec.node_name.as_deref() == Some(node) && pod_uses(&p, kind, name))
+            })
+            .unwrap_or(false)
     }
 
     async fn dispatch(
@@ -124,13 +250,17 @@ impl Service {
                 kind,
                 namespace,
                 selector,
+                fields,
             } => {
                 let kind = parse_kind(&kind)?;
                 let selector = parse_selector(&selector)?;
+                let node = parse_fields(&fields)?;
                 let (items, revision) = self.store.list(kind, namespace.as_deref())?;
                 let items = items
                     .iter()
-                    .filter(|o| selector.matches(&o.metadata().labels))
+                    .filter(|o| {
+                        selector.matches(&o.metadata().labels) && on_node(o, node.as_deref())
+                    })
                     .map(encode)
                     .collect::<Result<Vec<_>>>()?;
                 one(Response::List { items, revision })
@@ -139,10 +269,12 @@ impl Service {
                 kind,
                 namespace,
                 selector,
+                fields,
                 revision,
             } => {
                 let kind = parse_kind(&kind)?;
                 let selector = parse_selector(&selector)?;
+                let node = parse_fields(&fields)?;
                 let from = if revision == 0 {
                     self.store.revision()
                 } else {
@@ -153,6 +285,7 @@ impl Service {
                     watch,
                     namespace,
                     selector,
+                    node,
                 }))
             }
             Request::Delete {
@@ -194,7 +327,147 @@ impl Service {
             Request::CreateToken { description } => one(Response::Token(
                 self.create_token(&description, None).await?,
             )),
+            Request::Join {
+                secret,
+                node_name,
+                csr_pem,
+            } => one(self.join(&secret, &node_name, &csr_pem).await?),
+            Request::PutNode { object } => {
+                let Identity::Node(me) = who else {
+                    return Err(bad_request("only a node may register itself"));
+                };
+                one(self.put_node(me, &object).await?)
+            }
+            Request::UpdateStatus { object } => one(self.update_status(who, &object).await?),
+            Request::Fetch { reference, offset } => {
+                let blob = self.artifacts.resolve(&reference)?;
+                if offset > blob.size {
+                    return Err(bad_request(format!(
+                        "offset {offset} is past the end of {reference} ({} bytes)",
+                        blob.size
+                    )));
+                }
+                Ok(Reply::Fetch { blob, offset })
+            }
+            Request::Logs {
+                ref namespace,
+                ref pod,
+                ..
+            } => {
+                let key = ObjectKey::new(Kind::Pod, Some(namespace), pod);
+                let obj = self
+                    .store
+                    .get(&key)?
+                    .ok_or_else(|| Error::NotFound(key.to_string()))?;
+                let pod: Pod = obj.into_typed().map_err(Error::from)?;
+                match pod.spec.node_name {
+                    Some(node) => Ok(Reply::ToNode { node, request: req }),
+                    None => Err(bad_request(format!(
+                        "pod {:?} is not scheduled yet: it has no logs",
+                        pod.metadata.name
+                    ))),
+                }
+            }
+            Request::Push { .. } | Request::Chunk(_) => Err(bad_request(
+                "uploads are handled by the connection, not here",
+            )),
         }
+    }
+
+    /// Checks a join token's secret against the stored ones and signs the node's key.
+    async fn join(&self, secret: &str, node_name: &str, csr_pem: &str) -> Result<Response> {
+        shoal_api::validate::check_dns1123_subdomain(node_name)
+            .map_err(|m| Error::Invalid(format!("node name: {m}")))?;
+        let (tokens, _) = self.store.list(Kind::Secret, Some(SYSTEM_NAMESPACE))?;
+        let known = tokens
+            .into_iter()
+            .filter_map(|o| o.into_typed::<Secret>().ok())
+            .filter(|s| s.type_.as_deref() == Some(TOKEN_TYPE))
+            .filter_map(|s| {
+                let b = s.data.get("secret")?;
+                base64::engine::general_purpose::STANDARD.decode(b).ok()
+            })
+            .any(|stored| constant_time_eq(&stored, secret.as_bytes()));
+        if !known {
+            return Err(Error::Forbidden(
+                "the join token is not valid for this cluster (create one with `shoal token create`)".into(),
+            ));
+        }
+        let cert_pem = self
+            .ca
+            .sign_node(csr_pem, node_name)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        tracing::info!(node = node_name, "node joined");
+        Ok(Response::Joined {
+            cert_pem,
+            ca_pem: self.ca.cert_pem().to_string(),
+        })
+    }
+
+    /// Creates or refreshes a node's own Node: its labels and status come from the node; its
+    /// spec (cordon, taints) stays what the admins made it.
+    async fn put_node(&self, me: &str, bytes: &[u8]) -> Result<Response> {
+        let mut obj = Object::from_json(bytes)?;
+        obj.normalize();
+        if obj.kind() != Kind::Node || obj.name() != me {
+            return Err(Error::Forbidden(format!(
+                "node {me:?} may only write its own Node"
+            )));
+        }
+        let errors = validate(&obj);
+        if !errors.is_empty() {
+            let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            return Err(Error::Invalid(list.join("; ")));
+        }
+        let key = ObjectKey::of(&obj);
+        for _ in 0..5 {
+            let result = match self.store.get(&key)? {
+                None => self.store.create(obj.clone()).await,
+                Some(stored) => {
+                    let mut next: shoal_api::Node = obj.clone().into_typed()?;
+                    let stored_node: shoal_api::Node = stored.clone().into_typed()?;
+                    next.spec = stored_node.spec;
+                    next.metadata
+                        .annotations
+                        .extend(stored_node.metadata.annotations);
+                    let expected = Some(stored.metadata().revision());
+                    self.store.update(Object::Node(next), expected).await
+                }
+            };
+            match result {
+                Ok(_) => return Ok(Response::Ok),
+                Err(Error::Conflict(_)) | Err(Error::AlreadyExists(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Conflict(format!("node {me:?} kept changing")))
+    }
+
+    /// A pod's status from its node (or an admin); the spec is untouched.
+    async fn update_status(&self, who: &Identity, bytes: &[u8]) -> Result<Response> {
+        let mut obj = Object::from_json(bytes)?;
+        obj.normalize();
+        if obj.kind() != Kind::Pod {
+            return Err(Error::Invalid(format!(
+                "status updates are for pods, not {}",
+                obj.kind()
+            )));
+        }
+        let key = ObjectKey::of(&obj);
+        let stored = self
+            .store
+            .get(&key)?
+            .ok_or_else(|| Error::NotFound(key.to_string()))?;
+        if let Identity::Node(me) = who {
+            let pod: Pod = stored.into_typed()?;
+            if pod.spec.node_name.as_deref() != Some(me.as_str()) {
+                return Err(Error::Forbidden(format!(
+                    "{key} is not bound to node {me:?}"
+                )));
+            }
+        }
+        self.store.update_status(obj, None).await?;
+        Ok(Response::Ok)
     }
 
     async fn delete(&self, key: &ObjectKey) -> Result<Vec<Change>> {
@@ -261,7 +534,10 @@ impl Service {
             if more > 0 {
                 problems.push(format!("... and {more} more objects with problems"));
             }
-            return Err(Error::Invalid(format!("nothing was applied:\n{}", problems.join("\n"))));
+            return Err(Error::Invalid(format!(
+                "nothing was applied:\n{}",
+                problems.join("\n")
+            )));
         }
         // Namespaces first, so objects in a new namespace can follow in the same manifest.
         admitted.sort_by_key(|o| o.kind() != Kind::Namespace);
@@ -334,7 +610,7 @@ impl Service {
         description: &str,
         token: Option<JoinToken>,
     ) -> Result<String> {
-        let token = token.unwrap_or_else(|| JoinToken::new(self.ca_hash.clone()));
+        let token = token.unwrap_or_else(|| JoinToken::new(self.ca.hash()));
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let mut secret = Secret {
             metadata: ObjectMeta {
@@ -367,6 +643,7 @@ pub struct WatchStream {
     watch: Watch,
     namespace: Option<String>,
     selector: Selector,
+    node: Option<String>,
 }
 
 impl WatchStream {
@@ -385,7 +662,8 @@ impl WatchStream {
             {
                 continue;
             }
-            if !self.selector.matches(&obj.metadata().labels) {
+            if !self.selector.matches(&obj.metadata().labels) || !on_node(obj, self.node.as_deref())
+            {
                 continue;
             }
             let type_ = match change.type_ {

@@ -44,6 +44,7 @@ pub async fn run(args: Args) -> Result<()> {
             kind: "Event".into(),
             namespace: obj.namespace().map(str::to_string),
             selector: String::new(),
+            fields: String::new(),
         },
     )
     .await?

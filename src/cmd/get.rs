@@ -73,6 +73,7 @@ pub async fn run(args: Args) -> Result<()> {
                 kind: kind.name().into(),
                 namespace: namespace.clone(),
                 selector: args.selector.clone(),
+                fields: String::new(),
             };
             match call(&client, &req).await? {
                 Response::List { items, revision } => (
@@ -133,6 +134,7 @@ pub async fn run(args: Args) -> Result<()> {
                     kind: kind.name().into(),
                     namespace: namespace.clone(),
                     selector: args.selector.clone(),
+                    fields: String::new(),
                 },
             )
             .await?
@@ -158,6 +160,7 @@ async fn watch(
         kind: kind.name().into(),
         namespace,
         selector: args.selector.clone(),
+        fields: String::new(),
         revision,
     };
     let mut stream = client.stream(&req).await?;

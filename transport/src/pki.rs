@@ -216,6 +216,47 @@ impl Ca {
     }
 }
 
+impl Ca {
+    /// Signs a node's certificate request. The subject is set here, never taken from the
+    /// request: a node gets `system:node:NAME` in `shoal:nodes`, whatever it asked for.
+    pub fn sign_node(&self, csr_pem: &str, node_name: &str) -> Result<String> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| Error::Pki(format!("the certificate request is not valid: {e}")))?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, format!("system:node:{node_name}"));
+        dn.push(DnType::OrganizationName, NODE_ORG);
+        csr.params.distinguished_name = dn;
+        csr.params.subject_alt_names.clear();
+        csr.params.is_ca = IsCa::NoCa;
+        csr.params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        csr.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        csr.params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+        csr.params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+        let issuer = Issuer::from_ca_cert_der(&self.cert_der, &self.key)
+            .map_err(pki_err("loading the CA"))?;
+        let cert = csr
+            .signed_by(&issuer)
+            .map_err(pki_err("signing the node certificate"))?;
+        Ok(cert.pem())
+    }
+}
+
+/// A node's key and the request to certify it; the key stays with the node.
+pub fn node_key_and_csr(node_name: &str) -> Result<(String, String)> {
+    let key = KeyPair::generate().map_err(pki_err("generating the node key"))?;
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("system:node:{node_name}"));
+    let csr = params
+        .serialize_request(&key)
+        .map_err(pki_err("making the certificate request"))?;
+    let pem = csr
+        .pem()
+        .map_err(pki_err("encoding the certificate request"))?;
+    Ok((key.serialize_pem(), pem))
+}
+
 pub fn ca_hash(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))
 }
@@ -309,6 +350,14 @@ mod tests {
             identity_of(&pem_to_der(&other.cert_pem).unwrap()),
             Identity::Anonymous
         );
+        // A node's request is signed with the subject the CA decides.
+        let (_, csr) = node_key_and_csr("anything-i-like").unwrap();
+        let signed = ca.sign_node(&csr, "pi-7").unwrap();
+        assert_eq!(
+            identity_of(&pem_to_der(&signed).unwrap()),
+            Identity::Node("pi-7".into())
+        );
+        assert!(ca.sign_node("not a csr", "pi-7").is_err());
         // Loading again gives the same CA.
         assert_eq!(Ca::load_or_create(dir.path()).unwrap().hash(), ca.hash());
     }

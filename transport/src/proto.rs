@@ -6,23 +6,28 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Request {
     /// Create or update each object, like `kubectl apply`.
-    Apply { objects: Vec<Vec<u8>> },
+    Apply {
+        objects: Vec<Vec<u8>>,
+    },
     Get {
         kind: String,
         namespace: Option<String>,
         name: String,
     },
     /// `namespace: None` lists across all namespaces.
+    /// `fields` is a field selector: `spec.nodeName=NAME` (the only field served), or empty.
     List {
         kind: String,
         namespace: Option<String>,
         selector: String,
+        fields: String,
     },
     /// Every change after `revision`, as a stream of [`Response::Event`].
     Watch {
         kind: String,
         namespace: Option<String>,
         selector: String,
+        fields: String,
         revision: u64,
     },
     Delete {
@@ -36,9 +41,48 @@ pub enum Request {
         selector: String,
     },
     /// A new join token for agents.
-    CreateToken { description: String },
+    CreateToken {
+        description: String,
+    },
     /// Who the server takes this connection for.
     WhoAmI,
+    /// A new node asks for its certificate: the token's secret, its name, and a certificate
+    /// signing request for a key that never leaves the node.
+    Join {
+        secret: String,
+        node_name: String,
+        csr_pem: String,
+    },
+    /// A node creates or refreshes its own Node object (labels, status; the spec is the admins').
+    PutNode {
+        object: Vec<u8>,
+    },
+    /// A node reports the status of a pod bound to it.
+    UpdateStatus {
+        object: Vec<u8>,
+    },
+    /// Stores an artifact under `name:tag`; `size` bytes follow as [`Response::Chunk`]-shaped
+    /// [`Request::Chunk`] frames on the same stream.
+    Push {
+        reference: String,
+        size: u64,
+        digest: String,
+    },
+    Chunk(Vec<u8>),
+    /// Fetches an artifact by `name:tag` or `sha256:...`, from byte `offset` on.
+    Fetch {
+        reference: String,
+        offset: u64,
+    },
+    /// A container's log, relayed from the pod's node.
+    Logs {
+        namespace: String,
+        pod: String,
+        container: Option<String>,
+        follow: bool,
+        previous: bool,
+        tail: Option<u64>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +123,17 @@ pub enum Response {
     Deleted(Vec<String>),
     Token(String),
     Identity(String),
+    Joined {
+        cert_pem: String,
+        ca_pem: String,
+    },
+    Ok,
+    /// What a fetch will send: the artifact's digest and full size, then chunks from the offset.
+    Artifact {
+        digest: String,
+        size: u64,
+    },
+    Chunk(Vec<u8>),
     Error(WireError),
 }
 

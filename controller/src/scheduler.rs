@@ -1,0 +1,461 @@
+//! The scheduler's decision: which node a pending pod goes to, or why none fits. A pure function
+//! of the pod, the nodes and the pods already bound, so it is tested with tables; the loop that
+//! feeds it and writes bindings is in `scheduler_loop.rs`.
+//!
+//! Filters: node Ready and schedulable, runtime available, nodeSelector, taints and
+//! tolerations, cpu/memory/pod-count requests within allocatable, host ports free.
+//! Scoring: fewest pods of the same owner first (spread), then least allocated.
+
+use shoal_api::{Node, Pod, Quantity, Taint, Toleration};
+use std::collections::BTreeMap;
+
+/// The runtime a pod needs: `wasm`, or `runc` when unset.
+pub fn runtime_of(pod: &Pod) -> &str {
+    pod.spec.runtime_class_name.as_deref().unwrap_or("runc")
+}
+
+/// Requests of a pod, summed over its containers: (cpu millicores, memory bytes).
+pub fn requests(pod: &Pod) -> (i128, i128) {
+    pod.spec.containers.iter().fold((0, 0), |(cpu, mem), c| {
+        (
+            cpu + c
+                .resources
+                .request("cpu")
+                .map(Quantity::milli_value)
+                .unwrap_or(0),
+            mem + c
+                .resources
+                .request("memory")
+                .map(Quantity::value)
+                .unwrap_or(0),
+        )
+    })
+}
+
+fn host_ports(pod: &Pod) -> impl Iterator<Item = (i32, String)> + '_ {
+    pod.spec.containers.iter().flat_map(|c| {
+        c.ports.iter().filter_map(|p| {
+            p.host_port
+                .map(|hp| (hp, p.protocol.clone().unwrap_or_else(|| "TCP".into())))
+        })
+    })
+}
+
+pub fn node_ready(node: &Node) -> bool {
+    node.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+}
+
+pub fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
+    tolerations.iter().any(|t| {
+        let key_ok = match &t.key {
+            None => t.operator.as_deref() == Some("Exists"),
+            Some(k) => k == &taint.key,
+        };
+        let value_ok = t.operator.as_deref() == Some("Exists")
+            || t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("");
+        let effect_ok = t.effect.as_deref().is_none_or(|e| e == taint.effect);
+        key_ok && value_ok && effect_ok
+    })
+}
+
+fn allocatable(node: &Node, resource: &str) -> Option<i128> {
+    let q = node.status.as_ref()?.allocatable.get(resource)?;
+    Some(if resource == "cpu" {
+        q.milli_value()
+    } else {
+        q.value()
+    })
+}
+
+/// Why a node was filtered out, worded as the Pending condition's message counts it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Misfit {
+    NotReady,
+    Unschedulable,
+    Runtime(String),
+    Selector,
+    Taint(String),
+    InsufficientCpu,
+    InsufficientMemory,
+    TooManyPods,
+    Ports,
+}
+
+impl Misfit {
+    fn describe(&self) -> String {
+        match self {
+            Misfit::NotReady => "node(s) were not ready".into(),
+            Misfit::Unschedulable => "node(s) were unschedulable".into(),
+            Misfit::Runtime(r) => format!("node(s) didn't have runtime {r:?}"),
+            Misfit::Selector => "node(s) didn't match node selector".into(),
+            Misfit::Taint(t) => format!("node(s) had untolerated taint {{{t}}}"),
+            Misfit::InsufficientCpu => "insufficient cpu".into(),
+            Misfit::InsufficientMemory => "insufficient memory".into(),
+            Misfit::TooManyPods => "too many pods".into(),
+            Misfit::Ports => "node(s) didn't have free ports for the requested pod ports".into(),
+        }
+    }
+}
+
+/// Pods that hold resources on a node: bound to it and not finished.
+fn holds_resources(p: &Pod) -> bool {
+    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+    !matches!(phase, Some("Succeeded") | Some("Failed"))
+}
+
+fn fit(pod: &Pod, node: &Node, on_node: &[&Pod]) -> Result<(), Misfit> {
+    if !node_ready(node) {
+        return Err(Misfit::NotReady);
+    }
+    if node.spec.unschedulable {
+        return Err(Misfit::Unschedulable);
+    }
+    let runtime = runtime_of(pod);
+    let runtimes = node
+        .status
+        .as_ref()
+        .map(|s| s.runtime_handlers.as_slice())
+        .unwrap_or(&[]);
+    if !runtimes.iter().any(|h| h.name == runtime) {
+        return Err(Misfit::Runtime(runtime.to_string()));
+    }
+    if pod
+        .spec
+        .node_selector
+        .iter()
+        .any(|(k, v)| node.metadata.labels.get(k) != Some(v))
+    {
+        return Err(Misfit::Selector);
+    }
+    for taint in &node.spec.taints {
+        if matches!(taint.effect.as_str(), "NoSchedule" | "NoExecute")
+            && !tolerates(&pod.spec.tolerations, taint)
+        {
+            let value = taint
+                .value
+                .as_deref()
+                .map(|v| format!(": {v}"))
+                .unwrap_or_default();
+            return Err(Misfit::Taint(format!("{}{value}", taint.key)));
+        }
+    }
+    let (cpu, mem) = requests(pod);
+    let (used_cpu, used_mem) = on_node
+        .iter()
+        .map(|p| requests(p))
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    if allocatable(node, "cpu").is_some_and(|a| used_cpu + cpu > a) {
+        return Err(Misfit::InsufficientCpu);
+    }
+    if allocatable(node, "memory").is_some_and(|a| used_mem + mem > a) {
+        return Err(Misfit::InsufficientMemory);
+    }
+    if allocatable(node, "pods").is_some_and(|a| on_node.len() as i128 + 1 > a) {
+        return Err(Misfit::TooManyPods);
+    }
+    let taken: Vec<(i32, String)> = on_node.iter().flat_map(|p| host_ports(p)).collect();
+    if host_ports(pod).any(|hp| taken.contains(&hp)) {
+        return Err(Misfit::Ports);
+    }
+    Ok(())
+}
+
+/// Higher is better: fewer pods of the same owner, then more room left.
+fn score(pod: &Pod, node: &Node, on_node: &[&Pod]) -> (i64, i64) {
+    let owner = pod.metadata.controller_owner().map(|o| o.uid.as_str());
+    let siblings = match owner {
+        Some(uid) => on_node
+            .iter()
+            .filter(|p| p.metadata.controller_owner().map(|o| o.uid.as_str()) == Some(uid))
+            .count() as i64,
+        None => 0,
+    };
+    let (cpu, mem) = requests(pod);
+    let (used_cpu, used_mem) = on_node
+        .iter()
+        .map(|p| requests(p))
+        .fold((cpu, mem), |a, b| (a.0 + b.0, a.1 + b.1));
+    let free = |used: i128, resource: &str| match allocatable(node, resource) {
+        Some(a) if a > 0 => ((a - used).max(0) * 1000 / a) as i64,
+        _ => 1000,
+    };
+    // Bare pods have no owner to spread: count all pods instead, so they spread too.
+    let spread = if owner.is_some() {
+        siblings
+    } else {
+        on_node.len() as i64
+    };
+    (-spread, free(used_cpu, "cpu") + free(used_mem, "memory"))
+}
+
+/// Picks a node for `pod`, or explains why none fits:
+/// `0/3 nodes available: 2 insufficient memory, 1 node(s) didn't match node selector`.
+pub fn schedule(pod: &Pod, nodes: &[Node], pods: &[Pod]) -> Result<String, String> {
+    let mut by_node: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
+    for p in pods.iter().filter(|p| holds_resources(p)) {
+        if let Some(n) = p.spec.node_name.as_deref() {
+            if p.metadata.uid != pod.metadata.uid {
+                by_node.entry(n).or_default().push(p);
+            }
+        }
+    }
+    let mut misfits: BTreeMap<Misfit, usize> = BTreeMap::new();
+    let mut best: Option<((i64, i64), &str)> = None;
+    for node in nodes {
+        let name = node.metadata.name.as_str();
+        let on_node = by_node.get(name).map(Vec::as_slice).unwrap_or(&[]);
+        match fit(pod, node, on_node) {
+            Err(m) => *misfits.entry(m).or_default() += 1,
+            Ok(()) => {
+                let s = score(pod, node, on_node);
+                // Ties go to the first name, so the choice is deterministic.
+                if best.is_none_or(|(b, bn)| s > b || (s == b && name < bn)) {
+                    best = Some((s, name));
+                }
+            }
+        }
+    }
+    match best {
+        Some((_, name)) => Ok(name.to_string()),
+        None => {
+            let mut parts: Vec<(usize, String)> = misfits
+                .into_iter()
+                .map(|(m, n)| (n, m.describe()))
+                .collect();
+            parts.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            let reasons: Vec<String> = parts.into_iter().map(|(n, d)| format!("{n} {d}")).collect();
+            if nodes.is_empty() {
+                Err("0/0 nodes available: no nodes have joined the cluster".into())
+            } else {
+                Err(format!(
+                    "0/{} nodes available: {}",
+                    nodes.len(),
+                    reasons.join(", ")
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_api::*;
+
+    fn node(name: &str, cpu: &str, mem: &str, runtimes: &[&str]) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: name.into(),
+                labels: [("kubernetes.io/hostname".to_string(), name.to_string())].into(),
+                ..Default::default()
+            },
+            status: Some(NodeStatus {
+                allocatable: [
+                    ("cpu".to_string(), cpu.parse().unwrap()),
+                    ("memory".to_string(), mem.parse().unwrap()),
+                    ("pods".to_string(), "10".parse().unwrap()),
+                ]
+                .into(),
+                conditions: vec![Condition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    ..Default::default()
+                }],
+                runtime_handlers: runtimes
+                    .iter()
+                    .map(|r| RuntimeHandler {
+                        name: r.to_string(),
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn pod(name: &str, cpu: &str, mem: &str) -> Pod {
+        let mut c = Container {
+            name: "c".into(),
+            image: "x".into(),
+            ..Default::default()
+        };
+        c.resources
+            .requests
+            .insert("cpu".into(), cpu.parse().unwrap());
+        c.resources
+            .requests
+            .insert("memory".into(), mem.parse().unwrap());
+        Pod {
+            metadata: ObjectMeta {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                ..Default::default()
+            },
+            spec: PodSpec {
+                containers: vec![c],
+                runtime_class_name: Some("wasm".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn bound(mut p: Pod, node: &str) -> Pod {
+        p.spec.node_name = Some(node.into());
+        p
+    }
+
+    fn owned(mut p: Pod, owner: &str) -> Pod {
+        p.metadata.owner_references = vec![OwnerReference {
+            kind: "ReplicaSet".into(),
+            name: owner.into(),
+            uid: owner.into(),
+            controller: Some(true),
+            ..Default::default()
+        }];
+        p
+    }
+
+    #[test]
+    fn table_of_placements() {
+        let a = node("a", "2", "1Gi", &["wasm", "runc"]);
+        let b = node("b", "2", "1Gi", &["wasm"]);
+        let mut cordoned = node("c", "2", "1Gi", &["wasm"]);
+        cordoned.spec.unschedulable = true;
+        let mut selected = pod("p", "100m", "64Mi");
+        selected
+            .spec
+            .node_selector
+            .insert("kubernetes.io/hostname".into(), "b".into());
+        let mut runc = pod("p", "100m", "64Mi");
+        runc.spec.runtime_class_name = None;
+        let cases: Vec<(&str, Pod, Vec<Node>, Vec<Pod>, Result<&str, &str>)> = vec![
+            (
+                "least allocated wins",
+                pod("p", "100m", "64Mi"),
+                vec![a.clone(), b.clone()],
+                vec![bound(pod("x", "1", "512Mi"), "a")],
+                Ok("b"),
+            ),
+            (
+                "ties go to the first name",
+                pod("p", "100m", "64Mi"),
+                vec![b.clone(), a.clone()],
+                vec![],
+                Ok("a"),
+            ),
+            (
+                "node selector",
+                selected,
+                vec![a.clone(), b.clone()],
+                vec![],
+                Ok("b"),
+            ),
+            ("runtime", runc, vec![b.clone(), a.clone()], vec![], Ok("a")),
+            (
+                "cordoned nodes are skipped",
+                pod("p", "100m", "64Mi"),
+                vec![cordoned.clone(), b.clone()],
+                vec![],
+                Ok("b"),
+            ),
+            (
+                "finished pods free their room",
+                pod("p", "1", "1Gi"),
+                vec![a.clone()],
+                vec![{
+                    let mut done = bound(pod("x", "2", "1Gi"), "a");
+                    done.status = Some(PodStatus {
+                        phase: Some("Succeeded".into()),
+                        ..Default::default()
+                    });
+                    done
+                }],
+                Ok("a"),
+            ),
+            (
+                "too big for any node",
+                pod("p", "100m", "2Gi"),
+                vec![a.clone(), b.clone(), cordoned.clone()],
+                vec![],
+                Err("0/3 nodes available: 2 insufficient memory, 1 node(s) were unschedulable"),
+            ),
+            (
+                "no nodes",
+                pod("p", "1", "1"),
+                vec![],
+                vec![],
+                Err("0/0 nodes available: no nodes have joined the cluster"),
+            ),
+        ];
+        for (what, p, nodes, pods, want) in cases {
+            let got = schedule(&p, &nodes, &pods);
+            assert_eq!(got.as_deref().map_err(String::as_str), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn replicas_of_one_owner_spread() {
+        let nodes = vec![
+            node("a", "8", "8Gi", &["wasm"]),
+            node("b", "8", "8Gi", &["wasm"]),
+            node("c", "8", "8Gi", &["wasm"]),
+        ];
+        let mut placed: Vec<Pod> = vec![];
+        for i in 0..6 {
+            let p = owned(pod(&format!("web-{i}"), "10m", "1Mi"), "rs-web");
+            let n = schedule(&p, &nodes, &placed).unwrap();
+            placed.push(bound(p, &n));
+        }
+        let count = |n: &str| {
+            placed
+                .iter()
+                .filter(|p| p.spec.node_name.as_deref() == Some(n))
+                .count()
+        };
+        assert_eq!((count("a"), count("b"), count("c")), (2, 2, 2));
+    }
+
+    #[test]
+    fn taints_need_tolerations_and_ports_must_be_free() {
+        let mut tainted = node("t", "2", "1Gi", &["wasm"]);
+        tainted.spec.taints.push(Taint {
+            key: "dedicated".into(),
+            value: Some("gpu".into()),
+            effect: "NoSchedule".into(),
+            time_added: None,
+        });
+        let p = pod("p", "10m", "1Mi");
+        assert_eq!(
+            schedule(&p, &[tainted.clone()], &[]),
+            Err("0/1 nodes available: 1 node(s) had untolerated taint {dedicated: gpu}".into())
+        );
+        let mut tolerant = p.clone();
+        tolerant.spec.tolerations.push(Toleration {
+            key: Some("dedicated".into()),
+            operator: Some("Equal".into()),
+            value: Some("gpu".into()),
+            effect: Some("NoSchedule".into()),
+            toleration_seconds: None,
+        });
+        assert_eq!(schedule(&tolerant, &[tainted], &[]), Ok("t".into()));
+
+        let with_port = |name: &str| {
+            let mut p = pod(name, "10m", "1Mi");
+            p.spec.containers[0].ports.push(ContainerPort {
+                container_port: 80,
+                host_port: Some(8080),
+                ..Default::default()
+            });
+            p
+        };
+        let a = node("a", "2", "1Gi", &["wasm"]);
+        let err =
+            schedule(&with_port("q"), &[a.clone()], &[bound(with_port("p"), "a")]).unwrap_err();
+        assert!(err.contains("free ports"), "{err}");
+    }
+}
