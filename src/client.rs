@@ -104,5 +104,19 @@ pub fn read_manifests(paths: &[PathBuf]) -> Result<Vec<Parsed>> {
 fn read_file(path: &Path) -> Result<Vec<Parsed>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(parse_manifests(&path.display().to_string(), &text)?)
+    let mut parsed = parse_manifests(&path.display().to_string(), &text)?;
+    // `file://` images are relative to the manifest that names them.
+    let base = path.parent().unwrap_or(Path::new("."));
+    for p in &mut parsed {
+        if let Some(spec) = p.object.pod_spec_mut() {
+            for c in &mut spec.containers {
+                if let Some(rel) = c.image.strip_prefix("file://") {
+                    if !rel.starts_with('/') {
+                        c.image = format!("file://{}", base.join(rel).display());
+                    }
+                }
+            }
+        }
+    }
+    Ok(parsed)
 }

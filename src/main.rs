@@ -32,6 +32,8 @@ pub struct ClientArgs {
 enum Command {
     /// Run the controller: the store, the API and the scheduler.
     Controller(cmd::controller::Args),
+    /// Run an agent: join the controller and run the pods bound to this node.
+    Agent(cmd::agent::Args),
     /// Run a whole cluster in one process (controller and local agent), the way to start.
     Up(cmd::up::Args),
     /// Create or update objects from manifests (YAML or JSON; files, directories or -).
@@ -42,6 +44,10 @@ enum Command {
     Describe(cmd::describe::Args),
     /// Delete objects by name, by selector or from manifests.
     Delete(cmd::delete::Args),
+    /// Print a container's log.
+    Logs(cmd::logs::Args),
+    /// Store an artifact (a .wasm file) in the controller under NAME:TAG.
+    Push(cmd::push::Args),
     /// Manage join tokens for agents.
     Token(cmd::token::Args),
 }
@@ -68,6 +74,9 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Controller(a) => cmd::controller::run(a).await,
             Command::Up(a) => cmd::up::run(a).await,
+            Command::Agent(a) => cmd::agent::run(a).await,
+            Command::Logs(a) => cmd::logs::run(a).await,
+            Command::Push(a) => cmd::push::run(a).await,
             Command::Apply(a) => cmd::apply::run(a).await,
             Command::Get(a) => cmd::get::run(a).await,
             Command::Describe(a) => cmd::describe::run(a).await,
@@ -81,5 +90,14 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

@@ -147,6 +147,18 @@ impl Object {
         )
     }
 
+    /// The pod spec this object runs: a Pod's own, or the template of a workload.
+    pub fn pod_spec_mut(&mut self) -> Option<&mut PodSpec> {
+        match self {
+            Object::Pod(p) => Some(&mut p.spec),
+            Object::ReplicaSet(o) => Some(&mut o.spec.template.spec),
+            Object::Deployment(o) => Some(&mut o.spec.template.spec),
+            Object::DaemonSet(o) => Some(&mut o.spec.template.spec),
+            Object::Job(o) => Some(&mut o.spec.template.spec),
+            _ => None,
+        }
+    }
+
     pub fn into_typed<T: TryFrom<Object, Error = Error>>(self) -> Result<T> {
         T::try_from(self)
     }

@@ -4,6 +4,7 @@
 pub mod artifacts;
 pub mod error;
 pub mod scheduler;
+pub mod scheduler_loop;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -168,6 +168,10 @@ impl Controller {
     /// Serves until `shutdown` is cancelled, then stops accepting and waits for open requests.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let tracker = TaskTracker::new();
+        tracker.spawn(crate::scheduler_loop::run(
+            self.service.store().clone(),
+            shutdown.clone(),
+        ));
         loop {
             let incoming = tokio::select! {
                 _ = shutdown.cancelled() => break,

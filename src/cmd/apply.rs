@@ -46,6 +46,34 @@ pub async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// `image: file://PATH` names a local artifact: it is pushed to the controller and the image
+/// pinned to its digest (`NAME@sha256:...`), so a cluster with no registry runs it.
+async fn push_local_images(client: &Client, mut parsed: Vec<Parsed>) -> Result<Vec<Parsed>> {
+    let mut pushed: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for p in &mut parsed {
+        let Some(spec) = p.object.pod_spec_mut() else {
+            continue;
+        };
+        for c in &mut spec.containers {
+            let Some(path) = c.image.strip_prefix("file://").map(str::to_string) else {
+                continue;
+            };
+            if !pushed.contains_key(&path) {
+                let file = std::path::Path::new(&path);
+                let name = file
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or("artifact")
+                    .to_ascii_lowercase();
+                let digest = super::push::push(client, file, &format!("{name}:latest")).await?;
+                pushed.insert(path.clone(), format!("{name}@{digest}"));
+            }
+            c.image = pushed[&path].clone();
+        }
+    }
+    Ok(parsed)
+}
+
 /// Checks every object here first (all problems at once), then applies them in one request.
 pub async fn apply_parsed(client: &Client, parsed: Vec<Parsed>, strict: bool) -> Result<()> {
     let mut problems = Vec::new();
@@ -72,6 +100,7 @@ pub async fn apply_parsed(client: &Client, parsed: Vec<Parsed>, strict: bool) ->
     if !problems.is_empty() {
         bail!("nothing was applied:\n  {}", problems.join("\n  "));
     }
+    let parsed = push_local_images(client, parsed).await?;
     let objects = parsed
         .iter()
         .map(|p| p.object.to_json())

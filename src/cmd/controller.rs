@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args, Clone)]
+#[group(skip)]
 pub struct Args {
     /// Where the store, the PKI, admin.conf and the join token live.
     #[arg(long, env = "SHOAL_DATA_DIR")]

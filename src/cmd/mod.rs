@@ -1,9 +1,12 @@
 //! One module per verb.
 
+pub mod agent;
 pub mod apply;
 pub mod controller;
 pub mod delete;
 pub mod describe;
 pub mod get;
+pub mod logs;
+pub mod push;
 pub mod token;
 pub mod up;

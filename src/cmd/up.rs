@@ -26,7 +26,27 @@ pub async fn run(args: Args) -> Result<()> {
     let creds = Credentials::load(controller.admin_config())?;
     let shutdown = CancellationToken::new();
     shutdown_on_signals(shutdown.clone())?;
+    let addr = controller.local_addr()?;
+    let server = if addr.ip().is_unspecified() {
+        format!("127.0.0.1:{}", addr.port())
+    } else {
+        addr.to_string()
+    };
+    let agent = shoal_agent::AgentConfig {
+        server,
+        token: Some(controller.token().to_string()),
+        name: super::agent::hostname(),
+        data_dir: args.controller.config().data_dir.join("agent"),
+        labels: [(
+            "node-role.kubernetes.io/control-plane".to_string(),
+            "true".to_string(),
+        )]
+        .into(),
+    };
     let serving = tokio::spawn(controller.run(shutdown.clone()));
+    let agent_name = agent.name.clone();
+    let agent_task = tokio::spawn(shoal_agent::run(agent, shutdown.clone()));
+    eprintln!("  local agent:      node {agent_name}");
     if !manifests.is_empty() {
         let client = Client::connect(&creds)
             .await
@@ -34,7 +54,8 @@ pub async fn run(args: Args) -> Result<()> {
         super::apply::apply_parsed(&client, manifests, false).await?;
         client.close().await;
     }
-    eprintln!("cluster is up; try: shoal get all -A   (Ctrl-C stops it)");
+    eprintln!("cluster is up; try: shoal get pods -o wide, shoal logs POD   (Ctrl-C stops it)");
+    agent_task.await.context("the agent task failed")??;
     serving.await.context("the controller task failed")??;
     Ok(())
 }

@@ -11,6 +11,7 @@ mod codec;
 mod crypto;
 mod watch;
 mod writer;
+pub(crate) use writer::now;
 
 pub use crypto::SecretCipher;
 pub use watch::Watch;

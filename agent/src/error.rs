@@ -1,0 +1,32 @@
+//! Agent errors.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("joining the cluster: {0}")]
+    Join(String),
+    #[error("the controller answered: {0}")]
+    Server(String),
+    #[error(transparent)]
+    Transport(#[from] shoal_transport::Error),
+    #[error(transparent)]
+    Runtime(#[from] shoal_runtime::Error),
+    #[error("artifact {reference}: {message}")]
+    Artifact { reference: String, message: String },
+    #[error("{path}: {message}")]
+    Io { path: String, message: String },
+    #[error("{0}")]
+    Config(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn io(path: &std::path::Path, e: impl std::fmt::Display) -> Self {
+        Error::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,176 @@
+//! Shoal's agent: joins the cluster with a token, registers its Node and keeps it alive, runs
+//! the pods bound to it through the runtimes, reports their status, and serves their logs.
+
+pub mod artifacts;
+pub mod error;
+pub mod join;
+pub mod node;
+pub mod pod_state;
+pub mod serve;
+pub mod supervisor;
+
+pub use error::{Error, Result};
+
+use rand::Rng;
+use shoal_api::Pod;
+use shoal_runtime::wasm::WasmRuntime;
+use shoal_transport::proto::{Request, Response};
+use shoal_transport::Client;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use supervisor::Supervisor;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// `HOST:PORT` of the controller.
+    pub server: String,
+    /// Needed only until the node has its certificate.
+    pub token: Option<String>,
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The current connection to the controller, if any; replaced on every reconnect.
+pub type Link = watch::Receiver<Option<Arc<Client>>>;
+
+/// How often the node tells the controller it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// Runs the agent until `shutdown`; reconnects with jittered back-off when the link drops.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::io(&config.data_dir, e))?;
+    let creds = join::credentials(&config).await?;
+    let wasm = Arc::new(WasmRuntime::new(&config.data_dir.join("wasm-cache"))?);
+    let (link_tx, link) = watch::channel(None::<Arc<Client>>);
+    let supervisor = Supervisor::new(&config, wasm.clone(), link.clone());
+    let mut attempt = 0u32;
+    loop {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        match Client::connect(&creds).await {
+            Ok(client) => {
+                attempt = 0;
+                let client = Arc::new(client);
+                link_tx.send_replace(Some(client.clone()));
+                tracing::info!(server = %config.server, node = %config.name, "connected to the controller");
+                let session = session(&config, &client, &supervisor, &wasm, &shutdown).await;
+                link_tx.send_replace(None);
+                match session {
+                    Ok(()) => break,
+                    Err(e) => tracing::warn!(error = %e, "lost the controller"),
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot reach the controller"),
+        }
+        attempt = attempt.saturating_add(1);
+        let ceiling = Duration::from_millis(500)
+            .saturating_mul(1 << attempt.min(6))
+            .min(Duration::from_secs(30));
+        let delay = ceiling.mul_f64(rand::rng().random_range(0.5..1.0));
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+    supervisor.shutdown().await;
+    Ok(())
+}
+
+/// One connection's life: register, heartbeat, serve the controller's requests, and follow the
+/// pods bound to this node from the revision last seen.
+async fn session(
+    config: &AgentConfig,
+    client: &Arc<Client>,
+    supervisor: &Supervisor,
+    wasm: &Arc<WasmRuntime>,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let put_node = || async {
+        let node = node::describe(
+            config,
+            node::source_ip(client.connection().remote_address()),
+            wasm.compiler(),
+        );
+        let object = {
+            let mut obj = shoal_api::Object::Node(node);
+            obj.normalize();
+            serde_json::to_vec(&obj)
+        }
+        .map_err(|e| Error::Internal(e.to_string()))?;
+        expect_ok(client.call(&Request::PutNode { object }).await?)
+    };
+    put_node().await?;
+    let serving = tokio::spawn(serve::serve(
+        client.connection().clone(),
+        supervisor.clone(),
+    ));
+    let fields = format!("spec.nodeName={}", config.name);
+    let listed = client
+        .call(&Request::List {
+            kind: "Pod".into(),
+            namespace: None,
+            selector: String::new(),
+            fields: fields.clone(),
+        })
+        .await?;
+    let (items, mut revision) = match listed {
+        Response::List { items, revision } => (items, revision),
+        Response::Error(e) => return Err(Error::Server(e.message)),
+        other => return Err(Error::Internal(format!("unexpected answer {other:?}"))),
+    };
+    let pods: Vec<Pod> = items.iter().filter_map(|b| decode_pod(b)).collect();
+    supervisor.sync(pods).await;
+    let mut watch = client
+        .stream(&Request::Watch {
+            kind: "Pod".into(),
+            namespace: None,
+            selector: String::new(),
+            fields,
+            revision,
+        })
+        .await?;
+    let mut beat = tokio::time::interval(HEARTBEAT);
+    beat.tick().await;
+    let result = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            _ = beat.tick() => {
+                if let Err(e) = put_node().await {
+                    break Err(e);
+                }
+            }
+            next = watch.next() => match next {
+                Ok(Some(Response::Event { type_, revision: r, object })) => {
+                    revision = r;
+                    if let Some(pod) = decode_pod(&object) {
+                        supervisor.observe(type_, pod).await;
+                    }
+                }
+                Ok(Some(Response::Error(e))) => break Err(Error::Server(format!("watch from revision {revision}: {}", e.message))),
+                Ok(Some(_)) => {}
+                Ok(None) => break Err(Error::Server("the controller ended the watch".into())),
+                Err(e) => break Err(e.into()),
+            },
+        }
+    };
+    serving.abort();
+    result
+}
+
+fn decode_pod(bytes: &[u8]) -> Option<Pod> {
+    shoal_api::Object::from_json(bytes).ok()?.into_typed().ok()
+}
+
+pub(crate) fn expect_ok(r: Response) -> Result<()> {
+    match r {
+        Response::Ok => Ok(()),
+        Response::Error(e) => Err(Error::Server(e.message)),
+        other => Err(Error::Internal(format!("unexpected answer {other:?}"))),
+    }
+}

@@ -1,0 +1,132 @@
+//! What this node is: the Node object it registers, from the machine's own facts.
+
+use crate::AgentConfig;
+use shoal_api::{
+    Condition, Node, NodeAddress, NodeStatus, NodeSystemInfo, ObjectMeta, Quantity, RuntimeHandler,
+};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// Kubernetes' name for this build's architecture.
+pub fn arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        other => other,
+    }
+}
+
+fn memory_bytes() -> i128 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<i128>().ok())
+        })
+        .map(|kib| kib * 1024)
+        .unwrap_or(0)
+}
+
+fn os_image() -> String {
+    std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .unwrap_or_else(|| "Linux".into())
+}
+
+/// The address this node reaches `peer` from: what the kernel's route picks for a connected
+/// UDP socket (no packet is sent).
+pub fn source_ip(peer: std::net::SocketAddr) -> Option<IpAddr> {
+    let any: std::net::SocketAddr = if peer.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = std::net::UdpSocket::bind(any).ok()?;
+    socket.connect(peer).ok()?;
+    socket.local_addr().ok().map(|a| a.ip())
+}
+
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The Node this agent registers and refreshes with every heartbeat.
+pub fn describe(config: &AgentConfig, address: Option<IpAddr>, compiler: &str) -> Node {
+    let mut labels: BTreeMap<String, String> = [
+        ("kubernetes.io/arch", arch()),
+        ("kubernetes.io/os", "linux"),
+        ("kubernetes.io/hostname", config.name.as_str()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    labels.extend(config.labels.clone());
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as i128;
+    let resources: BTreeMap<String, Quantity> = [
+        ("cpu".to_string(), Quantity::from_milli(cpus * 1000)),
+        ("memory".to_string(), Quantity::from_bytes(memory_bytes())),
+        ("pods".to_string(), Quantity::from_milli(110_000)),
+    ]
+    .into();
+    let mut addresses = vec![NodeAddress {
+        type_: "Hostname".into(),
+        address: config.name.clone(),
+    }];
+    if let Some(ip) = address {
+        addresses.insert(
+            0,
+            NodeAddress {
+                type_: "InternalIP".into(),
+                address: ip.to_string(),
+            },
+        );
+    }
+    let now = now();
+    Node {
+        metadata: ObjectMeta {
+            name: config.name.clone(),
+            labels,
+            ..Default::default()
+        },
+        status: Some(NodeStatus {
+            capacity: resources.clone(),
+            allocatable: resources,
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                reason: Some("AgentReady".into()),
+                message: Some("shoal agent is posting ready status".into()),
+                last_heartbeat_time: Some(now.clone()),
+                last_transition_time: Some(now),
+                last_update_time: None,
+            }],
+            addresses,
+            node_info: Some(NodeSystemInfo {
+                architecture: arch().into(),
+                operating_system: "linux".into(),
+                kernel_version: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                    .unwrap_or_default()
+                    .trim()
+                    .into(),
+                os_image: os_image(),
+                kubelet_version: format!("shoal-v{}", env!("CARGO_PKG_VERSION")),
+                container_runtime_version: format!("wasmtime://48.0.8 ({compiler})"),
+            }),
+            // runc joins this list when the OCI executor lands; until then only wasm pods run.
+            runtime_handlers: vec![RuntimeHandler {
+                name: "wasm".into(),
+            }],
+        }),
+        ..Default::default()
+    }
+}

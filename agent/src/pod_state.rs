@@ -1,0 +1,343 @@
+//! Decisions about a pod's containers, without I/O: whether to restart after an exit, how long
+//! to back off, and the phase and statuses the pod reports. The supervisor feeds them events
+//! and `now`.
+
+use chrono::{DateTime, Utc};
+use shoal_api::{
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+    ContainerStatus,
+};
+use std::time::Duration;
+
+/// First restart delay after a failure, doubled each time up to [`MAX_BACKOFF`] (kubelet's).
+pub const BASE_BACKOFF: Duration = Duration::from_secs(10);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// A container that ran this long without failing starts its back-off over.
+pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+impl RestartPolicy {
+    pub fn parse(s: Option<&str>) -> RestartPolicy {
+        match s {
+            Some("OnFailure") => RestartPolicy::OnFailure,
+            Some("Never") => RestartPolicy::Never,
+            _ => RestartPolicy::Always,
+        }
+    }
+
+    pub fn restarts_after(self, exit_code: i32) -> bool {
+        match self {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => exit_code != 0,
+            RestartPolicy::Never => false,
+        }
+    }
+}
+
+/// The delay before restart number `restarts + 1`: 10 s, 20 s, 40 s, ... 5 min.
+pub fn backoff(restarts_in_a_row: u32) -> Duration {
+    let factor = 1u32
+        .checked_shl(restarts_in_a_row.saturating_sub(1))
+        .unwrap_or(u32::MAX);
+    BASE_BACKOFF.saturating_mul(factor).min(MAX_BACKOFF)
+}
+
+/// What one container is doing, as the supervisor tracks it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Phase {
+    /// Not started yet; `reason` such as ContainerCreating, ErrImagePull, ImagePullBackOff.
+    Waiting {
+        reason: String,
+        message: Option<String>,
+    },
+    Running {
+        since: DateTime<Utc>,
+    },
+    /// Exited; restarts at `until` unless the policy keeps it down (`until` is `None`).
+    BackOff {
+        last: Terminated,
+        until: Option<DateTime<Utc>>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Terminated {
+    pub exit_code: i32,
+    pub reason: String,
+    pub message: Option<String>,
+    pub started: DateTime<Utc>,
+    pub finished: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Container {
+    pub name: String,
+    pub image: String,
+    pub phase: Phase,
+    pub restart_count: i32,
+    /// Failures since the container last ran for [`BACKOFF_RESET`].
+    pub failures_in_a_row: u32,
+    pub last: Option<Terminated>,
+}
+
+impl Container {
+    pub fn new(name: &str, image: &str) -> Container {
+        Container {
+            name: name.into(),
+            image: image.into(),
+            phase: Phase::Waiting {
+                reason: "ContainerCreating".into(),
+                message: None,
+            },
+            restart_count: 0,
+            failures_in_a_row: 0,
+            last: None,
+        }
+    }
+
+    /// The container exited: decide whether and when it comes back.
+    pub fn exited(&mut self, t: Terminated, policy: RestartPolicy, now: DateTime<Utc>) {
+        let ran = (t.finished - t.started).to_std().unwrap_or_default();
+        if ran >= BACKOFF_RESET {
+            self.failures_in_a_row = 0;
+        }
+        let until = if policy.restarts_after(t.exit_code) {
+            self.failures_in_a_row += 1;
+            Some(
+                now + chrono::Duration::from_std(backoff(self.failures_in_a_row))
+                    .unwrap_or_default(),
+            )
+        } else {
+            None
+        };
+        self.last = Some(t.clone());
+        self.phase = Phase::BackOff { last: t, until };
+    }
+
+    pub fn started(&mut self, now: DateTime<Utc>) {
+        if matches!(self.phase, Phase::BackOff { .. }) {
+            self.restart_count += 1;
+        }
+        self.phase = Phase::Running { since: now };
+    }
+
+    /// When it should be started again, if it should.
+    pub fn restart_at(&self) -> Option<DateTime<Utc>> {
+        match &self.phase {
+            Phase::BackOff { until, .. } => *until,
+            _ => None,
+        }
+    }
+
+    pub fn status(&self) -> ContainerStatus {
+        let ts = |t: &DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let terminated = |t: &Terminated| ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                exit_code: t.exit_code,
+                reason: Some(t.reason.clone()),
+                message: t.message.clone(),
+                started_at: Some(ts(&t.started)),
+                finished_at: Some(ts(&t.finished)),
+                signal: None,
+            }),
+            ..Default::default()
+        };
+        let (state, ready) = match &self.phase {
+            Phase::Waiting { reason, message } => (
+                ContainerState {
+                    waiting: Some(ContainerStateWaiting {
+                        reason: Some(reason.clone()),
+                        message: message.clone(),
+                    }),
+                    ..Default::default()
+                },
+                false,
+            ),
+            Phase::Running { since } => (
+                ContainerState {
+                    running: Some(ContainerStateRunning {
+                        started_at: Some(ts(since)),
+                    }),
+                    ..Default::default()
+                },
+                true,
+            ),
+            Phase::BackOff {
+                last,
+                until: Some(_),
+            } => (
+                ContainerState {
+                    waiting: Some(ContainerStateWaiting {
+                        reason: Some("CrashLoopBackOff".into()),
+                        message: Some(format!(
+                            "back-off {} restarting failed container={}",
+                            human(backoff(self.failures_in_a_row)),
+                            self.name
+                        )),
+                    }),
+                    ..Default::default()
+                },
+                {
+                    let _ = last;
+                    false
+                },
+            ),
+            Phase::BackOff { last, until: None } => (terminated(last), false),
+        };
+        let last_state = match (&self.phase, &self.last) {
+            (Phase::BackOff { until: None, .. }, _) | (_, None) => None,
+            (_, Some(t)) => Some(terminated(t)),
+        };
+        ContainerStatus {
+            name: self.name.clone(),
+            ready,
+            restart_count: self.restart_count,
+            started: Some(matches!(self.phase, Phase::Running { .. })),
+            image: self.image.clone(),
+            image_id: None,
+            state: Some(state),
+            last_state,
+        }
+    }
+}
+
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 60 && s % 60 == 0 {
+        format!("{}m0s", s / 60)
+    } else if s >= 60 {
+        format!("{}m{}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// The pod's phase from its containers, as Kubernetes computes it.
+pub fn pod_phase(containers: &[Container]) -> &'static str {
+    let all_done = containers
+        .iter()
+        .all(|c| matches!(c.phase, Phase::BackOff { until: None, .. }));
+    if all_done && !containers.is_empty() {
+        let failed = containers
+            .iter()
+            .any(|c| matches!(&c.phase, Phase::BackOff { last, .. } if last.exit_code != 0));
+        return if failed { "Failed" } else { "Succeeded" };
+    }
+    let started = containers
+        .iter()
+        .any(|c| !matches!(c.phase, Phase::Waiting { .. }));
+    if started {
+        "Running"
+    } else {
+        "Pending"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+    }
+
+    fn term(code: i32, ran_secs: i64, at: DateTime<Utc>) -> Terminated {
+        Terminated {
+            exit_code: code,
+            reason: if code == 0 {
+                "Completed".into()
+            } else {
+                "Error".into()
+            },
+            message: None,
+            started: at - chrono::Duration::seconds(ran_secs),
+            finished: at,
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_to_five_minutes() {
+        let got: Vec<u64> = (1..=7).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(got, [10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(backoff(100), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn restart_policy_table() {
+        for (policy, code, restarts) in [
+            (RestartPolicy::Always, 0, true),
+            (RestartPolicy::Always, 1, true),
+            (RestartPolicy::OnFailure, 0, false),
+            (RestartPolicy::OnFailure, 2, true),
+            (RestartPolicy::Never, 1, false),
+        ] {
+            assert_eq!(
+                policy.restarts_after(code),
+                restarts,
+                "{policy:?} exit {code}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_crashing_container_backs_off_longer_each_time_and_shows_crash_loop() {
+        let mut c = Container::new("app", "img");
+        let mut now = t0();
+        let mut delays = vec![];
+        for _ in 0..3 {
+            c.started(now);
+            now += chrono::Duration::seconds(1);
+            c.exited(term(1, 1, now), RestartPolicy::Always, now);
+            let until = c.restart_at().unwrap();
+            delays.push((until - now).num_seconds());
+            assert_eq!(
+                c.status().state.unwrap().waiting.unwrap().reason.as_deref(),
+                Some("CrashLoopBackOff")
+            );
+            now = until;
+        }
+        assert_eq!(delays, [10, 20, 40]);
+        c.started(now);
+        assert_eq!(c.restart_count, 3);
+        let st = c.status();
+        assert!(st.ready);
+        assert_eq!(st.last_state.unwrap().terminated.unwrap().exit_code, 1);
+    }
+
+    #[test]
+    fn a_long_run_resets_the_backoff() {
+        let mut c = Container::new("app", "img");
+        c.failures_in_a_row = 5;
+        c.started(t0());
+        let end = t0() + chrono::Duration::seconds(700);
+        c.exited(term(1, 700, end), RestartPolicy::Always, end);
+        assert_eq!((c.restart_at().unwrap() - end).num_seconds(), 10);
+    }
+
+    #[test]
+    fn phase_table() {
+        let now = t0();
+        let mut running = Container::new("a", "i");
+        running.started(now);
+        let mut ok = Container::new("b", "i");
+        ok.exited(term(0, 1, now), RestartPolicy::OnFailure, now);
+        let mut failed = Container::new("c", "i");
+        failed.exited(term(3, 1, now), RestartPolicy::Never, now);
+        let waiting = Container::new("d", "i");
+        assert_eq!(pod_phase(&[waiting.clone()]), "Pending");
+        assert_eq!(pod_phase(&[running.clone(), ok.clone()]), "Running");
+        assert_eq!(pod_phase(&[ok.clone()]), "Succeeded");
+        assert_eq!(pod_phase(&[ok, failed.clone()]), "Failed");
+        assert_eq!(
+            failed.status().state.unwrap().terminated.unwrap().exit_code,
+            3
+        );
+    }
+}

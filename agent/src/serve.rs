@@ -1,0 +1,135 @@
+//! Requests the controller sends to this node over the node's own connection: container logs.
+
+use crate::supervisor::Supervisor;
+use shoal_transport::frame;
+use shoal_transport::proto::{ErrorCode, Request, Response, WireError};
+use std::time::Duration;
+
+/// Serves streams the controller opens until the connection closes.
+pub async fn serve(conn: quinn::Connection, supervisor: Supervisor) {
+    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+        let supervisor = supervisor.clone();
+        tokio::spawn(async move {
+            let response = match frame::read::<Request, _>(&mut recv, frame::MAX_FRAME).await {
+                Ok(Some(Request::Logs {
+                    namespace,
+                    pod,
+                    container,
+                    follow,
+                    previous,
+                    tail,
+                })) => {
+                    logs(
+                        &mut send,
+                        &supervisor,
+                        &namespace,
+                        &pod,
+                        container.as_deref(),
+                        follow,
+                        previous,
+                        tail,
+                    )
+                    .await;
+                    None
+                }
+                Ok(Some(other)) => Some(format!("a node does not serve {other:?}")),
+                Ok(None) => None,
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(message) = response {
+                let _ = frame::write(
+                    &mut send,
+                    &Response::Error(WireError {
+                        code: ErrorCode::BadRequest,
+                        message,
+                    }),
+                )
+                .await;
+            }
+            let _ = send.finish();
+        });
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn logs(
+    send: &mut quinn::SendStream,
+    supervisor: &Supervisor,
+    namespace: &str,
+    pod: &str,
+    container: Option<&str>,
+    follow: bool,
+    previous: bool,
+    tail: Option<u64>,
+) {
+    let path = match supervisor.log_path(namespace, pod, container, previous) {
+        Ok(p) => p,
+        Err(message) => {
+            let _ = frame::write(
+                send,
+                &Response::Error(WireError {
+                    code: ErrorCode::NotFound,
+                    message,
+                }),
+            )
+            .await;
+            return;
+        }
+    };
+    if previous && !path.exists() {
+        let message = format!("previous terminated container of pod {pod:?} not found");
+        let _ = frame::write(
+            send,
+            &Response::Error(WireError {
+                code: ErrorCode::NotFound,
+                message,
+            }),
+        )
+        .await;
+        return;
+    }
+    let text = match shoal_runtime::logs::read(&path, tail.map(|t| t as usize)) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = frame::write(
+                send,
+                &Response::Error(WireError {
+                    code: ErrorCode::Internal,
+                    message: e.to_string(),
+                }),
+            )
+            .await;
+            return;
+        }
+    };
+    if !text.is_empty()
+        && frame::write(send, &Response::Chunk(text.into_bytes()))
+            .await
+            .is_err()
+    {
+        return;
+    }
+    if !follow {
+        return;
+    }
+    let mut offset = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    while supervisor.has(namespace, pod) {
+        tokio::select! {
+            _ = send.stopped() => return,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if len < offset {
+            offset = 0; // rotated by a restart
+        }
+        if len > offset {
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            let end = (len as usize).min(bytes.len());
+            let chunk = bytes[(offset as usize).min(end)..end].to_vec();
+            offset = end as u64;
+            if frame::write(send, &Response::Chunk(chunk)).await.is_err() {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,666 @@
+//! The pod supervisor: one task per pod bound to this node. It fetches the pod's artifacts,
+//! resolves its env and volumes, runs each container through the runtime, restarts it by the
+//! pod's policy with back-off (decided in `pod_state`), and reports status to the controller.
+
+use crate::artifacts::ArtifactCache;
+use crate::error::{Error, Result};
+use crate::pod_state::{self, Container, Phase, RestartPolicy, Terminated};
+use crate::{AgentConfig, Link};
+use base64::Engine as _;
+use chrono::Utc;
+use shoal_api::{Condition, ConfigMap, Object, Pod, PodStatus, Secret};
+use shoal_runtime::wasm::WasmRuntime;
+use shoal_runtime::{ContainerSpec, Mount, Workload};
+use shoal_transport::proto::{EventType, Request, Response};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+struct Running {
+    namespace: String,
+    name: String,
+    dir: PathBuf,
+    cancel: CancellationToken,
+    state: Arc<Mutex<PodRun>>,
+}
+
+/// What a pod's task knows of it, shared with the status reporter.
+struct PodRun {
+    pod: Pod,
+    containers: Vec<Container>,
+    started: String,
+}
+
+struct Inner {
+    node: String,
+    data_dir: PathBuf,
+    wasm: Arc<WasmRuntime>,
+    artifacts: ArtifactCache,
+    link: Link,
+    pods: Mutex<HashMap<String, Running>>,
+    tracker: TaskTracker,
+}
+
+#[derive(Clone)]
+pub struct Supervisor(Arc<Inner>);
+
+fn terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded") | Some("Failed")
+    )
+}
+
+impl Supervisor {
+    pub fn new(config: &AgentConfig, wasm: Arc<WasmRuntime>, link: Link) -> Supervisor {
+        let artifacts = ArtifactCache::new(&config.data_dir).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "artifact cache unavailable; using a temporary directory");
+            ArtifactCache::new(&std::env::temp_dir().join("shoal-artifacts"))
+                .expect("temporary artifact cache")
+        });
+        Supervisor(Arc::new(Inner {
+            node: config.name.clone(),
+            data_dir: config.data_dir.clone(),
+            wasm,
+            artifacts,
+            link,
+            pods: Mutex::new(HashMap::new()),
+            tracker: TaskTracker::new(),
+        }))
+    }
+
+    /// Makes the running set match `pods` (after a list), and reports every status again.
+    pub async fn sync(&self, pods: Vec<Pod>) {
+        let keep: Vec<String> = pods.iter().map(|p| p.metadata.uid.clone()).collect();
+        let gone: Vec<String> = match self.0.pods.lock() {
+            Ok(m) => m
+                .keys()
+                .filter(|uid| !keep.contains(uid))
+                .cloned()
+                .collect(),
+            Err(_) => vec![],
+        };
+        for uid in gone {
+            self.stop(&uid);
+        }
+        for pod in pods {
+            self.observe(EventType::Modified, pod).await;
+        }
+        let states: Vec<Arc<Mutex<PodRun>>> = match self.0.pods.lock() {
+            Ok(m) => m.values().map(|r| r.state.clone()).collect(),
+            Err(_) => vec![],
+        };
+        for s in states {
+            report(&self.0, &s).await;
+        }
+    }
+
+    pub async fn observe(&self, type_: EventType, pod: Pod) {
+        let uid = pod.metadata.uid.clone();
+        if type_ == EventType::Deleted || pod.metadata.deletion_timestamp.is_some() {
+            self.stop(&uid);
+            return;
+        }
+        let known = self
+            .0
+            .pods
+            .lock()
+            .map(|m| m.contains_key(&uid))
+            .unwrap_or(true);
+        if known || terminal(&pod) || pod.spec.node_name.as_deref() != Some(self.0.node.as_str()) {
+            return;
+        }
+        let dir = self.0.data_dir.join("pods").join(&uid);
+        let cancel = CancellationToken::new();
+        let containers = pod
+            .spec
+            .containers
+            .iter()
+            .map(|c| Container::new(&c.name, &c.image))
+            .collect();
+        let state = Arc::new(Mutex::new(PodRun {
+            pod: pod.clone(),
+            containers,
+            started: crate::node::now(),
+        }));
+        if let Ok(mut m) = self.0.pods.lock() {
+            m.insert(
+                uid,
+                Running {
+                    namespace: pod.metadata.namespace_or_default().to_string(),
+                    name: pod.metadata.name.clone(),
+                    dir: dir.clone(),
+                    cancel: cancel.clone(),
+                    state: state.clone(),
+                },
+            );
+        }
+        tracing::info!(pod = %pod.metadata.name, namespace = %pod.metadata.namespace_or_default(), "starting pod");
+        let inner = self.0.clone();
+        self.0.tracker.spawn(run_pod(inner, state, dir, cancel));
+    }
+
+    fn stop(&self, uid: &str) {
+        if let Some(r) = self.0.pods.lock().ok().and_then(|mut m| m.remove(uid)) {
+            tracing::info!(pod = %r.name, namespace = %r.namespace, "stopping pod");
+            r.cancel.cancel();
+        }
+    }
+
+    /// The log file of a container of a pod running here.
+    pub fn log_path(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: Option<&str>,
+        previous: bool,
+    ) -> std::result::Result<PathBuf, String> {
+        let m = self
+            .0
+            .pods
+            .lock()
+            .map_err(|_| "supervisor lock poisoned".to_string())?;
+        let r = m
+            .values()
+            .find(|r| r.namespace == namespace && r.name == pod)
+            .ok_or_else(|| format!("pod {pod:?} is not running on node {:?}", self.0.node))?;
+        let names: Vec<String> = r
+            .state
+            .lock()
+            .map(|s| {
+                s.pod
+                    .spec
+                    .containers
+                    .iter()
+                    .map(|c| c.name.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let name = match container {
+            Some(c) if names.iter().any(|n| n == c) => c.to_string(),
+            Some(c) => {
+                return Err(format!(
+                    "container {c:?} is not valid for pod {pod:?} (its containers: {})",
+                    names.join(", ")
+                ))
+            }
+            None if names.len() == 1 => names[0].clone(),
+            None => {
+                return Err(format!(
+                    "pod {pod:?} has several containers: choose one of {} with -c",
+                    names.join(", ")
+                ))
+            }
+        };
+        let current = r.dir.join("logs").join(format!("{name}.log"));
+        Ok(if previous {
+            shoal_runtime::logs::previous_path(&current)
+        } else {
+            current
+        })
+    }
+
+    /// Is this pod still running here?
+    pub fn has(&self, namespace: &str, pod: &str) -> bool {
+        self.0
+            .pods
+            .lock()
+            .map(|m| {
+                m.values()
+                    .any(|r| r.namespace == namespace && r.name == pod)
+            })
+            .unwrap_or(false)
+    }
+
+    /// Stops every pod (agent shutdown) and waits for their tasks.
+    pub async fn shutdown(&self) {
+        if let Ok(m) = self.0.pods.lock() {
+            for r in m.values() {
+                r.cancel.cancel();
+            }
+        }
+        self.0.tracker.close();
+        self.0.tracker.wait().await;
+    }
+}
+
+fn client(inner: &Inner) -> Option<Arc<shoal_transport::Client>> {
+    inner.link.borrow().clone()
+}
+
+/// Sends the pod's status as the containers' states make it; a lost link is fine (the next
+/// session reports everything again).
+async fn report(inner: &Inner, state: &Arc<Mutex<PodRun>>) {
+    let Some(client) = client(inner) else { return };
+    let pod = match state.lock() {
+        Ok(s) => {
+            let statuses: Vec<_> = s.containers.iter().map(Container::status).collect();
+            let all_ready = !statuses.is_empty() && statuses.iter().all(|c| c.ready);
+            let cond = |ty: &str, ok: bool| Condition {
+                type_: ty.into(),
+                status: if ok { "True" } else { "False" }.into(),
+                ..Default::default()
+            };
+            let mut p = Pod {
+                metadata: s.pod.metadata.clone(),
+                ..Default::default()
+            };
+            p.status = Some(PodStatus {
+                phase: Some(pod_state::pod_phase(&s.containers).to_string()),
+                conditions: vec![
+                    cond("PodScheduled", true),
+                    cond("Initialized", true),
+                    cond("ContainersReady", all_ready),
+                    cond("Ready", all_ready),
+                ],
+                host_ip: crate::node::source_ip(client.connection().remote_address())
+                    .map(|ip| ip.to_string()),
+                start_time: Some(s.started.clone()),
+                container_statuses: statuses,
+                ..Default::default()
+            });
+            p
+        }
+        Err(_) => return,
+    };
+    let mut obj = Object::Pod(pod);
+    obj.normalize();
+    let Ok(object) = serde_json::to_vec(&obj) else {
+        return;
+    };
+    if let Err(e) = client
+        .call(&Request::UpdateStatus { object })
+        .await
+        .map_err(Error::from)
+        .and_then(crate::expect_ok)
+    {
+        tracing::debug!(error = %e, "status report failed");
+    }
+}
+
+fn set_waiting(state: &Arc<Mutex<PodRun>>, reason: &str, message: Option<String>) {
+    if let Ok(mut s) = state.lock() {
+        for c in &mut s.containers {
+            if matches!(c.phase, Phase::Waiting { .. }) {
+                c.phase = Phase::Waiting {
+                    reason: reason.into(),
+                    message: message.clone(),
+                };
+            }
+        }
+    }
+}
+
+async fn get_object(inner: &Inner, kind: &str, namespace: &str, name: &str) -> Result<Object> {
+    let client =
+        client(inner).ok_or_else(|| Error::Server("not connected to the controller".into()))?;
+    match client
+        .call(&Request::Get {
+            kind: kind.into(),
+            namespace: Some(namespace.into()),
+            name: name.into(),
+        })
+        .await?
+    {
+        Response::Object(b) => Object::from_json(&b).map_err(|e| Error::Internal(e.to_string())),
+        Response::Error(e) => Err(Error::Server(e.message)),
+        other => Err(Error::Internal(format!("unexpected answer {other:?}"))),
+    }
+}
+
+/// Everything a container needs from the pod, resolved: artifact paths, env and mounts.
+struct Prepared {
+    specs: Vec<ContainerSpec>,
+}
+
+async fn prepare(
+    inner: &Inner,
+    pod: &Pod,
+    dir: &std::path::Path,
+) -> std::result::Result<Prepared, (String, String)> {
+    let ns = pod.metadata.namespace_or_default().to_string();
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs)
+        .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
+    // Volumes.
+    let mut volume_paths: HashMap<String, PathBuf> = HashMap::new();
+    for v in &pod.spec.volumes {
+        let path = if let Some(h) = &v.host_path {
+            PathBuf::from(&h.path)
+        } else {
+            let p = dir.join("volumes").join(&v.name);
+            std::fs::create_dir_all(&p).map_err(|e| {
+                (
+                    "CreateContainerConfigError".to_string(),
+                    format!("volume {}: {e}", v.name),
+                )
+            })?;
+            let files: Vec<(String, Vec<u8>)> = if let Some(c) = &v.config_map {
+                let cm: ConfigMap = get_object(inner, "ConfigMap", &ns, &c.name)
+                    .await
+                    .and_then(|o| o.into_typed().map_err(|e| Error::Internal(e.to_string())))
+                    .map_err(|e| {
+                        (
+                            "CreateContainerConfigError".to_string(),
+                            format!("configmap {:?}: {e}", c.name),
+                        )
+                    })?;
+                let mut f: Vec<(String, Vec<u8>)> = cm
+                    .data
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes()))
+                    .collect();
+                f.extend(cm.binary_data.into_iter().filter_map(|(k, v)| {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(v)
+                        .ok()
+                        .map(|b| (k, b))
+                }));
+                f
+            } else if let Some(s) = &v.secret {
+                let secret: Secret = get_object(inner, "Secret", &ns, &s.secret_name)
+                    .await
+                    .and_then(|o| o.into_typed().map_err(|e| Error::Internal(e.to_string())))
+                    .map_err(|e| {
+                        (
+                            "CreateContainerConfigError".to_string(),
+                            format!("secret {:?}: {e}", s.secret_name),
+                        )
+                    })?;
+                secret
+                    .data
+                    .into_iter()
+                    .filter_map(|(k, v)| {
+                        base64::engine::general_purpose::STANDARD
+                            .decode(v)
+                            .ok()
+                            .map(|b| (k, b))
+                    })
+                    .collect()
+            } else {
+                vec![]
+            };
+            for (k, bytes) in files {
+                let f = p.join(&k);
+                std::fs::write(&f, bytes).map_err(|e| {
+                    (
+                        "CreateContainerConfigError".to_string(),
+                        format!("volume {} file {k}: {e}", v.name),
+                    )
+                })?;
+            }
+            p
+        };
+        volume_paths.insert(v.name.clone(), path);
+    }
+    let mut specs = Vec::new();
+    for c in &pod.spec.containers {
+        let client = client(inner).ok_or_else(|| {
+            (
+                "ErrImagePull".to_string(),
+                "not connected to the controller".to_string(),
+            )
+        })?;
+        let artifact = inner
+            .artifacts
+            .get(&client, &c.image)
+            .await
+            .map_err(|e| ("ErrImagePull".to_string(), e.to_string()))?;
+        let wasm = inner.wasm.clone();
+        let check = artifact.clone();
+        tokio::task::spawn_blocking(move || wasm.prepare(&check))
+            .await
+            .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?
+            .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
+        let mut env = Vec::new();
+        for e in &c.env {
+            let value = match (&e.value, &e.value_from) {
+                (Some(v), _) => v.clone(),
+                (None, Some(from)) => {
+                    if let Some(r) = &from.config_map_key_ref {
+                        let cm: ConfigMap = get_object(inner, "ConfigMap", &ns, &r.name)
+                            .await
+                            .and_then(|o| {
+                                o.into_typed().map_err(|e| Error::Internal(e.to_string()))
+                            })
+                            .map_err(|err| {
+                                (
+                                    "CreateContainerConfigError".to_string(),
+                                    format!("env {}: configmap {:?}: {err}", e.name, r.name),
+                                )
+                            })?;
+                        cm.data.get(&r.key).cloned().ok_or_else(|| {
+                            (
+                                "CreateContainerConfigError".to_string(),
+                                format!(
+                                    "env {}: key {:?} not found in configmap {:?}",
+                                    e.name, r.key, r.name
+                                ),
+                            )
+                        })?
+                    } else if let Some(r) = &from.secret_key_ref {
+                        let s: Secret = get_object(inner, "Secret", &ns, &r.name)
+                            .await
+                            .and_then(|o| {
+                                o.into_typed().map_err(|e| Error::Internal(e.to_string()))
+                            })
+                            .map_err(|err| {
+                                (
+                                    "CreateContainerConfigError".to_string(),
+                                    format!("env {}: secret {:?}: {err}", e.name, r.name),
+                                )
+                            })?;
+                        let b = s.data.get(&r.key).ok_or_else(|| {
+                            (
+                                "CreateContainerConfigError".to_string(),
+                                format!(
+                                    "env {}: key {:?} not found in secret {:?}",
+                                    e.name, r.key, r.name
+                                ),
+                            )
+                        })?;
+                        String::from_utf8_lossy(
+                            &base64::engine::general_purpose::STANDARD
+                                .decode(b)
+                                .unwrap_or_default(),
+                        )
+                        .into_owned()
+                    } else if let Some(f) = &from.field_ref {
+                        match f.field_path.as_str() {
+                            "metadata.name" => pod.metadata.name.clone(),
+                            "metadata.namespace" => ns.clone(),
+                            "metadata.uid" => pod.metadata.uid.clone(),
+                            "spec.nodeName" => inner.node.clone(),
+                            other => {
+                                return Err((
+                                    "CreateContainerConfigError".to_string(),
+                                    format!("env {}: fieldRef {other:?} is not supported", e.name),
+                                ))
+                            }
+                        }
+                    } else {
+                        String::new()
+                    }
+                }
+                (None, None) => String::new(),
+            };
+            env.push((e.name.clone(), value));
+        }
+        let mut argv: Vec<String> = if c.command.is_empty() {
+            vec![c.name.clone()]
+        } else {
+            c.command.clone()
+        };
+        argv.extend(c.args.iter().cloned());
+        let mounts = c
+            .volume_mounts
+            .iter()
+            .filter_map(|m| {
+                volume_paths.get(&m.name).map(|p| Mount {
+                    host_path: p.clone(),
+                    guest_path: m.mount_path.clone(),
+                    read_only: m.read_only,
+                })
+            })
+            .collect();
+        specs.push(ContainerSpec {
+            id: format!("{ns}/{}/{}", pod.metadata.name, c.name),
+            artifact,
+            argv,
+            env,
+            working_dir: c.working_dir.clone(),
+            mounts,
+            memory_limit: c
+                .resources
+                .limits
+                .get("memory")
+                .map(|q| q.value().max(0) as u64),
+            cpu_limit_millis: c
+                .resources
+                .limits
+                .get("cpu")
+                .map(|q| q.milli_value().max(0) as u64),
+            log_path: logs.join(format!("{}.log", c.name)),
+        });
+    }
+    Ok(Prepared { specs })
+}
+
+async fn run_pod(
+    inner: Arc<Inner>,
+    state: Arc<Mutex<PodRun>>,
+    dir: PathBuf,
+    cancel: CancellationToken,
+) {
+    let pod = match state.lock() {
+        Ok(s) => s.pod.clone(),
+        Err(_) => return,
+    };
+    // Prepare, retrying with back-off: ErrImagePull becomes ImagePullBackOff while it waits.
+    let mut attempt = 0u32;
+    let prepared = loop {
+        match prepare(&inner, &pod, &dir).await {
+            Ok(p) => break p,
+            Err((reason, message)) => {
+                attempt += 1;
+                tracing::warn!(pod = %pod.metadata.name, %reason, %message, "pod not ready to start");
+                set_waiting(&state, &reason, Some(message.clone()));
+                report(&inner, &state).await;
+                let delay = pod_state::backoff(attempt).min(Duration::from_secs(60));
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+                if reason == "ErrImagePull" {
+                    set_waiting(
+                        &state,
+                        "ImagePullBackOff",
+                        Some(format!("Back-off pulling image: {message}")),
+                    );
+                    report(&inner, &state).await;
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(delay.saturating_sub(Duration::from_secs(2))) => {}
+                }
+            }
+        }
+    };
+    let policy = RestartPolicy::parse(pod.spec.restart_policy.as_deref());
+    let grace = Duration::from_secs(
+        pod.spec
+            .termination_grace_period_seconds
+            .unwrap_or(30)
+            .max(0) as u64,
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, spec) in prepared.specs.into_iter().enumerate() {
+        tasks.spawn(run_container(
+            inner.clone(),
+            state.clone(),
+            i,
+            spec,
+            policy,
+            grace,
+            cancel.clone(),
+        ));
+    }
+    while tasks.join_next().await.is_some() {}
+    if cancel.is_cancelled() {
+        let _ = std::fs::remove_dir_all(dir.join("volumes"));
+    }
+}
+
+async fn run_container(
+    inner: Arc<Inner>,
+    state: Arc<Mutex<PodRun>>,
+    i: usize,
+    spec: ContainerSpec,
+    policy: RestartPolicy,
+    grace: Duration,
+    cancel: CancellationToken,
+) {
+    loop {
+        if cancel.is_cancelled() {
+            return;
+        }
+        let restarting = state
+            .lock()
+            .map(|s| s.containers[i].last.is_some())
+            .unwrap_or(false);
+        if restarting {
+            let _ = shoal_runtime::logs::rotate(&spec.log_path);
+        }
+        let started = Utc::now();
+        let exit = match inner.wasm.start(spec.clone()) {
+            Ok(handle) => {
+                if let Ok(mut s) = state.lock() {
+                    s.containers[i].started(started);
+                }
+                report(&inner, &state).await;
+                tokio::select! {
+                    exit = handle.wait() => exit,
+                    _ = cancel.cancelled() => {
+                        handle.stop(grace);
+                        let _ = handle.wait().await;
+                        return;
+                    }
+                }
+            }
+            Err(e) => shoal_runtime::Exit {
+                code: 128,
+                reason: shoal_runtime::ExitReason::Error,
+                message: Some(e.to_string()),
+            },
+        };
+        let now = Utc::now();
+        let term = Terminated {
+            exit_code: exit.code,
+            reason: match exit.reason {
+                shoal_runtime::ExitReason::Completed if exit.code == 0 => "Completed".into(),
+                r => r.as_str().to_string(),
+            },
+            message: exit.message,
+            started,
+            finished: now,
+        };
+        tracing::info!(container = %spec.id, code = term.exit_code, reason = %term.reason, "container exited");
+        let restart_at = match state.lock() {
+            Ok(mut s) => {
+                s.containers[i].exited(term, policy, now);
+                s.containers[i].restart_at()
+            }
+            Err(_) => None,
+        };
+        report(&inner, &state).await;
+        let Some(at) = restart_at else { return };
+        let wait = (at - Utc::now()).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! `shoal agent`
+
+use crate::client::default_data_dir;
+use anyhow::{bail, Context, Result};
+use shoal_agent::AgentConfig;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+#[derive(clap::Args, Clone)]
+pub struct Args {
+    /// The controller, HOST:PORT.
+    #[arg(long, env = "SHOAL_SERVER")]
+    pub server: String,
+    /// Join token (needed the first time only): SHOAL1::<ca-hash>::<secret>.
+    #[arg(long, env = "SHOAL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Read the join token from this file.
+    #[arg(long, conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// Node name (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Where the node keeps its credential, artifacts, compile cache and pod data.
+    #[arg(long, env = "SHOAL_AGENT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Extra node labels: key=value,key2=value2.
+    #[arg(long, default_value = "")]
+    pub labels: String,
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_ascii_lowercase())
+        .unwrap_or_else(|_| "shoal-node".into())
+}
+
+pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = pair.split_once('=') else {
+            bail!("--labels: expected key=value, got {pair:?}");
+        };
+        shoal_api::validate::check_label_key(k)
+            .map_err(|m| anyhow::anyhow!("--labels: key {k:?}: {m}"))?;
+        shoal_api::validate::check_label_value(v)
+            .map_err(|m| anyhow::anyhow!("--labels: value {v:?}: {m}"))?;
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+impl Args {
+    pub fn config(&self) -> Result<AgentConfig> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(f)) => Some(
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("reading {}", f.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        let name = self.name.clone().unwrap_or_else(hostname);
+        shoal_api::validate::check_dns1123_subdomain(&name)
+            .map_err(|m| anyhow::anyhow!("--name: {m}"))?;
+        Ok(AgentConfig {
+            server: self.server.clone(),
+            token,
+            name,
+            data_dir: self
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| default_data_dir().join("agent")),
+            labels: parse_labels(&self.labels)?,
+        })
+    }
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let config = args.config()?;
+    eprintln!("shoal agent {} joining {}", config.name, config.server);
+    let shutdown = CancellationToken::new();
+    super::controller::shutdown_on_signals(shutdown.clone())?;
+    shoal_agent::run(config, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! `shoal push FILE NAME[:TAG]`: stores an artifact in the controller, for clusters with no
+//! registry. Shows progress on large uploads.
+
+use crate::client::{check, connect};
+use crate::ClientArgs;
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use shoal_transport::proto::{Request, Response};
+use shoal_transport::Client;
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The artifact: a .wasm module or component.
+    file: PathBuf,
+    /// The name pods use as their image: NAME[:TAG].
+    reference: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let client = connect(&args.client).await?;
+    let digest = push(&client, &args.file, &args.reference).await?;
+    println!(
+        "{}@{digest}",
+        args.reference.split(':').next().unwrap_or(&args.reference)
+    );
+    client.close().await;
+    Ok(())
+}
+
+const CHUNK: usize = 256 * 1024;
+
+/// Uploads `file` as `reference`; returns its digest.
+pub async fn push(client: &Client, file: &Path, reference: &str) -> Result<String> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let digest = format!("sha256:{}", hex_digest(&bytes));
+    let size = bytes.len() as u64;
+    let conn = client.connection();
+    let (mut send, mut recv) = conn.open_bi().await.context("opening an upload stream")?;
+    shoal_transport::frame::write(
+        &mut send,
+        &Request::Push {
+            reference: reference.into(),
+            size,
+            digest: digest.clone(),
+        },
+    )
+    .await?;
+    let show = size > 4 * CHUNK as u64 || std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut reader = &bytes[..];
+    let mut sent = 0u64;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        shoal_transport::frame::write(&mut send, &Request::Chunk(buf[..n].to_vec())).await?;
+        sent += n as u64;
+        if show {
+            let rate = sent as f64 / started.elapsed().as_secs_f64().max(1e-3) / (1024.0 * 1024.0);
+            eprint!(
+                "\rpushing {reference}: {:.1}/{:.1} MiB ({rate:.1} MiB/s)",
+                sent as f64 / 1048576.0,
+                size as f64 / 1048576.0
+            );
+        }
+    }
+    if show {
+        eprintln!();
+    }
+    send.finish().context("finishing the upload")?;
+    match shoal_transport::frame::read::<Response, _>(&mut recv, shoal_transport::frame::MAX_FRAME)
+        .await?
+    {
+        Some(r) => match check(r)? {
+            Response::Artifact { digest: stored, .. } => Ok(stored),
+            other => bail!("unexpected answer: {other:?}"),
+        },
+        None => bail!("the controller closed the upload without answering"),
+    }
+}
+
+pub fn hex_digest(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
