@@ -5,18 +5,35 @@ use crate::error::{Error, Result};
 use sha2::{Digest, Sha256};
 use shoal_transport::proto::{Request, Response};
 use shoal_transport::Client;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 pub struct ArtifactCache {
     dir: PathBuf,
+    /// One fetch per reference at a time: concurrent pods of one image share the download.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Files whose digest this process has checked.
+    verified: Mutex<HashSet<PathBuf>>,
+}
+
+fn digest_of(path: &Path) -> Result<String> {
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(|e| Error::io(path, e))?;
+    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
 }
 
 impl ArtifactCache {
     pub fn new(data_dir: &Path) -> Result<ArtifactCache> {
         let dir = data_dir.join("artifacts");
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        Ok(ArtifactCache { dir })
+        Ok(ArtifactCache {
+            dir,
+            locks: Mutex::default(),
+            verified: Mutex::default(),
+        })
     }
 
     fn by_reference(&self, reference: &str) -> PathBuf {
@@ -28,6 +45,37 @@ impl ArtifactCache {
 
     /// The local path of `reference`, fetching what is missing.
     pub async fn get(&self, client: &Client, reference: &str) -> Result<PathBuf> {
+        let lock = self
+            .locks
+            .lock()
+            .map_err(|_| Error::Internal("artifact lock poisoned".into()))?
+            .entry(reference.to_string())
+            .or_default()
+            .clone();
+        let _held = lock.lock().await;
+        self.fetch(client, reference).await
+    }
+
+    /// A cached file, if it is whole: checked against its digest once per process.
+    fn trusted(&self, done: &Path, digest: &str) -> Result<bool> {
+        if !done.exists() {
+            return Ok(false);
+        }
+        if self.verified.lock().is_ok_and(|v| v.contains(done)) {
+            return Ok(true);
+        }
+        if digest_of(done)? == digest {
+            if let Ok(mut v) = self.verified.lock() {
+                v.insert(done.to_path_buf());
+            }
+            return Ok(true);
+        }
+        tracing::warn!(path = %done.display(), "cached artifact is corrupt; fetching it again");
+        std::fs::remove_file(done).map_err(|e| Error::io(done, e))?;
+        Ok(false)
+    }
+
+    async fn fetch(&self, client: &Client, reference: &str) -> Result<PathBuf> {
         let err = |message: String| Error::Artifact {
             reference: reference.to_string(),
             message,
@@ -46,7 +94,7 @@ impl ArtifactCache {
             other => return Err(err(format!("unexpected answer {other:?}"))),
         };
         let done = self.dir.join(digest.trim_start_matches("sha256:"));
-        if done.exists() {
+        if self.trusted(&done, &digest)? {
             return Ok(done);
         }
         let mut file = std::fs::OpenOptions::new()
@@ -71,8 +119,8 @@ impl ArtifactCache {
                 "transfer ended after {got} of {size} bytes (it resumes from there)"
             )));
         }
-        let bytes = std::fs::read(&partial).map_err(|e| Error::io(&partial, e))?;
-        let actual = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        drop(file);
+        let actual = digest_of(&partial)?;
         if actual != digest {
             let _ = std::fs::remove_file(&partial);
             return Err(err(format!(
@@ -80,6 +128,9 @@ impl ArtifactCache {
             )));
         }
         std::fs::rename(&partial, &done).map_err(|e| Error::io(&done, e))?;
+        if let Ok(mut v) = self.verified.lock() {
+            v.insert(done.clone());
+        }
         tracing::info!(reference, %digest, size, "artifact fetched");
         Ok(done)
     }

@@ -27,6 +27,9 @@ pub struct Args {
     /// After listing, print changes as they happen.
     #[arg(short = 'w', long)]
     watch: bool,
+    /// Leave out the header row of tables.
+    #[arg(long)]
+    no_headers: bool,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -113,7 +116,7 @@ pub async fn run(args: Args) -> Result<()> {
             args.output.as_deref(),
             args.all_namespaces,
             kinds.len() > 1,
-            true,
+            !args.no_headers,
         )?;
         if args.watch {
             return watch(&client, kind, namespace, &args, revision).await;

@@ -162,3 +162,194 @@ impl Run {
 pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
+
+/// Builds the wasm fixtures from `examples/wasm` once per test binary and returns the path of
+/// `NAME.wasm` for `target` (`wasm32-wasip1` modules or `wasm32-wasip2` components).
+pub fn wasm_fixture(name: &str, target: &str) -> PathBuf {
+    use std::sync::OnceLock;
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("wasm-fixtures");
+        for t in ["wasm32-wasip1", "wasm32-wasip2"] {
+            let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args([
+                    "build",
+                    "--release",
+                    "--quiet",
+                    "--target",
+                    t,
+                    "--manifest-path",
+                ])
+                .arg(repo_path("examples/wasm/Cargo.toml"))
+                .arg("--target-dir")
+                .arg(&target_dir)
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(format!(
+                    "building the wasm fixtures for {t} failed (rustup target add {t}):\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+        Ok(target_dir)
+    });
+    match dir {
+        Ok(d) => d.join(target).join("release").join(format!("{name}.wasm")),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// A `shoal agent` process.
+pub struct Agent {
+    child: Option<Child>,
+    pub name: String,
+    pub dir: PathBuf,
+    log: Arc<Mutex<String>>,
+}
+
+impl Agent {
+    pub fn start(controller: &Controller, name: &str, dir: &Path) -> Agent {
+        let token = std::fs::read_to_string(controller.dir.join("token")).expect("token");
+        Agent::start_with_token(controller, name, dir, token.trim())
+    }
+
+    pub fn start_with_token(controller: &Controller, name: &str, dir: &Path, token: &str) -> Agent {
+        let mut child = Command::new(shoal_bin())
+            .args([
+                "agent",
+                "--server",
+                &controller.addr,
+                "--token",
+                token,
+                "--name",
+                name,
+                "--data-dir",
+            ])
+            .arg(dir)
+            .env("SHOAL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn shoal agent");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&format!("{line}\n"));
+            }
+        });
+        Agent {
+            child: Some(child),
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits for the process to exit by itself (for agents that must fail).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A controller and N agents, each a real process with its own data dir.
+pub struct Cluster {
+    pub controller: Controller,
+    pub agents: Vec<Agent>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts the cluster and waits until every agent's node is Ready.
+    pub fn start(agents: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let controller = Controller::start(&dir.path().join("controller"));
+        let agents: Vec<Agent> = (1..=agents)
+            .map(|i| {
+                Agent::start(
+                    &controller,
+                    &format!("node-{i}"),
+                    &dir.path().join(format!("agent-{i}")),
+                )
+            })
+            .collect();
+        let cluster = Cluster {
+            controller,
+            agents,
+            _dir: dir,
+        };
+        let names: Vec<String> = cluster.agents.iter().map(|a| a.name.clone()).collect();
+        cluster.wait_for("every node Ready", Duration::from_secs(60), |c| {
+            let out = c
+                .controller
+                .shoal(&["get", "nodes", "--no-headers"])
+                .stdout();
+            names.iter().all(|n| {
+                out.lines()
+                    .any(|l| l.split_whitespace().take(2).eq([n.as_str(), "Ready"]))
+            })
+        });
+        cluster
+    }
+
+    pub fn shoal(&self, args: &[&str]) -> Run {
+        self.controller.shoal(args)
+    }
+
+    /// Polls `check` until it holds; on timeout, fails with the cluster's logs.
+    #[track_caller]
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut check: impl FnMut(&Cluster) -> bool) {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if check(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let agents: Vec<String> = self
+            .agents
+            .iter()
+            .map(|a| format!("--- agent {}:\n{}", a.name, a.log()))
+            .collect();
+        panic!(
+            "timed out waiting for {what}\npods:\n{}\n--- controller:\n{}\n{}",
+            self.shoal(&["get", "pods", "-A", "-o", "wide"]).stdout(),
+            self.controller.log(),
+            agents.join("\n")
+        );
+    }
+
+    /// The pod as JSON.
+    pub fn pod(&self, name: &str) -> serde_json::Value {
+        serde_json::from_str(&self.shoal(&["get", "pod", name, "-o", "json"]).ok())
+            .expect("pod JSON")
+    }
+}

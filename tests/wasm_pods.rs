@@ -1,0 +1,285 @@
+//! End-to-end tests of wasm pods: a controller and two agents as separate processes on
+//! loopback, pods placed by the scheduler, run by wasmtime, their logs read through the CLI.
+
+mod kit;
+
+use kit::{wasm_fixture, Agent, Cluster};
+use std::time::Duration;
+
+fn probe_pod(name: &str, image: &str, args: &[&str], extra: &str) -> String {
+    let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: probe}}}}\nspec:\n  runtimeClassName: wasm\n{extra}  containers:\n  - name: probe\n    image: {image}\n    args: [{}]\n    resources: {{requests: {{cpu: 10m, memory: 4Mi}}}}\n",
+        args.join(", ")
+    )
+}
+
+fn push_probe(c: &Cluster) -> &'static str {
+    let wasm = wasm_fixture("probe", "wasm32-wasip1");
+    c.shoal(&["push", wasm.to_str().unwrap(), "probe:1"]).ok();
+    "probe:1"
+}
+
+fn field(pod: &serde_json::Value, path: &[&str]) -> String {
+    let mut v = pod;
+    for p in path {
+        v = match p.parse::<usize>() {
+            Ok(i) => &v[i],
+            Err(_) => &v[*p],
+        };
+    }
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[test]
+fn wasm_pods_spread_over_two_agents_run_and_their_logs_come_back() {
+    let c = Cluster::start(2);
+    let image = push_probe(&c);
+    let manifest: String = (1..=4)
+        .map(|i| {
+            probe_pod(
+                &format!("p{i}"),
+                image,
+                &[
+                    "print",
+                    &format!("hello from p{i}"),
+                    "eprint",
+                    "to stderr",
+                    "sleep",
+                    "600000",
+                ],
+                "",
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n");
+    c.controller
+        .shoal_stdin(&["apply", "-f", "-"], Some(&manifest))
+        .ok();
+    c.wait_for("4 pods Running", Duration::from_secs(60), |c| {
+        c.shoal(&["get", "pods", "--no-headers"])
+            .stdout()
+            .lines()
+            .filter(|l| l.contains(" Running "))
+            .count()
+            == 4
+    });
+    let wide = c.shoal(&["get", "pods", "-o", "wide", "--no-headers"]).ok();
+    for node in ["node-1", "node-2"] {
+        let n = wide
+            .lines()
+            .filter(|l| l.trim_end().ends_with(node))
+            .count();
+        assert_eq!(n, 2, "pods are spread over both agents:\n{wide}");
+    }
+    for i in 1..=4 {
+        c.wait_for("the pod's output", Duration::from_secs(20), |c| {
+            c.shoal(&["logs", &format!("p{i}")]).stdout() == format!("hello from p{i}\nto stderr\n")
+        });
+        let pod = c.pod(&format!("p{i}"));
+        assert_eq!(field(&pod, &["status", "phase"]), "Running");
+        assert_eq!(
+            field(&pod, &["status", "containerStatuses", "0", "ready"]),
+            "true"
+        );
+        assert!(!field(&pod, &["status", "hostIP"]).is_empty());
+    }
+    assert_eq!(c.shoal(&["logs", "p1", "--tail", "1"]).ok(), "to stderr\n");
+    let err = c.shoal(&["logs", "p1", "-c", "nope"]).fails();
+    assert!(
+        err.contains("container \"nope\" is not valid for pod \"p1\""),
+        "{err}"
+    );
+    // Deleting a pod stops it on its node.
+    c.shoal(&["delete", "pod", "p1"]).ok();
+    c.wait_for("p1 gone from its agent", Duration::from_secs(20), |c| {
+        c.agents
+            .iter()
+            .any(|a| a.log().contains("stopping pod") && a.log().contains("pod=p1"))
+    });
+}
+
+#[test]
+fn a_failing_module_goes_into_crash_loop_back_off_with_growing_delays() {
+    let c = Cluster::start(1);
+    let image = push_probe(&c);
+    c.controller
+        .shoal_stdin(
+            &["apply", "-f", "-"],
+            Some(&probe_pod(
+                "crasher",
+                image,
+                &["print", "boom", "exit", "3"],
+                "",
+            )),
+        )
+        .ok();
+    c.wait_for(
+        "a first crash loop back-off of 10s",
+        Duration::from_secs(30),
+        |c| {
+            let p = c.pod("crasher");
+            field(
+                &p,
+                &[
+                    "status",
+                    "containerStatuses",
+                    "0",
+                    "state",
+                    "waiting",
+                    "message",
+                ],
+            )
+            .starts_with("back-off 10s")
+        },
+    );
+    assert!(c
+        .shoal(&["get", "pods", "--no-headers"])
+        .ok()
+        .contains("CrashLoopBackOff"));
+    c.wait_for(
+        "a second back-off of 20s after the first restart",
+        Duration::from_secs(40),
+        |c| {
+            let p = c.pod("crasher");
+            field(&p, &["status", "containerStatuses", "0", "restartCount"]) == "1"
+                && field(
+                    &p,
+                    &[
+                        "status",
+                        "containerStatuses",
+                        "0",
+                        "state",
+                        "waiting",
+                        "message",
+                    ],
+                )
+                .starts_with("back-off 20s")
+        },
+    );
+    let p = c.pod("crasher");
+    assert_eq!(
+        field(
+            &p,
+            &[
+                "status",
+                "containerStatuses",
+                "0",
+                "lastState",
+                "terminated",
+                "exitCode"
+            ]
+        ),
+        "3"
+    );
+    assert_eq!(c.shoal(&["logs", "crasher", "--previous"]).ok(), "boom\n");
+}
+
+#[test]
+fn over_the_memory_limit_is_oom_killed_and_too_big_stays_pending_with_the_reason() {
+    let c = Cluster::start(2);
+    let image = push_probe(&c);
+    let hog = probe_pod("hog", image, &["alloc", "64"], "  restartPolicy: Never\n").replace(
+        "resources: {requests: {cpu: 10m, memory: 4Mi}}",
+        "resources: {requests: {cpu: 10m, memory: 4Mi}, limits: {memory: 16Mi}}",
+    );
+    let huge =
+        probe_pod("huge", image, &["sleep", "1"], "").replace("memory: 4Mi", "memory: 100000Gi");
+    c.controller
+        .shoal_stdin(&["apply", "-f", "-"], Some(&format!("{hog}---\n{huge}")))
+        .ok();
+    c.wait_for("the hog to fail", Duration::from_secs(60), |c| {
+        field(&c.pod("hog"), &["status", "phase"]) == "Failed"
+    });
+    let hog = c.pod("hog");
+    assert_eq!(
+        field(
+            &hog,
+            &[
+                "status",
+                "containerStatuses",
+                "0",
+                "state",
+                "terminated",
+                "reason"
+            ]
+        ),
+        "OOMKilled"
+    );
+    assert_eq!(
+        field(
+            &hog,
+            &[
+                "status",
+                "containerStatuses",
+                "0",
+                "state",
+                "terminated",
+                "exitCode"
+            ]
+        ),
+        "137"
+    );
+    c.wait_for("the reason huge is pending", Duration::from_secs(30), |c| {
+        field(&c.pod("huge"), &["status", "conditions", "0", "message"])
+            == "0/2 nodes available: 2 insufficient memory"
+    });
+    assert_eq!(field(&c.pod("huge"), &["status", "phase"]), "Pending");
+    // The agents are unharmed: a new pod still runs.
+    c.controller
+        .shoal_stdin(
+            &["apply", "-f", "-"],
+            Some(&probe_pod(
+                "after",
+                image,
+                &["print", "still here", "sleep", "600000"],
+                "",
+            )),
+        )
+        .ok();
+    c.wait_for("a pod after the OOM", Duration::from_secs(30), |c| {
+        c.shoal(&["logs", "after"]).stdout() == "still here\n"
+    });
+}
+
+#[test]
+fn an_agent_with_a_token_for_another_cluster_is_refused() {
+    let c = Cluster::start(0);
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = format!("SHOAL1::{}::nottherightsecret", "0".repeat(64));
+    let mut agent = Agent::start_with_token(&c.controller, "intruder", dir.path(), &wrong);
+    let status = agent
+        .wait_exit(Duration::from_secs(30))
+        .expect("the agent gives up");
+    assert!(!status.success());
+    assert!(
+        agent
+            .log()
+            .contains("the controller's CA does not match the token"),
+        "{}",
+        agent.log()
+    );
+    // Right CA, wrong secret.
+    let real = std::fs::read_to_string(c.controller.dir.join("token")).unwrap();
+    let forged = format!("{}::forged", real.trim().rsplit_once("::").unwrap().0);
+    let mut agent =
+        Agent::start_with_token(&c.controller, "intruder", &dir.path().join("2"), &forged);
+    assert!(!agent
+        .wait_exit(Duration::from_secs(30))
+        .expect("the agent gives up")
+        .success());
+    assert!(
+        agent
+            .log()
+            .contains("the join token is not valid for this cluster"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(
+        c.shoal(&["get", "nodes"]).stderr().trim(),
+        "No resources found"
+    );
+}
