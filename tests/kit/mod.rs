@@ -170,7 +170,8 @@ pub fn wasm_fixture(name: &str, target: &str) -> PathBuf {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
         let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("wasm-fixtures");
-        for t in ["wasm32-wasip1", "wasm32-wasip2"] {
+        // The host build is the reference the wasm builds are compared with.
+        for t in ["wasm32-wasip1", "wasm32-wasip2", env!("SHOAL_HOST_TARGET")] {
             let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
                 .args([
                     "build",
@@ -195,9 +196,17 @@ pub fn wasm_fixture(name: &str, target: &str) -> PathBuf {
         Ok(target_dir)
     });
     match dir {
-        Ok(d) => d.join(target).join("release").join(format!("{name}.wasm")),
+        Ok(d) if target.starts_with("wasm32") => {
+            d.join(target).join("release").join(format!("{name}.wasm"))
+        }
+        Ok(d) => d.join(target).join("release").join(name),
         Err(e) => panic!("{e}"),
     }
+}
+
+/// The same fixture built for this machine, as the reference for WASI behaviour.
+pub fn native_fixture(name: &str) -> PathBuf {
+    wasm_fixture(name, env!("SHOAL_HOST_TARGET"))
 }
 
 /// A `shoal agent` process.
