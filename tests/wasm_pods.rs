@@ -283,3 +283,72 @@ fn an_agent_with_a_token_for_another_cluster_is_refused() {
         "No resources found"
     );
 }
+
+#[test]
+fn configmap_secret_and_empty_dir_volumes_and_secret_env_reach_the_guest() {
+    let c = Cluster::start(1);
+    let image = push_probe(&c);
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: app-config}}
+data: {{greeting: "from a configmap\n"}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: app-secret}}
+stringData: {{password: "s3cret\n"}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: vols}}
+spec:
+  runtimeClassName: wasm
+  restartPolicy: Never
+  volumes:
+  - {{name: config, configMap: {{name: app-config}}}}
+  - {{name: secret, secret: {{secretName: app-secret}}}}
+  - {{name: scratch, emptyDir: {{}}}}
+  containers:
+  - name: probe
+    image: {image}
+    args: [cat, /config/greeting, cat, /secret/password, env, PASSWORD, write, /scratch/f, "written\n", cat, /scratch/f, write, /config/nope, x]
+    env:
+    - name: PASSWORD
+      valueFrom: {{secretKeyRef: {{name: app-secret, key: password}}}}
+    volumeMounts:
+    - {{name: config, mountPath: /config, readOnly: true}}
+    - {{name: secret, mountPath: /secret, readOnly: true}}
+    - {{name: scratch, mountPath: /scratch}}
+"#
+    );
+    c.controller
+        .shoal_stdin(&["apply", "-f", "-"], Some(&manifest))
+        .ok();
+    c.wait_for("the pod to finish", Duration::from_secs(60), |c| {
+        field(&c.pod("vols"), &["status", "phase"]) == "Failed"
+    });
+    let logs = c.shoal(&["logs", "vols"]).ok();
+    assert!(
+        logs.starts_with(
+            "from a configmap\ns3cret\nPASSWORD=s3cret\n\nwritten\nwrite /config/nope:"
+        ),
+        "{logs}"
+    );
+    let pod = c.pod("vols");
+    assert_eq!(
+        field(
+            &pod,
+            &[
+                "status",
+                "containerStatuses",
+                "0",
+                "state",
+                "terminated",
+                "exitCode"
+            ]
+        ),
+        "2",
+        "the read-only volume refused the write"
+    );
+}

@@ -14,7 +14,7 @@ pub use error::{Error, Result};
 use rand::Rng;
 use shoal_api::Pod;
 use shoal_runtime::wasm::WasmRuntime;
-use shoal_transport::proto::{Request, Response};
+use shoal_transport::proto::{ErrorCode, Request, Response};
 use shoal_transport::Client;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -33,6 +33,8 @@ pub struct AgentConfig {
     pub name: String,
     pub data_dir: PathBuf,
     pub labels: BTreeMap<String, String>,
+    /// Most pods this node takes (kubelet's --max-pods).
+    pub max_pods: u32,
 }
 
 /// The current connection to the controller, if any; replaced on every reconnect.
@@ -49,6 +51,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     let (link_tx, link) = watch::channel(None::<Arc<Client>>);
     let supervisor = Supervisor::new(&config, wasm.clone(), link.clone());
     let mut attempt = 0u32;
+    // Where the pod watch got to: a reconnect resumes from here instead of relisting.
+    let mut last_revision: Option<u64> = None;
     loop {
         if shutdown.is_cancelled() {
             break;
@@ -59,7 +63,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
                 let client = Arc::new(client);
                 link_tx.send_replace(Some(client.clone()));
                 tracing::info!(server = %config.server, node = %config.name, "connected to the controller");
-                let session = session(&config, &client, &supervisor, &wasm, &shutdown).await;
+                let session = session(
+                    &config,
+                    &client,
+                    &supervisor,
+                    &wasm,
+                    &shutdown,
+                    &mut last_revision,
+                )
+                .await;
                 link_tx.send_replace(None);
                 match session {
                     Ok(()) => break,
@@ -90,6 +102,7 @@ async fn session(
     supervisor: &Supervisor,
     wasm: &Arc<WasmRuntime>,
     shutdown: &CancellationToken,
+    last: &mut Option<u64>,
 ) -> Result<()> {
     let put_node = || async {
         let node = node::describe(
@@ -111,30 +124,54 @@ async fn session(
         supervisor.clone(),
     ));
     let fields = format!("spec.nodeName={}", config.name);
-    let listed = client
-        .call(&Request::List {
-            kind: "Pod".into(),
-            namespace: None,
-            selector: String::new(),
-            fields: fields.clone(),
-        })
-        .await?;
-    let (items, mut revision) = match listed {
-        Response::List { items, revision } => (items, revision),
-        Response::Error(e) => return Err(Error::Server(e.message)),
-        other => return Err(Error::Internal(format!("unexpected answer {other:?}"))),
+    let watch_from = |revision: u64| Request::Watch {
+        kind: "Pod".into(),
+        namespace: None,
+        selector: String::new(),
+        fields: fields.clone(),
+        revision,
     };
-    let pods: Vec<Pod> = items.iter().filter_map(|b| decode_pod(b)).collect();
-    supervisor.sync(pods).await;
-    let mut watch = client
-        .stream(&Request::Watch {
-            kind: "Pod".into(),
-            namespace: None,
-            selector: String::new(),
-            fields,
-            revision,
-        })
-        .await?;
+    // Resume from the last revision seen; relist only if the controller no longer has it.
+    let mut pending = None;
+    let mut resumed = None;
+    if let Some(r) = *last {
+        let mut stream = client.stream(&watch_from(r)).await?;
+        match stream.next().await? {
+            Some(Response::Error(e)) if e.code == ErrorCode::Compacted => {
+                tracing::info!(revision = r, "watch revision compacted; listing again");
+            }
+            Some(Response::Error(e)) => return Err(Error::Server(e.message)),
+            first => {
+                pending = first;
+                resumed = Some(stream);
+            }
+        }
+    }
+    let (mut watch, mut revision) = match resumed {
+        Some(stream) => {
+            supervisor.report_all().await;
+            (stream, last.unwrap_or(0))
+        }
+        None => {
+            let listed = client
+                .call(&Request::List {
+                    kind: "Pod".into(),
+                    namespace: None,
+                    selector: String::new(),
+                    fields: fields.clone(),
+                })
+                .await?;
+            let (items, revision) = match listed {
+                Response::List { items, revision } => (items, revision),
+                Response::Error(e) => return Err(Error::Server(e.message)),
+                other => return Err(Error::Internal(format!("unexpected answer {other:?}"))),
+            };
+            let pods: Vec<Pod> = items.iter().filter_map(|b| decode_pod(b)).collect();
+            supervisor.sync(pods).await;
+            (client.stream(&watch_from(revision)).await?, revision)
+        }
+    };
+    *last = Some(revision);
     let mut beat = tokio::time::interval(HEARTBEAT);
     beat.tick().await;
     let result = loop {
@@ -145,9 +182,15 @@ async fn session(
                     break Err(e);
                 }
             }
-            next = watch.next() => match next {
+            next = async {
+                match pending.take() {
+                    Some(r) => Ok(Some(r)),
+                    None => watch.next().await,
+                }
+            } => match next {
                 Ok(Some(Response::Event { type_, revision: r, object })) => {
                     revision = r;
+                    *last = Some(r);
                     if let Some(pod) = decode_pod(&object) {
                         supervisor.observe(type_, pod).await;
                     }

@@ -75,7 +75,10 @@ pub fn describe(config: &AgentConfig, address: Option<IpAddr>, compiler: &str) -
     let resources: BTreeMap<String, Quantity> = [
         ("cpu".to_string(), Quantity::from_milli(cpus * 1000)),
         ("memory".to_string(), Quantity::from_bytes(memory_bytes())),
-        ("pods".to_string(), Quantity::from_milli(110_000)),
+        (
+            "pods".to_string(),
+            Quantity::from_milli(i128::from(config.max_pods) * 1000),
+        ),
     ]
     .into();
     let mut addresses = vec![NodeAddress {

@@ -209,7 +209,7 @@ impl Container {
 
 fn human(d: Duration) -> String {
     let s = d.as_secs();
-    if s >= 60 && s % 60 == 0 {
+    if s >= 60 && s.is_multiple_of(60) {
         format!("{}m0s", s / 60)
     } else if s >= 60 {
         format!("{}m{}s", s / 60, s % 60)
@@ -331,9 +331,9 @@ mod tests {
         let mut failed = Container::new("c", "i");
         failed.exited(term(3, 1, now), RestartPolicy::Never, now);
         let waiting = Container::new("d", "i");
-        assert_eq!(pod_phase(&[waiting.clone()]), "Pending");
+        assert_eq!(pod_phase(std::slice::from_ref(&waiting)), "Pending");
         assert_eq!(pod_phase(&[running.clone(), ok.clone()]), "Running");
-        assert_eq!(pod_phase(&[ok.clone()]), "Succeeded");
+        assert_eq!(pod_phase(std::slice::from_ref(&ok)), "Succeeded");
         assert_eq!(pod_phase(&[ok, failed.clone()]), "Failed");
         assert_eq!(
             failed.status().state.unwrap().terminated.unwrap().exit_code,

@@ -89,6 +89,11 @@ impl Supervisor {
         for pod in pods {
             self.observe(EventType::Modified, pod).await;
         }
+        self.report_all().await;
+    }
+
+    /// Reports every pod's status again (after a reconnect: what changed offline).
+    pub async fn report_all(&self) {
         let states: Vec<Arc<Mutex<PodRun>>> = match self.0.pods.lock() {
             Ok(m) => m.values().map(|r| r.state.clone()).collect(),
             Err(_) => vec![],

@@ -333,7 +333,14 @@ mod tests {
             .insert("kubernetes.io/hostname".into(), "b".into());
         let mut runc = pod("p", "100m", "64Mi");
         runc.spec.runtime_class_name = None;
-        let cases: Vec<(&str, Pod, Vec<Node>, Vec<Pod>, Result<&str, &str>)> = vec![
+        type Case = (
+            &'static str,
+            Pod,
+            Vec<Node>,
+            Vec<Pod>,
+            Result<&'static str, &'static str>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "least allocated wins",
                 pod("p", "100m", "64Mi"),
@@ -454,8 +461,12 @@ mod tests {
             p
         };
         let a = node("a", "2", "1Gi", &["wasm"]);
-        let err =
-            schedule(&with_port("q"), &[a.clone()], &[bound(with_port("p"), "a")]).unwrap_err();
+        let err = schedule(
+            &with_port("q"),
+            std::slice::from_ref(&a),
+            &[bound(with_port("p"), "a")],
+        )
+        .unwrap_err();
         assert!(err.contains("free ports"), "{err}");
     }
 }

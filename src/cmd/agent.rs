@@ -27,6 +27,9 @@ pub struct Args {
     /// Extra node labels: key=value,key2=value2.
     #[arg(long, default_value = "")]
     pub labels: String,
+    /// Most pods this node runs.
+    #[arg(long, default_value_t = 110)]
+    pub max_pods: u32,
 }
 
 pub fn hostname() -> String {
@@ -74,6 +77,7 @@ impl Args {
                 .clone()
                 .unwrap_or_else(|| default_data_dir().join("agent")),
             labels: parse_labels(&self.labels)?,
+            max_pods: self.max_pods,
         })
     }
 }

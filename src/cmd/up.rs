@@ -42,6 +42,7 @@ pub async fn run(args: Args) -> Result<()> {
             "true".to_string(),
         )]
         .into(),
+        max_pods: 110,
     };
     let serving = tokio::spawn(controller.run(shutdown.clone()));
     let agent_name = agent.name.clone();

@@ -224,6 +224,16 @@ impl Agent {
     }
 
     pub fn start_with_token(controller: &Controller, name: &str, dir: &Path, token: &str) -> Agent {
+        Agent::start_with_args(controller, name, dir, token, &[])
+    }
+
+    pub fn start_with_args(
+        controller: &Controller,
+        name: &str,
+        dir: &Path,
+        token: &str,
+        extra: &[&str],
+    ) -> Agent {
         let mut child = Command::new(shoal_bin())
             .args([
                 "agent",
@@ -236,6 +246,7 @@ impl Agent {
                 "--data-dir",
             ])
             .arg(dir)
+            .args(extra)
             .env("SHOAL_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -260,6 +271,10 @@ impl Agent {
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     /// Waits for the process to exit by itself (for agents that must fail).
