@@ -356,24 +356,65 @@ spec:
 #[test]
 fn a_missing_artifact_leaves_the_pod_waiting_with_the_reason() {
     let c = Cluster::start(1);
-    c.controller.shoal_stdin(&["apply", "-f", "-"], Some(&probe_pod("ghost", "nothere:1", &["print", "x"], ""))).ok();
+    c.controller
+        .shoal_stdin(
+            &["apply", "-f", "-"],
+            Some(&probe_pod("ghost", "nothere:1", &["print", "x"], "")),
+        )
+        .ok();
     let waiting = |c: &Cluster| {
         let p = c.pod("ghost");
         (
-            field(&p, &["status", "containerStatuses", "0", "state", "waiting", "reason"]),
-            field(&p, &["status", "containerStatuses", "0", "state", "waiting", "message"]),
+            field(
+                &p,
+                &[
+                    "status",
+                    "containerStatuses",
+                    "0",
+                    "state",
+                    "waiting",
+                    "reason",
+                ],
+            ),
+            field(
+                &p,
+                &[
+                    "status",
+                    "containerStatuses",
+                    "0",
+                    "state",
+                    "waiting",
+                    "message",
+                ],
+            ),
         )
     };
-    c.wait_for("ErrImagePull with the reason", Duration::from_secs(30), |c| {
-        let (reason, message) = waiting(c);
-        reason == "ErrImagePull" && message.contains("artifact \"nothere:1\"") && message.contains("shoal push")
+    c.wait_for(
+        "ErrImagePull with the reason",
+        Duration::from_secs(30),
+        |c| {
+            let (reason, message) = waiting(c);
+            reason == "ErrImagePull"
+                && message.contains("artifact \"nothere:1\"")
+                && message.contains("shoal push")
+        },
+    );
+    c.wait_for("ImagePullBackOff", Duration::from_secs(30), |c| {
+        waiting(c).0 == "ImagePullBackOff"
     });
-    c.wait_for("ImagePullBackOff", Duration::from_secs(30), |c| waiting(c).0 == "ImagePullBackOff");
-    assert!(c.shoal(&["get", "pods", "--no-headers"]).ok().contains("ImagePullBackOff"));
+    assert!(c
+        .shoal(&["get", "pods", "--no-headers"])
+        .ok()
+        .contains("ImagePullBackOff"));
     // Pushing it later lets the pod start on the next attempt.
     let wasm = wasm_fixture("probe", "wasm32-wasip1");
     c.shoal(&["push", wasm.to_str().unwrap(), "nothere:1"]).ok();
-    c.wait_for("the pod to run once the artifact exists", Duration::from_secs(60), |c| {
-        field(&c.pod("ghost"), &["status", "phase"]) == "Succeeded" || c.shoal(&["logs", "ghost"]).stdout() == "x\n"
-    });
+    c.wait_for(
+        "the pod to run once the artifact exists",
+        Duration::from_secs(60),
+        |c| {
+            field(&c.pod("ghost"), &["status", "phase"]) == "Succeeded"
+                || c.shoal(&["logs", "ghost"]).stdout() == "x\n"
+        },
+    );
 }

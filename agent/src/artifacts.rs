@@ -56,6 +56,45 @@ impl ArtifactCache {
         self.fetch(client, reference).await
     }
 
+    /// The local path of a registry image: pulled unless `always` is false and an earlier
+    /// pull of the same reference is cached (imagePullPolicy IfNotPresent).
+    pub async fn pull(
+        &self,
+        image: &str,
+        auth: &oci_client::secrets::RegistryAuth,
+        always: bool,
+    ) -> Result<PathBuf> {
+        let lock = self
+            .locks
+            .lock()
+            .map_err(|_| Error::Internal("artifact lock poisoned".into()))?
+            .entry(image.to_string())
+            .or_default()
+            .clone();
+        let _held = lock.lock().await;
+        let pin = self.by_reference(image).with_extension("digest");
+        if !always {
+            if let Ok(digest) = std::fs::read_to_string(&pin) {
+                let done = self.dir.join(digest.trim().trim_start_matches("sha256:"));
+                if self.trusted(&done, digest.trim())? {
+                    return Ok(done);
+                }
+            }
+        }
+        let path = crate::registry::pull(image, auth, &self.dir).await?;
+        let digest = format!(
+            "sha256:{}",
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+        );
+        std::fs::write(&pin, &digest).map_err(|e| Error::io(&pin, e))?;
+        if let Ok(mut v) = self.verified.lock() {
+            v.insert(path.clone());
+        }
+        Ok(path)
+    }
+
     /// A cached file, if it is whole: checked against its digest once per process.
     fn trusted(&self, done: &Path, digest: &str) -> Result<bool> {
         if !done.exists() {

@@ -6,6 +6,7 @@ pub mod error;
 pub mod join;
 pub mod node;
 pub mod pod_state;
+pub mod registry;
 pub mod serve;
 pub mod supervisor;
 

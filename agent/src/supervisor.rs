@@ -409,11 +409,15 @@ async fn prepare(
                 "not connected to the controller".to_string(),
             )
         })?;
-        let artifact = inner
-            .artifacts
-            .get(&client, &c.image)
-            .await
-            .map_err(|e| ("ErrImagePull".to_string(), e.to_string()))?;
+        let artifact = if crate::registry::names_a_registry(&c.image) {
+            let always = c.image_pull_policy.as_deref() == Some("Always")
+                || (c.image_pull_policy.is_none() && c.image.ends_with(":latest"));
+            let auth = pull_auth(inner, pod, &ns, &c.image).await;
+            inner.artifacts.pull(&c.image, &auth, always).await
+        } else {
+            inner.artifacts.get(&client, &c.image).await
+        }
+        .map_err(|e| ("ErrImagePull".to_string(), e.to_string()))?;
         let wasm = inner.wasm.clone();
         let check = artifact.clone();
         tokio::task::spawn_blocking(move || wasm.prepare(&check))
@@ -532,6 +536,37 @@ async fn prepare(
         });
     }
     Ok(Prepared { specs })
+}
+
+/// Registry credentials for `image` from the pod's imagePullSecrets.
+async fn pull_auth(
+    inner: &Inner,
+    pod: &Pod,
+    ns: &str,
+    image: &str,
+) -> oci_client::secrets::RegistryAuth {
+    let registry = image.split_once('/').map(|(r, _)| r).unwrap_or_default();
+    let mut docs = Vec::new();
+    for r in &pod.spec.image_pull_secrets {
+        match get_object(inner, "Secret", ns, &r.name)
+            .await
+            .and_then(|o| {
+                o.into_typed::<Secret>()
+                    .map_err(|e| Error::Internal(e.to_string()))
+            }) {
+            Ok(secret) => {
+                if let Some(b) = secret.data.get(".dockerconfigjson") {
+                    docs.push(
+                        base64::engine::general_purpose::STANDARD
+                            .decode(b)
+                            .unwrap_or_default(),
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(secret = %r.name, error = %e, "imagePullSecret unavailable"),
+        }
+    }
+    crate::registry::auth_for(registry, &docs)
 }
 
 async fn run_pod(

@@ -116,7 +116,8 @@ fn pod_uses(pod: &Pod, kind: Kind, name: &str) -> bool {
                 _ => false,
             })
     });
-    volumes || env
+    let pull = kind == Kind::Secret && s.image_pull_secrets.iter().any(|r| r.name == name);
+    volumes || env || pull
 }
 
 impl Service {

@@ -13,3 +13,10 @@ pub use credentials::Credentials;
 pub use error::{Error, Result};
 pub use pki::{Ca, Identity, JoinToken};
 pub use quic::{Client, ResponseStream, Server};
+
+/// Makes ring the process's default rustls provider, for libraries that build TLS clients of
+/// their own (the registry client). Shoal uses ring everywhere: it builds for every target with
+/// a plain C compiler. Safe to call more than once.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,161 @@
+//! Pulling wasm artifacts from OCI registries (distribution API v2): anonymous, or with the
+//! basic credentials of the pod's `imagePullSecrets` (the client follows a registry's bearer
+//! token challenge by itself). Each layer is checked against its digest; plain HTTP is used
+//! only for registries on loopback.
+
+use crate::error::{Error, Result};
+use base64::Engine as _;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// The layer media types a wasm artifact may use.
+pub const WASM_MEDIA_TYPES: [&str; 3] = [
+    "application/wasm",
+    "application/vnd.wasm.content.layer.v1+wasm",
+    "application/vnd.module.wasm.content.layer.v1+wasm",
+];
+
+/// Does this image name a registry (`host.tld/...`, `host:port/...`, `localhost/...`)?
+/// Names without one are artifacts kept by the controller (`shoal push`).
+pub fn names_a_registry(image: &str) -> bool {
+    match image.split_once('/') {
+        Some((first, _)) => first.contains('.') || first.contains(':') || first == "localhost",
+        None => false,
+    }
+}
+
+fn is_loopback(registry: &str) -> bool {
+    let host = registry
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(registry);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Credentials for `registry` from `.dockerconfigjson` documents (decoded Secret data).
+pub fn auth_for(registry: &str, dockerconfigs: &[Vec<u8>]) -> RegistryAuth {
+    for doc in dockerconfigs {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(doc) else {
+            continue;
+        };
+        let Some(entry) = v["auths"].as_object().and_then(|auths| {
+            auths.iter().find(|(k, _)| {
+                let k = k
+                    .trim_start_matches("https://")
+                    .trim_start_matches("http://");
+                k.trim_end_matches('/') == registry
+            })
+        }) else {
+            continue;
+        };
+        let e = entry.1;
+        if let (Some(u), Some(p)) = (e["username"].as_str(), e["password"].as_str()) {
+            return RegistryAuth::Basic(u.into(), p.into());
+        }
+        if let Some(auth) = e["auth"].as_str() {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(auth)
+                .unwrap_or_default();
+            if let Some((u, p)) = String::from_utf8_lossy(&decoded).split_once(':') {
+                return RegistryAuth::Basic(u.into(), p.into());
+            }
+        }
+    }
+    RegistryAuth::Anonymous
+}
+
+/// Pulls `image` into `dir`, named by its digest; returns the path.
+pub async fn pull(image: &str, auth: &RegistryAuth, dir: &Path) -> Result<PathBuf> {
+    let err = |message: String| Error::Artifact {
+        reference: image.to_string(),
+        message,
+    };
+    let reference: Reference = image
+        .parse()
+        .map_err(|e| err(format!("not an image reference: {e}")))?;
+    let registry = reference.resolve_registry().to_string();
+    let insecure = if is_loopback(&registry) {
+        vec![registry.clone()]
+    } else {
+        vec![]
+    };
+    shoal_transport::install_crypto_provider();
+    let client = Client::new(ClientConfig {
+        protocol: ClientProtocol::HttpsExcept(insecure),
+        ..Default::default()
+    });
+    let data = client
+        .pull(&reference, auth, WASM_MEDIA_TYPES.to_vec())
+        .await
+        .map_err(|e| err(format!("pulling from {registry}: {e}")))?;
+    let manifest = data
+        .manifest
+        .as_ref()
+        .ok_or_else(|| err("the registry sent no manifest".into()))?;
+    let (layer, descriptor) = data
+        .layers
+        .iter()
+        .zip(manifest.layers.iter())
+        .find(|(l, _)| WASM_MEDIA_TYPES.contains(&l.media_type.as_str()))
+        .ok_or_else(|| err("the artifact has no wasm layer".into()))?;
+    let actual = format!("sha256:{}", hex::encode(Sha256::digest(&layer.data)));
+    if actual != descriptor.digest {
+        return Err(err(format!(
+            "layer digest mismatch: the manifest says {}, the registry sent {actual}",
+            descriptor.digest
+        )));
+    }
+    let path = dir.join(actual.trim_start_matches("sha256:"));
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, &layer.data).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+    tracing::info!(image, digest = %actual, size = layer.data.len(), "artifact pulled from a registry");
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_images_name_a_registry() {
+        for (image, registry) in [
+            ("hello:1", false),
+            ("team/hello:1", false),
+            ("ghcr.io/team/hello:1", true),
+            ("127.0.0.1:5000/hello:1", true),
+            ("localhost/hello", true),
+            ("hello@sha256:abc", false),
+        ] {
+            assert_eq!(names_a_registry(image), registry, "{image}");
+        }
+        assert!(
+            is_loopback("127.0.0.1:5000")
+                && is_loopback("localhost:5000")
+                && is_loopback("[::1]:5000")
+        );
+        assert!(!is_loopback("ghcr.io") && !is_loopback("10.0.0.1:5000"));
+    }
+
+    #[test]
+    fn credentials_come_from_dockerconfigjson() {
+        let doc = br#"{"auths": {"https://reg.example:5000": {"auth": "dXNlcjpwYXNz"}, "other.io": {"username": "a", "password": "b"}}}"#.to_vec();
+        assert!(
+            matches!(auth_for("reg.example:5000", std::slice::from_ref(&doc)), RegistryAuth::Basic(u, p) if u == "user" && p == "pass")
+        );
+        assert!(
+            matches!(auth_for("other.io", std::slice::from_ref(&doc)), RegistryAuth::Basic(u, p) if u == "a" && p == "b")
+        );
+        assert!(matches!(
+            auth_for("nowhere.io", &[doc]),
+            RegistryAuth::Anonymous
+        ));
+    }
+}
