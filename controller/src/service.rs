@@ -683,3 +683,200 @@ impl WatchStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreConfig;
+
+    async fn service() -> (tempfile::TempDir, Service) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Arc::new(Ca::load_or_create(dir.path()).unwrap());
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let artifacts = Arc::new(Artifacts::open(dir.path()).unwrap());
+        let s = Service::new(store, ca, artifacts);
+        s.bootstrap().await.unwrap();
+        (dir, s)
+    }
+
+    fn json(v: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    fn pod(name: &str, node: &str, secret: &str) -> Vec<u8> {
+        json(
+            serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x",
+                "env": [{"name": "S", "valueFrom": {"secretKeyRef": {"name": secret, "key": "k"}}}]}]}}),
+        )
+    }
+
+    fn secret(name: &str) -> Vec<u8> {
+        json(
+            serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": {"k": "v"}}),
+        )
+    }
+
+    async fn call(
+        s: &Service,
+        who: &Identity,
+        req: Request,
+    ) -> std::result::Result<Response, ErrorCode> {
+        match s.handle(who, req).await {
+            Reply::One(Response::Error(e)) => Err(e.code),
+            Reply::One(r) => Ok(r),
+            _ => Ok(Response::Ok),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_reads_only_what_is_bound_to_it_and_writes_only_its_own_status() {
+        let (_dir, s) = service().await;
+        let admin = Identity::Admin("admin".into());
+        let objects = vec![
+            pod("mine", "pi-1", "used"),
+            pod("theirs", "pi-2", "other"),
+            secret("used"),
+            secret("other"),
+            secret("unused"),
+        ];
+        call(&s, &admin, Request::Apply { objects }).await.unwrap();
+        let me = Identity::Node("pi-1".into());
+        let list = |fields: &str| Request::List {
+            kind: "Pod".into(),
+            namespace: None,
+            selector: String::new(),
+            fields: fields.into(),
+        };
+        let get_secret = |name: &str| Request::Get {
+            kind: "Secret".into(),
+            namespace: Some("default".into()),
+            name: name.into(),
+        };
+        let node_obj = |name: &str| {
+            json(
+                serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}),
+            )
+        };
+        let status_of = |name: &str| {
+            json(
+                serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "status": {"phase": "Running"}}),
+            )
+        };
+
+        match call(&s, &me, list("spec.nodeName=pi-1")).await {
+            Ok(Response::List { items, .. }) => assert_eq!(items.len(), 1, "only its own pod"),
+            other => panic!("{other:?}"),
+        }
+        let cases: Vec<(&str, Request, Option<ErrorCode>)> = vec![
+            ("list every pod", list(""), Some(ErrorCode::Forbidden)),
+            (
+                "list another node's pods",
+                list("spec.nodeName=pi-2"),
+                Some(ErrorCode::Forbidden),
+            ),
+            ("a secret its pod uses", get_secret("used"), None),
+            (
+                "a secret another node's pod uses",
+                get_secret("other"),
+                Some(ErrorCode::Forbidden),
+            ),
+            (
+                "a secret no pod uses",
+                get_secret("unused"),
+                Some(ErrorCode::Forbidden),
+            ),
+            (
+                "register itself",
+                Request::PutNode {
+                    object: node_obj("pi-1"),
+                },
+                None,
+            ),
+            (
+                "register as another node",
+                Request::PutNode {
+                    object: node_obj("pi-2"),
+                },
+                Some(ErrorCode::Forbidden),
+            ),
+            (
+                "status of its pod",
+                Request::UpdateStatus {
+                    object: status_of("mine"),
+                },
+                None,
+            ),
+            (
+                "status of another node's pod",
+                Request::UpdateStatus {
+                    object: status_of("theirs"),
+                },
+                Some(ErrorCode::Forbidden),
+            ),
+            (
+                "apply",
+                Request::Apply {
+                    objects: vec![secret("mine")],
+                },
+                Some(ErrorCode::Forbidden),
+            ),
+            (
+                "delete",
+                Request::Delete {
+                    kind: "Pod".into(),
+                    namespace: None,
+                    name: "theirs".into(),
+                },
+                Some(ErrorCode::Forbidden),
+            ),
+            (
+                "create a token",
+                Request::CreateToken {
+                    description: String::new(),
+                },
+                Some(ErrorCode::Forbidden),
+            ),
+        ];
+        for (what, req, want) in cases {
+            let got = call(&s, &me, req).await.err();
+            assert_eq!(got, want, "{what}");
+        }
+    }
+
+    #[tokio::test]
+    async fn joining_needs_a_known_token_secret_and_the_ca_sets_the_name() {
+        let (_dir, s) = service().await;
+        let token = JoinToken::parse(&s.create_token("test", None).await.unwrap()).unwrap();
+        let (_, csr_pem) = shoal_transport::pki::node_key_and_csr("pi-9").unwrap();
+        let anon = Identity::Anonymous;
+        let join = |secret: &str| Request::Join {
+            secret: secret.into(),
+            node_name: "pi-9".into(),
+            csr_pem: csr_pem.clone(),
+        };
+        assert_eq!(
+            call(&s, &anon, join("wrong")).await.err(),
+            Some(ErrorCode::Forbidden)
+        );
+        match call(&s, &anon, join(&token.secret)).await {
+            Ok(Response::Joined { cert_pem, .. }) => {
+                let der = shoal_transport::pki::pem_to_der(&cert_pem).unwrap();
+                assert_eq!(
+                    shoal_transport::pki::identity_of(&der),
+                    Identity::Node("pi-9".into())
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let bad_name = Request::Join {
+            secret: token.secret.clone(),
+            node_name: "Not_A_Name".into(),
+            csr_pem,
+        };
+        assert_eq!(
+            call(&s, &anon, bad_name).await.err(),
+            Some(ErrorCode::Invalid)
+        );
+    }
+}
