@@ -418,3 +418,48 @@ fn a_missing_artifact_leaves_the_pod_waiting_with_the_reason() {
         },
     );
 }
+
+#[test]
+fn logs_follow_streams_new_output_as_it_is_written() {
+    let c = Cluster::start(1);
+    let image = push_probe(&c);
+    let steps = [
+        "print", "first", "sleep", "1500", "print", "second", "sleep", "600000",
+    ];
+    c.controller
+        .shoal_stdin(
+            &["apply", "-f", "-"],
+            Some(&probe_pod("talker", image, &steps, "")),
+        )
+        .ok();
+    c.wait_for("the first line", Duration::from_secs(30), |c| {
+        c.shoal(&["logs", "talker"]).stdout() == "first\n"
+    });
+    let mut follow = std::process::Command::new(kit::shoal_bin())
+        .args(["logs", "-f", "talker"])
+        .env("SHOAL_CONFIG", c.controller.config())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let lines: Vec<String> = (0..2)
+        .filter_map(|_| rx.recv_timeout(Duration::from_secs(20)).ok())
+        .collect();
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(
+        lines,
+        ["first", "second"],
+        "the second line arrived while following"
+    );
+}
