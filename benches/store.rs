@@ -4,6 +4,10 @@
 //!
 //! Run with `cargo bench --bench store`.
 
+#[path = "../tests/kit/mod.rs"]
+mod kit;
+
+use kit::rss_kib;
 use shoal_api::{Container, Object, ObjectMeta, Pod, PodSpec};
 use shoal_controller::{Store, StoreConfig};
 use shoal_transport::proto::{Request, Response};
@@ -61,17 +65,6 @@ async fn write_throughput(group_commit: bool, writes: usize, writers: usize) -> 
         t.await.expect("writer");
     }
     (per_writer * writers) as f64 / start.elapsed().as_secs_f64()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 async fn controller_memory() {

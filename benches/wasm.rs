@@ -8,23 +8,12 @@
 #[path = "../tests/kit/mod.rs"]
 mod kit;
 
-use kit::{wasm_fixture, Agent, Controller};
+use kit::{rss_kib, wasm_fixture, Agent, Controller};
 use shoal_runtime::wasm::WasmRuntime;
 use shoal_runtime::{ContainerSpec, Workload};
 use shoal_transport::proto::{Request, Response};
 use shoal_transport::Client;
 use std::time::{Duration, Instant};
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -266,7 +255,7 @@ fn main() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let at1000 = rss_kib(pid);
 
-        println!("wasm pods on a loopback cluster (controller + 1 agent, debug=false):");
+        println!("wasm pods on a loopback cluster (controller + 1 agent, release build):");
         println!(
             "  bare wasmtime, compile hello.wasm (64 KiB):      median {:>7.1} ms  p99 {:>7.1} ms",
             ms(percentile(&compile, 0.5)),

@@ -463,3 +463,62 @@ fn logs_follow_streams_new_output_as_it_is_written() {
         "the second line arrived while following"
     );
 }
+
+#[test]
+fn a_node_whose_agent_dies_turns_not_ready_and_ready_again_when_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller =
+        kit::Controller::start_with_args(&dir.path().join("c"), &["--node-grace-period", "3"]);
+    let token = std::fs::read_to_string(controller.dir.join("token")).unwrap();
+    let agent_dir = dir.path().join("a");
+    let start_agent = || {
+        Agent::start_with_args(
+            &controller,
+            "edge-1",
+            &agent_dir,
+            token.trim(),
+            &["--node-status-update-frequency", "1"],
+        )
+    };
+    let status = || {
+        let out = controller.shoal(&["get", "nodes", "--no-headers"]).stdout();
+        out.split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let wait = |want: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while status() != want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node never became {want}: {}",
+                controller.log()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    let mut agent = start_agent();
+    wait("Ready");
+    agent.kill9();
+    wait("NotReady");
+    let node: serde_json::Value = serde_json::from_str(
+        &controller
+            .shoal(&["get", "node", "edge-1", "-o", "json"])
+            .ok(),
+    )
+    .unwrap();
+    assert_eq!(
+        node["status"]["conditions"][0]["reason"],
+        "NodeStatusUnknown"
+    );
+    // The same node comes back with the certificate it already has: no token needed.
+    let _agent = Agent::start_with_args(
+        &controller,
+        "edge-1",
+        &agent_dir,
+        "unused-after-joining",
+        &["--node-status-update-frequency", "1"],
+    );
+    wait("Ready");
+}

@@ -36,12 +36,14 @@ pub struct AgentConfig {
     pub labels: BTreeMap<String, String>,
     /// Most pods this node takes (kubelet's --max-pods).
     pub max_pods: u32,
+    /// How often the node posts its status (kubelet's --node-status-update-frequency).
+    pub heartbeat: Duration,
 }
 
 /// The current connection to the controller, if any; replaced on every reconnect.
 pub type Link = watch::Receiver<Option<Arc<Client>>>;
 
-/// How often the node tells the controller it is alive.
+/// How often the node tells the controller it is alive, by default.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
 
 /// Runs the agent until `shutdown`; reconnects with jittered back-off when the link drops.
@@ -50,7 +52,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     let creds = join::credentials(&config).await?;
     let wasm = Arc::new(WasmRuntime::new(&config.data_dir.join("wasm-cache"))?);
     let (link_tx, link) = watch::channel(None::<Arc<Client>>);
-    let supervisor = Supervisor::new(&config, wasm.clone(), link.clone());
+    let supervisor = Supervisor::new(&config, wasm.clone(), link.clone())?;
     let mut attempt = 0u32;
     // Where the pod watch got to: a reconnect resumes from here instead of relisting.
     let mut last_revision: Option<u64> = None;
@@ -173,7 +175,7 @@ async fn session(
         }
     };
     *last = Some(revision);
-    let mut beat = tokio::time::interval(HEARTBEAT);
+    let mut beat = tokio::time::interval(config.heartbeat);
     beat.tick().await;
     let result = loop {
         tokio::select! {

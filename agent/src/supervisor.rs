@@ -55,13 +55,9 @@ fn terminal(pod: &Pod) -> bool {
 }
 
 impl Supervisor {
-    pub fn new(config: &AgentConfig, wasm: Arc<WasmRuntime>, link: Link) -> Supervisor {
-        let artifacts = ArtifactCache::new(&config.data_dir).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "artifact cache unavailable; using a temporary directory");
-            ArtifactCache::new(&std::env::temp_dir().join("shoal-artifacts"))
-                .expect("temporary artifact cache")
-        });
-        Supervisor(Arc::new(Inner {
+    pub fn new(config: &AgentConfig, wasm: Arc<WasmRuntime>, link: Link) -> Result<Supervisor> {
+        let artifacts = ArtifactCache::new(&config.data_dir)?;
+        Ok(Supervisor(Arc::new(Inner {
             node: config.name.clone(),
             data_dir: config.data_dir.clone(),
             wasm,
@@ -69,7 +65,7 @@ impl Supervisor {
             link,
             pods: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
-        }))
+        })))
     }
 
     /// Makes the running set match `pods` (after a list), and reports every status again.

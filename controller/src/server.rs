@@ -34,6 +34,8 @@ pub struct ControllerConfig {
     /// controller listens on every interface).
     pub advertise: Option<String>,
     pub store: StoreConfig,
+    /// Silence after which a node is marked NotReady.
+    pub node_grace: Duration,
 }
 
 /// The open connection of each node, by name, so requests for a node (logs) can be relayed.
@@ -63,6 +65,7 @@ impl NodeLinks {
 }
 
 pub struct Controller {
+    node_grace: Duration,
     links: NodeLinks,
     service: Service,
     server: Server,
@@ -141,6 +144,7 @@ impl Controller {
         };
         tracing::info!(listen = %bound, data_dir = %dir.display(), "controller ready");
         Ok(Controller {
+            node_grace: config.node_grace,
             links: NodeLinks::default(),
             service,
             server,
@@ -170,6 +174,11 @@ impl Controller {
         let tracker = TaskTracker::new();
         tracker.spawn(crate::scheduler_loop::run(
             self.service.store().clone(),
+            shutdown.clone(),
+        ));
+        tracker.spawn(crate::node_lifecycle::run(
+            self.service.store().clone(),
+            self.node_grace,
             shutdown.clone(),
         ));
         loop {

@@ -30,6 +30,9 @@ pub struct Args {
     /// Most pods this node runs.
     #[arg(long, default_value_t = 110)]
     pub max_pods: u32,
+    /// Seconds between status posts (keep well under the controller's --node-grace-period).
+    #[arg(long, default_value_t = 10)]
+    pub node_status_update_frequency: u64,
 }
 
 pub fn hostname() -> String {
@@ -78,6 +81,7 @@ impl Args {
                 .unwrap_or_else(|| default_data_dir().join("agent")),
             labels: parse_labels(&self.labels)?,
             max_pods: self.max_pods,
+            heartbeat: std::time::Duration::from_secs(self.node_status_update_frequency.max(1)),
         })
     }
 }

@@ -22,6 +22,9 @@ pub struct Args {
     /// The server address written into admin.conf (default: the listen address).
     #[arg(long)]
     pub advertise_address: Option<String>,
+    /// Seconds without a heartbeat before a node is NotReady.
+    #[arg(long, default_value_t = 40)]
+    pub node_grace_period: u64,
 }
 
 impl Args {
@@ -32,6 +35,7 @@ impl Args {
             tls_san: self.tls_san.clone(),
             advertise: self.advertise_address.clone(),
             store: StoreConfig::default(),
+            node_grace: std::time::Duration::from_secs(self.node_grace_period),
         }
     }
 }

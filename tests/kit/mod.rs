@@ -24,9 +24,14 @@ pub struct Controller {
 impl Controller {
     /// Starts a controller on `dir`, on a free loopback port, and waits until it serves.
     pub fn start(dir: &Path) -> Controller {
+        Controller::start_with_args(dir, &[])
+    }
+
+    pub fn start_with_args(dir: &Path, extra: &[&str]) -> Controller {
         let mut child = Command::new(shoal_bin())
             .args(["controller", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
+            .args(extra)
             .env("SHOAL_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -376,4 +381,16 @@ impl Cluster {
         serde_json::from_str(&self.shoal(&["get", "pod", name, "-o", "json"]).ok())
             .expect("pod JSON")
     }
+}
+
+/// Resident memory of a process, KiB (for benchmarks).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
 }

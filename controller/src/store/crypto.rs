@@ -5,8 +5,7 @@ use crate::error::{Error, Result};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 const KEY_LEN: usize = 32;
@@ -37,18 +36,8 @@ impl SecretCipher {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = vec![0u8; KEY_LEN];
                 rand::rng().fill_bytes(&mut key);
-                let tmp = path.with_extension("tmp");
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .map_err(|e| Error::io(&tmp, e))?;
-                f.write_all(&key)
-                    .and_then(|_| f.sync_all())
-                    .map_err(|e| Error::io(&tmp, e))?;
-                std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+                shoal_transport::pki::write_private(path, &key)
+                    .map_err(|e| Error::Config(e.to_string()))?;
                 key
             }
             Err(e) => return Err(Error::io(path, e)),
