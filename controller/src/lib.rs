@@ -4,6 +4,7 @@
 pub mod artifacts;
 pub mod error;
 pub mod node_lifecycle;
+pub mod reconcile;
 pub mod scheduler;
 pub mod scheduler_loop;
 pub mod server;

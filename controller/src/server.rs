@@ -176,6 +176,10 @@ impl Controller {
             self.service.store().clone(),
             shutdown.clone(),
         ));
+        tracker.spawn(crate::reconcile::run(
+            self.service.store().clone(),
+            shutdown.clone(),
+        ));
         tracker.spawn(crate::node_lifecycle::run(
             self.service.store().clone(),
             self.node_grace,

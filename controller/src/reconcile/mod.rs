@@ -1,0 +1,133 @@
+//! Workload reconcilers. Each decision is a pure function (`replicaset::reconcile`); this loop
+//! feeds them the store's state when anything they watch changes (and every few seconds, so a
+//! missed change is never missed for long), applies their plans, and collects the garbage:
+//! pods whose controlling owner is gone are deleted (background cascade).
+
+pub mod replicaset;
+
+use crate::error::{Error, Result};
+use crate::store::{ObjectKey, Store};
+use shoal_api::{Kind, Object, Pod, ReplicaSet};
+use std::collections::HashSet;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const RESYNC: Duration = Duration::from_secs(5);
+
+pub async fn run(store: Store, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(RESYNC);
+    let mut watch = None;
+    loop {
+        if watch.is_none() {
+            watch = store.watch(store.revision(), None).ok();
+        }
+        let changed = async {
+            match watch.as_mut() {
+                Some(w) => w.next().await.map(|c| c.object.kind()),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+            c = changed => match c {
+                Ok(Kind::ReplicaSet) | Ok(Kind::Pod) => {}
+                Ok(_) => continue,
+                Err(_) => watch = None,
+            },
+        }
+        if let Err(e) = pass(&store).await {
+            tracing::warn!(error = %e, "reconcile pass failed");
+        }
+    }
+}
+
+fn typed<T: TryFrom<Object, Error = shoal_api::Error>>(objects: Vec<Object>) -> Vec<T> {
+    objects
+        .into_iter()
+        .filter_map(|o| o.into_typed().ok())
+        .collect()
+}
+
+/// A write that lost a race is fine: the next pass sees the new state.
+fn tolerate<T>(r: Result<T>) -> Result<()> {
+    match r {
+        Ok(_)
+        | Err(Error::Conflict(_))
+        | Err(Error::NotFound(_))
+        | Err(Error::AlreadyExists(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+pub async fn pass(store: &Store) -> Result<()> {
+    let sets: Vec<ReplicaSet> = typed(store.list(Kind::ReplicaSet, None)?.0);
+    let pods: Vec<Pod> = typed(store.list(Kind::Pod, None)?.0);
+    let by_name = |ns: &str, name: &str| {
+        pods.iter()
+            .find(|p| p.metadata.namespace_or_default() == ns && p.metadata.name == name)
+    };
+    for rs in &sets {
+        let ns = rs.metadata.namespace_or_default();
+        let plan = replicaset::reconcile(rs, &pods);
+        for name in &plan.adopt {
+            if let Some(p) = by_name(ns, name) {
+                let mut p = p.clone();
+                let rev = p.metadata.revision();
+                p.metadata
+                    .owner_references
+                    .push(replicaset::owner_reference(rs));
+                tolerate(store.update(Object::Pod(p), Some(rev)).await)?;
+            }
+        }
+        for name in &plan.release {
+            if let Some(p) = by_name(ns, name) {
+                let mut p = p.clone();
+                let rev = p.metadata.revision();
+                p.metadata
+                    .owner_references
+                    .retain(|o| o.uid != rs.metadata.uid);
+                tolerate(store.update(Object::Pod(p), Some(rev)).await)?;
+            }
+        }
+        for _ in 0..plan.create {
+            let pod = replicaset::new_pod(rs, &rs.spec.template);
+            tolerate(store.create(Object::Pod(pod)).await)?;
+        }
+        if plan.create > 0 {
+            tracing::info!(replicaset = %rs.metadata.name, namespace = ns, count = plan.create, "created pods");
+        }
+        for name in &plan.delete {
+            tolerate(
+                store
+                    .delete(ObjectKey::new(Kind::Pod, Some(ns), name), None)
+                    .await,
+            )?;
+        }
+        if let Some(status) = plan.status {
+            let mut next = rs.clone();
+            next.status = Some(status);
+            tolerate(
+                store
+                    .update_status(Object::ReplicaSet(next), Some(rs.metadata.revision()))
+                    .await,
+            )?;
+        }
+    }
+    // Garbage: pods whose controlling ReplicaSet no longer exists.
+    let owners: HashSet<&str> = sets.iter().map(|r| r.metadata.uid.as_str()).collect();
+    for p in &pods {
+        if let Some(o) = p.metadata.controller_owner() {
+            if o.kind == "ReplicaSet" && !owners.contains(o.uid.as_str()) {
+                let key = ObjectKey::new(
+                    Kind::Pod,
+                    Some(p.metadata.namespace_or_default()),
+                    &p.metadata.name,
+                );
+                tracing::info!(pod = %p.metadata.name, owner = %o.name, "deleting a pod whose ReplicaSet is gone");
+                tolerate(store.delete(key, None).await)?;
+            }
+        }
+    }
+    Ok(())
+}

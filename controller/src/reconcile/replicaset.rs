@@ -1,0 +1,265 @@
+//! The ReplicaSet reconciler: from a ReplicaSet and the pods of its namespace to a plan of
+//! writes. Level-triggered and idempotent: the same state always gives the same plan, so it
+//! may run again at any time.
+//!
+//! It keeps `replicas` active pods matching the selector; adopts matching orphans and releases
+//! owned pods that stop matching (ownerReferences with controller=true); deletes a surplus
+//! preferring unscheduled, then not-ready, then the newest pods.
+
+use shoal_api::{OwnerReference, Pod, PodTemplateSpec, ReplicaSet, ReplicaSetStatus, Selector};
+
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    /// How many pods to create from the template.
+    pub create: usize,
+    /// Pods to delete (surplus), by name.
+    pub delete: Vec<String>,
+    /// Orphans to take ownership of, by name.
+    pub adopt: Vec<String>,
+    /// Owned pods that no longer match, to let go of, by name.
+    pub release: Vec<String>,
+    /// The status to record, if it changed.
+    pub status: Option<ReplicaSetStatus>,
+}
+
+pub fn owner_reference(rs: &ReplicaSet) -> OwnerReference {
+    OwnerReference {
+        api_version: "apps/v1".into(),
+        kind: "ReplicaSet".into(),
+        name: rs.metadata.name.clone(),
+        uid: rs.metadata.uid.clone(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+fn active(p: &Pod) -> bool {
+    p.metadata.deletion_timestamp.is_none()
+        && !matches!(
+            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded") | Some("Failed")
+        )
+}
+
+pub fn pod_ready(p: &Pod) -> bool {
+    p.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+}
+
+/// A new pod for `rs`: its template, its labels, owned by it (the store names it).
+pub fn new_pod(rs: &ReplicaSet, template: &PodTemplateSpec) -> Pod {
+    let mut pod = Pod {
+        metadata: template.metadata.clone(),
+        spec: template.spec.clone(),
+        ..Default::default()
+    };
+    pod.metadata.name = String::new();
+    pod.metadata.generate_name = format!("{}-", rs.metadata.name);
+    pod.metadata.namespace = rs.metadata.namespace.clone();
+    pod.metadata.owner_references = vec![owner_reference(rs)];
+    pod
+}
+
+pub fn reconcile(rs: &ReplicaSet, pods: &[Pod]) -> Plan {
+    let mut plan = Plan::default();
+    let Ok(selector) = Selector::from_label_selector(&rs.spec.selector) else {
+        return plan; // validation refuses such selectors; never act on one
+    };
+    let uid = rs.metadata.uid.as_str();
+    let ns = rs.metadata.namespace_or_default();
+    let mut mine: Vec<&Pod> = Vec::new();
+    for p in pods
+        .iter()
+        .filter(|p| p.metadata.namespace_or_default() == ns)
+    {
+        let matches = selector.matches(&p.metadata.labels);
+        match p.metadata.controller_owner() {
+            Some(o) if o.uid == uid => {
+                if matches {
+                    mine.push(p);
+                } else {
+                    plan.release.push(p.metadata.name.clone());
+                }
+            }
+            Some(_) => {}
+            None if matches && active(p) && rs.metadata.deletion_timestamp.is_none() => {
+                plan.adopt.push(p.metadata.name.clone());
+                mine.push(p);
+            }
+            None => {}
+        }
+    }
+    let mut live: Vec<&Pod> = mine.iter().copied().filter(|p| active(p)).collect();
+    let desired = rs.spec.replicas.unwrap_or(1).max(0) as usize;
+    if live.len() < desired {
+        plan.create = desired - live.len();
+    } else if live.len() > desired {
+        // Cheapest to lose first: not scheduled, then not ready, then the newest.
+        live.sort_by(|a, b| {
+            let rank = |p: &Pod| (p.spec.node_name.is_some(), pod_ready(p));
+            rank(a)
+                .cmp(&rank(b))
+                .then_with(|| {
+                    b.metadata
+                        .creation_timestamp
+                        .cmp(&a.metadata.creation_timestamp)
+                })
+                .then_with(|| a.metadata.name.cmp(&b.metadata.name))
+        });
+        plan.delete = live
+            .iter()
+            .take(live.len() - desired)
+            .map(|p| p.metadata.name.clone())
+            .collect();
+    }
+    let ready = live.iter().filter(|p| pod_ready(p)).count() as i32;
+    let status = ReplicaSetStatus {
+        replicas: live.len() as i32,
+        ready_replicas: ready,
+        available_replicas: ready,
+        fully_labeled_replicas: live.len() as i32,
+        observed_generation: rs.metadata.generation,
+    };
+    if rs.status.as_ref() != Some(&status) {
+        plan.status = Some(status);
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_api::*;
+
+    fn rs(replicas: i32) -> ReplicaSet {
+        ReplicaSet {
+            metadata: ObjectMeta {
+                name: "web".into(),
+                namespace: Some("default".into()),
+                uid: "rs-1".into(),
+                generation: 1,
+                ..Default::default()
+            },
+            spec: ReplicaSetSpec {
+                replicas: Some(replicas),
+                selector: LabelSelector {
+                    match_labels: [("app".to_string(), "web".to_string())].into(),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn pod(
+        name: &str,
+        owner: Option<&str>,
+        app: &str,
+        node: bool,
+        ready: bool,
+        created: &str,
+    ) -> Pod {
+        let mut p = Pod {
+            metadata: ObjectMeta {
+                name: name.into(),
+                namespace: Some("default".into()),
+                labels: [("app".to_string(), app.to_string())].into(),
+                creation_timestamp: Some(created.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        if let Some(uid) = owner {
+            p.metadata.owner_references = vec![OwnerReference {
+                kind: "ReplicaSet".into(),
+                uid: uid.into(),
+                controller: Some(true),
+                ..Default::default()
+            }];
+        }
+        if node {
+            p.spec.node_name = Some("n".into());
+        }
+        p.status = Some(PodStatus {
+            phase: Some("Running".into()),
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: if ready { "True" } else { "False" }.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        p
+    }
+
+    const T1: &str = "2026-01-01T00:00:01Z";
+    const T2: &str = "2026-01-01T00:00:02Z";
+    const T3: &str = "2026-01-01T00:00:03Z";
+
+    #[test]
+    fn scales_up_by_creating() {
+        let plan = reconcile(&rs(3), &[pod("a", Some("rs-1"), "web", true, true, T1)]);
+        assert_eq!(plan.create, 2);
+        assert!(plan.delete.is_empty());
+    }
+
+    #[test]
+    fn scales_down_losing_unscheduled_then_not_ready_then_newest() {
+        let pods = [
+            pod("ready-old", Some("rs-1"), "web", true, true, T1),
+            pod("ready-new", Some("rs-1"), "web", true, true, T3),
+            pod("not-ready", Some("rs-1"), "web", true, false, T1),
+            pod("unscheduled", Some("rs-1"), "web", false, false, T2),
+        ];
+        assert_eq!(reconcile(&rs(3), &pods).delete, ["unscheduled"]);
+        assert_eq!(
+            reconcile(&rs(2), &pods).delete,
+            ["unscheduled", "not-ready"]
+        );
+        assert_eq!(
+            reconcile(&rs(1), &pods).delete,
+            ["unscheduled", "not-ready", "ready-new"]
+        );
+    }
+
+    #[test]
+    fn adopts_matching_orphans_and_releases_what_stops_matching() {
+        let pods = [
+            pod("orphan", None, "web", true, true, T1),
+            pod("relabelled", Some("rs-1"), "other", true, true, T1),
+            pod("someone-elses", Some("rs-2"), "web", true, true, T1),
+        ];
+        let plan = reconcile(&rs(1), &pods);
+        assert_eq!(plan.adopt, ["orphan"]);
+        assert_eq!(plan.release, ["relabelled"]);
+        assert_eq!(plan.create, 0, "the adopted orphan counts");
+    }
+
+    #[test]
+    fn finished_pods_are_replaced_and_status_counts_ready_ones() {
+        let mut done = pod("done", Some("rs-1"), "web", true, false, T1);
+        done.status.as_mut().unwrap().phase = Some("Failed".into());
+        let plan = reconcile(
+            &rs(2),
+            &[done, pod("up", Some("rs-1"), "web", true, true, T2)],
+        );
+        assert_eq!(plan.create, 1);
+        let st = plan.status.unwrap();
+        assert_eq!(
+            (st.replicas, st.ready_replicas, st.observed_generation),
+            (1, 1, 1)
+        );
+    }
+
+    #[test]
+    fn a_settled_replicaset_plans_nothing() {
+        let mut settled = rs(1);
+        let pods = [pod("a", Some("rs-1"), "web", true, true, T1)];
+        settled.status = reconcile(&settled, &pods).status;
+        assert_eq!(reconcile(&settled, &pods), Plan::default());
+    }
+}
