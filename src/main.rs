@@ -48,6 +48,10 @@ enum Command {
     Logs(cmd::logs::Args),
     /// Store an artifact (a .wasm file) in the controller under NAME:TAG.
     Push(cmd::push::Args),
+    /// Set the replicas of a Deployment or ReplicaSet.
+    Scale(cmd::scale::Args),
+    /// Follow a Deployment's rollout.
+    Rollout(cmd::rollout::Args),
     /// Manage join tokens for agents.
     Token(cmd::token::Args),
 }
@@ -79,6 +83,8 @@ fn main() -> std::process::ExitCode {
             Command::Agent(a) => cmd::agent::run(a).await,
             Command::Logs(a) => cmd::logs::run(a).await,
             Command::Push(a) => cmd::push::run(a).await,
+            Command::Scale(a) => cmd::scale::run(a).await,
+            Command::Rollout(a) => cmd::rollout::run(a).await,
             Command::Apply(a) => cmd::apply::run(a).await,
             Command::Get(a) => cmd::get::run(a).await,
             Command::Describe(a) => cmd::describe::run(a).await,

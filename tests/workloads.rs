@@ -3,7 +3,19 @@
 mod kit;
 
 use kit::{wasm_fixture, Cluster};
+use shoal_transport::proto::{EventType, Request, Response};
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+/// A pod's name, and whether it is Ready, from its JSON.
+fn state_of(bytes: &[u8]) -> (String, bool) {
+    let v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+    let ready = v["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    });
+    (v["metadata"]["name"].as_str().unwrap().to_string(), ready)
+}
 
 fn replicaset(replicas: u32) -> String {
     format!(
@@ -100,5 +112,170 @@ fn a_replicaset_keeps_its_replicas_scales_replaces_and_takes_its_pods_along() {
     c.shoal(&["delete", "rs", "web"]).ok();
     c.wait_for("no pods left", Duration::from_secs(60), |c| {
         web_pods(c) == 0
+    });
+}
+
+fn deployment(replicas: u32, message: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: web}}}}
+  strategy: {{type: RollingUpdate, rollingUpdate: {{maxSurge: 1, maxUnavailable: 1}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      runtimeClassName: wasm
+      containers:
+      - name: probe
+        image: probe:1
+        args: [print, "{message}", sleep, "600000"]
+        resources: {{requests: {{cpu: 10m, memory: 4Mi}}}}
+"#
+    )
+}
+
+fn per_node(c: &Cluster) -> Vec<usize> {
+    let wide = c
+        .shoal(&["get", "pods", "-l", "app=web", "-o", "wide", "--no-headers"])
+        .stdout();
+    ["node-1", "node-2", "node-3"]
+        .iter()
+        .map(|n| {
+            wide.lines()
+                .filter(|l| l.contains(" Running ") && l.trim_end().ends_with(n))
+                .count()
+        })
+        .collect()
+}
+
+#[test]
+fn a_deployment_spreads_scales_and_rolls_out_within_its_budgets() {
+    let c = Cluster::start(3);
+    let wasm = wasm_fixture("probe", "wasm32-wasip1");
+    c.shoal(&["push", wasm.to_str().unwrap(), "probe:1"]).ok();
+
+    c.controller
+        .shoal_stdin(&["apply", "-f", "-"], Some(&deployment(6, "v1")))
+        .ok();
+    c.wait_for("6 replicas spread 2-2-2", Duration::from_secs(60), |c| {
+        per_node(c) == [2, 2, 2]
+    });
+    let out = c
+        .shoal(&["rollout", "status", "deploy/web", "--timeout", "60s"])
+        .ok();
+    assert!(
+        out.ends_with("deployment \"web\" successfully rolled out\n"),
+        "{out}"
+    );
+
+    c.shoal(&["scale", "deploy/web", "--replicas", "9"]).ok();
+    c.wait_for("9 replicas", Duration::from_secs(60), |c| {
+        running(c).len() == 9 && web_pods(c) == 9
+    });
+    c.shoal(&["scale", "deploy/web", "--replicas", "4"]).ok();
+    c.wait_for("4 replicas", Duration::from_secs(60), |c| {
+        running(c).len() == 4 && web_pods(c) == 4
+    });
+    c.shoal(&["rollout", "status", "deploy/web", "--timeout", "60s"])
+        .ok();
+
+    // Roll out a new template and check every state the store went through, change by change:
+    // never more than maxSurge (1) extra pods, never more than maxUnavailable (1) missing.
+    // A runtime of its own keeps the QUIC connection alive while the CLI runs in between.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = rt
+        .block_on(shoal_transport::Client::connect(
+            &c.controller.credentials(),
+        ))
+        .unwrap();
+    let list = Request::List {
+        kind: "Pod".into(),
+        namespace: Some("default".into()),
+        selector: "app=web".into(),
+        fields: String::new(),
+    };
+    let (items, revision) = match rt.block_on(client.call(&list)).unwrap() {
+        Response::List { items, revision } => (items, revision),
+        other => panic!("{other:?}"),
+    };
+    let mut pods: BTreeMap<String, bool> = items.iter().map(|b| state_of(b)).collect();
+    let watch = Request::Watch {
+        kind: "Pod".into(),
+        namespace: Some("default".into()),
+        selector: "app=web".into(),
+        fields: String::new(),
+        revision,
+    };
+    let mut stream = rt.block_on(client.stream(&watch)).unwrap();
+    c.controller
+        .shoal_stdin(&["apply", "-f", "-"], Some(&deployment(4, "v2")))
+        .ok();
+    let (mut changes, mut peak, mut trough) = (0, 0, usize::MAX);
+    let done = |pods: &BTreeMap<String, bool>| pods.len() == 4 && pods.values().all(|r| *r);
+    while changes == 0
+        || !done(&pods)
+        || !c
+            .shoal(&["rollout", "status", "deploy/web", "--timeout", "0s"])
+            .0
+            .status
+            .success()
+    {
+        let next = rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(30), stream.next()).await });
+        let Ok(Ok(Some(Response::Event { type_, object, .. }))) = next else {
+            panic!("the rollout stalled: {next:?}")
+        };
+        let (name, ready) = state_of(&object);
+        match type_ {
+            EventType::Deleted => pods.remove(&name),
+            _ => pods.insert(name, ready),
+        };
+        changes += 1;
+        let ready = pods.values().filter(|r| **r).count();
+        peak = peak.max(pods.len());
+        trough = trough.min(ready);
+        assert!(
+            pods.len() <= 5,
+            "change {changes}: {} pods (4 + maxSurge 1): {pods:?}",
+            pods.len()
+        );
+        assert!(
+            ready >= 3,
+            "change {changes}: {ready} ready (4 - maxUnavailable 1): {pods:?}"
+        );
+    }
+    println!("rollout: {changes} pod changes, at most {peak} pods, at least {trough} ready");
+    assert!(
+        changes >= 8,
+        "four pods replaced: created, ready and deleted"
+    );
+    let sets = c.shoal(&["get", "rs", "--no-headers"]).ok();
+    assert_eq!(
+        sets.lines().count(),
+        2,
+        "the old ReplicaSet is kept, scaled to zero:\n{sets}"
+    );
+    assert!(
+        sets.lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("0")),
+        "{sets}"
+    );
+    for pod in running(&c) {
+        c.wait_for("the new template's output", Duration::from_secs(20), |c| {
+            c.shoal(&["logs", &pod]).stdout() == "v2\n"
+        });
+    }
+
+    // Deleting the Deployment takes its ReplicaSets and pods along.
+    c.shoal(&["delete", "deploy", "web"]).ok();
+    c.wait_for("nothing left", Duration::from_secs(60), |c| {
+        web_pods(c) == 0 && c.shoal(&["get", "rs", "--no-headers"]).stdout().is_empty()
     });
 }

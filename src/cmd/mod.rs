@@ -8,5 +8,7 @@ pub mod describe;
 pub mod get;
 pub mod logs;
 pub mod push;
+pub mod rollout;
+pub mod scale;
 pub mod token;
 pub mod up;

@@ -3,11 +3,12 @@
 //! missed change is never missed for long), applies their plans, and collects the garbage:
 //! pods whose controlling owner is gone are deleted (background cascade).
 
+pub mod deployment;
 pub mod replicaset;
 
 use crate::error::{Error, Result};
 use crate::store::{ObjectKey, Store};
-use shoal_api::{Kind, Object, Pod, ReplicaSet};
+use shoal_api::{Deployment, Kind, Object, Pod, ReplicaSet};
 use std::collections::HashSet;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -31,7 +32,7 @@ pub async fn run(store: Store, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
             c = changed => match c {
-                Ok(Kind::ReplicaSet) | Ok(Kind::Pod) => {}
+                Ok(Kind::Deployment) | Ok(Kind::ReplicaSet) | Ok(Kind::Pod) => {}
                 Ok(_) => continue,
                 Err(_) => watch = None,
             },
@@ -61,6 +62,76 @@ fn tolerate<T>(r: Result<T>) -> Result<()> {
 }
 
 pub async fn pass(store: &Store) -> Result<()> {
+    deployments(store).await?;
+    replicasets(store).await
+}
+
+async fn deployments(store: &Store) -> Result<()> {
+    let deploys: Vec<Deployment> = typed(store.list(Kind::Deployment, None)?.0);
+    let sets: Vec<ReplicaSet> = typed(store.list(Kind::ReplicaSet, None)?.0);
+    for d in &deploys {
+        let ns = d.metadata.namespace_or_default();
+        let owned: Vec<ReplicaSet> = sets
+            .iter()
+            .filter(|rs| {
+                rs.metadata
+                    .controller_owner()
+                    .is_some_and(|o| o.uid == d.metadata.uid)
+            })
+            .cloned()
+            .collect();
+        let plan = deployment::reconcile(d, &owned);
+        if let Some(rs) = plan.create {
+            tracing::info!(deployment = %d.metadata.name, replicaset = %rs.metadata.name, replicas = ?rs.spec.replicas, "new ReplicaSet");
+            tolerate(store.create(Object::ReplicaSet(rs)).await)?;
+        }
+        for (name, replicas) in &plan.scale {
+            if let Some(rs) = owned.iter().find(|r| &r.metadata.name == name) {
+                tracing::info!(deployment = %d.metadata.name, replicaset = %name, from = ?rs.spec.replicas, to = replicas, "scaling ReplicaSet");
+                let mut next = rs.clone();
+                next.spec.replicas = Some(*replicas);
+                tolerate(
+                    store
+                        .update(Object::ReplicaSet(next), Some(rs.metadata.revision()))
+                        .await,
+                )?;
+            }
+        }
+        for name in &plan.delete {
+            tolerate(
+                store
+                    .delete(ObjectKey::new(Kind::ReplicaSet, Some(ns), name), None)
+                    .await,
+            )?;
+        }
+        if let Some(status) = plan.status {
+            let mut next = d.clone();
+            next.status = Some(status);
+            tolerate(
+                store
+                    .update_status(Object::Deployment(next), Some(d.metadata.revision()))
+                    .await,
+            )?;
+        }
+    }
+    // Garbage: ReplicaSets whose controlling Deployment no longer exists.
+    let owners: HashSet<&str> = deploys.iter().map(|d| d.metadata.uid.as_str()).collect();
+    for rs in &sets {
+        if let Some(o) = rs.metadata.controller_owner() {
+            if o.kind == "Deployment" && !owners.contains(o.uid.as_str()) {
+                let key = ObjectKey::new(
+                    Kind::ReplicaSet,
+                    Some(rs.metadata.namespace_or_default()),
+                    &rs.metadata.name,
+                );
+                tolerate(store.delete(key, None).await)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn replicasets(store: &Store) -> Result<()> {
     let sets: Vec<ReplicaSet> = typed(store.list(Kind::ReplicaSet, None)?.0);
     let pods: Vec<Pod> = typed(store.list(Kind::Pod, None)?.0);
     let by_name = |ns: &str, name: &str| {
