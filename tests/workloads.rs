@@ -279,3 +279,79 @@ fn a_deployment_spreads_scales_and_rolls_out_within_its_budgets() {
         web_pods(c) == 0 && c.shoal(&["get", "rs", "--no-headers"]).stdout().is_empty()
     });
 }
+
+fn history(c: &Cluster) -> Vec<String> {
+    c.shoal(&["rollout", "history", "deploy/web"])
+        .ok()
+        .lines()
+        .skip(2)
+        .map(|l| l.split_whitespace().next().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn outputs(c: &Cluster) -> Vec<String> {
+    let mut out: Vec<String> = running(c)
+        .iter()
+        .map(|p| c.shoal(&["logs", p]).stdout())
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn rollout_undo_returns_to_the_previous_template_and_pause_holds_edits_until_resume() {
+    let c = Cluster::start(2);
+    let wasm = wasm_fixture("probe", "wasm32-wasip1");
+    c.shoal(&["push", wasm.to_str().unwrap(), "probe:1"]).ok();
+    let settled = |c: &Cluster, message: &str| {
+        c.shoal(&["rollout", "status", "deploy/web", "--timeout", "0s"])
+            .0
+            .status
+            .success()
+            && web_pods(c) == 2
+            && outputs(c) == vec![format!("{message}\n"); 2]
+    };
+    c.controller
+        .shoal_stdin(&["apply", "-f", "-"], Some(&deployment(2, "v1")))
+        .ok();
+    c.wait_for("v1", Duration::from_secs(60), |c| settled(c, "v1"));
+    c.controller
+        .shoal_stdin(&["apply", "-f", "-"], Some(&deployment(2, "v2")))
+        .ok();
+    c.wait_for("v2", Duration::from_secs(60), |c| settled(c, "v2"));
+    assert_eq!(history(&c), ["1", "2"]);
+
+    let out = c.shoal(&["rollout", "undo", "deploy/web"]).ok();
+    assert_eq!(out, "deployment.apps/web rolled back to revision 1\n");
+    c.wait_for("v1 again", Duration::from_secs(60), |c| settled(c, "v1"));
+    c.wait_for("the old set as revision 3", Duration::from_secs(20), |c| {
+        history(c) == ["2", "3"]
+    });
+    assert_eq!(
+        c.shoal(&["get", "rs", "--no-headers"]).ok().lines().count(),
+        2,
+        "undo reused the v1 ReplicaSet"
+    );
+
+    c.shoal(&["rollout", "pause", "deploy/web"]).ok();
+    c.controller
+        .shoal_stdin(
+            &["apply", "-f", "-"],
+            Some(
+                &deployment(2, "v3")
+                    .replace("spec:\n  replicas", "spec:\n  paused: true\n  replicas"),
+            ),
+        )
+        .ok();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(outputs(&c), ["v1\n", "v1\n"], "nothing rolls while paused");
+    assert_eq!(
+        c.shoal(&["get", "rs", "--no-headers"]).ok().lines().count(),
+        2,
+        "no new ReplicaSet while paused"
+    );
+    c.shoal(&["rollout", "resume", "deploy/web"]).ok();
+    c.wait_for("v3 after resume", Duration::from_secs(60), |c| {
+        settled(c, "v3")
+    });
+}

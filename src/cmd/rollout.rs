@@ -1,5 +1,6 @@
-//! `shoal rollout status deploy/NAME [--timeout 5m]`: follows a rollout until it is done, and
-//! fails when the time runs out.
+//! `shoal rollout status|history|undo|pause|resume deploy/NAME`: follow a rollout until it is
+//! done (failing when the time runs out), list revisions, go back to one, and hold or release
+//! rollouts while edits pile up.
 
 use crate::client::{call, connect};
 use crate::ClientArgs;
@@ -28,6 +29,123 @@ enum RolloutCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// List the revisions of a Deployment.
+    History {
+        target: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Go back to the previous revision, or to --to-revision.
+    Undo {
+        target: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        #[arg(long)]
+        to_revision: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Hold rollouts: template edits pile up until resume.
+    Pause {
+        target: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Roll out what piled up while paused, as one rollout.
+    Resume {
+        target: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+fn deployment_name(target: &str) -> Result<String> {
+    Ok(target
+        .strip_prefix("deploy/")
+        .or_else(|| target.strip_prefix("deployment/"))
+        .or_else(|| target.strip_prefix("deployments/"))
+        .context("name the deployment as deploy/NAME")?
+        .to_string())
+}
+
+async fn get_deployment(
+    conn: &shoal_transport::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Deployment> {
+    let req = Request::Get {
+        kind: "Deployment".into(),
+        namespace: Some(namespace.into()),
+        name: name.into(),
+    };
+    match call(conn, &req).await? {
+        Response::Object(b) => Ok(Object::from_json(&b)?.into_typed()?),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+async fn put_deployment(conn: &shoal_transport::Client, d: Deployment) -> Result<()> {
+    let obj = Object::Deployment(d);
+    call(
+        conn,
+        &Request::Apply {
+            objects: vec![obj.to_json()?],
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+const REVISION: &str = "deployment.kubernetes.io/revision";
+
+/// The ReplicaSets a Deployment controls, oldest revision first.
+async fn revisions(
+    conn: &shoal_transport::Client,
+    d: &Deployment,
+) -> Result<Vec<(u64, shoal_api::ReplicaSet)>> {
+    let ns = d.metadata.namespace_or_default().to_string();
+    let req = Request::List {
+        kind: "ReplicaSet".into(),
+        namespace: Some(ns),
+        selector: String::new(),
+        fields: String::new(),
+    };
+    let items = match call(conn, &req).await? {
+        Response::List { items, .. } => items,
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    let mut out: Vec<(u64, shoal_api::ReplicaSet)> = items
+        .iter()
+        .filter_map(|b| {
+            Object::from_json(b)
+                .ok()?
+                .into_typed::<shoal_api::ReplicaSet>()
+                .ok()
+        })
+        .filter(|rs| {
+            rs.metadata
+                .controller_owner()
+                .is_some_and(|o| o.uid == d.metadata.uid)
+        })
+        .map(|rs| {
+            (
+                rs.metadata
+                    .annotations
+                    .get(REVISION)
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or(0),
+                rs,
+            )
+        })
+        .collect();
+    out.sort_by_key(|(r, _)| *r);
+    Ok(out)
 }
 
 fn parse_duration(s: &str) -> Result<Duration> {
@@ -64,31 +182,117 @@ pub fn progress(d: &Deployment) -> Option<String> {
 }
 
 pub async fn run(args: Args) -> Result<()> {
-    let RolloutCommand::Status {
-        target,
-        namespace,
-        timeout,
-        client,
-    } = args.command;
-    let name = target
-        .strip_prefix("deploy/")
-        .or_else(|| target.strip_prefix("deployment/"))
-        .or_else(|| target.strip_prefix("deployments/"))
-        .context("name the deployment as deploy/NAME")?
-        .to_string();
-    let deadline = Instant::now() + parse_duration(&timeout)?;
-    let conn = connect(&client).await?;
+    match args.command {
+        RolloutCommand::Status {
+            target,
+            namespace,
+            timeout,
+            client,
+        } => status(&target, &namespace, &timeout, &client).await,
+        RolloutCommand::History {
+            target,
+            namespace,
+            client,
+        } => {
+            let conn = connect(&client).await?;
+            let d = get_deployment(&conn, &namespace, &deployment_name(&target)?).await?;
+            let rows: Vec<Vec<String>> = revisions(&conn, &d)
+                .await?
+                .into_iter()
+                .map(|(r, rs)| {
+                    let cause = rs
+                        .metadata
+                        .annotations
+                        .get("kubernetes.io/change-cause")
+                        .cloned()
+                        .unwrap_or_else(|| "<none>".into());
+                    vec![r.to_string(), cause]
+                })
+                .collect();
+            println!("deployment.apps/{}", d.metadata.name);
+            print!(
+                "{}",
+                shoal_api::table::render(&["REVISION", "CHANGE-CAUSE"], &rows)
+            );
+            Ok(())
+        }
+        RolloutCommand::Undo {
+            target,
+            namespace,
+            to_revision,
+            client,
+        } => {
+            let conn = connect(&client).await?;
+            let mut d = get_deployment(&conn, &namespace, &deployment_name(&target)?).await?;
+            if d.spec.paused {
+                bail!(
+                    "deployment {:?} is paused: resume it before undoing a rollout",
+                    d.metadata.name
+                );
+            }
+            let revs = revisions(&conn, &d).await?;
+            let pick = match to_revision {
+                Some(n) => revs.iter().find(|(r, _)| *r == n).with_context(|| {
+                    format!("deployment {:?} has no revision {n}", d.metadata.name)
+                })?,
+                None => revs.iter().rev().nth(1).with_context(|| {
+                    format!("deployment {:?} has no previous revision", d.metadata.name)
+                })?,
+            };
+            let mut template = pick.1.spec.template.clone();
+            template.metadata.labels.remove("pod-template-hash");
+            d.spec.template = template;
+            put_deployment(&conn, d.clone()).await?;
+            println!(
+                "deployment.apps/{} rolled back to revision {}",
+                d.metadata.name, pick.0
+            );
+            Ok(())
+        }
+        RolloutCommand::Pause {
+            target,
+            namespace,
+            client,
+        } => set_paused(&target, &namespace, &client, true).await,
+        RolloutCommand::Resume {
+            target,
+            namespace,
+            client,
+        } => set_paused(&target, &namespace, &client, false).await,
+    }
+}
+
+async fn set_paused(
+    target: &str,
+    namespace: &str,
+    client: &ClientArgs,
+    paused: bool,
+) -> Result<()> {
+    let conn = connect(client).await?;
+    let mut d = get_deployment(&conn, namespace, &deployment_name(target)?).await?;
+    let name = d.metadata.name.clone();
+    if d.spec.paused == paused {
+        bail!(
+            "deployment {name:?} is {} already",
+            if paused { "paused" } else { "not paused" }
+        );
+    }
+    d.spec.paused = paused;
+    put_deployment(&conn, d).await?;
+    println!(
+        "deployment.apps/{name} {}",
+        if paused { "paused" } else { "resumed" }
+    );
+    Ok(())
+}
+
+async fn status(target: &str, namespace: &str, timeout: &str, client: &ClientArgs) -> Result<()> {
+    let name = deployment_name(target)?;
+    let deadline = Instant::now() + parse_duration(timeout)?;
+    let conn = connect(client).await?;
     let mut last = String::new();
     loop {
-        let req = Request::Get {
-            kind: "Deployment".into(),
-            namespace: Some(namespace.clone()),
-            name: name.clone(),
-        };
-        let d: Deployment = match call(&conn, &req).await? {
-            Response::Object(b) => Object::from_json(&b)?.into_typed()?,
-            other => bail!("unexpected answer: {other:?}"),
-        };
+        let d = get_deployment(&conn, namespace, &name).await?;
         match progress(&d) {
             None => {
                 println!("deployment {name:?} successfully rolled out");

@@ -19,6 +19,8 @@ pub struct Plan {
     pub scale: Vec<(String, i32)>,
     /// Old, empty ReplicaSets beyond revisionHistoryLimit.
     pub delete: Vec<String>,
+    /// The current set's new revision, when an older template became current again (undo).
+    pub revise: Option<(String, u64)>,
     pub status: Option<DeploymentStatus>,
 }
 
@@ -137,6 +139,15 @@ pub fn reconcile(d: &Deployment, owned: &[ReplicaSet]) -> Plan {
         .sum();
 
     // The new set: created when the template changed (not while paused), then grown.
+    if d.spec.paused {
+        // Paused: never roll; only follow scaling, on the newest set that has pods.
+        let active: Vec<&ReplicaSet> = owned.iter().filter(|rs| spec_replicas(rs) > 0).collect();
+        if let [only] = active.as_slice() {
+            if spec_replicas(only) != desired {
+                plan.scale.push((only.metadata.name.clone(), desired));
+            }
+        }
+    }
     let new_spec = match current {
         Some(rs) => spec_replicas(rs),
         None if d.spec.paused => 0,
@@ -156,6 +167,10 @@ pub fn reconcile(d: &Deployment, owned: &[ReplicaSet]) -> Plan {
         }
     };
     if let Some(rs) = current {
+        let newest = owned.iter().map(revision).max().unwrap_or(0);
+        if revision(rs) < newest {
+            plan.revise = Some((rs.metadata.name.clone(), newest + 1));
+        }
         let target = if d.spec.paused {
             // Paused: only follow scaling, never roll.
             if old_total == 0 {
@@ -181,7 +196,7 @@ pub fn reconcile(d: &Deployment, owned: &[ReplicaSet]) -> Plan {
     }
 
     // The old sets: shrink within the availability budget, unhealthy pods first.
-    if !d.spec.paused || current.is_none() {
+    if !d.spec.paused {
         let min_available = desired - max_unavailable;
         let total_available: i32 = owned.iter().map(available).sum();
         let mut budget = (total_available - min_available).max(0);
@@ -351,6 +366,18 @@ mod tests {
     }
 
     #[test]
+    fn going_back_to_an_older_template_gives_its_set_the_next_revision() {
+        let v1 = deploy(2, "v1", "1", "0");
+        let v2 = deploy(2, "v2", "1", "0");
+        let plan = reconcile(&v1, &[set(&v1, 1, 0, 0), set(&v2, 2, 2, 2)]);
+        assert!(plan.create.is_none(), "the old set is reused");
+        assert_eq!(
+            plan.revise,
+            Some((format!("web-{}", template_hash(&v1)), 3))
+        );
+    }
+
+    #[test]
     fn budgets_round_like_kubernetes() {
         assert_eq!(budgets(&deploy(10, "a", "25%", "25%"), 10), (3, 2));
         assert_eq!(budgets(&deploy(4, "a", "1", "0"), 4), (1, 0));
@@ -465,7 +492,28 @@ mod tests {
         let mut v2 = deploy(2, "v2", "1", "0");
         v2.spec.paused = true;
         let plan = reconcile(&v2, &[set(&v1, 1, 2, 2)]);
-        assert!(plan.create.is_none() && plan.scale.is_empty());
+        assert!(plan.create.is_none() && plan.scale.is_empty(), "{plan:?}");
+        let mut budget = v2.clone();
+        budget
+            .spec
+            .strategy
+            .as_mut()
+            .unwrap()
+            .rolling_update
+            .as_mut()
+            .unwrap()
+            .max_unavailable = Some(IntOrString::Int(1));
+        assert!(
+            reconcile(&budget, &[set(&v1, 1, 2, 2)]).scale.is_empty(),
+            "no scale-down while paused"
+        );
+        let mut scaled = v2.clone();
+        scaled.spec.replicas = Some(5);
+        assert_eq!(
+            reconcile(&scaled, &[set(&v1, 1, 2, 2)]).scale,
+            vec![(format!("web-{}", template_hash(&v1)), 5)],
+            "scaling still applies"
+        );
         let mut v3 = deploy(2, "v3", "1", "0");
         v3.spec.revision_history_limit = Some(1);
         let empty = |img: &str, rev: u64| set(&deploy(2, img, "1", "0"), rev, 0, 0);

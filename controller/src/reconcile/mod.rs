@@ -85,6 +85,19 @@ async fn deployments(store: &Store) -> Result<()> {
             tracing::info!(deployment = %d.metadata.name, replicaset = %rs.metadata.name, replicas = ?rs.spec.replicas, "new ReplicaSet");
             tolerate(store.create(Object::ReplicaSet(rs)).await)?;
         }
+        if let Some((name, rev)) = &plan.revise {
+            if let Some(rs) = owned.iter().find(|r| &r.metadata.name == name) {
+                let mut next = rs.clone();
+                next.metadata
+                    .annotations
+                    .insert(deployment::REVISION.into(), rev.to_string());
+                tolerate(
+                    store
+                        .update(Object::ReplicaSet(next), Some(rs.metadata.revision()))
+                        .await,
+                )?;
+            }
+        }
         for (name, replicas) in &plan.scale {
             if let Some(rs) = owned.iter().find(|r| &r.metadata.name == name) {
                 tracing::info!(deployment = %d.metadata.name, replicaset = %name, from = ?rs.spec.replicas, to = replicas, "scaling ReplicaSet");
