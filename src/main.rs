@@ -52,6 +52,12 @@ enum Command {
     Scale(cmd::scale::Args),
     /// Follow a Deployment's rollout.
     Rollout(cmd::rollout::Args),
+    /// Mark a node unschedulable: no new pods go there.
+    Cordon(cmd::cordon::Args),
+    /// Mark a node schedulable again.
+    Uncordon(cmd::cordon::Args),
+    /// Cordon a node and move its pods elsewhere (DaemonSet pods stay).
+    Drain(cmd::drain::Args),
     /// Manage join tokens for agents.
     Token(cmd::token::Args),
 }
@@ -84,6 +90,9 @@ fn main() -> std::process::ExitCode {
             Command::Logs(a) => cmd::logs::run(a).await,
             Command::Push(a) => cmd::push::run(a).await,
             Command::Scale(a) => cmd::scale::run(a).await,
+            Command::Cordon(a) => cmd::cordon::run(a, true).await,
+            Command::Uncordon(a) => cmd::cordon::run(a, false).await,
+            Command::Drain(a) => cmd::drain::run(a).await,
             Command::Rollout(a) => cmd::rollout::run(a).await,
             Command::Apply(a) => cmd::apply::run(a).await,
             Command::Get(a) => cmd::get::run(a).await,

@@ -355,3 +355,60 @@ fn rollout_undo_returns_to_the_previous_template_and_pause_holds_edits_until_res
         settled(c, "v3")
     });
 }
+
+const DAEMON: &str = r#"apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: daemon}
+spec:
+  selector: {matchLabels: {app: daemon}}
+  template:
+    metadata: {labels: {app: daemon}}
+    spec:
+      runtimeClassName: wasm
+      containers:
+      - name: probe
+        image: probe:1
+        args: [print, watching, sleep, "600000"]
+"#;
+
+/// Node name of each Running pod with this label.
+fn placements(c: &Cluster, label: &str) -> Vec<String> {
+    let mut v: Vec<String> = c
+        .shoal(&["get", "pods", "-l", label, "-o", "wide", "--no-headers"])
+        .stdout()
+        .lines()
+        .filter(|l| l.contains(" Running "))
+        .filter_map(|l| l.split_whitespace().last().map(str::to_string))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_daemonset_follows_nodes_and_drain_moves_everything_else() {
+    let c = Cluster::start(2);
+    let wasm = wasm_fixture("probe", "wasm32-wasip1");
+    c.shoal(&["push", wasm.to_str().unwrap(), "probe:1"]).ok();
+    c.controller.shoal_stdin(&["apply", "-f", "-"], Some(&format!("{DAEMON}---\n{}", deployment(2, "v1")))).ok();
+    c.wait_for("a daemon on each node", Duration::from_secs(60), |c| placements(c, "app=daemon") == ["node-1", "node-2"]);
+
+    // A third node joins: it gets a daemon. It leaves: its daemon goes.
+    let dir = tempfile::tempdir().unwrap();
+    let mut third = kit::Agent::start(&c.controller, "node-3", dir.path());
+    c.wait_for("a daemon on the new node", Duration::from_secs(60), |c| placements(c, "app=daemon") == ["node-1", "node-2", "node-3"]);
+    third.kill9();
+    c.shoal(&["delete", "node", "node-3"]).ok();
+    c.wait_for("the daemon of the node that left removed", Duration::from_secs(60), |c| {
+        c.shoal(&["get", "pods", "-l", "app=daemon", "-o", "wide", "--no-headers"]).stdout().lines().count() == 2
+    });
+
+    // Cordon, then drain node-1: the web pods move to node-2, the daemon stays.
+    c.wait_for("2 web pods", Duration::from_secs(60), |c| running(c).len() == 2);
+    assert_eq!(c.shoal(&["cordon", "node-1"]).ok(), "node/node-1 cordoned\n");
+    assert!(c.shoal(&["get", "nodes", "node-1", "--no-headers"]).ok().contains("Ready,SchedulingDisabled"));
+    let out = c.shoal(&["drain", "node-1", "--timeout", "60"]).ok();
+    assert!(out.ends_with("node/node-1 drained\n"), "{out}");
+    assert_eq!(placements(&c, "app=web"), ["node-2", "node-2"]);
+    assert_eq!(placements(&c, "app=daemon"), ["node-1", "node-2"], "daemon pods stay");
+    assert_eq!(c.shoal(&["uncordon", "node-1"]).ok(), "node/node-1 uncordoned\n");
+}

@@ -11,7 +11,11 @@ use std::collections::BTreeMap;
 
 /// The runtime a pod needs: `wasm`, or `runc` when unset.
 pub fn runtime_of(pod: &Pod) -> &str {
-    pod.spec.runtime_class_name.as_deref().unwrap_or("runc")
+    runtime_of_spec(&pod.spec)
+}
+
+pub fn runtime_of_spec(spec: &shoal_api::PodSpec) -> &str {
+    spec.runtime_class_name.as_deref().unwrap_or("runc")
 }
 
 /// Requests of a pod, summed over its containers: (cpu millicores, memory bytes).

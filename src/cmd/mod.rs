@@ -3,8 +3,10 @@
 pub mod agent;
 pub mod apply;
 pub mod controller;
+pub mod cordon;
 pub mod delete;
 pub mod describe;
+pub mod drain;
 pub mod get;
 pub mod logs;
 pub mod push;

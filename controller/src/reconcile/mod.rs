@@ -3,12 +3,13 @@
 //! missed change is never missed for long), applies their plans, and collects the garbage:
 //! pods whose controlling owner is gone are deleted (background cascade).
 
+pub mod daemonset;
 pub mod deployment;
 pub mod replicaset;
 
 use crate::error::{Error, Result};
 use crate::store::{ObjectKey, Store};
-use shoal_api::{Deployment, Kind, Object, Pod, ReplicaSet};
+use shoal_api::{DaemonSet, Deployment, Kind, Node, Object, Pod, ReplicaSet};
 use std::collections::HashSet;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +33,7 @@ pub async fn run(store: Store, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
             c = changed => match c {
-                Ok(Kind::Deployment) | Ok(Kind::ReplicaSet) | Ok(Kind::Pod) => {}
+                Ok(Kind::Deployment) | Ok(Kind::ReplicaSet) | Ok(Kind::DaemonSet) | Ok(Kind::Pod) | Ok(Kind::Node) => {}
                 Ok(_) => continue,
                 Err(_) => watch = None,
             },
@@ -63,7 +64,65 @@ fn tolerate<T>(r: Result<T>) -> Result<()> {
 
 pub async fn pass(store: &Store) -> Result<()> {
     deployments(store).await?;
-    replicasets(store).await
+    replicasets(store).await?;
+    daemonsets(store).await
+}
+
+async fn daemonsets(store: &Store) -> Result<()> {
+    let sets: Vec<DaemonSet> = typed(store.list(Kind::DaemonSet, None)?.0);
+    let nodes: Vec<Node> = typed(store.list(Kind::Node, None)?.0);
+    let pods: Vec<Pod> = typed(store.list(Kind::Pod, None)?.0);
+    for ds in &sets {
+        let ns = ds.metadata.namespace_or_default();
+        let owned: Vec<Pod> = pods
+            .iter()
+            .filter(|p| {
+                p.metadata
+                    .controller_owner()
+                    .is_some_and(|o| o.uid == ds.metadata.uid)
+            })
+            .cloned()
+            .collect();
+        let plan = daemonset::reconcile(ds, &nodes, &owned);
+        for node in &plan.create {
+            tracing::info!(daemonset = %ds.metadata.name, %node, "creating a daemon pod");
+            tolerate(
+                store
+                    .create(Object::Pod(daemonset::new_pod(ds, node)))
+                    .await,
+            )?;
+        }
+        for name in &plan.delete {
+            tolerate(
+                store
+                    .delete(ObjectKey::new(Kind::Pod, Some(ns), name), None)
+                    .await,
+            )?;
+        }
+        if let Some(status) = plan.status {
+            let mut next = ds.clone();
+            next.status = Some(status);
+            tolerate(
+                store
+                    .update_status(Object::DaemonSet(next), Some(ds.metadata.revision()))
+                    .await,
+            )?;
+        }
+    }
+    let owners: HashSet<&str> = sets.iter().map(|d| d.metadata.uid.as_str()).collect();
+    for p in &pods {
+        if let Some(o) = p.metadata.controller_owner() {
+            if o.kind == "DaemonSet" && !owners.contains(o.uid.as_str()) {
+                let key = ObjectKey::new(
+                    Kind::Pod,
+                    Some(p.metadata.namespace_or_default()),
+                    &p.metadata.name,
+                );
+                tolerate(store.delete(key, None).await)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn deployments(store: &Store) -> Result<()> {

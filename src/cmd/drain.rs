@@ -1,0 +1,114 @@
+//! `shoal drain NODE [--force] [--timeout 5m]`: cordons the node, evicts its pods (DaemonSet
+//! pods stay), and waits until their controllers run them elsewhere.
+
+use crate::client::{call, connect};
+use crate::ClientArgs;
+use anyhow::{bail, Result};
+use shoal_api::{Object, Pod};
+use shoal_transport::proto::{Request, Response};
+use shoal_transport::Client;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct Args {
+    node: String,
+    /// Also delete pods that no controller will recreate.
+    #[arg(long)]
+    force: bool,
+    /// How long to wait for the evicted pods to run elsewhere, in seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+async fn pods(client: &Client, fields: &str) -> Result<Vec<Pod>> {
+    let req = Request::List {
+        kind: "Pod".into(),
+        namespace: None,
+        selector: String::new(),
+        fields: fields.into(),
+    };
+    match call(client, &req).await? {
+        Response::List { items, .. } => Ok(items
+            .iter()
+            .filter_map(|b| Object::from_json(b).ok()?.into_typed().ok())
+            .collect()),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+fn daemon(p: &Pod) -> bool {
+    p.metadata
+        .controller_owner()
+        .is_some_and(|o| o.kind == "DaemonSet")
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let client = connect(&args.client).await?;
+    if super::cordon::set_unschedulable(&client, &args.node, true).await? {
+        println!("node/{} cordoned", args.node);
+    }
+    let on_node = pods(&client, &format!("spec.nodeName={}", args.node)).await?;
+    let evict: Vec<&Pod> = on_node.iter().filter(|p| !daemon(p)).collect();
+    let bare: Vec<String> = evict
+        .iter()
+        .filter(|p| p.metadata.controller_owner().is_none())
+        .map(|p| p.metadata.name.clone())
+        .collect();
+    if !bare.is_empty() && !args.force {
+        bail!(
+            "cannot drain node/{}: these pods have no controller to recreate them: {} (use --force to delete them anyway)",
+            args.node,
+            bare.join(", ")
+        );
+    }
+    let owners: HashSet<String> = evict
+        .iter()
+        .filter_map(|p| p.metadata.controller_owner().map(|o| o.uid.clone()))
+        .collect();
+    for p in &evict {
+        let ns = p.metadata.namespace_or_default().to_string();
+        call(
+            &client,
+            &Request::Delete {
+                kind: "Pod".into(),
+                namespace: Some(ns.clone()),
+                name: p.metadata.name.clone(),
+            },
+        )
+        .await?;
+        println!("evicting pod {ns}/{}", p.metadata.name);
+    }
+    // Wait until every evicted pod's controller runs all its pods again, none on this node.
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    loop {
+        let all = pods(&client, "").await?;
+        let theirs: Vec<&Pod> = all
+            .iter()
+            .filter(|p| {
+                p.metadata
+                    .controller_owner()
+                    .is_some_and(|o| owners.contains(&o.uid))
+            })
+            .collect();
+        let settled = theirs.iter().all(|p| {
+            p.spec.node_name.as_deref() != Some(args.node.as_str())
+                && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        });
+        if settled && (owners.is_empty() || !theirs.is_empty()) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "timed out waiting for the pods of node/{} to run elsewhere",
+                args.node
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!("node/{} drained", args.node);
+    client.close().await;
+    Ok(())
+}
