@@ -58,6 +58,8 @@ enum Command {
     Uncordon(cmd::cordon::Args),
     /// Cordon a node and move its pods elsewhere (DaemonSet pods stay).
     Drain(cmd::drain::Args),
+    /// Wait until an object has a condition (a Job Complete, a Deployment Available, ...).
+    Wait(cmd::wait::Args),
     /// Manage join tokens for agents.
     Token(cmd::token::Args),
 }
@@ -93,6 +95,7 @@ fn main() -> std::process::ExitCode {
             Command::Cordon(a) => cmd::cordon::run(a, true).await,
             Command::Uncordon(a) => cmd::cordon::run(a, false).await,
             Command::Drain(a) => cmd::drain::run(a).await,
+            Command::Wait(a) => cmd::wait::run(a).await,
             Command::Rollout(a) => cmd::rollout::run(a).await,
             Command::Apply(a) => cmd::apply::run(a).await,
             Command::Get(a) => cmd::get::run(a).await,

@@ -389,26 +389,238 @@ fn a_daemonset_follows_nodes_and_drain_moves_everything_else() {
     let c = Cluster::start(2);
     let wasm = wasm_fixture("probe", "wasm32-wasip1");
     c.shoal(&["push", wasm.to_str().unwrap(), "probe:1"]).ok();
-    c.controller.shoal_stdin(&["apply", "-f", "-"], Some(&format!("{DAEMON}---\n{}", deployment(2, "v1")))).ok();
-    c.wait_for("a daemon on each node", Duration::from_secs(60), |c| placements(c, "app=daemon") == ["node-1", "node-2"]);
+    c.controller
+        .shoal_stdin(
+            &["apply", "-f", "-"],
+            Some(&format!("{DAEMON}---\n{}", deployment(2, "v1"))),
+        )
+        .ok();
+    c.wait_for("a daemon on each node", Duration::from_secs(60), |c| {
+        placements(c, "app=daemon") == ["node-1", "node-2"]
+    });
 
     // A third node joins: it gets a daemon. It leaves: its daemon goes.
     let dir = tempfile::tempdir().unwrap();
     let mut third = kit::Agent::start(&c.controller, "node-3", dir.path());
-    c.wait_for("a daemon on the new node", Duration::from_secs(60), |c| placements(c, "app=daemon") == ["node-1", "node-2", "node-3"]);
+    c.wait_for("a daemon on the new node", Duration::from_secs(60), |c| {
+        placements(c, "app=daemon") == ["node-1", "node-2", "node-3"]
+    });
     third.kill9();
     c.shoal(&["delete", "node", "node-3"]).ok();
-    c.wait_for("the daemon of the node that left removed", Duration::from_secs(60), |c| {
-        c.shoal(&["get", "pods", "-l", "app=daemon", "-o", "wide", "--no-headers"]).stdout().lines().count() == 2
-    });
+    c.wait_for(
+        "the daemon of the node that left removed",
+        Duration::from_secs(60),
+        |c| {
+            c.shoal(&[
+                "get",
+                "pods",
+                "-l",
+                "app=daemon",
+                "-o",
+                "wide",
+                "--no-headers",
+            ])
+            .stdout()
+            .lines()
+            .count()
+                == 2
+        },
+    );
 
     // Cordon, then drain node-1: the web pods move to node-2, the daemon stays.
-    c.wait_for("2 web pods", Duration::from_secs(60), |c| running(c).len() == 2);
-    assert_eq!(c.shoal(&["cordon", "node-1"]).ok(), "node/node-1 cordoned\n");
-    assert!(c.shoal(&["get", "nodes", "node-1", "--no-headers"]).ok().contains("Ready,SchedulingDisabled"));
+    c.wait_for("2 web pods", Duration::from_secs(60), |c| {
+        running(c).len() == 2
+    });
+    assert_eq!(
+        c.shoal(&["cordon", "node-1"]).ok(),
+        "node/node-1 cordoned\n"
+    );
+    assert!(c
+        .shoal(&["get", "nodes", "node-1", "--no-headers"])
+        .ok()
+        .contains("Ready,SchedulingDisabled"));
     let out = c.shoal(&["drain", "node-1", "--timeout", "60"]).ok();
     assert!(out.ends_with("node/node-1 drained\n"), "{out}");
     assert_eq!(placements(&c, "app=web"), ["node-2", "node-2"]);
-    assert_eq!(placements(&c, "app=daemon"), ["node-1", "node-2"], "daemon pods stay");
-    assert_eq!(c.shoal(&["uncordon", "node-1"]).ok(), "node/node-1 uncordoned\n");
+    assert_eq!(
+        placements(&c, "app=daemon"),
+        ["node-1", "node-2"],
+        "daemon pods stay"
+    );
+    assert_eq!(
+        c.shoal(&["uncordon", "node-1"]).ok(),
+        "node/node-1 uncordoned\n"
+    );
+}
+
+fn job(name: &str, completions: u32, parallelism: u32, backoff: u32, args: &str) -> String {
+    format!(
+        r#"apiVersion: batch/v1
+kind: Job
+metadata: {{name: {name}}}
+spec:
+  completions: {completions}
+  parallelism: {parallelism}
+  backoffLimit: {backoff}
+  template:
+    spec:
+      runtimeClassName: wasm
+      restartPolicy: Never
+      containers:
+      - name: probe
+        image: probe:1
+        args: {args}
+"#
+    )
+}
+
+#[test]
+fn a_job_completes_exactly_its_completions_and_a_failing_one_stops_at_its_backoff_limit() {
+    let c = Cluster::start(2);
+    let wasm = wasm_fixture("probe", "wasm32-wasip1");
+    c.shoal(&["push", wasm.to_str().unwrap(), "probe:1"]).ok();
+
+    // Follow every pod change of the job to check it never runs more than `parallelism`.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = rt
+        .block_on(shoal_transport::Client::connect(
+            &c.controller.credentials(),
+        ))
+        .unwrap();
+    let list = Request::List {
+        kind: "Pod".into(),
+        namespace: Some("default".into()),
+        selector: String::new(),
+        fields: String::new(),
+    };
+    let Response::List { revision, .. } = rt.block_on(client.call(&list)).unwrap() else {
+        panic!()
+    };
+    let watch = Request::Watch {
+        kind: "Pod".into(),
+        namespace: Some("default".into()),
+        selector: "job-name=batch".into(),
+        fields: String::new(),
+        revision,
+    };
+    let mut stream = rt.block_on(client.stream(&watch)).unwrap();
+
+    c.controller
+        .shoal_stdin(
+            &["apply", "-f", "-"],
+            Some(&job("batch", 5, 2, 6, "[print, done, sleep, \"300\"]")),
+        )
+        .ok();
+    let out = c
+        .shoal(&[
+            "wait",
+            "--for=condition=complete",
+            "job/batch",
+            "--timeout",
+            "60s",
+        ])
+        .ok();
+    assert_eq!(out, "job/batch condition met\n");
+    let mut phases: BTreeMap<String, String> = BTreeMap::new();
+    let mut most_active = 0;
+    while let Ok(Ok(Some(Response::Event { type_, object, .. }))) =
+        rt.block_on(async { tokio::time::timeout(Duration::from_millis(500), stream.next()).await })
+    {
+        let v: serde_json::Value = serde_json::from_slice(&object).unwrap();
+        let name = v["metadata"]["name"].as_str().unwrap().to_string();
+        match type_ {
+            EventType::Deleted => phases.remove(&name),
+            _ => phases.insert(
+                name,
+                v["status"]["phase"]
+                    .as_str()
+                    .unwrap_or("Pending")
+                    .to_string(),
+            ),
+        };
+        let active = phases
+            .values()
+            .filter(|p| !matches!(p.as_str(), "Succeeded" | "Failed"))
+            .count();
+        most_active = most_active.max(active);
+    }
+    assert!(
+        most_active <= 2,
+        "{most_active} pods active at once (parallelism 2)"
+    );
+    assert_eq!(
+        phases
+            .values()
+            .filter(|p| p.as_str() == "Succeeded")
+            .count(),
+        5,
+        "{phases:?}"
+    );
+    assert_eq!(phases.len(), 5, "exactly 5 pods: {phases:?}");
+    let table = c.shoal(&["get", "job", "batch", "--no-headers"]).ok();
+    assert!(
+        table
+            .split_whitespace()
+            .take(3)
+            .eq(["batch", "Complete", "5/5"]),
+        "{table}"
+    );
+    assert_eq!(
+        c.shoal(&["get", "pods", "-l", "job-name=batch", "--no-headers"])
+            .ok()
+            .matches(" Completed ")
+            .count(),
+        5
+    );
+
+    c.controller
+        .shoal_stdin(
+            &["apply", "-f", "-"],
+            Some(&job("doomed", 1, 1, 2, "[print, failing, exit, \"1\"]")),
+        )
+        .ok();
+    c.shoal(&[
+        "wait",
+        "--for=condition=failed",
+        "job/doomed",
+        "--timeout",
+        "60s",
+    ])
+    .ok();
+    let j: serde_json::Value =
+        serde_json::from_str(&c.shoal(&["get", "job", "doomed", "-o", "json"]).ok()).unwrap();
+    assert_eq!(
+        j["status"]["conditions"][0]["reason"],
+        "BackoffLimitExceeded"
+    );
+    assert_eq!(
+        j["status"]["failed"], 3,
+        "backoffLimit 2: the third failure stops it"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        c.shoal(&["get", "pods", "-l", "job-name=doomed", "--no-headers"])
+            .ok()
+            .lines()
+            .count(),
+        3,
+        "no pod after the limit"
+    );
+    let err = c
+        .shoal(&[
+            "wait",
+            "--for=condition=complete",
+            "job/doomed",
+            "--timeout",
+            "1s",
+        ])
+        .fails();
+    assert!(
+        err.contains("timed out waiting for the condition complete on jobs/doomed"),
+        "{err}"
+    );
 }

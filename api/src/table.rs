@@ -113,10 +113,14 @@ pub fn pod_status(p: &Pod) -> String {
             }
         }
     }
-    st.reason
-        .clone()
-        .or_else(|| st.phase.clone())
-        .unwrap_or_else(|| "Pending".into())
+    match st.phase.as_deref() {
+        Some("Succeeded") => "Completed".into(),
+        _ => st
+            .reason
+            .clone()
+            .or_else(|| st.phase.clone())
+            .unwrap_or_else(|| "Pending".into()),
+    }
 }
 
 fn condition_true(conds: &[Condition], ty: &str) -> bool {

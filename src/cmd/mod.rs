@@ -14,3 +14,4 @@ pub mod rollout;
 pub mod scale;
 pub mod token;
 pub mod up;
+pub mod wait;

@@ -5,11 +5,12 @@
 
 pub mod daemonset;
 pub mod deployment;
+pub mod job;
 pub mod replicaset;
 
 use crate::error::{Error, Result};
 use crate::store::{ObjectKey, Store};
-use shoal_api::{DaemonSet, Deployment, Kind, Node, Object, Pod, ReplicaSet};
+use shoal_api::{DaemonSet, Deployment, Job, Kind, Node, Object, Pod, ReplicaSet};
 use std::collections::HashSet;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +34,7 @@ pub async fn run(store: Store, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
             c = changed => match c {
-                Ok(Kind::Deployment) | Ok(Kind::ReplicaSet) | Ok(Kind::DaemonSet) | Ok(Kind::Pod) | Ok(Kind::Node) => {}
+                Ok(Kind::Deployment) | Ok(Kind::ReplicaSet) | Ok(Kind::DaemonSet) | Ok(Kind::Job) | Ok(Kind::Pod) | Ok(Kind::Node) => {}
                 Ok(_) => continue,
                 Err(_) => watch = None,
             },
@@ -65,7 +66,84 @@ fn tolerate<T>(r: Result<T>) -> Result<()> {
 pub async fn pass(store: &Store) -> Result<()> {
     deployments(store).await?;
     replicasets(store).await?;
-    daemonsets(store).await
+    daemonsets(store).await?;
+    jobs(store).await
+}
+
+async fn jobs(store: &Store) -> Result<()> {
+    let jobs: Vec<Job> = typed(store.list(Kind::Job, None)?.0);
+    let pods: Vec<Pod> = typed(store.list(Kind::Pod, None)?.0);
+    let now = chrono::Utc::now();
+    for job in &jobs {
+        let ns = job.metadata.namespace_or_default();
+        let owned: Vec<Pod> = pods
+            .iter()
+            .filter(|p| {
+                p.metadata
+                    .controller_owner()
+                    .is_some_and(|o| o.uid == job.metadata.uid)
+            })
+            .cloned()
+            .collect();
+        let plan = job::reconcile(job, &owned, now);
+        for _ in 0..plan.create {
+            tolerate(store.create(Object::Pod(job::new_pod(job))).await)?;
+        }
+        for name in &plan.delete {
+            tolerate(
+                store
+                    .delete(ObjectKey::new(Kind::Pod, Some(ns), name), None)
+                    .await,
+            )?;
+        }
+        if let Some(status) = plan.status {
+            if let Some(c) = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Complete" || c.type_ == "Failed")
+            {
+                if !job
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.conditions.contains(c))
+                {
+                    tracing::info!(job = %job.metadata.name, condition = %c.type_, reason = ?c.reason, "job finished");
+                }
+            }
+            let mut next = job.clone();
+            next.status = Some(status);
+            tolerate(
+                store
+                    .update_status(Object::Job(next), Some(job.metadata.revision()))
+                    .await,
+            )?;
+        }
+        if plan.delete_job {
+            tracing::info!(job = %job.metadata.name, "deleting a finished job past its ttlSecondsAfterFinished");
+            tolerate(
+                store
+                    .delete(
+                        ObjectKey::new(Kind::Job, Some(ns), &job.metadata.name),
+                        None,
+                    )
+                    .await,
+            )?;
+        }
+    }
+    let owners: HashSet<&str> = jobs.iter().map(|j| j.metadata.uid.as_str()).collect();
+    for p in &pods {
+        if let Some(o) = p.metadata.controller_owner() {
+            if o.kind == "Job" && !owners.contains(o.uid.as_str()) {
+                let key = ObjectKey::new(
+                    Kind::Pod,
+                    Some(p.metadata.namespace_or_default()),
+                    &p.metadata.name,
+                );
+                tolerate(store.delete(key, None).await)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn daemonsets(store: &Store) -> Result<()> {
