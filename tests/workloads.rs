@@ -624,3 +624,85 @@ fn a_job_completes_exactly_its_completions_and_a_failing_one_stops_at_its_backof
         "{err}"
     );
 }
+
+#[test]
+fn pods_of_a_dead_node_are_replaced_after_their_toleration_and_its_return_leaves_exactly_the_replicas(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = kit::Controller::start_with_args(
+        &dir.path().join("c"),
+        &[
+            "--node-grace-period",
+            "3",
+            "--default-unreachable-toleration-seconds",
+            "3",
+        ],
+    );
+    let token = std::fs::read_to_string(controller.dir.join("token")).unwrap();
+    let c = Cluster::adopt(controller, vec![]);
+    let agent = |name: &str| {
+        kit::Agent::start_with_args(
+            &c.controller,
+            name,
+            &dir.path().join(name),
+            token.trim(),
+            &["--node-status-update-frequency", "1"],
+        )
+    };
+    let _first = agent("node-1");
+    let mut second = agent("node-2");
+    c.wait_for("two nodes Ready", Duration::from_secs(30), |c| {
+        c.shoal(&["get", "nodes", "--no-headers"])
+            .stdout()
+            .matches(" Ready ")
+            .count()
+            == 2
+    });
+    let wasm = wasm_fixture("probe", "wasm32-wasip1");
+    c.shoal(&["push", wasm.to_str().unwrap(), "probe:1"]).ok();
+    c.controller
+        .shoal_stdin(&["apply", "-f", "-"], Some(&deployment(4, "v1")))
+        .ok();
+    c.wait_for("2-2 spread", Duration::from_secs(60), |c| {
+        placements(c, "app=web") == ["node-1", "node-1", "node-2", "node-2"]
+    });
+
+    second.kill9();
+    c.wait_for(
+        "node-2 NotReady and tainted",
+        Duration::from_secs(30),
+        |c| {
+            let n: serde_json::Value =
+                serde_json::from_str(&c.shoal(&["get", "node", "node-2", "-o", "json"]).stdout())
+                    .unwrap_or_default();
+            n["spec"]["taints"][0]["key"] == "node.kubernetes.io/unreachable"
+        },
+    );
+    c.wait_for(
+        "the pods replaced on node-1",
+        Duration::from_secs(60),
+        |c| {
+            placements(c, "app=web") == ["node-1", "node-1", "node-1", "node-1"] && web_pods(c) == 4
+        },
+    );
+
+    let _back = agent("node-2");
+    c.wait_for("node-2 Ready and untainted", Duration::from_secs(30), |c| {
+        let n: serde_json::Value =
+            serde_json::from_str(&c.shoal(&["get", "node", "node-2", "-o", "json"]).stdout())
+                .unwrap_or_default();
+        n["spec"]["taints"].as_array().is_none_or(|t| t.is_empty())
+            && c.shoal(&["get", "nodes", "--no-headers"])
+                .stdout()
+                .matches(" Ready ")
+                .count()
+                == 2
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        web_pods(&c),
+        4,
+        "exactly the desired replicas, no duplicates"
+    );
+    assert_eq!(running(&c).len(), 4);
+}

@@ -1,12 +1,15 @@
 //! Node lifecycle: a node whose heartbeat stops is marked NotReady once the grace period has
 //! passed, so `get nodes` tells the truth and the scheduler stops placing pods there.
 //! The decision is a pure function of the node and `now`; the loop around it is thin.
-//! (Tainting and evicting the pods of an unreachable node belong to the workload controllers.)
+//! A NotReady node is tainted `node.kubernetes.io/unreachable:NoExecute`; its pods are evicted
+//! once they have tolerated that for their `tolerationSeconds` (or the cluster's default, which
+//! may be never), so their controllers run them elsewhere. Evicted pods are deleted from the
+//! store: a returning agent stops them, and exactly the desired replicas run afterwards.
 
 use crate::error::Error;
 use crate::store::Store;
 use chrono::{DateTime, Utc};
-use shoal_api::{Condition, Kind, Node, Object};
+use shoal_api::{Condition, Kind, Node, Object, Pod, Taint};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -47,7 +50,92 @@ pub fn ready_update(node: &Node, now: DateTime<Utc>, grace: Duration) -> Option<
     })
 }
 
-pub async fn run(store: Store, grace: Duration, shutdown: CancellationToken) {
+pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+
+fn ready(node: &Node) -> bool {
+    node.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+}
+
+/// The node's taints as they should be: unreachable while not Ready, without it once Ready.
+pub fn taints_update(node: &Node, now: DateTime<Utc>) -> Option<Vec<Taint>> {
+    let has = node.spec.taints.iter().any(|t| t.key == UNREACHABLE);
+    let known = node
+        .status
+        .as_ref()
+        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready"));
+    match (known && !ready(node), has) {
+        (true, false) => {
+            let mut t = node.spec.taints.clone();
+            t.push(Taint {
+                key: UNREACHABLE.into(),
+                value: None,
+                effect: "NoExecute".into(),
+                time_added: Some(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            });
+            Some(t)
+        }
+        (false, true) => Some(
+            node.spec
+                .taints
+                .iter()
+                .filter(|t| t.key != UNREACHABLE)
+                .cloned()
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// Pods on an unreachable node whose toleration has run out: a pod's own toleration of the
+/// taint (no seconds: forever), else the cluster default (`None`: never evict).
+pub fn evictions<'a>(
+    node: &Node,
+    pods: &'a [Pod],
+    now: DateTime<Utc>,
+    default: Option<Duration>,
+) -> Vec<&'a Pod> {
+    let Some(since) = node
+        .spec
+        .taints
+        .iter()
+        .find(|t| t.key == UNREACHABLE && t.effect == "NoExecute")
+        .and_then(|t| t.time_added.as_deref())
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+    else {
+        return vec![];
+    };
+    let away = (now - since).to_std().unwrap_or_default();
+    pods.iter()
+        .filter(|p| p.spec.node_name.as_deref() == Some(node.metadata.name.as_str()))
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            let own = p.spec.tolerations.iter().find(|t| {
+                (t.key.as_deref() == Some(UNREACHABLE)
+                    || (t.key.is_none() && t.operator.as_deref() == Some("Exists")))
+                    && t.effect.as_deref().is_none_or(|e| e == "NoExecute")
+            });
+            let limit = match own {
+                Some(t) => t
+                    .toleration_seconds
+                    .map(|s| Duration::from_secs(s.max(0) as u64)),
+                None => default,
+            };
+            limit.is_some_and(|l| away > l)
+        })
+        .collect()
+}
+
+pub async fn run(
+    store: Store,
+    grace: Duration,
+    default_toleration: Option<Duration>,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(5).min(grace / 2));
     loop {
         tokio::select! {
@@ -61,6 +149,40 @@ pub async fn run(store: Store, grace: Duration, shutdown: CancellationToken) {
                 continue;
             }
         };
+        let pods: Vec<Pod> = match store.list(Kind::Pod, None) {
+            Ok((pods, _)) => pods
+                .into_iter()
+                .filter_map(|o| o.into_typed().ok())
+                .collect(),
+            Err(_) => vec![],
+        };
+        for obj in &nodes {
+            let Ok(node) = obj.clone().into_typed::<Node>() else {
+                continue;
+            };
+            if let Some(taints) = taints_update(&node, Utc::now()) {
+                let mut next = node.clone();
+                next.spec.taints = taints;
+                let revision = node.metadata.revision();
+                match store.update(Object::Node(next), Some(revision)).await {
+                    Ok(_) | Err(Error::Conflict(_)) | Err(Error::NotFound(_)) => {}
+                    Err(e) => tracing::warn!(error = %e, "node lifecycle: cannot taint a node"),
+                }
+                continue;
+            }
+            for pod in evictions(&node, &pods, Utc::now(), default_toleration) {
+                tracing::warn!(pod = %pod.metadata.name, node = %node.metadata.name, "evicting a pod from an unreachable node");
+                let key = crate::store::ObjectKey::new(
+                    Kind::Pod,
+                    Some(pod.metadata.namespace_or_default()),
+                    &pod.metadata.name,
+                );
+                match store.delete(key, None).await {
+                    Ok(_) | Err(Error::NotFound(_)) => {}
+                    Err(e) => tracing::warn!(error = %e, "node lifecycle: cannot evict a pod"),
+                }
+            }
+        }
         for obj in nodes {
             let Ok(mut node) = obj.into_typed::<Node>() else {
                 continue;
@@ -104,6 +226,64 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    fn pod(name: &str, toleration: Option<Option<i64>>) -> Pod {
+        let mut p = Pod::default();
+        p.metadata.name = name.into();
+        p.spec.node_name = Some("n".into());
+        if let Some(seconds) = toleration {
+            p.spec.tolerations.push(shoal_api::Toleration {
+                key: Some(UNREACHABLE.into()),
+                operator: Some("Exists".into()),
+                effect: Some("NoExecute".into()),
+                toleration_seconds: seconds,
+                ..Default::default()
+            });
+        }
+        p
+    }
+
+    #[test]
+    fn unreachable_nodes_are_tainted_and_their_pods_evicted_when_toleration_runs_out() {
+        let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 10, 0).unwrap();
+        let mut n = node("Unknown", Some("2026-01-01T00:00:00Z"));
+        n.metadata.name = "n".into();
+        let taints = taints_update(&n, now).expect("tainted");
+        assert_eq!(
+            (taints[0].key.as_str(), taints[0].effect.as_str()),
+            (UNREACHABLE, "NoExecute")
+        );
+        n.spec.taints = taints;
+        assert_eq!(taints_update(&n, now), None, "tainted once");
+        let later = now + chrono::Duration::seconds(120);
+        let pods = [
+            pod("default", None),
+            pod("short", Some(Some(60))),
+            pod("long", Some(Some(600))),
+            pod("forever", Some(None)),
+        ];
+        let names = |v: Vec<&Pod>| {
+            v.iter()
+                .map(|p| p.metadata.name.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(evictions(&n, &pods, later, Some(Duration::from_secs(300)))),
+            ["short"]
+        );
+        assert_eq!(
+            names(evictions(&n, &pods, later, Some(Duration::from_secs(30)))),
+            ["default", "short"]
+        );
+        assert_eq!(
+            names(evictions(&n, &pods, later, None)),
+            ["short"],
+            "a default of never keeps pods without their own toleration"
+        );
+        let mut back = node("True", Some("2026-01-01T00:12:00Z"));
+        back.spec.taints = n.spec.taints.clone();
+        assert_eq!(taints_update(&back, later), Some(vec![]));
     }
 
     #[test]

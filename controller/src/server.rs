@@ -36,6 +36,9 @@ pub struct ControllerConfig {
     pub store: StoreConfig,
     /// Silence after which a node is marked NotReady.
     pub node_grace: Duration,
+    /// How long pods without a toleration of their own stay on an unreachable node before
+    /// they are evicted; `None`: never (the edge default may well be never).
+    pub default_unreachable_toleration: Option<Duration>,
 }
 
 /// The open connection of each node, by name, so requests for a node (logs) can be relayed.
@@ -66,6 +69,7 @@ impl NodeLinks {
 
 pub struct Controller {
     node_grace: Duration,
+    default_toleration: Option<Duration>,
     links: NodeLinks,
     service: Service,
     server: Server,
@@ -145,6 +149,7 @@ impl Controller {
         tracing::info!(listen = %bound, data_dir = %dir.display(), "controller ready");
         Ok(Controller {
             node_grace: config.node_grace,
+            default_toleration: config.default_unreachable_toleration,
             links: NodeLinks::default(),
             service,
             server,
@@ -183,6 +188,7 @@ impl Controller {
         tracker.spawn(crate::node_lifecycle::run(
             self.service.store().clone(),
             self.node_grace,
+            self.default_toleration,
             shutdown.clone(),
         ));
         loop {

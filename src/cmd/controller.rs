@@ -25,18 +25,31 @@ pub struct Args {
     /// Seconds without a heartbeat before a node is NotReady.
     #[arg(long, default_value_t = 40)]
     pub node_grace_period: u64,
+    /// Seconds pods without their own toleration stay on an unreachable node before they are
+    /// evicted and run elsewhere, or `never`.
+    #[arg(long, default_value = "300")]
+    pub default_unreachable_toleration_seconds: String,
 }
 
 impl Args {
-    pub fn config(&self) -> ControllerConfig {
-        ControllerConfig {
+    pub fn config(&self) -> anyhow::Result<ControllerConfig> {
+        let toleration = match self.default_unreachable_toleration_seconds.as_str() {
+            "never" => None,
+            s => Some(std::time::Duration::from_secs(s.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "--default-unreachable-toleration-seconds: expected seconds or never, got {s:?}"
+                )
+            })?)),
+        };
+        Ok(ControllerConfig {
             data_dir: self.data_dir.clone().unwrap_or_else(default_data_dir),
             listen: self.listen,
             tls_san: self.tls_san.clone(),
             advertise: self.advertise_address.clone(),
             store: StoreConfig::default(),
             node_grace: std::time::Duration::from_secs(self.node_grace_period),
-        }
+            default_unreachable_toleration: toleration,
+        })
     }
 }
 
@@ -63,7 +76,7 @@ pub fn shutdown_on_signals(token: CancellationToken) -> Result<()> {
 }
 
 pub async fn start(args: &Args) -> Result<Controller> {
-    let config = args.config();
+    let config = args.config()?;
     let dir = config.data_dir.display().to_string();
     let controller = Controller::start(config)
         .await

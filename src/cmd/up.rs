@@ -36,7 +36,7 @@ pub async fn run(args: Args) -> Result<()> {
         server,
         token: Some(controller.token().to_string()),
         name: super::agent::hostname(),
-        data_dir: args.controller.config().data_dir.join("agent"),
+        data_dir: args.controller.config()?.data_dir.join("agent"),
         labels: [(
             "node-role.kubernetes.io/control-plane".to_string(),
             "true".to_string(),

@@ -349,6 +349,15 @@ impl Cluster {
         cluster
     }
 
+    /// A cluster around processes a test started itself (with flags of its own).
+    pub fn adopt(controller: Controller, agents: Vec<Agent>) -> Cluster {
+        Cluster {
+            controller,
+            agents,
+            _dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
     pub fn shoal(&self, args: &[&str]) -> Run {
         self.controller.shoal(args)
     }
