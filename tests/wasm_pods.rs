@@ -176,6 +176,26 @@ fn a_failing_module_goes_into_crash_loop_back_off_with_growing_delays() {
         "3"
     );
     assert_eq!(c.shoal(&["logs", "crasher", "--previous"]).ok(), "boom\n");
+    // describe shows what happened, newest last, repeats counted.
+    let described = c.shoal(&["describe", "pod", "crasher"]).ok();
+    let events = &described[described.find("Events:").expect("an Events section")..];
+    let order: Vec<&str> = ["Scheduled", "Pulled", "Started", "BackOff"]
+        .into_iter()
+        .filter(|r| events.contains(&format!(" {r} ")))
+        .collect();
+    assert_eq!(
+        order,
+        ["Scheduled", "Pulled", "Started", "BackOff"],
+        "{events}"
+    );
+    let positions: Vec<usize> = order
+        .iter()
+        .map(|r| events.find(&format!(" {r} ")).unwrap())
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "newest last:\n{events}"
+    );
 }
 
 #[test]

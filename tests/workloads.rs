@@ -219,37 +219,52 @@ fn a_deployment_spreads_scales_and_rolls_out_within_its_budgets() {
         .ok();
     let (mut changes, mut peak, mut trough) = (0, 0, usize::MAX);
     let done = |pods: &BTreeMap<String, bool>| pods.len() == 4 && pods.values().all(|r| *r);
-    while changes == 0
-        || !done(&pods)
-        || !c
-            .shoal(&["rollout", "status", "deploy/web", "--timeout", "0s"])
-            .0
-            .status
-            .success()
-    {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
         let next = rt
-            .block_on(async { tokio::time::timeout(Duration::from_secs(30), stream.next()).await });
-        let Ok(Ok(Some(Response::Event { type_, object, .. }))) = next else {
-            panic!("the rollout stalled: {next:?}")
-        };
-        let (name, ready) = state_of(&object);
-        match type_ {
-            EventType::Deleted => pods.remove(&name),
-            _ => pods.insert(name, ready),
-        };
-        changes += 1;
-        let ready = pods.values().filter(|r| **r).count();
-        peak = peak.max(pods.len());
-        trough = trough.min(ready);
-        assert!(
-            pods.len() <= 5,
-            "change {changes}: {} pods (4 + maxSurge 1): {pods:?}",
-            pods.len()
-        );
-        assert!(
-            ready >= 3,
-            "change {changes}: {ready} ready (4 - maxUnavailable 1): {pods:?}"
-        );
+            .block_on(async { tokio::time::timeout(Duration::from_secs(1), stream.next()).await });
+        match next {
+            Ok(Ok(Some(Response::Event { type_, object, .. }))) => {
+                let (name, ready) = state_of(&object);
+                match type_ {
+                    EventType::Deleted => pods.remove(&name),
+                    _ => pods.insert(name, ready),
+                };
+                changes += 1;
+                let ready = pods.values().filter(|r| **r).count();
+                peak = peak.max(pods.len());
+                trough = trough.min(ready);
+                assert!(
+                    pods.len() <= 5,
+                    "change {changes}: {} pods (4 + maxSurge 1): {pods:?}",
+                    pods.len()
+                );
+                assert!(
+                    ready >= 3,
+                    "change {changes}: {ready} ready (4 - maxUnavailable 1): {pods:?}"
+                );
+            }
+            Ok(other) => panic!("the watch ended: {other:?}"),
+            // Quiet for a second: every change so far was checked. Finished?
+            Err(_) => {
+                if changes > 0
+                    && done(&pods)
+                    && c.shoal(&["rollout", "status", "deploy/web", "--timeout", "0s"])
+                        .0
+                        .status
+                        .success()
+                {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the rollout stalled after {changes} changes: {pods:?}\n{}\n{}\n{}",
+                    c.shoal(&["get", "deploy,rs", "-o", "wide"]).stdout(),
+                    c.shoal(&["get", "deploy", "web", "-o", "yaml"]).stdout(),
+                    c.controller.log()
+                );
+            }
+        }
     }
     println!("rollout: {changes} pod changes, at most {peak} pods, at least {trough} ready");
     assert!(

@@ -282,6 +282,35 @@ async fn report(inner: &Inner, state: &Arc<Mutex<PodRun>>) {
     }
 }
 
+/// Records an Event about `pod` (best effort: a lost link loses the event, not the pod).
+async fn event(inner: &Inner, pod: &Pod, type_: &str, reason: &str, message: String) {
+    let Some(client) = client(inner) else { return };
+    let about = shoal_api::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        namespace: Some(pod.metadata.namespace_or_default().to_string()),
+        name: Some(pod.metadata.name.clone()),
+        uid: Some(pod.metadata.uid.clone()),
+    };
+    let Ok(about) = serde_json::to_vec(&about) else {
+        return;
+    };
+    let req = Request::RecordEvent {
+        about,
+        type_: type_.into(),
+        reason: reason.into(),
+        message,
+    };
+    if let Err(e) = client
+        .call(&req)
+        .await
+        .map_err(Error::from)
+        .and_then(crate::expect_ok)
+    {
+        tracing::debug!(error = %e, reason, "event not recorded");
+    }
+}
+
 fn set_waiting(state: &Arc<Mutex<PodRun>>, reason: &str, message: Option<String>) {
     if let Ok(mut s) = state.lock() {
         for c in &mut s.containers {
@@ -414,6 +443,14 @@ async fn prepare(
             inner.artifacts.get(&client, &c.image).await
         }
         .map_err(|e| ("ErrImagePull".to_string(), e.to_string()))?;
+        event(
+            inner,
+            pod,
+            "Normal",
+            "Pulled",
+            format!("Successfully pulled image {:?}", c.image),
+        )
+        .await;
         let wasm = inner.wasm.clone();
         let check = artifact.clone();
         tokio::task::spawn_blocking(move || wasm.prepare(&check))
@@ -584,6 +621,14 @@ async fn run_pod(
                 attempt += 1;
                 tracing::warn!(pod = %pod.metadata.name, %reason, %message, "pod not ready to start");
                 set_waiting(&state, &reason, Some(message.clone()));
+                event(
+                    &inner,
+                    &pod,
+                    "Warning",
+                    "Failed",
+                    format!("{reason}: {message}"),
+                )
+                .await;
                 report(&inner, &state).await;
                 let delay = pod_state::backoff(attempt).min(Duration::from_secs(60));
                 tokio::select! {
@@ -630,6 +675,10 @@ async fn run_pod(
     }
 }
 
+fn container_name(spec: &ContainerSpec) -> &str {
+    spec.id.rsplit('/').next().unwrap_or(&spec.id)
+}
+
 async fn run_container(
     inner: Arc<Inner>,
     state: Arc<Mutex<PodRun>>,
@@ -653,13 +702,30 @@ async fn run_container(
         let started = Utc::now();
         let exit = match inner.wasm.start(spec.clone()) {
             Ok(handle) => {
-                if let Ok(mut s) = state.lock() {
-                    s.containers[i].started(started);
-                }
+                let pod = match state.lock() {
+                    Ok(mut s) => {
+                        s.containers[i].started(started);
+                        Some(s.pod.clone())
+                    }
+                    Err(_) => None,
+                };
                 report(&inner, &state).await;
+                if let Some(pod) = &pod {
+                    event(
+                        &inner,
+                        pod,
+                        "Normal",
+                        "Started",
+                        format!("Started container {}", container_name(&spec)),
+                    )
+                    .await;
+                }
                 tokio::select! {
                     exit = handle.wait() => exit,
                     _ = cancel.cancelled() => {
+                        if let Some(pod) = &pod {
+                            event(&inner, pod, "Normal", "Killing", format!("Stopping container {}", container_name(&spec))).await;
+                        }
                         handle.stop(grace);
                         let _ = handle.wait().await;
                         return;
@@ -673,6 +739,7 @@ async fn run_container(
             },
         };
         let now = Utc::now();
+        let code = exit.code;
         let term = Terminated {
             exit_code: exit.code,
             reason: match exit.reason {
@@ -693,6 +760,15 @@ async fn run_container(
         };
         report(&inner, &state).await;
         let Some(at) = restart_at else { return };
+        if code != 0 {
+            if let Some(pod) = state.lock().ok().map(|s| s.pod.clone()) {
+                let message = format!(
+                    "Back-off restarting failed container {}",
+                    container_name(&spec)
+                );
+                event(&inner, &pod, "Warning", "BackOff", message).await;
+            }
+        }
         let wait = (at - Utc::now()).to_std().unwrap_or_default();
         tokio::select! {
             _ = cancel.cancelled() => return,

@@ -3,6 +3,7 @@
 
 pub mod artifacts;
 pub mod error;
+pub mod events;
 pub mod node_lifecycle;
 pub mod reconcile;
 pub mod scheduler;

@@ -177,6 +177,22 @@ pub async fn run(
                     Some(pod.metadata.namespace_or_default()),
                     &pod.metadata.name,
                 );
+                let about = crate::events::reference(&Object::Pod(pod.clone()));
+                let message = format!(
+                    "Marking for deletion Pod {}/{}: node {} is unreachable",
+                    pod.metadata.namespace_or_default(),
+                    pod.metadata.name,
+                    node.metadata.name
+                );
+                crate::events::record(
+                    &store,
+                    &about,
+                    "Normal",
+                    "TaintManagerEviction",
+                    &message,
+                    "node-controller",
+                )
+                .await;
                 match store.delete(key, None).await {
                     Ok(_) | Err(Error::NotFound(_)) => {}
                     Err(e) => tracing::warn!(error = %e, "node lifecycle: cannot evict a pod"),

@@ -93,6 +93,21 @@ pub async fn pass(store: &Store) -> Result<usize> {
                     .await
                 {
                     Ok(_) => {
+                        let about = crate::events::reference(&Object::Pod(pod.clone()));
+                        let message = format!(
+                            "Successfully assigned {}/{} to {node}",
+                            pod.metadata.namespace_or_default(),
+                            pod.metadata.name
+                        );
+                        crate::events::record(
+                            store,
+                            &about,
+                            "Normal",
+                            "Scheduled",
+                            &message,
+                            "shoal-scheduler",
+                        )
+                        .await;
                         tracing::info!(pod = %pod.metadata.name, namespace = %pod.metadata.namespace_or_default(), %node, "scheduled");
                         pods[i] = next;
                         bound += 1;
@@ -110,6 +125,16 @@ pub async fn pass(store: &Store) -> Result<usize> {
                 });
                 if !already {
                     tracing::info!(pod = %pod.metadata.name, %reason, "unschedulable");
+                    let about = crate::events::reference(&Object::Pod(pod.clone()));
+                    crate::events::record(
+                        store,
+                        &about,
+                        "Warning",
+                        "FailedScheduling",
+                        &reason,
+                        "shoal-scheduler",
+                    )
+                    .await;
                     let mut next = pod.clone();
                     next.status = Some(PodStatus {
                         phase: Some("Pending".into()),

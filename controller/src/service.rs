@@ -188,7 +188,8 @@ impl Service {
             Request::WhoAmI
             | Request::PutNode { .. }
             | Request::UpdateStatus { .. }
-            | Request::Fetch { .. } => true,
+            | Request::Fetch { .. }
+            | Request::RecordEvent { .. } => true,
             Request::List { kind, fields, .. } | Request::Watch { kind, fields, .. } => {
                 own_pods(kind, fields)
             }
@@ -368,6 +369,47 @@ impl Service {
                         pod.metadata.name
                     ))),
                 }
+            }
+            Request::RecordEvent {
+                about,
+                type_,
+                reason,
+                message,
+            } => {
+                let about: shoal_api::ObjectReference = serde_json::from_slice(&about)
+                    .map_err(|e| bad_request(format!("event object reference: {e}")))?;
+                let host = match who {
+                    Identity::Node(me) => {
+                        let key = ObjectKey::new(
+                            Kind::Pod,
+                            about.namespace.as_deref(),
+                            about.name.as_deref().unwrap_or(""),
+                        );
+                        let bound = self
+                            .store
+                            .get(&key)?
+                            .and_then(|o| o.into_typed::<Pod>().ok())
+                            .is_some_and(|p| p.spec.node_name.as_deref() == Some(me.as_str()));
+                        if about.kind.as_deref() != Some("Pod") || !bound {
+                            return Err(forbidden(format!(
+                                "node {me:?} may only record events about its own pods"
+                            )));
+                        }
+                        Some(me.clone())
+                    }
+                    _ => None,
+                };
+                crate::events::try_record(
+                    &self.store,
+                    &about,
+                    &type_,
+                    &reason,
+                    &message,
+                    "shoal-agent",
+                    host.as_deref(),
+                )
+                .await?;
+                one(Response::Ok)
             }
             Request::Push { .. } | Request::Chunk(_) => Err(bad_request(
                 "uploads are handled by the connection, not here",

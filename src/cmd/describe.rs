@@ -123,7 +123,8 @@ fn render(obj: &Object, events: &[shoal_api::Event]) -> String {
     } else {
         let now = chrono::Utc::now();
         let mut evs: Vec<&shoal_api::Event> = events.iter().collect();
-        evs.sort_by(|a, b| a.last_timestamp.cmp(&b.last_timestamp));
+        // Newest last; within a second, in the order the store recorded them.
+        evs.sort_by_key(|e| (e.last_timestamp.clone(), e.metadata.revision()));
         let rows: Vec<Vec<String>> = evs
             .iter()
             .map(|e| {

@@ -309,16 +309,47 @@ impl Drop for Agent {
     }
 }
 
+/// At most this many clusters run at once in one test binary: each is several processes, and
+/// a 2-core machine running more of them at once starves them all.
+const CONCURRENT_CLUSTERS: usize = 2;
+
+static RUNNING: Mutex<usize> = Mutex::new(0);
+static FREED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// A place among the clusters allowed to run; given back when dropped.
+pub struct Slot;
+
+impl Slot {
+    pub fn take() -> Slot {
+        let mut n = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+        while *n >= CONCURRENT_CLUSTERS {
+            n = FREED.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+        *n += 1;
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut n = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+        *n -= 1;
+        FREED.notify_one();
+    }
+}
+
 /// A controller and N agents, each a real process with its own data dir.
 pub struct Cluster {
     pub controller: Controller,
     pub agents: Vec<Agent>,
     _dir: tempfile::TempDir,
+    _slot: Slot,
 }
 
 impl Cluster {
     /// Starts the cluster and waits until every agent's node is Ready.
     pub fn start(agents: usize) -> Cluster {
+        let slot = Slot::take();
         let dir = tempfile::tempdir().expect("tempdir");
         let controller = Controller::start(&dir.path().join("controller"));
         let agents: Vec<Agent> = (1..=agents)
@@ -334,6 +365,7 @@ impl Cluster {
             controller,
             agents,
             _dir: dir,
+            _slot: slot,
         };
         let names: Vec<String> = cluster.agents.iter().map(|a| a.name.clone()).collect();
         cluster.wait_for("every node Ready", Duration::from_secs(60), |c| {
@@ -355,6 +387,7 @@ impl Cluster {
             controller,
             agents,
             _dir: tempfile::tempdir().expect("tempdir"),
+            _slot: Slot::take(),
         }
     }
 

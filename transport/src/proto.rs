@@ -74,6 +74,14 @@ pub enum Request {
         reference: String,
         offset: u64,
     },
+    /// A node records an Event about one of its pods: `about` is the JSON of an
+    /// ObjectReference.
+    RecordEvent {
+        about: Vec<u8>,
+        type_: String,
+        reason: String,
+        message: String,
+    },
     /// A container's log, relayed from the pod's node.
     Logs {
         namespace: String,

@@ -8,6 +8,8 @@ pub mod deployment;
 pub mod job;
 pub mod replicaset;
 
+use crate::events;
+
 use crate::error::{Error, Result};
 use crate::store::{ObjectKey, Store};
 use shoal_api::{DaemonSet, Deployment, Job, Kind, Node, Object, Pod, ReplicaSet};
@@ -67,7 +69,8 @@ pub async fn pass(store: &Store) -> Result<()> {
     deployments(store).await?;
     replicasets(store).await?;
     daemonsets(store).await?;
-    jobs(store).await
+    jobs(store).await?;
+    events::expire(store, chrono::Utc::now()).await
 }
 
 async fn jobs(store: &Store) -> Result<()> {
@@ -238,6 +241,19 @@ async fn deployments(store: &Store) -> Result<()> {
         for (name, replicas) in &plan.scale {
             if let Some(rs) = owned.iter().find(|r| &r.metadata.name == name) {
                 tracing::info!(deployment = %d.metadata.name, replicaset = %name, from = ?rs.spec.replicas, to = replicas, "scaling ReplicaSet");
+                let from = rs.spec.replicas.unwrap_or(1);
+                let verb = if *replicas > from { "up" } else { "down" };
+                let message = format!("Scaled {verb} replica set {name} from {from} to {replicas}");
+                let about = events::reference(&Object::Deployment(d.clone()));
+                events::record(
+                    store,
+                    &about,
+                    "Normal",
+                    "ScalingReplicaSet",
+                    &message,
+                    "deployment-controller",
+                )
+                .await;
                 let mut next = rs.clone();
                 next.spec.replicas = Some(*replicas);
                 tolerate(
@@ -311,9 +327,21 @@ async fn replicasets(store: &Store) -> Result<()> {
                 tolerate(store.update(Object::Pod(p), Some(rev)).await)?;
             }
         }
+        let about = events::reference(&Object::ReplicaSet(rs.clone()));
         for _ in 0..plan.create {
             let pod = replicaset::new_pod(rs, &rs.spec.template);
-            tolerate(store.create(Object::Pod(pod)).await)?;
+            if let Ok(c) = store.create(Object::Pod(pod)).await {
+                let message = format!("Created pod: {}", c.object.name());
+                events::record(
+                    store,
+                    &about,
+                    "Normal",
+                    "SuccessfulCreate",
+                    &message,
+                    "replicaset-controller",
+                )
+                .await;
+            }
         }
         if plan.create > 0 {
             tracing::info!(replicaset = %rs.metadata.name, namespace = ns, count = plan.create, "created pods");
@@ -324,6 +352,16 @@ async fn replicasets(store: &Store) -> Result<()> {
                     .delete(ObjectKey::new(Kind::Pod, Some(ns), name), None)
                     .await,
             )?;
+            let message = format!("Deleted pod: {name}");
+            events::record(
+                store,
+                &about,
+                "Normal",
+                "SuccessfulDelete",
+                &message,
+                "replicaset-controller",
+            )
+            .await;
         }
         if let Some(status) = plan.status {
             let mut next = rs.clone();
