@@ -11,6 +11,7 @@ pub mod scheduler_loop;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod wake;
 
 pub use error::{Error, Result};
 pub use server::{Controller, ControllerConfig};

@@ -5,43 +5,22 @@
 use crate::error::{Error, Result};
 use crate::scheduler::schedule;
 use crate::store::Store;
+use crate::wake::{typed, Waker};
 use shoal_api::{Condition, Kind, Node, Object, Pod, PodStatus};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub async fn run(store: Store, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut watch = None;
-    loop {
-        if watch.is_none() {
-            watch = store.watch(store.revision(), None).ok();
-        }
-        let woke_by_change = async {
-            match watch.as_mut() {
-                Some(w) => w.next().await.map(|c| c.object.kind()),
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-            changed = woke_by_change => match changed {
-                Ok(Kind::Pod) | Ok(Kind::Node) => {}
-                Ok(_) => continue,
-                Err(_) => watch = None,
-            },
-        }
+    let mut waker = Waker::new(
+        store.clone(),
+        &[Kind::Pod, Kind::Node],
+        Duration::from_secs(1),
+    );
+    while waker.wait(&shutdown).await {
         if let Err(e) = pass(&store).await {
             tracing::warn!(error = %e, "scheduling pass failed");
         }
     }
-}
-
-fn typed<T: TryFrom<Object, Error = shoal_api::Error>>(objects: Vec<Object>) -> Vec<T> {
-    objects
-        .into_iter()
-        .filter_map(|o| o.into_typed().ok())
-        .collect()
 }
 
 fn pending(p: &Pod) -> bool {

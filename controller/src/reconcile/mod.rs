@@ -8,10 +8,10 @@ pub mod deployment;
 pub mod job;
 pub mod replicaset;
 
-use crate::events;
-
 use crate::error::{Error, Result};
+use crate::events;
 use crate::store::{ObjectKey, Store};
+use crate::wake::{typed, Waker};
 use shoal_api::{DaemonSet, Deployment, Job, Kind, Node, Object, Pod, ReplicaSet};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -19,39 +19,63 @@ use tokio_util::sync::CancellationToken;
 
 const RESYNC: Duration = Duration::from_secs(5);
 
+const WATCHED: &[Kind] = &[
+    Kind::Deployment,
+    Kind::ReplicaSet,
+    Kind::DaemonSet,
+    Kind::Job,
+    Kind::Pod,
+    Kind::Node,
+];
+
 pub async fn run(store: Store, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(RESYNC);
-    let mut watch = None;
-    loop {
-        if watch.is_none() {
-            watch = store.watch(store.revision(), None).ok();
-        }
-        let changed = async {
-            match watch.as_mut() {
-                Some(w) => w.next().await.map(|c| c.object.kind()),
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-            c = changed => match c {
-                Ok(Kind::Deployment) | Ok(Kind::ReplicaSet) | Ok(Kind::DaemonSet) | Ok(Kind::Job) | Ok(Kind::Pod) | Ok(Kind::Node) => {}
-                Ok(_) => continue,
-                Err(_) => watch = None,
-            },
-        }
+    let mut waker = Waker::new(store.clone(), WATCHED, RESYNC);
+    while waker.wait(&shutdown).await {
         if let Err(e) = pass(&store).await {
             tracing::warn!(error = %e, "reconcile pass failed");
         }
     }
 }
 
-fn typed<T: TryFrom<Object, Error = shoal_api::Error>>(objects: Vec<Object>) -> Vec<T> {
+/// What `uid` controls, among `objects`.
+fn controlled_by<T: Clone>(
+    objects: &[T],
+    uid: &str,
+    meta: impl Fn(&T) -> &shoal_api::ObjectMeta,
+) -> Vec<T> {
     objects
-        .into_iter()
-        .filter_map(|o| o.into_typed().ok())
+        .iter()
+        .filter(|o| meta(o).controller_owner().is_some_and(|c| c.uid == uid))
+        .cloned()
         .collect()
+}
+
+/// Background cascade: deletes objects whose controlling `owner_kind` no longer exists.
+async fn collect_garbage<T>(
+    store: &Store,
+    kind: Kind,
+    objects: &[T],
+    owner_kind: &str,
+    owners: &HashSet<&str>,
+    meta: impl Fn(&T) -> &shoal_api::ObjectMeta,
+) -> Result<()> {
+    for o in objects {
+        let m = meta(o);
+        if let Some(c) = m.controller_owner() {
+            if c.kind == owner_kind && !owners.contains(c.uid.as_str()) {
+                tracing::info!(kind = %kind, name = %m.name, owner = %c.name, "deleting what a deleted {owner_kind} owned");
+                tolerate(
+                    store
+                        .delete(
+                            ObjectKey::new(kind, Some(m.namespace_or_default()), &m.name),
+                            None,
+                        )
+                        .await,
+                )?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A write that lost a race is fine: the next pass sees the new state.
@@ -79,15 +103,7 @@ async fn jobs(store: &Store) -> Result<()> {
     let now = chrono::Utc::now();
     for job in &jobs {
         let ns = job.metadata.namespace_or_default();
-        let owned: Vec<Pod> = pods
-            .iter()
-            .filter(|p| {
-                p.metadata
-                    .controller_owner()
-                    .is_some_and(|o| o.uid == job.metadata.uid)
-            })
-            .cloned()
-            .collect();
+        let owned: Vec<Pod> = controlled_by(&pods, &job.metadata.uid, |o| &o.metadata);
         let plan = job::reconcile(job, &owned, now);
         for _ in 0..plan.create {
             tolerate(store.create(Object::Pod(job::new_pod(job))).await)?;
@@ -133,20 +149,8 @@ async fn jobs(store: &Store) -> Result<()> {
             )?;
         }
     }
-    let owners: HashSet<&str> = jobs.iter().map(|j| j.metadata.uid.as_str()).collect();
-    for p in &pods {
-        if let Some(o) = p.metadata.controller_owner() {
-            if o.kind == "Job" && !owners.contains(o.uid.as_str()) {
-                let key = ObjectKey::new(
-                    Kind::Pod,
-                    Some(p.metadata.namespace_or_default()),
-                    &p.metadata.name,
-                );
-                tolerate(store.delete(key, None).await)?;
-            }
-        }
-    }
-    Ok(())
+    let owners: HashSet<&str> = jobs.iter().map(|o| o.metadata.uid.as_str()).collect();
+    collect_garbage(store, Kind::Pod, &pods, "Job", &owners, |o| &o.metadata).await
 }
 
 async fn daemonsets(store: &Store) -> Result<()> {
@@ -155,15 +159,7 @@ async fn daemonsets(store: &Store) -> Result<()> {
     let pods: Vec<Pod> = typed(store.list(Kind::Pod, None)?.0);
     for ds in &sets {
         let ns = ds.metadata.namespace_or_default();
-        let owned: Vec<Pod> = pods
-            .iter()
-            .filter(|p| {
-                p.metadata
-                    .controller_owner()
-                    .is_some_and(|o| o.uid == ds.metadata.uid)
-            })
-            .cloned()
-            .collect();
+        let owned: Vec<Pod> = controlled_by(&pods, &ds.metadata.uid, |o| &o.metadata);
         let plan = daemonset::reconcile(ds, &nodes, &owned);
         for node in &plan.create {
             tracing::info!(daemonset = %ds.metadata.name, %node, "creating a daemon pod");
@@ -190,20 +186,11 @@ async fn daemonsets(store: &Store) -> Result<()> {
             )?;
         }
     }
-    let owners: HashSet<&str> = sets.iter().map(|d| d.metadata.uid.as_str()).collect();
-    for p in &pods {
-        if let Some(o) = p.metadata.controller_owner() {
-            if o.kind == "DaemonSet" && !owners.contains(o.uid.as_str()) {
-                let key = ObjectKey::new(
-                    Kind::Pod,
-                    Some(p.metadata.namespace_or_default()),
-                    &p.metadata.name,
-                );
-                tolerate(store.delete(key, None).await)?;
-            }
-        }
-    }
-    Ok(())
+    let owners: HashSet<&str> = sets.iter().map(|o| o.metadata.uid.as_str()).collect();
+    collect_garbage(store, Kind::Pod, &pods, "DaemonSet", &owners, |o| {
+        &o.metadata
+    })
+    .await
 }
 
 async fn deployments(store: &Store) -> Result<()> {
@@ -211,15 +198,7 @@ async fn deployments(store: &Store) -> Result<()> {
     let sets: Vec<ReplicaSet> = typed(store.list(Kind::ReplicaSet, None)?.0);
     for d in &deploys {
         let ns = d.metadata.namespace_or_default();
-        let owned: Vec<ReplicaSet> = sets
-            .iter()
-            .filter(|rs| {
-                rs.metadata
-                    .controller_owner()
-                    .is_some_and(|o| o.uid == d.metadata.uid)
-            })
-            .cloned()
-            .collect();
+        let owned: Vec<ReplicaSet> = controlled_by(&sets, &d.metadata.uid, |o| &o.metadata);
         let plan = deployment::reconcile(d, &owned);
         if let Some(rs) = plan.create {
             tracing::info!(deployment = %d.metadata.name, replicaset = %rs.metadata.name, replicas = ?rs.spec.replicas, "new ReplicaSet");
@@ -281,20 +260,11 @@ async fn deployments(store: &Store) -> Result<()> {
         }
     }
     // Garbage: ReplicaSets whose controlling Deployment no longer exists.
-    let owners: HashSet<&str> = deploys.iter().map(|d| d.metadata.uid.as_str()).collect();
-    for rs in &sets {
-        if let Some(o) = rs.metadata.controller_owner() {
-            if o.kind == "Deployment" && !owners.contains(o.uid.as_str()) {
-                let key = ObjectKey::new(
-                    Kind::ReplicaSet,
-                    Some(rs.metadata.namespace_or_default()),
-                    &rs.metadata.name,
-                );
-                tolerate(store.delete(key, None).await)?;
-            }
-        }
-    }
-    Ok(())
+    let owners: HashSet<&str> = deploys.iter().map(|o| o.metadata.uid.as_str()).collect();
+    collect_garbage(store, Kind::ReplicaSet, &sets, "Deployment", &owners, |o| {
+        &o.metadata
+    })
+    .await
 }
 
 async fn replicasets(store: &Store) -> Result<()> {
@@ -374,19 +344,9 @@ async fn replicasets(store: &Store) -> Result<()> {
         }
     }
     // Garbage: pods whose controlling ReplicaSet no longer exists.
-    let owners: HashSet<&str> = sets.iter().map(|r| r.metadata.uid.as_str()).collect();
-    for p in &pods {
-        if let Some(o) = p.metadata.controller_owner() {
-            if o.kind == "ReplicaSet" && !owners.contains(o.uid.as_str()) {
-                let key = ObjectKey::new(
-                    Kind::Pod,
-                    Some(p.metadata.namespace_or_default()),
-                    &p.metadata.name,
-                );
-                tracing::info!(pod = %p.metadata.name, owner = %o.name, "deleting a pod whose ReplicaSet is gone");
-                tolerate(store.delete(key, None).await)?;
-            }
-        }
-    }
-    Ok(())
+    let owners: HashSet<&str> = sets.iter().map(|o| o.metadata.uid.as_str()).collect();
+    collect_garbage(store, Kind::Pod, &pods, "ReplicaSet", &owners, |o| {
+        &o.metadata
+    })
+    .await
 }
