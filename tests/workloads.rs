@@ -721,3 +721,40 @@ fn pods_of_a_dead_node_are_replaced_after_their_toleration_and_its_return_leaves
     );
     assert_eq!(running(&c).len(), 4);
 }
+
+#[test]
+fn a_rollout_that_cannot_progress_fails_rollout_status_after_its_deadline() {
+    let c = Cluster::start(1);
+    let stuck = deployment(2, "v1")
+        .replace("image: probe:1", "image: absent:1")
+        .replace(
+            "  replicas: 2\n",
+            "  replicas: 2\n  progressDeadlineSeconds: 3\n",
+        );
+    c.controller
+        .shoal_stdin(&["apply", "-f", "-"], Some(&stuck))
+        .ok();
+    let err = c
+        .shoal(&["rollout", "status", "deploy/web", "--timeout", "60s"])
+        .fails();
+    assert!(
+        err.contains("deployment \"web\" exceeded its progress deadline"),
+        "{err}"
+    );
+    let d: serde_json::Value =
+        serde_json::from_str(&c.shoal(&["get", "deploy", "web", "-o", "json"]).ok()).unwrap();
+    let progressing = d["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Progressing")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            progressing["status"].as_str(),
+            progressing["reason"].as_str()
+        ),
+        (Some("False"), Some("ProgressDeadlineExceeded"))
+    );
+}

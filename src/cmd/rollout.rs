@@ -293,6 +293,16 @@ async fn status(target: &str, namespace: &str, timeout: &str, client: &ClientArg
     let mut last = String::new();
     loop {
         let d = get_deployment(&conn, namespace, &name).await?;
+        let stuck = d.status.as_ref().is_some_and(|st| {
+            st.observed_generation >= d.metadata.generation
+                && st.conditions.iter().any(|c| {
+                    c.type_ == "Progressing"
+                        && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+                })
+        });
+        if stuck {
+            bail!("deployment {name:?} exceeded its progress deadline");
+        }
         match progress(&d) {
             None => {
                 println!("deployment {name:?} successfully rolled out");

@@ -120,7 +120,7 @@ fn condition(ty: &str, ok: bool, reason: &str, message: String) -> Condition {
 }
 
 /// `owned`: the ReplicaSets whose controller is this Deployment.
-pub fn reconcile(d: &Deployment, owned: &[ReplicaSet]) -> Plan {
+pub fn reconcile(d: &Deployment, owned: &[ReplicaSet], now: chrono::DateTime<chrono::Utc>) -> Plan {
     let mut plan = Plan::default();
     let desired = d.spec.replicas.unwrap_or(1).max(0);
     let hash = template_hash(d);
@@ -249,6 +249,25 @@ pub fn reconcile(d: &Deployment, owned: &[ReplicaSet]) -> Plan {
         .unwrap_or(0);
     let avail = sum(|s| s.available_replicas);
     let complete = updated == desired && old_running == 0 && old_total == 0 && avail >= desired;
+    // Progress: the rollout moved since the last status (more updated or available pods, or a
+    // new template). Without any for progressDeadlineSeconds, it has timed out.
+    let previous = d.status.clone().unwrap_or_default();
+    let progressing = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Progressing");
+    let last_progress = progressing.and_then(|c| c.last_update_time.clone());
+    let moved = previous.observed_generation != d.metadata.generation
+        || previous.updated_replicas != updated
+        || previous.available_replicas != avail
+        || last_progress.is_none();
+    let deadline =
+        chrono::Duration::seconds(i64::from(d.spec.progress_deadline_seconds.unwrap_or(600)));
+    let deadline_passed = !moved
+        && last_progress
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .is_some_and(|t| now - t.with_timezone(&chrono::Utc) > deadline);
     let mut status = DeploymentStatus {
         observed_generation: d.metadata.generation,
         replicas: sum(|s| s.replicas),
@@ -274,6 +293,16 @@ pub fn reconcile(d: &Deployment, owned: &[ReplicaSet]) -> Plan {
                     "DeploymentPaused",
                     "the deployment is paused".into(),
                 )
+            } else if !complete && deadline_passed {
+                condition(
+                    "Progressing",
+                    false,
+                    "ProgressDeadlineExceeded",
+                    format!(
+                        "ReplicaSet \"{}-{hash}\" has timed out progressing",
+                        d.metadata.name
+                    ),
+                )
             } else if complete {
                 condition(
                     "Progressing",
@@ -294,18 +323,28 @@ pub fn reconcile(d: &Deployment, owned: &[ReplicaSet]) -> Plan {
             },
         ],
     };
-    // Keep the times of conditions that did not change, so a status that is the same writes nothing.
-    if let Some(old_status) = &d.status {
-        for c in &mut status.conditions {
-            if let Some(prev) = old_status
-                .conditions
+    // Keep the times of conditions that did not change, so a status that is the same writes
+    // nothing; Progressing's update time is the last time the rollout moved.
+    let stamp = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    for c in &mut status.conditions {
+        let prev = d.status.as_ref().and_then(|o| {
+            o.conditions
                 .iter()
                 .find(|p| p.type_ == c.type_ && p.status == c.status && p.reason == c.reason)
-            {
-                c.last_transition_time = prev.last_transition_time.clone();
-                c.last_update_time = prev.last_update_time.clone();
-            }
-        }
+        });
+        c.last_transition_time = Some(
+            prev.and_then(|p| p.last_transition_time.clone())
+                .unwrap_or_else(|| stamp.clone()),
+        );
+        c.last_update_time = if c.type_ == "Progressing" {
+            Some(if moved {
+                stamp.clone()
+            } else {
+                last_progress.clone().unwrap_or_else(|| stamp.clone())
+            })
+        } else {
+            prev.and_then(|p| p.last_update_time.clone())
+        };
     }
     if d.status.as_ref() != Some(&status) {
         plan.status = Some(status);
@@ -365,11 +404,50 @@ mod tests {
         rs
     }
 
+    fn t0() -> chrono::DateTime<chrono::Utc> {
+        chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 1, 1, 0, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn a_rollout_that_stops_moving_times_out_after_its_progress_deadline() {
+        let v1 = deploy(2, "v1", "1", "0");
+        let mut v2 = deploy(2, "v2", "1", "0");
+        v2.spec.progress_deadline_seconds = Some(60);
+        v2.metadata.generation = 2;
+        // The new set's pods never become ready.
+        let sets = [set(&v1, 1, 2, 2), set(&v2, 2, 1, 0)];
+        let first = reconcile(&v2, &sets, t0()).status.unwrap();
+        let reason = |st: &DeploymentStatus| {
+            st.conditions
+                .iter()
+                .find(|c| c.type_ == "Progressing")
+                .and_then(|c| c.reason.clone())
+                .unwrap()
+        };
+        assert_eq!(reason(&first), "ReplicaSetUpdated");
+        v2.status = Some(first);
+        let later = |secs| t0() + chrono::Duration::seconds(secs);
+        let within = reconcile(&v2, &sets, later(30));
+        assert!(
+            within.status.is_none(),
+            "nothing moved, nothing to write: {:?}",
+            within.status
+        );
+        let past = reconcile(&v2, &sets, later(61))
+            .status
+            .expect("the deadline passed");
+        assert_eq!(reason(&past), "ProgressDeadlineExceeded");
+        // Progress (a pod became available) starts the clock again.
+        let moving = [set(&v1, 1, 2, 2), set(&v2, 2, 1, 1)];
+        let st = reconcile(&v2, &moving, later(61)).status.unwrap();
+        assert_eq!(reason(&st), "ReplicaSetUpdated");
+    }
+
     #[test]
     fn going_back_to_an_older_template_gives_its_set_the_next_revision() {
         let v1 = deploy(2, "v1", "1", "0");
         let v2 = deploy(2, "v2", "1", "0");
-        let plan = reconcile(&v1, &[set(&v1, 1, 0, 0), set(&v2, 2, 2, 2)]);
+        let plan = reconcile(&v1, &[set(&v1, 1, 0, 0), set(&v2, 2, 2, 2)], t0());
         assert!(plan.create.is_none(), "the old set is reused");
         assert_eq!(
             plan.revise,
@@ -391,7 +469,7 @@ mod tests {
     #[test]
     fn a_new_deployment_creates_its_first_set_at_full_size() {
         let d = deploy(3, "v1", "1", "0");
-        let plan = reconcile(&d, &[]);
+        let plan = reconcile(&d, &[], t0());
         let rs = plan.create.expect("a new set");
         assert_eq!(rs.spec.replicas, Some(3));
         assert_eq!(rs.metadata.annotations[REVISION], "1");
@@ -416,7 +494,7 @@ mod tests {
             let (max_surge, max_unavailable) = budgets(&v2, desired);
             let mut sets = vec![set(&v1, 1, desired, desired)];
             for step in 0..50 {
-                let plan = reconcile(&v2, &sets);
+                let plan = reconcile(&v2, &sets, t0());
                 if let Some(mut rs) = plan.create {
                     let n = rs.spec.replicas.unwrap_or(0);
                     rs.status = Some(ReplicaSetStatus {
@@ -476,13 +554,13 @@ mod tests {
             });
         }
         let old = set(&v1, 1, 3, 3);
-        let plan = reconcile(&v2, std::slice::from_ref(&old));
+        let plan = reconcile(&v2, std::slice::from_ref(&old), t0());
         assert_eq!(plan.create.as_ref().and_then(|r| r.spec.replicas), Some(0));
         assert_eq!(plan.scale, vec![(old.metadata.name.clone(), 0)]);
         let mut gone = old.clone();
         gone.spec.replicas = Some(0);
         gone.status = Some(ReplicaSetStatus::default());
-        let plan = reconcile(&v2, &[gone, set(&v2, 2, 0, 0)]);
+        let plan = reconcile(&v2, &[gone, set(&v2, 2, 0, 0)], t0());
         assert_eq!(plan.scale, vec![(format!("web-{}", template_hash(&v2)), 3)]);
     }
 
@@ -491,7 +569,7 @@ mod tests {
         let v1 = deploy(2, "v1", "1", "0");
         let mut v2 = deploy(2, "v2", "1", "0");
         v2.spec.paused = true;
-        let plan = reconcile(&v2, &[set(&v1, 1, 2, 2)]);
+        let plan = reconcile(&v2, &[set(&v1, 1, 2, 2)], t0());
         assert!(plan.create.is_none() && plan.scale.is_empty(), "{plan:?}");
         let mut budget = v2.clone();
         budget
@@ -504,20 +582,26 @@ mod tests {
             .unwrap()
             .max_unavailable = Some(IntOrString::Int(1));
         assert!(
-            reconcile(&budget, &[set(&v1, 1, 2, 2)]).scale.is_empty(),
+            reconcile(&budget, &[set(&v1, 1, 2, 2)], t0())
+                .scale
+                .is_empty(),
             "no scale-down while paused"
         );
         let mut scaled = v2.clone();
         scaled.spec.replicas = Some(5);
         assert_eq!(
-            reconcile(&scaled, &[set(&v1, 1, 2, 2)]).scale,
+            reconcile(&scaled, &[set(&v1, 1, 2, 2)], t0()).scale,
             vec![(format!("web-{}", template_hash(&v1)), 5)],
             "scaling still applies"
         );
         let mut v3 = deploy(2, "v3", "1", "0");
         v3.spec.revision_history_limit = Some(1);
         let empty = |img: &str, rev: u64| set(&deploy(2, img, "1", "0"), rev, 0, 0);
-        let plan = reconcile(&v3, &[empty("v1", 1), empty("v2", 2), set(&v3, 3, 2, 2)]);
+        let plan = reconcile(
+            &v3,
+            &[empty("v1", 1), empty("v2", 2), set(&v3, 3, 2, 2)],
+            t0(),
+        );
         assert_eq!(
             plan.delete,
             vec![format!("web-{}", template_hash(&deploy(2, "v1", "1", "0")))]

@@ -199,7 +199,7 @@ async fn deployments(store: &Store) -> Result<()> {
     for d in &deploys {
         let ns = d.metadata.namespace_or_default();
         let owned: Vec<ReplicaSet> = controlled_by(&sets, &d.metadata.uid, |o| &o.metadata);
-        let plan = deployment::reconcile(d, &owned);
+        let plan = deployment::reconcile(d, &owned, chrono::Utc::now());
         if let Some(rs) = plan.create {
             tracing::info!(deployment = %d.metadata.name, replicaset = %rs.metadata.name, replicas = ?rs.spec.replicas, "new ReplicaSet");
             tolerate(store.create(Object::ReplicaSet(rs)).await)?;
