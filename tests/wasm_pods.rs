@@ -14,18 +14,13 @@ fn probe_pod(name: &str, image: &str, args: &[&str], extra: &str) -> String {
     )
 }
 
-fn push_probe(c: &Cluster) -> &'static str {
-    let wasm = wasm_fixture("probe", "wasm32-wasip1");
-    c.shoal(&["push", wasm.to_str().unwrap(), "probe:1"]).ok();
-    "probe:1"
-}
-
-fn field(pod: &serde_json::Value, path: &[&str]) -> String {
+/// A field of a pod's JSON by its dotted path (`status.containerStatuses.0.ready`), as text.
+fn field(pod: &serde_json::Value, path: &str) -> String {
     let mut v = pod;
-    for p in path {
+    for p in path.split('.') {
         v = match p.parse::<usize>() {
             Ok(i) => &v[i],
-            Err(_) => &v[*p],
+            Err(_) => &v[p],
         };
     }
     match v {
@@ -37,7 +32,7 @@ fn field(pod: &serde_json::Value, path: &[&str]) -> String {
 #[test]
 fn wasm_pods_spread_over_two_agents_run_and_their_logs_come_back() {
     let c = Cluster::start(2);
-    let image = push_probe(&c);
+    let image = c.push_probe();
     let manifest: String = (1..=4)
         .map(|i| {
             probe_pod(
@@ -80,12 +75,9 @@ fn wasm_pods_spread_over_two_agents_run_and_their_logs_come_back() {
             c.shoal(&["logs", &format!("p{i}")]).stdout() == format!("hello from p{i}\nto stderr\n")
         });
         let pod = c.pod(&format!("p{i}"));
-        assert_eq!(field(&pod, &["status", "phase"]), "Running");
-        assert_eq!(
-            field(&pod, &["status", "containerStatuses", "0", "ready"]),
-            "true"
-        );
-        assert!(!field(&pod, &["status", "hostIP"]).is_empty());
+        assert_eq!(field(&pod, "status.phase"), "Running");
+        assert_eq!(field(&pod, "status.containerStatuses.0.ready"), "true");
+        assert!(!field(&pod, "status.hostIP").is_empty());
     }
     assert_eq!(c.shoal(&["logs", "p1", "--tail", "1"]).ok(), "to stderr\n");
     let err = c.shoal(&["logs", "p1", "-c", "nope"]).fails();
@@ -105,7 +97,7 @@ fn wasm_pods_spread_over_two_agents_run_and_their_logs_come_back() {
 #[test]
 fn a_failing_module_goes_into_crash_loop_back_off_with_growing_delays() {
     let c = Cluster::start(1);
-    let image = push_probe(&c);
+    let image = c.push_probe();
     c.controller
         .shoal_stdin(
             &["apply", "-f", "-"],
@@ -122,18 +114,8 @@ fn a_failing_module_goes_into_crash_loop_back_off_with_growing_delays() {
         Duration::from_secs(30),
         |c| {
             let p = c.pod("crasher");
-            field(
-                &p,
-                &[
-                    "status",
-                    "containerStatuses",
-                    "0",
-                    "state",
-                    "waiting",
-                    "message",
-                ],
-            )
-            .starts_with("back-off 10s")
+            field(&p, "status.containerStatuses.0.state.waiting.message")
+                .starts_with("back-off 10s")
         },
     );
     assert!(c
@@ -145,33 +127,16 @@ fn a_failing_module_goes_into_crash_loop_back_off_with_growing_delays() {
         Duration::from_secs(40),
         |c| {
             let p = c.pod("crasher");
-            field(&p, &["status", "containerStatuses", "0", "restartCount"]) == "1"
-                && field(
-                    &p,
-                    &[
-                        "status",
-                        "containerStatuses",
-                        "0",
-                        "state",
-                        "waiting",
-                        "message",
-                    ],
-                )
-                .starts_with("back-off 20s")
+            field(&p, "status.containerStatuses.0.restartCount") == "1"
+                && field(&p, "status.containerStatuses.0.state.waiting.message")
+                    .starts_with("back-off 20s")
         },
     );
     let p = c.pod("crasher");
     assert_eq!(
         field(
             &p,
-            &[
-                "status",
-                "containerStatuses",
-                "0",
-                "lastState",
-                "terminated",
-                "exitCode"
-            ]
+            "status.containerStatuses.0.lastState.terminated.exitCode"
         ),
         "3"
     );
@@ -201,7 +166,7 @@ fn a_failing_module_goes_into_crash_loop_back_off_with_growing_delays() {
 #[test]
 fn over_the_memory_limit_is_oom_killed_and_too_big_stays_pending_with_the_reason() {
     let c = Cluster::start(2);
-    let image = push_probe(&c);
+    let image = c.push_probe();
     let hog = probe_pod("hog", image, &["alloc", "64"], "  restartPolicy: Never\n").replace(
         "resources: {requests: {cpu: 10m, memory: 4Mi}}",
         "resources: {requests: {cpu: 10m, memory: 4Mi}, limits: {memory: 16Mi}}",
@@ -212,42 +177,22 @@ fn over_the_memory_limit_is_oom_killed_and_too_big_stays_pending_with_the_reason
         .shoal_stdin(&["apply", "-f", "-"], Some(&format!("{hog}---\n{huge}")))
         .ok();
     c.wait_for("the hog to fail", Duration::from_secs(60), |c| {
-        field(&c.pod("hog"), &["status", "phase"]) == "Failed"
+        field(&c.pod("hog"), "status.phase") == "Failed"
     });
     let hog = c.pod("hog");
     assert_eq!(
-        field(
-            &hog,
-            &[
-                "status",
-                "containerStatuses",
-                "0",
-                "state",
-                "terminated",
-                "reason"
-            ]
-        ),
+        field(&hog, "status.containerStatuses.0.state.terminated.reason"),
         "OOMKilled"
     );
     assert_eq!(
-        field(
-            &hog,
-            &[
-                "status",
-                "containerStatuses",
-                "0",
-                "state",
-                "terminated",
-                "exitCode"
-            ]
-        ),
+        field(&hog, "status.containerStatuses.0.state.terminated.exitCode"),
         "137"
     );
     c.wait_for("the reason huge is pending", Duration::from_secs(30), |c| {
-        field(&c.pod("huge"), &["status", "conditions", "0", "message"])
+        field(&c.pod("huge"), "status.conditions.0.message")
             == "0/2 nodes available: 2 insufficient memory"
     });
-    assert_eq!(field(&c.pod("huge"), &["status", "phase"]), "Pending");
+    assert_eq!(field(&c.pod("huge"), "status.phase"), "Pending");
     // The agents are unharmed: a new pod still runs.
     c.controller
         .shoal_stdin(
@@ -307,7 +252,7 @@ fn an_agent_with_a_token_for_another_cluster_is_refused() {
 #[test]
 fn configmap_secret_and_empty_dir_volumes_and_secret_env_reach_the_guest() {
     let c = Cluster::start(1);
-    let image = push_probe(&c);
+    let image = c.push_probe();
     let manifest = format!(
         r#"apiVersion: v1
 kind: ConfigMap
@@ -346,7 +291,7 @@ spec:
         .shoal_stdin(&["apply", "-f", "-"], Some(&manifest))
         .ok();
     c.wait_for("the pod to finish", Duration::from_secs(60), |c| {
-        field(&c.pod("vols"), &["status", "phase"]) == "Failed"
+        field(&c.pod("vols"), "status.phase") == "Failed"
     });
     let logs = c.shoal(&["logs", "vols"]).ok();
     assert!(
@@ -357,17 +302,7 @@ spec:
     );
     let pod = c.pod("vols");
     assert_eq!(
-        field(
-            &pod,
-            &[
-                "status",
-                "containerStatuses",
-                "0",
-                "state",
-                "terminated",
-                "exitCode"
-            ]
-        ),
+        field(&pod, "status.containerStatuses.0.state.terminated.exitCode"),
         "2",
         "the read-only volume refused the write"
     );
@@ -385,28 +320,8 @@ fn a_missing_artifact_leaves_the_pod_waiting_with_the_reason() {
     let waiting = |c: &Cluster| {
         let p = c.pod("ghost");
         (
-            field(
-                &p,
-                &[
-                    "status",
-                    "containerStatuses",
-                    "0",
-                    "state",
-                    "waiting",
-                    "reason",
-                ],
-            ),
-            field(
-                &p,
-                &[
-                    "status",
-                    "containerStatuses",
-                    "0",
-                    "state",
-                    "waiting",
-                    "message",
-                ],
-            ),
+            field(&p, "status.containerStatuses.0.state.waiting.reason"),
+            field(&p, "status.containerStatuses.0.state.waiting.message"),
         )
     };
     c.wait_for(
@@ -433,7 +348,7 @@ fn a_missing_artifact_leaves_the_pod_waiting_with_the_reason() {
         "the pod to run once the artifact exists",
         Duration::from_secs(60),
         |c| {
-            field(&c.pod("ghost"), &["status", "phase"]) == "Succeeded"
+            field(&c.pod("ghost"), "status.phase") == "Succeeded"
                 || c.shoal(&["logs", "ghost"]).stdout() == "x\n"
         },
     );
@@ -442,7 +357,7 @@ fn a_missing_artifact_leaves_the_pod_waiting_with_the_reason() {
 #[test]
 fn logs_follow_streams_new_output_as_it_is_written() {
     let c = Cluster::start(1);
-    let image = push_probe(&c);
+    let image = c.push_probe();
     let steps = [
         "print", "first", "sleep", "1500", "print", "second", "sleep", "600000",
     ];

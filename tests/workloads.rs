@@ -2,8 +2,8 @@
 
 mod kit;
 
-use kit::{wasm_fixture, Cluster};
-use shoal_transport::proto::{EventType, Request, Response};
+use kit::{Cluster, PodWatch};
+use shoal_transport::proto::EventType;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -58,8 +58,7 @@ fn web_pods(c: &Cluster) -> usize {
 #[test]
 fn a_replicaset_keeps_its_replicas_scales_replaces_and_takes_its_pods_along() {
     let c = Cluster::start(2);
-    let wasm = wasm_fixture("probe", "wasm32-wasip1");
-    c.shoal(&["push", wasm.to_str().unwrap(), "probe:1"]).ok();
+    c.push_probe();
 
     c.controller
         .shoal_stdin(&["apply", "-f", "-"], Some(&replicaset(4)))
@@ -154,8 +153,7 @@ fn per_node(c: &Cluster) -> Vec<usize> {
 #[test]
 fn a_deployment_spreads_scales_and_rolls_out_within_its_budgets() {
     let c = Cluster::start(3);
-    let wasm = wasm_fixture("probe", "wasm32-wasip1");
-    c.shoal(&["push", wasm.to_str().unwrap(), "probe:1"]).ok();
+    c.push_probe();
 
     c.controller
         .shoal_stdin(&["apply", "-f", "-"], Some(&deployment(6, "v1")))
@@ -184,36 +182,8 @@ fn a_deployment_spreads_scales_and_rolls_out_within_its_budgets() {
 
     // Roll out a new template and check every state the store went through, change by change:
     // never more than maxSurge (1) extra pods, never more than maxUnavailable (1) missing.
-    // A runtime of its own keeps the QUIC connection alive while the CLI runs in between.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let client = rt
-        .block_on(shoal_transport::Client::connect(
-            &c.controller.credentials(),
-        ))
-        .unwrap();
-    let list = Request::List {
-        kind: "Pod".into(),
-        namespace: Some("default".into()),
-        selector: "app=web".into(),
-        fields: String::new(),
-    };
-    let (items, revision) = match rt.block_on(client.call(&list)).unwrap() {
-        Response::List { items, revision } => (items, revision),
-        other => panic!("{other:?}"),
-    };
+    let (mut watch, items) = PodWatch::start(&c, "app=web");
     let mut pods: BTreeMap<String, bool> = items.iter().map(|b| state_of(b)).collect();
-    let watch = Request::Watch {
-        kind: "Pod".into(),
-        namespace: Some("default".into()),
-        selector: "app=web".into(),
-        fields: String::new(),
-        revision,
-    };
-    let mut stream = rt.block_on(client.stream(&watch)).unwrap();
     c.controller
         .shoal_stdin(&["apply", "-f", "-"], Some(&deployment(4, "v2")))
         .ok();
@@ -221,10 +191,8 @@ fn a_deployment_spreads_scales_and_rolls_out_within_its_budgets() {
     let done = |pods: &BTreeMap<String, bool>| pods.len() == 4 && pods.values().all(|r| *r);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let next = rt
-            .block_on(async { tokio::time::timeout(Duration::from_secs(1), stream.next()).await });
-        match next {
-            Ok(Ok(Some(Response::Event { type_, object, .. }))) => {
+        match watch.next(Duration::from_secs(1)) {
+            Some((type_, object)) => {
                 let (name, ready) = state_of(&object);
                 match type_ {
                     EventType::Deleted => pods.remove(&name),
@@ -244,9 +212,8 @@ fn a_deployment_spreads_scales_and_rolls_out_within_its_budgets() {
                     "change {changes}: {ready} ready (4 - maxUnavailable 1): {pods:?}"
                 );
             }
-            Ok(other) => panic!("the watch ended: {other:?}"),
             // Quiet for a second: every change so far was checked. Finished?
-            Err(_) => {
+            None => {
                 if changes > 0
                     && done(&pods)
                     && c.shoal(&["rollout", "status", "deploy/web", "--timeout", "0s"])
@@ -259,7 +226,7 @@ fn a_deployment_spreads_scales_and_rolls_out_within_its_budgets() {
                 assert!(
                     std::time::Instant::now() < deadline,
                     "the rollout stalled after {changes} changes: {pods:?}\n{}\n{}\n{}",
-                    c.shoal(&["get", "deploy,rs", "-o", "wide"]).stdout(),
+                    c.shoal(&["get", "rs", "-o", "wide"]).stdout(),
                     c.shoal(&["get", "deploy", "web", "-o", "yaml"]).stdout(),
                     c.controller.log()
                 );
@@ -316,8 +283,7 @@ fn outputs(c: &Cluster) -> Vec<String> {
 #[test]
 fn rollout_undo_returns_to_the_previous_template_and_pause_holds_edits_until_resume() {
     let c = Cluster::start(2);
-    let wasm = wasm_fixture("probe", "wasm32-wasip1");
-    c.shoal(&["push", wasm.to_str().unwrap(), "probe:1"]).ok();
+    c.push_probe();
     let settled = |c: &Cluster, message: &str| {
         c.shoal(&["rollout", "status", "deploy/web", "--timeout", "0s"])
             .0
@@ -402,8 +368,7 @@ fn placements(c: &Cluster, label: &str) -> Vec<String> {
 #[test]
 fn a_daemonset_follows_nodes_and_drain_moves_everything_else() {
     let c = Cluster::start(2);
-    let wasm = wasm_fixture("probe", "wasm32-wasip1");
-    c.shoal(&["push", wasm.to_str().unwrap(), "probe:1"]).ok();
+    c.push_probe();
     c.controller
         .shoal_stdin(
             &["apply", "-f", "-"],
@@ -492,38 +457,10 @@ spec:
 #[test]
 fn a_job_completes_exactly_its_completions_and_a_failing_one_stops_at_its_backoff_limit() {
     let c = Cluster::start(2);
-    let wasm = wasm_fixture("probe", "wasm32-wasip1");
-    c.shoal(&["push", wasm.to_str().unwrap(), "probe:1"]).ok();
+    c.push_probe();
 
     // Follow every pod change of the job to check it never runs more than `parallelism`.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let client = rt
-        .block_on(shoal_transport::Client::connect(
-            &c.controller.credentials(),
-        ))
-        .unwrap();
-    let list = Request::List {
-        kind: "Pod".into(),
-        namespace: Some("default".into()),
-        selector: String::new(),
-        fields: String::new(),
-    };
-    let Response::List { revision, .. } = rt.block_on(client.call(&list)).unwrap() else {
-        panic!()
-    };
-    let watch = Request::Watch {
-        kind: "Pod".into(),
-        namespace: Some("default".into()),
-        selector: "job-name=batch".into(),
-        fields: String::new(),
-        revision,
-    };
-    let mut stream = rt.block_on(client.stream(&watch)).unwrap();
-
+    let (mut watch, _) = PodWatch::start(&c, "job-name=batch");
     c.controller
         .shoal_stdin(
             &["apply", "-f", "-"],
@@ -542,9 +479,7 @@ fn a_job_completes_exactly_its_completions_and_a_failing_one_stops_at_its_backof
     assert_eq!(out, "job/batch condition met\n");
     let mut phases: BTreeMap<String, String> = BTreeMap::new();
     let mut most_active = 0;
-    while let Ok(Ok(Some(Response::Event { type_, object, .. }))) =
-        rt.block_on(async { tokio::time::timeout(Duration::from_millis(500), stream.next()).await })
-    {
+    while let Some((type_, object)) = watch.next(Duration::from_millis(500)) {
         let v: serde_json::Value = serde_json::from_slice(&object).unwrap();
         let name = v["metadata"]["name"].as_str().unwrap().to_string();
         match type_ {
@@ -673,8 +608,7 @@ fn pods_of_a_dead_node_are_replaced_after_their_toleration_and_its_return_leaves
             .count()
             == 2
     });
-    let wasm = wasm_fixture("probe", "wasm32-wasip1");
-    c.shoal(&["push", wasm.to_str().unwrap(), "probe:1"]).ok();
+    c.push_probe();
     c.controller
         .shoal_stdin(&["apply", "-f", "-"], Some(&deployment(4, "v1")))
         .ok();

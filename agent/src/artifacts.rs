@@ -153,6 +153,13 @@ impl ArtifactCache {
             }
         }
         file.sync_all().map_err(|e| Error::io(&partial, e))?;
+        if got > size {
+            // More than announced: what we hold cannot be resumed from; start over next time.
+            let _ = std::fs::remove_file(&partial);
+            return Err(err(format!(
+                "the controller sent {got} bytes for an artifact of {size}"
+            )));
+        }
         if got != size {
             return Err(err(format!(
                 "transfer ended after {got} of {size} bytes (it resumes from there)"

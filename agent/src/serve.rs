@@ -51,6 +51,10 @@ pub async fn serve(conn: quinn::Connection, supervisor: Supervisor) {
     }
 }
 
+async fn refuse(send: &mut quinn::SendStream, code: ErrorCode, message: String) {
+    let _ = frame::write(send, &Response::Error(WireError { code, message })).await;
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn logs(
     send: &mut quinn::SendStream,
@@ -65,40 +69,19 @@ async fn logs(
     let path = match supervisor.log_path(namespace, pod, container, previous) {
         Ok(p) => p,
         Err(message) => {
-            let _ = frame::write(
-                send,
-                &Response::Error(WireError {
-                    code: ErrorCode::NotFound,
-                    message,
-                }),
-            )
-            .await;
+            refuse(send, ErrorCode::NotFound, message).await;
             return;
         }
     };
     if previous && !path.exists() {
         let message = format!("previous terminated container of pod {pod:?} not found");
-        let _ = frame::write(
-            send,
-            &Response::Error(WireError {
-                code: ErrorCode::NotFound,
-                message,
-            }),
-        )
-        .await;
+        refuse(send, ErrorCode::NotFound, message).await;
         return;
     }
     let text = match shoal_runtime::logs::read(&path, tail.map(|t| t as usize)) {
         Ok(t) => t,
         Err(e) => {
-            let _ = frame::write(
-                send,
-                &Response::Error(WireError {
-                    code: ErrorCode::Internal,
-                    message: e.to_string(),
-                }),
-            )
-            .await;
+            refuse(send, ErrorCode::Internal, e.to_string()).await;
             return;
         }
     };

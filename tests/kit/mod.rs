@@ -436,3 +436,79 @@ pub fn rss_kib(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+impl Cluster {
+    /// Pushes the probe fixture (a WASI p1 module) to the controller as `probe:1`.
+    pub fn push_probe(&self) -> &'static str {
+        let wasm = wasm_fixture("probe", "wasm32-wasip1");
+        self.shoal(&["push", wasm.to_str().expect("utf-8 path"), "probe:1"])
+            .ok();
+        "probe:1"
+    }
+}
+
+/// Every change to the pods matching a selector from now on, for checks that must hold at each
+/// revision the store went through (not at a sample of them).
+pub struct PodWatch {
+    rt: tokio::runtime::Runtime,
+    stream: shoal_transport::ResponseStream,
+    _client: shoal_transport::Client,
+}
+
+impl PodWatch {
+    /// Lists the matching pods and watches from that list's revision; returns the list too.
+    pub fn start(c: &Cluster, selector: &str) -> (PodWatch, Vec<Vec<u8>>) {
+        use shoal_transport::proto::{Request, Response};
+        // A runtime of its own keeps the connection alive while the CLI runs in between.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let client = rt
+            .block_on(shoal_transport::Client::connect(
+                &c.controller.credentials(),
+            ))
+            .expect("connect");
+        let list = Request::List {
+            kind: "Pod".into(),
+            namespace: Some("default".into()),
+            selector: selector.into(),
+            fields: String::new(),
+        };
+        let (items, revision) = match rt.block_on(client.call(&list)).expect("list") {
+            Response::List { items, revision } => (items, revision),
+            other => panic!("{other:?}"),
+        };
+        let watch = Request::Watch {
+            kind: "Pod".into(),
+            namespace: Some("default".into()),
+            selector: selector.into(),
+            fields: String::new(),
+            revision,
+        };
+        let stream = rt.block_on(client.stream(&watch)).expect("watch");
+        (
+            PodWatch {
+                rt,
+                stream,
+                _client: client,
+            },
+            items,
+        )
+    }
+
+    /// The next change, `None` if there was none within `wait`; panics if the watch ends.
+    pub fn next(&mut self, wait: Duration) -> Option<(shoal_transport::proto::EventType, Vec<u8>)> {
+        use shoal_transport::proto::Response;
+        let stream = &mut self.stream;
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(wait, stream.next()).await })
+        {
+            Err(_) => None,
+            Ok(Ok(Some(Response::Event { type_, object, .. }))) => Some((type_, object)),
+            Ok(other) => panic!("the watch ended: {other:?}"),
+        }
+    }
+}

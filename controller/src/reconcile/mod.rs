@@ -78,6 +78,23 @@ async fn collect_garbage<T>(
     Ok(())
 }
 
+/// Deletes the named objects of one kind in one namespace.
+async fn delete_named(store: &Store, kind: Kind, ns: &str, names: &[String]) -> Result<()> {
+    for name in names {
+        tolerate(
+            store
+                .delete(ObjectKey::new(kind, Some(ns), name), None)
+                .await,
+        )?;
+    }
+    Ok(())
+}
+
+/// Writes an owner's new status, unless it changed meanwhile (the next pass recomputes it).
+async fn put_status(store: &Store, obj: Object, revision: u64) -> Result<()> {
+    tolerate(store.update_status(obj, Some(revision)).await)
+}
+
 /// A write that lost a race is fine: the next pass sees the new state.
 fn tolerate<T>(r: Result<T>) -> Result<()> {
     match r {
@@ -108,13 +125,7 @@ async fn jobs(store: &Store) -> Result<()> {
         for _ in 0..plan.create {
             tolerate(store.create(Object::Pod(job::new_pod(job))).await)?;
         }
-        for name in &plan.delete {
-            tolerate(
-                store
-                    .delete(ObjectKey::new(Kind::Pod, Some(ns), name), None)
-                    .await,
-            )?;
-        }
+        delete_named(store, Kind::Pod, ns, &plan.delete).await?;
         if let Some(status) = plan.status {
             if let Some(c) = status
                 .conditions
@@ -131,11 +142,7 @@ async fn jobs(store: &Store) -> Result<()> {
             }
             let mut next = job.clone();
             next.status = Some(status);
-            tolerate(
-                store
-                    .update_status(Object::Job(next), Some(job.metadata.revision()))
-                    .await,
-            )?;
+            put_status(store, Object::Job(next), job.metadata.revision()).await?;
         }
         if plan.delete_job {
             tracing::info!(job = %job.metadata.name, "deleting a finished job past its ttlSecondsAfterFinished");
@@ -169,21 +176,11 @@ async fn daemonsets(store: &Store) -> Result<()> {
                     .await,
             )?;
         }
-        for name in &plan.delete {
-            tolerate(
-                store
-                    .delete(ObjectKey::new(Kind::Pod, Some(ns), name), None)
-                    .await,
-            )?;
-        }
+        delete_named(store, Kind::Pod, ns, &plan.delete).await?;
         if let Some(status) = plan.status {
             let mut next = ds.clone();
             next.status = Some(status);
-            tolerate(
-                store
-                    .update_status(Object::DaemonSet(next), Some(ds.metadata.revision()))
-                    .await,
-            )?;
+            put_status(store, Object::DaemonSet(next), ds.metadata.revision()).await?;
         }
     }
     let owners: HashSet<&str> = sets.iter().map(|o| o.metadata.uid.as_str()).collect();
@@ -242,21 +239,11 @@ async fn deployments(store: &Store) -> Result<()> {
                 )?;
             }
         }
-        for name in &plan.delete {
-            tolerate(
-                store
-                    .delete(ObjectKey::new(Kind::ReplicaSet, Some(ns), name), None)
-                    .await,
-            )?;
-        }
+        delete_named(store, Kind::ReplicaSet, ns, &plan.delete).await?;
         if let Some(status) = plan.status {
             let mut next = d.clone();
             next.status = Some(status);
-            tolerate(
-                store
-                    .update_status(Object::Deployment(next), Some(d.metadata.revision()))
-                    .await,
-            )?;
+            put_status(store, Object::Deployment(next), d.metadata.revision()).await?;
         }
     }
     // Garbage: ReplicaSets whose controlling Deployment no longer exists.
@@ -336,11 +323,7 @@ async fn replicasets(store: &Store) -> Result<()> {
         if let Some(status) = plan.status {
             let mut next = rs.clone();
             next.status = Some(status);
-            tolerate(
-                store
-                    .update_status(Object::ReplicaSet(next), Some(rs.metadata.revision()))
-                    .await,
-            )?;
+            put_status(store, Object::ReplicaSet(next), rs.metadata.revision()).await?;
         }
     }
     // Garbage: pods whose controlling ReplicaSet no longer exists.
