@@ -2,6 +2,7 @@
 //! knows identities and permissions, and the QUIC server that exposes it.
 
 pub mod artifacts;
+pub mod batch;
 pub mod error;
 pub mod events;
 pub mod node_lifecycle;

@@ -7,7 +7,7 @@
 //! Scoring: fewest pods of the same owner first (spread), then least allocated.
 
 use shoal_api::{Node, Pod, Quantity, Taint, Toleration};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// The runtime a pod needs: `wasm`, or `runc` when unset.
 pub fn runtime_of(pod: &Pod) -> &str {
@@ -111,138 +111,206 @@ fn holds_resources(p: &Pod) -> bool {
     !matches!(phase, Some("Succeeded") | Some("Failed"))
 }
 
-fn fit(pod: &Pod, node: &Node, on_node: &[&Pod]) -> Result<(), Misfit> {
-    if !node_ready(node) {
-        return Err(Misfit::NotReady);
-    }
-    if node.spec.unschedulable {
-        return Err(Misfit::Unschedulable);
-    }
-    let runtime = runtime_of(pod);
-    let runtimes = node
-        .status
-        .as_ref()
-        .map(|s| s.runtime_handlers.as_slice())
-        .unwrap_or(&[]);
-    if !runtimes.iter().any(|h| h.name == runtime) {
-        return Err(Misfit::Runtime(runtime.to_string()));
-    }
-    if pod
-        .spec
-        .node_selector
-        .iter()
-        .any(|(k, v)| node.metadata.labels.get(k) != Some(v))
-    {
-        return Err(Misfit::Selector);
-    }
-    for taint in &node.spec.taints {
-        if matches!(taint.effect.as_str(), "NoSchedule" | "NoExecute")
-            && !tolerates(&pod.spec.tolerations, taint)
-        {
-            let value = taint
-                .value
-                .as_deref()
-                .map(|v| format!(": {v}"))
-                .unwrap_or_default();
-            return Err(Misfit::Taint(format!("{}{value}", taint.key)));
+fn owner_uid(pod: &Pod) -> Option<&str> {
+    pod.metadata.controller_owner().map(|o| o.uid.as_str())
+}
+
+/// One node as a scheduling pass sees it: what it offers, and the sums of what its pods
+/// already hold. Kept up to date as the pass binds pods, so a decision costs O(nodes), not
+/// O(pods).
+struct NodeInfo<'a> {
+    node: &'a Node,
+    ready: bool,
+    cpu: Option<i128>,
+    memory: Option<i128>,
+    max_pods: Option<i128>,
+    used_cpu: i128,
+    used_memory: i128,
+    pods: usize,
+    ports: HashSet<(i32, String)>,
+    /// Pods per controlling owner uid, for spreading replicas.
+    by_owner: HashMap<String, usize>,
+}
+
+impl<'a> NodeInfo<'a> {
+    fn new(node: &'a Node) -> Self {
+        NodeInfo {
+            node,
+            ready: node_ready(node),
+            cpu: allocatable(node, "cpu"),
+            memory: allocatable(node, "memory"),
+            max_pods: allocatable(node, "pods"),
+            used_cpu: 0,
+            used_memory: 0,
+            pods: 0,
+            ports: HashSet::new(),
+            by_owner: HashMap::new(),
         }
     }
-    let (cpu, mem) = requests(pod);
-    let (used_cpu, used_mem) = on_node
-        .iter()
-        .map(|p| requests(p))
-        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-    if allocatable(node, "cpu").is_some_and(|a| used_cpu + cpu > a) {
-        return Err(Misfit::InsufficientCpu);
-    }
-    if allocatable(node, "memory").is_some_and(|a| used_mem + mem > a) {
-        return Err(Misfit::InsufficientMemory);
-    }
-    if allocatable(node, "pods").is_some_and(|a| on_node.len() as i128 + 1 > a) {
-        return Err(Misfit::TooManyPods);
-    }
-    let taken: Vec<(i32, String)> = on_node.iter().flat_map(|p| host_ports(p)).collect();
-    if host_ports(pod).any(|hp| taken.contains(&hp)) {
-        return Err(Misfit::Ports);
-    }
-    Ok(())
-}
 
-/// Higher is better: fewer pods of the same owner, then more room left.
-fn score(pod: &Pod, node: &Node, on_node: &[&Pod]) -> (i64, i64) {
-    let owner = pod.metadata.controller_owner().map(|o| o.uid.as_str());
-    let siblings = match owner {
-        Some(uid) => on_node
+    fn add(&mut self, pod: &Pod) {
+        let (cpu, mem) = requests(pod);
+        self.used_cpu += cpu;
+        self.used_memory += mem;
+        self.pods += 1;
+        self.ports.extend(host_ports(pod));
+        if let Some(uid) = owner_uid(pod) {
+            *self.by_owner.entry(uid.to_string()).or_default() += 1;
+        }
+    }
+
+    fn fit(&self, pod: &Pod, (cpu, mem): (i128, i128)) -> Result<(), Misfit> {
+        let node = self.node;
+        if !self.ready {
+            return Err(Misfit::NotReady);
+        }
+        if node.spec.unschedulable {
+            return Err(Misfit::Unschedulable);
+        }
+        let runtime = runtime_of(pod);
+        let runtimes = node
+            .status
+            .as_ref()
+            .map(|s| s.runtime_handlers.as_slice())
+            .unwrap_or(&[]);
+        if !runtimes.iter().any(|h| h.name == runtime) {
+            return Err(Misfit::Runtime(runtime.to_string()));
+        }
+        if pod
+            .spec
+            .node_selector
             .iter()
-            .filter(|p| p.metadata.controller_owner().map(|o| o.uid.as_str()) == Some(uid))
-            .count() as i64,
-        None => 0,
-    };
-    let (cpu, mem) = requests(pod);
-    let (used_cpu, used_mem) = on_node
-        .iter()
-        .map(|p| requests(p))
-        .fold((cpu, mem), |a, b| (a.0 + b.0, a.1 + b.1));
-    let free = |used: i128, resource: &str| match allocatable(node, resource) {
-        Some(a) if a > 0 => ((a - used).max(0) * 1000 / a) as i64,
-        _ => 1000,
-    };
-    // Bare pods have no owner to spread: count all pods instead, so they spread too.
-    let spread = if owner.is_some() {
-        siblings
-    } else {
-        on_node.len() as i64
-    };
-    (-spread, free(used_cpu, "cpu") + free(used_mem, "memory"))
-}
-
-/// Picks a node for `pod`, or explains why none fits:
-/// `0/3 nodes available: 2 insufficient memory, 1 node(s) didn't match node selector`.
-pub fn schedule(pod: &Pod, nodes: &[Node], pods: &[Pod]) -> Result<String, String> {
-    let mut by_node: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
-    for p in pods.iter().filter(|p| holds_resources(p)) {
-        if let Some(n) = p.spec.node_name.as_deref() {
-            if p.metadata.uid != pod.metadata.uid {
-                by_node.entry(n).or_default().push(p);
+            .any(|(k, v)| node.metadata.labels.get(k) != Some(v))
+        {
+            return Err(Misfit::Selector);
+        }
+        for taint in &node.spec.taints {
+            if matches!(taint.effect.as_str(), "NoSchedule" | "NoExecute")
+                && !tolerates(&pod.spec.tolerations, taint)
+            {
+                let value = taint
+                    .value
+                    .as_deref()
+                    .map(|v| format!(": {v}"))
+                    .unwrap_or_default();
+                return Err(Misfit::Taint(format!("{}{value}", taint.key)));
             }
         }
+        if self.cpu.is_some_and(|a| self.used_cpu + cpu > a) {
+            return Err(Misfit::InsufficientCpu);
+        }
+        if self.memory.is_some_and(|a| self.used_memory + mem > a) {
+            return Err(Misfit::InsufficientMemory);
+        }
+        if self.max_pods.is_some_and(|a| self.pods as i128 + 1 > a) {
+            return Err(Misfit::TooManyPods);
+        }
+        if host_ports(pod).any(|hp| self.ports.contains(&hp)) {
+            return Err(Misfit::Ports);
+        }
+        Ok(())
     }
-    let mut misfits: BTreeMap<Misfit, usize> = BTreeMap::new();
-    let mut best: Option<((i64, i64), &str)> = None;
-    for node in nodes {
-        let name = node.metadata.name.as_str();
-        let on_node = by_node.get(name).map(Vec::as_slice).unwrap_or(&[]);
-        match fit(pod, node, on_node) {
-            Err(m) => *misfits.entry(m).or_default() += 1,
-            Ok(()) => {
-                let s = score(pod, node, on_node);
-                // Ties go to the first name, so the choice is deterministic.
-                if best.is_none_or(|(b, bn)| s > b || (s == b && name < bn)) {
-                    best = Some((s, name));
+
+    /// Higher is better: fewer pods of the same owner, then more room left.
+    fn score(&self, owner: Option<&str>, (cpu, mem): (i128, i128)) -> (i64, i64) {
+        let free = |used: i128, allocatable: Option<i128>| match allocatable {
+            Some(a) if a > 0 => ((a - used).max(0) * 1000 / a) as i64,
+            _ => 1000,
+        };
+        // Bare pods have no owner to spread: count all pods instead, so they spread too.
+        let spread = match owner {
+            Some(uid) => self.by_owner.get(uid).copied().unwrap_or(0),
+            None => self.pods,
+        } as i64;
+        (
+            -spread,
+            free(self.used_cpu + cpu, self.cpu) + free(self.used_memory + mem, self.memory),
+        )
+    }
+}
+
+/// The cluster as one scheduling pass sees it. Built once from the nodes and the bound pods;
+/// [`Snapshot::assume`] records each binding the pass makes, so the next decision sees it
+/// without rereading the store (the kube-scheduler's "assumed pod").
+pub struct Snapshot<'a> {
+    nodes: Vec<NodeInfo<'a>>,
+    index: HashMap<&'a str, usize>,
+}
+
+impl<'a> Snapshot<'a> {
+    pub fn new(nodes: &'a [Node], pods: &[Pod]) -> Self {
+        let mut snapshot = Snapshot {
+            nodes: nodes.iter().map(NodeInfo::new).collect(),
+            index: nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.metadata.name.as_str(), i))
+                .collect(),
+        };
+        for p in pods.iter().filter(|p| holds_resources(p)) {
+            if let Some(n) = p.spec.node_name.as_deref() {
+                snapshot.assume(p, n);
+            }
+        }
+        snapshot
+    }
+
+    /// Counts `pod` as running on `node` from now on.
+    pub fn assume(&mut self, pod: &Pod, node: &str) {
+        if let Some(&i) = self.index.get(node) {
+            self.nodes[i].add(pod);
+        }
+    }
+
+    /// Picks a node for `pod`, or explains why none fits:
+    /// `0/3 nodes available: 2 insufficient memory, 1 node(s) didn't match node selector`.
+    pub fn schedule(&self, pod: &Pod) -> Result<String, String> {
+        let wants = requests(pod);
+        let owner = owner_uid(pod);
+        let mut misfits: BTreeMap<Misfit, usize> = BTreeMap::new();
+        let mut best: Option<((i64, i64), &str)> = None;
+        for info in &self.nodes {
+            let name = info.node.metadata.name.as_str();
+            match info.fit(pod, wants) {
+                Err(m) => *misfits.entry(m).or_default() += 1,
+                Ok(()) => {
+                    let s = info.score(owner, wants);
+                    // Ties go to the first name, so the choice is deterministic.
+                    if best.is_none_or(|(b, bn)| s > b || (s == b && name < bn)) {
+                        best = Some((s, name));
+                    }
                 }
             }
         }
-    }
-    match best {
-        Some((_, name)) => Ok(name.to_string()),
-        None => {
-            let mut parts: Vec<(usize, String)> = misfits
-                .into_iter()
-                .map(|(m, n)| (n, m.describe()))
-                .collect();
-            parts.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-            let reasons: Vec<String> = parts.into_iter().map(|(n, d)| format!("{n} {d}")).collect();
-            if nodes.is_empty() {
-                Err("0/0 nodes available: no nodes have joined the cluster".into())
-            } else {
-                Err(format!(
-                    "0/{} nodes available: {}",
-                    nodes.len(),
-                    reasons.join(", ")
-                ))
-            }
+        if let Some((_, name)) = best {
+            return Ok(name.to_string());
         }
+        if self.nodes.is_empty() {
+            return Err("0/0 nodes available: no nodes have joined the cluster".into());
+        }
+        let mut parts: Vec<(usize, String)> = misfits
+            .into_iter()
+            .map(|(m, n)| (n, m.describe()))
+            .collect();
+        parts.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let reasons: Vec<String> = parts.into_iter().map(|(n, d)| format!("{n} {d}")).collect();
+        Err(format!(
+            "0/{} nodes available: {}",
+            self.nodes.len(),
+            reasons.join(", ")
+        ))
     }
+}
+
+/// One decision on its own: [`Snapshot::schedule`] over `nodes` and the pods bound to them
+/// (other than `pod` itself).
+pub fn schedule(pod: &Pod, nodes: &[Node], pods: &[Pod]) -> Result<String, String> {
+    let others: Vec<Pod> = pods
+        .iter()
+        .filter(|p| p.metadata.uid != pod.metadata.uid)
+        .cloned()
+        .collect();
+    Snapshot::new(nodes, &others).schedule(pod)
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
 //! The scheduler's I/O shell: wakes on pod and node changes (and every second, so nothing
-//! missed stays missed), runs [`crate::scheduler::schedule`] for every pending pod, and writes
+//! missed stays missed), runs [`crate::scheduler::Snapshot::schedule`] for every pending pod, and writes
 //! the binding or the reason it stays Pending.
 
+use crate::batch::slow_start;
 use crate::error::{Error, Result};
-use crate::scheduler::schedule;
+use crate::scheduler::Snapshot;
 use crate::store::Store;
 use crate::wake::{typed, Waker};
 use shoal_api::{Condition, Kind, Node, Object, Pod, PodStatus};
@@ -43,58 +44,31 @@ fn scheduled_condition(ok: bool, message: Option<String>) -> Condition {
     }
 }
 
-/// One scheduling pass over every pending pod, oldest first.
+/// What a pass decided for one pending pod.
+enum Decision {
+    Bind(Pod, String),
+    Unschedulable(Pod, String),
+}
+
+/// One scheduling pass over every pending pod, oldest first. Decisions are made one after
+/// another against a [`Snapshot`] that counts each binding as it is made; the writes then go
+/// to the store together, so group commit carries them in a few transactions.
 pub async fn pass(store: &Store) -> Result<usize> {
     let nodes: Vec<Node> = typed(store.list(Kind::Node, None)?.0);
-    let mut pods: Vec<Pod> = typed(store.list(Kind::Pod, None)?.0);
-    let mut queue: Vec<usize> = (0..pods.len()).filter(|&i| pending(&pods[i])).collect();
-    queue.sort_by(|&a, &b| {
-        pods[a]
-            .metadata
+    let pods: Vec<Pod> = typed(store.list(Kind::Pod, None)?.0);
+    let mut snapshot = Snapshot::new(&nodes, &pods);
+    let mut queue: Vec<&Pod> = pods.iter().filter(|p| pending(p)).collect();
+    queue.sort_by(|a, b| {
+        a.metadata
             .creation_timestamp
-            .cmp(&pods[b].metadata.creation_timestamp)
+            .cmp(&b.metadata.creation_timestamp)
     });
-    let mut bound = 0;
-    for i in queue {
-        let pod = pods[i].clone();
-        let revision = pod.metadata.revision();
-        match schedule(&pod, &nodes, &pods) {
+    let mut decisions = Vec::new();
+    for pod in queue {
+        match snapshot.schedule(pod) {
             Ok(node) => {
-                let mut next = pod.clone();
-                next.spec.node_name = Some(node.clone());
-                let mut status = next.status.take().unwrap_or_default();
-                status.phase = Some("Pending".into());
-                status.conditions.retain(|c| c.type_ != "PodScheduled");
-                status.conditions.push(scheduled_condition(true, None));
-                next.status = Some(status);
-                match store
-                    .update(Object::Pod(next.clone()), Some(revision))
-                    .await
-                {
-                    Ok(_) => {
-                        let about = crate::events::reference(&Object::Pod(pod.clone()));
-                        let message = format!(
-                            "Successfully assigned {}/{} to {node}",
-                            pod.metadata.namespace_or_default(),
-                            pod.metadata.name
-                        );
-                        crate::events::record(
-                            store,
-                            &about,
-                            "Normal",
-                            "Scheduled",
-                            &message,
-                            "shoal-scheduler",
-                        )
-                        .await;
-                        tracing::info!(pod = %pod.metadata.name, namespace = %pod.metadata.namespace_or_default(), %node, "scheduled");
-                        pods[i] = next;
-                        bound += 1;
-                    }
-                    // Changed or gone meanwhile: the next pass sees it as it is now.
-                    Err(Error::Conflict(_)) | Err(Error::NotFound(_)) => {}
-                    Err(e) => return Err(e),
-                }
+                snapshot.assume(pod, &node);
+                decisions.push(Decision::Bind(pod.clone(), node));
             }
             Err(reason) => {
                 let already = pod.status.as_ref().is_some_and(|s| {
@@ -103,30 +77,82 @@ pub async fn pass(store: &Store) -> Result<usize> {
                     })
                 });
                 if !already {
-                    tracing::info!(pod = %pod.metadata.name, %reason, "unschedulable");
-                    let about = crate::events::reference(&Object::Pod(pod.clone()));
-                    crate::events::record(
-                        store,
-                        &about,
-                        "Warning",
-                        "FailedScheduling",
-                        &reason,
-                        "shoal-scheduler",
-                    )
-                    .await;
-                    let mut next = pod.clone();
-                    next.status = Some(PodStatus {
-                        phase: Some("Pending".into()),
-                        conditions: vec![scheduled_condition(false, Some(reason))],
-                        ..Default::default()
-                    });
-                    match store.update_status(Object::Pod(next), Some(revision)).await {
-                        Ok(_) | Err(Error::Conflict(_)) | Err(Error::NotFound(_)) => {}
-                        Err(e) => return Err(e),
-                    }
+                    decisions.push(Decision::Unschedulable(pod.clone(), reason));
                 }
             }
         }
     }
-    Ok(bound)
+    let binds = decisions
+        .iter()
+        .filter(|d| matches!(d, Decision::Bind(..)))
+        .count();
+    slow_start(decisions, |d| write(store, d)).await?;
+    Ok(binds)
+}
+
+async fn write(store: &Store, decision: Decision) -> Result<()> {
+    match decision {
+        Decision::Bind(pod, node) => bind(store, pod, node).await,
+        Decision::Unschedulable(pod, reason) => unschedulable(store, pod, reason).await,
+    }
+}
+
+async fn bind(store: &Store, pod: Pod, node: String) -> Result<()> {
+    let revision = pod.metadata.revision();
+    let mut next = pod.clone();
+    next.spec.node_name = Some(node.clone());
+    let mut status = next.status.take().unwrap_or_default();
+    status.phase = Some("Pending".into());
+    status.conditions.retain(|c| c.type_ != "PodScheduled");
+    status.conditions.push(scheduled_condition(true, None));
+    next.status = Some(status);
+    match store.update(Object::Pod(next), Some(revision)).await {
+        Ok(_) => {
+            let about = crate::events::reference(&Object::Pod(pod.clone()));
+            let message = format!(
+                "Successfully assigned {}/{} to {node}",
+                pod.metadata.namespace_or_default(),
+                pod.metadata.name
+            );
+            crate::events::record(
+                store,
+                &about,
+                "Normal",
+                "Scheduled",
+                &message,
+                "shoal-scheduler",
+            )
+            .await;
+            tracing::debug!(pod = %pod.metadata.name, namespace = %pod.metadata.namespace_or_default(), %node, "scheduled");
+            Ok(())
+        }
+        // Changed or gone meanwhile: the next pass sees it as it is now.
+        Err(Error::Conflict(_)) | Err(Error::NotFound(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+async fn unschedulable(store: &Store, pod: Pod, reason: String) -> Result<()> {
+    tracing::info!(pod = %pod.metadata.name, %reason, "unschedulable");
+    let about = crate::events::reference(&Object::Pod(pod.clone()));
+    crate::events::record(
+        store,
+        &about,
+        "Warning",
+        "FailedScheduling",
+        &reason,
+        "shoal-scheduler",
+    )
+    .await;
+    let revision = pod.metadata.revision();
+    let mut next = pod;
+    next.status = Some(PodStatus {
+        phase: Some("Pending".into()),
+        conditions: vec![scheduled_condition(false, Some(reason))],
+        ..Default::default()
+    });
+    match store.update_status(Object::Pod(next), Some(revision)).await {
+        Ok(_) | Err(Error::Conflict(_)) | Err(Error::NotFound(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
