@@ -243,6 +243,7 @@ fn main() {
                 kind: "Pod".into(),
                 namespace: Some("default".into()),
                 selector: "bench=wasm".into(),
+                propagation: Default::default(),
             })
             .await
             .expect("delete");

@@ -462,6 +462,7 @@ async fn a_watch_resumed_from_its_last_revision_sees_every_change_exactly_once()
                 kind: "ConfigMap".into(),
                 namespace: Some("default".into()),
                 name: format!("cm-{round}-0"),
+                propagation: Default::default(),
             })
             .await
             .unwrap();

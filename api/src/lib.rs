@@ -19,7 +19,7 @@ pub use error::{Error, FieldError, Result};
 pub use intstr::IntOrString;
 pub use kind::Kind;
 pub use manifest::{parse_manifests, Parsed};
-pub use meta::{ObjectMeta, OwnerReference};
+pub use meta::{ObjectMeta, OwnerReference, PropagationPolicy, FOREGROUND_DELETION};
 pub use object::Object;
 pub use objects::*;
 pub use quantity::Quantity;

@@ -68,3 +68,37 @@ impl ObjectMeta {
             .find(|o| o.controller == Some(true))
     }
 }
+
+/// What deleting an owner does to its dependents (the objects whose `ownerReferences` name it),
+/// as Kubernetes' `propagationPolicy`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PropagationPolicy {
+    /// The owner goes now; the garbage collector deletes its dependents after.
+    #[default]
+    Background,
+    /// The owner stays, marked with a deletionTimestamp and the `foregroundDeletion`
+    /// finalizer, until the garbage collector has deleted every dependent; then it goes.
+    Foreground,
+    /// The owner goes; its dependents stay, with their reference to it removed.
+    Orphan,
+}
+
+/// The finalizer that holds an owner while its dependents are deleted (foreground cascade).
+pub const FOREGROUND_DELETION: &str = "foregroundDeletion";
+
+impl std::str::FromStr for PropagationPolicy {
+    type Err = String;
+
+    /// `background`, `foreground` or `orphan`; also kubectl's older `true` (background) and
+    /// `false` (orphan).
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "background" | "true" => Ok(PropagationPolicy::Background),
+            "foreground" => Ok(PropagationPolicy::Foreground),
+            "orphan" | "false" => Ok(PropagationPolicy::Orphan),
+            _ => Err(format!(
+                "unknown cascade {s:?}: expected background, foreground or orphan"
+            )),
+        }
+    }
+}

@@ -7,7 +7,7 @@ use crate::store::{Change, ChangeType, ObjectKey, Op, Store, Watch};
 use base64::Engine as _;
 use shoal_api::validate::validate;
 use shoal_api::Pod;
-use shoal_api::{Kind, Namespace, Object, ObjectMeta, Secret, Selector};
+use shoal_api::{Kind, Namespace, Object, ObjectMeta, PropagationPolicy, Secret, Selector};
 use shoal_transport::pki::JoinToken;
 use shoal_transport::proto::{
     ApplyOutcome, ApplyResult, ErrorCode, EventType, Request, Response, WireError,
@@ -294,9 +294,10 @@ impl Service {
                 kind,
                 namespace,
                 name,
+                propagation,
             } => {
                 let key = ObjectKey::new(parse_kind(&kind)?, namespace.as_deref(), &name);
-                let changes = self.delete(&key).await?;
+                let changes = self.delete(&key, propagation).await?;
                 one(Response::Deleted(
                     changes
                         .iter()
@@ -309,6 +310,7 @@ impl Service {
                 kind,
                 namespace,
                 selector,
+                propagation,
             } => {
                 let kind = parse_kind(&kind)?;
                 let selector = parse_selector(&selector)?;
@@ -318,7 +320,7 @@ impl Service {
                     .iter()
                     .filter(|o| selector.matches(&o.metadata().labels))
                 {
-                    match self.delete(&ObjectKey::of(obj)).await {
+                    match self.delete(&ObjectKey::of(obj), propagation).await {
                         Ok(_) => deleted.push(obj.reference()),
                         Err(Error::NotFound(_)) => {}
                         Err(e) => return Err(e.into()),
@@ -469,6 +471,7 @@ impl Service {
                 Some(stored) => {
                     let mut next: shoal_api::Node = obj.clone().into_typed()?;
                     let stored_node: shoal_api::Node = stored.clone().into_typed()?;
+                    keep_transition_times(&mut next, &stored_node);
                     next.spec = stored_node.spec;
                     next.metadata
                         .annotations
@@ -513,7 +516,7 @@ impl Service {
         Ok(Response::Ok)
     }
 
-    async fn delete(&self, key: &ObjectKey) -> Result<Vec<Change>> {
+    async fn delete(&self, key: &ObjectKey, policy: PropagationPolicy) -> Result<Vec<Change>> {
         if key.kind == Kind::Namespace {
             if key.name == "default" || key.name == SYSTEM_NAMESPACE {
                 return Err(Error::Forbidden(format!(
@@ -532,12 +535,15 @@ impl Service {
                     c
                 })
         } else {
-            self.store
-                .write(vec![Op::Delete {
+            let changes = self
+                .store
+                .write(vec![Op::DeleteWith {
                     key: key.clone(),
-                    expected: None,
+                    policy,
                 }])
-                .await
+                .await?;
+            // Orphaning also rewrites the dependents; the deleted owner is the last change.
+            Ok(changes.into_iter().rev().take(1).collect())
         }
     }
 
@@ -726,6 +732,24 @@ impl WatchStream {
     }
 }
 
+/// A heartbeat restates each condition; one whose status did not change keeps the time it
+/// last changed, so lastTransitionTime means what it says (and a heartbeat alone changes
+/// nothing the controller's loops act on).
+fn keep_transition_times(next: &mut shoal_api::Node, stored: &shoal_api::Node) {
+    let (Some(status), Some(before)) = (next.status.as_mut(), stored.status.as_ref()) else {
+        return;
+    };
+    for c in &mut status.conditions {
+        if let Some(old) = before
+            .conditions
+            .iter()
+            .find(|o| o.type_ == c.type_ && o.status == c.status)
+        {
+            c.last_transition_time = old.last_transition_time.clone();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -869,6 +893,7 @@ mod tests {
                     kind: "Pod".into(),
                     namespace: None,
                     name: "theirs".into(),
+                    propagation: Default::default(),
                 },
                 Some(ErrorCode::Forbidden),
             ),

@@ -3,9 +3,14 @@
 use crate::client::{call, connect, read_manifests};
 use crate::ClientArgs;
 use anyhow::{bail, Result};
-use shoal_api::Kind;
+use shoal_api::{Kind, PropagationPolicy};
 use shoal_transport::proto::{Request, Response};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+fn parse_cascade(s: &str) -> std::result::Result<PropagationPolicy, String> {
+    s.parse()
+}
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -21,6 +26,13 @@ pub struct Args {
     /// Do not fail when an object does not exist.
     #[arg(long)]
     ignore_not_found: bool,
+    /// What becomes of what the object owns: `background` (deleted after it), `foreground`
+    /// (deleted before it; waits until everything is gone) or `orphan` (left running).
+    #[arg(long, default_value = "background", value_parser = parse_cascade)]
+    cascade: PropagationPolicy,
+    /// With `--cascade=foreground`, how long to wait for everything to be gone.
+    #[arg(long, default_value = "60s", value_parser = crate::cmd::rollout::parse_duration)]
+    timeout: Duration,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -67,11 +79,14 @@ pub async fn run(args: Args) -> Result<()> {
     // Namespaces last: deleting one takes its contents along at once.
     targets.sort_by_key(|t| t.0 == Kind::Namespace);
     let client = connect(&args.client).await?;
+    // What was deleted, as (kind, namespace, reference): foreground waits for these to go.
+    let mut gone: Vec<(Kind, Option<String>, String)> = Vec::new();
     if let Some((kind, selector)) = selected {
         let req = Request::DeleteSelected {
             kind: kind.name().into(),
             namespace: Some(args.namespace.clone()),
             selector,
+            propagation: args.cascade,
         };
         if let Response::Deleted(refs) = call(&client, &req).await? {
             if refs.is_empty() {
@@ -79,6 +94,7 @@ pub async fn run(args: Args) -> Result<()> {
             }
             for r in refs {
                 println!("{} deleted", quoted(&r));
+                gone.push((kind, Some(args.namespace.clone()), r));
             }
         }
     }
@@ -86,13 +102,15 @@ pub async fn run(args: Args) -> Result<()> {
     for (kind, namespace, name) in targets {
         let req = Request::Delete {
             kind: kind.name().into(),
-            namespace,
+            namespace: namespace.clone(),
             name: name.clone(),
+            propagation: args.cascade,
         };
         match call(&client, &req).await {
             Ok(Response::Deleted(refs)) => {
                 for r in refs {
                     println!("{} deleted", quoted(&r));
+                    gone.push((kind, namespace.clone(), r));
                 }
             }
             Ok(other) => bail!("unexpected answer: {other:?}"),
@@ -100,6 +118,32 @@ pub async fn run(args: Args) -> Result<()> {
             Err(e) => {
                 eprintln!("{e}");
                 failed = true;
+            }
+        }
+    }
+    if args.cascade == PropagationPolicy::Foreground {
+        let deadline = Instant::now() + args.timeout;
+        for (kind, namespace, reference) in gone {
+            let name = reference
+                .rsplit('/')
+                .next()
+                .unwrap_or(&reference)
+                .to_string();
+            let req = Request::Get {
+                kind: kind.name().into(),
+                namespace,
+                name,
+            };
+            loop {
+                match call(&client, &req).await {
+                    Err(e) if e.to_string().contains("(NotFound)") => break,
+                    Err(e) => return Err(e),
+                    Ok(_) if Instant::now() >= deadline => bail!(
+                        "timed out after {:?} waiting for {reference} and what it owns to be deleted",
+                        args.timeout
+                    ),
+                    Ok(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+                }
             }
         }
     }

@@ -76,6 +76,7 @@ pub async fn run(args: Args) -> Result<()> {
                 kind: "Pod".into(),
                 namespace: Some(ns.clone()),
                 name: p.metadata.name.clone(),
+                propagation: Default::default(),
             },
         )
         .await?;

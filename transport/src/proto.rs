@@ -34,11 +34,13 @@ pub enum Request {
         kind: String,
         namespace: Option<String>,
         name: String,
+        propagation: shoal_api::PropagationPolicy,
     },
     DeleteSelected {
         kind: String,
         namespace: Option<String>,
         selector: String,
+        propagation: shoal_api::PropagationPolicy,
     },
     /// A new join token for agents.
     CreateToken {

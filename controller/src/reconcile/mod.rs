@@ -8,9 +8,10 @@ pub mod deployment;
 pub mod job;
 pub mod replicaset;
 
+use crate::batch::slow_start;
 use crate::error::{Error, Result};
 use crate::events;
-use crate::store::{ObjectKey, Store};
+use crate::store::{ObjectKey, Op, Store};
 use crate::wake::{typed, Waker};
 use shoal_api::{DaemonSet, Deployment, Job, Kind, Node, Object, Pod, ReplicaSet};
 use std::collections::HashSet;
@@ -18,6 +19,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 const RESYNC: Duration = Duration::from_secs(5);
+
+/// How often Events past their time to live are deleted.
+const EXPIRE_EVENTS: Duration = Duration::from_secs(60);
 
 const WATCHED: &[Kind] = &[
     Kind::Deployment,
@@ -30,9 +34,16 @@ const WATCHED: &[Kind] = &[
 
 pub async fn run(store: Store, shutdown: CancellationToken) {
     let mut waker = Waker::new(store.clone(), WATCHED, RESYNC);
+    let mut expired = std::time::Instant::now();
     while waker.wait(&shutdown).await {
         if let Err(e) = pass(&store).await {
             tracing::warn!(error = %e, "reconcile pass failed");
+        }
+        if expired.elapsed() >= EXPIRE_EVENTS {
+            expired = std::time::Instant::now();
+            if let Err(e) = events::expire(&store, chrono::Utc::now()).await {
+                tracing::warn!(error = %e, "expiring events failed");
+            }
         }
     }
 }
@@ -59,34 +70,41 @@ async fn collect_garbage<T>(
     owners: &HashSet<&str>,
     meta: impl Fn(&T) -> &shoal_api::ObjectMeta,
 ) -> Result<()> {
-    for o in objects {
-        let m = meta(o);
-        if let Some(c) = m.controller_owner() {
-            if c.kind == owner_kind && !owners.contains(c.uid.as_str()) {
-                tracing::info!(kind = %kind, name = %m.name, owner = %c.name, "deleting what a deleted {owner_kind} owned");
-                tolerate(
-                    store
-                        .delete(
-                            ObjectKey::new(kind, Some(m.namespace_or_default()), &m.name),
-                            None,
-                        )
-                        .await,
-                )?;
-            }
-        }
+    let orphans: Vec<&shoal_api::ObjectMeta> = objects
+        .iter()
+        .map(&meta)
+        .filter(|m| {
+            m.controller_owner()
+                .is_some_and(|c| c.kind == owner_kind && !owners.contains(c.uid.as_str()))
+        })
+        .collect();
+    if !orphans.is_empty() {
+        tracing::info!(kind = %kind, count = orphans.len(), "deleting what a deleted {owner_kind} owned");
     }
+    slow_start(orphans, |m| async move {
+        tolerate(
+            store
+                .delete(
+                    ObjectKey::new(kind, Some(m.namespace_or_default()), &m.name),
+                    None,
+                )
+                .await,
+        )
+    })
+    .await?;
     Ok(())
 }
 
 /// Deletes the named objects of one kind in one namespace.
 async fn delete_named(store: &Store, kind: Kind, ns: &str, names: &[String]) -> Result<()> {
-    for name in names {
+    slow_start(names.iter().collect(), |name| async move {
         tolerate(
             store
                 .delete(ObjectKey::new(kind, Some(ns), name), None)
                 .await,
-        )?;
-    }
+        )
+    })
+    .await?;
     Ok(())
 }
 
@@ -106,25 +124,90 @@ fn tolerate<T>(r: Result<T>) -> Result<()> {
     }
 }
 
+/// One pass over every workload. Deployments go first, so the ReplicaSets they scale are
+/// reconciled in the same pass; the pods are read once, after that.
 pub async fn pass(store: &Store) -> Result<()> {
+    foreground(store).await?;
     deployments(store).await?;
-    replicasets(store).await?;
-    daemonsets(store).await?;
-    jobs(store).await?;
-    events::expire(store, chrono::Utc::now()).await
+    let pods: Vec<Pod> = typed(store.list(Kind::Pod, None)?.0);
+    replicasets(store, &pods).await?;
+    daemonsets(store, &pods).await?;
+    jobs(store, &pods).await
 }
 
-async fn jobs(store: &Store) -> Result<()> {
-    let jobs: Vec<Job> = typed(store.list(Kind::Job, None)?.0);
-    let pods: Vec<Pod> = typed(store.list(Kind::Pod, None)?.0);
-    let now = chrono::Utc::now();
-    for job in &jobs {
-        let ns = job.metadata.namespace_or_default();
-        let owned: Vec<Pod> = controlled_by(&pods, &job.metadata.uid, |o| &o.metadata);
-        let plan = job::reconcile(job, &owned, now);
-        for _ in 0..plan.create {
-            tolerate(store.create(Object::Pod(job::new_pod(job))).await)?;
+/// Whether an owner is on its way out (foreground cascade): its controller leaves it alone.
+fn deleting(meta: &shoal_api::ObjectMeta) -> bool {
+    meta.deletion_timestamp.is_some()
+}
+
+/// Foreground cascade: an owner marked for deletion goes once nothing it owns is left. Until
+/// then its dependents are deleted, the ones that own things themselves (a Deployment's
+/// ReplicaSets) in the foreground too, so the Deployment outlives its pods.
+async fn foreground(store: &Store) -> Result<()> {
+    let mut owners: Vec<Object> = Vec::new();
+    for kind in [
+        Kind::Deployment,
+        Kind::ReplicaSet,
+        Kind::DaemonSet,
+        Kind::Job,
+    ] {
+        owners.extend(
+            store
+                .list(kind, None)?
+                .0
+                .into_iter()
+                .filter(|o| deleting(o.metadata())),
+        );
+    }
+    if owners.is_empty() {
+        return Ok(());
+    }
+    let mut dependents: Vec<Object> = store.list(Kind::ReplicaSet, None)?.0;
+    dependents.extend(store.list(Kind::Pod, None)?.0);
+    for owner in &owners {
+        let m = owner.metadata();
+        let ns = m.namespace_or_default();
+        let mine: Vec<&Object> = dependents
+            .iter()
+            .filter(|d| {
+                d.metadata().namespace_or_default() == ns
+                    && d.metadata().owner_references.iter().any(|o| o.uid == m.uid)
+            })
+            .collect();
+        if mine.is_empty() {
+            tracing::info!(kind = %owner.kind(), name = %m.name, "dependents gone; deleting");
+            tolerate(store.delete(ObjectKey::of(owner), Some(m.revision())).await)?;
+            continue;
         }
+        slow_start(mine, |d| async move {
+            let key = ObjectKey::of(d);
+            if d.kind() == Kind::ReplicaSet {
+                if deleting(d.metadata()) {
+                    return Ok(());
+                }
+                let policy = shoal_api::PropagationPolicy::Foreground;
+                tolerate(store.write(vec![Op::DeleteWith { key, policy }]).await)
+            } else {
+                tolerate(store.delete(key, None).await)
+            }
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+async fn jobs(store: &Store, pods: &[Pod]) -> Result<()> {
+    let jobs: Vec<Job> = typed(store.list(Kind::Job, None)?.0);
+    let now = chrono::Utc::now();
+    for job in jobs.iter().filter(|j| !deleting(&j.metadata)) {
+        let ns = job.metadata.namespace_or_default();
+        let owned: Vec<Pod> = controlled_by(pods, &job.metadata.uid, |o| &o.metadata);
+        let plan = job::reconcile(job, &owned, now);
+        let pods = (0..plan.create).map(|_| job::new_pod(job)).collect();
+        slow_start(pods, |p| async {
+            tolerate(store.create(Object::Pod(p)).await)
+        })
+        .await?;
         delete_named(store, Kind::Pod, ns, &plan.delete).await?;
         if let Some(status) = plan.status {
             if let Some(c) = status
@@ -157,25 +240,29 @@ async fn jobs(store: &Store) -> Result<()> {
         }
     }
     let owners: HashSet<&str> = jobs.iter().map(|o| o.metadata.uid.as_str()).collect();
-    collect_garbage(store, Kind::Pod, &pods, "Job", &owners, |o| &o.metadata).await
+    collect_garbage(store, Kind::Pod, pods, "Job", &owners, |o| &o.metadata).await
 }
 
-async fn daemonsets(store: &Store) -> Result<()> {
+async fn daemonsets(store: &Store, pods: &[Pod]) -> Result<()> {
     let sets: Vec<DaemonSet> = typed(store.list(Kind::DaemonSet, None)?.0);
-    let nodes: Vec<Node> = typed(store.list(Kind::Node, None)?.0);
-    let pods: Vec<Pod> = typed(store.list(Kind::Pod, None)?.0);
-    for ds in &sets {
+    let nodes: Vec<Node> = if sets.is_empty() {
+        Vec::new()
+    } else {
+        typed(store.list(Kind::Node, None)?.0)
+    };
+    for ds in sets.iter().filter(|s| !deleting(&s.metadata)) {
         let ns = ds.metadata.namespace_or_default();
-        let owned: Vec<Pod> = controlled_by(&pods, &ds.metadata.uid, |o| &o.metadata);
-        let plan = daemonset::reconcile(ds, &nodes, &owned);
-        for node in &plan.create {
+        let owned: Vec<Pod> = controlled_by(pods, &ds.metadata.uid, |o| &o.metadata);
+        let plan = daemonset::reconcile(ds, &nodes, &owned, chrono::Utc::now());
+        slow_start(plan.create, |node| async move {
             tracing::info!(daemonset = %ds.metadata.name, %node, "creating a daemon pod");
             tolerate(
                 store
-                    .create(Object::Pod(daemonset::new_pod(ds, node)))
+                    .create(Object::Pod(daemonset::new_pod(ds, &node)))
                     .await,
-            )?;
-        }
+            )
+        })
+        .await?;
         delete_named(store, Kind::Pod, ns, &plan.delete).await?;
         if let Some(status) = plan.status {
             let mut next = ds.clone();
@@ -184,7 +271,7 @@ async fn daemonsets(store: &Store) -> Result<()> {
         }
     }
     let owners: HashSet<&str> = sets.iter().map(|o| o.metadata.uid.as_str()).collect();
-    collect_garbage(store, Kind::Pod, &pods, "DaemonSet", &owners, |o| {
+    collect_garbage(store, Kind::Pod, pods, "DaemonSet", &owners, |o| {
         &o.metadata
     })
     .await
@@ -193,7 +280,7 @@ async fn daemonsets(store: &Store) -> Result<()> {
 async fn deployments(store: &Store) -> Result<()> {
     let deploys: Vec<Deployment> = typed(store.list(Kind::Deployment, None)?.0);
     let sets: Vec<ReplicaSet> = typed(store.list(Kind::ReplicaSet, None)?.0);
-    for d in &deploys {
+    for d in deploys.iter().filter(|d| !deleting(&d.metadata)) {
         let ns = d.metadata.namespace_or_default();
         let owned: Vec<ReplicaSet> = controlled_by(&sets, &d.metadata.uid, |o| &o.metadata);
         let plan = deployment::reconcile(d, &owned, chrono::Utc::now());
@@ -254,16 +341,16 @@ async fn deployments(store: &Store) -> Result<()> {
     .await
 }
 
-async fn replicasets(store: &Store) -> Result<()> {
+async fn replicasets(store: &Store, pods: &[Pod]) -> Result<()> {
     let sets: Vec<ReplicaSet> = typed(store.list(Kind::ReplicaSet, None)?.0);
-    let pods: Vec<Pod> = typed(store.list(Kind::Pod, None)?.0);
+    let now = chrono::Utc::now();
     let by_name = |ns: &str, name: &str| {
         pods.iter()
             .find(|p| p.metadata.namespace_or_default() == ns && p.metadata.name == name)
     };
-    for rs in &sets {
+    for rs in sets.iter().filter(|s| !deleting(&s.metadata)) {
         let ns = rs.metadata.namespace_or_default();
-        let plan = replicaset::reconcile(rs, &pods);
+        let plan = replicaset::reconcile(rs, pods, now);
         for name in &plan.adopt {
             if let Some(p) = by_name(ns, name) {
                 let mut p = p.clone();
@@ -284,42 +371,51 @@ async fn replicasets(store: &Store) -> Result<()> {
                 tolerate(store.update(Object::Pod(p), Some(rev)).await)?;
             }
         }
-        let about = events::reference(&Object::ReplicaSet(rs.clone()));
-        for _ in 0..plan.create {
-            let pod = replicaset::new_pod(rs, &rs.spec.template);
-            if let Ok(c) = store.create(Object::Pod(pod)).await {
-                let message = format!("Created pod: {}", c.object.name());
-                events::record(
-                    store,
-                    &about,
-                    "Normal",
-                    "SuccessfulCreate",
-                    &message,
-                    "replicaset-controller",
-                )
-                .await;
-            }
-        }
+        let about = &events::reference(&Object::ReplicaSet(rs.clone()));
+        let pods = (0..plan.create)
+            .map(|_| replicaset::new_pod(rs, &rs.spec.template))
+            .collect();
+        let created = slow_start(pods, |pod| async move {
+            let c = store.create(Object::Pod(pod)).await?;
+            let message = format!("Created pod: {}", c.object.name());
+            events::record(
+                store,
+                about,
+                "Normal",
+                "SuccessfulCreate",
+                &message,
+                "replicaset-controller",
+            )
+            .await;
+            Ok(())
+        })
+        .await;
         if plan.create > 0 {
             tracing::info!(replicaset = %rs.metadata.name, namespace = ns, count = plan.create, "created pods");
         }
-        for name in &plan.delete {
+        if let Err(e) = created {
+            // The status written below still counts what exists; the next pass tries again.
+            tracing::warn!(replicaset = %rs.metadata.name, error = %e, "creating pods failed");
+        }
+        slow_start(plan.delete, |name| async move {
             tolerate(
                 store
-                    .delete(ObjectKey::new(Kind::Pod, Some(ns), name), None)
+                    .delete(ObjectKey::new(Kind::Pod, Some(ns), &name), None)
                     .await,
             )?;
             let message = format!("Deleted pod: {name}");
             events::record(
                 store,
-                &about,
+                about,
                 "Normal",
                 "SuccessfulDelete",
                 &message,
                 "replicaset-controller",
             )
             .await;
-        }
+            Ok(())
+        })
+        .await?;
         if let Some(status) = plan.status {
             let mut next = rs.clone();
             next.status = Some(status);
@@ -328,7 +424,7 @@ async fn replicasets(store: &Store) -> Result<()> {
     }
     // Garbage: pods whose controlling ReplicaSet no longer exists.
     let owners: HashSet<&str> = sets.iter().map(|o| o.metadata.uid.as_str()).collect();
-    collect_garbage(store, Kind::Pod, &pods, "ReplicaSet", &owners, |o| {
+    collect_garbage(store, Kind::Pod, pods, "ReplicaSet", &owners, |o| {
         &o.metadata
     })
     .await

@@ -68,6 +68,14 @@ pub enum Op {
     },
     /// Deletes a namespace and everything in it, in one transaction.
     DeleteNamespace { name: String },
+    /// Deletes one object, choosing what becomes of its dependents (the objects in its
+    /// namespace whose ownerReferences name its uid). Background is [`Op::Delete`]; Orphan
+    /// strips those references in the same transaction; Foreground only marks the object
+    /// (deletionTimestamp and the `foregroundDeletion` finalizer) for the garbage collector.
+    DeleteWith {
+        key: ObjectKey,
+        policy: shoal_api::PropagationPolicy,
+    },
 }
 
 /// Where an object lives: its kind, namespace (for namespaced kinds) and name.
@@ -130,6 +138,10 @@ pub struct StoreConfig {
     pub group_commit: bool,
     /// Most writes folded into one transaction.
     pub max_batch: usize,
+    /// Most memory redb keeps for its page cache. Its own default (1 GiB) would let a
+    /// controller on a small board hold its whole file in memory; the kernel's page cache
+    /// serves what falls out.
+    pub cache_bytes: usize,
 }
 
 impl Default for StoreConfig {
@@ -138,6 +150,7 @@ impl Default for StoreConfig {
             log_retention: 20_000,
             group_commit: true,
             max_batch: 1024,
+            cache_bytes: 32 << 20,
         }
     }
 }
@@ -180,7 +193,9 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let cipher = Arc::new(SecretCipher::load_or_create(&dir.join("secrets.key"))?);
         let path = dir.join("state.redb");
-        let db = Database::create(&path)
+        let db = Database::builder()
+            .set_cache_size(config.cache_bytes)
+            .create(&path)
             .map_err(|e| Error::store(format!("opening {}", path.display()), e))?;
         let db = Arc::new(db);
         let revision = writer::initialize(&db, &cipher)?;

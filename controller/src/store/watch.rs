@@ -19,7 +19,14 @@ pub struct Watch {
     seen: u64,
     kind: Option<Kind>,
     pending: VecDeque<Change>,
+    /// The last replay stopped at [`REPLAY_CHUNK`] entries: the log holds more to read before
+    /// following live commits.
+    catching_up: bool,
 }
+
+/// Most log entries one replay decodes into memory. A watcher far behind (a slow client,
+/// a burst of 30,000 writes) catches up chunk by chunk instead of holding them all at once.
+const REPLAY_CHUNK: usize = 1024;
 
 impl Watch {
     pub(crate) fn new(
@@ -36,6 +43,7 @@ impl Watch {
             seen: revision,
             kind,
             pending: VecDeque::new(),
+            catching_up: false,
         };
         w.replay()?;
         Ok(w)
@@ -76,10 +84,16 @@ impl Watch {
             )));
         }
         let log = txn.open_table(LOG).map_err(|e| Error::store("watch", e))?;
-        for entry in log
+        self.catching_up = false;
+        for (read, entry) in log
             .range(self.seen + 1..)
             .map_err(|e| Error::store("watch", e))?
+            .enumerate()
         {
+            if read == REPLAY_CHUNK {
+                self.catching_up = true;
+                break;
+            }
             let (rev, bytes) = entry.map_err(|e| Error::store("watch", e))?;
             let entry: LogEntry = postcard::from_bytes(bytes.value())
                 .map_err(|e| Error::Corrupt(format!("change log entry {}: {e}", rev.value())))?;
@@ -102,6 +116,10 @@ impl Watch {
         loop {
             if let Some(c) = self.pending.pop_front() {
                 return Ok(c);
+            }
+            if self.catching_up {
+                self.replay()?;
+                continue;
             }
             match self.live.recv().await {
                 Ok(c) if c.revision > self.seen => {

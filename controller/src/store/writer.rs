@@ -13,7 +13,7 @@ use super::{
 use crate::error::{Error, Result};
 use rand::Rng;
 use redb::{Database, ReadableTable, Table};
-use shoal_api::{Kind, Namespace, Object, ObjectMeta};
+use shoal_api::{Kind, Namespace, Object, ObjectMeta, PropagationPolicy, FOREGROUND_DELETION};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -411,6 +411,37 @@ impl<'a> Batch<'a> {
                 let stored = self.existing(p, key, *expected)?;
                 self.record(p, ChangeType::Deleted, key.encode(), stored)
             }
+            Op::DeleteWith { key, policy } => {
+                let stored = self.existing(p, key, None)?;
+                match policy {
+                    PropagationPolicy::Background => {
+                        self.record(p, ChangeType::Deleted, key.encode(), stored)
+                    }
+                    PropagationPolicy::Orphan => {
+                        let uid = stored.metadata().uid.clone();
+                        for mut dependent in self.dependents(p, &stored)? {
+                            dependent
+                                .metadata_mut()
+                                .owner_references
+                                .retain(|o| o.uid != uid);
+                            let dk = ObjectKey::of(&dependent).encode();
+                            self.record(p, ChangeType::Modified, dk, dependent)?;
+                        }
+                        self.record(p, ChangeType::Deleted, key.encode(), stored)
+                    }
+                    PropagationPolicy::Foreground => {
+                        let mut obj = stored;
+                        let m = obj.metadata_mut();
+                        if m.deletion_timestamp.is_none() {
+                            m.deletion_timestamp = Some(now.to_string());
+                        }
+                        if !m.finalizers.iter().any(|f| f == FOREGROUND_DELETION) {
+                            m.finalizers.push(FOREGROUND_DELETION.into());
+                        }
+                        self.record(p, ChangeType::Modified, key.encode(), obj)
+                    }
+                }
+            }
             Op::DeleteNamespace { name } => {
                 let ns_key = ObjectKey::new(Kind::Namespace, None, name);
                 let ns = self.existing(p, &ns_key, None)?;
@@ -424,6 +455,28 @@ impl<'a> Batch<'a> {
                 self.record(p, ChangeType::Deleted, ns_key.encode(), ns)
             }
         }
+    }
+
+    /// The objects in `owner`'s namespace whose ownerReferences name it.
+    fn dependents(&self, p: &Pending, owner: &Object) -> Result<Vec<Object>> {
+        let (Some(ns), uid) = (owner.namespace(), owner.metadata().uid.as_str()) else {
+            return Ok(Vec::new());
+        };
+        let mut found = Vec::new();
+        // Events name what they are about, never an owner.
+        let kinds = Kind::ALL
+            .iter()
+            .filter(|k| k.namespaced() && **k != Kind::Event);
+        for kind in kinds {
+            for key in self.keys_with_prefix(p, &ObjectKey::prefix(*kind, Some(ns)))? {
+                if let Some(obj) = self.read(p, &key)? {
+                    if obj.metadata().owner_references.iter().any(|o| o.uid == uid) {
+                        found.push(obj);
+                    }
+                }
+            }
+        }
+        Ok(found)
     }
 
     fn existing(&self, p: &Pending, key: &ObjectKey, expected: Option<u64>) -> Result<Object> {
