@@ -32,6 +32,9 @@ struct PodRun {
     pod: Pod,
     containers: Vec<Container>,
     started: String,
+    /// Readiness as last reported, and since when: the Ready condition's
+    /// lastTransitionTime, from which the controller counts minReadySeconds.
+    readiness: Option<(bool, String)>,
 }
 
 struct Inner {
@@ -126,6 +129,7 @@ impl Supervisor {
             pod: pod.clone(),
             containers,
             started: crate::node::now(),
+            readiness: None,
         }));
         if let Ok(mut m) = self.0.pods.lock() {
             m.insert(
@@ -237,12 +241,18 @@ fn client(inner: &Inner) -> Option<Arc<shoal_transport::Client>> {
 async fn report(inner: &Inner, state: &Arc<Mutex<PodRun>>) {
     let Some(client) = client(inner) else { return };
     let pod = match state.lock() {
-        Ok(s) => {
+        Ok(mut s) => {
             let statuses: Vec<_> = s.containers.iter().map(Container::status).collect();
             let all_ready = !statuses.is_empty() && statuses.iter().all(|c| c.ready);
+            let since = match &s.readiness {
+                Some((was, since)) if *was == all_ready => since.clone(),
+                _ => crate::node::now(),
+            };
+            s.readiness = Some((all_ready, since.clone()));
             let cond = |ty: &str, ok: bool| Condition {
                 type_: ty.into(),
                 status: if ok { "True" } else { "False" }.into(),
+                last_transition_time: ty.ends_with("Ready").then(|| since.clone()),
                 ..Default::default()
             };
             let mut p = Pod {

@@ -94,7 +94,12 @@ fn ready(p: &Pod) -> bool {
 }
 
 /// `owned`: the pods whose controller is this DaemonSet.
-pub fn reconcile(ds: &DaemonSet, nodes: &[Node], owned: &[Pod]) -> Plan {
+pub fn reconcile(
+    ds: &DaemonSet,
+    nodes: &[Node],
+    owned: &[Pod],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Plan {
     let mut plan = Plan::default();
     let hash = template_hash(ds);
     let live: Vec<&Pod> = owned
@@ -109,6 +114,8 @@ pub fn reconcile(ds: &DaemonSet, nodes: &[Node], owned: &[Pod]) -> Plan {
     };
     let mut desired = 0;
     let (mut current, mut updated, mut ready_n, mut misscheduled) = (0, 0, 0, 0);
+    let mut available_n = 0;
+    let min_ready = ds.spec.min_ready_seconds.unwrap_or(0);
     let mut outdated: Vec<&Pod> = Vec::new();
     for node in nodes {
         let name = node.metadata.name.as_str();
@@ -131,6 +138,9 @@ pub fn reconcile(ds: &DaemonSet, nodes: &[Node], owned: &[Pod]) -> Plan {
             let keep = pods[0];
             if ready(keep) {
                 ready_n += 1;
+            }
+            if super::replicaset::pod_available(keep, min_ready, now) {
+                available_n += 1;
             }
             if keep.metadata.labels.get(HASH_LABEL) == Some(&hash) {
                 updated += 1;
@@ -168,7 +178,7 @@ pub fn reconcile(ds: &DaemonSet, nodes: &[Node], owned: &[Pod]) -> Plan {
         .and_then(|s| s.type_.as_deref())
         == Some("OnDelete");
     if !on_delete {
-        let unavailable = (desired - ready_n).max(0);
+        let unavailable = (desired - available_n).max(0);
         let mut room = (max_unavailable - unavailable).max(0);
         outdated.sort_by_key(|p| ready(p)); // not-ready ones cost nothing to replace
         for p in outdated {
@@ -186,7 +196,7 @@ pub fn reconcile(ds: &DaemonSet, nodes: &[Node], owned: &[Pod]) -> Plan {
         current_number_scheduled: current,
         desired_number_scheduled: desired,
         number_ready: ready_n,
-        number_available: ready_n,
+        number_available: available_n,
         number_misscheduled: misscheduled,
         updated_number_scheduled: updated,
         observed_generation: ds.metadata.generation,
@@ -278,7 +288,7 @@ mod tests {
             tainted,
             unreachable,
         ];
-        let plan = reconcile(&d, &nodes, &[pod_on(&d, "on-b", "b", true)]);
+        let plan = reconcile(&d, &nodes, &[pod_on(&d, "on-b", "b", true)], now());
         assert_eq!(
             plan.create,
             ["a", "d"],
@@ -299,9 +309,14 @@ mod tests {
             &d,
             &[node("a", &[])],
             &[old, dup, pod_on(&d, "orphaned", "gone", true)],
+            now(),
         );
         assert_eq!(plan.delete, ["orphaned", "second"]);
         assert!(plan.create.is_empty());
+    }
+
+    fn now() -> chrono::DateTime<chrono::Utc> {
+        "2026-01-01T00:01:00Z".parse().unwrap()
     }
 
     #[test]
@@ -316,14 +331,14 @@ mod tests {
             pod_on(&before, "pc", "c", true),
         ];
         assert_eq!(
-            reconcile(&after, &nodes, &pods).delete.len(),
+            reconcile(&after, &nodes, &pods, now()).delete.len(),
             1,
             "one at a time by default"
         );
         let mut waiting = pods.clone();
         waiting[0] = pod_on(&after, "pa2", "a", false);
         assert!(
-            reconcile(&after, &nodes, &waiting).delete.is_empty(),
+            reconcile(&after, &nodes, &waiting, now()).delete.is_empty(),
             "wait for the new pod to be ready"
         );
     }

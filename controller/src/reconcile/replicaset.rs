@@ -6,6 +6,7 @@
 //! owned pods that stop matching (ownerReferences with controller=true); deletes a surplus
 //! preferring unscheduled, then not-ready, then the newest pods.
 
+use chrono::{DateTime, TimeDelta, Utc};
 use shoal_api::{OwnerReference, Pod, PodTemplateSpec, ReplicaSet, ReplicaSetStatus, Selector};
 
 #[derive(Debug, Default, PartialEq)]
@@ -49,6 +50,28 @@ pub fn pod_ready(p: &Pod) -> bool {
     })
 }
 
+/// Ready for at least `min_ready_seconds` without a break, by the Ready condition's
+/// lastTransitionTime: what Kubernetes counts as available. A ready pod with no transition
+/// time on record counts as available.
+pub fn pod_available(p: &Pod, min_ready_seconds: i32, now: DateTime<Utc>) -> bool {
+    let Some(ready) = p.status.as_ref().and_then(|s| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "Ready" && c.status == "True")
+    }) else {
+        return false;
+    };
+    if min_ready_seconds <= 0 {
+        return true;
+    }
+    let since = ready
+        .last_transition_time
+        .as_deref()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok());
+    since
+        .is_none_or(|t| now - t.with_timezone(&Utc) >= TimeDelta::seconds(min_ready_seconds.into()))
+}
+
 /// A new pod for `rs`: its template, its labels, owned by it (the store names it).
 pub fn new_pod(rs: &ReplicaSet, template: &PodTemplateSpec) -> Pod {
     let mut pod = Pod {
@@ -63,7 +86,7 @@ pub fn new_pod(rs: &ReplicaSet, template: &PodTemplateSpec) -> Pod {
     pod
 }
 
-pub fn reconcile(rs: &ReplicaSet, pods: &[Pod]) -> Plan {
+pub fn reconcile(rs: &ReplicaSet, pods: &[Pod], now: DateTime<Utc>) -> Plan {
     let mut plan = Plan::default();
     let Ok(selector) = Selector::from_label_selector(&rs.spec.selector) else {
         return plan; // validation refuses such selectors; never act on one
@@ -116,10 +139,15 @@ pub fn reconcile(rs: &ReplicaSet, pods: &[Pod]) -> Plan {
             .collect();
     }
     let ready = live.iter().filter(|p| pod_ready(p)).count() as i32;
+    let min_ready = rs.spec.min_ready_seconds.unwrap_or(0);
+    let available = live
+        .iter()
+        .filter(|p| pod_available(p, min_ready, now))
+        .count() as i32;
     let status = ReplicaSetStatus {
         replicas: live.len() as i32,
         ready_replicas: ready,
-        available_replicas: ready,
+        available_replicas: available,
         fully_labeled_replicas: live.len() as i32,
         observed_generation: rs.metadata.generation,
     };
@@ -200,9 +228,40 @@ mod tests {
     const T2: &str = "2026-01-01T00:00:02Z";
     const T3: &str = "2026-01-01T00:00:03Z";
 
+    fn now() -> DateTime<Utc> {
+        "2026-01-01T00:01:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn available_means_ready_for_min_ready_seconds() {
+        let ready_at = |name: &str, t: Option<&str>| {
+            let mut p = pod(name, Some("rs-1"), "web", true, true, T1);
+            p.status.as_mut().unwrap().conditions[0].last_transition_time = t.map(Into::into);
+            p
+        };
+        let pods = [
+            ready_at("long", Some("2026-01-01T00:00:00Z")), // 60 s before now
+            ready_at("recent", Some("2026-01-01T00:00:50Z")), // 10 s
+            ready_at("unknown", None),
+            pod("not-ready", Some("rs-1"), "web", true, false, T1),
+        ];
+        let cases = [(0, 3), (10, 3), (11, 2), (60, 2), (61, 1)];
+        for (min_ready, want) in cases {
+            let mut set = rs(4);
+            set.spec.min_ready_seconds = Some(min_ready);
+            let st = reconcile(&set, &pods, now()).status.unwrap();
+            assert_eq!(st.ready_replicas, 3, "minReadySeconds {min_ready}");
+            assert_eq!(st.available_replicas, want, "minReadySeconds {min_ready}");
+        }
+    }
+
     #[test]
     fn scales_up_by_creating() {
-        let plan = reconcile(&rs(3), &[pod("a", Some("rs-1"), "web", true, true, T1)]);
+        let plan = reconcile(
+            &rs(3),
+            &[pod("a", Some("rs-1"), "web", true, true, T1)],
+            now(),
+        );
         assert_eq!(plan.create, 2);
         assert!(plan.delete.is_empty());
     }
@@ -215,13 +274,13 @@ mod tests {
             pod("not-ready", Some("rs-1"), "web", true, false, T1),
             pod("unscheduled", Some("rs-1"), "web", false, false, T2),
         ];
-        assert_eq!(reconcile(&rs(3), &pods).delete, ["unscheduled"]);
+        assert_eq!(reconcile(&rs(3), &pods, now()).delete, ["unscheduled"]);
         assert_eq!(
-            reconcile(&rs(2), &pods).delete,
+            reconcile(&rs(2), &pods, now()).delete,
             ["unscheduled", "not-ready"]
         );
         assert_eq!(
-            reconcile(&rs(1), &pods).delete,
+            reconcile(&rs(1), &pods, now()).delete,
             ["unscheduled", "not-ready", "ready-new"]
         );
     }
@@ -233,7 +292,7 @@ mod tests {
             pod("relabelled", Some("rs-1"), "other", true, true, T1),
             pod("someone-elses", Some("rs-2"), "web", true, true, T1),
         ];
-        let plan = reconcile(&rs(1), &pods);
+        let plan = reconcile(&rs(1), &pods, now());
         assert_eq!(plan.adopt, ["orphan"]);
         assert_eq!(plan.release, ["relabelled"]);
         assert_eq!(plan.create, 0, "the adopted orphan counts");
@@ -246,6 +305,7 @@ mod tests {
         let plan = reconcile(
             &rs(2),
             &[done, pod("up", Some("rs-1"), "web", true, true, T2)],
+            now(),
         );
         assert_eq!(plan.create, 1);
         let st = plan.status.unwrap();
@@ -259,7 +319,7 @@ mod tests {
     fn a_settled_replicaset_plans_nothing() {
         let mut settled = rs(1);
         let pods = [pod("a", Some("rs-1"), "web", true, true, T1)];
-        settled.status = reconcile(&settled, &pods).status;
-        assert_eq!(reconcile(&settled, &pods), Plan::default());
+        settled.status = reconcile(&settled, &pods, now()).status;
+        assert_eq!(reconcile(&settled, &pods, now()), Plan::default());
     }
 }
