@@ -1,4 +1,4 @@
-//! Workload controllers end to end: a controller and two agents as processes, wasm pods.
+//! Workload controllers end to end: a controller and agents as processes, wasm pods.
 
 mod kit;
 
@@ -172,6 +172,10 @@ fn a_deployment_spreads_scales_and_rolls_out_within_its_budgets() {
     c.shoal(&["scale", "deploy/web", "--replicas", "9"]).ok();
     c.wait_for("9 replicas", Duration::from_secs(60), |c| {
         running(c).len() == 9 && web_pods(c) == 9
+    });
+    c.shoal(&["scale", "deploy/web", "--replicas", "2"]).ok();
+    c.wait_for("2 replicas", Duration::from_secs(60), |c| {
+        running(c).len() == 2 && web_pods(c) == 2
     });
     c.shoal(&["scale", "deploy/web", "--replicas", "4"]).ok();
     c.wait_for("4 replicas", Duration::from_secs(60), |c| {
@@ -367,7 +371,7 @@ fn placements(c: &Cluster, label: &str) -> Vec<String> {
 
 #[test]
 fn a_daemonset_follows_nodes_and_drain_moves_everything_else() {
-    let c = Cluster::start(2);
+    let c = Cluster::start(3);
     c.push_probe();
     c.controller
         .shoal_stdin(
@@ -376,17 +380,17 @@ fn a_daemonset_follows_nodes_and_drain_moves_everything_else() {
         )
         .ok();
     c.wait_for("a daemon on each node", Duration::from_secs(60), |c| {
-        placements(c, "app=daemon") == ["node-1", "node-2"]
-    });
-
-    // A third node joins: it gets a daemon. It leaves: its daemon goes.
-    let dir = tempfile::tempdir().unwrap();
-    let mut third = kit::Agent::start(&c.controller, "node-3", dir.path());
-    c.wait_for("a daemon on the new node", Duration::from_secs(60), |c| {
         placements(c, "app=daemon") == ["node-1", "node-2", "node-3"]
     });
-    third.kill9();
-    c.shoal(&["delete", "node", "node-3"]).ok();
+
+    // A fourth node joins: it gets a daemon. It leaves: its daemon goes.
+    let dir = tempfile::tempdir().unwrap();
+    let mut fourth = kit::Agent::start(&c.controller, "node-4", dir.path());
+    c.wait_for("a daemon on the new node", Duration::from_secs(60), |c| {
+        placements(c, "app=daemon") == ["node-1", "node-2", "node-3", "node-4"]
+    });
+    fourth.kill9();
+    c.shoal(&["delete", "node", "node-4"]).ok();
     c.wait_for(
         "the daemon of the node that left removed",
         Duration::from_secs(60),
@@ -403,33 +407,36 @@ fn a_daemonset_follows_nodes_and_drain_moves_everything_else() {
             .stdout()
             .lines()
             .count()
-                == 2
+                == 3
         },
     );
 
-    // Cordon, then drain node-1: the web pods move to node-2, the daemon stays.
+    // Cordon, then drain the node that holds a web pod: the web pods move, the daemon stays.
     c.wait_for("2 web pods", Duration::from_secs(60), |c| {
         running(c).len() == 2
     });
+    let busy = placements(&c, "app=web")[0].clone();
     assert_eq!(
-        c.shoal(&["cordon", "node-1"]).ok(),
-        "node/node-1 cordoned\n"
+        c.shoal(&["cordon", &busy]).ok(),
+        format!("node/{busy} cordoned\n")
     );
     assert!(c
-        .shoal(&["get", "nodes", "node-1", "--no-headers"])
+        .shoal(&["get", "nodes", &busy, "--no-headers"])
         .ok()
         .contains("Ready,SchedulingDisabled"));
-    let out = c.shoal(&["drain", "node-1", "--timeout", "60"]).ok();
-    assert!(out.ends_with("node/node-1 drained\n"), "{out}");
-    assert_eq!(placements(&c, "app=web"), ["node-2", "node-2"]);
+    let out = c.shoal(&["drain", &busy, "--timeout", "60"]).ok();
+    assert!(out.ends_with(&format!("node/{busy} drained\n")), "{out}");
+    let web = placements(&c, "app=web");
+    assert_eq!(web.len(), 2, "{web:?}");
+    assert!(!web.contains(&busy), "nothing left on {busy}: {web:?}");
     assert_eq!(
         placements(&c, "app=daemon"),
-        ["node-1", "node-2"],
+        ["node-1", "node-2", "node-3"],
         "daemon pods stay"
     );
     assert_eq!(
-        c.shoal(&["uncordon", "node-1"]).ok(),
-        "node/node-1 uncordoned\n"
+        c.shoal(&["uncordon", &busy]).ok(),
+        format!("node/{busy} uncordoned\n")
     );
 }
 
@@ -690,5 +697,106 @@ fn a_rollout_that_cannot_progress_fails_rollout_status_after_its_deadline() {
             progressing["reason"].as_str()
         ),
         (Some("False"), Some("ProgressDeadlineExceeded"))
+    );
+}
+
+fn json(c: &Cluster, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    serde_json::from_str(&c.shoal(&all).ok()).unwrap()
+}
+
+fn names(c: &Cluster, kind: &str, selector: &str) -> Vec<String> {
+    c.shoal(&["get", kind, "-l", selector, "--no-headers"])
+        .stdout()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn min_ready_seconds_delays_availability_and_delete_cascades_foreground_or_orphans() {
+    let c = Cluster::start(1);
+    c.push_probe();
+    let slow =
+        deployment(2, "v1").replace("  replicas: 2\n", "  replicas: 2\n  minReadySeconds: 6\n");
+    c.controller
+        .shoal_stdin(&["apply", "-f", "-"], Some(&slow))
+        .ok();
+    // Ready first; available only once ready for minReadySeconds.
+    let mut seen_ready_not_available = false;
+    c.wait_for("2 available replicas", Duration::from_secs(60), |c| {
+        let st = &json(c, &["get", "deploy", "web"])["status"];
+        if st["readyReplicas"] == 2 && st["availableReplicas"].as_i64().unwrap_or(0) == 0 {
+            seen_ready_not_available = true;
+        }
+        st["availableReplicas"] == 2
+    });
+    assert!(
+        seen_ready_not_available,
+        "ready pods count as available only after minReadySeconds"
+    );
+
+    // Orphan: the Deployment goes, its ReplicaSet and pods stay, no longer owned.
+    let pods = names(&c, "pods", "app=web");
+    assert_eq!(pods.len(), 2);
+    let rs = names(&c, "rs", "app=web");
+    assert_eq!(rs.len(), 1);
+    c.shoal(&["delete", "deploy", "web", "--cascade=orphan"])
+        .ok();
+    std::thread::sleep(Duration::from_secs(6)); // a garbage collection pass or more
+    let set = json(&c, &["get", "rs", &rs[0]]);
+    assert!(set["metadata"]["ownerReferences"].is_null(), "{set}");
+    assert_eq!(names(&c, "pods", "app=web"), pods, "the pods are untouched");
+
+    c.shoal(&["delete", "rs", &rs[0], "--cascade=orphan"]).ok();
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        names(&c, "pods", "app=web"),
+        pods,
+        "orphaned pods keep running"
+    );
+    for p in &pods {
+        let pod = c.pod(p);
+        assert_eq!(pod["status"]["phase"], "Running", "{pod}");
+        assert!(pod["metadata"]["ownerReferences"].is_null(), "{pod}");
+    }
+    c.shoal(&["delete", "pods", "-l", "app=web"]).ok();
+
+    // Foreground: `delete` returns once the pods and the ReplicaSet are gone, the Deployment
+    // last; while it waits, the Deployment is still there, marked.
+    c.controller
+        .shoal_stdin(&["apply", "-f", "-"], Some(&deployment(3, "v1")))
+        .ok();
+    c.wait_for("3 replicas", Duration::from_secs(60), |c| {
+        running(c).len() == 3
+    });
+    let mut watch = std::process::Command::new(kit::shoal_bin())
+        .env("SHOAL_CONFIG", c.controller.config())
+        .args(["get", "deploy", "--watch", "-o", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = c
+        .shoal(&[
+            "delete",
+            "deploy",
+            "web",
+            "--cascade=foreground",
+            "--timeout",
+            "60s",
+        ])
+        .ok();
+    assert_eq!(out, "deployment.apps \"web\" deleted\n");
+    assert!(names(&c, "pods", "app=web").is_empty(), "no pods left");
+    assert!(names(&c, "rs", "app=web").is_empty(), "no ReplicaSet left");
+    std::thread::sleep(Duration::from_secs(1));
+    let _ = watch.kill();
+    let output = watch.wait_with_output().unwrap();
+    let seen = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        seen.contains("\"foregroundDeletion\"") && seen.contains("\"deletionTimestamp\""),
+        "the Deployment was marked while its dependents went:\n{seen}"
     );
 }

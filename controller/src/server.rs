@@ -19,8 +19,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Streams one connection may have open at once; more wait.
-const STREAMS_PER_CONNECTION: usize = 256;
+/// Streams one connection may have open at once; more wait (QUIC flow control enforces the
+/// same limit on the client's side).
+const STREAMS_PER_CONNECTION: usize = shoal_transport::quic::SERVER_STREAMS as usize;
 /// A client gets this long to send its request once it opened a stream.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -115,6 +115,10 @@ impl Controller {
         }
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn credentials(&self) -> shoal_transport::Credentials {
         shoal_transport::Credentials::load(&self.config()).expect("admin.conf")
     }

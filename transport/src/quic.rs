@@ -29,6 +29,12 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Requests one client may have in flight on its connection; more wait for credit. quinn keeps
+/// state for every stream a peer may open, so this is also what each connection costs the
+/// controller in memory (about 130 bytes a stream): 1,024 made a 1,000-node fleet cost
+/// 130 MiB of controller memory for nothing.
+pub const SERVER_STREAMS: u32 = 128;
+
 fn transport_config(max_streams: u32) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(KEEP_ALIVE));
@@ -81,7 +87,7 @@ impl Server {
         cfg.alpn_protocols = vec![ALPN.to_vec()];
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(tls)?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-        config.transport_config(transport_config(1024));
+        config.transport_config(transport_config(SERVER_STREAMS));
         let endpoint = Endpoint::server(config, listen).map_err(|e| Error::Connect {
             addr: listen.to_string(),
             message: format!("cannot listen: {e}"),
