@@ -142,25 +142,27 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let nodes = match store.list(Kind::Node, None) {
-            Ok((nodes, _)) => nodes,
+        let nodes: Vec<Node> = match store.list_typed(Kind::Node, None) {
+            Ok(nodes) => nodes,
             Err(e) => {
                 tracing::warn!(error = %e, "node lifecycle: cannot list nodes");
                 continue;
             }
         };
-        let pods: Vec<Pod> = match store.list(Kind::Pod, None) {
-            Ok((pods, _)) => pods
-                .into_iter()
-                .filter_map(|o| o.into_typed().ok())
-                .collect(),
-            Err(_) => vec![],
+        // The pods are read only when some node is unreachable long enough to evict from.
+        let unreachable = nodes.iter().any(|n| {
+            n.spec
+                .taints
+                .iter()
+                .any(|t| t.key == UNREACHABLE && t.effect == "NoExecute")
+        });
+        let pods: Vec<Pod> = if unreachable {
+            store.list_typed(Kind::Pod, None).unwrap_or_default()
+        } else {
+            Vec::new()
         };
-        for obj in &nodes {
-            let Ok(node) = obj.clone().into_typed::<Node>() else {
-                continue;
-            };
-            if let Some(taints) = taints_update(&node, Utc::now()) {
+        for node in &nodes {
+            if let Some(taints) = taints_update(node, Utc::now()) {
                 let mut next = node.clone();
                 next.spec.taints = taints;
                 let revision = node.metadata.revision();
@@ -170,7 +172,7 @@ pub async fn run(
                 }
                 continue;
             }
-            for pod in evictions(&node, &pods, Utc::now(), default_toleration) {
+            for pod in evictions(node, &pods, Utc::now(), default_toleration) {
                 tracing::warn!(pod = %pod.metadata.name, node = %node.metadata.name, "evicting a pod from an unreachable node");
                 let key = crate::store::ObjectKey::new(
                     Kind::Pod,
@@ -199,10 +201,7 @@ pub async fn run(
                 }
             }
         }
-        for obj in nodes {
-            let Ok(mut node) = obj.into_typed::<Node>() else {
-                continue;
-            };
+        for mut node in nodes {
             let Some(condition) = ready_update(&node, Utc::now(), grace) else {
                 continue;
             };

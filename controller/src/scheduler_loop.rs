@@ -1,22 +1,21 @@
-//! The scheduler's I/O shell: wakes on pod and node changes (and every second, so nothing
-//! missed stays missed), runs [`crate::scheduler::Snapshot::schedule`] for every pending pod, and writes
+//! The scheduler's I/O shell: wakes on pod and node changes (and every few seconds, so
+//! nothing missed stays missed), runs [`crate::scheduler::Snapshot::schedule`] for every pending pod, and writes
 //! the binding or the reason it stays Pending.
 
 use crate::batch::slow_start;
 use crate::error::{Error, Result};
 use crate::scheduler::Snapshot;
 use crate::store::Store;
-use crate::wake::{typed, Waker};
+use crate::wake::Waker;
 use shoal_api::{Condition, Kind, Node, Object, Pod, PodStatus};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// A pass runs on every pod or node change; this often with none (each pass reads every pod).
+const RESYNC: Duration = Duration::from_secs(5);
+
 pub async fn run(store: Store, shutdown: CancellationToken) {
-    let mut waker = Waker::new(
-        store.clone(),
-        &[Kind::Pod, Kind::Node],
-        Duration::from_secs(1),
-    );
+    let mut waker = Waker::new(store.clone(), &[Kind::Pod, Kind::Node], RESYNC);
     while waker.wait(&shutdown).await {
         if let Err(e) = pass(&store).await {
             tracing::warn!(error = %e, "scheduling pass failed");
@@ -45,17 +44,17 @@ fn scheduled_condition(ok: bool, message: Option<String>) -> Condition {
 }
 
 /// What a pass decided for one pending pod.
-enum Decision {
-    Bind(Pod, String),
-    Unschedulable(Pod, String),
+enum Decision<'a> {
+    Bind(&'a Pod, String),
+    Unschedulable(&'a Pod, String),
 }
 
 /// One scheduling pass over every pending pod, oldest first. Decisions are made one after
 /// another against a [`Snapshot`] that counts each binding as it is made; the writes then go
 /// to the store together, so group commit carries them in a few transactions.
 pub async fn pass(store: &Store) -> Result<usize> {
-    let nodes: Vec<Node> = typed(store.list(Kind::Node, None)?.0);
-    let pods: Vec<Pod> = typed(store.list(Kind::Pod, None)?.0);
+    let nodes: Vec<Node> = store.list_typed(Kind::Node, None)?;
+    let pods: Vec<Pod> = store.list_typed(Kind::Pod, None)?;
     let mut snapshot = Snapshot::new(&nodes, &pods);
     let mut queue: Vec<&Pod> = pods.iter().filter(|p| pending(p)).collect();
     queue.sort_by(|a, b| {
@@ -68,7 +67,7 @@ pub async fn pass(store: &Store) -> Result<usize> {
         match snapshot.schedule(pod) {
             Ok(node) => {
                 snapshot.assume(pod, &node);
-                decisions.push(Decision::Bind(pod.clone(), node));
+                decisions.push(Decision::Bind(pod, node));
             }
             Err(reason) => {
                 let already = pod.status.as_ref().is_some_and(|s| {
@@ -77,7 +76,7 @@ pub async fn pass(store: &Store) -> Result<usize> {
                     })
                 });
                 if !already {
-                    decisions.push(Decision::Unschedulable(pod.clone(), reason));
+                    decisions.push(Decision::Unschedulable(pod, reason));
                 }
             }
         }
@@ -90,14 +89,14 @@ pub async fn pass(store: &Store) -> Result<usize> {
     Ok(binds)
 }
 
-async fn write(store: &Store, decision: Decision) -> Result<()> {
+async fn write(store: &Store, decision: Decision<'_>) -> Result<()> {
     match decision {
         Decision::Bind(pod, node) => bind(store, pod, node).await,
         Decision::Unschedulable(pod, reason) => unschedulable(store, pod, reason).await,
     }
 }
 
-async fn bind(store: &Store, pod: Pod, node: String) -> Result<()> {
+async fn bind(store: &Store, pod: &Pod, node: String) -> Result<()> {
     let revision = pod.metadata.revision();
     let mut next = pod.clone();
     next.spec.node_name = Some(node.clone());
@@ -132,7 +131,7 @@ async fn bind(store: &Store, pod: Pod, node: String) -> Result<()> {
     }
 }
 
-async fn unschedulable(store: &Store, pod: Pod, reason: String) -> Result<()> {
+async fn unschedulable(store: &Store, pod: &Pod, reason: String) -> Result<()> {
     tracing::info!(pod = %pod.metadata.name, %reason, "unschedulable");
     let about = crate::events::reference(&Object::Pod(pod.clone()));
     crate::events::record(
@@ -145,7 +144,7 @@ async fn unschedulable(store: &Store, pod: Pod, reason: String) -> Result<()> {
     )
     .await;
     let revision = pod.metadata.revision();
-    let mut next = pod;
+    let mut next = pod.clone();
     next.status = Some(PodStatus {
         phase: Some("Pending".into()),
         conditions: vec![scheduled_condition(false, Some(reason))],

@@ -102,11 +102,3 @@ fn without_heartbeat(node: &Node) -> u64 {
     serde_json::to_string(&n).unwrap_or_default().hash(&mut h);
     h.finish()
 }
-
-/// Objects of one kind as their type, skipping any that do not decode.
-pub fn typed<T: TryFrom<Object, Error = shoal_api::Error>>(objects: Vec<Object>) -> Vec<T> {
-    objects
-        .into_iter()
-        .filter_map(|o| o.into_typed().ok())
-        .collect()
-}

@@ -12,7 +12,7 @@ use crate::batch::slow_start;
 use crate::error::{Error, Result};
 use crate::events;
 use crate::store::{ObjectKey, Op, Store};
-use crate::wake::{typed, Waker};
+use crate::wake::Waker;
 use shoal_api::{DaemonSet, Deployment, Job, Kind, Node, Object, Pod, ReplicaSet};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -129,7 +129,7 @@ fn tolerate<T>(r: Result<T>) -> Result<()> {
 pub async fn pass(store: &Store) -> Result<()> {
     foreground(store).await?;
     deployments(store).await?;
-    let pods: Vec<Pod> = typed(store.list(Kind::Pod, None)?.0);
+    let pods: Vec<Pod> = store.list_typed(Kind::Pod, None)?;
     replicasets(store, &pods).await?;
     daemonsets(store, &pods).await?;
     jobs(store, &pods).await
@@ -197,7 +197,7 @@ async fn foreground(store: &Store) -> Result<()> {
 }
 
 async fn jobs(store: &Store, pods: &[Pod]) -> Result<()> {
-    let jobs: Vec<Job> = typed(store.list(Kind::Job, None)?.0);
+    let jobs: Vec<Job> = store.list_typed(Kind::Job, None)?;
     let now = chrono::Utc::now();
     for job in jobs.iter().filter(|j| !deleting(&j.metadata)) {
         let ns = job.metadata.namespace_or_default();
@@ -244,11 +244,11 @@ async fn jobs(store: &Store, pods: &[Pod]) -> Result<()> {
 }
 
 async fn daemonsets(store: &Store, pods: &[Pod]) -> Result<()> {
-    let sets: Vec<DaemonSet> = typed(store.list(Kind::DaemonSet, None)?.0);
+    let sets: Vec<DaemonSet> = store.list_typed(Kind::DaemonSet, None)?;
     let nodes: Vec<Node> = if sets.is_empty() {
         Vec::new()
     } else {
-        typed(store.list(Kind::Node, None)?.0)
+        store.list_typed(Kind::Node, None)?
     };
     for ds in sets.iter().filter(|s| !deleting(&s.metadata)) {
         let ns = ds.metadata.namespace_or_default();
@@ -278,8 +278,8 @@ async fn daemonsets(store: &Store, pods: &[Pod]) -> Result<()> {
 }
 
 async fn deployments(store: &Store) -> Result<()> {
-    let deploys: Vec<Deployment> = typed(store.list(Kind::Deployment, None)?.0);
-    let sets: Vec<ReplicaSet> = typed(store.list(Kind::ReplicaSet, None)?.0);
+    let deploys: Vec<Deployment> = store.list_typed(Kind::Deployment, None)?;
+    let sets: Vec<ReplicaSet> = store.list_typed(Kind::ReplicaSet, None)?;
     for d in deploys.iter().filter(|d| !deleting(&d.metadata)) {
         let ns = d.metadata.namespace_or_default();
         let owned: Vec<ReplicaSet> = controlled_by(&sets, &d.metadata.uid, |o| &o.metadata);
@@ -342,7 +342,7 @@ async fn deployments(store: &Store) -> Result<()> {
 }
 
 async fn replicasets(store: &Store, pods: &[Pod]) -> Result<()> {
-    let sets: Vec<ReplicaSet> = typed(store.list(Kind::ReplicaSet, None)?.0);
+    let sets: Vec<ReplicaSet> = store.list_typed(Kind::ReplicaSet, None)?;
     let now = chrono::Utc::now();
     let by_name = |ns: &str, name: &str| {
         pods.iter()

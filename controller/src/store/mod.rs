@@ -287,6 +287,31 @@ impl Store {
 
     /// Every object of `kind` (in `namespace`, or in all), with the revision they are current at.
     pub fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<(Vec<Object>, u64)> {
+        let mut out = Vec::new();
+        let revision = self.scan(kind, namespace, |o| out.push(o))?;
+        Ok((out, revision))
+    }
+
+    /// Every object of `kind` as its type (one that does not convert is skipped). Each is
+    /// converted as it is decoded, so a list of 10,000 pods is never in memory twice.
+    pub fn list_typed<T: TryFrom<Object, Error = shoal_api::Error>>(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+    ) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        self.scan(kind, namespace, |o| out.extend(o.into_typed::<T>().ok()))?;
+        Ok(out)
+    }
+
+    /// Decodes every object of `kind` (in `namespace`, or in all) in key order; returns the
+    /// revision they are current at.
+    fn scan(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        mut each: impl FnMut(Object),
+    ) -> Result<u64> {
         let txn = self
             .inner
             .db
@@ -302,7 +327,6 @@ impl Store {
             .open_table(OBJECTS)
             .map_err(|e| Error::store("list", e))?;
         let prefix = ObjectKey::prefix(kind, namespace);
-        let mut out = Vec::new();
         for entry in table
             .range(prefix.as_str()..)
             .map_err(|e| Error::store("list", e))?
@@ -311,9 +335,9 @@ impl Store {
             if !k.value().starts_with(&prefix) {
                 break;
             }
-            out.push(codec::decode(&self.inner.cipher, k.value(), v.value())?);
+            each(codec::decode(&self.inner.cipher, k.value(), v.value())?);
         }
-        Ok((out, revision))
+        Ok(revision)
     }
 
     /// Changes after `revision` (exclusive), optionally of one kind. Fails with
