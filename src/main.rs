@@ -7,10 +7,20 @@ mod cmd;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+/// `shoal --version`: what was built, from which commit, for which machine.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SHOAL_COMMIT"),
+    ", ",
+    env!("SHOAL_HOST_TARGET"),
+    ", wasmtime 48.0.8)"
+);
+
 #[derive(Parser)]
 #[command(
     name = "shoal",
-    version,
+    version = VERSION,
     about = "A lightweight orchestrator for fleets of edge devices"
 )]
 struct Cli {

@@ -19,13 +19,13 @@ pub struct Args {
     #[arg(long, conflicts_with = "token")]
     pub token_file: Option<PathBuf>,
     /// Node name (default: the host name).
-    #[arg(long)]
+    #[arg(long, env = "SHOAL_NODE_NAME")]
     pub name: Option<String>,
     /// Where the node keeps its credential, artifacts, compile cache and pod data.
     #[arg(long, env = "SHOAL_AGENT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Extra node labels: key=value,key2=value2.
-    #[arg(long, default_value = "")]
+    #[arg(long, env = "SHOAL_NODE_LABELS", default_value = "")]
     pub labels: String,
     /// Most pods this node runs.
     #[arg(long, default_value_t = 110)]

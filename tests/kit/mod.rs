@@ -243,7 +243,21 @@ impl Agent {
         token: &str,
         extra: &[&str],
     ) -> Agent {
-        let mut child = Command::new(shoal_bin())
+        Agent::start_program(&[shoal_bin().as_ref()], controller, name, dir, token, extra)
+    }
+
+    /// An agent run by another program: `program` is the command line before `agent ...`
+    /// (for instance qemu and an ARM build of shoal).
+    pub fn start_program(
+        program: &[&std::ffi::OsStr],
+        controller: &Controller,
+        name: &str,
+        dir: &Path,
+        token: &str,
+        extra: &[&str],
+    ) -> Agent {
+        let mut child = Command::new(program[0])
+            .args(&program[1..])
             .args([
                 "agent",
                 "--server",

@@ -1,0 +1,127 @@
+#!/bin/sh
+# Installs shoal as a systemd service, the way K3s installs in one line.
+#
+#   sudo ./install.sh controller
+#   sudo SHOAL_SERVER=10.0.0.2:7443 SHOAL_TOKEN='SHOAL1::...' ./install.sh agent
+#
+# Environment:
+#   SHOAL_BIN           the binary to install (default: ./shoal, else target/release/shoal)
+#   SHOAL_SERVER        agent: the controller, HOST:PORT (required)
+#   SHOAL_TOKEN         agent: the join token (required the first time); kept in
+#                       /etc/shoal/agent.env, readable by root only
+#   SHOAL_NODE_NAME     agent: the node's name (default: the host name)
+#   SHOAL_NODE_LABELS   agent: extra labels, k=v,k2=v2
+#   SHOAL_INSTALL_ROOT  install under this directory instead of / and start nothing (for
+#                       packaging and tests)
+set -eu
+
+role=${1:-}
+case "$role" in
+    controller | agent) ;;
+    *)
+        echo "usage: $0 controller|agent   (see the comments at the top for the environment)" >&2
+        exit 2
+        ;;
+esac
+
+root=${SHOAL_INSTALL_ROOT:-}
+here=$(cd "$(dirname "$0")" && pwd)
+bin=${SHOAL_BIN:-}
+if [ -z "$bin" ]; then
+    for candidate in "$here/shoal" "$here/target/release/shoal"; do
+        if [ -x "$candidate" ]; then
+            bin=$candidate
+            break
+        fi
+    done
+fi
+if [ -z "$bin" ] || [ ! -x "$bin" ]; then
+    echo "no shoal binary: set SHOAL_BIN, or build one (cargo build --release)" >&2
+    exit 1
+fi
+
+if [ "$role" = agent ]; then
+    if [ -z "${SHOAL_SERVER:-}" ]; then
+        echo "SHOAL_SERVER is required for an agent (the controller, HOST:PORT)" >&2
+        exit 1
+    fi
+    if [ -z "${SHOAL_TOKEN:-}" ] && [ ! -f "$root/var/lib/shoal-agent/node.conf" ]; then
+        echo "SHOAL_TOKEN is required the first time (on the controller: shoal token create)" >&2
+        exit 1
+    fi
+fi
+
+mkdir -p "$root/usr/local/bin" "$root/etc/systemd/system" "$root/etc/shoal"
+install -m 0755 "$bin" "$root/usr/local/bin/shoal"
+
+if [ "$role" = controller ]; then
+    cat >"$root/etc/systemd/system/shoal-controller.service" <<'UNIT'
+[Unit]
+Description=Shoal controller (store, API, scheduler)
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=simple
+EnvironmentFile=-/etc/shoal/controller.env
+ExecStart=/usr/local/bin/shoal controller --data-dir /var/lib/shoal
+Restart=always
+RestartSec=2
+# The store survives a kill at any moment; stop it the same way as a crash would.
+KillMode=mixed
+TimeoutStopSec=30
+LimitNOFILE=65536
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+    [ -f "$root/etc/shoal/controller.env" ] || : >"$root/etc/shoal/controller.env"
+    unit=shoal-controller
+else
+    umask 077
+    {
+        echo "SHOAL_SERVER=$SHOAL_SERVER"
+        [ -n "${SHOAL_TOKEN:-}" ] && echo "SHOAL_TOKEN=$SHOAL_TOKEN"
+        [ -n "${SHOAL_NODE_NAME:-}" ] && echo "SHOAL_NODE_NAME=$SHOAL_NODE_NAME"
+        [ -n "${SHOAL_NODE_LABELS:-}" ] && echo "SHOAL_NODE_LABELS=$SHOAL_NODE_LABELS"
+        true
+    } >"$root/etc/shoal/agent.env"
+    chmod 0600 "$root/etc/shoal/agent.env"
+    umask 022
+    cat >"$root/etc/systemd/system/shoal-agent.service" <<'UNIT'
+[Unit]
+Description=Shoal agent (runs this node's pods)
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=simple
+# SHOAL_SERVER, SHOAL_TOKEN (first join only), SHOAL_NODE_NAME, SHOAL_NODE_LABELS
+EnvironmentFile=/etc/shoal/agent.env
+ExecStart=/usr/local/bin/shoal agent --data-dir /var/lib/shoal-agent
+Restart=always
+RestartSec=2
+# Pods are children of the agent's process tree (runc, wasm threads): stop them with it.
+KillMode=control-group
+TimeoutStopSec=60
+LimitNOFILE=65536
+Delegate=yes
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+    unit=shoal-agent
+fi
+
+echo "installed $root/usr/local/bin/shoal ($("$root/usr/local/bin/shoal" --version 2>/dev/null || echo "for another architecture"))"
+echo "installed $root/etc/systemd/system/$unit.service"
+if [ -n "$root" ]; then
+    exit 0
+fi
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    systemctl daemon-reload
+    systemctl enable --now "$unit"
+    echo "started $unit: systemctl status $unit; journalctl -u $unit -f"
+else
+    echo "no systemd here: start it with  /usr/local/bin/shoal $role ..." >&2
+fi
