@@ -21,6 +21,8 @@ pub struct Plan {
     pub delete: Vec<String>,
     /// The current set's new revision, when an older template became current again (undo).
     pub revise: Option<(String, u64)>,
+    /// Sets whose minReadySeconds is not the Deployment's (it changed): given the new value.
+    pub min_ready: Vec<String>,
     pub status: Option<DeploymentStatus>,
 }
 
@@ -121,7 +123,14 @@ fn condition(ty: &str, ok: bool, reason: &str, message: String) -> Condition {
 
 /// `owned`: the ReplicaSets whose controller is this Deployment.
 pub fn reconcile(d: &Deployment, owned: &[ReplicaSet], now: chrono::DateTime<chrono::Utc>) -> Plan {
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        min_ready: owned
+            .iter()
+            .filter(|rs| rs.spec.min_ready_seconds != d.spec.min_ready_seconds)
+            .map(|rs| rs.metadata.name.clone())
+            .collect(),
+        ..Plan::default()
+    };
     let desired = d.spec.replicas.unwrap_or(1).max(0);
     let hash = template_hash(d);
     let (surge, max_unavailable) = budgets(d, desired);
@@ -441,6 +450,21 @@ mod tests {
         let moving = [set(&v1, 1, 2, 2), set(&v2, 2, 1, 1)];
         let st = reconcile(&v2, &moving, later(61)).status.unwrap();
         assert_eq!(reason(&st), "ReplicaSetUpdated");
+    }
+
+    #[test]
+    fn a_new_min_ready_seconds_reaches_every_set() {
+        let v1 = deploy(2, "v1", "1", "0");
+        let v2 = deploy(2, "v2", "1", "0");
+        let sets = [set(&v1, 1, 0, 0), set(&v2, 2, 2, 2)];
+        assert!(reconcile(&v2, &sets, t0()).min_ready.is_empty());
+        let mut slower = v2.clone();
+        slower.spec.min_ready_seconds = Some(30);
+        let mut names = reconcile(&slower, &sets, t0()).min_ready;
+        names.sort();
+        let mut want: Vec<String> = sets.iter().map(|s| s.metadata.name.clone()).collect();
+        want.sort();
+        assert_eq!(names, want);
     }
 
     #[test]

@@ -301,8 +301,18 @@ async fn deployments(store: &Store) -> Result<()> {
                 )?;
             }
         }
-        for (name, replicas) in &plan.scale {
-            if let Some(rs) = owned.iter().find(|r| &r.metadata.name == name) {
+        // One write per set, carrying its new replicas and minReadySeconds together.
+        let mut touched: Vec<&str> = plan.scale.iter().map(|(n, _)| n.as_str()).collect();
+        touched.extend(plan.min_ready.iter().map(String::as_str));
+        touched.sort_unstable();
+        touched.dedup();
+        for name in touched {
+            let Some(rs) = owned.iter().find(|r| r.metadata.name == name) else {
+                continue;
+            };
+            let mut next = rs.clone();
+            next.spec.min_ready_seconds = d.spec.min_ready_seconds;
+            if let Some((_, replicas)) = plan.scale.iter().find(|(n, _)| n == name) {
                 tracing::info!(deployment = %d.metadata.name, replicaset = %name, from = ?rs.spec.replicas, to = replicas, "scaling ReplicaSet");
                 let from = rs.spec.replicas.unwrap_or(1);
                 let verb = if *replicas > from { "up" } else { "down" };
@@ -317,14 +327,13 @@ async fn deployments(store: &Store) -> Result<()> {
                     "deployment-controller",
                 )
                 .await;
-                let mut next = rs.clone();
                 next.spec.replicas = Some(*replicas);
-                tolerate(
-                    store
-                        .update(Object::ReplicaSet(next), Some(rs.metadata.revision()))
-                        .await,
-                )?;
             }
+            tolerate(
+                store
+                    .update(Object::ReplicaSet(next), Some(rs.metadata.revision()))
+                    .await,
+            )?;
         }
         delete_named(store, Kind::ReplicaSet, ns, &plan.delete).await?;
         if let Some(status) = plan.status {
