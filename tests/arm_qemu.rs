@@ -1,56 +1,94 @@
-//! ARM agents: shoal cross-compiled for aarch64 (static, musl) and run under qemu-user, the
-//! stand-in for a Raspberry Pi, against the x86 controller.
+//! ARM agents: shoal cross-compiled for 64-bit ARM (aarch64, static with musl) and 32-bit ARM
+//! (armv7, glibc) and run under qemu-user, the stand-in for a Raspberry Pi, against the x86
+//! controller.
 //!
-//! Needs Debian's `gcc-aarch64-linux-gnu` and `qemu-user-static` and the Rust target
-//! `aarch64-unknown-linux-musl`. Where one is missing the test is skipped with the reason; with
-//! `SHOAL_REQUIRE_CROSS=1` (CI sets it) it fails instead, with the install hint.
+//! Needs Debian's cross compilers (`gcc-aarch64-linux-gnu`, `gcc-arm-linux-gnueabihf`) and
+//! `qemu-user-static`, and the Rust targets. Where one is missing a test is skipped with the
+//! reason; with `SHOAL_REQUIRE_CROSS=1` (CI sets it) it fails instead, with the install hint.
 
 mod kit;
 
 use kit::{repo_path, Agent, Cluster, Controller};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-const TARGET: &str = "aarch64-unknown-linux-musl";
-const QEMU: &str = "qemu-aarch64-static";
+/// One ARM target: how to build for it and how to run what was built.
+struct Arm {
+    target: &'static str,
+    gcc: &'static str,
+    gcc_package: &'static str,
+    qemu: &'static str,
+    /// The target's libraries for a dynamically linked build (`qemu -L`).
+    sysroot: Option<&'static str>,
+    /// ELF e_machine: 183 AArch64, 40 ARM.
+    machine: u16,
+    /// What the node reports as `kubernetes.io/arch`.
+    arch: &'static str,
+    /// How the agent runs wasm there: Cranelift compiles for aarch64; 32-bit ARM has no
+    /// Cranelift backend, so wasmtime interprets Pulley bytecode.
+    compiler: &'static str,
+}
+
+const AARCH64: Arm = Arm {
+    target: "aarch64-unknown-linux-musl",
+    gcc: "aarch64-linux-gnu-gcc",
+    gcc_package: "gcc-aarch64-linux-gnu",
+    qemu: "qemu-aarch64-static",
+    sysroot: None,
+    machine: 183,
+    arch: "arm64",
+    compiler: "cranelift",
+};
+
+const ARMV7: Arm = Arm {
+    target: "armv7-unknown-linux-gnueabihf",
+    gcc: "arm-linux-gnueabihf-gcc",
+    gcc_package: "gcc-arm-linux-gnueabihf",
+    qemu: "qemu-arm-static",
+    sysroot: Some("/usr/arm-linux-gnueabihf"),
+    machine: 40,
+    arch: "arm",
+    compiler: "pulley",
+};
 
 fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()))
 }
 
-/// What is missing to build and run the aarch64 binary, if anything.
-fn missing() -> Option<String> {
+/// What is missing to build and run for `arm`, if anything.
+fn missing(arm: &Arm) -> Option<String> {
     let sysroot = Command::new("rustc")
         .args(["--print", "sysroot"])
         .output()
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
-    let std_lib = Path::new(&sysroot).join("lib/rustlib").join(TARGET);
+    let std_lib = Path::new(&sysroot).join("lib/rustlib").join(arm.target);
     let mut gaps = Vec::new();
-    if !on_path("aarch64-linux-gnu-gcc") {
-        gaps.push("apt-get install gcc-aarch64-linux-gnu");
+    if !on_path(arm.gcc) {
+        gaps.push(format!("apt-get install {}", arm.gcc_package));
     }
-    if !on_path(QEMU) {
-        gaps.push("apt-get install qemu-user-static");
+    if !on_path(arm.qemu) {
+        gaps.push("apt-get install qemu-user-static".into());
     }
     if !std_lib.is_dir() {
-        gaps.push("rustup target add aarch64-unknown-linux-musl");
+        gaps.push(format!("rustup target add {}", arm.target));
     }
     (!gaps.is_empty()).then(|| gaps.join("; "))
 }
 
-/// Builds shoal for aarch64 into the same target dir as the tests (the host's build scripts
+/// Builds shoal for `arm` into the same target dir as the tests (the host's build scripts
 /// and proc macros are shared), with the dependencies unoptimised: this build is most of the
 /// test's time, and the code under qemu has little to do.
-fn aarch64_shoal() -> Option<PathBuf> {
-    if let Some(gaps) = missing() {
+fn build(arm: &Arm) -> Option<PathBuf> {
+    if let Some(gaps) = missing(arm) {
         if std::env::var("SHOAL_REQUIRE_CROSS").as_deref() == Ok("1") {
-            panic!("the aarch64 test needs: {gaps}");
+            panic!("the {} test needs: {gaps}", arm.target);
         }
-        eprintln!("skipped: the aarch64 test needs: {gaps}");
+        eprintln!("skipped: the {} test needs: {gaps}", arm.target);
         return None;
     }
     let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -58,7 +96,7 @@ fn aarch64_shoal() -> Option<PathBuf> {
         .expect("the target dir")
         .to_path_buf();
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--quiet", "--bin", "shoal", "--target", TARGET])
+        .args(["build", "--quiet", "--bin", "shoal", "--target", arm.target])
         .args(["--config", "profile.dev.package.\"*\".opt-level=0"])
         .arg("--manifest-path")
         .arg(repo_path("Cargo.toml"))
@@ -69,72 +107,85 @@ fn aarch64_shoal() -> Option<PathBuf> {
         .expect("run cargo");
     assert!(
         out.status.success(),
-        "cross-building shoal for {TARGET} failed:\n{}",
+        "cross-building shoal for {} failed:\n{}",
+        arm.target,
         String::from_utf8_lossy(&out.stderr)
     );
-    Some(target_dir.join(TARGET).join("debug/shoal"))
+    Some(target_dir.join(arm.target).join("debug/shoal"))
 }
 
-/// (ELF machine, has a program interpreter): 183 is AArch64; a static binary has no
-/// interpreter (PT_INTERP) to load it.
+/// (ELF machine, has a program interpreter). A static binary has no interpreter (PT_INTERP)
+/// to load it.
 fn elf_facts(bytes: &[u8]) -> (u16, bool) {
     assert_eq!(&bytes[..4], b"\x7fELF", "an ELF file");
-    assert_eq!(bytes[4], 2, "64-bit");
     let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]);
+    let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap());
     let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap());
     let machine = u16_at(18);
-    let (phoff, phentsize, phnum) = (u64_at(32) as usize, u16_at(54) as usize, u16_at(56));
-    let interp = (0..phnum as usize).any(|i| {
-        let at = phoff + i * phentsize;
-        u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) == 3
-    });
+    let (phoff, phentsize, phnum) = match bytes[4] {
+        1 => (u32_at(28) as usize, u16_at(42) as usize, u16_at(44)),
+        _ => (u64_at(32) as usize, u16_at(54) as usize, u16_at(56)),
+    };
+    let interp = (0..phnum as usize).any(|i| u32_at(phoff + i * phentsize) == 3);
     (machine, interp)
 }
 
-#[test]
-fn an_aarch64_agent_under_qemu_joins_reports_arm64_and_runs_a_wasm_pod() {
-    let Some(bin) = aarch64_shoal() else { return };
+/// The command line that runs `bin` under qemu.
+fn under_qemu(arm: &Arm, bin: &Path) -> Vec<OsString> {
+    let mut program = vec![OsString::from(arm.qemu)];
+    if let Some(sysroot) = arm.sysroot {
+        program.extend(["-L".into(), sysroot.into()]);
+    }
+    program.push(bin.into());
+    program
+}
+
+/// Joins an agent built for `arm` to an x86 controller and runs the example workload on it.
+fn runs_the_example_on(arm: &Arm) {
+    let Some(bin) = build(arm) else { return };
     let (machine, dynamic) = elf_facts(&std::fs::read(&bin).unwrap());
-    assert_eq!(machine, 183, "an AArch64 binary");
-    assert!(!dynamic, "statically linked: nothing to install on the Pi");
-    let version = Command::new(QEMU)
-        .arg(&bin)
+    assert_eq!(machine, arm.machine, "built for {}", arm.target);
+    if arm.sysroot.is_none() {
+        assert!(!dynamic, "statically linked: nothing to install on the Pi");
+    }
+    let program = under_qemu(arm, &bin);
+    let version = Command::new(&program[0])
+        .args(&program[1..])
         .arg("--version")
         .output()
         .unwrap();
     let version = String::from_utf8_lossy(&version.stdout);
-    assert!(version.contains(TARGET), "{version}");
+    assert!(version.contains(arm.target), "{version}");
 
     let dir = tempfile::tempdir().unwrap();
     let controller = Controller::start(&dir.path().join("controller"));
     let token = std::fs::read_to_string(controller.dir.join("token")).unwrap();
+    let name = format!("pi-{}", arm.arch);
+    let program: Vec<&std::ffi::OsStr> = program.iter().map(OsString::as_os_str).collect();
     let agent = Agent::start_program(
-        &[QEMU.as_ref(), bin.as_os_str()],
+        &program,
         &controller,
-        "pi-arm64",
+        &name,
         &dir.path().join("agent"),
         token.trim(),
         &[],
     );
     let c = Cluster::adopt(controller, vec![agent]);
-    c.wait_for("the aarch64 node Ready", Duration::from_secs(120), |c| {
-        c.shoal(&["get", "nodes", "pi-arm64", "--no-headers"])
+    c.wait_for("the ARM node Ready", Duration::from_secs(120), |c| {
+        c.shoal(&["get", "nodes", &name, "--no-headers"])
             .stdout()
             .split_whitespace()
             .nth(1)
             == Some("Ready")
     });
     let node: serde_json::Value =
-        serde_json::from_str(&c.shoal(&["get", "node", "pi-arm64", "-o", "json"]).ok()).unwrap();
-    assert_eq!(node["metadata"]["labels"]["kubernetes.io/arch"], "arm64");
-    assert_eq!(node["status"]["nodeInfo"]["architecture"], "arm64");
+        serde_json::from_str(&c.shoal(&["get", "node", &name, "-o", "json"]).ok()).unwrap();
+    assert_eq!(node["metadata"]["labels"]["kubernetes.io/arch"], arm.arch);
+    assert_eq!(node["status"]["nodeInfo"]["architecture"], arm.arch);
     let runtime = node["status"]["nodeInfo"]["containerRuntimeVersion"]
         .as_str()
         .unwrap_or_default();
-    assert!(
-        runtime.contains("cranelift"),
-        "aarch64 compiles wasm: {runtime}"
-    );
+    assert!(runtime.contains(arm.compiler), "{runtime}");
 
     // The example workload, unchanged: its module is pushed by apply and runs on the Pi.
     c.controller
@@ -145,14 +196,24 @@ fn an_aarch64_agent_under_qemu_joins_reports_arm64_and_runs_a_wasm_pod() {
         ])
         .ok();
     c.wait_for(
-        "hello Running on the aarch64 node",
-        Duration::from_secs(120),
+        "hello Running on the ARM node",
+        Duration::from_secs(180),
         |c| c.pod("hello")["status"]["phase"] == "Running",
     );
-    assert_eq!(c.pod("hello")["spec"]["nodeName"], "pi-arm64");
+    assert_eq!(c.pod("hello")["spec"]["nodeName"], name.as_str());
     c.wait_for("its greeting in the logs", Duration::from_secs(60), |c| {
         c.shoal(&["logs", "hello"])
             .stdout()
             .contains("Hello from the edge from hello")
     });
+}
+
+#[test]
+fn an_aarch64_agent_under_qemu_joins_reports_arm64_and_runs_a_wasm_pod() {
+    runs_the_example_on(&AARCH64);
+}
+
+#[test]
+fn an_armv7_agent_under_qemu_interprets_wasm_with_pulley_and_runs_a_wasm_pod() {
+    runs_the_example_on(&ARMV7);
 }
