@@ -5,6 +5,7 @@
 
 pub mod daemonset;
 pub mod deployment;
+pub mod foreground;
 pub mod job;
 pub mod replicaset;
 
@@ -165,31 +166,21 @@ async fn foreground(store: &Store) -> Result<()> {
     let mut dependents: Vec<Object> = store.list(Kind::ReplicaSet, None)?.0;
     dependents.extend(store.list(Kind::Pod, None)?.0);
     for owner in &owners {
-        let m = owner.metadata();
-        let ns = m.namespace_or_default();
-        let mine: Vec<&Object> = dependents
-            .iter()
-            .filter(|d| {
-                d.metadata().namespace_or_default() == ns
-                    && d.metadata().owner_references.iter().any(|o| o.uid == m.uid)
-            })
-            .collect();
-        if mine.is_empty() {
+        let plan = foreground::plan(owner, &dependents);
+        if plan.delete_owner {
+            let m = owner.metadata();
             tracing::info!(kind = %owner.kind(), name = %m.name, "dependents gone; deleting");
             tolerate(store.delete(ObjectKey::of(owner), Some(m.revision())).await)?;
             continue;
         }
-        slow_start(mine, |d| async move {
+        slow_start(plan.mark, |d| async move {
             let key = ObjectKey::of(d);
-            if d.kind() == Kind::ReplicaSet {
-                if deleting(d.metadata()) {
-                    return Ok(());
-                }
-                let policy = shoal_api::PropagationPolicy::Foreground;
-                tolerate(store.write(vec![Op::DeleteWith { key, policy }]).await)
-            } else {
-                tolerate(store.delete(key, None).await)
-            }
+            let policy = shoal_api::PropagationPolicy::Foreground;
+            tolerate(store.write(vec![Op::DeleteWith { key, policy }]).await)
+        })
+        .await?;
+        slow_start(plan.delete, |d| async move {
+            tolerate(store.delete(ObjectKey::of(d), None).await)
         })
         .await?;
     }
