@@ -190,6 +190,7 @@ fn main() {
                 memory_limit: None,
                 cpu_limit_millis: None,
                 log_path: dir.path().join("bare.log"),
+                ..Default::default()
             };
             let t = Instant::now();
             bare.start(spec).expect("start").wait().await;

@@ -80,6 +80,7 @@ async fn in_shoal(runtime: &WasmRuntime, artifact: &Path, dir: &Path) -> Outcome
         memory_limit: Some(64 << 20),
         cpu_limit_millis: None,
         log_path: dir.join("container.log"),
+        ..Default::default()
     };
     let exit = runtime.start(spec).unwrap().wait().await;
     Outcome {
@@ -164,6 +165,7 @@ async fn a_read_only_volume_refuses_writes() {
         memory_limit: None,
         cpu_limit_millis: None,
         log_path: root.path().join("ro.log"),
+        ..Default::default()
     };
     let exit = runtime.start(spec).unwrap().wait().await;
     assert_eq!(exit.code, 2, "the write failed");

@@ -8,6 +8,14 @@ pub enum Error {
     Start { id: String, message: String },
     #[error("{path}: {message}")]
     Io { path: String, message: String },
+    #[error("layer {layer}: {message}")]
+    Layer { layer: String, message: String },
+    #[error("image {image}: {message}")]
+    Image { image: String, message: String },
+    #[error("runc: {0}")]
+    Runc(String),
+    #[error("{0}")]
+    Internal(String),
     #[error("wasm engine: {0}")]
     Engine(String),
 }

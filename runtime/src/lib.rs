@@ -6,6 +6,7 @@
 pub mod error;
 pub mod handle;
 pub mod logs;
+pub mod oci;
 pub mod wasm;
 
 pub use error::{Error, Result};
@@ -22,14 +23,23 @@ pub struct Mount {
 }
 
 /// Everything an executor needs to run one container; resolved by the agent from the pod.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct ContainerSpec {
     /// `namespace/pod/container`, for logs and errors.
     pub id: String,
-    /// The artifact on local disk (a .wasm module or component, or WAT text).
+    /// Stable and unique on the node (`<pod uid>-<container>`): what the OCI executor names
+    /// the container, so a restarted agent finds it again.
+    pub key: String,
+    /// The artifact on local disk: for wasm a .wasm module or component (or WAT text); for OCI
+    /// the image manifest's blob in the node's image store.
     pub artifact: PathBuf,
-    /// argv: the container's `command` then `args`; argv[0] defaults to the container name.
+    /// argv for wasm: the container's `command` then `args`; argv[0] defaults to the
+    /// container name.
     pub argv: Vec<String>,
+    /// The container's `command` and `args` as written; OCI merges them with the image's
+    /// Entrypoint and Cmd the way Kubernetes does.
+    pub command: Vec<String>,
+    pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub working_dir: Option<String>,
     pub mounts: Vec<Mount>,
@@ -37,8 +47,44 @@ pub struct ContainerSpec {
     pub memory_limit: Option<u64>,
     /// CPU the container may use, in millicores (`resources.limits.cpu`).
     pub cpu_limit_millis: Option<u64>,
+    /// CPU it asked for, in millicores (`resources.requests.cpu`): its share under contention.
+    pub cpu_request_millis: Option<u64>,
+    /// Most processes (OCI only).
+    pub pids_limit: Option<i64>,
+    /// `securityContext`, as OCI containers honour it.
+    pub security: Security,
+    /// Which network the container joins (OCI only; wasm has no network namespace).
+    pub network: Network,
+    /// The container's hostname (the pod's name).
+    pub hostname: String,
     /// stdout and stderr are appended here.
     pub log_path: PathBuf,
+}
+
+/// A container's `securityContext`, resolved.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Security {
+    pub run_as_user: Option<u32>,
+    pub run_as_group: Option<u32>,
+    pub run_as_non_root: bool,
+    pub read_only_root_filesystem: bool,
+    pub privileged: bool,
+    /// `allowPrivilegeEscalation`; unset means no (`no_new_privileges`), as in Docker.
+    pub allow_privilege_escalation: bool,
+    pub capabilities_add: Vec<String>,
+    pub capabilities_drop: Vec<String>,
+}
+
+/// The network a container lives in.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Network {
+    /// The node's own network (`hostNetwork: true`).
+    Host,
+    /// The pod's network namespace, shared by its containers (a path under /var/run/netns).
+    Pod(PathBuf),
+    /// A namespace of its own with only loopback.
+    #[default]
+    Isolated,
 }
 
 /// A way of running containers.

@@ -50,6 +50,7 @@ impl Fixture {
             memory_limit: None,
             cpu_limit_millis: None,
             log_path: self.dir.path().join(format!("{name}.log")),
+            ..Default::default()
         }
     }
 }

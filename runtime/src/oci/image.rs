@@ -1,0 +1,704 @@
+//! The node's image store: OCI blobs kept by digest (each checked as it is stored), layers
+//! unpacked once per digest and shared by every image and container that uses them, and images
+//! imported from an OCI image layout, an OCI archive or a `docker save` tarball, choosing the
+//! manifest for the node's platform from an image index.
+//!
+//! ```text
+//! images/blobs/sha256/<hex>   manifests, configs, indexes and layer blobs
+//! images/layers/<hex>/        a layer unpacked (overlay whiteouts), named by its blob digest
+//! images/tmp/                 scratch space; never read as content
+//! ```
+
+use super::layer::{self, Whiteouts};
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+pub const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const MEDIA_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// An OS and CPU an image can be built for, as OCI names them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// The platform this binary runs on: `linux/amd64`, `linux/arm64`, `linux/arm/v7`.
+    pub fn host() -> Platform {
+        let (architecture, variant) = match std::env::consts::ARCH {
+            "x86_64" => ("amd64", None),
+            "aarch64" => ("arm64", None),
+            "arm" => ("arm", Some("v7".to_string())),
+            "x86" => ("386", None),
+            other => (other, None),
+        };
+        Platform {
+            os: "linux".into(),
+            architecture: architecture.into(),
+            variant,
+        }
+    }
+
+    /// Can an image built for `image` run here? A missing variant matches any.
+    pub fn runs(&self, image: &Platform) -> bool {
+        self.os == image.os
+            && self.architecture == image.architecture
+            && match (&self.variant, &image.variant) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    #[serde(default)]
+    pub media_type: String,
+    pub digest: String,
+    #[serde(default)]
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Index {
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    #[serde(default)]
+    pub schema_version: u32,
+    #[serde(default)]
+    pub media_type: String,
+    pub config: Descriptor,
+    #[serde(default)]
+    pub layers: Vec<Descriptor>,
+}
+
+/// The parts of an image's configuration a container starts from.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct ImageConfig {
+    #[serde(default)]
+    pub os: String,
+    #[serde(default)]
+    pub architecture: String,
+    #[serde(default)]
+    pub variant: Option<String>,
+    #[serde(default)]
+    pub config: RunConfig,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RunConfig {
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default)]
+    pub cmd: Option<Vec<String>>,
+    #[serde(default)]
+    pub env: Option<Vec<String>>,
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+impl ImageConfig {
+    pub fn platform(&self) -> Platform {
+        Platform {
+            os: self.os.clone(),
+            architecture: self.architecture.clone(),
+            variant: self.variant.clone(),
+        }
+    }
+}
+
+/// An image in the store, ready to run.
+#[derive(Clone, Debug)]
+pub struct Image {
+    pub manifest_digest: String,
+    pub config: ImageConfig,
+    /// Layer blob digests, bottom first.
+    pub layers: Vec<String>,
+}
+
+pub struct ImageStore {
+    dir: PathBuf,
+    /// One unpack per layer at a time.
+    unpacking: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+fn sha256_hex(digest: &str) -> Option<&str> {
+    let hex = digest.strip_prefix("sha256:")?;
+    (hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+    .then_some(hex)
+}
+
+/// Copies `from` to `to`, returning the sha256 digest of what was copied.
+fn copy_hashing(mut from: impl Read, to: &Path) -> Result<(String, u64)> {
+    let mut out = fs::File::create(to).map_err(|e| Error::io(to, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n = 0u64;
+    loop {
+        let got = from.read(&mut buf).map_err(|e| Error::io(to, e))?;
+        if got == 0 {
+            break;
+        }
+        hasher.update(&buf[..got]);
+        std::io::Write::write_all(&mut out, &buf[..got]).map_err(|e| Error::io(to, e))?;
+        n += got as u64;
+    }
+    out.sync_all().map_err(|e| Error::io(to, e))?;
+    Ok((format!("sha256:{}", hex::encode(hasher.finalize())), n))
+}
+
+impl ImageStore {
+    pub fn new(dir: &Path) -> Result<ImageStore> {
+        for sub in ["blobs/sha256", "layers", "tmp"] {
+            let d = dir.join(sub);
+            fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+        }
+        // Scratch left by an interrupted import or unpack is never content.
+        let tmp = dir.join("tmp");
+        if let Ok(entries) = fs::read_dir(&tmp) {
+            for e in entries.flatten() {
+                let _ = fs::remove_dir_all(e.path()).or_else(|_| fs::remove_file(e.path()));
+            }
+        }
+        Ok(ImageStore {
+            dir: dir.to_path_buf(),
+            unpacking: Mutex::default(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where a blob lives; refuses anything that is not a well-formed sha256 digest.
+    pub fn blob_path(&self, digest: &str) -> Result<PathBuf> {
+        let hex = sha256_hex(digest).ok_or_else(|| Error::Image {
+            image: digest.to_string(),
+            message: "not a sha256 digest".into(),
+        })?;
+        Ok(self.dir.join("blobs/sha256").join(hex))
+    }
+
+    pub fn has_blob(&self, digest: &str) -> bool {
+        self.blob_path(digest).is_ok_and(|p| p.exists())
+    }
+
+    /// A scratch path inside the store (same filesystem, so renames are atomic).
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        self.dir
+            .join("tmp")
+            .join(format!("{name}-{}-{:x}", std::process::id(), rand_suffix()))
+    }
+
+    /// Stores what `from` yields as the blob `digest`, refusing it if the bytes do not hash to
+    /// it. Nothing is stored on a mismatch.
+    pub fn put_blob(&self, digest: &str, from: impl Read) -> Result<PathBuf> {
+        let dest = self.blob_path(digest)?;
+        let tmp = self.scratch("blob");
+        let (actual, _) = copy_hashing(from, &tmp).inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })?;
+        if actual != digest {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::Image {
+                image: digest.to_string(),
+                message: format!("digest mismatch: the content hashes to {actual}"),
+            });
+        }
+        fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
+        Ok(dest)
+    }
+
+    /// Stores bytes whose digest is computed here (manifests this store writes itself).
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<String> {
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+        if !self.has_blob(&digest) {
+            self.put_blob(&digest, bytes)?;
+        }
+        Ok(digest)
+    }
+
+    fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
+        let p = self.blob_path(digest)?;
+        fs::read(&p).map_err(|e| Error::io(&p, e))
+    }
+
+    /// Imports an image archive (an OCI layout as a tar, or `docker save` output) and returns
+    /// the digest of the manifest for `platform`.
+    pub fn import_archive(&self, archive: &Path, platform: &Platform) -> Result<String> {
+        let name = archive.display().to_string();
+        let scratch = self.scratch("import");
+        fs::create_dir_all(&scratch).map_err(|e| Error::io(&scratch, e))?;
+        let result = layer::open(archive)
+            .and_then(|r| layer::unpack(&name, r, &scratch, Whiteouts::Apply))
+            .map_err(|e| Error::Image {
+                image: name.clone(),
+                message: format!("not an image archive: {e}"),
+            })
+            .and_then(|_| self.import_dir(&scratch, platform));
+        let _ = fs::remove_dir_all(&scratch);
+        result
+    }
+
+    /// Imports an OCI image layout or an unpacked `docker save` directory.
+    pub fn import_dir(&self, dir: &Path, platform: &Platform) -> Result<String> {
+        let image = dir.display().to_string();
+        let err = |message: String| Error::Image {
+            image: image.clone(),
+            message,
+        };
+        if dir.join("index.json").exists() {
+            let index: Index = read_json(&dir.join("index.json")).map_err(err)?;
+            let chosen = self.choose_in_layout(dir, &index.manifests, platform, 0)?;
+            self.import_manifest_from(dir, &chosen)?;
+            Ok(chosen)
+        } else if dir.join("manifest.json").exists() {
+            self.import_docker(dir, platform)
+        } else {
+            Err(err(
+                "neither an OCI image layout (index.json) nor docker save output (manifest.json)"
+                    .into(),
+            ))
+        }
+    }
+
+    /// Follows indexes in a layout to the manifest for `platform`; returns its digest.
+    fn choose_in_layout(
+        &self,
+        dir: &Path,
+        candidates: &[Descriptor],
+        platform: &Platform,
+        depth: u32,
+    ) -> Result<String> {
+        let image = dir.display().to_string();
+        if depth > 4 {
+            return Err(Error::Image {
+                image,
+                message: "image indexes nest too deep".into(),
+            });
+        }
+        let mut seen = Vec::new();
+        for d in candidates {
+            if d.media_type == MEDIA_INDEX || d.media_type == DOCKER_LIST {
+                let nested: Index =
+                    read_json(&layout_blob(dir, &d.digest)?).map_err(|m| Error::Image {
+                        image: image.clone(),
+                        message: m,
+                    })?;
+                match self.choose_in_layout(dir, &nested.manifests, platform, depth + 1) {
+                    Ok(found) => return Ok(found),
+                    Err(e) => seen.push(e.to_string()),
+                }
+                continue;
+            }
+            let p =
+                match &d.platform {
+                    Some(p) => p.clone(),
+                    None => {
+                        let m: Manifest =
+                            read_json(&layout_blob(dir, &d.digest)?).map_err(|m| Error::Image {
+                                image: image.clone(),
+                                message: m,
+                            })?;
+                        let c: ImageConfig = read_json(&layout_blob(dir, &m.config.digest)?)
+                            .map_err(|m| Error::Image {
+                                image: image.clone(),
+                                message: m,
+                            })?;
+                        c.platform()
+                    }
+                };
+            if platform.runs(&p) {
+                return Ok(d.digest.clone());
+            }
+            seen.push(p.to_string());
+        }
+        Err(Error::Image {
+            image,
+            message: format!(
+                "no {platform} image (it has: {})",
+                if seen.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    seen.join(", ")
+                }
+            ),
+        })
+    }
+
+    /// Copies a manifest, its config and its layers from a layout into the store, each
+    /// checked against its digest.
+    fn import_manifest_from(&self, dir: &Path, digest: &str) -> Result<()> {
+        let manifest_path = layout_blob(dir, digest)?;
+        let manifest: Manifest = read_json(&manifest_path).map_err(|m| Error::Image {
+            image: digest.to_string(),
+            message: m,
+        })?;
+        for d in std::iter::once(&manifest.config).chain(manifest.layers.iter()) {
+            if !self.has_blob(&d.digest) {
+                let src = layout_blob(dir, &d.digest)?;
+                let f = fs::File::open(&src).map_err(|e| Error::io(&src, e))?;
+                self.put_blob(&d.digest, f)?;
+            }
+        }
+        if !self.has_blob(digest) {
+            let f = fs::File::open(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
+            self.put_blob(digest, f)?;
+        }
+        Ok(())
+    }
+
+    /// `docker save` output: manifest.json names the config and layer files; the manifest is
+    /// written here in OCI form.
+    fn import_docker(&self, dir: &Path, platform: &Platform) -> Result<String> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Entry {
+            config: String,
+            layers: Vec<String>,
+        }
+        let image = dir.display().to_string();
+        let err = |message: String| Error::Image {
+            image: image.clone(),
+            message,
+        };
+        let entries: Vec<Entry> = read_json(&dir.join("manifest.json")).map_err(err)?;
+        let entry = entries
+            .first()
+            .ok_or_else(|| err("manifest.json lists no image".into()))?;
+        let put = |rel: &str, media_type: &str| -> Result<Descriptor> {
+            let src = dir.join(
+                layer_rel(rel)
+                    .ok_or_else(|| err(format!("{rel:?} is not a path in the archive")))?,
+            );
+            let tmp = self.scratch("docker");
+            let f = fs::File::open(&src).map_err(|e| Error::io(&src, e))?;
+            let (digest, size) = copy_hashing(f, &tmp)?;
+            let dest = self.blob_path(&digest)?;
+            fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
+            Ok(Descriptor {
+                media_type: media_type.into(),
+                digest,
+                size,
+                platform: None,
+            })
+        };
+        let config = put(&entry.config, MEDIA_CONFIG)?;
+        let parsed: ImageConfig = serde_json::from_slice(&self.read_blob(&config.digest)?)
+            .map_err(|e| err(format!("image config: {e}")))?;
+        if !platform.runs(&parsed.platform()) {
+            return Err(err(format!(
+                "no {platform} image (it has: {})",
+                parsed.platform()
+            )));
+        }
+        let layers = entry
+            .layers
+            .iter()
+            .map(|l| put(l, MEDIA_LAYER))
+            .collect::<Result<Vec<_>>>()?;
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: MEDIA_MANIFEST.into(),
+            config,
+            layers,
+        };
+        let bytes = serde_json::to_vec(&manifest).map_err(|e| err(e.to_string()))?;
+        self.put_bytes(&bytes)
+    }
+
+    /// The image whose manifest is `digest`.
+    pub fn image(&self, digest: &str) -> Result<Image> {
+        let err = |message: String| Error::Image {
+            image: digest.to_string(),
+            message,
+        };
+        let manifest: Manifest = serde_json::from_slice(&self.read_blob(digest)?)
+            .map_err(|e| err(format!("manifest: {e}")))?;
+        let config: ImageConfig = serde_json::from_slice(&self.read_blob(&manifest.config.digest)?)
+            .map_err(|e| err(format!("config: {e}")))?;
+        for l in &manifest.layers {
+            if !self.has_blob(&l.digest) {
+                return Err(err(format!("layer {} is missing from the store", l.digest)));
+            }
+        }
+        Ok(Image {
+            manifest_digest: digest.to_string(),
+            config,
+            layers: manifest.layers.into_iter().map(|l| l.digest).collect(),
+        })
+    }
+
+    /// The layer unpacked (overlay form), unpacking it the first time it is asked for.
+    pub fn layer_dir(&self, digest: &str) -> Result<PathBuf> {
+        let hex = sha256_hex(digest)
+            .ok_or_else(|| Error::Image {
+                image: digest.to_string(),
+                message: "not a sha256 digest".into(),
+            })?
+            .to_string();
+        let dest = self.dir.join("layers").join(&hex);
+        let lock = self
+            .unpacking
+            .lock()
+            .map_err(|_| Error::Internal("layer lock poisoned".into()))?
+            .entry(hex)
+            .or_default()
+            .clone();
+        let _held = lock
+            .lock()
+            .map_err(|_| Error::Internal("layer lock poisoned".into()))?;
+        if dest.exists() {
+            return Ok(dest);
+        }
+        let scratch = self.scratch("layer");
+        fs::create_dir_all(&scratch).map_err(|e| Error::io(&scratch, e))?;
+        let blob = self.blob_path(digest)?;
+        let result =
+            layer::open(&blob).and_then(|r| layer::unpack(digest, r, &scratch, Whiteouts::Overlay));
+        match result {
+            Ok(done) => {
+                tracing::debug!(
+                    layer = digest,
+                    entries = done.entries,
+                    bytes = done.bytes,
+                    "layer unpacked"
+                );
+                fs::rename(&scratch, &dest).map_err(|e| Error::io(&dest, e))?;
+                Ok(dest)
+            }
+            Err(e) => {
+                let _ = fs::remove_dir_all(&scratch);
+                Err(e)
+            }
+        }
+    }
+
+    /// Applies every layer of `image`, bottom first, into `dest`: the root filesystem when
+    /// overlayfs is not available.
+    pub fn copy_rootfs(&self, image: &Image, dest: &Path) -> Result<()> {
+        for digest in &image.layers {
+            let blob = self.blob_path(digest)?;
+            layer::unpack(digest, layer::open(&blob)?, dest, Whiteouts::Apply)?;
+        }
+        Ok(())
+    }
+}
+
+/// The path of a blob inside an image layout.
+fn layout_blob(dir: &Path, digest: &str) -> Result<PathBuf> {
+    let hex = sha256_hex(digest).ok_or_else(|| Error::Image {
+        image: dir.display().to_string(),
+        message: format!("{digest:?} is not a sha256 digest"),
+    })?;
+    Ok(dir.join("blobs/sha256").join(hex))
+}
+
+/// A path inside an archive named in its manifest.json, refused if it climbs out.
+fn layer_rel(rel: &str) -> Option<PathBuf> {
+    let p = Path::new(rel);
+    p.components()
+        .all(|c| {
+            matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        })
+        .then(|| p.to_path_buf())
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> std::result::Result<T, String> {
+    let bytes = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::build::{tar_dir, write_layout, ImageSpec};
+
+    fn platform(arch: &str) -> Platform {
+        Platform {
+            os: "linux".into(),
+            architecture: arch.into(),
+            variant: (arch == "arm").then(|| "v7".to_string()),
+        }
+    }
+
+    fn layer(file: &str, text: &str) -> Vec<u8> {
+        let d = tempfile::tempdir().expect("tmp");
+        fs::write(d.path().join(file), text).expect("write");
+        tar_dir(d.path()).expect("tar")
+    }
+
+    fn layout(dir: &Path, arches: &[&str]) {
+        let images: Vec<_> = arches
+            .iter()
+            .map(|a| {
+                (
+                    ImageSpec {
+                        platform: platform(a),
+                        cmd: vec![format!("/bin/{a}")],
+                        ..Default::default()
+                    },
+                    vec![layer("base", "shared"), layer("arch", a)],
+                )
+            })
+            .collect();
+        write_layout(dir, "multi:1", &images).expect("layout");
+    }
+
+    #[test]
+    fn the_node_platform_is_chosen_from_an_index() {
+        let d = tempfile::tempdir().expect("tmp");
+        layout(&d.path().join("l"), &["amd64", "arm64", "arm"]);
+        let store = ImageStore::new(&d.path().join("store")).expect("store");
+        for arch in ["arm64", "arm", "amd64"] {
+            let m = store
+                .import_dir(&d.path().join("l"), &platform(arch))
+                .expect(arch);
+            let image = store.image(&m).expect("image");
+            assert_eq!(image.config.architecture, arch);
+            assert_eq!(image.config.config.cmd, Some(vec![format!("/bin/{arch}")]));
+            store.layer_dir(&image.layers[0]).expect("unpack");
+            let top = store.layer_dir(&image.layers[1]).expect("unpack");
+            assert_eq!(fs::read_to_string(top.join("arch")).expect("file"), arch);
+        }
+        // The shared base layer is stored and unpacked once for all three.
+        let layers = fs::read_dir(store.dir().join("layers"))
+            .expect("layers")
+            .count();
+        assert_eq!(layers, 4);
+        let e = store
+            .import_dir(&d.path().join("l"), &platform("riscv64"))
+            .expect_err("no riscv64")
+            .to_string();
+        assert!(
+            e.contains("no linux/riscv64 image (it has: linux/amd64, linux/arm64, linux/arm/v7)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn archives_and_docker_save_import() {
+        let d = tempfile::tempdir().expect("tmp");
+        let store = ImageStore::new(&d.path().join("store")).expect("store");
+        // An OCI layout as a tarball.
+        layout(&d.path().join("l"), &["amd64"]);
+        let archive = d.path().join("l.tar");
+        fs::write(&archive, tar_dir(&d.path().join("l")).expect("tar")).expect("archive");
+        let m = store
+            .import_archive(&archive, &platform("amd64"))
+            .expect("oci archive");
+        assert_eq!(store.image(&m).expect("image").layers.len(), 2);
+        // docker save: manifest.json naming a config file and layer tars.
+        let ds = d.path().join("ds");
+        fs::create_dir_all(ds.join("abc")).expect("dir");
+        fs::write(ds.join("abc/layer.tar"), layer("hello", "docker")).expect("layer");
+        fs::write(
+            ds.join("cfg.json"),
+            r#"{"os":"linux","architecture":"amd64","config":{"Entrypoint":["/hello"]}}"#,
+        )
+        .expect("config");
+        fs::write(
+            ds.join("manifest.json"),
+            r#"[{"Config":"cfg.json","RepoTags":["hello:1"],"Layers":["abc/layer.tar"]}]"#,
+        )
+        .expect("manifest");
+        let archive = d.path().join("ds.tar");
+        fs::write(&archive, tar_dir(&ds).expect("tar")).expect("archive");
+        let m = store
+            .import_archive(&archive, &platform("amd64"))
+            .expect("docker save");
+        let image = store.image(&m).expect("image");
+        assert_eq!(image.config.config.entrypoint, Some(vec!["/hello".into()]));
+        let e = store
+            .import_archive(&archive, &platform("arm64"))
+            .expect_err("amd64 only")
+            .to_string();
+        assert!(
+            e.contains("no linux/arm64 image (it has: linux/amd64)"),
+            "{e}"
+        );
+        let e = store
+            .import_archive(&d.path().join("ds/cfg.json"), &platform("amd64"))
+            .expect_err("not an archive")
+            .to_string();
+        assert!(e.contains("not an image archive"), "{e}");
+    }
+
+    #[test]
+    fn a_blob_that_does_not_match_its_digest_is_refused() {
+        let d = tempfile::tempdir().expect("tmp");
+        layout(&d.path().join("l"), &["amd64"]);
+        let index: Index = read_json(&d.path().join("l/index.json")).expect("index");
+        let manifest: Manifest =
+            read_json(&layout_blob(&d.path().join("l"), &index.manifests[0].digest).expect("p"))
+                .expect("manifest");
+        let victim = layout_blob(&d.path().join("l"), &manifest.layers[1].digest).expect("p");
+        fs::write(&victim, b"tampered").expect("tamper");
+        let store = ImageStore::new(&d.path().join("store")).expect("store");
+        let e = store
+            .import_dir(&d.path().join("l"), &platform("amd64"))
+            .expect_err("tampered")
+            .to_string();
+        assert!(e.contains("digest mismatch"), "{e}");
+        assert!(!store.has_blob(&manifest.layers[1].digest));
+        assert!(
+            !store.has_blob(&index.manifests[0].digest),
+            "no half-imported image"
+        );
+        assert_eq!(
+            fs::read_dir(store.dir().join("tmp")).expect("tmp").count(),
+            0
+        );
+    }
+}

@@ -1,0 +1,426 @@
+//! The OCI executor: containers from OCI images, run by runc.
+//!
+//! Each container gets a bundle under `containers/<key>/`: its root filesystem (overlayfs over
+//! the image's unpacked layers, or a copy of them where overlayfs is not available) and a
+//! `config.json` made by [`spec::runtime_spec`]. A small shell process, in its own process
+//! group, runs `runc run --keep` with the container's stdout and stderr going straight to the
+//! log file, and writes runc's exit status into the bundle when the container ends. That
+//! process outlives the agent: a restarted agent finds the container in `runc list` and
+//! follows it again instead of starting a duplicate.
+
+pub mod build;
+pub mod image;
+pub mod layer;
+pub mod netns;
+pub mod spec;
+
+use crate::error::{Error, Result};
+use crate::handle::{Exit, ExitReason, Handle};
+use crate::{ContainerSpec, Workload};
+use image::ImageStore;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How the exit of a followed container is noticed when it is not our child.
+const POLL: Duration = Duration::from_millis(100);
+
+pub struct RuncRuntime {
+    runc: PathBuf,
+    /// runc's `--root`: its state for our containers only.
+    state: PathBuf,
+    bundles: PathBuf,
+    images: Arc<ImageStore>,
+}
+
+/// What `runc state` says of a container.
+#[derive(Debug, serde::Deserialize)]
+struct State {
+    status: String,
+}
+
+/// The runc binary, if this node can run OCI containers: runc on PATH (or `SHOAL_RUNC`) and
+/// root privileges.
+pub fn find_runc() -> std::result::Result<PathBuf, String> {
+    if !rustix::process::geteuid().is_root() {
+        return Err("OCI containers need root (runc runs them as the node's root)".into());
+    }
+    if let Some(p) = std::env::var_os("SHOAL_RUNC") {
+        return Ok(PathBuf::from(p));
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("runc"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| "runc is not installed (apt-get install runc)".into())
+}
+
+/// Container ids runc accepts: letters, digits, `_`, `-`, `.`.
+fn container_id(key: &str) -> String {
+    key.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl RuncRuntime {
+    pub fn new(runc: PathBuf, data_dir: &Path, images: Arc<ImageStore>) -> Result<RuncRuntime> {
+        let state = data_dir.join("runc");
+        let bundles = data_dir.join("containers");
+        for d in [&state, &bundles] {
+            std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+        }
+        Ok(RuncRuntime {
+            runc,
+            state,
+            bundles,
+            images,
+        })
+    }
+
+    pub fn images(&self) -> &Arc<ImageStore> {
+        &self.images
+    }
+
+    fn runc(&self) -> Command {
+        let mut c = Command::new(&self.runc);
+        c.arg("--root").arg(&self.state);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Runs runc with `args`; its stderr becomes the error.
+    fn call(&self, args: &[&str]) -> std::result::Result<Vec<u8>, String> {
+        let out = self
+            .runc()
+            .args(args)
+            .output()
+            .map_err(|e| format!("{}: {e}", self.runc.display()))?;
+        if out.status.success() {
+            Ok(out.stdout)
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+
+    fn state(&self, id: &str) -> Option<State> {
+        let out = self.call(&["state", id]).ok()?;
+        serde_json::from_slice(&out).ok()
+    }
+
+    /// The keys of every container runc knows under this agent.
+    pub fn containers(&self) -> Result<Vec<String>> {
+        #[derive(serde::Deserialize)]
+        struct Listed {
+            id: String,
+        }
+        let out = self
+            .call(&["list", "--format", "json"])
+            .map_err(|m| Error::Runc(format!("runc list: {m}")))?;
+        if out.iter().all(u8::is_ascii_whitespace) || out.starts_with(b"null") {
+            return Ok(vec![]);
+        }
+        let listed: Vec<Listed> =
+            serde_json::from_slice(&out).map_err(|e| Error::Runc(format!("runc list: {e}")))?;
+        Ok(listed.into_iter().map(|l| l.id).collect())
+    }
+
+    /// Kills and removes the container `key` and its bundle, if there is one.
+    pub fn remove(&self, key: &str) {
+        let id = container_id(key);
+        if self.state(&id).is_some() {
+            let _ = self.call(&["kill", "--all", &id, "KILL"]);
+            let _ = self.call(&["delete", "--force", &id]);
+        }
+        let bundle = self.bundles.join(&id);
+        unmount_rootfs(&bundle);
+        let _ = std::fs::remove_dir_all(&bundle);
+    }
+
+    /// Removes every container of this agent whose key is not in `keep` (a pod that went away
+    /// while the agent was down).
+    pub fn remove_except(&self, keep: &[String]) -> Result<Vec<String>> {
+        let keep: Vec<String> = keep.iter().map(|k| container_id(k)).collect();
+        let mut removed = Vec::new();
+        for id in self.containers()? {
+            if !keep.contains(&id) {
+                self.remove(&id);
+                removed.push(id);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Builds the bundle: root filesystem and config.json.
+    fn make_bundle(&self, spec: &ContainerSpec, bundle: &Path, id: &str) -> Result<()> {
+        let start_err = |message: String| Error::Start {
+            id: spec.id.clone(),
+            message,
+        };
+        let digest = spec
+            .artifact
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(|hex| format!("sha256:{hex}"))
+            .ok_or_else(|| start_err(format!("{} is not an image", spec.artifact.display())))?;
+        let image = self.images.image(&digest)?;
+        let rootfs = bundle.join("rootfs");
+        for d in [&rootfs, &bundle.join("upper"), &bundle.join("work")] {
+            std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+        }
+        let mut lower = Vec::new();
+        for l in image.layers.iter().rev() {
+            lower.push(self.images.layer_dir(l)?.display().to_string());
+        }
+        if lower.is_empty() {
+            // overlayfs needs a lower directory; an image with no layers has an empty root.
+            let empty = bundle.join("empty");
+            std::fs::create_dir_all(&empty).map_err(|e| Error::io(&empty, e))?;
+            lower.push(empty.display().to_string());
+        }
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.join(":"),
+            bundle.join("upper").display(),
+            bundle.join("work").display()
+        );
+        let options = std::ffi::CString::new(options)
+            .map_err(|_| start_err("a layer path holds a NUL byte".into()))?;
+        if let Err(e) = rustix::mount::mount(
+            "overlay",
+            &rootfs,
+            "overlay",
+            rustix::mount::MountFlags::empty(),
+            options.as_c_str(),
+        ) {
+            tracing::info!(container = %spec.id, error = %e, "overlayfs unavailable; copying the image's layers");
+            self.images.copy_rootfs(&image, &rootfs)?;
+        }
+        let read = |p: &str| std::fs::read_to_string(rootfs.join(p)).unwrap_or_default();
+        let user = spec::resolve_user(
+            image.config.config.user.as_deref(),
+            spec.security.run_as_user,
+            spec.security.run_as_group,
+            &read("etc/passwd"),
+            &read("etc/group"),
+        )
+        .map_err(start_err)?;
+        if spec.security.run_as_non_root && user.uid == 0 {
+            return Err(start_err(
+                "runAsNonRoot is set but the container would run as root (uid 0)".into(),
+            ));
+        }
+        let config = spec::runtime_spec(spec, &image.config.config, &user, &format!("/shoal/{id}"));
+        let path = bundle.join("config.json");
+        let bytes = serde_json::to_vec_pretty(&config).map_err(|e| start_err(e.to_string()))?;
+        std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))
+    }
+
+    /// Follows a running container to its end: `child` when we started it, else the exit
+    /// file alone.
+    fn follow(
+        self: &Arc<Self>,
+        id: String,
+        bundle: PathBuf,
+        child: Option<std::process::Child>,
+    ) -> Result<Handle> {
+        let stopping = Arc::new(AtomicBool::new(false));
+        let ended = Arc::new(AtomicBool::new(false));
+        let (handle, sender) = {
+            let (this, id, stopping, ended) =
+                (self.clone(), id.clone(), stopping.clone(), ended.clone());
+            Handle::new(move |grace, _| {
+                stopping.store(true, Ordering::SeqCst);
+                let (this, id, ended) = (this.clone(), id.clone(), ended.clone());
+                std::thread::spawn(move || {
+                    let _ = this.call(&["kill", &id, "TERM"]);
+                    let deadline = std::time::Instant::now() + grace;
+                    while !ended.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                        std::thread::sleep(POLL);
+                    }
+                    if !ended.load(Ordering::SeqCst) {
+                        let _ = this.call(&["kill", "--all", &id, "KILL"]);
+                    }
+                });
+            })
+        };
+        let this = self.clone();
+        std::thread::Builder::new()
+            .name(format!("runc-{id}"))
+            .spawn(move || {
+                let exit_file = bundle.join("exit");
+                if let Some(mut child) = child {
+                    let _ = child.wait();
+                }
+                while !exit_file.exists() {
+                    if this.state(&id).is_none() {
+                        break;
+                    }
+                    std::thread::sleep(POLL);
+                }
+                let code = std::fs::read_to_string(&exit_file)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok());
+                let oom = oom_killed(&id);
+                ended.store(true, Ordering::SeqCst);
+                let _ = this.call(&["delete", "--force", &id]);
+                unmount_rootfs(&bundle);
+                let _ = std::fs::remove_dir_all(&bundle);
+                let exit = match code {
+                    _ if oom => Exit {
+                        code: 137,
+                        reason: ExitReason::OOMKilled,
+                        message: Some("the container went over its memory limit".into()),
+                    },
+                    Some(0) => Exit {
+                        code: 0,
+                        reason: ExitReason::Completed,
+                        message: None,
+                    },
+                    Some(c) if stopping.load(Ordering::SeqCst) => Exit {
+                        code: c,
+                        reason: ExitReason::Killed,
+                        message: None,
+                    },
+                    Some(c) => Exit {
+                        code: c,
+                        reason: ExitReason::Error,
+                        message: None,
+                    },
+                    None if stopping.load(Ordering::SeqCst) => Exit {
+                        code: 137,
+                        reason: ExitReason::Killed,
+                        message: None,
+                    },
+                    None => Exit {
+                        code: 255,
+                        reason: ExitReason::Error,
+                        message: Some("the container vanished without an exit status".into()),
+                    },
+                };
+                sender.send(exit);
+            })
+            .map_err(|e| Error::Internal(format!("cannot start a container thread: {e}")))?;
+        Ok(handle)
+    }
+
+    /// Starts the container (or picks up the one a previous agent left running).
+    pub fn run(self: &Arc<Self>, spec: ContainerSpec) -> Result<Handle> {
+        let id = container_id(&spec.key);
+        if id.is_empty() {
+            return Err(Error::Start {
+                id: spec.id,
+                message: "the container has no key".into(),
+            });
+        }
+        let bundle = self.bundles.join(&id);
+        if let Some(state) = self.state(&id) {
+            if state.status == "running" || bundle.join("exit").exists() {
+                tracing::info!(container = %spec.id, status = %state.status, "found the container running; following it");
+                return self.follow(id, bundle, None);
+            }
+            self.remove(&id);
+        } else if bundle.exists() {
+            unmount_rootfs(&bundle);
+            let _ = std::fs::remove_dir_all(&bundle);
+        }
+        std::fs::create_dir_all(&bundle).map_err(|e| Error::io(&bundle, e))?;
+        if let Err(e) = self.make_bundle(&spec, &bundle, &id) {
+            unmount_rootfs(&bundle);
+            let _ = std::fs::remove_dir_all(&bundle);
+            return Err(e);
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&spec.log_path)
+            .map_err(|e| Error::io(&spec.log_path, e))?;
+        let log2 = log.try_clone().map_err(|e| Error::io(&spec.log_path, e))?;
+        // `$0` is the bundle, the rest is the runc command line: no quoting to get wrong.
+        let script = r#""$@"; echo $? > "$0/exit.tmp" && mv "$0/exit.tmp" "$0/exit""#;
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(script)
+            .arg(&bundle)
+            .arg(&self.runc)
+            .arg("--root")
+            .arg(&self.state)
+            .args(["run", "--keep", "--bundle"])
+            .arg(&bundle)
+            .arg(&id)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd.spawn().map_err(|e| Error::Start {
+            id: spec.id.clone(),
+            message: format!("cannot run {}: {e}", self.runc.display()),
+        })?;
+        self.follow(id, bundle, Some(child))
+    }
+}
+
+/// Did the kernel's OOM killer act in the container's cgroup (v1 or v2)?
+fn oom_killed(id: &str) -> bool {
+    let count = |path: String, key: &str| {
+        std::fs::read_to_string(path).ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+    };
+    count(
+        format!("/sys/fs/cgroup/memory/shoal/{id}/memory.oom_control"),
+        "oom_kill ",
+    )
+    .or_else(|| {
+        count(
+            format!("/sys/fs/cgroup/shoal/{id}/memory.events"),
+            "oom_kill ",
+        )
+    })
+    .is_some_and(|n| n > 0)
+}
+
+fn unmount_rootfs(bundle: &Path) {
+    let rootfs = bundle.join("rootfs");
+    // Detach: a process still holding it open must not keep the bundle from going.
+    let _ = rustix::mount::unmount(&rootfs, rustix::mount::UnmountFlags::DETACH);
+}
+
+/// The executor behind the [`Workload`] trait.
+pub struct Runc(pub Arc<RuncRuntime>);
+
+impl Workload for Runc {
+    fn name(&self) -> &'static str {
+        "runc"
+    }
+
+    fn prepare(&self, artifact: &Path) -> Result<()> {
+        let digest = artifact
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(|hex| format!("sha256:{hex}"))
+            .unwrap_or_default();
+        let image = self.0.images.image(&digest)?;
+        for l in &image.layers {
+            self.0.images.layer_dir(l)?;
+        }
+        Ok(())
+    }
+
+    fn start(&self, spec: ContainerSpec) -> Result<Handle> {
+        self.0.run(spec)
+    }
+}
+
+#[cfg(test)]
+mod tests;

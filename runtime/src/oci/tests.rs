@@ -1,0 +1,174 @@
+//! The OCI executor with real runc, as root: these tests skip (saying why) where runc or root is
+//! missing, and fail instead when SHOAL_REQUIRE_RUNC=1.
+
+use super::build::{busybox_layer, write_layout, ImageSpec};
+use super::image::{ImageStore, Platform};
+use super::*;
+use crate::ExitReason;
+
+/// runc, or why these tests cannot run here.
+fn runc_or_skip(test: &str) -> Option<PathBuf> {
+    match find_runc() {
+        Ok(p) => Some(p),
+        Err(why) => {
+            if std::env::var("SHOAL_REQUIRE_RUNC").as_deref() == Ok("1") {
+                panic!("{test} needs runc and root: {why} (apt-get install runc)");
+            }
+            eprintln!("skipping {test}: {why}");
+            None
+        }
+    }
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    rt: Arc<RuncRuntime>,
+    image: PathBuf,
+}
+
+impl Fixture {
+    fn new(runc: PathBuf) -> Fixture {
+        let dir = tempfile::tempdir().expect("tmp");
+        let layout = dir.path().join("layout");
+        let spec = ImageSpec {
+            platform: Platform::host(),
+            cmd: vec!["sh".into(), "-c".into(), "echo from-image-cmd".into()],
+            env: vec!["GREETING=hello".into()],
+            working_dir: Some("/tmp".into()),
+            ..Default::default()
+        };
+        let layer = busybox_layer(Path::new("/bin/busybox")).expect("busybox layer");
+        write_layout(&layout, "busybox:test", &[(spec, vec![layer])]).expect("layout");
+        let store = Arc::new(ImageStore::new(&dir.path().join("images")).expect("store"));
+        let digest = store
+            .import_dir(&layout, &Platform::host())
+            .expect("import");
+        let image = store.blob_path(&digest).expect("blob");
+        let rt = Arc::new(RuncRuntime::new(runc, dir.path(), store).expect("runtime"));
+        Fixture { dir, rt, image }
+    }
+
+    fn spec(&self, name: &str, command: &[&str]) -> ContainerSpec {
+        ContainerSpec {
+            id: format!("test/{name}"),
+            key: format!("runctest-{}-{name}", std::process::id()),
+            artifact: self.image.clone(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            hostname: name.into(),
+            log_path: self.dir.path().join(format!("{name}.log")),
+            ..Default::default()
+        }
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+}
+
+#[tokio::test]
+async fn runc_runs_an_image_with_its_config_and_reports_exit_codes() {
+    let Some(runc) = runc_or_skip("runc_runs_an_image_with_its_config_and_reports_exit_codes")
+    else {
+        return;
+    };
+    let f = Fixture::new(runc);
+    // The image's Cmd, Env and WorkingDir apply when the pod says nothing.
+    let h = f.rt.run(f.spec("plain", &[])).expect("start");
+    assert_eq!(h.wait().await.reason, ExitReason::Completed);
+    assert_eq!(f.log("plain"), "from-image-cmd\n");
+
+    let mut s = f.spec(
+        "env",
+        &[
+            "sh",
+            "-c",
+            "echo $GREETING $MODE $(pwd) $(hostname) $(id -u); echo oops >&2; exit 3",
+        ],
+    );
+    s.env = vec![("MODE".into(), "pod".into())];
+    let h = f.rt.run(s).expect("start");
+    let exit = h.wait().await;
+    assert_eq!((exit.code, exit.reason), (3, ExitReason::Error));
+    assert_eq!(f.log("env"), "hello pod /tmp env 0\noops\n");
+
+    // Hardening: the default seccomp profile refuses mount, capabilities are the default set.
+    let s = f.spec(
+        "hardened",
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /m; mount -t tmpfs t /m && echo mounted; grep CapEff /proc/self/status",
+        ],
+    );
+    let h = f.rt.run(s).expect("start");
+    h.wait().await;
+    let log = f.log("hardened");
+    assert!(!log.contains("mounted"), "{log}");
+    assert!(log.contains("CapEff:\t00000000a80425fb"), "{log}");
+
+    // runAsUser and a read-only root filesystem.
+    let mut s = f.spec("ro", &["sh", "-c", "id -u; touch /x || echo read-only"]);
+    s.security.run_as_user = Some(1000);
+    s.security.read_only_root_filesystem = true;
+    let h = f.rt.run(s).expect("start");
+    h.wait().await;
+    assert_eq!(
+        f.log("ro"),
+        "1000\ntouch: /x: Read-only file system\nread-only\n"
+    );
+}
+
+#[tokio::test]
+async fn runc_memory_hog_is_oom_killed_and_stop_kills_after_grace() {
+    let Some(runc) = runc_or_skip("runc_memory_hog_is_oom_killed_and_stop_kills_after_grace")
+    else {
+        return;
+    };
+    let f = Fixture::new(runc);
+    let mut s = f.spec("hog", &["sh", "-c", "x=a; while true; do x=$x$x; done"]);
+    s.memory_limit = Some(16 << 20);
+    let h = f.rt.run(s).expect("start");
+    let exit = h.wait().await;
+    assert_eq!((exit.code, exit.reason), (137, ExitReason::OOMKilled));
+
+    // PID 1 ignores SIGTERM: the stop escalates to SIGKILL after the grace period.
+    let h =
+        f.rt.run(f.spec("sleeper", &["sleep", "600"]))
+            .expect("start");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.stop(Duration::from_millis(500));
+    let exit = h.wait().await;
+    assert_eq!(exit.reason, ExitReason::Killed);
+    assert!(
+        f.rt.containers().expect("list").is_empty(),
+        "the container was deleted"
+    );
+}
+
+#[tokio::test]
+async fn runc_container_is_found_again_by_a_new_runtime() {
+    let Some(runc) = runc_or_skip("runc_container_is_found_again_by_a_new_runtime") else {
+        return;
+    };
+    let f = Fixture::new(runc.clone());
+    let spec = f.spec("long", &["sh", "-c", "echo started; sleep 600"]);
+    let first = f.rt.run(spec.clone()).expect("start");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A second runtime over the same directories (the agent restarted) follows the running
+    // container instead of starting another.
+    let again =
+        Arc::new(RuncRuntime::new(runc, f.dir.path(), f.rt.images().clone()).expect("runtime"));
+    let adopted = again.run(spec.clone()).expect("adopt");
+    assert_eq!(f.log("long"), "started\n", "no second start");
+    assert_eq!(
+        again.containers().expect("list"),
+        vec![container_id(&spec.key)]
+    );
+    adopted.stop(Duration::from_millis(200));
+    assert_eq!(adopted.wait().await.reason, ExitReason::Killed);
+    assert_eq!(first.wait().await.code, 137);
+    assert_eq!(
+        again.remove_except(&[]).expect("clean"),
+        Vec::<String>::new()
+    );
+}
