@@ -47,6 +47,7 @@ fn node_json(config: &AgentConfig) -> Vec<u8> {
         config,
         "127.0.0.1".parse().ok(),
         "cranelift",
+        None,
     ));
     obj.normalize();
     serde_json::to_vec(&obj).expect("node json")

@@ -14,6 +14,8 @@ pub use error::{Error, Result};
 
 use rand::Rng;
 use shoal_api::Pod;
+use shoal_runtime::oci::image::ImageStore;
+use shoal_runtime::oci::RuncRuntime;
 use shoal_runtime::wasm::WasmRuntime;
 use shoal_transport::proto::{ErrorCode, Request, Response};
 use shoal_transport::Client;
@@ -51,8 +53,20 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::io(&config.data_dir, e))?;
     let creds = join::credentials(&config).await?;
     let wasm = Arc::new(WasmRuntime::new(&config.data_dir.join("wasm-cache"))?);
+    let runc = match shoal_runtime::oci::find_runc() {
+        Ok(binary) => {
+            let images = Arc::new(ImageStore::new(&config.data_dir.join("images"))?);
+            let rt = RuncRuntime::new(binary, &config.data_dir, images)?;
+            tracing::info!(runc = %rt.version(), "OCI containers run here");
+            Some(Arc::new(rt))
+        }
+        Err(why) => {
+            tracing::warn!("this node runs wasm pods only: {why}");
+            None
+        }
+    };
     let (link_tx, link) = watch::channel(None::<Arc<Client>>);
-    let supervisor = Supervisor::new(&config, wasm.clone(), link.clone())?;
+    let supervisor = Supervisor::new(&config, wasm.clone(), runc.clone(), link.clone())?;
     let mut attempt = 0u32;
     // Where the pod watch got to: a reconnect resumes from here instead of relisting.
     let mut last_revision: Option<u64> = None;
@@ -112,6 +126,7 @@ async fn session(
             config,
             node::source_ip(client.connection().remote_address()),
             wasm.compiler(),
+            supervisor.runc_version(),
         );
         let object = {
             let mut obj = shoal_api::Object::Node(node);

@@ -59,7 +59,13 @@ pub fn now() -> String {
 }
 
 /// The Node this agent registers and refreshes with every heartbeat.
-pub fn describe(config: &AgentConfig, address: Option<IpAddr>, compiler: &str) -> Node {
+/// `runc` is the runc version when this node runs OCI containers.
+pub fn describe(
+    config: &AgentConfig,
+    address: Option<IpAddr>,
+    compiler: &str,
+    runc: Option<&str>,
+) -> Node {
     let mut labels: BTreeMap<String, String> = [
         ("kubernetes.io/arch", arch()),
         ("kubernetes.io/os", "linux"),
@@ -123,12 +129,15 @@ pub fn describe(config: &AgentConfig, address: Option<IpAddr>, compiler: &str) -
                     .into(),
                 os_image: os_image(),
                 kubelet_version: format!("shoal-v{}", env!("CARGO_PKG_VERSION")),
-                container_runtime_version: format!("wasmtime://48.0.8 ({compiler})"),
+                container_runtime_version: match runc {
+                    Some(v) => format!("wasmtime://48.0.8 ({compiler}), runc://{v}"),
+                    None => format!("wasmtime://48.0.8 ({compiler})"),
+                },
             }),
-            // runc joins this list when the OCI executor lands; until then only wasm pods run.
-            runtime_handlers: vec![RuntimeHandler {
-                name: "wasm".into(),
-            }],
+            runtime_handlers: std::iter::once("wasm")
+                .chain(runc.map(|_| "runc"))
+                .map(|name| RuntimeHandler { name: name.into() })
+                .collect(),
         }),
         ..Default::default()
     }

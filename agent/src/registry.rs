@@ -9,6 +9,7 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use sha2::{Digest, Sha256};
+use shoal_runtime::oci::image::{self, ImageStore, Platform};
 use std::path::{Path, PathBuf};
 
 /// The layer media types a wasm artifact may use.
@@ -71,6 +72,20 @@ pub fn auth_for(registry: &str, dockerconfigs: &[Vec<u8>]) -> RegistryAuth {
     RegistryAuth::Anonymous
 }
 
+/// A registry client: HTTPS, except plain HTTP for a registry on loopback.
+fn client_for(registry: &str) -> Client {
+    let insecure = if is_loopback(registry) {
+        vec![registry.to_string()]
+    } else {
+        vec![]
+    };
+    shoal_transport::install_crypto_provider();
+    Client::new(ClientConfig {
+        protocol: ClientProtocol::HttpsExcept(insecure),
+        ..Default::default()
+    })
+}
+
 /// Pulls `image` into `dir`, named by its digest; returns the path.
 pub async fn pull(image: &str, auth: &RegistryAuth, dir: &Path) -> Result<PathBuf> {
     let err = |message: String| Error::Artifact {
@@ -81,16 +96,7 @@ pub async fn pull(image: &str, auth: &RegistryAuth, dir: &Path) -> Result<PathBu
         .parse()
         .map_err(|e| err(format!("not an image reference: {e}")))?;
     let registry = reference.resolve_registry().to_string();
-    let insecure = if is_loopback(&registry) {
-        vec![registry.clone()]
-    } else {
-        vec![]
-    };
-    shoal_transport::install_crypto_provider();
-    let client = Client::new(ClientConfig {
-        protocol: ClientProtocol::HttpsExcept(insecure),
-        ..Default::default()
-    });
+    let client = client_for(&registry);
     let data = client
         .pull(&reference, auth, WASM_MEDIA_TYPES.to_vec())
         .await
@@ -118,6 +124,130 @@ pub async fn pull(image: &str, auth: &RegistryAuth, dir: &Path) -> Result<PathBu
     std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
     tracing::info!(image, digest = %actual, size = layer.data.len(), "artifact pulled from a registry");
     Ok(path)
+}
+
+/// The manifest media types an OCI image pull accepts.
+const IMAGE_MANIFEST_TYPES: [&str; 4] = [
+    oci_client::manifest::OCI_IMAGE_INDEX_MEDIA_TYPE,
+    oci_client::manifest::IMAGE_MANIFEST_LIST_MEDIA_TYPE,
+    oci_client::manifest::OCI_IMAGE_MEDIA_TYPE,
+    oci_client::manifest::IMAGE_MANIFEST_MEDIA_TYPE,
+];
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// A manifest or index, checked against the digest it was asked for by.
+async fn fetch_manifest(
+    client: &Client,
+    r: &Reference,
+    auth: &RegistryAuth,
+    image: &str,
+) -> Result<Vec<u8>> {
+    let err = |message: String| Error::Artifact {
+        reference: image.to_string(),
+        message,
+    };
+    let (bytes, _) = client
+        .pull_manifest_raw(r, auth, &IMAGE_MANIFEST_TYPES)
+        .await
+        .map_err(|e| err(format!("pulling from {}: {e}", r.resolve_registry())))?;
+    if let Some(want) = r.digest() {
+        let got = sha256(&bytes);
+        if got != want {
+            return Err(err(format!(
+                "the registry sent a manifest hashing to {got} for {want}"
+            )));
+        }
+    }
+    Ok(bytes.to_vec())
+}
+
+/// Pulls the container image `image` for `platform` into the node's image store; returns its
+/// manifest digest. Every manifest and blob is checked against its digest before it is kept;
+/// blobs the store already holds (layers shared with other images) are not fetched again.
+/// Unless `always`, an earlier pull of the same reference is used without asking the
+/// registry (imagePullPolicy IfNotPresent).
+pub async fn pull_image(
+    image: &str,
+    auth: &RegistryAuth,
+    store: &ImageStore,
+    platform: &Platform,
+    always: bool,
+) -> Result<String> {
+    let err = |message: String| Error::Artifact {
+        reference: image.to_string(),
+        message,
+    };
+    let pin = store.dir().join("refs").join(format!(
+        "registry-{}-{}",
+        hex::encode(Sha256::digest(image.as_bytes())),
+        platform.to_string().replace('/', "_")
+    ));
+    if !always {
+        if let Ok(d) = std::fs::read_to_string(&pin) {
+            if store.image(d.trim()).is_ok() {
+                return Ok(d.trim().to_string());
+            }
+        }
+    }
+    let reference: Reference = image
+        .parse()
+        .map_err(|e| err(format!("not an image reference: {e}")))?;
+    let registry = reference.resolve_registry().to_string();
+    let client = client_for(&registry);
+    let mut bytes = fetch_manifest(&client, &reference, auth, image).await?;
+    let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .map_err(|e| {
+            err(format!(
+                "the registry sent a manifest that is not JSON: {e}"
+            ))
+        })?
+        .get("mediaType")
+        .and_then(|m| m.as_str())
+        .unwrap_or_default()
+        .to_string();
+    if image::is_index(&media_type) {
+        let chosen = image::choose_from_index(image, &bytes, platform)?;
+        let by_digest = Reference::with_digest(
+            reference.registry().to_string(),
+            reference.repository().to_string(),
+            chosen.digest.clone(),
+        );
+        bytes = fetch_manifest(&client, &by_digest, auth, image).await?;
+    }
+    let manifest: image::Manifest =
+        serde_json::from_slice(&bytes).map_err(|e| err(format!("image manifest: {e}")))?;
+    for d in std::iter::once(&manifest.config).chain(manifest.layers.iter()) {
+        if store.has_blob(&d.digest) {
+            continue;
+        }
+        let tmp = store.scratch("pull");
+        let file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| Error::io(&tmp, e))?;
+        let pulled = client.pull_blob(&reference, d.digest.as_str(), file).await;
+        if let Err(e) = pulled {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(err(format!("blob {}: {e}", d.digest)));
+        }
+        store.put_file(&d.digest, &tmp)?;
+    }
+    let digest = store.put_bytes(&bytes)?;
+    let pulled = store.image(&digest)?;
+    if !platform.runs(&pulled.config.platform()) {
+        return Err(err(format!(
+            "no {platform} image (it has: {})",
+            pulled.config.platform()
+        )));
+    }
+    if let Some(dir) = pin.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::write(&pin, &digest).map_err(|e| Error::io(&pin, e))?;
+    tracing::info!(image, %digest, layers = pulled.layers.len(), "image pulled from a registry");
+    Ok(digest)
 }
 
 #[cfg(test)]

@@ -9,8 +9,10 @@ use crate::{AgentConfig, Link};
 use base64::Engine as _;
 use chrono::Utc;
 use shoal_api::{Condition, ConfigMap, Object, Pod, PodStatus, Secret};
+use shoal_runtime::oci::image::Platform;
+use shoal_runtime::oci::{netns, Runc, RuncRuntime};
 use shoal_runtime::wasm::WasmRuntime;
-use shoal_runtime::{ContainerSpec, Mount, Workload};
+use shoal_runtime::{ContainerSpec, Mount, Network, Security, Workload};
 use shoal_transport::proto::{EventType, Request, Response};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -41,6 +43,9 @@ struct Inner {
     node: String,
     data_dir: PathBuf,
     wasm: Arc<WasmRuntime>,
+    /// The OCI executor, when this node has runc and root.
+    runc: Option<Arc<RuncRuntime>>,
+    runc_version: Option<String>,
     artifacts: ArtifactCache,
     link: Link,
     pods: Mutex<HashMap<String, Running>>,
@@ -58,12 +63,20 @@ fn terminal(pod: &Pod) -> bool {
 }
 
 impl Supervisor {
-    pub fn new(config: &AgentConfig, wasm: Arc<WasmRuntime>, link: Link) -> Result<Supervisor> {
+    pub fn new(
+        config: &AgentConfig,
+        wasm: Arc<WasmRuntime>,
+        runc: Option<Arc<RuncRuntime>>,
+        link: Link,
+    ) -> Result<Supervisor> {
         let artifacts = ArtifactCache::new(&config.data_dir)?;
+        let runc_version = runc.as_ref().map(|r| r.version());
         Ok(Supervisor(Arc::new(Inner {
             node: config.name.clone(),
             data_dir: config.data_dir.clone(),
             wasm,
+            runc,
+            runc_version,
             artifacts,
             link,
             pods: Mutex::new(HashMap::new()),
@@ -71,9 +84,35 @@ impl Supervisor {
         })))
     }
 
+    /// runc's version when this node runs OCI containers.
+    pub fn runc_version(&self) -> Option<&str> {
+        self.0.runc_version.as_deref()
+    }
+
     /// Makes the running set match `pods` (after a list), and reports every status again.
+    /// Containers a previous agent left running for pods that are gone are removed.
     pub async fn sync(&self, pods: Vec<Pod>) {
         let keep: Vec<String> = pods.iter().map(|p| p.metadata.uid.clone()).collect();
+        if let Some(runc) = self.0.runc.clone() {
+            let keys: Vec<String> = pods
+                .iter()
+                .filter(|p| !terminal(p))
+                .flat_map(|p| {
+                    p.spec
+                        .containers
+                        .iter()
+                        .map(|c| container_key(p, &c.name))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            match tokio::task::spawn_blocking(move || runc.remove_except(&keys)).await {
+                Ok(Ok(removed)) if !removed.is_empty() => {
+                    tracing::info!(?removed, "removed containers of pods no longer here")
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot list runc containers"),
+                _ => {}
+            }
+        }
         let gone: Vec<String> = match self.0.pods.lock() {
             Ok(m) => m
                 .keys()
@@ -232,6 +271,20 @@ impl Supervisor {
     }
 }
 
+/// The name the OCI executor knows a container by: stable across agent restarts.
+fn container_key(pod: &Pod, container: &str) -> String {
+    format!("{}-{container}", pod.metadata.uid)
+}
+
+/// The pod's network namespace, shared by its OCI containers.
+fn netns_name(pod: &Pod) -> String {
+    format!("shoal-{}", pod.metadata.uid)
+}
+
+fn uses_runc(pod: &Pod) -> bool {
+    pod.spec.runtime_class_name.as_deref() != Some("wasm")
+}
+
 fn client(inner: &Inner) -> Option<Arc<shoal_transport::Client>> {
     inner.link.borrow().clone()
 }
@@ -351,9 +404,16 @@ async fn get_object(inner: &Inner, kind: &str, namespace: &str, name: &str) -> R
     }
 }
 
-/// Everything a container needs from the pod, resolved: artifact paths, env and mounts.
+/// Everything a container needs from the pod, resolved: artifact paths, env and mounts, and
+/// the executor that runs it.
 struct Prepared {
-    specs: Vec<ContainerSpec>,
+    specs: Vec<ToRun>,
+}
+
+/// One container, resolved, and the executor that runs it.
+struct ToRun {
+    spec: ContainerSpec,
+    workload: Arc<dyn Workload>,
 }
 
 async fn prepare(
@@ -436,6 +496,18 @@ async fn prepare(
         };
         volume_paths.insert(v.name.clone(), path);
     }
+    let runc = match (uses_runc(pod), &inner.runc) {
+        (false, _) => None,
+        (true, Some(r)) => Some(r.clone()),
+        (true, None) => {
+            return Err((
+                "CreateContainerError".to_string(),
+                "this node cannot run OCI containers (no runc, or the agent is not root); \
+                 set runtimeClassName: wasm for a wasm pod"
+                    .to_string(),
+            ))
+        }
+    };
     let mut specs = Vec::new();
     for c in &pod.spec.containers {
         let client = client(inner).ok_or_else(|| {
@@ -444,13 +516,38 @@ async fn prepare(
                 "not connected to the controller".to_string(),
             )
         })?;
-        let artifact = if crate::registry::names_a_registry(&c.image) {
-            let always = c.image_pull_policy.as_deref() == Some("Always")
-                || (c.image_pull_policy.is_none() && c.image.ends_with(":latest"));
-            let auth = pull_auth(inner, pod, &ns, &c.image).await;
-            inner.artifacts.pull(&c.image, &auth, always).await
+        let always = c.image_pull_policy.as_deref() == Some("Always")
+            || (c.image_pull_policy.is_none() && c.image.ends_with(":latest"));
+        let registry = crate::registry::names_a_registry(&c.image);
+        let auth = if registry {
+            pull_auth(inner, pod, &ns, &c.image).await
         } else {
-            inner.artifacts.get(&client, &c.image).await
+            oci_client::secrets::RegistryAuth::Anonymous
+        };
+        let artifact = match &runc {
+            None if registry => inner.artifacts.pull(&c.image, &auth, always).await,
+            None => inner.artifacts.get(&client, &c.image).await,
+            Some(runc) => {
+                let images = runc.images().clone();
+                let platform = Platform::host();
+                let digest = if registry {
+                    crate::registry::pull_image(&c.image, &auth, &images, &platform, always).await
+                } else {
+                    match inner.artifacts.get(&client, &c.image).await {
+                        Ok(archive) => {
+                            let store = images.clone();
+                            tokio::task::spawn_blocking(move || {
+                                store.import_artifact(&archive, &platform)
+                            })
+                            .await
+                            .map_err(|e| Error::Internal(e.to_string()))
+                            .and_then(|r| r.map_err(Error::from))
+                        }
+                        Err(e) => Err(e),
+                    }
+                };
+                digest.and_then(|d| images.blob_path(&d).map_err(Error::from))
+            }
         }
         .map_err(|e| ("ErrImagePull".to_string(), e.to_string()))?;
         event(
@@ -461,9 +558,13 @@ async fn prepare(
             format!("Successfully pulled image {:?}", c.image),
         )
         .await;
-        let wasm = inner.wasm.clone();
+        let workload: Arc<dyn Workload> = match &runc {
+            Some(r) => Arc::new(Runc(r.clone())),
+            None => inner.wasm.clone(),
+        };
+        let w = workload.clone();
         let check = artifact.clone();
-        tokio::task::spawn_blocking(move || wasm.prepare(&check))
+        tokio::task::spawn_blocking(move || w.prepare(&check))
             .await
             .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?
             .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
@@ -547,7 +648,7 @@ async fn prepare(
             c.command.clone()
         };
         argv.extend(c.args.iter().cloned());
-        let mounts = c
+        let mut mounts: Vec<Mount> = c
             .volume_mounts
             .iter()
             .filter_map(|m| {
@@ -558,27 +659,128 @@ async fn prepare(
                 })
             })
             .collect();
-        specs.push(ContainerSpec {
-            id: format!("{ns}/{}/{}", pod.metadata.name, c.name),
-            artifact,
-            argv,
-            env,
-            working_dir: c.working_dir.clone(),
-            mounts,
-            memory_limit: c
-                .resources
-                .limits
-                .get("memory")
-                .map(|q| q.value().max(0) as u64),
-            cpu_limit_millis: c
-                .resources
-                .limits
-                .get("cpu")
-                .map(|q| q.milli_value().max(0) as u64),
-            log_path: logs.join(format!("{}.log", c.name)),
+        let network = match &runc {
+            None => Network::Isolated,
+            Some(_) if pod.spec.host_network => Network::Host,
+            Some(_) => {
+                let name = netns_name(pod);
+                let path = tokio::task::spawn_blocking(move || netns::create(&name))
+                    .await
+                    .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?
+                    .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
+                mounts.extend(etc_files(pod, dir).map_err(|e| {
+                    (
+                        "CreateContainerError".to_string(),
+                        format!("/etc files: {e}"),
+                    )
+                })?);
+                Network::Pod(path)
+            }
+        };
+        let security = security(c.security_context.as_ref())
+            .map_err(|m| ("CreateContainerConfigError".to_string(), m))?;
+        specs.push(ToRun {
+            spec: ContainerSpec {
+                id: format!("{ns}/{}/{}", pod.metadata.name, c.name),
+                key: container_key(pod, &c.name),
+                artifact,
+                argv,
+                command: c.command.clone(),
+                args: c.args.clone(),
+                cpu_request_millis: c
+                    .resources
+                    .requests
+                    .get("cpu")
+                    .map(|q| q.milli_value().max(0) as u64),
+                pids_limit: None,
+                security,
+                network,
+                hostname: pod
+                    .spec
+                    .hostname
+                    .clone()
+                    .unwrap_or_else(|| pod.metadata.name.clone()),
+                env,
+                working_dir: c.working_dir.clone(),
+                mounts,
+                memory_limit: c
+                    .resources
+                    .limits
+                    .get("memory")
+                    .map(|q| q.value().max(0) as u64),
+                cpu_limit_millis: c
+                    .resources
+                    .limits
+                    .get("cpu")
+                    .map(|q| q.milli_value().max(0) as u64),
+                log_path: logs.join(format!("{}.log", c.name)),
+            },
+            workload,
         });
     }
     Ok(Prepared { specs })
+}
+
+/// /etc/hosts, /etc/hostname and /etc/resolv.conf for a pod with its own network, written in
+/// the pod's directory and bind-mounted into each container, as the kubelet does.
+fn etc_files(pod: &Pod, dir: &std::path::Path) -> std::io::Result<Vec<Mount>> {
+    let etc = dir.join("etc");
+    std::fs::create_dir_all(&etc)?;
+    let hostname = pod
+        .spec
+        .hostname
+        .clone()
+        .unwrap_or_else(|| pod.metadata.name.clone());
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+    );
+    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let mut mounts = Vec::new();
+    for (name, text) in [
+        ("hosts", hosts),
+        ("hostname", format!("{hostname}\n")),
+        ("resolv.conf", resolv),
+    ] {
+        let path = etc.join(name);
+        std::fs::write(&path, text)?;
+        mounts.push(Mount {
+            host_path: path,
+            guest_path: format!("/etc/{name}"),
+            read_only: false,
+        });
+    }
+    Ok(mounts)
+}
+
+/// A container's securityContext as the runtime takes it; ids must fit in 32 bits.
+fn security(sc: Option<&shoal_api::SecurityContext>) -> std::result::Result<Security, String> {
+    let Some(sc) = sc else {
+        return Ok(Security::default());
+    };
+    let id = |what: &str, v: Option<i64>| {
+        v.map(|n| {
+            u32::try_from(n).map_err(|_| format!("securityContext.{what} {n} is not a valid id"))
+        })
+        .transpose()
+    };
+    Ok(Security {
+        run_as_user: id("runAsUser", sc.run_as_user)?,
+        run_as_group: id("runAsGroup", sc.run_as_group)?,
+        run_as_non_root: sc.run_as_non_root.unwrap_or(false),
+        read_only_root_filesystem: sc.read_only_root_filesystem.unwrap_or(false),
+        privileged: sc.privileged.unwrap_or(false),
+        allow_privilege_escalation: sc.allow_privilege_escalation.unwrap_or(false),
+        capabilities_add: sc
+            .capabilities
+            .as_ref()
+            .map(|c| c.add.clone())
+            .unwrap_or_default(),
+        capabilities_drop: sc
+            .capabilities
+            .as_ref()
+            .map(|c| c.drop.clone())
+            .unwrap_or_default(),
+    })
 }
 
 /// Registry credentials for `image` from the pod's imagePullSecrets.
@@ -642,7 +844,7 @@ async fn run_pod(
                 report(&inner, &state).await;
                 let delay = pod_state::backoff(attempt).min(Duration::from_secs(60));
                 tokio::select! {
-                    _ = cancel.cancelled() => return,
+                    _ = cancel.cancelled() => return remove_sandbox(&pod, &dir).await,
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                 }
                 if reason == "ErrImagePull" {
@@ -654,7 +856,7 @@ async fn run_pod(
                     report(&inner, &state).await;
                 }
                 tokio::select! {
-                    _ = cancel.cancelled() => return,
+                    _ = cancel.cancelled() => return remove_sandbox(&pod, &dir).await,
                     _ = tokio::time::sleep(delay.saturating_sub(Duration::from_secs(2))) => {}
                 }
             }
@@ -668,20 +870,30 @@ async fn run_pod(
             .max(0) as u64,
     );
     let mut tasks = tokio::task::JoinSet::new();
-    for (i, spec) in prepared.specs.into_iter().enumerate() {
+    for (i, to_run) in prepared.specs.into_iter().enumerate() {
         tasks.spawn(run_container(
             inner.clone(),
             state.clone(),
             i,
-            spec,
+            to_run,
             policy,
             grace,
             cancel.clone(),
         ));
     }
     while tasks.join_next().await.is_some() {}
-    if cancel.is_cancelled() {
-        let _ = std::fs::remove_dir_all(dir.join("volumes"));
+    // The pod's sandbox (network namespace, volumes) lasts until the pod is deleted, also
+    // after its containers have ended (a finished Job's pod).
+    cancel.cancelled().await;
+    remove_sandbox(&pod, &dir).await;
+}
+
+/// Removes what a pod had beside its containers: volumes and its network namespace.
+async fn remove_sandbox(pod: &Pod, dir: &std::path::Path) {
+    let _ = std::fs::remove_dir_all(dir.join("volumes"));
+    if uses_runc(pod) && !pod.spec.host_network {
+        let name = netns_name(pod);
+        let _ = tokio::task::spawn_blocking(move || netns::delete(&name)).await;
     }
 }
 
@@ -693,7 +905,7 @@ async fn run_container(
     inner: Arc<Inner>,
     state: Arc<Mutex<PodRun>>,
     i: usize,
-    spec: ContainerSpec,
+    ToRun { spec, workload }: ToRun,
     policy: RestartPolicy,
     grace: Duration,
     cancel: CancellationToken,
@@ -710,7 +922,18 @@ async fn run_container(
             let _ = shoal_runtime::logs::rotate(&spec.log_path);
         }
         let started = Utc::now();
-        let exit = match inner.wasm.start(spec.clone()) {
+        let starting = {
+            let (w, s) = (workload.clone(), spec.clone());
+            tokio::task::spawn_blocking(move || w.start(s))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(shoal_runtime::Error::Start {
+                        id: spec.id.clone(),
+                        message: e.to_string(),
+                    })
+                })
+        };
+        let exit = match starting {
             Ok(handle) => {
                 let pod = match state.lock() {
                     Ok(mut s) => {

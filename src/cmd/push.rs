@@ -1,5 +1,7 @@
-//! `shoal push FILE NAME[:TAG]`: stores an artifact in the controller, for clusters with no
-//! registry. Shows progress on large uploads.
+//! `shoal push PATH NAME[:TAG]`: stores an artifact in the controller, for clusters with no
+//! registry: a wasm module or component, or a container image (an OCI image layout directory,
+//! an OCI archive, or a `docker save` tarball), which agents import and check by digest.
+//! Shows progress on large uploads.
 
 use crate::client::{check, connect};
 use crate::ClientArgs;
@@ -13,7 +15,8 @@ use std::time::Instant;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The artifact: a .wasm module or component.
+    /// The artifact: a .wasm module or component; or a container image as an OCI image layout
+    /// directory, an OCI archive (.tar) or `docker save` output (.tar, .tar.gz).
     file: PathBuf,
     /// The name pods use as their image: NAME[:TAG].
     reference: String,
@@ -36,7 +39,18 @@ const CHUNK: usize = 256 * 1024;
 
 /// Uploads `file` as `reference`; returns its digest.
 pub async fn push(client: &Client, file: &Path, reference: &str) -> Result<String> {
-    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let bytes = if file.is_dir() {
+        if !file.join("index.json").exists() {
+            bail!(
+                "{} is a directory but not an OCI image layout (it has no index.json)",
+                file.display()
+            );
+        }
+        shoal_runtime::oci::build::tar_dir(file)
+            .with_context(|| format!("archiving the image layout {}", file.display()))?
+    } else {
+        std::fs::read(file).with_context(|| format!("reading {}", file.display()))?
+    };
     let digest = format!("sha256:{}", hex_digest(&bytes));
     let size = bytes.len() as u64;
     let conn = client.connection();

@@ -164,22 +164,31 @@ fn sha256_hex(digest: &str) -> Option<&str> {
     .then_some(hex)
 }
 
-/// Copies `from` to `to`, returning the sha256 digest of what was copied.
-fn copy_hashing(mut from: impl Read, to: &Path) -> Result<(String, u64)> {
+/// Copies `from` to the file `to`, returning the sha256 digest of what was copied.
+fn copy_to_file(from: impl Read, to: &Path) -> Result<(String, u64)> {
     let mut out = fs::File::create(to).map_err(|e| Error::io(to, e))?;
+    let done = copy_hashing(from, &mut out).map_err(|e| Error::io(to, e))?;
+    out.sync_all().map_err(|e| Error::io(to, e))?;
+    Ok(done)
+}
+
+/// Copies `from` to `out`, returning the sha256 digest of what was copied.
+fn copy_hashing(
+    mut from: impl Read,
+    mut out: impl std::io::Write,
+) -> std::io::Result<(String, u64)> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut n = 0u64;
     loop {
-        let got = from.read(&mut buf).map_err(|e| Error::io(to, e))?;
+        let got = from.read(&mut buf)?;
         if got == 0 {
             break;
         }
         hasher.update(&buf[..got]);
-        std::io::Write::write_all(&mut out, &buf[..got]).map_err(|e| Error::io(to, e))?;
+        out.write_all(&buf[..got])?;
         n += got as u64;
     }
-    out.sync_all().map_err(|e| Error::io(to, e))?;
     Ok((format!("sha256:{}", hex::encode(hasher.finalize())), n))
 }
 
@@ -231,7 +240,7 @@ impl ImageStore {
     pub fn put_blob(&self, digest: &str, from: impl Read) -> Result<PathBuf> {
         let dest = self.blob_path(digest)?;
         let tmp = self.scratch("blob");
-        let (actual, _) = copy_hashing(from, &tmp).inspect_err(|_| {
+        let (actual, _) = copy_to_file(from, &tmp).inspect_err(|_| {
             let _ = fs::remove_file(&tmp);
         })?;
         if actual != digest {
@@ -242,6 +251,23 @@ impl ImageStore {
             });
         }
         fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
+        Ok(dest)
+    }
+
+    /// Moves the file at `path` (inside [`ImageStore::scratch`]) into the store as the blob
+    /// `digest`, refusing it, and removing it, if its bytes do not hash to that digest.
+    pub fn put_file(&self, digest: &str, path: &Path) -> Result<PathBuf> {
+        let dest = self.blob_path(digest)?;
+        let f = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let (actual, _) = copy_hashing(f, std::io::sink()).map_err(|e| Error::io(path, e))?;
+        if actual != digest {
+            let _ = fs::remove_file(path);
+            return Err(Error::Image {
+                image: digest.to_string(),
+                message: format!("digest mismatch: the content hashes to {actual}"),
+            });
+        }
+        fs::rename(path, &dest).map_err(|e| Error::io(&dest, e))?;
         Ok(dest)
     }
 
@@ -274,6 +300,32 @@ impl ImageStore {
             .and_then(|_| self.import_dir(&scratch, platform));
         let _ = fs::remove_dir_all(&scratch);
         result
+    }
+
+    /// [`ImageStore::import_archive`] once per archive and platform: the chosen manifest is
+    /// remembered by the archive's file name, which is its digest in the agent's artifact
+    /// cache, so the next pod of the same image starts without reading the archive again.
+    pub fn import_artifact(&self, archive: &Path, platform: &Platform) -> Result<String> {
+        let name = archive
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let pin = self
+            .dir
+            .join("refs")
+            .join(format!("{name}-{}", platform.to_string().replace('/', "_")));
+        if let Ok(d) = fs::read_to_string(&pin) {
+            if self.image(d.trim()).is_ok() {
+                return Ok(d.trim().to_string());
+            }
+        }
+        let digest = self.import_archive(archive, platform)?;
+        let refs = self.dir.join("refs");
+        fs::create_dir_all(&refs).map_err(|e| Error::io(&refs, e))?;
+        let tmp = self.scratch("ref");
+        fs::write(&tmp, &digest).map_err(|e| Error::io(&tmp, e))?;
+        fs::rename(&tmp, &pin).map_err(|e| Error::io(&pin, e))?;
+        Ok(digest)
     }
 
     /// Imports an OCI image layout or an unpacked `docker save` directory.
@@ -409,7 +461,7 @@ impl ImageStore {
             );
             let tmp = self.scratch("docker");
             let f = fs::File::open(&src).map_err(|e| Error::io(&src, e))?;
-            let (digest, size) = copy_hashing(f, &tmp)?;
+            let (digest, size) = copy_to_file(f, &tmp)?;
             let dest = self.blob_path(&digest)?;
             fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
             Ok(Descriptor {
@@ -519,6 +571,34 @@ impl ImageStore {
         }
         Ok(())
     }
+}
+
+/// Is this media type an image index (OCI) or manifest list (Docker)?
+pub fn is_index(media_type: &str) -> bool {
+    media_type == MEDIA_INDEX || media_type == DOCKER_LIST
+}
+
+/// From an image index's JSON, the manifest for `platform` (registries list each manifest's
+/// platform in the index).
+pub fn choose_from_index(image: &str, index: &[u8], platform: &Platform) -> Result<Descriptor> {
+    let err = |message: String| Error::Image {
+        image: image.to_string(),
+        message,
+    };
+    let index: Index =
+        serde_json::from_slice(index).map_err(|e| err(format!("image index: {e}")))?;
+    let mut seen = Vec::new();
+    for d in index.manifests {
+        match &d.platform {
+            Some(p) if platform.runs(p) => return Ok(d),
+            Some(p) => seen.push(p.to_string()),
+            None => seen.push("unknown".into()),
+        }
+    }
+    Err(err(format!(
+        "no {platform} image (it has: {})",
+        seen.join(", ")
+    )))
 }
 
 /// The path of a blob inside an image layout.

@@ -86,6 +86,18 @@ impl RuncRuntime {
         })
     }
 
+    /// runc's version, as `runc --version` prints it (`1.1.5+ds1`).
+    pub fn version(&self) -> String {
+        let out = self.call(&["--version"]).unwrap_or_default();
+        String::from_utf8_lossy(&out)
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("runc version "))
+            .unwrap_or("unknown")
+            .trim()
+            .to_string()
+    }
+
     pub fn images(&self) -> &Arc<ImageStore> {
         &self.images
     }

@@ -1,0 +1,349 @@
+//! OCI container pods through real runc, as root: a controller and an agent as processes, and
+//! a busybox image built here from Debian's `busybox-static` into an OCI image layout (no
+//! registry, no internet), pushed to the controller. Every test here needs runc and root: it
+//! is skipped, saying why, where they are missing, and fails instead when
+//! SHOAL_REQUIRE_RUNC=1 (CI sets it).
+
+mod kit;
+
+use kit::Cluster;
+use shoal_runtime::oci::build::{busybox_layer, tar_dir, write_layout, ImageSpec};
+use shoal_runtime::oci::image::Platform;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// Why these tests cannot run here, if they cannot.
+fn runc_missing(test: &str) -> bool {
+    let why = if !Path::new("/bin/busybox").exists() {
+        Some("busybox is not installed (apt-get install busybox-static)".to_string())
+    } else {
+        shoal_runtime::oci::find_runc().err()
+    };
+    match why {
+        None => false,
+        Some(why) => {
+            if std::env::var("SHOAL_REQUIRE_RUNC").as_deref() == Ok("1") {
+                panic!("{test} needs runc, root and busybox: {why} (apt-get install runc busybox-static)");
+            }
+            eprintln!("skipping {test}: {why}");
+            true
+        }
+    }
+}
+
+/// The busybox image as an OCI layout in `dir`, for this machine and (to show platform
+/// selection) an arm64 entry that no amd64 node may pick.
+fn busybox_layout(dir: &Path) -> PathBuf {
+    let layout = dir.join("busybox-layout");
+    let layer = busybox_layer(Path::new("/bin/busybox")).expect("busybox layer");
+    let image = |platform: Platform| ImageSpec {
+        platform,
+        cmd: vec!["sh".into()],
+        env: vec!["GREETING=hello from the image".into()],
+        ..Default::default()
+    };
+    let other = Platform {
+        os: "linux".into(),
+        architecture: if Platform::host().architecture == "arm64" {
+            "amd64"
+        } else {
+            "arm64"
+        }
+        .into(),
+        variant: None,
+    };
+    write_layout(
+        &layout,
+        "busybox:1",
+        &[
+            (image(other), vec![layer.clone()]),
+            (image(Platform::host()), vec![layer]),
+        ],
+    )
+    .expect("layout");
+    layout
+}
+
+fn field(v: &serde_json::Value, path: &str) -> String {
+    let mut at = v;
+    for part in path.split('.') {
+        at = match part.parse::<usize>() {
+            Ok(i) => &at[i],
+            Err(_) => &at[part],
+        };
+    }
+    match at {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn pod(name: &str, image: &str, script: &str, extra: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  terminationGracePeriodSeconds: 1
+{extra}  containers:
+  - name: main
+    image: {image}
+    command: [sh, -c, {script:?}]
+    resources: {{requests: {{cpu: 10m, memory: 8Mi}}}}
+"#
+    )
+}
+
+/// Removes what the agents left in runc and in network namespaces: the agents are killed when
+/// the test ends, and their containers (which outlive an agent by design) must not.
+struct Leftovers(Vec<PathBuf>);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let root = dir.join("runc");
+            let ids = Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["list", "-q"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                .unwrap_or_default();
+            for id in ids.lines() {
+                let _ = Command::new("runc")
+                    .arg("--root")
+                    .arg(&root)
+                    .args(["delete", "--force", id])
+                    .output();
+            }
+            for pod in std::fs::read_dir(dir.join("pods"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let ns = format!("shoal-{}", pod.file_name().to_string_lossy());
+                if Path::new("/var/run/netns").join(&ns).exists() {
+                    let _ = Command::new("ip").args(["netns", "delete", &ns]).output();
+                }
+            }
+            for c in std::fs::read_dir(dir.join("containers"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let _ = Command::new("umount")
+                    .arg("-l")
+                    .arg(c.path().join("rootfs"))
+                    .output();
+            }
+        }
+    }
+}
+
+#[test]
+fn runc_pods_run_log_crash_loop_get_oom_killed_complete_jobs_and_roll_out() {
+    if runc_missing("runc_pods_run_log_crash_loop_get_oom_killed_complete_jobs_and_roll_out") {
+        return;
+    }
+    let c = Cluster::start(1);
+    let _leftovers = Leftovers(c.agents.iter().map(|a| a.dir.clone()).collect());
+    let scratch = tempfile::tempdir().expect("tmp");
+    // Offline delivery: the layout pushed as a directory, and as an OCI archive tarball.
+    let layout = busybox_layout(scratch.path());
+    c.shoal(&["push", layout.to_str().expect("utf-8"), "busybox:1"])
+        .ok();
+    let archive = scratch.path().join("busybox.tar");
+    std::fs::write(&archive, tar_dir(&layout).expect("tar")).expect("archive");
+    c.shoal(&[
+        "push",
+        archive.to_str().expect("utf-8"),
+        "busybox-archive:1",
+    ])
+    .ok();
+
+    let manifests = [
+        pod(
+            "hello",
+            "busybox:1",
+            "echo $GREETING; echo from $(hostname) as $(id -u); cat /etc/hostname; sleep 600",
+            "",
+        ),
+        pod("crasher", "busybox-archive:1", "echo dying; exit 3", ""),
+        pod(
+            "hog",
+            "busybox:1",
+            "x=a; while true; do x=$x$x; done",
+            "  restartPolicy: Never\n",
+        )
+        .replace(
+            "resources: {requests: {cpu: 10m, memory: 8Mi}}",
+            "resources: {requests: {cpu: 10m, memory: 8Mi}, limits: {memory: 16Mi}}",
+        ),
+    ];
+    c.controller
+        .shoal_stdin(&["apply", "-f", "-"], Some(&manifests.join("---\n")))
+        .ok();
+    c.wait_for("hello to log", Duration::from_secs(60), |c| {
+        c.shoal(&["logs", "hello"]).stdout() == "hello from the image\nfrom hello as 0\nhello\n"
+    });
+    let hello = c.pod("hello");
+    assert_eq!(field(&hello, "status.phase"), "Running");
+    assert!(field(&hello, "status.containerStatuses.0.state.running.startedAt").len() > 10);
+
+    c.wait_for("the crasher's back-off", Duration::from_secs(60), |c| {
+        let p = c.pod("crasher");
+        field(&p, "status.containerStatuses.0.state.waiting.reason") == "CrashLoopBackOff"
+            && field(
+                &p,
+                "status.containerStatuses.0.lastState.terminated.exitCode",
+            ) == "3"
+    });
+    assert!(c
+        .shoal(&["get", "pods", "--no-headers"])
+        .ok()
+        .contains("CrashLoopBackOff"));
+    assert_eq!(c.shoal(&["logs", "crasher"]).ok(), "dying\n");
+
+    c.wait_for("the hog to be OOM-killed", Duration::from_secs(60), |c| {
+        field(&c.pod("hog"), "status.phase") == "Failed"
+    });
+    let hog = c.pod("hog");
+    assert_eq!(
+        field(&hog, "status.containerStatuses.0.state.terminated.reason"),
+        "OOMKilled"
+    );
+    assert_eq!(
+        field(&hog, "status.containerStatuses.0.state.terminated.exitCode"),
+        "137"
+    );
+
+    // A Job of containers completes.
+    c.controller
+        .shoal_stdin(
+            &["apply", "-f", "-"],
+            Some(
+                r#"apiVersion: batch/v1
+kind: Job
+metadata: {name: count}
+spec:
+  completions: 3
+  parallelism: 2
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: main
+        image: busybox:1
+        command: [sh, -c, "echo counted"]
+"#,
+            ),
+        )
+        .ok();
+    assert_eq!(
+        c.shoal(&[
+            "wait",
+            "--for=condition=complete",
+            "job/count",
+            "--timeout",
+            "90s"
+        ])
+        .ok(),
+        "job/count condition met\n"
+    );
+
+    // A Deployment of containers rolls out and back.
+    let deployment = |version: &str| {
+        format!(
+            r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: busybox:1
+        command: [sh, -c, "echo version $VERSION; sleep 600"]
+        env: [{{name: VERSION, value: "{version}"}}]
+"#
+        )
+    };
+    let versions = |c: &Cluster| -> Vec<String> {
+        let names: Vec<String> = c
+            .shoal(&["get", "pods", "-l", "app=web", "--no-headers"])
+            .stdout()
+            .lines()
+            .filter(|l| l.contains(" Running "))
+            .map(|l| l.split_whitespace().next().unwrap_or_default().to_string())
+            .collect();
+        let mut v: Vec<String> = names
+            .iter()
+            .map(|n| c.shoal(&["logs", n]).stdout().trim().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let rolled = |c: &Cluster, want: &str| {
+        c.shoal(&["rollout", "status", "deploy/web", "--timeout", "0s"])
+            .0
+            .status
+            .success()
+            && c.shoal(&["get", "pods", "-l", "app=web", "--no-headers"])
+                .stdout()
+                .lines()
+                .count()
+                == 2
+            && versions(c) == [want, want]
+    };
+    for v in ["1", "2"] {
+        c.controller
+            .shoal_stdin(&["apply", "-f", "-"], Some(&deployment(v)))
+            .ok();
+        c.wait_for(
+            &format!("version {v} rolled out"),
+            Duration::from_secs(90),
+            |c| rolled(c, &format!("version {v}")),
+        );
+    }
+    c.shoal(&["rollout", "undo", "deploy/web"]).ok();
+    c.wait_for("the rollback to version 1", Duration::from_secs(90), |c| {
+        rolled(c, "version 1")
+    });
+
+    // Deleting the pods removes their containers and network namespaces.
+    c.shoal(&["delete", "deploy", "web"]).ok();
+    c.shoal(&["delete", "job", "count"]).ok();
+    for p in ["hello", "crasher", "hog"] {
+        c.shoal(&["delete", "pod", p]).ok();
+    }
+    let agent = &c.agents[0];
+    c.wait_for("every container gone", Duration::from_secs(60), |c| {
+        c.shoal(&["get", "pods", "--no-headers"])
+            .stdout()
+            .is_empty()
+            && Command::new("runc")
+                .arg("--root")
+                .arg(agent.dir.join("runc"))
+                .args(["list", "-q"])
+                .output()
+                .is_ok_and(|o| o.stdout.is_empty())
+    });
+    let netns = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    for pod in std::fs::read_dir(agent.dir.join("pods"))
+        .expect("pods")
+        .flatten()
+    {
+        let name = format!("shoal-{}", pod.file_name().to_string_lossy());
+        assert!(!netns.contains(&name), "{name} is left in {netns}");
+    }
+}
