@@ -6,31 +6,12 @@
 
 mod kit;
 
-use kit::Cluster;
+use kit::{runc_missing, Cluster, Leftovers};
 use shoal_runtime::oci::build::{busybox_layer, tar_dir, write_layout, ImageSpec};
 use shoal_runtime::oci::image::Platform;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-
-/// Why these tests cannot run here, if they cannot.
-fn runc_missing(test: &str) -> bool {
-    let why = if !Path::new("/bin/busybox").exists() {
-        Some("busybox is not installed (apt-get install busybox-static)".to_string())
-    } else {
-        shoal_runtime::oci::find_runc().err()
-    };
-    match why {
-        None => false,
-        Some(why) => {
-            if std::env::var("SHOAL_REQUIRE_RUNC").as_deref() == Ok("1") {
-                panic!("{test} needs runc, root and busybox: {why} (apt-get install runc busybox-static)");
-            }
-            eprintln!("skipping {test}: {why}");
-            true
-        }
-    }
-}
 
 /// The busybox image as an OCI layout in `dir`, for this machine and (to show platform
 /// selection) an arm64 entry that no amd64 node may pick.
@@ -94,52 +75,6 @@ spec:
     resources: {{requests: {{cpu: 10m, memory: 8Mi}}}}
 "#
     )
-}
-
-/// Removes what the agents left in runc and in network namespaces: the agents are killed when
-/// the test ends, and their containers (which outlive an agent by design) must not.
-struct Leftovers(Vec<PathBuf>);
-
-impl Drop for Leftovers {
-    fn drop(&mut self) {
-        for dir in &self.0 {
-            let root = dir.join("runc");
-            let ids = Command::new("runc")
-                .arg("--root")
-                .arg(&root)
-                .args(["list", "-q"])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-                .unwrap_or_default();
-            for id in ids.lines() {
-                let _ = Command::new("runc")
-                    .arg("--root")
-                    .arg(&root)
-                    .args(["delete", "--force", id])
-                    .output();
-            }
-            for pod in std::fs::read_dir(dir.join("pods"))
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let ns = format!("shoal-{}", pod.file_name().to_string_lossy());
-                if Path::new("/var/run/netns").join(&ns).exists() {
-                    let _ = Command::new("ip").args(["netns", "delete", &ns]).output();
-                }
-            }
-            for c in std::fs::read_dir(dir.join("containers"))
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let _ = Command::new("umount")
-                    .arg("-l")
-                    .arg(c.path().join("rootfs"))
-                    .output();
-            }
-        }
-    }
 }
 
 #[test]

@@ -5,6 +5,7 @@
 mod kit;
 
 use kit::{wasm_fixture, Cluster};
+use sha2::Digest as _;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -95,6 +96,109 @@ impl Registry {
     }
 }
 
+impl Registry {
+    fn client(&self) -> oci_client::Client {
+        use oci_client::client::{ClientConfig, ClientProtocol};
+        shoal_transport::install_crypto_provider();
+        oci_client::Client::new(ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(vec![self.addr.clone()]),
+            ..Default::default()
+        })
+    }
+
+    /// Pushes a container image (one gzipped layer) for `arch`; returns its manifest's digest
+    /// and size as the registry stores it.
+    async fn push_container(
+        &self,
+        repo_tag: &str,
+        arch: &str,
+        layer: &[u8],
+        cmd: &str,
+    ) -> (String, i64) {
+        use oci_client::client::{Config, ImageLayer};
+        let client = self.client();
+        let reference: oci_client::Reference = format!("{}/{repo_tag}", self.addr).parse().unwrap();
+        let gz = {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut e, layer).unwrap();
+            e.finish().unwrap()
+        };
+        let layer = ImageLayer::new(
+            gz,
+            "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            None,
+        );
+        let config = serde_json::json!({
+            "os": "linux",
+            "architecture": arch,
+            "config": {"Cmd": ["sh", "-c", cmd], "Env": ["PATH=/bin"]},
+            "rootfs": {"type": "layers", "diff_ids": []},
+        });
+        let config = Config::new(
+            serde_json::to_vec(&config).unwrap(),
+            "application/vnd.oci.image.config.v1+json".into(),
+            None,
+        );
+        client
+            .push(
+                &reference,
+                &[layer],
+                config,
+                &oci_client::secrets::RegistryAuth::Anonymous,
+                None,
+            )
+            .await
+            .expect("push to the test registry");
+        let (bytes, digest) = client
+            .pull_manifest_raw(
+                &reference,
+                &oci_client::secrets::RegistryAuth::Anonymous,
+                &["application/vnd.oci.image.manifest.v1+json"],
+            )
+            .await
+            .expect("manifest back");
+        (digest, bytes.len() as i64)
+    }
+
+    /// Pushes an image index naming `manifests` (digest, size, architecture).
+    async fn push_index(&self, repo_tag: &str, manifests: &[(String, i64, &str)]) {
+        use oci_client::manifest::{ImageIndexEntry, OciImageIndex, Platform};
+        let reference: oci_client::Reference = format!("{}/{repo_tag}", self.addr).parse().unwrap();
+        let index = OciImageIndex {
+            schema_version: 2,
+            media_type: Some("application/vnd.oci.image.index.v1+json".into()),
+            manifests: manifests
+                .iter()
+                .map(|(digest, size, arch)| ImageIndexEntry {
+                    media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                    digest: digest.clone(),
+                    size: *size,
+                    platform: Some(Platform {
+                        architecture: (*arch).into(),
+                        os: "linux".into(),
+                        os_version: None,
+                        os_features: None,
+                        variant: None,
+                        features: None,
+                    }),
+                    annotations: None,
+                    artifact_type: None,
+                })
+                .collect(),
+            artifact_type: None,
+            annotations: None,
+        };
+        self.client()
+            .push_manifest_list(
+                &reference,
+                &oci_client::secrets::RegistryAuth::Anonymous,
+                index,
+            )
+            .await
+            .expect("push the index");
+    }
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -161,6 +265,122 @@ async fn a_wasm_artifact_is_pulled_from_a_registry_verified_and_reused() {
                     && out.contains("pulling from 127.0.0.1:")
             },
         );
+    })
+    .await
+    .unwrap();
+}
+
+fn container_pod(name: &str, image: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: main\n    image: {image}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runc_image_is_pulled_from_a_registry_for_the_node_platform_verified_and_layers_reused() {
+    if kit::runc_missing(
+        "runc_image_is_pulled_from_a_registry_for_the_node_platform_verified_and_layers_reused",
+    ) {
+        return;
+    }
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    let layer = shoal_runtime::oci::build::busybox_layer(std::path::Path::new("/bin/busybox"))
+        .expect("busybox layer");
+    let host = shoal_runtime::oci::image::Platform::host().architecture;
+    let other = if host == "arm64" { "amd64" } else { "arm64" };
+    // An index with this machine's image and another architecture's (which must not be run).
+    let native = registry
+        .push_container("busybox:native", &host, &layer, "echo native image")
+        .await;
+    let foreign = registry
+        .push_container("busybox:foreign", other, &layer, "echo wrong platform")
+        .await;
+    registry
+        .push_index(
+            "busybox:1",
+            &[(foreign.0, foreign.1, other), (native.0, native.1, &host)],
+        )
+        .await;
+    // Another image sharing the layer, and one whose layer the registry serves corrupted.
+    registry
+        .push_container("busybox:other", &host, &layer, "echo other image")
+        .await;
+    let mut unique = layer.clone();
+    unique.extend_from_slice(&[0u8; 1024]);
+    registry
+        .push_container("corrupt:1", &host, &unique, "echo never")
+        .await;
+    let corrupt_layer = {
+        let gz = {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut e, &unique).unwrap();
+            e.finish().unwrap()
+        };
+        hex::encode(sha2::Sha256::digest(&gz))
+    };
+    let data = registry
+        ._dir
+        .path()
+        .join("data/docker/registry/v2/blobs/sha256")
+        .join(&corrupt_layer[..2])
+        .join(&corrupt_layer)
+        .join("data");
+    std::fs::write(&data, b"not the layer you asked for").expect("corrupt the blob");
+
+    let addr = registry.addr.clone();
+    tokio::task::spawn_blocking(move || {
+        let c = Cluster::start(1);
+        let _leftovers = kit::Leftovers(c.agents.iter().map(|a| a.dir.clone()).collect());
+        let done = |c: &Cluster, name: &str| {
+            c.shoal(&["get", "pod", name, "-o", "json"])
+                .stdout()
+                .contains("\"phase\": \"Succeeded\"")
+        };
+        for (name, tag) in [
+            ("first", "busybox:1"),
+            ("second", "busybox:1"),
+            ("third", "busybox:other"),
+        ] {
+            c.controller
+                .shoal_stdin(
+                    &["apply", "-f", "-"],
+                    Some(&container_pod(name, &format!("{addr}/{tag}"))),
+                )
+                .ok();
+            c.wait_for(&format!("{name} to run"), Duration::from_secs(60), |c| {
+                done(c, name)
+            });
+        }
+        assert_eq!(c.shoal(&["logs", "first"]).ok(), "native image\n");
+        assert_eq!(c.shoal(&["logs", "third"]).ok(), "other image\n");
+        let agent = &c.agents[0];
+        let pulls = agent.log().matches("image pulled from a registry").count();
+        assert_eq!(
+            pulls,
+            2,
+            "busybox:1 pulled once, busybox:other once:\n{}",
+            agent.log()
+        );
+        let layers = std::fs::read_dir(agent.dir.join("images/layers"))
+            .expect("layers")
+            .count();
+        assert_eq!(layers, 1, "the two images share one unpacked layer");
+
+        c.controller
+            .shoal_stdin(
+                &["apply", "-f", "-"],
+                Some(&container_pod("corrupt", &format!("{addr}/corrupt:1"))),
+            )
+            .ok();
+        c.wait_for("the corrupt layer refused", Duration::from_secs(60), |c| {
+            let out = c.shoal(&["get", "pod", "corrupt", "-o", "json"]).stdout();
+            (out.contains("ErrImagePull") || out.contains("ImagePullBackOff"))
+                && out.contains("digest")
+        });
+        let kept = agent.dir.join("images/blobs/sha256").join(&corrupt_layer);
+        assert!(!kept.exists(), "the corrupt blob was not stored");
     })
     .await
     .unwrap();

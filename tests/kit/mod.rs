@@ -530,3 +530,68 @@ impl PodWatch {
         }
     }
 }
+
+/// Why these tests cannot run here, if they cannot.
+pub fn runc_missing(test: &str) -> bool {
+    let why = if !Path::new("/bin/busybox").exists() {
+        Some("busybox is not installed (apt-get install busybox-static)".to_string())
+    } else {
+        shoal_runtime::oci::find_runc().err()
+    };
+    match why {
+        None => false,
+        Some(why) => {
+            if std::env::var("SHOAL_REQUIRE_RUNC").as_deref() == Ok("1") {
+                panic!("{test} needs runc, root and busybox: {why} (apt-get install runc busybox-static)");
+            }
+            eprintln!("skipping {test}: {why}");
+            true
+        }
+    }
+}
+
+/// Removes what the agents left in runc and in network namespaces: the agents are killed when
+/// the test ends, and their containers (which outlive an agent by design) must not.
+pub struct Leftovers(pub Vec<PathBuf>);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let root = dir.join("runc");
+            let ids = Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["list", "-q"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                .unwrap_or_default();
+            for id in ids.lines() {
+                let _ = Command::new("runc")
+                    .arg("--root")
+                    .arg(&root)
+                    .args(["delete", "--force", id])
+                    .output();
+            }
+            for pod in std::fs::read_dir(dir.join("pods"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let ns = format!("shoal-{}", pod.file_name().to_string_lossy());
+                if Path::new("/var/run/netns").join(&ns).exists() {
+                    let _ = Command::new("ip").args(["netns", "delete", &ns]).output();
+                }
+            }
+            for c in std::fs::read_dir(dir.join("containers"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let _ = Command::new("umount")
+                    .arg("-l")
+                    .arg(c.path().join("rootfs"))
+                    .output();
+            }
+        }
+    }
+}
