@@ -46,6 +46,23 @@ fn busybox_layout(dir: &Path) -> PathBuf {
     layout
 }
 
+/// A layer tar with raw, unchecked names, as a hostile image would carry.
+fn hostile_layer(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, kind, link) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(*kind);
+        h.set_mode(0o644);
+        h.set_size(1);
+        let gnu = h.as_gnu_mut().expect("gnu header");
+        gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+        gnu.linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_cksum();
+        b.append(&h, &b"x"[..]).expect("append");
+    }
+    b.into_inner().expect("tar")
+}
+
 fn field(v: &serde_json::Value, path: &str) -> String {
     let mut at = v;
     for part in path.split('.') {
@@ -251,13 +268,80 @@ spec:
         rolled(c, "version 1")
     });
 
+    // Hostile images: their layers are refused when unpacked, naming the entry, and nothing
+    // is written outside the agent's layer store.
+    let agent = &c.agents[0];
+    let escape = format!("shoal-escaped-{}", std::process::id());
+    let hostile = [
+        (
+            "traversal",
+            hostile_layer(&[(
+                &format!("../../../../../../../../tmp/{escape}"),
+                tar::EntryType::Regular,
+                "",
+            )]),
+            "path traversal",
+        ),
+        (
+            "symlink",
+            hostile_layer(&[
+                ("s", tar::EntryType::Symlink, "/tmp"),
+                (&format!("s/{escape}"), tar::EntryType::Regular, ""),
+            ]),
+            "through the symlink",
+        ),
+    ];
+    for (name, layer, why) in hostile {
+        let dir = scratch.path().join(name);
+        let spec = ImageSpec {
+            platform: Platform::host(),
+            ..Default::default()
+        };
+        write_layout(&dir, "evil:1", &[(spec, vec![layer])]).expect("layout");
+        c.shoal(&[
+            "push",
+            dir.to_str().expect("utf-8"),
+            &format!("evil-{name}:1"),
+        ])
+        .ok();
+        c.controller
+            .shoal_stdin(
+                &["apply", "-f", "-"],
+                Some(&pod(
+                    &format!("evil-{name}"),
+                    &format!("evil-{name}:1"),
+                    "true",
+                    "",
+                )),
+            )
+            .ok();
+        c.wait_for(
+            &format!("the {name} layer refused"),
+            Duration::from_secs(60),
+            |c| {
+                let p = c.pod(&format!("evil-{name}"));
+                field(&p, "status.containerStatuses.0.state.waiting.reason")
+                    == "CreateContainerError"
+                    && field(&p, "status.containerStatuses.0.state.waiting.message").contains(why)
+            },
+        );
+        assert!(
+            !Path::new("/tmp").join(&escape).exists(),
+            "{name} wrote outside the store"
+        );
+        c.shoal(&["delete", "pod", &format!("evil-{name}")]).ok();
+    }
+    let scratch_left = std::fs::read_dir(agent.dir.join("images/tmp"))
+        .expect("tmp")
+        .count();
+    assert_eq!(scratch_left, 0, "a refused layer leaves nothing behind");
+
     // Deleting the pods removes their containers and network namespaces.
     c.shoal(&["delete", "deploy", "web"]).ok();
     c.shoal(&["delete", "job", "count"]).ok();
     for p in ["hello", "crasher", "hog"] {
         c.shoal(&["delete", "pod", p]).ok();
     }
-    let agent = &c.agents[0];
     c.wait_for("every container gone", Duration::from_secs(60), |c| {
         c.shoal(&["get", "pods", "--no-headers"])
             .stdout()
