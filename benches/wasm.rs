@@ -8,7 +8,7 @@
 #[path = "../tests/kit/mod.rs"]
 mod kit;
 
-use kit::{rss_kib, wasm_fixture, Agent, Controller};
+use kit::{apply_until_running, rss_kib, wasm_fixture, Agent, Controller};
 use shoal_runtime::wasm::WasmRuntime;
 use shoal_runtime::{ContainerSpec, Workload};
 use shoal_transport::proto::{Request, Response};
@@ -44,55 +44,6 @@ fn pod(name: &str, image: &str, beats: &str) -> Vec<u8> {
             "resources": {"requests": {"cpu": "1m", "memory": "1Mi"}}}]}
     }))
     .expect("json")
-}
-
-/// Applies a pod and waits for the watch to show it Running.
-async fn apply_until_running(client: &Client, name: &str, image: &str) -> Duration {
-    let revision = match client
-        .call(&Request::List {
-            kind: "Namespace".into(),
-            namespace: None,
-            selector: String::new(),
-            fields: String::new(),
-        })
-        .await
-        .expect("list")
-    {
-        Response::List { revision, .. } => revision,
-        other => panic!("{other:?}"),
-    };
-    let mut watch = client
-        .stream(&Request::Watch {
-            kind: "Pod".into(),
-            namespace: Some("default".into()),
-            selector: String::new(),
-            fields: String::new(),
-            revision,
-        })
-        .await
-        .expect("watch");
-    let start = Instant::now();
-    match client
-        .call(&Request::Apply {
-            objects: vec![pod(name, image, "1000000")],
-        })
-        .await
-        .expect("apply")
-    {
-        Response::Applied(_) => {}
-        other => panic!("{other:?}"),
-    }
-    loop {
-        match watch.next().await.expect("watch") {
-            Some(Response::Event { object, .. }) => {
-                let v: serde_json::Value = serde_json::from_slice(&object).expect("pod");
-                if v["metadata"]["name"] == name && v["status"]["phase"] == "Running" {
-                    return start.elapsed();
-                }
-            }
-            other => panic!("watch ended: {other:?}"),
-        }
-    }
 }
 
 async fn push(client: &Client, bytes: &[u8], reference: &str) {
@@ -228,14 +179,26 @@ fn main() {
         for i in 0..10 {
             push(&client, &variant(&hello, i), &format!("cold-{i}:1")).await;
             cold.push(
-                apply_until_running(&client, &format!("cold-{i}"), &format!("cold-{i}:1")).await,
+                apply_until_running(
+                    &client,
+                    &format!("cold-{i}"),
+                    pod(&format!("cold-{i}"), &format!("cold-{i}:1"), "1000000"),
+                )
+                .await,
             );
         }
         push(&client, &hello, "hello:1").await;
-        apply_until_running(&client, "warmup", "hello:1").await;
+        apply_until_running(&client, "warmup", pod("warmup", "hello:1", "1000000")).await;
         let mut warm = Vec::new();
         for i in 0..30 {
-            warm.push(apply_until_running(&client, &format!("warm-{i}"), "hello:1").await);
+            warm.push(
+                apply_until_running(
+                    &client,
+                    &format!("warm-{i}"),
+                    pod(&format!("warm-{i}"), "hello:1", "1000000"),
+                )
+                .await,
+            );
         }
         cold.sort();
         warm.sort();

@@ -595,3 +595,55 @@ impl Drop for Leftovers {
         }
     }
 }
+
+/// Applies a pod (in the default namespace) and waits for the watch to show it Running; how long
+/// that took (for benchmarks).
+pub async fn apply_until_running(
+    client: &shoal_transport::Client,
+    name: &str,
+    pod: Vec<u8>,
+) -> Duration {
+    let revision = match client
+        .call(&shoal_transport::proto::Request::List {
+            kind: "Namespace".into(),
+            namespace: None,
+            selector: String::new(),
+            fields: String::new(),
+        })
+        .await
+        .expect("list")
+    {
+        shoal_transport::proto::Response::List { revision, .. } => revision,
+        other => panic!("{other:?}"),
+    };
+    let mut watch = client
+        .stream(&shoal_transport::proto::Request::Watch {
+            kind: "Pod".into(),
+            namespace: Some("default".into()),
+            selector: String::new(),
+            fields: String::new(),
+            revision,
+        })
+        .await
+        .expect("watch");
+    let start = std::time::Instant::now();
+    match client
+        .call(&shoal_transport::proto::Request::Apply { objects: vec![pod] })
+        .await
+        .expect("apply")
+    {
+        shoal_transport::proto::Response::Applied(_) => {}
+        other => panic!("{other:?}"),
+    }
+    loop {
+        match watch.next().await.expect("watch") {
+            Some(shoal_transport::proto::Response::Event { object, .. }) => {
+                let v: serde_json::Value = serde_json::from_slice(&object).expect("pod");
+                if v["metadata"]["name"] == name && v["status"]["phase"] == "Running" {
+                    return start.elapsed();
+                }
+            }
+            other => panic!("watch ended: {other:?}"),
+        }
+    }
+}

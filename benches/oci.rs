@@ -1,0 +1,189 @@
+//! OCI pod figures on a loopback cluster (a controller and one agent, real processes, real
+//! runc), printed: apply-to-Running latency (median, p99) of a busybox container pod with the
+//! image already on the node, beside a bare `runc run --detach` of a bundle made from the same
+//! image, in the same run.
+//!
+//! Run with `cargo bench --bench oci` as root with runc installed (`apt-get install runc
+//! busybox-static`); without them it says why and does nothing.
+
+#[path = "../tests/kit/mod.rs"]
+mod kit;
+
+use kit::{apply_until_running, Agent, Controller};
+use shoal_runtime::oci::build::{busybox_layer, write_layout, ImageSpec};
+use shoal_runtime::oci::image::{ImageStore, Platform};
+use shoal_runtime::oci::spec;
+use shoal_runtime::ContainerSpec;
+use shoal_transport::proto::Request;
+use shoal_transport::Client;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const RUNS: usize = 30;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn pod(name: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "labels": {"bench": "oci"}},
+        "spec": {"terminationGracePeriodSeconds": 0, "containers": [{
+            "name": "main", "image": "busybox:1", "command": ["sleep", "1000000"],
+            "resources": {"requests": {"cpu": "1m", "memory": "1Mi"}}}]}
+    }))
+    .expect("json")
+}
+
+fn runc(root: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("runc")
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .output()
+        .expect("runc")
+}
+
+/// `runc run --detach` of one bundle, `RUNS` times: to the container running.
+fn bare_runc(dir: &Path, layout: &Path) -> Vec<Duration> {
+    let store = ImageStore::new(&dir.join("bare-images")).expect("store");
+    let digest = store.import_dir(layout, &Platform::host()).expect("import");
+    let image = store.image(&digest).expect("image");
+    let bundle = dir.join("bare-bundle");
+    std::fs::create_dir_all(bundle.join("rootfs")).expect("bundle");
+    store
+        .copy_rootfs(&image, &bundle.join("rootfs"))
+        .expect("rootfs");
+    let container = ContainerSpec {
+        command: vec!["sleep".into(), "1000000".into()],
+        hostname: "bare".into(),
+        ..Default::default()
+    };
+    let config = spec::runtime_spec(
+        &container,
+        &image.config.config,
+        &spec::User::default(),
+        "/shoal/bench-bare",
+    );
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec(&config).expect("json"),
+    )
+    .expect("config");
+    let root = dir.join("bare-runc");
+    let mut times = Vec::new();
+    for i in 0..RUNS {
+        let id = format!("shoal-bench-bare-{}-{i}", std::process::id());
+        let t = Instant::now();
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(["run", "--detach", "--bundle"])
+            .arg(&bundle)
+            .arg(&id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("runc run");
+        times.push(t.elapsed());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        runc(&root, &["delete", "--force", &id]);
+    }
+    times.sort();
+    times
+}
+
+fn main() {
+    if let Err(why) = shoal_runtime::oci::find_runc() {
+        println!("oci bench skipped: {why}");
+        return;
+    }
+    if !Path::new("/bin/busybox").exists() {
+        println!("oci bench skipped: no /bin/busybox (apt-get install busybox-static)");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = dir.path().join("busybox");
+        let spec = ImageSpec {
+            platform: Platform::host(),
+            ..Default::default()
+        };
+        let layer = busybox_layer(Path::new("/bin/busybox")).expect("layer");
+        write_layout(&layout, "busybox:1", &[(spec, vec![layer])]).expect("layout");
+        let bare = bare_runc(dir.path(), &layout);
+
+        let controller = Controller::start(&dir.path().join("controller"));
+        let agent = Agent::start(&controller, "bench-node", &dir.path().join("agent"));
+        let _leftovers = kit::Leftovers(vec![agent.dir.clone()]);
+        controller
+            .shoal(&["push", layout.to_str().expect("path"), "busybox:1"])
+            .ok();
+        let client = Client::connect(&controller.credentials())
+            .await
+            .expect("connect");
+        loop {
+            let out = controller.shoal(&["get", "nodes", "--no-headers"]).stdout();
+            if out.contains(" Ready ") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The first pod imports and unpacks the image; the figures are for the ones after.
+        apply_until_running(&client, "warmup", pod("warmup")).await;
+        let mut cached = Vec::new();
+        for i in 0..RUNS {
+            let name = format!("oci-{i}");
+            cached.push(apply_until_running(&client, &name, pod(&name)).await);
+        }
+        cached.sort();
+        client
+            .call(&Request::DeleteSelected {
+                kind: "Pod".into(),
+                namespace: Some("default".into()),
+                selector: "bench=oci".into(),
+                propagation: Default::default(),
+            })
+            .await
+            .expect("delete");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline
+            && !runc(&agent.dir.join("runc"), &["list", "-q"])
+                .stdout
+                .is_empty()
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        println!("OCI pods on a loopback cluster (controller + 1 agent, runc, busybox image):");
+        println!(
+            "  bare `runc run --detach`, same image:           median {:>7.1} ms  p99 {:>7.1} ms",
+            ms(percentile(&bare, 0.5)),
+            ms(percentile(&bare, 0.99))
+        );
+        println!(
+            "  apply to Running, image on the node:            median {:>7.1} ms  p99 {:>7.1} ms",
+            ms(percentile(&cached, 0.5)),
+            ms(percentile(&cached, 0.99))
+        );
+        drop(agent);
+    });
+}
