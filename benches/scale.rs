@@ -38,6 +38,7 @@ fn config(server: &str, token: &str, name: String, dir: &Path) -> AgentConfig {
         name,
         labels: BTreeMap::new(),
         max_pods: 110,
+        pod_bridge: shoal_agent::POD_BRIDGE.into(),
         heartbeat: shoal_agent::HEARTBEAT,
     }
 }
@@ -61,7 +62,7 @@ async fn simulated_node(config: AgentConfig) -> Arc<Client> {
     let client = Arc::new(Client::connect(&creds).await.expect("connect as node"));
     let object = node_json(&config);
     match client.call(&Request::PutNode { object }).await {
-        Ok(Response::Ok) | Ok(Response::Applied(_)) => {}
+        Ok(Response::Object(_)) => {}
         other => panic!("register node: {other:?}"),
     }
     let beat = client.clone();

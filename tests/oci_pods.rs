@@ -171,6 +171,86 @@ fn runc_pods_run_log_crash_loop_get_oom_killed_complete_jobs_and_roll_out() {
         "137"
     );
 
+    // Pod networking: an address from the node's pod range, reachable from the node and from
+    // another pod; a hostPort forwards from the node's address; hostNetwork uses the node's.
+    let host_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let server = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: server}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox:1
+    command: [sh, -c, "mkdir -p /www && echo served by $(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    ports: [{{containerPort: 8080, hostPort: {host_port}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: on-host}}
+spec:
+  hostNetwork: true
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox:1
+    command: [sleep, "600"]
+"#
+    );
+    c.controller
+        .shoal_stdin(&["apply", "-f", "-"], Some(&server))
+        .ok();
+    let get = |addr: &str| -> String {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect_timeout(
+            &addr.parse().expect("addr"),
+            Duration::from_secs(2),
+        ) else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    c.wait_for(
+        "the server to answer on its pod address",
+        Duration::from_secs(60),
+        |c| {
+            let ip = field(&c.pod("server"), "status.podIP");
+            ip.starts_with("10.42.") && get(&format!("{ip}:8080")).ends_with("served by server\n")
+        },
+    );
+    let server_ip = field(&c.pod("server"), "status.podIP");
+    assert!(get(&format!("127.0.0.1:{host_port}")).ends_with("served by server\n"));
+    c.controller
+        .shoal_stdin(
+            &["apply", "-f", "-"],
+            Some(&pod(
+                "client",
+                "busybox:1",
+                &format!("wget -q -O - http://{server_ip}:8080/; sleep 600"),
+                "",
+            )),
+        )
+        .ok();
+    c.wait_for(
+        "the client pod to reach the server pod",
+        Duration::from_secs(60),
+        |c| c.shoal(&["logs", "client"]).stdout() == "served by server\n",
+    );
+    c.wait_for("the host-network pod", Duration::from_secs(60), |c| {
+        let p = c.pod("on-host");
+        field(&p, "status.phase") == "Running"
+            && !field(&p, "status.hostIP").is_empty()
+            && field(&p, "status.podIP") == field(&p, "status.hostIP")
+    });
+
     // A Job of containers completes.
     c.controller
         .shoal_stdin(
@@ -339,7 +419,7 @@ spec:
     // Deleting the pods removes their containers and network namespaces.
     c.shoal(&["delete", "deploy", "web"]).ok();
     c.shoal(&["delete", "job", "count"]).ok();
-    for p in ["hello", "crasher", "hog"] {
+    for p in ["hello", "crasher", "hog", "server", "on-host", "client"] {
         c.shoal(&["delete", "pod", p]).ok();
     }
     c.wait_for("every container gone", Duration::from_secs(60), |c| {

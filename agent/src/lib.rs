@@ -6,6 +6,7 @@ pub mod error;
 pub mod join;
 pub mod node;
 pub mod pod_state;
+pub mod ports;
 pub mod registry;
 pub mod serve;
 pub mod supervisor;
@@ -40,7 +41,12 @@ pub struct AgentConfig {
     pub max_pods: u32,
     /// How often the node posts its status (kubelet's --node-status-update-frequency).
     pub heartbeat: Duration,
+    /// The Linux bridge the node's OCI pods are attached to.
+    pub pod_bridge: String,
 }
+
+/// The pod bridge's name by default.
+pub const POD_BRIDGE: &str = "shoal0";
 
 /// The current connection to the controller, if any; replaced on every reconnect.
 pub type Link = watch::Receiver<Option<Arc<Client>>>;
@@ -134,7 +140,19 @@ async fn session(
             serde_json::to_vec(&obj)
         }
         .map_err(|e| Error::Internal(e.to_string()))?;
-        expect_ok(client.call(&Request::PutNode { object }).await?)
+        match client.call(&Request::PutNode { object }).await? {
+            Response::Object(stored) => {
+                let pod_cidr = shoal_api::Object::from_json(&stored)
+                    .ok()
+                    .and_then(|o| o.into_typed::<shoal_api::Node>().ok())
+                    .and_then(|n| n.spec.pod_cidr);
+                if let Some(cidr) = pod_cidr {
+                    supervisor.set_pod_cidr(&cidr);
+                }
+                Ok(())
+            }
+            other => expect_ok(other),
+        }
     };
     put_node().await?;
     let serving = tokio::spawn(serve::serve(

@@ -10,7 +10,8 @@ use base64::Engine as _;
 use chrono::Utc;
 use shoal_api::{Condition, ConfigMap, Object, Pod, PodStatus, Secret};
 use shoal_runtime::oci::image::Platform;
-use shoal_runtime::oci::{netns, Runc, RuncRuntime};
+use shoal_runtime::oci::netns::{self, PodNetwork, Subnet};
+use shoal_runtime::oci::{Runc, RuncRuntime};
 use shoal_runtime::wasm::WasmRuntime;
 use shoal_runtime::{ContainerSpec, Mount, Network, Security, Workload};
 use shoal_transport::proto::{EventType, Request, Response};
@@ -37,6 +38,8 @@ struct PodRun {
     /// Readiness as last reported, and since when: the Ready condition's
     /// lastTransitionTime, from which the controller counts minReadySeconds.
     readiness: Option<(bool, String)>,
+    /// The pod's address: on the pod bridge, or the node's with hostNetwork.
+    pod_ip: Option<String>,
 }
 
 struct Inner {
@@ -46,6 +49,9 @@ struct Inner {
     /// The OCI executor, when this node has runc and root.
     runc: Option<Arc<RuncRuntime>>,
     runc_version: Option<String>,
+    /// The pod bridge and address leases, once the node knows its pod range.
+    network: Mutex<Option<Arc<PodNetwork>>>,
+    pod_bridge: String,
     artifacts: ArtifactCache,
     link: Link,
     pods: Mutex<HashMap<String, Running>>,
@@ -71,17 +77,57 @@ impl Supervisor {
     ) -> Result<Supervisor> {
         let artifacts = ArtifactCache::new(&config.data_dir)?;
         let runc_version = runc.as_ref().map(|r| r.version());
-        Ok(Supervisor(Arc::new(Inner {
+        let supervisor = Supervisor(Arc::new(Inner {
             node: config.name.clone(),
             data_dir: config.data_dir.clone(),
             wasm,
             runc,
             runc_version,
+            network: Mutex::new(None),
+            pod_bridge: config.pod_bridge.clone(),
             artifacts,
             link,
             pods: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
-        })))
+        }));
+        // The range the controller gave this node last time: pods get addresses also when
+        // the agent starts with the controller out of reach.
+        if let Ok(cidr) = std::fs::read_to_string(config.data_dir.join("pod-cidr")) {
+            supervisor.set_pod_cidr(cidr.trim());
+        }
+        Ok(supervisor)
+    }
+
+    /// The node's pod range, as the controller assigned it: sets up the pod bridge (once) and
+    /// remembers the range on disk.
+    pub fn set_pod_cidr(&self, cidr: &str) {
+        if self.0.runc.is_none() {
+            return;
+        }
+        let subnet: Subnet = match cidr.parse() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "the controller gave a pod range this node cannot use");
+                return;
+            }
+        };
+        let Ok(mut current) = self.0.network.lock() else {
+            return;
+        };
+        if current.as_ref().is_some_and(|n| n.subnet() == subnet) {
+            return;
+        }
+        match PodNetwork::new(&self.0.pod_bridge, subnet, &self.0.data_dir) {
+            Ok(n) => {
+                tracing::info!(pod_cidr = %subnet, bridge = %self.0.pod_bridge, "pod network ready");
+                *current = Some(Arc::new(n));
+                let file = self.0.data_dir.join("pod-cidr");
+                if let Err(e) = std::fs::write(&file, subnet.to_string()) {
+                    tracing::warn!(error = %e, "cannot remember the pod range");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "pods get no address: the pod bridge failed"),
+        }
     }
 
     /// runc's version when this node runs OCI containers.
@@ -169,6 +215,7 @@ impl Supervisor {
             containers,
             started: crate::node::now(),
             readiness: None,
+            pod_ip: None,
         }));
         if let Ok(mut m) = self.0.pods.lock() {
             m.insert(
@@ -293,6 +340,8 @@ fn client(inner: &Inner) -> Option<Arc<shoal_transport::Client>> {
 /// session reports everything again).
 async fn report(inner: &Inner, state: &Arc<Mutex<PodRun>>) {
     let Some(client) = client(inner) else { return };
+    let host_ip =
+        crate::node::source_ip(client.connection().remote_address()).map(|ip| ip.to_string());
     let pod = match state.lock() {
         Ok(mut s) => {
             let statuses: Vec<_> = s.containers.iter().map(Container::status).collect();
@@ -320,8 +369,12 @@ async fn report(inner: &Inner, state: &Arc<Mutex<PodRun>>) {
                     cond("ContainersReady", all_ready),
                     cond("Ready", all_ready),
                 ],
-                host_ip: crate::node::source_ip(client.connection().remote_address())
-                    .map(|ip| ip.to_string()),
+                host_ip: host_ip.clone(),
+                pod_ip: if s.pod.spec.host_network {
+                    host_ip
+                } else {
+                    s.pod_ip.clone()
+                },
                 start_time: Some(s.started.clone()),
                 container_statuses: statuses,
                 ..Default::default()
@@ -408,6 +461,8 @@ async fn get_object(inner: &Inner, kind: &str, namespace: &str, name: &str) -> R
 /// the executor that runs it.
 struct Prepared {
     specs: Vec<ToRun>,
+    /// The pod's address on the node's pod bridge.
+    pod_ip: Option<std::net::Ipv4Addr>,
 }
 
 /// One container, resolved, and the executor that runs it.
@@ -507,6 +562,36 @@ async fn prepare(
                     .to_string(),
             ))
         }
+    };
+    // The pod's network: its own namespace (with an address on the node's pod bridge when the
+    // node has a pod range), or the node's.
+    let mut pod_ip = None;
+    let sandbox = match &runc {
+        Some(_) if !pod.spec.host_network => {
+            let name = netns_name(pod);
+            let uid = pod.metadata.uid.clone();
+            let network = inner.network.lock().ok().and_then(|n| n.clone());
+            let (path, ip) = tokio::task::spawn_blocking(move || {
+                let path = netns::create(&name)?;
+                let ip = match network {
+                    Some(n) => Some(n.attach(&name, &uid)?),
+                    None => None,
+                };
+                Ok::<_, shoal_runtime::Error>((path, ip))
+            })
+            .await
+            .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?
+            .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
+            pod_ip = ip;
+            let etc = etc_files(pod, dir, ip).map_err(|e| {
+                (
+                    "CreateContainerError".to_string(),
+                    format!("/etc files: {e}"),
+                )
+            })?;
+            Some((path, etc))
+        }
+        _ => None,
     };
     let mut specs = Vec::new();
     for c in &pod.spec.containers {
@@ -659,22 +744,12 @@ async fn prepare(
                 })
             })
             .collect();
-        let network = match &runc {
-            None => Network::Isolated,
-            Some(_) if pod.spec.host_network => Network::Host,
-            Some(_) => {
-                let name = netns_name(pod);
-                let path = tokio::task::spawn_blocking(move || netns::create(&name))
-                    .await
-                    .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?
-                    .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
-                mounts.extend(etc_files(pod, dir).map_err(|e| {
-                    (
-                        "CreateContainerError".to_string(),
-                        format!("/etc files: {e}"),
-                    )
-                })?);
-                Network::Pod(path)
+        let network = match (&runc, &sandbox) {
+            (None, _) => Network::Isolated,
+            (Some(_), None) => Network::Host,
+            (Some(_), Some((path, etc))) => {
+                mounts.extend(etc.iter().cloned());
+                Network::Pod(path.clone())
             }
         };
         let security = security(c.security_context.as_ref())
@@ -718,12 +793,16 @@ async fn prepare(
             workload,
         });
     }
-    Ok(Prepared { specs })
+    Ok(Prepared { specs, pod_ip })
 }
 
 /// /etc/hosts, /etc/hostname and /etc/resolv.conf for a pod with its own network, written in
 /// the pod's directory and bind-mounted into each container, as the kubelet does.
-fn etc_files(pod: &Pod, dir: &std::path::Path) -> std::io::Result<Vec<Mount>> {
+fn etc_files(
+    pod: &Pod,
+    dir: &std::path::Path,
+    ip: Option<std::net::Ipv4Addr>,
+) -> std::io::Result<Vec<Mount>> {
     let etc = dir.join("etc");
     std::fs::create_dir_all(&etc)?;
     let hostname = pod
@@ -731,8 +810,11 @@ fn etc_files(pod: &Pod, dir: &std::path::Path) -> std::io::Result<Vec<Mount>> {
         .hostname
         .clone()
         .unwrap_or_else(|| pod.metadata.name.clone());
+    let own = ip
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "127.0.1.1".into());
     let hosts = format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\t{hostname}\n"
     );
     let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let mut mounts = Vec::new();
@@ -844,7 +926,7 @@ async fn run_pod(
                 report(&inner, &state).await;
                 let delay = pod_state::backoff(attempt).min(Duration::from_secs(60));
                 tokio::select! {
-                    _ = cancel.cancelled() => return remove_sandbox(&pod, &dir).await,
+                    _ = cancel.cancelled() => return remove_sandbox(&inner, &pod, &dir).await,
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                 }
                 if reason == "ErrImagePull" {
@@ -856,12 +938,18 @@ async fn run_pod(
                     report(&inner, &state).await;
                 }
                 tokio::select! {
-                    _ = cancel.cancelled() => return remove_sandbox(&pod, &dir).await,
+                    _ = cancel.cancelled() => return remove_sandbox(&inner, &pod, &dir).await,
                     _ = tokio::time::sleep(delay.saturating_sub(Duration::from_secs(2))) => {}
                 }
             }
         }
     };
+    if let (Some(ip), Ok(mut s)) = (prepared.pod_ip, state.lock()) {
+        s.pod_ip = Some(ip.to_string());
+    }
+    if let Some(ip) = prepared.pod_ip {
+        publish_host_ports(&inner, &pod, ip, &cancel).await;
+    }
     let policy = RestartPolicy::parse(pod.spec.restart_policy.as_deref());
     let grace = Duration::from_secs(
         pod.spec
@@ -885,15 +973,69 @@ async fn run_pod(
     // The pod's sandbox (network namespace, volumes) lasts until the pod is deleted, also
     // after its containers have ended (a finished Job's pod).
     cancel.cancelled().await;
-    remove_sandbox(&pod, &dir).await;
+    remove_sandbox(&inner, &pod, &dir).await;
 }
 
-/// Removes what a pod had beside its containers: volumes and its network namespace.
-async fn remove_sandbox(pod: &Pod, dir: &std::path::Path) {
+/// Forwards each container port with a hostPort from the node to the pod, for as long as the
+/// pod lives. A port the node cannot bind is reported as an event, not fatal.
+async fn publish_host_ports(
+    inner: &Arc<Inner>,
+    pod: &Pod,
+    ip: std::net::Ipv4Addr,
+    cancel: &CancellationToken,
+) {
+    for c in &pod.spec.containers {
+        for p in &c.ports {
+            let Some(host_port) = p.host_port.and_then(|h| u16::try_from(h).ok()) else {
+                continue;
+            };
+            let Ok(container_port) = u16::try_from(p.container_port) else {
+                continue;
+            };
+            if p.protocol.as_deref().is_some_and(|proto| proto != "TCP") {
+                let message = format!(
+                    "hostPort {host_port}/{}: only TCP host ports are forwarded",
+                    p.protocol.as_deref().unwrap_or_default()
+                );
+                event(inner, pod, "Warning", "HostPortUnsupported", message).await;
+                continue;
+            }
+            let host_ip: std::net::IpAddr = p
+                .host_ip
+                .as_deref()
+                .and_then(|h| h.parse().ok())
+                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+            let listen = std::net::SocketAddr::new(host_ip, host_port);
+            match tokio::net::TcpListener::bind(listen).await {
+                Ok(listener) => {
+                    let to = std::net::SocketAddr::new(ip.into(), container_port);
+                    inner
+                        .tracker
+                        .spawn(crate::ports::forward_tcp(listener, to, cancel.clone()));
+                }
+                Err(e) => {
+                    let message = format!("hostPort {listen} cannot be bound: {e}");
+                    event(inner, pod, "Warning", "HostPortUnavailable", message).await;
+                }
+            }
+        }
+    }
+}
+
+/// Removes what a pod had beside its containers: volumes, its network namespace and address.
+async fn remove_sandbox(inner: &Inner, pod: &Pod, dir: &std::path::Path) {
     let _ = std::fs::remove_dir_all(dir.join("volumes"));
     if uses_runc(pod) && !pod.spec.host_network {
         let name = netns_name(pod);
-        let _ = tokio::task::spawn_blocking(move || netns::delete(&name)).await;
+        let network = inner.network.lock().ok().and_then(|n| n.clone());
+        let uid = pod.metadata.uid.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            netns::delete(&name);
+            if let Some(n) = network {
+                n.release(&uid);
+            }
+        })
+        .await;
     }
 }
 

@@ -467,12 +467,19 @@ impl Service {
         let key = ObjectKey::of(&obj);
         for _ in 0..5 {
             let result = match self.store.get(&key)? {
-                None => self.store.create(obj.clone()).await,
+                None => {
+                    let mut node: shoal_api::Node = obj.clone().into_typed()?;
+                    node.spec.pod_cidr = self.free_pod_cidr()?;
+                    self.store.create(Object::Node(node)).await
+                }
                 Some(stored) => {
                     let mut next: shoal_api::Node = obj.clone().into_typed()?;
                     let stored_node: shoal_api::Node = stored.clone().into_typed()?;
                     keep_transition_times(&mut next, &stored_node);
                     next.spec = stored_node.spec;
+                    if next.spec.pod_cidr.is_none() {
+                        next.spec.pod_cidr = self.free_pod_cidr()?;
+                    }
                     next.metadata
                         .annotations
                         .extend(stored_node.metadata.annotations);
@@ -481,12 +488,24 @@ impl Service {
                 }
             };
             match result {
-                Ok(_) => return Ok(Response::Ok),
+                // The node learns what the cluster decided for it (its pod range).
+                Ok(change) => return Ok(Response::Object(encode(&change.object)?)),
                 Err(Error::Conflict(_)) | Err(Error::AlreadyExists(_)) => continue,
                 Err(e) => return Err(e),
             }
         }
         Err(Error::Conflict(format!("node {me:?} kept changing")))
+    }
+
+    /// A pod range no node holds yet; `None` (pods get no address) when the range is full.
+    fn free_pod_cidr(&self) -> Result<Option<String>> {
+        let nodes: Vec<shoal_api::Node> = self.store.list_typed(Kind::Node, None)?;
+        let cidr =
+            crate::ipam::next_pod_cidr(nodes.iter().filter_map(|n| n.spec.pod_cidr.as_deref()));
+        if cidr.is_none() {
+            tracing::warn!("every pod range of the cluster is taken; a new node gets none");
+        }
+        Ok(cidr)
     }
 
     /// A pod's status from its node (or an admin); the spec is untouched.

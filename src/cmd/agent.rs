@@ -33,6 +33,9 @@ pub struct Args {
     /// Seconds between status posts (keep well under the controller's --node-grace-period).
     #[arg(long, default_value_t = 10)]
     pub node_status_update_frequency: u64,
+    /// The Linux bridge OCI pods are attached to (made if missing).
+    #[arg(long, env = "SHOAL_POD_BRIDGE", default_value = shoal_agent::POD_BRIDGE)]
+    pub pod_bridge: String,
 }
 
 pub fn hostname() -> String {
@@ -81,6 +84,7 @@ impl Args {
                 .unwrap_or_else(|| default_data_dir().join("agent")),
             labels: parse_labels(&self.labels)?,
             max_pods: self.max_pods,
+            pod_bridge: self.pod_bridge.clone(),
             heartbeat: std::time::Duration::from_secs(self.node_status_update_frequency.max(1)),
         })
     }

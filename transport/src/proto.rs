@@ -56,6 +56,8 @@ pub enum Request {
         csr_pem: String,
     },
     /// A node creates or refreshes its own Node object (labels, status; the spec is the admins').
+    /// Answered with the Node as stored ([`Response::Object`]): what the cluster decided for the
+    /// node, such as its pod range.
     PutNode {
         object: Vec<u8>,
     },

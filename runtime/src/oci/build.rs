@@ -118,9 +118,10 @@ pub fn write_layout(out: &Path, tag: &str, images: &[(ImageSpec, Vec<Vec<u8>>)])
 }
 
 /// The applets a busybox image links, enough for shells, scripts and the tests.
-const BUSYBOX_APPLETS: [&str; 22] = [
+const BUSYBOX_APPLETS: [&str; 27] = [
     "sh", "echo", "cat", "sleep", "ls", "head", "tail", "env", "id", "hostname", "true", "false",
-    "mkdir", "rm", "touch", "wc", "grep", "printf", "dd", "kill", "ps", "test",
+    "mkdir", "rm", "touch", "wc", "grep", "printf", "dd", "kill", "ps", "test", "nc", "httpd",
+    "wget", "ip", "mount",
 ];
 
 /// A layer holding a static busybox (for example Debian's `busybox-static`, /bin/busybox) with

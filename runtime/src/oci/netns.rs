@@ -1,8 +1,10 @@
-//! Pod network namespaces: one per pod, shared by its containers, with loopback up. Made with
-//! iproute2's `ip netns`, so they are visible to `ip netns` on the node and survive the agent.
+//! Pod network namespaces: one per pod, shared by its containers, with loopback up, and (when
+//! the node has a pod range) an address on the node's pod bridge. Made with iproute2's
+//! `ip`, so they are visible to `ip netns` on the node and survive the agent; no iptables.
 
 use crate::error::{Error, Result};
-use std::path::PathBuf;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Where `ip netns` keeps the namespace `name`.
@@ -44,5 +46,198 @@ pub fn delete(name: &str) {
         if let Err(m) = ip(&["netns", "delete", name]) {
             tracing::warn!(netns = name, error = %m, "cannot remove a pod network namespace");
         }
+    }
+}
+
+/// An IPv4 subnet, `a.b.c.d/len`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Subnet {
+    pub base: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl std::str::FromStr for Subnet {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Subnet, String> {
+        let (ip, len) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR (a.b.c.d/len)"))?;
+        let ip: Ipv4Addr = ip.parse().map_err(|e| format!("{s:?}: {e}"))?;
+        let prefix: u8 = len.parse().map_err(|e| format!("{s:?}: {e}"))?;
+        if !(8..=30).contains(&prefix) {
+            return Err(format!("{s:?}: a pod range needs a prefix from /8 to /30"));
+        }
+        let mask = u32::MAX << (32 - prefix);
+        Ok(Subnet {
+            base: Ipv4Addr::from(u32::from(ip) & mask),
+            prefix,
+        })
+    }
+}
+
+impl std::fmt::Display for Subnet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.base, self.prefix)
+    }
+}
+
+impl Subnet {
+    /// The node's own address on the pod bridge: the first of the range.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.base) + 1)
+    }
+
+    /// The addresses pods may get: after the gateway, before the broadcast address.
+    pub fn pod_addresses(&self) -> impl Iterator<Item = Ipv4Addr> {
+        let first = u32::from(self.base) + 2;
+        let last = u32::from(self.base) + (1u32 << (32 - self.prefix)) - 2;
+        (first..=last).map(Ipv4Addr::from)
+    }
+}
+
+/// Pod networking on one node: a Linux bridge holding the node's pod range, and for each pod a
+/// veth pair from the bridge to `eth0` in the pod's namespace, with an address from the range
+/// (recorded on disk, so a restarted agent keeps it) and a default route via the bridge.
+pub struct PodNetwork {
+    bridge: String,
+    subnet: Subnet,
+    leases: PathBuf,
+    lock: std::sync::Mutex<()>,
+}
+
+fn net_err(what: &str, m: String) -> Error {
+    Error::Start {
+        id: what.to_string(),
+        message: m,
+    }
+}
+
+impl PodNetwork {
+    /// Makes (or finds) the bridge with the range's gateway address, up.
+    pub fn new(bridge: &str, subnet: Subnet, data_dir: &Path) -> Result<PodNetwork> {
+        let leases = data_dir
+            .join("ipam")
+            .join(subnet.to_string().replace('/', "_"));
+        std::fs::create_dir_all(&leases).map_err(|e| Error::io(&leases, e))?;
+        if ip(&["link", "show", bridge]).is_err() {
+            ip(&["link", "add", bridge, "type", "bridge"])
+                .map_err(|m| net_err(bridge, format!("creating the pod bridge: {m}")))?;
+        }
+        let gateway = format!("{}/{}", subnet.gateway(), subnet.prefix);
+        let shown = Command::new("ip")
+            .args(["-o", "-4", "addr", "show", "dev", bridge])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
+        if !shown.contains(&format!(" {gateway} ")) {
+            ip(&["addr", "add", &gateway, "dev", bridge])
+                .map_err(|m| net_err(bridge, format!("addressing the pod bridge: {m}")))?;
+        }
+        ip(&["link", "set", bridge, "up"])
+            .map_err(|m| net_err(bridge, format!("bringing up the pod bridge: {m}")))?;
+        Ok(PodNetwork {
+            bridge: bridge.to_string(),
+            subnet,
+            leases,
+            lock: std::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn subnet(&self) -> Subnet {
+        self.subnet
+    }
+
+    /// The address leased to `owner`, leasing a free one if it has none.
+    fn lease(&self, owner: &str) -> Result<Ipv4Addr> {
+        let _held = self
+            .lock
+            .lock()
+            .map_err(|_| Error::Internal("ipam lock poisoned".into()))?;
+        for addr in self.subnet.pod_addresses() {
+            let file = self.leases.join(addr.to_string());
+            match std::fs::read_to_string(&file) {
+                Ok(holder) if holder == owner => return Ok(addr),
+                Ok(_) => continue,
+                Err(_) => {}
+            }
+        }
+        for addr in self.subnet.pod_addresses() {
+            let file = self.leases.join(addr.to_string());
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&file)
+            {
+                std::io::Write::write_all(&mut f, owner.as_bytes())
+                    .map_err(|e| Error::io(&file, e))?;
+                return Ok(addr);
+            }
+        }
+        Err(net_err(
+            owner,
+            format!("the node's pod range {} is full", self.subnet),
+        ))
+    }
+
+    /// Gives the pod's namespace `netns` (owned by `owner`, the pod's uid) its `eth0` on the
+    /// bridge; returns its address. Done already (after an agent restart) is fine.
+    pub fn attach(&self, netns: &str, owner: &str) -> Result<Ipv4Addr> {
+        let addr = self.lease(owner)?;
+        if ip(&["-n", netns, "link", "show", "eth0"]).is_ok() {
+            return Ok(addr);
+        }
+        use sha2::Digest;
+        let host_end = format!(
+            "shv{}",
+            &hex::encode(sha2::Sha256::digest(netns.as_bytes()))[..12]
+        );
+        let _ = ip(&["link", "delete", &host_end]);
+        let gateway = self.subnet.gateway().to_string();
+        let cidr = format!("{addr}/{}", self.subnet.prefix);
+        let steps: [&[&str]; 6] = [
+            &[
+                "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", netns,
+            ],
+            &["link", "set", &host_end, "master", &self.bridge, "up"],
+            &["-n", netns, "addr", "add", &cidr, "dev", "eth0"],
+            &["-n", netns, "link", "set", "eth0", "up"],
+            &["-n", netns, "route", "add", "default", "via", &gateway],
+            &["-n", netns, "link", "set", "lo", "up"],
+        ];
+        for step in steps {
+            ip(step).map_err(|m| net_err(netns, format!("ip {}: {m}", step.join(" "))))?;
+        }
+        Ok(addr)
+    }
+
+    /// Returns the pod's address to the range (its veth went with its namespace).
+    pub fn release(&self, owner: &str) {
+        let Ok(_held) = self.lock.lock() else { return };
+        if let Ok(entries) = std::fs::read_dir(&self.leases) {
+            for e in entries.flatten() {
+                if std::fs::read_to_string(e.path()).is_ok_and(|h| h == owner) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets_parse_and_give_pod_addresses() {
+        let s: Subnet = "10.42.3.7/24".parse().expect("cidr");
+        assert_eq!(s.to_string(), "10.42.3.0/24");
+        assert_eq!(s.gateway(), Ipv4Addr::new(10, 42, 3, 1));
+        let all: Vec<Ipv4Addr> = s.pod_addresses().collect();
+        assert_eq!(all.len(), 253);
+        assert_eq!(all[0], Ipv4Addr::new(10, 42, 3, 2));
+        assert_eq!(all[252], Ipv4Addr::new(10, 42, 3, 254));
+        assert!("10.42.3.0".parse::<Subnet>().is_err());
+        assert!("10.42.3.0/31".parse::<Subnet>().is_err());
     }
 }
