@@ -348,6 +348,40 @@ spec:
         rolled(c, "version 1")
     });
 
+    // An image with no variant for this node's platform is not scheduled here, and the pod
+    // says why.
+    let foreign = scratch.path().join("foreign");
+    let other = if Platform::host().architecture == "arm64" {
+        "amd64"
+    } else {
+        "arm64"
+    };
+    let spec = ImageSpec {
+        platform: Platform {
+            os: "linux".into(),
+            architecture: other.into(),
+            variant: None,
+        },
+        ..Default::default()
+    };
+    let layer = busybox_layer(Path::new("/bin/busybox")).expect("layer");
+    write_layout(&foreign, "foreign:1", &[(spec, vec![layer])]).expect("layout");
+    c.shoal(&["push", foreign.to_str().expect("utf-8"), "foreign:1"])
+        .ok();
+    c.controller
+        .shoal_stdin(
+            &["apply", "-f", "-"],
+            Some(&pod("foreign", "foreign:1", "true", "")),
+        )
+        .ok();
+    c.wait_for("the foreign pod's reason", Duration::from_secs(30), |c| {
+        let p = c.pod("foreign");
+        field(&p, "status.phase") == "Pending"
+            && field(&p, "status.conditions.0.message")
+                == format!("0/1 nodes available: 1 node(s) had a platform image \"foreign:1\" lacks (it has linux/{other})")
+    });
+    c.shoal(&["delete", "pod", "foreign"]).ok();
+
     // Hostile images: their layers are refused when unpacked, naming the entry, and nothing
     // is written outside the agent's layer store.
     let agent = &c.agents[0];

@@ -12,6 +12,27 @@ use std::sync::Mutex;
 pub struct Artifacts {
     dir: PathBuf,
     index: Mutex<BTreeMap<String, String>>,
+    /// The platforms of each container image, by digest (`platforms.json`).
+    platforms: Mutex<BTreeMap<String, Vec<String>>>,
+}
+
+fn read_map<V: serde::de::DeserializeOwned>(path: &Path) -> Result<BTreeMap<String, V>> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Writes `map` as JSON, atomically (a crash leaves the old file or the new one).
+fn write_map<V: serde::Serialize>(path: &Path, map: &BTreeMap<String, V>) -> Result<()> {
+    let text = serde_json::to_vec_pretty(map).map_err(|e| Error::Internal(e.to_string()))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| Error::io(path, e))
 }
 
 /// A resolved artifact.
@@ -72,16 +93,12 @@ impl Artifacts {
             let d = dir.join(sub);
             std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
         }
-        let index_path = dir.join("index.json");
-        let index = match std::fs::read(&index_path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| Error::Corrupt(format!("{}: {e}", index_path.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(Error::io(&index_path, e)),
-        };
+        let index = read_map(&dir.join("index.json"))?;
+        let platforms = read_map(&dir.join("platforms.json"))?;
         Ok(Artifacts {
             dir,
             index: Mutex::new(index),
+            platforms: Mutex::new(platforms),
         })
     }
 
@@ -103,6 +120,7 @@ impl Artifacts {
         reference: &str,
         size: u64,
         digest: &str,
+        platforms: &[String],
     ) -> Result<Blob> {
         if upload.written != size {
             return Err(Error::Invalid(format!(
@@ -125,19 +143,20 @@ impl Artifacts {
             .map_err(|e| Error::io(&upload.tmp, e))?;
         let path = self.blob_path(&actual);
         std::fs::rename(&upload.tmp, &path).map_err(|e| Error::io(&path, e))?;
+        if !platforms.is_empty() {
+            let mut known = self
+                .platforms
+                .lock()
+                .map_err(|_| Error::Internal("artifact platforms lock poisoned".into()))?;
+            known.insert(actual.clone(), platforms.to_vec());
+            write_map(&self.dir.join("platforms.json"), &known)?;
+        }
         let mut index = self
             .index
             .lock()
             .map_err(|_| Error::Internal("artifact index lock poisoned".into()))?;
         index.insert(normalize_reference(reference), actual.clone());
-        let text =
-            serde_json::to_vec_pretty(&*index).map_err(|e| Error::Internal(e.to_string()))?;
-        let index_path = self.dir.join("index.json");
-        let tmp = index_path.with_extension("tmp");
-        std::fs::write(&tmp, text)
-            .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
-            .and_then(|_| std::fs::rename(&tmp, &index_path))
-            .map_err(|e| Error::io(&index_path, e))?;
+        write_map(&self.dir.join("index.json"), &index)?;
         Ok(Blob {
             digest: actual,
             size,
@@ -149,6 +168,13 @@ impl Artifacts {
         self.dir
             .join("blobs/sha256")
             .join(digest.trim_start_matches("sha256:"))
+    }
+
+    /// The platforms of a pushed container image; `None` when not an image pushed here (a
+    /// wasm artifact, a registry image, or no such artifact).
+    pub fn platforms(&self, reference: &str) -> Option<Vec<String>> {
+        let blob = self.resolve(reference).ok()?;
+        self.platforms.lock().ok()?.get(&blob.digest).cloned()
     }
 
     /// Finds an artifact by `name:tag`, `sha256:...` or `name@sha256:...`.
@@ -211,25 +237,33 @@ mod tests {
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(data)));
         let mut up = a.begin().unwrap();
         up.write(data).unwrap();
-        let blob = a.finish(up, "hello:1", data.len() as u64, &digest).unwrap();
+        let blob = a
+            .finish(up, "hello:1", data.len() as u64, &digest, &[])
+            .unwrap();
         assert_eq!(a.resolve("hello:1").unwrap(), blob);
         assert_eq!(a.resolve(&digest).unwrap().size, 8);
         assert!(matches!(a.resolve("hello:2"), Err(Error::NotFound(_))));
         let mut bad = a.begin().unwrap();
         bad.write(b"other").unwrap();
-        let err = a.finish(bad, "evil:1", 5, &digest).unwrap_err();
+        let err = a.finish(bad, "evil:1", 5, &digest, &[]).unwrap_err();
         assert!(err.to_string().contains("digest is sha256:"), "{err}");
         assert!(
             matches!(a.resolve("evil:1"), Err(Error::NotFound(_))),
             "a refused upload is not tagged"
         );
-        // The index survives a restart.
-        assert_eq!(
-            Artifacts::open(dir.path())
-                .unwrap()
-                .resolve("hello:1")
-                .unwrap(),
-            blob
-        );
+        // An image's platforms are kept by digest, for every tag of it.
+        let image = b"an image archive";
+        let image_digest = format!("sha256:{}", hex::encode(Sha256::digest(image)));
+        let mut up = a.begin().unwrap();
+        up.write(image).unwrap();
+        let platforms = vec!["linux/amd64".to_string()];
+        a.finish(up, "app:1", image.len() as u64, &image_digest, &platforms)
+            .unwrap();
+        assert_eq!(a.platforms("app:1"), Some(platforms.clone()));
+        assert_eq!(a.platforms("hello:1"), None, "a wasm artifact has none");
+        // The index and the platforms survive a restart.
+        let reopened = Artifacts::open(dir.path()).unwrap();
+        assert_eq!(reopened.resolve("hello:1").unwrap(), blob);
+        assert_eq!(reopened.platforms(&image_digest), Some(platforms));
     }
 }

@@ -2,8 +2,9 @@
 //! of the pod, the nodes and the pods already bound, so it is tested with tables; the loop that
 //! feeds it and writes bindings is in `scheduler_loop.rs`.
 //!
-//! Filters: node Ready and schedulable, runtime available, nodeSelector, taints and
-//! tolerations, cpu/memory/pod-count requests within allocatable, host ports free.
+//! Filters: node Ready and schedulable, runtime available, the node's platform among those of
+//! the pod's container images, nodeSelector, taints and tolerations, cpu/memory/pod-count
+//! requests within allocatable, host ports free.
 //! Scoring: fewest pods of the same owner first (spread), then least allocated.
 
 use shoal_api::{Node, Pod, Quantity, Taint, Toleration};
@@ -81,6 +82,7 @@ enum Misfit {
     NotReady,
     Unschedulable,
     Runtime(String),
+    Platform { image: String, has: String },
     Selector,
     Taint(String),
     InsufficientCpu,
@@ -95,6 +97,9 @@ impl Misfit {
             Misfit::NotReady => "node(s) were not ready".into(),
             Misfit::Unschedulable => "node(s) were unschedulable".into(),
             Misfit::Runtime(r) => format!("node(s) didn't have runtime {r:?}"),
+            Misfit::Platform { image, has } => {
+                format!("node(s) had a platform image {image:?} lacks (it has {has})")
+            }
             Misfit::Selector => "node(s) didn't match node selector".into(),
             Misfit::Taint(t) => format!("node(s) had untolerated taint {{{t}}}"),
             Misfit::InsufficientCpu => "insufficient cpu".into(),
@@ -159,7 +164,12 @@ impl<'a> NodeInfo<'a> {
         }
     }
 
-    fn fit(&self, pod: &Pod, (cpu, mem): (i128, i128)) -> Result<(), Misfit> {
+    fn fit(
+        &self,
+        pod: &Pod,
+        (cpu, mem): (i128, i128),
+        images: &HashMap<String, Vec<String>>,
+    ) -> Result<(), Misfit> {
         let node = self.node;
         if !self.ready {
             return Err(Misfit::NotReady);
@@ -175,6 +185,29 @@ impl<'a> NodeInfo<'a> {
             .unwrap_or(&[]);
         if !runtimes.iter().any(|h| h.name == runtime) {
             return Err(Misfit::Runtime(runtime.to_string()));
+        }
+        if runtime == "runc" {
+            let label = |k: &str| node.metadata.labels.get(k).map(String::as_str);
+            let mine = format!(
+                "{}/{}",
+                label("kubernetes.io/os").unwrap_or("linux"),
+                label("kubernetes.io/arch").unwrap_or("amd64")
+            );
+            for c in &pod.spec.containers {
+                let Some(has) = images.get(&c.image) else {
+                    continue;
+                };
+                // `linux/arm/v7` serves a `linux/arm` node: the variant is the agent's check.
+                if !has
+                    .iter()
+                    .any(|p| p == &mine || p.starts_with(&format!("{mine}/")))
+                {
+                    return Err(Misfit::Platform {
+                        image: c.image.clone(),
+                        has: has.join(", "),
+                    });
+                }
+            }
         }
         if pod
             .spec
@@ -235,6 +268,8 @@ impl<'a> NodeInfo<'a> {
 pub struct Snapshot<'a> {
     nodes: Vec<NodeInfo<'a>>,
     index: HashMap<&'a str, usize>,
+    /// The platforms of container images pushed to the controller, by image reference.
+    images: HashMap<String, Vec<String>>,
 }
 
 impl<'a> Snapshot<'a> {
@@ -246,6 +281,7 @@ impl<'a> Snapshot<'a> {
                 .enumerate()
                 .map(|(i, n)| (n.metadata.name.as_str(), i))
                 .collect(),
+            images: HashMap::new(),
         };
         for p in pods.iter().filter(|p| holds_resources(p)) {
             if let Some(n) = p.spec.node_name.as_deref() {
@@ -253,6 +289,13 @@ impl<'a> Snapshot<'a> {
             }
         }
         snapshot
+    }
+
+    /// The platforms each known container image has: pods of those images go only to nodes
+    /// of one of them.
+    pub fn with_images(mut self, images: HashMap<String, Vec<String>>) -> Self {
+        self.images = images;
+        self
     }
 
     /// Counts `pod` as running on `node` from now on.
@@ -271,7 +314,7 @@ impl<'a> Snapshot<'a> {
         let mut best: Option<((i64, i64), &str)> = None;
         for info in &self.nodes {
             let name = info.node.metadata.name.as_str();
-            match info.fit(pod, wants) {
+            match info.fit(pod, wants, &self.images) {
                 Err(m) => *misfits.entry(m).or_default() += 1,
                 Ok(()) => {
                     let s = info.score(owner, wants);
@@ -390,6 +433,59 @@ mod tests {
             ..Default::default()
         }];
         p
+    }
+
+    #[test]
+    fn container_images_go_only_to_nodes_of_their_platforms() {
+        let arch = |name: &str, arch: &str| {
+            let mut n = node(name, "2", "1Gi", &["wasm", "runc"]);
+            n.metadata
+                .labels
+                .insert("kubernetes.io/arch".into(), arch.into());
+            n
+        };
+        let nodes = vec![
+            arch("pi", "arm64"),
+            arch("pi32", "arm"),
+            arch("nuc", "amd64"),
+        ];
+        let mut app = pod("p", "100m", "64Mi");
+        app.spec.runtime_class_name = None;
+        app.spec.containers[0].image = "app:1".into();
+        let images = |has: &[&str]| -> HashMap<String, Vec<String>> {
+            [(
+                "app:1".to_string(),
+                has.iter().map(|s| s.to_string()).collect(),
+            )]
+            .into()
+        };
+        let place = |has: &[&str]| {
+            Snapshot::new(&nodes, &[])
+                .with_images(images(has))
+                .schedule(&app)
+        };
+        assert_eq!(place(&["linux/arm/v7"]), Ok("pi32".into()));
+        assert_eq!(place(&["linux/arm64", "linux/riscv64"]), Ok("pi".into()));
+        assert_eq!(
+            place(&["linux/amd64"]),
+            Ok("nuc".into()),
+            "an amd64-only image stays off the Pis"
+        );
+        assert_eq!(
+            place(&["linux/s390x"]),
+            Err(
+                "0/3 nodes available: 3 node(s) had a platform image \"app:1\" lacks (it has linux/s390x)"
+                    .into()
+            )
+        );
+        // Images the controller knows nothing of (a registry's) are the agent's to check;
+        // wasm pods run anywhere.
+        assert!(Snapshot::new(&nodes, &[]).schedule(&app).is_ok());
+        app.spec.runtime_class_name = Some("wasm".into());
+        assert!(Snapshot::new(&nodes, &[])
+            .with_images(images(&["linux/s390x"]))
+            .schedule(&app)
+            .is_ok());
     }
 
     #[test]

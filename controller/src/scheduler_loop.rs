@@ -2,22 +2,25 @@
 //! nothing missed stays missed), runs [`crate::scheduler::Snapshot::schedule`] for every pending pod, and writes
 //! the binding or the reason it stays Pending.
 
+use crate::artifacts::Artifacts;
 use crate::batch::slow_start;
 use crate::error::{Error, Result};
 use crate::scheduler::Snapshot;
 use crate::store::Store;
 use crate::wake::Waker;
 use shoal_api::{Condition, Kind, Node, Object, Pod, PodStatus};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// A pass runs on every pod or node change; this often with none (each pass reads every pod).
 const RESYNC: Duration = Duration::from_secs(5);
 
-pub async fn run(store: Store, shutdown: CancellationToken) {
+pub async fn run(store: Store, artifacts: Arc<Artifacts>, shutdown: CancellationToken) {
     let mut waker = Waker::new(store.clone(), &[Kind::Pod, Kind::Node], RESYNC);
     while waker.wait(&shutdown).await {
-        if let Err(e) = pass(&store).await {
+        if let Err(e) = pass(&store, Some(&artifacts)).await {
             tracing::warn!(error = %e, "scheduling pass failed");
         }
     }
@@ -52,11 +55,26 @@ enum Decision<'a> {
 /// One scheduling pass over every pending pod, oldest first. Decisions are made one after
 /// another against a [`Snapshot`] that counts each binding as it is made; the writes then go
 /// to the store together, so group commit carries them in a few transactions.
-pub async fn pass(store: &Store) -> Result<usize> {
+pub async fn pass(store: &Store, artifacts: Option<&Artifacts>) -> Result<usize> {
     let nodes: Vec<Node> = store.list_typed(Kind::Node, None)?;
     let pods: Vec<Pod> = store.list_typed(Kind::Pod, None)?;
-    let mut snapshot = Snapshot::new(&nodes, &pods);
     let mut queue: Vec<&Pod> = pods.iter().filter(|p| pending(p)).collect();
+    // The platforms of the container images the pending pods use, when pushed here.
+    let mut images: HashMap<String, Vec<String>> = HashMap::new();
+    if let Some(artifacts) = artifacts {
+        for c in queue
+            .iter()
+            .filter(|p| crate::scheduler::runtime_of(p) == "runc")
+            .flat_map(|p| p.spec.containers.iter())
+        {
+            if !images.contains_key(&c.image) {
+                if let Some(has) = artifacts.platforms(&c.image) {
+                    images.insert(c.image.clone(), has);
+                }
+            }
+        }
+    }
+    let mut snapshot = Snapshot::new(&nodes, &pods).with_images(images);
     queue.sort_by(|a, b| {
         a.metadata
             .creation_timestamp

@@ -180,6 +180,7 @@ impl Controller {
         let tracker = TaskTracker::new();
         tracker.spawn(crate::scheduler_loop::run(
             self.service.store().clone(),
+            self.service.artifacts().clone(),
             shutdown.clone(),
         ));
         tracker.spawn(crate::reconcile::run(
@@ -274,6 +275,7 @@ async fn receive_push(
     reference: &str,
     size: u64,
     digest: &str,
+    platforms: &[String],
 ) -> Response {
     let mut upload = match service.artifacts().begin() {
         Ok(u) => u,
@@ -299,7 +301,10 @@ async fn receive_push(
             Err(e) => return error(ErrorCode::BadRequest, format!("upload of {reference}: {e}")),
         }
     }
-    match service.artifacts().finish(upload, reference, size, digest) {
+    match service
+        .artifacts()
+        .finish(upload, reference, size, digest, platforms)
+    {
         Ok(blob) => {
             tracing::info!(reference, digest = %blob.digest, size = blob.size, "artifact pushed");
             Response::Artifact {
@@ -431,10 +436,13 @@ async fn serve_stream(
         reference,
         size,
         digest,
+        platforms,
     } = &request
     {
         let response = match who {
-            Identity::Admin(_) => receive_push(&mut recv, service, reference, *size, digest).await,
+            Identity::Admin(_) => {
+                receive_push(&mut recv, service, reference, *size, digest, platforms).await
+            }
             _ => error(ErrorCode::Forbidden, "only admins may push artifacts"),
         };
         let _ = send_response(&mut send, &response).await;

@@ -129,7 +129,7 @@ impl Service {
         }
     }
 
-    pub fn artifacts(&self) -> &Artifacts {
+    pub fn artifacts(&self) -> &Arc<Artifacts> {
         &self.artifacts
     }
 

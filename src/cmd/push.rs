@@ -51,6 +51,13 @@ pub async fn push(client: &Client, file: &Path, reference: &str) -> Result<Strin
     } else {
         std::fs::read(file).with_context(|| format!("reading {}", file.display()))?
     };
+    // A container image says which platforms it has, so the scheduler keeps its pods off
+    // nodes it cannot run on.
+    let platforms: Vec<String> = shoal_runtime::oci::image::image_platforms(file)
+        .with_context(|| format!("reading the image {}", file.display()))?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     let digest = format!("sha256:{}", hex_digest(&bytes));
     let size = bytes.len() as u64;
     let conn = client.connection();
@@ -61,6 +68,7 @@ pub async fn push(client: &Client, file: &Path, reference: &str) -> Result<Strin
             reference: reference.into(),
             size,
             digest: digest.clone(),
+            platforms,
         },
     )
     .await?;

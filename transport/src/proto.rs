@@ -71,6 +71,9 @@ pub enum Request {
         reference: String,
         size: u64,
         digest: String,
+        /// For a container image, the platforms it has (`linux/amd64`, `linux/arm/v7`), so
+        /// the scheduler keeps its pods off nodes it cannot run on; empty for anything else.
+        platforms: Vec<String>,
     },
     Chunk(Vec<u8>),
     /// Fetches an artifact by `name:tag` or `sha256:...`, from byte `offset` on.

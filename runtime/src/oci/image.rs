@@ -601,6 +601,95 @@ pub fn choose_from_index(image: &str, index: &[u8], platform: &Platform) -> Resu
     )))
 }
 
+/// The platforms an image layout directory or image archive (OCI or `docker save`) holds;
+/// empty for anything that is not an image (a wasm module). Reads only the small JSON
+/// documents, never the layers.
+pub fn image_platforms(path: &Path) -> Result<Vec<Platform>> {
+    const SMALL: u64 = 4 << 20;
+    let mut files: HashMap<PathBuf, Vec<u8>> = HashMap::new();
+    let get = |files: &HashMap<PathBuf, Vec<u8>>, rel: &str| -> Option<Vec<u8>> {
+        if path.is_dir() {
+            fs::read(path.join(rel)).ok()
+        } else {
+            files.get(Path::new(rel)).cloned()
+        }
+    };
+    if !path.is_dir() {
+        let Ok(reader) = layer::open(path) else {
+            return Ok(vec![]);
+        };
+        let mut archive = tar::Archive::new(reader);
+        let Ok(entries) = archive.entries() else {
+            return Ok(vec![]);
+        };
+        for entry in entries {
+            let Ok(mut entry) = entry else {
+                return Ok(vec![]);
+            };
+            if entry.size() > SMALL {
+                continue;
+            }
+            let Ok(name) = entry.path().map(|p| {
+                p.components()
+                    .filter(|c| matches!(c, std::path::Component::Normal(_)))
+                    .collect::<PathBuf>()
+            }) else {
+                continue;
+            };
+            let mut bytes = Vec::new();
+            if entry.read_to_end(&mut bytes).is_ok() && matches!(bytes.first(), Some(b'{' | b'[')) {
+                files.insert(name, bytes);
+            }
+        }
+    }
+    let json = |rel: &str| -> Option<serde_json::Value> {
+        serde_json::from_slice(&get(&files, rel)?).ok()
+    };
+    let blob = |digest: &str| -> Option<serde_json::Value> {
+        json(&format!("blobs/sha256/{}", sha256_hex(digest)?))
+    };
+    let config_platform = |config: &serde_json::Value| -> Option<Platform> {
+        serde_json::from_value::<ImageConfig>(config.clone())
+            .ok()
+            .map(|c| c.platform())
+    };
+    let mut out = Vec::new();
+    if let Some(index) = json("index.json") {
+        let mut queue: Vec<serde_json::Value> = vec![index];
+        while let Some(index) = queue.pop() {
+            let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
+            for d in manifests {
+                let media_type = d["mediaType"].as_str().unwrap_or_default();
+                let digest = d["digest"].as_str().unwrap_or_default();
+                if is_index(media_type) {
+                    queue.extend(blob(digest));
+                } else if let Some(p) = d
+                    .get("platform")
+                    .and_then(|p| serde_json::from_value::<Platform>(p.clone()).ok())
+                {
+                    out.push(p);
+                } else if let Some(p) = blob(digest)
+                    .and_then(|m| blob(m["config"]["digest"].as_str()?))
+                    .and_then(|c| config_platform(&c))
+                {
+                    out.push(p);
+                }
+            }
+        }
+    } else if let Some(docker) = json("manifest.json") {
+        for entry in docker.as_array().cloned().unwrap_or_default() {
+            if let Some(p) = entry["Config"]
+                .as_str()
+                .and_then(&json)
+                .and_then(|c| config_platform(&c))
+            {
+                out.push(p);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The path of a blob inside an image layout.
 fn layout_blob(dir: &Path, digest: &str) -> Result<PathBuf> {
     let hex = sha256_hex(digest).ok_or_else(|| Error::Image {
@@ -753,6 +842,20 @@ mod tests {
             .expect_err("not an archive")
             .to_string();
         assert!(e.contains("not an image archive"), "{e}");
+    }
+
+    #[test]
+    fn platforms_are_read_from_layouts_and_archives_without_the_layers() {
+        let d = tempfile::tempdir().expect("tmp");
+        layout(&d.path().join("l"), &["amd64", "arm"]);
+        let want = vec![platform("amd64"), platform("arm")];
+        assert_eq!(image_platforms(&d.path().join("l")).expect("dir"), want);
+        let archive = d.path().join("l.tar");
+        fs::write(&archive, tar_dir(&d.path().join("l")).expect("tar")).expect("archive");
+        assert_eq!(image_platforms(&archive).expect("archive"), want);
+        let wasm = d.path().join("m.wasm");
+        fs::write(&wasm, b"\0asm\x01\0\0\0").expect("wasm");
+        assert_eq!(image_platforms(&wasm).expect("wasm"), vec![]);
     }
 
     #[test]
