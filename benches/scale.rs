@@ -39,6 +39,7 @@ fn config(server: &str, token: &str, name: String, dir: &Path) -> AgentConfig {
         labels: BTreeMap::new(),
         max_pods: 110,
         pod_bridge: shoal_agent::POD_BRIDGE.into(),
+        insecure_registries: vec![],
         heartbeat: shoal_agent::HEARTBEAT,
     }
 }

@@ -480,3 +480,87 @@ spec:
         assert!(!netns.contains(&name), "{name} is left in {netns}");
     }
 }
+
+#[test]
+fn runc_containers_outlive_a_killed_agent_and_are_followed_not_duplicated_when_it_returns() {
+    if runc_missing(
+        "runc_containers_outlive_a_killed_agent_and_are_followed_not_duplicated_when_it_returns",
+    ) {
+        return;
+    }
+    let mut c = Cluster::start(1);
+    let _leftovers = Leftovers(c.agents.iter().map(|a| a.dir.clone()).collect());
+    let scratch = tempfile::tempdir().expect("tmp");
+    let layout = busybox_layout(scratch.path());
+    c.shoal(&["push", layout.to_str().expect("utf-8"), "busybox:1"])
+        .ok();
+    let manifests = [
+        pod("steady", "busybox:1", "echo started; sleep 600", ""),
+        pod("gone", "busybox:1", "echo started; sleep 600", ""),
+    ];
+    c.controller
+        .shoal_stdin(&["apply", "-f", "-"], Some(&manifests.join("---\n")))
+        .ok();
+    c.wait_for("both pods running", Duration::from_secs(60), |c| {
+        ["steady", "gone"]
+            .iter()
+            .all(|p| c.shoal(&["logs", p]).stdout() == "started\n")
+    });
+    let ip = field(&c.pod("steady"), "status.podIP");
+    let runc_list = |dir: &Path| -> Vec<String> {
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(dir.join("runc"))
+            .args(["list", "-q"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
+        let mut ids: Vec<String> = out.lines().map(str::to_owned).collect();
+        ids.sort();
+        ids
+    };
+    let dir = c.agents[0].dir.clone();
+    let before = runc_list(&dir);
+    assert_eq!(before.len(), 2, "{before:?}");
+
+    // The agent dies (no chance to stop anything); its containers keep running. Meanwhile
+    // one pod is deleted.
+    c.agents[0].kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(runc_list(&dir), before, "the containers outlive the agent");
+    c.shoal(&["delete", "pod", "gone"]).ok();
+
+    let agent = kit::Agent::start(&c.controller, "node-1", &dir);
+    c.agents[0] = agent;
+    c.wait_for(
+        "the deleted pod's container removed",
+        Duration::from_secs(60),
+        |_| runc_list(&dir).len() == 1,
+    );
+    let steady = c.pod("steady");
+    assert_eq!(
+        field(&steady, "status.containerStatuses.0.restartCount"),
+        "0"
+    );
+    assert_eq!(
+        field(&steady, "status.podIP"),
+        ip,
+        "the pod kept its address"
+    );
+    assert_eq!(
+        c.shoal(&["logs", "steady"]).ok(),
+        "started\n",
+        "followed, not started again"
+    );
+    assert!(
+        c.agents[0]
+            .log()
+            .contains("found the container running; following it"),
+        "{}",
+        c.agents[0].log()
+    );
+    c.shoal(&["delete", "pod", "steady"]).ok();
+    c.wait_for("no containers left", Duration::from_secs(60), |_| {
+        runc_list(&dir).is_empty()
+    });
+}

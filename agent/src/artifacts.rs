@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 pub struct ArtifactCache {
     dir: PathBuf,
+    registries: crate::registry::Registries,
     /// One fetch per reference at a time: concurrent pods of one image share the download.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Files whose digest this process has checked.
@@ -26,11 +27,12 @@ fn digest_of(path: &Path) -> Result<String> {
 }
 
 impl ArtifactCache {
-    pub fn new(data_dir: &Path) -> Result<ArtifactCache> {
+    pub fn new(data_dir: &Path, registries: crate::registry::Registries) -> Result<ArtifactCache> {
         let dir = data_dir.join("artifacts");
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         Ok(ArtifactCache {
             dir,
+            registries,
             locks: Mutex::default(),
             verified: Mutex::default(),
         })
@@ -81,7 +83,7 @@ impl ArtifactCache {
                 }
             }
         }
-        let path = crate::registry::pull(image, auth, &self.dir).await?;
+        let path = crate::registry::pull(image, auth, &self.dir, &self.registries).await?;
         let digest = format!(
             "sha256:{}",
             path.file_name()
@@ -93,6 +95,11 @@ impl ArtifactCache {
             v.insert(path.clone());
         }
         Ok(path)
+    }
+
+    /// Which registries are spoken to in plain HTTP.
+    pub fn registries(&self) -> &crate::registry::Registries {
+        &self.registries
     }
 
     /// A cached file, if it is whole: checked against its digest once per process.

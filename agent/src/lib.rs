@@ -43,6 +43,8 @@ pub struct AgentConfig {
     pub heartbeat: Duration,
     /// The Linux bridge the node's OCI pods are attached to.
     pub pod_bridge: String,
+    /// Registries (`HOST:PORT`) pulled from over plain HTTP; loopback ones always are.
+    pub insecure_registries: Vec<String>,
 }
 
 /// The pod bridge's name by default.

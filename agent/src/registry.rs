@@ -72,9 +72,23 @@ pub fn auth_for(registry: &str, dockerconfigs: &[Vec<u8>]) -> RegistryAuth {
     RegistryAuth::Anonymous
 }
 
-/// A registry client: HTTPS, except plain HTTP for a registry on loopback.
-fn client_for(registry: &str) -> Client {
-    let insecure = if is_loopback(registry) {
+/// Which registries are spoken to in plain HTTP: those on loopback, and those the agent's
+/// configuration lists as insecure (`--insecure-registry`), as Docker does. All others only
+/// over HTTPS.
+#[derive(Clone, Debug, Default)]
+pub struct Registries {
+    pub insecure: Vec<String>,
+}
+
+impl Registries {
+    fn plain_http(&self, registry: &str) -> bool {
+        is_loopback(registry) || self.insecure.iter().any(|r| r == registry)
+    }
+}
+
+/// A registry client: HTTPS, except plain HTTP where `registries` allows it.
+fn client_for(registry: &str, registries: &Registries) -> Client {
+    let insecure = if registries.plain_http(registry) {
         vec![registry.to_string()]
     } else {
         vec![]
@@ -87,7 +101,12 @@ fn client_for(registry: &str) -> Client {
 }
 
 /// Pulls `image` into `dir`, named by its digest; returns the path.
-pub async fn pull(image: &str, auth: &RegistryAuth, dir: &Path) -> Result<PathBuf> {
+pub async fn pull(
+    image: &str,
+    auth: &RegistryAuth,
+    dir: &Path,
+    registries: &Registries,
+) -> Result<PathBuf> {
     let err = |message: String| Error::Artifact {
         reference: image.to_string(),
         message,
@@ -96,7 +115,7 @@ pub async fn pull(image: &str, auth: &RegistryAuth, dir: &Path) -> Result<PathBu
         .parse()
         .map_err(|e| err(format!("not an image reference: {e}")))?;
     let registry = reference.resolve_registry().to_string();
-    let client = client_for(&registry);
+    let client = client_for(&registry, registries);
     let data = client
         .pull(&reference, auth, WASM_MEDIA_TYPES.to_vec())
         .await
@@ -175,6 +194,7 @@ pub async fn pull_image(
     store: &ImageStore,
     platform: &Platform,
     always: bool,
+    registries: &Registries,
 ) -> Result<String> {
     let err = |message: String| Error::Artifact {
         reference: image.to_string(),
@@ -196,7 +216,7 @@ pub async fn pull_image(
         .parse()
         .map_err(|e| err(format!("not an image reference: {e}")))?;
     let registry = reference.resolve_registry().to_string();
-    let client = client_for(&registry);
+    let client = client_for(&registry, registries);
     let mut bytes = fetch_manifest(&client, &reference, auth, image).await?;
     let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
         .map_err(|e| {
@@ -272,6 +292,11 @@ mod tests {
                 && is_loopback("[::1]:5000")
         );
         assert!(!is_loopback("ghcr.io") && !is_loopback("10.0.0.1:5000"));
+        let listed = Registries {
+            insecure: vec!["10.0.0.1:5000".into()],
+        };
+        assert!(listed.plain_http("10.0.0.1:5000") && listed.plain_http("127.0.0.1:5000"));
+        assert!(!listed.plain_http("10.0.0.1:5001") && !listed.plain_http("ghcr.io"));
     }
 
     #[test]

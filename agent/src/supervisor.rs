@@ -75,7 +75,12 @@ impl Supervisor {
         runc: Option<Arc<RuncRuntime>>,
         link: Link,
     ) -> Result<Supervisor> {
-        let artifacts = ArtifactCache::new(&config.data_dir)?;
+        let artifacts = ArtifactCache::new(
+            &config.data_dir,
+            crate::registry::Registries {
+                insecure: config.insecure_registries.clone(),
+            },
+        )?;
         let runc_version = runc.as_ref().map(|r| r.version());
         let supervisor = Supervisor(Arc::new(Inner {
             node: config.name.clone(),
@@ -616,7 +621,15 @@ async fn prepare(
                 let images = runc.images().clone();
                 let platform = Platform::host();
                 let digest = if registry {
-                    crate::registry::pull_image(&c.image, &auth, &images, &platform, always).await
+                    crate::registry::pull_image(
+                        &c.image,
+                        &auth,
+                        &images,
+                        &platform,
+                        always,
+                        inner.artifacts.registries(),
+                    )
+                    .await
                 } else {
                     match inner.artifacts.get(&client, &c.image).await {
                         Ok(archive) => {

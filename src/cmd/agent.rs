@@ -36,6 +36,10 @@ pub struct Args {
     /// The Linux bridge OCI pods are attached to (made if missing).
     #[arg(long, env = "SHOAL_POD_BRIDGE", default_value = shoal_agent::POD_BRIDGE)]
     pub pod_bridge: String,
+    /// A registry (`HOST:PORT`) to pull from over plain HTTP, as Docker's insecure-registries;
+    /// repeatable. Registries on loopback always are.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub insecure_registries: Vec<String>,
 }
 
 pub fn hostname() -> String {
@@ -85,6 +89,7 @@ impl Args {
             labels: parse_labels(&self.labels)?,
             max_pods: self.max_pods,
             pod_bridge: self.pod_bridge.clone(),
+            insecure_registries: self.insecure_registries.clone(),
             heartbeat: std::time::Duration::from_secs(self.node_status_update_frequency.max(1)),
         })
     }

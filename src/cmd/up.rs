@@ -44,6 +44,7 @@ pub async fn run(args: Args) -> Result<()> {
         .into(),
         max_pods: 110,
         pod_bridge: shoal_agent::POD_BRIDGE.into(),
+        insecure_registries: vec![],
         heartbeat: shoal_agent::HEARTBEAT,
     };
     let serving = tokio::spawn(controller.run(shutdown.clone()));

@@ -144,6 +144,7 @@ impl ImageConfig {
 #[derive(Clone, Debug)]
 pub struct Image {
     pub manifest_digest: String,
+    pub config_digest: String,
     pub config: ImageConfig,
     /// Layer blob digests, bottom first.
     pub layers: Vec<String>,
@@ -512,6 +513,7 @@ impl ImageStore {
         }
         Ok(Image {
             manifest_digest: digest.to_string(),
+            config_digest: manifest.config.digest.clone(),
             config,
             layers: manifest.layers.into_iter().map(|l| l.digest).collect(),
         })
@@ -570,6 +572,152 @@ impl ImageStore {
             layer::unpack(digest, layer::open(&blob)?, dest, Whiteouts::Apply)?;
         }
         Ok(())
+    }
+}
+
+/// What the node holds of one image, for `shoal images` and garbage collection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageRecord {
+    /// The reference pods name it by (`busybox:1`, `registry:5000/app:2`).
+    pub reference: String,
+    /// Its manifest's digest.
+    pub digest: String,
+    pub platform: String,
+    /// Manifest, config and layer blobs, compressed, in bytes.
+    pub size: u64,
+    /// When a container last started from it, seconds since the epoch.
+    pub last_used: u64,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Which images garbage collection removes to free `need` bytes: those not in use, least
+/// recently used first, until enough is freed (or none is left to remove).
+pub fn plan_gc(
+    images: &[ImageRecord],
+    in_use: &std::collections::HashSet<String>,
+    need: u64,
+) -> Vec<ImageRecord> {
+    let mut unused: Vec<&ImageRecord> = images
+        .iter()
+        .filter(|i| !in_use.contains(&i.digest))
+        .collect();
+    unused.sort_by_key(|i| (i.last_used, i.reference.clone()));
+    let mut freed = 0u64;
+    let mut out = Vec::new();
+    for i in unused {
+        if freed >= need {
+            break;
+        }
+        freed += i.size;
+        out.push(i.clone());
+    }
+    out
+}
+
+impl ImageStore {
+    fn names(&self) -> PathBuf {
+        self.dir.join("refs/names")
+    }
+
+    /// Records that `reference` is the image `digest` and was used just now.
+    pub fn record(&self, reference: &str, digest: &str) -> Result<()> {
+        let image = self.image(digest)?;
+        let mut size = self.blob_path(digest).and_then(|p| {
+            fs::metadata(&p)
+                .map(|m| m.len())
+                .map_err(|e| Error::io(&p, e))
+        })?;
+        for d in std::iter::once(&image.config_digest).chain(image.layers.iter()) {
+            size += self
+                .blob_path(d)
+                .ok()
+                .and_then(|p| fs::metadata(p).ok())
+                .map(|m| m.len())
+                .unwrap_or(0);
+        }
+        let record = ImageRecord {
+            reference: reference.to_string(),
+            digest: digest.to_string(),
+            platform: image.config.platform().to_string(),
+            size,
+            last_used: now_secs(),
+        };
+        let dir = self.names();
+        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let file = dir.join(hex::encode(Sha256::digest(reference.as_bytes())));
+        let tmp = self.scratch("name");
+        let bytes = serde_json::to_vec(&record).map_err(|e| Error::Internal(e.to_string()))?;
+        fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+        fs::rename(&tmp, &file).map_err(|e| Error::io(&file, e))
+    }
+
+    /// Every image the node holds under a name.
+    pub fn list(&self) -> Result<Vec<ImageRecord>> {
+        let mut out = Vec::new();
+        let Ok(entries) = fs::read_dir(self.names()) else {
+            return Ok(out);
+        };
+        for e in entries.flatten() {
+            if let Ok(r) = read_json::<ImageRecord>(&e.path()) {
+                out.push(r);
+            }
+        }
+        out.sort_by(|a, b| a.reference.cmp(&b.reference));
+        Ok(out)
+    }
+
+    /// Removes the images named (their names, and every blob and unpacked layer no remaining
+    /// image uses). Returns the bytes of blobs removed.
+    pub fn remove(&self, images: &[ImageRecord]) -> Result<u64> {
+        for i in images {
+            let file = self
+                .names()
+                .join(hex::encode(Sha256::digest(i.reference.as_bytes())));
+            let _ = fs::remove_file(file);
+        }
+        // What the remaining images still use.
+        let mut keep: std::collections::HashSet<String> = std::collections::HashSet::new();
+        for r in self.list()? {
+            if let Ok(image) = self.image(&r.digest) {
+                keep.insert(r.digest.clone());
+                keep.insert(image.config_digest.clone());
+                keep.extend(image.layers);
+            }
+        }
+        let mut freed = 0;
+        for i in images {
+            let Ok(image) = self.image(&i.digest) else {
+                continue;
+            };
+            let mut gone: Vec<String> = vec![i.digest.clone(), image.config_digest.clone()];
+            gone.extend(image.layers);
+            for d in gone.iter().filter(|d| !keep.contains(*d)) {
+                if let Ok(p) = self.blob_path(d) {
+                    freed += fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                    let _ = fs::remove_file(&p);
+                }
+                if let Some(hex) = sha256_hex(d) {
+                    let _ = fs::remove_dir_all(self.dir.join("layers").join(hex));
+                }
+            }
+        }
+        // Pins that point at a removed manifest are stale now.
+        if let Ok(entries) = fs::read_dir(self.dir.join("refs")) {
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_file() && fs::read_to_string(&p).is_ok_and(|d| !self.has_blob(d.trim())) {
+                    let _ = fs::remove_file(&p);
+                }
+            }
+        }
+        Ok(freed)
     }
 }
 
@@ -856,6 +1004,65 @@ mod tests {
         let wasm = d.path().join("m.wasm");
         fs::write(&wasm, b"\0asm\x01\0\0\0").expect("wasm");
         assert_eq!(image_platforms(&wasm).expect("wasm"), vec![]);
+    }
+
+    #[test]
+    fn unused_images_are_collected_least_recently_used_first_keeping_shared_layers() {
+        let d = tempfile::tempdir().expect("tmp");
+        let store = ImageStore::new(&d.path().join("store")).expect("store");
+        // Two images sharing their base layer, and a third on its own.
+        layout(&d.path().join("a"), &["amd64"]);
+        let a = store
+            .import_dir(&d.path().join("a"), &platform("amd64"))
+            .expect("a");
+        let b_layout = d.path().join("b");
+        write_layout(
+            &b_layout,
+            "b:1",
+            &[(
+                ImageSpec {
+                    platform: platform("amd64"),
+                    ..Default::default()
+                },
+                vec![layer("base", "shared"), layer("only-b", "b")],
+            )],
+        )
+        .expect("b");
+        let b = store.import_dir(&b_layout, &platform("amd64")).expect("b");
+        for (name, digest) in [("a:1", &a), ("b:1", &b)] {
+            store.record(name, digest).expect("record");
+            for l in store.image(digest).expect("image").layers {
+                store.layer_dir(&l).expect("unpack");
+            }
+        }
+        let listed = store.list().expect("list");
+        assert_eq!(listed.len(), 2);
+        assert!(listed
+            .iter()
+            .all(|i| i.size > 0 && i.platform == "linux/amd64"));
+
+        // b is in use, so only a may go; its base layer stays for b.
+        let in_use: std::collections::HashSet<String> = [b.clone()].into();
+        let plan = plan_gc(&listed, &in_use, u64::MAX);
+        assert_eq!(
+            plan.iter()
+                .map(|i| i.reference.as_str())
+                .collect::<Vec<_>>(),
+            ["a:1"]
+        );
+        assert!(store.remove(&plan).expect("remove") > 0);
+        assert!(!store.has_blob(&a));
+        let b_image = store.image(&b).expect("b is whole");
+        for l in &b_image.layers {
+            assert!(store.has_blob(l));
+            assert!(store
+                .dir()
+                .join("layers")
+                .join(sha256_hex(l).expect("hex"))
+                .exists());
+        }
+        assert_eq!(store.list().expect("list").len(), 1);
+        assert!(plan_gc(&store.list().expect("list"), &in_use, u64::MAX).is_empty());
     }
 
     #[test]
