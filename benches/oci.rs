@@ -130,7 +130,7 @@ fn main() {
 
         let controller = Controller::start(&dir.path().join("controller"));
         let agent = Agent::start(&controller, "bench-node", &dir.path().join("agent"));
-        let _leftovers = kit::Leftovers(vec![agent.dir.clone()]);
+        let _leftovers = kit::Leftovers(vec![agent.dir.clone()], None);
         controller
             .shoal(&["push", layout.to_str().expect("path"), "busybox:1"])
             .ok();

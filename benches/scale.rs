@@ -40,6 +40,8 @@ fn config(server: &str, token: &str, name: String, dir: &Path) -> AgentConfig {
         max_pods: 110,
         pod_bridge: shoal_agent::POD_BRIDGE.into(),
         insecure_registries: vec![],
+        image_gc_high_threshold: 85,
+        image_gc_low_threshold: 80,
         heartbeat: shoal_agent::HEARTBEAT,
     }
 }

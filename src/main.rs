@@ -56,8 +56,11 @@ enum Command {
     Delete(cmd::delete::Args),
     /// Print a container's log.
     Logs(cmd::logs::Args),
-    /// Store an artifact (a .wasm file) in the controller under NAME:TAG.
+    /// Store an artifact in the controller under NAME:TAG: a .wasm file, or a container image
+    /// (OCI layout directory, OCI archive or docker save tarball).
     Push(cmd::push::Args),
+    /// List the container images each node holds.
+    Images(cmd::images::Args),
     /// Set the replicas of a Deployment or ReplicaSet.
     Scale(cmd::scale::Args),
     /// Follow a Deployment's rollout.
@@ -101,6 +104,7 @@ fn main() -> std::process::ExitCode {
             Command::Agent(a) => cmd::agent::run(a).await,
             Command::Logs(a) => cmd::logs::run(a).await,
             Command::Push(a) => cmd::push::run(a).await,
+            Command::Images(a) => cmd::images::run(a).await,
             Command::Scale(a) => cmd::scale::run(a).await,
             Command::Cordon(a) => cmd::cordon::run(a, true).await,
             Command::Uncordon(a) => cmd::cordon::run(a, false).await,

@@ -6,7 +6,7 @@
 
 mod kit;
 
-use kit::{runc_missing, Cluster, Leftovers};
+use kit::{runc_missing, Cluster};
 use shoal_runtime::oci::build::{busybox_layer, tar_dir, write_layout, ImageSpec};
 use shoal_runtime::oci::image::Platform;
 use std::path::{Path, PathBuf};
@@ -99,8 +99,7 @@ fn runc_pods_run_log_crash_loop_get_oom_killed_complete_jobs_and_roll_out() {
     if runc_missing("runc_pods_run_log_crash_loop_get_oom_killed_complete_jobs_and_roll_out") {
         return;
     }
-    let c = Cluster::start(1);
-    let _leftovers = Leftovers(c.agents.iter().map(|a| a.dir.clone()).collect());
+    let (c, _leftovers) = kit::oci_cluster(61, 1, &[]);
     let scratch = tempfile::tempdir().expect("tmp");
     // Offline delivery: the layout pushed as a directory, and as an OCI archive tarball.
     let layout = busybox_layout(scratch.path());
@@ -223,7 +222,7 @@ spec:
         Duration::from_secs(60),
         |c| {
             let ip = field(&c.pod("server"), "status.podIP");
-            ip.starts_with("10.42.") && get(&format!("{ip}:8080")).ends_with("served by server\n")
+            ip.starts_with("10.61.") && get(&format!("{ip}:8080")).ends_with("served by server\n")
         },
     );
     let server_ip = field(&c.pod("server"), "status.podIP");
@@ -488,8 +487,7 @@ fn runc_containers_outlive_a_killed_agent_and_are_followed_not_duplicated_when_i
     ) {
         return;
     }
-    let mut c = Cluster::start(1);
-    let _leftovers = Leftovers(c.agents.iter().map(|a| a.dir.clone()).collect());
+    let (mut c, _leftovers) = kit::oci_cluster(62, 1, &[]);
     let scratch = tempfile::tempdir().expect("tmp");
     let layout = busybox_layout(scratch.path());
     c.shoal(&["push", layout.to_str().expect("utf-8"), "busybox:1"])
@@ -530,7 +528,14 @@ fn runc_containers_outlive_a_killed_agent_and_are_followed_not_duplicated_when_i
     assert_eq!(runc_list(&dir), before, "the containers outlive the agent");
     c.shoal(&["delete", "pod", "gone"]).ok();
 
-    let agent = kit::Agent::start(&c.controller, "node-1", &dir);
+    let token = std::fs::read_to_string(c.controller.dir.join("token")).expect("token");
+    let agent = kit::Agent::start_with_args(
+        &c.controller,
+        "node-1",
+        &dir,
+        token.trim(),
+        &["--pod-bridge", "shoal-t62"],
+    );
     c.agents[0] = agent;
     c.wait_for(
         "the deleted pod's container removed",
@@ -562,5 +567,111 @@ fn runc_containers_outlive_a_killed_agent_and_are_followed_not_duplicated_when_i
     c.shoal(&["delete", "pod", "steady"]).ok();
     c.wait_for("no containers left", Duration::from_secs(60), |_| {
         runc_list(&dir).is_empty()
+    });
+}
+
+#[test]
+fn runc_images_lists_what_a_node_holds_and_collects_the_unused_ones() {
+    if runc_missing("runc_images_lists_what_a_node_holds_and_collects_the_unused_ones") {
+        return;
+    }
+    // Thresholds of 0%: every image no pod uses goes at the next collection.
+    let (c, _leftovers) = kit::oci_cluster(
+        63,
+        1,
+        &[
+            "--image-gc-high-threshold",
+            "0",
+            "--image-gc-low-threshold",
+            "0",
+        ],
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let layout = busybox_layout(dir.path());
+    c.shoal(&["push", layout.to_str().expect("utf-8"), "busybox:1"])
+        .ok();
+    let other = dir.path().join("other");
+    let spec = ImageSpec {
+        platform: Platform::host(),
+        cmd: vec!["true".into()],
+        ..Default::default()
+    };
+    let layer = busybox_layer(Path::new("/bin/busybox")).expect("layer");
+    write_layout(&other, "other:1", &[(spec, vec![layer])]).expect("layout");
+    c.shoal(&["push", other.to_str().expect("utf-8"), "other:1"])
+        .ok();
+
+    c.controller
+        .shoal_stdin(
+            &["apply", "-f", "-"],
+            Some(&pod(
+                "first",
+                "other:1",
+                "echo done",
+                "  restartPolicy: Never\n",
+            )),
+        )
+        .ok();
+    c.wait_for("the first pod done", Duration::from_secs(60), |c| {
+        field(&c.pod("first"), "status.phase") == "Succeeded"
+    });
+    let listed = c.shoal(&["images"]).ok();
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("node-1") && l.contains("other:1")),
+        "{listed}"
+    );
+    c.shoal(&["delete", "pod", "first"]).ok();
+
+    // A new image arrives: collection runs, and removes other:1, which nothing uses now.
+    c.controller
+        .shoal_stdin(
+            &["apply", "-f", "-"],
+            Some(&pod("second", "busybox:1", "sleep 600", "")),
+        )
+        .ok();
+    c.wait_for("other:1 collected", Duration::from_secs(60), |c| {
+        let listed = c.shoal(&["images"]).stdout();
+        !listed.contains("other:1") && listed.contains("busybox:1")
+    });
+    let listed = c.shoal(&["images"]).ok();
+    let line = listed
+        .lines()
+        .find(|l| l.contains("busybox:1"))
+        .expect("busybox listed");
+    let platform = Platform::host();
+    assert!(
+        line.contains(&format!("linux/{}", platform.architecture)) && line.contains(" yes "),
+        "{listed}"
+    );
+    assert!(
+        c.agents[0].log().contains("image garbage collection"),
+        "{}",
+        c.agents[0].log()
+    );
+    // The image in use is whole: the pod still runs and a new one of it starts.
+    c.controller
+        .shoal_stdin(
+            &["apply", "-f", "-"],
+            Some(&pod("third", "busybox:1", "echo again; sleep 600", "")),
+        )
+        .ok();
+    c.wait_for(
+        "a third pod from the kept image",
+        Duration::from_secs(60),
+        |c| c.shoal(&["logs", "third"]).stdout() == "again\n",
+    );
+    for p in ["second", "third"] {
+        c.shoal(&["delete", "pod", p]).ok();
+    }
+    let root = c.agents[0].dir.join("runc");
+    c.wait_for("no containers left", Duration::from_secs(60), |_| {
+        Command::new("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(["list", "-q"])
+            .output()
+            .is_ok_and(|o| o.stdout.is_empty())
     });
 }

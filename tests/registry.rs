@@ -331,8 +331,7 @@ async fn runc_image_is_pulled_from_a_registry_for_the_node_platform_verified_and
 
     let addr = registry.addr.clone();
     tokio::task::spawn_blocking(move || {
-        let c = Cluster::start(1);
-        let _leftovers = kit::Leftovers(c.agents.iter().map(|a| a.dir.clone()).collect());
+        let (c, _leftovers) = kit::oci_cluster(64, 1, &[]);
         let done = |c: &Cluster, name: &str| {
             c.shoal(&["get", "pod", name, "-o", "json"])
                 .stdout()

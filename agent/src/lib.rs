@@ -45,6 +45,10 @@ pub struct AgentConfig {
     pub pod_bridge: String,
     /// Registries (`HOST:PORT`) pulled from over plain HTTP; loopback ones always are.
     pub insecure_registries: Vec<String>,
+    /// Disk use (percent) at which unused images are removed (the kubelet's
+    /// --image-gc-high-threshold), and down to which (--image-gc-low-threshold).
+    pub image_gc_high_threshold: u8,
+    pub image_gc_low_threshold: u8,
 }
 
 /// The pod bridge's name by default.

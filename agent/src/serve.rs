@@ -1,4 +1,5 @@
-//! Requests the controller sends to this node over the node's own connection: container logs.
+//! Requests the controller sends to this node over the node's own connection: container logs
+//! and the images it holds.
 
 use crate::supervisor::Supervisor;
 use shoal_transport::frame;
@@ -30,6 +31,17 @@ pub async fn serve(conn: quinn::Connection, supervisor: Supervisor) {
                         tail,
                     )
                     .await;
+                    None
+                }
+                Ok(Some(Request::Images { .. })) => {
+                    let answer = match supervisor.images().await {
+                        Ok(json) => Response::Json(json),
+                        Err(e) => Response::Error(WireError {
+                            code: ErrorCode::Internal,
+                            message: e.to_string(),
+                        }),
+                    };
+                    let _ = frame::write(&mut send, &answer).await;
                     None
                 }
                 Ok(Some(other)) => Some(format!("a node does not serve {other:?}")),

@@ -40,6 +40,8 @@ struct PodRun {
     readiness: Option<(bool, String)>,
     /// The pod's address: on the pod bridge, or the node's with hostNetwork.
     pod_ip: Option<String>,
+    /// The manifest digests of the container images it runs: kept from garbage collection.
+    images: Vec<String>,
 }
 
 struct Inner {
@@ -52,6 +54,8 @@ struct Inner {
     /// The pod bridge and address leases, once the node knows its pod range.
     network: Mutex<Option<Arc<PodNetwork>>>,
     pod_bridge: String,
+    /// Disk use (percent) past which unused images are removed, and down to which.
+    image_gc: (u8, u8),
     artifacts: ArtifactCache,
     link: Link,
     pods: Mutex<HashMap<String, Running>>,
@@ -60,6 +64,10 @@ struct Inner {
 
 #[derive(Clone)]
 pub struct Supervisor(Arc<Inner>);
+
+/// How often image garbage collection looks at the disk (the kubelet's is 5 minutes); it also
+/// runs after each new image.
+const IMAGE_GC_PERIOD: Duration = Duration::from_secs(300);
 
 fn terminal(pod: &Pod) -> bool {
     matches!(
@@ -90,6 +98,10 @@ impl Supervisor {
             runc_version,
             network: Mutex::new(None),
             pod_bridge: config.pod_bridge.clone(),
+            image_gc: (
+                config.image_gc_high_threshold,
+                config.image_gc_low_threshold,
+            ),
             artifacts,
             link,
             pods: Mutex::new(HashMap::new()),
@@ -99,6 +111,19 @@ impl Supervisor {
         // the agent starts with the controller out of reach.
         if let Ok(cidr) = std::fs::read_to_string(config.data_dir.join("pod-cidr")) {
             supervisor.set_pod_cidr(cidr.trim());
+        }
+        if supervisor.0.runc.is_some() {
+            let gc = supervisor.clone();
+            supervisor.0.tracker.spawn(async move {
+                let mut every = tokio::time::interval(IMAGE_GC_PERIOD);
+                loop {
+                    every.tick().await;
+                    if gc.0.tracker.is_closed() {
+                        break;
+                    }
+                    gc.collect_images().await;
+                }
+            });
         }
         Ok(supervisor)
     }
@@ -132,6 +157,75 @@ impl Supervisor {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "pods get no address: the pod bridge failed"),
+        }
+    }
+
+    /// The container images this node holds, as JSON for `shoal images`: each with whether a
+    /// pod here uses it.
+    pub async fn images(&self) -> Result<Vec<u8>> {
+        let Some(runc) = self.0.runc.clone() else {
+            return Ok(b"[]".to_vec());
+        };
+        let in_use = self.images_in_use();
+        let listed = tokio::task::spawn_blocking(move || runc.images().list())
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
+        let out: Vec<serde_json::Value> = listed
+            .into_iter()
+            .map(|i| {
+                let used = in_use.contains(&i.digest);
+                let mut v = serde_json::to_value(&i).unwrap_or_default();
+                v["inUse"] = used.into();
+                v
+            })
+            .collect();
+        serde_json::to_vec(&out).map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    fn images_in_use(&self) -> std::collections::HashSet<String> {
+        self.0
+            .pods
+            .lock()
+            .map(|m| {
+                m.values()
+                    .filter_map(|r| r.state.lock().ok().map(|s| s.images.clone()))
+                    .flatten()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Image garbage collection, as the kubelet's: when the disk holding the image store is
+    /// fuller than the high threshold, images no pod here uses are removed, least recently
+    /// used first, until it is down to the low threshold.
+    pub async fn collect_images(&self) {
+        let Some(runc) = self.0.runc.clone() else {
+            return;
+        };
+        let (high, low) = self.0.image_gc;
+        let in_use = self.images_in_use();
+        let done = tokio::task::spawn_blocking(move || {
+            let store = runc.images();
+            let fs = rustix::fs::statvfs(store.dir()).map_err(|e| Error::io(store.dir(), e))?;
+            let total = fs.f_blocks.saturating_mul(fs.f_frsize);
+            let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+            let used = total.saturating_sub(free);
+            if total == 0 || used.saturating_mul(100) < total.saturating_mul(u64::from(high)) {
+                return Ok((vec![], 0));
+            }
+            let need = used.saturating_sub(total / 100 * u64::from(low));
+            let plan = shoal_runtime::oci::image::plan_gc(&store.list()?, &in_use, need);
+            let freed = store.remove(&plan)?;
+            Ok::<_, Error>((plan, freed))
+        })
+        .await;
+        match done {
+            Ok(Ok((removed, freed))) if !removed.is_empty() => {
+                let names: Vec<&str> = removed.iter().map(|i| i.reference.as_str()).collect();
+                tracing::info!(removed = ?names, freed, "image garbage collection");
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "image garbage collection failed"),
+            _ => {}
         }
     }
 
@@ -221,6 +315,7 @@ impl Supervisor {
             started: crate::node::now(),
             readiness: None,
             pod_ip: None,
+            images: Vec::new(),
         }));
         if let Ok(mut m) = self.0.pods.lock() {
             m.insert(
@@ -466,6 +561,8 @@ async fn get_object(inner: &Inner, kind: &str, namespace: &str, name: &str) -> R
 /// the executor that runs it.
 struct Prepared {
     specs: Vec<ToRun>,
+    /// The manifest digests of its container images.
+    images: Vec<String>,
     /// The pod's address on the node's pod bridge.
     pod_ip: Option<std::net::Ipv4Addr>,
 }
@@ -599,6 +696,7 @@ async fn prepare(
         _ => None,
     };
     let mut specs = Vec::new();
+    let mut images_used = Vec::new();
     for c in &pod.spec.containers {
         let client = client(inner).ok_or_else(|| {
             (
@@ -644,6 +742,12 @@ async fn prepare(
                         Err(e) => Err(e),
                     }
                 };
+                if let Ok(d) = &digest {
+                    if let Err(e) = images.record(&c.image, d) {
+                        tracing::warn!(image = %c.image, error = %e, "cannot record the image");
+                    }
+                    images_used.push(d.clone());
+                }
                 digest.and_then(|d| images.blob_path(&d).map_err(Error::from))
             }
         }
@@ -806,7 +910,11 @@ async fn prepare(
             workload,
         });
     }
-    Ok(Prepared { specs, pod_ip })
+    Ok(Prepared {
+        specs,
+        pod_ip,
+        images: images_used,
+    })
 }
 
 /// /etc/hosts, /etc/hostname and /etc/resolv.conf for a pod with its own network, written in
@@ -957,8 +1065,13 @@ async fn run_pod(
             }
         }
     };
-    if let (Some(ip), Ok(mut s)) = (prepared.pod_ip, state.lock()) {
-        s.pod_ip = Some(ip.to_string());
+    if let Ok(mut s) = state.lock() {
+        s.pod_ip = prepared.pod_ip.map(|ip| ip.to_string());
+        s.images = prepared.images.clone();
+    }
+    if !prepared.images.is_empty() {
+        let supervisor = Supervisor(inner.clone());
+        tokio::spawn(async move { supervisor.collect_images().await });
     }
     if let Some(ip) = prepared.pod_ip {
         publish_host_ports(&inner, &pod, ip, &cancel).await;

@@ -40,6 +40,8 @@ pub struct ControllerConfig {
     /// How long pods without a toleration of their own stay on an unreachable node before
     /// they are evicted; `None`: never (the edge default may well be never).
     pub default_unreachable_toleration: Option<Duration>,
+    /// The pods' address range; each node gets a /24 of it.
+    pub cluster_cidr: crate::ipam::ClusterCidr,
 }
 
 /// The open connection of each node, by name, so requests for a node (logs) can be relayed.
@@ -87,7 +89,7 @@ impl Controller {
         let ca = Arc::new(Ca::load_or_create(&tls_dir)?);
         let store = Store::open(dir, config.store.clone())?;
         let artifacts = Arc::new(Artifacts::open(dir)?);
-        let service = Service::new(store, ca.clone(), artifacts);
+        let service = Service::new(store, ca.clone(), artifacts, config.cluster_cidr);
         service.bootstrap().await?;
 
         // Shoal's own clients verify the name `shoal-controller`; these are for everyone else.

@@ -37,6 +37,7 @@ pub struct Service {
     store: Store,
     ca: Arc<Ca>,
     artifacts: Arc<Artifacts>,
+    cluster_cidr: crate::ipam::ClusterCidr,
 }
 
 fn bad_request(message: impl Into<String>) -> WireError {
@@ -121,11 +122,17 @@ fn pod_uses(pod: &Pod, kind: Kind, name: &str) -> bool {
 }
 
 impl Service {
-    pub fn new(store: Store, ca: Arc<Ca>, artifacts: Arc<Artifacts>) -> Self {
+    pub fn new(
+        store: Store,
+        ca: Arc<Ca>,
+        artifacts: Arc<Artifacts>,
+        cluster_cidr: crate::ipam::ClusterCidr,
+    ) -> Self {
         Service {
             store,
             ca,
             artifacts,
+            cluster_cidr,
         }
     }
 
@@ -372,6 +379,16 @@ impl Service {
                     ))),
                 }
             }
+            Request::Images { ref node } => {
+                let key = ObjectKey::new(Kind::Node, None, node);
+                if self.store.get(&key)?.is_none() {
+                    return Err(Error::NotFound(format!("node {node:?}")).into());
+                }
+                Ok(Reply::ToNode {
+                    node: node.clone(),
+                    request: req,
+                })
+            }
             Request::RecordEvent {
                 about,
                 type_,
@@ -500,8 +517,9 @@ impl Service {
     /// A pod range no node holds yet; `None` (pods get no address) when the range is full.
     fn free_pod_cidr(&self) -> Result<Option<String>> {
         let nodes: Vec<shoal_api::Node> = self.store.list_typed(Kind::Node, None)?;
-        let cidr =
-            crate::ipam::next_pod_cidr(nodes.iter().filter_map(|n| n.spec.pod_cidr.as_deref()));
+        let cidr = self
+            .cluster_cidr
+            .next_pod_cidr(nodes.iter().filter_map(|n| n.spec.pod_cidr.as_deref()));
         if cidr.is_none() {
             tracing::warn!("every pod range of the cluster is taken; a new node gets none");
         }
@@ -779,7 +797,7 @@ mod tests {
         let ca = Arc::new(Ca::load_or_create(dir.path()).unwrap());
         let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
         let artifacts = Arc::new(Artifacts::open(dir.path()).unwrap());
-        let s = Service::new(store, ca, artifacts);
+        let s = Service::new(store, ca, artifacts, Default::default());
         s.bootstrap().await.unwrap();
         (dir, s)
     }

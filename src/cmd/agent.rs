@@ -40,6 +40,12 @@ pub struct Args {
     /// repeatable. Registries on loopback always are.
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     pub insecure_registries: Vec<String>,
+    /// Disk use (percent) at which images no pod uses are removed, least recently used first.
+    #[arg(long, default_value_t = 85, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub image_gc_high_threshold: u8,
+    /// Disk use (percent) image garbage collection brings it down to.
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub image_gc_low_threshold: u8,
 }
 
 pub fn hostname() -> String {
@@ -90,6 +96,8 @@ impl Args {
             max_pods: self.max_pods,
             pod_bridge: self.pod_bridge.clone(),
             insecure_registries: self.insecure_registries.clone(),
+            image_gc_high_threshold: self.image_gc_high_threshold,
+            image_gc_low_threshold: self.image_gc_low_threshold,
             heartbeat: std::time::Duration::from_secs(self.node_status_update_frequency.max(1)),
         })
     }

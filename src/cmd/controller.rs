@@ -29,6 +29,9 @@ pub struct Args {
     /// evicted and run elsewhere, or `never`.
     #[arg(long, default_value = "300")]
     pub default_unreachable_toleration_seconds: String,
+    /// The pods' address range (a /16); each node gets a /24 of it.
+    #[arg(long, default_value = "10.42.0.0/16")]
+    pub cluster_cidr: shoal_controller::ipam::ClusterCidr,
 }
 
 impl Args {
@@ -49,6 +52,7 @@ impl Args {
             store: StoreConfig::default(),
             node_grace: std::time::Duration::from_secs(self.node_grace_period),
             default_unreachable_toleration: toleration,
+            cluster_cidr: self.cluster_cidr,
         })
     }
 }

@@ -8,6 +8,7 @@ pub mod delete;
 pub mod describe;
 pub mod drain;
 pub mod get;
+pub mod images;
 pub mod logs;
 pub mod push;
 pub mod rollout;

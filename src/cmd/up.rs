@@ -45,6 +45,8 @@ pub async fn run(args: Args) -> Result<()> {
         max_pods: 110,
         pod_bridge: shoal_agent::POD_BRIDGE.into(),
         insecure_registries: vec![],
+        image_gc_high_threshold: 85,
+        image_gc_low_threshold: 80,
         heartbeat: shoal_agent::HEARTBEAT,
     };
     let serving = tokio::spawn(controller.run(shutdown.clone()));

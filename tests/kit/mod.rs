@@ -552,7 +552,46 @@ pub fn runc_missing(test: &str) -> bool {
 
 /// Removes what the agents left in runc and in network namespaces: the agents are killed when
 /// the test ends, and their containers (which outlive an agent by design) must not.
-pub struct Leftovers(pub Vec<PathBuf>);
+pub struct Leftovers(pub Vec<PathBuf>, pub Option<String>);
+
+/// A cluster for OCI pods: its own pod range (`10.N.0.0/16`) and its agents on their own
+/// bridge, so clusters of tests running at once never share addresses.
+pub fn oci_cluster(n: u8, agents: usize, agent_args: &[&str]) -> (Cluster, Leftovers) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cidr = format!("10.{n}.0.0/16");
+    let bridge = format!("shoal-t{n}");
+    let controller =
+        Controller::start_with_args(&dir.path().join("controller"), &["--cluster-cidr", &cidr]);
+    let token = std::fs::read_to_string(controller.dir.join("token")).expect("token");
+    let mut args = vec!["--pod-bridge", bridge.as_str()];
+    args.extend_from_slice(agent_args);
+    let agents: Vec<Agent> = (1..=agents)
+        .map(|i| {
+            Agent::start_with_args(
+                &controller,
+                &format!("node-{i}"),
+                &dir.path().join(format!("agent-{i}")),
+                token.trim(),
+                &args,
+            )
+        })
+        .collect();
+    let leftovers = Leftovers(
+        agents.iter().map(|a| a.dir.clone()).collect(),
+        Some(bridge.clone()),
+    );
+    let mut cluster = Cluster::adopt(controller, agents);
+    cluster._dir = dir;
+    let names: Vec<String> = cluster.agents.iter().map(|a| a.name.clone()).collect();
+    cluster.wait_for("every node Ready", Duration::from_secs(60), |c| {
+        let out = c.shoal(&["get", "nodes", "--no-headers"]).stdout();
+        names.iter().all(|n| {
+            out.lines()
+                .any(|l| l.split_whitespace().take(2).eq([n.as_str(), "Ready"]))
+        })
+    });
+    (cluster, leftovers)
+}
 
 impl Drop for Leftovers {
     fn drop(&mut self) {
@@ -592,6 +631,9 @@ impl Drop for Leftovers {
                     .arg(c.path().join("rootfs"))
                     .output();
             }
+        }
+        if let Some(bridge) = &self.1 {
+            let _ = Command::new("ip").args(["link", "delete", bridge]).output();
         }
     }
 }

@@ -89,6 +89,10 @@ pub enum Request {
         reason: String,
         message: String,
     },
+    /// The container images a node holds, relayed to it; answered with [`Response::Json`].
+    Images {
+        node: String,
+    },
     /// A container's log, relayed from the pod's node.
     Logs {
         namespace: String,
@@ -149,6 +153,8 @@ pub enum Response {
         size: u64,
     },
     Chunk(Vec<u8>),
+    /// A JSON document, for answers that are not API objects (a node's images).
+    Json(Vec<u8>),
     Error(WireError),
 }
 
