@@ -14,7 +14,6 @@ use shoal_runtime::oci::build::{busybox_layer, write_layout, ImageSpec};
 use shoal_runtime::oci::image::{ImageStore, Platform};
 use shoal_runtime::oci::spec;
 use shoal_runtime::ContainerSpec;
-use shoal_transport::proto::Request;
 use shoal_transport::Client;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -152,15 +151,7 @@ fn main() {
             cached.push(apply_until_running(&client, &name, pod(&name)).await);
         }
         cached.sort();
-        client
-            .call(&Request::DeleteSelected {
-                kind: "Pod".into(),
-                namespace: Some("default".into()),
-                selector: "bench=oci".into(),
-                propagation: Default::default(),
-            })
-            .await
-            .expect("delete");
+        kit::delete_pods(&client, "bench=oci").await;
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline
             && !runc(&agent.dir.join("runc"), &["list", "-q"])

@@ -202,15 +202,7 @@ fn main() {
         }
         cold.sort();
         warm.sort();
-        client
-            .call(&Request::DeleteSelected {
-                kind: "Pod".into(),
-                namespace: Some("default".into()),
-                selector: "bench=wasm".into(),
-                propagation: Default::default(),
-            })
-            .await
-            .expect("delete");
+        kit::delete_pods(&client, "bench=wasm").await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let base = rss_kib(pid);
         idle_pods(&client, 0, 100, "hello:1").await;

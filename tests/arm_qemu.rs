@@ -206,6 +206,42 @@ fn runs_the_example_on(arm: &Arm) {
             .stdout()
             .contains("Hello from the edge from hello")
     });
+
+    // A container image that has only amd64 is not scheduled on the Pi, and the pod says why.
+    use shoal_runtime::oci::build::{tar_dir, write_layout, ImageSpec};
+    let layout = dir.path().join("amd64-only");
+    let empty = tempfile::tempdir().unwrap();
+    let spec = ImageSpec {
+        platform: shoal_runtime::oci::image::Platform {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            variant: None,
+        },
+        ..Default::default()
+    };
+    write_layout(
+        &layout,
+        "amd64-only:1",
+        &[(spec, vec![tar_dir(empty.path()).unwrap()])],
+    )
+    .unwrap();
+    c.shoal(&["push", layout.to_str().unwrap(), "amd64-only:1"])
+        .ok();
+    c.controller
+        .shoal_stdin(
+            &["apply", "-f", "-"],
+            Some("apiVersion: v1\nkind: Pod\nmetadata: {name: x86}\nspec:\n  containers:\n  - {name: main, image: amd64-only:1}\n"),
+        )
+        .ok();
+    let want = "0/1 nodes available: 1 node(s) had a platform image \"amd64-only:1\" lacks (it has linux/amd64)";
+    c.wait_for(
+        "the amd64-only pod Pending with the reason",
+        Duration::from_secs(60),
+        |c| {
+            let p = c.pod("x86");
+            p["status"]["phase"] == "Pending" && p["status"]["conditions"][0]["message"] == want
+        },
+    );
 }
 
 #[test]

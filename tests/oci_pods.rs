@@ -6,7 +6,7 @@
 
 mod kit;
 
-use kit::{runc_missing, Cluster};
+use kit::{field, runc_missing, Cluster};
 use shoal_runtime::oci::build::{busybox_layer, tar_dir, write_layout, ImageSpec};
 use shoal_runtime::oci::image::Platform;
 use std::path::{Path, PathBuf};
@@ -61,21 +61,6 @@ fn hostile_layer(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
         b.append(&h, &b"x"[..]).expect("append");
     }
     b.into_inner().expect("tar")
-}
-
-fn field(v: &serde_json::Value, path: &str) -> String {
-    let mut at = v;
-    for part in path.split('.') {
-        at = match part.parse::<usize>() {
-            Ok(i) => &at[i],
-            Err(_) => &at[part],
-        };
-    }
-    match at {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => String::new(),
-        other => other.to_string(),
-    }
 }
 
 fn pod(name: &str, image: &str, script: &str, extra: &str) -> String {

@@ -66,13 +66,7 @@ impl Registry {
 
     /// Pushes a wasm module as an OCI artifact (wasm config and layer media types).
     async fn push_wasm(&self, file: &std::path::Path, repo_tag: &str) {
-        use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
-        shoal_transport::install_crypto_provider();
-        let client = oci_client::Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(vec![self.addr.clone()]),
-            ..Default::default()
-        });
-        let reference: oci_client::Reference = format!("{}/{repo_tag}", self.addr).parse().unwrap();
+        use oci_client::client::{Config, ImageLayer};
         let layer = ImageLayer::new(
             std::fs::read(file).unwrap(),
             "application/wasm".into(),
@@ -83,7 +77,18 @@ impl Registry {
             "application/vnd.wasm.config.v0+json".into(),
             None,
         );
-        client
+        self.push(repo_tag, layer, config).await;
+    }
+
+    /// Pushes one layer and a config as `repo_tag`.
+    async fn push(
+        &self,
+        repo_tag: &str,
+        layer: oci_client::client::ImageLayer,
+        config: oci_client::client::Config,
+    ) -> oci_client::Reference {
+        let reference: oci_client::Reference = format!("{}/{repo_tag}", self.addr).parse().unwrap();
+        self.client()
             .push(
                 &reference,
                 &[layer],
@@ -93,6 +98,7 @@ impl Registry {
             )
             .await
             .expect("push to the test registry");
+        reference
     }
 }
 
@@ -116,8 +122,6 @@ impl Registry {
         cmd: &str,
     ) -> (String, i64) {
         use oci_client::client::{Config, ImageLayer};
-        let client = self.client();
-        let reference: oci_client::Reference = format!("{}/{repo_tag}", self.addr).parse().unwrap();
         let gz = {
             let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
             std::io::Write::write_all(&mut e, layer).unwrap();
@@ -139,17 +143,9 @@ impl Registry {
             "application/vnd.oci.image.config.v1+json".into(),
             None,
         );
-        client
-            .push(
-                &reference,
-                &[layer],
-                config,
-                &oci_client::secrets::RegistryAuth::Anonymous,
-                None,
-            )
-            .await
-            .expect("push to the test registry");
-        let (bytes, digest) = client
+        let reference = self.push(repo_tag, layer, config).await;
+        let (bytes, digest) = self
+            .client()
             .pull_manifest_raw(
                 &reference,
                 &oci_client::secrets::RegistryAuth::Anonymous,
@@ -380,6 +376,37 @@ async fn runc_image_is_pulled_from_a_registry_for_the_node_platform_verified_and
         });
         let kept = agent.dir.join("images/blobs/sha256").join(&corrupt_layer);
         assert!(!kept.exists(), "the corrupt blob was not stored");
+
+        // imagePullPolicy Never: an image on the node runs, one that is not never gets pulled.
+        let never = |name: &str, tag: &str| {
+            container_pod(name, &format!("{addr}/{tag}"))
+                .replace("    image:", "    imagePullPolicy: Never\n    image:")
+        };
+        c.controller
+            .shoal_stdin(
+                &["apply", "-f", "-"],
+                Some(&format!(
+                    "{}---\n{}",
+                    never("kept", "busybox:1"),
+                    never("absent", "busybox:native")
+                )),
+            )
+            .ok();
+        c.wait_for(
+            "Never: the kept image runs, the absent one waits",
+            Duration::from_secs(60),
+            |c| {
+                done(c, "kept")
+                    && c.shoal(&["get", "pod", "absent", "-o", "json"])
+                        .stdout()
+                        .contains("ErrImageNeverPull")
+            },
+        );
+        assert_eq!(
+            agent.log().matches("image pulled from a registry").count(),
+            2,
+            "Never pulled nothing"
+        );
     })
     .await
     .unwrap();

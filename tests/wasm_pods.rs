@@ -3,7 +3,7 @@
 
 mod kit;
 
-use kit::{wasm_fixture, Agent, Cluster};
+use kit::{field, wasm_fixture, Agent, Cluster};
 use std::time::Duration;
 
 fn probe_pod(name: &str, image: &str, args: &[&str], extra: &str) -> String {
@@ -15,19 +15,6 @@ fn probe_pod(name: &str, image: &str, args: &[&str], extra: &str) -> String {
 }
 
 /// A field of a pod's JSON by its dotted path (`status.containerStatuses.0.ready`), as text.
-fn field(pod: &serde_json::Value, path: &str) -> String {
-    let mut v = pod;
-    for p in path.split('.') {
-        v = match p.parse::<usize>() {
-            Ok(i) => &v[i],
-            Err(_) => &v[p],
-        };
-    }
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
 
 #[test]
 fn wasm_pods_spread_over_two_agents_run_and_their_logs_come_back() {

@@ -183,17 +183,45 @@ async fn fetch_manifest(
     Ok(bytes.to_vec())
 }
 
+/// A container's `imagePullPolicy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    /// The policy as written, or Kubernetes' default: Always for an image tagged `latest` or
+    /// not tagged at all (and not pinned by digest), IfNotPresent otherwise.
+    pub fn of(written: Option<&str>, image: &str) -> PullPolicy {
+        match written {
+            Some("Always") => PullPolicy::Always,
+            Some("Never") => PullPolicy::Never,
+            Some(_) => PullPolicy::IfNotPresent,
+            None => {
+                let last = image.rsplit('/').next().unwrap_or(image);
+                if image.contains('@') || (last.contains(':') && !last.ends_with(":latest")) {
+                    PullPolicy::IfNotPresent
+                } else {
+                    PullPolicy::Always
+                }
+            }
+        }
+    }
+}
+
 /// Pulls the container image `image` for `platform` into the node's image store; returns its
 /// manifest digest. Every manifest and blob is checked against its digest before it is kept;
 /// blobs the store already holds (layers shared with other images) are not fetched again.
-/// Unless `always`, an earlier pull of the same reference is used without asking the
-/// registry (imagePullPolicy IfNotPresent).
+/// Unless the policy is Always, an earlier pull of the same reference is used without asking
+/// the registry; with Never, only that.
 pub async fn pull_image(
     image: &str,
     auth: &RegistryAuth,
     store: &ImageStore,
     platform: &Platform,
-    always: bool,
+    policy: PullPolicy,
     registries: &Registries,
 ) -> Result<String> {
     let err = |message: String| Error::Artifact {
@@ -205,12 +233,17 @@ pub async fn pull_image(
         hex::encode(Sha256::digest(image.as_bytes())),
         platform.to_string().replace('/', "_")
     ));
-    if !always {
+    if policy != PullPolicy::Always {
         if let Ok(d) = std::fs::read_to_string(&pin) {
             if store.image(d.trim()).is_ok() {
                 return Ok(d.trim().to_string());
             }
         }
+    }
+    if policy == PullPolicy::Never {
+        return Err(err(
+            "the image is not on this node and imagePullPolicy is Never".into(),
+        ));
     }
     let reference: Reference = image
         .parse()
@@ -297,6 +330,23 @@ mod tests {
         };
         assert!(listed.plain_http("10.0.0.1:5000") && listed.plain_http("127.0.0.1:5000"));
         assert!(!listed.plain_http("10.0.0.1:5001") && !listed.plain_http("ghcr.io"));
+    }
+
+    #[test]
+    fn pull_policy_defaults_as_kubernetes() {
+        use PullPolicy::*;
+        for (written, image, want) in [
+            (None, "busybox", Always),
+            (None, "busybox:latest", Always),
+            (None, "reg:5000/busybox", Always),
+            (None, "reg:5000/busybox:1.36", IfNotPresent),
+            (None, "busybox@sha256:abc", IfNotPresent),
+            (Some("Never"), "busybox", Never),
+            (Some("IfNotPresent"), "busybox:latest", IfNotPresent),
+            (Some("Always"), "busybox:1", Always),
+        ] {
+            assert_eq!(PullPolicy::of(written, image), want, "{written:?} {image}");
+        }
     }
 
     #[test]

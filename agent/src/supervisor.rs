@@ -156,7 +156,7 @@ impl Supervisor {
                     tracing::warn!(error = %e, "cannot remember the pod range");
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "pods get no address: the pod bridge failed"),
+            Err(e) => tracing::warn!(error = %e, "pods get no address: no pod network"),
         }
     }
 
@@ -704,8 +704,8 @@ async fn prepare(
                 "not connected to the controller".to_string(),
             )
         })?;
-        let always = c.image_pull_policy.as_deref() == Some("Always")
-            || (c.image_pull_policy.is_none() && c.image.ends_with(":latest"));
+        let policy = crate::registry::PullPolicy::of(c.image_pull_policy.as_deref(), &c.image);
+        let always = policy == crate::registry::PullPolicy::Always;
         let registry = crate::registry::names_a_registry(&c.image);
         let auth = if registry {
             pull_auth(inner, pod, &ns, &c.image).await
@@ -724,7 +724,7 @@ async fn prepare(
                         &auth,
                         &images,
                         &platform,
-                        always,
+                        policy,
                         inner.artifacts.registries(),
                     )
                     .await
@@ -751,7 +751,14 @@ async fn prepare(
                 digest.and_then(|d| images.blob_path(&d).map_err(Error::from))
             }
         }
-        .map_err(|e| ("ErrImagePull".to_string(), e.to_string()))?;
+        .map_err(|e| {
+            let reason = if policy == crate::registry::PullPolicy::Never && registry {
+                "ErrImageNeverPull"
+            } else {
+                "ErrImagePull"
+            };
+            (reason.to_string(), e.to_string())
+        })?;
         event(
             inner,
             pod,

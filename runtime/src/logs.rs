@@ -4,6 +4,17 @@
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
+/// The container's stdout and stderr: two handles on its log file, opened for appending.
+pub fn open_output(path: &Path) -> Result<(std::fs::File, std::fs::File)> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    let err = out.try_clone().map_err(|e| Error::io(path, e))?;
+    Ok((out, err))
+}
+
 /// The log of the run before the current one.
 pub fn previous_path(current: &Path) -> PathBuf {
     current.with_extension("previous.log")

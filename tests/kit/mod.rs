@@ -689,3 +689,33 @@ pub async fn apply_until_running(
         }
     }
 }
+
+/// A field of an object's JSON by dotted path (`status.containerStatuses.0.state`), as text:
+/// strings bare, anything else as JSON, a missing field empty.
+pub fn field(v: &serde_json::Value, path: &str) -> String {
+    let mut at = v;
+    for part in path.split('.') {
+        at = match part.parse::<usize>() {
+            Ok(i) => &at[i],
+            Err(_) => &at[part],
+        };
+    }
+    match at {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// Deletes the default namespace's pods matching `selector` (benchmarks' clean-up).
+pub async fn delete_pods(client: &shoal_transport::Client, selector: &str) {
+    client
+        .call(&shoal_transport::proto::Request::DeleteSelected {
+            kind: "Pod".into(),
+            namespace: Some("default".into()),
+            selector: selector.into(),
+            propagation: Default::default(),
+        })
+        .await
+        .expect("delete pods");
+}

@@ -350,12 +350,7 @@ impl RuncRuntime {
             let _ = std::fs::remove_dir_all(&bundle);
             return Err(e);
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&spec.log_path)
-            .map_err(|e| Error::io(&spec.log_path, e))?;
-        let log2 = log.try_clone().map_err(|e| Error::io(&spec.log_path, e))?;
+        let (log, log2) = crate::logs::open_output(&spec.log_path)?;
         // `$0` is the bundle, the rest is the runc command line: no quoting to get wrong.
         let script = r#""$@"; echo $? > "$0/exit.tmp" && mv "$0/exit.tmp" "$0/exit""#;
         let mut cmd = Command::new("/bin/sh");

@@ -104,6 +104,9 @@ pub struct PodNetwork {
     subnet: Subnet,
     leases: PathBuf,
     lock: std::sync::Mutex<()>,
+    /// Whether the bridge is known to be there: it is made by the first pod that needs it,
+    /// so a node that runs no OCI pod changes nothing in the host's network.
+    bridge_up: std::sync::atomic::AtomicBool,
 }
 
 fn net_err(what: &str, m: String) -> Error {
@@ -114,12 +117,28 @@ fn net_err(what: &str, m: String) -> Error {
 }
 
 impl PodNetwork {
-    /// Makes (or finds) the bridge with the range's gateway address, up.
+    /// The network of a node's pods: `bridge` holding `subnet`, leases under `data_dir`.
     pub fn new(bridge: &str, subnet: Subnet, data_dir: &Path) -> Result<PodNetwork> {
         let leases = data_dir
             .join("ipam")
             .join(subnet.to_string().replace('/', "_"));
         std::fs::create_dir_all(&leases).map_err(|e| Error::io(&leases, e))?;
+        Ok(PodNetwork {
+            bridge: bridge.to_string(),
+            subnet,
+            leases,
+            lock: std::sync::Mutex::new(()),
+            bridge_up: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Makes (or finds) the bridge with the range's gateway address, up.
+    fn ensure_bridge(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.bridge_up.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let (bridge, subnet) = (self.bridge.as_str(), self.subnet);
         if ip(&["link", "show", bridge]).is_err() {
             ip(&["link", "add", bridge, "type", "bridge"])
                 .map_err(|m| net_err(bridge, format!("creating the pod bridge: {m}")))?;
@@ -136,12 +155,8 @@ impl PodNetwork {
         }
         ip(&["link", "set", bridge, "up"])
             .map_err(|m| net_err(bridge, format!("bringing up the pod bridge: {m}")))?;
-        Ok(PodNetwork {
-            bridge: bridge.to_string(),
-            subnet,
-            leases,
-            lock: std::sync::Mutex::new(()),
-        })
+        self.bridge_up.store(true, Ordering::SeqCst);
+        Ok(())
     }
 
     pub fn subnet(&self) -> Subnet {
@@ -183,6 +198,7 @@ impl PodNetwork {
     /// Gives the pod's namespace `netns` (owned by `owner`, the pod's uid) its `eth0` on the
     /// bridge; returns its address. Done already (after an agent restart) is fine.
     pub fn attach(&self, netns: &str, owner: &str) -> Result<Ipv4Addr> {
+        self.ensure_bridge()?;
         let addr = self.lease(owner)?;
         if ip(&["-n", netns, "link", "show", "eth0"]).is_ok() {
             return Ok(addr);

@@ -44,12 +44,7 @@ fn wasi_builder(spec: &ContainerSpec) -> Result<WasiCtxBuilder> {
         id: spec.id.clone(),
         message,
     };
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&spec.log_path)
-        .map_err(|e| Error::io(&spec.log_path, e))?;
-    let log2 = log.try_clone().map_err(|e| Error::io(&spec.log_path, e))?;
+    let (log, log2) = crate::logs::open_output(&spec.log_path)?;
     let mut b = WasiCtxBuilder::new();
     b.args(&spec.argv)
         .envs(&spec.env)
