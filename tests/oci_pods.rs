@@ -86,18 +86,32 @@ fn runc_pods_run_log_crash_loop_get_oom_killed_complete_jobs_and_roll_out() {
     }
     let (c, _leftovers) = kit::oci_cluster(61, 1, &[]);
     let scratch = tempfile::tempdir().expect("tmp");
-    // Offline delivery: the layout pushed as a directory, and as an OCI archive tarball.
+    // Offline delivery: the layout pushed as a directory, and as an OCI archive tarball. An
+    // image goes up as its blobs: the second push sends none (two manifests, two configs and
+    // the one layer both platforms share are there already).
     let layout = busybox_layout(scratch.path());
-    c.shoal(&["push", layout.to_str().expect("utf-8"), "busybox:1"])
-        .ok();
+    let first = c.shoal(&["push", layout.to_str().expect("utf-8"), "busybox:1"]);
+    first.ok();
+    assert!(
+        first.stderr().contains("busybox:1: sent 5 of 5 blobs"),
+        "{}",
+        first.stderr()
+    );
     let archive = scratch.path().join("busybox.tar");
     std::fs::write(&archive, tar_dir(&layout).expect("tar")).expect("archive");
-    c.shoal(&[
+    let again = c.shoal(&[
         "push",
         archive.to_str().expect("utf-8"),
         "busybox-archive:1",
-    ])
-    .ok();
+    ]);
+    again.ok();
+    assert!(
+        again
+            .stderr()
+            .contains("busybox-archive:1: sent 0 of 5 blobs"),
+        "{}",
+        again.stderr()
+    );
 
     let manifests = [
         pod(
@@ -127,6 +141,17 @@ fn runc_pods_run_log_crash_loop_get_oom_killed_complete_jobs_and_roll_out() {
     let hello = c.pod("hello");
     assert_eq!(field(&hello, "status.phase"), "Running");
     assert!(field(&hello, "status.containerStatuses.0.state.running.startedAt").len() > 10);
+
+    // Three pods, two names, one image: the agent fetched this platform's manifest, config
+    // and layer once.
+    let log = c.agents[0].log();
+    let fetches: Vec<u32> = log
+        .lines()
+        .filter(|l| l.contains("image fetched from the controller"))
+        .filter_map(|l| l.split("fetched=").nth(1)?.split(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(fetches.len(), 3, "{log}");
+    assert_eq!(fetches.iter().sum::<u32>(), 3, "{log}");
 
     c.wait_for("the crasher's back-off", Duration::from_secs(60), |c| {
         let p = c.pod("crasher");

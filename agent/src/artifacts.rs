@@ -58,6 +58,33 @@ impl ArtifactCache {
         self.fetch(client, reference).await
     }
 
+    /// The blob `digest` into the image store `store`, fetched from the controller unless the
+    /// store has it; one fetch per digest at a time. True when it was fetched.
+    pub async fn get_into(
+        &self,
+        client: &Client,
+        digest: &str,
+        store: &std::sync::Arc<shoal_runtime::oci::image::ImageStore>,
+    ) -> Result<bool> {
+        let lock = self
+            .locks
+            .lock()
+            .map_err(|_| Error::Internal("artifact lock poisoned".into()))?
+            .entry(digest.to_string())
+            .or_default()
+            .clone();
+        let _held = lock.lock().await;
+        if store.has_blob(digest) {
+            return Ok(false);
+        }
+        let file = self.fetch(client, digest).await?;
+        let (store, digest) = (store.clone(), digest.to_string());
+        tokio::task::spawn_blocking(move || store.put_file(&digest, &file))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
+        Ok(true)
+    }
+
     /// The local path of a registry image: pulled unless `always` is false and an earlier
     /// pull of the same reference is cached (imagePullPolicy IfNotPresent).
     pub async fn pull(

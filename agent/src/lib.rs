@@ -3,6 +3,7 @@
 
 pub mod artifacts;
 pub mod error;
+pub mod images;
 pub mod join;
 pub mod node;
 pub mod pod_state;

@@ -729,18 +729,8 @@ async fn prepare(
                     )
                     .await
                 } else {
-                    match inner.artifacts.get(&client, &c.image).await {
-                        Ok(archive) => {
-                            let store = images.clone();
-                            tokio::task::spawn_blocking(move || {
-                                store.import_artifact(&archive, &platform)
-                            })
-                            .await
-                            .map_err(|e| Error::Internal(e.to_string()))
-                            .and_then(|r| r.map_err(Error::from))
-                        }
-                        Err(e) => Err(e),
-                    }
+                    crate::images::fetch(&inner.artifacts, &client, &images, &c.image, &platform)
+                        .await
                 };
                 if let Ok(d) = &digest {
                     if let Err(e) = images.record(&c.image, d) {

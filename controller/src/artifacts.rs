@@ -151,12 +151,15 @@ impl Artifacts {
             known.insert(actual.clone(), platforms.to_vec());
             write_map(&self.dir.join("platforms.json"), &known)?;
         }
-        let mut index = self
-            .index
-            .lock()
-            .map_err(|_| Error::Internal("artifact index lock poisoned".into()))?;
-        index.insert(normalize_reference(reference), actual.clone());
-        write_map(&self.dir.join("index.json"), &index)?;
+        // A blob pushed under its own digest (a layer of an image) needs no name.
+        if reference != actual {
+            let mut index = self
+                .index
+                .lock()
+                .map_err(|_| Error::Internal("artifact index lock poisoned".into()))?;
+            index.insert(normalize_reference(reference), actual.clone());
+            write_map(&self.dir.join("index.json"), &index)?;
+        }
         Ok(Blob {
             digest: actual,
             size,

@@ -379,6 +379,14 @@ impl Service {
                     ))),
                 }
             }
+            Request::Missing { digests } => {
+                let missing: Vec<&String> = digests
+                    .iter()
+                    .filter(|d| self.artifacts.resolve(d).is_err())
+                    .collect();
+                let json = serde_json::to_vec(&missing).map_err(|e| bad_request(e.to_string()))?;
+                one(Response::Json(json))
+            }
             Request::Images { ref node } => {
                 let key = ObjectKey::new(Kind::Node, None, node);
                 if self.store.get(&key)?.is_none() {

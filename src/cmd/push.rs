@@ -37,28 +37,81 @@ pub async fn run(args: Args) -> Result<()> {
 
 const CHUNK: usize = 256 * 1024;
 
-/// Uploads `file` as `reference`; returns its digest.
+/// Uploads `file` as `reference`; returns its digest. A container image goes up as its blobs
+/// (only those the controller lacks) and its top document under `reference`.
 pub async fn push(client: &Client, file: &Path, reference: &str) -> Result<String> {
-    let bytes = if file.is_dir() {
-        if !file.join("index.json").exists() {
-            bail!(
-                "{} is a directory but not an OCI image layout (it has no index.json)",
-                file.display()
-            );
-        }
-        shoal_runtime::oci::build::tar_dir(file)
-            .with_context(|| format!("archiving the image layout {}", file.display()))?
-    } else {
-        std::fs::read(file).with_context(|| format!("reading {}", file.display()))?
+    if file.is_dir() && !file.join("index.json").exists() {
+        bail!(
+            "{} is a directory but not an OCI image layout (it has no index.json)",
+            file.display()
+        );
+    }
+    let scratch = std::env::temp_dir().join(format!(
+        "shoal-push-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let collected = shoal_runtime::oci::collect::collect(file, &scratch)
+        .with_context(|| format!("reading the image {}", file.display()));
+    let result = match collected {
+        Ok(Some(image)) => push_image(client, image, reference).await,
+        Ok(None) => match std::fs::read(file) {
+            Ok(bytes) => upload(client, &bytes, reference, vec![]).await,
+            Err(e) => Err(anyhow::anyhow!("reading {}: {e}", file.display())),
+        },
+        Err(e) => Err(e),
     };
-    // A container image says which platforms it has, so the scheduler keeps its pods off
-    // nodes it cannot run on.
-    let platforms: Vec<String> = shoal_runtime::oci::image::image_platforms(file)
-        .with_context(|| format!("reading the image {}", file.display()))?
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    let digest = format!("sha256:{}", hex_digest(&bytes));
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+/// A container image: the blobs the controller lacks, then the top document, tagged, with
+/// the image's platforms for the scheduler.
+async fn push_image(
+    client: &Client,
+    image: shoal_runtime::oci::collect::Collected,
+    reference: &str,
+) -> Result<String> {
+    let digests: Vec<String> = image.blobs.keys().cloned().collect();
+    let missing: Vec<String> = match check(
+        client
+            .call(&Request::Missing {
+                digests: digests.clone(),
+            })
+            .await?,
+    )? {
+        Response::Json(json) => serde_json::from_slice(&json).context("the controller's answer")?,
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    let mut sent = 0u64;
+    for digest in &missing {
+        let path = &image.blobs[digest];
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        upload(client, &bytes, digest, vec![]).await?;
+        sent += bytes.len() as u64;
+    }
+    eprintln!(
+        "{reference}: sent {} of {} blobs ({:.1} MiB); the controller had the others",
+        missing.len(),
+        digests.len(),
+        sent as f64 / 1048576.0
+    );
+    let platforms = image.platforms.iter().map(ToString::to_string).collect();
+    upload(client, &image.top, reference, platforms).await
+}
+
+/// Uploads `bytes` as `reference`, with progress on large uploads; returns their digest.
+async fn upload(
+    client: &Client,
+    bytes: &[u8],
+    reference: &str,
+    platforms: Vec<String>,
+) -> Result<String> {
+    let digest = format!("sha256:{}", hex_digest(bytes));
     let size = bytes.len() as u64;
     let conn = client.connection();
     let (mut send, mut recv) = conn.open_bi().await.context("opening an upload stream")?;
@@ -74,7 +127,7 @@ pub async fn push(client: &Client, file: &Path, reference: &str) -> Result<Strin
     .await?;
     let show = size > 4 * CHUNK as u64 || std::io::stderr().is_terminal();
     let started = Instant::now();
-    let mut reader = &bytes[..];
+    let mut reader = bytes;
     let mut sent = 0u64;
     let mut buf = vec![0u8; CHUNK];
     loop {

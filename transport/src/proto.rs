@@ -89,6 +89,11 @@ pub enum Request {
         reason: String,
         message: String,
     },
+    /// Which of these blobs (`sha256:...`) the controller does not hold, as a JSON list in
+    /// [`Response::Json`]: `shoal push` sends an image's blobs only when they are missing.
+    Missing {
+        digests: Vec<String>,
+    },
     /// The container images a node holds, relayed to it; answered with [`Response::Json`].
     Images {
         node: String,

@@ -9,6 +9,7 @@
 //! follows it again instead of starting a duplicate.
 
 pub mod build;
+pub mod collect;
 pub mod image;
 pub mod layer;
 pub mod netns;

@@ -138,6 +138,14 @@ impl PodNetwork {
         if self.bridge_up.load(Ordering::SeqCst) {
             return Ok(());
         }
+        // Pods start at once: one of them makes the bridge, the others find it.
+        let _held = self
+            .lock
+            .lock()
+            .map_err(|_| Error::Internal("ipam lock poisoned".into()))?;
+        if self.bridge_up.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         let (bridge, subnet) = (self.bridge.as_str(), self.subnet);
         if ip(&["link", "show", bridge]).is_err() {
             ip(&["link", "add", bridge, "type", "bridge"])
