@@ -21,14 +21,6 @@ use std::time::{Duration, Instant};
 
 const RUNS: usize = 30;
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 fn pod(name: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -99,7 +91,6 @@ fn bare_runc(dir: &Path, layout: &Path) -> Vec<Duration> {
         assert!(out.success(), "runc run --detach failed: {out}");
         runc(&root, &["delete", "--force", &id]);
     }
-    times.sort();
     times
 }
 
@@ -125,7 +116,7 @@ fn main() {
         };
         let layer = busybox_layer(Path::new("/bin/busybox")).expect("layer");
         write_layout(&layout, "busybox:1", &[(spec, vec![layer])]).expect("layout");
-        let bare = bare_runc(dir.path(), &layout);
+        let mut bare = bare_runc(dir.path(), &layout);
 
         let controller = Controller::start(&dir.path().join("controller"));
         let agent = Agent::start(&controller, "bench-node", &dir.path().join("agent"));
@@ -150,7 +141,6 @@ fn main() {
             let name = format!("oci-{i}");
             cached.push(apply_until_running(&client, &name, pod(&name)).await);
         }
-        cached.sort();
         kit::delete_pods(&client, "bench=oci").await;
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline
@@ -163,14 +153,12 @@ fn main() {
 
         println!("OCI pods on a loopback cluster (controller + 1 agent, runc, busybox image):");
         println!(
-            "  bare `runc run --detach`, same image:           median {:>7.1} ms  p99 {:>7.1} ms",
-            ms(percentile(&bare, 0.5)),
-            ms(percentile(&bare, 0.99))
+            "{}",
+            kit::latency_row("bare `runc run --detach`, same image:", &mut bare, 1)
         );
         println!(
-            "  apply to Running, image on the node:            median {:>7.1} ms  p99 {:>7.1} ms",
-            ms(percentile(&cached, 0.5)),
-            ms(percentile(&cached, 0.99))
+            "{}",
+            kit::latency_row("apply to Running, image on the node:", &mut cached, 1)
         );
         drop(agent);
     });

@@ -15,14 +15,6 @@ use shoal_transport::proto::{Request, Response};
 use shoal_transport::Client;
 use std::time::{Duration, Instant};
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 /// A copy of a module with a custom section appended: valid, and a digest of its own.
 fn variant(module: &[u8], n: usize) -> Vec<u8> {
     let name = format!("shoal-bench-{n}");
@@ -147,8 +139,6 @@ fn main() {
             bare.start(spec).expect("start").wait().await;
             run.push(t.elapsed());
         }
-        compile.sort();
-        run.sort();
 
         let controller = Controller::start(&dir.path().join("controller"));
         std::env::set_var("SHOAL_BENCH_CONFIG", controller.config());
@@ -200,8 +190,6 @@ fn main() {
                 .await,
             );
         }
-        cold.sort();
-        warm.sort();
         kit::delete_pods(&client, "bench=wasm").await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let base = rss_kib(pid);
@@ -214,24 +202,24 @@ fn main() {
 
         println!("wasm pods on a loopback cluster (controller + 1 agent, release build):");
         println!(
-            "  bare wasmtime, compile hello.wasm (64 KiB):      median {:>7.1} ms  p99 {:>7.1} ms",
-            ms(percentile(&compile, 0.5)),
-            ms(percentile(&compile, 0.99))
+            "{}",
+            kit::latency_row(
+                "bare wasmtime, compile hello.wasm (64 KiB):",
+                &mut compile,
+                1
+            )
         );
         println!(
-            "  bare wasmtime, start to exit (precompiled):      median {:>7.2} ms  p99 {:>7.2} ms",
-            ms(percentile(&run, 0.5)),
-            ms(percentile(&run, 0.99))
+            "{}",
+            kit::latency_row("bare wasmtime, start to exit (precompiled):", &mut run, 2)
         );
         println!(
-            "  apply to Running, cold (fetch + compile):        median {:>7.1} ms  p99 {:>7.1} ms",
-            ms(percentile(&cold, 0.5)),
-            ms(percentile(&cold, 0.99))
+            "{}",
+            kit::latency_row("apply to Running, cold (fetch + compile):", &mut cold, 1)
         );
         println!(
-            "  apply to Running, compile cache warm:            median {:>7.1} ms  p99 {:>7.1} ms",
-            ms(percentile(&warm, 0.5)),
-            ms(percentile(&warm, 0.99))
+            "{}",
+            kit::latency_row("apply to Running, compile cache warm:", &mut warm, 1)
         );
         println!(
             "  agent resident memory, idle:                     {:>7.1} MiB",

@@ -38,6 +38,17 @@ impl ArtifactCache {
         })
     }
 
+    /// The lock that keeps fetches of one reference (or digest) one at a time.
+    fn lock_for(&self, key: &str) -> Result<Arc<tokio::sync::Mutex<()>>> {
+        Ok(self
+            .locks
+            .lock()
+            .map_err(|_| Error::Internal("artifact lock poisoned".into()))?
+            .entry(key.to_string())
+            .or_default()
+            .clone())
+    }
+
     fn by_reference(&self, reference: &str) -> PathBuf {
         self.dir.join(format!(
             "ref-{}",
@@ -47,13 +58,7 @@ impl ArtifactCache {
 
     /// The local path of `reference`, fetching what is missing.
     pub async fn get(&self, client: &Client, reference: &str) -> Result<PathBuf> {
-        let lock = self
-            .locks
-            .lock()
-            .map_err(|_| Error::Internal("artifact lock poisoned".into()))?
-            .entry(reference.to_string())
-            .or_default()
-            .clone();
+        let lock = self.lock_for(reference)?;
         let _held = lock.lock().await;
         self.fetch(client, reference).await
     }
@@ -66,13 +71,7 @@ impl ArtifactCache {
         digest: &str,
         store: &std::sync::Arc<shoal_runtime::oci::image::ImageStore>,
     ) -> Result<bool> {
-        let lock = self
-            .locks
-            .lock()
-            .map_err(|_| Error::Internal("artifact lock poisoned".into()))?
-            .entry(digest.to_string())
-            .or_default()
-            .clone();
+        let lock = self.lock_for(digest)?;
         let _held = lock.lock().await;
         if store.has_blob(digest) {
             return Ok(false);
@@ -93,13 +92,7 @@ impl ArtifactCache {
         auth: &oci_client::secrets::RegistryAuth,
         always: bool,
     ) -> Result<PathBuf> {
-        let lock = self
-            .locks
-            .lock()
-            .map_err(|_| Error::Internal("artifact lock poisoned".into()))?
-            .entry(image.to_string())
-            .or_default()
-            .clone();
+        let lock = self.lock_for(image)?;
         let _held = lock.lock().await;
         let pin = self.by_reference(image).with_extension("digest");
         if !always {

@@ -719,3 +719,15 @@ pub async fn delete_pods(client: &shoal_transport::Client, selector: &str) {
         .await
         .expect("delete pods");
 }
+
+/// A latency line of a benchmark: median and p99 of `samples` (sorted here).
+pub fn latency_row(label: &str, samples: &mut [Duration], decimals: usize) -> String {
+    samples.sort();
+    let at = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    format!(
+        "  {label:<48} median {:>7.decimals$} ms  p99 {:>7.decimals$} ms",
+        ms(at(0.5)),
+        ms(at(0.99))
+    )
+}
