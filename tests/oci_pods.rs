@@ -459,6 +459,43 @@ spec:
         .count();
     assert_eq!(scratch_left, 0, "a refused layer leaves nothing behind");
 
+    // Two containers of one pod share its network (the client reaches the server on
+    // 127.0.0.1) and its volumes: a configMap mounted read-only, an emptyDir both write.
+    let duo = r#"apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {greeting: "hi from a configmap"}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: duo}
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes:
+  - {name: settings, configMap: {name: settings}}
+  - {name: shared, emptyDir: {}}
+  containers:
+  - name: server
+    image: busybox:1
+    command: [sh, -c, "mkdir -p /www && cp /settings/greeting /www/index.html && exec httpd -f -p 9090 -h /www"]
+    volumeMounts: [{name: settings, mountPath: /settings, readOnly: true}]
+  - name: client
+    image: busybox:1
+    command: [sh, -c, "until wget -q -O /shared/got http://127.0.0.1:9090/; do sleep 0.2; done; cat /shared/got; echo; touch /settings/x 2>/dev/null || echo read-only; sleep 600"]
+    volumeMounts: [{name: settings, mountPath: /settings, readOnly: true}, {name: shared, mountPath: /shared}]
+"#;
+    c.controller
+        .shoal_stdin(&["apply", "-f", "-"], Some(duo))
+        .ok();
+    c.wait_for(
+        "the client container to reach its neighbour",
+        Duration::from_secs(60),
+        |c| {
+            c.shoal(&["logs", "duo", "-c", "client"]).stdout() == "hi from a configmap\nread-only\n"
+        },
+    );
+    c.shoal(&["delete", "pod", "duo"]).ok();
+
     // Deleting the pods removes their containers and network namespaces.
     c.shoal(&["delete", "deploy", "web"]).ok();
     c.shoal(&["delete", "job", "count"]).ok();

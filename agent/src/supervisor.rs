@@ -704,51 +704,8 @@ async fn prepare(
                 "not connected to the controller".to_string(),
             )
         })?;
-        let policy = crate::registry::PullPolicy::of(c.image_pull_policy.as_deref(), &c.image);
-        let always = policy == crate::registry::PullPolicy::Always;
-        let registry = crate::registry::names_a_registry(&c.image);
-        let auth = if registry {
-            pull_auth(inner, pod, &ns, &c.image).await
-        } else {
-            oci_client::secrets::RegistryAuth::Anonymous
-        };
-        let artifact = match &runc {
-            None if registry => inner.artifacts.pull(&c.image, &auth, always).await,
-            None => inner.artifacts.get(&client, &c.image).await,
-            Some(runc) => {
-                let images = runc.images().clone();
-                let platform = Platform::host();
-                let digest = if registry {
-                    crate::registry::pull_image(
-                        &c.image,
-                        &auth,
-                        &images,
-                        &platform,
-                        policy,
-                        inner.artifacts.registries(),
-                    )
-                    .await
-                } else {
-                    crate::images::fetch(&inner.artifacts, &client, &images, &c.image, &platform)
-                        .await
-                };
-                if let Ok(d) = &digest {
-                    if let Err(e) = images.record(&c.image, d) {
-                        tracing::warn!(image = %c.image, error = %e, "cannot record the image");
-                    }
-                    images_used.push(d.clone());
-                }
-                digest.and_then(|d| images.blob_path(&d).map_err(Error::from))
-            }
-        }
-        .map_err(|e| {
-            let reason = if policy == crate::registry::PullPolicy::Never && registry {
-                "ErrImageNeverPull"
-            } else {
-                "ErrImagePull"
-            };
-            (reason.to_string(), e.to_string())
-        })?;
+        let (artifact, image) = container_image(inner, pod, &ns, c, &client, runc.as_ref()).await?;
+        images_used.extend(image);
         event(
             inner,
             pod,
@@ -981,6 +938,60 @@ fn security(sc: Option<&shoal_api::SecurityContext>) -> std::result::Result<Secu
             .map(|c| c.drop.clone())
             .unwrap_or_default(),
     })
+}
+
+/// The container's image on local disk: for wasm the module, for OCI the image manifest in
+/// the node's store (and its digest, kept from garbage collection). From the controller or a
+/// registry, by the container's imagePullPolicy.
+async fn container_image(
+    inner: &Inner,
+    pod: &Pod,
+    ns: &str,
+    c: &shoal_api::Container,
+    client: &shoal_transport::Client,
+    runc: Option<&Arc<RuncRuntime>>,
+) -> std::result::Result<(PathBuf, Option<String>), (String, String)> {
+    use crate::registry::PullPolicy;
+    let policy = PullPolicy::of(c.image_pull_policy.as_deref(), &c.image);
+    let registry = crate::registry::names_a_registry(&c.image);
+    let auth = if registry {
+        pull_auth(inner, pod, ns, &c.image).await
+    } else {
+        oci_client::secrets::RegistryAuth::Anonymous
+    };
+    let failed = |e: Error| {
+        let reason = if policy == PullPolicy::Never && registry {
+            "ErrImageNeverPull"
+        } else {
+            "ErrImagePull"
+        };
+        (reason.to_string(), e.to_string())
+    };
+    let Some(runc) = runc else {
+        let path = if registry {
+            let always = policy == PullPolicy::Always;
+            inner.artifacts.pull(&c.image, &auth, always).await
+        } else {
+            inner.artifacts.get(client, &c.image).await
+        };
+        return path.map(|p| (p, None)).map_err(failed);
+    };
+    let images = runc.images().clone();
+    let platform = Platform::host();
+    let digest = if registry {
+        let registries = inner.artifacts.registries();
+        crate::registry::pull_image(&c.image, &auth, &images, &platform, policy, registries).await
+    } else {
+        crate::images::fetch(&inner.artifacts, client, &images, &c.image, &platform).await
+    }
+    .map_err(failed)?;
+    if let Err(e) = images.record(&c.image, &digest) {
+        tracing::warn!(image = %c.image, error = %e, "cannot record the image");
+    }
+    let path = images
+        .blob_path(&digest)
+        .map_err(|e| failed(Error::from(e)))?;
+    Ok((path, Some(digest)))
 }
 
 /// Registry credentials for `image` from the pod's imagePullSecrets.

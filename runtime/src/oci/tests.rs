@@ -176,3 +176,36 @@ async fn runc_container_is_found_again_by_a_new_runtime() {
         Vec::<String>::new()
     );
 }
+
+#[tokio::test]
+async fn runc_runs_from_a_copied_root_when_there_is_no_overlayfs() {
+    let Some(runc) = runc_or_skip("runc_runs_from_a_copied_root_when_there_is_no_overlayfs") else {
+        return;
+    };
+    let f = Fixture::new(runc.clone());
+    let copying = Arc::new(
+        RuncRuntime::new(runc, f.dir.path(), f.rt.images().clone())
+            .expect("runtime")
+            .copying_rootfs(),
+    );
+    // Writes stay in the container's own copy: the image is untouched for the next one.
+    let s = f.spec(
+        "copy",
+        &[
+            "sh",
+            "-c",
+            "echo $GREETING > /tmp/mine; cat /tmp/mine; ls /bin/busybox",
+        ],
+    );
+    let h = copying.run(s).expect("start");
+    assert_eq!(h.wait().await.reason, ExitReason::Completed);
+    assert_eq!(f.log("copy"), "hello\n/bin/busybox\n");
+    let s = f.spec("fresh", &["sh", "-c", "cat /tmp/mine || echo fresh"]);
+    let h = copying.run(s).expect("start");
+    h.wait().await;
+    let log = f.log("fresh");
+    assert!(
+        log.lines().any(|l| l == "fresh") && !log.contains("hello"),
+        "{log}"
+    );
+}
