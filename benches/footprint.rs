@@ -1,0 +1,163 @@
+//! Per target: the size of the release `shoal` binary, and the agent's resident memory once it
+//! has joined and is idle. The x86_64 agent runs natively; the ARM ones run under qemu-user
+//! (the stand-in for a Raspberry Pi), and their figure is qemu's process, labelled as such:
+//! qemu adds its own translator and code cache, so a real Pi uses less.
+//!
+//! Run with `cargo bench --bench footprint`. It builds each release binary first (a fat-LTO
+//! cross build takes several minutes on 2 cores); `SHOAL_BENCH_NO_BUILD=1` measures whatever
+//! is already built. ARM targets need Debian's cross gcc and qemu-user-static, and are skipped
+//! with the reason when they are missing.
+
+#[path = "../tests/kit/mod.rs"]
+mod kit;
+
+use kit::{rss_kib, Agent, Controller};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+struct Target {
+    triple: &'static str,
+    /// The program that runs it on this x86 machine (`None`: natively).
+    qemu: Option<(&'static str, Option<&'static str>)>,
+    note: &'static str,
+}
+
+const TARGETS: [Target; 3] = [
+    Target {
+        triple: "x86_64-unknown-linux-gnu",
+        qemu: None,
+        note: "glibc, dynamic; native",
+    },
+    Target {
+        triple: "aarch64-unknown-linux-musl",
+        qemu: Some(("qemu-aarch64-static", None)),
+        note: "musl, static; under qemu",
+    },
+    Target {
+        triple: "armv7-unknown-linux-gnueabihf",
+        qemu: Some(("qemu-arm-static", Some("/usr/arm-linux-gnueabihf"))),
+        note: "glibc, dynamic; under qemu",
+    },
+];
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()))
+}
+
+/// The release binary for `t`, built unless SHOAL_BENCH_NO_BUILD is set.
+fn binary(t: &Target) -> Result<PathBuf, String> {
+    let native = t.qemu.is_none();
+    let path = if native {
+        repo().join("target/release/shoal")
+    } else {
+        repo().join("target").join(t.triple).join("release/shoal")
+    };
+    if std::env::var_os("SHOAL_BENCH_NO_BUILD").is_none() {
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["build", "--release", "--quiet", "--bin", "shoal"])
+            .arg("--manifest-path")
+            .arg(repo().join("Cargo.toml"));
+        if !native {
+            cmd.args(["--target", t.triple]);
+        }
+        let out = cmd.output().map_err(|e| format!("cargo: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "building for {} failed: {}",
+                t.triple,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!("{} is not built", path.display()))
+    }
+}
+
+/// The agent's resident memory, idle, a few seconds after its node is Ready.
+fn idle_rss(t: &Target, bin: &Path, controller: &Controller, dir: &Path) -> u64 {
+    let mut program: Vec<OsString> = Vec::new();
+    if let Some((qemu, sysroot)) = t.qemu {
+        program.push(qemu.into());
+        if let Some(s) = sysroot {
+            program.extend(["-L".into(), s.into()]);
+        }
+    }
+    program.push(bin.into());
+    let program: Vec<&std::ffi::OsStr> = program.iter().map(OsString::as_os_str).collect();
+    let token = std::fs::read_to_string(controller.dir.join("token")).expect("token");
+    let name = format!("bench-{}", t.triple.split('-').next().unwrap_or("node"));
+    let agent = Agent::start_program(
+        &program,
+        controller,
+        &name,
+        &dir.join(&name),
+        token.trim(),
+        &[],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    while std::time::Instant::now() < deadline {
+        let out = controller
+            .shoal(&["get", "node", &name, "--no-headers"])
+            .stdout();
+        if out.split_whitespace().nth(1) == Some("Ready") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    rss_kib(agent.pid().expect("agent pid"))
+}
+
+fn main() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let controller = Controller::start(&dir.path().join("controller"));
+    let mut rows = Vec::new();
+    for t in &TARGETS {
+        if let Some((qemu, _)) = t.qemu {
+            let gcc = if t.triple.starts_with("aarch64") {
+                "aarch64-linux-gnu-gcc"
+            } else {
+                "arm-linux-gnueabihf-gcc"
+            };
+            if !on_path(qemu) || !on_path(gcc) {
+                println!(
+                    "{}: skipped (needs {qemu} and {gcc}: apt-get install qemu-user-static and the cross gcc)",
+                    t.triple
+                );
+                continue;
+            }
+        }
+        let bin = match binary(t) {
+            Ok(b) => b,
+            Err(e) => {
+                println!("{}: skipped ({e})", t.triple);
+                continue;
+            }
+        };
+        let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
+        let rss = idle_rss(t, &bin, &controller, dir.path());
+        rows.push((t.triple, t.note, size, rss));
+    }
+    println!("shoal release binaries and idle agents (2-core x86 host):");
+    println!(
+        "  {:<32} {:<28} {:>10} {:>22}",
+        "target", "build; how it ran", "binary", "agent idle RSS"
+    );
+    for (triple, note, size, rss) in rows {
+        println!(
+            "  {triple:<32} {note:<28} {:>7.1} MB {:>18.1} MiB",
+            size as f64 / 1e6,
+            rss as f64 / 1024.0
+        );
+    }
+}
