@@ -95,7 +95,14 @@ fn idle_rss(t: &Target, bin: &Path, controller: &Controller, dir: &Path) -> u64 
     program.push(bin.into());
     let program: Vec<&std::ffi::OsStr> = program.iter().map(OsString::as_os_str).collect();
     let token = std::fs::read_to_string(controller.dir.join("token")).expect("token");
-    let name = format!("bench-{}", t.triple.split('-').next().unwrap_or("node"));
+    let name = format!(
+        "bench-{}",
+        t.triple
+            .split('-')
+            .next()
+            .unwrap_or("node")
+            .replace('_', "-")
+    );
     let agent = Agent::start_program(
         &program,
         controller,
@@ -105,13 +112,19 @@ fn idle_rss(t: &Target, bin: &Path, controller: &Controller, dir: &Path) -> u64 
         &[],
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(180);
-    while std::time::Instant::now() < deadline {
+    loop {
         let out = controller
             .shoal(&["get", "node", &name, "--no-headers"])
             .stdout();
         if out.split_whitespace().nth(1) == Some("Ready") {
             break;
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the {} agent did not get Ready:\n{}",
+            t.triple,
+            agent.log()
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
     std::thread::sleep(Duration::from_secs(5));
