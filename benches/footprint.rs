@@ -51,22 +51,20 @@ fn on_path(tool: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()))
 }
 
-/// The release binary for `t`, built unless SHOAL_BENCH_NO_BUILD is set.
+/// The release binary for `t`: for this machine, the one cargo built for this benchmark; for
+/// the others, cross-built unless SHOAL_BENCH_NO_BUILD is set.
 fn binary(t: &Target) -> Result<PathBuf, String> {
     let native = t.qemu.is_none();
-    let path = if native {
-        repo().join("target/release/shoal")
-    } else {
-        repo().join("target").join(t.triple).join("release/shoal")
-    };
+    if native {
+        return Ok(PathBuf::from(kit::shoal_bin()));
+    }
+    let path = repo().join("target").join(t.triple).join("release/shoal");
     if std::env::var_os("SHOAL_BENCH_NO_BUILD").is_none() {
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         cmd.args(["build", "--release", "--quiet", "--bin", "shoal"])
             .arg("--manifest-path")
-            .arg(repo().join("Cargo.toml"));
-        if !native {
-            cmd.args(["--target", t.triple]);
-        }
+            .arg(repo().join("Cargo.toml"))
+            .args(["--target", t.triple]);
         let out = cmd.output().map_err(|e| format!("cargo: {e}"))?;
         if !out.status.success() {
             return Err(format!(
