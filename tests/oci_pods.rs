@@ -481,7 +481,7 @@ spec:
     volumeMounts: [{name: settings, mountPath: /settings, readOnly: true}]
   - name: client
     image: busybox:1
-    command: [sh, -c, "until wget -q -O /shared/got http://127.0.0.1:9090/; do sleep 0.2; done; cat /shared/got; echo; touch /settings/x 2>/dev/null || echo read-only; sleep 600"]
+    command: [sh, -c, "until wget -q -O /shared/got http://127.0.0.1:9090/ 2>/dev/null; do sleep 0.2; done; cat /shared/got; echo; touch /settings/x 2>/dev/null || echo read-only; sleep 600"]
     volumeMounts: [{name: settings, mountPath: /settings, readOnly: true}, {name: shared, mountPath: /shared}]
 "#;
     c.controller

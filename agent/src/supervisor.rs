@@ -42,6 +42,8 @@ struct PodRun {
     pod_ip: Option<String>,
     /// The manifest digests of the container images it runs: kept from garbage collection.
     images: Vec<String>,
+    /// Held while a status report is taken and sent.
+    reporting: Arc<tokio::sync::Mutex<()>>,
 }
 
 struct Inner {
@@ -316,6 +318,7 @@ impl Supervisor {
             readiness: None,
             pod_ip: None,
             images: Vec::new(),
+            reporting: Arc::default(),
         }));
         if let Ok(mut m) = self.0.pods.lock() {
             m.insert(
@@ -440,6 +443,13 @@ fn client(inner: &Inner) -> Option<Arc<shoal_transport::Client>> {
 /// session reports everything again).
 async fn report(inner: &Inner, state: &Arc<Mutex<PodRun>>) {
     let Some(client) = client(inner) else { return };
+    // One report of a pod at a time, each taken when it gets its turn: containers report at
+    // once, and an older picture sent last would stay the pod's status.
+    let turn = match state.lock() {
+        Ok(s) => s.reporting.clone(),
+        Err(_) => return,
+    };
+    let _turn = turn.lock().await;
     let host_ip =
         crate::node::source_ip(client.connection().remote_address()).map(|ip| ip.to_string());
     let pod = match state.lock() {
