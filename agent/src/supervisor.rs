@@ -210,12 +210,10 @@ impl Supervisor {
             let store = runc.images();
             let fs = rustix::fs::statvfs(store.dir()).map_err(|e| Error::io(store.dir(), e))?;
             let total = fs.f_blocks.saturating_mul(fs.f_frsize);
-            let free = fs.f_bavail.saturating_mul(fs.f_frsize);
-            let used = total.saturating_sub(free);
-            if total == 0 || used.saturating_mul(100) < total.saturating_mul(u64::from(high)) {
+            let available = fs.f_bavail.saturating_mul(fs.f_frsize);
+            let Some(need) = shoal_runtime::oci::image::gc_need(total, available, high, low) else {
                 return Ok((vec![], 0));
-            }
-            let need = used.saturating_sub(total / 100 * u64::from(low));
+            };
             let plan = shoal_runtime::oci::image::plan_gc(&store.list()?, &in_use, need);
             let freed = store.remove(&plan)?;
             Ok::<_, Error>((plan, freed))

@@ -597,6 +597,17 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// How many bytes image garbage collection must free on a disk of `total` bytes with
+/// `available` free, counted as the kubelet counts it: nothing (`None`) below `high` percent
+/// used, else down to `low` percent.
+pub fn gc_need(total: u64, available: u64, high: u8, low: u8) -> Option<u64> {
+    let used = total.saturating_sub(available);
+    if total == 0 || used.saturating_mul(100) < total.saturating_mul(u64::from(high)) {
+        return None;
+    }
+    Some(used.saturating_sub(total / 100 * u64::from(low)))
+}
+
 /// Which images garbage collection removes to free `need` bytes: those not in use, least
 /// recently used first, until enough is freed (or none is left to remove).
 pub fn plan_gc(
@@ -1004,6 +1015,26 @@ mod tests {
         let wasm = d.path().join("m.wasm");
         fs::write(&wasm, b"\0asm\x01\0\0\0").expect("wasm");
         assert_eq!(image_platforms(&wasm).expect("wasm"), vec![]);
+    }
+
+    #[test]
+    fn collection_starts_at_the_high_threshold_and_frees_down_to_the_low_one() {
+        let cases = [
+            // (total, available, high, low, need)
+            (1000, 500, 85, 80, None),
+            (1000, 151, 85, 80, None),
+            (1000, 150, 85, 80, Some(50)),
+            (1000, 100, 85, 80, Some(100)),
+            (1000, 100, 0, 0, Some(900)),
+            (0, 0, 85, 80, None),
+        ];
+        for (total, available, high, low, want) in cases {
+            assert_eq!(
+                gc_need(total, available, high, low),
+                want,
+                "{total} {available} {high} {low}"
+            );
+        }
     }
 
     #[test]
