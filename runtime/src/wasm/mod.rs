@@ -1,19 +1,27 @@
-//! The wasm executor: one wasmtime `Engine` per process, each artifact compiled once and cached
-//! on disk by digest, a fresh `Store` per container on its own thread. Epoch interruption stops
-//! guests promptly and throttles them to their CPU limit; `StoreLimits` caps linear memory.
+//! The wasm executor: one wasmtime `Engine` per process, each artifact compiled once (here, or
+//! by the controller for this node's target) and cached on disk by digest, a fresh `Store` per
+//! container on its own thread. Epoch interruption stops guests promptly and throttles them to
+//! their CPU limit; `StoreLimits` caps linear memory.
 
 mod cache;
+mod precompile;
 mod run;
+mod target;
+
+pub use cache::DEFAULT_DISK_LIMIT;
+pub use precompile::Precompiler;
+pub use target::{host_target, WASMTIME_VERSION};
 
 use crate::error::{Error, Result};
 use crate::handle::Handle;
 use crate::{ContainerSpec, Workload};
 use cache::Cache;
+use shoal_api::WasmTarget;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use wasmtime::{Config, Engine};
+use wasmtime::Engine;
 
 /// How often the engine's epoch advances: the granularity of stopping and CPU throttling.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -21,17 +29,24 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub struct WasmRuntime {
     engine: Engine,
     cache: Arc<Cache>,
+    target: WasmTarget,
     ticking: Arc<AtomicBool>,
 }
 
 impl WasmRuntime {
-    /// An engine whose compiled artifacts are cached under `cache_dir`.
+    /// An engine whose compiled artifacts are cached under `cache_dir`, at most
+    /// [`DEFAULT_DISK_LIMIT`] bytes of them.
     pub fn new(cache_dir: &Path) -> Result<WasmRuntime> {
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        config.wasm_component_model(true);
-        let engine = Engine::new(&config).map_err(|e| Error::Engine(e.to_string()))?;
-        let cache = Arc::new(Cache::new(cache_dir, &engine)?);
+        WasmRuntime::with_cache_limit(cache_dir, DEFAULT_DISK_LIMIT)
+    }
+
+    /// An engine whose compiled artifacts are cached under `cache_dir`, the least recently
+    /// used removed past `disk_limit` bytes.
+    pub fn with_cache_limit(cache_dir: &Path, disk_limit: u64) -> Result<WasmRuntime> {
+        let engine =
+            Engine::new(&target::config(None)?).map_err(|e| Error::Engine(e.to_string()))?;
+        let cache = Arc::new(Cache::new(cache_dir, &engine, disk_limit)?);
+        let target = host_target(&engine);
         let ticking = Arc::new(AtomicBool::new(true));
         let (e, t) = (engine.clone(), ticking.clone());
         std::thread::Builder::new()
@@ -46,6 +61,7 @@ impl WasmRuntime {
         Ok(WasmRuntime {
             engine,
             cache,
+            target,
             ticking,
         })
     }
@@ -62,6 +78,27 @@ impl WasmRuntime {
     /// How many artifacts this process compiled itself (not loaded from the cache).
     pub fn local_compilations(&self) -> u64 {
         self.cache.compilations()
+    }
+
+    /// How many artifacts arrived precompiled (from the controller) and were taken.
+    pub fn precompiled_installs(&self) -> u64 {
+        self.cache.installed()
+    }
+
+    /// What this engine loads precompiled code for; the node reports it to the controller.
+    pub fn target(&self) -> &WasmTarget {
+        &self.target
+    }
+
+    /// Whether the artifact with this sha256 (hex) is compiled already (in memory or on disk).
+    pub fn is_compiled(&self, digest_hex: &str) -> bool {
+        self.cache.has(digest_hex)
+    }
+
+    /// Takes code precompiled for this node's target for the artifact at `artifact`, if this
+    /// engine accepts it; an error (nothing kept) means it is to be compiled here.
+    pub fn install_precompiled(&self, artifact: &Path, code: &Path) -> Result<()> {
+        self.cache.install(&self.engine, artifact, code)
     }
 }
 

@@ -3,6 +3,8 @@
 use super::*;
 use crate::handle::ExitReason;
 use crate::ContainerSpec;
+use sha2::Digest;
+use std::path::PathBuf;
 use std::time::Instant;
 
 const HELLO: &str = r#"(module
@@ -148,4 +150,123 @@ fn compiled_artifacts_are_cached_on_disk_across_restarts() {
         0,
         "a restart loads the precompiled file"
     );
+}
+
+#[test]
+fn code_precompiled_for_this_node_is_taken_and_nothing_is_compiled_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let artifact = dir.path().join("hello.wat");
+    std::fs::write(&artifact, HELLO).unwrap();
+    let runtime = WasmRuntime::new(&dir.path().join("cache")).unwrap();
+    // What the controller does for this node: compile for the target the node reports.
+    let code = Precompiler::new()
+        .compile(runtime.target(), HELLO.as_bytes())
+        .unwrap();
+    let code_path = dir.path().join("hello.cwasm");
+    std::fs::write(&code_path, code).unwrap();
+    let digest = hex::encode(sha2::Sha256::digest(HELLO.as_bytes()));
+    assert!(!runtime.is_compiled(&digest));
+    runtime.install_precompiled(&artifact, &code_path).unwrap();
+    assert!(runtime.is_compiled(&digest));
+    runtime.prepare(&artifact).unwrap();
+    assert_eq!(runtime.local_compilations(), 0);
+    assert_eq!(runtime.precompiled_installs(), 1);
+    // Kept for the next start of the agent too.
+    drop(runtime);
+    let again = WasmRuntime::new(&dir.path().join("cache")).unwrap();
+    again.prepare(&artifact).unwrap();
+    assert_eq!(again.local_compilations(), 0);
+}
+
+#[test]
+fn precompiled_code_that_does_not_fit_this_engine_is_refused_and_compiled_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let artifact = dir.path().join("hello.wat");
+    std::fs::write(&artifact, HELLO).unwrap();
+    let runtime = WasmRuntime::new(&dir.path().join("cache")).unwrap();
+    let other_arch = if cfg!(target_arch = "aarch64") {
+        "x86_64-unknown-linux-gnu"
+    } else {
+        "aarch64-unknown-linux-musl"
+    };
+    let foreign = shoal_api::WasmTarget {
+        triple: other_arch.into(),
+        features: vec![],
+        ..runtime.target().clone()
+    };
+    let precompiler = Precompiler::new();
+    let cases = [
+        (
+            "another architecture",
+            precompiler.compile(&foreign, HELLO.as_bytes()).unwrap(),
+            "precompiled code refused",
+        ),
+        (
+            "a component's code for a module",
+            precompiler
+                .compile(runtime.target(), b"(component)")
+                .unwrap(),
+            "not precompiled code for a module",
+        ),
+        (
+            "not code at all",
+            b"\x7fELF garbage".to_vec(),
+            "hello.cwasm",
+        ),
+    ];
+    for (what, code, says) in cases {
+        let code_path = dir.path().join("hello.cwasm");
+        std::fs::write(&code_path, code).unwrap();
+        let err = runtime
+            .install_precompiled(&artifact, &code_path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(says), "{what}: {err}");
+        assert_eq!(runtime.precompiled_installs(), 0, "{what}");
+    }
+    let cached: Vec<_> = std::fs::read_dir(dir.path().join("cache"))
+        .unwrap()
+        .collect();
+    assert!(cached.is_empty(), "nothing kept: {cached:?}");
+    runtime.prepare(&artifact).unwrap();
+    assert_eq!(runtime.local_compilations(), 1, "compiled here instead");
+}
+
+#[test]
+fn the_compile_cache_on_disk_is_bounded_least_recently_used_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let artifacts: Vec<PathBuf> = [HELLO, SPIN, TRAP]
+        .iter()
+        .enumerate()
+        .map(|(i, wat)| {
+            let a = dir.path().join(format!("{i}.wat"));
+            std::fs::write(&a, wat).unwrap();
+            a
+        })
+        .collect();
+    // How big each compiled artifact is.
+    let probe = WasmRuntime::new(&dir.path().join("probe")).unwrap();
+    let mut sizes = Vec::new();
+    for a in &artifacts {
+        let before: u64 = dir_size(&dir.path().join("probe"));
+        probe.prepare(a).unwrap();
+        sizes.push(dir_size(&dir.path().join("probe")) - before);
+    }
+    // Room for the last two.
+    let cache = dir.path().join("cache");
+    let runtime = WasmRuntime::with_cache_limit(&cache, sizes[1] + sizes[2]).unwrap();
+    for a in &artifacts {
+        runtime.prepare(a).unwrap();
+        // File times are coarse on some filesystems: keep the order clear.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 2);
+    assert_eq!(dir_size(&cache), sizes[1] + sizes[2], "the oldest went");
+}
+
+fn dir_size(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
 }
