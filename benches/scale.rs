@@ -51,6 +51,11 @@ fn node_json(config: &AgentConfig) -> Vec<u8> {
         config,
         "127.0.0.1".parse().ok(),
         "cranelift",
+        &shoal_api::WasmTarget {
+            wasmtime: shoal_runtime::wasm::WASMTIME_VERSION.into(),
+            triple: "x86_64-unknown-linux-gnu".into(),
+            features: vec![],
+        },
         None,
     ));
     obj.normalize();

@@ -142,24 +142,58 @@ impl ArtifactCache {
     }
 
     async fn fetch(&self, client: &Client, reference: &str) -> Result<PathBuf> {
+        self.transfer(client, reference, &self.dir, |offset| Request::Fetch {
+            reference: reference.to_string(),
+            offset,
+        })
+        .await
+    }
+
+    /// The code the controller precompiled for `target` from the wasm artifact `digest`,
+    /// fetched (resumably, checked against the digest it announces) unless held already.
+    pub async fn get_precompiled(
+        &self,
+        client: &Client,
+        digest: &str,
+        target: &shoal_api::WasmTarget,
+    ) -> Result<PathBuf> {
+        let key = format!("precompiled/{digest}/{}", target.key());
+        let lock = self.lock_for(&key)?;
+        let _held = lock.lock().await;
+        let dir = self.dir.join("precompiled");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let code = self
+            .transfer(client, &key, &dir, |offset| Request::FetchPrecompiled {
+                reference: digest.to_string(),
+                target: target.clone(),
+                offset,
+            })
+            .await?;
+        Ok(code)
+    }
+
+    /// One resumable transfer from the controller: `request(offset)` asks for the bytes from
+    /// `offset` on; the result is kept in `dir` by the digest the controller announced.
+    async fn transfer(
+        &self,
+        client: &Client,
+        reference: &str,
+        dir: &Path,
+        request: impl Fn(u64) -> Request,
+    ) -> Result<PathBuf> {
         let err = |message: String| Error::Artifact {
             reference: reference.to_string(),
             message,
         };
         let partial = self.by_reference(reference).with_extension("partial");
         let offset = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
-        let mut stream = client
-            .stream(&Request::Fetch {
-                reference: reference.to_string(),
-                offset,
-            })
-            .await?;
+        let mut stream = client.stream(&request(offset)).await?;
         let (digest, size) = match stream.next().await? {
             Some(Response::Artifact { digest, size }) => (digest, size),
             Some(Response::Error(e)) => return Err(err(e.message)),
             other => return Err(err(format!("unexpected answer {other:?}"))),
         };
-        let done = self.dir.join(digest.trim_start_matches("sha256:"));
+        let done = dir.join(digest.trim_start_matches("sha256:"));
         if self.trusted(&done, &digest)? {
             return Ok(done);
         }

@@ -139,6 +139,7 @@ async fn session(
             config,
             node::source_ip(client.connection().remote_address()),
             wasm.compiler(),
+            wasm.target(),
             supervisor.runc_version(),
         );
         let object = {

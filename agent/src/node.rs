@@ -3,7 +3,9 @@
 use crate::AgentConfig;
 use shoal_api::{
     Condition, Node, NodeAddress, NodeStatus, NodeSystemInfo, ObjectMeta, Quantity, RuntimeHandler,
+    WasmTarget,
 };
+use shoal_runtime::wasm::WASMTIME_VERSION;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -59,11 +61,13 @@ pub fn now() -> String {
 }
 
 /// The Node this agent registers and refreshes with every heartbeat.
-/// `runc` is the runc version when this node runs OCI containers.
+/// `runc` is the runc version when this node runs OCI containers; `wasm` is what its engine
+/// loads precompiled code for.
 pub fn describe(
     config: &AgentConfig,
     address: Option<IpAddr>,
     compiler: &str,
+    wasm: &WasmTarget,
     runc: Option<&str>,
 ) -> Node {
     let mut labels: BTreeMap<String, String> = [
@@ -130,14 +134,19 @@ pub fn describe(
                 os_image: os_image(),
                 kubelet_version: format!("shoal-v{}", env!("CARGO_PKG_VERSION")),
                 container_runtime_version: match runc {
-                    Some(v) => format!("wasmtime://48.0.8 ({compiler}), runc://{v}"),
-                    None => format!("wasmtime://48.0.8 ({compiler})"),
+                    Some(v) => format!("wasmtime://{WASMTIME_VERSION} ({compiler}), runc://{v}"),
+                    None => format!("wasmtime://{WASMTIME_VERSION} ({compiler})"),
                 },
             }),
-            runtime_handlers: std::iter::once("wasm")
-                .chain(runc.map(|_| "runc"))
-                .map(|name| RuntimeHandler { name: name.into() })
-                .collect(),
+            runtime_handlers: std::iter::once(RuntimeHandler {
+                name: "wasm".into(),
+                wasm_target: Some(wasm.clone()),
+            })
+            .chain(runc.map(|_| RuntimeHandler {
+                name: "runc".into(),
+                wasm_target: None,
+            }))
+            .collect(),
         }),
         ..Default::default()
     }

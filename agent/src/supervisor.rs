@@ -982,7 +982,11 @@ async fn container_image(
         } else {
             inner.artifacts.get(client, &c.image).await
         };
-        return path.map(|p| (p, None)).map_err(failed);
+        let path = path.map_err(failed)?;
+        if !registry {
+            precompiled(inner, client, &path).await;
+        }
+        return Ok((path, None));
     };
     let images = runc.images().clone();
     let platform = Platform::host();
@@ -1000,6 +1004,47 @@ async fn container_image(
         .blob_path(&digest)
         .map_err(|e| failed(Error::from(e)))?;
     Ok((path, Some(digest)))
+}
+
+/// Takes the controller's precompiled code for the wasm artifact at `artifact` (kept by its
+/// digest), unless it is compiled here already. Whatever goes wrong only means compiling it
+/// here, so it is logged, not returned.
+async fn precompiled(inner: &Inner, client: &shoal_transport::Client, artifact: &std::path::Path) {
+    let Some(digest) = artifact.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    if inner.wasm.is_compiled(digest) {
+        return;
+    }
+    let target = inner.wasm.target();
+    let reference = format!("sha256:{digest}");
+    let code = match inner
+        .artifacts
+        .get_precompiled(client, &reference, target)
+        .await
+    {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::info!(artifact = %reference, error = %e, "no precompiled code from the controller; compiling here");
+            return;
+        }
+    };
+    let (wasm, source, fetched) = (inner.wasm.clone(), artifact.to_path_buf(), code.clone());
+    let installed =
+        tokio::task::spawn_blocking(move || wasm.install_precompiled(&source, &fetched))
+            .await
+            .map_err(|e| shoal_runtime::Error::Internal(e.to_string()))
+            .and_then(|r| r);
+    match installed {
+        Ok(()) => tracing::info!(
+            artifact = %reference,
+            target = %target.triple,
+            "loaded code precompiled by the controller; nothing compiled here"
+        ),
+        Err(e) => tracing::warn!(artifact = %reference, error = %e, "compiling here instead"),
+    }
+    // The cache keeps its own copy; this one was only the transfer's.
+    let _ = std::fs::remove_file(&code);
 }
 
 /// Registry credentials for `image` from the pod's imagePullSecrets.

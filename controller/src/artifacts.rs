@@ -102,6 +102,11 @@ impl Artifacts {
         })
     }
 
+    /// `DATA_DIR/artifacts`.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn begin(&self) -> Result<Upload> {
         let tmp = self.dir.join("tmp").join(uuid::Uuid::new_v4().to_string());
         let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;

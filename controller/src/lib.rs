@@ -7,6 +7,7 @@ pub mod error;
 pub mod events;
 pub mod ipam;
 pub mod node_lifecycle;
+pub mod precompiled;
 pub mod reconcile;
 pub mod scheduler;
 pub mod scheduler_loop;

@@ -384,6 +384,7 @@ mod tests {
                     .iter()
                     .map(|r| RuntimeHandler {
                         name: r.to_string(),
+                        ..Default::default()
                     })
                     .collect(),
                 ..Default::default()

@@ -309,6 +309,7 @@ async fn receive_push(
     {
         Ok(blob) => {
             tracing::info!(reference, digest = %blob.digest, size = blob.size, "artifact pushed");
+            service.precompile_for_nodes(&blob);
             Response::Artifact {
                 digest: blob.digest,
                 size: blob.size,

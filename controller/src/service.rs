@@ -3,6 +3,7 @@
 
 use crate::artifacts::{Artifacts, Blob};
 use crate::error::{Error, Result};
+use crate::precompiled::Precompiled;
 use crate::store::{Change, ChangeType, ObjectKey, Op, Store, Watch};
 use base64::Engine as _;
 use shoal_api::validate::validate;
@@ -37,6 +38,7 @@ pub struct Service {
     store: Store,
     ca: Arc<Ca>,
     artifacts: Arc<Artifacts>,
+    precompiled: Arc<Precompiled>,
     cluster_cidr: crate::ipam::ClusterCidr,
 }
 
@@ -128,16 +130,44 @@ impl Service {
         artifacts: Arc<Artifacts>,
         cluster_cidr: crate::ipam::ClusterCidr,
     ) -> Self {
+        let precompiled = Arc::new(Precompiled::new(
+            artifacts.clone(),
+            crate::precompiled::DEFAULT_LIMIT,
+        ));
         Service {
             store,
             ca,
             artifacts,
+            precompiled,
             cluster_cidr,
         }
     }
 
     pub fn artifacts(&self) -> &Arc<Artifacts> {
         &self.artifacts
+    }
+
+    pub fn precompiled(&self) -> &Arc<Precompiled> {
+        &self.precompiled
+    }
+
+    /// After a push: if `blob` is a wasm artifact, compiles it in the background for every
+    /// wasm target the cluster's nodes report, so their pods start without compiling.
+    pub fn precompile_for_nodes(&self, blob: &Blob) {
+        let mut targets: Vec<shoal_api::WasmTarget> = self
+            .store
+            .list_typed::<shoal_api::Node>(Kind::Node, None)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|n| n.status)
+            .flat_map(|s| s.runtime_handlers)
+            .filter_map(|h| h.wasm_target)
+            .collect();
+        targets.sort();
+        targets.dedup();
+        if !targets.is_empty() && crate::precompiled::is_wasm(&blob.path) {
+            self.precompiled.precompile(&blob.digest, targets);
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -196,6 +226,7 @@ impl Service {
             | Request::PutNode { .. }
             | Request::UpdateStatus { .. }
             | Request::Fetch { .. }
+            | Request::FetchPrecompiled { .. }
             | Request::RecordEvent { .. } => true,
             Request::List { kind, fields, .. } | Request::Watch { kind, fields, .. } => {
                 own_pods(kind, fields)
@@ -356,6 +387,20 @@ impl Service {
                     return Err(bad_request(format!(
                         "offset {offset} is past the end of {reference} ({} bytes)",
                         blob.size
+                    )));
+                }
+                Ok(Reply::Fetch { blob, offset })
+            }
+            Request::FetchPrecompiled {
+                reference,
+                target,
+                offset,
+            } => {
+                let blob = self.precompiled.get(&reference, &target).await?;
+                if offset > blob.size {
+                    return Err(bad_request(format!(
+                        "offset {offset} is past the end of {reference} precompiled for {} ({} bytes)",
+                        target.triple, blob.size
                     )));
                 }
                 Ok(Reply::Fetch { blob, offset })

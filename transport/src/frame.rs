@@ -124,6 +124,26 @@ mod tests {
         assert_eq!(read_all(&[], MAX_FRAME).unwrap(), None);
     }
 
+    /// Typed API values inside a request travel as postcard, which cannot skip a field: an
+    /// empty list that serde left out would end the frame early (a 32-bit ARM node's wasm
+    /// target has no CPU features, and its requests were refused as malformed).
+    #[test]
+    fn a_precompile_request_for_a_target_without_features_round_trips() {
+        for features in [vec![], vec!["has_lse".to_string()]] {
+            let req = Request::FetchPrecompiled {
+                reference: "sha256:00".into(),
+                target: shoal_api::WasmTarget {
+                    wasmtime: "48.0.8".into(),
+                    triple: "pulley32".into(),
+                    features,
+                },
+                offset: 7,
+            };
+            let bytes = encode(&req).unwrap();
+            assert_eq!(read_all(&bytes, MAX_FRAME).unwrap(), Some(req));
+        }
+    }
+
     #[test]
     fn truncated_frames_are_named() {
         let bytes = encode(&sample()).unwrap();

@@ -107,6 +107,14 @@ pub enum Request {
         previous: bool,
         tail: Option<u64>,
     },
+    /// Fetches the code the controller precompiled for `target` from the wasm artifact
+    /// `reference` (`sha256:...` or `name:tag`), compiling it first if need be; answered as
+    /// [`Request::Fetch`], from byte `offset` on.
+    FetchPrecompiled {
+        reference: String,
+        target: shoal_api::WasmTarget,
+        offset: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

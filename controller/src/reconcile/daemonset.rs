@@ -240,6 +240,7 @@ mod tests {
         n.status = Some(NodeStatus {
             runtime_handlers: vec![RuntimeHandler {
                 name: "wasm".into(),
+                ..Default::default()
             }],
             ..Default::default()
         });
