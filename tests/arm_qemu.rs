@@ -29,6 +29,8 @@ struct Arm {
     /// How the agent runs wasm there: Cranelift compiles for aarch64; 32-bit ARM has no
     /// Cranelift backend, so wasmtime interprets Pulley bytecode.
     compiler: &'static str,
+    /// What the controller compiles wasm for on the node's behalf.
+    wasm_triple: &'static str,
 }
 
 const AARCH64: Arm = Arm {
@@ -40,6 +42,7 @@ const AARCH64: Arm = Arm {
     machine: 183,
     arch: "arm64",
     compiler: "cranelift",
+    wasm_triple: "aarch64-unknown-linux-musl",
 };
 
 const ARMV7: Arm = Arm {
@@ -51,6 +54,7 @@ const ARMV7: Arm = Arm {
     machine: 40,
     arch: "arm",
     compiler: "pulley",
+    wasm_triple: "pulley32",
 };
 
 fn on_path(tool: &str) -> bool {
@@ -206,6 +210,28 @@ fn runs_the_example_on(arm: &Arm) {
             .stdout()
             .contains("Hello from the edge from hello")
     });
+    // The controller compiled the module for this node's target (Cranelift for aarch64, Pulley
+    // bytecode for 32-bit ARM); the Pi only loaded the code.
+    let target = &node["status"]["runtimeHandlers"][0]["wasmTarget"];
+    assert_eq!(target["wasmtime"], "48.0.8", "{node}");
+    let triple = target["triple"].as_str().unwrap_or_default();
+    assert!(triple.starts_with(arm.wasm_triple), "{node}");
+    let controller_log = c.controller.log();
+    assert!(
+        controller_log
+            .lines()
+            .any(|l| l.contains("precompiled wasm for a node target") && l.contains(triple)),
+        "{controller_log}"
+    );
+    let agent_log = c.agents[0].log();
+    assert!(
+        agent_log.contains("loaded code precompiled by the controller"),
+        "{agent_log}"
+    );
+    assert!(
+        !agent_log.contains("compiled locally"),
+        "nothing compiled on the Pi:\n{agent_log}"
+    );
 
     // A container image that has only amd64 is not scheduled on the Pi, and the pod says why.
     use shoal_runtime::oci::build::{tar_dir, write_layout, ImageSpec};

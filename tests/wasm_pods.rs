@@ -444,3 +444,55 @@ fn a_node_whose_agent_dies_turns_not_ready_and_ready_again_when_it_returns() {
     );
     wait("Ready");
 }
+
+#[test]
+fn a_pushed_wasm_artifact_is_precompiled_for_the_nodes_and_pods_start_without_compiling() {
+    let c = Cluster::start(1);
+    // The node is registered with its wasm target, so the push compiles for it at once.
+    let image = c.push_probe();
+    c.wait_for(
+        "the controller precompiled the probe for the node",
+        Duration::from_secs(60),
+        |c| {
+            c.controller
+                .log()
+                .contains("precompiled wasm for a node target")
+        },
+    );
+    let node: serde_json::Value =
+        serde_json::from_str(&c.shoal(&["get", "node", "node-1", "-o", "json"]).ok()).unwrap();
+    let triple = field(&node, "status.runtimeHandlers.0.wasmTarget.triple");
+    assert!(triple.starts_with(std::env::consts::ARCH), "{node}");
+    assert!(c.controller.log().contains(&triple));
+    c.controller
+        .shoal_stdin(
+            &["apply", "-f", "-"],
+            Some(&probe_pod(
+                "pre",
+                image,
+                &["print", "ran", "sleep", "600000"],
+                "",
+            )),
+        )
+        .ok();
+    c.wait_for("the pod Running", Duration::from_secs(60), |c| {
+        field(&c.pod("pre"), "status.phase") == "Running"
+    });
+    c.wait_for("its output", Duration::from_secs(20), |c| {
+        c.shoal(&["logs", "pre"]).stdout() == "ran\n"
+    });
+    let log = c.agents[0].log();
+    assert!(
+        log.contains("loaded code precompiled by the controller"),
+        "{log}"
+    );
+    assert!(!log.contains("compiled locally"), "{log}");
+    assert_eq!(
+        c.controller
+            .log()
+            .matches("precompiled wasm for a node target")
+            .count(),
+        1,
+        "compiled once, on the push; the node's fetch was served from what was kept"
+    );
+}
