@@ -5,8 +5,9 @@
 //!
 //! Run with `cargo bench --bench footprint`. It builds each release binary first (a fat-LTO
 //! cross build takes several minutes on 2 cores); `SHOAL_BENCH_NO_BUILD=1` measures whatever
-//! is already built. ARM targets need Debian's cross gcc and qemu-user-static, and are skipped
-//! with the reason when they are missing.
+//! is already built. aarch64 needs Debian's cross gcc, armv7 `build-static.sh`'s tools (zig,
+//! cargo-zigbuild, rust-src), both qemu-user-static; a target is skipped with the reason when
+//! something is missing.
 
 #[path = "../tests/kit/mod.rs"]
 mod kit;
@@ -36,9 +37,9 @@ const TARGETS: [Target; 3] = [
         note: "musl, static; under qemu",
     },
     Target {
-        triple: "armv7-unknown-linux-gnueabihf",
-        qemu: Some(("qemu-arm-static", Some("/usr/arm-linux-gnueabihf"))),
-        note: "glibc, dynamic; under qemu",
+        triple: "armv7-unknown-linux-musleabihf",
+        qemu: Some(("qemu-arm-static", None)),
+        note: "musl, static; under qemu",
     },
 ];
 
@@ -60,11 +61,19 @@ fn binary(t: &Target) -> Result<PathBuf, String> {
     }
     let path = repo().join("target").join(t.triple).join("release/shoal");
     if std::env::var_os("SHOAL_BENCH_NO_BUILD").is_none() {
-        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.args(["build", "--release", "--quiet", "--bin", "shoal"])
-            .arg("--manifest-path")
-            .arg(repo().join("Cargo.toml"))
-            .args(["--target", t.triple]);
+        let mut cmd = if t.triple.starts_with("aarch64") {
+            let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            c.args(["build", "--release", "--quiet", "--bin", "shoal"])
+                .arg("--manifest-path")
+                .arg(repo().join("Cargo.toml"))
+                .args(["--target", t.triple]);
+            c
+        } else {
+            let mut c = Command::new("sh");
+            c.arg(repo().join("build-static.sh"))
+                .args([t.triple, "--", "--quiet"]);
+            c
+        };
         let out = cmd.output().map_err(|e| format!("cargo: {e}"))?;
         if !out.status.success() {
             return Err(format!(
@@ -135,14 +144,14 @@ fn main() {
     let mut rows = Vec::new();
     for t in &TARGETS {
         if let Some((qemu, _)) = t.qemu {
-            let gcc = if t.triple.starts_with("aarch64") {
+            let tool = if t.triple.starts_with("aarch64") {
                 "aarch64-linux-gnu-gcc"
             } else {
-                "arm-linux-gnueabihf-gcc"
+                "cargo-zigbuild"
             };
-            if !on_path(qemu) || !on_path(gcc) {
+            if !on_path(qemu) || !on_path(tool) {
                 println!(
-                    "{}: skipped (needs {qemu} and {gcc}: apt-get install qemu-user-static and the cross gcc)",
+                    "{}: skipped (needs {qemu} and {tool}: apt-get install qemu-user-static, and the cross gcc or build-static.sh's tools)",
                     t.triple
                 );
                 continue;

@@ -12,7 +12,6 @@ use shoal_runtime::wasm::Precompiler;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
@@ -94,9 +93,9 @@ impl Precompiled {
         let _held = lock.lock().await;
         if !path.exists() {
             self.compile(&artifact, target, &path).await?;
-        } else if let Ok(f) = std::fs::File::options().append(true).open(&path) {
+        } else {
             // Least recently used goes first when the store is full.
-            let _ = f.set_modified(SystemTime::now());
+            shoal_runtime::wasm::touch(&path);
         }
         let blob_path = path.clone();
         let digest = tokio::task::spawn_blocking(move || sha256_file(&blob_path))
@@ -140,33 +139,8 @@ impl Precompiled {
             ms = started.elapsed().as_millis() as u64,
             "precompiled wasm for a node target"
         );
-        self.prune(path);
+        shoal_runtime::wasm::prune(&self.dir, self.limit, path);
         Ok(())
-    }
-
-    /// Removes the least recently used code until the store is within its limit, never `keep`.
-    fn prune(&self, keep: &Path) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return;
-        };
-        let mut files: Vec<(SystemTime, u64, PathBuf)> = entries
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
-            .filter_map(|e| {
-                let m = e.metadata().ok()?;
-                Some((m.modified().ok()?, m.len(), e.path()))
-            })
-            .collect();
-        let mut total: u64 = files.iter().map(|(_, len, _)| len).sum();
-        files.sort();
-        for (_, len, path) in files {
-            if total <= self.limit {
-                break;
-            }
-            if path != keep && std::fs::remove_file(&path).is_ok() {
-                total -= len;
-            }
-        }
     }
 
     /// Starts compiling a newly pushed artifact for each of `targets` in the background (a

@@ -201,7 +201,7 @@ impl Cache {
 }
 
 /// Marks a file used now, for least-recently-used pruning (atime is often off on a Pi's SD card).
-fn touch(path: &Path) {
+pub fn touch(path: &Path) {
     if let Ok(f) = std::fs::File::options().append(true).open(path) {
         let _ = f.set_modified(SystemTime::now());
     }
@@ -209,7 +209,7 @@ fn touch(path: &Path) {
 
 /// Removes the least recently used `.cwasm` files of `dir` until their total is within `limit`,
 /// never `keep` (the one just written).
-pub(crate) fn prune(dir: &Path, limit: u64, keep: &Path) {
+pub fn prune(dir: &Path, limit: u64, keep: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };

@@ -8,7 +8,7 @@ mod precompile;
 mod run;
 mod target;
 
-pub use cache::DEFAULT_DISK_LIMIT;
+pub use cache::{prune, touch, DEFAULT_DISK_LIMIT};
 pub use precompile::Precompiler;
 pub use target::{host_target, WASMTIME_VERSION};
 

@@ -1,0 +1,68 @@
+#!/bin/sh
+# Builds fully static shoal binaries (musl) for the devices, on an ordinary Linux machine with no
+# Docker: zig is the C compiler and linker for every target (ring's crypto, wasmtime's few C
+# helpers, musl itself), through cargo-zigbuild.
+#
+#   ./build-static.sh                                  # aarch64, armv7 and x86_64, release
+#   ./build-static.sh armv7-unknown-linux-musleabihf   # one target
+#   ./build-static.sh --debug TARGET -- --config ...   # a debug build, extra cargo arguments
+#
+# Needs: zig (`pip install ziglang`, or zig on PATH) and `cargo install cargo-zigbuild --locked`.
+# Where rustup has no standard library for a target (this project's build machine has none for
+# armv7-unknown-linux-musleabihf or x86_64-unknown-linux-musl), the standard library is built
+# from source, which needs `rustup component add rust-src` and uses cargo's build-std on the
+# stable toolchain (RUSTC_BOOTSTRAP); the binary is the same.
+#
+# Each binary lands in target/TARGET/release/shoal (or debug/), statically linked: nothing to
+# install on the device.
+set -eu
+
+profile=release
+if [ "${1:-}" = "--debug" ]; then
+    profile=debug
+    shift
+fi
+targets=""
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+    targets="$targets $1"
+    shift
+done
+[ "${1:-}" = "--" ] && shift
+[ -n "$targets" ] || targets="aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf x86_64-unknown-linux-musl"
+
+cd "$(dirname "$0")"
+
+missing=""
+if ! command -v zig >/dev/null 2>&1 && ! python3 -c 'import ziglang' >/dev/null 2>&1; then
+    missing="$missing; zig (pip install ziglang)"
+fi
+if ! command -v cargo-zigbuild >/dev/null 2>&1; then
+    missing="$missing; cargo install cargo-zigbuild --locked"
+fi
+sysroot=$(rustc --print sysroot)
+for t in $targets; do
+    if [ ! -d "$sysroot/lib/rustlib/$t" ] && [ ! -d "$sysroot/lib/rustlib/src/rust/library" ]; then
+        missing="$missing; rustup target add $t (or rustup component add rust-src)"
+    fi
+done
+if [ -n "$missing" ]; then
+    echo "build-static.sh needs:${missing#;}" >&2
+    exit 3
+fi
+
+release=""
+[ "$profile" = release ] && release="--release"
+for t in $targets; do
+    echo "building shoal for $t ($profile)" >&2
+    if [ -d "$sysroot/lib/rustlib/$t" ]; then
+        # shellcheck disable=SC2086
+        cargo zigbuild $release --target "$t" --bin shoal "$@"
+    else
+        # No prebuilt standard library: build it from rust-src. zig brings musl's start files
+        # and libc, so rustc must not look for its own (self-contained) copies.
+        # shellcheck disable=SC2086
+        RUSTC_BOOTSTRAP=1 cargo-zigbuild rustc $release --target "$t" --bin shoal \
+            -Zbuild-std=std,panic_unwind "$@" -- -C link-self-contained=no
+    fi
+    echo "target/$t/$profile/shoal" >&2
+done
