@@ -513,17 +513,28 @@ spec:
                 .output()
                 .is_ok_and(|o| o.stdout.is_empty())
     });
-    let netns = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-        .unwrap_or_default();
-    for pod in std::fs::read_dir(agent.dir.join("pods"))
+    // A pod's network namespace goes after its containers: wait for that too, then name any
+    // that stayed (CI once saw one still there right after the containers went).
+    let pods: Vec<String> = std::fs::read_dir(agent.dir.join("pods"))
         .expect("pods")
         .flatten()
+        .map(|pod| format!("shoal-{}", pod.file_name().to_string_lossy()))
+        .collect();
+    let netns = || {
+        Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while pods.iter().any(|p| netns().contains(p.as_str())) && std::time::Instant::now() < deadline
     {
-        let name = format!("shoal-{}", pod.file_name().to_string_lossy());
-        assert!(!netns.contains(&name), "{name} is left in {netns}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let left = netns();
+    for name in &pods {
+        assert!(!left.contains(name.as_str()), "{name} is left in {left}");
     }
 }
 
@@ -599,10 +610,12 @@ fn runc_containers_outlive_a_killed_agent_and_are_followed_not_duplicated_when_i
         ip,
         "the pod kept its address"
     );
-    assert_eq!(
-        c.shoal(&["logs", "steady"]).ok(),
-        "started\n",
-        "followed, not started again"
+    // The returning agent serves the log once it has taken the container back; it must then
+    // hold the one start (followed, not started again).
+    c.wait_for(
+        "the followed pod's log, with one start",
+        Duration::from_secs(30),
+        |c| c.shoal(&["logs", "steady"]).stdout() == "started\n",
     );
     assert!(
         c.agents[0]
