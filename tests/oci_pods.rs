@@ -617,12 +617,14 @@ fn runc_containers_outlive_a_killed_agent_and_are_followed_not_duplicated_when_i
         Duration::from_secs(30),
         |c| c.shoal(&["logs", "steady"]).stdout() == "started\n",
     );
-    assert!(
-        c.agents[0]
-            .log()
-            .contains("found the container running; following it"),
-        "{}",
-        c.agents[0].log()
+    c.wait_for(
+        "the agent saying it follows the container",
+        Duration::from_secs(30),
+        |c| {
+            c.agents[0]
+                .log()
+                .contains("found the container running; following it")
+        },
     );
     c.shoal(&["delete", "pod", "steady"]).ok();
     c.wait_for("no containers left", Duration::from_secs(60), |_| {
