@@ -32,6 +32,19 @@ pub struct Precompiled {
 }
 
 /// Is this a wasm module or component (binary, or WAT text), as opposed to an image blob?
+/// The distinct wasm targets the nodes report, sorted: what a pushed artifact is compiled for.
+pub fn wasm_targets(nodes: &[shoal_api::Node]) -> Vec<WasmTarget> {
+    let mut targets: Vec<WasmTarget> = nodes
+        .iter()
+        .filter_map(|n| n.status.as_ref())
+        .flat_map(|s| &s.runtime_handlers)
+        .filter_map(|h| h.wasm_target.clone())
+        .collect();
+    targets.sort();
+    targets.dedup();
+    targets
+}
+
 pub(crate) fn is_wasm(path: &Path) -> bool {
     let mut head = [0u8; 64];
     let n = std::fs::File::open(path)
@@ -177,6 +190,50 @@ mod tests {
             wasmtime: WASMTIME_VERSION.into(),
             triple: triple.into(),
             features: features.iter().map(|f| f.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn each_reported_target_is_compiled_for_once() {
+        let node = |handlers: Vec<shoal_api::RuntimeHandler>| shoal_api::Node {
+            status: Some(shoal_api::NodeStatus {
+                runtime_handlers: handlers,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let wasm = |t: &WasmTarget| shoal_api::RuntimeHandler {
+            name: "wasm".into(),
+            wasm_target: Some(t.clone()),
+        };
+        let runc = shoal_api::RuntimeHandler {
+            name: "runc".into(),
+            wasm_target: None,
+        };
+        let (pi, pi2) = (
+            target("aarch64-unknown-linux-musl", &["has_lse"]),
+            target("pulley32", &[]),
+        );
+        let cases: Vec<(&str, Vec<shoal_api::Node>, Vec<WasmTarget>)> = vec![
+            ("no nodes", vec![], vec![]),
+            (
+                "a node with no status",
+                vec![shoal_api::Node::default()],
+                vec![],
+            ),
+            ("runc only", vec![node(vec![runc.clone()])], vec![]),
+            (
+                "two Pis of a kind and one of another",
+                vec![
+                    node(vec![wasm(&pi), runc.clone()]),
+                    node(vec![wasm(&pi2)]),
+                    node(vec![wasm(&pi)]),
+                ],
+                vec![pi.clone(), pi2.clone()],
+            ),
+        ];
+        for (what, nodes, want) in cases {
+            assert_eq!(wasm_targets(&nodes), want, "{what}");
         }
     }
 

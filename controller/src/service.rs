@@ -154,17 +154,11 @@ impl Service {
     /// After a push: if `blob` is a wasm artifact, compiles it in the background for every
     /// wasm target the cluster's nodes report, so their pods start without compiling.
     pub fn precompile_for_nodes(&self, blob: &Blob) {
-        let mut targets: Vec<shoal_api::WasmTarget> = self
+        let nodes = self
             .store
             .list_typed::<shoal_api::Node>(Kind::Node, None)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|n| n.status)
-            .flat_map(|s| s.runtime_handlers)
-            .filter_map(|h| h.wasm_target)
-            .collect();
-        targets.sort();
-        targets.dedup();
+            .unwrap_or_default();
+        let targets = crate::precompiled::wasm_targets(&nodes);
         if !targets.is_empty() && crate::precompiled::is_wasm(&blob.path) {
             self.precompiled.precompile(&blob.digest, targets);
         }
