@@ -8,6 +8,8 @@ pub mod join;
 pub mod node;
 pub mod pod_state;
 pub mod ports;
+pub mod probe;
+pub mod proxy;
 pub mod registry;
 pub mod serve;
 pub mod supervisor;
@@ -79,7 +81,14 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         }
     };
     let (link_tx, link) = watch::channel(None::<Arc<Client>>);
-    let supervisor = Supervisor::new(&config, wasm.clone(), runc.clone(), link.clone())?;
+    let proxy = proxy::Proxy::new(&config.name, link.clone());
+    let supervisor = Supervisor::new(
+        &config,
+        wasm.clone(),
+        runc.clone(),
+        link.clone(),
+        proxy.clone(),
+    )?;
     let mut attempt = 0u32;
     // Where the pod watch got to: a reconnect resumes from here instead of relisting.
     let mut last_revision: Option<u64> = None;
@@ -97,6 +106,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
                     &config,
                     &client,
                     &supervisor,
+                    &proxy,
                     &wasm,
                     &shutdown,
                     &mut last_revision,
@@ -120,6 +130,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
             _ = tokio::time::sleep(delay) => {}
         }
     }
+    proxy.shutdown();
     supervisor.shutdown().await;
     Ok(())
 }
@@ -130,6 +141,7 @@ async fn session(
     config: &AgentConfig,
     client: &Arc<Client>,
     supervisor: &Supervisor,
+    proxy: &proxy::Proxy,
     wasm: &Arc<WasmRuntime>,
     shutdown: &CancellationToken,
     last: &mut Option<u64>,
@@ -167,6 +179,22 @@ async fn session(
         client.connection().clone(),
         supervisor.clone(),
     ));
+    // The service proxy follows Services and Endpoints beside the pods; if its watch fails
+    // it tries again while the connection lasts, and keeps what it knew meanwhile.
+    let following = {
+        let (proxy, client) = (proxy.clone(), client.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = proxy.follow(&client).await {
+                    tracing::debug!(error = %e, "service watch ended");
+                }
+                if client.connection().close_reason().is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
     let fields = format!("spec.nodeName={}", config.name);
     let watch_from = |revision: u64| Request::Watch {
         kind: "Pod".into(),
@@ -247,6 +275,7 @@ async fn session(
         }
     };
     serving.abort();
+    following.abort();
     result
 }
 

@@ -84,6 +84,12 @@ pub struct Container {
     /// Failures since the container last ran for [`BACKOFF_RESET`].
     pub failures_in_a_row: u32,
     pub last: Option<Terminated>,
+    /// What the readiness probe says (true without one): a running container is ready only
+    /// while it holds.
+    pub probe_ready: bool,
+    /// Whether the startup probe passed (true without one): until it has, the container is
+    /// not started, and the other probes wait.
+    pub startup_passed: bool,
 }
 
 impl Container {
@@ -98,6 +104,8 @@ impl Container {
             restart_count: 0,
             failures_in_a_row: 0,
             last: None,
+            probe_ready: true,
+            startup_passed: true,
         }
     }
 
@@ -166,7 +174,7 @@ impl Container {
                     }),
                     ..Default::default()
                 },
-                true,
+                self.probe_ready && self.startup_passed,
             ),
             Phase::BackOff {
                 last,
@@ -198,7 +206,7 @@ impl Container {
             name: self.name.clone(),
             ready,
             restart_count: self.restart_count,
-            started: Some(matches!(self.phase, Phase::Running { .. })),
+            started: Some(matches!(self.phase, Phase::Running { .. }) && self.startup_passed),
             image: self.image.clone(),
             image_id: None,
             state: Some(state),

@@ -12,6 +12,10 @@ pub async fn serve(conn: quinn::Connection, supervisor: Supervisor) {
         let supervisor = supervisor.clone();
         tokio::spawn(async move {
             let response = match frame::read::<Request, _>(&mut recv, frame::MAX_FRAME).await {
+                Ok(Some(Request::Dial { ip, port, udp })) => {
+                    dial(send, recv, &supervisor, &ip, port, udp).await;
+                    return;
+                }
                 Ok(Some(Request::Logs {
                     namespace,
                     pod,
@@ -61,6 +65,42 @@ pub async fn serve(conn: quinn::Connection, supervisor: Supervisor) {
             let _ = send.finish();
         });
     }
+}
+
+/// Connects a tunnel from another node's service proxy to a pod of this node: only to the
+/// address of a pod running here, so a node cannot be used to reach anything else.
+async fn dial(
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    supervisor: &Supervisor,
+    ip: &str,
+    port: u16,
+    udp: bool,
+) {
+    let addr: Option<std::net::IpAddr> = ip.parse().ok();
+    let Some(addr) = addr.filter(|a| supervisor.serves_at(*a)) else {
+        let message = format!("no pod on this node has the address {ip}");
+        refuse(&mut send, ErrorCode::NotFound, message).await;
+        let _ = send.finish();
+        return;
+    };
+    if udp {
+        crate::proxy::udp_tunnel_end(send, recv, std::net::SocketAddr::new(addr, port)).await;
+        return;
+    }
+    let mut conn = match crate::proxy::dial_for_tunnel(addr, port).await {
+        Ok(c) => c,
+        Err(e) => {
+            refuse(&mut send, ErrorCode::NotFound, format!("{ip}:{port}: {e}")).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    if frame::write(&mut send, &Response::Ok).await.is_err() {
+        return;
+    }
+    let mut tunnel = tokio::io::join(recv, send);
+    let _ = tokio::io::copy_bidirectional(&mut conn, &mut tunnel).await;
 }
 
 async fn refuse(send: &mut quinn::SendStream, code: ErrorCode, message: String) {

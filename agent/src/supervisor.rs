@@ -40,6 +40,9 @@ struct PodRun {
     readiness: Option<(bool, String)>,
     /// The pod's address: on the pod bridge, or the node's with hostNetwork.
     pod_ip: Option<String>,
+    /// The address last reported as the pod's (wasm and hostNetwork pods: the node's), which
+    /// tunnels from other nodes' service proxies may dial.
+    reported_ip: Option<String>,
     /// The manifest digests of the container images it runs: kept from garbage collection.
     images: Vec<String>,
     /// Held while a status report is taken and sent.
@@ -60,6 +63,8 @@ struct Inner {
     image_gc: (u8, u8),
     artifacts: ArtifactCache,
     link: Link,
+    /// The node's service proxy: what Services exist, for the pods' environment.
+    proxy: crate::proxy::Proxy,
     pods: Mutex<HashMap<String, Running>>,
     tracker: TaskTracker,
 }
@@ -84,6 +89,7 @@ impl Supervisor {
         wasm: Arc<WasmRuntime>,
         runc: Option<Arc<RuncRuntime>>,
         link: Link,
+        proxy: crate::proxy::Proxy,
     ) -> Result<Supervisor> {
         let artifacts = ArtifactCache::new(
             &config.data_dir,
@@ -106,6 +112,7 @@ impl Supervisor {
             ),
             artifacts,
             link,
+            proxy,
             pods: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
         }));
@@ -315,6 +322,7 @@ impl Supervisor {
             started: crate::node::now(),
             readiness: None,
             pod_ip: None,
+            reported_ip: None,
             images: Vec::new(),
             reporting: Arc::default(),
         }));
@@ -407,6 +415,22 @@ impl Supervisor {
             .unwrap_or(false)
     }
 
+    /// Whether a pod running here has the address `ip` (as last reported).
+    pub fn serves_at(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_string();
+        self.0
+            .pods
+            .lock()
+            .map(|m| {
+                m.values().any(|r| {
+                    r.state
+                        .lock()
+                        .is_ok_and(|s| s.reported_ip.as_deref() == Some(ip.as_str()))
+                })
+            })
+            .unwrap_or(false)
+    }
+
     /// Stops every pod (agent shutdown) and waits for their tasks.
     pub async fn shutdown(&self) {
         if let Ok(m) = self.0.pods.lock() {
@@ -459,6 +483,13 @@ async fn report(inner: &Inner, state: &Arc<Mutex<PodRun>>) {
                 _ => crate::node::now(),
             };
             s.readiness = Some((all_ready, since.clone()));
+            // Wasm pods use the node's network, as hostNetwork pods do.
+            let reported_ip = if s.pod.spec.host_network || !uses_runc(&s.pod) {
+                host_ip.clone()
+            } else {
+                s.pod_ip.clone()
+            };
+            s.reported_ip = reported_ip.clone();
             let cond = |ty: &str, ok: bool| Condition {
                 type_: ty.into(),
                 status: if ok { "True" } else { "False" }.into(),
@@ -478,11 +509,7 @@ async fn report(inner: &Inner, state: &Arc<Mutex<PodRun>>) {
                     cond("Ready", all_ready),
                 ],
                 host_ip: host_ip.clone(),
-                pod_ip: if s.pod.spec.host_network {
-                    host_ip
-                } else {
-                    s.pod_ip.clone()
-                },
+                pod_ip: reported_ip.clone(),
                 start_time: Some(s.started.clone()),
                 container_statuses: statuses,
                 ..Default::default()
@@ -732,7 +759,8 @@ async fn prepare(
             .await
             .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?
             .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
-        let mut env = Vec::new();
+        // The Services of the pod's namespace first, so the container's own env wins.
+        let mut env = crate::proxy::service_env(&inner.proxy.services_in(&ns));
         for e in &c.env {
             let value = match (&e.value, &e.value_from) {
                 (Some(v), _) => v.clone(),
@@ -1266,11 +1294,30 @@ async fn run_container(
             Ok(handle) => {
                 let pod = match state.lock() {
                     Ok(mut s) => {
-                        s.containers[i].started(started);
+                        let probes = s.pod.spec.containers.get(i);
+                        let (startup, readiness) = (
+                            probes.is_some_and(|c| c.startup_probe.is_some()),
+                            probes.is_some_and(|c| c.readiness_probe.is_some()),
+                        );
+                        let c = &mut s.containers[i];
+                        c.started(started);
+                        c.startup_passed = !startup;
+                        c.probe_ready = !readiness;
                         Some(s.pod.clone())
                     }
                     Err(_) => None,
                 };
+                let probing = cancel.child_token();
+                let (unhealthy, mut restart) = tokio::sync::mpsc::channel::<String>(1);
+                tokio::spawn(probe_container(
+                    inner.clone(),
+                    state.clone(),
+                    i,
+                    spec.key.clone(),
+                    probing.clone(),
+                    unhealthy,
+                ));
+                let _stop_probing = probing.drop_guard();
                 report(&inner, &state).await;
                 if let Some(pod) = &pod {
                     event(
@@ -1284,6 +1331,14 @@ async fn run_container(
                 }
                 tokio::select! {
                     exit = handle.wait() => exit,
+                    Some(why) = restart.recv() => {
+                        if let Some(pod) = &pod {
+                            let message = format!("Container {} {why}, will be restarted", container_name(&spec));
+                            event(&inner, pod, "Normal", "Killing", message).await;
+                        }
+                        handle.stop(grace);
+                        handle.wait().await
+                    }
                     _ = cancel.cancelled() => {
                         if let Some(pod) = &pod {
                             event(&inner, pod, "Normal", "Killing", format!("Stopping container {}", container_name(&spec))).await;
@@ -1337,4 +1392,128 @@ async fn run_container(
             _ = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// Runs a container's probes while it runs: the startup probe until it passes, then liveness
+/// and readiness side by side. Readiness changes the container's ready state and reports it;
+/// a liveness (or startup) failure sends why on `unhealthy`, and the container is restarted.
+async fn probe_container(
+    inner: Arc<Inner>,
+    state: Arc<Mutex<PodRun>>,
+    i: usize,
+    key: String,
+    cancel: CancellationToken,
+    unhealthy: tokio::sync::mpsc::Sender<String>,
+) {
+    use crate::probe::{Kind, Settings, Tracker};
+    let Some((pod, container, ip)) = state.lock().ok().and_then(|s| {
+        let c = s.pod.spec.containers.get(i)?.clone();
+        // Pods with a network of their own are probed at their address; the rest (wasm,
+        // hostNetwork) on the node's loopback.
+        let ip = s
+            .pod_ip
+            .as_deref()
+            .filter(|_| !s.pod.spec.host_network)
+            .and_then(|ip| ip.parse().ok())
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        Some((s.pod.clone(), c, ip))
+    }) else {
+        return;
+    };
+    if container.startup_probe.is_none()
+        && container.liveness_probe.is_none()
+        && container.readiness_probe.is_none()
+    {
+        return;
+    }
+    let runc = inner.runc.clone().filter(|_| uses_runc(&pod));
+    let exec = |argv: Vec<String>| {
+        let runc = runc.clone();
+        let key = key.clone();
+        async move {
+            let Some(runc) = runc else {
+                return Err(
+                    "exec probes run in OCI containers; a wasm pod has no processes to exec into"
+                        .to_string(),
+                );
+            };
+            let mut cmd = tokio::process::Command::from(runc.exec_command(&key, &argv));
+            cmd.kill_on_drop(true);
+            let out = cmd.output().await.map_err(|e| format!("runc exec: {e}"))?;
+            let mut text = String::from_utf8_lossy(&out.stdout).to_string();
+            text.push_str(&String::from_utf8_lossy(&out.stderr));
+            Ok((out.status.code().unwrap_or(-1), text))
+        }
+    };
+    // One probe's loop: each try's outcome goes to `on_change` when the verdict changes.
+    let probe_loop = |kind: Kind, probe: shoal_api::Probe| {
+        let (inner, state, pod, container) =
+            (inner.clone(), state.clone(), pod.clone(), container.clone());
+        let (cancel, unhealthy) = (cancel.clone(), unhealthy.clone());
+        async move {
+            let settings = Settings::of(&probe, kind);
+            let mut tracker = Tracker::new(settings.clone(), kind);
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(settings.initial_delay) => {}
+            }
+            loop {
+                let outcome =
+                    crate::probe::run(&probe, &container, ip, settings.timeout, exec).await;
+                if let Err(why) = &outcome {
+                    let message = format!("{} probe failed: {why}", kind.name());
+                    event(&inner, &pod, "Warning", "Unhealthy", message).await;
+                }
+                match (kind, tracker.observe(outcome.is_ok())) {
+                    (Kind::Startup, Some(true)) => {
+                        if let Ok(mut s) = state.lock() {
+                            s.containers[i].startup_passed = true;
+                        }
+                        report(&inner, &state).await;
+                        return;
+                    }
+                    (Kind::Readiness, Some(ready)) => {
+                        if let Ok(mut s) = state.lock() {
+                            s.containers[i].probe_ready = ready;
+                        }
+                        report(&inner, &state).await;
+                    }
+                    (Kind::Startup, Some(false)) => {
+                        let _ = unhealthy.send("failed startup probe".into()).await;
+                        return;
+                    }
+                    (Kind::Liveness, Some(false)) => {
+                        let _ = unhealthy.send("failed liveness probe".into()).await;
+                        return;
+                    }
+                    _ => {}
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(settings.period) => {}
+                }
+            }
+        }
+    };
+    if let Some(p) = container.startup_probe.clone() {
+        probe_loop(Kind::Startup, p).await;
+        let passed = state.lock().is_ok_and(|s| s.containers[i].startup_passed);
+        if !passed || cancel.is_cancelled() {
+            return;
+        }
+    }
+    let liveness = container.liveness_probe.clone();
+    let readiness = container.readiness_probe.clone();
+    tokio::join!(
+        async {
+            if let Some(p) = liveness {
+                probe_loop(Kind::Liveness, p).await
+            }
+        },
+        async {
+            if let Some(p) = readiness {
+                probe_loop(Kind::Readiness, p).await
+            }
+        },
+    );
 }

@@ -13,6 +13,7 @@ pub mod scheduler;
 pub mod scheduler_loop;
 pub mod server;
 pub mod service;
+pub mod service_ips;
 pub mod store;
 pub mod wake;
 

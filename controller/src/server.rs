@@ -42,6 +42,8 @@ pub struct ControllerConfig {
     pub default_unreachable_toleration: Option<Duration>,
     /// The pods' address range; each node gets a /24 of it.
     pub cluster_cidr: crate::ipam::ClusterCidr,
+    /// The range Services get their virtual address from.
+    pub service_cidr: crate::service_ips::ServiceCidr,
 }
 
 /// The open connection of each node, by name, so requests for a node (logs) can be relayed.
@@ -89,7 +91,8 @@ impl Controller {
         let ca = Arc::new(Ca::load_or_create(&tls_dir)?);
         let store = Store::open(dir, config.store.clone())?;
         let artifacts = Arc::new(Artifacts::open(dir)?);
-        let service = Service::new(store, ca.clone(), artifacts, config.cluster_cidr);
+        let service = Service::new(store, ca.clone(), artifacts, config.cluster_cidr)
+            .with_service_cidr(config.service_cidr);
         service.bootstrap().await?;
 
         // Shoal's own clients verify the name `shoal-controller`; these are for everyone else.
@@ -411,6 +414,79 @@ async fn relay(
     }
 }
 
+/// Joins a node's service connection to a pod on another node: asks that node to dial the
+/// pod over its own connection, passes on its answer, and then copies bytes both ways until
+/// both ends are done. Both legs are the nodes' mutual-TLS QUIC connections.
+async fn tunnel(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    links: &NodeLinks,
+    node: &str,
+    dial: Request,
+    shutdown: &CancellationToken,
+) {
+    let Some(conn) = links.get(node) else {
+        let e = error(
+            ErrorCode::NotFound,
+            format!("node {node:?} is not connected"),
+        );
+        let _ = send_response(&mut send, &e).await;
+        let _ = send.finish();
+        return;
+    };
+    let dialed = async {
+        let (mut to_node, mut from_node) = conn
+            .open_bi()
+            .await
+            .map_err(|e| shoal_transport::Error::Connection(e.to_string()))?;
+        shoal_transport::frame::write(&mut to_node, &dial).await?;
+        let answer = shoal_transport::frame::read::<Response, _>(
+            &mut from_node,
+            shoal_transport::frame::MAX_FRAME,
+        )
+        .await?
+        .unwrap_or_else(|| error(ErrorCode::Internal, "the node closed the stream"));
+        Ok::<_, shoal_transport::Error>((to_node, from_node, answer))
+    };
+    let (mut to_node, mut from_node) = match tokio::time::timeout(REQUEST_TIMEOUT, dialed).await {
+        Ok(Ok((to, from, Response::Ok))) => {
+            if send_response(&mut send, &Response::Ok).await.is_err() {
+                return;
+            }
+            (to, from)
+        }
+        Ok(Ok((_, _, answer))) => {
+            let _ = send_response(&mut send, &answer).await;
+            let _ = send.finish();
+            return;
+        }
+        Ok(Err(e)) => {
+            let e = error(ErrorCode::Internal, format!("node {node:?}: {e}"));
+            let _ = send_response(&mut send, &e).await;
+            let _ = send.finish();
+            return;
+        }
+        Err(_) => {
+            let e = error(ErrorCode::Internal, format!("node {node:?} did not answer"));
+            let _ = send_response(&mut send, &e).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    let up = async {
+        let _ = tokio::io::copy(&mut recv, &mut to_node).await;
+        let _ = to_node.finish();
+    };
+    let down = async {
+        let _ = tokio::io::copy(&mut from_node, &mut send).await;
+        let _ = send.finish();
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = async { tokio::join!(up, down) } => {}
+    }
+}
+
 async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
@@ -450,6 +526,30 @@ async fn serve_stream(
         };
         let _ = send_response(&mut send, &response).await;
         let _ = send.finish();
+        return;
+    }
+    if let Request::Tunnel {
+        node,
+        ip,
+        port,
+        udp,
+    } = &request
+    {
+        match who {
+            Identity::Node(_) | Identity::Admin(_) => {
+                let dial = Request::Dial {
+                    ip: ip.clone(),
+                    port: *port,
+                    udp: *udp,
+                };
+                tunnel(send, recv, links, node, dial, &shutdown).await
+            }
+            _ => {
+                let e = error(ErrorCode::Forbidden, "only nodes may open service tunnels");
+                let _ = send_response(&mut send, &e).await;
+                let _ = send.finish();
+            }
+        }
         return;
     }
     match service.handle(who, request).await {

@@ -40,6 +40,10 @@ pub struct Service {
     artifacts: Arc<Artifacts>,
     precompiled: Arc<Precompiled>,
     cluster_cidr: crate::ipam::ClusterCidr,
+    service_cidr: crate::service_ips::ServiceCidr,
+    /// Held while a Service's address and node ports are chosen and written, so two Services
+    /// written at once never get the same.
+    allocating: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn bad_request(message: impl Into<String>) -> WireError {
@@ -140,7 +144,15 @@ impl Service {
             artifacts,
             precompiled,
             cluster_cidr,
+            service_cidr: Default::default(),
+            allocating: Arc::default(),
         }
+    }
+
+    /// The range Services get their virtual address from (10.43.0.0/16 by default).
+    pub fn with_service_cidr(mut self, cidr: crate::service_ips::ServiceCidr) -> Self {
+        self.service_cidr = cidr;
+        self
     }
 
     pub fn artifacts(&self) -> &Arc<Artifacts> {
@@ -222,8 +234,13 @@ impl Service {
             | Request::Fetch { .. }
             | Request::FetchPrecompiled { .. }
             | Request::RecordEvent { .. } => true,
+            // The service proxy on every node follows every Service and its endpoints.
             Request::List { kind, fields, .. } | Request::Watch { kind, fields, .. } => {
                 own_pods(kind, fields)
+                    || matches!(
+                        kind.parse::<Kind>(),
+                        Ok(Kind::Service) | Ok(Kind::Endpoints)
+                    )
             }
             Request::Get {
                 kind,
@@ -477,8 +494,11 @@ impl Service {
                 .await?;
                 one(Response::Ok)
             }
-            Request::Push { .. } | Request::Chunk(_) => Err(bad_request(
-                "uploads are handled by the connection, not here",
+            Request::Push { .. } | Request::Chunk(_) | Request::Tunnel { .. } => Err(bad_request(
+                "uploads and tunnels are handled by the connection, not here",
+            )),
+            Request::Dial { .. } => Err(bad_request(
+                "nodes dial their pods; the controller does not",
             )),
         }
     }
@@ -695,8 +715,14 @@ impl Service {
     /// (status, uid, timestamps); retried on a concurrent write.
     async fn apply_one(&self, desired: Object) -> Result<ApplyResult> {
         let key = ObjectKey::of(&desired);
+        let _allocating = match desired.kind() {
+            Kind::Service => Some(self.allocating.lock().await),
+            _ => None,
+        };
         for _ in 0..5 {
-            let Some(stored) = self.store.get(&key)? else {
+            let stored = self.store.get(&key)?;
+            let desired = self.allocate(&desired, stored.as_ref())?;
+            let Some(stored) = stored else {
                 match self.store.create(desired.clone()).await {
                     Ok(_) => return Ok(ApplyResult::Created),
                     Err(Error::AlreadyExists(_)) => continue,
@@ -735,6 +761,24 @@ impl Service {
         Err(Error::Conflict(format!(
             "{key} kept changing while it was applied; try again"
         )))
+    }
+
+    /// A Service with what the cluster chose for it (its cluster IP, its node ports), kept from
+    /// `stored`; any other object as it is.
+    fn allocate(&self, desired: &Object, stored: Option<&Object>) -> Result<Object> {
+        let Object::Service(svc) = desired else {
+            return Ok(desired.clone());
+        };
+        let mut svc = svc.clone();
+        let stored = match stored {
+            Some(Object::Service(s)) => Some(s),
+            _ => None,
+        };
+        let others: Vec<shoal_api::Service> = self.store.list_typed(Kind::Service, None)?;
+        crate::service_ips::assign(&mut svc, stored, &others, &self.service_cidr).map_err(|e| {
+            Error::Invalid(format!("Service {:?} is invalid: {e}", svc.metadata.name))
+        })?;
+        Ok(Object::Service(svc))
     }
 
     /// Stores a join token (as a Secret in the system namespace) and returns it.

@@ -32,6 +32,9 @@ pub struct Args {
     /// The pods' address range (a /16); each node gets a /24 of it.
     #[arg(long, default_value = "10.42.0.0/16")]
     pub cluster_cidr: shoal_controller::ipam::ClusterCidr,
+    /// The range Services get their virtual address (cluster IP) from.
+    #[arg(long, default_value = "10.43.0.0/16")]
+    pub service_cidr: shoal_controller::service_ips::ServiceCidr,
 }
 
 impl Args {
@@ -53,6 +56,7 @@ impl Args {
             node_grace: std::time::Duration::from_secs(self.node_grace_period),
             default_unreachable_toleration: toleration,
             cluster_cidr: self.cluster_cidr,
+            service_cidr: self.service_cidr,
         })
     }
 }

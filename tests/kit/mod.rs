@@ -28,8 +28,13 @@ impl Controller {
     }
 
     pub fn start_with_args(dir: &Path, extra: &[&str]) -> Controller {
+        Controller::start_listening(dir, "127.0.0.1:0", extra)
+    }
+
+    /// A controller listening on `listen` (an address of a test's own network, say).
+    pub fn start_listening(dir: &Path, listen: &str, extra: &[&str]) -> Controller {
         let mut child = Command::new(shoal_bin())
-            .args(["controller", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["controller", "--listen", listen, "--data-dir"])
             .arg(dir)
             .args(extra)
             .env("SHOAL_LOG", "info")
@@ -413,6 +418,12 @@ impl Cluster {
         self.controller.shoal(args)
     }
 
+    /// Keeps `dir` (the processes' data) until the cluster is dropped.
+    pub fn keep(mut self, dir: tempfile::TempDir) -> Cluster {
+        self._dir = dir;
+        self
+    }
+
     /// Polls `check` until it holds; on timeout, fails with the cluster's logs.
     #[track_caller]
     pub fn wait_for(&self, what: &str, timeout: Duration, mut check: impl FnMut(&Cluster) -> bool) {
@@ -730,4 +741,108 @@ pub fn latency_row(label: &str, samples: &mut [Duration], decimals: usize) -> St
         ms(at(0.5)),
         ms(at(0.99))
     )
+}
+
+/// Separate hosts on one machine: a network namespace per host, each with its own address on
+/// a bridge in the machine's namespace (`10.T.0.1/24`, the hosts `.11`, `.12`, ...), so what
+/// runs in them talks across a real link that a test can cut. Everything is removed on drop.
+pub struct Hosts {
+    pub bridge: String,
+    pub names: Vec<String>,
+    /// The machine's address on the bridge, where a controller listens.
+    pub gateway: String,
+    pub addresses: Vec<String>,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Hosts {
+    /// `n` hosts on `10.{tag}.0.0/24`; tests running at once use different tags.
+    pub fn create(tag: u8, n: usize) -> Hosts {
+        let bridge = format!("shoal-h{tag}");
+        let hosts = Hosts {
+            bridge: bridge.clone(),
+            names: (1..=n).map(|i| format!("shoal-h{tag}-{i}")).collect(),
+            gateway: format!("10.{tag}.0.1"),
+            addresses: (1..=n).map(|i| format!("10.{tag}.0.{}", 10 + i)).collect(),
+        };
+        hosts.remove();
+        ip(&["link", "add", &bridge, "type", "bridge"]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", hosts.gateway),
+            "dev",
+            &bridge,
+        ]);
+        ip(&["link", "set", &bridge, "up"]);
+        for (i, (name, addr)) in hosts.names.iter().zip(&hosts.addresses).enumerate() {
+            let outside = format!("shoal-h{tag}v{}", i + 1);
+            ip(&["netns", "add", name]);
+            ip(&[
+                "link", "add", &outside, "type", "veth", "peer", "name", "eth0", "netns", name,
+            ]);
+            ip(&["link", "set", &outside, "master", &bridge, "up"]);
+            ip(&[
+                "-n",
+                name,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                "eth0",
+            ]);
+            ip(&["-n", name, "link", "set", "eth0", "up"]);
+            ip(&["-n", name, "link", "set", "lo", "up"]);
+            // No default route: a host reaches the bridge's /24 and nothing else, so nothing
+            // a test does can leave the machine.
+        }
+        hosts
+    }
+
+    /// The command line that runs a program inside host `i` (0-based): only its network is
+    /// the host's; files and mounts are the machine's, as on a real second host they would
+    /// be its own.
+    pub fn run_in(&self, i: usize) -> Vec<std::ffi::OsString> {
+        vec![
+            "nsenter".into(),
+            format!("--net=/var/run/netns/{}", self.names[i]).into(),
+            "--".into(),
+            shoal_bin().into(),
+        ]
+    }
+
+    /// Runs a command inside host `i` and returns its output.
+    pub fn exec(&self, i: usize, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.names[i]])
+            .args(args)
+            .output()
+            .expect("ip netns exec")
+    }
+
+    fn remove(&self) {
+        for name in &self.names {
+            if Path::new("/var/run/netns").join(name).exists() {
+                let _ = Command::new("ip").args(["netns", "delete", name]).output();
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["link", "delete", &self.bridge])
+            .output();
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        self.remove();
+    }
 }

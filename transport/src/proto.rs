@@ -115,6 +115,24 @@ pub enum Request {
         target: shoal_api::WasmTarget,
         offset: u64,
     },
+    /// A node's service proxy reaches an endpoint on another node through the controller:
+    /// the controller asks `node` to [`Request::Dial`] and answers as it does; after
+    /// [`Response::Ok`] the stream carries the connection's bytes, both ways, unframed.
+    /// With `udp`, each datagram travels as a 2-byte big-endian length and its bytes.
+    Tunnel {
+        node: String,
+        ip: String,
+        port: u16,
+        udp: bool,
+    },
+    /// The controller asks a node to open a TCP connection (or a UDP flow) to one of its pods (`ip` is
+    /// the pod's address); answered with [`Response::Ok`] and then the bytes, as for
+    /// [`Request::Tunnel`].
+    Dial {
+        ip: String,
+        port: u16,
+        udp: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,6 +5,7 @@
 
 pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
 pub mod foreground;
 pub mod job;
 pub mod replicaset;
@@ -31,6 +32,7 @@ const WATCHED: &[Kind] = &[
     Kind::Job,
     Kind::Pod,
     Kind::Node,
+    Kind::Service,
 ];
 
 pub async fn run(store: Store, shutdown: CancellationToken) {
@@ -133,7 +135,56 @@ pub async fn pass(store: &Store) -> Result<()> {
     let pods: Vec<Pod> = store.list_typed(Kind::Pod, None)?;
     replicasets(store, &pods).await?;
     daemonsets(store, &pods).await?;
-    jobs(store, &pods).await
+    jobs(store, &pods).await?;
+    services(store, &pods).await
+}
+
+/// Endpoints for every Service with a selector (and none for a Service that is gone), and
+/// the status of LoadBalancer Services.
+async fn services(store: &Store, pods: &[Pod]) -> Result<()> {
+    use shoal_api::{Endpoints, Service};
+    let services: Vec<Service> = store.list_typed(Kind::Service, None)?;
+    let stored: Vec<Endpoints> = store.list_typed(Kind::Endpoints, None)?;
+    let key = |m: &shoal_api::ObjectMeta| (m.namespace_or_default().to_string(), m.name.clone());
+    let by_key: std::collections::HashMap<_, &Endpoints> =
+        stored.iter().map(|e| (key(&e.metadata), e)).collect();
+    let nodes: Vec<Node> = store.list_typed(Kind::Node, None)?;
+    for svc in &services {
+        if let Some(status) = endpoints::load_balancer(svc, &nodes) {
+            if svc.status.as_ref() != Some(&status) {
+                let mut next = svc.clone();
+                next.status = Some(status);
+                put_status(store, Object::Service(next), svc.metadata.revision()).await?;
+            }
+        }
+        if svc.spec.selector.is_empty() {
+            continue;
+        }
+        let want = endpoints::desired(svc, pods);
+        match by_key.get(&key(&svc.metadata)) {
+            Some(have) if endpoints::same(have, &want) => {}
+            Some(have) => {
+                let mut next = want;
+                next.metadata = shoal_api::ObjectMeta {
+                    labels: next.metadata.labels,
+                    ..have.metadata.clone()
+                };
+                let revision = have.metadata.revision();
+                tolerate(store.update(Object::Endpoints(next), Some(revision)).await)?;
+            }
+            None => tolerate(store.create(Object::Endpoints(want)).await)?,
+        }
+    }
+    let wanted: HashSet<_> = services.iter().map(|s| key(&s.metadata)).collect();
+    for gone in stored
+        .iter()
+        .filter(|e| !wanted.contains(&key(&e.metadata)))
+    {
+        let m = &gone.metadata;
+        let k = ObjectKey::new(Kind::Endpoints, Some(m.namespace_or_default()), &m.name);
+        tolerate(store.delete(k, None).await)?;
+    }
+    Ok(())
 }
 
 /// Whether an owner is on its way out (foreground cascade): its controller leaves it alone.

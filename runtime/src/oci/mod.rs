@@ -139,6 +139,14 @@ impl RuncRuntime {
         serde_json::from_slice(&out).ok()
     }
 
+    /// `runc exec` of `argv` in the container `key` (an exec probe), for the caller to run
+    /// and time.
+    pub fn exec_command(&self, key: &str, argv: &[String]) -> Command {
+        let mut c = self.runc();
+        c.arg("exec").arg(container_id(key)).args(argv);
+        c
+    }
+
     /// The keys of every container runc knows under this agent.
     pub fn containers(&self) -> Result<Vec<String>> {
         #[derive(serde::Deserialize)]
