@@ -6,64 +6,10 @@
 
 mod kit;
 
-use kit::{field, runc_missing, Agent, Cluster, Controller, Hosts, Leftovers};
-use shoal_runtime::oci::build::{busybox_layer, write_layout, ImageSpec};
-use shoal_runtime::oci::image::Platform;
+use kit::{field, hosts_cluster as cluster, runc_missing, Cluster, Hosts};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::path::Path;
 use std::time::Duration;
-
-/// A controller on the machine's side of the bridge and an agent in each host, the hosts
-/// labelled `role=...` from `roles`; every node Ready, busybox pushed as `busybox:1`.
-fn cluster(hosts: &Hosts, tag: u8, roles: &[&str]) -> (Cluster, Leftovers) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let controller = Controller::start_listening(
-        &dir.path().join("controller"),
-        &format!("{}:0", hosts.gateway),
-        &["--cluster-cidr", &format!("10.{}.0.0/16", tag + 1)],
-    );
-    let token = std::fs::read_to_string(controller.dir.join("token")).expect("token");
-    let agents: Vec<Agent> = roles
-        .iter()
-        .enumerate()
-        .map(|(i, role)| {
-            let program = hosts.run_in(i);
-            let program: Vec<&std::ffi::OsStr> = program.iter().map(|s| s.as_os_str()).collect();
-            let labels = format!("role={role}");
-            Agent::start_program(
-                &program,
-                &controller,
-                &format!("node-{}", i + 1),
-                &dir.path().join(format!("agent-{}", i + 1)),
-                token.trim(),
-                &["--labels", &labels, "--pod-bridge", "shoal0"],
-            )
-        })
-        .collect();
-    let leftovers = Leftovers(agents.iter().map(|a| a.dir.clone()).collect(), None);
-    let c = Cluster::adopt(controller, agents).keep(dir);
-    let names: Vec<String> = c.agents.iter().map(|a| a.name.clone()).collect();
-    c.wait_for("every node Ready", Duration::from_secs(60), |c| {
-        let out = c.shoal(&["get", "nodes", "--no-headers"]).stdout();
-        names.iter().all(|n| {
-            out.lines()
-                .any(|l| l.split_whitespace().take(2).eq([n.as_str(), "Ready"]))
-        })
-    });
-    let scratch = tempfile::tempdir().expect("tmp");
-    let layout = scratch.path().join("busybox");
-    let layer = busybox_layer(Path::new("/bin/busybox")).expect("busybox layer");
-    let image = ImageSpec {
-        platform: Platform::host(),
-        cmd: vec!["sh".into()],
-        ..Default::default()
-    };
-    write_layout(&layout, "busybox:1", &[(image, vec![layer])]).expect("layout");
-    c.shoal(&["push", layout.to_str().expect("utf-8"), "busybox:1"])
-        .ok();
-    (c, leftovers)
-}
 
 /// A Deployment of busybox pods on the nodes labelled `role`, running `script`.
 fn deployment(name: &str, replicas: u32, role: &str, script: &str, extra: &str) -> String {
@@ -274,5 +220,127 @@ fn runc_services_reach_pods_on_other_nodes_round_robin_through_a_stable_cluster_
             let (counts, _) = answers(&log(c), seen);
             renewed.iter().all(|p| counts.contains_key(p))
         },
+    );
+}
+
+/// A bare pod labelled `app=backend` on the `back` node running `script`, with `probes` (YAML
+/// lines at the container's indentation).
+fn backend_pod(name: &str, script: &str, probes: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: backend}}}}
+spec:
+  nodeSelector: {{role: back}}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox:1
+    command: [sh, -c, {script:?}]
+    ports: [{{name: http, containerPort: 8080}}]
+    resources: {{requests: {{cpu: 10m, memory: 8Mi}}}}
+{probes}"#
+    )
+}
+
+#[test]
+fn runc_probes_take_unready_pods_out_of_rotation_and_restart_dead_ones() {
+    if runc_missing("runc_probes_take_unready_pods_out_of_rotation_and_restart_dead_ones") {
+        return;
+    }
+    let hosts = Hosts::create(73, 2);
+    let (c, _leftovers) = cluster(&hosts, 73, &["front", "back"]);
+    apply(
+        &c,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: backend}\nspec:\n  type: LoadBalancer\n  selector: {app: backend}\n  ports: [{port: 80, targetPort: http, nodePort: 30080}]\n",
+    );
+    let readiness = "    readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 1, failureThreshold: 1}\n";
+    // "steady" stays healthy; "flaky" removes its /healthz after a few seconds.
+    let serve = "mkdir -p /www && hostname > /www/index.html && echo ok > /www/healthz && httpd -f -p 8080 -h /www";
+    apply(&c, &backend_pod("steady", serve, readiness));
+    apply(
+        &c,
+        &backend_pod(
+            "flaky",
+            &format!("(sleep 6; rm /www/healthz) & {serve}"),
+            readiness,
+        ),
+    );
+    // Node port on the node without backends; LoadBalancer status lists both nodes.
+    let via = format!("{}:30080", hosts.addresses[0]);
+    let mut seen = BTreeMap::<String, usize>::new();
+    c.wait_for("both pods answering", Duration::from_secs(60), |_| {
+        if let Ok(body) = get(&via) {
+            *seen.entry(body).or_insert(0) += 1;
+        }
+        seen.contains_key("steady") && seen.contains_key("flaky")
+    });
+    let svc: serde_json::Value =
+        serde_json::from_str(&c.shoal(&["get", "svc", "backend", "-o", "json"]).ok()).expect("svc");
+    let mut ingress: Vec<String> = svc["status"]["loadBalancer"]["ingress"]
+        .as_array()
+        .expect("ingress")
+        .iter()
+        .map(|i| field(i, "ip"))
+        .collect();
+    ingress.sort();
+    assert_eq!(ingress, hosts.addresses, "{svc}");
+
+    // Readiness fails: the pod stays Running, 0/1 ready, and gets no more traffic.
+    c.wait_for("flaky not ready", Duration::from_secs(30), |c| {
+        c.shoal(&["get", "pod", "flaky", "--no-headers"])
+            .stdout()
+            .split_whitespace()
+            .nth(1)
+            == Some("0/1")
+    });
+    assert_eq!(field(&c.pod("flaky"), "status.phase"), "Running");
+    assert_eq!(
+        field(&c.pod("flaky"), "status.containerStatuses.0.restartCount"),
+        "0"
+    );
+    let endpoints = c.shoal(&["get", "endpoints", "backend", "-o", "json"]).ok();
+    let ep: serde_json::Value = serde_json::from_str(&endpoints).expect("endpoints");
+    assert_eq!(
+        field(&ep, "subsets.0.notReadyAddresses.0.targetRef.name"),
+        "flaky",
+        "{ep}"
+    );
+    let answers: Vec<String> = (0..20).map(|_| get(&via).expect("answer")).collect();
+    assert!(answers.iter().all(|a| a == "steady"), "{answers:?}");
+    let described = c.shoal(&["describe", "pod", "flaky"]).ok();
+    assert!(
+        described.contains("Readiness probe failed: HTTP probe failed with statuscode: 404"),
+        "{described}"
+    );
+
+    // Liveness fails: the container is killed and started again, and counted.
+    let liveness =
+        "    livenessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1, failureThreshold: 2}\n";
+    apply(
+        &c,
+        &backend_pod(
+            "mortal",
+            "httpd -f -p 8080 -h / & pid=$!; sleep 3; kill $pid; sleep 600",
+            liveness,
+        ),
+    );
+    c.wait_for(
+        "mortal restarted by its liveness probe",
+        Duration::from_secs(60),
+        |c| {
+            field(&c.pod("mortal"), "status.containerStatuses.0.restartCount")
+                .parse::<u32>()
+                .is_ok_and(|n| n >= 1)
+        },
+    );
+    let described = c.shoal(&["describe", "pod", "mortal"]).ok();
+    assert!(
+        described.contains("Liveness probe failed: dial tcp"),
+        "{described}"
+    );
+    assert!(
+        described.contains("Container main failed liveness probe, will be restarted"),
+        "{described}"
     );
 }

@@ -846,3 +846,57 @@ impl Drop for Hosts {
         self.remove();
     }
 }
+
+/// A cluster across [`Hosts`]: a controller on the machine's side of the bridge and an agent in each host, the hosts
+/// labelled `role=...` from `roles`; every node Ready, busybox pushed as `busybox:1`.
+pub fn hosts_cluster(hosts: &Hosts, tag: u8, roles: &[&str]) -> (Cluster, Leftovers) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let controller = Controller::start_listening(
+        &dir.path().join("controller"),
+        &format!("{}:0", hosts.gateway),
+        // Pods get 10.{tag+1}.N.0/24 on node N.
+        &["--cluster-cidr", &format!("10.{}.0.0/16", tag + 1)],
+    );
+    let token = std::fs::read_to_string(controller.dir.join("token")).expect("token");
+    let agents: Vec<Agent> = roles
+        .iter()
+        .enumerate()
+        .map(|(i, role)| {
+            let program = hosts.run_in(i);
+            let program: Vec<&std::ffi::OsStr> = program.iter().map(|s| s.as_os_str()).collect();
+            let labels = format!("role={role}");
+            Agent::start_program(
+                &program,
+                &controller,
+                &format!("node-{}", i + 1),
+                &dir.path().join(format!("agent-{}", i + 1)),
+                token.trim(),
+                &["--labels", &labels, "--pod-bridge", "shoal0"],
+            )
+        })
+        .collect();
+    let leftovers = Leftovers(agents.iter().map(|a| a.dir.clone()).collect(), None);
+    let c = Cluster::adopt(controller, agents).keep(dir);
+    let names: Vec<String> = c.agents.iter().map(|a| a.name.clone()).collect();
+    c.wait_for("every node Ready", Duration::from_secs(60), |c| {
+        let out = c.shoal(&["get", "nodes", "--no-headers"]).stdout();
+        names.iter().all(|n| {
+            out.lines()
+                .any(|l| l.split_whitespace().take(2).eq([n.as_str(), "Ready"]))
+        })
+    });
+    let scratch = tempfile::tempdir().expect("tmp");
+    let layout = scratch.path().join("busybox");
+    let layer =
+        shoal_runtime::oci::build::busybox_layer(Path::new("/bin/busybox")).expect("busybox layer");
+    let image = shoal_runtime::oci::build::ImageSpec {
+        platform: shoal_runtime::oci::image::Platform::host(),
+        cmd: vec!["sh".into()],
+        ..Default::default()
+    };
+    shoal_runtime::oci::build::write_layout(&layout, "busybox:1", &[(image, vec![layer])])
+        .expect("layout");
+    c.shoal(&["push", layout.to_str().expect("utf-8"), "busybox:1"])
+        .ok();
+    (c, leftovers)
+}
