@@ -193,6 +193,26 @@ fn runc_services_reach_pods_on_other_nodes_round_robin_through_a_stable_cluster_
         "answers other than the backends' names: {counts:?}"
     );
 
+    // The Service's names resolve from a pod, through the agent's DNS server.
+    let lookups = "for n in backend backend.default backend.default.svc.cluster.local nosuch.default.svc.cluster.local; do nslookup $n; done; cat /etc/resolv.conf; sleep 600";
+    apply(&c, &deployment("resolver", 1, "front", lookups, ""));
+    c.wait_for("the resolver's lookups", Duration::from_secs(60), |c| {
+        ready_pods(c, "resolver")
+            .first()
+            .is_some_and(|p| c.shoal(&["logs", p]).stdout().contains("options ndots:5"))
+    });
+    let resolved = c.shoal(&["logs", &ready_pods(&c, "resolver")[0]]).stdout();
+    assert_eq!(
+        resolved.matches(&format!("Address: {cluster_ip}")).count(),
+        3,
+        "{resolved}"
+    );
+    assert!(resolved.contains("NXDOMAIN"), "{resolved}");
+    assert!(
+        resolved.contains("search default.svc.cluster.local svc.cluster.local cluster.local"),
+        "{resolved}"
+    );
+
     // NodePort on every node's address, also node-1's where no backend runs.
     for addr in &hosts.addresses {
         let body = get(&format!("{addr}:{node_port}")).expect("node port");

@@ -2,6 +2,7 @@
 //! the pods bound to it through the runtimes, reports their status, and serves their logs.
 
 pub mod artifacts;
+pub mod dns;
 pub mod error;
 pub mod images;
 pub mod join;

@@ -124,6 +124,8 @@ struct State {
     local: BTreeSet<Ipv4Addr>,
     /// Listeners that could not be had, so each is warned about once.
     failed: BTreeSet<Listen>,
+    /// The cluster DNS server this node runs, on the DNS Service's address.
+    dns: Option<(Ipv4Addr, CancellationToken)>,
 }
 
 struct Inner {
@@ -152,6 +154,7 @@ impl Proxy {
                 active: HashMap::new(),
                 local: BTreeSet::new(),
                 failed: BTreeSet::new(),
+                dns: None,
             }),
             next: AtomicUsize::new(0),
             connections: tokio_util::task::TaskTracker::new(),
@@ -183,6 +186,11 @@ impl Proxy {
             .as_deref()?
             .parse()
             .ok()
+    }
+
+    /// The cluster DNS Service's address, once this node knows it.
+    pub fn dns_address(&self) -> Option<Ipv4Addr> {
+        self.cluster_ip(crate::dns::SERVICE_NAMESPACE, crate::dns::SERVICE_NAME)
     }
 
     /// Follows the Services and Endpoints over this connection until it fails; what was
@@ -268,6 +276,29 @@ impl Proxy {
             let _ = local_route("delete", ip);
             s.local.remove(&ip);
         }
+        let dns = s
+            .services
+            .get(&(
+                crate::dns::SERVICE_NAMESPACE.to_string(),
+                crate::dns::SERVICE_NAME.to_string(),
+            ))
+            .and_then(|svc| svc.spec.cluster_ip.as_deref()?.parse::<Ipv4Addr>().ok());
+        if s.dns.as_ref().map(|d| d.0) != dns {
+            if let Some((_, cancel)) = s.dns.take() {
+                cancel.cancel();
+            }
+            if let Some(ip) = dns.filter(|ip| s.local.contains(ip)) {
+                match bind_udp(SocketAddr::new(IpAddr::V4(ip), 53)) {
+                    Ok(socket) => {
+                        tracing::info!(%ip, "serving the cluster's names to pods");
+                        let cancel = CancellationToken::new();
+                        tokio::spawn(serve_dns(self.clone(), socket, ip, cancel.clone()));
+                        s.dns = Some((ip, cancel));
+                    }
+                    Err(e) => tracing::warn!(%ip, error = %e, "cannot serve cluster DNS"),
+                }
+            }
+        }
         s.active.retain(|listen, a| {
             let keep = want.contains_key(listen);
             if !keep {
@@ -342,6 +373,9 @@ impl Proxy {
     /// Closes every listener (the agent is stopping); open connections finish on their own.
     pub fn shutdown(&self) {
         if let Ok(mut s) = self.0.state.lock() {
+            if let Some((_, cancel)) = s.dns.take() {
+                cancel.cancel();
+            }
             for (_, a) in s.active.drain() {
                 a.cancel.cancel();
             }
@@ -455,6 +489,70 @@ impl Proxy {
             Ok(r) => r,
             Err(_) => Err("the tunnel did not open in time".into()),
         }
+    }
+}
+
+/// Answers pods' DNS queries on `socket`: the cluster's names from what the proxy knows, the
+/// rest from the node's resolvers.
+async fn serve_dns(
+    proxy: Proxy,
+    socket: tokio::net::UdpSocket,
+    ip: Ipv4Addr,
+    cancel: CancellationToken,
+) {
+    let socket = Arc::new(socket);
+    let upstreams = crate::dns::upstreams(
+        &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        ip,
+    );
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (n, client) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(r) => r,
+                Err(_) => continue,
+            },
+        };
+        let msg = buf[..n].to_vec();
+        let q = match crate::dns::parse_query(&msg) {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::debug!(%client, error = %e, "bad DNS query");
+                continue;
+            }
+        };
+        let found = {
+            let state = proxy.0.state.lock();
+            let Ok(st) = state else { return };
+            crate::dns::lookup(
+                &q.name,
+                |ns, svc| {
+                    st.services
+                        .get(&(ns.to_string(), svc.to_string()))?
+                        .spec
+                        .cluster_ip
+                        .as_deref()?
+                        .parse()
+                        .ok()
+                },
+                |ns| st.services.keys().any(|k| k.0 == ns),
+            )
+        };
+        let socket = socket.clone();
+        let upstreams = upstreams.clone();
+        tokio::spawn(async move {
+            let answer = match found {
+                crate::dns::Lookup::Elsewhere => {
+                    match crate::dns::forward(&msg, &upstreams).await {
+                        Some(a) => a,
+                        None => crate::dns::reply(&q, &found),
+                    }
+                }
+                _ => crate::dns::reply(&q, &found),
+            };
+            let _ = socket.send_to(&answer, client).await;
+        });
     }
 }
 

@@ -720,7 +720,8 @@ async fn prepare(
             .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?
             .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
             pod_ip = ip;
-            let etc = etc_files(pod, dir, ip).map_err(|e| {
+            let dns = inner.proxy.dns_address();
+            let etc = etc_files(pod, dir, ip, dns).map_err(|e| {
                 (
                     "CreateContainerError".to_string(),
                     format!("/etc files: {e}"),
@@ -913,6 +914,7 @@ fn etc_files(
     pod: &Pod,
     dir: &std::path::Path,
     ip: Option<std::net::Ipv4Addr>,
+    cluster_dns: Option<std::net::Ipv4Addr>,
 ) -> std::io::Result<Vec<Mount>> {
     let etc = dir.join("etc");
     std::fs::create_dir_all(&etc)?;
@@ -927,7 +929,14 @@ fn etc_files(
     let hosts = format!(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\t{hostname}\n"
     );
-    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    // The cluster's resolver when the node knows it (pods' default dnsPolicy, ClusterFirst),
+    // else the node's own.
+    let resolv = match cluster_dns {
+        Some(dns) if pod.spec.dns_policy.as_deref() != Some("Default") => {
+            crate::dns::resolv_conf(dns, pod.metadata.namespace_or_default())
+        }
+        _ => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    };
     let mut mounts = Vec::new();
     for (name, text) in [
         ("hosts", hosts),

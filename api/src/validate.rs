@@ -464,6 +464,11 @@ fn validate_probe(e: &mut Errors, path: &str, p: &Probe) {
 
 fn validate_pod_spec(e: &mut Errors, path: &str, s: &PodSpec) {
     e.one_of(
+        &format!("{path}.dnsPolicy"),
+        s.dns_policy.as_deref(),
+        &["ClusterFirst", "ClusterFirstWithHostNet", "Default"],
+    );
+    e.one_of(
         &format!("{path}.restartPolicy"),
         s.restart_policy.as_deref(),
         &["Always", "OnFailure", "Never"],

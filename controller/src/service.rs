@@ -22,6 +22,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The namespace Shoal keeps its own objects in (join tokens), as Kubernetes' kube-system.
 pub const SYSTEM_NAMESPACE: &str = "shoal-system";
+/// The cluster DNS Service, in the system namespace.
+pub const DNS_SERVICE: &str = "shoal-dns";
 const TOKEN_TYPE: &str = "shoal.io/bootstrap-token";
 
 /// What an operation answers: one response, a stream of watch events, an artifact to send,
@@ -180,8 +182,43 @@ impl Service {
         &self.store
     }
 
-    /// Creates what every cluster has from the start: the system namespace.
+    /// Creates what every cluster has from the start: the system namespace and the cluster
+    /// DNS Service, which every agent serves for its pods.
     pub async fn bootstrap(&self) -> Result<()> {
+        self.bootstrap_namespace().await?;
+        let key = ObjectKey::new(Kind::Service, Some(SYSTEM_NAMESPACE), DNS_SERVICE);
+        if self.store.get(&key)?.is_none() {
+            let port = |name: &str, protocol: &str| shoal_api::ServicePort {
+                name: Some(name.into()),
+                protocol: Some(protocol.into()),
+                port: 53,
+                ..Default::default()
+            };
+            let dns = shoal_api::Service {
+                api_version: "v1".into(),
+                kind: "Service".into(),
+                metadata: ObjectMeta {
+                    name: DNS_SERVICE.into(),
+                    namespace: Some(SYSTEM_NAMESPACE.into()),
+                    labels: [("shoal.dev/cluster-service".to_string(), "dns".to_string())].into(),
+                    ..Default::default()
+                },
+                spec: shoal_api::ServiceSpec {
+                    cluster_ip: Some(self.service_cidr.dns_address().to_string()),
+                    ports: vec![port("dns", "UDP"), port("dns-tcp", "TCP")],
+                    ..Default::default()
+                },
+                status: None,
+            };
+            match self.apply_one(Object::Service(dns)).await {
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot create the cluster DNS Service"),
+            }
+        }
+        Ok(())
+    }
+
+    async fn bootstrap_namespace(&self) -> Result<()> {
         let key = ObjectKey::new(Kind::Namespace, None, SYSTEM_NAMESPACE);
         if self.store.get(&key)?.is_none() {
             let ns = Object::Namespace(Namespace {

@@ -74,6 +74,12 @@ impl ServiceCidr {
         let size = 1u32 << (32 - self.prefix);
         (self.base + 2..self.base + size - 1).map(Ipv4Addr::from)
     }
+
+    /// The cluster DNS Service's address: the tenth, as K3s's 10.43.0.10; never handed out
+    /// to another Service.
+    pub fn dns_address(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.base + 10)
+    }
 }
 
 fn uses_node_ports(svc: &Service) -> bool {
@@ -136,6 +142,7 @@ pub fn assign(
                 .collect();
             range
                 .assignable()
+                .filter(|ip| *ip != range.dns_address())
                 .map(|ip| ip.to_string())
                 .find(|ip| !taken.contains(ip.as_str()))
                 .ok_or_else(|| format!("spec.clusterIP: the service range {range} is full"))?

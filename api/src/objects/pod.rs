@@ -54,6 +54,9 @@ pub struct PodSpec {
     pub active_deadline_seconds: Option<i64>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub host_network: bool,
+    /// `ClusterFirst` (the default: the cluster DNS), or `Default` (the node's resolvers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_policy: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
