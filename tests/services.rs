@@ -364,3 +364,66 @@ fn runc_probes_take_unready_pods_out_of_rotation_and_restart_dead_ones() {
         "{described}"
     );
 }
+
+#[test]
+fn runc_wasm_pods_listen_only_on_declared_ports_and_serve_behind_a_service() {
+    if runc_missing("runc_wasm_pods_listen_only_on_declared_ports_and_serve_behind_a_service") {
+        return;
+    }
+    let hosts = Hosts::create(77, 2);
+    let (c, _leftovers) = cluster(&hosts, 77, &["front", "back"]);
+    let wasm = kit::wasm_fixture("probe", "wasm32-wasip2");
+    c.shoal(&["push", wasm.to_str().expect("utf-8"), "probe:2"])
+        .ok();
+    apply(
+        &c,
+        r#"apiVersion: v1
+kind: Service
+metadata: {name: wasm-web}
+spec:
+  type: NodePort
+  selector: {app: wasm-web}
+  ports: [{port: 80, targetPort: web}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: wasm-web, labels: {app: wasm-web}}
+spec:
+  runtimeClassName: wasm
+  nodeSelector: {role: back}
+  containers:
+  - name: web
+    image: probe:2
+    args: [listen, "9999", serve, "8080", hello from wasm]
+    ports: [{name: web, containerPort: 8080}]
+    resources: {requests: {cpu: 10m, memory: 16Mi}}
+"#,
+    );
+    c.wait_for("the wasm pod serving", Duration::from_secs(60), |c| {
+        c.shoal(&["logs", "wasm-web"])
+            .stdout()
+            .contains("serving on 8080")
+    });
+    let log = c.shoal(&["logs", "wasm-web"]).stdout();
+    assert!(
+        log.starts_with("cannot listen on 9999: "),
+        "an undeclared port must be refused: {log}"
+    );
+    // Its endpoint is its node's address (wasm pods use the node's network).
+    let pod = c.pod("wasm-web");
+    assert_eq!(field(&pod, "status.podIP"), hosts.addresses[1], "{pod}");
+    let svc: serde_json::Value =
+        serde_json::from_str(&c.shoal(&["get", "svc", "wasm-web", "-o", "json"]).ok())
+            .expect("svc");
+    let node_port = field(&svc, "spec.ports.0.nodePort");
+    let mut body = Err(String::new());
+    c.wait_for(
+        "the wasm pod answering through the node port",
+        Duration::from_secs(30),
+        |_| {
+            body = get(&format!("{}:{node_port}", hosts.addresses[0]));
+            body.is_ok()
+        },
+    );
+    assert_eq!(body.as_deref(), Ok("hello from wasm"));
+}

@@ -897,6 +897,16 @@ async fn prepare(
                     .get("cpu")
                     .map(|q| q.milli_value().max(0) as u64),
                 log_path: logs.join(format!("{}.log", c.name)),
+                ports: c
+                    .ports
+                    .iter()
+                    .filter_map(|p| {
+                        Some(shoal_runtime::Port {
+                            port: u16::try_from(p.container_port).ok()?,
+                            udp: p.protocol.as_deref() == Some("UDP"),
+                        })
+                    })
+                    .collect(),
             },
             workload,
         });

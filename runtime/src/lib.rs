@@ -57,8 +57,18 @@ pub struct ContainerSpec {
     pub network: Network,
     /// The container's hostname (the pod's name).
     pub hostname: String,
+    /// The ports it declares (`containerPort`s): the only ones a wasm container may listen
+    /// on with WASI sockets.
+    pub ports: Vec<Port>,
     /// stdout and stderr are appended here.
     pub log_path: PathBuf,
+}
+
+/// A declared container port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Port {
+    pub port: u16,
+    pub udp: bool,
 }
 
 /// A container's `securityContext`, resolved.

@@ -50,6 +50,16 @@ fn wasi_builder(spec: &ContainerSpec) -> Result<WasiCtxBuilder> {
         .envs(&spec.env)
         .stdout(OutputFile::new(log))
         .stderr(OutputFile::new(log2));
+    // The node's network, as a hostNetwork pod has it, but a listener only on a declared
+    // port: connections out are free, binds are to port 0 (implicit) or a containerPort.
+    let ports = spec.ports.clone();
+    b.allow_tcp(true)
+        .allow_udp(true)
+        .allow_ip_name_lookup(true)
+        .socket_addr_check(move |addr, use_| {
+            let allowed = socket_allowed(&ports, addr, use_);
+            Box::pin(async move { allowed })
+        });
     for m in &spec.mounts {
         let perms = if m.read_only {
             FsPerms::ReadOnly
@@ -66,6 +76,23 @@ fn wasi_builder(spec: &ContainerSpec) -> Result<WasiCtxBuilder> {
             })?;
     }
     Ok(b)
+}
+
+/// Whether a wasm container may use `addr` so: binding and listening only on the ports it
+/// declares (or an implicit bind to port 0 before a connect), anything else freely.
+pub(crate) fn socket_allowed(
+    ports: &[crate::Port],
+    addr: std::net::SocketAddr,
+    use_: wasmtime_wasi::sockets::SocketAddrUse,
+) -> bool {
+    use wasmtime_wasi::sockets::SocketAddrUse as U;
+    let declared = |udp: bool| ports.iter().any(|p| p.udp == udp && p.port == addr.port());
+    match use_ {
+        U::TcpBind => addr.port() == 0 || declared(false),
+        U::TcpListen => declared(false),
+        U::UdpBind => addr.port() == 0 || declared(true),
+        _ => true,
+    }
 }
 
 fn limits(spec: &ContainerSpec) -> StoreLimits {

@@ -270,3 +270,29 @@ fn dir_size(dir: &std::path::Path) -> u64 {
         .map(|e| e.unwrap().metadata().unwrap().len())
         .sum()
 }
+
+#[test]
+fn wasm_sockets_bind_only_declared_ports() {
+    use wasmtime_wasi::sockets::SocketAddrUse as U;
+    let ports = [
+        crate::Port {
+            port: 8080,
+            udp: false,
+        },
+        crate::Port {
+            port: 5353,
+            udp: true,
+        },
+    ];
+    let at = |p: u16| std::net::SocketAddr::from(([0, 0, 0, 0], p));
+    let ok = |p: u16, u: U| run::socket_allowed(&ports, at(p), u);
+    assert!(ok(8080, U::TcpBind) && ok(8080, U::TcpListen));
+    assert!(!ok(9999, U::TcpBind) && !ok(9999, U::TcpListen));
+    assert!(ok(0, U::TcpBind), "the implicit bind before a connect");
+    assert!(
+        !ok(40000, U::TcpListen),
+        "an ephemeral listener is still undeclared"
+    );
+    assert!(ok(5353, U::UdpBind) && !ok(8080, U::UdpBind) && !ok(5353, U::TcpListen));
+    assert!(ok(443, U::TcpConnect) && ok(53, U::UdpSend));
+}

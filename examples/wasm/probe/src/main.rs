@@ -1,6 +1,8 @@
 //! A test fixture: does what its arguments say, so one module exercises every part of WASI the
 //! tests check. Steps run in order: `print TEXT`, `eprint TEXT`, `args`, `env NAME`,
-//! `cat PATH`, `write PATH TEXT`, `alloc MIB`, `sleep MS`, `spin`, `exit CODE`.
+//! `cat PATH`, `write PATH TEXT`, `alloc MIB`, `sleep MS`, `spin`, `exit CODE`,
+//! `listen PORT` (says whether a TCP listener on the port may be had), and `serve PORT TEXT`
+//! (an HTTP server answering TEXT on every request, forever; WASI p2 sockets).
 
 use std::io::Write;
 
@@ -50,6 +52,35 @@ fn main() {
                 }
             }
             "exit" => std::process::exit(next().parse().unwrap_or(0)),
+            "listen" => {
+                let port = next();
+                match std::net::TcpListener::bind(format!("0.0.0.0:{port}")) {
+                    Ok(_) => println!("listening on {port}"),
+                    Err(e) => println!("cannot listen on {port}: {e}"),
+                }
+            }
+            "serve" => {
+                let (port, text) = (next(), next());
+                let listener = match std::net::TcpListener::bind(format!("0.0.0.0:{port}")) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        eprintln!("cannot listen on {port}: {e}");
+                        std::process::exit(2);
+                    }
+                };
+                println!("serving on {port}");
+                let _ = std::io::stdout().flush();
+                for conn in listener.incoming() {
+                    let Ok(mut conn) = conn else { continue };
+                    let mut buf = [0u8; 1024];
+                    let _ = std::io::Read::read(&mut conn, &mut buf);
+                    let answer = format!(
+                        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{text}",
+                        text.len()
+                    );
+                    let _ = conn.write_all(answer.as_bytes());
+                }
+            }
             other => {
                 eprintln!("unknown step {other:?}");
                 std::process::exit(64);
