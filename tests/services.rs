@@ -427,3 +427,69 @@ spec:
     );
     assert_eq!(body.as_deref(), Ok("hello from wasm"));
 }
+
+#[test]
+fn runc_udp_services_carry_datagrams_both_ways_across_nodes() {
+    if runc_missing("runc_udp_services_carry_datagrams_both_ways_across_nodes") {
+        return;
+    }
+    let hosts = Hosts::create(79, 2);
+    let (c, _leftovers) = cluster(&hosts, 79, &["front", "back"]);
+    let wasm = kit::wasm_fixture("probe", "wasm32-wasip2");
+    c.shoal(&["push", wasm.to_str().expect("utf-8"), "probe:2"])
+        .ok();
+    apply(
+        &c,
+        r#"apiVersion: v1
+kind: Service
+metadata: {name: echo}
+spec:
+  type: NodePort
+  selector: {app: echo}
+  ports: [{port: 53, protocol: UDP, targetPort: 5353, nodePort: 30053}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: echo, labels: {app: echo}}
+spec:
+  runtimeClassName: wasm
+  nodeSelector: {role: back}
+  containers:
+  - name: echo
+    image: probe:2
+    args: [udp-echo, "5353"]
+    ports: [{containerPort: 5353, protocol: UDP}]
+    resources: {requests: {cpu: 10m, memory: 16Mi}}
+"#,
+    );
+    c.wait_for("the echo pod bound", Duration::from_secs(60), |c| {
+        c.shoal(&["logs", "echo"])
+            .stdout()
+            .contains("echoing on udp 5353")
+    });
+    // From the machine to the node without the pod: its proxy tunnels each datagram over.
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+    sock.connect(format!("{}:30053", hosts.addresses[0]))
+        .expect("connect");
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let mut buf = [0u8; 1500];
+    let mut answers = Vec::new();
+    c.wait_for("echoed datagrams", Duration::from_secs(30), |_| {
+        let _ = sock.send(format!("ping {}", answers.len()).as_bytes());
+        if let Ok(n) = sock.recv(&mut buf) {
+            answers.push(String::from_utf8_lossy(&buf[..n]).to_string());
+        }
+        answers.len() >= 3
+    });
+    assert!(
+        answers.iter().all(|a| a.starts_with("echo: ping ")),
+        "{answers:?}"
+    );
+    // A UDP port with no endpoint is refused: the pod goes, so does the listener.
+    c.shoal(&["delete", "pod", "echo"]).ok();
+    c.wait_for("datagrams refused", Duration::from_secs(30), |_| {
+        let _ = sock.send(b"anyone?");
+        matches!(sock.recv(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+    });
+}

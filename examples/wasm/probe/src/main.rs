@@ -2,7 +2,8 @@
 //! tests check. Steps run in order: `print TEXT`, `eprint TEXT`, `args`, `env NAME`,
 //! `cat PATH`, `write PATH TEXT`, `alloc MIB`, `sleep MS`, `spin`, `exit CODE`,
 //! `listen PORT` (says whether a TCP listener on the port may be had), and `serve PORT TEXT`
-//! (an HTTP server answering TEXT on every request, forever; WASI p2 sockets).
+//! (an HTTP server answering TEXT on every request, forever; WASI p2 sockets), and
+//! `udp-echo PORT` (answers each datagram with `echo: ` and its bytes, forever).
 
 use std::io::Write;
 
@@ -57,6 +58,25 @@ fn main() {
                 match std::net::TcpListener::bind(format!("0.0.0.0:{port}")) {
                     Ok(_) => println!("listening on {port}"),
                     Err(e) => println!("cannot listen on {port}: {e}"),
+                }
+            }
+            "udp-echo" => {
+                let port = next();
+                let sock = match std::net::UdpSocket::bind(format!("0.0.0.0:{port}")) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("cannot bind udp {port}: {e}");
+                        std::process::exit(2);
+                    }
+                };
+                println!("echoing on udp {port}");
+                let _ = std::io::stdout().flush();
+                let mut buf = [0u8; 1500];
+                loop {
+                    let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
+                    let mut answer = b"echo: ".to_vec();
+                    answer.extend_from_slice(&buf[..n]);
+                    let _ = sock.send_to(&answer, from);
                 }
             }
             "serve" => {
