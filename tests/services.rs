@@ -493,3 +493,86 @@ spec:
         matches!(sock.recv(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
     });
 }
+
+#[test]
+fn runc_wasi_http_components_with_three_replicas_answer_behind_a_service() {
+    if runc_missing("runc_wasi_http_components_with_three_replicas_answer_behind_a_service") {
+        return;
+    }
+    let hosts = Hosts::create(81, 3);
+    let (c, _leftovers) = cluster(&hosts, 81, &["web", "web", "web"]);
+    let wasm = kit::wasm_fixture("http_hello", "wasm32-wasip2");
+    c.shoal(&["push", wasm.to_str().expect("utf-8"), "http-hello:1"])
+        .ok();
+    apply(
+        &c,
+        r#"apiVersion: v1
+kind: Service
+metadata: {name: hello}
+spec:
+  type: NodePort
+  selector: {app: hello}
+  ports: [{port: 80, targetPort: http, nodePort: 30081}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: hello}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: hello}}
+  template:
+    metadata: {labels: {app: hello}}
+    spec:
+      runtimeClassName: wasm
+      containers:
+      - name: hello
+        image: http-hello:1
+        ports: [{name: http, containerPort: 8080}]
+        env: [{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]
+        resources: {requests: {cpu: 10m, memory: 16Mi}, limits: {memory: 64Mi}}
+"#,
+    );
+    c.wait_for("3 hello pods ready", Duration::from_secs(90), |c| {
+        ready_pods(c, "hello").len() == 3
+    });
+    let pods = ready_pods(&c, "hello");
+    // A wasm pod's containerPort is its node's: one replica a node.
+    let nodes: std::collections::BTreeSet<String> = pods
+        .iter()
+        .map(|p| field(&c.pod(p), "spec.nodeName"))
+        .collect();
+    assert_eq!(nodes.len(), 3, "{pods:?} on {nodes:?}");
+    // Through the node port, every replica answers in turn.
+    let mut answered = BTreeMap::<String, usize>::new();
+    for i in 0..30 {
+        let body = get(&format!("{}:30081", hosts.addresses[0])).expect("answer");
+        let pod = body
+            .strip_prefix("hello from ")
+            .and_then(|r| r.strip_suffix(" (GET /)"))
+            .unwrap_or_else(|| panic!("request {i}: unexpected answer {body:?}"));
+        *answered.entry(pod.to_string()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        answered.keys().cloned().collect::<Vec<_>>(),
+        pods,
+        "every replica answers: {answered:?}"
+    );
+    // HTTP/1.1 keep-alive: two requests on one connection to one replica's port.
+    let mut s =
+        std::net::TcpStream::connect(format!("{}:8080", hosts.addresses[1])).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut got = String::new();
+    for path in ["/one", "/two?x=1"] {
+        write!(s, "GET {path} HTTP/1.1\r\nHost: hello\r\n\r\n").expect("send");
+        let mut buf = [0u8; 1024];
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !got.contains(&format!("(GET {path})")) && std::time::Instant::now() < deadline {
+            let n = s.read(&mut buf).expect("read");
+            assert!(n > 0, "the connection closed after {got:?}");
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+    assert_eq!(got.matches("HTTP/1.1 200 OK").count(), 2, "{got}");
+    assert!(got.contains("(GET /two?x=1)"), "{got}");
+}

@@ -4,6 +4,7 @@
 //! their CPU limit; `StoreLimits` caps linear memory.
 
 mod cache;
+mod http;
 mod precompile;
 mod run;
 mod target;

@@ -17,7 +17,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 /// Exit code reported for a trap, as a process aborted by a signal (128 + SIGABRT).
 const TRAP_EXIT: i32 = 134;
 /// Exit code reported for a container killed by its supervisor or its memory limit.
-const KILLED_EXIT: i32 = 137;
+pub(super) const KILLED_EXIT: i32 = 137;
 
 struct P1 {
     wasi: WasiP1Ctx,
@@ -39,7 +39,7 @@ impl WasiView for P2 {
     }
 }
 
-fn wasi_builder(spec: &ContainerSpec) -> Result<WasiCtxBuilder> {
+pub(super) fn wasi_builder(spec: &ContainerSpec) -> Result<WasiCtxBuilder> {
     let start_err = |message: String| Error::Start {
         id: spec.id.clone(),
         message,
@@ -95,7 +95,7 @@ pub(crate) fn socket_allowed(
     }
 }
 
-fn limits(spec: &ContainerSpec) -> StoreLimits {
+pub(super) fn limits(spec: &ContainerSpec) -> StoreLimits {
     let mut b = StoreLimitsBuilder::new().trap_on_grow_failure(true);
     if let Some(bytes) = spec.memory_limit {
         b = b.memory_size(usize::try_from(bytes).unwrap_or(usize::MAX));
@@ -105,7 +105,7 @@ fn limits(spec: &ContainerSpec) -> StoreLimits {
 
 /// Stops the guest when asked, and holds it to its CPU share: after running for a slice, it
 /// sleeps long enough that its share of one core matches `cpu_limit_millis`.
-fn install_epoch_callback<T: 'static>(
+pub(super) fn install_epoch_callback<T: 'static>(
     store: &mut Store<T>,
     stop: Arc<AtomicBool>,
     cpu_millis: Option<u64>,
@@ -230,6 +230,11 @@ fn run_component(
 }
 
 pub fn start(engine: &Engine, compiled: Compiled, spec: ContainerSpec) -> Result<Handle> {
+    if let Compiled::Component(c) = &compiled {
+        if super::http::is_handler(engine, c) {
+            return super::http::serve(engine, c, spec);
+        }
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let (handle, exit) = Handle::new(move |grace, exit| {
