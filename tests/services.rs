@@ -372,9 +372,7 @@ fn runc_wasm_pods_listen_only_on_declared_ports_and_serve_behind_a_service() {
     }
     let hosts = Hosts::create(77, 2);
     let (c, _leftovers) = cluster(&hosts, 77, &["front", "back"]);
-    let wasm = kit::wasm_fixture("probe", "wasm32-wasip2");
-    c.shoal(&["push", wasm.to_str().expect("utf-8"), "probe:2"])
-        .ok();
+    c.push_probe_component();
     apply(
         &c,
         r#"apiVersion: v1
@@ -435,9 +433,7 @@ fn runc_udp_services_carry_datagrams_both_ways_across_nodes() {
     }
     let hosts = Hosts::create(79, 2);
     let (c, _leftovers) = cluster(&hosts, 79, &["front", "back"]);
-    let wasm = kit::wasm_fixture("probe", "wasm32-wasip2");
-    c.shoal(&["push", wasm.to_str().expect("utf-8"), "probe:2"])
-        .ok();
+    c.push_probe_component();
     apply(
         &c,
         r#"apiVersion: v1

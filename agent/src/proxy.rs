@@ -827,24 +827,8 @@ async fn accept(
 
 /// Adds or removes the `local` route that makes `ip` an address of this node.
 fn local_route(op: &str, ip: Ipv4Addr) -> Result<(), String> {
-    let out = std::process::Command::new("ip")
-        .args([
-            "route",
-            op,
-            "local",
-            &format!("{ip}/32"),
-            "dev",
-            "lo",
-            "table",
-            "local",
-        ])
-        .output()
-        .map_err(|e| format!("ip: {e} (is iproute2 installed?)"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
+    let net = format!("{ip}/32");
+    shoal_runtime::oci::netns::ip(&["route", op, "local", &net, "dev", "lo", "table", "local"])
 }
 
 fn decode<T: TryFrom<shoal_api::Object, Error = shoal_api::Error>>(b: &[u8]) -> Option<T> {

@@ -396,17 +396,7 @@ impl Cluster {
             _dir: dir,
             _slot: slot,
         };
-        let names: Vec<String> = cluster.agents.iter().map(|a| a.name.clone()).collect();
-        cluster.wait_for("every node Ready", Duration::from_secs(60), |c| {
-            let out = c
-                .controller
-                .shoal(&["get", "nodes", "--no-headers"])
-                .stdout();
-            names.iter().all(|n| {
-                out.lines()
-                    .any(|l| l.split_whitespace().take(2).eq([n.as_str(), "Ready"]))
-            })
-        });
+        cluster.wait_nodes_ready();
         cluster
     }
 
@@ -422,6 +412,26 @@ impl Cluster {
 
     pub fn shoal(&self, args: &[&str]) -> Run {
         self.controller.shoal(args)
+    }
+
+    /// Waits until every agent's node is Ready.
+    pub fn wait_nodes_ready(&self) {
+        let names: Vec<String> = self.agents.iter().map(|a| a.name.clone()).collect();
+        self.wait_for("every node Ready", Duration::from_secs(60), |c| {
+            let out = c.shoal(&["get", "nodes", "--no-headers"]).stdout();
+            names.iter().all(|n| {
+                out.lines()
+                    .any(|l| l.split_whitespace().take(2).eq([n.as_str(), "Ready"]))
+            })
+        });
+    }
+
+    /// Pushes the probe fixture as a WASI p2 component, `probe:2`.
+    pub fn push_probe_component(&self) -> &'static str {
+        let wasm = wasm_fixture("probe", "wasm32-wasip2");
+        self.shoal(&["push", wasm.to_str().expect("utf-8 path"), "probe:2"])
+            .ok();
+        "probe:2"
     }
 
     /// Keeps `dir` (the processes' data) until the cluster is dropped.
@@ -597,16 +607,8 @@ pub fn oci_cluster(n: u8, agents: usize, agent_args: &[&str]) -> (Cluster, Lefto
         agents.iter().map(|a| a.dir.clone()).collect(),
         Some(bridge.clone()),
     );
-    let mut cluster = Cluster::adopt(controller, agents);
-    cluster._dir = dir;
-    let names: Vec<String> = cluster.agents.iter().map(|a| a.name.clone()).collect();
-    cluster.wait_for("every node Ready", Duration::from_secs(60), |c| {
-        let out = c.shoal(&["get", "nodes", "--no-headers"]).stdout();
-        names.iter().all(|n| {
-            out.lines()
-                .any(|l| l.split_whitespace().take(2).eq([n.as_str(), "Ready"]))
-        })
-    });
+    let cluster = Cluster::adopt(controller, agents).keep(dir);
+    cluster.wait_nodes_ready();
     (cluster, leftovers)
 }
 
@@ -883,14 +885,7 @@ pub fn hosts_cluster(hosts: &Hosts, tag: u8, roles: &[&str]) -> (Cluster, Leftov
         .collect();
     let leftovers = Leftovers(agents.iter().map(|a| a.dir.clone()).collect(), None);
     let c = Cluster::adopt(controller, agents).keep(dir);
-    let names: Vec<String> = c.agents.iter().map(|a| a.name.clone()).collect();
-    c.wait_for("every node Ready", Duration::from_secs(60), |c| {
-        let out = c.shoal(&["get", "nodes", "--no-headers"]).stdout();
-        names.iter().all(|n| {
-            out.lines()
-                .any(|l| l.split_whitespace().take(2).eq([n.as_str(), "Ready"]))
-        })
-    });
+    c.wait_nodes_ready();
     let scratch = tempfile::tempdir().expect("tmp");
     let layout = scratch.path().join("busybox");
     let layer =

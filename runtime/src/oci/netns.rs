@@ -12,7 +12,8 @@ pub fn path(name: &str) -> PathBuf {
     PathBuf::from("/var/run/netns").join(name)
 }
 
-fn ip(args: &[&str]) -> std::result::Result<(), String> {
+/// Runs iproute2's `ip` with `args`; its stderr becomes the error.
+pub fn ip(args: &[&str]) -> std::result::Result<(), String> {
     let out = Command::new("ip")
         .args(args)
         .output()
