@@ -126,6 +126,8 @@ struct State {
     failed: BTreeSet<Listen>,
     /// The cluster DNS server this node runs, on the DNS Service's address.
     dns: Option<(Ipv4Addr, CancellationToken)>,
+    /// Whether the node was told that cluster IPs need root (said once).
+    warned_local: bool,
 }
 
 struct Inner {
@@ -155,6 +157,7 @@ impl Proxy {
                 local: BTreeSet::new(),
                 failed: BTreeSet::new(),
                 dns: None,
+                warned_local: false,
             }),
             next: AtomicUsize::new(0),
             connections: tokio_util::task::TaskTracker::new(),
@@ -266,7 +269,8 @@ impl Proxy {
                     s.local.insert(*ip);
                 }
                 Err(e) => {
-                    if s.local.is_empty() {
+                    if !s.warned_local {
+                        s.warned_local = true;
                         tracing::warn!(%ip, error = %e, "cannot make a cluster IP local to this node (the agent needs root for cluster IPs); node ports still work");
                     }
                 }

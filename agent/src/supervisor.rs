@@ -484,10 +484,15 @@ async fn report(inner: &Inner, state: &Arc<Mutex<PodRun>>) {
             };
             s.readiness = Some((all_ready, since.clone()));
             // Wasm pods use the node's network, as hostNetwork pods do.
+            // An OCI pod's address outlives the agent (its lease is on disk): until a returning
+            // agent has taken the pod back, the address stored stays, so a restart of the agent
+            // never takes the pod out of its Services' endpoints.
             let reported_ip = if s.pod.spec.host_network || !uses_runc(&s.pod) {
                 host_ip.clone()
             } else {
-                s.pod_ip.clone()
+                s.pod_ip
+                    .clone()
+                    .or_else(|| s.pod.status.as_ref().and_then(|st| st.pod_ip.clone()))
             };
             s.reported_ip = reported_ip.clone();
             let cond = |ty: &str, ok: bool| Condition {
