@@ -43,6 +43,7 @@ fn config(server: &str, token: &str, name: String, dir: &Path) -> AgentConfig {
         image_gc_high_threshold: 85,
         image_gc_low_threshold: 80,
         heartbeat: shoal_agent::HEARTBEAT,
+        peer_listen: None,
     }
 }
 
@@ -56,6 +57,7 @@ fn node_json(config: &AgentConfig) -> Vec<u8> {
             triple: "x86_64-unknown-linux-gnu".into(),
             features: vec![],
         },
+        None,
         None,
     ));
     obj.normalize();

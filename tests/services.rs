@@ -110,6 +110,23 @@ fn runc_services_reach_pods_on_other_nodes_round_robin_through_a_stable_cluster_
     }
     let hosts = Hosts::create(71, 3);
     let (c, _leftovers) = cluster(&hosts, 71, &["front", "back", "back"]);
+    // node-1 cannot reach node-3 (a partition between them; both still reach the
+    // controller): node-2's pods are reached directly, node-3's through the controller.
+    let out = hosts.exec(
+        0,
+        &[
+            "ip",
+            "route",
+            "add",
+            "blackhole",
+            &format!("{}/32", hosts.addresses[2]),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The Service first, so the frontend's pods get its variables.
     apply(
@@ -212,6 +229,20 @@ fn runc_services_reach_pods_on_other_nodes_round_robin_through_a_stable_cluster_
         resolved.contains("search default.svc.cluster.local svc.cluster.local cluster.local"),
         "{resolved}"
     );
+
+    // Both paths were taken, each to its node.
+    let front_log = c.agents[0].log();
+    let said = |what: &str, peer: &str| {
+        front_log
+            .lines()
+            .any(|l| l.contains(what) && l.contains(&format!("peer=\"{peer}\"")))
+    };
+    assert!(said("reaching the node directly", "node-2"), "{front_log}");
+    assert!(
+        said("relaying through the controller", "node-3"),
+        "{front_log}"
+    );
+    assert!(!said("reaching the node directly", "node-3"), "{front_log}");
 
     // NodePort on every node's address, also node-1's where no backend runs.
     for addr in &hosts.addresses {

@@ -7,6 +7,7 @@ pub mod error;
 pub mod images;
 pub mod join;
 pub mod node;
+pub mod peer;
 pub mod pod_state;
 pub mod ports;
 pub mod probe;
@@ -53,6 +54,9 @@ pub struct AgentConfig {
     /// --image-gc-high-threshold), and down to which (--image-gc-low-threshold).
     pub image_gc_high_threshold: u8,
     pub image_gc_low_threshold: u8,
+    /// Where the node serves its peers' service proxies directly (QUIC, mutual TLS with the
+    /// nodes' certificates); `None`: peers relay through the controller.
+    pub peer_listen: Option<std::net::SocketAddr>,
 }
 
 /// The pod bridge's name by default.
@@ -82,7 +86,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         }
     };
     let (link_tx, link) = watch::channel(None::<Arc<Client>>);
-    let proxy = proxy::Proxy::new(&config.name, link.clone());
+    let proxy = proxy::Proxy::new(&config.name, link.clone(), creds.clone());
     let supervisor = Supervisor::new(
         &config,
         wasm.clone(),
@@ -91,8 +95,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         proxy.clone(),
     )?;
     let mut attempt = 0u32;
-    // Where the pod watch got to: a reconnect resumes from here instead of relisting.
-    let mut last_revision: Option<u64> = None;
+    let mut carried = Carried::default();
     loop {
         if shutdown.is_cancelled() {
             break;
@@ -110,7 +113,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
                     &proxy,
                     &wasm,
                     &shutdown,
-                    &mut last_revision,
+                    &mut carried,
                 )
                 .await;
                 link_tx.send_replace(None);
@@ -136,6 +139,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     Ok(())
 }
 
+/// What one connection's session leaves for the next.
+#[derive(Default)]
+struct Carried {
+    /// Where the pod watch got to: a reconnect resumes from here instead of relisting.
+    last_revision: Option<u64>,
+    /// The port peers reach this node on, once it serves them.
+    peer_port: Option<u16>,
+}
+
 /// One connection's life: register, heartbeat, serve the controller's requests, and follow the
 /// pods bound to this node from the revision last seen.
 async fn session(
@@ -145,8 +157,29 @@ async fn session(
     proxy: &proxy::Proxy,
     wasm: &Arc<WasmRuntime>,
     shutdown: &CancellationToken,
-    last: &mut Option<u64>,
+    carried: &mut Carried,
 ) -> Result<()> {
+    if let (Some(listen), None) = (config.peer_listen, carried.peer_port) {
+        match peer::serve(
+            client,
+            &config.name,
+            listen,
+            supervisor.clone(),
+            shutdown.clone(),
+        )
+        .await
+        {
+            Ok(port) => {
+                tracing::info!(port, "serving peers' service proxies directly");
+                carried.peer_port = Some(port);
+            }
+            Err(e) => {
+                tracing::warn!(%listen, error = %e, "cannot serve peers directly; they relay through the controller")
+            }
+        }
+    }
+    let peer_port = carried.peer_port;
+    let last = &mut carried.last_revision;
     let put_node = || async {
         let node = node::describe(
             config,
@@ -154,6 +187,7 @@ async fn session(
             wasm.compiler(),
             wasm.target(),
             supervisor.runc_version(),
+            peer_port,
         );
         let object = {
             let mut obj = shoal_api::Object::Node(node);

@@ -69,6 +69,7 @@ pub fn describe(
     compiler: &str,
     wasm: &WasmTarget,
     runc: Option<&str>,
+    peer_port: Option<u16>,
 ) -> Node {
     let mut labels: BTreeMap<String, String> = [
         ("kubernetes.io/arch", arch()),
@@ -109,6 +110,10 @@ pub fn describe(
         metadata: ObjectMeta {
             name: config.name.clone(),
             labels,
+            annotations: peer_port
+                .map(|p| (crate::peer::PORT_ANNOTATION.to_string(), p.to_string()))
+                .into_iter()
+                .collect(),
             ..Default::default()
         },
         status: Some(NodeStatus {

@@ -130,9 +130,25 @@ struct State {
     warned_local: bool,
 }
 
+/// How a proxy reaches another node directly.
+enum Peer {
+    Up(Arc<shoal_transport::Client>),
+    /// Not reachable directly; relay until then, and try again after.
+    Down(std::time::Instant),
+}
+
+/// How long a node that could not be reached directly is left to the relay.
+const PEER_RETRY: Duration = Duration::from_secs(30);
+/// How long a direct connection to a peer may take to open.
+const PEER_CONNECT: Duration = Duration::from_secs(2);
+
 struct Inner {
     node: String,
     link: Link,
+    creds: shoal_transport::Credentials,
+    /// Where each node serves its peers: its InternalIP and its peer port.
+    nodes: Mutex<HashMap<String, SocketAddr>>,
+    peers: tokio::sync::Mutex<HashMap<String, Peer>>,
     state: Mutex<State>,
     next: AtomicUsize,
     connections: tokio_util::task::TaskTracker,
@@ -146,10 +162,13 @@ pub struct Proxy(Arc<Inner>);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Proxy {
-    pub fn new(node: &str, link: Link) -> Proxy {
+    pub fn new(node: &str, link: Link, creds: shoal_transport::Credentials) -> Proxy {
         Proxy(Arc::new(Inner {
             node: node.to_string(),
             link,
+            creds,
+            nodes: Mutex::new(HashMap::new()),
+            peers: tokio::sync::Mutex::new(HashMap::new()),
             state: Mutex::new(State {
                 services: BTreeMap::new(),
                 endpoints: BTreeMap::new(),
@@ -201,6 +220,10 @@ impl Proxy {
     pub async fn follow(&self, client: &shoal_transport::Client) -> crate::Result<()> {
         let (services, srev) = list(client, "Service").await?;
         let (endpoints, erev) = list(client, "Endpoints").await?;
+        let (nodes, nrev) = list(client, "Node").await?;
+        for n in nodes.iter().filter_map(|b| decode::<shoal_api::Node>(b)) {
+            self.learn_node(&n, false);
+        }
         if let Ok(mut s) = self.0.state.lock() {
             s.services = services
                 .into_iter()
@@ -216,10 +239,19 @@ impl Proxy {
         self.apply();
         let mut sw = client.stream(&watch("Service", srev)).await?;
         let mut ew = client.stream(&watch("Endpoints", erev)).await?;
+        let mut nw = client.stream(&watch("Node", nrev)).await?;
         loop {
             let (next, is_service) = tokio::select! {
                 n = sw.next() => (n?, true),
                 n = ew.next() => (n?, false),
+                n = nw.next() => {
+                    if let Some(Response::Event { type_, object, .. }) = n? {
+                        if let Some(node) = decode::<shoal_api::Node>(&object) {
+                            self.learn_node(&node, type_ == shoal_transport::proto::EventType::Deleted);
+                        }
+                    }
+                    continue;
+                }
             };
             let (type_, object) = match next {
                 Some(Response::Event { type_, object, .. }) => (type_, object),
@@ -248,6 +280,56 @@ impl Proxy {
                 }
             }
             self.apply();
+        }
+    }
+
+    /// Where `node` serves its peers, from its Node: the InternalIP and the port annotation.
+    fn learn_node(&self, node: &shoal_api::Node, deleted: bool) {
+        let addr = node
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.iter().find(|a| a.type_ == "InternalIP"))
+            .and_then(|a| a.address.parse::<IpAddr>().ok())
+            .zip(
+                node.metadata
+                    .annotations
+                    .get(crate::peer::PORT_ANNOTATION)
+                    .and_then(|p| p.parse::<u16>().ok()),
+            )
+            .map(|(ip, port)| SocketAddr::new(ip, port));
+        if let Ok(mut nodes) = self.0.nodes.lock() {
+            match addr.filter(|_| !deleted) {
+                Some(a) => nodes.insert(node.metadata.name.clone(), a),
+                None => nodes.remove(&node.metadata.name),
+            };
+        }
+    }
+
+    /// A direct connection to `node`, if it can be had: kept while it lasts; a node that
+    /// cannot be reached is left to the relay for [`PEER_RETRY`].
+    async fn peer(&self, node: &str) -> Option<Arc<shoal_transport::Client>> {
+        let mut peers = self.0.peers.lock().await;
+        match peers.get(node) {
+            Some(Peer::Up(c)) if c.connection().close_reason().is_none() => return Some(c.clone()),
+            Some(Peer::Down(until)) if std::time::Instant::now() < *until => return None,
+            _ => {}
+        }
+        let addr = self.0.nodes.lock().ok()?.get(node).copied()?;
+        match shoal_transport::Client::connect_peer(addr, node, &self.0.creds, PEER_CONNECT).await {
+            Ok(c) => {
+                tracing::info!(peer = node, %addr, "reaching the node directly");
+                let c = Arc::new(c);
+                peers.insert(node.to_string(), Peer::Up(c.clone()));
+                Some(c)
+            }
+            Err(e) => {
+                tracing::info!(peer = node, %addr, error = %e, "cannot reach the node directly; relaying through the controller");
+                peers.insert(
+                    node.to_string(),
+                    Peer::Down(std::time::Instant::now() + PEER_RETRY),
+                );
+                None
+            }
         }
     }
 
@@ -449,8 +531,38 @@ impl Proxy {
         Ok(Box::new(tokio::io::join(recv, send)))
     }
 
-    /// Opens a tunnel through the controller to endpoint `b` on its node.
+    /// Opens a tunnel to endpoint `b` on its node: directly when the node can be reached,
+    /// else through the controller.
     async fn tunnel(
+        &self,
+        b: &Backend,
+        udp: bool,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
+        let node = b.node.clone().unwrap_or_default();
+        if let Some(peer) = self.peer(&node).await {
+            let dial = Request::Dial {
+                ip: b.ip.clone(),
+                port: b.port,
+                udp,
+            };
+            match tokio::time::timeout(DIAL_TIMEOUT, open(peer.connection(), &dial)).await {
+                Ok(Ok(streams)) => return Ok(streams),
+                // The pod refused: the relay would hear the same.
+                Ok(Err((e, true))) => return Err(e),
+                Ok(Err((e, false))) => {
+                    tracing::info!(peer = %node, error = %e, "the direct connection failed; relaying through the controller");
+                    self.0.peers.lock().await.remove(&node);
+                }
+                Err(_) => {
+                    self.0.peers.lock().await.remove(&node);
+                }
+            }
+        }
+        self.relay(b, udp).await
+    }
+
+    /// Opens a tunnel through the controller to endpoint `b` on its node.
+    async fn relay(
         &self,
         b: &Backend,
         udp: bool,
@@ -461,34 +573,13 @@ impl Proxy {
             .borrow()
             .clone()
             .ok_or("not connected to the controller")?;
-        let node = b.node.clone().unwrap_or_default();
-        let opened = async {
-            let (mut send, mut recv) = client
-                .connection()
-                .open_bi()
-                .await
-                .map_err(|e| e.to_string())?;
-            let req = Request::Tunnel {
-                node,
-                ip: b.ip.clone(),
-                port: b.port,
-                udp,
-            };
-            shoal_transport::frame::write(&mut send, &req)
-                .await
-                .map_err(|e| e.to_string())?;
-            match shoal_transport::frame::read::<Response, _>(
-                &mut recv,
-                shoal_transport::frame::MAX_FRAME,
-            )
-            .await
-            {
-                Ok(Some(Response::Ok)) => Ok((send, recv)),
-                Ok(Some(Response::Error(e))) => Err(e.message),
-                Ok(other) => Err(format!("unexpected answer {other:?}")),
-                Err(e) => Err(e.to_string()),
-            }
+        let req = Request::Tunnel {
+            node: b.node.clone().unwrap_or_default(),
+            ip: b.ip.clone(),
+            port: b.port,
+            udp,
         };
+        let opened = async { open(client.connection(), &req).await.map_err(|(e, _)| e) };
         match tokio::time::timeout(DIAL_TIMEOUT, opened).await {
             Ok(r) => r,
             Err(_) => Err("the tunnel did not open in time".into()),
@@ -557,6 +648,26 @@ async fn serve_dns(
             };
             let _ = socket.send_to(&answer, client).await;
         });
+    }
+}
+
+/// Opens a stream on `conn` and sends `req`; the streams once the far end says Ok. An error
+/// says whether the far end answered (`true`: it refused) or the connection failed.
+async fn open(
+    conn: &quinn::Connection,
+    req: &Request,
+) -> Result<(quinn::SendStream, quinn::RecvStream), (String, bool)> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| (e.to_string(), false))?;
+    shoal_transport::frame::write(&mut send, req)
+        .await
+        .map_err(|e| (e.to_string(), false))?;
+    match shoal_transport::frame::read::<Response, _>(&mut recv, shoal_transport::frame::MAX_FRAME)
+        .await
+    {
+        Ok(Some(Response::Ok)) => Ok((send, recv)),
+        Ok(Some(Response::Error(e))) => Err((e.message, true)),
+        Ok(other) => Err((format!("unexpected answer {other:?}"), true)),
+        Err(e) => Err((e.to_string(), false)),
     }
 }
 

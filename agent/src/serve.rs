@@ -69,7 +69,7 @@ pub async fn serve(conn: quinn::Connection, supervisor: Supervisor) {
 
 /// Connects a tunnel from another node's service proxy to a pod of this node: only to the
 /// address of a pod running here, so a node cannot be used to reach anything else.
-async fn dial(
+pub(crate) async fn dial(
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
     supervisor: &Supervisor,

@@ -270,13 +270,14 @@ impl Service {
             | Request::UpdateStatus { .. }
             | Request::Fetch { .. }
             | Request::FetchPrecompiled { .. }
+            | Request::PeerCert { .. }
             | Request::RecordEvent { .. } => true,
             // The service proxy on every node follows every Service and its endpoints.
             Request::List { kind, fields, .. } | Request::Watch { kind, fields, .. } => {
                 own_pods(kind, fields)
                     || matches!(
                         kind.parse::<Kind>(),
-                        Ok(Kind::Service) | Ok(Kind::Endpoints)
+                        Ok(Kind::Service) | Ok(Kind::Endpoints) | Ok(Kind::Node)
                     )
             }
             Request::Get {
@@ -422,6 +423,19 @@ impl Service {
                 node_name,
                 csr_pem,
             } => one(self.join(&secret, &node_name, &csr_pem).await?),
+            Request::PeerCert { csr_pem } => {
+                let Identity::Node(me) = who else {
+                    return Err(bad_request("only a node has a peer certificate"));
+                };
+                let cert_pem = self
+                    .ca
+                    .sign_node_serving(&csr_pem, me)
+                    .map_err(Error::from)?;
+                one(Response::Joined {
+                    cert_pem,
+                    ca_pem: self.ca.cert_pem().to_string(),
+                })
+            }
             Request::PutNode { object } => {
                 let Identity::Node(me) = who else {
                     return Err(bad_request("only a node may register itself"));

@@ -46,6 +46,10 @@ pub struct Args {
     /// Disk use (percent) image garbage collection brings it down to.
     #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub image_gc_low_threshold: u8,
+    /// Where other nodes' service proxies reach this node directly (UDP, QUIC with mutual
+    /// TLS), or `off` to have them relay through the controller.
+    #[arg(long, default_value = "0.0.0.0:7444")]
+    pub peer_listen: String,
 }
 
 pub fn hostname() -> String {
@@ -99,6 +103,12 @@ impl Args {
             image_gc_high_threshold: self.image_gc_high_threshold,
             image_gc_low_threshold: self.image_gc_low_threshold,
             heartbeat: std::time::Duration::from_secs(self.node_status_update_frequency.max(1)),
+            peer_listen: match self.peer_listen.as_str() {
+                "off" => None,
+                a => Some(a.parse().map_err(|e| {
+                    anyhow::anyhow!("--peer-listen: expected ADDR:PORT or off, got {a:?}: {e}")
+                })?),
+            },
         })
     }
 }

@@ -48,6 +48,8 @@ pub async fn run(args: Args) -> Result<()> {
         image_gc_high_threshold: 85,
         image_gc_low_threshold: 80,
         heartbeat: shoal_agent::HEARTBEAT,
+        // One node: no peers to serve.
+        peer_listen: None,
     };
     let serving = tokio::spawn(controller.run(shutdown.clone()));
     let agent_name = agent.name.clone();

@@ -241,6 +241,35 @@ impl Ca {
     }
 }
 
+impl Ca {
+    /// Signs the certificate a node serves its peers with (the direct path between service
+    /// proxies): the node's identity, for the DNS name `node_name`, for server use only.
+    pub fn sign_node_serving(&self, csr_pem: &str, node_name: &str) -> Result<String> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| Error::Pki(format!("the certificate request is not valid: {e}")))?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, format!("system:node:{node_name}"));
+        dn.push(DnType::OrganizationName, NODE_ORG);
+        csr.params.distinguished_name = dn;
+        let name = node_name
+            .to_string()
+            .try_into()
+            .map_err(|_| Error::Pki(format!("{node_name:?} is not a DNS name")))?;
+        csr.params.subject_alt_names = vec![SanType::DnsName(name)];
+        csr.params.is_ca = IsCa::NoCa;
+        csr.params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        csr.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        csr.params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+        csr.params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+        let issuer = Issuer::from_ca_cert_der(&self.cert_der, &self.key)
+            .map_err(pki_err("loading the CA"))?;
+        let cert = csr
+            .signed_by(&issuer)
+            .map_err(pki_err("signing the node's serving certificate"))?;
+        Ok(cert.pem())
+    }
+}
+
 /// A node's key and the request to certify it; the key stays with the node.
 pub fn node_key_and_csr(node_name: &str) -> Result<(String, String)> {
     let key = KeyPair::generate().map_err(pki_err("generating the node key"))?;

@@ -125,6 +125,11 @@ pub enum Request {
         port: u16,
         udp: bool,
     },
+    /// A node asks for the certificate it serves its peers with (the direct path between
+    /// service proxies), for a key that never leaves it; answered with [`Response::Joined`].
+    PeerCert {
+        csr_pem: String,
+    },
     /// The controller asks a node to open a TCP connection (or a UDP flow) to one of its pods (`ip` is
     /// the pod's address); answered with [`Response::Ok`] and then the bytes, as for
     /// [`Request::Tunnel`].

@@ -70,14 +70,31 @@ pub struct Server {
 
 impl Server {
     pub fn bind(listen: SocketAddr, ca_pem: &str, server: &Issued) -> Result<Server> {
+        Server::bind_with(listen, ca_pem, server, true)
+    }
+
+    /// A node's endpoint for its peers: only clients with a certificate of the cluster.
+    pub fn bind_peer(listen: SocketAddr, ca_pem: &str, server: &Issued) -> Result<Server> {
+        Server::bind_with(listen, ca_pem, server, false)
+    }
+
+    fn bind_with(
+        listen: SocketAddr,
+        ca_pem: &str,
+        server: &Issued,
+        anonymous: bool,
+    ) -> Result<Server> {
         let ca = pem_to_der(ca_pem)?;
         let chain = vec![pem_to_der(&server.cert_pem)?, ca.clone()];
-        let verifier = WebPkiClientVerifier::builder_with_provider(roots(&ca)?, provider())
-            // Anonymous connections are let through the handshake so that a new node can
-            // join with a token; the API refuses them everything else.
-            .allow_unauthenticated()
-            .build()
-            .map_err(tls)?;
+        let builder = WebPkiClientVerifier::builder_with_provider(roots(&ca)?, provider());
+        // Anonymous connections are let through the controller's handshake so that a new
+        // node can join with a token; the API refuses them everything else.
+        let builder = if anonymous {
+            builder.allow_unauthenticated()
+        } else {
+            builder
+        };
+        let verifier = builder.build().map_err(tls)?;
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls)?
@@ -161,6 +178,49 @@ impl Client {
             .with_client_auth_cert(certs, private_key(&creds.client_key)?)
             .map_err(tls)?;
         Client::connect_with(&creds.server, cfg, None).await
+    }
+
+    /// Connects to another node's peer endpoint at `addr`, which must prove it is `node`,
+    /// presenting this node's certificate; gives up after `timeout`.
+    pub async fn connect_peer(
+        addr: SocketAddr,
+        node: &str,
+        creds: &Credentials,
+        timeout: Duration,
+    ) -> Result<Client> {
+        let ca = pem_to_der(&creds.certificate_authority)?;
+        let certs = vec![pem_to_der(&creds.client_certificate)?];
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls)?
+            .with_root_certificates(roots(&ca)?)
+            .with_client_auth_cert(certs, private_key(&creds.client_key)?)
+            .map_err(tls)?;
+        cfg.alpn_protocols = vec![ALPN.to_vec()];
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).map_err(tls)?;
+        let mut config = quinn::ClientConfig::new(Arc::new(quic));
+        config.transport_config(transport_config(SERVER_STREAMS));
+        let bind: SocketAddr = if addr.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let connect_err = |message: String| Error::Connect {
+            addr: addr.to_string(),
+            message,
+        };
+        let mut endpoint = Endpoint::client(bind)
+            .map_err(|e| connect_err(format!("cannot open a UDP socket: {e}")))?;
+        endpoint.set_default_client_config(config);
+        let connecting = endpoint
+            .connect(addr, node)
+            .map_err(|e| connect_err(e.to_string()))?;
+        let conn = match tokio::time::timeout(timeout, connecting).await {
+            Err(_) => return Err(connect_err(format!("no answer within {timeout:?}"))),
+            Ok(Err(e)) => return Err(connect_err(e.to_string())),
+            Ok(Ok(conn)) => conn,
+        };
+        Ok(Client { endpoint, conn })
     }
 
     /// Connects with no client certificate, trusting the server only if its CA hashes to what

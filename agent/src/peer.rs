@@ -1,0 +1,68 @@
+//! The direct path between nodes: each agent serves the other nodes' service proxies on a
+//! QUIC endpoint of its own (`--peer-listen`, 7444 by default), with a serving certificate the
+//! controller signs for the node's name, and takes only clients with a node certificate of the
+//! cluster. A proxy reaches a pod on another node through it when it can, and through the
+//! controller when it cannot (the nodes need not share a network). Its port is announced in
+//! the Node's `shoal.dev/peer-port` annotation, beside the node's InternalIP.
+
+use crate::error::{Error, Result};
+use crate::supervisor::Supervisor;
+use shoal_transport::proto::{Request, Response};
+use shoal_transport::{frame, Client, Identity, Server};
+use std::net::SocketAddr;
+use tokio_util::sync::CancellationToken;
+
+/// The Node annotation that says where a node serves its peers.
+pub const PORT_ANNOTATION: &str = "shoal.dev/peer-port";
+
+/// Gets the node's serving certificate, binds `listen` and serves peers until `shutdown`;
+/// returns the port bound.
+pub async fn serve(
+    client: &Client,
+    node: &str,
+    listen: SocketAddr,
+    supervisor: Supervisor,
+    shutdown: CancellationToken,
+) -> Result<u16> {
+    let (key_pem, csr_pem) = shoal_transport::pki::node_key_and_csr(node)?;
+    let (cert_pem, ca_pem) = match client.call(&Request::PeerCert { csr_pem }).await? {
+        Response::Joined { cert_pem, ca_pem } => (cert_pem, ca_pem),
+        Response::Error(e) => return Err(Error::Server(e.message)),
+        other => return Err(Error::Internal(format!("unexpected answer {other:?}"))),
+    };
+    let issued = shoal_transport::pki::Issued { cert_pem, key_pem };
+    let server = Server::bind_peer(listen, &ca_pem, &issued)?;
+    let port = server.local_addr()?.port();
+    tokio::spawn(async move {
+        loop {
+            let incoming = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                i = server.accept() => match i {
+                    Some(i) => i,
+                    None => break,
+                },
+            };
+            let supervisor = supervisor.clone();
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                let who = shoal_transport::quic::peer_identity(&conn);
+                if !matches!(who, Identity::Node(_)) {
+                    conn.close(1u32.into(), b"only nodes of the cluster");
+                    return;
+                }
+                while let Ok((send, mut recv)) = conn.accept_bi().await {
+                    let supervisor = supervisor.clone();
+                    tokio::spawn(async move {
+                        if let Ok(Some(Request::Dial { ip, port, udp })) =
+                            frame::read::<Request, _>(&mut recv, frame::MAX_FRAME).await
+                        {
+                            crate::serve::dial(send, recv, &supervisor, &ip, port, udp).await;
+                        }
+                    });
+                }
+            });
+        }
+        server.close();
+    });
+    Ok(port)
+}
