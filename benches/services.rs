@@ -1,8 +1,9 @@
 //! Service proxy figures, printed: requests per second and median/p99 latency of HTTP requests
 //! (a fresh TCP connection each, as HTTP/1.0) from one node to a backend pod on another node,
-//! through the Service's cluster IP (the proxy on the client's node, a tunnel over QUIC through
-//! the controller, the proxy on the pod's node) beside a direct routed connection to the same
-//! pod, in the same run. The nodes are network namespaces on this machine with a veth each to
+//! through the Service's cluster IP (the proxy on the client's node, a QUIC stream to the pod's
+//! node, its proxy dialling the pod) beside a direct routed connection to the same pod, in the
+//! same run; then, with the nodes cut from each other, through the cluster IP again, relayed
+//! by the controller. The nodes are network namespaces on this machine with a veth each to
 //! a bridge, as in tests/services.rs; the backend is busybox httpd in a runc container.
 //!
 //! Run with `cargo bench --bench services` as root with runc installed (`apt-get install runc
@@ -183,15 +184,33 @@ spec:
     println!(
         "services: {REQUESTS} HTTP/1.0 requests, each on a new connection, from node-1 to a busybox httpd pod on node-2"
     );
+    let row = |label: &str, target: &str, conc: usize| {
+        let (rps, p50, p99, errors) = load(target, conc);
+        println!(
+            "  {label:<50} x{conc}  {rps:>7.0} req/s  p50 {p50:>6.2} ms  p99 {p99:>6.2} ms  errors {errors}"
+        );
+    };
     for conc in CONCURRENCY {
-        for (label, target) in [
-            ("through the ClusterIP (proxy + QUIC tunnel)", &via_service),
-            ("direct to the pod (routed)", &direct),
-        ] {
-            let (rps, p50, p99, errors) = load(target, conc);
-            println!(
-                "  {label:<44} x{conc}  {rps:>7.0} req/s  p50 {p50:>6.2} ms  p99 {p99:>6.2} ms  errors {errors}"
-            );
-        }
+        row("through the ClusterIP, node to node", &via_service, conc);
+        row("direct to the pod (routed, no proxy)", &direct, conc);
+    }
+    // Cut node-1 from node-2: the proxy finds the direct path gone and relays.
+    run(
+        0,
+        &[
+            "ip",
+            "route",
+            "add",
+            "blackhole",
+            &format!("{}/32", hosts.addresses[1]),
+        ],
+    );
+    load(&via_service, 1);
+    for conc in CONCURRENCY {
+        row(
+            "through the ClusterIP, relayed by the controller",
+            &via_service,
+            conc,
+        );
     }
 }
