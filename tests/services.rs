@@ -365,6 +365,33 @@ fn runc_probes_take_unready_pods_out_of_rotation_and_restart_dead_ones() {
         "{described}"
     );
 
+    // An exec probe runs in the container (runc exec): ready once the file it checks exists.
+    let exec = "    readinessProbe: {exec: {command: [cat, /tmp/ready]}, periodSeconds: 1}\n";
+    apply(
+        &c,
+        &backend_pod(
+            "late",
+            &format!("(sleep 5; touch /tmp/ready) & {serve}"),
+            exec,
+        ),
+    );
+    c.wait_for("late running but not ready", Duration::from_secs(30), |c| {
+        let p = c.pod("late");
+        field(&p, "status.phase") == "Running"
+            && field(&p, "status.containerStatuses.0.ready") == "false"
+    });
+    c.wait_for(
+        "late ready by its exec probe",
+        Duration::from_secs(30),
+        |c| field(&c.pod("late"), "status.containerStatuses.0.ready") == "true",
+    );
+    let described = c.shoal(&["describe", "pod", "late"]).ok();
+    assert!(
+        described
+            .contains("Readiness probe failed: command [\"cat\", \"/tmp/ready\"] exited with 1"),
+        "{described}"
+    );
+
     // Liveness fails: the container is killed and started again, and counted.
     let liveness =
         "    livenessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1, failureThreshold: 2}\n";
