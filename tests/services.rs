@@ -472,6 +472,43 @@ spec:
         serde_json::from_str(&c.shoal(&["get", "svc", "wasm-web", "-o", "json"]).ok())
             .expect("svc");
     let node_port = field(&svc, "spec.ports.0.nodePort");
+    // Wasm pods resolve the cluster's names too (WASI ip-name-lookup), and the rest as the
+    // node does.
+    let cluster_ip = field(&svc, "spec.clusterIP");
+    apply(
+        &c,
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: wasm-resolver}
+spec:
+  runtimeClassName: wasm
+  restartPolicy: Never
+  containers:
+  - name: resolve
+    image: probe:2
+    args: [resolve, wasm-web, resolve, wasm-web.default, resolve, wasm-web.default.svc.cluster.local, resolve, nosuch.default.svc.cluster.local, resolve, localhost]
+    resources: {requests: {cpu: 10m, memory: 16Mi}}
+"#,
+    );
+    c.wait_for("the wasm lookups", Duration::from_secs(60), |c| {
+        field(&c.pod("wasm-resolver"), "status.phase") == "Succeeded"
+    });
+    let looked_up = c.shoal(&["logs", "wasm-resolver"]).stdout();
+    for name in [
+        "wasm-web",
+        "wasm-web.default",
+        "wasm-web.default.svc.cluster.local",
+    ] {
+        assert!(
+            looked_up.contains(&format!("{name} is {cluster_ip}\n")),
+            "{looked_up}"
+        );
+    }
+    assert!(
+        looked_up.contains("nosuch.default.svc.cluster.local does not resolve"),
+        "{looked_up}"
+    );
+    assert!(looked_up.contains("localhost is 127.0.0.1"), "{looked_up}");
     let mut body = Err(String::new());
     c.wait_for(
         "the wasm pod answering through the node port",

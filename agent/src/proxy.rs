@@ -210,6 +210,35 @@ impl Proxy {
             .ok()
     }
 
+    /// A wasm pod's name lookup in `namespace`, as the cluster DNS answers an OCI pod with its
+    /// search path: `Some` for the cluster's names (empty when there is no such Service),
+    /// `None` for names that are not the cluster's.
+    pub fn resolve(&self, name: &str, namespace: &str) -> Option<Vec<IpAddr>> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let st = self.0.state.lock().ok()?;
+        let ip_of = |ns: &str, svc: &str| -> Option<Ipv4Addr> {
+            st.services
+                .get(&(ns.to_string(), svc.to_string()))?
+                .spec
+                .cluster_ip
+                .as_deref()?
+                .parse()
+                .ok()
+        };
+        let known = |ns: &str| st.services.keys().any(|k| k.0 == ns);
+        if !name.contains('.') {
+            let qualified = format!("{name}.{namespace}.svc.{}", crate::dns::DOMAIN);
+            if let crate::dns::Lookup::Address(ip) = crate::dns::lookup(&qualified, ip_of, known) {
+                return Some(vec![IpAddr::V4(ip)]);
+            }
+        }
+        match crate::dns::lookup(&name, ip_of, known) {
+            crate::dns::Lookup::Address(ip) => Some(vec![IpAddr::V4(ip)]),
+            crate::dns::Lookup::NoSuchName => Some(vec![]),
+            crate::dns::Lookup::Elsewhere => None,
+        }
+    }
+
     /// The cluster DNS Service's address, once this node knows it.
     pub fn dns_address(&self) -> Option<Ipv4Addr> {
         self.cluster_ip(crate::dns::SERVICE_NAMESPACE, crate::dns::SERVICE_NAME)

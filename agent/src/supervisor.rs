@@ -902,6 +902,11 @@ async fn prepare(
                     .get("cpu")
                     .map(|q| q.milli_value().max(0) as u64),
                 log_path: logs.join(format!("{}.log", c.name)),
+                // Wasm pods resolve the cluster's names through the proxy.
+                resolver: (!uses_runc(pod)).then(|| {
+                    let (proxy, ns) = (inner.proxy.clone(), ns.clone());
+                    shoal_runtime::Resolver(Arc::new(move |name: &str| proxy.resolve(name, &ns)))
+                }),
                 ports: c
                     .ports
                     .iter()

@@ -60,8 +60,24 @@ pub struct ContainerSpec {
     /// The ports it declares (`containerPort`s): the only ones a wasm container may listen
     /// on with WASI sockets.
     pub ports: Vec<Port>,
+    /// Answers a wasm container's name lookups before the node's resolver does.
+    pub resolver: Option<Resolver>,
     /// stdout and stderr are appended here.
     pub log_path: PathBuf,
+}
+
+/// The function behind a [`Resolver`].
+pub type ResolveFn = dyn Fn(&str) -> Option<Vec<std::net::IpAddr>> + Send + Sync;
+
+/// Resolves the cluster's names for a wasm container: `Some(addresses)` for a name the
+/// cluster knows (empty: it knows there is no such name), `None` for any other.
+#[derive(Clone)]
+pub struct Resolver(pub std::sync::Arc<ResolveFn>);
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Resolver")
+    }
 }
 
 /// A declared container port.

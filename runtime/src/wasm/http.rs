@@ -32,6 +32,16 @@ struct State {
     table: ResourceTable,
     http: WasiHttpCtx,
     limits: StoreLimits,
+    resolver: Option<crate::Resolver>,
+}
+
+impl super::lookup::Lookups for State {
+    fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+    fn resolver(&self) -> Option<&crate::Resolver> {
+        self.resolver.as_ref()
+    }
 }
 
 impl WasiView for State {
@@ -80,6 +90,7 @@ pub fn serve(engine: &Engine, component: &Component, spec: ContainerSpec) -> Res
     let mut linker = Linker::<State>::new(engine);
     // All of WASI (Rust's std reads env and clocks beyond the proxy world), then wasi:http.
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+        .and_then(|()| super::lookup::add_to_linker(&mut linker))
         .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker))
         .map_err(|e| start_err(format!("linking wasi:http: {e:#}")))?;
     let pre = linker
@@ -175,6 +186,7 @@ async fn handle_request(
                 table: ResourceTable::new(),
                 http: WasiHttpCtx::new(),
                 limits: limits(spec),
+                resolver: spec.resolver.clone(),
             },
         );
         store.limiter(|s| &mut s.limits);

@@ -5,6 +5,7 @@
 
 mod cache;
 mod http;
+mod lookup;
 mod precompile;
 mod run;
 mod target;

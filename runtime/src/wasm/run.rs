@@ -28,6 +28,16 @@ struct P2 {
     ctx: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
+    resolver: Option<crate::Resolver>,
+}
+
+impl super::lookup::Lookups for P2 {
+    fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+    fn resolver(&self) -> Option<&crate::Resolver> {
+        self.resolver.as_ref()
+    }
 }
 
 impl WasiView for P2 {
@@ -218,12 +228,14 @@ fn run_component(
             ctx,
             table: ResourceTable::new(),
             limits: limits(spec),
+            resolver: spec.resolver.clone(),
         },
     );
     store.limiter(|s| &mut s.limits);
     install_epoch_callback(&mut store, stop, spec.cpu_limit_millis);
     let mut linker = wasmtime::component::Linker::<P2>::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    super::lookup::add_to_linker(&mut linker)?;
     let command =
         wasmtime_wasi::p2::bindings::sync::Command::instantiate(&mut store, component, &linker)?;
     command.wasi_cli_run().call_run(&mut store)

@@ -296,3 +296,26 @@ fn wasm_sockets_bind_only_declared_ports() {
     assert!(ok(5353, U::UdpBind) && !ok(8080, U::UdpBind) && !ok(5353, U::TcpListen));
     assert!(ok(443, U::TcpConnect) && ok(53, U::UdpSend));
 }
+
+#[test]
+fn wasm_name_lookups_ask_the_cluster_first() {
+    use std::net::IpAddr;
+    let cluster = crate::Resolver(std::sync::Arc::new(|name: &str| match name {
+        "web" => Some(vec!["10.43.0.7".parse().expect("ip")]),
+        "gone.default.svc.cluster.local" => Some(vec![]),
+        _ => None,
+    }));
+    let ip = |s: &str| -> IpAddr { s.parse().expect("ip") };
+    assert_eq!(
+        lookup::resolve(Some(&cluster), "web").ok(),
+        Some(vec![ip("10.43.0.7")])
+    );
+    assert!(lookup::resolve(Some(&cluster), "gone.default.svc.cluster.local").is_err());
+    assert_eq!(
+        lookup::resolve(None, "192.0.2.1").ok(),
+        Some(vec![ip("192.0.2.1")])
+    );
+    assert_eq!(lookup::resolve(None, "[::1]").ok(), Some(vec![ip("::1")]));
+    assert!(lookup::resolve(None, "not a name").is_err());
+    assert!(lookup::resolve(Some(&cluster), "").is_err());
+}

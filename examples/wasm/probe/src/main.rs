@@ -3,7 +3,8 @@
 //! `cat PATH`, `write PATH TEXT`, `alloc MIB`, `sleep MS`, `spin`, `exit CODE`,
 //! `listen PORT` (says whether a TCP listener on the port may be had), and `serve PORT TEXT`
 //! (an HTTP server answering TEXT on every request, forever; WASI p2 sockets), and
-//! `udp-echo PORT` (answers each datagram with `echo: ` and its bytes, forever).
+//! `udp-echo PORT` (answers each datagram with `echo: ` and its bytes, forever), and
+//! `resolve NAME` (prints the addresses the name resolves to, or why it does not).
 
 use std::io::Write;
 
@@ -58,6 +59,16 @@ fn main() {
                 match std::net::TcpListener::bind(format!("0.0.0.0:{port}")) {
                     Ok(_) => println!("listening on {port}"),
                     Err(e) => println!("cannot listen on {port}: {e}"),
+                }
+            }
+            "resolve" => {
+                let name = next();
+                match std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), 80)) {
+                    Ok(addrs) => {
+                        let ips: Vec<String> = addrs.map(|a| a.ip().to_string()).collect();
+                        println!("{name} is {}", ips.join(" "));
+                    }
+                    Err(e) => println!("{name} does not resolve: {e}"),
                 }
             }
             "udp-echo" => {
