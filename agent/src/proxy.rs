@@ -142,6 +142,24 @@ const PEER_RETRY: Duration = Duration::from_secs(30);
 /// How long a direct connection to a peer may take to open.
 const PEER_CONNECT: Duration = Duration::from_secs(2);
 
+impl State {
+    /// The cluster IP of Service `svc` in `ns`, if it has one.
+    fn cluster_ip(&self, ns: &str, svc: &str) -> Option<Ipv4Addr> {
+        self.services
+            .get(&(ns.to_string(), svc.to_string()))?
+            .spec
+            .cluster_ip
+            .as_deref()?
+            .parse()
+            .ok()
+    }
+
+    /// Whether any Service is in `ns` (so `web.ns` is the cluster's name to answer).
+    fn has_namespace(&self, ns: &str) -> bool {
+        self.services.keys().any(|k| k.0 == ns)
+    }
+}
+
 struct Inner {
     node: String,
     link: Link,
@@ -200,14 +218,7 @@ impl Proxy {
 
     /// The cluster IP of Service `name` in `namespace`, if it has one.
     pub fn cluster_ip(&self, namespace: &str, name: &str) -> Option<Ipv4Addr> {
-        let s = self.0.state.lock().ok()?;
-        s.services
-            .get(&(namespace.to_string(), name.to_string()))?
-            .spec
-            .cluster_ip
-            .as_deref()?
-            .parse()
-            .ok()
+        self.0.state.lock().ok()?.cluster_ip(namespace, name)
     }
 
     /// A wasm pod's name lookup in `namespace`, as the cluster DNS answers an OCI pod with its
@@ -216,16 +227,8 @@ impl Proxy {
     pub fn resolve(&self, name: &str, namespace: &str) -> Option<Vec<IpAddr>> {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         let st = self.0.state.lock().ok()?;
-        let ip_of = |ns: &str, svc: &str| -> Option<Ipv4Addr> {
-            st.services
-                .get(&(ns.to_string(), svc.to_string()))?
-                .spec
-                .cluster_ip
-                .as_deref()?
-                .parse()
-                .ok()
-        };
-        let known = |ns: &str| st.services.keys().any(|k| k.0 == ns);
+        let ip_of = |ns: &str, svc: &str| st.cluster_ip(ns, svc);
+        let known = |ns: &str| st.has_namespace(ns);
         if !name.contains('.') {
             let qualified = format!("{name}.{namespace}.svc.{}", crate::dns::DOMAIN);
             if let crate::dns::Lookup::Address(ip) = crate::dns::lookup(&qualified, ip_of, known) {
@@ -391,13 +394,7 @@ impl Proxy {
             let _ = local_route("delete", ip);
             s.local.remove(&ip);
         }
-        let dns = s
-            .services
-            .get(&(
-                crate::dns::SERVICE_NAMESPACE.to_string(),
-                crate::dns::SERVICE_NAME.to_string(),
-            ))
-            .and_then(|svc| svc.spec.cluster_ip.as_deref()?.parse::<Ipv4Addr>().ok());
+        let dns = s.cluster_ip(crate::dns::SERVICE_NAMESPACE, crate::dns::SERVICE_NAME);
         if s.dns.as_ref().map(|d| d.0) != dns {
             if let Some((_, cancel)) = s.dns.take() {
                 cancel.cancel();
@@ -651,16 +648,8 @@ async fn serve_dns(
             let Ok(st) = state else { return };
             crate::dns::lookup(
                 &q.name,
-                |ns, svc| {
-                    st.services
-                        .get(&(ns.to_string(), svc.to_string()))?
-                        .spec
-                        .cluster_ip
-                        .as_deref()?
-                        .parse()
-                        .ok()
-                },
-                |ns| st.services.keys().any(|k| k.0 == ns),
+                |ns, svc| st.cluster_ip(ns, svc),
+                |ns| st.has_namespace(ns),
             )
         };
         let socket = socket.clone();

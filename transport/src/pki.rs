@@ -220,16 +220,49 @@ impl Ca {
     /// Signs a node's certificate request. The subject is set here, never taken from the
     /// request: a node gets `system:node:NAME` in `shoal:nodes`, whatever it asked for.
     pub fn sign_node(&self, csr_pem: &str, node_name: &str) -> Result<String> {
+        self.sign_for_node(
+            csr_pem,
+            node_name,
+            ExtendedKeyUsagePurpose::ClientAuth,
+            vec![],
+        )
+    }
+
+    /// Signs the certificate a node serves its peers with (the direct path between service
+    /// proxies): the node's identity, for the DNS name `node_name`, for server use only.
+    pub fn sign_node_serving(&self, csr_pem: &str, node_name: &str) -> Result<String> {
+        let name = node_name
+            .to_string()
+            .try_into()
+            .map_err(|_| Error::Pki(format!("{node_name:?} is not a DNS name")))?;
+        let sans = vec![SanType::DnsName(name)];
+        self.sign_for_node(
+            csr_pem,
+            node_name,
+            ExtendedKeyUsagePurpose::ServerAuth,
+            sans,
+        )
+    }
+
+    /// A node certificate for one use, whatever the request asked for: the subject, names
+    /// and usages are set here.
+    fn sign_for_node(
+        &self,
+        csr_pem: &str,
+        node_name: &str,
+        usage: ExtendedKeyUsagePurpose,
+        sans: Vec<SanType>,
+    ) -> Result<String> {
         let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| Error::Pki(format!("the certificate request is not valid: {e}")))?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, format!("system:node:{node_name}"));
         dn.push(DnType::OrganizationName, NODE_ORG);
         csr.params.distinguished_name = dn;
-        csr.params.subject_alt_names.clear();
+        csr.params.subject_alt_names = sans;
         csr.params.is_ca = IsCa::NoCa;
         csr.params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        csr.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        csr.params.extended_key_usages = vec![usage];
         csr.params.not_before = rcgen::date_time_ymd(2024, 1, 1);
         csr.params.not_after = rcgen::date_time_ymd(2124, 1, 1);
         let issuer = Issuer::from_ca_cert_der(&self.cert_der, &self.key)
@@ -237,35 +270,6 @@ impl Ca {
         let cert = csr
             .signed_by(&issuer)
             .map_err(pki_err("signing the node certificate"))?;
-        Ok(cert.pem())
-    }
-}
-
-impl Ca {
-    /// Signs the certificate a node serves its peers with (the direct path between service
-    /// proxies): the node's identity, for the DNS name `node_name`, for server use only.
-    pub fn sign_node_serving(&self, csr_pem: &str, node_name: &str) -> Result<String> {
-        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
-            .map_err(|e| Error::Pki(format!("the certificate request is not valid: {e}")))?;
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, format!("system:node:{node_name}"));
-        dn.push(DnType::OrganizationName, NODE_ORG);
-        csr.params.distinguished_name = dn;
-        let name = node_name
-            .to_string()
-            .try_into()
-            .map_err(|_| Error::Pki(format!("{node_name:?} is not a DNS name")))?;
-        csr.params.subject_alt_names = vec![SanType::DnsName(name)];
-        csr.params.is_ca = IsCa::NoCa;
-        csr.params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        csr.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        csr.params.not_before = rcgen::date_time_ymd(2024, 1, 1);
-        csr.params.not_after = rcgen::date_time_ymd(2124, 1, 1);
-        let issuer = Issuer::from_ca_cert_der(&self.cert_der, &self.key)
-            .map_err(pki_err("loading the CA"))?;
-        let cert = csr
-            .signed_by(&issuer)
-            .map_err(pki_err("signing the node's serving certificate"))?;
         Ok(cert.pem())
     }
 }
