@@ -6,6 +6,7 @@ pub mod dns;
 pub mod error;
 pub mod images;
 pub mod join;
+pub mod local;
 pub mod node;
 pub mod peer;
 pub mod pod_state;

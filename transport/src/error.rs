@@ -32,6 +32,10 @@ pub enum Error {
     Io { path: String, message: String },
     #[error("{0}")]
     Config(String),
+    #[error("{0}")]
+    Seal(String),
+    #[error("stored object is corrupt: {0}")]
+    Corrupt(String),
 }
 
 impl Error {

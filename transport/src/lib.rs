@@ -8,6 +8,7 @@ pub mod frame;
 pub mod pki;
 pub mod proto;
 pub mod quic;
+pub mod seal;
 
 pub use credentials::Credentials;
 pub use error::{Error, Result};

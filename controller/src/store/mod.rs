@@ -8,12 +8,11 @@
 //! * Secrets are sealed with an AEAD key from the data dir before they touch the file.
 
 mod codec;
-mod crypto;
 mod watch;
 mod writer;
 pub(crate) use writer::now;
 
-pub use crypto::SecretCipher;
+pub use shoal_transport::seal::SecretCipher;
 pub use watch::Watch;
 
 use crate::error::{Error, Result};
@@ -191,7 +190,9 @@ impl Store {
     /// Opens (or creates) `DIR/state.redb` with the secrets key `DIR/secrets.key`.
     pub fn open(dir: &Path, config: StoreConfig) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let cipher = Arc::new(SecretCipher::load_or_create(&dir.join("secrets.key"))?);
+        let cipher = Arc::new(
+            SecretCipher::load_or_create(&dir.join("secrets.key")).map_err(codec::sealing)?,
+        );
         let path = dir.join("state.redb");
         let db = Database::builder()
             .set_cache_size(config.cache_bytes)

@@ -669,6 +669,16 @@ impl ImageStore {
         fs::rename(&tmp, &file).map_err(|e| Error::io(&file, e))
     }
 
+    /// The image last recorded under `reference`, if the store still holds it: what a node
+    /// out of reach of the controller and the registries runs.
+    pub fn recorded(&self, reference: &str) -> Option<String> {
+        let file = self
+            .names()
+            .join(hex::encode(Sha256::digest(reference.as_bytes())));
+        let record = read_json::<ImageRecord>(&file).ok()?;
+        self.image(&record.digest).ok().map(|_| record.digest)
+    }
+
     /// Every image the node holds under a name.
     pub fn list(&self) -> Result<Vec<ImageRecord>> {
         let mut out = Vec::new();

@@ -1,0 +1,272 @@
+//! The node's own record of what it was told to run: its pods, the ConfigMaps and Secrets they
+//! use, and the Services, Endpoints and Nodes its proxy routes by. With it, a node that cannot
+//! reach the controller (a cut link, or a reboot while offline) keeps running its pods and
+//! starts them again, and its proxy keeps its last known endpoints.
+//!
+//! It is a redb file in the data dir: every change is one transaction, so a power loss mid-write
+//! leaves the state before it or after it, never half of it. Secrets are sealed with the node's
+//! own key (`local.key`, mode 0600), as the controller seals its store.
+
+use crate::error::{Error, Result};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use shoal_api::{Kind, Object};
+use shoal_transport::seal::{self, SecretCipher};
+use std::path::{Path, PathBuf};
+
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+
+pub struct Local {
+    db: Database,
+    cipher: SecretCipher,
+    path: PathBuf,
+}
+
+/// Where an object is kept: pods by uid (the supervisor's key, stable while a name is
+/// reused), the rest by namespace and name.
+pub fn key_of(obj: &Object) -> String {
+    let m = obj.metadata();
+    match obj.kind() {
+        Kind::Pod => format!("Pod/{}", m.uid),
+        kind => key(kind, m.namespace.as_deref(), &m.name),
+    }
+}
+
+pub fn key(kind: Kind, namespace: Option<&str>, name: &str) -> String {
+    format!("{}/{}/{name}", kind.name(), namespace.unwrap_or_default())
+}
+
+fn prefix(kind: Kind) -> String {
+    format!("{}/", kind.name())
+}
+
+impl Local {
+    /// Opens (or creates) `DATA_DIR/local.redb`. A file that cannot be opened is moved aside
+    /// with a warning and a new one started: the node then runs what the controller tells it
+    /// next, as on its first day.
+    pub fn open(data_dir: &Path) -> Result<Local> {
+        let path = data_dir.join("local.redb");
+        let cipher = SecretCipher::load_or_create(&data_dir.join("local.key"))?;
+        let db = match Database::create(&path) {
+            Ok(db) => db,
+            Err(e) => {
+                let aside =
+                    path.with_extension(format!("broken-{}", chrono::Utc::now().timestamp()));
+                tracing::error!(path = %path.display(), error = %e, aside = %aside.display(), "the node's local state cannot be read; starting a new one");
+                std::fs::rename(&path, &aside).map_err(|e| Error::io(&path, e))?;
+                Database::create(&path).map_err(|e| local(&path, e))?
+            }
+        };
+        let txn = db.begin_write().map_err(|e| local(&path, e))?;
+        txn.open_table(OBJECTS).map_err(|e| local(&path, e))?;
+        txn.commit().map_err(|e| local(&path, e))?;
+        Ok(Local { db, cipher, path })
+    }
+
+    /// Its key, and its bytes as kept (with its apiVersion and kind, as the controller sent it).
+    fn encode(&self, obj: &Object) -> Result<(String, Vec<u8>)> {
+        let mut obj = obj.clone();
+        obj.normalize();
+        let k = key_of(&obj);
+        let bytes = seal::encode(&self.cipher, &k, &obj)?;
+        Ok((k, bytes))
+    }
+
+    fn write(&self, f: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<()>) -> Result<()> {
+        let e = |e: redb::Error| local(&self.path, e);
+        let txn = self.db.begin_write().map_err(|x| e(x.into()))?;
+        {
+            let mut table = txn.open_table(OBJECTS).map_err(|x| e(x.into()))?;
+            f(&mut table)?;
+        }
+        txn.commit().map_err(|x| e(x.into()))
+    }
+
+    /// Keeps `obj` (replacing what was kept under its key).
+    pub fn put(&self, obj: &Object) -> Result<()> {
+        let (k, bytes) = self.encode(obj)?;
+        self.write(|t| {
+            t.insert(k.as_str(), bytes.as_slice())
+                .map(drop)
+                .map_err(|e| local(&self.path, e))
+        })
+    }
+
+    pub fn remove(&self, k: &str) -> Result<()> {
+        self.write(|t| t.remove(k).map(drop).map_err(|e| local(&self.path, e)))
+    }
+
+    /// Makes the objects kept of `kind` exactly `objects`, in one transaction.
+    pub fn replace(&self, kind: Kind, objects: &[Object]) -> Result<()> {
+        let encoded: Vec<(String, Vec<u8>)> = objects
+            .iter()
+            .map(|o| self.encode(o))
+            .collect::<Result<_>>()?;
+        let p = prefix(kind);
+        self.write(|t| {
+            let e = |x: redb::StorageError| local(&self.path, x);
+            let stale: Vec<String> = t
+                .range(p.as_str()..)
+                .map_err(e)?
+                .map_while(|r| r.ok().map(|(k, _)| k.value().to_string()))
+                .take_while(|k| k.starts_with(&p))
+                .collect();
+            for k in stale {
+                t.remove(k.as_str()).map_err(e)?;
+            }
+            for (k, b) in &encoded {
+                t.insert(k.as_str(), b.as_slice()).map_err(e)?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn get(&self, k: &str) -> Result<Option<Object>> {
+        let e = |x: redb::Error| local(&self.path, x);
+        let txn = self.db.begin_read().map_err(|x| e(x.into()))?;
+        let table = txn.open_table(OBJECTS).map_err(|x| e(x.into()))?;
+        match table.get(k).map_err(|x| e(x.into()))? {
+            Some(v) => Ok(Some(seal::decode(&self.cipher, k, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every object kept of `kind`; one that does not decode is left out with a warning.
+    pub fn list(&self, kind: Kind) -> Result<Vec<Object>> {
+        let e = |x: redb::Error| local(&self.path, x);
+        let txn = self.db.begin_read().map_err(|x| e(x.into()))?;
+        let table = txn.open_table(OBJECTS).map_err(|x| e(x.into()))?;
+        let p = prefix(kind);
+        let mut out = Vec::new();
+        for entry in table.range(p.as_str()..).map_err(|x| e(x.into()))? {
+            let (k, v) = entry.map_err(|x| e(x.into()))?;
+            if !k.value().starts_with(&p) {
+                break;
+            }
+            match seal::decode(&self.cipher, k.value(), v.value()) {
+                Ok(o) => out.push(o),
+                Err(err) => {
+                    tracing::warn!(key = k.value(), error = %err, "a kept object does not decode; left out")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The objects kept of `kind`, typed.
+    pub fn list_typed<T: TryFrom<Object>>(&self, kind: Kind) -> Vec<T> {
+        match self.list(kind) {
+            Ok(objects) => objects
+                .into_iter()
+                .filter_map(|o| T::try_from(o).ok())
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, kind = kind.name(), "cannot read the node's local state");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Best effort: a write that fails is logged, and the node runs on from memory.
+    pub fn keep(&self, obj: &Object) {
+        if let Err(e) = self.put(obj) {
+            tracing::warn!(key = %key_of(obj), error = %e, "cannot keep an object in the node's local state");
+        }
+    }
+
+    pub fn forget(&self, k: &str) {
+        if let Err(e) = self.remove(k) {
+            tracing::warn!(key = k, error = %e, "cannot drop an object from the node's local state");
+        }
+    }
+}
+
+fn local(path: &Path, e: impl Into<redb::Error>) -> Error {
+    Error::io(path, e.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_api::{Pod, Secret};
+
+    fn pod(uid: &str) -> Object {
+        let mut p = Pod::default();
+        p.metadata.name = format!("p-{uid}");
+        p.metadata.namespace = Some("default".into());
+        p.metadata.uid = uid.into();
+        Object::Pod(p)
+    }
+
+    #[test]
+    fn objects_survive_reopening_and_secrets_are_sealed_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = Local::open(dir.path()).unwrap();
+        local.put(&pod("a")).unwrap();
+        local.put(&pod("b")).unwrap();
+        let mut s = Secret::default();
+        s.metadata.name = "db".into();
+        s.metadata.namespace = Some("default".into());
+        s.data
+            .insert("password".into(), "aHVudGVyMi1zZWNyZXQ=".into());
+        local.put(&Object::Secret(s)).unwrap();
+        local.remove("Pod/b").unwrap();
+        drop(local);
+
+        let raw = std::fs::read(dir.path().join("local.redb")).unwrap();
+        let needle = b"aHVudGVyMi1zZWNyZXQ=";
+        assert!(
+            !raw.windows(needle.len()).any(|w| w == needle),
+            "the secret's value is not on disk in the clear"
+        );
+        let local = Local::open(dir.path()).unwrap();
+        let pods: Vec<Pod> = local.list_typed(Kind::Pod);
+        assert_eq!(
+            pods.iter()
+                .map(|p| p.metadata.uid.as_str())
+                .collect::<Vec<_>>(),
+            ["a"]
+        );
+        let secret: Secret = local
+            .get(&key(Kind::Secret, Some("default"), "db"))
+            .unwrap()
+            .and_then(|o| o.try_into().ok())
+            .unwrap();
+        assert_eq!(secret.data["password"], "aHVudGVyMi1zZWNyZXQ=");
+    }
+
+    #[test]
+    fn replace_makes_a_kind_exactly_what_was_listed_and_leaves_other_kinds() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = Local::open(dir.path()).unwrap();
+        local.put(&pod("a")).unwrap();
+        local.put(&pod("b")).unwrap();
+        let mut svc = shoal_api::Service::default();
+        svc.metadata.name = "web".into();
+        local.put(&Object::Service(svc)).unwrap();
+        local.replace(Kind::Pod, &[pod("c")]).unwrap();
+        let pods: Vec<Pod> = local.list_typed(Kind::Pod);
+        assert_eq!(
+            pods.iter()
+                .map(|p| p.metadata.uid.as_str())
+                .collect::<Vec<_>>(),
+            ["c"]
+        );
+        assert_eq!(local.list(Kind::Service).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_moved_aside_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("local.redb"), b"half a page of nothing").unwrap();
+        let local = Local::open(dir.path()).unwrap();
+        assert!(local.list(Kind::Pod).unwrap().is_empty());
+        let aside = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().contains("broken"));
+        assert!(
+            aside,
+            "the unreadable file is kept for a look, beside the new one"
+        );
+    }
+}
