@@ -634,11 +634,26 @@ fn pods_of_a_dead_node_are_replaced_after_their_toleration_and_its_return_leaves
             n["spec"]["taints"][0]["key"] == "node.kubernetes.io/unreachable"
         },
     );
+    let on_node_2 = |c: &Cluster| -> Vec<String> {
+        c.shoal(&["get", "pods", "-l", "app=web", "-o", "wide", "--no-headers"])
+            .stdout()
+            .lines()
+            .filter(|l| l.contains(" Running ") && l.trim_end().ends_with("node-2"))
+            .map(|l| l.split_whitespace().next().unwrap_or_default().to_string())
+            .collect()
+    };
+    let originals = on_node_2(&c);
+    assert_eq!(originals.len(), 2);
     c.wait_for(
-        "the pods replaced on node-1",
+        "the pods replaced on node-1, the lost ones marked, not deleted",
         Duration::from_secs(60),
         |c| {
-            placements(c, "app=web") == ["node-1", "node-1", "node-1", "node-1"] && web_pods(c) == 4
+            let lost = c
+                .shoal(&["get", "pods", "-l", "app=web", "--no-headers"])
+                .stdout()
+                .matches(" NodeLost ")
+                .count();
+            placements(c, "app=web") == ["node-1", "node-1", "node-1", "node-1"] && lost == 2
         },
     );
 
@@ -654,6 +669,11 @@ fn pods_of_a_dead_node_are_replaced_after_their_toleration_and_its_return_leaves
                 .count()
                 == 2
     });
+    // Invariant: exactly the desired replicas, and the pods that came back stay (the default
+    // policy, keep-original): their replacements on node-1 are the ones removed.
+    c.wait_for("duplicates resolved", Duration::from_secs(30), |c| {
+        web_pods(c) == 4 && running(c).len() == 4
+    });
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         web_pods(&c),
@@ -661,6 +681,11 @@ fn pods_of_a_dead_node_are_replaced_after_their_toleration_and_its_return_leaves
         "exactly the desired replicas, no duplicates"
     );
     assert_eq!(running(&c).len(), 4);
+    let mut back = on_node_2(&c);
+    back.sort();
+    let mut want = originals.clone();
+    want.sort();
+    assert_eq!(back, want, "the originals stayed");
 }
 
 #[test]

@@ -56,11 +56,59 @@ impl ArtifactCache {
         ))
     }
 
-    /// The local path of `reference`, fetching what is missing.
-    pub async fn get(&self, client: &Client, reference: &str) -> Result<PathBuf> {
+    /// The local path of `reference`, fetching what is missing. Without the controller (no
+    /// link, or the transfer failed), the copy this node fetched last, if it has one.
+    pub async fn get(&self, client: Option<&Client>, reference: &str) -> Result<PathBuf> {
         let lock = self.lock_for(reference)?;
         let _held = lock.lock().await;
-        self.fetch(client, reference).await
+        let fetched = match client {
+            Some(client) => self.fetch(client, reference).await,
+            None => Err(Error::Artifact {
+                reference: reference.to_string(),
+                message: "not connected to the controller".into(),
+            }),
+        };
+        let why = match fetched {
+            Ok(path) => {
+                self.pin(reference, &path)?;
+                return Ok(path);
+            }
+            Err(e) => e,
+        };
+        match self.pinned(reference)? {
+            Some(path) => {
+                tracing::info!(reference, error = %why, "using the copy this node has");
+                Ok(path)
+            }
+            None => Err(why),
+        }
+    }
+
+    /// Remembers that `reference` was the file `path` (named by its digest).
+    fn pin(&self, reference: &str, path: &Path) -> Result<()> {
+        let pin = self.by_reference(reference).with_extension("digest");
+        let digest = format!(
+            "sha256:{}",
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+        );
+        if std::fs::read_to_string(&pin).is_ok_and(|d| d == digest) {
+            return Ok(());
+        }
+        let tmp = pin.with_extension("digest.tmp");
+        std::fs::write(&tmp, &digest).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, &pin).map_err(|e| Error::io(&pin, e))
+    }
+
+    /// The file `reference` was when this node last had it, if it is still whole.
+    fn pinned(&self, reference: &str) -> Result<Option<PathBuf>> {
+        let pin = self.by_reference(reference).with_extension("digest");
+        let Ok(digest) = std::fs::read_to_string(&pin) else {
+            return Ok(None);
+        };
+        let done = self.dir.join(digest.trim().trim_start_matches("sha256:"));
+        Ok(self.trusted(&done, digest.trim())?.then_some(done))
     }
 
     /// The blob `digest` into the image store `store`, fetched from the controller unless the
@@ -94,23 +142,23 @@ impl ArtifactCache {
     ) -> Result<PathBuf> {
         let lock = self.lock_for(image)?;
         let _held = lock.lock().await;
-        let pin = self.by_reference(image).with_extension("digest");
         if !always {
-            if let Ok(digest) = std::fs::read_to_string(&pin) {
-                let done = self.dir.join(digest.trim().trim_start_matches("sha256:"));
-                if self.trusted(&done, digest.trim())? {
-                    return Ok(done);
-                }
+            if let Some(done) = self.pinned(image)? {
+                return Ok(done);
             }
         }
-        let path = crate::registry::pull(image, auth, &self.dir, &self.registries).await?;
-        let digest = format!(
-            "sha256:{}",
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-        );
-        std::fs::write(&pin, &digest).map_err(|e| Error::io(&pin, e))?;
+        let path = match crate::registry::pull(image, auth, &self.dir, &self.registries).await {
+            Ok(path) => path,
+            // The registry out of reach: the copy pulled last keeps the pod running.
+            Err(e) => match self.pinned(image)? {
+                Some(done) => {
+                    tracing::info!(image, error = %e, "cannot pull; using the copy this node has");
+                    return Ok(done);
+                }
+                None => return Err(e),
+            },
+        };
+        self.pin(image, &path)?;
         if let Ok(mut v) = self.verified.lock() {
             v.insert(path.clone());
         }

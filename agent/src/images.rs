@@ -43,7 +43,7 @@ pub async fn fetch(
     image: &str,
     platform: &Platform,
 ) -> Result<String> {
-    let top_file = artifacts.get(client, image).await?;
+    let top_file = artifacts.get(Some(client), image).await?;
     let top = std::fs::read(&top_file).map_err(|e| Error::io(&top_file, e))?;
     if !matches!(top.first(), Some(b'{')) {
         // An image archive as one artifact (pushed whole): imported in one piece.

@@ -86,17 +86,24 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
             None
         }
     };
+    let local = Arc::new(local::Local::open(&config.data_dir)?);
     let (link_tx, link) = watch::channel(None::<Arc<Client>>);
-    let proxy = proxy::Proxy::new(&config.name, link.clone(), creds.clone());
+    let proxy = proxy::Proxy::new(&config.name, link.clone(), creds.clone(), local.clone());
     let supervisor = Supervisor::new(
         &config,
         wasm.clone(),
         runc.clone(),
         link.clone(),
         proxy.clone(),
+        local,
     )?;
+    // What the node ran before runs again now, whether or not the controller answers: the
+    // first connection reconciles it with what the controller says.
+    proxy.restore();
+    supervisor.start_local().await;
     let mut attempt = 0u32;
     let mut carried = Carried::default();
+    let mut away_since = None;
     loop {
         if shutdown.is_cancelled() {
             break;
@@ -115,15 +122,20 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
                     &wasm,
                     &shutdown,
                     &mut carried,
+                    away_since.take(),
                 )
                 .await;
                 link_tx.send_replace(None);
+                away_since = Some(std::time::Instant::now());
                 match session {
                     Ok(()) => break,
                     Err(e) => tracing::warn!(error = %e, "lost the controller"),
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot reach the controller"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach the controller");
+                away_since.get_or_insert_with(std::time::Instant::now);
+            }
         }
         attempt = attempt.saturating_add(1);
         let ceiling = Duration::from_millis(500)
@@ -159,6 +171,7 @@ async fn session(
     wasm: &Arc<WasmRuntime>,
     shutdown: &CancellationToken,
     carried: &mut Carried,
+    away_since: Option<std::time::Instant>,
 ) -> Result<()> {
     if let (Some(listen), None) = (config.peer_listen, carried.peer_port) {
         match peer::serve(
@@ -280,6 +293,17 @@ async fn session(
         }
     };
     *last = Some(revision);
+    if let Some(since) = away_since {
+        let message = format!(
+            "Node {} reconnected after {}s away and reconciled: {} pods ran on through it, \
+             their status reported and the controller's changes applied",
+            config.name,
+            since.elapsed().as_secs(),
+            supervisor.count()
+        );
+        tracing::info!(%message, "reconciled with the controller");
+        node_event(client, &config.name, "Reconciled", message).await;
+    }
     let mut beat = tokio::time::interval(config.heartbeat);
     beat.tick().await;
     let result = loop {
@@ -313,6 +337,28 @@ async fn session(
     serving.abort();
     following.abort();
     result
+}
+
+/// Records an Event about this node (best effort).
+async fn node_event(client: &Client, node: &str, reason: &str, message: String) {
+    let about = shoal_api::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Node".into()),
+        name: Some(node.into()),
+        ..Default::default()
+    };
+    let Ok(about) = serde_json::to_vec(&about) else {
+        return;
+    };
+    let req = Request::RecordEvent {
+        about,
+        type_: "Normal".into(),
+        reason: reason.into(),
+        message,
+    };
+    if let Err(e) = client.call(&req).await.map_err(Error::from).and_then(expect_ok) {
+        tracing::debug!(error = %e, reason, "event not recorded");
+    }
 }
 
 fn decode_pod(bytes: &[u8]) -> Option<Pod> {

@@ -170,6 +170,8 @@ struct Inner {
     state: Mutex<State>,
     next: AtomicUsize,
     connections: tokio_util::task::TaskTracker,
+    /// The node's local state: what the proxy routes by, kept for when the controller is away.
+    local: Arc<crate::local::Local>,
 }
 
 /// The node's service proxy; cheap to clone.
@@ -180,7 +182,12 @@ pub struct Proxy(Arc<Inner>);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Proxy {
-    pub fn new(node: &str, link: Link, creds: shoal_transport::Credentials) -> Proxy {
+    pub fn new(
+        node: &str,
+        link: Link,
+        creds: shoal_transport::Credentials,
+        local: Arc<crate::local::Local>,
+    ) -> Proxy {
         Proxy(Arc::new(Inner {
             node: node.to_string(),
             link,
@@ -198,7 +205,55 @@ impl Proxy {
             }),
             next: AtomicUsize::new(0),
             connections: tokio_util::task::TaskTracker::new(),
+            local,
         }))
+    }
+
+    /// Routes by what the node's local state holds (the Services, Endpoints and Nodes last
+    /// known), before the controller is reached: a node started offline serves its Services.
+    pub fn restore(&self) {
+        use shoal_api::Kind;
+        let local = &self.0.local;
+        for n in local.list_typed::<shoal_api::Node>(Kind::Node) {
+            self.learn_node(&n, false);
+        }
+        let services: Vec<Service> = local.list_typed(Kind::Service);
+        let endpoints: Vec<Endpoints> = local.list_typed(Kind::Endpoints);
+        if services.is_empty() {
+            return;
+        }
+        tracing::info!(
+            services = services.len(),
+            "routing by the Services and Endpoints last known, from the node's local state"
+        );
+        if let Ok(mut s) = self.0.state.lock() {
+            s.services = services.into_iter().map(|o| (key(&o.metadata), o)).collect();
+            s.endpoints = endpoints.into_iter().map(|o| (key(&o.metadata), o)).collect();
+        }
+        self.apply();
+    }
+
+    /// Keeps a kind as listed in the node's local state.
+    fn keep_listed(&self, kind: shoal_api::Kind, items: &[Vec<u8>]) {
+        let objects: Vec<shoal_api::Object> = items
+            .iter()
+            .filter_map(|b| shoal_api::Object::from_json(b).ok())
+            .collect();
+        if let Err(e) = self.0.local.replace(kind, &objects) {
+            tracing::warn!(error = %e, "cannot keep the proxy's state on the node");
+        }
+    }
+
+    /// Keeps (or forgets) one watched object in the node's local state.
+    fn keep_event(&self, object: &[u8], deleted: bool) {
+        let Ok(obj) = shoal_api::Object::from_json(object) else {
+            return;
+        };
+        if deleted {
+            self.0.local.forget(&crate::local::key_of(&obj));
+        } else {
+            self.0.local.keep(&obj);
+        }
     }
 
     /// The Services of `namespace` as the proxy knows them (for pods' environment variables).
@@ -253,6 +308,9 @@ impl Proxy {
         let (services, srev) = list(client, "Service").await?;
         let (endpoints, erev) = list(client, "Endpoints").await?;
         let (nodes, nrev) = list(client, "Node").await?;
+        self.keep_listed(shoal_api::Kind::Service, &services);
+        self.keep_listed(shoal_api::Kind::Endpoints, &endpoints);
+        self.keep_listed(shoal_api::Kind::Node, &nodes);
         for n in nodes.iter().filter_map(|b| decode::<shoal_api::Node>(b)) {
             self.learn_node(&n, false);
         }
@@ -278,6 +336,10 @@ impl Proxy {
                 n = ew.next() => (n?, false),
                 n = nw.next() => {
                     if let Some(Response::Event { type_, object, .. }) = n? {
+                        let deleted = type_ == shoal_transport::proto::EventType::Deleted;
+                        if deleted || self.learnt_node_changed(&object) {
+                            self.keep_event(&object, deleted);
+                        }
                         if let Some(node) = decode::<shoal_api::Node>(&object) {
                             self.learn_node(&node, type_ == shoal_transport::proto::EventType::Deleted);
                         }
@@ -292,6 +354,7 @@ impl Proxy {
                 None => return Err(crate::Error::Server("the controller ended a watch".into())),
             };
             let deleted = type_ == shoal_transport::proto::EventType::Deleted;
+            self.keep_event(&object, deleted);
             if let Ok(mut s) = self.0.state.lock() {
                 if is_service {
                     if let Some(o) = decode::<Service>(&object) {
@@ -315,20 +378,25 @@ impl Proxy {
         }
     }
 
+    /// Whether a watched Node says something new about where it serves its peers: Nodes change
+    /// with every heartbeat, and only their addresses are worth a write to the node's disk.
+    fn learnt_node_changed(&self, object: &[u8]) -> bool {
+        let Some(node) = decode::<shoal_api::Node>(object) else {
+            return false;
+        };
+        let addr = peer_addr(&node);
+        let known = self
+            .0
+            .nodes
+            .lock()
+            .ok()
+            .and_then(|n| n.get(&node.metadata.name).copied());
+        addr != known
+    }
+
     /// Where `node` serves its peers, from its Node: the InternalIP and the port annotation.
     fn learn_node(&self, node: &shoal_api::Node, deleted: bool) {
-        let addr = node
-            .status
-            .as_ref()
-            .and_then(|s| s.addresses.iter().find(|a| a.type_ == "InternalIP"))
-            .and_then(|a| a.address.parse::<IpAddr>().ok())
-            .zip(
-                node.metadata
-                    .annotations
-                    .get(crate::peer::PORT_ANNOTATION)
-                    .and_then(|p| p.parse::<u16>().ok()),
-            )
-            .map(|(ip, port)| SocketAddr::new(ip, port));
+        let addr = peer_addr(node);
         if let Ok(mut nodes) = self.0.nodes.lock() {
             match addr.filter(|_| !deleted) {
                 Some(a) => nodes.insert(node.metadata.name.clone(), a),
@@ -962,6 +1030,21 @@ async fn accept(
 fn local_route(op: &str, ip: Ipv4Addr) -> Result<(), String> {
     let net = format!("{ip}/32");
     shoal_runtime::oci::netns::ip(&["route", op, "local", &net, "dev", "lo", "table", "local"])
+}
+
+/// Where a node serves its peers: its InternalIP and its peer port annotation.
+fn peer_addr(node: &shoal_api::Node) -> Option<SocketAddr> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.addresses.iter().find(|a| a.type_ == "InternalIP"))
+        .and_then(|a| a.address.parse::<IpAddr>().ok())
+        .zip(
+            node.metadata
+                .annotations
+                .get(crate::peer::PORT_ANNOTATION)
+                .and_then(|p| p.parse::<u16>().ok()),
+        )
+        .map(|(ip, port)| SocketAddr::new(ip, port))
 }
 
 fn decode<T: TryFrom<shoal_api::Object, Error = shoal_api::Error>>(b: &[u8]) -> Option<T> {

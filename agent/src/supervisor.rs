@@ -8,7 +8,7 @@ use crate::pod_state::{self, Container, Phase, RestartPolicy, Terminated};
 use crate::{AgentConfig, Link};
 use base64::Engine as _;
 use chrono::Utc;
-use shoal_api::{Condition, ConfigMap, Object, Pod, PodStatus, Secret};
+use shoal_api::{Condition, ConfigMap, Kind, Object, Pod, PodStatus, Secret};
 use shoal_runtime::oci::image::Platform;
 use shoal_runtime::oci::netns::{self, PodNetwork, Subnet};
 use shoal_runtime::oci::{Runc, RuncRuntime};
@@ -47,6 +47,8 @@ struct PodRun {
     images: Vec<String>,
     /// Held while a status report is taken and sent.
     reporting: Arc<tokio::sync::Mutex<()>>,
+    /// Whether the node's local state holds it as finished (so a restart does not run it again).
+    kept_finished: bool,
 }
 
 struct Inner {
@@ -66,6 +68,8 @@ struct Inner {
     /// The node's service proxy: what Services exist, for the pods' environment.
     proxy: crate::proxy::Proxy,
     pods: Mutex<HashMap<String, Running>>,
+    /// What this node was told to run, on disk: started from when the controller is away.
+    local: Arc<crate::local::Local>,
     tracker: TaskTracker,
 }
 
@@ -90,6 +94,7 @@ impl Supervisor {
         runc: Option<Arc<RuncRuntime>>,
         link: Link,
         proxy: crate::proxy::Proxy,
+        local: Arc<crate::local::Local>,
     ) -> Result<Supervisor> {
         let artifacts = ArtifactCache::new(
             &config.data_dir,
@@ -114,6 +119,7 @@ impl Supervisor {
             link,
             proxy,
             pods: Mutex::new(HashMap::new()),
+            local,
             tracker: TaskTracker::new(),
         }));
         // The range the controller gave this node last time: pods get addresses also when
@@ -276,10 +282,36 @@ impl Supervisor {
         for uid in gone {
             self.stop(&uid);
         }
+        // What the controller listed is what this node runs: pods kept for a node that was
+        // away, and deleted meanwhile, are forgotten.
+        let listed: Vec<Object> = pods
+            .iter()
+            .filter(|p| !terminal(p))
+            .map(|p| Object::Pod(p.clone()))
+            .collect();
+        if let Err(e) = self.0.local.replace(Kind::Pod, &listed) {
+            tracing::warn!(error = %e, "cannot keep the pods in the node's local state");
+        }
         for pod in pods {
             self.observe(EventType::Modified, pod).await;
         }
         self.report_all().await;
+    }
+
+    /// Starts the pods the node's local state holds, before the controller is reached: after a
+    /// reboot, or an agent restart, while the controller is out of reach. OCI containers that
+    /// outlived the agent are taken back, not restarted. Returns how many pods it started.
+    pub async fn start_local(&self) -> usize {
+        let pods: Vec<Pod> = self.0.local.list_typed(Kind::Pod);
+        let pods: Vec<Pod> = pods.into_iter().filter(|p| !terminal(p)).collect();
+        let n = pods.len();
+        if n > 0 {
+            tracing::info!(pods = n, "starting the pods this node ran, from its local state");
+        }
+        for pod in pods {
+            self.observe(EventType::Modified, pod).await;
+        }
+        n
     }
 
     /// Reports every pod's status again (after a reconnect: what changed offline).
@@ -325,6 +357,7 @@ impl Supervisor {
             reported_ip: None,
             images: Vec::new(),
             reporting: Arc::default(),
+            kept_finished: false,
         }));
         if let Ok(mut m) = self.0.pods.lock() {
             m.insert(
@@ -338,12 +371,14 @@ impl Supervisor {
                 },
             );
         }
+        self.0.local.keep(&Object::Pod(pod.clone()));
         tracing::info!(pod = %pod.metadata.name, namespace = %pod.metadata.namespace_or_default(), "starting pod");
         let inner = self.0.clone();
         self.0.tracker.spawn(run_pod(inner, state, dir, cancel));
     }
 
     fn stop(&self, uid: &str) {
+        self.0.local.forget(&format!("Pod/{uid}"));
         if let Some(r) = self.0.pods.lock().ok().and_then(|mut m| m.remove(uid)) {
             tracing::info!(pod = %r.name, namespace = %r.namespace, "stopping pod");
             r.cancel.cancel();
@@ -401,6 +436,11 @@ impl Supervisor {
         } else {
             current
         })
+    }
+
+    /// How many pods run here.
+    pub fn count(&self) -> usize {
+        self.0.pods.lock().map(|m| m.len()).unwrap_or(0)
     }
 
     /// Is this pod still running here?
@@ -464,6 +504,7 @@ fn client(inner: &Inner) -> Option<Arc<shoal_transport::Client>> {
 /// Sends the pod's status as the containers' states make it; a lost link is fine (the next
 /// session reports everything again).
 async fn report(inner: &Inner, state: &Arc<Mutex<PodRun>>) {
+    keep_if_finished(inner, state);
     let Some(client) = client(inner) else { return };
     // One report of a pod at a time, each taken when it gets its turn: containers report at
     // once, and an older picture sent last would stay the pod's status.
@@ -538,6 +579,23 @@ async fn report(inner: &Inner, state: &Arc<Mutex<PodRun>>) {
     }
 }
 
+/// A pod whose containers are all done for good is kept on the node as finished: a restart of
+/// the agent, with or without the controller, does not run a completed Job's pod again.
+fn keep_if_finished(inner: &Inner, state: &Arc<Mutex<PodRun>>) {
+    let Ok(mut s) = state.lock() else { return };
+    let phase = pod_state::pod_phase(&s.containers);
+    if s.kept_finished || !matches!(phase, "Succeeded" | "Failed") {
+        return;
+    }
+    s.kept_finished = true;
+    let mut pod = s.pod.clone();
+    pod.status = Some(PodStatus {
+        phase: Some(phase.to_string()),
+        ..Default::default()
+    });
+    inner.local.keep(&Object::Pod(pod));
+}
+
 /// Records an Event about `pod` (best effort: a lost link loses the event, not the pod).
 async fn event(inner: &Inner, pod: &Pod, type_: &str, reason: &str, message: String) {
     let Some(client) = client(inner) else { return };
@@ -580,20 +638,38 @@ fn set_waiting(state: &Arc<Mutex<PodRun>>, reason: &str, message: Option<String>
     }
 }
 
-async fn get_object(inner: &Inner, kind: &str, namespace: &str, name: &str) -> Result<Object> {
-    let client =
-        client(inner).ok_or_else(|| Error::Server("not connected to the controller".into()))?;
-    match client
-        .call(&Request::Get {
-            kind: kind.into(),
-            namespace: Some(namespace.into()),
-            name: name.into(),
-        })
-        .await?
-    {
-        Response::Object(b) => Object::from_json(&b).map_err(|e| Error::Internal(e.to_string())),
-        Response::Error(e) => Err(Error::Server(e.message)),
-        other => Err(Error::Internal(format!("unexpected answer {other:?}"))),
+/// A ConfigMap or Secret a pod uses: from the controller, kept on the node as it comes; the
+/// copy kept when the controller cannot be asked. What the controller says is gone is gone.
+async fn get_object(inner: &Inner, kind: Kind, namespace: &str, name: &str) -> Result<Object> {
+    let asked = match client(inner) {
+        Some(client) => client
+            .call(&Request::Get {
+                kind: kind.name().into(),
+                namespace: Some(namespace.into()),
+                name: name.into(),
+            })
+            .await
+            .map_err(Error::from),
+        None => Err(Error::Server("not connected to the controller".into())),
+    };
+    let key = crate::local::key(kind, Some(namespace), name);
+    match asked {
+        Ok(Response::Object(b)) => {
+            let obj = Object::from_json(&b).map_err(|e| Error::Internal(e.to_string()))?;
+            inner.local.keep(&obj);
+            Ok(obj)
+        }
+        Ok(Response::Error(e)) => {
+            if e.code == shoal_transport::proto::ErrorCode::NotFound {
+                inner.local.forget(&key);
+            }
+            Err(Error::Server(e.message))
+        }
+        Ok(other) => Err(Error::Internal(format!("unexpected answer {other:?}"))),
+        Err(why) => match inner.local.get(&key) {
+            Ok(Some(obj)) => Ok(obj),
+            _ => Err(why),
+        },
     }
 }
 
@@ -636,7 +712,7 @@ async fn prepare(
                 )
             })?;
             let files: Vec<(String, Vec<u8>)> = if let Some(c) = &v.config_map {
-                let cm: ConfigMap = get_object(inner, "ConfigMap", &ns, &c.name)
+                let cm: ConfigMap = get_object(inner, Kind::ConfigMap, &ns, &c.name)
                     .await
                     .and_then(|o| o.into_typed().map_err(|e| Error::Internal(e.to_string())))
                     .map_err(|e| {
@@ -658,7 +734,7 @@ async fn prepare(
                 }));
                 f
             } else if let Some(s) = &v.secret {
-                let secret: Secret = get_object(inner, "Secret", &ns, &s.secret_name)
+                let secret: Secret = get_object(inner, Kind::Secret, &ns, &s.secret_name)
                     .await
                     .and_then(|o| o.into_typed().map_err(|e| Error::Internal(e.to_string())))
                     .map_err(|e| {
@@ -739,13 +815,9 @@ async fn prepare(
     let mut specs = Vec::new();
     let mut images_used = Vec::new();
     for c in &pod.spec.containers {
-        let client = client(inner).ok_or_else(|| {
-            (
-                "ErrImagePull".to_string(),
-                "not connected to the controller".to_string(),
-            )
-        })?;
-        let (artifact, image) = container_image(inner, pod, &ns, c, &client, runc.as_ref()).await?;
+        let client = client(inner);
+        let (artifact, image) =
+            container_image(inner, pod, &ns, c, client.as_deref(), runc.as_ref()).await?;
         images_used.extend(image);
         event(
             inner,
@@ -772,7 +844,7 @@ async fn prepare(
                 (Some(v), _) => v.clone(),
                 (None, Some(from)) => {
                     if let Some(r) = &from.config_map_key_ref {
-                        let cm: ConfigMap = get_object(inner, "ConfigMap", &ns, &r.name)
+                        let cm: ConfigMap = get_object(inner, Kind::ConfigMap, &ns, &r.name)
                             .await
                             .and_then(|o| {
                                 o.into_typed().map_err(|e| Error::Internal(e.to_string()))
@@ -793,7 +865,7 @@ async fn prepare(
                             )
                         })?
                     } else if let Some(r) = &from.secret_key_ref {
-                        let s: Secret = get_object(inner, "Secret", &ns, &r.name)
+                        let s: Secret = get_object(inner, Kind::Secret, &ns, &r.name)
                             .await
                             .and_then(|o| {
                                 o.into_typed().map_err(|e| Error::Internal(e.to_string()))
@@ -1013,7 +1085,7 @@ async fn container_image(
     pod: &Pod,
     ns: &str,
     c: &shoal_api::Container,
-    client: &shoal_transport::Client,
+    client: Option<&shoal_transport::Client>,
     runc: Option<&Arc<RuncRuntime>>,
 ) -> std::result::Result<(PathBuf, Option<String>), (String, String)> {
     use crate::registry::PullPolicy;
@@ -1040,20 +1112,39 @@ async fn container_image(
             inner.artifacts.get(client, &c.image).await
         };
         let path = path.map_err(failed)?;
-        if !registry {
+        if let (false, Some(client)) = (registry, client) {
             precompiled(inner, client, &path).await;
         }
         return Ok((path, None));
     };
     let images = runc.images().clone();
     let platform = Platform::host();
-    let digest = if registry {
-        let registries = inner.artifacts.registries();
-        crate::registry::pull_image(&c.image, &auth, &images, &platform, policy, registries).await
-    } else {
-        crate::images::fetch(&inner.artifacts, client, &images, &c.image, &platform).await
-    }
-    .map_err(failed)?;
+    let fetched = match (registry, client) {
+        (true, _) => {
+            let registries = inner.artifacts.registries();
+            crate::registry::pull_image(&c.image, &auth, &images, &platform, policy, registries)
+                .await
+        }
+        (false, Some(client)) => {
+            crate::images::fetch(&inner.artifacts, client, &images, &c.image, &platform).await
+        }
+        (false, None) => Err(Error::Artifact {
+            reference: c.image.clone(),
+            message: "not connected to the controller".into(),
+        }),
+    };
+    // Out of reach of the controller or the registry, the image this node ran last under the
+    // name keeps the pod running (the kubelet would fail it with ErrImagePull).
+    let digest = match fetched {
+        Ok(d) => d,
+        Err(e) => match images.recorded(&c.image) {
+            Some(d) => {
+                tracing::info!(image = %c.image, error = %e, "using the image this node has");
+                d
+            }
+            None => return Err(failed(e)),
+        },
+    };
     if let Err(e) = images.record(&c.image, &digest) {
         tracing::warn!(image = %c.image, error = %e, "cannot record the image");
     }
@@ -1114,7 +1205,7 @@ async fn pull_auth(
     let registry = image.split_once('/').map(|(r, _)| r).unwrap_or_default();
     let mut docs = Vec::new();
     for r in &pod.spec.image_pull_secrets {
-        match get_object(inner, "Secret", ns, &r.name)
+        match get_object(inner, Kind::Secret, ns, &r.name)
             .await
             .and_then(|o| {
                 o.into_typed::<Secret>()

@@ -320,11 +320,19 @@ pub fn row(obj: &Object, now: DateTime<Utc>, wide: bool, all_namespaces: bool) -
         Object::Node(n) => {
             let st = n.status.clone().unwrap_or_default();
             let mut status = if condition_true(&st.conditions, "Ready") {
-                "Ready"
+                "Ready".to_string()
             } else {
-                "NotReady"
-            }
-            .to_string();
+                // A node that stopped posting status says since when it has been out of touch.
+                let silent = st
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == "Ready" && c.status == "Unknown")
+                    .and_then(|c| c.last_heartbeat_time.as_deref());
+                match silent {
+                    Some(beat) => format!("NotReady(disconnected {})", self::age(Some(beat), now)),
+                    None => "NotReady".to_string(),
+                }
+            };
             if n.spec.unschedulable {
                 status.push_str(",SchedulingDisabled");
             }
@@ -424,6 +432,28 @@ pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn a_node_out_of_touch_says_for_how_long() {
+        let now = Utc.with_ymd_and_hms(2026, 1, 10, 12, 0, 0).unwrap();
+        let node = |status: &str| {
+            let mut n = crate::Node::default();
+            n.metadata.name = "pi-7".into();
+            n.status = Some(crate::NodeStatus {
+                conditions: vec![crate::Condition {
+                    type_: "Ready".into(),
+                    status: status.into(),
+                    last_heartbeat_time: Some("2026-01-10T11:56:57Z".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+            Object::Node(n)
+        };
+        assert_eq!(row(&node("Unknown"), now, false, false)[1], "NotReady(disconnected 3m3s)");
+        assert_eq!(row(&node("True"), now, false, false)[1], "Ready");
+        assert_eq!(row(&node("False"), now, false, false)[1], "NotReady");
+    }
 
     #[test]
     fn ages_read_like_kubectl() {

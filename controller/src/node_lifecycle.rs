@@ -3,8 +3,14 @@
 //! The decision is a pure function of the node and `now`; the loop around it is thin.
 //! A NotReady node is tainted `node.kubernetes.io/unreachable:NoExecute`; its pods are evicted
 //! once they have tolerated that for their `tolerationSeconds` (or the cluster's default, which
-//! may be never), so their controllers run them elsewhere. Evicted pods are deleted from the
-//! store: a returning agent stops them, and exactly the desired replicas run afterwards.
+//! may be never), so their controllers run them elsewhere.
+//!
+//! An evicted pod is marked lost, not deleted: its node may only be cut off, and its agent keeps
+//! running it. The mark (the `DisruptionTarget` condition, reason `NodeLost`) takes it out of
+//! its ReplicaSet's count, so a replacement starts elsewhere; when the agent comes back and
+//! reports the pod, the mark is gone and the ReplicaSet resolves the duplicates by its
+//! [`OnReconnect`](crate::reconcile::replicaset::OnReconnect) policy. The `shoal.dev/lost-at`
+//! annotation remembers which pods were lost until then.
 
 use crate::error::Error;
 use crate::store::Store;
@@ -51,6 +57,54 @@ pub fn ready_update(node: &Node, now: DateTime<Utc>, grace: Duration) -> Option<
 }
 
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+
+/// When a pod was marked lost with its node; cleared once its ReplicaSet has settled it.
+pub const LOST_AT: &str = "shoal.dev/lost-at";
+/// The condition a lost pod carries until its agent reports it again.
+pub const DISRUPTION: &str = "DisruptionTarget";
+pub const NODE_LOST: &str = "NodeLost";
+
+/// Whether `pod` is marked lost with its node (and not reported since).
+pub fn lost(pod: &Pod) -> bool {
+    pod.status.as_ref().is_some_and(|s| {
+        s.conditions.iter().any(|c| {
+            c.type_ == DISRUPTION && c.status == "True" && c.reason.as_deref() == Some(NODE_LOST)
+        })
+    })
+}
+
+/// Whether `pod` was marked lost at some point and has not been settled since.
+pub fn was_lost(pod: &Pod) -> bool {
+    pod.metadata.annotations.contains_key(LOST_AT)
+}
+
+/// `pod` marked lost at `now`: not ready, its DisruptionTarget condition set, and annotated.
+pub fn mark_lost(pod: &Pod, node: &str, now: DateTime<Utc>) -> Pod {
+    let at = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut p = pod.clone();
+    p.metadata.annotations.insert(LOST_AT.into(), at.clone());
+    let status = p.status.get_or_insert_with(Default::default);
+    status.reason = Some(NODE_LOST.into());
+    status.message = Some(format!("node {node} is unreachable"));
+    status
+        .conditions
+        .retain(|c| c.type_ != DISRUPTION && c.type_ != "Ready" && c.type_ != "ContainersReady");
+    let not_ready = |ty: &str| Condition {
+        type_: ty.into(),
+        status: "False".into(),
+        reason: Some(NODE_LOST.into()),
+        message: Some(format!("node {node} is unreachable")),
+        last_transition_time: Some(at.clone()),
+        ..Default::default()
+    };
+    status.conditions.push(not_ready("ContainersReady"));
+    status.conditions.push(not_ready("Ready"));
+    status.conditions.push(Condition {
+        status: "True".into(),
+        ..not_ready(DISRUPTION)
+    });
+    p
+}
 
 fn ready(node: &Node) -> bool {
     node.status.as_ref().is_some_and(|s| {
@@ -112,7 +166,7 @@ pub fn evictions<'a>(
     let away = (now - since).to_std().unwrap_or_default();
     pods.iter()
         .filter(|p| p.spec.node_name.as_deref() == Some(node.metadata.name.as_str()))
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && !lost(p))
         .filter(|p| {
             let own = p.spec.tolerations.iter().find(|t| {
                 (t.key.as_deref() == Some(UNREACHABLE)
@@ -128,6 +182,21 @@ pub fn evictions<'a>(
             limit.is_some_and(|l| away > l)
         })
         .collect()
+}
+
+/// Since when `node` has been tainted unreachable, if it is.
+fn unreachable_since(node: &Node) -> Option<&str> {
+    node.spec
+        .taints
+        .iter()
+        .find(|t| t.key == UNREACHABLE)?
+        .time_added
+        .as_deref()
+}
+
+async fn node_event(store: &Store, node: &Node, type_: &str, reason: &str, message: &str) {
+    let about = crate::events::reference(&Object::Node(node.clone()));
+    crate::events::record(store, &about, type_, reason, message, "node-controller").await;
 }
 
 pub async fn run(
@@ -163,6 +232,14 @@ pub async fn run(
         };
         for node in &nodes {
             if let Some(taints) = taints_update(node, Utc::now()) {
+                if let Some(since) = unreachable_since(node) {
+                    let message = format!(
+                        "Node {} is reachable again, after {} NotReady",
+                        node.metadata.name,
+                        shoal_api::table::age(Some(since), Utc::now())
+                    );
+                    node_event(&store, node, "Normal", "NodeReconnected", &message).await;
+                }
                 let mut next = node.clone();
                 next.spec.taints = taints;
                 let revision = node.metadata.revision();
@@ -172,16 +249,21 @@ pub async fn run(
                 }
                 continue;
             }
-            for pod in evictions(node, &pods, Utc::now(), default_toleration) {
-                tracing::warn!(pod = %pod.metadata.name, node = %node.metadata.name, "evicting a pod from an unreachable node");
-                let key = crate::store::ObjectKey::new(
-                    Kind::Pod,
-                    Some(pod.metadata.namespace_or_default()),
-                    &pod.metadata.name,
-                );
+            let evicted = evictions(node, &pods, Utc::now(), default_toleration);
+            // The node as stored now: an agent that came back since the list keeps its pods.
+            let still_away = !evicted.is_empty()
+                && store
+                    .get(&crate::store::ObjectKey::new(Kind::Node, None, &node.metadata.name))
+                    .ok()
+                    .flatten()
+                    .and_then(|o| o.into_typed::<Node>().ok())
+                    .is_some_and(|n| !ready(&n));
+            for pod in evicted.into_iter().filter(|_| still_away) {
+                tracing::warn!(pod = %pod.metadata.name, node = %node.metadata.name, "a pod's node is lost: marking it, so its controller replaces it");
                 let about = crate::events::reference(&Object::Pod(pod.clone()));
                 let message = format!(
-                    "Marking for deletion Pod {}/{}: node {} is unreachable",
+                    "Marking Pod {}/{} lost: node {} is unreachable; its controller runs a \
+                     replacement, and the duplicates are resolved if the node comes back",
                     pod.metadata.namespace_or_default(),
                     pod.metadata.name,
                     node.metadata.name
@@ -189,15 +271,18 @@ pub async fn run(
                 crate::events::record(
                     &store,
                     &about,
-                    "Normal",
+                    "Warning",
                     "TaintManagerEviction",
                     &message,
                     "node-controller",
                 )
                 .await;
-                match store.delete(key, None).await {
-                    Ok(_) | Err(Error::NotFound(_)) => {}
-                    Err(e) => tracing::warn!(error = %e, "node lifecycle: cannot evict a pod"),
+                let marked = mark_lost(pod, &node.metadata.name, Utc::now());
+                // One write: an update replaces the status with the rest.
+                let marked = Object::Pod(marked);
+                match store.update(marked, Some(pod.metadata.revision())).await {
+                    Ok(_) | Err(Error::NotFound(_)) | Err(Error::Conflict(_)) => {}
+                    Err(e) => tracing::warn!(error = %e, "node lifecycle: cannot mark a pod lost"),
                 }
             }
         }
@@ -206,6 +291,12 @@ pub async fn run(
                 continue;
             };
             tracing::warn!(node = %node.metadata.name, "node stopped posting status: NotReady");
+            let message = format!(
+                "Node {} is disconnected: {}",
+                node.metadata.name,
+                condition.message.as_deref().unwrap_or_default()
+            );
+            node_event(&store, &node, "Warning", "NodeNotReady", &message).await;
             let revision = node.metadata.revision();
             if let Some(st) = node.status.as_mut() {
                 st.conditions.retain(|c| c.type_ != "Ready");
@@ -299,6 +390,33 @@ mod tests {
         let mut back = node("True", Some("2026-01-01T00:12:00Z"));
         back.spec.taints = n.spec.taints.clone();
         assert_eq!(taints_update(&back, later), Some(vec![]));
+    }
+
+    #[test]
+    fn a_lost_pod_is_marked_not_deleted_and_not_marked_twice() {
+        let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 10, 0).unwrap();
+        let mut n = node("Unknown", Some("2026-01-01T00:00:00Z"));
+        n.metadata.name = "n".into();
+        n.spec.taints = taints_update(&n, now).expect("tainted");
+        let original = pod("web-1", None);
+        assert!(!lost(&original) && !was_lost(&original));
+        let marked = mark_lost(&original, "n", now);
+        assert!(lost(&marked) && was_lost(&marked));
+        let st = marked.status.as_ref().unwrap();
+        assert_eq!(st.reason.as_deref(), Some(NODE_LOST));
+        assert!(st
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "False"));
+        let later = now + chrono::Duration::seconds(600);
+        let both = [original, marked];
+        let again = evictions(&n, &both, later, Some(Duration::from_secs(1)));
+        assert_eq!(again.len(), 1, "the marked pod is not marked again");
+        assert!(!lost(again[0]));
+        // The agent reports the pod again: a fresh status, without the mark.
+        let mut reported = both[1].clone();
+        reported.status = Some(Default::default());
+        assert!(!lost(&reported) && was_lost(&reported));
     }
 
     #[test]

@@ -524,9 +524,11 @@ impl Service {
                             .get(&key)?
                             .and_then(|o| o.into_typed::<Pod>().ok())
                             .is_some_and(|p| p.spec.node_name.as_deref() == Some(me.as_str()));
-                        if about.kind.as_deref() != Some("Pod") || !bound {
+                        let itself = about.kind.as_deref() == Some("Node")
+                            && about.name.as_deref() == Some(me.as_str());
+                        if !itself && (about.kind.as_deref() != Some("Pod") || !bound) {
                             return Err(forbidden(format!(
-                                "node {me:?} may only record events about its own pods"
+                                "node {me:?} may only record events about itself and its own pods"
                             )));
                         }
                         Some(me.clone())

@@ -448,13 +448,20 @@ async fn replicasets(store: &Store, pods: &[Pod]) -> Result<()> {
             // The status written below still counts what exists; the next pass tries again.
             tracing::warn!(replicaset = %rs.metadata.name, error = %e, "creating pods failed");
         }
+        let duplicates = plan.duplicates;
         slow_start(plan.delete, |name| async move {
             tolerate(
                 store
                     .delete(ObjectKey::new(Kind::Pod, Some(ns), &name), None)
                     .await,
             )?;
-            let message = format!("Deleted pod: {name}");
+            let message = match duplicates {
+                Some(policy) => format!(
+                    "Deleted pod: {name}: a duplicate once a lost node came back ({})",
+                    policy.as_str()
+                ),
+                None => format!("Deleted pod: {name}"),
+            };
             events::record(
                 store,
                 about,
@@ -467,6 +474,16 @@ async fn replicasets(store: &Store, pods: &[Pod]) -> Result<()> {
             Ok(())
         })
         .await?;
+        for name in &plan.settle {
+            if let Some(p) = by_name(ns, name) {
+                let mut p = p.clone();
+                let rev = p.metadata.revision();
+                p.metadata
+                    .annotations
+                    .remove(crate::node_lifecycle::LOST_AT);
+                tolerate(store.update(Object::Pod(p), Some(rev)).await)?;
+            }
+        }
         if let Some(status) = plan.status {
             let mut next = rs.clone();
             next.status = Some(status);

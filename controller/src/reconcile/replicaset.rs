@@ -21,6 +21,47 @@ pub struct Plan {
     pub release: Vec<String>,
     /// The status to record, if it changed.
     pub status: Option<ReplicaSetStatus>,
+    /// The surplus is duplicates from a node that came back, resolved by this policy.
+    pub duplicates: Option<OnReconnect>,
+    /// Pods back from a lost node that stay: their mark of having been lost is cleared, so
+    /// later scaling treats them as any other.
+    pub settle: Vec<String>,
+}
+
+/// Which pod stays when a node that was lost comes back with pods the ReplicaSet replaced
+/// meanwhile (Nomad's `disconnect.reconcile`): set with the annotation [`ON_RECONNECT`] on the
+/// ReplicaSet, its Deployment, or the pod template.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnReconnect {
+    /// The pods that ran through the partition stay; their replacements go (the default:
+    /// nothing that kept serving is restarted).
+    #[default]
+    KeepOriginal,
+    /// The replacements stay; the pods of the node that came back go.
+    KeepReplacement,
+}
+
+pub const ON_RECONNECT: &str = "shoal.dev/on-reconnect";
+
+impl OnReconnect {
+    pub fn of(rs: &ReplicaSet) -> OnReconnect {
+        let v = rs
+            .metadata
+            .annotations
+            .get(ON_RECONNECT)
+            .or_else(|| rs.spec.template.metadata.annotations.get(ON_RECONNECT));
+        match v.map(String::as_str) {
+            Some("keep-replacement") => OnReconnect::KeepReplacement,
+            _ => OnReconnect::KeepOriginal,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnReconnect::KeepOriginal => "keep-original",
+            OnReconnect::KeepReplacement => "keep-replacement",
+        }
+    }
 }
 
 pub fn owner_reference(rs: &ReplicaSet) -> OwnerReference {
@@ -34,8 +75,11 @@ pub fn owner_reference(rs: &ReplicaSet) -> OwnerReference {
     }
 }
 
+/// Counts toward the replicas: not being deleted, not finished, and not on a node that has
+/// been lost long enough to replace it (it is counted again when its node comes back).
 fn active(p: &Pod) -> bool {
     p.metadata.deletion_timestamp.is_none()
+        && !crate::node_lifecycle::lost(p)
         && !matches!(
             p.status.as_ref().and_then(|s| s.phase.as_deref()),
             Some("Succeeded") | Some("Failed")
@@ -120,9 +164,21 @@ pub fn reconcile(rs: &ReplicaSet, pods: &[Pod], now: DateTime<Utc>) -> Plan {
     if live.len() < desired {
         plan.create = desired - live.len();
     } else if live.len() > desired {
-        // Cheapest to lose first: not scheduled, then not ready, then the newest.
+        // Cheapest to lose first: not scheduled, then not ready; among pods that are ready,
+        // duplicates from a node that came back go by the policy; then the newest.
+        let policy = OnReconnect::of(rs);
+        let returned = |p: &Pod| crate::node_lifecycle::was_lost(p);
+        if live.iter().any(|p| returned(p)) {
+            plan.duplicates = Some(policy);
+        }
         live.sort_by(|a, b| {
-            let rank = |p: &Pod| (p.spec.node_name.is_some(), pod_ready(p));
+            let rank = |p: &Pod| {
+                let stays = match policy {
+                    OnReconnect::KeepOriginal => returned(p),
+                    OnReconnect::KeepReplacement => !returned(p),
+                };
+                (p.spec.node_name.is_some(), pod_ready(p), stays)
+            };
             rank(a)
                 .cmp(&rank(b))
                 .then_with(|| {
@@ -138,6 +194,11 @@ pub fn reconcile(rs: &ReplicaSet, pods: &[Pod], now: DateTime<Utc>) -> Plan {
             .map(|p| p.metadata.name.clone())
             .collect();
     }
+    plan.settle = live
+        .iter()
+        .filter(|p| crate::node_lifecycle::was_lost(p) && !plan.delete.contains(&p.metadata.name))
+        .map(|p| p.metadata.name.clone())
+        .collect();
     let ready = live.iter().filter(|p| pod_ready(p)).count() as i32;
     let min_ready = rs.spec.min_ready_seconds.unwrap_or(0);
     let available = live
@@ -230,6 +291,43 @@ mod tests {
 
     fn now() -> DateTime<Utc> {
         "2026-01-01T00:01:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn lost_pods_are_replaced_and_on_return_the_policy_picks_who_stays() {
+        let lost_at = |p: &mut Pod| *p = crate::node_lifecycle::mark_lost(p, "n", now());
+        let mut a = pod("a", Some("rs-1"), "web", true, true, T1);
+        let mut b = pod("b", Some("rs-1"), "web", true, true, T1);
+        lost_at(&mut a);
+        lost_at(&mut b);
+        let c = pod("c", Some("rs-1"), "web", true, true, T1);
+        // Two of three on a lost node: two replacements.
+        let plan = reconcile(&rs(3), &[a.clone(), b.clone(), c.clone()], now());
+        assert_eq!(plan.create, 2);
+        assert_eq!(plan.status.as_ref().unwrap().replicas, 1);
+        // The node comes back: a and b report again (a fresh, ready status), beside their
+        // replacements r1 and r2.
+        for p in [&mut a, &mut b] {
+            p.status = pod("x", None, "web", true, true, T1).status;
+            assert!(crate::node_lifecycle::was_lost(p));
+        }
+        let r1 = pod("r1", Some("rs-1"), "web", true, true, T3);
+        let r2 = pod("r2", Some("rs-1"), "web", true, true, T2);
+        let pods = [a, b, c, r1, r2];
+        let plan = reconcile(&rs(3), &pods, now());
+        assert_eq!((plan.create, plan.delete.clone()), (0, vec!["r1".into(), "r2".into()]));
+        assert_eq!(plan.duplicates, Some(OnReconnect::KeepOriginal));
+        assert_eq!(plan.settle, ["a", "b"], "the originals stay, their mark cleared");
+
+        let mut keep_new = rs(3);
+        keep_new
+            .metadata
+            .annotations
+            .insert(ON_RECONNECT.into(), "keep-replacement".into());
+        let plan = reconcile(&keep_new, &pods, now());
+        assert_eq!(plan.delete, ["a", "b"]);
+        assert_eq!(plan.duplicates, Some(OnReconnect::KeepReplacement));
+        assert!(plan.settle.is_empty());
     }
 
     #[test]
