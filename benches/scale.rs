@@ -44,6 +44,7 @@ fn config(server: &str, token: &str, name: String, dir: &Path) -> AgentConfig {
         image_gc_low_threshold: 80,
         heartbeat: shoal_agent::HEARTBEAT,
         peer_listen: None,
+        container_log_max_size: shoal_agent::CONTAINER_LOG_MAX_SIZE,
     }
 }
 

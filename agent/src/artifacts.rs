@@ -250,6 +250,9 @@ impl ArtifactCache {
             .append(true)
             .open(&partial)
             .map_err(|e| Error::io(&partial, e))?;
+        if offset > 0 {
+            tracing::info!(reference, offset, size, "resuming an interrupted fetch");
+        }
         let mut got = offset;
         while let Some(r) = stream.next().await? {
             match r {
@@ -286,7 +289,15 @@ impl ArtifactCache {
         if let Ok(mut v) = self.verified.lock() {
             v.insert(done.clone());
         }
-        tracing::info!(reference, %digest, size, "artifact fetched");
+        // What this transfer carried, beside what an earlier one left: a resumed fetch says so.
+        tracing::info!(
+            reference,
+            %digest,
+            size,
+            resumed_from = offset,
+            received = got - offset,
+            "artifact fetched"
+        );
         Ok(done)
     }
 }

@@ -58,7 +58,13 @@ pub struct AgentConfig {
     /// Where the node serves its peers' service proxies directly (QUIC, mutual TLS with the
     /// nodes' certificates); `None`: peers relay through the controller.
     pub peer_listen: Option<std::net::SocketAddr>,
+    /// The most a container's log file holds on disk (the kubelet's containerLogMaxSize):
+    /// past it, the oldest half goes.
+    pub container_log_max_size: u64,
 }
+
+/// A container's log on disk at most, by default (the kubelet's 10Mi).
+pub const CONTAINER_LOG_MAX_SIZE: u64 = 10 * 1024 * 1024;
 
 /// The pod bridge's name by default.
 pub const POD_BRIDGE: &str = "shoal0";
@@ -356,7 +362,12 @@ async fn node_event(client: &Client, node: &str, reason: &str, message: String) 
         reason: reason.into(),
         message,
     };
-    if let Err(e) = client.call(&req).await.map_err(Error::from).and_then(expect_ok) {
+    if let Err(e) = client
+        .call(&req)
+        .await
+        .map_err(Error::from)
+        .and_then(expect_ok)
+    {
         tracing::debug!(error = %e, reason, "event not recorded");
     }
 }

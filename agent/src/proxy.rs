@@ -227,8 +227,14 @@ impl Proxy {
             "routing by the Services and Endpoints last known, from the node's local state"
         );
         if let Ok(mut s) = self.0.state.lock() {
-            s.services = services.into_iter().map(|o| (key(&o.metadata), o)).collect();
-            s.endpoints = endpoints.into_iter().map(|o| (key(&o.metadata), o)).collect();
+            s.services = services
+                .into_iter()
+                .map(|o| (key(&o.metadata), o))
+                .collect();
+            s.endpoints = endpoints
+                .into_iter()
+                .map(|o| (key(&o.metadata), o))
+                .collect();
         }
         self.apply();
     }

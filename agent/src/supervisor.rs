@@ -80,6 +80,26 @@ pub struct Supervisor(Arc<Inner>);
 /// runs after each new image.
 const IMAGE_GC_PERIOD: Duration = Duration::from_secs(300);
 
+/// How often containers' logs are held to their bound.
+const LOG_CHECK_PERIOD: Duration = Duration::from_secs(10);
+
+fn bound_logs(dirs: &[PathBuf], max: u64) {
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match shoal_runtime::logs::bound(&e.path(), max) {
+                Ok(0) => {}
+                Ok(dropped) => {
+                    tracing::info!(log = %e.path().display(), dropped, "log past its bound: its oldest half dropped")
+                }
+                Err(err) => tracing::warn!(error = %err, "cannot bound a container log"),
+            }
+        }
+    }
+}
+
 fn terminal(pod: &Pod) -> bool {
     matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
@@ -127,6 +147,23 @@ impl Supervisor {
         if let Ok(cidr) = std::fs::read_to_string(config.data_dir.join("pod-cidr")) {
             supervisor.set_pod_cidr(cidr.trim());
         }
+        // Logs stay bounded on disk, with or without the controller.
+        let logs = supervisor.clone();
+        let max = config.container_log_max_size;
+        supervisor.0.tracker.spawn(async move {
+            let mut every = tokio::time::interval(LOG_CHECK_PERIOD);
+            loop {
+                every.tick().await;
+                if logs.0.tracker.is_closed() {
+                    break;
+                }
+                let dirs: Vec<PathBuf> = match logs.0.pods.lock() {
+                    Ok(m) => m.values().map(|r| r.dir.join("logs")).collect(),
+                    Err(_) => break,
+                };
+                let _ = tokio::task::spawn_blocking(move || bound_logs(&dirs, max)).await;
+            }
+        });
         if supervisor.0.runc.is_some() {
             let gc = supervisor.clone();
             supervisor.0.tracker.spawn(async move {
@@ -306,7 +343,10 @@ impl Supervisor {
         let pods: Vec<Pod> = pods.into_iter().filter(|p| !terminal(p)).collect();
         let n = pods.len();
         if n > 0 {
-            tracing::info!(pods = n, "starting the pods this node ran, from its local state");
+            tracing::info!(
+                pods = n,
+                "starting the pods this node ran, from its local state"
+            );
         }
         for pod in pods {
             self.observe(EventType::Modified, pod).await;

@@ -450,7 +450,10 @@ mod tests {
             });
             Object::Node(n)
         };
-        assert_eq!(row(&node("Unknown"), now, false, false)[1], "NotReady(disconnected 3m3s)");
+        assert_eq!(
+            row(&node("Unknown"), now, false, false)[1],
+            "NotReady(disconnected 3m3s)"
+        );
         assert_eq!(row(&node("True"), now, false, false)[1], "Ready");
         assert_eq!(row(&node("False"), now, false, false)[1], "NotReady");
     }

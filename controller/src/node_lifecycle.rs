@@ -253,7 +253,11 @@ pub async fn run(
             // The node as stored now: an agent that came back since the list keeps its pods.
             let still_away = !evicted.is_empty()
                 && store
-                    .get(&crate::store::ObjectKey::new(Kind::Node, None, &node.metadata.name))
+                    .get(&crate::store::ObjectKey::new(
+                        Kind::Node,
+                        None,
+                        &node.metadata.name,
+                    ))
                     .ok()
                     .flatten()
                     .and_then(|o| o.into_typed::<Node>().ok())

@@ -50,6 +50,10 @@ pub struct Args {
     /// TLS), or `off` to have them relay through the controller.
     #[arg(long, default_value = "0.0.0.0:7444")]
     pub peer_listen: String,
+    /// The most a container's log keeps on disk (a quantity: 10Mi, 512Ki); past it, the
+    /// oldest half goes, so a chatty pod on a node out of touch cannot fill the disk.
+    #[arg(long, default_value = "10Mi")]
+    pub container_log_max_size: shoal_api::Quantity,
 }
 
 pub fn hostname() -> String {
@@ -103,6 +107,13 @@ impl Args {
             image_gc_high_threshold: self.image_gc_high_threshold,
             image_gc_low_threshold: self.image_gc_low_threshold,
             heartbeat: std::time::Duration::from_secs(self.node_status_update_frequency.max(1)),
+            container_log_max_size: match self.container_log_max_size.value() {
+                v if v >= 4096 => v as u64,
+                _ => anyhow::bail!(
+                    "--container-log-max-size {}: at least 4Ki",
+                    self.container_log_max_size.as_str()
+                ),
+            },
             peer_listen: match self.peer_listen.as_str() {
                 "off" => None,
                 a => Some(a.parse().map_err(|e| {

@@ -50,6 +50,7 @@ pub async fn run(args: Args) -> Result<()> {
         heartbeat: shoal_agent::HEARTBEAT,
         // One node: no peers to serve.
         peer_listen: None,
+        container_log_max_size: shoal_agent::CONTAINER_LOG_MAX_SIZE,
     };
     let serving = tokio::spawn(controller.run(shutdown.clone()));
     let agent_name = agent.name.clone();

@@ -315,9 +315,16 @@ mod tests {
         let r2 = pod("r2", Some("rs-1"), "web", true, true, T2);
         let pods = [a, b, c, r1, r2];
         let plan = reconcile(&rs(3), &pods, now());
-        assert_eq!((plan.create, plan.delete.clone()), (0, vec!["r1".into(), "r2".into()]));
+        assert_eq!(
+            (plan.create, plan.delete.clone()),
+            (0, vec!["r1".into(), "r2".into()])
+        );
         assert_eq!(plan.duplicates, Some(OnReconnect::KeepOriginal));
-        assert_eq!(plan.settle, ["a", "b"], "the originals stay, their mark cleared");
+        assert_eq!(
+            plan.settle,
+            ["a", "b"],
+            "the originals stay, their mark cleared"
+        );
 
         let mut keep_new = rs(3);
         keep_new
