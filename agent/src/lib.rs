@@ -109,7 +109,6 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     supervisor.start_local().await;
     let mut attempt = 0u32;
     let mut carried = Carried::default();
-    let mut away_since = None;
     loop {
         if shutdown.is_cancelled() {
             break;
@@ -128,11 +127,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
                     &wasm,
                     &shutdown,
                     &mut carried,
-                    away_since.take(),
                 )
                 .await;
                 link_tx.send_replace(None);
-                away_since = Some(std::time::Instant::now());
+                carried.away_since = Some(std::time::Instant::now());
                 match session {
                     Ok(()) => break,
                     Err(e) => tracing::warn!(error = %e, "lost the controller"),
@@ -140,7 +138,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot reach the controller");
-                away_since.get_or_insert_with(std::time::Instant::now);
+                carried
+                    .away_since
+                    .get_or_insert_with(std::time::Instant::now);
             }
         }
         attempt = attempt.saturating_add(1);
@@ -165,6 +165,8 @@ struct Carried {
     last_revision: Option<u64>,
     /// The port peers reach this node on, once it serves them.
     peer_port: Option<u16>,
+    /// Since when the node has been out of touch with the controller, if it has.
+    away_since: Option<std::time::Instant>,
 }
 
 /// One connection's life: register, heartbeat, serve the controller's requests, and follow the
@@ -177,8 +179,8 @@ async fn session(
     wasm: &Arc<WasmRuntime>,
     shutdown: &CancellationToken,
     carried: &mut Carried,
-    away_since: Option<std::time::Instant>,
 ) -> Result<()> {
+    let away_since = carried.away_since.take();
     if let (Some(listen), None) = (config.peer_listen, carried.peer_port) {
         match peer::serve(
             client,
