@@ -1277,7 +1277,9 @@ async fn run_pod(
         Err(_) => return,
     };
     // Prepare, retrying with back-off: ErrImagePull becomes ImagePullBackOff while it waits.
+    // A link to the controller coming back cuts the wait short (a fetch it broke resumes).
     let mut attempt = 0u32;
+    let mut link = inner.link.clone();
     let prepared = loop {
         match prepare(&inner, &pod, &dir).await {
             Ok(p) => break p,
@@ -1298,6 +1300,7 @@ async fn run_pod(
                 tokio::select! {
                     _ = cancel.cancelled() => return remove_sandbox(&inner, &pod, &dir).await,
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = link_back(&mut link) => continue,
                 }
                 if reason == "ErrImagePull" {
                     set_waiting(
@@ -1310,6 +1313,7 @@ async fn run_pod(
                 tokio::select! {
                     _ = cancel.cancelled() => return remove_sandbox(&inner, &pod, &dir).await,
                     _ = tokio::time::sleep(delay.saturating_sub(Duration::from_secs(2))) => {}
+                    _ = link_back(&mut link) => {}
                 }
             }
         }
@@ -1349,6 +1353,18 @@ async fn run_pod(
     // after its containers have ended (a finished Job's pod).
     cancel.cancelled().await;
     remove_sandbox(&inner, &pod, &dir).await;
+}
+
+/// Resolves when the link to the controller comes up again (never, once the agent stops).
+async fn link_back(link: &mut Link) {
+    loop {
+        if link.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if link.borrow_and_update().is_some() {
+            return;
+        }
+    }
 }
 
 /// Forwards each container port with a hostPort from the node to the pod, for as long as the

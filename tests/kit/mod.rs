@@ -760,6 +760,8 @@ pub struct Hosts {
     /// The machine's address on the bridge, where a controller listens.
     pub gateway: String,
     pub addresses: Vec<String>,
+    /// Each host's cable: the machine's end of its veth.
+    pub links: Vec<String>,
 }
 
 fn ip(args: &[&str]) {
@@ -781,6 +783,7 @@ impl Hosts {
             names: (1..=n).map(|i| format!("shoal-h{tag}-{i}")).collect(),
             gateway: format!("10.{tag}.0.1"),
             addresses: (1..=n).map(|i| format!("10.{tag}.0.{}", 10 + i)).collect(),
+            links: (1..=n).map(|i| format!("shoal-h{tag}v{i}")).collect(),
         };
         hosts.remove();
         ip(&["link", "add", &bridge, "type", "bridge"]);
@@ -828,6 +831,37 @@ impl Hosts {
         ]
     }
 
+    /// Pulls host `i`'s cable: it reaches neither the controller nor the other hosts.
+    pub fn cut(&self, i: usize) {
+        ip(&["link", "set", &self.links[i], "down"]);
+    }
+
+    /// Plugs host `i`'s cable back in.
+    pub fn heal(&self, i: usize) {
+        ip(&["link", "set", &self.links[i], "up"]);
+    }
+
+    /// The agent of host `i` (0-based), named `node-{i+1}`, on the data dir `dir`.
+    pub fn agent(
+        &self,
+        i: usize,
+        controller: &Controller,
+        dir: &Path,
+        token: &str,
+        extra: &[&str],
+    ) -> Agent {
+        let program = self.run_in(i);
+        let program: Vec<&std::ffi::OsStr> = program.iter().map(|s| s.as_os_str()).collect();
+        Agent::start_program(
+            &program,
+            controller,
+            &format!("node-{}", i + 1),
+            dir,
+            token,
+            extra,
+        )
+    }
+
     /// Runs a command inside host `i` and returns its output.
     pub fn exec(&self, i: usize, args: &[&str]) -> Output {
         Command::new("ip")
@@ -858,28 +892,53 @@ impl Drop for Hosts {
 /// A cluster across [`Hosts`]: a controller on the machine's side of the bridge and an agent in each host, the hosts
 /// labelled `role=...` from `roles`; every node Ready, busybox pushed as `busybox:1`.
 pub fn hosts_cluster(hosts: &Hosts, tag: u8, roles: &[&str]) -> (Cluster, Leftovers) {
+    hosts_cluster_with(hosts, tag, roles, &[], &[])
+}
+
+/// The arguments [`hosts_cluster`] gives the agent of a host with `role`, then `extra`: what a
+/// test restarting that agent gives it again.
+pub fn host_agent_args<'a>(role: &'a str, extra: &[&'a str]) -> Vec<String> {
+    let mut args = vec![
+        "--labels".to_string(),
+        format!("role={role}"),
+        "--pod-bridge".to_string(),
+        "shoal0".to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// [`hosts_cluster`] with more arguments for the controller and for every agent.
+pub fn hosts_cluster_with(
+    hosts: &Hosts,
+    tag: u8,
+    roles: &[&str],
+    controller_args: &[&str],
+    agent_args: &[&str],
+) -> (Cluster, Leftovers) {
     let dir = tempfile::tempdir().expect("tempdir");
+    // Pods get 10.{tag+1}.N.0/24 on node N.
+    let cidr = format!("10.{}.0.0/16", tag + 1);
+    let mut args = vec!["--cluster-cidr", cidr.as_str()];
+    args.extend_from_slice(controller_args);
     let controller = Controller::start_listening(
         &dir.path().join("controller"),
         &format!("{}:0", hosts.gateway),
-        // Pods get 10.{tag+1}.N.0/24 on node N.
-        &["--cluster-cidr", &format!("10.{}.0.0/16", tag + 1)],
+        &args,
     );
     let token = std::fs::read_to_string(controller.dir.join("token")).expect("token");
     let agents: Vec<Agent> = roles
         .iter()
         .enumerate()
         .map(|(i, role)| {
-            let program = hosts.run_in(i);
-            let program: Vec<&std::ffi::OsStr> = program.iter().map(|s| s.as_os_str()).collect();
-            let labels = format!("role={role}");
-            Agent::start_program(
-                &program,
+            let args = host_agent_args(role, agent_args);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            hosts.agent(
+                i,
                 &controller,
-                &format!("node-{}", i + 1),
                 &dir.path().join(format!("agent-{}", i + 1)),
                 token.trim(),
-                &["--labels", &labels, "--pod-bridge", "shoal0"],
+                &args,
             )
         })
         .collect();
