@@ -13,23 +13,11 @@ use kit::{field, host_agent_args, hosts_cluster_with, runc_missing, Cluster, Con
 use std::time::{Duration, Instant};
 
 fn apply(c: &Cluster, yaml: &str) {
-    c.controller
-        .shoal_stdin(&["apply", "-f", "-"], Some(yaml))
-        .ok();
+    c.apply(yaml)
 }
 
-/// The pods matching `selector`, as JSON objects.
 fn pods(c: &Cluster, selector: &str) -> Vec<serde_json::Value> {
-    let out = c
-        .shoal(&["get", "pods", "-l", selector, "-o", "json"])
-        .stdout();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-    // One match prints as the object itself, more as a List.
-    match v["items"].as_array() {
-        Some(items) => items.clone(),
-        None if v["kind"] == "Pod" => vec![v],
-        None => vec![],
-    }
+    c.pods(selector)
 }
 
 fn ready(p: &serde_json::Value) -> bool {
@@ -265,8 +253,9 @@ fn runc_a_killed_agent_started_again_while_cut_off_brings_its_wasm_and_oci_pods_
     // Invariants: with no controller, a restarted agent (after what a reboot takes: its
     // containers, their network namespaces, its pod bridge) runs the same pods again, with
     // their ConfigMap and Secret, from its local state; the Secret is not on the node's disk
-    // in the clear; on heal nothing is duplicated or restarted; a change of the host's
-    // address does not drop its connection.
+    // in the clear; restart policies keep applying and logs keep being kept while it is cut
+    // off; on heal nothing is duplicated or restarted; a change of the host's address does
+    // not drop its connection.
     let hosts = Hosts::create(93, 1);
     let (mut c, _leftovers) = hosts_cluster_with(&hosts, 93, &["edge"], &[], &[]);
     c.push_probe_component();
@@ -310,6 +299,29 @@ spec:
     args: [serve, "8090", hello from wasm]
     ports: [{containerPort: 8090}]
     resources: {requests: {cpu: 10m, memory: 16Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: crasher}
+spec:
+  runtimeClassName: wasm
+  containers:
+  - name: main
+    image: probe:2
+    args: [print, "up and about to fail", sleep, "1000", exit, "3"]
+    resources: {requests: {cpu: 10m, memory: 16Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: oneshot}
+spec:
+  runtimeClassName: wasm
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: probe:2
+    args: [print, "ran once"]
+    resources: {requests: {cpu: 10m, memory: 16Mi}}
 "#,
     );
     let host_ip = hosts.addresses[0].clone();
@@ -318,6 +330,9 @@ spec:
         let ip = field(&c.pod("oci-web"), "status.podIP");
         get_in(&hosts, 0, &ip, 8080).is_ok_and(|b| b.contains("top-secret-token"))
             && get_in(&hosts, 0, &host_ip, 8090).is_ok_and(|b| b.contains("hello from wasm"))
+    });
+    c.wait_for("the one-shot pod done", Duration::from_secs(60), |c| {
+        field(&c.pod("oneshot"), "status.phase") == "Succeeded"
     });
     let ip = oci_ip();
     let uids: Vec<String> = ["oci-web", "wasm-web"]
@@ -402,6 +417,29 @@ spec:
         Duration::from_secs(30),
         |c| c.agents[0].log().contains("cannot reach the controller"),
     );
+    // The crash-looping pod is restarted by its policy (with back-off), controller or not.
+    c.wait_for(
+        "the crasher restarted while cut off",
+        Duration::from_secs(60),
+        |c| {
+            c.agents[0]
+                .log()
+                .lines()
+                .filter(|l| l.contains("container exited") && l.contains("default/crasher/main"))
+                .count()
+                >= 2
+        },
+    );
+    assert!(
+        !c.agents[0]
+            .log()
+            .contains("shoal_agent: connected to the controller"),
+        "all of that with no controller"
+    );
+    assert!(
+        !c.agents[0].log().contains("pod=oneshot"),
+        "a pod that finished is not run again"
+    );
 
     hosts.heal(0);
     c.wait_for("the node reconciled", Duration::from_secs(90), |c| {
@@ -415,7 +453,27 @@ spec:
         .collect();
     assert_eq!(now, uids, "the same pods, not new ones");
     let all = c.shoal(&["get", "pods", "--no-headers"]).stdout();
-    assert_eq!(all.lines().count(), 2, "no duplicates: {all}");
+    assert_eq!(all.lines().count(), 4, "no duplicates: {all}");
+    assert_eq!(c.shoal(&["logs", "oneshot"]).ok(), "ran once\n");
+    // What the pods wrote while the node was cut off is in their logs.
+    let wasm_log = c.shoal(&["logs", "wasm-web"]).ok();
+    assert_eq!(
+        wasm_log.matches("serving on 8090").count(),
+        2,
+        "the first run's and the offline run's: {wasm_log}"
+    );
+    let crasher: serde_json::Value = c.pod("crasher");
+    assert!(
+        field(&crasher, "status.containerStatuses.0.restartCount")
+            .parse::<u32>()
+            .is_ok_and(|n| n >= 1),
+        "the restarts made offline are reported: {crasher}"
+    );
+    let described = c.shoal(&["describe", "pod", "crasher"]).ok();
+    assert!(
+        described.contains("BackOff") && described.contains("while disconnected"),
+        "the events of the time offline are sent on reconnect:\n{described}"
+    );
     let starts = |c: &Cluster| -> Vec<String> {
         ["oci-web", "wasm-web"]
             .iter()
@@ -587,7 +645,10 @@ fn runc_a_controller_killed_mid_rollout_loses_no_acknowledged_write_and_the_roll
     );
     for a in &c.agents {
         assert!(
-            a.log().matches("connected to the controller").count() >= 2,
+            a.log()
+                .matches("shoal_agent: connected to the controller")
+                .count()
+                >= 2,
             "{} reconnected on its own",
             a.name
         );

@@ -40,24 +40,12 @@ const BACKEND: &str =
     "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www";
 
 fn apply(c: &Cluster, yaml: &str) {
-    c.controller
-        .shoal_stdin(&["apply", "-f", "-"], Some(yaml))
-        .ok();
+    c.apply(yaml)
 }
 
 /// The ready pods of `app`, by name, as `get pods -o json` shows them.
 fn ready_pods(c: &Cluster, app: &str) -> Vec<String> {
-    let out = c
-        .shoal(&["get", "pods", "-l", &format!("app={app}"), "-o", "json"])
-        .stdout();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-    // One match prints as the object itself, more as a List.
-    let items = match v["items"].as_array() {
-        Some(items) => items.clone(),
-        None if v["kind"] == "Pod" => vec![v],
-        None => vec![],
-    };
-    items
+    c.pods(&format!("app={app}"))
         .iter()
         .filter(|p| {
             p["metadata"]["deletionTimestamp"].is_null()

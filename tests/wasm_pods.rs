@@ -404,8 +404,12 @@ fn a_node_whose_agent_dies_turns_not_ready_and_ready_again_when_it_returns() {
     };
     let status = || {
         let out = controller.shoal(&["get", "nodes", "--no-headers"]).stdout();
+        // NotReady says since when: NotReady(disconnected 4s).
         out.split_whitespace()
             .nth(1)
+            .unwrap_or_default()
+            .split('(')
+            .next()
             .unwrap_or_default()
             .to_string()
     };

@@ -301,10 +301,12 @@ async fn session(
         }
     };
     *last = Some(revision);
+    let held = supervisor.send_held_events(client).await;
     if let Some(since) = away_since {
         let message = format!(
             "Node {} reconnected after {}s away and reconciled: {} pods ran on through it, \
-             their status reported and the controller's changes applied",
+             their status reported, {held} events from meanwhile sent, and the controller's \
+             changes applied",
             config.name,
             since.elapsed().as_secs(),
             supervisor.count()
@@ -355,12 +357,23 @@ async fn node_event(client: &Client, node: &str, reason: &str, message: String) 
         name: Some(node.into()),
         ..Default::default()
     };
-    let Ok(about) = serde_json::to_vec(&about) else {
+    record_event(client, &about, "Normal", reason, message).await;
+}
+
+/// Records an Event about `about` (best effort: a lost link loses the event, nothing else).
+pub(crate) async fn record_event(
+    client: &Client,
+    about: &shoal_api::ObjectReference,
+    type_: &str,
+    reason: &str,
+    message: String,
+) {
+    let Ok(about) = serde_json::to_vec(about) else {
         return;
     };
     let req = Request::RecordEvent {
         about,
-        type_: "Normal".into(),
+        type_: type_.into(),
         reason: reason.into(),
         message,
     };

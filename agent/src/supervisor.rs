@@ -70,6 +70,8 @@ struct Inner {
     pods: Mutex<HashMap<String, Running>>,
     /// What this node was told to run, on disk: started from when the controller is away.
     local: Arc<crate::local::Local>,
+    /// Events that happened while the controller was out of reach, sent on reconnect.
+    held_events: Mutex<HeldEvents>,
     tracker: TaskTracker,
 }
 
@@ -79,6 +81,16 @@ pub struct Supervisor(Arc<Inner>);
 /// How often image garbage collection looks at the disk (the kubelet's is 5 minutes); it also
 /// runs after each new image.
 const IMAGE_GC_PERIOD: Duration = Duration::from_secs(300);
+
+/// Events held while the controller is out of reach: the newest [`HELD_EVENTS`], and how many
+/// older ones were dropped to keep to that.
+#[derive(Default)]
+struct HeldEvents {
+    events: std::collections::VecDeque<(shoal_api::ObjectReference, String, String, String)>,
+    dropped: usize,
+}
+
+const HELD_EVENTS: usize = 256;
 
 /// How often containers' logs are held to their bound.
 const LOG_CHECK_PERIOD: Duration = Duration::from_secs(10);
@@ -140,6 +152,7 @@ impl Supervisor {
             proxy,
             pods: Mutex::new(HashMap::new()),
             local,
+            held_events: Mutex::default(),
             tracker: TaskTracker::new(),
         }));
         // The range the controller gave this node last time: pods get addresses also when
@@ -319,13 +332,10 @@ impl Supervisor {
         for uid in gone {
             self.stop(&uid);
         }
-        // What the controller listed is what this node runs: pods kept for a node that was
-        // away, and deleted meanwhile, are forgotten.
-        let listed: Vec<Object> = pods
-            .iter()
-            .filter(|p| !terminal(p))
-            .map(|p| Object::Pod(p.clone()))
-            .collect();
+        // What the controller listed is what this node has: pods kept for a node that was
+        // away, and deleted meanwhile, are forgotten. Finished ones stay (for their logs),
+        // and are not run again.
+        let listed: Vec<Object> = pods.iter().map(|p| Object::Pod(p.clone())).collect();
         if let Err(e) = self.0.local.replace(Kind::Pod, &listed) {
             tracing::warn!(error = %e, "cannot keep the pods in the node's local state");
         }
@@ -350,6 +360,28 @@ impl Supervisor {
         }
         for pod in pods {
             self.observe(EventType::Modified, pod).await;
+        }
+        n
+    }
+
+    /// Sends the events held while the controller was out of reach. Returns how many.
+    pub async fn send_held_events(&self, client: &shoal_transport::Client) -> usize {
+        let (events, dropped) = match self.0.held_events.lock() {
+            Ok(mut held) => (
+                std::mem::take(&mut held.events),
+                std::mem::take(&mut held.dropped),
+            ),
+            Err(_) => return 0,
+        };
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "older events from while disconnected were not kept"
+            );
+        }
+        let n = events.len();
+        for (about, type_, reason, message) in events {
+            crate::record_event(client, &about, &type_, &reason, message).await;
         }
         n
     }
@@ -433,27 +465,29 @@ impl Supervisor {
         container: Option<&str>,
         previous: bool,
     ) -> std::result::Result<PathBuf, String> {
-        let m = self
+        let running = self
             .0
             .pods
             .lock()
-            .map_err(|_| "supervisor lock poisoned".to_string())?;
-        let r = m
+            .map_err(|_| "supervisor lock poisoned".to_string())?
             .values()
             .find(|r| r.namespace == namespace && r.name == pod)
-            .ok_or_else(|| format!("pod {pod:?} is not running on node {:?}", self.0.node))?;
-        let names: Vec<String> = r
-            .state
-            .lock()
-            .map(|s| {
-                s.pod
-                    .spec
-                    .containers
-                    .iter()
-                    .map(|c| c.name.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
+            .and_then(|r| r.state.lock().ok().map(|s| (r.dir.clone(), s.pod.clone())));
+        // A pod that has finished (or ran before the agent restarted) keeps its logs until
+        // it is deleted, as the kubelet keeps a terminated container's.
+        let (dir, spec) = match running {
+            Some(found) => found,
+            None => self
+                .0
+                .local
+                .list_typed::<Pod>(Kind::Pod)
+                .into_iter()
+                .find(|p| p.metadata.namespace_or_default() == namespace && p.metadata.name == pod)
+                .map(|p| (self.0.data_dir.join("pods").join(&p.metadata.uid), p))
+                .filter(|(dir, _)| dir.join("logs").is_dir())
+                .ok_or_else(|| format!("pod {pod:?} is not on node {:?}", self.0.node))?,
+        };
+        let names: Vec<String> = spec.spec.containers.iter().map(|c| c.name.clone()).collect();
         let name = match container {
             Some(c) if names.iter().any(|n| n == c) => c.to_string(),
             Some(c) => {
@@ -470,7 +504,7 @@ impl Supervisor {
                 ))
             }
         };
-        let current = r.dir.join("logs").join(format!("{name}.log"));
+        let current = dir.join("logs").join(format!("{name}.log"));
         Ok(if previous {
             shoal_runtime::logs::previous_path(&current)
         } else {
@@ -637,8 +671,9 @@ fn keep_if_finished(inner: &Inner, state: &Arc<Mutex<PodRun>>) {
 }
 
 /// Records an Event about `pod` (best effort: a lost link loses the event, not the pod).
+/// Without the controller the event is held (the newest few hundred) and sent on reconnect,
+/// saying when it happened.
 async fn event(inner: &Inner, pod: &Pod, type_: &str, reason: &str, message: String) {
-    let Some(client) = client(inner) else { return };
     let about = shoal_api::ObjectReference {
         api_version: Some("v1".into()),
         kind: Some("Pod".into()),
@@ -646,22 +681,20 @@ async fn event(inner: &Inner, pod: &Pod, type_: &str, reason: &str, message: Str
         name: Some(pod.metadata.name.clone()),
         uid: Some(pod.metadata.uid.clone()),
     };
-    let Ok(about) = serde_json::to_vec(&about) else {
-        return;
-    };
-    let req = Request::RecordEvent {
-        about,
-        type_: type_.into(),
-        reason: reason.into(),
-        message,
-    };
-    if let Err(e) = client
-        .call(&req)
-        .await
-        .map_err(Error::from)
-        .and_then(crate::expect_ok)
-    {
-        tracing::debug!(error = %e, reason, "event not recorded");
+    match client(inner) {
+        Some(client) => crate::record_event(&client, &about, type_, reason, message).await,
+        None => {
+            let Ok(mut held) = inner.held_events.lock() else {
+                return;
+            };
+            if held.events.len() == HELD_EVENTS {
+                held.events.pop_front();
+                held.dropped += 1;
+            }
+            let message = format!("{message} (at {}, while disconnected)", crate::node::now());
+            held.events
+                .push_back((about, type_.to_string(), reason.to_string(), message));
+        }
     }
 }
 

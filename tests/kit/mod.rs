@@ -464,6 +464,27 @@ impl Cluster {
     }
 
     /// The pod as JSON.
+    /// `shoal apply -f -` of `yaml`, which must succeed.
+    pub fn apply(&self, yaml: &str) {
+        self.controller
+            .shoal_stdin(&["apply", "-f", "-"], Some(yaml))
+            .ok();
+    }
+
+    /// The pods matching `selector`, as JSON objects.
+    pub fn pods(&self, selector: &str) -> Vec<serde_json::Value> {
+        let out = self
+            .shoal(&["get", "pods", "-l", selector, "-o", "json"])
+            .stdout();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        // One match prints as the object itself, more as a List.
+        match v["items"].as_array() {
+            Some(items) => items.clone(),
+            None if v["kind"] == "Pod" => vec![v],
+            None => vec![],
+        }
+    }
+
     pub fn pod(&self, name: &str) -> serde_json::Value {
         serde_json::from_str(&self.shoal(&["get", "pod", name, "-o", "json"]).ok())
             .expect("pod JSON")
