@@ -607,16 +607,29 @@ fn runc_a_controller_killed_mid_rollout_loses_no_acknowledged_write_and_the_roll
     c.wait_for(
         "the agents back by themselves",
         Duration::from_secs(60),
-        |c| node_ready(c, "node-1") && node_ready(c, "node-2"),
+        // Each agent reconnected and took up its watch again (a Ready shown now could be the
+        // one stored before the kill).
+        |c| {
+            c.agents
+                .iter()
+                .all(|a| a.log().contains("reconciled with the controller"))
+                && node_ready(c, "node-1")
+                && node_ready(c, "node-2")
+        },
     );
     let rollout = c.shoal(&["rollout", "status", "deploy/web", "--timeout", "120s"]);
     if !rollout.0.status.success() {
         panic!(
-            "the rollout did not complete: {}\n{}\n{}\ncontroller:\n{}",
+            "the rollout did not complete: {}\n{}\n{}\ncontroller:\n{}\nagents:\n{}",
             rollout.stderr(),
             c.shoal(&["get", "pods", "-o", "wide"]).stdout(),
             c.shoal(&["get", "rs", "-o", "wide"]).stdout(),
-            c.controller.log()
+            c.controller.log(),
+            c.agents
+                .iter()
+                .map(|a| format!("{}:\n{}", a.name, a.log()))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
     let names = c.shoal(&["get", "configmaps", "-o", "name"]).stdout();

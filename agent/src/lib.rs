@@ -72,6 +72,10 @@ pub const POD_BRIDGE: &str = "shoal0";
 /// The current connection to the controller, if any; replaced on every reconnect.
 pub type Link = watch::Receiver<Option<Arc<Client>>>;
 
+/// How long a resumed watch is given to be refused (its revision compacted) before it is taken
+/// as resumed.
+const WATCH_REFUSAL: Duration = Duration::from_secs(2);
+
 /// How often the node tells the controller it is alive, by default.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
 
@@ -265,15 +269,19 @@ async fn session(
     let mut resumed = None;
     if let Some(r) = *last {
         let mut stream = client.stream(&watch_from(r)).await?;
-        match stream.next().await? {
-            Some(Response::Error(e)) if e.code == ErrorCode::Compacted => {
+        // A watch that cannot resume is refused at once; one that can says nothing until a
+        // pod of this node changes (after a controller restart, that may be never).
+        match tokio::time::timeout(WATCH_REFUSAL, stream.next()).await {
+            Ok(Ok(Some(Response::Error(e)))) if e.code == ErrorCode::Compacted => {
                 tracing::info!(revision = r, "watch revision compacted; listing again");
             }
-            Some(Response::Error(e)) => return Err(Error::Server(e.message)),
-            first => {
+            Ok(Ok(Some(Response::Error(e)))) => return Err(Error::Server(e.message)),
+            Ok(Ok(first)) => {
                 pending = first;
                 resumed = Some(stream);
             }
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_quiet) => resumed = Some(stream),
         }
     }
     let (mut watch, mut revision) = match resumed {
@@ -337,7 +345,13 @@ async fn session(
                         supervisor.observe(type_, pod).await;
                     }
                 }
-                Ok(Some(Response::Error(e))) => break Err(Error::Server(format!("watch from revision {revision}: {}", e.message))),
+                Ok(Some(Response::Error(e))) => {
+                    if e.code == ErrorCode::Compacted {
+                        // Too far behind to resume: the next session lists again.
+                        *last = None;
+                    }
+                    break Err(Error::Server(format!("watch from revision {revision}: {}", e.message)));
+                }
                 Ok(Some(_)) => {}
                 Ok(None) => break Err(Error::Server("the controller ended the watch".into())),
                 Err(e) => break Err(e.into()),

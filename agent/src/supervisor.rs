@@ -487,7 +487,12 @@ impl Supervisor {
                 .filter(|(dir, _)| dir.join("logs").is_dir())
                 .ok_or_else(|| format!("pod {pod:?} is not on node {:?}", self.0.node))?,
         };
-        let names: Vec<String> = spec.spec.containers.iter().map(|c| c.name.clone()).collect();
+        let names: Vec<String> = spec
+            .spec
+            .containers
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
         let name = match container {
             Some(c) if names.iter().any(|n| n == c) => c.to_string(),
             Some(c) => {
