@@ -161,36 +161,37 @@ impl Supervisor {
             supervisor.set_pod_cidr(cidr.trim());
         }
         // Logs stay bounded on disk, with or without the controller.
-        let logs = supervisor.clone();
         let max = config.container_log_max_size;
-        supervisor.0.tracker.spawn(async move {
-            let mut every = tokio::time::interval(LOG_CHECK_PERIOD);
-            loop {
-                every.tick().await;
-                if logs.0.tracker.is_closed() {
-                    break;
-                }
-                let dirs: Vec<PathBuf> = match logs.0.pods.lock() {
-                    Ok(m) => m.values().map(|r| r.dir.join("logs")).collect(),
-                    Err(_) => break,
-                };
-                let _ = tokio::task::spawn_blocking(move || bound_logs(&dirs, max)).await;
-            }
+        supervisor.every(LOG_CHECK_PERIOD, move |s| async move {
+            let dirs: Vec<PathBuf> = match s.0.pods.lock() {
+                Ok(m) => m.values().map(|r| r.dir.join("logs")).collect(),
+                Err(_) => return,
+            };
+            let _ = tokio::task::spawn_blocking(move || bound_logs(&dirs, max)).await;
         });
         if supervisor.0.runc.is_some() {
-            let gc = supervisor.clone();
-            supervisor.0.tracker.spawn(async move {
-                let mut every = tokio::time::interval(IMAGE_GC_PERIOD);
-                loop {
-                    every.tick().await;
-                    if gc.0.tracker.is_closed() {
-                        break;
-                    }
-                    gc.collect_images().await;
-                }
-            });
+            supervisor.every(IMAGE_GC_PERIOD, |s| async move { s.collect_images().await });
         }
         Ok(supervisor)
+    }
+
+    /// Runs `task` every `period` until the supervisor shuts down.
+    fn every<F, Fut>(&self, period: Duration, task: F)
+    where
+        F: Fn(Supervisor) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let me = self.clone();
+        self.0.tracker.spawn(async move {
+            let mut every = tokio::time::interval(period);
+            loop {
+                every.tick().await;
+                if me.0.tracker.is_closed() {
+                    break;
+                }
+                task(me.clone()).await;
+            }
+        });
     }
 
     /// The node's pod range, as the controller assigned it: sets up the pod bridge (once) and

@@ -392,41 +392,52 @@ async fn deployments(store: &Store) -> Result<()> {
     .await
 }
 
+/// Writes each of the pods `names` (in `ns`) as `edit` changes it, against the revision read: a
+/// pod changed meanwhile waits for the next pass.
+async fn edit_pods(
+    store: &Store,
+    pods: &[Pod],
+    ns: &str,
+    names: &[String],
+    edit: impl Fn(&mut Pod),
+) -> Result<()> {
+    for name in names {
+        let found = pods
+            .iter()
+            .find(|p| p.metadata.namespace_or_default() == ns && p.metadata.name == *name);
+        if let Some(p) = found {
+            let mut p = p.clone();
+            let rev = p.metadata.revision();
+            edit(&mut p);
+            tolerate(store.update(Object::Pod(p), Some(rev)).await)?;
+        }
+    }
+    Ok(())
+}
+
 async fn replicasets(store: &Store, pods: &[Pod]) -> Result<()> {
     let sets: Vec<ReplicaSet> = store.list_typed(Kind::ReplicaSet, None)?;
     let now = chrono::Utc::now();
-    let by_name = |ns: &str, name: &str| {
-        pods.iter()
-            .find(|p| p.metadata.namespace_or_default() == ns && p.metadata.name == name)
-    };
     for rs in sets.iter().filter(|s| !deleting(&s.metadata)) {
         let ns = rs.metadata.namespace_or_default();
         let plan = replicaset::reconcile(rs, pods, now);
-        for name in &plan.adopt {
-            if let Some(p) = by_name(ns, name) {
-                let mut p = p.clone();
-                let rev = p.metadata.revision();
-                p.metadata
-                    .owner_references
-                    .push(replicaset::owner_reference(rs));
-                tolerate(store.update(Object::Pod(p), Some(rev)).await)?;
-            }
-        }
-        for name in &plan.release {
-            if let Some(p) = by_name(ns, name) {
-                let mut p = p.clone();
-                let rev = p.metadata.revision();
-                p.metadata
-                    .owner_references
-                    .retain(|o| o.uid != rs.metadata.uid);
-                tolerate(store.update(Object::Pod(p), Some(rev)).await)?;
-            }
-        }
+        edit_pods(store, pods, ns, &plan.adopt, |p| {
+            p.metadata
+                .owner_references
+                .push(replicaset::owner_reference(rs))
+        })
+        .await?;
+        edit_pods(store, pods, ns, &plan.release, |p| {
+            p.metadata
+                .owner_references
+                .retain(|o| o.uid != rs.metadata.uid)
+        })
+        .await?;
         let about = &events::reference(&Object::ReplicaSet(rs.clone()));
-        let pods = (0..plan.create)
+        let fresh = (0..plan.create)
             .map(|_| replicaset::new_pod(rs, &rs.spec.template))
             .collect();
-        let created = slow_start(pods, |pod| async move {
+        let created = slow_start(fresh, |pod| async move {
             let c = store.create(Object::Pod(pod)).await?;
             let message = format!("Created pod: {}", c.object.name());
             events::record(
@@ -474,16 +485,12 @@ async fn replicasets(store: &Store, pods: &[Pod]) -> Result<()> {
             Ok(())
         })
         .await?;
-        for name in &plan.settle {
-            if let Some(p) = by_name(ns, name) {
-                let mut p = p.clone();
-                let rev = p.metadata.revision();
-                p.metadata
-                    .annotations
-                    .remove(crate::node_lifecycle::LOST_AT);
-                tolerate(store.update(Object::Pod(p), Some(rev)).await)?;
-            }
-        }
+        edit_pods(store, pods, ns, &plan.settle, |p| {
+            p.metadata
+                .annotations
+                .remove(crate::node_lifecycle::LOST_AT);
+        })
+        .await?;
         if let Some(status) = plan.status {
             let mut next = rs.clone();
             next.status = Some(status);
