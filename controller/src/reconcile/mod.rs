@@ -133,10 +133,43 @@ pub async fn pass(store: &Store) -> Result<()> {
     foreground(store).await?;
     deployments(store).await?;
     let pods: Vec<Pod> = store.list_typed(Kind::Pod, None)?;
+    lost_with_their_node(store, &pods).await?;
     replicasets(store, &pods).await?;
     daemonsets(store, &pods).await?;
     jobs(store, &pods).await?;
     services(store, &pods).await
+}
+
+/// Pods marked lost whose node has since been deleted (`shoal delete node` of a node that is not
+/// coming back) go too: nothing will ever report them again. Their replacements run already.
+async fn lost_with_their_node(store: &Store, pods: &[Pod]) -> Result<()> {
+    let lost: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| crate::node_lifecycle::lost(p))
+        .collect();
+    if lost.is_empty() {
+        return Ok(());
+    }
+    let nodes: HashSet<String> = store
+        .list_typed::<Node>(Kind::Node, None)?
+        .into_iter()
+        .map(|n| n.metadata.name)
+        .collect();
+    for p in lost {
+        let Some(node) = p.spec.node_name.as_deref().filter(|n| !nodes.contains(*n)) else {
+            continue;
+        };
+        let message = format!("Deleting a pod lost with node {node}, which has been deleted");
+        let about = events::reference(&Object::Pod(p.clone()));
+        events::record(store, &about, "Normal", "PodGC", &message, "pod-gc").await;
+        let key = ObjectKey::new(
+            Kind::Pod,
+            Some(p.metadata.namespace_or_default()),
+            &p.metadata.name,
+        );
+        tolerate(store.delete(key, None).await)?;
+    }
+    Ok(())
 }
 
 /// Endpoints for every Service with a selector (and none for a Service that is gone), and
@@ -503,4 +536,57 @@ async fn replicasets(store: &Store, pods: &[Pod]) -> Result<()> {
         &o.metadata
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreConfig;
+
+    #[tokio::test]
+    async fn pods_lost_with_a_node_that_was_deleted_go_and_no_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let mut ns = shoal_api::Namespace::default();
+        ns.metadata.name = "default".into();
+        tolerate(store.create(Object::Namespace(ns)).await).unwrap();
+        let mut here = Node::default();
+        here.metadata.name = "here".into();
+        store.create(Object::Node(here)).await.unwrap();
+        let now = chrono::Utc::now();
+        for (name, node, lost) in [
+            ("lost-with-gone", "gone", true),
+            ("lost-with-here", "here", true),
+            ("running-on-gone", "gone", false),
+        ] {
+            let mut p = Pod::default();
+            p.metadata.name = name.into();
+            p.metadata.namespace = Some("default".into());
+            p.spec.node_name = Some(node.into());
+            p.spec.containers.push(shoal_api::Container {
+                name: "c".into(),
+                image: "x".into(),
+                ..Default::default()
+            });
+            let created = store.create(Object::Pod(p)).await.unwrap();
+            if lost {
+                let stored: Pod = created.object.into_typed().unwrap();
+                let marked = crate::node_lifecycle::mark_lost(&stored, node, now);
+                store
+                    .update(Object::Pod(marked), Some(stored.metadata.revision()))
+                    .await
+                    .unwrap();
+            }
+        }
+        let pods: Vec<Pod> = store.list_typed(Kind::Pod, None).unwrap();
+        lost_with_their_node(&store, &pods).await.unwrap();
+        let mut left: Vec<String> = store
+            .list_typed::<Pod>(Kind::Pod, None)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.metadata.name)
+            .collect();
+        left.sort();
+        assert_eq!(left, ["lost-with-here", "running-on-gone"]);
+    }
 }
