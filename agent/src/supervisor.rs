@@ -183,7 +183,8 @@ impl Supervisor {
     {
         let me = self.clone();
         self.0.tracker.spawn(async move {
-            let mut every = tokio::time::interval(period);
+            // The first run one period from now, once the node's pods are under way.
+            let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             loop {
                 every.tick().await;
                 if me.0.tracker.is_closed() {
@@ -248,8 +249,11 @@ impl Supervisor {
         serde_json::to_vec(&out).map_err(|e| Error::Internal(e.to_string()))
     }
 
+    /// The images pods here run, and those the pods in the node's local state will run: an
+    /// image a node needs to start its pods offline is never collected.
     fn images_in_use(&self) -> std::collections::HashSet<String> {
-        self.0
+        let mut in_use: std::collections::HashSet<String> = self
+            .0
             .pods
             .lock()
             .map(|m| {
@@ -258,7 +262,19 @@ impl Supervisor {
                     .flatten()
                     .collect()
             })
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if let Some(runc) = &self.0.runc {
+            let kept: Vec<Pod> = self.0.local.list_typed(Kind::Pod);
+            for p in kept.iter().filter(|p| !terminal(p)) {
+                in_use.extend(
+                    p.spec
+                        .containers
+                        .iter()
+                        .filter_map(|c| runc.images().recorded(&c.image)),
+                );
+            }
+        }
+        in_use
     }
 
     /// Image garbage collection, as the kubelet's: when the disk holding the image store is
