@@ -12,14 +12,6 @@ mod kit;
 use kit::{field, host_agent_args, hosts_cluster_with, runc_missing, Cluster, Controller, Hosts};
 use std::time::{Duration, Instant};
 
-fn apply(c: &Cluster, yaml: &str) {
-    c.apply(yaml)
-}
-
-fn pods(c: &Cluster, selector: &str) -> Vec<serde_json::Value> {
-    c.pods(selector)
-}
-
 fn ready(p: &serde_json::Value) -> bool {
     p["status"]["conditions"].as_array().is_some_and(|cs| {
         cs.iter()
@@ -118,14 +110,14 @@ fn runc_a_node_partitioned_past_its_grace_period_keeps_serving_and_on_heal_no_re
         ],
         &["--node-status-update-frequency", "1"],
     );
-    apply(&c, &web(2, "v1"));
+    c.apply(&web(2, "v1"));
     c.wait_for("2 ready, one per node", Duration::from_secs(90), |c| {
-        let p = pods(c, "app=web");
+        let p = c.pods("app=web");
         let mut nodes: Vec<String> = p.iter().map(|p| field(p, "spec.nodeName")).collect();
         nodes.sort();
         p.iter().all(ready) && nodes == ["node-1", "node-2"]
     });
-    let before = pods(&c, "app=web");
+    let before = c.pods("app=web");
     let on = |node: &str| {
         before
             .iter()
@@ -157,7 +149,7 @@ fn runc_a_node_partitioned_past_its_grace_period_keeps_serving_and_on_heal_no_re
                 detected = Some(cut.elapsed());
             }
             let nodes = c.shoal(&["get", "nodes", "--no-headers"]).stdout();
-            let p = pods(c, "app=web");
+            let p = c.pods("app=web");
             let lost = p.iter().any(|p| {
                 field(p, "metadata.name") == name && field(p, "status.reason") == "NodeLost"
             });
@@ -212,7 +204,7 @@ fn runc_a_node_partitioned_past_its_grace_period_keeps_serving_and_on_heal_no_re
         "node-2 back, exactly 2 replicas",
         Duration::from_secs(90),
         |c| {
-            let p = pods(c, "app=web");
+            let p = c.pods("app=web");
             node_ready(c, "node-2")
                 && p.len() == 2
                 && p.iter().all(ready)
@@ -220,7 +212,7 @@ fn runc_a_node_partitioned_past_its_grace_period_keeps_serving_and_on_heal_no_re
         },
     );
     std::thread::sleep(Duration::from_secs(3));
-    let after = pods(&c, "app=web");
+    let after = c.pods("app=web");
     assert_eq!(after.len(), 2, "no duplicate replicas: {after:?}");
     for kept in [&original, &steady] {
         let now = after
@@ -259,8 +251,7 @@ fn runc_a_killed_agent_started_again_while_cut_off_brings_its_wasm_and_oci_pods_
     let hosts = Hosts::create(93, 1);
     let (mut c, _leftovers) = hosts_cluster_with(&hosts, 93, &["edge"], &[], &[]);
     c.push_probe_component();
-    apply(
-        &c,
+    c.apply(
         r#"apiVersion: v1
 kind: ConfigMap
 metadata: {name: site}
@@ -530,18 +521,18 @@ fn runc_a_controller_killed_mid_rollout_loses_no_acknowledged_write_and_the_roll
     // restarted.
     let hosts = Hosts::create(95, 2);
     let (mut c, _leftovers) = hosts_cluster_with(&hosts, 95, &["edge", "edge"], &[], &[]);
-    apply(&c, &web(4, "v1"));
-    apply(
-        &c,
+    c.apply(&web(4, "v1"));
+    c.apply(
         &web(2, "steady")
             .replace("name: web", "name: steady")
             .replace("app: web", "app: steady"),
     );
     c.wait_for("web and steady ready", Duration::from_secs(120), |c| {
-        let (w, s) = (pods(c, "app=web"), pods(c, "app=steady"));
+        let (w, s) = (c.pods("app=web"), c.pods("app=steady"));
         w.len() == 4 && w.iter().all(ready) && s.len() == 2 && s.iter().all(ready)
     });
-    let steady_before: Vec<(String, String)> = pods(&c, "app=steady")
+    let steady_before: Vec<(String, String)> = c
+        .pods("app=steady")
         .iter()
         .map(|p| (field(p, "metadata.uid"), started_at(p)))
         .collect();
@@ -581,9 +572,9 @@ fn runc_a_controller_killed_mid_rollout_loses_no_acknowledged_write_and_the_roll
     c.wait_for("writes flowing", Duration::from_secs(60), |_| {
         count.load(std::sync::atomic::Ordering::SeqCst) >= 20
     });
-    apply(&c, &web(4, "v2"));
+    c.apply(&web(4, "v2"));
     c.wait_for("the rollout under way", Duration::from_secs(60), |c| {
-        pods(c, "app=web")
+        c.pods("app=web")
             .iter()
             .any(|p| p.to_string().contains("\"v2\""))
     });
@@ -643,12 +634,13 @@ fn runc_a_controller_killed_mid_rollout_loses_no_acknowledged_write_and_the_roll
         .collect();
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
     c.wait_for("exactly 4 web pods, all v2", Duration::from_secs(60), |c| {
-        let w = pods(c, "app=web");
+        let w = c.pods("app=web");
         w.len() == 4
             && w.iter()
                 .all(|p| ready(p) && field(p, "spec.containers.0.env.0.value") == "v2")
     });
-    let steady_after: Vec<(String, String)> = pods(&c, "app=steady")
+    let steady_after: Vec<(String, String)> = c
+        .pods("app=steady")
         .iter()
         .map(|p| (field(p, "metadata.uid"), started_at(p)))
         .collect();
@@ -744,8 +736,7 @@ fn runc_an_artifact_fetch_cut_halfway_resumes_from_the_bytes_it_had_and_is_verif
         "qdisc", "add", "dev", &link, "root", "tbf", "rate", "40mbit", "burst", "64kb", "latency",
         "400ms",
     ]);
-    apply(
-        &c,
+    c.apply(
         r#"apiVersion: v1
 kind: Pod
 metadata: {name: big}

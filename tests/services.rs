@@ -39,10 +39,6 @@ spec:
 const BACKEND: &str =
     "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www";
 
-fn apply(c: &Cluster, yaml: &str) {
-    c.apply(yaml)
-}
-
 /// The ready pods of `app`, by name, as `get pods -o json` shows them.
 fn ready_pods(c: &Cluster, app: &str) -> Vec<String> {
     c.pods(&format!("app={app}"))
@@ -117,8 +113,7 @@ fn runc_services_reach_pods_on_other_nodes_round_robin_through_a_stable_cluster_
     );
 
     // The Service first, so the frontend's pods get its variables.
-    apply(
-        &c,
+    c.apply(
         "apiVersion: v1\nkind: Service\nmetadata: {name: backend}\nspec:\n  type: NodePort\n  selector: {app: backend}\n  ports: [{port: 80, targetPort: http}]\n",
     );
     let svc: serde_json::Value =
@@ -145,7 +140,7 @@ fn runc_services_reach_pods_on_other_nodes_round_robin_through_a_stable_cluster_
         "expected connection refused, got {why:?}"
     );
 
-    apply(&c, &deployment("backend", 3, "back", BACKEND, ""));
+    c.apply(&deployment("backend", 3, "back", BACKEND, ""));
     c.wait_for("3 backend pods ready", Duration::from_secs(90), |c| {
         ready_pods(c, "backend").len() == 3
     });
@@ -166,7 +161,7 @@ fn runc_services_reach_pods_on_other_nodes_round_robin_through_a_stable_cluster_
     // A frontend on node-1 calls the backend by its Service variables, every 100 ms.
     let frontend = "echo backend at $BACKEND_SERVICE_HOST:$BACKEND_SERVICE_PORT; \
         while true; do echo got $(printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 $BACKEND_SERVICE_HOST $BACKEND_SERVICE_PORT 2>&1 | tail -n 1); sleep 0.1; done";
-    apply(&c, &deployment("frontend", 1, "front", frontend, ""));
+    c.apply(&deployment("frontend", 1, "front", frontend, ""));
     c.wait_for("the frontend ready", Duration::from_secs(60), |c| {
         ready_pods(c, "frontend").len() == 1
     });
@@ -200,7 +195,7 @@ fn runc_services_reach_pods_on_other_nodes_round_robin_through_a_stable_cluster_
 
     // The Service's names resolve from a pod, through the agent's DNS server.
     let lookups = "for n in backend backend.default backend.default.svc.cluster.local nosuch.default.svc.cluster.local; do nslookup $n; done; cat /etc/resolv.conf; sleep 600";
-    apply(&c, &deployment("resolver", 1, "front", lookups, ""));
+    c.apply(&deployment("resolver", 1, "front", lookups, ""));
     c.wait_for("the resolver's lookups", Duration::from_secs(60), |c| {
         ready_pods(c, "resolver")
             .first()
@@ -289,22 +284,18 @@ fn runc_probes_take_unready_pods_out_of_rotation_and_restart_dead_ones() {
     }
     let hosts = Hosts::create(73, 2);
     let (c, _leftovers) = cluster(&hosts, 73, &["front", "back"]);
-    apply(
-        &c,
+    c.apply(
         "apiVersion: v1\nkind: Service\nmetadata: {name: backend}\nspec:\n  type: LoadBalancer\n  selector: {app: backend}\n  ports: [{port: 80, targetPort: http, nodePort: 30080}]\n",
     );
     let readiness = "    readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 1, failureThreshold: 1}\n";
     // "steady" stays healthy; "flaky" removes its /healthz after a few seconds.
     let serve = "mkdir -p /www && hostname > /www/index.html && echo ok > /www/healthz && httpd -f -p 8080 -h /www";
-    apply(&c, &backend_pod("steady", serve, readiness));
-    apply(
-        &c,
-        &backend_pod(
-            "flaky",
-            &format!("(sleep 6; rm /www/healthz) & {serve}"),
-            readiness,
-        ),
-    );
+    c.apply(&backend_pod("steady", serve, readiness));
+    c.apply(&backend_pod(
+        "flaky",
+        &format!("(sleep 6; rm /www/healthz) & {serve}"),
+        readiness,
+    ));
     // Node port on the node without backends; LoadBalancer status lists both nodes.
     let via = format!("{}:30080", hosts.addresses[0]);
     let mut seen = BTreeMap::<String, usize>::new();
@@ -355,14 +346,11 @@ fn runc_probes_take_unready_pods_out_of_rotation_and_restart_dead_ones() {
 
     // An exec probe runs in the container (runc exec): ready once the file it checks exists.
     let exec = "    readinessProbe: {exec: {command: [cat, /tmp/ready]}, periodSeconds: 1}\n";
-    apply(
-        &c,
-        &backend_pod(
-            "late",
-            &format!("(sleep 5; touch /tmp/ready) & {serve}"),
-            exec,
-        ),
-    );
+    c.apply(&backend_pod(
+        "late",
+        &format!("(sleep 5; touch /tmp/ready) & {serve}"),
+        exec,
+    ));
     c.wait_for("late running but not ready", Duration::from_secs(30), |c| {
         let p = c.pod("late");
         field(&p, "status.phase") == "Running"
@@ -383,14 +371,11 @@ fn runc_probes_take_unready_pods_out_of_rotation_and_restart_dead_ones() {
     // Liveness fails: the container is killed and started again, and counted.
     let liveness =
         "    livenessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1, failureThreshold: 2}\n";
-    apply(
-        &c,
-        &backend_pod(
-            "mortal",
-            "httpd -f -p 8080 -h / & pid=$!; sleep 3; kill $pid; sleep 600",
-            liveness,
-        ),
-    );
+    c.apply(&backend_pod(
+        "mortal",
+        "httpd -f -p 8080 -h / & pid=$!; sleep 3; kill $pid; sleep 600",
+        liveness,
+    ));
     c.wait_for(
         "mortal restarted by its liveness probe",
         Duration::from_secs(60),
@@ -419,8 +404,7 @@ fn runc_wasm_pods_listen_only_on_declared_ports_and_serve_behind_a_service() {
     let hosts = Hosts::create(77, 2);
     let (c, _leftovers) = cluster(&hosts, 77, &["front", "back"]);
     c.push_probe_component();
-    apply(
-        &c,
+    c.apply(
         r#"apiVersion: v1
 kind: Service
 metadata: {name: wasm-web}
@@ -463,8 +447,7 @@ spec:
     // Wasm pods resolve the cluster's names too (WASI ip-name-lookup), and the rest as the
     // node does.
     let cluster_ip = field(&svc, "spec.clusterIP");
-    apply(
-        &c,
+    c.apply(
         r#"apiVersion: v1
 kind: Pod
 metadata: {name: wasm-resolver}
@@ -517,8 +500,7 @@ fn runc_udp_services_carry_datagrams_both_ways_across_nodes() {
     let hosts = Hosts::create(79, 2);
     let (c, _leftovers) = cluster(&hosts, 79, &["front", "back"]);
     c.push_probe_component();
-    apply(
-        &c,
+    c.apply(
         r#"apiVersion: v1
 kind: Service
 metadata: {name: echo}
@@ -583,8 +565,7 @@ fn runc_wasi_http_components_with_three_replicas_answer_behind_a_service() {
     let wasm = kit::wasm_fixture("http_hello", "wasm32-wasip2");
     c.shoal(&["push", wasm.to_str().expect("utf-8"), "http-hello:1"])
         .ok();
-    apply(
-        &c,
+    c.apply(
         r#"apiVersion: v1
 kind: Service
 metadata: {name: hello}

@@ -134,7 +134,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
                 )
                 .await;
                 link_tx.send_replace(None);
-                carried.away_since = Some(std::time::Instant::now());
+                // A session that failed before it reconciled leaves the absence as it was.
+                carried
+                    .away_since
+                    .get_or_insert_with(std::time::Instant::now);
                 match session {
                     Ok(()) => break,
                     Err(e) => tracing::warn!(error = %e, "lost the controller"),
@@ -184,7 +187,6 @@ async fn session(
     shutdown: &CancellationToken,
     carried: &mut Carried,
 ) -> Result<()> {
-    let away_since = carried.away_since.take();
     if let (Some(listen), None) = (config.peer_listen, carried.peer_port) {
         match peer::serve(
             client,
@@ -310,7 +312,7 @@ async fn session(
     };
     *last = Some(revision);
     let held = supervisor.send_held_events(client).await;
-    if let Some(since) = away_since {
+    if let Some(since) = carried.away_since.take() {
         let message = format!(
             "Node {} reconnected after {}s away and reconciled: {} pods ran on through it, \
              their status reported, {held} events from meanwhile sent, and the controller's \
