@@ -2,13 +2,15 @@
 # Installs shoal as a systemd service, the way K3s installs in one line.
 #
 #   sudo ./install.sh controller
-#   sudo SHOAL_SERVER=10.0.0.2:7443 SHOAL_TOKEN='SHOAL1::...' ./install.sh agent
+#   sudo SHOAL_SERVER=10.0.0.2:7443 SHOAL_TOKEN_FILE=/root/token ./install.sh agent
 #
 # Environment:
 #   SHOAL_BIN           the binary to install (default: ./shoal, else target/release/shoal)
 #   SHOAL_SERVER        agent: the controller, HOST:PORT (required)
-#   SHOAL_TOKEN         agent: the join token (required the first time); kept in
-#                       /etc/shoal/agent.env, readable by root only
+#   SHOAL_TOKEN_FILE    agent: a file holding the join token (required the first time), or
+#   SHOAL_TOKEN         the token itself. It is kept in /etc/shoal/token, readable by root
+#                       only, and the agent removes that file once the node has joined: from
+#                       then on the node's own certificate is all it holds.
 #   SHOAL_NODE_NAME     agent: the node's name (default: the host name)
 #   SHOAL_NODE_LABELS   agent: extra labels, k=v,k2=v2
 #   SHOAL_INSTALL_ROOT  install under this directory instead of / and start nothing (for
@@ -45,8 +47,15 @@ if [ "$role" = agent ]; then
         echo "SHOAL_SERVER is required for an agent (the controller, HOST:PORT)" >&2
         exit 1
     fi
+    if [ -n "${SHOAL_TOKEN_FILE:-}" ]; then
+        if [ ! -r "$SHOAL_TOKEN_FILE" ]; then
+            echo "SHOAL_TOKEN_FILE: cannot read $SHOAL_TOKEN_FILE" >&2
+            exit 1
+        fi
+        SHOAL_TOKEN=$(cat "$SHOAL_TOKEN_FILE")
+    fi
     if [ -z "${SHOAL_TOKEN:-}" ] && [ ! -f "$root/var/lib/shoal-agent/node.conf" ]; then
-        echo "SHOAL_TOKEN is required the first time (on the controller: shoal token create)" >&2
+        echo "SHOAL_TOKEN_FILE (or SHOAL_TOKEN) is required the first time (on the controller: shoal token create --ttl 1h --usages 1)" >&2
         exit 1
     fi
 fi
@@ -79,9 +88,15 @@ UNIT
     unit=shoal-controller
 else
     umask 077
+    # The token goes in a file of its own, never on a command line (ps shows those); the
+    # agent deletes the file after its first join.
+    if [ -n "${SHOAL_TOKEN:-}" ]; then
+        printf '%s\n' "$SHOAL_TOKEN" >"$root/etc/shoal/token"
+        chmod 0600 "$root/etc/shoal/token"
+    fi
     {
         echo "SHOAL_SERVER=$SHOAL_SERVER"
-        [ -n "${SHOAL_TOKEN:-}" ] && echo "SHOAL_TOKEN=$SHOAL_TOKEN"
+        [ -n "${SHOAL_TOKEN:-}" ] && echo "SHOAL_TOKEN_FILE=/etc/shoal/token"
         [ -n "${SHOAL_NODE_NAME:-}" ] && echo "SHOAL_NODE_NAME=$SHOAL_NODE_NAME"
         [ -n "${SHOAL_NODE_LABELS:-}" ] && echo "SHOAL_NODE_LABELS=$SHOAL_NODE_LABELS"
         true
@@ -96,7 +111,7 @@ Wants=network-online.target
 
 [Service]
 Type=simple
-# SHOAL_SERVER, SHOAL_TOKEN (first join only), SHOAL_NODE_NAME, SHOAL_NODE_LABELS
+# SHOAL_SERVER, SHOAL_TOKEN_FILE (first join only), SHOAL_NODE_NAME, SHOAL_NODE_LABELS
 EnvironmentFile=/etc/shoal/agent.env
 ExecStart=/usr/local/bin/shoal agent --data-dir /var/lib/shoal-agent
 Restart=always

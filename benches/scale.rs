@@ -34,6 +34,7 @@ fn config(server: &str, token: &str, name: String, dir: &Path) -> AgentConfig {
     AgentConfig {
         server: server.to_string(),
         token: Some(token.to_string()),
+        token_file: None,
         data_dir: dir.join(&name),
         name,
         labels: BTreeMap::new(),
@@ -69,7 +70,10 @@ fn node_json(config: &AgentConfig) -> Vec<u8> {
 /// heartbeat until the process ends.
 async fn simulated_node(config: AgentConfig) -> Arc<Client> {
     std::fs::create_dir_all(&config.data_dir).expect("node dir");
-    let creds: Credentials = shoal_agent::join::credentials(&config).await.expect("join");
+    let creds: Credentials = shoal_agent::join::NodeCredentials::load_or_join(&config)
+        .await
+        .expect("join")
+        .get();
     let client = Arc::new(Client::connect(&creds).await.expect("connect as node"));
     let object = node_json(&config);
     match client.call(&Request::PutNode { object }).await {
@@ -129,6 +133,8 @@ fn main() {
         let token = match admin
             .call(&Request::CreateToken {
                 description: "scale bench".into(),
+                ttl_secs: None,
+                usages: None,
             })
             .await
             .expect("token")

@@ -60,6 +60,7 @@ pub fn check(response: Response) -> Result<Response> {
                 ErrorCode::Forbidden => "Forbidden",
                 ErrorCode::BadRequest => "BadRequest",
                 ErrorCode::Internal => "InternalError",
+                ErrorCode::TooManyRequests => "TooManyRequests",
             };
             Err(anyhow!("Error from server ({code}): {}", e.message))
         }

@@ -75,6 +75,14 @@ enum Command {
     Wait(cmd::wait::Args),
     /// Manage join tokens for agents.
     Token(cmd::token::Args),
+    /// Manage admin credentials: each has a lifetime and can be revoked on its own.
+    Credentials(cmd::credentials::Args),
+    /// Rotate the admin credential in use.
+    Cert(cmd::credentials::CertArgs),
+    /// Set or remove labels on a node (they outlive its heartbeats).
+    Label(cmd::label::Args),
+    /// Set or remove taints on a node.
+    Taint(cmd::label::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -116,6 +124,10 @@ fn main() -> std::process::ExitCode {
             Command::Describe(a) => cmd::describe::run(a).await,
             Command::Delete(a) => cmd::delete::run(a).await,
             Command::Token(a) => cmd::token::run(a).await,
+            Command::Credentials(a) => cmd::credentials::run(a).await,
+            Command::Cert(a) => cmd::credentials::run_cert(a).await,
+            Command::Label(a) => cmd::label::run_label(a).await,
+            Command::Taint(a) => cmd::label::run_taint(a).await,
         }
     });
     match result {

@@ -221,7 +221,11 @@ async fn connections_without_a_valid_identity_get_nothing() {
     let other_dir = tempfile::tempdir().unwrap();
     let other_ca = shoal_transport::Ca::load_or_create(other_dir.path()).unwrap();
     let forged = other_ca
-        .issue_client("admin", shoal_transport::pki::ADMIN_ORG)
+        .issue_client(
+            "admin",
+            shoal_transport::pki::ADMIN_ORG,
+            shoal_transport::pki::DEFAULT_CERT_TTL,
+        )
         .unwrap();
     let mut bad = creds.clone();
     bad.client_certificate = forged.cert_pem;

@@ -59,7 +59,8 @@ fn install_script_writes_the_binary_units_and_a_private_agent_env_file() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("SHOAL_SERVER is required"));
     let refused = install(root.path(), "agent", &[("SHOAL_SERVER", "10.0.0.2:7443")]);
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("SHOAL_TOKEN is required"));
+    assert!(String::from_utf8_lossy(&refused.stderr)
+        .contains("SHOAL_TOKEN_FILE (or SHOAL_TOKEN) is required"));
 
     let out = install(
         root.path(),
@@ -80,11 +81,23 @@ fn install_script_writes_the_binary_units_and_a_private_agent_env_file() {
     assert_eq!(
         env_file.metadata().unwrap().permissions().mode() & 0o777,
         0o600,
+        "the agent's settings are readable by root only"
+    );
+    // The token is in a file of its own (which the agent removes after joining), never in
+    // the environment or on a command line.
+    assert_eq!(
+        std::fs::read_to_string(&env_file).unwrap(),
+        "SHOAL_SERVER=10.0.0.2:7443\nSHOAL_TOKEN_FILE=/etc/shoal/token\nSHOAL_NODE_NAME=pi-7\n"
+    );
+    let token_file = root.path().join("etc/shoal/token");
+    assert_eq!(
+        token_file.metadata().unwrap().permissions().mode() & 0o777,
+        0o600,
         "the token is readable by root only"
     );
     assert_eq!(
-        std::fs::read_to_string(&env_file).unwrap(),
-        "SHOAL_SERVER=10.0.0.2:7443\nSHOAL_TOKEN=SHOAL1::abc::secret\nSHOAL_NODE_NAME=pi-7\n"
+        std::fs::read_to_string(&token_file).unwrap(),
+        "SHOAL1::abc::secret\n"
     );
     let unit = std::fs::read_to_string(root.path().join("etc/systemd/system/shoal-agent.service"))
         .unwrap();

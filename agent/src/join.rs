@@ -1,32 +1,140 @@
-//! Getting the node's certificate: once, with the join token; afterwards from the data dir.
+//! The node's credential: got once with a join token, kept in `DATA_DIR/node.conf`, and
+//! renewed by the node itself before it expires, for the same key (the key its name is bound
+//! to on the controller). Everything that connects with it reads the current one here.
 
 use crate::error::{Error, Result};
 use crate::AgentConfig;
-use shoal_transport::pki::node_key_and_csr;
+use shoal_transport::pki::{csr_for, lifetime_of, new_key};
 use shoal_transport::proto::{Request, Response};
 use shoal_transport::{Client, Credentials, JoinToken};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
-/// The node's credential: `DATA_DIR/node.conf` if it joined before, else joins now.
-pub async fn credentials(config: &AgentConfig) -> Result<Credentials> {
-    let path = config.data_dir.join("node.conf");
-    if path.exists() {
-        let mut creds = Credentials::load(&path)?;
-        if creds.server != config.server {
-            creds.server = config.server.clone();
-            creds.save(&path)?;
-        }
-        return Ok(creds);
+/// The node's credential, shared by the controller link and the peer connections; replaced
+/// in place when it is renewed.
+#[derive(Clone)]
+pub struct NodeCredentials {
+    path: PathBuf,
+    current: Arc<RwLock<Credentials>>,
+}
+
+/// Whether a certificate valid until `until`, issued for `lifetime`, is due for renewal at
+/// `now`: once two thirds of its life are gone (K3s and the kubelet renew at a similar point).
+pub fn renewal_due(until: SystemTime, lifetime: Duration, now: SystemTime) -> bool {
+    match until.checked_sub(lifetime / 3) {
+        Some(at) => now >= at,
+        None => true,
     }
+}
+
+impl NodeCredentials {
+    /// `DATA_DIR/node.conf` if the node joined before, else joins now with the token.
+    pub async fn load_or_join(config: &AgentConfig) -> Result<NodeCredentials> {
+        let path = config.data_dir.join("node.conf");
+        let creds = if path.exists() {
+            let mut creds = Credentials::load(&path)?;
+            if creds.server != config.server {
+                creds.server = config.server.clone();
+                creds.save(&path)?;
+            }
+            creds
+        } else {
+            join(config, &path).await?
+        };
+        Ok(NodeCredentials {
+            path,
+            current: Arc::new(RwLock::new(creds)),
+        })
+    }
+
+    /// The credential as it is now.
+    pub fn get(&self) -> Credentials {
+        match self.current.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Renews the certificate over `client` if it is due (or if the credential predates the
+    /// peer CA); the connection in use goes on with the old one, the next uses the new.
+    /// Returns whether it renewed.
+    pub async fn renew_if_due(&self, client: &Client) -> Result<bool> {
+        let creds = self.get();
+        let (until, lifetime) = lifetime_of(&creds.client_certificate)?;
+        let stale = creds.peer_certificate_authority.is_none();
+        if !stale && !renewal_due(until, lifetime, SystemTime::now()) {
+            return Ok(false);
+        }
+        let csr_pem = csr_for(&creds.client_key, "renewal")?;
+        let (cert_pem, ca_pem, peer_ca_pem) = match client.call(&Request::Renew { csr_pem }).await?
+        {
+            Response::Joined {
+                cert_pem,
+                ca_pem,
+                peer_ca_pem,
+            } => (cert_pem, ca_pem, peer_ca_pem),
+            Response::Error(e) => return Err(Error::Server(e.message)),
+            other => return Err(Error::Internal(format!("unexpected answer {other:?}"))),
+        };
+        let renewed = Credentials {
+            certificate_authority: ca_pem,
+            client_certificate: cert_pem,
+            peer_certificate_authority: Some(peer_ca_pem),
+            ..creds
+        };
+        renewed.save(&self.path)?;
+        let (until, _) = lifetime_of(&renewed.client_certificate)?;
+        match self.current.write() {
+            Ok(mut c) => *c = renewed,
+            Err(poisoned) => *poisoned.into_inner() = renewed,
+        }
+        tracing::info!(
+            valid_until = %chrono::DateTime::<chrono::Utc>::from(until).to_rfc3339(),
+            "renewed the node's certificate"
+        );
+        Ok(true)
+    }
+}
+
+/// Renews the node's certificate over the controller link whenever it is due: checked on
+/// every new connection and every `period`; a failure is tried again a period later, long
+/// before the certificate expires.
+pub async fn keep_renewed(
+    creds: NodeCredentials,
+    mut link: crate::Link,
+    period: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let client = link.borrow_and_update().clone();
+        if let Some(client) = client {
+            if let Err(e) = creds.renew_if_due(&client).await {
+                tracing::warn!(error = %e, "cannot renew the node's certificate; trying again later");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = link.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(period) => {}
+        }
+    }
+}
+
+/// Joins with the token: a new key (it never leaves the node), the certificate for it, and the
+/// token file removed once it has served.
+async fn join(config: &AgentConfig, path: &std::path::Path) -> Result<Credentials> {
     let token = config.token.as_deref().ok_or_else(|| {
         Error::Join(format!(
-            "this node has not joined yet and no --token was given ({} is missing)",
+            "this node has not joined yet and no --token or --token-file was given ({} is missing)",
             path.display()
         ))
     })?;
     let token = JoinToken::parse(token)?;
     // The token pins the CA: a server with another CA is refused before anything is sent.
     let client = Client::connect_with_token(&config.server, &token).await?;
-    let (key_pem, csr_pem) = node_key_and_csr(&config.name)?;
+    let key_pem = new_key()?;
+    let csr_pem = csr_for(&key_pem, &format!("system:node:{}", config.name))?;
     let answer = client
         .call(&Request::Join {
             secret: token.secret.clone(),
@@ -35,8 +143,12 @@ pub async fn credentials(config: &AgentConfig) -> Result<Credentials> {
         })
         .await?;
     client.close().await;
-    let (cert_pem, ca_pem) = match answer {
-        Response::Joined { cert_pem, ca_pem } => (cert_pem, ca_pem),
+    let (cert_pem, ca_pem, peer_ca_pem) = match answer {
+        Response::Joined {
+            cert_pem,
+            ca_pem,
+            peer_ca_pem,
+        } => (cert_pem, ca_pem, peer_ca_pem),
         Response::Error(e) => return Err(Error::Join(e.message)),
         other => return Err(Error::Join(format!("unexpected answer {other:?}"))),
     };
@@ -45,8 +157,43 @@ pub async fn credentials(config: &AgentConfig) -> Result<Credentials> {
         certificate_authority: ca_pem,
         client_certificate: cert_pem,
         client_key: key_pem,
+        peer_certificate_authority: Some(peer_ca_pem),
     };
-    creds.save(&path)?;
+    creds.save(path)?;
     tracing::info!(node = %config.name, "joined the cluster");
+    if let Some(file) = &config.token_file {
+        // The token opens the cluster to new devices: it should not outlive its use here.
+        match std::fs::remove_file(file) {
+            Ok(()) => {
+                tracing::info!(file = %file.display(), "removed the join token file: the node has its own credential now")
+            }
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "cannot remove the join token file; remove it by hand")
+            }
+        }
+    }
     Ok(creds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_is_renewed_after_two_thirds_of_its_life() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let life = Duration::from_secs(300);
+        let until = t0 + life;
+        let cases = [
+            (0, false),
+            (199, false),
+            (200, true),
+            (299, true),
+            (400, true),
+        ];
+        for (after, due) in cases {
+            let now = t0 + Duration::from_secs(after);
+            assert_eq!(renewal_due(until, life, now), due, "{after}s in");
+        }
+    }
 }

@@ -40,6 +40,8 @@ pub struct AgentConfig {
     pub server: String,
     /// Needed only until the node has its certificate.
     pub token: Option<String>,
+    /// The file the token came from, removed once the node has joined.
+    pub token_file: Option<PathBuf>,
     pub name: String,
     pub data_dir: PathBuf,
     pub labels: BTreeMap<String, String>,
@@ -82,7 +84,7 @@ pub const HEARTBEAT: Duration = Duration::from_secs(10);
 /// Runs the agent until `shutdown`; reconnects with jittered back-off when the link drops.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::io(&config.data_dir, e))?;
-    let creds = join::credentials(&config).await?;
+    let creds = join::NodeCredentials::load_or_join(&config).await?;
     let wasm = Arc::new(WasmRuntime::new(&config.data_dir.join("wasm-cache"))?);
     let runc = match shoal_runtime::oci::find_runc() {
         Ok(binary) => {
@@ -111,13 +113,19 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     // first connection reconciles it with what the controller says.
     proxy.restore();
     supervisor.start_local().await;
+    let renewing = tokio::spawn(join::keep_renewed(
+        creds.clone(),
+        link.clone(),
+        config.heartbeat,
+        shutdown.clone(),
+    ));
     let mut attempt = 0u32;
     let mut carried = Carried::default();
     loop {
         if shutdown.is_cancelled() {
             break;
         }
-        match Client::connect(&creds).await {
+        match Client::connect(&creds.get()).await {
             Ok(client) => {
                 attempt = 0;
                 let client = Arc::new(client);
@@ -160,6 +168,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
             _ = tokio::time::sleep(delay) => {}
         }
     }
+    renewing.abort();
     proxy.shutdown();
     supervisor.shutdown().await;
     Ok(())

@@ -25,13 +25,17 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<u16> {
     let (key_pem, csr_pem) = shoal_transport::pki::node_key_and_csr(node)?;
-    let (cert_pem, ca_pem) = match client.call(&Request::PeerCert { csr_pem }).await? {
-        Response::Joined { cert_pem, ca_pem } => (cert_pem, ca_pem),
+    let (cert_pem, ca_pem, peer_ca_pem) = match client.call(&Request::PeerCert { csr_pem }).await? {
+        Response::Joined {
+            cert_pem,
+            ca_pem,
+            peer_ca_pem,
+        } => (cert_pem, ca_pem, peer_ca_pem),
         Response::Error(e) => return Err(Error::Server(e.message)),
         other => return Err(Error::Internal(format!("unexpected answer {other:?}"))),
     };
     let issued = shoal_transport::pki::Issued { cert_pem, key_pem };
-    let server = Server::bind_peer(listen, &ca_pem, &issued)?;
+    let server = Server::bind_peer(listen, &ca_pem, &peer_ca_pem, &issued)?;
     let port = server.local_addr()?.port();
     tokio::spawn(async move {
         loop {

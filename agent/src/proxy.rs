@@ -163,7 +163,7 @@ impl State {
 struct Inner {
     node: String,
     link: Link,
-    creds: shoal_transport::Credentials,
+    creds: crate::join::NodeCredentials,
     /// Where each node serves its peers: its InternalIP and its peer port.
     nodes: Mutex<HashMap<String, SocketAddr>>,
     peers: tokio::sync::Mutex<HashMap<String, Peer>>,
@@ -185,7 +185,7 @@ impl Proxy {
     pub fn new(
         node: &str,
         link: Link,
-        creds: shoal_transport::Credentials,
+        creds: crate::join::NodeCredentials,
         local: Arc<crate::local::Local>,
     ) -> Proxy {
         Proxy(Arc::new(Inner {
@@ -421,7 +421,9 @@ impl Proxy {
             _ => {}
         }
         let addr = self.0.nodes.lock().ok()?.get(node).copied()?;
-        match shoal_transport::Client::connect_peer(addr, node, &self.0.creds, PEER_CONNECT).await {
+        match shoal_transport::Client::connect_peer(addr, node, &self.0.creds.get(), PEER_CONNECT)
+            .await
+        {
             Ok(c) => {
                 tracing::info!(peer = node, %addr, "reaching the node directly");
                 let c = Arc::new(c);

@@ -78,8 +78,10 @@ pub(crate) async fn dial(
     udp: bool,
 ) {
     let addr: Option<std::net::IpAddr> = ip.parse().ok();
-    let Some(addr) = addr.filter(|a| supervisor.serves_at(*a)) else {
-        let message = format!("no pod on this node has the address {ip}");
+    let Some(addr) = addr.filter(|a| supervisor.serves_at(*a, port, udp)) else {
+        let message = format!(
+            "no pod on this node takes connections at {ip}:{port}: only pods' own addresses and their declared ports are reachable"
+        );
         refuse(&mut send, ErrorCode::NotFound, message).await;
         let _ = send.finish();
         return;

@@ -552,16 +552,20 @@ impl Supervisor {
     }
 
     /// Whether a pod running here has the address `ip` (as last reported).
-    pub fn serves_at(&self, ip: std::net::IpAddr) -> bool {
+    /// Whether a tunnel may connect to `ip:port` here: the address of a pod of this node, on
+    /// any port of an address of its own and only a declared port of one it shares with the
+    /// node (see [`shoal_api::tunnel_policy`]), so the node's own services stay out of reach.
+    pub fn serves_at(&self, ip: std::net::IpAddr, port: u16, udp: bool) -> bool {
         let ip = ip.to_string();
         self.0
             .pods
             .lock()
             .map(|m| {
                 m.values().any(|r| {
-                    r.state
-                        .lock()
-                        .is_ok_and(|s| s.reported_ip.as_deref() == Some(ip.as_str()))
+                    r.state.lock().is_ok_and(|s| {
+                        s.reported_ip.as_deref() == Some(ip.as_str())
+                            && shoal_api::tunnel_policy::pod_accepts(&s.pod, port, udp)
+                    })
                 })
             })
             .unwrap_or(false)

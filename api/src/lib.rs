@@ -8,11 +8,13 @@ pub mod intstr;
 pub mod kind;
 pub mod manifest;
 pub mod meta;
+pub mod node_restriction;
 pub mod object;
 pub mod objects;
 pub mod quantity;
 pub mod selector;
 pub mod table;
+pub mod tunnel_policy;
 pub mod validate;
 
 pub use error::{Error, FieldError, Result};

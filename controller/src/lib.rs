@@ -8,6 +8,7 @@ pub mod events;
 pub mod ipam;
 pub mod node_lifecycle;
 pub mod precompiled;
+pub mod rate;
 pub mod reconcile;
 pub mod scheduler;
 pub mod scheduler_loop;
@@ -15,6 +16,7 @@ pub mod server;
 pub mod service;
 pub mod service_ips;
 pub mod store;
+pub mod trust;
 pub mod wake;
 
 pub use error::{Error, Result};

@@ -5,9 +5,9 @@ use crate::artifacts::Artifacts;
 use crate::error::{Error, Result};
 use crate::service::{Reply, Service};
 use crate::store::{Store, StoreConfig};
-use shoal_transport::pki::{Ca, JoinToken, ADMIN_ORG};
+use shoal_transport::pki::{Ca, JoinToken, ADMIN_ORG, DEFAULT_CERT_TTL};
 use shoal_transport::proto::{ErrorCode, Request, Response, WireError};
-use shoal_transport::quic::{peer_identity, read_request, send_response};
+use shoal_transport::quic::{peer_identity, peer_key, send_response};
 use shoal_transport::{Credentials, Identity, Server};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,6 +24,19 @@ use tokio_util::task::TaskTracker;
 const STREAMS_PER_CONNECTION: usize = shoal_transport::quic::SERVER_STREAMS as usize;
 /// A client gets this long to send its request once it opened a stream.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// What a connection without a certificate may do at most: it can only join, which takes one
+/// small request.
+const ANONYMOUS_STREAMS: u32 = 2;
+const ANONYMOUS_FRAME: usize = 64 * 1024;
+const ANONYMOUS_LIFETIME: Duration = Duration::from_secs(30);
+const ANONYMOUS_PER_ADDRESS: usize = 4;
+const ANONYMOUS_TOTAL: usize = 256;
+/// Bytes an authenticated connection may have in flight to the controller (the endpoint
+/// grants anonymous ones only the small default of [`shoal_transport::quic`]).
+const AUTHENTICATED_WINDOW: u32 = 64 << 20;
+/// How long a node's established session has to answer before a new session of the same node
+/// takes its place (after an agent restart, the old connection is dead but not yet timed out).
+const SESSION_PROBE: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {
@@ -42,19 +55,38 @@ pub struct ControllerConfig {
     pub default_unreachable_toleration: Option<Duration>,
     /// The pods' address range; each node gets a /24 of it.
     pub cluster_cidr: crate::ipam::ClusterCidr,
+    /// How long a node's client certificate lives (the agent renews it after two thirds).
+    pub node_cert_ttl: Duration,
     /// The range Services get their virtual address from.
     pub service_cidr: crate::service_ips::ServiceCidr,
 }
 
-/// The open connection of each node, by name, so requests for a node (logs) can be relayed.
+/// The session connection of each node, by name, so requests for a node (logs, tunnels) can be
+/// relayed. Only the connection a node registers itself on (`PutNode`) becomes its link: any
+/// other connection made with the node's certificate never takes it over.
 #[derive(Clone, Default)]
 pub struct NodeLinks(Arc<Mutex<HashMap<String, quinn::Connection>>>);
 
 impl NodeLinks {
-    fn insert(&self, node: &str, conn: &quinn::Connection) {
+    /// Makes `conn` the session of `node`, unless another live session holds it: that one
+    /// must fail to answer within [`SESSION_PROBE`] (an agent that restarted left it behind).
+    async fn claim(&self, node: &str, conn: &quinn::Connection) -> std::result::Result<(), String> {
+        let current = self.get(node);
+        match current {
+            Some(c) if c.stable_id() == conn.stable_id() => return Ok(()),
+            Some(c) if c.close_reason().is_none() && answers(&c).await => {
+                return Err(format!(
+                    "node {node:?} already has a session from {}: a second agent with this node's certificate is refused",
+                    c.remote_address()
+                ));
+            }
+            Some(c) => c.close(2u32.into(), b"replaced by a new session of this node"),
+            None => {}
+        }
         if let Ok(mut m) = self.0.lock() {
             m.insert(node.to_string(), conn.clone());
         }
+        Ok(())
     }
 
     fn remove(&self, node: &str, conn: &quinn::Connection) {
@@ -69,6 +101,57 @@ impl NodeLinks {
 
     pub fn get(&self, node: &str) -> Option<quinn::Connection> {
         self.0.lock().ok().and_then(|m| m.get(node).cloned())
+    }
+}
+
+/// Whether a node's connection still answers a request within [`SESSION_PROBE`].
+async fn answers(conn: &quinn::Connection) -> bool {
+    let probe = async {
+        let (mut send, mut recv) = conn.open_bi().await.ok()?;
+        shoal_transport::frame::write(&mut send, &Request::WhoAmI)
+            .await
+            .ok()?;
+        send.finish().ok()?;
+        shoal_transport::frame::read::<Response, _>(&mut recv, 64 * 1024)
+            .await
+            .ok()
+            .flatten()
+    };
+    matches!(
+        tokio::time::timeout(SESSION_PROBE, probe).await,
+        Ok(Some(_))
+    )
+}
+
+/// Connections without a certificate, by address: bounded per address and in all.
+#[derive(Clone, Default)]
+struct Anonymous(Arc<Mutex<HashMap<std::net::IpAddr, usize>>>);
+
+impl Anonymous {
+    fn enter(&self, ip: std::net::IpAddr) -> Option<AnonymousSlot> {
+        let mut m = self.0.lock().ok()?;
+        let total: usize = m.values().sum();
+        let here = m.entry(ip).or_insert(0);
+        if *here >= ANONYMOUS_PER_ADDRESS || total >= ANONYMOUS_TOTAL {
+            return None;
+        }
+        *here += 1;
+        Some(AnonymousSlot(self.clone(), ip))
+    }
+}
+
+struct AnonymousSlot(Anonymous, std::net::IpAddr);
+
+impl Drop for AnonymousSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = (self.0).0.lock() {
+            if let Some(n) = m.get_mut(&self.1) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&self.1);
+                }
+            }
+        }
     }
 }
 
@@ -89,11 +172,9 @@ impl Controller {
         let tls_dir = dir.join("tls");
         std::fs::create_dir_all(&tls_dir).map_err(|e| Error::io(&tls_dir, e))?;
         let ca = Arc::new(Ca::load_or_create(&tls_dir)?);
+        let peer_ca = Arc::new(Ca::load_or_create_peer(&tls_dir)?);
         let store = Store::open(dir, config.store.clone())?;
         let artifacts = Arc::new(Artifacts::open(dir)?);
-        let service = Service::new(store, ca.clone(), artifacts, config.cluster_cidr)
-            .with_service_cidr(config.service_cidr);
-        service.bootstrap().await?;
 
         // Shoal's own clients verify the name `shoal-controller`; these are for everyone else.
         let mut sans = config.tls_san.clone();
@@ -101,19 +182,31 @@ impl Controller {
         if !config.listen.ip().is_unspecified() {
             sans.push(config.listen.ip().to_string());
         }
+        // Names no node may take. The machine's host name is not among them: the node that
+        // runs beside the controller (`shoal up`) carries it, as a K3s server's node does, and
+        // a node's serving certificate comes from the peer CA, which no client of the
+        // controller trusts.
+        let reserved = sans.clone();
         if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
             let host = host.trim().to_ascii_lowercase();
             if shoal_api::validate::check_dns1123_subdomain(&host).is_ok() {
                 sans.push(host);
             }
         }
+        let service = Service::new(store, ca.clone(), peer_ca, artifacts, config.cluster_cidr)
+            .with_service_cidr(config.service_cidr)
+            .with_trust(crate::trust::TrustConfig {
+                node_cert_ttl: config.node_cert_ttl,
+                reserved_names: reserved,
+            });
+        service.bootstrap().await?;
         let server_cert = ca.issue_server(&sans)?;
         let server = Server::bind(config.listen, ca.cert_pem(), &server_cert)?;
         let bound = server.local_addr()?;
 
         let admin_config = dir.join("admin.conf");
         if !admin_config.exists() {
-            let admin = ca.issue_client("admin", ADMIN_ORG)?;
+            let admin = ca.issue_client("admin", ADMIN_ORG, DEFAULT_CERT_TTL)?;
             let host = if bound.ip().is_unspecified() {
                 SocketAddr::new([127, 0, 0, 1].into(), bound.port()).to_string()
             } else {
@@ -124,6 +217,7 @@ impl Controller {
                 certificate_authority: ca.cert_pem().to_string(),
                 client_certificate: admin.cert_pem,
                 client_key: admin.key_pem,
+                peer_certificate_authority: None,
             }
             .save(&admin_config)?;
         } else if let Ok(mut creds) = Credentials::load(&admin_config) {
@@ -137,16 +231,29 @@ impl Controller {
             }
         }
 
+        // The credential the controller wrote is bound to its key like every other one (and
+        // one written before keys were bound is bound now).
+        let admin = Credentials::load(&admin_config)?;
+        service
+            .adopt_credential("admin", &admin.client_certificate)
+            .await?;
+
         let token_path = dir.join("token");
         let token = match std::fs::read_to_string(&token_path) {
             Ok(t) => t.trim().to_string(),
             Err(_) => {
                 let token = service
-                    .create_token("bootstrap token", Some(JoinToken::new(ca.hash())))
+                    .create_token(
+                        "bootstrap token",
+                        Some(JoinToken::new(ca.hash())),
+                        None,
+                        None,
+                    )
                     .await?;
                 shoal_transport::pki::write_private(&token_path, format!("{token}\n").as_bytes())?;
+                // Never the token itself: logs travel further than the data dir.
                 tracing::info!(
-                    "join token for agents (also in {}): {token}",
+                    "the join token for agents is in {} (readable by root only); list and revoke tokens with `shoal token`",
                     token_path.display()
                 );
                 token
@@ -198,6 +305,7 @@ impl Controller {
             self.default_toleration,
             shutdown.clone(),
         ));
+        let anonymous = Anonymous::default();
         loop {
             let incoming = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -210,6 +318,7 @@ impl Controller {
             let shutdown = shutdown.clone();
             let conn_tracker = tracker.clone();
             let links = self.links.clone();
+            let anonymous = anonymous.clone();
             tracker.spawn(async move {
                 let conn = match incoming.await {
                     Ok(c) => c,
@@ -218,7 +327,7 @@ impl Controller {
                         return;
                     }
                 };
-                serve_connection(conn, service, links, shutdown, conn_tracker).await;
+                serve_connection(conn, service, links, anonymous, shutdown, conn_tracker).await;
             });
         }
         self.server.close();
@@ -228,22 +337,78 @@ impl Controller {
     }
 }
 
+/// Serves one connection's streams. The identity its certificate claims is checked against
+/// the bindings when it connects, at every request, and again whenever a binding of that
+/// identity changes (a deleted node, a revoked or rotated credential): then it is closed.
 async fn serve_connection(
     conn: quinn::Connection,
     service: Service,
     links: NodeLinks,
+    anonymous: Anonymous,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let who = peer_identity(&conn);
-    tracing::debug!(remote = %conn.remote_address(), identity = %who, "connection");
-    if let Identity::Node(n) = &who {
-        links.insert(n, &conn);
-    }
-    let limit = Arc::new(Semaphore::new(STREAMS_PER_CONNECTION));
+    let claimed = peer_identity(&conn);
+    let key = peer_key(&conn);
+    tracing::debug!(remote = %conn.remote_address(), identity = %claimed, "connection");
+    let refuse = |conn: &quinn::Connection, why: &str| {
+        let why: String = why.chars().take(200).collect();
+        conn.close(4u32.into(), why.as_bytes());
+    };
+    let mut _slot = None;
+    let (streams, frame_max, lifetime) = if claimed == Identity::Anonymous {
+        match anonymous.enter(conn.remote_address().ip()) {
+            Some(slot) => _slot = Some(slot),
+            None => {
+                refuse(&conn, "too many connections without a certificate");
+                return;
+            }
+        }
+        conn.set_max_concurrent_bi_streams(ANONYMOUS_STREAMS.into());
+        (
+            ANONYMOUS_STREAMS as usize,
+            ANONYMOUS_FRAME,
+            ANONYMOUS_LIFETIME,
+        )
+    } else {
+        if let Err(e) = service.authenticate(claimed.clone(), key.as_deref()) {
+            tracing::info!(remote = %conn.remote_address(), identity = %claimed, "refused a revoked certificate");
+            refuse(&conn, &e.message);
+            return;
+        }
+        conn.set_receive_window(AUTHENTICATED_WINDOW.into());
+        (
+            STREAMS_PER_CONNECTION,
+            shoal_transport::frame::MAX_FRAME,
+            Duration::MAX,
+        )
+    };
+    let expired = tokio::time::sleep(lifetime.min(Duration::from_secs(100 * 365 * 24 * 3600)));
+    tokio::pin!(expired);
+    let mut revocations = service.revocations();
+    let limit = Arc::new(Semaphore::new(streams));
     loop {
         let (send, recv) = tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = &mut expired => {
+                refuse(&conn, "a connection without a certificate may only join");
+                break;
+            }
+            r = revocations.recv() => {
+                let recheck = match r {
+                    Ok(who) => who == claimed,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                };
+                if recheck {
+                    if let Err(e) = service.authenticate(claimed.clone(), key.as_deref()) {
+                        tracing::info!(identity = %claimed, "closing the connection of a revoked certificate");
+                        refuse(&conn, &e.message);
+                        break;
+                    }
+                }
+                continue;
+            }
             s = conn.accept_bi() => match s {
                 Ok(s) => s,
                 Err(_) => break,
@@ -252,16 +417,21 @@ async fn serve_connection(
         let Ok(permit) = limit.clone().acquire_owned().await else {
             break;
         };
-        let service = service.clone();
-        let who = who.clone();
+        let stream = Stream {
+            service: service.clone(),
+            links: links.clone(),
+            conn: conn.clone(),
+            claimed: claimed.clone(),
+            key: key.clone(),
+            frame_max,
+        };
         let shutdown = shutdown.clone();
-        let links = links.clone();
         tracker.spawn(async move {
-            serve_stream(send, recv, &service, &links, &who, shutdown).await;
+            stream.serve(send, recv, shutdown).await;
             drop(permit);
         });
     }
-    if let Identity::Node(n) = &who {
+    if let Identity::Node(n) = &claimed {
         links.remove(n, &conn);
     }
 }
@@ -487,30 +657,82 @@ async fn tunnel(
     }
 }
 
+/// What one stream is served with: the connection it came on and who that claims to be.
+struct Stream {
+    service: Service,
+    links: NodeLinks,
+    conn: quinn::Connection,
+    claimed: Identity,
+    key: Option<String>,
+    frame_max: usize,
+}
+
+impl Stream {
+    async fn serve(
+        self,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+        shutdown: CancellationToken,
+    ) {
+        let read = shoal_transport::frame::read::<Request, _>(&mut recv, self.frame_max);
+        let request = match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
+            Ok(Ok(Some(r))) => r,
+            Ok(Ok(None)) => {
+                let e = error(ErrorCode::BadRequest, "the stream ended before a request");
+                let _ = send_response(&mut send, &e).await;
+                let _ = send.finish();
+                return;
+            }
+            Ok(Err(e)) => {
+                let _ =
+                    send_response(&mut send, &error(ErrorCode::BadRequest, e.to_string())).await;
+                let _ = send.finish();
+                return;
+            }
+            Err(_) => return,
+        };
+        // Every request, not only the connection, passes the bindings.
+        let who = match self
+            .service
+            .authenticate(self.claimed.clone(), self.key.as_deref())
+        {
+            Ok(who) => who,
+            Err(e) => {
+                let _ = send_response(&mut send, &Response::Error(e)).await;
+                let _ = send.finish();
+                return;
+            }
+        };
+        if let (Request::PutNode { .. }, Identity::Node(n)) = (&request, &who) {
+            if let Err(why) = self.links.claim(n, &self.conn).await {
+                tracing::warn!(node = %n, remote = %self.conn.remote_address(), "{why}");
+                let _ = send_response(&mut send, &error(ErrorCode::Conflict, why)).await;
+                let _ = send.finish();
+                return;
+            }
+        }
+        serve_stream(
+            send,
+            recv,
+            &self.service,
+            &self.links,
+            &who,
+            request,
+            shutdown,
+        )
+        .await
+    }
+}
+
 async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     service: &Service,
     links: &NodeLinks,
     who: &Identity,
+    request: Request,
     shutdown: CancellationToken,
 ) {
-    let request = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut recv)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            let _ = send_response(
-                &mut send,
-                &Response::Error(WireError {
-                    code: ErrorCode::BadRequest,
-                    message: e.to_string(),
-                }),
-            )
-            .await;
-            let _ = send.finish();
-            return;
-        }
-        Err(_) => return,
-    };
     if let Request::Push {
         reference,
         size,
@@ -535,8 +757,8 @@ async fn serve_stream(
         udp,
     } = &request
     {
-        match who {
-            Identity::Node(_) | Identity::Admin(_) => {
+        match service.authorize_tunnel(who, node, ip, *port, *udp) {
+            Ok(()) => {
                 let dial = Request::Dial {
                     ip: ip.clone(),
                     port: *port,
@@ -544,9 +766,8 @@ async fn serve_stream(
                 };
                 tunnel(send, recv, links, node, dial, &shutdown).await
             }
-            _ => {
-                let e = error(ErrorCode::Forbidden, "only nodes may open service tunnels");
-                let _ = send_response(&mut send, &e).await;
+            Err(e) => {
+                let _ = send_response(&mut send, &Response::Error(e)).await;
                 let _ = send.finish();
             }
         }

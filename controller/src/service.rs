@@ -9,14 +9,13 @@ use base64::Engine as _;
 use shoal_api::validate::validate;
 use shoal_api::Pod;
 use shoal_api::{Kind, Namespace, Object, ObjectMeta, PropagationPolicy, Secret, Selector};
-use shoal_transport::pki::JoinToken;
 use shoal_transport::proto::{
     ApplyOutcome, ApplyResult, ErrorCode, EventType, Request, Response, WireError,
 };
 use shoal_transport::{Ca, Identity};
 use std::sync::Arc;
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -24,7 +23,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub const SYSTEM_NAMESPACE: &str = "shoal-system";
 /// The cluster DNS Service, in the system namespace.
 pub const DNS_SERVICE: &str = "shoal-dns";
-const TOKEN_TYPE: &str = "shoal.io/bootstrap-token";
+/// The longest reason and message of an Event a node records, in bytes (the kubelet cuts
+/// messages at 1 KiB too).
+const EVENT_REASON_MAX: usize = 128;
+const EVENT_MESSAGE_MAX: usize = 1024;
 
 /// What an operation answers: one response, a stream of watch events, an artifact to send,
 /// or a request the door must relay to the node that can answer it.
@@ -39,6 +41,14 @@ pub enum Reply {
 pub struct Service {
     store: Store,
     ca: Arc<Ca>,
+    /// Signs only the certificates nodes serve each other with.
+    peer_ca: Arc<Ca>,
+    trust: crate::trust::TrustConfig,
+    /// Says which identity just lost (or changed) its binding, so the doors close its
+    /// connections.
+    revocations: tokio::sync::broadcast::Sender<Identity>,
+    /// Events each node may still record now (a token bucket per node).
+    event_budget: Arc<std::sync::Mutex<crate::rate::Buckets>>,
     artifacts: Arc<Artifacts>,
     precompiled: Arc<Precompiled>,
     cluster_cidr: crate::ipam::ClusterCidr,
@@ -92,6 +102,25 @@ fn on_node(obj: &Object, node: Option<&str>) -> bool {
     }
 }
 
+/// An answer that is not an API object, as JSON.
+fn json_answer<T: serde::Serialize>(value: &T) -> std::result::Result<Response, WireError> {
+    serde_json::to_vec(value)
+        .map(Response::Json)
+        .map_err(|e| Error::Internal(e.to_string()).into())
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary, marked as cut.
+fn truncated(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max.saturating_sub(3);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
 fn forbidden(message: String) -> WireError {
     WireError {
         code: ErrorCode::Forbidden,
@@ -133,6 +162,7 @@ impl Service {
     pub fn new(
         store: Store,
         ca: Arc<Ca>,
+        peer_ca: Arc<Ca>,
         artifacts: Arc<Artifacts>,
         cluster_cidr: crate::ipam::ClusterCidr,
     ) -> Self {
@@ -143,6 +173,13 @@ impl Service {
         Service {
             store,
             ca,
+            peer_ca,
+            trust: Default::default(),
+            revocations: tokio::sync::broadcast::channel(64).0,
+            event_budget: Arc::new(std::sync::Mutex::new(crate::rate::Buckets::new(
+                crate::rate::EVENT_BURST,
+                crate::rate::EVENT_PER_SECOND,
+            ))),
             artifacts,
             precompiled,
             cluster_cidr,
@@ -157,8 +194,37 @@ impl Service {
         self
     }
 
+    /// How certificates are issued: node certificate lifetime, names reserved for the
+    /// controller.
+    pub fn with_trust(mut self, trust: crate::trust::TrustConfig) -> Self {
+        self.trust = trust;
+        self
+    }
+
     pub fn artifacts(&self) -> &Arc<Artifacts> {
         &self.artifacts
+    }
+
+    pub fn ca(&self) -> &Ca {
+        &self.ca
+    }
+
+    pub fn peer_ca(&self) -> &Ca {
+        &self.peer_ca
+    }
+
+    pub fn trust(&self) -> &crate::trust::TrustConfig {
+        &self.trust
+    }
+
+    /// Identities whose binding just ended or changed: a door re-checks (and closes) the
+    /// connections that hold one.
+    pub fn revocations(&self) -> tokio::sync::broadcast::Receiver<Identity> {
+        self.revocations.subscribe()
+    }
+
+    pub(crate) fn revoked(&self, who: Identity) {
+        let _ = self.revocations.send(who);
     }
 
     pub fn precompiled(&self) -> &Arc<Precompiled> {
@@ -267,6 +333,7 @@ impl Service {
         let allowed = match req {
             Request::WhoAmI
             | Request::PutNode { .. }
+            | Request::Renew { .. }
             | Request::UpdateStatus { .. }
             | Request::Fetch { .. }
             | Request::FetchPrecompiled { .. }
@@ -299,6 +366,26 @@ impl Service {
             Err(forbidden(format!(
                 "node {node:?} may not perform this operation"
             )))
+        }
+    }
+
+    /// Whether `who` may open a tunnel to `ip:port` on `node` (see [`shoal_api::tunnel_policy`]).
+    pub fn authorize_tunnel(
+        &self,
+        who: &Identity,
+        node: &str,
+        ip: &str,
+        port: u16,
+        udp: bool,
+    ) -> std::result::Result<(), WireError> {
+        if matches!(who, Identity::Anonymous) {
+            return Err(forbidden("only nodes may open service tunnels".into()));
+        }
+        let pods: Vec<Pod> = self.store.list_typed(Kind::Pod, None)?;
+        let endpoints: Vec<shoal_api::Endpoints> = self.store.list_typed(Kind::Endpoints, None)?;
+        match shoal_api::tunnel_policy::tunnel_refusal(node, ip, port, udp, &pods, &endpoints) {
+            None => Ok(()),
+            Some(why) => Err(forbidden(format!("{who} may not open this tunnel: {why}"))),
         }
     }
 
@@ -415,26 +502,49 @@ impl Service {
                 }
                 one(Response::Deleted(deleted))
             }
-            Request::CreateToken { description } => one(Response::Token(
-                self.create_token(&description, None).await?,
+            Request::CreateToken {
+                description,
+                ttl_secs,
+                usages,
+            } => one(Response::Token(
+                self.create_token(&description, None, ttl_secs, usages)
+                    .await?,
             )),
+            Request::ListTokens => one(json_answer(&self.list_tokens()?)?),
+            Request::DeleteToken { id } => {
+                self.delete_token(&id).await?;
+                one(Response::Ok)
+            }
+            Request::IssueCredential {
+                name,
+                ttl_secs,
+                csr_pem,
+            } => one(self.issue_credential(&name, ttl_secs, &csr_pem).await?),
+            Request::ListCredentials => one(json_answer(&self.list_credentials()?)?),
+            Request::DeleteCredential { name } => {
+                self.delete_credential(who, &name).await?;
+                one(Response::Ok)
+            }
             Request::Join {
                 secret,
                 node_name,
                 csr_pem,
             } => one(self.join(&secret, &node_name, &csr_pem).await?),
+            Request::Renew { csr_pem } => {
+                let Identity::Node(me) = who else {
+                    return Err(bad_request("only a node renews its certificate this way; admins use `shoal cert rotate`"));
+                };
+                one(self.renew(me, &csr_pem)?)
+            }
             Request::PeerCert { csr_pem } => {
                 let Identity::Node(me) = who else {
                     return Err(bad_request("only a node has a peer certificate"));
                 };
                 let cert_pem = self
-                    .ca
-                    .sign_node_serving(&csr_pem, me)
+                    .peer_ca
+                    .sign_node_serving(&csr_pem, me, self.trust.node_cert_ttl)
                     .map_err(Error::from)?;
-                one(Response::Joined {
-                    cert_pem,
-                    ca_pem: self.ca.cert_pem().to_string(),
-                })
+                one(self.joined(cert_pem))
             }
             Request::PutNode { object } => {
                 let Identity::Node(me) = who else {
@@ -510,10 +620,31 @@ impl Service {
                 reason,
                 message,
             } => {
-                let about: shoal_api::ObjectReference = serde_json::from_slice(&about)
+                let mut about: shoal_api::ObjectReference = serde_json::from_slice(&about)
                     .map_err(|e| bad_request(format!("event object reference: {e}")))?;
+                if reason.len() > EVENT_REASON_MAX {
+                    return Err(bad_request(format!(
+                        "an event reason is at most {EVENT_REASON_MAX} bytes, got {}",
+                        reason.len()
+                    )));
+                }
+                let message = truncated(&message, EVENT_MESSAGE_MAX);
                 let host = match who {
                     Identity::Node(me) => {
+                        let allowed = self
+                            .event_budget
+                            .lock()
+                            .map(|mut b| b.take(me, std::time::Instant::now()))
+                            .unwrap_or(false);
+                        if !allowed {
+                            return Err(WireError {
+                                code: ErrorCode::TooManyRequests,
+                                message: format!(
+                                    "node {me:?} records events faster than {} a second: this one was dropped",
+                                    crate::rate::EVENT_PER_SECOND
+                                ),
+                            });
+                        }
                         let key = ObjectKey::new(
                             Kind::Pod,
                             about.namespace.as_deref(),
@@ -530,6 +661,10 @@ impl Service {
                             return Err(forbidden(format!(
                                 "node {me:?} may only record events about itself and its own pods"
                             )));
+                        }
+                        if itself {
+                            // Events about a Node live in `default`, as in Kubernetes.
+                            about.namespace = Some("default".into());
                         }
                         Some(me.clone())
                     }
@@ -556,36 +691,6 @@ impl Service {
         }
     }
 
-    /// Checks a join token's secret against the stored ones and signs the node's key.
-    async fn join(&self, secret: &str, node_name: &str, csr_pem: &str) -> Result<Response> {
-        shoal_api::validate::check_dns1123_subdomain(node_name)
-            .map_err(|m| Error::Invalid(format!("node name: {m}")))?;
-        let (tokens, _) = self.store.list(Kind::Secret, Some(SYSTEM_NAMESPACE))?;
-        let known = tokens
-            .into_iter()
-            .filter_map(|o| o.into_typed::<Secret>().ok())
-            .filter(|s| s.type_.as_deref() == Some(TOKEN_TYPE))
-            .filter_map(|s| {
-                let b = s.data.get("secret")?;
-                base64::engine::general_purpose::STANDARD.decode(b).ok()
-            })
-            .any(|stored| constant_time_eq(&stored, secret.as_bytes()));
-        if !known {
-            return Err(Error::Forbidden(
-                "the join token is not valid for this cluster (create one with `shoal token create`)".into(),
-            ));
-        }
-        let cert_pem = self
-            .ca
-            .sign_node(csr_pem, node_name)
-            .map_err(|e| Error::Invalid(e.to_string()))?;
-        tracing::info!(node = node_name, "node joined");
-        Ok(Response::Joined {
-            cert_pem,
-            ca_pem: self.ca.cert_pem().to_string(),
-        })
-    }
-
     /// Creates or refreshes a node's own Node: its labels and status come from the node; its
     /// spec (cordon, taints) stays what the admins made it.
     async fn put_node(&self, me: &str, bytes: &[u8]) -> Result<Response> {
@@ -601,12 +706,20 @@ impl Service {
             let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
             return Err(Error::Invalid(list.join("; ")));
         }
+        shoal_api::node_restriction::check_node_labels(me, &obj.metadata().labels)
+            .map_err(Error::Forbidden)?;
         let key = ObjectKey::of(&obj);
         for _ in 0..5 {
             let result = match self.store.get(&key)? {
                 None => {
                     let mut node: shoal_api::Node = obj.clone().into_typed()?;
+                    // A new Node's spec is the admins' to set, not the node's.
+                    node.spec = Default::default();
                     node.spec.pod_cidr = self.free_pod_cidr()?;
+                    node.metadata.annotations = shoal_api::node_restriction::merge_annotations(
+                        &node.metadata.annotations,
+                        &Default::default(),
+                    );
                     self.store.create(Object::Node(node)).await
                 }
                 Some(stored) => {
@@ -617,9 +730,15 @@ impl Service {
                     if next.spec.pod_cidr.is_none() {
                         next.spec.pod_cidr = self.free_pod_cidr()?;
                     }
-                    next.metadata
-                        .annotations
-                        .extend(stored_node.metadata.annotations);
+                    next.metadata.labels = shoal_api::node_restriction::merge_labels(
+                        &next.metadata.labels,
+                        &stored_node.metadata.labels,
+                        &stored_node.metadata.annotations,
+                    );
+                    next.metadata.annotations = shoal_api::node_restriction::merge_annotations(
+                        &next.metadata.annotations,
+                        &stored_node.metadata.annotations,
+                    );
                     let expected = Some(stored.metadata().revision());
                     self.store.update(Object::Node(next), expected).await
                 }
@@ -632,6 +751,55 @@ impl Service {
             }
         }
         Err(Error::Conflict(format!("node {me:?} kept changing")))
+    }
+
+    /// Sets labels on a Node as an admin does (they outlive the node's heartbeats), creating
+    /// the Node if it has not registered yet.
+    pub async fn label_node(
+        &self,
+        name: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<()> {
+        use shoal_api::node_restriction::{admin_keys, ADMIN_LABELS};
+        let key = ObjectKey::new(Kind::Node, None, name);
+        for _ in 0..5 {
+            let stored = self.store.get(&key)?;
+            let mut node: shoal_api::Node = match &stored {
+                Some(o) => o.clone().into_typed()?,
+                None => shoal_api::Node {
+                    api_version: "v1".into(),
+                    kind: "Node".into(),
+                    metadata: ObjectMeta {
+                        name: name.into(),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            };
+            let mut keys = admin_keys(&node.metadata.annotations);
+            for (k, v) in labels {
+                node.metadata.labels.insert(k.clone(), v.clone());
+                keys.insert(k.clone());
+            }
+            let list: Vec<String> = keys.into_iter().collect();
+            node.metadata
+                .annotations
+                .insert(ADMIN_LABELS.into(), list.join(","));
+            let result = match stored {
+                Some(o) => {
+                    self.store
+                        .update(Object::Node(node), Some(o.metadata().revision()))
+                        .await
+                }
+                None => self.store.create(Object::Node(node)).await,
+            };
+            match result {
+                Ok(_) => return Ok(()),
+                Err(Error::Conflict(_)) | Err(Error::AlreadyExists(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Conflict(format!("node {name:?} kept changing")))
     }
 
     /// A pod range no node holds yet; `None` (pods get no address) when the range is full.
@@ -699,6 +867,11 @@ impl Service {
                     policy,
                 }])
                 .await?;
+            if key.kind == Kind::Node {
+                // A deleted node's certificates stop working at once (it joins again only
+                // with a new token).
+                self.unbind_node(&key.name).await?;
+            }
             // Orphaning also rewrites the dependents; the deleted owner is the last change.
             Ok(changes.into_iter().rev().take(1).collect())
         }
@@ -833,31 +1006,6 @@ impl Service {
         })?;
         Ok(Object::Service(svc))
     }
-
-    /// Stores a join token (as a Secret in the system namespace) and returns it.
-    pub async fn create_token(
-        &self,
-        description: &str,
-        token: Option<JoinToken>,
-    ) -> Result<String> {
-        let token = token.unwrap_or_else(|| JoinToken::new(self.ca.hash()));
-        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        let mut secret = Secret {
-            metadata: ObjectMeta {
-                name: format!("join-token-{}", &token.secret[..8.min(token.secret.len())]),
-                namespace: Some(SYSTEM_NAMESPACE.into()),
-                ..Default::default()
-            },
-            type_: Some(TOKEN_TYPE.into()),
-            ..Default::default()
-        };
-        secret.data.insert("secret".into(), b64(&token.secret));
-        secret.data.insert("description".into(), b64(description));
-        match self.store.create(Object::Secret(secret)).await {
-            Ok(_) | Err(Error::AlreadyExists(_)) => Ok(token.to_string()),
-            Err(e) => Err(e),
-        }
-    }
 }
 
 /// Kubernetes folds `stringData` into base64 `data` on write; so does Shoal.
@@ -939,9 +1087,10 @@ mod tests {
     async fn service() -> (tempfile::TempDir, Service) {
         let dir = tempfile::tempdir().unwrap();
         let ca = Arc::new(Ca::load_or_create(dir.path()).unwrap());
+        let peer_ca = Arc::new(Ca::load_or_create_peer(dir.path()).unwrap());
         let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
         let artifacts = Arc::new(Artifacts::open(dir.path()).unwrap());
-        let s = Service::new(store, ca, artifacts, Default::default());
+        let s = Service::new(store, ca, peer_ca, artifacts, Default::default());
         s.bootstrap().await.unwrap();
         (dir, s)
     }
@@ -1082,6 +1231,8 @@ mod tests {
                 "create a token",
                 Request::CreateToken {
                     description: String::new(),
+                    ttl_secs: None,
+                    usages: None,
                 },
                 Some(ErrorCode::Forbidden),
             ),
@@ -1094,37 +1245,124 @@ mod tests {
 
     #[tokio::test]
     async fn joining_needs_a_known_token_secret_and_the_ca_sets_the_name() {
+        use shoal_transport::pki::{fingerprint_of_cert, node_key_and_csr, pem_to_der};
         let (_dir, s) = service().await;
-        let token = JoinToken::parse(&s.create_token("test", None).await.unwrap()).unwrap();
-        let (_, csr_pem) = shoal_transport::pki::node_key_and_csr("pi-9").unwrap();
+        let token = s.create_token("test", None, None, None).await.unwrap();
+        let token = shoal_transport::JoinToken::parse(&token).unwrap();
+        let (_, csr_pem) = node_key_and_csr("pi-9").unwrap();
         let anon = Identity::Anonymous;
-        let join = |secret: &str| Request::Join {
+        let join = |secret: &str, name: &str, csr: &str| Request::Join {
             secret: secret.into(),
-            node_name: "pi-9".into(),
-            csr_pem: csr_pem.clone(),
+            node_name: name.into(),
+            csr_pem: csr.into(),
         };
         assert_eq!(
-            call(&s, &anon, join("wrong")).await.err(),
+            call(&s, &anon, join("wrong", "pi-9", &csr_pem)).await.err(),
             Some(ErrorCode::Forbidden)
         );
-        match call(&s, &anon, join(&token.secret)).await {
+        let key = match call(&s, &anon, join(&token.secret, "pi-9", &csr_pem)).await {
             Ok(Response::Joined { cert_pem, .. }) => {
-                let der = shoal_transport::pki::pem_to_der(&cert_pem).unwrap();
+                let der = pem_to_der(&cert_pem).unwrap();
                 assert_eq!(
                     shoal_transport::pki::identity_of(&der),
                     Identity::Node("pi-9".into())
                 );
+                fingerprint_of_cert(&der).unwrap()
             }
             other => panic!("{other:?}"),
+        };
+        let me = Identity::Node("pi-9".into());
+        assert_eq!(s.authenticate(me.clone(), Some(&key)), Ok(me.clone()));
+        // Another device may not take the name; the same key may join again.
+        let (_, other_csr) = node_key_and_csr("pi-9").unwrap();
+        assert_eq!(
+            call(&s, &anon, join(&token.secret, "pi-9", &other_csr))
+                .await
+                .err(),
+            Some(ErrorCode::Conflict)
+        );
+        assert!(call(&s, &anon, join(&token.secret, "pi-9", &csr_pem))
+            .await
+            .is_ok());
+        for bad in ["Not_A_Name", "shoal-controller", "127.0.0.1", "localhost"] {
+            assert_eq!(
+                call(&s, &anon, join(&token.secret, bad, &csr_pem))
+                    .await
+                    .err(),
+                Some(ErrorCode::Invalid),
+                "{bad}"
+            );
         }
-        let bad_name = Request::Join {
-            secret: token.secret.clone(),
-            node_name: "Not_A_Name".into(),
-            csr_pem,
+        // Deleting the node revokes its certificate at once.
+        let admin = Identity::Admin("admin".into());
+        let node =
+            serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "pi-9"}});
+        call(
+            &s,
+            &admin,
+            Request::Apply {
+                objects: vec![json(node)],
+            },
+        )
+        .await
+        .unwrap();
+        call(
+            &s,
+            &admin,
+            Request::Delete {
+                kind: "Node".into(),
+                namespace: None,
+                name: "pi-9".into(),
+                propagation: Default::default(),
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            s.authenticate(me, Some(&key)).map_err(|e| e.code),
+            Err(ErrorCode::Unauthenticated)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_token_used_up_or_deleted_joins_no_more() {
+        use shoal_transport::pki::node_key_and_csr;
+        let (_dir, s) = service().await;
+        let token = s.create_token("once", None, None, Some(1)).await.unwrap();
+        let secret = shoal_transport::JoinToken::parse(&token).unwrap().secret;
+        let join = |name: &str| Request::Join {
+            secret: secret.clone(),
+            node_name: name.into(),
+            csr_pem: node_key_and_csr(name).unwrap().1,
+        };
+        let anon = Identity::Anonymous;
+        assert!(call(&s, &anon, join("a")).await.is_ok());
+        match s.handle(&anon, join("b")).await {
+            Reply::One(Response::Error(e)) => {
+                assert_eq!(e.code, ErrorCode::Forbidden);
+                assert!(
+                    e.message.contains("used up (1 of 1 joins)"),
+                    "{}",
+                    e.message
+                );
+            }
+            _ => panic!("a used-up token joined a node"),
+        }
+        let again = s.create_token("any", None, None, None).await.unwrap();
+        let t = shoal_transport::JoinToken::parse(&again).unwrap();
+        let listed = s.list_tokens().unwrap();
+        assert!(listed
+            .iter()
+            .any(|i| i.id == t.secret[..8] && i.usages.is_none()));
+        s.delete_token(&t.secret[..8]).await.unwrap();
+        let join = Request::Join {
+            secret: t.secret.clone(),
+            node_name: "c".into(),
+            csr_pem: node_key_and_csr("c").unwrap().1,
         };
         assert_eq!(
-            call(&s, &anon, bad_name).await.err(),
-            Some(ErrorCode::Invalid)
+            call(&s, &anon, join).await.err(),
+            Some(ErrorCode::Forbidden)
         );
     }
 }

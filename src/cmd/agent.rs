@@ -12,11 +12,12 @@ pub struct Args {
     /// The controller, HOST:PORT.
     #[arg(long, env = "SHOAL_SERVER")]
     pub server: String,
-    /// Join token (needed the first time only): SHOAL1::<ca-hash>::<secret>.
+    /// Join token (needed the first time only): SHOAL1::<ca-hash>::<secret>. Prefer
+    /// --token-file or the SHOAL_TOKEN variable: a command line is visible to every local user.
     #[arg(long, env = "SHOAL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Read the join token from this file.
-    #[arg(long, conflicts_with = "token")]
+    /// Read the join token from this file; it is removed once the node has joined.
+    #[arg(long, env = "SHOAL_TOKEN_FILE", conflicts_with = "token")]
     pub token_file: Option<PathBuf>,
     /// Node name (default: the host name).
     #[arg(long, env = "SHOAL_NODE_NAME")]
@@ -92,15 +93,19 @@ impl Args {
         let name = self.name.clone().unwrap_or_else(hostname);
         shoal_api::validate::check_dns1123_subdomain(&name)
             .map_err(|m| anyhow::anyhow!("--name: {m}"))?;
+        let labels = parse_labels(&self.labels)?;
+        shoal_api::node_restriction::check_node_labels(&name, &labels)
+            .map_err(|m| anyhow::anyhow!("--labels: {m}"))?;
         Ok(AgentConfig {
             server: self.server.clone(),
             token,
+            token_file: self.token_file.clone(),
             name,
             data_dir: self
                 .data_dir
                 .clone()
                 .unwrap_or_else(|| default_data_dir().join("agent")),
-            labels: parse_labels(&self.labels)?,
+            labels,
             max_pods: self.max_pods,
             pod_bridge: self.pod_bridge.clone(),
             insecure_registries: self.insecure_registries.clone(),

@@ -35,6 +35,10 @@ pub struct Args {
     /// The range Services get their virtual address (cluster IP) from.
     #[arg(long, default_value = "10.43.0.0/16")]
     pub service_cidr: shoal_controller::service_ips::ServiceCidr,
+    /// How long a node's certificate lives (30s, 12h, 365d); agents renew theirs after two
+    /// thirds of it.
+    #[arg(long, default_value = "365d")]
+    pub node_cert_ttl: String,
 }
 
 impl Args {
@@ -57,6 +61,8 @@ impl Args {
             default_unreachable_toleration: toleration,
             cluster_cidr: self.cluster_cidr,
             service_cidr: self.service_cidr,
+            node_cert_ttl: super::rollout::parse_duration(&self.node_cert_ttl)
+                .context("--node-cert-ttl")?,
         })
     }
 }

@@ -148,17 +148,22 @@ async fn revisions(
     Ok(out)
 }
 
+/// A duration as `30s`, `5m`, `24h` or `365d` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration> {
     let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = n
         .parse()
-        .with_context(|| format!("--timeout {s:?}: expected a number and s, m or h"))?;
-    Ok(Duration::from_secs(match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        other => bail!("--timeout {s:?}: unknown unit {other:?} (use s, m or h)"),
-    }))
+        .with_context(|| format!("{s:?}: expected a number and s, m, h or d"))?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 24 * 3600,
+        other => bail!("{s:?}: unknown unit {other:?} (use s, m, h or d)"),
+    };
+    n.checked_mul(scale)
+        .map(Duration::from_secs)
+        .with_context(|| format!("{s:?}: too long"))
 }
 
 /// Where a rollout stands, in kubectl's words; `None` when it is done.
@@ -288,7 +293,7 @@ async fn set_paused(
 
 async fn status(target: &str, namespace: &str, timeout: &str, client: &ClientArgs) -> Result<()> {
     let name = deployment_name(target)?;
-    let deadline = Instant::now() + parse_duration(timeout)?;
+    let deadline = Instant::now() + parse_duration(timeout).context("--timeout")?;
     let conn = connect(client).await?;
     let mut last = String::new();
     loop {

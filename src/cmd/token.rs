@@ -1,8 +1,8 @@
-//! `shoal token create`
+//! `shoal token create|list|delete`: join tokens for agents.
 
 use crate::client::{call, connect};
 use crate::ClientArgs;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use shoal_transport::proto::{Request, Response};
 
 #[derive(clap::Args)]
@@ -20,17 +20,73 @@ enum TokenCommand {
         /// What the token is for.
         #[arg(long, default_value = "")]
         description: String,
+        /// How long the token may be used (30m, 24h, 7d); by default until it is deleted.
+        #[arg(long)]
+        ttl: Option<String>,
+        /// How many nodes may join with it; by default any number.
+        #[arg(long)]
+        usages: Option<u32>,
     },
+    /// List the join tokens (never their secrets).
+    List,
+    /// Delete a join token by its id (the first 8 characters of its secret).
+    Delete { id: String },
+}
+
+#[derive(serde::Deserialize)]
+struct TokenInfo {
+    id: String,
+    description: String,
+    expires: Option<String>,
+    usages: Option<u32>,
+    used: u32,
 }
 
 pub async fn run(args: Args) -> Result<()> {
     let client = connect(&args.client).await?;
     match args.command {
-        TokenCommand::Create { description } => {
-            match call(&client, &Request::CreateToken { description }).await? {
+        TokenCommand::Create {
+            description,
+            ttl,
+            usages,
+        } => {
+            let ttl_secs = ttl
+                .map(|t| super::rollout::parse_duration(&t).context("--ttl"))
+                .transpose()?
+                .map(|d| d.as_secs());
+            let req = Request::CreateToken {
+                description,
+                ttl_secs,
+                usages,
+            };
+            match call(&client, &req).await? {
                 Response::Token(t) => println!("{t}"),
                 other => bail!("unexpected answer: {other:?}"),
             }
+        }
+        TokenCommand::List => match call(&client, &Request::ListTokens).await? {
+            Response::Json(json) => {
+                let tokens: Vec<TokenInfo> = serde_json::from_slice(&json)?;
+                println!("{:<10} {:<22} {:<7} DESCRIPTION", "ID", "EXPIRES", "USED");
+                for t in tokens {
+                    let used = match t.usages {
+                        Some(n) => format!("{}/{n}", t.used),
+                        None => t.used.to_string(),
+                    };
+                    println!(
+                        "{:<10} {:<22} {:<7} {}",
+                        t.id,
+                        t.expires.as_deref().unwrap_or("never"),
+                        used,
+                        crate::cmd::safe(&t.description)
+                    );
+                }
+            }
+            other => bail!("unexpected answer: {other:?}"),
+        },
+        TokenCommand::Delete { id } => {
+            call(&client, &Request::DeleteToken { id: id.clone() }).await?;
+            println!("token {id} deleted");
         }
     }
     client.close().await;

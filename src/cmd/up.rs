@@ -32,16 +32,28 @@ pub async fn run(args: Args) -> Result<()> {
     } else {
         addr.to_string()
     };
+    // The role label is the admins' to give (a node may not claim it), as K3s's server
+    // labels its own node.
+    let name = super::agent::hostname();
+    controller
+        .service()
+        .label_node(
+            &name,
+            &[(
+                "node-role.kubernetes.io/control-plane".to_string(),
+                "true".to_string(),
+            )]
+            .into(),
+        )
+        .await
+        .context("labelling the local node")?;
     let agent = shoal_agent::AgentConfig {
         server,
         token: Some(controller.token().to_string()),
-        name: super::agent::hostname(),
+        token_file: None,
+        name: name.clone(),
         data_dir: args.controller.config()?.data_dir.join("agent"),
-        labels: [(
-            "node-role.kubernetes.io/control-plane".to_string(),
-            "true".to_string(),
-        )]
-        .into(),
+        labels: Default::default(),
         max_pods: 110,
         pod_bridge: shoal_agent::POD_BRIDGE.into(),
         insecure_registries: vec![],

@@ -36,7 +36,7 @@ pub async fn run(args: Args) -> Result<()> {
         .split_once('/')
         .context("name the object as KIND/NAME")?;
     let kind: Kind = kind.parse()?;
-    let timeout = super::rollout::parse_duration(&args.timeout)?;
+    let timeout = super::rollout::parse_duration(&args.timeout).context("--timeout")?;
     let deadline = Instant::now() + timeout;
     let client = connect(&args.client).await?;
     let req = Request::Get {

@@ -16,6 +16,9 @@ pub struct Credentials {
     pub client_certificate: String,
     /// Client key, PEM.
     pub client_key: String,
+    /// The CA that signs the certificates nodes serve each other with, PEM (nodes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_certificate_authority: Option<String>,
 }
 
 impl Credentials {

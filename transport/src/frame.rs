@@ -11,6 +11,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Largest frame accepted by default (artifact transfers chunk below this).
 pub const MAX_FRAME: usize = 16 << 20;
+/// How much of a frame is read at a time.
+const READ_CHUNK: usize = 8 * 1024;
 
 /// Encodes `msg` as one frame (length prefix included).
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>> {
@@ -70,20 +72,23 @@ pub async fn read<T: DeserializeOwned, R: AsyncRead + Unpin>(
     if size > max {
         return Err(Error::FrameTooLarge { size, max });
     }
-    let mut body = vec![0u8; size];
-    let mut got = 0;
-    while got < size {
+    // The body grows as its bytes arrive: a peer that announces a large frame and sends
+    // nothing costs nothing.
+    let mut body = Vec::with_capacity(size.min(READ_CHUNK));
+    let mut chunk = [0u8; READ_CHUNK];
+    while body.len() < size {
+        let want = (size - body.len()).min(READ_CHUNK);
         let n = r
-            .read(&mut body[got..])
+            .read(&mut chunk[..want])
             .await
             .map_err(|e| Error::Stream(e.to_string()))?;
         if n == 0 {
             return Err(Error::Truncated {
-                got: 4 + got,
+                got: 4 + body.len(),
                 expected: 4 + size,
             });
         }
-        got += n;
+        body.extend_from_slice(&chunk[..n]);
     }
     decode_body(&body).map(Some)
 }
@@ -163,6 +168,18 @@ mod tests {
         let err = read_all(&bytes, MAX_FRAME).unwrap_err();
         assert!(
             matches!(err, Error::FrameTooLarge { size, .. } if size == u32::MAX as usize),
+            "{err}"
+        );
+    }
+
+    /// A frame that announces the most and sends little has only what arrived in memory.
+    #[test]
+    fn an_announced_frame_is_not_reserved_before_it_arrives() {
+        let mut bytes = (MAX_FRAME as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&[0; 100]);
+        let err = read_all(&bytes, MAX_FRAME).unwrap_err();
+        assert!(
+            matches!(err, Error::Truncated { got: 104, expected } if expected == 4 + MAX_FRAME),
             "{err}"
         );
     }

@@ -1,7 +1,12 @@
-//! The cluster PKI: a CA made on the controller's first start, the server certificate, client
-//! certificates for admins and nodes, and join tokens of the form
-//! `SHOAL1::<sha256 of the CA certificate>::<secret>` that let a new node trust the CA before it
-//! has any certificate of its own (as K3s's `K10<ca-hash>::<secret>`).
+//! The cluster PKI: two signers made on the controller's first start, certificates with
+//! lifetimes, and join tokens of the form `SHOAL1::<sha256 of the CA certificate>::<secret>`
+//! that let a new node trust the CA before it has any certificate of its own (as K3s's
+//! `K10<ca-hash>::<secret>`).
+//!
+//! Trust roots are kept apart, as K3s keeps its server and client CAs apart: the cluster CA
+//! (`ca.crt`) signs the controller's serving certificate and every client certificate; the peer
+//! CA (`peer-ca.crt`) signs only the certificates nodes serve each other with. Clients of the
+//! controller trust the cluster CA alone, so nothing a node holds can serve as the controller.
 
 use crate::error::{Error, Result};
 use rand::RngCore;
@@ -14,6 +19,7 @@ use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 /// The organisation in a client certificate that grants admin rights.
 pub const ADMIN_ORG: &str = "shoal:admins";
@@ -21,6 +27,62 @@ pub const ADMIN_ORG: &str = "shoal:admins";
 pub const NODE_ORG: &str = "shoal:nodes";
 /// The name clients verify the controller's certificate against, always among its SANs.
 pub const SERVER_NAME: &str = "shoal-controller";
+/// How long node and admin certificates live unless told otherwise (K3s: a year).
+pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Certificates are dated this far back, so a device whose clock is a little behind accepts
+/// them.
+const CLOCK_SKEW: Duration = Duration::from_secs(3600);
+
+/// Names a node may never take: the controller's own, and what would read as an address.
+pub fn check_node_name(name: &str, reserved: &[String]) -> Result<()> {
+    let refuse = |why: String| Err(Error::Pki(format!("node name {name:?}: {why}")));
+    if name == SERVER_NAME || reserved.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+        return refuse("is reserved for the controller; choose another --name".into());
+    }
+    if name == "localhost" || name.ends_with(".localhost") {
+        return refuse("is reserved (localhost); choose another --name".into());
+    }
+    if name.parse::<std::net::IpAddr>().is_ok() || name.split('.').all(|p| p.parse::<u8>().is_ok())
+    {
+        return refuse("reads as an IP address; choose another --name".into());
+    }
+    Ok(())
+}
+
+/// The fingerprint of a public key: sha256 of its raw bits, hex. Bindings of names to keys
+/// (a node's name, an admin credential) compare these.
+pub fn fingerprint_of_cert(cert: &[u8]) -> Result<String> {
+    let (_, x509) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| Error::Pki(format!("cannot read the certificate: {e}")))?;
+    Ok(hex::encode(Sha256::digest(
+        x509.public_key().subject_public_key.data.as_ref(),
+    )))
+}
+
+/// The fingerprint of the key a certificate request is for (see [`fingerprint_of_cert`]).
+pub fn fingerprint_of_csr(csr_pem: &str) -> Result<String> {
+    use rcgen::PublicKeyData;
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(|e| Error::Pki(format!("the certificate request is not valid: {e}")))?;
+    Ok(hex::encode(Sha256::digest(csr.public_key.der_bytes())))
+}
+
+/// When a certificate stops being valid, and how long it was issued for.
+pub fn lifetime_of(cert_pem: &str) -> Result<(SystemTime, Duration)> {
+    let der = pem_to_der(cert_pem)?;
+    let (_, x509) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| Error::Pki(format!("cannot read the certificate: {e}")))?;
+    let v = x509.validity();
+    let (from, to) = (v.not_before.timestamp(), v.not_after.timestamp());
+    let until = SystemTime::UNIX_EPOCH + Duration::from_secs(to.max(0) as u64);
+    Ok((until, Duration::from_secs((to - from).max(0) as u64)))
+}
+
+fn dated(params: &mut CertificateParams, ttl: Duration) {
+    let now = SystemTime::now();
+    params.not_before = (now - CLOCK_SKEW).into();
+    params.not_after = (now + ttl).into();
+}
 
 /// Who a connection belongs to, from its verified client certificate.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,11 +171,23 @@ pub fn pem_to_der(pem: &str) -> Result<CertificateDer<'static>> {
 impl Ca {
     /// Loads `DIR/ca.crt` + `DIR/ca.key`, or makes a new CA there.
     pub fn load_or_create(dir: &Path) -> Result<Ca> {
-        let (crt, key) = (dir.join("ca.crt"), dir.join("ca.key"));
+        Ca::load_or_create_named(dir, "ca", "shoal-ca")
+    }
+
+    /// The signer of the certificates nodes serve each other with: `DIR/peer-ca.crt`.
+    pub fn load_or_create_peer(dir: &Path) -> Result<Ca> {
+        Ca::load_or_create_named(dir, "peer-ca", "shoal-peer-ca")
+    }
+
+    fn load_or_create_named(dir: &Path, stem: &str, common_name: &str) -> Result<Ca> {
+        let (crt, key) = (
+            dir.join(format!("{stem}.crt")),
+            dir.join(format!("{stem}.key")),
+        );
         if crt.exists() {
             let cert_pem = std::fs::read_to_string(&crt).map_err(|e| Error::io(&crt, e))?;
             let key_pem = std::fs::read_to_string(&key).map_err(|e| Error::io(&key, e))?;
-            let key = KeyPair::from_pem(&key_pem).map_err(pki_err("ca.key"))?;
+            let key = KeyPair::from_pem(&key_pem).map_err(pki_err("the CA key"))?;
             let cert_der = pem_to_der(&cert_pem)?;
             return Ok(Ca {
                 cert_der,
@@ -124,7 +198,7 @@ impl Ca {
         let key_pair = KeyPair::generate().map_err(pki_err("generating the CA key"))?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "shoal-ca");
+        dn.push(DnType::CommonName, common_name);
         dn.push(DnType::OrganizationName, "shoal");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -195,13 +269,18 @@ impl Ca {
             .distinguished_name
             .push(DnType::CommonName, SERVER_NAME);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.not_before = rcgen::date_time_ymd(2024, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+        // Made anew at every start, so a year is plenty.
+        dated(&mut params, DEFAULT_CERT_TTL);
         self.issue(params)
     }
 
-    /// A client certificate: `organization` decides what the holder may do.
-    pub fn issue_client(&self, common_name: &str, organization: &str) -> Result<Issued> {
+    /// A client certificate valid for `ttl`: `organization` decides what the holder may do.
+    pub fn issue_client(
+        &self,
+        common_name: &str,
+        organization: &str,
+        ttl: Duration,
+    ) -> Result<Issued> {
         let mut params = CertificateParams::default();
         params
             .distinguished_name
@@ -210,61 +289,85 @@ impl Ca {
             .distinguished_name
             .push(DnType::OrganizationName, organization);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.not_before = rcgen::date_time_ymd(2024, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+        dated(&mut params, ttl);
         self.issue(params)
     }
 }
 
 impl Ca {
-    /// Signs a node's certificate request. The subject is set here, never taken from the
-    /// request: a node gets `system:node:NAME` in `shoal:nodes`, whatever it asked for.
-    pub fn sign_node(&self, csr_pem: &str, node_name: &str) -> Result<String> {
-        self.sign_for_node(
+    /// Signs a node's certificate request for `ttl`. The subject is set here, never taken from
+    /// the request: a node gets `system:node:NAME` in `shoal:nodes`, whatever it asked for.
+    pub fn sign_node(&self, csr_pem: &str, node_name: &str, ttl: Duration) -> Result<String> {
+        let subject = format!("system:node:{node_name}");
+        self.sign_request(
             csr_pem,
-            node_name,
+            &subject,
+            NODE_ORG,
             ExtendedKeyUsagePurpose::ClientAuth,
             vec![],
+            ttl,
+        )
+    }
+
+    /// Signs an admin credential's request: `common_name` in the admins' organisation.
+    pub fn sign_admin(&self, csr_pem: &str, common_name: &str, ttl: Duration) -> Result<String> {
+        self.sign_request(
+            csr_pem,
+            common_name,
+            ADMIN_ORG,
+            ExtendedKeyUsagePurpose::ClientAuth,
+            vec![],
+            ttl,
         )
     }
 
     /// Signs the certificate a node serves its peers with (the direct path between service
-    /// proxies): the node's identity, for the DNS name `node_name`, for server use only.
-    pub fn sign_node_serving(&self, csr_pem: &str, node_name: &str) -> Result<String> {
+    /// proxies): the node's identity, for the DNS name `node_name` alone, for server use only.
+    /// Only the peer CA signs these ([`Ca::load_or_create_peer`]).
+    pub fn sign_node_serving(
+        &self,
+        csr_pem: &str,
+        node_name: &str,
+        ttl: Duration,
+    ) -> Result<String> {
         let name = node_name
             .to_string()
             .try_into()
             .map_err(|_| Error::Pki(format!("{node_name:?} is not a DNS name")))?;
         let sans = vec![SanType::DnsName(name)];
-        self.sign_for_node(
+        let subject = format!("system:node:{node_name}");
+        self.sign_request(
             csr_pem,
-            node_name,
+            &subject,
+            NODE_ORG,
             ExtendedKeyUsagePurpose::ServerAuth,
             sans,
+            ttl,
         )
     }
 
-    /// A node certificate for one use, whatever the request asked for: the subject, names
-    /// and usages are set here.
-    fn sign_for_node(
+    /// A certificate for one use, whatever the request asked for: the subject, names, usages
+    /// and lifetime are set here; only the key comes from the request.
+    fn sign_request(
         &self,
         csr_pem: &str,
-        node_name: &str,
+        common_name: &str,
+        organization: &str,
         usage: ExtendedKeyUsagePurpose,
         sans: Vec<SanType>,
+        ttl: Duration,
     ) -> Result<String> {
         let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| Error::Pki(format!("the certificate request is not valid: {e}")))?;
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, format!("system:node:{node_name}"));
-        dn.push(DnType::OrganizationName, NODE_ORG);
+        dn.push(DnType::CommonName, common_name);
+        dn.push(DnType::OrganizationName, organization);
         csr.params.distinguished_name = dn;
         csr.params.subject_alt_names = sans;
         csr.params.is_ca = IsCa::NoCa;
         csr.params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         csr.params.extended_key_usages = vec![usage];
-        csr.params.not_before = rcgen::date_time_ymd(2024, 1, 1);
-        csr.params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+        dated(&mut csr.params, ttl);
         let issuer = Issuer::from_ca_cert_der(&self.cert_der, &self.key)
             .map_err(pki_err("loading the CA"))?;
         let cert = csr
@@ -276,18 +379,30 @@ impl Ca {
 
 /// A node's key and the request to certify it; the key stays with the node.
 pub fn node_key_and_csr(node_name: &str) -> Result<(String, String)> {
-    let key = KeyPair::generate().map_err(pki_err("generating the node key"))?;
+    let key = new_key()?;
+    let csr = csr_for(&key, &format!("system:node:{node_name}"))?;
+    Ok((key, csr))
+}
+
+/// A new private key, PEM.
+pub fn new_key() -> Result<String> {
+    Ok(KeyPair::generate()
+        .map_err(pki_err("generating a key"))?
+        .serialize_pem())
+}
+
+/// A certificate request for the key `key_pem` (the signer decides the subject anyway).
+pub fn csr_for(key_pem: &str, common_name: &str) -> Result<String> {
+    let key = KeyPair::from_pem(key_pem).map_err(pki_err("the private key"))?;
     let mut params = CertificateParams::default();
     params
         .distinguished_name
-        .push(DnType::CommonName, format!("system:node:{node_name}"));
-    let csr = params
+        .push(DnType::CommonName, common_name);
+    params
         .serialize_request(&key)
-        .map_err(pki_err("making the certificate request"))?;
-    let pem = csr
+        .map_err(pki_err("making the certificate request"))?
         .pem()
-        .map_err(pki_err("encoding the certificate request"))?;
-    Ok((key.serialize_pem(), pem))
+        .map_err(pki_err("encoding the certificate request"))
 }
 
 pub fn ca_hash(der: &[u8]) -> String {
@@ -368,9 +483,10 @@ mod tests {
     fn identities_come_from_the_certificate() {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::load_or_create(dir.path()).unwrap();
-        let admin = ca.issue_client("admin", ADMIN_ORG).unwrap();
-        let node = ca.issue_client("system:node:pi-1", NODE_ORG).unwrap();
-        let other = ca.issue_client("mallory", "elsewhere").unwrap();
+        let ttl = DEFAULT_CERT_TTL;
+        let admin = ca.issue_client("admin", ADMIN_ORG, ttl).unwrap();
+        let node = ca.issue_client("system:node:pi-1", NODE_ORG, ttl).unwrap();
+        let other = ca.issue_client("mallory", "elsewhere", ttl).unwrap();
         assert_eq!(
             identity_of(&pem_to_der(&admin.cert_pem).unwrap()),
             Identity::Admin("admin".into())
@@ -384,14 +500,50 @@ mod tests {
             Identity::Anonymous
         );
         // A node's request is signed with the subject the CA decides.
-        let (_, csr) = node_key_and_csr("anything-i-like").unwrap();
-        let signed = ca.sign_node(&csr, "pi-7").unwrap();
+        let (key, csr) = node_key_and_csr("anything-i-like").unwrap();
+        let signed = ca.sign_node(&csr, "pi-7", ttl).unwrap();
         assert_eq!(
             identity_of(&pem_to_der(&signed).unwrap()),
             Identity::Node("pi-7".into())
         );
-        assert!(ca.sign_node("not a csr", "pi-7").is_err());
-        // Loading again gives the same CA.
+        assert!(ca.sign_node("not a csr", "pi-7", ttl).is_err());
+        // The certificate is for the request's key, and lives as long as it was told.
+        assert_eq!(
+            fingerprint_of_cert(&pem_to_der(&signed).unwrap()).unwrap(),
+            fingerprint_of_csr(&csr).unwrap()
+        );
+        let again = csr_for(&key, "x").unwrap();
+        assert_eq!(
+            fingerprint_of_csr(&again).unwrap(),
+            fingerprint_of_csr(&csr).unwrap()
+        );
+        let (until, lifetime) = lifetime_of(&signed).unwrap();
+        assert_eq!(lifetime, ttl + CLOCK_SKEW);
+        assert!(until > SystemTime::now() + ttl - Duration::from_secs(60));
+        // Loading again gives the same CA; the peer CA is another.
         assert_eq!(Ca::load_or_create(dir.path()).unwrap().hash(), ca.hash());
+        assert_ne!(
+            Ca::load_or_create_peer(dir.path()).unwrap().hash(),
+            ca.hash()
+        );
+    }
+
+    #[test]
+    fn names_that_would_impersonate_the_controller_are_refused() {
+        let sans = vec!["ctl.example".to_string(), "10.0.0.1".to_string()];
+        for bad in [
+            "shoal-controller",
+            "localhost",
+            "a.localhost",
+            "127.0.0.1",
+            "10.0.0.1",
+            "ctl.example",
+            "1.2.3",
+        ] {
+            assert!(check_node_name(bad, &sans).is_err(), "{bad}");
+        }
+        for good in ["pi-1", "raspberrypi", "node-1.site-a"] {
+            assert!(check_node_name(good, &sans).is_ok(), "{good}");
+        }
     }
 }

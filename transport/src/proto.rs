@@ -42,9 +42,37 @@ pub enum Request {
         selector: String,
         propagation: shoal_api::PropagationPolicy,
     },
-    /// A new join token for agents.
+    /// A new join token for agents: valid for `ttl_secs` (none: until deleted) and for
+    /// `usages` joins (none: any number).
     CreateToken {
         description: String,
+        ttl_secs: Option<u64>,
+        usages: Option<u32>,
+    },
+    /// The join tokens, without their secrets, as a JSON list in [`Response::Json`].
+    ListTokens,
+    /// Deletes the join token whose id (the part before the secret's rest) is given.
+    DeleteToken {
+        id: String,
+    },
+    /// A node renews its client certificate for the key it already holds (the key bound to
+    /// its name); answered with [`Response::Joined`].
+    Renew {
+        csr_pem: String,
+    },
+    /// An admin credential named `name` for the key of `csr_pem`, valid for `ttl_secs`;
+    /// answered with [`Response::Joined`]. Issuing a name again replaces its key (rotation):
+    /// the old certificate stops working at once.
+    IssueCredential {
+        name: String,
+        ttl_secs: u64,
+        csr_pem: String,
+    },
+    /// The admin credentials, as a JSON list in [`Response::Json`].
+    ListCredentials,
+    /// Revokes an admin credential at once.
+    DeleteCredential {
+        name: String,
     },
     /// Who the server takes this connection for.
     WhoAmI,
@@ -178,9 +206,12 @@ pub enum Response {
     Deleted(Vec<String>),
     Token(String),
     Identity(String),
+    /// A certificate signed for the caller: `ca_pem` is the CA the controller's certificate
+    /// chains to, `peer_ca_pem` the one nodes' serving certificates chain to.
     Joined {
         cert_pem: String,
         ca_pem: String,
+        peer_ca_pem: String,
     },
     Ok,
     /// What a fetch will send: the artifact's digest and full size, then chunks from the offset.
@@ -205,6 +236,8 @@ pub enum ErrorCode {
     Forbidden,
     BadRequest,
     Internal,
+    /// The caller asked more often than it may; it may try again later.
+    TooManyRequests,
 }
 
 /// An error as the client sees it: a code to act on and a message that says what to fix.

@@ -35,7 +35,16 @@ fn provider() -> Arc<CryptoProvider> {
 /// 130 MiB of controller memory for nothing.
 pub const SERVER_STREAMS: u32 = 128;
 
+/// Bytes a connection to the controller may have in flight before it is authenticated: what
+/// one stream may, so a flood of connections without a certificate costs the controller
+/// little. The controller raises it for connections with a valid certificate.
+pub const UNAUTHENTICATED_WINDOW: u32 = 1_250_000;
+
 fn transport_config(max_streams: u32) -> Arc<quinn::TransportConfig> {
+    Arc::new(base_transport(max_streams))
+}
+
+fn base_transport(max_streams: u32) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(KEEP_ALIVE));
     t.max_idle_timeout(Some(
@@ -45,7 +54,7 @@ fn transport_config(max_streams: u32) -> Arc<quinn::TransportConfig> {
     ));
     t.max_concurrent_bidi_streams(max_streams.into());
     t.max_concurrent_uni_streams(0u32.into());
-    Arc::new(t)
+    t
 }
 
 fn tls(e: impl std::fmt::Display) -> Error {
@@ -70,22 +79,29 @@ pub struct Server {
 
 impl Server {
     pub fn bind(listen: SocketAddr, ca_pem: &str, server: &Issued) -> Result<Server> {
-        Server::bind_with(listen, ca_pem, server, true)
+        Server::bind_with(listen, ca_pem, ca_pem, server, true)
     }
 
-    /// A node's endpoint for its peers: only clients with a certificate of the cluster.
-    pub fn bind_peer(listen: SocketAddr, ca_pem: &str, server: &Issued) -> Result<Server> {
-        Server::bind_with(listen, ca_pem, server, false)
+    /// A node's endpoint for its peers: only clients with a certificate of the cluster (CA
+    /// `ca_pem`); it serves a certificate of the peer CA (`peer_ca_pem`).
+    pub fn bind_peer(
+        listen: SocketAddr,
+        ca_pem: &str,
+        peer_ca_pem: &str,
+        server: &Issued,
+    ) -> Result<Server> {
+        Server::bind_with(listen, ca_pem, peer_ca_pem, server, false)
     }
 
     fn bind_with(
         listen: SocketAddr,
         ca_pem: &str,
+        chain_ca_pem: &str,
         server: &Issued,
         anonymous: bool,
     ) -> Result<Server> {
         let ca = pem_to_der(ca_pem)?;
-        let chain = vec![pem_to_der(&server.cert_pem)?, ca.clone()];
+        let chain = vec![pem_to_der(&server.cert_pem)?, pem_to_der(chain_ca_pem)?];
         let builder = WebPkiClientVerifier::builder_with_provider(roots(&ca)?, provider());
         // Anonymous connections are let through the controller's handshake so that a new
         // node can join with a token; the API refuses them everything else.
@@ -104,7 +120,11 @@ impl Server {
         cfg.alpn_protocols = vec![ALPN.to_vec()];
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(tls)?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-        config.transport_config(transport_config(SERVER_STREAMS));
+        let mut transport = base_transport(SERVER_STREAMS);
+        if anonymous {
+            transport.receive_window(UNAUTHENTICATED_WINDOW.into());
+        }
+        config.transport_config(Arc::new(transport));
         let endpoint = Endpoint::server(config, listen).map_err(|e| Error::Connect {
             addr: listen.to_string(),
             message: format!("cannot listen: {e}"),
@@ -131,10 +151,21 @@ impl Server {
 
 /// The identity a connection proved with its client certificate.
 pub fn peer_identity(conn: &Connection) -> Identity {
+    peer_certificate(conn)
+        .map(|c| identity_of(&c))
+        .unwrap_or(Identity::Anonymous)
+}
+
+/// The fingerprint of the key a connection's client certificate is for, if it presented one
+/// ([`crate::pki::fingerprint_of_cert`]).
+pub fn peer_key(conn: &Connection) -> Option<String> {
+    peer_certificate(conn).and_then(|c| crate::pki::fingerprint_of_cert(&c).ok())
+}
+
+fn peer_certificate(conn: &Connection) -> Option<CertificateDer<'static>> {
     conn.peer_identity()
         .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .and_then(|certs| certs.first().map(identity_of))
-        .unwrap_or(Identity::Anonymous)
+        .and_then(|certs| certs.first().cloned())
 }
 
 /// Reads the request of a server-side stream.
@@ -180,15 +211,19 @@ impl Client {
         Client::connect_with(&creds.server, cfg, None).await
     }
 
-    /// Connects to another node's peer endpoint at `addr`, which must prove it is `node`,
-    /// presenting this node's certificate; gives up after `timeout`.
+    /// Connects to another node's peer endpoint at `addr`, which must prove it is `node` with
+    /// a certificate of the peer CA, presenting this node's certificate; gives up after
+    /// `timeout`.
     pub async fn connect_peer(
         addr: SocketAddr,
         node: &str,
         creds: &Credentials,
         timeout: Duration,
     ) -> Result<Client> {
-        let ca = pem_to_der(&creds.certificate_authority)?;
+        let peer_ca = creds.peer_certificate_authority.as_deref().ok_or_else(|| {
+            Error::Config("this node does not know the peer CA yet (it renews its credential on its next connection)".into())
+        })?;
+        let ca = pem_to_der(peer_ca)?;
         let certs = vec![pem_to_der(&creds.client_certificate)?];
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])

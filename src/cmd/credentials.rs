@@ -1,0 +1,144 @@
+//! `shoal credentials create|list|delete` and `shoal cert rotate`: admin credentials, each
+//! with a lifetime, each revocable on its own.
+
+use crate::client::{call, config_path, connect};
+use crate::ClientArgs;
+use anyhow::{bail, Context, Result};
+use shoal_transport::pki::{csr_for, new_key};
+use shoal_transport::proto::{Request, Response};
+use shoal_transport::{Client, Credentials};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: CredentialsCommand,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(clap::Subcommand)]
+enum CredentialsCommand {
+    /// Issue an admin credential and write it as a credential file.
+    Create {
+        name: String,
+        /// How long it is valid (24h, 30d, 365d).
+        #[arg(long, default_value = "365d")]
+        ttl: String,
+        /// Where to write it (readable by its owner only); `-` prints it.
+        #[arg(short, long, default_value = "-")]
+        output: PathBuf,
+    },
+    /// List the admin credentials and when they expire.
+    List,
+    /// Revoke an admin credential at once.
+    Delete { name: String },
+}
+
+#[derive(serde::Deserialize)]
+struct CredentialInfo {
+    name: String,
+    expires: String,
+}
+
+/// Asks the controller to certify a new key as admin credential `name`.
+async fn issue(
+    client: &Client,
+    base: &Credentials,
+    name: &str,
+    ttl_secs: u64,
+) -> Result<Credentials> {
+    let key = new_key()?;
+    let req = Request::IssueCredential {
+        name: name.to_string(),
+        ttl_secs,
+        csr_pem: csr_for(&key, name)?,
+    };
+    match call(client, &req).await? {
+        Response::Joined {
+            cert_pem, ca_pem, ..
+        } => Ok(Credentials {
+            server: base.server.clone(),
+            certificate_authority: ca_pem,
+            client_certificate: cert_pem,
+            client_key: key,
+            peer_certificate_authority: None,
+        }),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let client = connect(&args.client).await?;
+    let base = Credentials::load(&config_path(&args.client))?;
+    match args.command {
+        CredentialsCommand::Create { name, ttl, output } => {
+            let ttl = super::rollout::parse_duration(&ttl).context("--ttl")?;
+            let creds = issue(&client, &base, &name, ttl.as_secs()).await?;
+            if output.as_os_str() == "-" {
+                print!("{}", serde_yaml::to_string(&creds)?);
+            } else {
+                creds.save(&output)?;
+                eprintln!("credential {name} written to {}", output.display());
+            }
+        }
+        CredentialsCommand::List => match call(&client, &Request::ListCredentials).await? {
+            Response::Json(json) => {
+                let list: Vec<CredentialInfo> = serde_json::from_slice(&json)?;
+                println!("{:<24} EXPIRES", "NAME");
+                for c in list {
+                    println!("{:<24} {}", c.name, c.expires);
+                }
+            }
+            other => bail!("unexpected answer: {other:?}"),
+        },
+        CredentialsCommand::Delete { name } => {
+            call(&client, &Request::DeleteCredential { name: name.clone() }).await?;
+            println!("credential {name} revoked");
+        }
+    }
+    client.close().await;
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct CertArgs {
+    #[command(subcommand)]
+    command: CertCommand,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(clap::Subcommand)]
+enum CertCommand {
+    /// Replace the key and certificate of the credential in use (the file from --config):
+    /// the old one stops working at once.
+    Rotate {
+        /// How long the new certificate is valid.
+        #[arg(long, default_value = "365d")]
+        ttl: String,
+    },
+}
+
+pub async fn run_cert(args: CertArgs) -> Result<()> {
+    let CertCommand::Rotate { ttl } = args.command;
+    let path = config_path(&args.client);
+    let base = Credentials::load(&path)?;
+    let client = connect(&args.client).await?;
+    let name = match call(&client, &Request::WhoAmI).await? {
+        Response::Identity(who) => match who.strip_prefix("admin ") {
+            Some(n) => n.trim_matches('"').to_string(),
+            None => bail!("{} is not an admin credential ({who})", path.display()),
+        },
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    let ttl = super::rollout::parse_duration(&ttl).context("--ttl")?;
+    let creds = issue(&client, &base, &name, ttl.as_secs()).await?;
+    client.close().await;
+    creds.save(&path)?;
+    println!(
+        "credential {name} rotated: {} holds the new key",
+        path.display()
+    );
+    Ok(())
+}
