@@ -34,6 +34,8 @@ const ANONYMOUS_TOTAL: usize = 256;
 /// Bytes an authenticated connection may have in flight to the controller (the endpoint
 /// grants anonymous ones only the small default of [`shoal_transport::quic`]).
 const AUTHENTICATED_WINDOW: u32 = 64 << 20;
+/// How long a connection whose certificate was just revoked may finish what it has in flight.
+const REVOKED_GRACE: Duration = Duration::from_secs(2);
 /// How long a node's established session has to answer before a new session of the same node
 /// takes its place (after an agent restart, the old connection is dead but not yet timed out).
 const SESSION_PROBE: Duration = Duration::from_secs(2);
@@ -403,6 +405,13 @@ async fn serve_connection(
                 if recheck {
                     if let Err(e) = service.authenticate(claimed.clone(), key.as_deref()) {
                         tracing::info!(identity = %claimed, "closing the connection of a revoked certificate");
+                        // What is in flight (the answer to a rotation on this very
+                        // connection) ends first, briefly; every new request is refused.
+                        let _ = tokio::time::timeout(
+                            REVOKED_GRACE,
+                            limit.acquire_many(streams as u32),
+                        )
+                        .await;
                         refuse(&conn, &e.message);
                         break;
                     }
@@ -703,7 +712,13 @@ impl Stream {
                 return;
             }
         };
-        if let (Request::PutNode { .. }, Identity::Node(n)) = (&request, &who) {
+        if let (Request::PutNode { object }, Identity::Node(n)) = (&request, &who) {
+            // What the node may not write at all is refused before it can claim a session.
+            if let Err(e) = self.service.admit_node(n, object) {
+                let _ = send_response(&mut send, &Response::Error(e.into())).await;
+                let _ = send.finish();
+                return;
+            }
             if let Err(why) = self.links.claim(n, &self.conn).await {
                 tracing::warn!(node = %n, remote = %self.conn.remote_address(), "{why}");
                 let _ = send_response(&mut send, &error(ErrorCode::Conflict, why)).await;

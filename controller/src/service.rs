@@ -694,20 +694,7 @@ impl Service {
     /// Creates or refreshes a node's own Node: its labels and status come from the node; its
     /// spec (cordon, taints) stays what the admins made it.
     async fn put_node(&self, me: &str, bytes: &[u8]) -> Result<Response> {
-        let mut obj = Object::from_json(bytes)?;
-        obj.normalize();
-        if obj.kind() != Kind::Node || obj.name() != me {
-            return Err(Error::Forbidden(format!(
-                "node {me:?} may only write its own Node"
-            )));
-        }
-        let errors = validate(&obj);
-        if !errors.is_empty() {
-            let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            return Err(Error::Invalid(list.join("; ")));
-        }
-        shoal_api::node_restriction::check_node_labels(me, &obj.metadata().labels)
-            .map_err(Error::Forbidden)?;
+        let obj = self.admit_node(me, bytes)?;
         let key = ObjectKey::of(&obj);
         for _ in 0..5 {
             let result = match self.store.get(&key)? {
@@ -800,6 +787,26 @@ impl Service {
             }
         }
         Err(Error::Conflict(format!("node {name:?} kept changing")))
+    }
+
+    /// The Node a node writes about itself, if it may write it (NodeRestriction): its own,
+    /// valid, with only the labels a node may set.
+    pub fn admit_node(&self, me: &str, bytes: &[u8]) -> Result<Object> {
+        let mut obj = Object::from_json(bytes)?;
+        obj.normalize();
+        if obj.kind() != Kind::Node || obj.name() != me {
+            return Err(Error::Forbidden(format!(
+                "node {me:?} may only write its own Node"
+            )));
+        }
+        let errors = validate(&obj);
+        if !errors.is_empty() {
+            let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            return Err(Error::Invalid(list.join("; ")));
+        }
+        shoal_api::node_restriction::check_node_labels(me, &obj.metadata().labels)
+            .map_err(Error::Forbidden)?;
+        Ok(obj)
     }
 
     /// A pod range no node holds yet; `None` (pods get no address) when the range is full.

@@ -334,22 +334,39 @@ impl Client {
 
     /// Sends `req` and returns the single response.
     pub async fn call(&self, req: &Request) -> Result<Response> {
-        let mut s = self.stream(req).await?;
-        s.next()
-            .await?
-            .ok_or_else(|| Error::Stream("the server closed the stream without answering".into()))
+        let answer = async {
+            let mut s = self.stream(req).await?;
+            s.next().await?.ok_or_else(|| {
+                Error::Stream("the server closed the stream without answering".into())
+            })
+        };
+        answer.await.map_err(|e| self.why(e))
     }
 
     /// Sends `req` and returns the stream of responses (for watches and logs).
     pub async fn stream(&self, req: &Request) -> Result<ResponseStream> {
-        let (mut send, recv) = self
-            .conn
-            .open_bi()
-            .await
-            .map_err(|e| Error::Connection(e.to_string()))?;
-        frame::write(&mut send, req).await?;
-        send.finish().map_err(|e| Error::Stream(e.to_string()))?;
-        Ok(ResponseStream { recv, _send: send })
+        let opened = async {
+            let (mut send, recv) = self
+                .conn
+                .open_bi()
+                .await
+                .map_err(|e| Error::Connection(e.to_string()))?;
+            frame::write(&mut send, req).await?;
+            send.finish().map_err(|e| Error::Stream(e.to_string()))?;
+            Ok(ResponseStream { recv, _send: send })
+        };
+        opened.await.map_err(|e| self.why(e))
+    }
+
+    /// A stream error as the reason the connection closed, when it did: the server says why
+    /// it closed it (a revoked certificate, say), which "connection lost" would hide.
+    fn why(&self, e: Error) -> Error {
+        match (&e, self.conn.close_reason()) {
+            (Error::Stream(_) | Error::Connection(_), Some(reason)) => {
+                Error::Connection(reason.to_string())
+            }
+            _ => e,
+        }
     }
 
     pub async fn close(self) {

@@ -1,0 +1,585 @@
+//! Attacks: what a thief with one device's data dir (its node.conf and key) or a join token
+//! tries, against the real binary on loopback with real certificates. Each finding of the
+//! security review is an attack here that must now fail, with the error asserted; beside them,
+//! the honest path (joins, renewals, controller restarts, admin credentials) keeps working.
+
+mod kit;
+
+use kit::{field, Agent, Cluster, Controller};
+use shoal_transport::proto::{ErrorCode, Request, Response};
+use shoal_transport::{Client, Credentials, JoinToken};
+use std::time::Duration;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// What a thief takes from a device: its credential file.
+fn stolen(agent: &Agent) -> Credentials {
+    Credentials::load(&agent.dir.join("node.conf")).expect("node.conf")
+}
+
+fn bootstrap_token(c: &Cluster) -> JoinToken {
+    let t = std::fs::read_to_string(c.controller.dir.join("token")).expect("token");
+    JoinToken::parse(&t).expect("token parses")
+}
+
+/// One request with `creds`; a refused connection counts as an error answer.
+async fn ask(creds: &Credentials, req: &Request) -> Result<Response, String> {
+    let client = Client::connect(creds).await.map_err(|e| e.to_string())?;
+    let r = client.call(req).await.map_err(|e| e.to_string());
+    client.close().await;
+    r
+}
+
+#[track_caller]
+fn refused(answer: Result<Response, String>, code: ErrorCode, words: &str) {
+    match answer {
+        Ok(Response::Error(e)) => {
+            assert_eq!(e.code, code, "{}", e.message);
+            assert!(e.message.contains(words), "{:?} lacks {words:?}", e.message);
+        }
+        other => panic!("expected {code:?} ({words}), got {other:?}"),
+    }
+}
+
+fn get(kind: &str, ns: Option<&str>, name: &str) -> Request {
+    Request::Get {
+        kind: kind.into(),
+        namespace: ns.map(str::to_string),
+        name: name.into(),
+    }
+}
+
+fn node_object(name: &str, labels: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": labels}}))
+    .unwrap()
+}
+
+/// Finding 1: a node's certificates can never serve as the controller, and no node may be
+/// named like it.
+#[test]
+fn a_node_can_never_serve_as_the_controller() {
+    let c = Cluster::start(1);
+    let token = bootstrap_token(&c);
+    rt().block_on(async {
+        let (_, csr_pem) = shoal_transport::pki::node_key_and_csr("x").unwrap();
+        for name in ["shoal-controller", "localhost", "127.0.0.1"] {
+            let anon = Client::connect_with_token(&c.controller.addr, &token)
+                .await
+                .expect("anonymous connection");
+            let answer = anon
+                .call(&Request::Join {
+                    secret: token.secret.clone(),
+                    node_name: name.into(),
+                    csr_pem: csr_pem.clone(),
+                })
+                .await
+                .map_err(|e| e.to_string());
+            refused(answer, ErrorCode::Invalid, "reserved");
+        }
+
+        // The certificate a node serves its peers with comes from the peer CA: a fake
+        // controller holding one is refused by the admin's client.
+        let node = stolen(&c.agents[0]);
+        let (key_pem, csr_pem) = shoal_transport::pki::node_key_and_csr("node-1").unwrap();
+        let (cert_pem, ca_pem, peer_ca_pem) = match ask(&node, &Request::PeerCert { csr_pem }).await
+        {
+            Ok(Response::Joined {
+                cert_pem,
+                ca_pem,
+                peer_ca_pem,
+            }) => (cert_pem, ca_pem, peer_ca_pem),
+            other => panic!("{other:?}"),
+        };
+        assert_ne!(
+            ca_pem, peer_ca_pem,
+            "nodes' serving certificates have their own signer"
+        );
+        let issued = shoal_transport::pki::Issued { cert_pem, key_pem };
+        let fake = shoal_transport::Server::bind_peer(
+            "127.0.0.1:0".parse().unwrap(),
+            &ca_pem,
+            &peer_ca_pem,
+            &issued,
+        )
+        .expect("fake controller");
+        let mut admin = c.controller.credentials();
+        admin.server = fake.local_addr().unwrap().to_string();
+        let accept = tokio::spawn(async move {
+            if let Some(incoming) = fake.accept().await {
+                let _ = incoming.await;
+            }
+        });
+        let err = Client::connect(&admin)
+            .await
+            .err()
+            .expect("the admin's client must refuse a node's certificate as the controller");
+        assert!(err.to_string().contains("certificate"), "{err}");
+        accept.abort();
+        // The real controller is still trusted.
+        assert!(matches!(
+            ask(&c.controller.credentials(), &Request::WhoAmI).await,
+            Ok(Response::Identity(_))
+        ));
+    });
+}
+
+/// Finding 2: a name belongs to the first device that joined with it; tokens expire, are
+/// used up, are deleted, and are never logged.
+#[test]
+fn names_are_bound_to_keys_and_tokens_expire_are_used_up_and_deleted() {
+    let c = Cluster::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    // Every Raspberry Pi boots as `raspberrypi`: the second one is told, not let in.
+    let mut second = Agent::start(&c.controller, "node-1", &dir.path().join("thief"));
+    second.wait_exit(Duration::from_secs(30)).expect("refused");
+    assert!(
+        second.log().contains("already taken by another device"),
+        "{}",
+        second.log()
+    );
+
+    let create = |args: &[&str]| {
+        let mut all = vec!["token", "create"];
+        all.extend_from_slice(args);
+        c.shoal(&all).ok().trim().to_string()
+    };
+    let once = create(&["--usages", "1", "--description", "one device"]);
+    let brief = create(&["--ttl", "1s"]);
+    let deleted = create(&[]);
+    let id = &JoinToken::parse(&deleted).unwrap().secret[..8];
+    c.shoal(&["token", "delete", id]).ok();
+
+    let ok = Agent::start_with_token(&c.controller, "pi-a", &dir.path().join("a"), &once);
+    c.wait_for("pi-a joined", Duration::from_secs(30), |_| {
+        ok.dir.join("node.conf").exists()
+    });
+    std::thread::sleep(Duration::from_millis(1500)); // the 1s token's life runs out
+    for (name, token, why) in [
+        ("pi-b", &once, "used up (1 of 1 joins)"),
+        ("pi-c", &brief, "expired"),
+        ("pi-d", &deleted, "not valid for this cluster"),
+    ] {
+        let mut a = Agent::start_with_token(&c.controller, name, &dir.path().join(name), token);
+        a.wait_exit(Duration::from_secs(30)).expect("refused");
+        assert!(a.log().contains(why), "{name}: {}", a.log());
+    }
+    let list = c.shoal(&["token", "list"]).ok();
+    assert!(
+        list.contains("1/1") && list.contains("one device"),
+        "{list}"
+    );
+    for token in [&once, &brief, &deleted] {
+        assert!(
+            !list.contains(token.as_str()),
+            "a token's secret was listed"
+        );
+    }
+    // The bootstrap token is in its file, not in the log.
+    let bootstrap = bootstrap_token(&c).to_string();
+    assert!(
+        !c.controller.log().contains(&bootstrap),
+        "the join token was logged"
+    );
+    assert!(!c.controller.log().contains(&bootstrap_token(&c).secret));
+}
+
+/// Finding 3: a node cannot claim another's hostname or an admin's label; labels an admin
+/// sets persist across heartbeats.
+#[test]
+fn a_node_cannot_choose_labels_that_attract_other_nodes_pods() {
+    let c = Cluster::start(2);
+    let dir = tempfile::tempdir().unwrap();
+    let mut spoof = Agent::start_with_args(
+        &c.controller,
+        "node-3",
+        &dir.path().join("node-3"),
+        bootstrap_token(&c).to_string().as_str(),
+        &["--labels", "kubernetes.io/hostname=node-1"],
+    );
+    spoof.wait_exit(Duration::from_secs(30)).expect("refused");
+    assert!(
+        spoof.log().contains("kubernetes.io/hostname"),
+        "{}",
+        spoof.log()
+    );
+
+    let thief = stolen(&c.agents[1]);
+    rt().block_on(async {
+        for (labels, words) in [
+            (
+                serde_json::json!({"kubernetes.io/hostname": "node-1"}),
+                "always the node's own name",
+            ),
+            (
+                serde_json::json!({"node-restriction.shoal.dev/db": "yes"}),
+                "may not set label",
+            ),
+            (
+                serde_json::json!({"node-role.kubernetes.io/control-plane": "true"}),
+                "may not set label",
+            ),
+        ] {
+            let req = Request::PutNode {
+                object: node_object("node-2", labels),
+            };
+            refused(ask(&thief, &req).await, ErrorCode::Forbidden, words);
+        }
+    });
+
+    c.shoal(&[
+        "label",
+        "node",
+        "node-1",
+        "node-restriction.shoal.dev/db=yes",
+        "zone=a",
+    ])
+    .ok();
+    c.shoal(&["taint", "node", "node-2", "dedicated=db:NoSchedule"])
+        .ok();
+    // Two heartbeats later, the admin's labels and taint are still there.
+    let beat = |n: &str| {
+        field(
+            &serde_json::from_str(&c.shoal(&["get", "node", n, "-o", "json"]).ok()).unwrap(),
+            "status.conditions.0.lastHeartbeatTime",
+        )
+    };
+    let first = beat("node-1");
+    c.wait_for("two heartbeats", Duration::from_secs(60), |_| {
+        beat("node-1") != first && beat("node-2") != first
+    });
+    let n1: serde_json::Value =
+        serde_json::from_str(&c.shoal(&["get", "node", "node-1", "-o", "json"]).ok()).unwrap();
+    assert_eq!(field(&n1, "metadata.labels.zone"), "a", "{n1}");
+    assert_eq!(n1["metadata"]["labels"]["kubernetes.io/hostname"], "node-1");
+    let n2: serde_json::Value =
+        serde_json::from_str(&c.shoal(&["get", "node", "node-2", "-o", "json"]).ok()).unwrap();
+    assert_eq!(field(&n2, "spec.taints.0.key"), "dedicated", "{n2}");
+    c.shoal(&["taint", "node", "node-2", "dedicated-"]).ok();
+    c.shoal(&["label", "node", "node-1", "zone-"]).ok();
+    let n1 = c.shoal(&["get", "node", "node-1", "-o", "json"]).ok();
+    assert!(!n1.contains("\"zone\""), "{n1}");
+}
+
+/// Finding 4: deleting a node revokes its certificate at once, on open connections too.
+#[test]
+fn a_deleted_nodes_certificate_is_refused_at_once() {
+    let c = Cluster::start(2);
+    c.apply(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: db}\nstringData: {password: hunter2}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: user}\nspec:\n  nodeName: node-2\n  runtimeClassName: wasm\n  containers:\n  - name: c\n    image: nothing:1\n    env: [{name: P, valueFrom: {secretKeyRef: {name: db, key: password}}}]\n",
+    );
+    let thief = stolen(&c.agents[1]);
+    rt().block_on(async {
+        // Before: the node reads the Secret its pod uses.
+        let secret = get("Secret", Some("default"), "db");
+        assert!(matches!(
+            ask(&thief, &secret).await,
+            Ok(Response::Object(_))
+        ));
+        let open = Client::connect(&thief).await.expect("connect");
+        c.shoal(&["delete", "node", "node-2"]).ok();
+        // An open connection is closed, a new one refused, a request on either answered
+        // with the reason.
+        match open.call(&secret).await {
+            Ok(Response::Error(e)) => {
+                assert_eq!(e.code, ErrorCode::Unauthenticated, "{}", e.message)
+            }
+            Ok(other) => panic!("a deleted node read {other:?}"),
+            Err(_) => {}
+        }
+        match ask(&thief, &secret).await {
+            Ok(Response::Error(e)) => {
+                assert_eq!(e.code, ErrorCode::Unauthenticated);
+                assert!(e.message.contains("revoked"), "{}", e.message);
+            }
+            Ok(other) => panic!("a deleted node read {other:?}"),
+            Err(e) => assert!(e.contains("revoked") || e.contains("closed"), "{e}"),
+        }
+    });
+    // The node's own agent says so, and does not come back.
+    c.wait_for(
+        "the agent told it is revoked",
+        Duration::from_secs(60),
+        |c| c.agents[1].log().contains("revoked"),
+    );
+    let nodes = c.shoal(&["get", "nodes"]).ok();
+    assert!(!nodes.contains("node-2"), "{nodes}");
+}
+
+/// Findings 5 and 6: tunnels reach pods, never a node's own services; a second session
+/// with a node's certificate neither takes over nor disturbs the agent's link.
+#[test]
+fn tunnels_reach_only_pods_and_a_nodes_session_is_its_own() {
+    let c = Cluster::start(2);
+    c.push_probe_component();
+    c.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  runtimeClassName: wasm\n  nodeSelector: {kubernetes.io/hostname: node-2}\n  containers:\n  - name: web\n    image: probe:2\n    args: [serve, \"8080\", hello]\n    ports: [{containerPort: 8080}]\n    resources: {requests: {cpu: 10m, memory: 16Mi}}\n",
+    );
+    c.wait_for("the wasm pod serving", Duration::from_secs(60), |c| {
+        c.shoal(&["logs", "web"])
+            .stdout()
+            .contains("serving on 8080")
+    });
+    let pod_ip = field(&c.pod("web"), "status.podIP");
+    // A service of node-2's own, on the address its wasm pod shares with it.
+    let console = std::net::TcpListener::bind((pod_ip.as_str(), 0)).expect("console");
+    let console_port = console.local_addr().unwrap().port();
+    let thief = stolen(&c.agents[0]);
+    rt().block_on(async {
+        let client = Client::connect(&thief).await.expect("connect");
+        let tunnel = |port: u16| Request::Tunnel {
+            node: "node-2".into(),
+            ip: pod_ip.clone(),
+            port,
+            udp: false,
+        };
+        refused(
+            client
+                .call(&tunnel(console_port))
+                .await
+                .map_err(|e| e.to_string()),
+            ErrorCode::Forbidden,
+            "only declared container ports and Service endpoints",
+        );
+        // The pod's declared port is reachable, as the service proxy needs.
+        let mut s = client.stream(&tunnel(8080)).await.expect("tunnel");
+        assert_eq!(s.next().await.expect("answer"), Some(Response::Ok));
+
+        // A second session with node-2's certificate is refused; `get` with it does not
+        // take the controller's link to node-2 either.
+        let twin = stolen(&c.agents[1]);
+        assert!(matches!(
+            ask(&twin, &get("Node", None, "node-2")).await,
+            Ok(Response::Object(_))
+        ));
+        let req = Request::PutNode {
+            object: node_object("node-2", serde_json::json!({})),
+        };
+        refused(
+            ask(&twin, &req).await,
+            ErrorCode::Conflict,
+            "already has a session",
+        );
+        client.close().await;
+    });
+    drop(console);
+    // The agent's link is undisturbed: logs are relayed from node-2 as before.
+    let logs = c.shoal(&["logs", "web"]).ok();
+    assert!(logs.contains("serving on 8080"), "{logs}");
+}
+
+/// Finding 7: clients without a certificate cost the controller little, however many
+/// connections and however large the frames they announce.
+#[test]
+fn an_anonymous_flood_leaves_the_controller_within_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = Controller::start(&dir.path().join("controller"));
+    let pid = ctl.pid().expect("pid");
+    let token = JoinToken::parse(
+        std::fs::read_to_string(ctl.dir.join("token"))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    let before = kit::rss_kib(pid);
+    let (opened, refused_conns) = rt().block_on(async {
+        let mut clients = Vec::new();
+        let (mut opened, mut refused_conns) = (0, 0);
+        for _ in 0..32 {
+            let Ok(client) = Client::connect_with_token(&ctl.addr, &token).await else {
+                refused_conns += 1;
+                continue;
+            };
+            for _ in 0..8 {
+                let Ok(Ok((mut send, _recv))) =
+                    tokio::time::timeout(Duration::from_millis(200), client.connection().open_bi())
+                        .await
+                else {
+                    break;
+                };
+                opened += 1;
+                let mut frame = (16u32 << 20).to_be_bytes().to_vec();
+                frame.extend(vec![0xAB; 4 << 20]);
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(300), send.write_all(&frame)).await;
+            }
+            clients.push(client);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let live = clients
+            .iter()
+            .filter(|c| c.connection().close_reason().is_none())
+            .count();
+        (opened, refused_conns + clients.len() - live)
+    });
+    let after = kit::rss_kib(pid);
+    let grown_mib = after.saturating_sub(before) as f64 / 1024.0;
+    println!(
+        "anonymous flood: 32 connections tried, {refused_conns} refused or closed, {opened} streams opened, controller RSS {before} KiB -> {after} KiB (+{grown_mib:.1} MiB)"
+    );
+    assert!(
+        refused_conns >= 32 - 4,
+        "only 4 anonymous connections per address are kept"
+    );
+    assert!(
+        grown_mib < 48.0,
+        "the controller grew {grown_mib:.1} MiB under an anonymous flood (bound: 48 MiB)"
+    );
+    // It still serves.
+    let who = ctl.shoal(&["get", "nodes"]);
+    who.ok();
+}
+
+/// Finding 8: a node's Events are bounded in size and rate, and kept out of other namespaces.
+#[test]
+fn event_floods_are_capped() {
+    let c = Cluster::start(1);
+    let thief = stolen(&c.agents[0]);
+    let started = std::time::Instant::now();
+    let (ok, limited) = rt().block_on(async {
+        let client = Client::connect(&thief).await.expect("connect");
+        let about = |ns: &str| {
+            serde_json::to_vec(&serde_json::json!({"kind": "Node", "name": "node-1",
+                "namespace": ns}))
+            .unwrap()
+        };
+        let (mut ok, mut limited) = (0, 0);
+        for i in 0..500 {
+            let req = Request::RecordEvent {
+                about: about("shoal-system"),
+                type_: "Warning".into(),
+                reason: "Flood".into(),
+                message: format!("{i} {}", "x".repeat(64 * 1024)),
+            };
+            match client.call(&req).await {
+                Ok(Response::Ok) => ok += 1,
+                Ok(Response::Error(e)) if e.code == ErrorCode::TooManyRequests => limited += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        let huge_reason = Request::RecordEvent {
+            about: about("default"),
+            type_: "Warning".into(),
+            reason: "R".repeat(4096),
+            message: "m".into(),
+        };
+        refused(
+            client.call(&huge_reason).await.map_err(|e| e.to_string()),
+            ErrorCode::BadRequest,
+            "at most 128 bytes",
+        );
+        client.close().await;
+        (ok, limited)
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "event flood: 500 sent in {elapsed:.1}s, {ok} recorded, {limited} refused as too many"
+    );
+    // A burst of 300, then 5 a second.
+    let most = 300 + (5.0 * elapsed).ceil() as usize + 1;
+    assert!(
+        ok <= most,
+        "{ok} recorded in {elapsed:.1}s: more than the {most} allowed"
+    );
+    assert_eq!(ok + limited, 500);
+    let system = c.shoal(&["get", "events", "-n", "shoal-system"]).ok();
+    assert!(
+        !system.contains("Flood"),
+        "a node wrote into shoal-system: {system}"
+    );
+    let all = c.shoal(&["get", "events", "-A", "-o", "json"]).ok();
+    let events: serde_json::Value = serde_json::from_str(&all).expect("events list");
+    let flood: Vec<&serde_json::Value> = events["items"]
+        .as_array()
+        .map(|a| a.iter().filter(|e| e["reason"] == "Flood").collect())
+        .unwrap_or_default();
+    assert!(!flood.is_empty());
+    for e in flood {
+        assert_eq!(e["metadata"]["namespace"], "default");
+        let m = e["message"].as_str().unwrap_or("");
+        assert!(
+            m.len() <= 1024,
+            "an event message of {} bytes was kept",
+            m.len()
+        );
+    }
+}
+
+/// The honest path: an agent renews its short-lived certificate without disturbing its
+/// pods and survives a controller restart with it; an admin issues a second credential,
+/// uses it, rotates it and revokes it.
+#[test]
+fn agents_renew_their_certificates_and_admins_manage_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let cdir = dir.path().join("controller");
+    let ctl = Controller::start_with_args(&cdir, &["--node-cert-ttl", "12s"]);
+    let token = std::fs::read_to_string(ctl.dir.join("token")).unwrap();
+    let agent = Agent::start_with_args(
+        &ctl,
+        "node-1",
+        &dir.path().join("agent-1"),
+        token.trim(),
+        &["--node-status-update-frequency", "1"],
+    );
+    let mut c = Cluster::adopt(ctl, vec![agent]);
+    c.wait_nodes_ready();
+    let cert = || stolen(&c.agents[0]).client_certificate;
+    let first = cert();
+    c.wait_for("a renewed certificate", Duration::from_secs(30), |_| {
+        cert() != first
+    });
+    assert!(c.agents[0].log().contains("renewed the node's certificate"));
+    // Past the first certificate's life, a restarted controller takes the renewed one.
+    std::thread::sleep(Duration::from_secs(2));
+    let addr = c.controller.addr.clone();
+    c.controller.kill9();
+    c.controller = Controller::start_listening(&cdir, &addr, &["--node-cert-ttl", "12s"]);
+    let ready = |c: &Cluster| {
+        c.shoal(&["get", "nodes"])
+            .stdout()
+            .lines()
+            .any(|l| l.starts_with("node-1 ") && l.split_whitespace().nth(1) == Some("Ready"))
+    };
+    std::thread::sleep(Duration::from_secs(13)); // every certificate of the first hour is gone
+    c.wait_for("node-1 Ready again", Duration::from_secs(60), ready);
+
+    // A second admin credential: used, rotated, revoked.
+    let ops = dir.path().join("ops.conf");
+    c.shoal(&[
+        "credentials",
+        "create",
+        "ops",
+        "--ttl",
+        "1h",
+        "-o",
+        ops.to_str().unwrap(),
+    ])
+    .ok();
+    let as_ops = |file: &std::path::Path, args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--config", file.to_str().unwrap()]);
+        c.shoal(&all)
+    };
+    assert!(as_ops(&ops, &["get", "nodes"]).ok().contains("node-1"));
+    let listed = c.shoal(&["credentials", "list"]).ok();
+    assert!(
+        listed.contains("ops") && listed.contains("admin"),
+        "{listed}"
+    );
+    let old = dir.path().join("ops-old.conf");
+    std::fs::copy(&ops, &old).unwrap();
+    as_ops(&ops, &["cert", "rotate"]).ok();
+    let err = as_ops(&old, &["get", "nodes"]).fails();
+    assert!(err.contains("revoked or rotated"), "{err}");
+    as_ops(&ops, &["get", "nodes"]).ok();
+    c.shoal(&["credentials", "delete", "ops"]).ok();
+    let err = as_ops(&ops, &["get", "nodes"]).fails();
+    assert!(err.contains("revoked"), "{err}");
+    // The first admin credential works throughout.
+    c.shoal(&["get", "nodes"]).ok();
+}
