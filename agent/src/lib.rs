@@ -14,6 +14,7 @@ pub mod ports;
 pub mod probe;
 pub mod proxy;
 pub mod registry;
+pub mod secret_volume;
 pub mod serve;
 pub mod supervisor;
 
@@ -83,7 +84,7 @@ pub const HEARTBEAT: Duration = Duration::from_secs(10);
 
 /// Runs the agent until `shutdown`; reconnects with jittered back-off when the link drops.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::io(&config.data_dir, e))?;
+    shoal_transport::pki::make_private_dir(&config.data_dir)?;
     let creds = join::NodeCredentials::load_or_join(&config).await?;
     let wasm = Arc::new(WasmRuntime::new(&config.data_dir.join("wasm-cache"))?);
     let runc = match shoal_runtime::oci::find_runc() {

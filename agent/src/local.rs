@@ -56,6 +56,7 @@ impl Local {
                 Database::create(&path).map_err(|e| local(&path, e))?
             }
         };
+        shoal_transport::pki::make_private_file(&path)?;
         let txn = db.begin_write().map_err(|e| local(&path, e))?;
         txn.open_table(OBJECTS).map_err(|e| local(&path, e))?;
         txn.commit().map_err(|e| local(&path, e))?;

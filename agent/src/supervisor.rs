@@ -803,8 +803,14 @@ async fn prepare(
         let path = if let Some(h) = &v.host_path {
             PathBuf::from(&h.path)
         } else {
-            let p = dir.join("volumes").join(&v.name);
-            std::fs::create_dir_all(&p).map_err(|e| {
+            let mut p = dir.join("volumes").join(&v.name);
+            let made = if v.secret.is_some() {
+                // A Secret's files never touch the node's disk.
+                crate::secret_volume::prepare(&p, &pod.metadata.uid, &v.name).map(|at| p = at)
+            } else {
+                std::fs::create_dir_all(&p)
+            };
+            made.map_err(|e| {
                 (
                     "CreateContainerConfigError".to_string(),
                     format!("volume {}: {e}", v.name),
@@ -1474,6 +1480,7 @@ async fn publish_host_ports(
 
 /// Removes what a pod had beside its containers: volumes, its network namespace and address.
 async fn remove_sandbox(inner: &Inner, pod: &Pod, dir: &std::path::Path) {
+    crate::secret_volume::release(&dir.join("volumes"), &pod.metadata.uid);
     let _ = std::fs::remove_dir_all(dir.join("volumes"));
     if uses_runc(pod) && !pod.spec.host_network {
         let name = netns_name(pod);

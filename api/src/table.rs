@@ -399,8 +399,38 @@ pub fn row(obj: &Object, now: DateTime<Utc>, wide: bool, all_namespaces: bool) -
     r
 }
 
-/// Aligns rows under a header with three spaces between columns, as kubectl does.
+/// `s` with control characters escaped, for a terminal: a string a node or a workload wrote
+/// (an event's message, a label, a log line) must not move the cursor, retitle the window or
+/// forge output (kubectl escapes them too, since CVE-2021-25743). Newlines and tabs pass when
+/// `keep_lines` is set.
+pub fn terminal_safe(s: &str, keep_lines: bool) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && !(keep_lines && (c == '\n' || c == '\t'));
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Aligns rows under a header with three spaces between columns, as kubectl does; control
+/// characters in cells are escaped ([`terminal_safe`]).
 pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|c| terminal_safe(c, false).into_owned())
+                .collect()
+        })
+        .collect();
+    let rows = &rows;
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, cell) in r.iter().enumerate() {
@@ -430,6 +460,20 @@ pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn control_characters_reach_the_terminal_escaped() {
+        assert_eq!(terminal_safe("plain text", false), "plain text");
+        assert_eq!(
+            terminal_safe("\x1b]0;pwned\x07red", false),
+            "\\u{1b}]0;pwned\\u{7}red"
+        );
+        assert_eq!(terminal_safe("a\nb\x1b[2J", true), "a\nb\\u{1b}[2J");
+        assert_eq!(terminal_safe("a\nb", false), "a\\nb");
+        let table = render(&["NAME"], &[vec!["evil\x1b[31m".into()]]);
+        assert!(!table.contains('\x1b'), "{table:?}");
+    }
+
     use super::*;
     use chrono::TimeZone;
 

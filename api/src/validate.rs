@@ -670,6 +670,14 @@ fn validate_pod_spec(e: &mut Errors, path: &str, s: &PodSpec) {
                     format!("must be an absolute path, got {:?}", m.mount_path),
                 );
             }
+            // Mounting the whole volume instead would expose more than asked (all of a
+            // hostPath instead of one file): refused until it is resolved symlink-safely.
+            if m.sub_path.as_deref().is_some_and(|s| !s.is_empty()) {
+                e.add(
+                    format!("{mp}.subPath"),
+                    "is not supported yet: mount the whole volume, or a hostPath of just the file",
+                );
+            }
         }
         for (field, probe) in [
             ("livenessProbe", &c.liveness_probe),

@@ -2,7 +2,7 @@
 //! credential and the join token, and serves the API over QUIC until shut down.
 
 use crate::artifacts::Artifacts;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::service::{Reply, Service};
 use crate::store::{Store, StoreConfig};
 use shoal_transport::pki::{Ca, JoinToken, ADMIN_ORG, DEFAULT_CERT_TTL};
@@ -170,9 +170,9 @@ pub struct Controller {
 impl Controller {
     pub async fn start(config: ControllerConfig) -> Result<Controller> {
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        shoal_transport::pki::make_private_dir(dir)?;
         let tls_dir = dir.join("tls");
-        std::fs::create_dir_all(&tls_dir).map_err(|e| Error::io(&tls_dir, e))?;
+        shoal_transport::pki::make_private_dir(&tls_dir)?;
         let ca = Arc::new(Ca::load_or_create(&tls_dir)?);
         let peer_ca = Arc::new(Ca::load_or_create_peer(&tls_dir)?);
         let store = Store::open(dir, config.store.clone())?;

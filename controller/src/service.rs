@@ -389,6 +389,34 @@ impl Service {
         }
     }
 
+    /// Refuses a wasm target the node did not report in its own status.
+    fn check_reported_target(
+        &self,
+        node: &str,
+        target: &shoal_api::WasmTarget,
+    ) -> std::result::Result<(), WireError> {
+        let key = ObjectKey::new(Kind::Node, None, node);
+        let reported = self
+            .store
+            .get(&key)?
+            .and_then(|o| o.into_typed::<shoal_api::Node>().ok())
+            .and_then(|n| n.status)
+            .is_some_and(|s| {
+                s.runtime_handlers
+                    .iter()
+                    .any(|h| h.wasm_target.as_ref() == Some(target))
+            });
+        if reported {
+            Ok(())
+        } else {
+            Err(forbidden(format!(
+                "node {node:?} asked for code compiled for {} ({}), which it did not report: a node gets code only for its own target",
+                target.triple,
+                target.features.join(",")
+            )))
+        }
+    }
+
     fn node_uses(&self, node: &str, kind: Kind, namespace: &str, name: &str) -> bool {
         self.store
             .list(Kind::Pod, Some(namespace))
@@ -568,6 +596,10 @@ impl Service {
                 target,
                 offset,
             } => {
+                if let Identity::Node(me) = who {
+                    // Compiling costs the controller CPU: only for what the node runs on.
+                    self.check_reported_target(me, &target)?;
+                }
                 let blob = self.precompiled.get(&reference, &target).await?;
                 if offset > blob.size {
                     return Err(bad_request(format!(

@@ -61,7 +61,11 @@ pub async fn run(args: Args) -> Result<()> {
         _ => Vec::new(),
     };
     client.close().await;
-    print!("{}", render(&obj, &events));
+    // What nodes and workloads wrote (event messages, labels) is escaped for the terminal.
+    print!(
+        "{}",
+        shoal_api::table::terminal_safe(&render(&obj, &events), true)
+    );
     Ok(())
 }
 

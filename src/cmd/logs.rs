@@ -45,9 +45,17 @@ pub async fn run(args: Args) -> Result<()> {
     };
     let mut stream = client.stream(&req).await?;
     let mut out = std::io::stdout();
+    // To a terminal, a container's escape sequences are shown, not obeyed; to a pipe or a
+    // file, its bytes go as they are.
+    let terminal = std::io::IsTerminal::is_terminal(&out);
     while let Some(r) = stream.next().await? {
         if let Response::Chunk(bytes) = check(r)? {
-            out.write_all(&bytes)?;
+            if terminal {
+                let text = String::from_utf8_lossy(&bytes);
+                out.write_all(shoal_api::table::terminal_safe(&text, true).as_bytes())?;
+            } else {
+                out.write_all(&bytes)?;
+            }
             out.flush()?;
         }
     }

@@ -78,7 +78,7 @@ pub async fn run(args: Args) -> Result<()> {
                         t.id,
                         t.expires.as_deref().unwrap_or("never"),
                         used,
-                        crate::cmd::safe(&t.description)
+                        shoal_api::table::terminal_safe(&t.description, false)
                     );
                 }
             }

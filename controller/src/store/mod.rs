@@ -198,6 +198,8 @@ impl Store {
             .set_cache_size(config.cache_bytes)
             .create(&path)
             .map_err(|e| Error::store(format!("opening {}", path.display()), e))?;
+        shoal_transport::pki::make_private_file(&path)
+            .map_err(|e| Error::store("securing the store file", e))?;
         let db = Arc::new(db);
         let revision = writer::initialize(&db, &cipher)?;
         let revision = Arc::new(AtomicU64::new(revision));

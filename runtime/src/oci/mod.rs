@@ -13,6 +13,7 @@ pub mod collect;
 pub mod image;
 pub mod layer;
 pub mod netns;
+pub mod seccomp;
 pub mod spec;
 
 use crate::error::{Error, Result};

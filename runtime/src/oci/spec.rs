@@ -70,56 +70,6 @@ const ALL_CAPABILITIES: [&str; 41] = [
     "CAP_CHECKPOINT_RESTORE",
 ];
 
-/// Syscalls the default seccomp profile refuses with EPERM: those Docker's default profile
-/// leaves out for containers without extra capabilities (kernel modules, mounts, clocks,
-/// reboot, tracing other processes, keyrings, namespaces, BPF, ...). Everything else is allowed.
-const BLOCKED_SYSCALLS: [&str; 44] = [
-    "acct",
-    "add_key",
-    "bpf",
-    "clock_adjtime",
-    "clock_settime",
-    "create_module",
-    "delete_module",
-    "finit_module",
-    "get_kernel_syms",
-    "get_mempolicy",
-    "init_module",
-    "ioperm",
-    "iopl",
-    "kcmp",
-    "kexec_file_load",
-    "kexec_load",
-    "keyctl",
-    "lookup_dcookie",
-    "mbind",
-    "mount",
-    "move_pages",
-    "name_to_handle_at",
-    "nfsservctl",
-    "open_by_handle_at",
-    "perf_event_open",
-    "pivot_root",
-    "process_vm_readv",
-    "process_vm_writev",
-    "ptrace",
-    "query_module",
-    "quotactl",
-    "reboot",
-    "request_key",
-    "set_mempolicy",
-    "setns",
-    "settimeofday",
-    "swapon",
-    "swapoff",
-    "sysfs",
-    "umount2",
-    "unshare",
-    "uselib",
-    "userfaultfd",
-    "ustat",
-];
-
 const MASKED_PATHS: [&str; 10] = [
     "/proc/acpi",
     "/proc/asound",
@@ -220,19 +170,6 @@ fn capabilities(container: &ContainerSpec) -> Vec<String> {
     caps
 }
 
-fn seccomp() -> Value {
-    json!({
-        "defaultAction": "SCMP_ACT_ALLOW",
-        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32",
-                          "SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
-        "syscalls": [{
-            "names": BLOCKED_SYSCALLS.as_slice(),
-            "action": "SCMP_ACT_ERRNO",
-            "errnoRet": 1
-        }]
-    })
-}
-
 /// Who the process runs as: uid, gid and supplementary groups, already resolved.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct User {
@@ -322,7 +259,7 @@ pub fn runtime_spec(
     if !s.privileged {
         linux["maskedPaths"] = json!(MASKED_PATHS.as_slice());
         linux["readonlyPaths"] = json!(READONLY_PATHS.as_slice());
-        linux["seccomp"] = seccomp();
+        linux["seccomp"] = super::seccomp::profile();
     }
     let hostname = (container.network != Network::Host).then(|| container.hostname.clone());
     let mut spec = json!({
@@ -486,9 +423,10 @@ mod tests {
                 .map(Vec::len),
             Some(14)
         );
+        assert_eq!(s["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
         assert!(s["linux"]["seccomp"]["syscalls"][0]["names"]
             .as_array()
-            .is_some_and(|n| n.iter().any(|x| x == "mount")));
+            .is_some_and(|n| !n.iter().any(|x| x == "mount") && n.iter().any(|x| x == "read")));
         assert_eq!(s["linux"]["resources"]["memory"]["limit"], 64u64 << 20);
         assert_eq!(s["linux"]["resources"]["cpu"]["quota"], 50_000);
         assert_eq!(s["linux"]["resources"]["cpu"]["shares"], 256);

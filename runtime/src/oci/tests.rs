@@ -209,3 +209,27 @@ async fn runc_runs_from_a_copied_root_when_there_is_no_overlayfs() {
         "{log}"
     );
 }
+
+/// The default profile is an allow-list: a container cannot make namespaces (clone's flags are
+/// masked, unshare is not on the list) or mount, even as root inside it.
+#[tokio::test]
+async fn runc_the_default_seccomp_profile_keeps_a_container_from_namespaces_and_mounts() {
+    let Some(runc) = runc_or_skip(
+        "runc_the_default_seccomp_profile_keeps_a_container_from_namespaces_and_mounts",
+    ) else {
+        return;
+    };
+    let f = Fixture::new(runc);
+    let script = "unshare -U true && echo unshare-ok; unshare -n true && echo netns-ok; \
+                  mount -t tmpfs none /tmp && echo mount-ok; echo plain-ok";
+    let h =
+        f.rt.run(f.spec("seccomp", &["sh", "-c", script]))
+            .expect("start");
+    assert_eq!(h.wait().await.reason, ExitReason::Completed);
+    let log = f.log("seccomp");
+    assert!(log.contains("plain-ok"), "{log}");
+    for escaped in ["unshare-ok", "netns-ok", "mount-ok"] {
+        assert!(!log.contains(escaped), "{escaped}: {log}");
+    }
+    assert!(log.contains("Operation not permitted"), "{log}");
+}

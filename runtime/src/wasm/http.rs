@@ -67,8 +67,19 @@ struct Shared {
     engine: Engine,
     pre: ProxyPre<State>,
     spec: ContainerSpec,
-    stop: Arc<AtomicBool>,
+    /// Requests being handled at once (each is an instance on a blocking thread).
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
+
+/// Connections one served pod holds open at most; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 256;
+/// Requests one served pod handles at once; more wait their turn (within their timeout).
+const MAX_IN_FLIGHT: usize = 32;
+/// How long a client has to send a request's headers.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a request may take, waiting its turn included; then the guest is stopped and the
+/// client told.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Serves `component` on the container's port until the handle is stopped.
 pub fn serve(engine: &Engine, component: &Component, spec: ContainerSpec) -> Result<Handle> {
@@ -102,19 +113,17 @@ pub fn serve(engine: &Engine, component: &Component, spec: ContainerSpec) -> Res
     let listener = std::net::TcpListener::bind(("0.0.0.0", port))
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|e| start_err(format!("cannot listen on port {port}: {e}")))?;
-    let stop = Arc::new(AtomicBool::new(false));
     let (stopping, mut stopped) = tokio::sync::watch::channel(false);
-    let flag = stop.clone();
     let (handle, exit) = Handle::new(move |_grace, _exit| {
-        flag.store(true, Ordering::Relaxed);
         let _ = stopping.send(true);
     });
     let shared = Arc::new(Shared {
         engine: engine.clone(),
         pre,
         spec,
-        stop,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
     });
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     runtime.spawn(async move {
         let listener = match tokio::net::TcpListener::from_std(listener) {
             Ok(l) => l,
@@ -129,6 +138,13 @@ pub fn serve(engine: &Engine, component: &Component, spec: ContainerSpec) -> Res
         };
         tracing::info!(container = %shared.spec.id, port, "serving the wasi:http component");
         loop {
+            let permit = tokio::select! {
+                _ = stopped.changed() => break,
+                p = connections.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
             let (conn, _) = tokio::select! {
                 _ = stopped.changed() => break,
                 a = listener.accept() => match a {
@@ -138,17 +154,25 @@ pub fn serve(engine: &Engine, component: &Component, spec: ContainerSpec) -> Res
             };
             let (shared, mut stopped) = (shared.clone(), stopped.clone());
             tokio::spawn(async move {
+                let on_stop = stopped.clone();
                 let service = hyper::service::service_fn(move |req| {
-                    let shared = shared.clone();
-                    async move { Ok::<_, std::convert::Infallible>(handle_request(shared, req).await) }
+                    let (shared, on_stop) = (shared.clone(), on_stop.clone());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            handle_request(shared, req, on_stop).await,
+                        )
+                    }
                 });
                 let serving = hyper::server::conn::http1::Builder::new()
                     .keep_alive(true)
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
                     .serve_connection(hyper_util::rt::TokioIo::new(conn), service);
                 tokio::select! {
                     _ = stopped.changed() => {}
                     _ = serving => {}
                 }
+                drop(permit);
             });
         }
         exit.send(Exit {
@@ -174,6 +198,41 @@ fn plain(status: u16, text: String) -> hyper::Response<HyperOutgoingBody> {
 async fn handle_request(
     shared: Arc<Shared>,
     req: hyper::Request<hyper::body::Incoming>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> hyper::Response<HyperOutgoingBody> {
+    let started = tokio::time::Instant::now();
+    let Ok(Ok(_turn)) =
+        tokio::time::timeout(REQUEST_TIMEOUT, shared.in_flight.clone().acquire_owned()).await
+    else {
+        return plain(503, "the component is busy: try again\n".into());
+    };
+    // This request's guest stops at its deadline or when the pod stops, whichever is first.
+    let halt = Arc::new(AtomicBool::new(false));
+    let halting = {
+        let halt = halt.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stopped.changed() => {}
+                _ = tokio::time::sleep_until(started + REQUEST_TIMEOUT) => {}
+            }
+            halt.store(true, Ordering::Relaxed);
+        })
+    };
+    let response = handle_instance(shared, req, halt).await;
+    halting.abort();
+    if started.elapsed() >= REQUEST_TIMEOUT {
+        return plain(
+            504,
+            format!("the component did not answer within {REQUEST_TIMEOUT:?}\n"),
+        );
+    }
+    response
+}
+
+async fn handle_instance(
+    shared: Arc<Shared>,
+    req: hyper::Request<hyper::body::Incoming>,
+    halt: Arc<AtomicBool>,
 ) -> hyper::Response<HyperOutgoingBody> {
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let task = tokio::task::spawn_blocking(move || -> wasmtime::Result<()> {
@@ -190,7 +249,7 @@ async fn handle_request(
             },
         );
         store.limiter(|s| &mut s.limits);
-        install_epoch_callback(&mut store, shared.stop.clone(), spec.cpu_limit_millis);
+        install_epoch_callback(&mut store, halt, spec.cpu_limit_millis);
         let req = store
             .data_mut()
             .http()

@@ -105,12 +105,27 @@ pub(crate) fn socket_allowed(
     }
 }
 
+/// The memory a wasm pod gets when it sets no limit: a guest never runs unbounded inside the
+/// agent's process.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 256 << 20;
+/// Bytes one table element is counted as against the memory limit (a function reference is
+/// a pointer, with the bookkeeping around it).
+const TABLE_ELEMENT_BYTES: u64 = 16;
+
+/// What one instance of a guest may take: linear memory up to the pod's limit (or
+/// [`DEFAULT_MEMORY_LIMIT`]), tables counted against the same limit, and a bounded number of
+/// instances, tables and memories (a component is a few dozen core instances at most).
 pub(super) fn limits(spec: &ContainerSpec) -> StoreLimits {
-    let mut b = StoreLimitsBuilder::new().trap_on_grow_failure(true);
-    if let Some(bytes) = spec.memory_limit {
-        b = b.memory_size(usize::try_from(bytes).unwrap_or(usize::MAX));
-    }
-    b.build()
+    let bytes = spec.memory_limit.unwrap_or(DEFAULT_MEMORY_LIMIT);
+    let size = |b: u64| usize::try_from(b).unwrap_or(usize::MAX);
+    StoreLimitsBuilder::new()
+        .trap_on_grow_failure(true)
+        .memory_size(size(bytes))
+        .table_elements(size(bytes / TABLE_ELEMENT_BYTES))
+        .instances(1000)
+        .tables(1000)
+        .memories(100)
+        .build()
 }
 
 /// Stops the guest when asked, and holds it to its CPU share: after running for a slice, it
@@ -180,6 +195,14 @@ fn classify(result: wasmtime::Result<Result<(), ()>>, stopped: bool) -> Exit {
                     code: KILLED_EXIT,
                     reason: ExitReason::OOMKilled,
                     message: Some("linear memory limit reached".into()),
+                }
+            } else if text.contains("forcing trap when growing table") {
+                Exit {
+                    code: KILLED_EXIT,
+                    reason: ExitReason::OOMKilled,
+                    message: Some(
+                        "table limit reached (tables count against the memory limit)".into(),
+                    ),
                 }
             } else {
                 Exit {

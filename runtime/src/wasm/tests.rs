@@ -25,6 +25,11 @@ const SPIN: &str =
 const HOG: &str = r#"(module (memory (export "memory") 1)
   (func (export "_start") (loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))))"#;
 
+/// Grows a table of function references until refused: tables live outside linear memory,
+/// and once took the agent past 1 GB under a 32Mi limit.
+const TABLE_HOG: &str = r#"(module (memory (export "memory") 1) (table 1 funcref)
+  (func (export "_start") (loop $l (br_if $l (i32.ne (table.grow (ref.null func) (i32.const 65536)) (i32.const -1))))))"#;
+
 const TRAP: &str = r#"(module (memory (export "memory") 1) (func (export "_start") unreachable))"#;
 
 struct Fixture {
@@ -105,6 +110,24 @@ async fn going_past_the_memory_limit_is_an_oom_kill_and_the_runtime_survives() {
         .wait()
         .await;
     assert_eq!(exit.code, 3);
+}
+
+#[tokio::test]
+async fn growing_a_table_past_the_memory_limit_is_an_oom_kill() {
+    let f = Fixture::new();
+    let mut spec = f.spec("table-hog", TABLE_HOG);
+    spec.memory_limit = Some(32 << 20);
+    let exit = f.runtime.start(spec).unwrap().wait().await;
+    assert_eq!(exit.reason, ExitReason::OOMKilled, "{exit:?}");
+    assert!(exit.message.unwrap_or_default().contains("table limit"));
+    // With no limit of its own, the default bounds it all the same.
+    let exit = f
+        .runtime
+        .start(f.spec("table-hog-2", TABLE_HOG))
+        .unwrap()
+        .wait()
+        .await;
+    assert_eq!(exit.reason, ExitReason::OOMKilled, "{exit:?}");
 }
 
 #[tokio::test]
