@@ -473,6 +473,15 @@ fn event_floods_are_capped() {
             ErrorCode::BadRequest,
             "at most 128 bytes",
         );
+        // A message that would retitle the admin's terminal and clear its screen.
+        let escape = Request::RecordEvent {
+            about: about("default"),
+            type_: "Warning".into(),
+            reason: "Escape".into(),
+            message: "look \x1b]0;pwned\x07\x1b[2J here".into(),
+        };
+        tokio::time::sleep(Duration::from_millis(400)).await; // a token for it
+        assert_eq!(client.call(&escape).await.ok(), Some(Response::Ok));
         client.close().await;
         (ok, limited)
     });
@@ -487,6 +496,12 @@ fn event_floods_are_capped() {
         "{ok} recorded in {elapsed:.1}s: more than the {most} allowed"
     );
     assert_eq!(ok + limited, 500);
+    // Printed to a person, the escape sequence is shown, not obeyed.
+    let described = c.shoal(&["describe", "node", "node-1"]).ok();
+    assert!(described.contains("look \\u{1b}]0;pwned"), "{described}");
+    assert!(!described.contains('\x1b') && !described.contains('\x07'));
+    let table = c.shoal(&["get", "events"]).ok();
+    assert!(!table.contains('\x1b'), "{table:?}");
     let system = c.shoal(&["get", "events", "-n", "shoal-system"]).ok();
     assert!(
         !system.contains("Flood"),
@@ -582,4 +597,120 @@ fn agents_renew_their_certificates_and_admins_manage_credentials() {
     assert!(err.contains("revoked"), "{err}");
     // The first admin credential works throughout.
     c.shoal(&["get", "nodes"]).ok();
+}
+
+/// Finding 10: data dirs are their owner's alone, and a Secret volume lives in memory, out of
+/// other users' reach and never on the node's disk.
+#[test]
+fn secret_volumes_live_in_memory_and_data_dirs_are_private() {
+    let c = Cluster::start(1);
+    let image = c.push_probe();
+    let value = "s3cr3t-value-0xC0FFEE";
+    c.apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: db}}\nstringData: {{password: {value}}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: reader}}\nspec:\n  runtimeClassName: wasm\n  containers:\n  - name: c\n    image: {image}\n    args: [print, started, sleep, \"600000\"]\n    volumeMounts: [{{name: s, mountPath: /secret}}]\n    resources: {{requests: {{cpu: 10m, memory: 16Mi}}}}\n  volumes: [{{name: s, secret: {{secretName: db}}}}]\n"
+    ));
+    // (The pod does not print it: its log is on disk, as the kubelet keeps logs.)
+    c.wait_for("the pod started with its secret", Duration::from_secs(60), |c| {
+        c.shoal(&["logs", "reader"]).stdout().contains("started")
+    });
+    let mode = |p: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777).unwrap_or(0)
+    };
+    let agent_dir = &c.agents[0].dir;
+    assert_eq!(mode(agent_dir), 0o700, "the agent's data dir");
+    assert_eq!(mode(&agent_dir.join("local.redb")), 0o600);
+    assert_eq!(mode(&c.controller.dir), 0o700, "the controller's data dir");
+    assert_eq!(mode(&c.controller.dir.join("state.redb")), 0o600);
+    // The volume: a tmpfs of its own (as root), or a private directory in /dev/shm.
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let in_memory: Vec<&str> = mounts
+        .lines()
+        .filter(|l| l.split_whitespace().nth(2) == Some("tmpfs"))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|m| m.starts_with(agent_dir.to_str().unwrap()) && m.ends_with("/volumes/s"))
+        .collect();
+    let volume = match in_memory.first() {
+        Some(m) => std::path::PathBuf::from(m),
+        None => {
+            let shm = std::fs::read_dir("/dev/shm").unwrap().flatten().find(|e| {
+                e.file_name().to_string_lossy().starts_with("shoal-")
+            });
+            shm.expect("the secret volume is neither a tmpfs nor in /dev/shm").path()
+        }
+    };
+    let file = walk(&volume).into_iter().find(|f| f.ends_with("password")).expect("the file");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), value);
+    assert_eq!(mode(&volume) & 0o077, 0, "the volume is its owner's alone");
+    // Another local user cannot read it.
+    let other = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+        .arg(&file)
+        .output()
+        .expect("setpriv (util-linux)");
+    assert!(!other.status.success(), "another user read the secret");
+    assert!(String::from_utf8_lossy(&other.stderr).contains("Permission denied"));
+    // Nothing on the disk under the agent's data dir holds it in clear.
+    for f in walk(agent_dir) {
+        if in_memory.iter().any(|m| f.starts_with(m)) {
+            continue;
+        }
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        assert!(
+            !bytes.windows(value.len()).any(|w| w == value.as_bytes()),
+            "{} holds the secret in clear",
+            f.display()
+        );
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => todo.push(p),
+                Ok(t) if t.is_file() => out.push(p),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// Finding 9: a module that grows a table (outside linear memory) is killed at its pod's
+/// limit, and the agent that runs it stays small.
+#[test]
+fn a_table_growing_module_is_killed_at_its_limit() {
+    let c = Cluster::start(1);
+    let wasm = wat::parse_str(
+        r#"(module (memory (export "memory") 1) (table 1 funcref)
+          (func (export "_start")
+            (loop $l (br_if $l (i32.ne (table.grow (ref.null func) (i32.const 65536)) (i32.const -1))))))"#,
+    )
+    .expect("wat");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("table-hog.wasm");
+    std::fs::write(&path, wasm).unwrap();
+    c.shoal(&["push", path.to_str().unwrap(), "table-hog:1"]).ok();
+    let pid = c.agents[0].pid().expect("agent pid");
+    let before = kit::rss_kib(pid);
+    c.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: hog}\nspec:\n  runtimeClassName: wasm\n  restartPolicy: Never\n  containers:\n  - name: hog\n    image: table-hog:1\n    resources: {limits: {memory: 32Mi}}\n",
+    );
+    c.wait_for("the hog killed", Duration::from_secs(60), |c| {
+        field(&c.pod("hog"), "status.phase") == "Failed"
+    });
+    let hog = c.pod("hog");
+    assert_eq!(
+        field(&hog, "status.containerStatuses.0.state.terminated.reason"),
+        "OOMKilled",
+        "{hog}"
+    );
+    let after = kit::rss_kib(pid);
+    let grown = after.saturating_sub(before) / 1024;
+    println!("table hog: agent RSS {before} KiB -> {after} KiB");
+    assert!(grown < 64, "the agent grew {grown} MiB running a 32Mi pod");
 }
