@@ -610,12 +610,16 @@ fn secret_volumes_live_in_memory_and_data_dirs_are_private() {
         "apiVersion: v1\nkind: Secret\nmetadata: {{name: db}}\nstringData: {{password: {value}}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: reader}}\nspec:\n  runtimeClassName: wasm\n  containers:\n  - name: c\n    image: {image}\n    args: [print, started, sleep, \"600000\"]\n    volumeMounts: [{{name: s, mountPath: /secret}}]\n    resources: {{requests: {{cpu: 10m, memory: 16Mi}}}}\n  volumes: [{{name: s, secret: {{secretName: db}}}}]\n"
     ));
     // (The pod does not print it: its log is on disk, as the kubelet keeps logs.)
-    c.wait_for("the pod started with its secret", Duration::from_secs(60), |c| {
-        c.shoal(&["logs", "reader"]).stdout().contains("started")
-    });
+    c.wait_for(
+        "the pod started with its secret",
+        Duration::from_secs(60),
+        |c| c.shoal(&["logs", "reader"]).stdout().contains("started"),
+    );
     let mode = |p: &std::path::Path| {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777).unwrap_or(0)
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0)
     };
     let agent_dir = &c.agents[0].dir;
     assert_eq!(mode(agent_dir), 0o700, "the agent's data dir");
@@ -633,13 +637,18 @@ fn secret_volumes_live_in_memory_and_data_dirs_are_private() {
     let volume = match in_memory.first() {
         Some(m) => std::path::PathBuf::from(m),
         None => {
-            let shm = std::fs::read_dir("/dev/shm").unwrap().flatten().find(|e| {
-                e.file_name().to_string_lossy().starts_with("shoal-")
-            });
-            shm.expect("the secret volume is neither a tmpfs nor in /dev/shm").path()
+            let shm = std::fs::read_dir("/dev/shm")
+                .unwrap()
+                .flatten()
+                .find(|e| e.file_name().to_string_lossy().starts_with("shoal-"));
+            shm.expect("the secret volume is neither a tmpfs nor in /dev/shm")
+                .path()
         }
     };
-    let file = walk(&volume).into_iter().find(|f| f.ends_with("password")).expect("the file");
+    let file = walk(&volume)
+        .into_iter()
+        .find(|f| f.ends_with("password"))
+        .expect("the file");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), value);
     assert_eq!(mode(&volume) & 0o077, 0, "the volume is its owner's alone");
     // Another local user cannot read it.
@@ -694,7 +703,8 @@ fn a_table_growing_module_is_killed_at_its_limit() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("table-hog.wasm");
     std::fs::write(&path, wasm).unwrap();
-    c.shoal(&["push", path.to_str().unwrap(), "table-hog:1"]).ok();
+    c.shoal(&["push", path.to_str().unwrap(), "table-hog:1"])
+        .ok();
     let pid = c.agents[0].pid().expect("agent pid");
     let before = kit::rss_kib(pid);
     c.apply(
@@ -713,4 +723,32 @@ fn a_table_growing_module_is_killed_at_its_limit() {
     let grown = after.saturating_sub(before) / 1024;
     println!("table hog: agent RSS {before} KiB -> {after} KiB");
     assert!(grown < 64, "the agent grew {grown} MiB running a 32Mi pod");
+}
+
+/// Lists are bounded by nothing a peer controls: one larger than a frame (here 18 MiB of
+/// ConfigMaps, once 160 MB of Events) is sent in parts and read whole.
+#[test]
+fn a_list_larger_than_a_frame_is_served_whole() {
+    let c = Cluster::start(0);
+    let blob = "x".repeat(900 * 1024);
+    for batch in 0..2 {
+        let docs: Vec<String> = (0..10)
+            .map(|i| {
+                format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: big-{batch}-{i}}}\ndata: {{blob: {blob}}}\n")
+            })
+            .collect();
+        c.apply(&docs.join("---\n"));
+    }
+    let names = c.shoal(&["get", "configmaps", "-o", "name"]).ok();
+    assert_eq!(
+        names.lines().filter(|l| l.contains("big-")).count(),
+        20,
+        "{names}"
+    );
+    let json = c.shoal(&["get", "configmaps", "-o", "json"]).ok();
+    assert!(
+        json.len() > 16 * 1024 * 1024,
+        "{} bytes: more than a frame",
+        json.len()
+    );
 }

@@ -198,6 +198,10 @@ pub enum Response {
         items: Vec<Vec<u8>>,
         revision: u64,
     },
+    /// The first items of a list too large for one frame; more parts follow, and the
+    /// [`Response::List`] that ends them carries the rest. [`crate::Client::call`] puts them
+    /// together, so callers only ever see the whole list.
+    ListPart(Vec<Vec<u8>>),
     Event {
         type_: EventType,
         revision: u64,

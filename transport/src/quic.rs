@@ -176,7 +176,83 @@ pub async fn read_request(recv: &mut RecvStream) -> Result<Request> {
 }
 
 pub async fn send_response(send: &mut SendStream, response: &Response) -> Result<()> {
-    frame::write(send, response).await
+    match response {
+        Response::List { items, revision } => {
+            for part in list_parts(items, LIST_PART_BYTES) {
+                frame::write(send, &Response::ListPart(part.to_vec())).await?;
+            }
+            let rest = &items[list_split(items, LIST_PART_BYTES)..];
+            let last = Response::List {
+                items: rest.to_vec(),
+                revision: *revision,
+            };
+            frame::write(send, &last).await
+        }
+        other => frame::write(send, other).await,
+    }
+}
+
+/// A list part's items at most, in bytes: well under a frame.
+const LIST_PART_BYTES: usize = frame::MAX_FRAME / 4;
+
+/// Where the last part of a list starts: everything before it goes in parts of at most
+/// `max` bytes (an item larger than that goes alone).
+fn list_split(items: &[Vec<u8>], max: usize) -> usize {
+    let total: usize = items.iter().map(Vec::len).sum();
+    if total <= max {
+        return 0;
+    }
+    list_parts(items, max).map(<[Vec<u8>]>::len).sum()
+}
+
+/// The parts before the last one ([`list_split`]).
+fn list_parts(items: &[Vec<u8>], max: usize) -> impl Iterator<Item = &[Vec<u8>]> {
+    let total: usize = items.iter().map(Vec::len).sum();
+    let mut start = 0;
+    let mut sent = 0;
+    std::iter::from_fn(move || {
+        if total - sent <= max || start >= items.len() {
+            return None;
+        }
+        let mut end = start;
+        let mut size = 0;
+        while end < items.len() && (end == start || size + items[end].len() <= max) {
+            size += items[end].len();
+            end += 1;
+        }
+        let part = &items[start..end];
+        start = end;
+        sent += size;
+        Some(part)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_is_cut_into_parts_that_fit_and_nothing_is_lost() {
+        let items: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 30]).collect();
+        // Small enough: one frame.
+        assert_eq!(list_parts(&items, 1000).count(), 0);
+        assert_eq!(list_split(&items, 1000), 0);
+        // 300 bytes in parts of at most 100: the parts, then the rest.
+        let parts: Vec<&[Vec<u8>]> = list_parts(&items, 100).collect();
+        assert!(parts
+            .iter()
+            .all(|p| p.iter().map(Vec::len).sum::<usize>() <= 100));
+        let split = list_split(&items, 100);
+        let mut again: Vec<Vec<u8>> = parts.concat();
+        assert_eq!(again.len(), split);
+        again.extend_from_slice(&items[split..]);
+        assert_eq!(again, items);
+        assert!(items[split..].iter().map(Vec::len).sum::<usize>() <= 100);
+        // An item larger than a part goes alone.
+        let big = vec![vec![1u8; 500], vec![2u8; 10], vec![3u8; 10]];
+        let parts: Vec<&[Vec<u8>]> = list_parts(&big, 100).collect();
+        assert_eq!(parts[0].len(), 1);
+    }
 }
 
 /// A client connection to the controller.
@@ -336,9 +412,23 @@ impl Client {
     pub async fn call(&self, req: &Request) -> Result<Response> {
         let answer = async {
             let mut s = self.stream(req).await?;
-            s.next().await?.ok_or_else(|| {
-                Error::Stream("the server closed the stream without answering".into())
-            })
+            let mut parts: Vec<Vec<u8>> = Vec::new();
+            loop {
+                let next = s.next().await?.ok_or_else(|| {
+                    Error::Stream("the server closed the stream without answering".into())
+                })?;
+                match next {
+                    Response::ListPart(items) => parts.extend(items),
+                    Response::List { items, revision } if !parts.is_empty() => {
+                        parts.extend(items);
+                        return Ok(Response::List {
+                            items: parts,
+                            revision,
+                        });
+                    }
+                    other => return Ok(other),
+                }
+            }
         };
         answer.await.map_err(|e| self.why(e))
     }
