@@ -155,10 +155,32 @@ fn names_are_bound_to_keys_and_tokens_expire_are_used_up_and_deleted() {
     let id = &JoinToken::parse(&deleted).unwrap().secret[..8];
     c.shoal(&["token", "delete", id]).ok();
 
-    let ok = Agent::start_with_token(&c.controller, "pi-a", &dir.path().join("a"), &once);
+    // The one-use token goes in a file, as install.sh leaves it; the agent deletes it after
+    // joining, and starts again without it.
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, &once).unwrap();
+    let file_args = ["--token-file", token_file.to_str().unwrap()];
+    let mut ok =
+        Agent::start_with_args(&c.controller, "pi-a", &dir.path().join("a"), "", &file_args);
     c.wait_for("pi-a joined", Duration::from_secs(30), |_| {
         ok.dir.join("node.conf").exists()
     });
+    c.wait_for("the token file removed", Duration::from_secs(10), |_| {
+        !token_file.exists()
+    });
+    ok.kill9();
+    let ok = Agent::start_with_args(&c.controller, "pi-a", &dir.path().join("a"), "", &file_args);
+    c.wait_for(
+        "pi-a Ready without its token",
+        Duration::from_secs(30),
+        |c| {
+            c.shoal(&["get", "nodes"])
+                .stdout()
+                .lines()
+                .any(|l| l.starts_with("pi-a ") && l.split_whitespace().nth(1) == Some("Ready"))
+        },
+    );
+    drop(ok);
     std::thread::sleep(Duration::from_millis(1500)); // the 1s token's life runs out
     for (name, token, why) in [
         ("pi-b", &once, "used up (1 of 1 joins)"),
@@ -751,4 +773,42 @@ fn a_list_larger_than_a_frame_is_served_whole() {
         "{} bytes: more than a frame",
         json.len()
     );
+}
+
+/// Finding 11: the controller compiles only for a target the asking node reported, and a
+/// `subPath` is refused (it used to mount all of a hostPath), never dropped.
+#[test]
+fn a_node_gets_code_only_for_its_own_target_and_subpath_is_never_dropped() {
+    let c = Cluster::start(1);
+    let image = c.push_probe();
+    let node = stolen(&c.agents[0]);
+    rt().block_on(async {
+        let req = Request::FetchPrecompiled {
+            reference: image.into(),
+            target: shoal_api::WasmTarget {
+                wasmtime: "48.0.8".into(),
+                triple: "riscv64gc-unknown-linux-gnu".into(),
+                features: vec![],
+            },
+            offset: 0,
+        };
+        refused(
+            ask(&node, &req).await,
+            ErrorCode::Forbidden,
+            "which it did not report",
+        );
+    });
+    let manifest = "apiVersion: v1\nkind: Pod\nmetadata: {name: peek}\nspec:\n  containers:\n  - name: c\n    image: busybox:1\n    volumeMounts: [{name: etc, mountPath: /x/passwd, subPath: passwd}]\n  volumes: [{name: etc, hostPath: {path: /etc}}]\n";
+    for validate in ["warn", "strict"] {
+        let err = c
+            .controller
+            .shoal_stdin(
+                &["apply", "--validate", validate, "-f", "-"],
+                Some(manifest),
+            )
+            .fails();
+        assert!(err.contains("volumeMounts[0].subPath"), "{err}");
+    }
+    let pods = c.shoal(&["get", "pods"]).stdout();
+    assert!(!pods.contains("peek"), "{pods}");
 }

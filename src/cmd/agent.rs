@@ -82,12 +82,12 @@ impl Args {
     pub fn config(&self) -> Result<AgentConfig> {
         let token = match (&self.token, &self.token_file) {
             (Some(t), _) => Some(t.clone()),
-            (None, Some(f)) => Some(
-                std::fs::read_to_string(f)
-                    .with_context(|| format!("reading {}", f.display()))?
-                    .trim()
-                    .to_string(),
-            ),
+            // Gone once the node joined (the agent deletes it): the node needs it no more.
+            (None, Some(f)) => match std::fs::read_to_string(f) {
+                Ok(t) => Some(t.trim().to_string()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(e).with_context(|| format!("reading {}", f.display())),
+            },
             (None, None) => None,
         };
         let name = self.name.clone().unwrap_or_else(hostname);
