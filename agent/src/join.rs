@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::AgentConfig;
 use shoal_transport::pki::{csr_for, lifetime_of, new_key};
-use shoal_transport::proto::{Request, Response};
+use shoal_transport::proto::Request;
 use shoal_transport::{Client, Credentials, JoinToken};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -67,20 +67,15 @@ impl NodeCredentials {
             return Ok(false);
         }
         let csr_pem = csr_for(&creds.client_key, "renewal")?;
-        let (cert_pem, ca_pem, peer_ca_pem) = match client.call(&Request::Renew { csr_pem }).await?
-        {
-            Response::Joined {
-                cert_pem,
-                ca_pem,
-                peer_ca_pem,
-            } => (cert_pem, ca_pem, peer_ca_pem),
-            Response::Error(e) => return Err(Error::Server(e.message)),
-            other => return Err(Error::Internal(format!("unexpected answer {other:?}"))),
-        };
+        let signed = client
+            .call(&Request::Renew { csr_pem })
+            .await?
+            .into_signed()
+            .map_err(Error::Server)?;
         let renewed = Credentials {
-            certificate_authority: ca_pem,
-            client_certificate: cert_pem,
-            peer_certificate_authority: Some(peer_ca_pem),
+            certificate_authority: signed.ca_pem,
+            client_certificate: signed.cert_pem,
+            peer_certificate_authority: Some(signed.peer_ca_pem),
             ..creds
         };
         renewed.save(&self.path)?;
@@ -143,21 +138,13 @@ async fn join(config: &AgentConfig, path: &std::path::Path) -> Result<Credential
         })
         .await?;
     client.close().await;
-    let (cert_pem, ca_pem, peer_ca_pem) = match answer {
-        Response::Joined {
-            cert_pem,
-            ca_pem,
-            peer_ca_pem,
-        } => (cert_pem, ca_pem, peer_ca_pem),
-        Response::Error(e) => return Err(Error::Join(e.message)),
-        other => return Err(Error::Join(format!("unexpected answer {other:?}"))),
-    };
+    let signed = answer.into_signed().map_err(Error::Join)?;
     let creds = Credentials {
         server: config.server.clone(),
-        certificate_authority: ca_pem,
-        client_certificate: cert_pem,
+        certificate_authority: signed.ca_pem,
+        client_certificate: signed.cert_pem,
         client_key: key_pem,
-        peer_certificate_authority: Some(peer_ca_pem),
+        peer_certificate_authority: Some(signed.peer_ca_pem),
     };
     creds.save(path)?;
     tracing::info!(node = %config.name, "joined the cluster");

@@ -7,7 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::supervisor::Supervisor;
-use shoal_transport::proto::{Request, Response};
+use shoal_transport::proto::Request;
 use shoal_transport::{frame, Client, Identity, Server};
 use std::net::SocketAddr;
 use tokio_util::sync::CancellationToken;
@@ -25,17 +25,16 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<u16> {
     let (key_pem, csr_pem) = shoal_transport::pki::node_key_and_csr(node)?;
-    let (cert_pem, ca_pem, peer_ca_pem) = match client.call(&Request::PeerCert { csr_pem }).await? {
-        Response::Joined {
-            cert_pem,
-            ca_pem,
-            peer_ca_pem,
-        } => (cert_pem, ca_pem, peer_ca_pem),
-        Response::Error(e) => return Err(Error::Server(e.message)),
-        other => return Err(Error::Internal(format!("unexpected answer {other:?}"))),
+    let signed = client
+        .call(&Request::PeerCert { csr_pem })
+        .await?
+        .into_signed()
+        .map_err(Error::Server)?;
+    let issued = shoal_transport::pki::Issued {
+        cert_pem: signed.cert_pem,
+        key_pem,
     };
-    let issued = shoal_transport::pki::Issued { cert_pem, key_pem };
-    let server = Server::bind_peer(listen, &ca_pem, &peer_ca_pem, &issued)?;
+    let server = Server::bind_peer(listen, &signed.ca_pem, &signed.peer_ca_pem, &issued)?;
     let port = server.local_addr()?.port();
     tokio::spawn(async move {
         loop {

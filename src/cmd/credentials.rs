@@ -54,18 +54,17 @@ async fn issue(
         ttl_secs,
         csr_pem: csr_for(&key, name)?,
     };
-    match call(client, &req).await? {
-        Response::Joined {
-            cert_pem, ca_pem, ..
-        } => Ok(Credentials {
-            server: base.server.clone(),
-            certificate_authority: ca_pem,
-            client_certificate: cert_pem,
-            client_key: key,
-            peer_certificate_authority: None,
-        }),
-        other => bail!("unexpected answer: {other:?}"),
-    }
+    let signed = call(client, &req)
+        .await?
+        .into_signed()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    Ok(Credentials {
+        server: base.server.clone(),
+        certificate_authority: signed.ca_pem,
+        client_certificate: signed.cert_pem,
+        client_key: key,
+        peer_certificate_authority: None,
+    })
 }
 
 pub async fn run(args: Args) -> Result<()> {

@@ -229,6 +229,33 @@ pub enum Response {
     Error(WireError),
 }
 
+/// A certificate the controller signed, and the CAs beside it ([`Response::Joined`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signed {
+    pub cert_pem: String,
+    pub ca_pem: String,
+    pub peer_ca_pem: String,
+}
+
+impl Response {
+    /// The certificate of a [`Response::Joined`]; anything else as the message to show.
+    pub fn into_signed(self) -> std::result::Result<Signed, String> {
+        match self {
+            Response::Joined {
+                cert_pem,
+                ca_pem,
+                peer_ca_pem,
+            } => Ok(Signed {
+                cert_pem,
+                ca_pem,
+                peer_ca_pem,
+            }),
+            Response::Error(e) => Err(e.message),
+            other => Err(format!("unexpected answer {other:?}")),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ErrorCode {
     NotFound,

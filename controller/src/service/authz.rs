@@ -1,0 +1,162 @@
+//! Authorization: what each identity may do, decided before any request is served (Kubernetes'
+//! Node authorizer is the model for nodes), and where a service tunnel may go.
+
+use super::{forbidden, parse_fields, Service};
+use crate::store::ObjectKey;
+use shoal_api::{Kind, Pod};
+use shoal_transport::proto::{ErrorCode, Request, WireError};
+use shoal_transport::Identity;
+
+impl Service {
+    /// Admins may do anything; a node may read what is bound to it and write its own status;
+    /// an anonymous connection may only join.
+    pub(super) fn authorize(
+        &self,
+        who: &Identity,
+        req: &Request,
+    ) -> std::result::Result<(), WireError> {
+        let node = match who {
+            Identity::Admin(_) => return Ok(()),
+            Identity::Anonymous => {
+                return match req {
+                    Request::WhoAmI | Request::Join { .. } => Ok(()),
+                    _ => Err(WireError {
+                        code: ErrorCode::Unauthenticated,
+                        message: "this connection presented no client certificate: use the credential file the controller wrote (DATA_DIR/admin.conf) with --config or SHOAL_CONFIG".into(),
+                    }),
+                };
+            }
+            Identity::Node(n) => n.as_str(),
+        };
+        let own_pods = |kind: &str, fields: &str| {
+            kind.parse::<Kind>().ok() == Some(Kind::Pod)
+                && parse_fields(fields).ok().flatten().as_deref() == Some(node)
+        };
+        let allowed = match req {
+            Request::WhoAmI
+            | Request::PutNode { .. }
+            | Request::Renew { .. }
+            | Request::UpdateStatus { .. }
+            | Request::Fetch { .. }
+            | Request::FetchPrecompiled { .. }
+            | Request::PeerCert { .. }
+            | Request::RecordEvent { .. } => true,
+            // The service proxy on every node follows every Service and its endpoints.
+            Request::List { kind, fields, .. } | Request::Watch { kind, fields, .. } => {
+                own_pods(kind, fields)
+                    || matches!(
+                        kind.parse::<Kind>(),
+                        Ok(Kind::Service) | Ok(Kind::Endpoints) | Ok(Kind::Node)
+                    )
+            }
+            Request::Get {
+                kind,
+                namespace,
+                name,
+            } => match kind.parse::<Kind>() {
+                Ok(k @ (Kind::ConfigMap | Kind::Secret)) => {
+                    self.node_uses(node, k, namespace.as_deref().unwrap_or("default"), name)
+                }
+                Ok(Kind::Node) => name == node,
+                _ => false,
+            },
+            _ => false,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(forbidden(format!(
+                "node {node:?} may not perform this operation"
+            )))
+        }
+    }
+
+    /// Whether `who` may open a tunnel to `ip:port` on `node` (see [`shoal_api::tunnel_policy`]).
+    pub fn authorize_tunnel(
+        &self,
+        who: &Identity,
+        node: &str,
+        ip: &str,
+        port: u16,
+        udp: bool,
+    ) -> std::result::Result<(), WireError> {
+        if matches!(who, Identity::Anonymous) {
+            return Err(forbidden("only nodes may open service tunnels".into()));
+        }
+        let pods: Vec<Pod> = self.store.list_typed(Kind::Pod, None)?;
+        let endpoints: Vec<shoal_api::Endpoints> = self.store.list_typed(Kind::Endpoints, None)?;
+        match shoal_api::tunnel_policy::tunnel_refusal(node, ip, port, udp, &pods, &endpoints) {
+            None => Ok(()),
+            Some(why) => Err(forbidden(format!("{who} may not open this tunnel: {why}"))),
+        }
+    }
+
+    /// Refuses a wasm target the node did not report in its own status.
+    pub(super) fn check_reported_target(
+        &self,
+        node: &str,
+        target: &shoal_api::WasmTarget,
+    ) -> std::result::Result<(), WireError> {
+        let key = ObjectKey::new(Kind::Node, None, node);
+        let reported = self
+            .store
+            .get(&key)?
+            .and_then(|o| o.into_typed::<shoal_api::Node>().ok())
+            .and_then(|n| n.status)
+            .is_some_and(|s| {
+                s.runtime_handlers
+                    .iter()
+                    .any(|h| h.wasm_target.as_ref() == Some(target))
+            });
+        if reported {
+            Ok(())
+        } else {
+            Err(forbidden(format!(
+                "node {node:?} asked for code compiled for {} ({}), which it did not report: a node gets code only for its own target",
+                target.triple,
+                target.features.join(",")
+            )))
+        }
+    }
+
+    pub(super) fn node_uses(&self, node: &str, kind: Kind, namespace: &str, name: &str) -> bool {
+        self.store
+            .list(Kind::Pod, Some(namespace))
+            .map(|(pods, _)| {
+                pods.into_iter()
+                    .filter_map(|o| o.into_typed::<Pod>().ok())
+                    .any(|p| p.spec.node_name.as_deref() == Some(node) && pod_uses(&p, kind, name))
+            })
+            .unwrap_or(false)
+    }
+}
+
+/// Does a pod use this ConfigMap or Secret (env, envFrom or volume)?
+fn pod_uses(pod: &Pod, kind: Kind, name: &str) -> bool {
+    let s = &pod.spec;
+    let volumes = s.volumes.iter().any(|v| match kind {
+        Kind::ConfigMap => v.config_map.as_ref().is_some_and(|c| c.name == name),
+        Kind::Secret => v.secret.as_ref().is_some_and(|c| c.secret_name == name),
+        _ => false,
+    });
+    let env = s.containers.iter().any(|c| {
+        c.env
+            .iter()
+            .filter_map(|e| e.value_from.as_ref())
+            .any(|f| match kind {
+                Kind::ConfigMap => f
+                    .config_map_key_ref
+                    .as_ref()
+                    .is_some_and(|r| r.name == name),
+                Kind::Secret => f.secret_key_ref.as_ref().is_some_and(|r| r.name == name),
+                _ => false,
+            })
+            || c.env_from.iter().any(|f| match kind {
+                Kind::ConfigMap => f.config_map_ref.as_ref().is_some_and(|r| r.name == name),
+                Kind::Secret => f.secret_ref.as_ref().is_some_and(|r| r.name == name),
+                _ => false,
+            })
+    });
+    let pull = kind == Kind::Secret && s.image_pull_secrets.iter().any(|r| r.name == name);
+    volumes || env || pull
+}

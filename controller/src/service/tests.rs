@@ -1,0 +1,284 @@
+//! The service behind its doors: who may do what, joining, tokens.
+
+use super::*;
+use crate::store::StoreConfig;
+
+async fn service() -> (tempfile::TempDir, Service) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Arc::new(Ca::load_or_create(dir.path()).unwrap());
+    let peer_ca = Arc::new(Ca::load_or_create_peer(dir.path()).unwrap());
+    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let artifacts = Arc::new(Artifacts::open(dir.path()).unwrap());
+    let s = Service::new(store, ca, peer_ca, artifacts, Default::default());
+    s.bootstrap().await.unwrap();
+    (dir, s)
+}
+
+fn json(v: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&v).unwrap()
+}
+
+fn pod(name: &str, node: &str, secret: &str) -> Vec<u8> {
+    json(
+        serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x",
+            "env": [{"name": "S", "valueFrom": {"secretKeyRef": {"name": secret, "key": "k"}}}]}]}}),
+    )
+}
+
+fn secret(name: &str) -> Vec<u8> {
+    json(
+        serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": {"k": "v"}}),
+    )
+}
+
+async fn call(
+    s: &Service,
+    who: &Identity,
+    req: Request,
+) -> std::result::Result<Response, ErrorCode> {
+    match s.handle(who, req).await {
+        Reply::One(Response::Error(e)) => Err(e.code),
+        Reply::One(r) => Ok(r),
+        _ => Ok(Response::Ok),
+    }
+}
+
+#[tokio::test]
+async fn a_node_reads_only_what_is_bound_to_it_and_writes_only_its_own_status() {
+    let (_dir, s) = service().await;
+    let admin = Identity::Admin("admin".into());
+    let objects = vec![
+        pod("mine", "pi-1", "used"),
+        pod("theirs", "pi-2", "other"),
+        secret("used"),
+        secret("other"),
+        secret("unused"),
+    ];
+    call(&s, &admin, Request::Apply { objects }).await.unwrap();
+    let me = Identity::Node("pi-1".into());
+    let list = |fields: &str| Request::List {
+        kind: "Pod".into(),
+        namespace: None,
+        selector: String::new(),
+        fields: fields.into(),
+    };
+    let get_secret = |name: &str| Request::Get {
+        kind: "Secret".into(),
+        namespace: Some("default".into()),
+        name: name.into(),
+    };
+    let node_obj = |name: &str| {
+        json(serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}))
+    };
+    let status_of = |name: &str| {
+        json(
+            serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "status": {"phase": "Running"}}),
+        )
+    };
+
+    match call(&s, &me, list("spec.nodeName=pi-1")).await {
+        Ok(Response::List { items, .. }) => assert_eq!(items.len(), 1, "only its own pod"),
+        other => panic!("{other:?}"),
+    }
+    let cases: Vec<(&str, Request, Option<ErrorCode>)> = vec![
+        ("list every pod", list(""), Some(ErrorCode::Forbidden)),
+        (
+            "list another node's pods",
+            list("spec.nodeName=pi-2"),
+            Some(ErrorCode::Forbidden),
+        ),
+        ("a secret its pod uses", get_secret("used"), None),
+        (
+            "a secret another node's pod uses",
+            get_secret("other"),
+            Some(ErrorCode::Forbidden),
+        ),
+        (
+            "a secret no pod uses",
+            get_secret("unused"),
+            Some(ErrorCode::Forbidden),
+        ),
+        (
+            "register itself",
+            Request::PutNode {
+                object: node_obj("pi-1"),
+            },
+            None,
+        ),
+        (
+            "register as another node",
+            Request::PutNode {
+                object: node_obj("pi-2"),
+            },
+            Some(ErrorCode::Forbidden),
+        ),
+        (
+            "status of its pod",
+            Request::UpdateStatus {
+                object: status_of("mine"),
+            },
+            None,
+        ),
+        (
+            "status of another node's pod",
+            Request::UpdateStatus {
+                object: status_of("theirs"),
+            },
+            Some(ErrorCode::Forbidden),
+        ),
+        (
+            "apply",
+            Request::Apply {
+                objects: vec![secret("mine")],
+            },
+            Some(ErrorCode::Forbidden),
+        ),
+        (
+            "delete",
+            Request::Delete {
+                kind: "Pod".into(),
+                namespace: None,
+                name: "theirs".into(),
+                propagation: Default::default(),
+            },
+            Some(ErrorCode::Forbidden),
+        ),
+        (
+            "create a token",
+            Request::CreateToken {
+                description: String::new(),
+                ttl_secs: None,
+                usages: None,
+            },
+            Some(ErrorCode::Forbidden),
+        ),
+    ];
+    for (what, req, want) in cases {
+        let got = call(&s, &me, req).await.err();
+        assert_eq!(got, want, "{what}");
+    }
+}
+
+#[tokio::test]
+async fn joining_needs_a_known_token_secret_and_the_ca_sets_the_name() {
+    use shoal_transport::pki::{fingerprint_of_cert, node_key_and_csr, pem_to_der};
+    let (_dir, s) = service().await;
+    let token = s.create_token("test", None, None, None).await.unwrap();
+    let token = shoal_transport::JoinToken::parse(&token).unwrap();
+    let (_, csr_pem) = node_key_and_csr("pi-9").unwrap();
+    let anon = Identity::Anonymous;
+    let join = |secret: &str, name: &str, csr: &str| Request::Join {
+        secret: secret.into(),
+        node_name: name.into(),
+        csr_pem: csr.into(),
+    };
+    assert_eq!(
+        call(&s, &anon, join("wrong", "pi-9", &csr_pem)).await.err(),
+        Some(ErrorCode::Forbidden)
+    );
+    let key = match call(&s, &anon, join(&token.secret, "pi-9", &csr_pem)).await {
+        Ok(Response::Joined { cert_pem, .. }) => {
+            let der = pem_to_der(&cert_pem).unwrap();
+            assert_eq!(
+                shoal_transport::pki::identity_of(&der),
+                Identity::Node("pi-9".into())
+            );
+            fingerprint_of_cert(&der).unwrap()
+        }
+        other => panic!("{other:?}"),
+    };
+    let me = Identity::Node("pi-9".into());
+    assert_eq!(s.authenticate(me.clone(), Some(&key)), Ok(me.clone()));
+    // Another device may not take the name; the same key may join again.
+    let (_, other_csr) = node_key_and_csr("pi-9").unwrap();
+    assert_eq!(
+        call(&s, &anon, join(&token.secret, "pi-9", &other_csr))
+            .await
+            .err(),
+        Some(ErrorCode::Conflict)
+    );
+    assert!(call(&s, &anon, join(&token.secret, "pi-9", &csr_pem))
+        .await
+        .is_ok());
+    for bad in ["Not_A_Name", "shoal-controller", "127.0.0.1", "localhost"] {
+        assert_eq!(
+            call(&s, &anon, join(&token.secret, bad, &csr_pem))
+                .await
+                .err(),
+            Some(ErrorCode::Invalid),
+            "{bad}"
+        );
+    }
+    // Deleting the node revokes its certificate at once.
+    let admin = Identity::Admin("admin".into());
+    let node =
+        serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "pi-9"}});
+    call(
+        &s,
+        &admin,
+        Request::Apply {
+            objects: vec![json(node)],
+        },
+    )
+    .await
+    .unwrap();
+    call(
+        &s,
+        &admin,
+        Request::Delete {
+            kind: "Node".into(),
+            namespace: None,
+            name: "pi-9".into(),
+            propagation: Default::default(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.authenticate(me, Some(&key)).map_err(|e| e.code),
+        Err(ErrorCode::Unauthenticated)
+    );
+}
+
+#[tokio::test]
+async fn a_token_used_up_or_deleted_joins_no_more() {
+    use shoal_transport::pki::node_key_and_csr;
+    let (_dir, s) = service().await;
+    let token = s.create_token("once", None, None, Some(1)).await.unwrap();
+    let secret = shoal_transport::JoinToken::parse(&token).unwrap().secret;
+    let join = |name: &str| Request::Join {
+        secret: secret.clone(),
+        node_name: name.into(),
+        csr_pem: node_key_and_csr(name).unwrap().1,
+    };
+    let anon = Identity::Anonymous;
+    assert!(call(&s, &anon, join("a")).await.is_ok());
+    match s.handle(&anon, join("b")).await {
+        Reply::One(Response::Error(e)) => {
+            assert_eq!(e.code, ErrorCode::Forbidden);
+            assert!(
+                e.message.contains("used up (1 of 1 joins)"),
+                "{}",
+                e.message
+            );
+        }
+        _ => panic!("a used-up token joined a node"),
+    }
+    let again = s.create_token("any", None, None, None).await.unwrap();
+    let t = shoal_transport::JoinToken::parse(&again).unwrap();
+    let listed = s.list_tokens().unwrap();
+    assert!(listed
+        .iter()
+        .any(|i| i.id == t.secret[..8] && i.usages.is_none()));
+    s.delete_token(&t.secret[..8]).await.unwrap();
+    let join = Request::Join {
+        secret: t.secret.clone(),
+        node_name: "c".into(),
+        csr_pem: node_key_and_csr("c").unwrap().1,
+    };
+    assert_eq!(
+        call(&s, &anon, join).await.err(),
+        Some(ErrorCode::Forbidden)
+    );
+}
