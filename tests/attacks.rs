@@ -575,7 +575,22 @@ fn agents_renew_their_certificates_and_admins_manage_credentials() {
     std::thread::sleep(Duration::from_secs(2));
     let addr = c.controller.addr.clone();
     c.controller.kill9();
+    // An admin credential near its end (a 5 s certificate for the same key) is renewed for a
+    // year when the controller starts.
+    let ca = shoal_transport::Ca::load_or_create(&cdir.join("tls")).unwrap();
+    let mut admin = c.controller.credentials();
+    let csr = shoal_transport::pki::csr_for(&admin.client_key, "admin").unwrap();
+    admin.client_certificate = ca
+        .sign_admin(&csr, "admin", Duration::from_secs(5))
+        .unwrap();
+    admin.save(&c.controller.config()).unwrap();
     c.controller = Controller::start_listening(&cdir, &addr, &["--node-cert-ttl", "12s"]);
+    let admin = c.controller.credentials();
+    let (until, _) = shoal_transport::pki::lifetime_of(&admin.client_certificate).unwrap();
+    assert!(
+        until > std::time::SystemTime::now() + Duration::from_secs(300 * 24 * 3600),
+        "admin.conf was not renewed"
+    );
     let ready = |c: &Cluster| {
         c.shoal(&["get", "nodes"])
             .stdout()

@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::AgentConfig;
-use shoal_transport::pki::{csr_for, lifetime_of, new_key};
+use shoal_transport::pki::{csr_for, lifetime_of, new_key, renewal_due};
 use shoal_transport::proto::Request;
 use shoal_transport::{Client, Credentials, JoinToken};
 use std::path::PathBuf;
@@ -17,15 +17,6 @@ use std::time::{Duration, SystemTime};
 pub struct NodeCredentials {
     path: PathBuf,
     current: Arc<RwLock<Credentials>>,
-}
-
-/// Whether a certificate valid until `until`, issued for `lifetime`, is due for renewal at
-/// `now`: once two thirds of its life are gone (K3s and the kubelet renew at a similar point).
-pub fn renewal_due(until: SystemTime, lifetime: Duration, now: SystemTime) -> bool {
-    match until.checked_sub(lifetime / 3) {
-        Some(at) => now >= at,
-        None => true,
-    }
 }
 
 impl NodeCredentials {

@@ -234,11 +234,23 @@ impl Controller {
         }
 
         // The credential the controller wrote is bound to its key like every other one (and
-        // one written before keys were bound is bound now).
-        let admin = Credentials::load(&admin_config)?;
+        // one written before keys were bound is bound now); past two thirds of its life it is
+        // renewed for the same key at start, as K3s renews its certificates.
+        let mut admin = Credentials::load(&admin_config)?;
         service
             .adopt_credential("admin", &admin.client_certificate)
             .await?;
+        let (until, lifetime) = shoal_transport::pki::lifetime_of(&admin.client_certificate)?;
+        if shoal_transport::pki::renewal_due(until, lifetime, std::time::SystemTime::now()) {
+            let csr = shoal_transport::pki::csr_for(&admin.client_key, "admin")?;
+            admin.client_certificate = ca.sign_admin(&csr, "admin", DEFAULT_CERT_TTL)?;
+            admin.save(&admin_config)?;
+            let (until, _) = shoal_transport::pki::lifetime_of(&admin.client_certificate)?;
+            let der = shoal_transport::pki::pem_to_der(&admin.client_certificate)?;
+            let key = shoal_transport::pki::fingerprint_of_cert(&der)?;
+            service.bind_credential("admin", &key, until.into()).await?;
+            tracing::info!(path = %admin_config.display(), "renewed the admin credential for another year");
+        }
 
         let token_path = dir.join("token");
         let token = match std::fs::read_to_string(&token_path) {

@@ -78,6 +78,15 @@ pub fn lifetime_of(cert_pem: &str) -> Result<(SystemTime, Duration)> {
     Ok((until, Duration::from_secs((to - from).max(0) as u64)))
 }
 
+/// Whether a certificate valid until `until`, issued for `lifetime`, is due for renewal at
+/// `now`: once two thirds of its life are gone (K3s and the kubelet renew at a similar point).
+pub fn renewal_due(until: SystemTime, lifetime: Duration, now: SystemTime) -> bool {
+    match until.checked_sub(lifetime / 3) {
+        Some(at) => now >= at,
+        None => true,
+    }
+}
+
 fn dated(params: &mut CertificateParams, ttl: Duration) {
     let now = SystemTime::now();
     params.not_before = (now - CLOCK_SKEW).into();
