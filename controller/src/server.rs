@@ -29,7 +29,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const ANONYMOUS_STREAMS: u32 = 2;
 const ANONYMOUS_FRAME: usize = 64 * 1024;
 const ANONYMOUS_LIFETIME: Duration = Duration::from_secs(30);
-const ANONYMOUS_PER_ADDRESS: usize = 4;
+/// Enough for a site's devices behind one NAT joining at once (and the scale bench's 50).
+const ANONYMOUS_PER_ADDRESS: usize = 64;
 const ANONYMOUS_TOTAL: usize = 256;
 /// Bytes an authenticated connection may have in flight to the controller (the endpoint
 /// grants anonymous ones only the small default of [`shoal_transport::quic`]).

@@ -35,10 +35,11 @@ fn provider() -> Arc<CryptoProvider> {
 /// 130 MiB of controller memory for nothing.
 pub const SERVER_STREAMS: u32 = 128;
 
-/// Bytes a connection to the controller may have in flight before it is authenticated: what
-/// one stream may, so a flood of connections without a certificate costs the controller
-/// little. The controller raises it for connections with a valid certificate.
-pub const UNAUTHENTICATED_WINDOW: u32 = 1_250_000;
+/// Bytes a connection to the controller may have in flight before it is authenticated (a join
+/// request is a few KiB), so a flood of connections without a certificate costs the
+/// controller little: 256 of them at most hold 64 MiB. The controller raises it for
+/// connections with a valid certificate.
+pub const UNAUTHENTICATED_WINDOW: u32 = 256 * 1024;
 
 fn transport_config(max_streams: u32) -> Arc<quinn::TransportConfig> {
     Arc::new(base_transport(max_streams))
