@@ -9,15 +9,18 @@ use shoal_transport::pki::{Ca, JoinToken, ADMIN_ORG, DEFAULT_CERT_TTL};
 use shoal_transport::proto::{ErrorCode, Request, Response, WireError};
 use shoal_transport::quic::{peer_identity, peer_key, send_response};
 use shoal_transport::{Credentials, Identity, Server};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+mod links;
+
+use links::Anonymous;
+pub use links::NodeLinks;
 
 /// Streams one connection may have open at once; more wait (QUIC flow control enforces the
 /// same limit on the client's side).
@@ -29,17 +32,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const ANONYMOUS_STREAMS: u32 = 2;
 const ANONYMOUS_FRAME: usize = 64 * 1024;
 const ANONYMOUS_LIFETIME: Duration = Duration::from_secs(30);
-/// Enough for a site's devices behind one NAT joining at once (and the scale bench's 50).
-const ANONYMOUS_PER_ADDRESS: usize = 64;
-const ANONYMOUS_TOTAL: usize = 256;
 /// Bytes an authenticated connection may have in flight to the controller (the endpoint
 /// grants anonymous ones only the small default of [`shoal_transport::quic`]).
 const AUTHENTICATED_WINDOW: u32 = 64 << 20;
 /// How long a connection whose certificate was just revoked may finish what it has in flight.
 const REVOKED_GRACE: Duration = Duration::from_secs(2);
-/// How long a node's established session has to answer before a new session of the same node
-/// takes its place (after an agent restart, the old connection is dead but not yet timed out).
-const SESSION_PROBE: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {
@@ -62,100 +59,6 @@ pub struct ControllerConfig {
     pub node_cert_ttl: Duration,
     /// The range Services get their virtual address from.
     pub service_cidr: crate::service_ips::ServiceCidr,
-}
-
-/// The session connection of each node, by name, so requests for a node (logs, tunnels) can be
-/// relayed. Only the connection a node registers itself on (`PutNode`) becomes its link: any
-/// other connection made with the node's certificate never takes it over.
-#[derive(Clone, Default)]
-pub struct NodeLinks(Arc<Mutex<HashMap<String, quinn::Connection>>>);
-
-impl NodeLinks {
-    /// Makes `conn` the session of `node`, unless another live session holds it: that one
-    /// must fail to answer within [`SESSION_PROBE`] (an agent that restarted left it behind).
-    async fn claim(&self, node: &str, conn: &quinn::Connection) -> std::result::Result<(), String> {
-        let current = self.get(node);
-        match current {
-            Some(c) if c.stable_id() == conn.stable_id() => return Ok(()),
-            Some(c) if c.close_reason().is_none() && answers(&c).await => {
-                return Err(format!(
-                    "node {node:?} already has a session from {}: a second agent with this node's certificate is refused",
-                    c.remote_address()
-                ));
-            }
-            Some(c) => c.close(2u32.into(), b"replaced by a new session of this node"),
-            None => {}
-        }
-        if let Ok(mut m) = self.0.lock() {
-            m.insert(node.to_string(), conn.clone());
-        }
-        Ok(())
-    }
-
-    fn remove(&self, node: &str, conn: &quinn::Connection) {
-        if let Ok(mut m) = self.0.lock() {
-            if m.get(node)
-                .is_some_and(|c| c.stable_id() == conn.stable_id())
-            {
-                m.remove(node);
-            }
-        }
-    }
-
-    pub fn get(&self, node: &str) -> Option<quinn::Connection> {
-        self.0.lock().ok().and_then(|m| m.get(node).cloned())
-    }
-}
-
-/// Whether a node's connection still answers a request within [`SESSION_PROBE`].
-async fn answers(conn: &quinn::Connection) -> bool {
-    let probe = async {
-        let (mut send, mut recv) = conn.open_bi().await.ok()?;
-        shoal_transport::frame::write(&mut send, &Request::WhoAmI)
-            .await
-            .ok()?;
-        send.finish().ok()?;
-        shoal_transport::frame::read::<Response, _>(&mut recv, 64 * 1024)
-            .await
-            .ok()
-            .flatten()
-    };
-    matches!(
-        tokio::time::timeout(SESSION_PROBE, probe).await,
-        Ok(Some(_))
-    )
-}
-
-/// Connections without a certificate, by address: bounded per address and in all.
-#[derive(Clone, Default)]
-struct Anonymous(Arc<Mutex<HashMap<std::net::IpAddr, usize>>>);
-
-impl Anonymous {
-    fn enter(&self, ip: std::net::IpAddr) -> Option<AnonymousSlot> {
-        let mut m = self.0.lock().ok()?;
-        let total: usize = m.values().sum();
-        let here = m.entry(ip).or_insert(0);
-        if *here >= ANONYMOUS_PER_ADDRESS || total >= ANONYMOUS_TOTAL {
-            return None;
-        }
-        *here += 1;
-        Some(AnonymousSlot(self.clone(), ip))
-    }
-}
-
-struct AnonymousSlot(Anonymous, std::net::IpAddr);
-
-impl Drop for AnonymousSlot {
-    fn drop(&mut self) {
-        if let Ok(mut m) = (self.0).0.lock() {
-            if let Some(n) = m.get_mut(&self.1) {
-                *n -= 1;
-                if *n == 0 {
-                    m.remove(&self.1);
-                }
-            }
-        }
-    }
 }
 
 pub struct Controller {
