@@ -27,6 +27,8 @@ const NODE_KEY_TYPE: &str = "shoal.dev/node-key";
 const CREDENTIAL_TYPE: &str = "shoal.dev/credential";
 /// The longest a certificate may be asked for: ten years.
 pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Certificates made before lifetimes (valid 2024 to 2124) live longer than this.
+const LEGACY_LIFETIME: Duration = Duration::from_secs(50 * 365 * 24 * 3600);
 
 /// How the controller issues certificates.
 #[derive(Clone, Debug)]
@@ -471,6 +473,41 @@ impl Service {
                 Ok(())
             }
             _ => Err(Error::NotFound(format!("credential {name:?}"))),
+        }
+    }
+
+    /// Binds a node that joined before names were bound to keys (its certificate was made for
+    /// a century, 2024 to 2124) to the key it connects with, on its first connection after
+    /// the upgrade, if its Node still exists: a fleet upgrades without joining again, and a
+    /// node deleted before the upgrade stays out.
+    pub async fn adopt_legacy_node(
+        &self,
+        who: &Identity,
+        key: Option<&str>,
+        lifetime: Option<Duration>,
+    ) -> Result<()> {
+        let (Identity::Node(name), Some(key), Some(lifetime)) = (who, key, lifetime) else {
+            return Ok(());
+        };
+        if lifetime < LEGACY_LIFETIME || self.bound_key("node-key", name)?.is_some() {
+            return Ok(());
+        }
+        let node = ObjectKey::new(Kind::Node, None, name);
+        if self.store().get(&node)?.is_none() {
+            return Ok(());
+        }
+        let obj = record(
+            format!("node-key-{name}"),
+            NODE_KEY_TYPE,
+            &[("key", key), ("bound", &rfc3339(Utc::now()))],
+        );
+        match self.store().create(obj).await {
+            Ok(_) => {
+                tracing::warn!(node = %name, "bound a node that joined before keys were bound to the key it connected with");
+                Ok(())
+            }
+            Err(Error::AlreadyExists(_)) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 

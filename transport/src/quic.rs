@@ -163,6 +163,15 @@ pub fn peer_key(conn: &Connection) -> Option<String> {
     peer_certificate(conn).and_then(|c| crate::pki::fingerprint_of_cert(&c).ok())
 }
 
+/// How long the connection's client certificate was issued for, if it presented one.
+pub fn peer_lifetime(conn: &Connection) -> Option<Duration> {
+    let cert = peer_certificate(conn)?;
+    let (_, x509) = x509_parser::parse_x509_certificate(&cert).ok()?;
+    let v = x509.validity();
+    let secs = v.not_after.timestamp() - v.not_before.timestamp();
+    u64::try_from(secs).ok().map(Duration::from_secs)
+}
+
 fn peer_certificate(conn: &Connection) -> Option<CertificateDer<'static>> {
     conn.peer_identity()
         .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())

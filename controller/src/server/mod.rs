@@ -289,6 +289,13 @@ async fn serve_connection(
             ANONYMOUS_LIFETIME,
         )
     } else {
+        let lifetime = shoal_transport::quic::peer_lifetime(&conn);
+        if let Err(e) = service
+            .adopt_legacy_node(&claimed, key.as_deref(), lifetime)
+            .await
+        {
+            tracing::warn!(identity = %claimed, error = %e, "cannot bind a node that joined before keys were bound");
+        }
         if let Err(e) = service.authenticate(claimed.clone(), key.as_deref()) {
             tracing::info!(remote = %conn.remote_address(), identity = %claimed, "refused a revoked certificate");
             refuse(&conn, &e.message);

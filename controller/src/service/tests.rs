@@ -282,3 +282,48 @@ async fn a_token_used_up_or_deleted_joins_no_more() {
         Some(ErrorCode::Forbidden)
     );
 }
+
+#[tokio::test]
+async fn a_node_that_joined_before_keys_were_bound_is_bound_once_if_it_still_exists() {
+    use shoal_transport::pki::{fingerprint_of_csr, node_key_and_csr};
+    let (_dir, s) = service().await;
+    let century = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
+    let (_, csr) = node_key_and_csr("old").unwrap();
+    let key = fingerprint_of_csr(&csr).unwrap();
+    let old = Identity::Node("old".into());
+    // No Node of that name (deleted before the upgrade): nothing is bound.
+    s.adopt_legacy_node(&old, Some(&key), Some(century))
+        .await
+        .unwrap();
+    assert!(s.authenticate(old.clone(), Some(&key)).is_err());
+    let node = serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "old"}});
+    let admin = Identity::Admin("admin".into());
+    call(
+        &s,
+        &admin,
+        Request::Apply {
+            objects: vec![json(node)],
+        },
+    )
+    .await
+    .unwrap();
+    // A certificate of today's lifetime is never adopted; a century-long one is, once.
+    let year = std::time::Duration::from_secs(365 * 24 * 3600);
+    s.adopt_legacy_node(&old, Some(&key), Some(year))
+        .await
+        .unwrap();
+    assert!(s.authenticate(old.clone(), Some(&key)).is_err());
+    s.adopt_legacy_node(&old, Some(&key), Some(century))
+        .await
+        .unwrap();
+    assert_eq!(s.authenticate(old.clone(), Some(&key)), Ok(old.clone()));
+    let (_, other) = node_key_and_csr("old").unwrap();
+    let other = fingerprint_of_csr(&other).unwrap();
+    s.adopt_legacy_node(&old, Some(&other), Some(century))
+        .await
+        .unwrap();
+    assert!(
+        s.authenticate(old, Some(&other)).is_err(),
+        "the first key keeps the name"
+    );
+}
