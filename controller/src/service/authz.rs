@@ -7,6 +7,26 @@ use shoal_api::{Kind, Pod};
 use shoal_transport::proto::{ErrorCode, Request, WireError};
 use shoal_transport::Identity;
 
+/// The most a node may write in one request, by what it writes: its Node (status, labels),
+/// a pod's status, an Event's object reference. (Event messages are cut to 1 KiB.)
+const NODE_OBJECT_MAX: usize = 64 * 1024;
+const POD_STATUS_MAX: usize = 256 * 1024;
+const EVENT_REFERENCE_MAX: usize = 4 * 1024;
+
+/// What a node's write is, how large, and the most it may be.
+fn node_write_size(req: &Request) -> Option<(&'static str, usize, usize)> {
+    match req {
+        Request::PutNode { object } => Some(("a Node", object.len(), NODE_OBJECT_MAX)),
+        Request::UpdateStatus { object } => Some(("a pod status", object.len(), POD_STATUS_MAX)),
+        Request::RecordEvent { about, .. } => Some((
+            "an event's object reference",
+            about.len(),
+            EVENT_REFERENCE_MAX,
+        )),
+        _ => None,
+    }
+}
+
 impl Service {
     /// Admins may do anything; a node may read what is bound to it and write its own status;
     /// an anonymous connection may only join.
@@ -28,6 +48,14 @@ impl Service {
             }
             Identity::Node(n) => n.as_str(),
         };
+        if let Some((what, size, max)) = node_write_size(req).filter(|(_, n, max)| n > max) {
+            return Err(WireError {
+                code: ErrorCode::BadRequest,
+                message: format!(
+                    "node {node:?}: {what} of {size} bytes is more than the {max} a node may write"
+                ),
+            });
+        }
         let own_pods = |kind: &str, fields: &str| {
             kind.parse::<Kind>().ok() == Some(Kind::Pod)
                 && parse_fields(fields).ok().flatten().as_deref() == Some(node)

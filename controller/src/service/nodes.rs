@@ -9,6 +9,9 @@ use shoal_api::{Kind, Object, ObjectMeta, Pod};
 use shoal_transport::proto::Response;
 use shoal_transport::Identity;
 
+/// Runtime handlers a node may report (wasm and runc today).
+const MAX_RUNTIME_HANDLERS: usize = 4;
+
 impl Service {
     /// Creates or refreshes a node's own Node: its labels and status come from the node; its
     /// spec (cordon, taints) stays what the admins made it.
@@ -125,6 +128,15 @@ impl Service {
         }
         shoal_api::node_restriction::check_node_labels(me, &obj.metadata().labels)
             .map_err(Error::Forbidden)?;
+        // Each wasm target a node reports is one the controller compiles every push for.
+        if let Object::Node(n) = &obj {
+            let handlers = n.status.as_ref().map_or(0, |s| s.runtime_handlers.len());
+            if handlers > MAX_RUNTIME_HANDLERS {
+                return Err(Error::Invalid(format!(
+                    "node {me:?} reports {handlers} runtime handlers; at most {MAX_RUNTIME_HANDLERS}"
+                )));
+            }
+        }
         Ok(obj)
     }
 

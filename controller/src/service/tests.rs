@@ -327,3 +327,30 @@ async fn a_node_that_joined_before_keys_were_bound_is_bound_once_if_it_still_exi
         "the first key keeps the name"
     );
 }
+
+#[tokio::test]
+async fn what_a_node_writes_is_bounded_in_size() {
+    let (_dir, s) = service().await;
+    let me = Identity::Node("pi-1".into());
+    let labels: serde_json::Map<String, serde_json::Value> = (0..2000)
+        .map(|i| (format!("k{i}"), serde_json::Value::from("v".repeat(60))))
+        .collect();
+    let node = json(serde_json::json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "pi-1", "labels": labels}}));
+    match s.handle(&me, Request::PutNode { object: node }).await {
+        Reply::One(Response::Error(e)) => {
+            assert_eq!(e.code, ErrorCode::BadRequest);
+            assert!(e.message.contains("more than the 65536"), "{}", e.message);
+        }
+        _ => panic!("a 200 KB Node was taken"),
+    }
+    let handlers: Vec<serde_json::Value> = (0..5)
+        .map(|i| serde_json::json!({"name": format!("h{i}")}))
+        .collect();
+    let node = json(serde_json::json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "pi-1"}, "status": {"runtimeHandlers": handlers}}));
+    assert_eq!(
+        call(&s, &me, Request::PutNode { object: node }).await.err(),
+        Some(ErrorCode::Invalid)
+    );
+}
