@@ -6,6 +6,9 @@ pub enum Error {
     Join(String),
     #[error("the controller answered: {0}")]
     Server(String),
+    /// The controller has no such object.
+    #[error("{0}")]
+    NotFound(String),
     #[error(transparent)]
     Transport(#[from] shoal_transport::Error),
     #[error(transparent)]

@@ -3,6 +3,7 @@
 
 pub mod artifacts;
 pub mod dns;
+pub mod env;
 pub mod error;
 pub mod images;
 pub mod join;

@@ -739,6 +739,50 @@ fn set_waiting(state: &Arc<Mutex<PodRun>>, reason: &str, message: Option<String>
 
 /// A ConfigMap or Secret a pod uses: from the controller, kept on the node as it comes; the
 /// copy kept when the controller cannot be asked. What the controller says is gone is gone.
+/// The ConfigMaps and Secrets a container's env refers to, fetched (`None`: there is no such
+/// object; whether that is an error depends on `optional`, see [`crate::env`]).
+async fn env_sources(
+    inner: &Inner,
+    ns: &str,
+    c: &shoal_api::Container,
+) -> std::result::Result<crate::env::Sources, (String, String)> {
+    let (config_maps, secrets) = crate::env::references(c);
+    let mut sources = crate::env::Sources::default();
+    let failed = |what: &str, name: &str, e: Error| {
+        (
+            "CreateContainerConfigError".to_string(),
+            format!("{what} {name:?}: {e}"),
+        )
+    };
+    for name in config_maps {
+        let data = match get_object(inner, Kind::ConfigMap, ns, &name).await {
+            Ok(o) => {
+                let cm: ConfigMap = o
+                    .into_typed()
+                    .map_err(|e| failed("configmap", &name, Error::Internal(e.to_string())))?;
+                Some(cm.data)
+            }
+            Err(Error::NotFound(_)) => None,
+            Err(e) => return Err(failed("configmap", &name, e)),
+        };
+        sources.config_maps.insert(name, data);
+    }
+    for name in secrets {
+        let data = match get_object(inner, Kind::Secret, ns, &name).await {
+            Ok(o) => {
+                let s: Secret = o
+                    .into_typed()
+                    .map_err(|e| failed("secret", &name, Error::Internal(e.to_string())))?;
+                Some(crate::env::Sources::secret_values(&s.data))
+            }
+            Err(Error::NotFound(_)) => None,
+            Err(e) => return Err(failed("secret", &name, e)),
+        };
+        sources.secrets.insert(name, data);
+    }
+    Ok(sources)
+}
+
 async fn get_object(inner: &Inner, kind: Kind, namespace: &str, name: &str) -> Result<Object> {
     let asked = match client(inner) {
         Some(client) => client
@@ -761,6 +805,7 @@ async fn get_object(inner: &Inner, kind: Kind, namespace: &str, name: &str) -> R
         Ok(Response::Error(e)) => {
             if e.code == shoal_transport::proto::ErrorCode::NotFound {
                 inner.local.forget(&key);
+                return Err(Error::NotFound(e.message));
             }
             Err(Error::Server(e.message))
         }
@@ -917,6 +962,19 @@ async fn prepare(
         }
         _ => None,
     };
+    // What `fieldRef` reads: the pod's address (its node's for wasm and hostNetwork pods).
+    let host_ip = client(inner)
+        .and_then(|c| crate::node::source_ip(c.connection().remote_address()))
+        .map(|ip| ip.to_string())
+        .or_else(|| pod.status.as_ref().and_then(|s| s.host_ip.clone()));
+    let placement = crate::env::Placement {
+        node: inner.node.clone(),
+        pod_ip: match pod_ip {
+            Some(ip) => Some(ip.to_string()),
+            None => host_ip.clone(),
+        },
+        host_ip,
+    };
     let mut specs = Vec::new();
     let mut images_used = Vec::new();
     for c in &pod.spec.containers {
@@ -943,86 +1001,33 @@ async fn prepare(
             .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?
             .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
         // The Services of the pod's namespace first, so the container's own env wins.
-        let mut env = crate::proxy::service_env(&inner.proxy.services_in(&ns));
-        for e in &c.env {
-            let value = match (&e.value, &e.value_from) {
-                (Some(v), _) => v.clone(),
-                (None, Some(from)) => {
-                    if let Some(r) = &from.config_map_key_ref {
-                        let cm: ConfigMap = get_object(inner, Kind::ConfigMap, &ns, &r.name)
-                            .await
-                            .and_then(|o| {
-                                o.into_typed().map_err(|e| Error::Internal(e.to_string()))
-                            })
-                            .map_err(|err| {
-                                (
-                                    "CreateContainerConfigError".to_string(),
-                                    format!("env {}: configmap {:?}: {err}", e.name, r.name),
-                                )
-                            })?;
-                        cm.data.get(&r.key).cloned().ok_or_else(|| {
-                            (
-                                "CreateContainerConfigError".to_string(),
-                                format!(
-                                    "env {}: key {:?} not found in configmap {:?}",
-                                    e.name, r.key, r.name
-                                ),
-                            )
-                        })?
-                    } else if let Some(r) = &from.secret_key_ref {
-                        let s: Secret = get_object(inner, Kind::Secret, &ns, &r.name)
-                            .await
-                            .and_then(|o| {
-                                o.into_typed().map_err(|e| Error::Internal(e.to_string()))
-                            })
-                            .map_err(|err| {
-                                (
-                                    "CreateContainerConfigError".to_string(),
-                                    format!("env {}: secret {:?}: {err}", e.name, r.name),
-                                )
-                            })?;
-                        let b = s.data.get(&r.key).ok_or_else(|| {
-                            (
-                                "CreateContainerConfigError".to_string(),
-                                format!(
-                                    "env {}: key {:?} not found in secret {:?}",
-                                    e.name, r.key, r.name
-                                ),
-                            )
-                        })?;
-                        String::from_utf8_lossy(
-                            &base64::engine::general_purpose::STANDARD
-                                .decode(b)
-                                .unwrap_or_default(),
-                        )
-                        .into_owned()
-                    } else if let Some(f) = &from.field_ref {
-                        match f.field_path.as_str() {
-                            "metadata.name" => pod.metadata.name.clone(),
-                            "metadata.namespace" => ns.clone(),
-                            "metadata.uid" => pod.metadata.uid.clone(),
-                            "spec.nodeName" => inner.node.clone(),
-                            other => {
-                                return Err((
-                                    "CreateContainerConfigError".to_string(),
-                                    format!("env {}: fieldRef {other:?} is not supported", e.name),
-                                ))
-                            }
-                        }
-                    } else {
-                        String::new()
-                    }
-                }
-                (None, None) => String::new(),
-            };
-            env.push((e.name.clone(), value));
+        let services = crate::proxy::service_env(&inner.proxy.services_in(&ns));
+        let sources = env_sources(inner, &ns, c).await?;
+        let env = crate::env::container_env(c, pod, &placement, services, &sources)
+            .map_err(|m| ("CreateContainerConfigError".to_string(), m))?;
+        if !env.skipped.is_empty() {
+            let message = format!(
+                "Keys [{}] from the EnvFrom of container {:?} were skipped since they are invalid environment variable names",
+                env.skipped.join(", "),
+                c.name
+            );
+            event(
+                inner,
+                pod,
+                "Warning",
+                "InvalidEnvironmentVariableNames",
+                message,
+            )
+            .await;
         }
-        let mut argv: Vec<String> = if c.command.is_empty() {
+        let (command, args) = crate::env::command_line(c, &env);
+        let env = env.vars;
+        let mut argv: Vec<String> = if command.is_empty() {
             vec![c.name.clone()]
         } else {
-            c.command.clone()
+            command.clone()
         };
-        argv.extend(c.args.iter().cloned());
+        argv.extend(args.iter().cloned());
         let mut mounts: Vec<Mount> = c
             .volume_mounts
             .iter()
@@ -1050,8 +1055,8 @@ async fn prepare(
                 key: container_key(pod, &c.name),
                 artifact,
                 argv,
-                command: c.command.clone(),
-                args: c.args.clone(),
+                command,
+                args,
                 cpu_request_millis: c
                     .resources
                     .requests

@@ -654,6 +654,18 @@ fn validate_pod_spec(e: &mut Errors, path: &str, s: &PodSpec) {
                         "may not be specified when `value` is not empty",
                     );
                 }
+                if let Some(f) = &from.field_ref {
+                    if !field_path_supported(&f.field_path) {
+                        e.add(
+                            format!("{ep}.valueFrom.fieldRef.fieldPath"),
+                            format!(
+                                "Unsupported value: {:?}: supported values: {}",
+                                f.field_path,
+                                FIELD_PATHS.join(", ")
+                            ),
+                        );
+                    }
+                }
             }
         }
         for (j, m) in c.volume_mounts.iter().enumerate() {
@@ -689,6 +701,30 @@ fn validate_pod_spec(e: &mut Errors, path: &str, s: &PodSpec) {
             }
         }
     }
+}
+
+/// The `fieldRef` paths a container's env may read (the agent fills them in).
+const FIELD_PATHS: &[&str] = &[
+    "metadata.name",
+    "metadata.namespace",
+    "metadata.uid",
+    "metadata.labels['KEY']",
+    "metadata.annotations['KEY']",
+    "spec.nodeName",
+    "spec.serviceAccountName",
+    "status.podIP",
+    "status.podIPs",
+    "status.hostIP",
+    "status.hostIPs",
+];
+
+fn field_path_supported(path: &str) -> bool {
+    let keyed = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .and_then(|r| r.strip_suffix("']"))
+            .is_some_and(|k| !k.is_empty())
+    };
+    FIELD_PATHS.contains(&path) || keyed("metadata.labels['") || keyed("metadata.annotations['")
 }
 
 fn validate_service(e: &mut Errors, s: &Service) {
@@ -821,6 +857,8 @@ spec:
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: []}", "spec.containers"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: ''}]}", "spec.containers[0].image"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {restartPolicy: Sometimes, containers: [{name: a, image: x}]}", "spec.restartPolicy"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, env: [{name: X, valueFrom: {fieldRef: {fieldPath: status.phase}}}]}]}", "spec.containers[0].env[0].valueFrom.fieldRef.fieldPath"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, volumeMounts: [{name: v, mountPath: /v, subPath: f}]}], volumes: [{name: v, emptyDir: {}}]}", "spec.containers[0].volumeMounts[0].subPath"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, ports: [{containerPort: 70000}]}]}", "spec.containers[0].ports[0].containerPort"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, resources: {requests: {memory: 2Gi}, limits: {memory: 1Gi}}}]}", "spec.containers[0].resources.requests.memory"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, volumeMounts: [{name: v, mountPath: /d}]}]}", "spec.containers[0].volumeMounts[0].name"),

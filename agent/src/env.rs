@@ -1,0 +1,408 @@
+//! A container's environment and command line, built as the kubelet builds them: the Service
+//! variables of the pod's namespace first, then `envFrom` sources in order (with their
+//! `prefix`; keys that are not variable names are skipped and reported), then `env`, each
+//! later one replacing an earlier one of the same name. `$(VAR)` in `env` values refers to the
+//! variables defined before it, and in `command` and `args` to all of them; `$$` is a literal
+//! `$`, and a reference to an undefined variable is kept as written. A missing ConfigMap,
+//! Secret or key is an error unless the reference is `optional`.
+//!
+//! Everything here is decided from values fetched beforehand ([`Sources`]), so it is tested
+//! with tables, without a controller.
+
+use base64::Engine as _;
+use shoal_api::{Container, Pod};
+use std::collections::{BTreeMap, HashMap};
+
+/// The ConfigMaps and Secrets a container refers to, as fetched: `None` where the controller
+/// (or the node's local state) has no such object. Secret values are decoded.
+#[derive(Debug, Default)]
+pub struct Sources {
+    pub config_maps: HashMap<String, Option<BTreeMap<String, String>>>,
+    pub secrets: HashMap<String, Option<BTreeMap<String, String>>>,
+}
+
+impl Sources {
+    /// A Secret's `data`, decoded; values that are not base64 are left out.
+    pub fn secret_values(data: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        data.iter()
+            .filter_map(|(k, v)| {
+                let bytes = base64::engine::general_purpose::STANDARD.decode(v).ok()?;
+                Some((k.clone(), String::from_utf8_lossy(&bytes).into_owned()))
+            })
+            .collect()
+    }
+}
+
+/// What the pod knows of where it runs, for `fieldRef`.
+#[derive(Debug, Default)]
+pub struct Placement {
+    pub node: String,
+    pub pod_ip: Option<String>,
+    pub host_ip: Option<String>,
+}
+
+/// The ConfigMaps and Secrets `c` refers to (env, envFrom), by name, for fetching.
+pub fn references(c: &Container) -> (Vec<String>, Vec<String>) {
+    let mut cms = Vec::new();
+    let mut secrets = Vec::new();
+    for f in &c.env_from {
+        if let Some(r) = &f.config_map_ref {
+            cms.push(r.name.clone());
+        }
+        if let Some(r) = &f.secret_ref {
+            secrets.push(r.name.clone());
+        }
+    }
+    for e in c.env.iter().filter_map(|e| e.value_from.as_ref()) {
+        if let Some(r) = &e.config_map_key_ref {
+            cms.push(r.name.clone());
+        }
+        if let Some(r) = &e.secret_key_ref {
+            secrets.push(r.name.clone());
+        }
+    }
+    cms.sort();
+    cms.dedup();
+    secrets.sort();
+    secrets.dedup();
+    (cms, secrets)
+}
+
+/// A container's environment, and the `envFrom` keys skipped for not being variable names.
+#[derive(Debug, Default, PartialEq)]
+pub struct Env {
+    pub vars: Vec<(String, String)>,
+    pub skipped: Vec<String>,
+}
+
+/// Kubernetes' rule for an environment variable's name (C identifiers, dots and dashes).
+fn is_env_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+}
+
+fn set(vars: &mut Vec<(String, String)>, name: String, value: String) {
+    match vars.iter_mut().find(|(n, _)| *n == name) {
+        Some(slot) => slot.1 = value,
+        None => vars.push((name, value)),
+    }
+}
+
+/// `$(VAR)` replaced by the value `lookup` gives, `$$` by `$`; anything else as written.
+pub fn expand(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('(') {
+            match body.find(')') {
+                Some(end) => {
+                    let name = &body[..end];
+                    match lookup(name) {
+                        Some(v) => out.push_str(&v),
+                        None => {
+                            out.push_str("$(");
+                            out.push_str(name);
+                            out.push(')');
+                        }
+                    }
+                    rest = &body[end + 1..];
+                }
+                None => {
+                    out.push_str("$(");
+                    rest = body;
+                }
+            }
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn field(pod: &Pod, at: &Placement, path: &str) -> Result<String, String> {
+    let meta_key = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .and_then(|r| r.strip_suffix("']"))
+            .map(str::to_string)
+    };
+    let m = &pod.metadata;
+    Ok(match path {
+        "metadata.name" => m.name.clone(),
+        "metadata.namespace" => m.namespace_or_default().to_string(),
+        "metadata.uid" => m.uid.clone(),
+        "spec.nodeName" => at.node.clone(),
+        "spec.serviceAccountName" => pod.spec.service_account_name.clone().unwrap_or_default(),
+        "status.podIP" | "status.podIPs" => at.pod_ip.clone().unwrap_or_default(),
+        "status.hostIP" | "status.hostIPs" => at.host_ip.clone().unwrap_or_default(),
+        _ => {
+            if let Some(k) = meta_key("metadata.labels['") {
+                m.labels.get(&k).cloned().unwrap_or_default()
+            } else if let Some(k) = meta_key("metadata.annotations['") {
+                m.annotations.get(&k).cloned().unwrap_or_default()
+            } else {
+                return Err(format!("fieldRef {path:?} is not supported"));
+            }
+        }
+    })
+}
+
+/// The environment of container `c` of `pod`, from `services` (the namespace's Service
+/// variables) and the fetched `sources`; an error names the variable and what is missing.
+pub fn container_env(
+    c: &Container,
+    pod: &Pod,
+    at: &Placement,
+    services: Vec<(String, String)>,
+    sources: &Sources,
+) -> Result<Env, String> {
+    let mut env = Env {
+        vars: services,
+        skipped: Vec::new(),
+    };
+    for f in &c.env_from {
+        let prefix = f.prefix.clone().unwrap_or_default();
+        let (what, name, optional, found) = match (&f.config_map_ref, &f.secret_ref) {
+            (Some(r), _) => (
+                "configmap",
+                &r.name,
+                r.optional,
+                sources.config_maps.get(&r.name).cloned().flatten(),
+            ),
+            (None, Some(r)) => (
+                "secret",
+                &r.name,
+                r.optional,
+                sources.secrets.get(&r.name).cloned().flatten(),
+            ),
+            (None, None) => continue,
+        };
+        let Some(data) = found else {
+            if optional == Some(true) {
+                continue;
+            }
+            return Err(format!("envFrom: {what} {name:?} not found"));
+        };
+        for (k, v) in data {
+            let var = format!("{prefix}{k}");
+            if is_env_name(&var) {
+                set(&mut env.vars, var, v);
+            } else {
+                env.skipped.push(var);
+            }
+        }
+    }
+    for e in &c.env {
+        let value = match (&e.value, &e.value_from) {
+            (Some(v), _) => {
+                let defined = env.vars.clone();
+                expand(v, &|n| {
+                    defined.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone())
+                })
+            }
+            (None, Some(from)) => {
+                let keyed = match (&from.config_map_key_ref, &from.secret_key_ref) {
+                    (Some(r), _) => Some(("configmap", r, sources.config_maps.get(&r.name))),
+                    (None, Some(r)) => Some(("secret", r, sources.secrets.get(&r.name))),
+                    (None, None) => None,
+                };
+                match (keyed, &from.field_ref) {
+                    (Some((what, r, found)), _) => {
+                        let value = found
+                            .cloned()
+                            .flatten()
+                            .ok_or_else(|| format!("{what} {:?} not found", r.name))
+                            .and_then(|d| {
+                                d.get(&r.key).cloned().ok_or_else(|| {
+                                    format!("key {:?} not found in {what} {:?}", r.key, r.name)
+                                })
+                            });
+                        match value {
+                            Ok(v) => v,
+                            Err(_) if r.optional == Some(true) => continue,
+                            Err(why) => return Err(format!("env {}: {why}", e.name)),
+                        }
+                    }
+                    (None, Some(f)) => field(pod, at, &f.field_path)
+                        .map_err(|why| format!("env {}: {why}", e.name))?,
+                    (None, None) => String::new(),
+                }
+            }
+            (None, None) => String::new(),
+        };
+        set(&mut env.vars, e.name.clone(), value);
+    }
+    Ok(env)
+}
+
+/// `command` and `args` with `$(VAR)` expanded from the container's environment.
+pub fn command_line(c: &Container, env: &Env) -> (Vec<String>, Vec<String>) {
+    let lookup = |n: &str| {
+        env.vars
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.clone())
+    };
+    let all = |v: &[String]| v.iter().map(|s| expand(s, &lookup)).collect();
+    (all(&c.command), all(&c.args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(yaml: &str) -> Pod {
+        let full = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: ns, uid: u-1, labels: {{app: web}}, annotations: {{team: edge}}}}\nspec:\n  containers:\n  - name: c\n    image: x\n{yaml}"
+        );
+        serde_yaml::from_str(&full).expect("pod")
+    }
+
+    fn sources() -> Sources {
+        let map = |pairs: &[(&str, &str)]| {
+            Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        Sources {
+            config_maps: [
+                (
+                    "cfg".to_string(),
+                    map(&[("A", "1"), ("B", "2"), ("bad key", "x")]),
+                ),
+                ("gone".to_string(), None),
+            ]
+            .into(),
+            secrets: [("sec".to_string(), map(&[("PASSWORD", "hunter2")]))].into(),
+        }
+    }
+
+    fn env_of(yaml: &str) -> Result<Env, String> {
+        let p = pod(yaml);
+        let at = Placement {
+            node: "n1".into(),
+            pod_ip: Some("10.42.0.7".into()),
+            host_ip: Some("192.168.1.2".into()),
+        };
+        let svc = vec![("WEB_SERVICE_HOST".to_string(), "10.43.0.9".to_string())];
+        container_env(&p.spec.containers[0], &p, &at, svc, &sources())
+    }
+
+    fn vars(e: &Env) -> Vec<(&str, &str)> {
+        e.vars
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn env_from_sources_with_prefixes_and_env_on_top() {
+        let e = env_of(
+            "    envFrom:\n    - configMapRef: {name: cfg}\n    - prefix: S_\n      secretRef: {name: sec}\n    env:\n    - {name: B, value: env-wins}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            vars(&e),
+            [
+                ("WEB_SERVICE_HOST", "10.43.0.9"),
+                ("A", "1"),
+                ("B", "env-wins"),
+                ("S_PASSWORD", "hunter2"),
+            ]
+        );
+        assert_eq!(e.skipped, ["bad key"]);
+    }
+
+    #[test]
+    fn missing_sources_fail_unless_optional() {
+        let cases = [
+            ("    envFrom: [{configMapRef: {name: gone}}]\n", Some("configmap \"gone\" not found")),
+            ("    envFrom: [{configMapRef: {name: gone, optional: true}}]\n", None),
+            (
+                "    env: [{name: X, valueFrom: {secretKeyRef: {name: sec, key: NOPE}}}]\n",
+                Some("env X: key \"NOPE\" not found in secret \"sec\""),
+            ),
+            (
+                "    env: [{name: X, valueFrom: {secretKeyRef: {name: sec, key: NOPE, optional: true}}}]\n",
+                None,
+            ),
+            (
+                "    env: [{name: X, valueFrom: {configMapKeyRef: {name: nowhere, key: A, optional: true}}}]\n",
+                None,
+            ),
+        ];
+        for (yaml, want) in cases {
+            match (env_of(yaml), want) {
+                (Ok(e), None) => assert!(!e.vars.iter().any(|(k, _)| k == "X"), "{yaml}"),
+                (Err(got), Some(w)) => assert!(got.contains(w), "{yaml}: {got}"),
+                (got, want) => panic!("{yaml}: {got:?}, wanted {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn field_refs_name_where_the_pod_runs() {
+        let e = env_of(
+            "    env:\n    - {name: IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}\n    - {name: HOST, valueFrom: {fieldRef: {fieldPath: status.hostIP}}}\n    - {name: NODE, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}\n    - {name: APP, valueFrom: {fieldRef: {fieldPath: \"metadata.labels['app']\"}}}\n    - {name: TEAM, valueFrom: {fieldRef: {fieldPath: \"metadata.annotations['team']\"}}}\n    - {name: NS, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}\n",
+        )
+        .unwrap();
+        let got = vars(&e);
+        for want in [
+            ("IP", "10.42.0.7"),
+            ("HOST", "192.168.1.2"),
+            ("NODE", "n1"),
+            ("APP", "web"),
+            ("TEAM", "edge"),
+            ("NS", "ns"),
+        ] {
+            assert!(got.contains(&want), "{want:?} in {got:?}");
+        }
+        let err = env_of("    env: [{name: X, valueFrom: {fieldRef: {fieldPath: spec.nope}}}]\n");
+        assert!(err
+            .unwrap_err()
+            .contains("fieldRef \"spec.nope\" is not supported"));
+    }
+
+    #[test]
+    fn references_expand_as_kubernetes_expands_them() {
+        let cases = [
+            ("$(A)", "1"),
+            ("x-$(A)-$(B)", "x-1-2"),
+            ("$$(A)", "$(A)"),
+            ("$$$(A)", "$1"),
+            ("$(UNDEFINED)", "$(UNDEFINED)"),
+            ("$(A", "$(A"),
+            ("cost: $5", "cost: $5"),
+            ("", ""),
+        ];
+        let lookup = |n: &str| match n {
+            "A" => Some("1".to_string()),
+            "B" => Some("2".to_string()),
+            _ => None,
+        };
+        for (input, want) in cases {
+            assert_eq!(expand(input, &lookup), want, "{input}");
+        }
+        // In env, only what was defined before; in the command line, everything.
+        let e = env_of(
+            "    command: [sh, -c, \"echo $(LATE) $(EARLY)\"]\n    args: [\"$(A)$$\"]\n    envFrom: [{configMapRef: {name: cfg}}]\n    env:\n    - {name: EARLY, value: \"$(LATE)-$(A)\"}\n    - {name: LATE, value: late}\n",
+        )
+        .unwrap();
+        assert!(vars(&e).contains(&("EARLY", "$(LATE)-1")));
+        let p = pod("    command: [sh, -c, \"echo $(LATE) $(EARLY)\"]\n    args: [\"$(A)$$\"]\n");
+        let (command, args) = command_line(&p.spec.containers[0], &e);
+        assert_eq!(command, ["sh", "-c", "echo late $(LATE)-1"]);
+        assert_eq!(args, ["1$"]);
+    }
+}
