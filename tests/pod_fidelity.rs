@@ -73,3 +73,68 @@ spec:
         "{described}"
     );
 }
+
+/// ConfigMap and Secret volumes project the `items` asked for, at their paths, with their
+/// modes (or `defaultMode`); an optional volume of an object that does not exist is empty;
+/// `$(VAR)` in an OCI container's command line is expanded. Needs runc and root.
+#[test]
+fn runc_volume_items_paths_and_modes_are_kubernetes() {
+    if kit::runc_missing("runc_volume_items_paths_and_modes_are_kubernetes") {
+        return;
+    }
+    let (c, _leftovers) = kit::oci_cluster(65, 1, &[]);
+    kit::push_busybox(&c);
+    c.apply(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {name: cfg}
+data: {app.conf: "port=80", other: "not asked for"}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: sec}
+stringData: {token: t0k3n}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: files}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: busybox:1
+    command: [sh, -c]
+    args:
+    - "cat /cfg/conf/app.conf; echo; ls /cfg; stat -c '%a %n' /cfg/conf/app.conf /sec/token; ls -A /none | wc -l; echo greeting=$(GREETING)"
+    env: [{name: GREETING, value: hi}]
+    volumeMounts:
+    - {name: cfg, mountPath: /cfg}
+    - {name: sec, mountPath: /sec}
+    - {name: none, mountPath: /none}
+  volumes:
+  - name: cfg
+    configMap: {name: cfg, items: [{key: app.conf, path: conf/app.conf, mode: 0600}]}
+  - name: sec
+    secret: {secretName: sec, defaultMode: 0400}
+  - name: none
+    configMap: {name: absent, optional: true}
+"#,
+    );
+    c.wait_for("the pod done", Duration::from_secs(60), |c| {
+        field(&c.pod("files"), "status.phase") == "Succeeded"
+    });
+    let log = c.shoal(&["logs", "files"]).ok();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "port=80",
+            "conf",
+            "600 /cfg/conf/app.conf",
+            "400 /sec/token",
+            "0",
+            "greeting=hi"
+        ],
+        "{log}"
+    );
+}

@@ -18,6 +18,7 @@ pub mod registry;
 pub mod secret_volume;
 pub mod serve;
 pub mod supervisor;
+pub mod volume;
 
 pub use error::{Error, Result};
 

@@ -739,6 +739,81 @@ fn set_waiting(state: &Arc<Mutex<PodRun>>, reason: &str, message: Option<String>
 
 /// A ConfigMap or Secret a pod uses: from the controller, kept on the node as it comes; the
 /// copy kept when the controller cannot be asked. What the controller says is gone is gone.
+/// The files of a ConfigMap or Secret volume ([`crate::volume`]); none for other sources.
+async fn volume_files(
+    inner: &Inner,
+    ns: &str,
+    v: &shoal_api::Volume,
+) -> std::result::Result<Vec<crate::volume::File>, (String, String)> {
+    let config = |m: String| ("CreateContainerConfigError".to_string(), m);
+    let (what, kind, name, items, default_mode, optional) = match (&v.config_map, &v.secret) {
+        (Some(c), _) => (
+            "configmap",
+            Kind::ConfigMap,
+            &c.name,
+            &c.items,
+            c.default_mode,
+            c.optional,
+        ),
+        (None, Some(s)) => (
+            "secret",
+            Kind::Secret,
+            &s.secret_name,
+            &s.items,
+            s.default_mode,
+            s.optional,
+        ),
+        (None, None) => return Ok(Vec::new()),
+    };
+    let data: Option<std::collections::BTreeMap<String, Vec<u8>>> =
+        match get_object(inner, kind, ns, name).await {
+            Ok(Object::ConfigMap(cm)) => {
+                let mut d: std::collections::BTreeMap<String, Vec<u8>> = cm
+                    .data
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes()))
+                    .collect();
+                d.extend(cm.binary_data.into_iter().filter_map(|(k, v)| {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(v)
+                        .ok()
+                        .map(|b| (k, b))
+                }));
+                Some(d)
+            }
+            Ok(Object::Secret(s)) => Some(
+                s.data
+                    .into_iter()
+                    .filter_map(|(k, v)| {
+                        base64::engine::general_purpose::STANDARD
+                            .decode(v)
+                            .ok()
+                            .map(|b| (k, b))
+                    })
+                    .collect(),
+            ),
+            Ok(other) => return Err(config(format!("{what} {name:?}: got a {}", other.kind()))),
+            Err(Error::NotFound(_)) => None,
+            Err(e) => return Err(config(format!("{what} {name:?}: {e}"))),
+        };
+    crate::volume::files(what, name, data.as_ref(), items, default_mode, optional)
+        .map_err(|m| config(format!("volume {}: {m}", v.name)))
+}
+
+/// Writes a volume's files under `dir`, with their modes.
+fn write_volume_files(dir: &std::path::Path, files: &[crate::volume::File]) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for f in files {
+        let path = dir.join(&f.path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, &f.bytes)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode))?;
+    }
+    Ok(())
+}
+
 /// The ConfigMaps and Secrets a container's env refers to, fetched (`None`: there is no such
 /// object; whether that is an error depends on `optional`, see [`crate::env`]).
 async fn env_sources(
@@ -861,60 +936,13 @@ async fn prepare(
                     format!("volume {}: {e}", v.name),
                 )
             })?;
-            let files: Vec<(String, Vec<u8>)> = if let Some(c) = &v.config_map {
-                let cm: ConfigMap = get_object(inner, Kind::ConfigMap, &ns, &c.name)
-                    .await
-                    .and_then(|o| o.into_typed().map_err(|e| Error::Internal(e.to_string())))
-                    .map_err(|e| {
-                        (
-                            "CreateContainerConfigError".to_string(),
-                            format!("configmap {:?}: {e}", c.name),
-                        )
-                    })?;
-                let mut f: Vec<(String, Vec<u8>)> = cm
-                    .data
-                    .into_iter()
-                    .map(|(k, v)| (k, v.into_bytes()))
-                    .collect();
-                f.extend(cm.binary_data.into_iter().filter_map(|(k, v)| {
-                    base64::engine::general_purpose::STANDARD
-                        .decode(v)
-                        .ok()
-                        .map(|b| (k, b))
-                }));
-                f
-            } else if let Some(s) = &v.secret {
-                let secret: Secret = get_object(inner, Kind::Secret, &ns, &s.secret_name)
-                    .await
-                    .and_then(|o| o.into_typed().map_err(|e| Error::Internal(e.to_string())))
-                    .map_err(|e| {
-                        (
-                            "CreateContainerConfigError".to_string(),
-                            format!("secret {:?}: {e}", s.secret_name),
-                        )
-                    })?;
-                secret
-                    .data
-                    .into_iter()
-                    .filter_map(|(k, v)| {
-                        base64::engine::general_purpose::STANDARD
-                            .decode(v)
-                            .ok()
-                            .map(|b| (k, b))
-                    })
-                    .collect()
-            } else {
-                vec![]
-            };
-            for (k, bytes) in files {
-                let f = p.join(&k);
-                std::fs::write(&f, bytes).map_err(|e| {
-                    (
-                        "CreateContainerConfigError".to_string(),
-                        format!("volume {} file {k}: {e}", v.name),
-                    )
-                })?;
-            }
+            let files = volume_files(inner, &ns, v).await?;
+            write_volume_files(&p, &files).map_err(|e| {
+                (
+                    "CreateContainerConfigError".to_string(),
+                    format!("volume {}: {e}", v.name),
+                )
+            })?;
             p
         };
         volume_paths.insert(v.name.clone(), path);

@@ -553,6 +553,24 @@ fn validate_pod_spec(e: &mut Errors, path: &str, s: &PodSpec) {
                 check_dns1123_subdomain(&c.name),
             );
         }
+        let projections = [
+            v.config_map
+                .as_ref()
+                .map(|c| ("configMap", &c.items, c.default_mode)),
+            v.secret
+                .as_ref()
+                .map(|c| ("secret", &c.items, c.default_mode)),
+        ];
+        for (source, items, default_mode) in projections.into_iter().flatten() {
+            check_mode(e, &format!("{p}.{source}.defaultMode"), default_mode);
+            for (j, item) in items.iter().enumerate() {
+                let ip = format!("{p}.{source}.items[{j}]");
+                check_mode(e, &format!("{ip}.mode"), item.mode);
+                if let Err(m) = check_relative_path(&item.path) {
+                    e.add(format!("{ip}.path"), m);
+                }
+            }
+        }
         if let Some(c) = &v.secret {
             e.check(
                 format!("{p}.secret.secretName"),
@@ -701,6 +719,30 @@ fn validate_pod_spec(e: &mut Errors, path: &str, s: &PodSpec) {
             }
         }
     }
+}
+
+/// A file mode of a projected volume: permission bits only.
+fn check_mode(e: &mut Errors, path: &str, mode: Option<i32>) {
+    if let Some(m) = mode.filter(|m| !(0..=0o777).contains(m)) {
+        e.add(
+            path,
+            format!("must be a number between 0 and 0777 (octal), both inclusive, got {m}"),
+        );
+    }
+}
+
+/// A path inside a volume: relative, with no `..` element.
+pub fn check_relative_path(p: &str) -> Result<(), String> {
+    if p.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if p.starts_with('/') {
+        return Err(format!("must be a relative path, got {p:?}"));
+    }
+    if p.split('/').any(|seg| seg == "..") {
+        return Err(format!("must not contain '..', got {p:?}"));
+    }
+    Ok(())
 }
 
 /// The `fieldRef` paths a container's env may read (the agent fills them in).
@@ -858,6 +900,8 @@ spec:
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: ''}]}", "spec.containers[0].image"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {restartPolicy: Sometimes, containers: [{name: a, image: x}]}", "spec.restartPolicy"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, env: [{name: X, valueFrom: {fieldRef: {fieldPath: status.phase}}}]}]}", "spec.containers[0].env[0].valueFrom.fieldRef.fieldPath"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x}], volumes: [{name: v, configMap: {name: c, items: [{key: k, path: ../../etc/passwd}]}}]}", "spec.volumes[0].configMap.items[0].path"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x}], volumes: [{name: v, secret: {secretName: c, defaultMode: 4095}}]}", "spec.volumes[0].secret.defaultMode"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, volumeMounts: [{name: v, mountPath: /v, subPath: f}]}], volumes: [{name: v, emptyDir: {}}]}", "spec.containers[0].volumeMounts[0].subPath"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, ports: [{containerPort: 70000}]}]}", "spec.containers[0].ports[0].containerPort"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, resources: {requests: {memory: 2Gi}, limits: {memory: 1Gi}}}]}", "spec.containers[0].resources.requests.memory"),

@@ -964,6 +964,12 @@ pub fn hosts_cluster_with(
     let leftovers = Leftovers(agents.iter().map(|a| a.dir.clone()).collect(), None);
     let c = Cluster::adopt(controller, agents).keep(dir);
     c.wait_nodes_ready();
+    push_busybox(&c);
+    (c, leftovers)
+}
+
+/// Builds the busybox image here (from Debian's busybox-static) and pushes it as `busybox:1`.
+pub fn push_busybox(c: &Cluster) {
     let scratch = tempfile::tempdir().expect("tmp");
     let layout = scratch.path().join("busybox");
     let layer =
@@ -977,5 +983,4 @@ pub fn hosts_cluster_with(
         .expect("layout");
     c.shoal(&["push", layout.to_str().expect("utf-8"), "busybox:1"])
         .ok();
-    (c, leftovers)
 }

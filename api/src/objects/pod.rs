@@ -271,6 +271,13 @@ pub struct HostPathVolumeSource {
 pub struct KeyToPath {
     pub key: String,
     pub path: String,
+    /// The file's permission bits; the volume's `defaultMode` when absent.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "file_mode"
+    )]
+    pub mode: Option<i32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -281,6 +288,13 @@ pub struct ConfigMapVolumeSource {
     pub items: Vec<KeyToPath>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub optional: Option<bool>,
+    /// Permission bits of the files (0644 when absent).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "file_mode"
+    )]
+    pub default_mode: Option<i32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -291,6 +305,13 @@ pub struct SecretVolumeSource {
     pub items: Vec<KeyToPath>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub optional: Option<bool>,
+    /// Permission bits of the files (0644 when absent).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "file_mode"
+    )]
+    pub default_mode: Option<i32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -495,4 +516,57 @@ pub struct ContainerStateTerminated {
     pub started_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
+}
+
+/// A file mode as manifests write it: a number (JSON has 420 for 0644), or the octal YAML 1.1
+/// reads from `0644` (which a YAML 1.2 parser hands over as the string "0644"), or `0o644`.
+fn file_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Mode {
+        Number(i32),
+        Text(String),
+    }
+    match Option::<Mode>::deserialize(d)? {
+        None => Ok(None),
+        Some(Mode::Number(n)) => Ok(Some(n)),
+        Some(Mode::Text(t)) => {
+            let digits = t
+                .strip_prefix("0o")
+                .or_else(|| t.strip_prefix('0').filter(|r| !r.is_empty()))
+                .ok_or_else(|| {
+                    serde::de::Error::custom(format!(
+                        "{t:?} is not a file mode (write it as 0644 or 420)"
+                    ))
+                })?;
+            i32::from_str_radix(digits, 8)
+                .map(Some)
+                .map_err(|_| serde::de::Error::custom(format!("{t:?} is not an octal file mode")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_modes_read_as_kubernetes_reads_them() {
+        let cases = [
+            ("{secretName: s, defaultMode: 0400}", Some(0o400)),
+            ("{secretName: s, defaultMode: 256}", Some(0o400)),
+            ("{secretName: s, defaultMode: 0o644}", Some(0o644)),
+            ("{secretName: s}", None),
+        ];
+        for (yaml, want) in cases {
+            let v: SecretVolumeSource = serde_yaml::from_str(yaml).expect(yaml);
+            assert_eq!(v.default_mode, want, "{yaml}");
+        }
+        let json: SecretVolumeSource =
+            serde_json::from_str(r#"{"secretName": "s", "defaultMode": 420}"#).unwrap();
+        assert_eq!(json.default_mode, Some(0o644));
+        assert!(
+            serde_yaml::from_str::<SecretVolumeSource>("{secretName: s, defaultMode: rw}").is_err()
+        );
+    }
 }
