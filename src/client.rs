@@ -24,6 +24,16 @@ pub fn default_data_dir() -> PathBuf {
         .join("shoal")
 }
 
+/// `dir` made absolute against the working directory at start: pods bind-mount files from the
+/// data dir, and a relative path means something else inside a container's mount namespace.
+pub fn absolute(dir: PathBuf) -> Result<PathBuf> {
+    if dir.is_absolute() {
+        return Ok(dir);
+    }
+    let here = std::env::current_dir().context("reading the working directory")?;
+    Ok(here.join(dir))
+}
+
 pub fn config_path(args: &ClientArgs) -> PathBuf {
     args.config
         .clone()

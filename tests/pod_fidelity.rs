@@ -138,3 +138,80 @@ spec:
         "{log}"
     );
 }
+
+/// A Pod's spec and a Deployment's selector cannot change under a running object (the field
+/// is named); a pod made again under the same name shows only its own events.
+#[test]
+fn immutable_fields_are_refused_and_events_follow_the_object_not_its_name() {
+    let c = Cluster::start(1);
+    let image = c.push_probe();
+    let pod = |args: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  runtimeClassName: wasm\n  containers:\n  - name: c\n    image: {image}\n    args: [{args}]\n    resources: {{requests: {{cpu: 10m, memory: 16Mi}}}}\n")
+    };
+    c.apply(&pod("sleep, \"600000\""));
+    c.wait_for("the pod running", Duration::from_secs(60), |c| {
+        field(&c.pod("p"), "status.phase") == "Running"
+    });
+    // The same manifest again is unchanged (its node, chosen by the scheduler, is kept).
+    let again = c
+        .controller
+        .shoal_stdin(&["apply", "-f", "-"], Some(&pod("sleep, \"600000\"")))
+        .ok();
+    assert!(again.contains("pod/p unchanged"), "{again}");
+    let err = c
+        .controller
+        .shoal_stdin(&["apply", "-f", "-"], Some(&pod("sleep, \"1\"")))
+        .fails();
+    assert!(
+        err.contains(
+            "Pod \"p\" is invalid: spec: Forbidden: pod updates may not change fields other than"
+        ),
+        "{err}"
+    );
+    let deploy = |app: &str| {
+        format!("apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: d}}\nspec:\n  replicas: 0\n  selector: {{matchLabels: {{app: {app}}}}}\n  template:\n    metadata: {{labels: {{app: {app}}}}}\n    spec: {{runtimeClassName: wasm, containers: [{{name: c, image: {image}}}]}}\n")
+    };
+    c.apply(&deploy("a"));
+    let err = c
+        .controller
+        .shoal_stdin(&["apply", "-f", "-"], Some(&deploy("b")))
+        .fails();
+    assert!(
+        err.contains("Deployment \"d\" is invalid: spec.selector: field is immutable"),
+        "{err}"
+    );
+
+    // Made again under the same name: the old pod's events are not the new one's.
+    let first_uid = field(&c.pod("p"), "metadata.uid");
+    c.shoal(&["delete", "pod", "p"]).ok();
+    c.wait_for("the pod gone", Duration::from_secs(60), |c| {
+        !c.shoal(&["get", "pods"]).stdout().contains("p ")
+    });
+    c.apply(&pod("print, again, sleep, \"600000\""));
+    c.wait_for("the new pod running", Duration::from_secs(60), |c| {
+        field(&c.pod("p"), "status.phase") == "Running"
+            && field(&c.pod("p"), "metadata.uid") != first_uid
+    });
+    let events: serde_json::Value =
+        serde_json::from_str(&c.shoal(&["get", "events", "-o", "json"]).ok()).unwrap();
+    let old_started = events["items"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|e| e["involvedObject"]["uid"] == first_uid.as_str())
+                .count()
+        })
+        .unwrap_or(0);
+    assert!(old_started > 0, "the first pod had events");
+    // Each pod was scheduled once: the new one's description shows one Scheduled event.
+    let described = c.shoal(&["describe", "pod", "p"]).ok();
+    let events_part = described.split("Events:").nth(1).unwrap_or("");
+    let scheduled = events_part
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some("Scheduled"))
+        .count();
+    assert_eq!(
+        scheduled, 1,
+        "the deleted pod's events show on the new one:\n{described}"
+    );
+}

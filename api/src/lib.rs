@@ -4,6 +4,7 @@
 //! This crate does no I/O. Everything that talks to a network, a file or a runtime builds on it.
 
 pub mod error;
+pub mod immutable;
 pub mod intstr;
 pub mod kind;
 pub mod manifest;

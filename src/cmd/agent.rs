@@ -101,10 +101,11 @@ impl Args {
             token,
             token_file: self.token_file.clone(),
             name,
-            data_dir: self
-                .data_dir
-                .clone()
-                .unwrap_or_else(|| default_data_dir().join("agent")),
+            data_dir: crate::client::absolute(
+                self.data_dir
+                    .clone()
+                    .unwrap_or_else(|| default_data_dir().join("agent")),
+            )?,
             labels,
             max_pods: self.max_pods,
             pod_bridge: self.pod_bridge.clone(),

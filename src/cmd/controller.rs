@@ -52,7 +52,9 @@ impl Args {
             })?)),
         };
         Ok(ControllerConfig {
-            data_dir: self.data_dir.clone().unwrap_or_else(default_data_dir),
+            data_dir: crate::client::absolute(
+                self.data_dir.clone().unwrap_or_else(default_data_dir),
+            )?,
             listen: self.listen,
             tls_san: self.tls_san.clone(),
             advertise: self.advertise_address.clone(),

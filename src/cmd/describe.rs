@@ -53,9 +53,16 @@ pub async fn run(args: Args) -> Result<()> {
             .iter()
             .filter_map(|b| Object::from_json(b).ok())
             .filter_map(|o| o.into_typed::<shoal_api::Event>().ok())
+            // By uid where the event has one, so a pod made again under the same name does not
+            // show its predecessor's events.
             .filter(|e| {
-                e.involved_object.name.as_deref() == Some(obj.name())
-                    && e.involved_object.kind.as_deref() == Some(kind.name())
+                let o = &e.involved_object;
+                o.name.as_deref() == Some(obj.name())
+                    && o.kind.as_deref() == Some(kind.name())
+                    && o.uid
+                        .as_deref()
+                        .filter(|u| !u.is_empty())
+                        .is_none_or(|u| u == obj.metadata().uid)
             })
             .collect::<Vec<_>>(),
         _ => Vec::new(),

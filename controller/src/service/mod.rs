@@ -711,8 +711,16 @@ impl Service {
             if m.finalizers.is_empty() {
                 m.finalizers = sm.finalizers;
             }
+            shoal_api::immutable::keep_cluster_fields(&stored, &mut next);
             if next == stored {
                 return Ok(ApplyResult::Unchanged);
+            }
+            if let Some((field, why)) = shoal_api::immutable::violation(&stored, &next) {
+                return Err(Error::Invalid(format!(
+                    "{} {:?} is invalid: {field}: {why}",
+                    next.kind(),
+                    next.name()
+                )));
             }
             match self
                 .store
