@@ -9,7 +9,6 @@
 //! Everything here is decided from values fetched beforehand ([`Sources`]), so it is tested
 //! with tables, without a controller.
 
-use base64::Engine as _;
 use shoal_api::{Container, Pod};
 use std::collections::{BTreeMap, HashMap};
 
@@ -19,18 +18,6 @@ use std::collections::{BTreeMap, HashMap};
 pub struct Sources {
     pub config_maps: HashMap<String, Option<BTreeMap<String, String>>>,
     pub secrets: HashMap<String, Option<BTreeMap<String, String>>>,
-}
-
-impl Sources {
-    /// A Secret's `data`, decoded; values that are not base64 are left out.
-    pub fn secret_values(data: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-        data.iter()
-            .filter_map(|(k, v)| {
-                let bytes = base64::engine::general_purpose::STANDARD.decode(v).ok()?;
-                Some((k.clone(), String::from_utf8_lossy(&bytes).into_owned()))
-            })
-            .collect()
-    }
 }
 
 /// What the pod knows of where it runs, for `fieldRef`.

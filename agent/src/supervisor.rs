@@ -8,7 +8,7 @@ use crate::pod_state::{self, Container, Phase, RestartPolicy, Terminated};
 use crate::{AgentConfig, Link};
 use base64::Engine as _;
 use chrono::Utc;
-use shoal_api::{Condition, ConfigMap, Kind, Object, Pod, PodStatus, Secret};
+use shoal_api::{Condition, Kind, Object, Pod, PodStatus, Secret};
 use shoal_runtime::oci::image::Platform;
 use shoal_runtime::oci::netns::{self, PodNetwork, Subnet};
 use shoal_runtime::oci::{Runc, RuncRuntime};
@@ -739,6 +739,42 @@ fn set_waiting(state: &Arc<Mutex<PodRun>>, reason: &str, message: Option<String>
 
 /// A ConfigMap or Secret a pod uses: from the controller, kept on the node as it comes; the
 /// copy kept when the controller cannot be asked. What the controller says is gone is gone.
+/// A ConfigMap's data and binaryData, or a Secret's data decoded: `None` when the controller
+/// (or the node's local state) has no such object.
+async fn fetch_data(
+    inner: &Inner,
+    kind: Kind,
+    ns: &str,
+    name: &str,
+) -> Result<Option<std::collections::BTreeMap<String, Vec<u8>>>> {
+    let decode = |m: std::collections::BTreeMap<String, String>| {
+        m.into_iter().filter_map(|(k, v)| {
+            base64::engine::general_purpose::STANDARD
+                .decode(v)
+                .ok()
+                .map(|b| (k, b))
+        })
+    };
+    match get_object(inner, kind, ns, name).await {
+        Ok(Object::ConfigMap(cm)) => {
+            let mut d: std::collections::BTreeMap<String, Vec<u8>> = cm
+                .data
+                .into_iter()
+                .map(|(k, v)| (k, v.into_bytes()))
+                .collect();
+            d.extend(decode(cm.binary_data));
+            Ok(Some(d))
+        }
+        Ok(Object::Secret(s)) => Ok(Some(decode(s.data).collect())),
+        Ok(other) => Err(Error::Internal(format!(
+            "asked for a {kind}, got a {}",
+            other.kind()
+        ))),
+        Err(Error::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The files of a ConfigMap or Secret volume ([`crate::volume`]); none for other sources.
 async fn volume_files(
     inner: &Inner,
@@ -765,37 +801,9 @@ async fn volume_files(
         ),
         (None, None) => return Ok(Vec::new()),
     };
-    let data: Option<std::collections::BTreeMap<String, Vec<u8>>> =
-        match get_object(inner, kind, ns, name).await {
-            Ok(Object::ConfigMap(cm)) => {
-                let mut d: std::collections::BTreeMap<String, Vec<u8>> = cm
-                    .data
-                    .into_iter()
-                    .map(|(k, v)| (k, v.into_bytes()))
-                    .collect();
-                d.extend(cm.binary_data.into_iter().filter_map(|(k, v)| {
-                    base64::engine::general_purpose::STANDARD
-                        .decode(v)
-                        .ok()
-                        .map(|b| (k, b))
-                }));
-                Some(d)
-            }
-            Ok(Object::Secret(s)) => Some(
-                s.data
-                    .into_iter()
-                    .filter_map(|(k, v)| {
-                        base64::engine::general_purpose::STANDARD
-                            .decode(v)
-                            .ok()
-                            .map(|b| (k, b))
-                    })
-                    .collect(),
-            ),
-            Ok(other) => return Err(config(format!("{what} {name:?}: got a {}", other.kind()))),
-            Err(Error::NotFound(_)) => None,
-            Err(e) => return Err(config(format!("{what} {name:?}: {e}"))),
-        };
+    let data = fetch_data(inner, kind, ns, name)
+        .await
+        .map_err(|e| config(format!("{what} {name:?}: {e}")))?;
     crate::volume::files(what, name, data.as_ref(), items, default_mode, optional)
         .map_err(|m| config(format!("volume {}: {m}", v.name)))
 }
@@ -823,37 +831,25 @@ async fn env_sources(
 ) -> std::result::Result<crate::env::Sources, (String, String)> {
     let (config_maps, secrets) = crate::env::references(c);
     let mut sources = crate::env::Sources::default();
-    let failed = |what: &str, name: &str, e: Error| {
-        (
-            "CreateContainerConfigError".to_string(),
-            format!("{what} {name:?}: {e}"),
-        )
+    let text = |d: std::collections::BTreeMap<String, Vec<u8>>| {
+        d.into_iter()
+            .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+            .collect()
     };
-    for name in config_maps {
-        let data = match get_object(inner, Kind::ConfigMap, ns, &name).await {
-            Ok(o) => {
-                let cm: ConfigMap = o
-                    .into_typed()
-                    .map_err(|e| failed("configmap", &name, Error::Internal(e.to_string())))?;
-                Some(cm.data)
-            }
-            Err(Error::NotFound(_)) => None,
-            Err(e) => return Err(failed("configmap", &name, e)),
-        };
-        sources.config_maps.insert(name, data);
-    }
-    for name in secrets {
-        let data = match get_object(inner, Kind::Secret, ns, &name).await {
-            Ok(o) => {
-                let s: Secret = o
-                    .into_typed()
-                    .map_err(|e| failed("secret", &name, Error::Internal(e.to_string())))?;
-                Some(crate::env::Sources::secret_values(&s.data))
-            }
-            Err(Error::NotFound(_)) => None,
-            Err(e) => return Err(failed("secret", &name, e)),
-        };
-        sources.secrets.insert(name, data);
+    for (kind, names) in [(Kind::ConfigMap, config_maps), (Kind::Secret, secrets)] {
+        for name in names {
+            let data = fetch_data(inner, kind, ns, &name).await.map_err(|e| {
+                (
+                    "CreateContainerConfigError".to_string(),
+                    format!("{} {name:?}: {e}", kind.name().to_ascii_lowercase()),
+                )
+            })?;
+            let into = match kind {
+                Kind::ConfigMap => &mut sources.config_maps,
+                _ => &mut sources.secrets,
+            };
+            into.insert(name, data.map(text));
+        }
     }
     Ok(sources)
 }
