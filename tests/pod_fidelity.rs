@@ -215,3 +215,35 @@ fn immutable_fields_are_refused_and_events_follow_the_object_not_its_name() {
         "the deleted pod's events show on the new one:\n{described}"
     );
 }
+
+/// A Service's status follows its type: a LoadBalancer lists the nodes' addresses, and the
+/// same Service made a ClusterIP has none left.
+#[test]
+fn a_services_status_follows_its_type() {
+    let c = Cluster::start(1);
+    let svc = |type_: &str| {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  type: {type_}\n  selector: {{app: web}}\n  ports: [{{port: 80}}]\n")
+    };
+    let ingress = |c: &Cluster| {
+        let v: serde_json::Value =
+            serde_json::from_str(&c.shoal(&["get", "svc", "web", "-o", "json"]).ok()).unwrap();
+        v["status"]["loadBalancer"]["ingress"]
+            .as_array()
+            .map(Vec::len)
+            .unwrap_or(0)
+    };
+    c.apply(&svc("LoadBalancer"));
+    c.wait_for("an EXTERNAL-IP", Duration::from_secs(30), |c| {
+        ingress(c) == 1
+    });
+    c.apply(&svc("ClusterIP"));
+    c.wait_for("no EXTERNAL-IP left", Duration::from_secs(30), |c| {
+        ingress(c) == 0
+    });
+    let table = c.shoal(&["get", "svc", "web"]).ok();
+    let row = table.lines().nth(1).unwrap_or("");
+    assert!(
+        row.contains("ClusterIP") && row.contains("<none>"),
+        "{table}"
+    );
+}

@@ -165,6 +165,23 @@ pub fn load_balancer(svc: &Service, nodes: &[Node]) -> Option<ServiceStatus> {
     })
 }
 
+/// The status a Service must be given, if its stored one is not it: a LoadBalancer's lists
+/// the Ready nodes; any other type has none, so a Service changed from LoadBalancer to
+/// ClusterIP loses its EXTERNAL-IP. `None`: nothing to write.
+pub fn status_change(svc: &Service, nodes: &[Node]) -> Option<Option<ServiceStatus>> {
+    let want = load_balancer(svc, nodes);
+    let has_lb = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .is_some();
+    match &want {
+        Some(_) if svc.status != want => Some(want),
+        None if has_lb => Some(None),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,5 +326,15 @@ mod tests {
             .map(|i| i.ip)
             .collect();
         assert_eq!(ips, [Some("10.0.0.1".into()), Some("10.0.0.2".into())]);
+
+        // The status follows the type: written once for a LoadBalancer, cleared when the
+        // Service becomes a ClusterIP, and left alone when there is nothing to say.
+        let fresh = status_change(&svc, &nodes).expect("a new LoadBalancer gets a status");
+        svc.status = fresh;
+        assert_eq!(status_change(&svc, &nodes), None);
+        svc.spec.type_ = Some("ClusterIP".into());
+        assert_eq!(status_change(&svc, &nodes), Some(None));
+        svc.status = None;
+        assert_eq!(status_change(&svc, &nodes), None);
     }
 }

@@ -183,12 +183,10 @@ async fn services(store: &Store, pods: &[Pod]) -> Result<()> {
         stored.iter().map(|e| (key(&e.metadata), e)).collect();
     let nodes: Vec<Node> = store.list_typed(Kind::Node, None)?;
     for svc in &services {
-        if let Some(status) = endpoints::load_balancer(svc, &nodes) {
-            if svc.status.as_ref() != Some(&status) {
-                let mut next = svc.clone();
-                next.status = Some(status);
-                put_status(store, Object::Service(next), svc.metadata.revision()).await?;
-            }
+        if let Some(status) = endpoints::status_change(svc, &nodes) {
+            let mut next = svc.clone();
+            next.status = status;
+            put_status(store, Object::Service(next), svc.metadata.revision()).await?;
         }
         if svc.spec.selector.is_empty() {
             continue;
