@@ -14,10 +14,9 @@ use crate::service::{Service, SYSTEM_NAMESPACE};
 use crate::store::{ObjectKey, Op};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use shoal_api::{Kind, Object, ObjectMeta, Secret};
 use shoal_transport::pki::{check_node_name, fingerprint_of_csr, JoinToken};
-use shoal_transport::proto::{ErrorCode, Response, WireError};
+use shoal_transport::proto::{CredentialInfo, ErrorCode, Response, TokenInfo, WireError};
 use shoal_transport::Identity;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -47,25 +46,6 @@ impl Default for TrustConfig {
             reserved_names: Vec::new(),
         }
     }
-}
-
-/// A join token as `shoal token list` shows it: never its secret.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenInfo {
-    pub id: String,
-    pub description: String,
-    /// RFC 3339; none: until deleted.
-    pub expires: Option<String>,
-    /// Joins allowed; none: any number.
-    pub usages: Option<u32>,
-    pub used: u32,
-}
-
-/// An admin credential as `shoal credentials list` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CredentialInfo {
-    pub name: String,
-    pub expires: String,
 }
 
 /// Why a token can no longer join a node, if it cannot.

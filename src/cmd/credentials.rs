@@ -5,7 +5,7 @@ use crate::client::{call, config_path, connect};
 use crate::ClientArgs;
 use anyhow::{bail, Context, Result};
 use shoal_transport::pki::{csr_for, new_key};
-use shoal_transport::proto::{Request, Response};
+use shoal_transport::proto::{CredentialInfo, Request, Response};
 use shoal_transport::{Client, Credentials};
 use std::path::PathBuf;
 
@@ -33,12 +33,6 @@ enum CredentialsCommand {
     List,
     /// Revoke an admin credential at once.
     Delete { name: String },
-}
-
-#[derive(serde::Deserialize)]
-struct CredentialInfo {
-    name: String,
-    expires: String,
 }
 
 /// Asks the controller to certify a new key as admin credential `name`.

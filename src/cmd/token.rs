@@ -3,7 +3,7 @@
 use crate::client::{call, connect};
 use crate::ClientArgs;
 use anyhow::{bail, Context, Result};
-use shoal_transport::proto::{Request, Response};
+use shoal_transport::proto::{Request, Response, TokenInfo};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -31,15 +31,6 @@ enum TokenCommand {
     List,
     /// Delete a join token by its id (the first 8 characters of its secret).
     Delete { id: String },
-}
-
-#[derive(serde::Deserialize)]
-struct TokenInfo {
-    id: String,
-    description: String,
-    expires: Option<String>,
-    usages: Option<u32>,
-    used: u32,
 }
 
 pub async fn run(args: Args) -> Result<()> {

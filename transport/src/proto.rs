@@ -229,6 +229,25 @@ pub enum Response {
     Error(WireError),
 }
 
+/// A join token as `shoal token list` shows it ([`Request::ListTokens`]): never its secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub description: String,
+    /// RFC 3339; none: until deleted.
+    pub expires: Option<String>,
+    /// Joins allowed; none: any number.
+    pub usages: Option<u32>,
+    pub used: u32,
+}
+
+/// An admin credential as `shoal credentials list` shows it ([`Request::ListCredentials`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialInfo {
+    pub name: String,
+    pub expires: String,
+}
+
 /// A certificate the controller signed, and the CAs beside it ([`Response::Joined`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Signed {

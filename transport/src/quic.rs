@@ -178,13 +178,6 @@ fn peer_certificate(conn: &Connection) -> Option<CertificateDer<'static>> {
         .and_then(|certs| certs.first().cloned())
 }
 
-/// Reads the request of a server-side stream.
-pub async fn read_request(recv: &mut RecvStream) -> Result<Request> {
-    frame::read(recv, frame::MAX_FRAME)
-        .await?
-        .ok_or_else(|| Error::Stream("the stream ended before a request".into()))
-}
-
 pub async fn send_response(send: &mut SendStream, response: &Response) -> Result<()> {
     match response {
         Response::List { items, revision } => {

@@ -32,6 +32,21 @@ fn secret(name: &str) -> Vec<u8> {
     )
 }
 
+/// Creates Node `name` as an admin would.
+async fn add_node(s: &Service, name: &str) {
+    let node = serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}});
+    let admin = Identity::Admin("admin".into());
+    call(
+        s,
+        &admin,
+        Request::Apply {
+            objects: vec![json(node)],
+        },
+    )
+    .await
+    .unwrap();
+}
+
 async fn call(
     s: &Service,
     who: &Identity,
@@ -212,17 +227,7 @@ async fn joining_needs_a_known_token_secret_and_the_ca_sets_the_name() {
     }
     // Deleting the node revokes its certificate at once.
     let admin = Identity::Admin("admin".into());
-    let node =
-        serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "pi-9"}});
-    call(
-        &s,
-        &admin,
-        Request::Apply {
-            objects: vec![json(node)],
-        },
-    )
-    .await
-    .unwrap();
+    add_node(&s, "pi-9").await;
     call(
         &s,
         &admin,
@@ -296,17 +301,7 @@ async fn a_node_that_joined_before_keys_were_bound_is_bound_once_if_it_still_exi
         .await
         .unwrap();
     assert!(s.authenticate(old.clone(), Some(&key)).is_err());
-    let node = serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "old"}});
-    let admin = Identity::Admin("admin".into());
-    call(
-        &s,
-        &admin,
-        Request::Apply {
-            objects: vec![json(node)],
-        },
-    )
-    .await
-    .unwrap();
+    add_node(&s, "old").await;
     // A certificate of today's lifetime is never adopted; a century-long one is, once.
     let year = std::time::Duration::from_secs(365 * 24 * 3600);
     s.adopt_legacy_node(&old, Some(&key), Some(year))
