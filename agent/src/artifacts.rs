@@ -2,6 +2,7 @@
 //! verified by digest before it is used, then kept by digest for the next pod.
 
 use crate::error::{Error, Result};
+use crate::sync::lock;
 use sha2::{Digest, Sha256};
 use shoal_transport::proto::{Request, Response};
 use shoal_transport::Client;
@@ -26,6 +27,14 @@ fn digest_of(path: &Path) -> Result<String> {
     Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
 }
 
+/// [`digest_of`], off the async threads: an artifact may be hundreds of megabytes.
+async fn hash(path: &Path) -> Result<String> {
+    let owned = path.to_path_buf();
+    tokio::task::spawn_blocking(move || digest_of(&owned))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+}
+
 impl ArtifactCache {
     pub fn new(data_dir: &Path, registries: crate::registry::Registries) -> Result<ArtifactCache> {
         let dir = data_dir.join("artifacts");
@@ -39,14 +48,11 @@ impl ArtifactCache {
     }
 
     /// The lock that keeps fetches of one reference (or digest) one at a time.
-    fn lock_for(&self, key: &str) -> Result<Arc<tokio::sync::Mutex<()>>> {
-        Ok(self
-            .locks
-            .lock()
-            .map_err(|_| Error::Internal("artifact lock poisoned".into()))?
+    fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.locks)
             .entry(key.to_string())
             .or_default()
-            .clone())
+            .clone()
     }
 
     fn by_reference(&self, reference: &str) -> PathBuf {
@@ -59,8 +65,8 @@ impl ArtifactCache {
     /// The local path of `reference`, fetching what is missing. Without the controller (no
     /// link, or the transfer failed), the copy this node fetched last, if it has one.
     pub async fn get(&self, client: Option<&Client>, reference: &str) -> Result<PathBuf> {
-        let lock = self.lock_for(reference)?;
-        let _held = lock.lock().await;
+        let held = self.lock_for(reference);
+        let _held = held.lock().await;
         let fetched = match client {
             Some(client) => self.fetch(client, reference).await,
             None => Err(Error::Artifact {
@@ -75,7 +81,7 @@ impl ArtifactCache {
             }
             Err(e) => e,
         };
-        match self.pinned(reference)? {
+        match self.pinned(reference).await? {
             Some(path) => {
                 tracing::info!(reference, error = %why, "using the copy this node has");
                 Ok(path)
@@ -102,13 +108,13 @@ impl ArtifactCache {
     }
 
     /// The file `reference` was when this node last had it, if it is still whole.
-    fn pinned(&self, reference: &str) -> Result<Option<PathBuf>> {
+    async fn pinned(&self, reference: &str) -> Result<Option<PathBuf>> {
         let pin = self.by_reference(reference).with_extension("digest");
         let Ok(digest) = std::fs::read_to_string(&pin) else {
             return Ok(None);
         };
         let done = self.dir.join(digest.trim().trim_start_matches("sha256:"));
-        Ok(self.trusted(&done, digest.trim())?.then_some(done))
+        Ok(self.trusted(&done, digest.trim()).await?.then_some(done))
     }
 
     /// The blob `digest` into the image store `store`, fetched from the controller unless the
@@ -119,8 +125,8 @@ impl ArtifactCache {
         digest: &str,
         store: &std::sync::Arc<shoal_runtime::oci::image::ImageStore>,
     ) -> Result<bool> {
-        let lock = self.lock_for(digest)?;
-        let _held = lock.lock().await;
+        let held = self.lock_for(digest);
+        let _held = held.lock().await;
         if store.has_blob(digest) {
             return Ok(false);
         }
@@ -140,17 +146,17 @@ impl ArtifactCache {
         auth: &oci_client::secrets::RegistryAuth,
         always: bool,
     ) -> Result<PathBuf> {
-        let lock = self.lock_for(image)?;
-        let _held = lock.lock().await;
+        let held = self.lock_for(image);
+        let _held = held.lock().await;
         if !always {
-            if let Some(done) = self.pinned(image)? {
+            if let Some(done) = self.pinned(image).await? {
                 return Ok(done);
             }
         }
         let path = match crate::registry::pull(image, auth, &self.dir, &self.registries).await {
             Ok(path) => path,
             // The registry out of reach: the copy pulled last keeps the pod running.
-            Err(e) => match self.pinned(image)? {
+            Err(e) => match self.pinned(image).await? {
                 Some(done) => {
                     tracing::info!(image, error = %e, "cannot pull; using the copy this node has");
                     return Ok(done);
@@ -159,9 +165,7 @@ impl ArtifactCache {
             },
         };
         self.pin(image, &path)?;
-        if let Ok(mut v) = self.verified.lock() {
-            v.insert(path.clone());
-        }
+        lock(&self.verified).insert(path.clone());
         Ok(path)
     }
 
@@ -171,17 +175,15 @@ impl ArtifactCache {
     }
 
     /// A cached file, if it is whole: checked against its digest once per process.
-    fn trusted(&self, done: &Path, digest: &str) -> Result<bool> {
+    async fn trusted(&self, done: &Path, digest: &str) -> Result<bool> {
         if !done.exists() {
             return Ok(false);
         }
-        if self.verified.lock().is_ok_and(|v| v.contains(done)) {
+        if lock(&self.verified).contains(done) {
             return Ok(true);
         }
-        if digest_of(done)? == digest {
-            if let Ok(mut v) = self.verified.lock() {
-                v.insert(done.to_path_buf());
-            }
+        if hash(done).await? == digest {
+            lock(&self.verified).insert(done.to_path_buf());
             return Ok(true);
         }
         tracing::warn!(path = %done.display(), "cached artifact is corrupt; fetching it again");
@@ -206,8 +208,8 @@ impl ArtifactCache {
         target: &shoal_api::WasmTarget,
     ) -> Result<PathBuf> {
         let key = format!("precompiled/{digest}/{}", target.key());
-        let lock = self.lock_for(&key)?;
-        let _held = lock.lock().await;
+        let held = self.lock_for(&key);
+        let _held = held.lock().await;
         let dir = self.dir.join("precompiled");
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let code = self
@@ -242,7 +244,7 @@ impl ArtifactCache {
             other => return Err(err(format!("unexpected answer {other:?}"))),
         };
         let done = dir.join(digest.trim_start_matches("sha256:"));
-        if self.trusted(&done, &digest)? {
+        if self.trusted(&done, &digest).await? {
             return Ok(done);
         }
         let mut file = std::fs::OpenOptions::new()
@@ -264,7 +266,10 @@ impl ArtifactCache {
                 other => return Err(err(format!("unexpected answer {other:?}"))),
             }
         }
-        file.sync_all().map_err(|e| Error::io(&partial, e))?;
+        tokio::task::spawn_blocking(move || file.sync_all())
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .map_err(|e| Error::io(&partial, e))?;
         if got > size {
             // More than announced: what we hold cannot be resumed from; start over next time.
             let _ = std::fs::remove_file(&partial);
@@ -277,8 +282,7 @@ impl ArtifactCache {
                 "transfer ended after {got} of {size} bytes (it resumes from there)"
             )));
         }
-        drop(file);
-        let actual = digest_of(&partial)?;
+        let actual = hash(&partial).await?;
         if actual != digest {
             let _ = std::fs::remove_file(&partial);
             return Err(err(format!(
@@ -286,9 +290,7 @@ impl ArtifactCache {
             )));
         }
         std::fs::rename(&partial, &done).map_err(|e| Error::io(&done, e))?;
-        if let Ok(mut v) = self.verified.lock() {
-            v.insert(done.clone());
-        }
+        lock(&self.verified).insert(done.clone());
         // What this transfer carried, beside what an earlier one left: a resumed fetch says so.
         tracing::info!(
             reference,

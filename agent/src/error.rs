@@ -33,3 +33,13 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A plain answer: `Ok`, or the controller's error.
+pub(crate) fn expect_ok(r: shoal_transport::proto::Response) -> Result<()> {
+    use shoal_transport::proto::Response;
+    match r {
+        Response::Ok => Ok(()),
+        Response::Error(e) => Err(Error::Server(e.message)),
+        other => Err(Error::Internal(format!("unexpected answer {other:?}"))),
+    }
+}

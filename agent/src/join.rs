@@ -2,8 +2,8 @@
 //! renewed by the node itself before it expires, for the same key (the key its name is bound
 //! to on the controller). Everything that connects with it reads the current one here.
 
+use crate::config::AgentConfig;
 use crate::error::{Error, Result};
-use crate::AgentConfig;
 use shoal_transport::pki::{csr_for, lifetime_of, new_key, renewal_due};
 use shoal_transport::proto::Request;
 use shoal_transport::{Client, Credentials, JoinToken};
@@ -88,7 +88,7 @@ impl NodeCredentials {
 /// before the certificate expires.
 pub async fn keep_renewed(
     creds: NodeCredentials,
-    mut link: crate::Link,
+    mut link: crate::config::Link,
     period: Duration,
     shutdown: tokio_util::sync::CancellationToken,
 ) {

@@ -1,6 +1,6 @@
 //! What this node is: the Node object it registers, from the machine's own facts.
 
-use crate::AgentConfig;
+use crate::config::AgentConfig;
 use shoal_api::{
     Condition, Node, NodeAddress, NodeStatus, NodeSystemInfo, ObjectMeta, Quantity, RuntimeHandler,
     WasmTarget,
@@ -111,7 +111,12 @@ pub fn describe(
             name: config.name.clone(),
             labels,
             annotations: peer_port
-                .map(|p| (crate::peer::PORT_ANNOTATION.to_string(), p.to_string()))
+                .map(|p| {
+                    (
+                        shoal_api::node_restriction::PEER_PORT_ANNOTATION.to_string(),
+                        p.to_string(),
+                    )
+                })
                 .into_iter()
                 .collect(),
             ..Default::default()

@@ -4,9 +4,16 @@
 use std::net::SocketAddr;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-/// Listens on `listen` and forwards each TCP connection to `to`, until `cancel`.
-pub async fn forward_tcp(listener: TcpListener, to: SocketAddr, cancel: CancellationToken) {
+/// Listens on `listen` and forwards each TCP connection to `to`, until `cancel`; each
+/// connection is a task of `tasks`.
+pub async fn forward_tcp(
+    listener: TcpListener,
+    to: SocketAddr,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+) {
     loop {
         let accepted = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -20,7 +27,7 @@ pub async fn forward_tcp(listener: TcpListener, to: SocketAddr, cancel: Cancella
             }
         };
         let cancel = cancel.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut outbound = match TcpStream::connect(to).await {
                 Ok(s) => s,
                 Err(e) => {

@@ -11,7 +11,10 @@ use std::collections::{BTreeMap, BTreeSet};
 /// heartbeat never overrides them.
 pub const ADMIN_LABELS: &str = "shoal.dev/admin-labels";
 /// The only annotation of its own a node may write.
-pub const NODE_ANNOTATIONS: &[&str] = &["shoal.dev/peer-port"];
+pub const NODE_ANNOTATIONS: &[&str] = &[PEER_PORT_ANNOTATION];
+
+/// The Node annotation that says on which port a node serves its peers' service proxies.
+pub const PEER_PORT_ANNOTATION: &str = "shoal.dev/peer-port";
 
 /// Labels in the restricted domains that a node may still set, as Kubernetes allows them.
 const ALLOWED_KEYS: &[&str] = &[

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use shoal_api::{
     ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
-    ContainerStatus,
+    ContainerStatus, PodPhase,
 };
 use std::time::Duration;
 
@@ -227,7 +227,7 @@ fn human(d: Duration) -> String {
 }
 
 /// The pod's phase from its containers, as Kubernetes computes it.
-pub fn pod_phase(containers: &[Container]) -> &'static str {
+pub fn pod_phase(containers: &[Container]) -> PodPhase {
     let all_done = containers
         .iter()
         .all(|c| matches!(c.phase, Phase::BackOff { until: None, .. }));
@@ -235,15 +235,19 @@ pub fn pod_phase(containers: &[Container]) -> &'static str {
         let failed = containers
             .iter()
             .any(|c| matches!(&c.phase, Phase::BackOff { last, .. } if last.exit_code != 0));
-        return if failed { "Failed" } else { "Succeeded" };
+        return if failed {
+            PodPhase::Failed
+        } else {
+            PodPhase::Succeeded
+        };
     }
     let started = containers
         .iter()
         .any(|c| !matches!(c.phase, Phase::Waiting { .. }));
     if started {
-        "Running"
+        PodPhase::Running
     } else {
-        "Pending"
+        PodPhase::Pending
     }
 }
 
@@ -339,10 +343,10 @@ mod tests {
         let mut failed = Container::new("c", "i");
         failed.exited(term(3, 1, now), RestartPolicy::Never, now);
         let waiting = Container::new("d", "i");
-        assert_eq!(pod_phase(std::slice::from_ref(&waiting)), "Pending");
-        assert_eq!(pod_phase(&[running.clone(), ok.clone()]), "Running");
-        assert_eq!(pod_phase(std::slice::from_ref(&ok)), "Succeeded");
-        assert_eq!(pod_phase(&[ok, failed.clone()]), "Failed");
+        assert_eq!(pod_phase(std::slice::from_ref(&waiting)), PodPhase::Pending);
+        assert_eq!(pod_phase(&[running.clone(), ok.clone()]), PodPhase::Running);
+        assert_eq!(pod_phase(std::slice::from_ref(&ok)), PodPhase::Succeeded);
+        assert_eq!(pod_phase(&[ok, failed.clone()]), PodPhase::Failed);
         assert_eq!(
             failed.status().state.unwrap().terminated.unwrap().exit_code,
             3

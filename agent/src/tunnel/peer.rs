@@ -5,24 +5,23 @@
 //! controller when it cannot (the nodes need not share a network). Its port is announced in
 //! the Node's `shoal.dev/peer-port` annotation, beside the node's InternalIP.
 
+use super::Pods;
 use crate::error::{Error, Result};
-use crate::supervisor::Supervisor;
 use shoal_transport::proto::Request;
 use shoal_transport::{frame, Client, Identity, Server};
 use std::net::SocketAddr;
 use tokio_util::sync::CancellationToken;
-
-/// The Node annotation that says where a node serves its peers.
-pub const PORT_ANNOTATION: &str = "shoal.dev/peer-port";
+use tokio_util::task::TaskTracker;
 
 /// Gets the node's serving certificate, binds `listen` and serves peers until `shutdown`;
 /// returns the port bound.
-pub async fn serve(
+pub async fn serve<P: Pods>(
     client: &Client,
     node: &str,
     listen: SocketAddr,
-    supervisor: Supervisor,
+    pods: P,
     shutdown: CancellationToken,
+    tasks: TaskTracker,
 ) -> Result<u16> {
     let (key_pem, csr_pem) = shoal_transport::pki::node_key_and_csr(node)?;
     let signed = client
@@ -36,7 +35,9 @@ pub async fn serve(
     };
     let server = Server::bind_peer(listen, &signed.ca_pem, &signed.peer_ca_pem, &issued)?;
     let port = server.local_addr()?.port();
-    tokio::spawn(async move {
+    let inner_tasks = tasks.clone();
+    tasks.spawn(async move {
+        let tasks = inner_tasks;
         loop {
             let incoming = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -45,8 +46,8 @@ pub async fn serve(
                     None => break,
                 },
             };
-            let supervisor = supervisor.clone();
-            tokio::spawn(async move {
+            let (pods, streams) = (pods.clone(), tasks.clone());
+            tasks.spawn(async move {
                 let Ok(conn) = incoming.await else { return };
                 let who = shoal_transport::quic::peer_identity(&conn);
                 if !matches!(who, Identity::Node(_)) {
@@ -54,12 +55,12 @@ pub async fn serve(
                     return;
                 }
                 while let Ok((send, mut recv)) = conn.accept_bi().await {
-                    let supervisor = supervisor.clone();
-                    tokio::spawn(async move {
+                    let pods = pods.clone();
+                    streams.spawn(async move {
                         if let Ok(Some(Request::Dial { ip, port, udp })) =
                             frame::read::<Request, _>(&mut recv, frame::MAX_FRAME).await
                         {
-                            crate::serve::dial(send, recv, &supervisor, &ip, port, udp).await;
+                            super::serve::dial(send, recv, &pods, &ip, port, udp).await;
                         }
                     });
                 }

@@ -1,0 +1,241 @@
+//! A pod's images: wasm modules from the controller or a registry (with the controller's
+//! precompiled code), OCI images into the node's store, pull credentials from
+//! imagePullSecrets, and image garbage collection as the kubelet's.
+
+use super::sources::get_object;
+use super::{Inner, Supervisor};
+use crate::error::{Error, Result};
+use crate::sync::lock;
+use base64::Engine as _;
+use shoal_api::{Kind, Pod, Secret};
+use shoal_runtime::oci::image::Platform;
+use shoal_runtime::oci::RuncRuntime;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+impl Supervisor {
+    /// The container images this node holds, as JSON for `shoal images`: each with whether a
+    /// pod here uses it.
+    pub async fn images(&self) -> Result<Vec<u8>> {
+        let Some(runc) = self.0.runc.clone() else {
+            return Ok(b"[]".to_vec());
+        };
+        let in_use = self.images_in_use();
+        let listed = tokio::task::spawn_blocking(move || runc.images().list())
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
+        let out: Vec<serde_json::Value> = listed
+            .into_iter()
+            .map(|i| {
+                let used = in_use.contains(&i.digest);
+                let mut v = serde_json::to_value(&i).unwrap_or_default();
+                v["inUse"] = used.into();
+                v
+            })
+            .collect();
+        serde_json::to_vec(&out).map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    /// The images pods here run, and those the pods in the node's local state will run: an
+    /// image a node needs to start its pods offline is never collected.
+    fn images_in_use(&self) -> HashSet<String> {
+        let mut in_use: HashSet<String> = lock(&self.0.pods)
+            .values()
+            .flat_map(|r| lock(&r.state).images.clone())
+            .collect();
+        if let Some(runc) = &self.0.runc {
+            let kept: Vec<Pod> = self.0.local.list_typed(Kind::Pod);
+            for p in kept.iter().filter(|p| !p.is_terminal()) {
+                in_use.extend(
+                    p.spec
+                        .containers
+                        .iter()
+                        .filter_map(|c| runc.images().recorded(&c.image)),
+                );
+            }
+        }
+        in_use
+    }
+
+    /// Image garbage collection, as the kubelet's: when the disk holding the image store is
+    /// fuller than the high threshold, images no pod here uses are removed, least recently
+    /// used first, until it is down to the low threshold.
+    pub async fn collect_images(&self) {
+        let Some(runc) = self.0.runc.clone() else {
+            return;
+        };
+        let (high, low) = self.0.image_gc;
+        let in_use = self.images_in_use();
+        let done = tokio::task::spawn_blocking(move || {
+            let store = runc.images();
+            let fs = rustix::fs::statvfs(store.dir()).map_err(|e| Error::io(store.dir(), e))?;
+            let total = fs.f_blocks.saturating_mul(fs.f_frsize);
+            let available = fs.f_bavail.saturating_mul(fs.f_frsize);
+            let Some(need) = shoal_runtime::oci::image::gc_need(total, available, high, low) else {
+                return Ok((vec![], 0));
+            };
+            let plan = shoal_runtime::oci::image::plan_gc(&store.list()?, &in_use, need);
+            let freed = store.remove(&plan)?;
+            Ok::<_, Error>((plan, freed))
+        })
+        .await;
+        match done {
+            Ok(Ok((removed, freed))) if !removed.is_empty() => {
+                let names: Vec<&str> = removed.iter().map(|i| i.reference.as_str()).collect();
+                tracing::info!(removed = ?names, freed, "image garbage collection");
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "image garbage collection failed"),
+            _ => {}
+        }
+    }
+}
+
+/// The container's image on local disk: for wasm the module, for OCI the image manifest in
+/// the node's store (and its digest, kept from garbage collection). From the controller or a
+/// registry, by the container's imagePullPolicy.
+pub(super) async fn container_image(
+    inner: &Inner,
+    pod: &Pod,
+    ns: &str,
+    c: &shoal_api::Container,
+    client: Option<&shoal_transport::Client>,
+    runc: Option<&Arc<RuncRuntime>>,
+) -> std::result::Result<(PathBuf, Option<String>), (String, String)> {
+    use crate::registry::PullPolicy;
+    let policy = PullPolicy::of(c.image_pull_policy.as_deref(), &c.image);
+    let registry = crate::registry::names_a_registry(&c.image);
+    let auth = if registry {
+        pull_auth(inner, pod, ns, &c.image).await
+    } else {
+        oci_client::secrets::RegistryAuth::Anonymous
+    };
+    let failed = |e: Error| {
+        let reason = if policy == PullPolicy::Never && registry {
+            "ErrImageNeverPull"
+        } else {
+            "ErrImagePull"
+        };
+        (reason.to_string(), e.to_string())
+    };
+    let Some(runc) = runc else {
+        let path = if registry {
+            let always = policy == PullPolicy::Always;
+            inner.artifacts.pull(&c.image, &auth, always).await
+        } else {
+            inner.artifacts.get(client, &c.image).await
+        };
+        let path = path.map_err(failed)?;
+        if let (false, Some(client)) = (registry, client) {
+            precompiled(inner, client, &path).await;
+        }
+        return Ok((path, None));
+    };
+    let images = runc.images().clone();
+    let platform = Platform::host();
+    let fetched = match (registry, client) {
+        (true, _) => {
+            let registries = inner.artifacts.registries();
+            crate::registry::pull_image(&c.image, &auth, &images, &platform, policy, registries)
+                .await
+        }
+        (false, Some(client)) => {
+            crate::images::fetch(&inner.artifacts, client, &images, &c.image, &platform).await
+        }
+        (false, None) => Err(Error::Artifact {
+            reference: c.image.clone(),
+            message: "not connected to the controller".into(),
+        }),
+    };
+    // Out of reach of the controller or the registry, the image this node ran last under the
+    // name keeps the pod running (the kubelet would fail it with ErrImagePull).
+    let digest = match fetched {
+        Ok(d) => d,
+        Err(e) => match images.recorded(&c.image) {
+            Some(d) => {
+                tracing::info!(image = %c.image, error = %e, "using the image this node has");
+                d
+            }
+            None => return Err(failed(e)),
+        },
+    };
+    if let Err(e) = images.record(&c.image, &digest) {
+        tracing::warn!(image = %c.image, error = %e, "cannot record the image");
+    }
+    let path = images
+        .blob_path(&digest)
+        .map_err(|e| failed(Error::from(e)))?;
+    Ok((path, Some(digest)))
+}
+
+/// Takes the controller's precompiled code for the wasm artifact at `artifact` (kept by its
+/// digest), unless it is compiled here already. Whatever goes wrong only means compiling it
+/// here, so it is logged, not returned.
+async fn precompiled(inner: &Inner, client: &shoal_transport::Client, artifact: &std::path::Path) {
+    let Some(digest) = artifact.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    if inner.wasm.is_compiled(digest) {
+        return;
+    }
+    let target = inner.wasm.target();
+    let reference = format!("sha256:{digest}");
+    let code = match inner
+        .artifacts
+        .get_precompiled(client, &reference, target)
+        .await
+    {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::info!(artifact = %reference, error = %e, "no precompiled code from the controller; compiling here");
+            return;
+        }
+    };
+    let (wasm, source, fetched) = (inner.wasm.clone(), artifact.to_path_buf(), code.clone());
+    let installed =
+        tokio::task::spawn_blocking(move || wasm.install_precompiled(&source, &fetched))
+            .await
+            .map_err(|e| shoal_runtime::Error::Internal(e.to_string()))
+            .and_then(|r| r);
+    match installed {
+        Ok(()) => tracing::info!(
+            artifact = %reference,
+            target = %target.triple,
+            "loaded code precompiled by the controller; nothing compiled here"
+        ),
+        Err(e) => tracing::warn!(artifact = %reference, error = %e, "compiling here instead"),
+    }
+    // The cache keeps its own copy; this one was only the transfer's.
+    let _ = std::fs::remove_file(&code);
+}
+
+/// Registry credentials for `image` from the pod's imagePullSecrets.
+async fn pull_auth(
+    inner: &Inner,
+    pod: &Pod,
+    ns: &str,
+    image: &str,
+) -> oci_client::secrets::RegistryAuth {
+    let registry = image.split_once('/').map(|(r, _)| r).unwrap_or_default();
+    let mut docs = Vec::new();
+    for r in &pod.spec.image_pull_secrets {
+        match get_object(inner, Kind::Secret, ns, &r.name)
+            .await
+            .and_then(|o| {
+                o.into_typed::<Secret>()
+                    .map_err(|e| Error::Internal(e.to_string()))
+            }) {
+            Ok(secret) => {
+                if let Some(b) = secret.data.get(".dockerconfigjson") {
+                    docs.push(
+                        base64::engine::general_purpose::STANDARD
+                            .decode(b)
+                            .unwrap_or_default(),
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(secret = %r.name, error = %e, "imagePullSecret unavailable"),
+        }
+    }
+    crate::registry::auth_for(registry, &docs)
+}

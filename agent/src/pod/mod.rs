@@ -1,0 +1,489 @@
+//! The pod supervisor: one task per pod bound to this node. This module holds what the node
+//! runs and its public face; the work is in the submodules, one concern each:
+//!
+//! - [`prepare`]: a pod's volumes, env and container specs, resolved before anything runs;
+//! - [`sources`]: the ConfigMaps and Secrets it reads, from the controller or the local copy;
+//! - [`image`]: its images and wasm artifacts, pulled or fetched, and image garbage collection;
+//! - [`sandbox`]: its network namespace, /etc files and host ports;
+//! - [`run`]: its containers run, restarted by the pod's policy with back-off;
+//! - [`probes`]: startup, liveness and readiness probes;
+//! - [`status`]: the status reported, computed by a pure function from [`state`];
+//! - [`events`]: Events about it, held while the controller is out of reach.
+
+mod events;
+mod image;
+mod prepare;
+mod probes;
+mod run;
+mod sandbox;
+mod sources;
+pub mod state;
+mod status;
+
+use crate::artifacts::ArtifactCache;
+use crate::config::{AgentConfig, Link};
+use crate::error::Result;
+use crate::sync::lock;
+use shoal_api::{Kind, Object, Pod};
+use shoal_runtime::oci::netns::{PodNetwork, Subnet};
+use shoal_runtime::oci::RuncRuntime;
+use shoal_runtime::wasm::WasmRuntime;
+use shoal_transport::proto::EventType;
+use state::Container;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+struct Running {
+    namespace: String,
+    name: String,
+    dir: PathBuf,
+    cancel: CancellationToken,
+    state: Arc<Mutex<PodRun>>,
+}
+
+/// What a pod's task knows of it, shared with the status reporter.
+struct PodRun {
+    pod: Pod,
+    containers: Vec<Container>,
+    started: String,
+    /// Readiness as last reported, and since when: the Ready condition's
+    /// lastTransitionTime, from which the controller counts minReadySeconds.
+    readiness: Option<(bool, String)>,
+    /// The pod's address: on the pod bridge, or the node's with hostNetwork.
+    pod_ip: Option<String>,
+    /// The address last reported as the pod's (wasm and hostNetwork pods: the node's), which
+    /// tunnels from other nodes' service proxies may dial.
+    reported_ip: Option<String>,
+    /// The manifest digests of the container images it runs: kept from garbage collection.
+    images: Vec<String>,
+    /// Held while a status report is taken and sent.
+    reporting: Arc<tokio::sync::Mutex<()>>,
+    /// Whether the node's local state holds it as finished (so a restart does not run it again).
+    kept_finished: bool,
+}
+
+struct Inner {
+    node: String,
+    data_dir: PathBuf,
+    wasm: Arc<WasmRuntime>,
+    /// The OCI executor, when this node has runc and root.
+    runc: Option<Arc<RuncRuntime>>,
+    runc_version: Option<String>,
+    /// The pod bridge and address leases, once the node knows its pod range.
+    network: Mutex<Option<Arc<PodNetwork>>>,
+    pod_bridge: String,
+    /// Disk use (percent) past which unused images are removed, and down to which.
+    image_gc: (u8, u8),
+    artifacts: ArtifactCache,
+    link: Link,
+    /// The node's service proxy: what Services exist, for the pods' environment.
+    proxy: crate::proxy::Proxy,
+    pods: Mutex<HashMap<String, Running>>,
+    /// What this node was told to run, on disk: started from when the controller is away.
+    local: Arc<crate::local::Local>,
+    /// Events that happened while the controller was out of reach, sent on reconnect.
+    held_events: Mutex<events::HeldEvents>,
+    tracker: TaskTracker,
+}
+
+#[derive(Clone)]
+pub struct Supervisor(Arc<Inner>);
+
+/// How often image garbage collection looks at the disk (the kubelet's is 5 minutes); it also
+/// runs after each new image.
+const IMAGE_GC_PERIOD: Duration = Duration::from_secs(300);
+
+/// How often containers' logs are held to their bound.
+const LOG_CHECK_PERIOD: Duration = Duration::from_secs(10);
+
+fn bound_logs(dirs: &[PathBuf], max: u64) {
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match shoal_runtime::logs::bound(&e.path(), max) {
+                Ok(0) => {}
+                Ok(dropped) => {
+                    tracing::info!(log = %e.path().display(), dropped, "log past its bound: its oldest half dropped")
+                }
+                Err(err) => tracing::warn!(error = %err, "cannot bound a container log"),
+            }
+        }
+    }
+}
+
+impl Supervisor {
+    pub fn new(
+        config: &AgentConfig,
+        wasm: Arc<WasmRuntime>,
+        runc: Option<Arc<RuncRuntime>>,
+        link: Link,
+        proxy: crate::proxy::Proxy,
+        local: Arc<crate::local::Local>,
+    ) -> Result<Supervisor> {
+        let artifacts = ArtifactCache::new(
+            &config.data_dir,
+            crate::registry::Registries {
+                insecure: config.insecure_registries.clone(),
+            },
+        )?;
+        let runc_version = runc.as_ref().map(|r| r.version());
+        let supervisor = Supervisor(Arc::new(Inner {
+            node: config.name.clone(),
+            data_dir: config.data_dir.clone(),
+            wasm,
+            runc,
+            runc_version,
+            network: Mutex::new(None),
+            pod_bridge: config.pod_bridge.clone(),
+            image_gc: (
+                config.image_gc_high_threshold,
+                config.image_gc_low_threshold,
+            ),
+            artifacts,
+            link,
+            proxy,
+            pods: Mutex::new(HashMap::new()),
+            local,
+            held_events: Mutex::default(),
+            tracker: TaskTracker::new(),
+        }));
+        // The range the controller gave this node last time: pods get addresses also when
+        // the agent starts with the controller out of reach.
+        if let Ok(cidr) = std::fs::read_to_string(config.data_dir.join("pod-cidr")) {
+            supervisor.set_pod_cidr(cidr.trim());
+        }
+        // Logs stay bounded on disk, with or without the controller.
+        let max = config.container_log_max_size;
+        supervisor.every(LOG_CHECK_PERIOD, move |s| async move {
+            let dirs: Vec<PathBuf> = lock(&s.0.pods)
+                .values()
+                .map(|r| r.dir.join("logs"))
+                .collect();
+            let _ = tokio::task::spawn_blocking(move || bound_logs(&dirs, max)).await;
+        });
+        if supervisor.0.runc.is_some() {
+            supervisor.every(IMAGE_GC_PERIOD, |s| async move { s.collect_images().await });
+        }
+        Ok(supervisor)
+    }
+
+    /// Runs `task` every `period` until the supervisor shuts down.
+    fn every<F, Fut>(&self, period: Duration, task: F)
+    where
+        F: Fn(Supervisor) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let me = self.clone();
+        self.0.tracker.spawn(async move {
+            // The first run one period from now, once the node's pods are under way.
+            let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            loop {
+                every.tick().await;
+                if me.0.tracker.is_closed() {
+                    break;
+                }
+                task(me.clone()).await;
+            }
+        });
+    }
+
+    /// The node's pod range, as the controller assigned it: sets up the pod bridge (once) and
+    /// remembers the range on disk.
+    pub fn set_pod_cidr(&self, cidr: &str) {
+        if self.0.runc.is_none() {
+            return;
+        }
+        let subnet: Subnet = match cidr.parse() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "the controller gave a pod range this node cannot use");
+                return;
+            }
+        };
+        let mut current = lock(&self.0.network);
+        if current.as_ref().is_some_and(|n| n.subnet() == subnet) {
+            return;
+        }
+        match PodNetwork::new(&self.0.pod_bridge, subnet, &self.0.data_dir) {
+            Ok(n) => {
+                tracing::info!(pod_cidr = %subnet, bridge = %self.0.pod_bridge, "pod network ready");
+                *current = Some(Arc::new(n));
+                let file = self.0.data_dir.join("pod-cidr");
+                if let Err(e) = std::fs::write(&file, subnet.to_string()) {
+                    tracing::warn!(error = %e, "cannot remember the pod range");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "pods get no address: no pod network"),
+        }
+    }
+
+    /// runc's version when this node runs OCI containers.
+    pub fn runc_version(&self) -> Option<&str> {
+        self.0.runc_version.as_deref()
+    }
+
+    /// Makes the running set match `pods` (after a list), and reports every status again.
+    /// Containers a previous agent left running for pods that are gone are removed.
+    pub async fn sync(&self, pods: Vec<Pod>) {
+        let keep: Vec<String> = pods.iter().map(|p| p.metadata.uid.clone()).collect();
+        if let Some(runc) = self.0.runc.clone() {
+            let keys: Vec<String> = pods
+                .iter()
+                .filter(|p| !p.is_terminal())
+                .flat_map(|p| {
+                    p.spec
+                        .containers
+                        .iter()
+                        .map(|c| container_key(p, &c.name))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            match tokio::task::spawn_blocking(move || runc.remove_except(&keys)).await {
+                Ok(Ok(removed)) if !removed.is_empty() => {
+                    tracing::info!(?removed, "removed containers of pods no longer here")
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot list runc containers"),
+                _ => {}
+            }
+        }
+        let gone: Vec<String> = lock(&self.0.pods)
+            .keys()
+            .filter(|uid| !keep.contains(uid))
+            .cloned()
+            .collect();
+        for uid in gone {
+            self.stop(&uid);
+        }
+        // What the controller listed is what this node has: pods kept for a node that was
+        // away, and deleted meanwhile, are forgotten. Finished ones stay (for their logs),
+        // and are not run again.
+        let listed: Vec<Object> = pods.iter().map(|p| Object::Pod(p.clone())).collect();
+        if let Err(e) = self.0.local.replace(Kind::Pod, &listed) {
+            tracing::warn!(error = %e, "cannot keep the pods in the node's local state");
+        }
+        for pod in pods {
+            self.observe(EventType::Modified, pod).await;
+        }
+        self.report_all().await;
+    }
+
+    /// Starts the pods the node's local state holds, before the controller is reached: after a
+    /// reboot, or an agent restart, while the controller is out of reach. OCI containers that
+    /// outlived the agent are taken back, not restarted. Returns how many pods it started.
+    pub async fn start_local(&self) -> usize {
+        let pods: Vec<Pod> = self.0.local.list_typed(Kind::Pod);
+        let pods: Vec<Pod> = pods.into_iter().filter(|p| !p.is_terminal()).collect();
+        let n = pods.len();
+        if n > 0 {
+            tracing::info!(
+                pods = n,
+                "starting the pods this node ran, from its local state"
+            );
+        }
+        for pod in pods {
+            self.observe(EventType::Modified, pod).await;
+        }
+        n
+    }
+
+    /// Reports every pod's status again (after a reconnect: what changed offline).
+    pub async fn report_all(&self) {
+        let states: Vec<Arc<Mutex<PodRun>>> = lock(&self.0.pods)
+            .values()
+            .map(|r| r.state.clone())
+            .collect();
+        for s in states {
+            status::report(&self.0, &s).await;
+        }
+    }
+
+    pub async fn observe(&self, type_: EventType, pod: Pod) {
+        let uid = pod.metadata.uid.clone();
+        if type_ == EventType::Deleted || pod.metadata.deletion_timestamp.is_some() {
+            self.stop(&uid);
+            return;
+        }
+        let known = lock(&self.0.pods).contains_key(&uid);
+        if known || pod.is_terminal() || pod.spec.node_name.as_deref() != Some(self.0.node.as_str())
+        {
+            return;
+        }
+        let dir = self.0.data_dir.join("pods").join(&uid);
+        let cancel = CancellationToken::new();
+        let containers = pod
+            .spec
+            .containers
+            .iter()
+            .map(|c| Container::new(&c.name, &c.image))
+            .collect();
+        let state = Arc::new(Mutex::new(PodRun {
+            pod: pod.clone(),
+            containers,
+            started: crate::node::now(),
+            readiness: None,
+            pod_ip: None,
+            reported_ip: None,
+            images: Vec::new(),
+            reporting: Arc::default(),
+            kept_finished: false,
+        }));
+        lock(&self.0.pods).insert(
+            uid,
+            Running {
+                namespace: pod.metadata.namespace_or_default().to_string(),
+                name: pod.metadata.name.clone(),
+                dir: dir.clone(),
+                cancel: cancel.clone(),
+                state: state.clone(),
+            },
+        );
+        self.0.local.keep(&Object::Pod(pod.clone()));
+        tracing::info!(pod = %pod.metadata.name, namespace = %pod.metadata.namespace_or_default(), "starting pod");
+        let inner = self.0.clone();
+        self.0
+            .tracker
+            .spawn(run::run_pod(inner, state, dir, cancel));
+    }
+
+    fn stop(&self, uid: &str) {
+        self.0.local.forget(&format!("Pod/{uid}"));
+        let removed = lock(&self.0.pods).remove(uid);
+        if let Some(r) = removed {
+            tracing::info!(pod = %r.name, namespace = %r.namespace, "stopping pod");
+            r.cancel.cancel();
+        }
+    }
+
+    /// The log file of a container of a pod running here.
+    pub fn log_path(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: Option<&str>,
+        previous: bool,
+    ) -> std::result::Result<PathBuf, String> {
+        let running = lock(&self.0.pods)
+            .values()
+            .find(|r| r.namespace == namespace && r.name == pod)
+            .map(|r| (r.dir.clone(), lock(&r.state).pod.clone()));
+        // A pod that has finished (or ran before the agent restarted) keeps its logs until
+        // it is deleted, as the kubelet keeps a terminated container's.
+        let (dir, spec) = match running {
+            Some(found) => found,
+            None => self
+                .0
+                .local
+                .list_typed::<Pod>(Kind::Pod)
+                .into_iter()
+                .find(|p| p.metadata.namespace_or_default() == namespace && p.metadata.name == pod)
+                .map(|p| (self.0.data_dir.join("pods").join(&p.metadata.uid), p))
+                .filter(|(dir, _)| dir.join("logs").is_dir())
+                .ok_or_else(|| format!("pod {pod:?} is not on node {:?}", self.0.node))?,
+        };
+        let names: Vec<String> = spec
+            .spec
+            .containers
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        let name = match container {
+            Some(c) if names.iter().any(|n| n == c) => c.to_string(),
+            Some(c) => {
+                return Err(format!(
+                    "container {c:?} is not valid for pod {pod:?} (its containers: {})",
+                    names.join(", ")
+                ))
+            }
+            None if names.len() == 1 => names[0].clone(),
+            None => {
+                return Err(format!(
+                    "pod {pod:?} has several containers: choose one of {} with -c",
+                    names.join(", ")
+                ))
+            }
+        };
+        let current = dir.join("logs").join(format!("{name}.log"));
+        Ok(if previous {
+            shoal_runtime::logs::previous_path(&current)
+        } else {
+            current
+        })
+    }
+
+    /// How many pods run here.
+    pub fn count(&self) -> usize {
+        lock(&self.0.pods).len()
+    }
+
+    /// Is this pod still running here?
+    pub fn has(&self, namespace: &str, pod: &str) -> bool {
+        lock(&self.0.pods)
+            .values()
+            .any(|r| r.namespace == namespace && r.name == pod)
+    }
+
+    /// Whether a tunnel may connect to `ip:port` here: the address of a pod of this node, on
+    /// any port of an address of its own and only a declared port of one it shares with the
+    /// node (see [`shoal_api::tunnel_policy`]), so the node's own services stay out of reach.
+    pub fn serves_at(&self, ip: std::net::IpAddr, port: u16, udp: bool) -> bool {
+        let ip = ip.to_string();
+        lock(&self.0.pods).values().any(|r| {
+            let s = lock(&r.state);
+            s.reported_ip.as_deref() == Some(ip.as_str())
+                && shoal_api::tunnel_policy::pod_accepts(&s.pod, port, udp)
+        })
+    }
+
+    /// Stops every pod (agent shutdown) and waits for their tasks.
+    pub async fn shutdown(&self) {
+        for r in lock(&self.0.pods).values() {
+            r.cancel.cancel();
+        }
+        self.0.tracker.close();
+        self.0.tracker.wait().await;
+    }
+}
+
+/// The name the OCI executor knows a container by: stable across agent restarts.
+fn container_key(pod: &Pod, container: &str) -> String {
+    format!("{}-{container}", pod.metadata.uid)
+}
+
+/// The pod's network namespace, shared by its OCI containers.
+fn netns_name(pod: &Pod) -> String {
+    format!("shoal-{}", pod.metadata.uid)
+}
+
+fn client(inner: &Inner) -> Option<Arc<shoal_transport::Client>> {
+    inner.link.borrow().clone()
+}
+
+impl crate::tunnel::Pods for Supervisor {
+    fn serves_at(&self, ip: std::net::IpAddr, port: u16, udp: bool) -> bool {
+        Supervisor::serves_at(self, ip, port, udp)
+    }
+
+    fn log_path(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: Option<&str>,
+        previous: bool,
+    ) -> std::result::Result<PathBuf, String> {
+        Supervisor::log_path(self, namespace, pod, container, previous)
+    }
+
+    fn has(&self, namespace: &str, pod: &str) -> bool {
+        Supervisor::has(self, namespace, pod)
+    }
+
+    async fn images(&self) -> Result<Vec<u8>> {
+        Supervisor::images(self).await
+    }
+}

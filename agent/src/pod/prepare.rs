@@ -1,0 +1,299 @@
+//! Everything a pod's containers need, resolved before any of them runs: volumes, the
+//! executor, the sandbox, images, env, argv, mounts and security settings. A failure names
+//! the waiting reason the pod reports (CreateContainerConfigError, ErrImagePull, ...).
+
+use super::sandbox::{self, Sandbox};
+use super::sources::{env_sources, volume_files, write_volume_files};
+use super::{client, container_key, events::event, image::container_image, Inner};
+use shoal_api::{Pod, RuntimeClass};
+use shoal_runtime::oci::{Runc, RuncRuntime};
+use shoal_runtime::{ContainerSpec, Mount, Network, Security, Workload};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Why a pod cannot start yet: the waiting reason it reports, and the message.
+pub(super) type NotReady = (String, String);
+
+/// Everything a container needs from the pod, resolved: artifact paths, env and mounts, and
+/// the executor that runs it.
+pub(super) struct Prepared {
+    pub specs: Vec<ToRun>,
+    /// The manifest digests of its container images.
+    pub images: Vec<String>,
+    /// The pod's address on the node's pod bridge.
+    pub pod_ip: Option<std::net::Ipv4Addr>,
+}
+
+/// One container, resolved, and the executor that runs it.
+pub(super) struct ToRun {
+    pub spec: ContainerSpec,
+    pub workload: Arc<dyn Workload>,
+}
+
+fn config_error(m: String) -> NotReady {
+    ("CreateContainerConfigError".to_string(), m)
+}
+
+fn create_error(m: impl std::fmt::Display) -> NotReady {
+    ("CreateContainerError".to_string(), m.to_string())
+}
+
+/// Resolves everything the pod's containers need, in the pod's directory `dir`.
+pub(super) async fn prepare(inner: &Inner, pod: &Pod, dir: &Path) -> Result<Prepared, NotReady> {
+    std::fs::create_dir_all(dir.join("logs")).map_err(create_error)?;
+    let volumes = volumes(inner, pod, dir).await?;
+    let runc = executor(inner, pod)?;
+    // The pod's network: its own namespace (with an address on the node's pod bridge when the
+    // node has a pod range), or the node's.
+    let sandbox = match &runc {
+        Some(_) if !pod.spec.host_network => Some(sandbox::create(inner, pod, dir).await?),
+        _ => None,
+    };
+    let placement = placement(inner, pod, sandbox.as_ref().and_then(|s| s.ip));
+    let mut prepared = Prepared {
+        specs: Vec::new(),
+        images: Vec::new(),
+        pod_ip: sandbox.as_ref().and_then(|s| s.ip),
+    };
+    let pod_ctx = PodContext {
+        inner,
+        pod,
+        dir,
+        runc: runc.as_ref(),
+        sandbox: sandbox.as_ref(),
+        volumes: &volumes,
+        placement: &placement,
+    };
+    for c in &pod.spec.containers {
+        let (to_run, image) = pod_ctx.container(c).await?;
+        prepared.images.extend(image);
+        prepared.specs.push(to_run);
+    }
+    Ok(prepared)
+}
+
+/// The pod's volumes, made under `dir` (ConfigMap and Secret ones with their files), by name.
+async fn volumes(
+    inner: &Inner,
+    pod: &Pod,
+    dir: &Path,
+) -> Result<HashMap<String, PathBuf>, NotReady> {
+    let ns = pod.metadata.namespace_or_default();
+    let mut paths = HashMap::new();
+    for v in &pod.spec.volumes {
+        let failed = |e: std::io::Error| config_error(format!("volume {}: {e}", v.name));
+        let path = if let Some(h) = &v.host_path {
+            PathBuf::from(&h.path)
+        } else {
+            let mut p = dir.join("volumes").join(&v.name);
+            if v.secret.is_some() {
+                // A Secret's files never touch the node's disk.
+                p = crate::secret_volume::prepare(&p, &pod.metadata.uid, &v.name)
+                    .map_err(failed)?;
+            } else {
+                std::fs::create_dir_all(&p).map_err(failed)?;
+            }
+            let files = volume_files(inner, ns, v).await?;
+            write_volume_files(&p, &files).map_err(failed)?;
+            p
+        };
+        paths.insert(v.name.clone(), path);
+    }
+    Ok(paths)
+}
+
+/// The OCI executor for a runc pod (`None` for a wasm pod); a runc pod on a node without runc
+/// cannot start.
+fn executor(inner: &Inner, pod: &Pod) -> Result<Option<Arc<RuncRuntime>>, NotReady> {
+    match (pod.runtime_class(), &inner.runc) {
+        (RuntimeClass::Wasm, _) => Ok(None),
+        (RuntimeClass::Runc, Some(r)) => Ok(Some(r.clone())),
+        (RuntimeClass::Runc, None) => Err(create_error(
+            "this node cannot run OCI containers (no runc, or the agent is not root); \
+             set runtimeClassName: wasm for a wasm pod",
+        )),
+    }
+}
+
+/// What `fieldRef` reads: the node, the pod's address (its node's for wasm and hostNetwork
+/// pods) and the node's.
+fn placement(
+    inner: &Inner,
+    pod: &Pod,
+    pod_ip: Option<std::net::Ipv4Addr>,
+) -> crate::env::Placement {
+    let host_ip = client(inner)
+        .and_then(|c| crate::node::source_ip(c.connection().remote_address()))
+        .map(|ip| ip.to_string())
+        .or_else(|| pod.status.as_ref().and_then(|s| s.host_ip.clone()));
+    crate::env::Placement {
+        node: inner.node.clone(),
+        pod_ip: match pod_ip {
+            Some(ip) => Some(ip.to_string()),
+            None => host_ip.clone(),
+        },
+        host_ip,
+    }
+}
+
+/// What every container of a pod is prepared with.
+struct PodContext<'a> {
+    inner: &'a Inner,
+    pod: &'a Pod,
+    dir: &'a Path,
+    runc: Option<&'a Arc<RuncRuntime>>,
+    sandbox: Option<&'a Sandbox>,
+    volumes: &'a HashMap<String, PathBuf>,
+    placement: &'a crate::env::Placement,
+}
+
+impl PodContext<'_> {
+    /// One container, resolved: its image fetched and checked, its env, argv and mounts; and
+    /// the digest of its OCI image.
+    async fn container(
+        &self,
+        c: &shoal_api::Container,
+    ) -> Result<(ToRun, Option<String>), NotReady> {
+        let (inner, pod) = (self.inner, self.pod);
+        let ns = pod.metadata.namespace_or_default().to_string();
+        let client = client(inner);
+        let (artifact, image) =
+            container_image(inner, pod, &ns, c, client.as_deref(), self.runc).await?;
+        let pulled = format!("Successfully pulled image {:?}", c.image);
+        event(inner, pod, "Normal", "Pulled", pulled).await;
+        let workload: Arc<dyn Workload> = match self.runc {
+            Some(r) => Arc::new(Runc(r.clone())),
+            None => inner.wasm.clone(),
+        };
+        let (w, check) = (workload.clone(), artifact.clone());
+        tokio::task::spawn_blocking(move || w.prepare(&check))
+            .await
+            .map_err(create_error)?
+            .map_err(create_error)?;
+        // The Services of the pod's namespace first, so the container's own env wins.
+        let services = crate::proxy::service_env(&inner.proxy.services_in(&ns));
+        let sources = env_sources(inner, &ns, c).await?;
+        let env = crate::env::container_env(c, pod, self.placement, services, &sources)
+            .map_err(config_error)?;
+        if !env.skipped.is_empty() {
+            let message = format!(
+                "Keys [{}] from the EnvFrom of container {:?} were skipped since they are invalid environment variable names",
+                env.skipped.join(", "),
+                c.name
+            );
+            event(
+                inner,
+                pod,
+                "Warning",
+                "InvalidEnvironmentVariableNames",
+                message,
+            )
+            .await;
+        }
+        let (command, args) = crate::env::command_line(c, &env);
+        let mut argv: Vec<String> = if command.is_empty() {
+            vec![c.name.clone()]
+        } else {
+            command.clone()
+        };
+        argv.extend(args.iter().cloned());
+        let mut mounts: Vec<Mount> = c
+            .volume_mounts
+            .iter()
+            .filter_map(|m| {
+                self.volumes.get(&m.name).map(|p| Mount {
+                    host_path: p.clone(),
+                    guest_path: m.mount_path.clone(),
+                    read_only: m.read_only,
+                })
+            })
+            .collect();
+        let network = match (self.runc, self.sandbox) {
+            (None, _) => Network::Isolated,
+            (Some(_), None) => Network::Host,
+            (Some(_), Some(sandbox)) => {
+                mounts.extend(sandbox.etc.iter().cloned());
+                Network::Pod(sandbox.netns.clone())
+            }
+        };
+        let spec = ContainerSpec {
+            id: format!("{ns}/{}/{}", pod.metadata.name, c.name),
+            key: container_key(pod, &c.name),
+            artifact,
+            argv,
+            command,
+            args,
+            cpu_request_millis: millis(c.resources.requests.get("cpu")),
+            pids_limit: None,
+            security: security(c.security_context.as_ref()).map_err(config_error)?,
+            network,
+            hostname: pod
+                .spec
+                .hostname
+                .clone()
+                .unwrap_or_else(|| pod.metadata.name.clone()),
+            env: env.vars,
+            working_dir: c.working_dir.clone(),
+            mounts,
+            memory_limit: c
+                .resources
+                .limits
+                .get("memory")
+                .map(|q| q.value().max(0) as u64),
+            cpu_limit_millis: millis(c.resources.limits.get("cpu")),
+            log_path: self.dir.join("logs").join(format!("{}.log", c.name)),
+            // Wasm pods resolve the cluster's names through the proxy.
+            resolver: self.runc.is_none().then(|| {
+                let proxy = inner.proxy.clone();
+                shoal_runtime::Resolver(Arc::new(move |name: &str| proxy.resolve(name, &ns)))
+            }),
+            ports: c
+                .ports
+                .iter()
+                .filter_map(|p| {
+                    Some(shoal_runtime::Port {
+                        port: u16::try_from(p.container_port).ok()?,
+                        udp: p.protocol.as_deref() == Some("UDP"),
+                    })
+                })
+                .collect(),
+        };
+        Ok((ToRun { spec, workload }, image))
+    }
+}
+
+fn millis(q: Option<&shoal_api::Quantity>) -> Option<u64> {
+    q.map(|q| q.milli_value().max(0) as u64)
+}
+
+/// A container's securityContext as the runtime takes it; ids must fit in 32 bits.
+fn security(sc: Option<&shoal_api::SecurityContext>) -> std::result::Result<Security, String> {
+    let Some(sc) = sc else {
+        return Ok(Security::default());
+    };
+    let id = |what: &str, v: Option<i64>| {
+        v.map(|n| {
+            u32::try_from(n).map_err(|_| format!("securityContext.{what} {n} is not a valid id"))
+        })
+        .transpose()
+    };
+    Ok(Security {
+        run_as_user: id("runAsUser", sc.run_as_user)?,
+        run_as_group: id("runAsGroup", sc.run_as_group)?,
+        run_as_non_root: sc.run_as_non_root.unwrap_or(false),
+        read_only_root_filesystem: sc.read_only_root_filesystem.unwrap_or(false),
+        privileged: sc.privileged.unwrap_or(false),
+        allow_privilege_escalation: sc.allow_privilege_escalation.unwrap_or(false),
+        capabilities_add: sc
+            .capabilities
+            .as_ref()
+            .map(|c| c.add.clone())
+            .unwrap_or_default(),
+        capabilities_drop: sc
+            .capabilities
+            .as_ref()
+            .map(|c| c.drop.clone())
+            .unwrap_or_default(),
+    })
+}

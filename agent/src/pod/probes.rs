@@ -1,0 +1,135 @@
+//! A container's probes while it runs, on the timing [`crate::probe`] decides.
+
+use super::events::event;
+use super::status::report;
+use super::{Inner, PodRun};
+use crate::sync::lock;
+use shoal_api::RuntimeClass;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+/// Runs a container's probes while it runs: the startup probe until it passes, then liveness
+/// and readiness side by side. Readiness changes the container's ready state and reports it;
+/// a liveness (or startup) failure sends why on `unhealthy`, and the container is restarted.
+pub(super) async fn probe_container(
+    inner: Arc<Inner>,
+    state: Arc<Mutex<PodRun>>,
+    i: usize,
+    key: String,
+    cancel: CancellationToken,
+    unhealthy: tokio::sync::mpsc::Sender<String>,
+) {
+    use crate::probe::{Kind, Settings, Tracker};
+    let Some((pod, container, ip)) = target(&lock(&state), i) else {
+        return;
+    };
+    if container.startup_probe.is_none()
+        && container.liveness_probe.is_none()
+        && container.readiness_probe.is_none()
+    {
+        return;
+    }
+    let runc = inner
+        .runc
+        .clone()
+        .filter(|_| pod.runtime_class() == RuntimeClass::Runc);
+    let exec = |argv: Vec<String>| {
+        let runc = runc.clone();
+        let key = key.clone();
+        async move {
+            let Some(runc) = runc else {
+                return Err(
+                    "exec probes run in OCI containers; a wasm pod has no processes to exec into"
+                        .to_string(),
+                );
+            };
+            let mut cmd = tokio::process::Command::from(runc.exec_command(&key, &argv));
+            cmd.kill_on_drop(true);
+            let out = cmd.output().await.map_err(|e| format!("runc exec: {e}"))?;
+            let mut text = String::from_utf8_lossy(&out.stdout).to_string();
+            text.push_str(&String::from_utf8_lossy(&out.stderr));
+            Ok((out.status.code().unwrap_or(-1), text))
+        }
+    };
+    // One probe's loop: each try's outcome goes to `on_change` when the verdict changes.
+    let probe_loop = |kind: Kind, probe: shoal_api::Probe| {
+        let (inner, state, pod, container) =
+            (inner.clone(), state.clone(), pod.clone(), container.clone());
+        let (cancel, unhealthy) = (cancel.clone(), unhealthy.clone());
+        async move {
+            let settings = Settings::of(&probe, kind);
+            let mut tracker = Tracker::new(settings.clone(), kind);
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(settings.initial_delay) => {}
+            }
+            loop {
+                let outcome =
+                    crate::probe::run(&probe, &container, ip, settings.timeout, exec).await;
+                if let Err(why) = &outcome {
+                    let message = format!("{} probe failed: {why}", kind.name());
+                    event(&inner, &pod, "Warning", "Unhealthy", message).await;
+                }
+                match (kind, tracker.observe(outcome.is_ok())) {
+                    (Kind::Startup, Some(true)) => {
+                        lock(&state).containers[i].startup_passed = true;
+                        report(&inner, &state).await;
+                        return;
+                    }
+                    (Kind::Readiness, Some(ready)) => {
+                        lock(&state).containers[i].probe_ready = ready;
+                        report(&inner, &state).await;
+                    }
+                    (Kind::Startup, Some(false)) => {
+                        let _ = unhealthy.send("failed startup probe".into()).await;
+                        return;
+                    }
+                    (Kind::Liveness, Some(false)) => {
+                        let _ = unhealthy.send("failed liveness probe".into()).await;
+                        return;
+                    }
+                    _ => {}
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(settings.period) => {}
+                }
+            }
+        }
+    };
+    if let Some(p) = container.startup_probe.clone() {
+        probe_loop(Kind::Startup, p).await;
+        let passed = lock(&state).containers[i].startup_passed;
+        if !passed || cancel.is_cancelled() {
+            return;
+        }
+    }
+    let liveness = container.liveness_probe.clone();
+    let readiness = container.readiness_probe.clone();
+    tokio::join!(
+        async {
+            if let Some(p) = liveness {
+                probe_loop(Kind::Liveness, p).await
+            }
+        },
+        async {
+            if let Some(p) = readiness {
+                probe_loop(Kind::Readiness, p).await
+            }
+        },
+    );
+}
+
+/// The pod, the container and the address its probes go to: a pod with a network of its own
+/// at its address; the rest (wasm, hostNetwork) on the node's loopback.
+fn target(s: &PodRun, i: usize) -> Option<(shoal_api::Pod, shoal_api::Container, IpAddr)> {
+    let c = s.pod.spec.containers.get(i)?.clone();
+    let ip = s
+        .pod_ip
+        .as_deref()
+        .filter(|_| !s.pod.spec.host_network)
+        .and_then(|ip| ip.parse().ok())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    Some((s.pod.clone(), c, ip))
+}

@@ -1,0 +1,301 @@
+//! A pod's life: prepared (retried with back-off while it cannot be), its containers run and
+//! restarted by the pod's restart policy, its sandbox removed when it is deleted.
+
+use super::events::event;
+use super::prepare::{prepare, ToRun};
+use super::probes::probe_container;
+use super::sandbox::{publish_host_ports, remove_sandbox};
+use super::state::{self, Phase, RestartPolicy, Terminated};
+use super::status::report;
+use super::{Inner, PodRun, Supervisor};
+use crate::config::Link;
+use crate::sync::lock;
+use chrono::Utc;
+use shoal_runtime::ContainerSpec;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub(super) async fn run_pod(
+    inner: Arc<Inner>,
+    state: Arc<Mutex<PodRun>>,
+    dir: PathBuf,
+    cancel: CancellationToken,
+) {
+    let pod = lock(&state).pod.clone();
+    // Prepare, retrying with back-off: ErrImagePull becomes ImagePullBackOff while it waits.
+    // A link to the controller coming back cuts the wait short (a fetch it broke resumes).
+    let mut attempt = 0u32;
+    let mut link = inner.link.clone();
+    let prepared = loop {
+        match prepare(&inner, &pod, &dir).await {
+            Ok(p) => break p,
+            Err((reason, message)) => {
+                attempt += 1;
+                tracing::warn!(pod = %pod.metadata.name, %reason, %message, "pod not ready to start");
+                set_waiting(&state, &reason, Some(message.clone()));
+                event(
+                    &inner,
+                    &pod,
+                    "Warning",
+                    "Failed",
+                    format!("{reason}: {message}"),
+                )
+                .await;
+                report(&inner, &state).await;
+                let delay = state::backoff(attempt).min(Duration::from_secs(60));
+                tokio::select! {
+                    _ = cancel.cancelled() => return remove_sandbox(&inner, &pod, &dir).await,
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = link_back(&mut link) => continue,
+                }
+                if reason == "ErrImagePull" {
+                    set_waiting(
+                        &state,
+                        "ImagePullBackOff",
+                        Some(format!("Back-off pulling image: {message}")),
+                    );
+                    report(&inner, &state).await;
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return remove_sandbox(&inner, &pod, &dir).await,
+                    _ = tokio::time::sleep(delay.saturating_sub(Duration::from_secs(2))) => {}
+                    _ = link_back(&mut link) => {}
+                }
+            }
+        }
+    };
+    {
+        let mut s = lock(&state);
+        s.pod_ip = prepared.pod_ip.map(|ip| ip.to_string());
+        s.images = prepared.images.clone();
+    }
+    if !prepared.images.is_empty() {
+        let supervisor = Supervisor(inner.clone());
+        inner
+            .tracker
+            .spawn(async move { supervisor.collect_images().await });
+    }
+    if let Some(ip) = prepared.pod_ip {
+        publish_host_ports(&inner, &pod, ip, &cancel).await;
+    }
+    let policy = RestartPolicy::parse(pod.spec.restart_policy.as_deref());
+    let grace = Duration::from_secs(
+        pod.spec
+            .termination_grace_period_seconds
+            .unwrap_or(30)
+            .max(0) as u64,
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, to_run) in prepared.specs.into_iter().enumerate() {
+        tasks.spawn(run_container(
+            inner.clone(),
+            state.clone(),
+            i,
+            to_run,
+            policy,
+            grace,
+            cancel.clone(),
+        ));
+    }
+    while tasks.join_next().await.is_some() {}
+    // The pod's sandbox (network namespace, volumes) lasts until the pod is deleted, also
+    // after its containers have ended (a finished Job's pod).
+    cancel.cancelled().await;
+    remove_sandbox(&inner, &pod, &dir).await;
+}
+
+/// Resolves when the link to the controller comes up again (never, once the agent stops).
+async fn link_back(link: &mut Link) {
+    loop {
+        if link.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if link.borrow_and_update().is_some() {
+            return;
+        }
+    }
+}
+
+fn container_name(spec: &ContainerSpec) -> &str {
+    spec.id.rsplit('/').next().unwrap_or(&spec.id)
+}
+
+/// One container's life within its pod: started, watched, and restarted by `policy` with
+/// back-off, until the pod is stopped or the container is done for good.
+async fn run_container(
+    inner: Arc<Inner>,
+    state: Arc<Mutex<PodRun>>,
+    i: usize,
+    ToRun { spec, workload }: ToRun,
+    policy: RestartPolicy,
+    grace: Duration,
+    cancel: CancellationToken,
+) {
+    let run = OneContainer {
+        inner,
+        state,
+        i,
+        spec,
+        grace,
+        cancel,
+    };
+    loop {
+        if run.cancel.is_cancelled() {
+            return;
+        }
+        if lock(&run.state).containers[i].last.is_some() {
+            let _ = shoal_runtime::logs::rotate(&run.spec.log_path);
+        }
+        let started = Utc::now();
+        let starting = {
+            let (w, s) = (workload.clone(), run.spec.clone());
+            tokio::task::spawn_blocking(move || w.start(s))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(shoal_runtime::Error::Start {
+                        id: run.spec.id.clone(),
+                        message: e.to_string(),
+                    })
+                })
+        };
+        let exit = match starting {
+            Ok(handle) => match run.watch(handle, started).await {
+                Some(exit) => exit,
+                None => return,
+            },
+            Err(e) => shoal_runtime::Exit {
+                code: 128,
+                reason: shoal_runtime::ExitReason::Error,
+                message: Some(e.to_string()),
+            },
+        };
+        let Some(wait) = run.exited(exit, started, policy).await else {
+            return;
+        };
+        tokio::select! {
+            _ = run.cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// A container of a pod, as [`run_container`] runs it.
+struct OneContainer {
+    inner: Arc<Inner>,
+    state: Arc<Mutex<PodRun>>,
+    /// Its index among the pod's containers.
+    i: usize,
+    spec: ContainerSpec,
+    grace: Duration,
+    cancel: CancellationToken,
+}
+
+impl OneContainer {
+    fn name(&self) -> &str {
+        container_name(&self.spec)
+    }
+
+    /// Watches a started container, with its probes, until it exits (its exit) or the pod
+    /// is stopped (`None`, once it is). A failed liveness or startup probe stops it.
+    async fn watch(
+        &self,
+        handle: shoal_runtime::Handle,
+        started: chrono::DateTime<Utc>,
+    ) -> Option<shoal_runtime::Exit> {
+        let (inner, state, i) = (&self.inner, &self.state, self.i);
+        let pod = {
+            let mut s = lock(state);
+            let probes = s.pod.spec.containers.get(i);
+            let (startup, readiness) = (
+                probes.is_some_and(|c| c.startup_probe.is_some()),
+                probes.is_some_and(|c| c.readiness_probe.is_some()),
+            );
+            let c = &mut s.containers[i];
+            c.started(started);
+            c.startup_passed = !startup;
+            c.probe_ready = !readiness;
+            s.pod.clone()
+        };
+        let probing = self.cancel.child_token();
+        let (unhealthy, mut restart) = tokio::sync::mpsc::channel::<String>(1);
+        inner.tracker.spawn(probe_container(
+            inner.clone(),
+            state.clone(),
+            i,
+            self.spec.key.clone(),
+            probing.clone(),
+            unhealthy,
+        ));
+        let _stop_probing = probing.drop_guard();
+        report(inner, state).await;
+        let message = format!("Started container {}", self.name());
+        event(inner, &pod, "Normal", "Started", message).await;
+        tokio::select! {
+            exit = handle.wait() => Some(exit),
+            Some(why) = restart.recv() => {
+                let message = format!("Container {} {why}, will be restarted", self.name());
+                event(inner, &pod, "Normal", "Killing", message).await;
+                handle.stop(self.grace);
+                Some(handle.wait().await)
+            }
+            _ = self.cancel.cancelled() => {
+                let message = format!("Stopping container {}", self.name());
+                event(inner, &pod, "Normal", "Killing", message).await;
+                handle.stop(self.grace);
+                let _ = handle.wait().await;
+                None
+            }
+        }
+    }
+
+    /// Records an exit and reports it; returns how long to wait before the restart, or
+    /// `None` when the container is done for good.
+    async fn exited(
+        &self,
+        exit: shoal_runtime::Exit,
+        started: chrono::DateTime<Utc>,
+        policy: RestartPolicy,
+    ) -> Option<Duration> {
+        let now = Utc::now();
+        let code = exit.code;
+        let term = Terminated {
+            exit_code: exit.code,
+            reason: match exit.reason {
+                shoal_runtime::ExitReason::Completed if exit.code == 0 => "Completed".into(),
+                r => r.as_str().to_string(),
+            },
+            message: exit.message,
+            started,
+            finished: now,
+        };
+        tracing::info!(container = %self.spec.id, code = term.exit_code, reason = %term.reason, "container exited");
+        let restart_at = {
+            let mut s = lock(&self.state);
+            s.containers[self.i].exited(term, policy, now);
+            s.containers[self.i].restart_at()
+        };
+        report(&self.inner, &self.state).await;
+        let at = restart_at?;
+        if code != 0 {
+            let pod = lock(&self.state).pod.clone();
+            let message = format!("Back-off restarting failed container {}", self.name());
+            event(&self.inner, &pod, "Warning", "BackOff", message).await;
+        }
+        Some((at - Utc::now()).to_std().unwrap_or_default())
+    }
+}
+
+fn set_waiting(state: &Arc<Mutex<PodRun>>, reason: &str, message: Option<String>) {
+    {
+        for c in &mut lock(state).containers {
+            if matches!(c.phase, Phase::Waiting { .. }) {
+                c.phase = Phase::Waiting {
+                    reason: reason.into(),
+                    message: message.clone(),
+                };
+            }
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! What a pod has beside its containers: its network namespace and address on the pod
+//! bridge, the /etc files that go with them, its host ports, and their removal.
+
+use super::prepare::NotReady;
+use super::{events::event, netns_name, Inner};
+use crate::sync::lock;
+use shoal_api::{Pod, RuntimeClass};
+use shoal_runtime::oci::netns;
+use shoal_runtime::Mount;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// A pod's own network: its namespace, its address on the pod bridge (when the node has a
+/// pod range), and the /etc files its containers mount.
+pub(super) struct Sandbox {
+    pub netns: PathBuf,
+    pub ip: Option<std::net::Ipv4Addr>,
+    pub etc: Vec<Mount>,
+}
+
+/// Creates the pod's network namespace, attaches it to the pod bridge, and writes its /etc
+/// files under `dir`.
+pub(super) async fn create(inner: &Inner, pod: &Pod, dir: &Path) -> Result<Sandbox, NotReady> {
+    let failed = |e: &dyn std::fmt::Display| ("CreateContainerError".to_string(), e.to_string());
+    let name = netns_name(pod);
+    let uid = pod.metadata.uid.clone();
+    let network = lock(&inner.network).clone();
+    let (netns, ip) = tokio::task::spawn_blocking(move || {
+        let path = netns::create(&name)?;
+        let ip = match network {
+            Some(n) => Some(n.attach(&name, &uid)?),
+            None => None,
+        };
+        Ok::<_, shoal_runtime::Error>((path, ip))
+    })
+    .await
+    .map_err(|e| failed(&e))?
+    .map_err(|e| failed(&e))?;
+    let dns = inner.proxy.dns_address();
+    let etc = etc_files(pod, dir, ip, dns).map_err(|e| failed(&format!("/etc files: {e}")))?;
+    Ok(Sandbox { netns, ip, etc })
+}
+
+/// /etc/hosts, /etc/hostname and /etc/resolv.conf for a pod with its own network, written in
+/// the pod's directory and bind-mounted into each container, as the kubelet does.
+fn etc_files(
+    pod: &Pod,
+    dir: &Path,
+    ip: Option<std::net::Ipv4Addr>,
+    cluster_dns: Option<std::net::Ipv4Addr>,
+) -> std::io::Result<Vec<Mount>> {
+    let etc = dir.join("etc");
+    std::fs::create_dir_all(&etc)?;
+    let hostname = pod
+        .spec
+        .hostname
+        .clone()
+        .unwrap_or_else(|| pod.metadata.name.clone());
+    let own = ip
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "127.0.1.1".into());
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\t{hostname}\n"
+    );
+    // The cluster's resolver when the node knows it (pods' default dnsPolicy, ClusterFirst),
+    // else the node's own.
+    let resolv = match cluster_dns {
+        Some(dns) if pod.spec.dns_policy.as_deref() != Some("Default") => {
+            crate::dns::resolv_conf(dns, pod.metadata.namespace_or_default())
+        }
+        _ => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    };
+    let mut mounts = Vec::new();
+    for (name, text) in [
+        ("hosts", hosts),
+        ("hostname", format!("{hostname}\n")),
+        ("resolv.conf", resolv),
+    ] {
+        let path = etc.join(name);
+        std::fs::write(&path, text)?;
+        mounts.push(Mount {
+            host_path: path,
+            guest_path: format!("/etc/{name}"),
+            read_only: false,
+        });
+    }
+    Ok(mounts)
+}
+
+/// Forwards each container port with a hostPort from the node to the pod, for as long as the
+/// pod lives. A port the node cannot bind is reported as an event, not fatal.
+pub(super) async fn publish_host_ports(
+    inner: &Arc<Inner>,
+    pod: &Pod,
+    ip: std::net::Ipv4Addr,
+    cancel: &CancellationToken,
+) {
+    for c in &pod.spec.containers {
+        for p in &c.ports {
+            let Some(host_port) = p.host_port.and_then(|h| u16::try_from(h).ok()) else {
+                continue;
+            };
+            let Ok(container_port) = u16::try_from(p.container_port) else {
+                continue;
+            };
+            if p.protocol.as_deref().is_some_and(|proto| proto != "TCP") {
+                let message = format!(
+                    "hostPort {host_port}/{}: only TCP host ports are forwarded",
+                    p.protocol.as_deref().unwrap_or_default()
+                );
+                event(inner, pod, "Warning", "HostPortUnsupported", message).await;
+                continue;
+            }
+            let host_ip: std::net::IpAddr = p
+                .host_ip
+                .as_deref()
+                .and_then(|h| h.parse().ok())
+                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+            let listen = std::net::SocketAddr::new(host_ip, host_port);
+            match tokio::net::TcpListener::bind(listen).await {
+                Ok(listener) => {
+                    let to = std::net::SocketAddr::new(ip.into(), container_port);
+                    inner.tracker.spawn(crate::ports::forward_tcp(
+                        listener,
+                        to,
+                        cancel.clone(),
+                        inner.tracker.clone(),
+                    ));
+                }
+                Err(e) => {
+                    let message = format!("hostPort {listen} cannot be bound: {e}");
+                    event(inner, pod, "Warning", "HostPortUnavailable", message).await;
+                }
+            }
+        }
+    }
+}
+
+/// Removes what a pod had beside its containers: volumes, its network namespace and address.
+pub(super) async fn remove_sandbox(inner: &Inner, pod: &Pod, dir: &Path) {
+    crate::secret_volume::release(&dir.join("volumes"), &pod.metadata.uid);
+    let _ = std::fs::remove_dir_all(dir.join("volumes"));
+    if pod.runtime_class() == RuntimeClass::Runc && !pod.spec.host_network {
+        let name = netns_name(pod);
+        let network = lock(&inner.network).clone();
+        let uid = pod.metadata.uid.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            netns::delete(&name);
+            if let Some(n) = network {
+                n.release(&uid);
+            }
+        })
+        .await;
+    }
+}

@@ -1,0 +1,167 @@
+//! The ConfigMaps and Secrets a pod reads, for its env and its volumes: from the controller,
+//! kept on the node as they come, and the copy kept when the controller cannot be asked. What
+//! the controller says is gone is gone.
+
+use super::{client, Inner};
+use crate::error::{Error, Result};
+use base64::Engine as _;
+use shoal_api::{Kind, Object};
+use shoal_transport::proto::{ErrorCode, Request, Response};
+use std::collections::BTreeMap;
+
+/// A ConfigMap's data and binaryData, or a Secret's data decoded: `None` when the controller
+/// (or the node's local state) has no such object.
+pub(super) async fn fetch_data(
+    inner: &Inner,
+    kind: Kind,
+    ns: &str,
+    name: &str,
+) -> Result<Option<BTreeMap<String, Vec<u8>>>> {
+    let decode = |m: BTreeMap<String, String>| {
+        m.into_iter().filter_map(|(k, v)| {
+            base64::engine::general_purpose::STANDARD
+                .decode(v)
+                .ok()
+                .map(|b| (k, b))
+        })
+    };
+    match get_object(inner, kind, ns, name).await {
+        Ok(Object::ConfigMap(cm)) => {
+            let mut d: BTreeMap<String, Vec<u8>> = cm
+                .data
+                .into_iter()
+                .map(|(k, v)| (k, v.into_bytes()))
+                .collect();
+            d.extend(decode(cm.binary_data));
+            Ok(Some(d))
+        }
+        Ok(Object::Secret(s)) => Ok(Some(decode(s.data).collect())),
+        Ok(other) => Err(Error::Internal(format!(
+            "asked for a {kind}, got a {}",
+            other.kind()
+        ))),
+        Err(Error::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The files of a ConfigMap or Secret volume ([`crate::volume`]); none for other sources.
+pub(super) async fn volume_files(
+    inner: &Inner,
+    ns: &str,
+    v: &shoal_api::Volume,
+) -> std::result::Result<Vec<crate::volume::File>, (String, String)> {
+    let config = |m: String| ("CreateContainerConfigError".to_string(), m);
+    let (what, kind, name, items, default_mode, optional) = match (&v.config_map, &v.secret) {
+        (Some(c), _) => (
+            "configmap",
+            Kind::ConfigMap,
+            &c.name,
+            &c.items,
+            c.default_mode,
+            c.optional,
+        ),
+        (None, Some(s)) => (
+            "secret",
+            Kind::Secret,
+            &s.secret_name,
+            &s.items,
+            s.default_mode,
+            s.optional,
+        ),
+        (None, None) => return Ok(Vec::new()),
+    };
+    let data = fetch_data(inner, kind, ns, name)
+        .await
+        .map_err(|e| config(format!("{what} {name:?}: {e}")))?;
+    crate::volume::files(what, name, data.as_ref(), items, default_mode, optional)
+        .map_err(|m| config(format!("volume {}: {m}", v.name)))
+}
+
+/// Writes a volume's files under `dir`, with their modes.
+pub(super) fn write_volume_files(
+    dir: &std::path::Path,
+    files: &[crate::volume::File],
+) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for f in files {
+        let path = dir.join(&f.path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, &f.bytes)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode))?;
+    }
+    Ok(())
+}
+
+/// The ConfigMaps and Secrets a container's env refers to, fetched (`None`: there is no such
+/// object; whether that is an error depends on `optional`, see [`crate::env`]).
+pub(super) async fn env_sources(
+    inner: &Inner,
+    ns: &str,
+    c: &shoal_api::Container,
+) -> std::result::Result<crate::env::Sources, (String, String)> {
+    let (config_maps, secrets) = crate::env::references(c);
+    let mut sources = crate::env::Sources::default();
+    let text = |d: BTreeMap<String, Vec<u8>>| {
+        d.into_iter()
+            .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+            .collect()
+    };
+    for (kind, names) in [(Kind::ConfigMap, config_maps), (Kind::Secret, secrets)] {
+        for name in names {
+            let data = fetch_data(inner, kind, ns, &name).await.map_err(|e| {
+                (
+                    "CreateContainerConfigError".to_string(),
+                    format!("{} {name:?}: {e}", kind.name().to_ascii_lowercase()),
+                )
+            })?;
+            let into = match kind {
+                Kind::ConfigMap => &mut sources.config_maps,
+                _ => &mut sources.secrets,
+            };
+            into.insert(name, data.map(text));
+        }
+    }
+    Ok(sources)
+}
+
+pub(super) async fn get_object(
+    inner: &Inner,
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+) -> Result<Object> {
+    let asked = match client(inner) {
+        Some(client) => client
+            .call(&Request::Get {
+                kind: kind.name().into(),
+                namespace: Some(namespace.into()),
+                name: name.into(),
+            })
+            .await
+            .map_err(Error::from),
+        None => Err(Error::Server("not connected to the controller".into())),
+    };
+    let key = crate::local::key(kind, Some(namespace), name);
+    match asked {
+        Ok(Response::Object(b)) => {
+            let obj = Object::from_json(&b).map_err(|e| Error::Internal(e.to_string()))?;
+            inner.local.keep(&obj);
+            Ok(obj)
+        }
+        Ok(Response::Error(e)) => {
+            if e.code == ErrorCode::NotFound {
+                inner.local.forget(&key);
+                return Err(Error::NotFound(e.message));
+            }
+            Err(Error::Server(e.message))
+        }
+        Ok(other) => Err(Error::Internal(format!("unexpected answer {other:?}"))),
+        Err(why) => match inner.local.get(&key) {
+            Ok(Some(obj)) => Ok(obj),
+            _ => Err(why),
+        },
+    }
+}

@@ -1,0 +1,401 @@
+//! The service proxy (kube-proxy's job, in user space, with no iptables): every agent listens
+//! on each Service's cluster IP and node ports while the Service has ready endpoints, and
+//! passes each connection to one of them, round-robin, on whichever node it runs. An endpoint
+//! on this node is dialled directly; one on another node through a tunnel over the nodes'
+//! mutual-TLS QUIC connections to the controller, so nodes need not share a network.
+//!
+//! Cluster IPs are made local to the node with a `local` route on loopback per address (the
+//! "AnyIP" trick), so pods reach them through their default route to the node and the node
+//! reaches them itself; with no listener, the kernel refuses a connection at once.
+//!
+//! What to listen on is a pure function of the Services and Endpoints ([`plan`]); the proxy
+//! keeps the last ones it heard of, and its listeners, while the controller is away.
+
+mod dial;
+mod listeners;
+mod plan;
+mod resolver;
+mod udp;
+
+pub use dial::dial_for_tunnel;
+pub use plan::{plan, service_env, Backend, Listen, Route};
+pub use udp::udp_tunnel_end;
+
+use crate::config::Link;
+use crate::sync::lock;
+use plan::{key, Key};
+use shoal_api::{Endpoints, Service};
+use shoal_transport::proto::{Request, Response};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub(super) struct State {
+    services: BTreeMap<Key, Service>,
+    endpoints: BTreeMap<Key, Endpoints>,
+    active: HashMap<Listen, listeners::Active>,
+    /// Cluster IPs made local to the node.
+    local: BTreeSet<Ipv4Addr>,
+    /// Listeners that could not be had, so each is warned about once.
+    failed: BTreeSet<Listen>,
+    /// The cluster DNS server this node runs, on the DNS Service's address.
+    dns: Option<(Ipv4Addr, CancellationToken)>,
+    /// Whether the node was told that cluster IPs need root (said once).
+    warned_local: bool,
+}
+
+impl State {
+    /// The cluster IP of Service `svc` in `ns`, if it has one.
+    fn cluster_ip(&self, ns: &str, svc: &str) -> Option<Ipv4Addr> {
+        self.services
+            .get(&(ns.to_string(), svc.to_string()))?
+            .spec
+            .cluster_ip
+            .as_deref()?
+            .parse()
+            .ok()
+    }
+
+    /// Whether any Service is in `ns` (so `web.ns` is the cluster's name to answer).
+    fn has_namespace(&self, ns: &str) -> bool {
+        self.services.keys().any(|k| k.0 == ns)
+    }
+}
+
+struct Inner {
+    node: String,
+    link: Link,
+    creds: crate::join::NodeCredentials,
+    /// Where each node serves its peers: its InternalIP and its peer port.
+    nodes: Mutex<HashMap<String, SocketAddr>>,
+    peers: dial::Peers,
+    state: Mutex<State>,
+    /// Held while the listeners are made what the plan says, so two changes never interleave.
+    applying: tokio::sync::Mutex<()>,
+    /// The next endpoint in turn.
+    next: AtomicUsize,
+    /// The proxy's tasks (listeners, the DNS server, connections), and what stops them.
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+    /// The node's local state: what the proxy routes by, kept for when the controller is away.
+    local: Arc<crate::local::Local>,
+    /// Changes to keep in it, written in batches off the async threads.
+    keeping: tokio::sync::mpsc::Sender<Keep>,
+}
+
+/// A change for the node's local state, in the order the proxy learnt of them.
+enum Keep {
+    Listed(shoal_api::Kind, Vec<shoal_api::Object>),
+    Changed(crate::local::Change),
+}
+
+/// The most changes waiting to be kept; past it, following the watches waits for the disk.
+const KEEP_QUEUE: usize = 1024;
+
+/// The node's service proxy; cheap to clone.
+#[derive(Clone)]
+pub struct Proxy(Arc<Inner>);
+
+impl Proxy {
+    pub fn new(
+        node: &str,
+        link: Link,
+        creds: crate::join::NodeCredentials,
+        local: Arc<crate::local::Local>,
+    ) -> Proxy {
+        let (keeping, queue) = tokio::sync::mpsc::channel(KEEP_QUEUE);
+        let tasks = TaskTracker::new();
+        tasks.spawn(keep_locally(local.clone(), queue));
+        Proxy(Arc::new(Inner {
+            node: node.to_string(),
+            link,
+            creds,
+            nodes: Mutex::new(HashMap::new()),
+            peers: Mutex::default(),
+            state: Mutex::new(State {
+                services: BTreeMap::new(),
+                endpoints: BTreeMap::new(),
+                active: HashMap::new(),
+                local: BTreeSet::new(),
+                failed: BTreeSet::new(),
+                dns: None,
+                warned_local: false,
+            }),
+            applying: tokio::sync::Mutex::new(()),
+            next: AtomicUsize::new(0),
+            tasks,
+            cancel: CancellationToken::new(),
+            local,
+            keeping,
+        }))
+    }
+
+    /// Routes by what the node's local state holds (the Services, Endpoints and Nodes last
+    /// known), before the controller is reached: a node started offline serves its Services.
+    pub async fn restore(&self) {
+        use shoal_api::Kind;
+        let local = &self.0.local;
+        for n in local.list_typed::<shoal_api::Node>(Kind::Node) {
+            self.learn_node(&n, false);
+        }
+        let services: Vec<Service> = local.list_typed(Kind::Service);
+        let endpoints: Vec<Endpoints> = local.list_typed(Kind::Endpoints);
+        if services.is_empty() {
+            return;
+        }
+        tracing::info!(
+            services = services.len(),
+            "routing by the Services and Endpoints last known, from the node's local state"
+        );
+        {
+            let mut s = lock(&self.0.state);
+            s.services = services
+                .into_iter()
+                .map(|o| (key(&o.metadata), o))
+                .collect();
+            s.endpoints = endpoints
+                .into_iter()
+                .map(|o| (key(&o.metadata), o))
+                .collect();
+        }
+        self.apply().await;
+    }
+
+    /// Keeps a kind as listed in the node's local state.
+    async fn keep_listed(&self, kind: shoal_api::Kind, items: &[Vec<u8>]) {
+        let objects: Vec<shoal_api::Object> = items
+            .iter()
+            .filter_map(|b| shoal_api::Object::from_json(b).ok())
+            .collect();
+        let _ = self.0.keeping.send(Keep::Listed(kind, objects)).await;
+    }
+
+    /// Keeps (or forgets) one watched object in the node's local state.
+    async fn keep_event(&self, object: &[u8], deleted: bool) {
+        use crate::local::Change;
+        let Ok(obj) = shoal_api::Object::from_json(object) else {
+            return;
+        };
+        let change = if deleted {
+            Change::Forget(crate::local::key_of(&obj))
+        } else {
+            Change::Keep(Box::new(obj))
+        };
+        let _ = self.0.keeping.send(Keep::Changed(change)).await;
+    }
+
+    /// The Services of `namespace` as the proxy knows them (for pods' environment variables).
+    pub fn services_in(&self, namespace: &str) -> Vec<Service> {
+        lock(&self.0.state)
+            .services
+            .iter()
+            .filter(|(k, _)| k.0 == namespace)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// The cluster IP of Service `name` in `namespace`, if it has one.
+    pub fn cluster_ip(&self, namespace: &str, name: &str) -> Option<Ipv4Addr> {
+        lock(&self.0.state).cluster_ip(namespace, name)
+    }
+
+    /// A wasm pod's name lookup in `namespace`, as the cluster DNS answers an OCI pod with its
+    /// search path: `Some` for the cluster's names (empty when there is no such Service),
+    /// `None` for names that are not the cluster's.
+    pub fn resolve(&self, name: &str, namespace: &str) -> Option<Vec<IpAddr>> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let st = lock(&self.0.state);
+        let ip_of = |ns: &str, svc: &str| st.cluster_ip(ns, svc);
+        let known = |ns: &str| st.has_namespace(ns);
+        if !name.contains('.') {
+            let qualified = format!("{name}.{namespace}.svc.{}", crate::dns::DOMAIN);
+            if let crate::dns::Lookup::Address(ip) = crate::dns::lookup(&qualified, ip_of, known) {
+                return Some(vec![IpAddr::V4(ip)]);
+            }
+        }
+        match crate::dns::lookup(&name, ip_of, known) {
+            crate::dns::Lookup::Address(ip) => Some(vec![IpAddr::V4(ip)]),
+            crate::dns::Lookup::NoSuchName => Some(vec![]),
+            crate::dns::Lookup::Elsewhere => None,
+        }
+    }
+
+    /// The cluster DNS Service's address, once this node knows it.
+    pub fn dns_address(&self) -> Option<Ipv4Addr> {
+        self.cluster_ip(crate::dns::SERVICE_NAMESPACE, crate::dns::SERVICE_NAME)
+    }
+
+    /// Follows the Services and Endpoints over this connection until it fails; what was
+    /// learnt stays when it does.
+    pub async fn follow(&self, client: &shoal_transport::Client) -> crate::Result<()> {
+        let (services, srev) = list(client, "Service").await?;
+        let (endpoints, erev) = list(client, "Endpoints").await?;
+        let (nodes, nrev) = list(client, "Node").await?;
+        self.keep_listed(shoal_api::Kind::Service, &services).await;
+        self.keep_listed(shoal_api::Kind::Endpoints, &endpoints)
+            .await;
+        self.keep_listed(shoal_api::Kind::Node, &nodes).await;
+        for n in nodes.iter().filter_map(|b| decode::<shoal_api::Node>(b)) {
+            self.learn_node(&n, false);
+        }
+        {
+            let mut s = lock(&self.0.state);
+            s.services = services
+                .into_iter()
+                .filter_map(|b| decode::<Service>(&b))
+                .map(|o| (key(&o.metadata), o))
+                .collect();
+            s.endpoints = endpoints
+                .into_iter()
+                .filter_map(|b| decode::<Endpoints>(&b))
+                .map(|o| (key(&o.metadata), o))
+                .collect();
+        }
+        self.apply().await;
+        let mut sw = client.stream(&watch("Service", srev)).await?;
+        let mut ew = client.stream(&watch("Endpoints", erev)).await?;
+        let mut nw = client.stream(&watch("Node", nrev)).await?;
+        loop {
+            let (next, is_service) = tokio::select! {
+                n = sw.next() => (n?, true),
+                n = ew.next() => (n?, false),
+                n = nw.next() => {
+                    if let Some(Response::Event { type_, object, .. }) = n? {
+                        let deleted = type_ == shoal_transport::proto::EventType::Deleted;
+                        if deleted || self.learnt_node_changed(&object) {
+                            self.keep_event(&object, deleted).await;
+                        }
+                        if let Some(node) = decode::<shoal_api::Node>(&object) {
+                            self.learn_node(&node, type_ == shoal_transport::proto::EventType::Deleted);
+                        }
+                    }
+                    continue;
+                }
+            };
+            let (type_, object) = match next {
+                Some(Response::Event { type_, object, .. }) => (type_, object),
+                Some(Response::Error(e)) => return Err(crate::Error::Server(e.message)),
+                Some(_) => continue,
+                None => return Err(crate::Error::Server("the controller ended a watch".into())),
+            };
+            let deleted = type_ == shoal_transport::proto::EventType::Deleted;
+            self.keep_event(&object, deleted).await;
+            {
+                let mut s = lock(&self.0.state);
+                if is_service {
+                    if let Some(o) = decode::<Service>(&object) {
+                        let k = key(&o.metadata);
+                        if deleted {
+                            s.services.remove(&k);
+                        } else {
+                            s.services.insert(k, o);
+                        }
+                    }
+                } else if let Some(o) = decode::<Endpoints>(&object) {
+                    let k = key(&o.metadata);
+                    if deleted {
+                        s.endpoints.remove(&k);
+                    } else {
+                        s.endpoints.insert(k, o);
+                    }
+                }
+            }
+            self.apply().await;
+        }
+    }
+
+    /// Whether a watched Node says something new about where it serves its peers: Nodes change
+    /// with every heartbeat, and only their addresses are worth a write to the node's disk.
+    fn learnt_node_changed(&self, object: &[u8]) -> bool {
+        let Some(node) = decode::<shoal_api::Node>(object) else {
+            return false;
+        };
+        let addr = dial::peer_addr(&node);
+        let known = lock(&self.0.nodes).get(&node.metadata.name).copied();
+        addr != known
+    }
+
+    /// Where `node` serves its peers, from its Node: the InternalIP and the port annotation.
+    fn learn_node(&self, node: &shoal_api::Node, deleted: bool) {
+        let addr = dial::peer_addr(node);
+        let mut nodes = lock(&self.0.nodes);
+        match addr.filter(|_| !deleted) {
+            Some(a) => nodes.insert(node.metadata.name.clone(), a),
+            None => nodes.remove(&node.metadata.name),
+        };
+    }
+
+    /// Closes every listener (the agent is stopping); open connections finish on their own.
+    pub fn shutdown(&self) {
+        lock(&self.0.state).active.clear();
+        self.0.cancel.cancel();
+        self.0.tasks.close();
+    }
+}
+
+fn decode<T: TryFrom<shoal_api::Object, Error = shoal_api::Error>>(b: &[u8]) -> Option<T> {
+    shoal_api::Object::from_json(b).ok()?.into_typed().ok()
+}
+
+async fn list(client: &shoal_transport::Client, kind: &str) -> crate::Result<(Vec<Vec<u8>>, u64)> {
+    let req = Request::List {
+        kind: kind.into(),
+        namespace: None,
+        selector: String::new(),
+        fields: String::new(),
+    };
+    match client.call(&req).await? {
+        Response::List { items, revision } => Ok((items, revision)),
+        Response::Error(e) => Err(crate::Error::Server(e.message)),
+        other => Err(crate::Error::Internal(format!(
+            "unexpected answer {other:?}"
+        ))),
+    }
+}
+
+fn watch(kind: &str, revision: u64) -> Request {
+    Request::Watch {
+        kind: kind.into(),
+        namespace: None,
+        selector: String::new(),
+        fields: String::new(),
+        revision,
+    }
+}
+
+/// Writes what the proxy learns into the node's local state, in order, a batch per commit,
+/// off the async threads; ends when the proxy is gone.
+async fn keep_locally(
+    local: Arc<crate::local::Local>,
+    mut queue: tokio::sync::mpsc::Receiver<Keep>,
+) {
+    use crate::local::Change;
+    let mut batch = Vec::new();
+    while queue.recv_many(&mut batch, 256).await > 0 {
+        let local = local.clone();
+        let work = std::mem::take(&mut batch);
+        let kept = tokio::task::spawn_blocking(move || {
+            let mut changes: Vec<Change> = Vec::new();
+            for k in work {
+                match k {
+                    Keep::Changed(c) => changes.push(c),
+                    Keep::Listed(kind, objects) => {
+                        local.apply(&changes)?;
+                        changes.clear();
+                        local.replace(kind, &objects)?;
+                    }
+                }
+            }
+            local.apply(&changes)
+        })
+        .await;
+        match kept {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot keep the proxy's state on the node"),
+            Err(e) => tracing::warn!(error = %e, "cannot keep the proxy's state on the node"),
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! One connection's life: register the Node, heartbeat, serve the controller's requests, and
+//! follow the pods bound to this node from the revision last seen.
+
+use crate::config::AgentConfig;
+use crate::error::{expect_ok, Error, Result};
+use crate::pod::Supervisor;
+use crate::{node, proxy, tunnel};
+use shoal_api::Pod;
+use shoal_runtime::wasm::WasmRuntime;
+use shoal_transport::proto::{ErrorCode, Request, Response};
+use shoal_transport::{Client, ResponseStream};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long a resumed watch is given to be refused (its revision compacted) before it is taken
+/// as resumed.
+const WATCH_REFUSAL: Duration = Duration::from_secs(2);
+
+/// What one connection's session leaves for the next.
+#[derive(Default)]
+pub(crate) struct Carried {
+    /// Where the pod watch got to: a reconnect resumes from here instead of relisting.
+    last_revision: Option<u64>,
+    /// The port peers reach this node on, once it serves them.
+    peer_port: Option<u16>,
+    /// Since when the node has been out of touch with the controller, if it has.
+    pub away_since: Option<std::time::Instant>,
+}
+
+/// What a session works with.
+pub(crate) struct Parts<'a> {
+    pub config: &'a AgentConfig,
+    pub client: &'a Arc<Client>,
+    pub supervisor: &'a Supervisor,
+    pub proxy: &'a proxy::Proxy,
+    pub wasm: &'a Arc<WasmRuntime>,
+    pub shutdown: &'a CancellationToken,
+    /// The agent's tasks that outlive no session's connection but are not the pods'.
+    pub tasks: &'a TaskTracker,
+}
+
+/// One connection's life: register, heartbeat, serve the controller's requests, and follow the
+/// pods bound to this node from the revision last seen. Returns `Ok` on shutdown.
+pub(crate) async fn session(parts: Parts<'_>, carried: &mut Carried) -> Result<()> {
+    let Parts {
+        config,
+        client,
+        supervisor,
+        ..
+    } = parts;
+    if let (Some(listen), None) = (config.peer_listen, carried.peer_port) {
+        carried.peer_port = serve_peers(&parts, listen).await;
+    }
+    put_node(&parts, carried.peer_port).await?;
+    let serving = tokio::spawn(tunnel::serve::serve(
+        client.connection().clone(),
+        supervisor.clone(),
+        parts.tasks.clone(),
+    ));
+    let following = tokio::spawn(follow_services(parts.proxy.clone(), client.clone()));
+    let result = async {
+        let (watch, revision, pending) = resume_or_list(&parts, carried).await?;
+        carried.last_revision = Some(revision);
+        reconciled(&parts, carried).await;
+        follow_pods(&parts, carried, watch, revision, pending).await
+    }
+    .await;
+    serving.abort();
+    following.abort();
+    result
+}
+
+/// Serves other nodes' service proxies directly; returns the port, or `None` (they relay
+/// through the controller).
+async fn serve_peers(parts: &Parts<'_>, listen: std::net::SocketAddr) -> Option<u16> {
+    let served = tunnel::peer::serve(
+        parts.client,
+        &parts.config.name,
+        listen,
+        parts.supervisor.clone(),
+        parts.shutdown.clone(),
+        parts.tasks.clone(),
+    )
+    .await;
+    match served {
+        Ok(port) => {
+            tracing::info!(port, "serving peers' service proxies directly");
+            Some(port)
+        }
+        Err(e) => {
+            tracing::warn!(%listen, error = %e, "cannot serve peers directly; they relay through the controller");
+            None
+        }
+    }
+}
+
+/// Registers (or refreshes) the Node: the heartbeat. The controller's answer carries the
+/// node's pod range.
+async fn put_node(parts: &Parts<'_>, peer_port: Option<u16>) -> Result<()> {
+    let client = parts.client;
+    let node = node::describe(
+        parts.config,
+        node::source_ip(client.connection().remote_address()),
+        parts.wasm.compiler(),
+        parts.wasm.target(),
+        parts.supervisor.runc_version(),
+        peer_port,
+    );
+    let object = {
+        let mut obj = shoal_api::Object::Node(node);
+        obj.normalize();
+        serde_json::to_vec(&obj)
+    }
+    .map_err(|e| Error::Internal(e.to_string()))?;
+    match client.call(&Request::PutNode { object }).await? {
+        Response::Object(stored) => {
+            let pod_cidr = shoal_api::Object::from_json(&stored)
+                .ok()
+                .and_then(|o| o.into_typed::<shoal_api::Node>().ok())
+                .and_then(|n| n.spec.pod_cidr);
+            if let Some(cidr) = pod_cidr {
+                parts.supervisor.set_pod_cidr(&cidr);
+            }
+            Ok(())
+        }
+        other => expect_ok(other),
+    }
+}
+
+/// The service proxy follows Services and Endpoints beside the pods; if its watch fails it
+/// tries again while the connection lasts, and keeps what it knew meanwhile.
+async fn follow_services(proxy: proxy::Proxy, client: Arc<Client>) {
+    loop {
+        if let Err(e) = proxy.follow(&client).await {
+            tracing::debug!(error = %e, "service watch ended");
+        }
+        if client.connection().close_reason().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn watch_pods(node: &str, revision: u64) -> Request {
+    Request::Watch {
+        kind: "Pod".into(),
+        namespace: None,
+        selector: String::new(),
+        fields: format!("spec.nodeName={node}"),
+        revision,
+    }
+}
+
+/// The pod watch: resumed from the last revision seen, or (when the controller no longer has
+/// it, or there is none) a list the supervisor syncs to and a watch from its revision. Returns
+/// the watch, its revision and an event it already read.
+async fn resume_or_list(
+    parts: &Parts<'_>,
+    carried: &mut Carried,
+) -> Result<(ResponseStream, u64, Option<Response>)> {
+    let (client, node) = (parts.client, parts.config.name.as_str());
+    if let Some(r) = carried.last_revision {
+        let mut stream = client.stream(&watch_pods(node, r)).await?;
+        // A watch that cannot resume is refused at once; one that can says nothing until a
+        // pod of this node changes (after a controller restart, that may be never).
+        match tokio::time::timeout(WATCH_REFUSAL, stream.next()).await {
+            Ok(Ok(Some(Response::Error(e)))) if e.code == ErrorCode::Compacted => {
+                tracing::info!(revision = r, "watch revision compacted; listing again");
+            }
+            Ok(Ok(Some(Response::Error(e)))) => return Err(Error::Server(e.message)),
+            Ok(Ok(first)) => {
+                parts.supervisor.report_all().await;
+                return Ok((stream, r, first));
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_quiet) => {
+                parts.supervisor.report_all().await;
+                return Ok((stream, r, None));
+            }
+        }
+    }
+    let listed = client
+        .call(&Request::List {
+            kind: "Pod".into(),
+            namespace: None,
+            selector: String::new(),
+            fields: format!("spec.nodeName={node}"),
+        })
+        .await?;
+    let (items, revision) = match listed {
+        Response::List { items, revision } => (items, revision),
+        Response::Error(e) => return Err(Error::Server(e.message)),
+        other => return Err(Error::Internal(format!("unexpected answer {other:?}"))),
+    };
+    let pods: Vec<Pod> = items.iter().filter_map(|b| decode_pod(b)).collect();
+    parts.supervisor.sync(pods).await;
+    let stream = client.stream(&watch_pods(node, revision)).await?;
+    Ok((stream, revision, None))
+}
+
+/// After a time away: sends the events held meanwhile, and records on the Node how the
+/// reconnect went.
+async fn reconciled(parts: &Parts<'_>, carried: &mut Carried) {
+    let held = parts.supervisor.send_held_events(parts.client).await;
+    let Some(since) = carried.away_since.take() else {
+        return;
+    };
+    let name = &parts.config.name;
+    let message = format!(
+        "Node {name} reconnected after {}s away and reconciled: {} pods ran on through it, \
+         their status reported, {held} events from meanwhile sent, and the controller's \
+         changes applied",
+        since.elapsed().as_secs(),
+        parts.supervisor.count()
+    );
+    tracing::info!(%message, "reconciled with the controller");
+    crate::events::about_node(parts.client, name, "Reconciled", message).await;
+}
+
+/// Heartbeats and hands the watch's pod events to the supervisor until shutdown (`Ok`) or
+/// the connection or watch fails.
+async fn follow_pods(
+    parts: &Parts<'_>,
+    carried: &mut Carried,
+    mut watch: ResponseStream,
+    mut revision: u64,
+    mut pending: Option<Response>,
+) -> Result<()> {
+    let mut beat = tokio::time::interval(parts.config.heartbeat);
+    beat.tick().await;
+    loop {
+        let next = tokio::select! {
+            _ = parts.shutdown.cancelled() => return Ok(()),
+            _ = beat.tick() => {
+                put_node(parts, carried.peer_port).await?;
+                continue;
+            }
+            next = async {
+                match pending.take() {
+                    Some(r) => Ok(Some(r)),
+                    None => watch.next().await,
+                }
+            } => next,
+        };
+        match next? {
+            Some(Response::Event {
+                type_,
+                revision: r,
+                object,
+            }) => {
+                revision = r;
+                carried.last_revision = Some(r);
+                if let Some(pod) = decode_pod(&object) {
+                    parts.supervisor.observe(type_, pod).await;
+                }
+            }
+            Some(Response::Error(e)) => {
+                if e.code == ErrorCode::Compacted {
+                    // Too far behind to resume: the next session lists again.
+                    carried.last_revision = None;
+                }
+                return Err(Error::Server(format!(
+                    "watch from revision {revision}: {}",
+                    e.message
+                )));
+            }
+            Some(_) => {}
+            None => return Err(Error::Server("the controller ended the watch".into())),
+        }
+    }
+}
+
+fn decode_pod(bytes: &[u8]) -> Option<Pod> {
+    shoal_api::Object::from_json(bytes).ok()?.into_typed().ok()
+}

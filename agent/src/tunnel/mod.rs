@@ -1,0 +1,29 @@
+//! The node's ends of tunnels and requests from outside: what the controller asks over the
+//! node's own connection ([`serve`]: logs, images, tunnels relayed through it), and other
+//! nodes' service proxies connecting directly ([`peer`]). Both reach the pods only through
+//! [`Pods`], which the supervisor implements: this module never sees the supervisor itself.
+
+pub mod peer;
+pub mod serve;
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// What the tunnel ends ask of the node's pods.
+pub trait Pods: Clone + Send + Sync + 'static {
+    /// Whether a tunnel may connect to `ip:port` here (see [`shoal_api::tunnel_policy`]).
+    fn serves_at(&self, ip: IpAddr, port: u16, udp: bool) -> bool;
+    /// The log file of a container of a pod here, or why there is none.
+    fn log_path(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: Option<&str>,
+        previous: bool,
+    ) -> Result<PathBuf, String>;
+    /// Whether the pod still runs here.
+    fn has(&self, namespace: &str, pod: &str) -> bool;
+    /// The container images the node holds, as JSON for `shoal images`.
+    fn images(&self) -> impl Future<Output = crate::Result<Vec<u8>>> + Send;
+}

@@ -1,0 +1,237 @@
+//! Requests the controller sends to this node over the node's own connection: container logs
+//! and the images it holds.
+
+use super::Pods;
+use shoal_transport::frame;
+use shoal_transport::proto::{ErrorCode, Request, Response, WireError};
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::task::TaskTracker;
+
+/// Serves streams the controller opens until the connection closes.
+pub async fn serve<P: Pods>(conn: quinn::Connection, pods: P, tasks: TaskTracker) {
+    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+        let pods = pods.clone();
+        tasks.spawn(async move {
+            let response = match frame::read::<Request, _>(&mut recv, frame::MAX_FRAME).await {
+                Ok(Some(Request::Dial { ip, port, udp })) => {
+                    dial(send, recv, &pods, &ip, port, udp).await;
+                    return;
+                }
+                Ok(Some(request @ Request::Logs { .. })) => {
+                    logs(&mut send, &pods, request).await;
+                    None
+                }
+                Ok(Some(Request::Images { .. })) => {
+                    let answer = match pods.images().await {
+                        Ok(json) => Response::Json(json),
+                        Err(e) => Response::Error(WireError {
+                            code: ErrorCode::Internal,
+                            message: e.to_string(),
+                        }),
+                    };
+                    let _ = frame::write(&mut send, &answer).await;
+                    None
+                }
+                Ok(Some(other)) => Some(format!("a node does not serve {other:?}")),
+                Ok(None) => None,
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(message) = response {
+                let _ = frame::write(
+                    &mut send,
+                    &Response::Error(WireError {
+                        code: ErrorCode::BadRequest,
+                        message,
+                    }),
+                )
+                .await;
+            }
+            let _ = send.finish();
+        });
+    }
+}
+
+/// Connects a tunnel from another node's service proxy to a pod of this node: only to the
+/// address of a pod running here, so a node cannot be used to reach anything else.
+pub(crate) async fn dial<P: Pods>(
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    pods: &P,
+    ip: &str,
+    port: u16,
+    udp: bool,
+) {
+    let addr: Option<std::net::IpAddr> = ip.parse().ok();
+    let Some(addr) = addr.filter(|a| pods.serves_at(*a, port, udp)) else {
+        let message = format!(
+            "no pod on this node takes connections at {ip}:{port}: only pods' own addresses and their declared ports are reachable"
+        );
+        refuse(&mut send, ErrorCode::NotFound, message).await;
+        let _ = send.finish();
+        return;
+    };
+    if udp {
+        crate::proxy::udp_tunnel_end(send, recv, std::net::SocketAddr::new(addr, port)).await;
+        return;
+    }
+    let mut conn = match crate::proxy::dial_for_tunnel(addr, port).await {
+        Ok(c) => c,
+        Err(e) => {
+            refuse(&mut send, ErrorCode::NotFound, format!("{ip}:{port}: {e}")).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    if frame::write(&mut send, &Response::Ok).await.is_err() {
+        return;
+    }
+    let mut tunnel = tokio::io::join(recv, send);
+    let _ = tokio::io::copy_bidirectional(&mut conn, &mut tunnel).await;
+}
+
+async fn refuse(send: &mut quinn::SendStream, code: ErrorCode, message: String) {
+    let _ = frame::write(send, &Response::Error(WireError { code, message })).await;
+}
+
+/// How often a followed log is looked at for more.
+const FOLLOW_PERIOD: Duration = Duration::from_millis(250);
+
+/// The most of a log sent in one chunk while following it.
+const FOLLOW_CHUNK: u64 = 64 * 1024;
+
+/// Serves `shoal logs`: the log (or its tail), then, with `follow`, what is appended to it
+/// while the pod runs here, read from where the last read ended.
+async fn logs<P: Pods>(send: &mut quinn::SendStream, pods: &P, request: Request) {
+    let Request::Logs {
+        namespace,
+        pod,
+        container,
+        follow,
+        previous,
+        tail,
+    } = request
+    else {
+        return;
+    };
+    let path = match pods.log_path(&namespace, &pod, container.as_deref(), previous) {
+        Ok(p) => p,
+        Err(message) => {
+            refuse(send, ErrorCode::NotFound, message).await;
+            return;
+        }
+    };
+    if previous && !path.exists() {
+        let message = format!("previous terminated container of pod {pod:?} not found");
+        refuse(send, ErrorCode::NotFound, message).await;
+        return;
+    }
+    let read = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || {
+            let text = shoal_runtime::logs::read(&path, tail.map(|t| t as usize))?;
+            let at = std::fs::metadata(&path)
+                .map(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    Position {
+                        inode: m.ino(),
+                        offset: m.len(),
+                    }
+                })
+                .unwrap_or_default();
+            Ok::<_, shoal_runtime::Error>((text, at))
+        })
+        .await
+    };
+    let (text, mut at) = match read {
+        Ok(Ok(read)) => read,
+        Ok(Err(e)) => return refuse(send, ErrorCode::Internal, e.to_string()).await,
+        Err(e) => return refuse(send, ErrorCode::Internal, e.to_string()).await,
+    };
+    if !text.is_empty()
+        && frame::write(send, &Response::Chunk(text.into_bytes()))
+            .await
+            .is_err()
+    {
+        return;
+    }
+    if !follow {
+        return;
+    }
+    while pods.has(&namespace, &pod) {
+        tokio::select! {
+            _ = send.stopped() => return,
+            _ = tokio::time::sleep(FOLLOW_PERIOD) => {}
+        }
+        loop {
+            let chunk = match read_from(&path, &mut at).await {
+                Ok(chunk) if chunk.is_empty() => break,
+                Ok(chunk) => chunk,
+                Err(_) => break,
+            };
+            if frame::write(send, &Response::Chunk(chunk)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Where following a log got to: the file (by inode) and the offset in it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Position {
+    inode: u64,
+    offset: u64,
+}
+
+/// What was appended to the log at `path` since `at` (at most [`FOLLOW_CHUNK`]), moving `at`
+/// past it. Another file under the name, or one shorter than the offset, is a log rotated by
+/// a restart: it is read from its start.
+async fn read_from(path: &Path, at: &mut Position) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut file = tokio::fs::File::open(path).await?;
+    let meta = file.metadata().await?;
+    if meta.ino() != at.inode || meta.len() < at.offset {
+        *at = Position {
+            inode: meta.ino(),
+            offset: 0,
+        };
+    }
+    file.seek(std::io::SeekFrom::Start(at.offset)).await?;
+    let mut chunk = Vec::new();
+    file.take(FOLLOW_CHUNK).read_to_end(&mut chunk).await?;
+    at.offset += chunk.len() as u64;
+    Ok(chunk)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_followed_log_is_read_from_where_the_last_read_ended() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("app.log");
+        std::fs::write(&path, b"one\n").expect("write");
+        let mut at = Position::default();
+        let read = async |at: &mut Position| read_from(&path, at).await.expect("read");
+        assert_eq!(read(&mut at).await, b"one\n");
+        assert!(read(&mut at).await.is_empty());
+        std::fs::write(&path, b"one\ntwo\n").expect("write");
+        assert_eq!(read(&mut at).await, b"two\n");
+        // Rotated by a restart: the old log renamed, a new one under the name, already
+        // longer than where the last read ended.
+        std::fs::rename(&path, dir.path().join("app.log.1")).expect("rotate");
+        std::fs::write(&path, b"after the restart\n").expect("write");
+        assert_eq!(read(&mut at).await, b"after the restart\n");
+        // Truncated in place: shorter than the offset.
+        std::fs::write(&path, b"3\n").expect("write");
+        assert_eq!(read(&mut at).await, b"3\n");
+        assert_eq!(at.offset, 2);
+        // A big append comes in bounded chunks.
+        std::fs::write(&path, vec![b'x'; (FOLLOW_CHUNK + 10) as usize]).expect("write");
+        at = Position::default();
+        assert_eq!(read(&mut at).await.len() as u64, FOLLOW_CHUNK);
+        assert_eq!(read(&mut at).await.len(), 10);
+    }
+}
