@@ -145,27 +145,8 @@ fn main() {
 
         // The fleet joins, 50 nodes at a time.
         let start = Instant::now();
-        let mut fleet = Vec::with_capacity(nodes);
         let names: Vec<String> = (0..nodes).map(|i| format!("sim-{i:04}")).collect();
-        for chunk in names.chunks(50) {
-            let joining: Vec<_> = chunk
-                .iter()
-                .map(|n| {
-                    tokio::spawn(simulated_node(config(
-                        &controller.addr,
-                        &token,
-                        n.clone(),
-                        &dir.path().join("nodes"),
-                    )))
-                })
-                .collect();
-            for j in joining {
-                fleet.push(j.await.expect("node task"));
-            }
-            if std::env::var_os("SHOAL_BENCH_VERBOSE").is_some() {
-                eprintln!("{} nodes joined after {:?}", fleet.len(), start.elapsed());
-            }
-        }
+        let fleet = join_fleet(&controller.addr, &token, &names, &dir.path().join("nodes")).await;
         let joined = start.elapsed();
         let with_nodes = rss_kib(pid);
 
@@ -204,32 +185,7 @@ fn main() {
             Response::Applied(_) => {}
             other => panic!("{other:?}"),
         }
-        let mut created = HashSet::new();
-        let mut bound: HashMap<String, String> = HashMap::new();
-        let (mut all_created, mut first_bound) = (None, None);
-        let deadline = Duration::from_secs(600);
-        while bound.len() < replicas {
-            let next = tokio::time::timeout(deadline.saturating_sub(start.elapsed()), watch.next())
-                .await
-                .expect("every pod bound within 10 minutes")
-                .expect("watch");
-            let Some(Response::Event { type_, object, .. }) = next else {
-                panic!("watch ended: {next:?}");
-            };
-            if type_ == EventType::Deleted {
-                continue;
-            }
-            let pod: serde_json::Value = serde_json::from_slice(&object).expect("pod json");
-            let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_string();
-            created.insert(name.clone());
-            if created.len() == replicas && all_created.is_none() {
-                all_created = Some(start.elapsed());
-            }
-            if let Some(node) = pod["spec"]["nodeName"].as_str() {
-                first_bound.get_or_insert_with(|| start.elapsed());
-                bound.insert(name, node.to_string());
-            }
-        }
+        let (bound, all_created, first_bound) = await_bindings(&mut watch, replicas, start).await;
         let all_bound = start.elapsed();
         tokio::time::sleep(Duration::from_secs(2)).await;
         let end = rss_kib(pid);
@@ -237,6 +193,107 @@ fn main() {
             .map(|m| m.len())
             .unwrap_or(0);
 
+        let figures = Figures {
+            nodes,
+            replicas,
+            joined,
+            all_created: all_created.unwrap_or(all_bound),
+            first_bound: first_bound.unwrap_or_default(),
+            all_bound,
+            memory_kib: (idle, with_nodes, end),
+            store,
+        };
+        figures.print(&names, &bound);
+        for c in &fleet {
+            c.connection().close(0u32.into(), b"bench done");
+        }
+        drop(controller);
+    });
+}
+
+/// Joins a simulated node for each of `names`, 50 at a time.
+async fn join_fleet(server: &str, token: &str, names: &[String], dir: &Path) -> Vec<Arc<Client>> {
+    let start = Instant::now();
+    let mut fleet = Vec::with_capacity(names.len());
+    for chunk in names.chunks(50) {
+        let joining: Vec<_> = chunk
+            .iter()
+            .map(|n| tokio::spawn(simulated_node(config(server, token, n.clone(), dir))))
+            .collect();
+        for j in joining {
+            fleet.push(j.await.expect("node task"));
+        }
+        if std::env::var_os("SHOAL_BENCH_VERBOSE").is_some() {
+            eprintln!("{} nodes joined after {:?}", fleet.len(), start.elapsed());
+        }
+    }
+    fleet
+}
+
+/// Follows the pod watch until `replicas` pods are bound: where each went, when the last was
+/// created and when the first was bound.
+async fn await_bindings(
+    watch: &mut shoal_transport::ResponseStream,
+    replicas: usize,
+    start: Instant,
+) -> (HashMap<String, String>, Option<Duration>, Option<Duration>) {
+    let mut created = HashSet::new();
+    let mut bound: HashMap<String, String> = HashMap::new();
+    let (mut all_created, mut first_bound) = (None, None);
+    let deadline = Duration::from_secs(600);
+    while bound.len() < replicas {
+        let next = tokio::time::timeout(deadline.saturating_sub(start.elapsed()), watch.next())
+            .await
+            .expect("every pod bound within 10 minutes")
+            .expect("watch");
+        let Some(Response::Event { type_, object, .. }) = next else {
+            panic!("watch ended: {next:?}");
+        };
+        if type_ == EventType::Deleted {
+            continue;
+        }
+        let pod: serde_json::Value = serde_json::from_slice(&object).expect("pod json");
+        let name = pod["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        created.insert(name.clone());
+        if created.len() == replicas && all_created.is_none() {
+            all_created = Some(start.elapsed());
+        }
+        if let Some(node) = pod["spec"]["nodeName"].as_str() {
+            first_bound.get_or_insert_with(|| start.elapsed());
+            bound.insert(name, node.to_string());
+        }
+    }
+    (bound, all_created, first_bound)
+}
+
+/// What the bench measured.
+struct Figures {
+    nodes: usize,
+    replicas: usize,
+    joined: Duration,
+    all_created: Duration,
+    first_bound: Duration,
+    all_bound: Duration,
+    /// The controller's resident memory idle, with the nodes, and at the end.
+    memory_kib: (u64, u64, u64),
+    store: u64,
+}
+
+impl Figures {
+    fn print(&self, names: &[String], bound: &HashMap<String, String>) {
+        let Figures {
+            nodes,
+            replicas,
+            joined,
+            all_created,
+            first_bound,
+            all_bound,
+            memory_kib: (idle, with_nodes, end),
+            store,
+        } = *self;
         let mut per_node: HashMap<&str, usize> = HashMap::new();
         for n in bound.values() {
             *per_node.entry(n.as_str()).or_default() += 1;
@@ -247,7 +304,6 @@ fn main() {
             .min()
             .unwrap_or(0);
         let most = per_node.values().copied().max().unwrap_or(0);
-        let all_created = all_created.unwrap_or(all_bound);
         let secs = |d: Duration| d.as_secs_f64();
         println!("{replicas}-replica Deployment over {nodes} simulated nodes (each its own QUIC connection and certificate):");
         println!(
@@ -261,7 +317,7 @@ fn main() {
         );
         println!(
             "  first pod bound after                     {:>8.2} s",
-            secs(first_bound.unwrap_or_default())
+            secs(first_bound)
         );
         println!(
             "  all {replicas} pods bound after               {:>8.2} s  ({:.0} pods/s, apply to last binding)",
@@ -279,9 +335,5 @@ fn main() {
             "  store file at the end:                    {:>8.1} MiB",
             store as f64 / (1024.0 * 1024.0)
         );
-        for c in &fleet {
-            c.connection().close(0u32.into(), b"bench done");
-        }
-        drop(controller);
-    });
+    }
 }

@@ -91,30 +91,7 @@ fn main() {
     let hosts = kit::Hosts::create(75, 2);
     let (c, _leftovers) = kit::hosts_cluster(&hosts, 75, &["front", "back"]);
     c.controller
-        .shoal_stdin(
-            &["apply", "-f", "-"],
-            Some(
-                r#"apiVersion: v1
-kind: Service
-metadata: {name: backend}
-spec:
-  selector: {app: backend}
-  ports: [{port: 80, targetPort: 8080}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: backend, labels: {app: backend}}
-spec:
-  nodeSelector: {role: back}
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: main
-    image: busybox:1
-    command: [sh, -c, "mkdir -p /www && echo hello > /www/index.html && exec httpd -f -p 8080 -h /www"]
-    resources: {requests: {cpu: 10m, memory: 8Mi}}
-"#,
-            ),
-        )
+        .shoal_stdin(&["apply", "-f", "-"], Some(BACKEND))
         .ok();
     c.wait_for("the backend ready", Duration::from_secs(60), |c| {
         let p = c.pod("backend");
@@ -150,32 +127,7 @@ spec:
             String::from_utf8_lossy(&out.stdout).contains(&format!("local {cluster_ip} "))
         },
     );
-    let me = std::env::current_exe().expect("bench binary");
-    let load = |target: &str, concurrency: usize| -> (f64, f64, f64, usize) {
-        let out = Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", hosts.names[0]))
-            .arg("--")
-            .arg(&me)
-            .args([
-                "--client",
-                target,
-                &REQUESTS.to_string(),
-                &concurrency.to_string(),
-            ])
-            .output()
-            .expect("run the client");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let f: Vec<f64> = text
-            .split_whitespace()
-            .map(|x| x.parse().unwrap_or(0.0))
-            .collect();
-        assert!(
-            f.len() == 4,
-            "client: {text} {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (f[0], f[1] / 1000.0, f[2] / 1000.0, f[3] as usize)
-    };
+    let load = |target: &str, concurrency: usize| load(&hosts, target, concurrency);
     let via_service = format!("{cluster_ip}:80");
     let direct = format!("{pod_ip}:8080");
     // Warm both paths (first tunnel, ARP, page cache).
@@ -213,4 +165,54 @@ spec:
             conc,
         );
     }
+}
+
+/// The service and the pod behind it, on the node labelled `role: back`.
+const BACKEND: &str = r#"apiVersion: v1
+kind: Service
+metadata: {name: backend}
+spec:
+  selector: {app: backend}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: backend, labels: {app: backend}}
+spec:
+  nodeSelector: {role: back}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox:1
+    command: [sh, -c, "mkdir -p /www && echo hello > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    resources: {requests: {cpu: 10m, memory: 8Mi}}
+"#;
+
+/// Runs the client in node-1's namespace against `target`: requests per second, p50 and p99
+/// in milliseconds, and errors.
+fn load(hosts: &kit::Hosts, target: &str, concurrency: usize) -> (f64, f64, f64, usize) {
+    let me = std::env::current_exe().expect("bench binary");
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", hosts.names[0]))
+        .arg("--")
+        .arg(&me)
+        .args([
+            "--client",
+            target,
+            &REQUESTS.to_string(),
+            &concurrency.to_string(),
+        ])
+        .output()
+        .expect("run the client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let f: Vec<f64> = text
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    assert!(
+        f.len() == 4,
+        "client: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (f[0], f[1] / 1000.0, f[2] / 1000.0, f[3] as usize)
 }

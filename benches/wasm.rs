@@ -114,31 +114,7 @@ fn main() {
         let dir = tempfile::tempdir().expect("tempdir");
 
         // Bare wasmtime through the same runtime: compile, then start-to-exit of the module.
-        let bare = WasmRuntime::new(&dir.path().join("bare-cache")).expect("runtime");
-        let mut compile = Vec::new();
-        let mut run = Vec::new();
-        for i in 0..10 {
-            let path = dir.path().join(format!("bare-{i}.wasm"));
-            std::fs::write(&path, variant(&hello, 1000 + i)).expect("write");
-            let t = Instant::now();
-            bare.prepare(&path).expect("compile");
-            compile.push(t.elapsed());
-            let spec = ContainerSpec {
-                id: "bench/bare/hello".into(),
-                artifact: path,
-                argv: vec!["hello".into(), "0".into()],
-                env: vec![],
-                working_dir: None,
-                mounts: vec![],
-                memory_limit: None,
-                cpu_limit_millis: None,
-                log_path: dir.path().join("bare.log"),
-                ..Default::default()
-            };
-            let t = Instant::now();
-            bare.start(spec).expect("start").wait().await;
-            run.push(t.elapsed());
-        }
+        let (mut compile, mut run) = bare_wasmtime(&hello, dir.path()).await;
 
         let controller = Controller::start(&dir.path().join("controller"));
         std::env::set_var("SHOAL_BENCH_CONFIG", controller.config());
@@ -237,4 +213,35 @@ fn main() {
         );
         drop(agent);
     });
+}
+
+/// Bare wasmtime through the same runtime as the agent's, ten modules: the compile times,
+/// and the start-to-exit times of the compiled modules.
+async fn bare_wasmtime(hello: &[u8], dir: &std::path::Path) -> (Vec<Duration>, Vec<Duration>) {
+    let bare = WasmRuntime::new(&dir.join("bare-cache")).expect("runtime");
+    let mut compile = Vec::new();
+    let mut run = Vec::new();
+    for i in 0..10 {
+        let path = dir.join(format!("bare-{i}.wasm"));
+        std::fs::write(&path, variant(hello, 1000 + i)).expect("write");
+        let t = Instant::now();
+        bare.prepare(&path).expect("compile");
+        compile.push(t.elapsed());
+        let spec = ContainerSpec {
+            id: "bench/bare/hello".into(),
+            artifact: path,
+            argv: vec!["hello".into(), "0".into()],
+            env: vec![],
+            working_dir: None,
+            mounts: vec![],
+            memory_limit: None,
+            cpu_limit_millis: None,
+            log_path: dir.join("bare.log"),
+            ..Default::default()
+        };
+        let t = Instant::now();
+        bare.start(spec).expect("start").wait().await;
+        run.push(t.elapsed());
+    }
+    (compile, run)
 }

@@ -4,6 +4,7 @@
 use crate::kind::Kind;
 use crate::object::Object;
 use crate::objects::*;
+use crate::states::condition_true;
 use chrono::{DateTime, Utc};
 
 /// The header of a kind's table.
@@ -123,10 +124,6 @@ pub fn pod_status(p: &Pod) -> String {
     }
 }
 
-fn condition_true(conds: &[Condition], ty: &str) -> bool {
-    conds.iter().any(|c| c.type_ == ty && c.status == "True")
-}
-
 fn service_ports(s: &Service) -> String {
     or_none(
         s.spec
@@ -171,31 +168,7 @@ pub fn row(obj: &Object, now: DateTime<Utc>, wide: bool, all_namespaces: bool) -
     let name = m.name.clone();
     let age = age(m.creation_timestamp.as_deref(), now);
     let mut r: Vec<String> = match obj {
-        Object::Pod(p) => {
-            let statuses = p
-                .status
-                .as_ref()
-                .map(|s| s.container_statuses.as_slice())
-                .unwrap_or(&[]);
-            let ready = statuses.iter().filter(|c| c.ready).count();
-            let restarts: i32 = statuses.iter().map(|c| c.restart_count).sum();
-            let mut r = vec![
-                name,
-                format!("{ready}/{}", p.spec.containers.len()),
-                pod_status(p),
-                restarts.to_string(),
-                age,
-            ];
-            if wide {
-                let st = p.status.as_ref();
-                r.push(
-                    st.and_then(|s| s.pod_ip.clone())
-                        .unwrap_or_else(|| "<none>".into()),
-                );
-                r.push(p.spec.node_name.clone().unwrap_or_else(|| "<none>".into()));
-            }
-            r
-        }
+        Object::Pod(p) => pod_row(p, name, age, wide),
         Object::Deployment(d) => {
             let st = d.status.clone().unwrap_or_default();
             let mut r = vec![
@@ -257,39 +230,7 @@ pub fn row(obj: &Object, now: DateTime<Utc>, wide: bool, all_namespaces: bool) -
                 age,
             ]
         }
-        Object::Service(s) => {
-            let external = s
-                .status
-                .as_ref()
-                .and_then(|st| st.load_balancer.as_ref())
-                .map(|lb| {
-                    lb.ingress
-                        .iter()
-                        .filter_map(|i| i.ip.clone())
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| {
-                    if s.spec.type_.as_deref() == Some("LoadBalancer") {
-                        "<pending>".into()
-                    } else {
-                        "<none>".into()
-                    }
-                });
-            let mut r = vec![
-                name,
-                s.spec.type_.clone().unwrap_or_else(|| "ClusterIP".into()),
-                s.spec.cluster_ip.clone().unwrap_or_else(|| "<none>".into()),
-                external,
-                service_ports(s),
-                age,
-            ];
-            if wide {
-                r.push(join_map(&s.spec.selector));
-            }
-            r
-        }
+        Object::Service(s) => service_row(s, name, age, wide),
         Object::Endpoints(e) => {
             let eps: Vec<String> = e
                 .subsets
@@ -317,86 +258,151 @@ pub fn row(obj: &Object, now: DateTime<Utc>, wide: bool, all_namespaces: bool) -
             };
             vec![name, phase.into(), age]
         }
-        Object::Node(n) => {
-            let st = n.status.clone().unwrap_or_default();
-            let mut status = if condition_true(&st.conditions, "Ready") {
-                "Ready".to_string()
-            } else {
-                // A node that stopped posting status says since when it has been out of touch.
-                let silent = st
-                    .conditions
-                    .iter()
-                    .find(|c| c.type_ == "Ready" && c.status == "Unknown")
-                    .and_then(|c| c.last_heartbeat_time.as_deref());
-                match silent {
-                    Some(beat) => format!("NotReady(disconnected {})", self::age(Some(beat), now)),
-                    None => "NotReady".to_string(),
-                }
-            };
-            if n.spec.unschedulable {
-                status.push_str(",SchedulingDisabled");
-            }
-            let roles: Vec<&str> = m
-                .labels
-                .keys()
-                .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
-                .collect();
-            let info = st.node_info.clone().unwrap_or_default();
-            let mut r = vec![
-                name,
-                status,
-                or_none(roles.join(",")),
-                age,
-                info.kubelet_version.clone(),
-            ];
-            if wide {
-                let ip = st
-                    .addresses
-                    .iter()
-                    .find(|a| a.type_ == "InternalIP")
-                    .map(|a| a.address.clone());
-                r.push(ip.unwrap_or_else(|| "<none>".into()));
-                r.push(or_none(info.os_image.clone()));
-                r.push(or_none(info.architecture.clone()));
-                r.push(or_none(
-                    st.runtime_handlers
-                        .iter()
-                        .map(|h| h.name.clone())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                ));
-            }
-            r
-        }
-        Object::Event(e) => {
-            let obj = format!(
-                "{}/{}",
-                e.involved_object
-                    .kind
-                    .as_deref()
-                    .unwrap_or("")
-                    .to_ascii_lowercase(),
-                e.involved_object.name.as_deref().unwrap_or("")
-            );
-            let seen = crate::table::age(
-                e.last_timestamp
-                    .as_deref()
-                    .or(m.creation_timestamp.as_deref()),
-                now,
-            );
-            vec![
-                seen,
-                e.type_.clone().unwrap_or_else(|| "Normal".into()),
-                e.reason.clone().unwrap_or_default(),
-                obj,
-                e.message.clone().unwrap_or_default(),
-            ]
-        }
+        Object::Node(n) => node_row(n, name, age, now, wide),
+        Object::Event(e) => event_row(e, now),
     };
     if all_namespaces && obj.kind().namespaced() {
         r.insert(0, m.namespace_or_default().to_string());
     }
     r
+}
+
+fn pod_row(p: &Pod, name: String, age: String, wide: bool) -> Vec<String> {
+    let statuses = p
+        .status
+        .as_ref()
+        .map(|s| s.container_statuses.as_slice())
+        .unwrap_or(&[]);
+    let ready = statuses.iter().filter(|c| c.ready).count();
+    let restarts: i32 = statuses.iter().map(|c| c.restart_count).sum();
+    let mut r = vec![
+        name,
+        format!("{ready}/{}", p.spec.containers.len()),
+        pod_status(p),
+        restarts.to_string(),
+        age,
+    ];
+    if wide {
+        let st = p.status.as_ref();
+        r.push(
+            st.and_then(|s| s.pod_ip.clone())
+                .unwrap_or_else(|| "<none>".into()),
+        );
+        r.push(p.spec.node_name.clone().unwrap_or_else(|| "<none>".into()));
+    }
+    r
+}
+
+fn service_row(s: &Service, name: String, age: String, wide: bool) -> Vec<String> {
+    let external = s
+        .status
+        .as_ref()
+        .and_then(|st| st.load_balancer.as_ref())
+        .map(|lb| {
+            lb.ingress
+                .iter()
+                .filter_map(|i| i.ip.clone())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| {
+            if s.spec.type_.as_deref() == Some("LoadBalancer") {
+                "<pending>".into()
+            } else {
+                "<none>".into()
+            }
+        });
+    let mut r = vec![
+        name,
+        s.spec.type_.clone().unwrap_or_else(|| "ClusterIP".into()),
+        s.spec.cluster_ip.clone().unwrap_or_else(|| "<none>".into()),
+        external,
+        service_ports(s),
+        age,
+    ];
+    if wide {
+        r.push(join_map(&s.spec.selector));
+    }
+    r
+}
+
+fn node_row(n: &Node, name: String, age: String, now: DateTime<Utc>, wide: bool) -> Vec<String> {
+    let st = n.status.clone().unwrap_or_default();
+    let mut status = if condition_true(&st.conditions, "Ready") {
+        "Ready".to_string()
+    } else {
+        // A node that stopped posting status says since when it has been out of touch.
+        let silent = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready" && c.status == "Unknown")
+            .and_then(|c| c.last_heartbeat_time.as_deref());
+        match silent {
+            Some(beat) => format!("NotReady(disconnected {})", self::age(Some(beat), now)),
+            None => "NotReady".to_string(),
+        }
+    };
+    if n.spec.unschedulable {
+        status.push_str(",SchedulingDisabled");
+    }
+    let roles: Vec<&str> = n
+        .metadata
+        .labels
+        .keys()
+        .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
+        .collect();
+    let info = st.node_info.clone().unwrap_or_default();
+    let mut r = vec![
+        name,
+        status,
+        or_none(roles.join(",")),
+        age,
+        info.kubelet_version.clone(),
+    ];
+    if wide {
+        let ip = st
+            .addresses
+            .iter()
+            .find(|a| a.type_ == "InternalIP")
+            .map(|a| a.address.clone());
+        r.push(ip.unwrap_or_else(|| "<none>".into()));
+        r.push(or_none(info.os_image.clone()));
+        r.push(or_none(info.architecture.clone()));
+        r.push(or_none(
+            st.runtime_handlers
+                .iter()
+                .map(|h| h.name.clone())
+                .collect::<Vec<_>>()
+                .join(","),
+        ));
+    }
+    r
+}
+
+fn event_row(e: &Event, now: DateTime<Utc>) -> Vec<String> {
+    let obj = format!(
+        "{}/{}",
+        e.involved_object
+            .kind
+            .as_deref()
+            .unwrap_or("")
+            .to_ascii_lowercase(),
+        e.involved_object.name.as_deref().unwrap_or("")
+    );
+    let seen = crate::table::age(
+        e.last_timestamp
+            .as_deref()
+            .or(e.metadata.creation_timestamp.as_deref()),
+        now,
+    );
+    vec![
+        seen,
+        e.type_.clone().unwrap_or_else(|| "Normal".into()),
+        e.reason.clone().unwrap_or_default(),
+        obj,
+        e.message.clone().unwrap_or_default(),
+    ]
 }
 
 /// `s` with control characters escaped, for a terminal: a string a node or a workload wrote

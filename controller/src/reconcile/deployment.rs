@@ -113,12 +113,31 @@ fn new_replicaset(d: &Deployment, hash: &str, revision: u64, replicas: i32) -> R
 
 fn condition(ty: &str, ok: bool, reason: &str, message: String) -> Condition {
     Condition {
-        type_: ty.into(),
-        status: if ok { "True" } else { "False" }.into(),
         reason: Some(reason.into()),
         message: Some(message),
-        ..Default::default()
+        ..Condition::new(ty, ok)
     }
+}
+
+/// What a reconcile works from: the Deployment, its ReplicaSets, and the figures of the
+/// rollout they make.
+struct Rollout<'a> {
+    d: &'a Deployment,
+    owned: &'a [ReplicaSet],
+    desired: i32,
+    hash: String,
+    surge: i32,
+    max_unavailable: i32,
+    recreate: bool,
+    /// The set of the current template, if it exists.
+    current: Option<&'a ReplicaSet>,
+    /// The others, oldest revision first.
+    old: Vec<&'a ReplicaSet>,
+    /// Pods the sets are to have, all of them and the old ones'.
+    total: i32,
+    old_total: i32,
+    /// Pods the old sets still have.
+    old_running: i32,
 }
 
 /// `owned`: the ReplicaSets whose controller is this Deployment.
@@ -134,48 +153,73 @@ pub fn reconcile(d: &Deployment, owned: &[ReplicaSet], now: chrono::DateTime<chr
     let desired = d.spec.replicas.unwrap_or(1).max(0);
     let hash = template_hash(d);
     let (surge, max_unavailable) = budgets(d, desired);
-    let recreate = d.spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("Recreate");
     let current = owned
         .iter()
         .find(|rs| rs.metadata.labels.get(HASH_LABEL) == Some(&hash));
     let mut old: Vec<&ReplicaSet> = owned.iter().filter(|rs| Some(*rs) != current).collect();
     old.sort_by_key(|rs| revision(rs));
-    let total: i32 = owned.iter().map(spec_replicas).sum();
-    let old_total: i32 = old.iter().map(|rs| spec_replicas(rs)).sum();
-    let old_running: i32 = old
-        .iter()
-        .map(|rs| rs.status.as_ref().map(|s| s.replicas).unwrap_or(0))
-        .sum();
+    let r = Rollout {
+        d,
+        owned,
+        desired,
+        surge,
+        max_unavailable,
+        recreate: d.spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("Recreate"),
+        current,
+        total: owned.iter().map(spec_replicas).sum(),
+        old_total: old.iter().map(|rs| spec_replicas(rs)).sum(),
+        old_running: old
+            .iter()
+            .map(|rs| rs.status.as_ref().map(|s| s.replicas).unwrap_or(0))
+            .sum(),
+        old,
+        hash,
+    };
+    r.scale_new(&mut plan);
+    if !d.spec.paused {
+        r.scale_old(&mut plan);
+    }
+    plan.delete = r.beyond_history();
+    let status = r.status(now);
+    if d.status.as_ref() != Some(&status) {
+        plan.status = Some(status);
+    }
+    plan
+}
 
-    // The new set: created when the template changed (not while paused), then grown.
-    if d.spec.paused {
-        // Paused: never roll; only follow scaling, on the newest set that has pods.
-        let active: Vec<&ReplicaSet> = owned.iter().filter(|rs| spec_replicas(rs) > 0).collect();
-        if let [only] = active.as_slice() {
-            if spec_replicas(only) != desired {
-                plan.scale.push((only.metadata.name.clone(), desired));
+impl Rollout<'_> {
+    /// The new set: created when the template changed (not while paused), then grown.
+    fn scale_new(&self, plan: &mut Plan) {
+        let (d, owned, desired) = (self.d, self.owned, self.desired);
+        let (old_total, old_running) = (self.old_total, self.old_running);
+        if d.spec.paused {
+            // Paused: never roll; only follow scaling, on the newest set that has pods.
+            let active: Vec<&ReplicaSet> =
+                owned.iter().filter(|rs| spec_replicas(rs) > 0).collect();
+            if let [only] = active.as_slice() {
+                if spec_replicas(only) != desired {
+                    plan.scale.push((only.metadata.name.clone(), desired));
+                }
             }
         }
-    }
-    let new_spec = match current {
-        Some(rs) => spec_replicas(rs),
-        None if d.spec.paused => 0,
-        None => {
+        let Some(rs) = self.current else {
+            if d.spec.paused {
+                return;
+            }
             let next_revision = owned.iter().map(revision).max().unwrap_or(0) + 1;
-            let start = if recreate {
+            let start = if self.recreate {
                 if old_running == 0 && old_total == 0 {
                     desired
                 } else {
                     0
                 }
             } else {
-                (desired + surge - total).clamp(0, desired)
+                (desired + self.surge - self.total).clamp(0, desired)
             };
-            plan.create = Some(new_replicaset(d, &hash, next_revision, start));
-            start
-        }
-    };
-    if let Some(rs) = current {
+            plan.create = Some(new_replicaset(d, &self.hash, next_revision, start));
+            return;
+        };
+        let new_spec = spec_replicas(rs);
         let newest = owned.iter().map(revision).max().unwrap_or(0);
         if revision(rs) < newest {
             plan.revise = Some((rs.metadata.name.clone(), newest + 1));
@@ -187,7 +231,7 @@ pub fn reconcile(d: &Deployment, owned: &[ReplicaSet], now: chrono::DateTime<chr
             } else {
                 new_spec
             }
-        } else if recreate {
+        } else if self.recreate {
             if old_total == 0 && old_running == 0 {
                 desired
             } else {
@@ -197,168 +241,176 @@ pub fn reconcile(d: &Deployment, owned: &[ReplicaSet], now: chrono::DateTime<chr
             desired
         } else {
             // Grow into the surge budget, never past the desired count.
-            (new_spec + (desired + surge - total).max(0)).min(desired)
+            (new_spec + (desired + self.surge - self.total).max(0)).min(desired)
         };
         if target != new_spec {
             plan.scale.push((rs.metadata.name.clone(), target));
         }
     }
 
-    // The old sets: shrink within the availability budget, unhealthy pods first.
-    if !d.spec.paused {
-        let min_available = desired - max_unavailable;
-        let total_available: i32 = owned.iter().map(available).sum();
+    /// The old sets: shrink within the availability budget, unhealthy pods first.
+    fn scale_old(&self, plan: &mut Plan) {
+        let min_available = self.desired - self.max_unavailable;
+        let total_available: i32 = self.owned.iter().map(available).sum();
         let mut budget = (total_available - min_available).max(0);
-        for rs in &old {
+        for rs in &self.old {
             let spec = spec_replicas(rs);
             if spec == 0 {
                 continue;
             }
-            let target =
-                if recreate || current.is_some_and(|c| spec_replicas(c) == 0 && desired == 0) {
-                    0
-                } else {
-                    let unhealthy = spec - available(rs);
-                    let removable = unhealthy + budget.min(available(rs));
-                    budget -= (removable - unhealthy).max(0);
-                    (spec - removable).max(0)
-                };
+            let scaled_to_zero = self
+                .current
+                .is_some_and(|c| spec_replicas(c) == 0 && self.desired == 0);
+            let target = if self.recreate || scaled_to_zero {
+                0
+            } else {
+                let unhealthy = spec - available(rs);
+                let removable = unhealthy + budget.min(available(rs));
+                budget -= (removable - unhealthy).max(0);
+                (spec - removable).max(0)
+            };
             if target != spec {
                 plan.scale.push((rs.metadata.name.clone(), target));
             }
         }
     }
 
-    // History: empty old sets beyond revisionHistoryLimit go, oldest first.
-    let limit = d.spec.revision_history_limit.unwrap_or(10).max(0) as usize;
-    let empty: Vec<&&ReplicaSet> = old
-        .iter()
-        .filter(|rs| {
-            spec_replicas(rs) == 0 && rs.status.as_ref().map(|s| s.replicas).unwrap_or(0) == 0
-        })
-        .collect();
-    if empty.len() > limit {
-        plan.delete = empty[..empty.len() - limit]
+    /// History: empty old sets beyond revisionHistoryLimit go, oldest first.
+    fn beyond_history(&self) -> Vec<String> {
+        let limit = self.d.spec.revision_history_limit.unwrap_or(10).max(0) as usize;
+        let empty: Vec<&&ReplicaSet> = self
+            .old
+            .iter()
+            .filter(|rs| {
+                spec_replicas(rs) == 0 && rs.status.as_ref().map(|s| s.replicas).unwrap_or(0) == 0
+            })
+            .collect();
+        if empty.len() <= limit {
+            return Vec::new();
+        }
+        empty[..empty.len() - limit]
             .iter()
             .map(|rs| rs.metadata.name.clone())
-            .collect();
+            .collect()
     }
 
-    // Status.
-    let sum = |f: fn(&shoal_api::ReplicaSetStatus) -> i32| -> i32 {
-        owned
-            .iter()
-            .filter_map(|rs| rs.status.as_ref())
-            .map(f)
-            .sum()
-    };
-    let updated = current
-        .and_then(|rs| rs.status.as_ref())
-        .map(|s| s.replicas)
-        .unwrap_or(0);
-    let avail = sum(|s| s.available_replicas);
-    let complete = updated == desired && old_running == 0 && old_total == 0 && avail >= desired;
-    // Progress: the rollout moved since the last status (more updated or available pods, or a
-    // new template). Without any for progressDeadlineSeconds, it has timed out.
-    let previous = d.status.clone().unwrap_or_default();
-    let progressing = previous
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Progressing");
-    let last_progress = progressing.and_then(|c| c.last_update_time.clone());
-    let moved = previous.observed_generation != d.metadata.generation
-        || previous.updated_replicas != updated
-        || previous.available_replicas != avail
-        || last_progress.is_none();
-    let deadline =
-        chrono::Duration::seconds(i64::from(d.spec.progress_deadline_seconds.unwrap_or(600)));
-    let deadline_passed = !moved
-        && last_progress
-            .as_deref()
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .is_some_and(|t| now - t.with_timezone(&chrono::Utc) > deadline);
-    let mut status = DeploymentStatus {
-        observed_generation: d.metadata.generation,
-        replicas: sum(|s| s.replicas),
-        updated_replicas: updated,
-        ready_replicas: sum(|s| s.ready_replicas),
-        available_replicas: avail,
-        unavailable_replicas: (desired - avail).max(0),
-        conditions: vec![
-            condition(
-                "Available",
-                avail >= desired - max_unavailable,
-                if avail >= desired - max_unavailable {
-                    "MinimumReplicasAvailable"
-                } else {
-                    "MinimumReplicasUnavailable"
-                },
-                format!("{avail} of {desired} replicas available"),
-            ),
-            if d.spec.paused {
-                condition(
-                    "Progressing",
-                    false,
-                    "DeploymentPaused",
-                    "the deployment is paused".into(),
-                )
-            } else if !complete && deadline_passed {
-                condition(
-                    "Progressing",
-                    false,
-                    "ProgressDeadlineExceeded",
-                    format!(
-                        "ReplicaSet \"{}-{hash}\" has timed out progressing",
-                        d.metadata.name
-                    ),
-                )
-            } else if complete {
-                condition(
-                    "Progressing",
-                    true,
-                    "NewReplicaSetAvailable",
-                    format!(
-                        "ReplicaSet \"{}-{hash}\" has successfully progressed",
-                        d.metadata.name
-                    ),
-                )
-            } else {
-                condition(
-                    "Progressing",
-                    true,
-                    "ReplicaSetUpdated",
-                    format!("ReplicaSet \"{}-{hash}\" is progressing", d.metadata.name),
-                )
-            },
-        ],
-    };
-    // Keep the times of conditions that did not change, so a status that is the same writes
-    // nothing; Progressing's update time is the last time the rollout moved.
-    let stamp = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    for c in &mut status.conditions {
-        let prev = d.status.as_ref().and_then(|o| {
-            o.conditions
+    /// The Deployment's status, with the times of conditions that did not change kept.
+    fn status(&self, now: chrono::DateTime<chrono::Utc>) -> DeploymentStatus {
+        let (d, desired) = (self.d, self.desired);
+        let sum = |f: fn(&shoal_api::ReplicaSetStatus) -> i32| -> i32 {
+            self.owned
                 .iter()
-                .find(|p| p.type_ == c.type_ && p.status == c.status && p.reason == c.reason)
-        });
-        c.last_transition_time = Some(
-            prev.and_then(|p| p.last_transition_time.clone())
-                .unwrap_or_else(|| stamp.clone()),
-        );
-        c.last_update_time = if c.type_ == "Progressing" {
-            Some(if moved {
-                stamp.clone()
-            } else {
-                last_progress.clone().unwrap_or_else(|| stamp.clone())
-            })
-        } else {
-            prev.and_then(|p| p.last_update_time.clone())
+                .filter_map(|rs| rs.status.as_ref())
+                .map(f)
+                .sum()
         };
+        let updated = self
+            .current
+            .and_then(|rs| rs.status.as_ref())
+            .map(|s| s.replicas)
+            .unwrap_or(0);
+        let avail = sum(|s| s.available_replicas);
+        let complete =
+            updated == desired && self.old_running == 0 && self.old_total == 0 && avail >= desired;
+        // Progress: the rollout moved since the last status (more updated or available pods,
+        // or a new template). Without any for progressDeadlineSeconds, it has timed out.
+        let previous = d.status.clone().unwrap_or_default();
+        let last_progress = previous
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Progressing")
+            .and_then(|c| c.last_update_time.clone());
+        let moved = previous.observed_generation != d.metadata.generation
+            || previous.updated_replicas != updated
+            || previous.available_replicas != avail
+            || last_progress.is_none();
+        let deadline =
+            chrono::Duration::seconds(i64::from(d.spec.progress_deadline_seconds.unwrap_or(600)));
+        let deadline_passed = !moved
+            && last_progress
+                .as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|t| now - t.with_timezone(&chrono::Utc) > deadline);
+        let minimum = avail >= desired - self.max_unavailable;
+        let mut status = DeploymentStatus {
+            observed_generation: d.metadata.generation,
+            replicas: sum(|s| s.replicas),
+            updated_replicas: updated,
+            ready_replicas: sum(|s| s.ready_replicas),
+            available_replicas: avail,
+            unavailable_replicas: (desired - avail).max(0),
+            conditions: vec![
+                condition(
+                    "Available",
+                    minimum,
+                    if minimum {
+                        "MinimumReplicasAvailable"
+                    } else {
+                        "MinimumReplicasUnavailable"
+                    },
+                    format!("{avail} of {desired} replicas available"),
+                ),
+                self.progressing(complete, deadline_passed),
+            ],
+        };
+        // Keep the times of conditions that did not change, so a status that is the same
+        // writes nothing; Progressing's update time is the last time the rollout moved.
+        let stamp = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        for c in &mut status.conditions {
+            let prev = previous
+                .conditions
+                .iter()
+                .find(|p| p.type_ == c.type_ && p.status == c.status && p.reason == c.reason);
+            c.last_transition_time = Some(
+                prev.and_then(|p| p.last_transition_time.clone())
+                    .unwrap_or_else(|| stamp.clone()),
+            );
+            c.last_update_time = if c.type_ == "Progressing" {
+                Some(if moved {
+                    stamp.clone()
+                } else {
+                    last_progress.clone().unwrap_or_else(|| stamp.clone())
+                })
+            } else {
+                prev.and_then(|p| p.last_update_time.clone())
+            };
+        }
+        status
     }
-    if d.status.as_ref() != Some(&status) {
-        plan.status = Some(status);
+
+    /// The Progressing condition.
+    fn progressing(&self, complete: bool, deadline_passed: bool) -> Condition {
+        let set = format!("ReplicaSet \"{}-{}\"", self.d.metadata.name, self.hash);
+        if self.d.spec.paused {
+            condition(
+                "Progressing",
+                false,
+                "DeploymentPaused",
+                "the deployment is paused".into(),
+            )
+        } else if !complete && deadline_passed {
+            condition(
+                "Progressing",
+                false,
+                "ProgressDeadlineExceeded",
+                format!("{set} has timed out progressing"),
+            )
+        } else if complete {
+            condition(
+                "Progressing",
+                true,
+                "NewReplicaSetAvailable",
+                format!("{set} has successfully progressed"),
+            )
+        } else {
+            condition(
+                "Progressing",
+                true,
+                "ReplicaSetUpdated",
+                format!("{set} is progressing"),
+            )
+        }
     }
-    plan
 }
 
 #[cfg(test)]

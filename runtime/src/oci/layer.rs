@@ -81,42 +81,7 @@ pub fn unpack(name: &str, from: impl Read, dest: &Path, whiteouts: Whiteouts) ->
         let parent = ensure_dir(dest, parent_rel)
             .map_err(|why| err(format!("entry {}: {why}", raw.display())))?;
         done.entries += 1;
-        if file_name == OPAQUE {
-            match whiteouts {
-                Whiteouts::Overlay => {
-                    rustix::fs::lsetxattr(
-                        &parent,
-                        "trusted.overlay.opaque",
-                        b"y",
-                        rustix::fs::XattrFlags::empty(),
-                    )
-                    .map_err(|e| Error::io(&parent, e))?;
-                }
-                Whiteouts::Apply => {
-                    for child in fs::read_dir(&parent).map_err(|e| Error::io(&parent, e))? {
-                        let child = child.map_err(|e| Error::io(&parent, e))?;
-                        remove(&child.path())?;
-                    }
-                }
-            }
-            continue;
-        }
-        if let Some(hidden) = file_name.strip_prefix(WHITEOUT_PREFIX) {
-            let target = parent.join(hidden);
-            match whiteouts {
-                Whiteouts::Overlay => {
-                    remove(&target)?;
-                    rustix::fs::mknodat(
-                        rustix::fs::CWD,
-                        &target,
-                        rustix::fs::FileType::CharacterDevice,
-                        rustix::fs::Mode::from_raw_mode(0o600),
-                        rustix::fs::makedev(0, 0),
-                    )
-                    .map_err(|e| Error::io(&target, e))?;
-                }
-                Whiteouts::Apply => remove(&target)?,
-            }
+        if apply_whiteout(&file_name, &parent, whiteouts)? {
             continue;
         }
         let path = parent.join(&file_name);
@@ -205,6 +170,50 @@ pub fn unpack(name: &str, from: impl Read, dest: &Path, whiteouts: Whiteouts) ->
         }
     }
     Ok(done)
+}
+
+/// An overlay whiteout entry (`.wh..wh..opq`, `.wh.NAME`) in `parent`, kept as overlayfs
+/// takes it or applied to what is unpacked already; `false` when the entry is not one.
+fn apply_whiteout(file_name: &str, parent: &Path, whiteouts: Whiteouts) -> Result<bool> {
+    if file_name == OPAQUE {
+        match whiteouts {
+            Whiteouts::Overlay => {
+                rustix::fs::lsetxattr(
+                    parent,
+                    "trusted.overlay.opaque",
+                    b"y",
+                    rustix::fs::XattrFlags::empty(),
+                )
+                .map_err(|e| Error::io(parent, e))?;
+            }
+            Whiteouts::Apply => {
+                for child in fs::read_dir(parent).map_err(|e| Error::io(parent, e))? {
+                    let child = child.map_err(|e| Error::io(parent, e))?;
+                    remove(&child.path())?;
+                }
+            }
+        }
+        return Ok(true);
+    }
+    if let Some(hidden) = file_name.strip_prefix(WHITEOUT_PREFIX) {
+        let target = parent.join(hidden);
+        match whiteouts {
+            Whiteouts::Overlay => {
+                remove(&target)?;
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    &target,
+                    rustix::fs::FileType::CharacterDevice,
+                    rustix::fs::Mode::from_raw_mode(0o600),
+                    rustix::fs::makedev(0, 0),
+                )
+                .map_err(|e| Error::io(&target, e))?;
+            }
+            Whiteouts::Apply => remove(&target)?,
+        }
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 /// A relative path with no `..`, no root and no `.`; refused otherwise.
