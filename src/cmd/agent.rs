@@ -31,9 +31,10 @@ pub struct Args {
     /// Most pods this node runs.
     #[arg(long, default_value_t = 110)]
     pub max_pods: u32,
-    /// Seconds between status posts (keep well under the controller's --node-grace-period).
-    #[arg(long, default_value_t = 10)]
-    pub node_status_update_frequency: u64,
+    /// How often the node posts its status (10, 10s; keep well under the controller's
+    /// --node-grace-period).
+    #[arg(long, default_value = "10s", value_parser = super::duration::parse)]
+    pub node_status_update_frequency: std::time::Duration,
     /// The Linux bridge OCI pods are attached to (made if missing).
     #[arg(long, env = "SHOAL_POD_BRIDGE", default_value = shoal_agent::POD_BRIDGE)]
     pub pod_bridge: String,
@@ -112,7 +113,9 @@ impl Args {
             insecure_registries: self.insecure_registries.clone(),
             image_gc_high_threshold: self.image_gc_high_threshold,
             image_gc_low_threshold: self.image_gc_low_threshold,
-            heartbeat: std::time::Duration::from_secs(self.node_status_update_frequency.max(1)),
+            heartbeat: self
+                .node_status_update_frequency
+                .max(std::time::Duration::from_secs(1)),
             container_log_max_size: match self.container_log_max_size.value() {
                 v if v >= 4096 => v as u64,
                 _ => anyhow::bail!(

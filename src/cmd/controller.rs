@@ -22,9 +22,9 @@ pub struct Args {
     /// The server address written into admin.conf (default: the listen address).
     #[arg(long)]
     pub advertise_address: Option<String>,
-    /// Seconds without a heartbeat before a node is NotReady.
-    #[arg(long, default_value_t = 40)]
-    pub node_grace_period: u64,
+    /// How long without a heartbeat before a node is NotReady (40, 40s).
+    #[arg(long, default_value = "40s", value_parser = super::duration::parse)]
+    pub node_grace_period: std::time::Duration,
     /// Seconds pods without their own toleration stay on an unreachable node before they are
     /// evicted and run elsewhere, or `never`.
     #[arg(long, default_value = "300")]
@@ -37,8 +37,8 @@ pub struct Args {
     pub service_cidr: shoal_controller::service_ips::ServiceCidr,
     /// How long a node's certificate lives (30s, 12h, 365d); agents renew theirs after two
     /// thirds of it.
-    #[arg(long, default_value = "365d")]
-    pub node_cert_ttl: String,
+    #[arg(long, default_value = "365d", value_parser = super::duration::parse)]
+    pub node_cert_ttl: std::time::Duration,
 }
 
 impl Args {
@@ -59,12 +59,11 @@ impl Args {
             tls_san: self.tls_san.clone(),
             advertise: self.advertise_address.clone(),
             store: StoreConfig::default(),
-            node_grace: std::time::Duration::from_secs(self.node_grace_period),
+            node_grace: self.node_grace_period,
             default_unreachable_toleration: toleration,
             cluster_cidr: self.cluster_cidr,
             service_cidr: self.service_cidr,
-            node_cert_ttl: super::rollout::parse_duration(&self.node_cert_ttl)
-                .context("--node-cert-ttl")?,
+            node_cert_ttl: self.node_cert_ttl,
         })
     }
 }

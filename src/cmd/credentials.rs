@@ -3,7 +3,7 @@
 
 use crate::client::{call, config_path, connect};
 use crate::ClientArgs;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use shoal_transport::pki::{csr_for, new_key};
 use shoal_transport::proto::{CredentialInfo, Request, Response};
 use shoal_transport::{Client, Credentials};
@@ -23,8 +23,8 @@ enum CredentialsCommand {
     Create {
         name: String,
         /// How long it is valid (24h, 30d, 365d).
-        #[arg(long, default_value = "365d")]
-        ttl: String,
+        #[arg(long, default_value = "365d", value_parser = super::duration::parse)]
+        ttl: std::time::Duration,
         /// Where to write it (readable by its owner only); `-` prints it.
         #[arg(short, long, default_value = "-")]
         output: PathBuf,
@@ -66,7 +66,6 @@ pub async fn run(args: Args) -> Result<()> {
     let base = Credentials::load(&config_path(&args.client))?;
     match args.command {
         CredentialsCommand::Create { name, ttl, output } => {
-            let ttl = super::rollout::parse_duration(&ttl).context("--ttl")?;
             let creds = issue(&client, &base, &name, ttl.as_secs()).await?;
             if output.as_os_str() == "-" {
                 print!("{}", serde_yaml::to_string(&creds)?);
@@ -108,8 +107,8 @@ enum CertCommand {
     /// the old one stops working at once.
     Rotate {
         /// How long the new certificate is valid.
-        #[arg(long, default_value = "365d")]
-        ttl: String,
+        #[arg(long, default_value = "365d", value_parser = super::duration::parse)]
+        ttl: std::time::Duration,
     },
 }
 
@@ -125,7 +124,6 @@ pub async fn run_cert(args: CertArgs) -> Result<()> {
         },
         other => bail!("unexpected answer: {other:?}"),
     };
-    let ttl = super::rollout::parse_duration(&ttl).context("--ttl")?;
     let creds = issue(&client, &base, &name, ttl.as_secs()).await?;
     client.close().await;
     creds.save(&path)?;

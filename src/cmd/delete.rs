@@ -31,7 +31,7 @@ pub struct Args {
     #[arg(long, default_value = "background", value_parser = parse_cascade)]
     cascade: PropagationPolicy,
     /// With `--cascade=foreground`, how long to wait for everything to be gone.
-    #[arg(long, default_value = "60s", value_parser = crate::cmd::rollout::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = super::duration::parse)]
     timeout: Duration,
     #[command(flatten)]
     client: ClientArgs,

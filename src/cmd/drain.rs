@@ -16,9 +16,9 @@ pub struct Args {
     /// Also delete pods that no controller will recreate.
     #[arg(long)]
     force: bool,
-    /// How long to wait for the evicted pods to run elsewhere, in seconds.
-    #[arg(long, default_value_t = 300)]
-    timeout: u64,
+    /// How long to wait for the evicted pods to run elsewhere (300, 90s, 5m).
+    #[arg(long, default_value = "5m", value_parser = super::duration::parse)]
+    timeout: Duration,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -83,7 +83,7 @@ pub async fn run(args: Args) -> Result<()> {
         println!("evicting pod {ns}/{}", p.metadata.name);
     }
     // Wait until every evicted pod's controller runs all its pods again, none on this node.
-    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let deadline = Instant::now() + args.timeout;
     loop {
         let all = pods(&client, "").await?;
         let theirs: Vec<&Pod> = all

@@ -8,6 +8,7 @@ pub mod credentials;
 pub mod delete;
 pub mod describe;
 pub mod drain;
+pub mod duration;
 pub mod get;
 pub mod images;
 pub mod label;

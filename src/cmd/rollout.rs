@@ -24,8 +24,8 @@ enum RolloutCommand {
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
         /// Give up after this long (e.g. 90s, 5m).
-        #[arg(long, default_value = "5m")]
-        timeout: String,
+        #[arg(long, default_value = "5m", value_parser = super::duration::parse)]
+        timeout: Duration,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -148,24 +148,6 @@ async fn revisions(
     Ok(out)
 }
 
-/// A duration as `30s`, `5m`, `24h` or `365d` (a bare number is seconds).
-pub fn parse_duration(s: &str) -> Result<Duration> {
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = n
-        .parse()
-        .with_context(|| format!("{s:?}: expected a number and s, m, h or d"))?;
-    let scale = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 24 * 3600,
-        other => bail!("{s:?}: unknown unit {other:?} (use s, m, h or d)"),
-    };
-    n.checked_mul(scale)
-        .map(Duration::from_secs)
-        .with_context(|| format!("{s:?}: too long"))
-}
-
 /// Where a rollout stands, in kubectl's words; `None` when it is done.
 pub fn progress(d: &Deployment) -> Option<String> {
     let name = &d.metadata.name;
@@ -193,7 +175,7 @@ pub async fn run(args: Args) -> Result<()> {
             namespace,
             timeout,
             client,
-        } => status(&target, &namespace, &timeout, &client).await,
+        } => status(&target, &namespace, timeout, &client).await,
         RolloutCommand::History {
             target,
             namespace,
@@ -291,9 +273,14 @@ async fn set_paused(
     Ok(())
 }
 
-async fn status(target: &str, namespace: &str, timeout: &str, client: &ClientArgs) -> Result<()> {
+async fn status(
+    target: &str,
+    namespace: &str,
+    timeout: Duration,
+    client: &ClientArgs,
+) -> Result<()> {
     let name = deployment_name(target)?;
-    let deadline = Instant::now() + parse_duration(timeout).context("--timeout")?;
+    let deadline = Instant::now() + timeout;
     let conn = connect(client).await?;
     let mut last = String::new();
     loop {
@@ -321,7 +308,7 @@ async fn status(target: &str, namespace: &str, timeout: &str, client: &ClientArg
             }
         }
         if Instant::now() >= deadline {
-            bail!("timed out waiting for the rollout of deployment {name:?} ({timeout})");
+            bail!("timed out waiting for the rollout of deployment {name:?} ({timeout:?})");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -2,7 +2,7 @@
 
 use crate::client::{call, connect};
 use crate::ClientArgs;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use shoal_transport::proto::{Request, Response, TokenInfo};
 
 #[derive(clap::Args)]
@@ -21,8 +21,8 @@ enum TokenCommand {
         #[arg(long, default_value = "")]
         description: String,
         /// How long the token may be used (30m, 24h, 7d); by default until it is deleted.
-        #[arg(long)]
-        ttl: Option<String>,
+        #[arg(long, value_parser = super::duration::parse)]
+        ttl: Option<std::time::Duration>,
         /// How many nodes may join with it; by default any number.
         #[arg(long)]
         usages: Option<u32>,
@@ -41,10 +41,7 @@ pub async fn run(args: Args) -> Result<()> {
             ttl,
             usages,
         } => {
-            let ttl_secs = ttl
-                .map(|t| super::rollout::parse_duration(&t).context("--ttl"))
-                .transpose()?
-                .map(|d| d.as_secs());
+            let ttl_secs = ttl.map(|d| d.as_secs());
             let req = Request::CreateToken {
                 description,
                 ttl_secs,

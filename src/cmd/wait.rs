@@ -19,8 +19,8 @@ pub struct Args {
     #[arg(short = 'n', long, default_value = "default")]
     namespace: String,
     /// How long to wait: 30s, 5m, 1h.
-    #[arg(long, default_value = "30s")]
-    timeout: String,
+    #[arg(long, default_value = "30s", value_parser = super::duration::parse)]
+    timeout: Duration,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -36,7 +36,7 @@ pub async fn run(args: Args) -> Result<()> {
         .split_once('/')
         .context("name the object as KIND/NAME")?;
     let kind: Kind = kind.parse()?;
-    let timeout = super::rollout::parse_duration(&args.timeout).context("--timeout")?;
+    let timeout = args.timeout;
     let deadline = Instant::now() + timeout;
     let client = connect(&args.client).await?;
     let req = Request::Get {
