@@ -266,6 +266,7 @@ impl Service {
     /// Spends one use of the token whose secret this is; refuses an unknown, expired or
     /// used-up token with the reason.
     async fn spend_token(&self, secret: &str) -> Result<()> {
+        let _one_at_a_time = self.spending.lock().await;
         for _ in 0..5 {
             let mut s = self.usable_token(secret)?;
             let used = token_info(&s).map_or(0, |t| t.used);

@@ -62,6 +62,9 @@ pub struct Service {
     /// Held while a Service's address and node ports are chosen and written, so two Services
     /// written at once never get the same.
     allocating: Arc<tokio::sync::Mutex<()>>,
+    /// Held while a join token's use is counted, so a fleet joining at once with one token
+    /// is counted one by one instead of refused with a conflict.
+    pub(crate) spending: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn bad_request(message: impl Into<String>) -> WireError {
@@ -161,6 +164,7 @@ impl Service {
             cluster_cidr,
             service_cidr: Default::default(),
             allocating: Arc::default(),
+            spending: Arc::default(),
         }
     }
 

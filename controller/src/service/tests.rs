@@ -349,3 +349,41 @@ async fn what_a_node_writes_is_bounded_in_size() {
         Some(ErrorCode::Invalid)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_joining_at_once_with_one_token_is_counted_not_refused() {
+    use shoal_transport::pki::node_key_and_csr;
+    let (_dir, s) = service().await;
+    let s = Arc::new(s);
+    let token = s.create_token("fleet", None, None, Some(40)).await.unwrap();
+    let secret = shoal_transport::JoinToken::parse(&token).unwrap().secret;
+    let joins: Vec<_> = (0..40)
+        .map(|i| {
+            let (s, secret) = (s.clone(), secret.clone());
+            tokio::spawn(async move {
+                let name = format!("pi-{i}");
+                let (_, csr_pem) = node_key_and_csr(&name).unwrap();
+                let join = Request::Join {
+                    secret,
+                    node_name: name,
+                    csr_pem,
+                };
+                call(&s, &Identity::Anonymous, join).await
+            })
+        })
+        .collect();
+    for j in joins {
+        assert!(matches!(j.await.unwrap(), Ok(Response::Joined { .. })));
+    }
+    // The 41st is past the token's usages.
+    let (_, csr_pem) = node_key_and_csr("pi-40").unwrap();
+    let late = Request::Join {
+        secret,
+        node_name: "pi-40".into(),
+        csr_pem,
+    };
+    assert_eq!(
+        call(&s, &Identity::Anonymous, late).await.err(),
+        Some(ErrorCode::Forbidden)
+    );
+}
