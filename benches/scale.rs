@@ -70,10 +70,13 @@ fn node_json(config: &AgentConfig) -> Vec<u8> {
 /// heartbeat until the process ends.
 async fn simulated_node(config: AgentConfig) -> Arc<Client> {
     std::fs::create_dir_all(&config.data_dir).expect("node dir");
-    let creds: Credentials = shoal_agent::join::NodeCredentials::load_or_join(&config)
-        .await
-        .expect("join")
-        .get();
+    let creds: Credentials = shoal_agent::join::NodeCredentials::load_or_join(
+        &config,
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .expect("join")
+    .get();
     let client = Arc::new(Client::connect(&creds).await.expect("connect as node"));
     let object = node_json(&config);
     match client.call(&Request::PutNode { object }).await {

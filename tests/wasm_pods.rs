@@ -198,6 +198,41 @@ fn over_the_memory_limit_is_oom_killed_and_too_big_stays_pending_with_the_reason
 }
 
 #[test]
+fn an_agent_that_boots_before_its_controller_joins_once_it_is_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = kit::Controller::start(&dir.path().join("controller"));
+    let addr = first.addr.clone();
+    first.kill9();
+    // The device boots while the controller is down: it keeps trying, it does not exit.
+    let mut agent = Agent::start(&first, "early", &dir.path().join("agent"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !agent.log().contains("cannot join the cluster yet") {
+        assert!(std::time::Instant::now() < deadline, "{}", agent.log());
+        assert!(
+            agent.wait_exit(Duration::from_millis(200)).is_none(),
+            "{}",
+            agent.log()
+        );
+    }
+    // The controller comes back on its address, with its CA (so the token still pins it).
+    let back = kit::Controller::start_listening(&dir.path().join("controller"), &addr, &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let nodes = back.shoal(&["get", "nodes", "--no-headers"]).stdout();
+        if nodes.contains("early") && nodes.contains(" Ready ") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", agent.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        agent.log().contains("joined the cluster"),
+        "{}",
+        agent.log()
+    );
+}
+
+#[test]
 fn an_agent_with_a_token_for_another_cluster_is_refused() {
     let c = Cluster::start(0);
     let dir = tempfile::tempdir().unwrap();

@@ -2,14 +2,16 @@
 //! renewed by the node itself before it expires, for the same key (the key its name is bound
 //! to on the controller). Everything that connects with it reads the current one here.
 
+use crate::backoff::Backoff;
 use crate::config::AgentConfig;
 use crate::error::{Error, Result};
 use shoal_transport::pki::{csr_for, lifetime_of, new_key, renewal_due};
-use shoal_transport::proto::Request;
+use shoal_transport::proto::{ErrorCode, Request, Response};
 use shoal_transport::{Client, Credentials, JoinToken};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
+use tokio_util::sync::CancellationToken;
 
 /// The node's credential, shared by the controller link and the peer connections; replaced
 /// in place when it is renewed.
@@ -20,8 +22,14 @@ pub struct NodeCredentials {
 }
 
 impl NodeCredentials {
-    /// `DATA_DIR/node.conf` if the node joined before, else joins now with the token.
-    pub async fn load_or_join(config: &AgentConfig) -> Result<NodeCredentials> {
+    /// `DATA_DIR/node.conf` if the node joined before, else joins now with the token: tried
+    /// again with back-off while the controller cannot be reached or asks it to wait (a
+    /// device may boot before its network is up), refused at once when the controller says
+    /// no (a wrong or used-up token, a name taken), or when `shutdown` comes first.
+    pub async fn load_or_join(
+        config: &AgentConfig,
+        shutdown: &CancellationToken,
+    ) -> Result<NodeCredentials> {
         let path = config.data_dir.join("node.conf");
         let creds = if path.exists() {
             let mut creds = Credentials::load(&path)?;
@@ -31,7 +39,7 @@ impl NodeCredentials {
             }
             creds
         } else {
-            join(config, &path).await?
+            join_retrying(config, &path, shutdown).await?
         };
         Ok(NodeCredentials {
             path,
@@ -107,6 +115,46 @@ pub async fn keep_renewed(
     }
 }
 
+/// [`join`], tried again with [`Backoff::RECONNECT`] while the failure is one that passes.
+async fn join_retrying(
+    config: &AgentConfig,
+    path: &std::path::Path,
+    shutdown: &CancellationToken,
+) -> Result<Credentials> {
+    let mut failures = 0u32;
+    loop {
+        match join(config, path).await {
+            Ok(creds) => return Ok(creds),
+            Err(e) if passes(&e) => {
+                failures = failures.saturating_add(1);
+                let delay = Backoff::RECONNECT.delay(failures);
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot join the cluster yet; trying again");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        return Err(Error::Join(format!("stopped before the node joined (last: {e})")));
+                    }
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether a failed join may succeed later: the controller out of reach (connecting, a
+/// connection lost) or busy. A CA that does not match the token never will.
+fn passes(e: &Error) -> bool {
+    use shoal_transport::Error as T;
+    match e {
+        Error::Server(_) => true,
+        Error::Transport(t) => matches!(
+            t,
+            T::Connect { .. } | T::Connection(_) | T::Stream(_) | T::Truncated { .. }
+        ),
+        _ => false,
+    }
+}
+
 /// Joins with the token: a new key (it never leaves the node), the certificate for it, and the
 /// token file removed once it has served.
 async fn join(config: &AgentConfig, path: &std::path::Path) -> Result<Credentials> {
@@ -129,6 +177,12 @@ async fn join(config: &AgentConfig, path: &std::path::Path) -> Result<Credential
         })
         .await?;
     client.close().await;
+    if let Response::Error(e) = &answer {
+        if matches!(e.code, ErrorCode::TooManyRequests | ErrorCode::Internal) {
+            // Not a no: the controller is busy or failed on its side.
+            return Err(Error::Server(e.message.clone()));
+        }
+    }
     let signed = answer.into_signed().map_err(Error::Join)?;
     let creds = Credentials {
         server: config.server.clone(),
@@ -156,6 +210,24 @@ async fn join(config: &AgentConfig, path: &std::path::Path) -> Result<Credential
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_join_is_tried_again_only_when_it_may_succeed_later() {
+        use shoal_transport::Error as T;
+        let connect = T::Connect {
+            addr: "127.0.0.1:6443".into(),
+            message: "timed out".into(),
+        };
+        assert!(passes(&Error::Transport(connect)));
+        assert!(passes(&Error::Server("busy".into())));
+        let ca = T::CaMismatch {
+            expected: "a".into(),
+            actual: "b".into(),
+        };
+        assert!(!passes(&Error::Transport(ca)));
+        assert!(!passes(&Error::Join("the join token is not valid".into())));
+        assert!(!passes(&Error::Config("no token".into())));
+    }
 
     #[test]
     fn a_certificate_is_renewed_after_two_thirds_of_its_life() {

@@ -2,6 +2,7 @@
 //! the pods bound to it through the runtimes, reports their status, and serves their logs.
 
 pub mod artifacts;
+pub mod backoff;
 pub mod config;
 pub mod dns;
 pub mod env;
@@ -26,7 +27,6 @@ pub use config::{AgentConfig, Link, CONTAINER_LOG_MAX_SIZE, HEARTBEAT, POD_BRIDG
 pub use error::{Error, Result};
 
 use pod::Supervisor;
-use rand::Rng;
 use shoal_runtime::oci::image::ImageStore;
 use shoal_runtime::oci::RuncRuntime;
 use shoal_runtime::wasm::WasmRuntime;
@@ -40,7 +40,7 @@ use tokio_util::task::TaskTracker;
 /// Runs the agent until `shutdown`; reconnects with jittered back-off when the link drops.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()> {
     shoal_transport::pki::make_private_dir(&config.data_dir)?;
-    let creds = join::NodeCredentials::load_or_join(&config).await?;
+    let creds = join::NodeCredentials::load_or_join(&config, &shutdown).await?;
     let wasm = Arc::new(WasmRuntime::new(&config.data_dir.join("wasm-cache"))?);
     let runc = match shoal_runtime::oci::find_runc() {
         Ok(binary) => {
@@ -117,10 +117,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
             }
         }
         attempt = attempt.saturating_add(1);
-        let ceiling = Duration::from_millis(500)
-            .saturating_mul(1 << attempt.min(6))
-            .min(Duration::from_secs(30));
-        let delay = ceiling.mul_f64(rand::rng().random_range(0.5..1.0));
+        let delay = backoff::Backoff::RECONNECT.delay(attempt);
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(delay) => {}

@@ -5,7 +5,7 @@ use super::events::event;
 use super::prepare::{prepare, ToRun};
 use super::probes::probe_container;
 use super::sandbox::{publish_host_ports, remove_sandbox};
-use super::state::{self, Phase, RestartPolicy, Terminated};
+use super::state::{Phase, RestartPolicy, Terminated};
 use super::status::report;
 use super::{Inner, PodRun, Supervisor};
 use crate::config::Link;
@@ -44,7 +44,7 @@ pub(super) async fn run_pod(
                 )
                 .await;
                 report(&inner, &state).await;
-                let delay = state::backoff(attempt).min(Duration::from_secs(60));
+                let delay = crate::backoff::Backoff::PREPARE.delay(attempt);
                 tokio::select! {
                     _ = cancel.cancelled() => return remove_sandbox(&inner, &pod, &dir).await,
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}

@@ -9,9 +9,6 @@ use shoal_api::{
 };
 use std::time::Duration;
 
-/// First restart delay after a failure, doubled each time up to [`MAX_BACKOFF`] (kubelet's).
-pub const BASE_BACKOFF: Duration = Duration::from_secs(10);
-pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// A container that ran this long without failing starts its back-off over.
 pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
 
@@ -42,10 +39,7 @@ impl RestartPolicy {
 
 /// The delay before restart number `restarts + 1`: 10 s, 20 s, 40 s, ... 5 min.
 pub fn backoff(restarts_in_a_row: u32) -> Duration {
-    let factor = 1u32
-        .checked_shl(restarts_in_a_row.saturating_sub(1))
-        .unwrap_or(u32::MAX);
-    BASE_BACKOFF.saturating_mul(factor).min(MAX_BACKOFF)
+    crate::backoff::Backoff::RESTART.ceiling(restarts_in_a_row)
 }
 
 /// What one container is doing, as the supervisor tracks it.
@@ -278,7 +272,7 @@ mod tests {
     fn backoff_doubles_to_five_minutes() {
         let got: Vec<u64> = (1..=7).map(|n| backoff(n).as_secs()).collect();
         assert_eq!(got, [10, 20, 40, 80, 160, 300, 300]);
-        assert_eq!(backoff(100), MAX_BACKOFF);
+        assert_eq!(backoff(100), crate::backoff::Backoff::RESTART.max);
     }
 
     #[test]
