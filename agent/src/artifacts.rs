@@ -241,7 +241,12 @@ impl ArtifactCache {
         let (digest, size) = match stream.next().await? {
             Some(Response::Artifact { digest, size }) => (digest, size),
             Some(Response::Error(e)) => return Err(err(e.message)),
-            other => return Err(err(format!("unexpected answer {other:?}"))),
+            Some(other) => return Err(err(other.unexpected())),
+            None => {
+                return Err(err(
+                    "the controller ended the transfer before it began".into()
+                ))
+            }
         };
         let done = dir.join(digest.trim_start_matches("sha256:"));
         if self.trusted(&done, &digest).await? {
@@ -263,7 +268,7 @@ impl ArtifactCache {
                     got += bytes.len() as u64;
                 }
                 Response::Error(e) => return Err(err(e.message)),
-                other => return Err(err(format!("unexpected answer {other:?}"))),
+                other => return Err(err(other.unexpected())),
             }
         }
         tokio::task::spawn_blocking(move || file.sync_all())

@@ -40,6 +40,6 @@ pub(crate) fn expect_ok(r: shoal_transport::proto::Response) -> Result<()> {
     match r {
         Response::Ok => Ok(()),
         Response::Error(e) => Err(Error::Server(e.message)),
-        other => Err(Error::Internal(format!("unexpected answer {other:?}"))),
+        other => Err(Error::Internal(other.unexpected())),
     }
 }

@@ -192,7 +192,7 @@ async fn resume_or_list(
     let (items, revision) = match listed {
         Response::List { items, revision } => (items, revision),
         Response::Error(e) => return Err(Error::Server(e.message)),
-        other => return Err(Error::Internal(format!("unexpected answer {other:?}"))),
+        other => return Err(Error::Internal(other.unexpected())),
     };
     let pods: Vec<Pod> = items.iter().filter_map(|b| decode_pod(b)).collect();
     parts.supervisor.sync(pods).await;

@@ -117,6 +117,6 @@ pub async fn apply_parsed(client: &Client, parsed: Vec<Parsed>, strict: bool) ->
             }
             Ok(())
         }
-        other => bail!("unexpected answer: {other:?}"),
+        other => bail!(other.unexpected()),
     }
 }

@@ -23,7 +23,7 @@ pub async fn set_unschedulable(client: &Client, name: &str, unschedulable: bool)
     };
     let mut node: Node = match call(client, &req).await? {
         Response::Object(b) => Object::from_json(&b)?.into_typed()?,
-        other => bail!("unexpected answer: {other:?}"),
+        other => bail!(other.unexpected()),
     };
     if node.spec.unschedulable == unschedulable {
         return Ok(false);

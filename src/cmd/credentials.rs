@@ -82,7 +82,7 @@ pub async fn run(args: Args) -> Result<()> {
                     println!("{:<24} {}", c.name, c.expires);
                 }
             }
-            other => bail!("unexpected answer: {other:?}"),
+            other => bail!(other.unexpected()),
         },
         CredentialsCommand::Delete { name } => {
             call(&client, &Request::DeleteCredential { name: name.clone() }).await?;
@@ -122,7 +122,7 @@ pub async fn run_cert(args: CertArgs) -> Result<()> {
             Some(n) => n.trim_matches('"').to_string(),
             None => bail!("{} is not an admin credential ({who})", path.display()),
         },
-        other => bail!("unexpected answer: {other:?}"),
+        other => bail!(other.unexpected()),
     };
     let creds = issue(&client, &base, &name, ttl.as_secs()).await?;
     client.close().await;

@@ -113,7 +113,7 @@ pub async fn run(args: Args) -> Result<()> {
                     gone.push((kind, namespace.clone(), r));
                 }
             }
-            Ok(other) => bail!("unexpected answer: {other:?}"),
+            Ok(other) => bail!(other.unexpected()),
             Err(e) if args.ignore_not_found && e.to_string().contains("(NotFound)") => {}
             Err(e) => {
                 eprintln!("{e}");

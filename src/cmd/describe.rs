@@ -36,7 +36,7 @@ pub async fn run(args: Args) -> Result<()> {
     };
     let obj = match call(&client, &req).await? {
         Response::Object(b) => Object::from_json(&b).context("decoding the object")?,
-        other => bail!("unexpected answer: {other:?}"),
+        other => bail!(other.unexpected()),
     };
     let events = match call(
         &client,

@@ -35,7 +35,7 @@ async fn pods(client: &Client, fields: &str) -> Result<Vec<Pod>> {
             .iter()
             .filter_map(|b| Object::from_json(b).ok()?.into_typed().ok())
             .collect()),
-        other => bail!("unexpected answer: {other:?}"),
+        other => bail!(other.unexpected()),
     }
 }
 

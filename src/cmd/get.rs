@@ -86,7 +86,7 @@ pub async fn run(args: Args) -> Result<()> {
                         .collect::<Result<Vec<_>>>()?,
                     revision,
                 ),
-                other => bail!("unexpected answer: {other:?}"),
+                other => bail!(other.unexpected()),
             }
         } else {
             let mut objects = Vec::new();
@@ -98,7 +98,7 @@ pub async fn run(args: Args) -> Result<()> {
                 };
                 match call(&client, &req).await? {
                     Response::Object(b) => objects.push(decode(&b)?),
-                    other => bail!("unexpected answer: {other:?}"),
+                    other => bail!(other.unexpected()),
                 }
             }
             (objects, 0)
@@ -143,7 +143,7 @@ pub async fn run(args: Args) -> Result<()> {
             .await?
             {
                 Response::List { items, revision } => (items, revision),
-                other => bail!("unexpected answer: {other:?}"),
+                other => bail!(other.unexpected()),
             };
             return watch(&client, kind, namespace, &args, revision).await;
         }

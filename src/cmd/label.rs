@@ -153,7 +153,7 @@ async fn edit(args: Args, what: &str, change: impl FnOnce(&mut Node) -> Result<(
     };
     let mut node: Node = match call(&client, &get).await? {
         Response::Object(b) => Object::from_json(&b)?.into_typed()?,
-        other => bail!("unexpected answer: {other:?}"),
+        other => bail!(other.unexpected()),
     };
     change(&mut node)?;
     call(

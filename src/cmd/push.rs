@@ -85,7 +85,7 @@ async fn push_image(
             .await?,
     )? {
         Response::Json(json) => serde_json::from_slice(&json).context("the controller's answer")?,
-        other => bail!("unexpected answer: {other:?}"),
+        other => bail!(other.unexpected()),
     };
     let mut sent = 0u64;
     for digest in &missing {
@@ -155,7 +155,7 @@ async fn upload(
     {
         Some(r) => match check(r)? {
             Response::Artifact { digest: stored, .. } => Ok(stored),
-            other => bail!("unexpected answer: {other:?}"),
+            other => bail!(other.unexpected()),
         },
         None => bail!("the controller closed the upload without answering"),
     }

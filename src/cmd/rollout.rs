@@ -86,7 +86,7 @@ async fn get_deployment(
     };
     match call(conn, &req).await? {
         Response::Object(b) => Ok(Object::from_json(&b)?.into_typed()?),
-        other => bail!("unexpected answer: {other:?}"),
+        other => bail!(other.unexpected()),
     }
 }
 
@@ -118,7 +118,7 @@ async fn revisions(
     };
     let items = match call(conn, &req).await? {
         Response::List { items, .. } => items,
-        other => bail!("unexpected answer: {other:?}"),
+        other => bail!(other.unexpected()),
     };
     let mut out: Vec<(u64, shoal_api::ReplicaSet)> = items
         .iter()

@@ -35,7 +35,7 @@ pub async fn run(args: Args) -> Result<()> {
     };
     let mut obj = match call(&client, &get).await? {
         Response::Object(b) => Object::from_json(&b)?,
-        other => bail!("unexpected answer: {other:?}"),
+        other => bail!(other.unexpected()),
     };
     match &mut obj {
         Object::Deployment(d) => d.spec.replicas = Some(args.replicas),

@@ -49,7 +49,7 @@ pub async fn run(args: Args) -> Result<()> {
             };
             match call(&client, &req).await? {
                 Response::Token(t) => println!("{t}"),
-                other => bail!("unexpected answer: {other:?}"),
+                other => bail!(other.unexpected()),
             }
         }
         TokenCommand::List => match call(&client, &Request::ListTokens).await? {
@@ -70,7 +70,7 @@ pub async fn run(args: Args) -> Result<()> {
                     );
                 }
             }
-            other => bail!("unexpected answer: {other:?}"),
+            other => bail!(other.unexpected()),
         },
         TokenCommand::Delete { id } => {
             call(&client, &Request::DeleteToken { id: id.clone() }).await?;

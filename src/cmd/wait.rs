@@ -47,7 +47,7 @@ pub async fn run(args: Args) -> Result<()> {
     loop {
         let obj: serde_json::Value = match call(&client, &req).await? {
             Response::Object(b) => serde_json::from_slice(&b)?,
-            other => bail!("unexpected answer: {other:?}"),
+            other => bail!(other.unexpected()),
         };
         let met = obj["status"]["conditions"].as_array().is_some_and(|cs| {
             cs.iter().any(|c| {

@@ -258,6 +258,38 @@ pub struct Signed {
 
 impl Response {
     /// The certificate of a [`Response::Joined`]; anything else as the message to show.
+    /// The variant's name, for messages: an answer's payload (a whole list, a chunk of a
+    /// file) is never worth printing.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Response::Applied(_) => "Applied",
+            Response::Object(_) => "Object",
+            Response::List { .. } => "List",
+            Response::ListPart(_) => "ListPart",
+            Response::Event { .. } => "Event",
+            Response::Deleted(_) => "Deleted",
+            Response::Token(_) => "Token",
+            Response::Identity(_) => "Identity",
+            Response::Joined { .. } => "Joined",
+            Response::Ok => "Ok",
+            Response::Artifact { .. } => "Artifact",
+            Response::Chunk(_) => "Chunk",
+            Response::Json(_) => "Json",
+            Response::Error(_) => "Error",
+        }
+    }
+
+    /// What to say of an answer the caller did not expect: its kind, or the error it is.
+    pub fn unexpected(&self) -> String {
+        match self {
+            Response::Error(e) => e.message.clone(),
+            other => format!(
+                "unexpected answer {} (is the other side another version?)",
+                other.kind_name()
+            ),
+        }
+    }
+
     pub fn into_signed(self) -> std::result::Result<Signed, String> {
         match self {
             Response::Joined {
@@ -270,7 +302,7 @@ impl Response {
                 peer_ca_pem,
             }),
             Response::Error(e) => Err(e.message),
-            other => Err(format!("unexpected answer {other:?}")),
+            other => Err(other.unexpected()),
         }
     }
 }

@@ -158,7 +158,7 @@ pub(super) async fn get_object(
             }
             Err(Error::Server(e.message))
         }
-        Ok(other) => Err(Error::Internal(format!("unexpected answer {other:?}"))),
+        Ok(other) => Err(Error::Internal(other.unexpected())),
         Err(why) => match inner.local.get(&key) {
             Ok(Some(obj)) => Ok(obj),
             _ => Err(why),

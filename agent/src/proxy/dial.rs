@@ -210,7 +210,11 @@ async fn open(
     {
         Ok(Some(Response::Ok)) => Ok((send, recv)),
         Ok(Some(Response::Error(e))) => Err((e.message, true)),
-        Ok(other) => Err((format!("unexpected answer {other:?}"), true)),
+        Ok(Some(other)) => Err((other.unexpected(), true)),
+        Ok(None) => Err((
+            "the far end closed the stream without answering".into(),
+            false,
+        )),
         Err(e) => Err((e.to_string(), false)),
     }
 }

@@ -350,9 +350,7 @@ async fn list(client: &shoal_transport::Client, kind: &str) -> crate::Result<(Ve
     match client.call(&req).await? {
         Response::List { items, revision } => Ok((items, revision)),
         Response::Error(e) => Err(crate::Error::Server(e.message)),
-        other => Err(crate::Error::Internal(format!(
-            "unexpected answer {other:?}"
-        ))),
+        other => Err(crate::Error::Internal(other.unexpected())),
     }
 }
 

@@ -114,7 +114,7 @@ impl Service {
     /// The Node a node writes about itself, if it may write it (NodeRestriction): its own,
     /// valid, with only the labels a node may set.
     pub fn admit_node(&self, me: &str, bytes: &[u8]) -> Result<Object> {
-        let mut obj = Object::from_json(bytes)?;
+        let mut obj = decode_body(bytes, "the Node")?;
         obj.normalize();
         if obj.kind() != Kind::Node || obj.name() != me {
             return Err(Error::Forbidden(format!(
@@ -154,7 +154,7 @@ impl Service {
 
     /// A pod's status from its node (or an admin); the spec is untouched.
     pub(super) async fn update_status(&self, who: &Identity, bytes: &[u8]) -> Result<Response> {
-        let mut obj = Object::from_json(bytes)?;
+        let mut obj = decode_body(bytes, "the pod status")?;
         obj.normalize();
         if obj.kind() != Kind::Pod {
             return Err(Error::Invalid(format!(
@@ -196,4 +196,11 @@ fn keep_transition_times(next: &mut shoal_api::Node, stored: &shoal_api::Node) {
             c.last_transition_time = old.last_transition_time.clone();
         }
     }
+}
+
+/// An object a peer sent: one that does not decode is the sender's mistake (Invalid, with
+/// what was wrong), not the controller's.
+fn decode_body(bytes: &[u8], what: &str) -> Result<Object> {
+    Object::from_json(bytes)
+        .map_err(|e| Error::Invalid(format!("{what} sent does not decode: {e}")))
 }

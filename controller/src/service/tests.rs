@@ -143,6 +143,20 @@ async fn a_node_reads_only_what_is_bound_to_it_and_writes_only_its_own_status() 
             Some(ErrorCode::Forbidden),
         ),
         (
+            "a Node that does not decode",
+            Request::PutNode {
+                object: b"{\"kind\": \"Node\", \"metadata\": ".to_vec(),
+            },
+            Some(ErrorCode::Invalid),
+        ),
+        (
+            "a pod status that does not decode",
+            Request::UpdateStatus {
+                object: b"not json".to_vec(),
+            },
+            Some(ErrorCode::Invalid),
+        ),
+        (
             "apply",
             Request::Apply {
                 objects: vec![secret("mine")],
