@@ -117,7 +117,7 @@ fn build(arm: &Arm) -> Option<PathBuf> {
         if std::env::var("SHOAL_REQUIRE_CROSS").as_deref() == Ok("1") {
             panic!("the {} test needs: {gaps}", arm.target);
         }
-        eprintln!("skipped: the {} test needs: {gaps}", arm.target);
+        kit::skipped(&format!("the {} test", arm.target), &gaps);
         return None;
     }
     let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))

@@ -25,7 +25,7 @@ impl Registry {
             if std::env::var("CI").as_deref() == Ok("true") {
                 panic!("{hint}");
             }
-            eprintln!("skipped: {hint}");
+            kit::skipped("a registry test", hint);
             return None;
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
