@@ -328,7 +328,20 @@ fn rollout_undo_returns_to_the_previous_template_and_pause_holds_edits_until_res
             ),
         )
         .ok();
-    std::thread::sleep(Duration::from_secs(2));
+    // The controller has seen the paused v3 template (and said so) before absence is checked.
+    c.wait_for(
+        "the v3 template seen, paused",
+        Duration::from_secs(30),
+        |c| {
+            let d = json(c, &["get", "deploy", "web"]);
+            let paused = d["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["reason"] == "DeploymentPaused");
+            paused && d["status"]["observedGeneration"] == d["metadata"]["generation"]
+        },
+    );
     assert_eq!(outputs(&c), ["v1\n", "v1\n"], "nothing rolls while paused");
     assert_eq!(
         c.shoal(&["get", "rs", "--no-headers"]).ok().lines().count(),
@@ -769,13 +782,16 @@ fn min_ready_seconds_delays_availability_and_delete_cascades_foreground_or_orpha
     assert_eq!(rs.len(), 1);
     c.shoal(&["delete", "deploy", "web", "--cascade=orphan"])
         .ok();
-    std::thread::sleep(Duration::from_secs(6)); // a garbage collection pass or more
-    let set = json(&c, &["get", "rs", &rs[0]]);
-    assert!(set["metadata"]["ownerReferences"].is_null(), "{set}");
+    c.wait_for("the ReplicaSet released", Duration::from_secs(30), |c| {
+        json(c, &["get", "rs", &rs[0]])["metadata"]["ownerReferences"].is_null()
+    });
     assert_eq!(names(&c, "pods", "app=web"), pods, "the pods are untouched");
 
     c.shoal(&["delete", "rs", &rs[0], "--cascade=orphan"]).ok();
-    std::thread::sleep(Duration::from_secs(6));
+    c.wait_for("the pods released", Duration::from_secs(30), |c| {
+        pods.iter()
+            .all(|p| json(c, &["get", "pod", p])["metadata"]["ownerReferences"].is_null())
+    });
     assert_eq!(
         names(&c, "pods", "app=web"),
         pods,

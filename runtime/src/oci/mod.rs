@@ -44,6 +44,39 @@ pub struct RuncRuntime {
 #[derive(Debug, serde::Deserialize)]
 struct State {
     status: String,
+    /// Its init process, while it runs.
+    #[serde(default)]
+    pid: Option<i32>,
+}
+
+/// How often an adopted container is looked at when its init cannot be waited on directly
+/// (a kernel without pidfds).
+const ADOPTED_POLL: Duration = Duration::from_secs(1);
+
+/// How long a stopped container may go without its exit status before it is taken as gone.
+const STOPPED_WITHOUT_STATUS: Duration = Duration::from_secs(5);
+
+/// Blocks until process `pid` (not our child) has exited; `false` when it cannot be waited
+/// on this way.
+fn await_exit_of(pid: i32) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags};
+    if pid <= 0 {
+        return false;
+    }
+    let Some(pid) = rustix::process::Pid::from_raw(pid) else {
+        return false;
+    };
+    let Ok(fd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) else {
+        return false;
+    };
+    loop {
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+        match poll(&mut fds, None) {
+            Ok(_) => return true,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return false,
+        }
+    }
 }
 
 /// The runc binary, if this node can run OCI containers: runc on PATH (or `SHOAL_RUNC`) and
@@ -295,14 +328,30 @@ impl RuncRuntime {
             .name(format!("runc-{id}"))
             .spawn(move || {
                 let exit_file = bundle.join("exit");
-                if let Some(mut child) = child {
-                    let _ = child.wait();
-                }
-                while !exit_file.exists() {
-                    if this.state(&id).is_none() {
-                        break;
+                match child {
+                    // The wrapper writes the exit file as it ends.
+                    Some(mut child) => {
+                        let _ = child.wait();
                     }
-                    std::thread::sleep(POLL);
+                    // Adopted: the wrapper of a previous agent writes it once the container's
+                    // init ends; wait on that process instead of asking runc every moment.
+                    None => {
+                        if let Some(pid) = this.state(&id).and_then(|s| s.pid) {
+                            await_exit_of(pid);
+                        }
+                    }
+                }
+                // A container stopped with no wrapper left to write its status (someone
+                // killed it) is given a few seconds, then reported as vanished.
+                let (mut period, mut stopped_for) = (POLL, Duration::ZERO);
+                while !exit_file.exists() && stopped_for < STOPPED_WITHOUT_STATUS {
+                    match this.state(&id) {
+                        None => break,
+                        Some(s) if s.status == "stopped" => stopped_for += period,
+                        Some(_) => stopped_for = Duration::ZERO,
+                    }
+                    std::thread::sleep(period);
+                    period = (period * 2).min(ADOPTED_POLL);
                 }
                 let code = std::fs::read_to_string(&exit_file)
                     .ok()
