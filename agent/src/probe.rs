@@ -106,6 +106,55 @@ impl Tracker {
     }
 }
 
+/// What one try of a probe came to, for the caller to act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The try failed, saying why (an Unhealthy event).
+    Failed(String),
+    /// The probe's verdict changed.
+    Verdict(bool),
+}
+
+/// Runs `attempt` on the probe's timing (once after the initial delay, then every period),
+/// hands each step to `on_step`, and stops when `on_step` says so or `cancel` fires. The
+/// timing lives here, apart from any I/O, so it is tested with paused time.
+pub async fn schedule<A, AFut, S, SFut>(
+    settings: &Settings,
+    kind: Kind,
+    cancel: &tokio_util::sync::CancellationToken,
+    mut attempt: A,
+    mut on_step: S,
+) where
+    A: FnMut() -> AFut,
+    AFut: std::future::Future<Output = Result<(), String>>,
+    S: FnMut(Step) -> SFut,
+    SFut: std::future::Future<Output = std::ops::ControlFlow<()>>,
+{
+    let mut tracker = Tracker::new(settings.clone(), kind);
+    tokio::select! {
+        _ = cancel.cancelled() => return,
+        _ = tokio::time::sleep(settings.initial_delay) => {}
+    }
+    loop {
+        let outcome = attempt().await;
+        let ok = outcome.is_ok();
+        if let Err(why) = outcome {
+            if on_step(Step::Failed(why)).await.is_break() {
+                return;
+            }
+        }
+        if let Some(verdict) = tracker.observe(ok) {
+            if on_step(Step::Verdict(verdict)).await.is_break() {
+                return;
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(settings.period) => {}
+        }
+    }
+}
+
 /// The port a probe names, resolved against the container's ports.
 fn port(p: &IntOrString, c: &shoal_api::Container) -> Result<u16, String> {
     match p {
@@ -362,5 +411,104 @@ mod tests {
         .await
         .unwrap_err();
         assert!(e.contains("exited with 1: nope"), "{e}");
+    }
+
+    /// A probe's steps against a scripted sequence of outcomes, with the (paused) time each
+    /// step came at since the container started.
+    async fn steps(settings: Settings, kind: Kind, outcomes: Vec<bool>) -> Vec<(u64, Step)> {
+        let start = tokio::time::Instant::now();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let outcomes = std::cell::RefCell::new(outcomes.into_iter());
+        let seen = std::cell::RefCell::new(Vec::new());
+        let attempt = || {
+            let ok = outcomes.borrow_mut().next();
+            async move {
+                match ok {
+                    Some(true) => Ok(()),
+                    Some(false) => Err("refused".to_string()),
+                    None => std::future::pending().await,
+                }
+            }
+        };
+        let on_step = |step: Step| {
+            let stop = matches!(step, Step::Verdict(false)) && kind != Kind::Readiness;
+            seen.borrow_mut().push((start.elapsed().as_secs(), step));
+            async move {
+                if stop {
+                    std::ops::ControlFlow::Break(())
+                } else {
+                    std::ops::ControlFlow::Continue(())
+                }
+            }
+        };
+        let run = schedule(&settings, kind, &cancel, attempt, on_step);
+        // Ends when the probe stops, or when the script runs out (the attempt then never
+        // ends, and the paused clock jumps the timeout).
+        let _ = tokio::time::timeout(Duration::from_secs(3600), run).await;
+        seen.into_inner()
+    }
+
+    fn timing(initial: u64, period: u64, success: u32, failure: u32) -> Settings {
+        Settings {
+            initial_delay: Duration::from_secs(initial),
+            period: Duration::from_secs(period),
+            timeout: Duration::from_secs(1),
+            success_threshold: success,
+            failure_threshold: failure,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn liveness_fails_after_the_initial_delay_and_threshold_periods() {
+        let failed = |t| (t, Step::Failed("refused".into()));
+        // initialDelaySeconds 5, periodSeconds 2, failureThreshold 3: the first try at 5 s
+        // passes; those at 7, 9 and 11 s fail, and the third failure in a row (at 11 s)
+        // restarts the container.
+        let got = steps(
+            timing(5, 2, 1, 3),
+            Kind::Liveness,
+            vec![true, false, false, false],
+        )
+        .await;
+        assert_eq!(
+            got,
+            vec![failed(7), failed(9), failed(11), (11, Step::Verdict(false))]
+        );
+        // A success between failures starts the count over.
+        let got = steps(
+            timing(0, 10, 1, 2),
+            Kind::Liveness,
+            vec![false, true, false, false],
+        )
+        .await;
+        assert_eq!(got.last(), Some(&(30, Step::Verdict(false))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readiness_comes_and_goes_with_its_thresholds() {
+        // successThreshold 2: ready after the second success in a row; not ready after
+        // failureThreshold (1) failures; ready again after two more successes.
+        let got = steps(
+            timing(0, 1, 2, 1),
+            Kind::Readiness,
+            vec![true, true, false, true, true],
+        )
+        .await;
+        assert_eq!(
+            got,
+            vec![
+                (1, Step::Verdict(true)),
+                (2, Step::Failed("refused".into())),
+                (2, Step::Verdict(false)),
+                (4, Step::Verdict(true)),
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_startup_probe_that_never_passes_fails_at_its_threshold() {
+        let got = steps(timing(0, 5, 1, 2), Kind::Startup, vec![false, false, true]).await;
+        assert_eq!(got.last(), Some(&(5, Step::Verdict(false))));
+        assert_eq!(got.len(), 3, "two failures, then the verdict: {got:?}");
     }
 }

@@ -6,6 +6,7 @@ use super::{Inner, PodRun};
 use crate::sync::lock;
 use shoal_api::RuntimeClass;
 use std::net::{IpAddr, Ipv4Addr};
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
@@ -20,7 +21,7 @@ pub(super) async fn probe_container(
     cancel: CancellationToken,
     unhealthy: tokio::sync::mpsc::Sender<String>,
 ) {
-    use crate::probe::{Kind, Settings, Tracker};
+    use crate::probe::{Kind, Settings, Step};
     let Some((pod, container, ip)) = target(&lock(&state), i) else {
         return;
     };
@@ -52,50 +53,46 @@ pub(super) async fn probe_container(
             Ok((out.status.code().unwrap_or(-1), text))
         }
     };
-    // One probe's loop: each try's outcome goes to `on_change` when the verdict changes.
+    // One probe's loop: failures become events, verdicts change the container's state.
     let probe_loop = |kind: Kind, probe: shoal_api::Probe| {
         let (inner, state, pod, container) =
             (inner.clone(), state.clone(), pod.clone(), container.clone());
         let (cancel, unhealthy) = (cancel.clone(), unhealthy.clone());
         async move {
             let settings = Settings::of(&probe, kind);
-            let mut tracker = Tracker::new(settings.clone(), kind);
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(settings.initial_delay) => {}
-            }
-            loop {
-                let outcome =
-                    crate::probe::run(&probe, &container, ip, settings.timeout, exec).await;
-                if let Err(why) = &outcome {
-                    let message = format!("{} probe failed: {why}", kind.name());
-                    event(&inner, &pod, "Warning", "Unhealthy", message).await;
+            let attempt = || crate::probe::run(&probe, &container, ip, settings.timeout, exec);
+            let on_step = |step: Step| {
+                let (inner, state, pod, unhealthy) =
+                    (inner.clone(), state.clone(), pod.clone(), unhealthy.clone());
+                async move {
+                    match (kind, step) {
+                        (_, Step::Failed(why)) => {
+                            let message = format!("{} probe failed: {why}", kind.name());
+                            event(&inner, &pod, "Warning", "Unhealthy", message).await;
+                        }
+                        (Kind::Startup, Step::Verdict(true)) => {
+                            lock(&state).containers[i].startup_passed = true;
+                            report(&inner, &state).await;
+                            return ControlFlow::Break(());
+                        }
+                        (Kind::Readiness, Step::Verdict(ready)) => {
+                            lock(&state).containers[i].probe_ready = ready;
+                            report(&inner, &state).await;
+                        }
+                        (Kind::Startup, Step::Verdict(false)) => {
+                            let _ = unhealthy.send("failed startup probe".into()).await;
+                            return ControlFlow::Break(());
+                        }
+                        (Kind::Liveness, Step::Verdict(false)) => {
+                            let _ = unhealthy.send("failed liveness probe".into()).await;
+                            return ControlFlow::Break(());
+                        }
+                        (Kind::Liveness, Step::Verdict(true)) => {}
+                    }
+                    ControlFlow::Continue(())
                 }
-                match (kind, tracker.observe(outcome.is_ok())) {
-                    (Kind::Startup, Some(true)) => {
-                        lock(&state).containers[i].startup_passed = true;
-                        report(&inner, &state).await;
-                        return;
-                    }
-                    (Kind::Readiness, Some(ready)) => {
-                        lock(&state).containers[i].probe_ready = ready;
-                        report(&inner, &state).await;
-                    }
-                    (Kind::Startup, Some(false)) => {
-                        let _ = unhealthy.send("failed startup probe".into()).await;
-                        return;
-                    }
-                    (Kind::Liveness, Some(false)) => {
-                        let _ = unhealthy.send("failed liveness probe".into()).await;
-                        return;
-                    }
-                    _ => {}
-                }
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(settings.period) => {}
-                }
-            }
+            };
+            crate::probe::schedule(&settings, kind, &cancel, attempt, on_step).await;
         }
     };
     if let Some(p) = container.startup_probe.clone() {
