@@ -10,7 +10,7 @@ use shoal_transport::{Client, JoinToken};
 use std::collections::BTreeMap;
 
 fn yaml(text: &str) -> Value {
-    serde_yaml::from_str(text).expect("valid YAML output")
+    serde_yaml_ng::from_str(text).expect("valid YAML output")
 }
 
 #[test]

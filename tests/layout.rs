@@ -38,11 +38,33 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The lines of a file before its test module (rustfmt puts `#[cfg(test)] mod tests` last).
+/// The lines of a file without its test code: an inline `#[cfg(test)] mod ... { ... }`
+/// (rustfmt'd: it ends with a `}` at its indentation), or test items declared on one line.
 fn code_lines(text: &str) -> Vec<&str> {
-    text.lines()
-        .take_while(|l| l.trim() != "#[cfg(test)]")
-        .collect()
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        if lines[i].trim() != "#[cfg(test)]" {
+            out.push(lines[i]);
+            i += 1;
+            continue;
+        }
+        let Some(item) = lines.get(i + 1) else {
+            break;
+        };
+        if item.trim_end().ends_with('{') {
+            let indent = item.len() - item.trim_start().len();
+            let close = format!("{}}}", " ".repeat(indent));
+            let end = (i + 2..lines.len())
+                .find(|&j| lines[j].trim_end() == close)
+                .unwrap_or(lines.len() - 1);
+            i = end + 1;
+        } else {
+            i += 2;
+        }
+    }
+    out
 }
 
 /// The name of the function a line declares, if it declares one.
@@ -106,6 +128,8 @@ fn no_file_or_function_is_too_long() {
         rust_files(&root().join(dir), &mut files);
     }
     let mut problems = Vec::new();
+    // A module's tests in a file of their own (`mod tests;`) are test code too.
+    files.retain(|f| f.file_name().is_none_or(|n| n != "tests.rs"));
     for f in &files {
         let text = std::fs::read_to_string(f).expect("read a source file");
         let lines = code_lines(&text);
@@ -288,6 +312,8 @@ fn the_checks_find_what_they_look_for() {
         long_functions(&lines),
         vec![("big".to_string(), MAX_FN_LINES + 2)]
     );
+    let text = "fn a() {}\n#[cfg(test)]\nmod tests;\nfn b() {}\n#[cfg(test)]\nmod t {\n    fn c() {}\n}\nfn d() {}";
+    assert_eq!(code_lines(text), ["fn a() {}", "fn b() {}", "fn d() {}"]);
     assert_eq!(
         crate_paths(
             "use crate::{pod::Supervisor, sync::lock};\nlet x = crate::node::now(); shoal_crate::x"

@@ -250,7 +250,7 @@ mod tests {
         let full = format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: ns, uid: u-1, labels: {{app: web}}, annotations: {{team: edge}}}}\nspec:\n  containers:\n  - name: c\n    image: x\n{yaml}"
         );
-        serde_yaml::from_str(&full).expect("pod")
+        serde_yaml_ng::from_str(&full).expect("pod")
     }
 
     fn sources() -> Sources {

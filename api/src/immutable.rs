@@ -63,7 +63,7 @@ mod tests {
     use super::*;
 
     fn obj(yaml: &str) -> Object {
-        serde_yaml::from_str(yaml).expect("object")
+        serde_yaml_ng::from_str(yaml).expect("object")
     }
 
     const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, image: IMAGE}]\n  tolerations: [{key: a, operator: Exists}]\nNODE";

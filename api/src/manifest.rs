@@ -20,9 +20,9 @@ pub struct Parsed {
 /// Parses every document of `text`; `source_name` (a file name or `-`) prefixes errors.
 pub fn parse_manifests(source_name: &str, text: &str) -> Result<Vec<Parsed>> {
     let mut out = Vec::new();
-    for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for (index, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let document = index + 1;
-        let value = serde_yaml::Value::deserialize(doc).map_err(|e| Error::Syntax {
+        let value = serde_yaml_ng::Value::deserialize(doc).map_err(|e| Error::Syntax {
             source_name: source_name.to_string(),
             message: e.to_string(),
         })?;
@@ -37,7 +37,7 @@ pub fn parse_manifests(source_name: &str, text: &str) -> Result<Vec<Parsed>> {
 fn decode_document(
     source_name: &str,
     document: usize,
-    value: serde_yaml::Value,
+    value: serde_yaml_ng::Value,
     out: &mut Vec<Parsed>,
 ) -> Result<()> {
     let schema = |what: String, message: String| Error::Schema {
@@ -68,7 +68,7 @@ fn decode_document(
     }
     if kind_name == "List" {
         let items = match value.get("items") {
-            Some(serde_yaml::Value::Sequence(items)) => items.clone(),
+            Some(serde_yaml_ng::Value::Sequence(items)) => items.clone(),
             _ => {
                 return Err(schema(
                     what,

@@ -68,7 +68,7 @@ pub async fn run(args: Args) -> Result<()> {
         CredentialsCommand::Create { name, ttl, output } => {
             let creds = issue(&client, &base, &name, ttl.as_secs()).await?;
             if output.as_os_str() == "-" {
-                print!("{}", serde_yaml::to_string(&creds)?);
+                print!("{}", serde_yaml_ng::to_string(&creds)?);
             } else {
                 creds.save(&output)?;
                 eprintln!("credential {name} written to {}", output.display());

@@ -121,7 +121,7 @@ fn render(obj: &Object, events: &[shoal_api::Event]) -> String {
                     })
                     .unwrap_or_default()
             } else {
-                serde_yaml::to_string(v).unwrap_or_default()
+                serde_yaml_ng::to_string(v).unwrap_or_default()
             };
             out += &format!("{}:\n", capitalize(section));
             for line in text.lines() {

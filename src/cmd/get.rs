@@ -193,11 +193,11 @@ fn print_objects(
     match output {
         Some("yaml") => {
             let text = if objects.len() == 1 && !header {
-                format!("---\n{}", serde_yaml::to_string(&objects[0])?)
+                format!("---\n{}", serde_yaml_ng::to_string(&objects[0])?)
             } else if objects.len() == 1 {
-                serde_yaml::to_string(&objects[0])?
+                serde_yaml_ng::to_string(&objects[0])?
             } else {
-                serde_yaml::to_string(
+                serde_yaml_ng::to_string(
                     &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects}),
                 )?
             };

@@ -29,11 +29,12 @@ impl Credentials {
                 path.display()
             ))
         })?;
-        serde_yaml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+        serde_yaml_ng::from_str(&text)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        let text = serde_yaml::to_string(self).map_err(|e| Error::Config(e.to_string()))?;
+        let text = serde_yaml_ng::to_string(self).map_err(|e| Error::Config(e.to_string()))?;
         crate::pki::write_private(path, text.as_bytes())
     }
 }

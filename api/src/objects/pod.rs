@@ -559,14 +559,15 @@ mod tests {
             ("{secretName: s}", None),
         ];
         for (yaml, want) in cases {
-            let v: SecretVolumeSource = serde_yaml::from_str(yaml).expect(yaml);
+            let v: SecretVolumeSource = serde_yaml_ng::from_str(yaml).expect(yaml);
             assert_eq!(v.default_mode, want, "{yaml}");
         }
         let json: SecretVolumeSource =
             serde_json::from_str(r#"{"secretName": "s", "defaultMode": 420}"#).unwrap();
         assert_eq!(json.default_mode, Some(0o644));
         assert!(
-            serde_yaml::from_str::<SecretVolumeSource>("{secretName: s, defaultMode: rw}").is_err()
+            serde_yaml_ng::from_str::<SecretVolumeSource>("{secretName: s, defaultMode: rw}")
+                .is_err()
         );
     }
 }
