@@ -110,14 +110,11 @@ fn idle_rss(t: &Target, bin: &Path, controller: &Controller, dir: &Path) -> u64 
             .unwrap_or("node")
             .replace('_', "-")
     );
-    let agent = Agent::start_program(
-        &program,
-        controller,
-        &name,
-        &dir.join(&name),
-        token.trim(),
-        &[],
-    );
+    let agent = Agent::with(controller, &name, &dir.join(&name))
+        .program(&program)
+        .token(token.trim())
+        .args(&[])
+        .start();
     let deadline = std::time::Instant::now() + Duration::from_secs(180);
     loop {
         let out = controller

@@ -119,13 +119,10 @@ fn main() {
         let controller = Controller::start(&dir.path().join("controller"));
         std::env::set_var("SHOAL_BENCH_CONFIG", controller.config());
         let token = std::fs::read_to_string(controller.dir.join("token")).expect("token");
-        let agent = Agent::start_with_args(
-            &controller,
-            "bench-node",
-            &dir.path().join("agent"),
-            token.trim(),
-            &["--max-pods", "1200"],
-        );
+        let agent = Agent::with(&controller, "bench-node", &dir.path().join("agent"))
+            .token(token.trim())
+            .args(&["--max-pods", "1200"])
+            .start();
         let client = Client::connect(&controller.credentials())
             .await
             .expect("connect");

@@ -201,14 +201,11 @@ fn runs_the_example_on(arm: &Arm) {
     let token = std::fs::read_to_string(controller.dir.join("token")).unwrap();
     let name = format!("pi-{}", arm.arch);
     let program: Vec<&std::ffi::OsStr> = program.iter().map(OsString::as_os_str).collect();
-    let agent = Agent::start_program(
-        &program,
-        &controller,
-        &name,
-        &dir.path().join("agent"),
-        token.trim(),
-        &[],
-    );
+    let agent = Agent::with(&controller, &name, &dir.path().join("agent"))
+        .program(&program)
+        .token(token.trim())
+        .args(&[])
+        .start();
     let c = Cluster::adopt(controller, vec![agent]);
     c.wait_for("the ARM node Ready", Duration::from_secs(120), |c| {
         c.shoal(&["get", "nodes", &name, "--no-headers"])

@@ -160,8 +160,10 @@ fn names_are_bound_to_keys_and_tokens_expire_are_used_up_and_deleted() {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, &once).unwrap();
     let file_args = ["--token-file", token_file.to_str().unwrap()];
-    let mut ok =
-        Agent::start_with_args(&c.controller, "pi-a", &dir.path().join("a"), "", &file_args);
+    let mut ok = Agent::with(&c.controller, "pi-a", &dir.path().join("a"))
+        .token("")
+        .args(&file_args)
+        .start();
     c.wait_for("pi-a joined", Duration::from_secs(30), |_| {
         ok.dir.join("node.conf").exists()
     });
@@ -169,7 +171,10 @@ fn names_are_bound_to_keys_and_tokens_expire_are_used_up_and_deleted() {
         !token_file.exists()
     });
     ok.kill9();
-    let ok = Agent::start_with_args(&c.controller, "pi-a", &dir.path().join("a"), "", &file_args);
+    let ok = Agent::with(&c.controller, "pi-a", &dir.path().join("a"))
+        .token("")
+        .args(&file_args)
+        .start();
     c.wait_for(
         "pi-a Ready without its token",
         Duration::from_secs(30),
@@ -187,7 +192,9 @@ fn names_are_bound_to_keys_and_tokens_expire_are_used_up_and_deleted() {
         ("pi-c", &brief, "expired"),
         ("pi-d", &deleted, "not valid for this cluster"),
     ] {
-        let mut a = Agent::start_with_token(&c.controller, name, &dir.path().join(name), token);
+        let mut a = Agent::with(&c.controller, name, &dir.path().join(name))
+            .token(token)
+            .start();
         a.wait_exit(Duration::from_secs(30)).expect("refused");
         assert!(a.log().contains(why), "{name}: {}", a.log());
     }
@@ -217,13 +224,10 @@ fn names_are_bound_to_keys_and_tokens_expire_are_used_up_and_deleted() {
 fn a_node_cannot_choose_labels_that_attract_other_nodes_pods() {
     let c = Cluster::start(2);
     let dir = tempfile::tempdir().unwrap();
-    let mut spoof = Agent::start_with_args(
-        &c.controller,
-        "node-3",
-        &dir.path().join("node-3"),
-        bootstrap_token(&c).to_string().as_str(),
-        &["--labels", "kubernetes.io/hostname=node-1"],
-    );
+    let mut spoof = Agent::with(&c.controller, "node-3", &dir.path().join("node-3"))
+        .token(bootstrap_token(&c).to_string().as_str())
+        .args(&["--labels", "kubernetes.io/hostname=node-1"])
+        .start();
     spoof.wait_exit(Duration::from_secs(30)).expect("refused");
     assert!(
         spoof.log().contains("kubernetes.io/hostname"),
@@ -557,13 +561,10 @@ fn agents_renew_their_certificates_and_admins_manage_credentials() {
     let cdir = dir.path().join("controller");
     let ctl = Controller::start_with_args(&cdir, &["--node-cert-ttl", "12s"]);
     let token = std::fs::read_to_string(ctl.dir.join("token")).unwrap();
-    let agent = Agent::start_with_args(
-        &ctl,
-        "node-1",
-        &dir.path().join("agent-1"),
-        token.trim(),
-        &["--node-status-update-frequency", "1"],
-    );
+    let agent = Agent::with(&ctl, "node-1", &dir.path().join("agent-1"))
+        .token(token.trim())
+        .args(&["--node-status-update-frequency", "1"])
+        .start();
     let mut c = Cluster::adopt(ctl, vec![agent]);
     c.wait_nodes_ready();
     let cert = || stolen(&c.agents[0]).client_certificate;

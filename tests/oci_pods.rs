@@ -587,13 +587,10 @@ fn runc_containers_outlive_a_killed_agent_and_are_followed_not_duplicated_when_i
     c.shoal(&["delete", "pod", "gone"]).ok();
 
     let token = std::fs::read_to_string(c.controller.dir.join("token")).expect("token");
-    let agent = kit::Agent::start_with_args(
-        &c.controller,
-        "node-1",
-        &dir,
-        token.trim(),
-        &["--pod-bridge", "shoal-t62"],
-    );
+    let agent = kit::Agent::with(&c.controller, "node-1", &dir)
+        .token(token.trim())
+        .args(&["--pod-bridge", "shoal-t62"])
+        .start();
     c.agents[0] = agent;
     c.wait_for(
         "the deleted pod's container removed",

@@ -237,7 +237,9 @@ fn an_agent_with_a_token_for_another_cluster_is_refused() {
     let c = Cluster::start(0);
     let dir = tempfile::tempdir().unwrap();
     let wrong = format!("SHOAL1::{}::nottherightsecret", "0".repeat(64));
-    let mut agent = Agent::start_with_token(&c.controller, "intruder", dir.path(), &wrong);
+    let mut agent = Agent::with(&c.controller, "intruder", dir.path())
+        .token(&wrong)
+        .start();
     let status = agent
         .wait_exit(Duration::from_secs(30))
         .expect("the agent gives up");
@@ -252,8 +254,9 @@ fn an_agent_with_a_token_for_another_cluster_is_refused() {
     // Right CA, wrong secret.
     let real = std::fs::read_to_string(c.controller.dir.join("token")).unwrap();
     let forged = format!("{}::forged", real.trim().rsplit_once("::").unwrap().0);
-    let mut agent =
-        Agent::start_with_token(&c.controller, "intruder", &dir.path().join("2"), &forged);
+    let mut agent = Agent::with(&c.controller, "intruder", &dir.path().join("2"))
+        .token(&forged)
+        .start();
     assert!(!agent
         .wait_exit(Duration::from_secs(30))
         .expect("the agent gives up")
@@ -429,13 +432,10 @@ fn a_node_whose_agent_dies_turns_not_ready_and_ready_again_when_it_returns() {
     let token = std::fs::read_to_string(controller.dir.join("token")).unwrap();
     let agent_dir = dir.path().join("a");
     let start_agent = || {
-        Agent::start_with_args(
-            &controller,
-            "edge-1",
-            &agent_dir,
-            token.trim(),
-            &["--node-status-update-frequency", "1"],
-        )
+        Agent::with(&controller, "edge-1", &agent_dir)
+            .token(token.trim())
+            .args(&["--node-status-update-frequency", "1"])
+            .start()
     };
     let status = || {
         let out = controller.shoal(&["get", "nodes", "--no-headers"]).stdout();
@@ -474,13 +474,10 @@ fn a_node_whose_agent_dies_turns_not_ready_and_ready_again_when_it_returns() {
         "NodeStatusUnknown"
     );
     // The same node comes back with the certificate it already has: no token needed.
-    let _agent = Agent::start_with_args(
-        &controller,
-        "edge-1",
-        &agent_dir,
-        "unused-after-joining",
-        &["--node-status-update-frequency", "1"],
-    );
+    let _agent = Agent::with(&controller, "edge-1", &agent_dir)
+        .token("unused-after-joining")
+        .args(&["--node-status-update-frequency", "1"])
+        .start();
     wait("Ready");
 }
 

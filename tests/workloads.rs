@@ -611,13 +611,10 @@ fn pods_of_a_dead_node_are_replaced_after_their_toleration_and_its_return_leaves
     let token = std::fs::read_to_string(controller.dir.join("token")).unwrap();
     let c = Cluster::adopt(controller, vec![]);
     let agent = |name: &str| {
-        kit::Agent::start_with_args(
-            &c.controller,
-            name,
-            &dir.path().join(name),
-            token.trim(),
-            &["--node-status-update-frequency", "1"],
-        )
+        kit::Agent::with(&c.controller, name, &dir.path().join(name))
+            .token(token.trim())
+            .args(&["--node-status-update-frequency", "1"])
+            .start()
     };
     let _first = agent("node-1");
     let mut second = agent("node-2");

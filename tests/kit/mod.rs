@@ -238,43 +238,47 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// An agent of `controller` with the controller's bootstrap token.
     pub fn start(controller: &Controller, name: &str, dir: &Path) -> Agent {
-        let token = std::fs::read_to_string(controller.dir.join("token")).expect("token");
-        Agent::start_with_token(controller, name, dir, token.trim())
+        Agent::with(controller, name, dir).start()
     }
 
-    pub fn start_with_token(controller: &Controller, name: &str, dir: &Path, token: &str) -> Agent {
-        Agent::start_with_args(controller, name, dir, token, &[])
+    /// An agent set up step by step: `Agent::with(&c, "pi", dir).token(t).args(&[..]).start()`.
+    pub fn with<'a>(controller: &'a Controller, name: &str, dir: &Path) -> AgentSpec<'a> {
+        AgentSpec {
+            controller,
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            token: None,
+            args: Vec::new(),
+            program: vec![shoal_bin().into()],
+        }
     }
 
-    pub fn start_with_args(
-        controller: &Controller,
-        name: &str,
-        dir: &Path,
-        token: &str,
-        extra: &[&str],
-    ) -> Agent {
-        Agent::start_program(&[shoal_bin().as_ref()], controller, name, dir, token, extra)
-    }
-
-    /// An agent run by another program: `program` is the command line before `agent ...`
-    /// (for instance qemu and an ARM build of shoal).
-    pub fn start_program(
-        program: &[&std::ffi::OsStr],
-        controller: &Controller,
-        name: &str,
-        dir: &Path,
-        token: &str,
-        extra: &[&str],
-    ) -> Agent {
-        let mut child = Command::new(program[0])
+    fn spawn(spec: AgentSpec<'_>) -> Agent {
+        let AgentSpec {
+            controller,
+            name,
+            dir,
+            token,
+            args: extra,
+            program,
+        } = spec;
+        let token = token.unwrap_or_else(|| {
+            std::fs::read_to_string(controller.dir.join("token"))
+                .expect("token")
+                .trim()
+                .to_string()
+        });
+        let (name, dir) = (name.as_str(), dir.as_path());
+        let mut child = Command::new(&program[0])
             .args(&program[1..])
             .args(["agent", "--server", &controller.addr])
             // An empty token: the test gives it another way (--token-file in `extra`).
             .args(if token.is_empty() {
                 vec![]
             } else {
-                vec!["--token", token]
+                vec!["--token", token.as_str()]
             })
             .args(["--name", name, "--data-dir"])
             .arg(dir)
@@ -300,7 +304,43 @@ impl Agent {
             log,
         }
     }
+}
 
+/// How an agent is to be started (see [`Agent::with`]).
+pub struct AgentSpec<'a> {
+    controller: &'a Controller,
+    name: String,
+    dir: PathBuf,
+    /// `None`: the controller's bootstrap token; empty: none (the test gives it another way,
+    /// `--token-file` in the args).
+    token: Option<String>,
+    args: Vec<String>,
+    /// The command line before `agent ...` (qemu and an ARM build of shoal, say).
+    program: Vec<std::ffi::OsString>,
+}
+
+impl AgentSpec<'_> {
+    pub fn token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_string());
+        self
+    }
+
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    pub fn program(mut self, program: &[&std::ffi::OsStr]) -> Self {
+        self.program = program.iter().map(|p| p.to_os_string()).collect();
+        self
+    }
+
+    pub fn start(self) -> Agent {
+        Agent::spawn(self)
+    }
+}
+
+impl Agent {
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
@@ -621,13 +661,14 @@ pub fn oci_cluster(n: u8, agents: usize, agent_args: &[&str]) -> (Cluster, Lefto
     args.extend_from_slice(agent_args);
     let agents: Vec<Agent> = (1..=agents)
         .map(|i| {
-            Agent::start_with_args(
+            Agent::with(
                 &controller,
                 &format!("node-{i}"),
                 &dir.path().join(format!("agent-{i}")),
-                token.trim(),
-                &args,
             )
+            .token(token.trim())
+            .args(&args)
+            .start()
         })
         .collect();
     let leftovers = Leftovers(
@@ -879,14 +920,11 @@ impl Hosts {
     ) -> Agent {
         let program = self.run_in(i);
         let program: Vec<&std::ffi::OsStr> = program.iter().map(|s| s.as_os_str()).collect();
-        Agent::start_program(
-            &program,
-            controller,
-            &format!("node-{}", i + 1),
-            dir,
-            token,
-            extra,
-        )
+        Agent::with(controller, &format!("node-{}", i + 1), dir)
+            .program(&program)
+            .token(token)
+            .args(extra)
+            .start()
     }
 
     /// Runs a command inside host `i` and returns its output.
