@@ -120,7 +120,7 @@ fn read_file(path: &Path) -> Result<Vec<Parsed>> {
     let base = path.parent().unwrap_or(Path::new("."));
     for p in &mut parsed {
         if let Some(spec) = p.object.pod_spec_mut() {
-            for c in &mut spec.containers {
+            for c in spec.init_containers.iter_mut().chain(&mut spec.containers) {
                 if let Some(rel) = c.image.strip_prefix("file://") {
                     if !rel.starts_with('/') {
                         c.image = format!("file://{}", base.join(rel).display());

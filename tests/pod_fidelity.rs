@@ -76,7 +76,8 @@ spec:
 
 /// ConfigMap and Secret volumes project the `items` asked for, at their paths, with their
 /// modes (or `defaultMode`); an optional volume of an object that does not exist is empty;
-/// `$(VAR)` in an OCI container's command line is expanded. Needs runc and root.
+/// `$(VAR)` in an OCI container's command line is expanded; an init container runs first,
+/// and what it writes to a shared emptyDir is there for the container. Needs runc and root.
 #[test]
 fn runc_volume_items_paths_and_modes_are_kubernetes() {
     if kit::runc_missing("runc_volume_items_paths_and_modes_are_kubernetes") {
@@ -100,18 +101,25 @@ kind: Pod
 metadata: {name: files}
 spec:
   restartPolicy: Never
+  initContainers:
+  - name: init
+    image: busybox:1
+    command: [sh, -c, "echo from-init > /scratch/f"]
+    volumeMounts: [{name: scratch, mountPath: /scratch}]
   containers:
   - name: c
     image: busybox:1
     command: [sh, -c]
     args:
-    - "cat /cfg/conf/app.conf; echo; ls /cfg; stat -c '%a %n' /cfg/conf/app.conf /sec/token; ls -A /none | wc -l; echo greeting=$(GREETING)"
+    - "cat /cfg/conf/app.conf; echo; ls /cfg; stat -c '%a %n' /cfg/conf/app.conf /sec/token; ls -A /none | wc -l; echo greeting=$(GREETING); cat /scratch/f"
     env: [{name: GREETING, value: hi}]
     volumeMounts:
     - {name: cfg, mountPath: /cfg}
     - {name: sec, mountPath: /sec}
     - {name: none, mountPath: /none}
+    - {name: scratch, mountPath: /scratch}
   volumes:
+  - {name: scratch, emptyDir: {}}
   - name: cfg
     configMap: {name: cfg, items: [{key: app.conf, path: conf/app.conf, mode: 0600}]}
   - name: sec
@@ -133,7 +141,8 @@ spec:
             "600 /cfg/conf/app.conf",
             "400 /sec/token",
             "0",
-            "greeting=hi"
+            "greeting=hi",
+            "from-init"
         ],
         "{log}"
     );
@@ -245,5 +254,116 @@ fn a_services_status_follows_its_type() {
     assert!(
         row.contains("ClusterIP") && row.contains("<none>"),
         "{table}"
+    );
+}
+
+/// initContainers run one after another, each to success, before the containers start, and
+/// share the pod's volumes with them; a failed one is restarted with back-off
+/// (Init:CrashLoopBackOff), or fails the pod under restartPolicy Never (Init:Error), and the
+/// containers never start.
+#[test]
+fn init_containers_run_in_order_to_success_before_the_containers() {
+    let c = Cluster::start(1);
+    let image = c.push_probe();
+    let pod = |name: &str, policy: &str, init: &str, main: &str| {
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  runtimeClassName: wasm
+  restartPolicy: {policy}
+  volumes: [{{name: work, emptyDir: {{}}}}]
+  initContainers:
+{init}
+  containers:
+  - name: app
+    image: {image}
+    args: [{main}]
+    volumeMounts: [{{name: work, mountPath: /work}}]
+    resources: {{requests: {{cpu: 10m, memory: 16Mi}}}}
+"#
+        )
+    };
+    let init = |name: &str, args: &str| {
+        format!("  - name: {name}\n    image: {image}\n    args: [{args}]\n    volumeMounts: [{{name: work, mountPath: /work}}]\n")
+    };
+    let two = init("fetch", "write, /work/data, from-init") + &init("check", "cat, /work/data");
+    c.apply(&pod(
+        "prepared",
+        "OnFailure",
+        &two,
+        "cat, /work/data, print, ' and main'",
+    ));
+    c.apply(&pod(
+        "doomed",
+        "Never",
+        &init("fail", "exit, '3'"),
+        "print, never",
+    ));
+    c.apply(&pod(
+        "retrying",
+        "Always",
+        &init("fail", "exit, '1'"),
+        "print, never",
+    ));
+
+    c.wait_for("prepared done", Duration::from_secs(60), |c| {
+        field(&c.pod("prepared"), "status.phase") == "Succeeded"
+    });
+    let p = c.pod("prepared");
+    for (i, name) in ["fetch", "check"].iter().enumerate() {
+        let s = format!("status.initContainerStatuses.{i}");
+        assert_eq!(field(&p, &format!("{s}.name")), *name, "{p}");
+        assert_eq!(
+            field(&p, &format!("{s}.state.terminated.exitCode")),
+            "0",
+            "{p}"
+        );
+    }
+    let initialized = p["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Initialized" && c["status"] == "True");
+    assert!(initialized, "{p}");
+    assert_eq!(
+        c.shoal(&["logs", "prepared", "-c", "check"]).ok(),
+        "from-init"
+    );
+    assert_eq!(
+        c.shoal(&["logs", "prepared", "-c", "app"]).ok(),
+        "from-init and main\n"
+    );
+
+    c.wait_for("doomed failed", Duration::from_secs(60), |c| {
+        field(&c.pod("doomed"), "status.phase") == "Failed"
+    });
+    let d = c.pod("doomed");
+    assert_eq!(
+        field(
+            &d,
+            "status.initContainerStatuses.0.state.terminated.exitCode"
+        ),
+        "3"
+    );
+    assert_eq!(
+        field(&d, "status.containerStatuses.0.state.waiting.reason"),
+        "PodInitializing",
+        "the container never started: {d}"
+    );
+    let row = c.shoal(&["get", "pod", "doomed", "--no-headers"]).ok();
+    assert!(row.contains("Init:Error"), "{row}");
+
+    c.wait_for("retrying backs off", Duration::from_secs(60), |c| {
+        c.shoal(&["get", "pod", "retrying", "--no-headers"])
+            .ok()
+            .contains("Init:CrashLoopBackOff")
+    });
+    let r = c.pod("retrying");
+    assert_eq!(field(&r, "status.phase"), "Pending", "{r}");
+    assert_eq!(
+        field(&r, "status.containerStatuses.0.state.waiting.reason"),
+        "PodInitializing"
     );
 }

@@ -99,6 +99,33 @@ pub fn pod_status(p: &Pod) -> String {
     let Some(st) = &p.status else {
         return "Pending".into();
     };
+    // While the init containers run, the first one not done says where it is (kubectl's
+    // Init:N/M, Init:Error, Init:CrashLoopBackOff).
+    let total = p.spec.init_containers.len();
+    for (i, cs) in st.init_container_statuses.iter().enumerate() {
+        let state = cs.state.as_ref();
+        match (
+            state.and_then(|s| s.terminated.as_ref()),
+            state.and_then(|s| s.waiting.as_ref()),
+        ) {
+            (Some(t), _) if t.exit_code == 0 => continue,
+            (Some(t), _) => {
+                let why = t.reason.clone();
+                return format!(
+                    "Init:{}",
+                    why.unwrap_or_else(|| format!("ExitCode:{}", t.exit_code))
+                );
+            }
+            (None, Some(w))
+                if w.reason
+                    .as_deref()
+                    .is_some_and(|r| !r.is_empty() && r != "PodInitializing") =>
+            {
+                return format!("Init:{}", w.reason.clone().unwrap_or_default());
+            }
+            _ => return format!("Init:{i}/{total}"),
+        }
+    }
     for cs in &st.container_statuses {
         if let Some(state) = &cs.state {
             if let Some(reason) = state.waiting.as_ref().and_then(|w| w.reason.clone()) {
@@ -538,6 +565,46 @@ mod tests {
             ],
         );
         assert_eq!(out, "NAME    READY\nweb-1   1/1\na       0/1\n");
+    }
+
+    #[test]
+    fn init_containers_say_how_far_they_got() {
+        let status = |exit: Option<i32>, waiting: Option<&str>| ContainerStatus {
+            name: "i".into(),
+            state: Some(ContainerState {
+                terminated: exit.map(|code| ContainerStateTerminated {
+                    exit_code: code,
+                    reason: Some(if code == 0 { "Completed" } else { "Error" }.into()),
+                    ..Default::default()
+                }),
+                waiting: waiting.map(|r| ContainerStateWaiting {
+                    reason: Some(r.into()),
+                    message: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut p = Pod::default();
+        p.spec.init_containers = vec![Container::default(), Container::default()];
+        let cases = [
+            (vec![status(None, None)], "Init:0/2"),
+            (vec![status(Some(0), None), status(None, None)], "Init:1/2"),
+            (vec![status(Some(1), None)], "Init:Error"),
+            (
+                vec![status(None, Some("CrashLoopBackOff"))],
+                "Init:CrashLoopBackOff",
+            ),
+            (vec![status(None, Some("PodInitializing"))], "Init:0/2"),
+        ];
+        for (statuses, want) in cases {
+            p.status = Some(PodStatus {
+                phase: Some("Pending".into()),
+                init_container_statuses: statuses,
+                ..Default::default()
+            });
+            assert_eq!(pod_status(&p), want);
+        }
     }
 
     #[test]

@@ -19,22 +19,33 @@ pub fn runtime_of_spec(spec: &shoal_api::PodSpec) -> &str {
     spec.runtime_class_name.as_deref().unwrap_or("runc")
 }
 
-/// Requests of a pod, summed over its containers: (cpu millicores, memory bytes).
+/// Requests of a pod (cpu millicores, memory bytes), as Kubernetes counts them: its
+/// containers' summed, or its largest init container's if that is more (init containers run
+/// one at a time, before the others).
 pub fn requests(pod: &Pod) -> (i128, i128) {
-    pod.spec.containers.iter().fold((0, 0), |(cpu, mem), c| {
+    let of = |c: &shoal_api::Container| {
         (
-            cpu + c
-                .resources
+            c.resources
                 .request("cpu")
                 .map(Quantity::milli_value)
                 .unwrap_or(0),
-            mem + c
-                .resources
+            c.resources
                 .request("memory")
                 .map(Quantity::value)
                 .unwrap_or(0),
         )
-    })
+    };
+    let (cpu, mem) = pod
+        .spec
+        .containers
+        .iter()
+        .map(of)
+        .fold((0, 0), |(cpu, mem), (c, m)| (cpu + c, mem + m));
+    pod.spec
+        .init_containers
+        .iter()
+        .map(of)
+        .fold((cpu, mem), |(cpu, mem), (c, m)| (cpu.max(c), mem.max(m)))
 }
 
 /// The node ports a pod takes: its hostPorts and, for a pod on the node's own network (wasm
@@ -198,7 +209,7 @@ impl<'a> NodeInfo<'a> {
                 label("kubernetes.io/os").unwrap_or("linux"),
                 label("kubernetes.io/arch").unwrap_or("amd64")
             );
-            for c in &pod.spec.containers {
+            for c in pod.spec.init_containers.iter().chain(&pod.spec.containers) {
                 let Some(has) = images.get(&c.image) else {
                     continue;
                 };
@@ -642,5 +653,17 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("free ports"), "{err}");
+    }
+
+    #[test]
+    fn a_pods_requests_are_its_containers_sum_or_its_largest_init_container() {
+        let mut p = pod("p", "100m", "64Mi");
+        p.spec
+            .containers
+            .push(pod("q", "100m", "64Mi").spec.containers[0].clone());
+        assert_eq!(requests(&p), (200, 128 * 1024 * 1024));
+        // An init container of more CPU but less memory: the larger of each.
+        p.spec.init_containers = pod("i", "500m", "32Mi").spec.containers;
+        assert_eq!(requests(&p), (500, 128 * 1024 * 1024));
     }
 }

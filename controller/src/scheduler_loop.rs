@@ -65,7 +65,7 @@ pub async fn pass(store: &Store, artifacts: Option<&Artifacts>) -> Result<usize>
         for c in queue
             .iter()
             .filter(|p| crate::scheduler::runtime_of(p) == "runc")
-            .flat_map(|p| p.spec.containers.iter())
+            .flat_map(|p| p.spec.init_containers.iter().chain(&p.spec.containers))
         {
             if !images.contains_key(&c.image) {
                 if let Some(has) = artifacts.platforms(&c.image) {

@@ -54,7 +54,7 @@ async fn push_local_images(client: &Client, mut parsed: Vec<Parsed>) -> Result<V
         let Some(spec) = p.object.pod_spec_mut() else {
             continue;
         };
-        for c in &mut spec.containers {
+        for c in spec.init_containers.iter_mut().chain(&mut spec.containers) {
             let Some(path) = c.image.strip_prefix("file://").map(str::to_string) else {
                 continue;
             };

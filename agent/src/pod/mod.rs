@@ -48,6 +48,8 @@ struct Running {
 /// What a pod's task knows of it, shared with the status reporter.
 struct PodRun {
     pod: Pod,
+    /// The init containers, run one after another before the containers.
+    init: Vec<Container>,
     containers: Vec<Container>,
     started: String,
     /// Readiness as last reported, and since when: the Ready condition's
@@ -316,14 +318,27 @@ impl Supervisor {
         }
         let dir = self.0.data_dir.join("pods").join(&uid);
         let cancel = CancellationToken::new();
+        // With init containers to run first, the containers wait on them.
+        let first = if pod.spec.init_containers.is_empty() {
+            "ContainerCreating"
+        } else {
+            "PodInitializing"
+        };
         let containers = pod
             .spec
             .containers
             .iter()
-            .map(|c| Container::new(&c.name, &c.image))
+            .map(|c| Container::waiting(&c.name, &c.image, first))
+            .collect();
+        let init = pod
+            .spec
+            .init_containers
+            .iter()
+            .map(|c| Container::waiting(&c.name, &c.image, "PodInitializing"))
             .collect();
         let state = Arc::new(Mutex::new(PodRun {
             pod: pod.clone(),
+            init,
             containers,
             started: crate::node::now(),
             readiness: None,
@@ -386,18 +401,21 @@ impl Supervisor {
                 .filter(|(dir, _)| dir.join("logs").is_dir())
                 .ok_or_else(|| format!("pod {pod:?} is not on node {:?}", self.0.node))?,
         };
-        let names: Vec<String> = spec
-            .spec
-            .containers
-            .iter()
-            .map(|c| c.name.clone())
-            .collect();
+        let name_of = |c: &shoal_api::Container| c.name.clone();
+        let names: Vec<String> = spec.spec.containers.iter().map(name_of).collect();
+        let init: Vec<String> = spec.spec.init_containers.iter().map(name_of).collect();
+        // Without -c, the pod's one container (its init containers only by name, as kubectl).
         let name = match container {
-            Some(c) if names.iter().any(|n| n == c) => c.to_string(),
+            Some(c) if names.iter().chain(&init).any(|n| n == c) => c.to_string(),
             Some(c) => {
                 return Err(format!(
-                    "container {c:?} is not valid for pod {pod:?} (its containers: {})",
-                    names.join(", ")
+                    "container {c:?} is not valid for pod {pod:?} (its containers: {}{})",
+                    names.join(", "),
+                    if init.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; init containers: {}", init.join(", "))
+                    }
                 ))
             }
             None if names.len() == 1 => names[0].clone(),

@@ -18,6 +18,8 @@ pub(super) type NotReady = (String, String);
 /// Everything a container needs from the pod, resolved: artifact paths, env and mounts, and
 /// the executor that runs it.
 pub(super) struct Prepared {
+    /// The init containers, in order.
+    pub init: Vec<ToRun>,
     pub specs: Vec<ToRun>,
     /// The manifest digests of its container images.
     pub images: Vec<String>,
@@ -52,6 +54,7 @@ pub(super) async fn prepare(inner: &Inner, pod: &Pod, dir: &Path) -> Result<Prep
     };
     let placement = placement(inner, pod, sandbox.as_ref().and_then(|s| s.ip));
     let mut prepared = Prepared {
+        init: Vec::new(),
         specs: Vec::new(),
         images: Vec::new(),
         pod_ip: sandbox.as_ref().and_then(|s| s.ip),
@@ -65,6 +68,11 @@ pub(super) async fn prepare(inner: &Inner, pod: &Pod, dir: &Path) -> Result<Prep
         volumes: &volumes,
         placement: &placement,
     };
+    for c in &pod.spec.init_containers {
+        let (to_run, image) = pod_ctx.container(c).await?;
+        prepared.images.extend(image);
+        prepared.init.push(to_run);
+    }
     for c in &pod.spec.containers {
         let (to_run, image) = pod_ctx.container(c).await?;
         prepared.images.extend(image);

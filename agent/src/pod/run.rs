@@ -5,12 +5,13 @@ use super::events::event;
 use super::prepare::{prepare, ToRun};
 use super::probes::probe_container;
 use super::sandbox::{publish_host_ports, remove_sandbox};
-use super::state::{Phase, RestartPolicy, Terminated};
+use super::state::{self, Phase, RestartPolicy, Terminated};
 use super::status::report;
 use super::{Inner, PodRun, Supervisor};
 use crate::config::Link;
 use crate::sync::lock;
 use chrono::Utc;
+use shoal_api::RuntimeClass;
 use shoal_runtime::ContainerSpec;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -24,47 +25,8 @@ pub(super) async fn run_pod(
     cancel: CancellationToken,
 ) {
     let pod = lock(&state).pod.clone();
-    // Prepare, retrying with back-off: ErrImagePull becomes ImagePullBackOff while it waits.
-    // A link to the controller coming back cuts the wait short (a fetch it broke resumes).
-    let mut attempt = 0u32;
-    let mut link = inner.link.clone();
-    let prepared = loop {
-        match prepare(&inner, &pod, &dir).await {
-            Ok(p) => break p,
-            Err((reason, message)) => {
-                attempt += 1;
-                tracing::warn!(pod = %pod.metadata.name, %reason, %message, "pod not ready to start");
-                set_waiting(&state, &reason, Some(message.clone()));
-                event(
-                    &inner,
-                    &pod,
-                    "Warning",
-                    "Failed",
-                    format!("{reason}: {message}"),
-                )
-                .await;
-                report(&inner, &state).await;
-                let delay = crate::backoff::Backoff::PREPARE.delay(attempt);
-                tokio::select! {
-                    _ = cancel.cancelled() => return remove_sandbox(&inner, &pod, &dir).await,
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                    _ = link_back(&mut link) => continue,
-                }
-                if reason == "ErrImagePull" {
-                    set_waiting(
-                        &state,
-                        "ImagePullBackOff",
-                        Some(format!("Back-off pulling image: {message}")),
-                    );
-                    report(&inner, &state).await;
-                }
-                tokio::select! {
-                    _ = cancel.cancelled() => return remove_sandbox(&inner, &pod, &dir).await,
-                    _ = tokio::time::sleep(delay.saturating_sub(Duration::from_secs(2))) => {}
-                    _ = link_back(&mut link) => {}
-                }
-            }
-        }
+    let Some(prepared) = prepare_retrying(&inner, &state, &pod, &dir, &cancel).await else {
+        return remove_sandbox(&inner, &pod, &dir).await;
     };
     {
         let mut s = lock(&state);
@@ -87,6 +49,25 @@ pub(super) async fn run_pod(
             .unwrap_or(30)
             .max(0) as u64,
     );
+    // A runc pod whose containers a previous agent left running has had its init
+    // containers run: they are not run again (the kubelet does not either).
+    let adopted = inner.runc.as_ref().is_some_and(|r| {
+        pod.runtime_class() == RuntimeClass::Runc
+            && prepared.specs.iter().any(|c| r.has(&c.spec.key))
+    });
+    let init = InitContainers {
+        inner: &inner,
+        state: &state,
+        grace,
+        cancel: &cancel,
+    };
+    if adopted {
+        init.skip_all();
+    } else if !init.run_all(prepared.init, policy).await {
+        // Stopped, or an init container failed for good (the pod is Failed).
+        cancel.cancelled().await;
+        return remove_sandbox(&inner, &pod, &dir).await;
+    }
     let mut tasks = tokio::task::JoinSet::new();
     for (i, to_run) in prepared.specs.into_iter().enumerate() {
         tasks.spawn(run_container(
@@ -104,6 +85,58 @@ pub(super) async fn run_pod(
     // after its containers have ended (a finished Job's pod).
     cancel.cancelled().await;
     remove_sandbox(&inner, &pod, &dir).await;
+}
+
+/// Prepares the pod, retrying with back-off: ErrImagePull becomes ImagePullBackOff while it
+/// waits, and a link to the controller coming back cuts the wait short (a fetch it broke
+/// resumes). `None` when the pod is stopped first.
+async fn prepare_retrying(
+    inner: &Arc<Inner>,
+    state: &Arc<Mutex<PodRun>>,
+    pod: &shoal_api::Pod,
+    dir: &std::path::Path,
+    cancel: &CancellationToken,
+) -> Option<super::prepare::Prepared> {
+    let mut attempt = 0u32;
+    let mut link = inner.link.clone();
+    loop {
+        match prepare(inner, pod, dir).await {
+            Ok(p) => return Some(p),
+            Err((reason, message)) => {
+                attempt += 1;
+                tracing::warn!(pod = %pod.metadata.name, %reason, %message, "pod not ready to start");
+                set_waiting(state, &reason, Some(message.clone()));
+                event(
+                    inner,
+                    pod,
+                    "Warning",
+                    "Failed",
+                    format!("{reason}: {message}"),
+                )
+                .await;
+                report(inner, state).await;
+                let delay = crate::backoff::Backoff::PREPARE.delay(attempt);
+                tokio::select! {
+                    _ = cancel.cancelled() => return None,
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = link_back(&mut link) => continue,
+                }
+                if reason == "ErrImagePull" {
+                    set_waiting(
+                        state,
+                        "ImagePullBackOff",
+                        Some(format!("Back-off pulling image: {message}")),
+                    );
+                    report(inner, state).await;
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return None,
+                    _ = tokio::time::sleep(delay.saturating_sub(Duration::from_secs(2))) => {}
+                    _ = link_back(&mut link) => {}
+                }
+            }
+        }
+    }
 }
 
 /// Resolves when the link to the controller comes up again (never, once the agent stops).
@@ -137,6 +170,7 @@ async fn run_container(
         inner,
         state,
         i,
+        init: false,
         spec,
         grace,
         cancel,
@@ -145,31 +179,13 @@ async fn run_container(
         if run.cancel.is_cancelled() {
             return;
         }
-        if lock(&run.state).containers[i].last.is_some() {
-            let _ = shoal_runtime::logs::rotate(&run.spec.log_path);
-        }
-        let started = Utc::now();
-        let starting = {
-            let (w, s) = (workload.clone(), run.spec.clone());
-            tokio::task::spawn_blocking(move || w.start(s))
-                .await
-                .unwrap_or_else(|e| {
-                    Err(shoal_runtime::Error::Start {
-                        id: run.spec.id.clone(),
-                        message: e.to_string(),
-                    })
-                })
-        };
-        let exit = match starting {
+        let started = run.restarting();
+        let exit = match run.start(&workload).await {
             Ok(handle) => match run.watch(handle, started).await {
                 Some(exit) => exit,
                 None => return,
             },
-            Err(e) => shoal_runtime::Exit {
-                code: 128,
-                reason: shoal_runtime::ExitReason::Error,
-                message: Some(e.to_string()),
-            },
+            Err(exit) => exit,
         };
         let Some(wait) = run.exited(exit, started, policy).await else {
             return;
@@ -181,12 +197,85 @@ async fn run_container(
     }
 }
 
-/// A container of a pod, as [`run_container`] runs it.
+/// The pod's init containers, run one after another before the containers, each until it
+/// succeeds: a failed one is restarted with back-off, or (restartPolicy Never) fails the pod.
+struct InitContainers<'a> {
+    inner: &'a Arc<Inner>,
+    state: &'a Arc<Mutex<PodRun>>,
+    grace: Duration,
+    cancel: &'a CancellationToken,
+}
+
+impl InitContainers<'_> {
+    /// Runs them all; `false` when the pod is stopped or fails first.
+    async fn run_all(&self, init: Vec<ToRun>, policy: RestartPolicy) -> bool {
+        // An init container is run again only after a failure, as the kubelet does.
+        let policy = match policy {
+            RestartPolicy::Never => RestartPolicy::Never,
+            _ => RestartPolicy::OnFailure,
+        };
+        for (i, ToRun { spec, workload }) in init.into_iter().enumerate() {
+            let one = OneContainer {
+                inner: self.inner.clone(),
+                state: self.state.clone(),
+                i,
+                init: true,
+                spec,
+                grace: self.grace,
+                cancel: self.cancel.clone(),
+            };
+            loop {
+                if self.cancel.is_cancelled() {
+                    return false;
+                }
+                let started = one.restarting();
+                let exit = match one.start(&workload).await {
+                    Ok(handle) => match one.watch_to_end(handle, started).await {
+                        Some(exit) => exit,
+                        None => return false,
+                    },
+                    Err(exit) => exit,
+                };
+                let succeeded = exit.code == 0;
+                let wait = one.exited(exit, started, policy).await;
+                if succeeded {
+                    break;
+                }
+                let Some(wait) = wait else {
+                    return false;
+                };
+                tokio::select! {
+                    _ = self.cancel.cancelled() => return false,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+        true
+    }
+
+    /// Marks them all as having succeeded: the pod's containers were found running.
+    fn skip_all(&self) {
+        let now = Utc::now();
+        for c in &mut lock(self.state).init {
+            let done = Terminated {
+                exit_code: 0,
+                reason: "Completed".into(),
+                message: None,
+                started: now,
+                finished: now,
+            };
+            c.exited(done, RestartPolicy::Never, now);
+        }
+    }
+}
+
+/// A container of a pod, as [`run_container`] and [`InitContainers`] run it.
 struct OneContainer {
     inner: Arc<Inner>,
     state: Arc<Mutex<PodRun>>,
-    /// Its index among the pod's containers.
+    /// Its index among the pod's containers, or its init containers.
     i: usize,
+    init: bool,
     spec: ContainerSpec,
     grace: Duration,
     cancel: CancellationToken,
@@ -195,6 +284,68 @@ struct OneContainer {
 impl OneContainer {
     fn name(&self) -> &str {
         container_name(&self.spec)
+    }
+
+    /// Its state in the pod's.
+    fn slot<'a>(&self, s: &'a mut PodRun) -> &'a mut state::Container {
+        if self.init {
+            &mut s.init[self.i]
+        } else {
+            &mut s.containers[self.i]
+        }
+    }
+
+    /// Before a start: the last run's log is kept as the previous one. Returns the start time.
+    fn restarting(&self) -> chrono::DateTime<Utc> {
+        if self.slot(&mut lock(&self.state)).last.is_some() {
+            let _ = shoal_runtime::logs::rotate(&self.spec.log_path);
+        }
+        Utc::now()
+    }
+
+    /// Starts it through its runtime; a start that fails is an exit (code 128, the reason).
+    async fn start(
+        &self,
+        workload: &Arc<dyn shoal_runtime::Workload>,
+    ) -> Result<shoal_runtime::Handle, shoal_runtime::Exit> {
+        let (w, s) = (workload.clone(), self.spec.clone());
+        let started = tokio::task::spawn_blocking(move || w.start(s))
+            .await
+            .unwrap_or_else(|e| {
+                Err(shoal_runtime::Error::Start {
+                    id: self.spec.id.clone(),
+                    message: e.to_string(),
+                })
+            });
+        started.map_err(|e| shoal_runtime::Exit {
+            code: 128,
+            reason: shoal_runtime::ExitReason::Error,
+            message: Some(e.to_string()),
+        })
+    }
+
+    /// Watches an init container until it exits, or the pod is stopped (`None`).
+    async fn watch_to_end(
+        &self,
+        handle: shoal_runtime::Handle,
+        started: chrono::DateTime<Utc>,
+    ) -> Option<shoal_runtime::Exit> {
+        let pod = {
+            let mut s = lock(&self.state);
+            self.slot(&mut s).started(started);
+            s.pod.clone()
+        };
+        report(&self.inner, &self.state).await;
+        let message = format!("Started container {}", self.name());
+        event(&self.inner, &pod, "Normal", "Started", message).await;
+        tokio::select! {
+            exit = handle.wait() => Some(exit),
+            _ = self.cancel.cancelled() => {
+                handle.stop(self.grace);
+                let _ = handle.wait().await;
+                None
+            }
+        }
     }
 
     /// Watches a started container, with its probes, until it exits (its exit) or the pod
@@ -273,8 +424,9 @@ impl OneContainer {
         tracing::info!(container = %self.spec.id, code = term.exit_code, reason = %term.reason, "container exited");
         let restart_at = {
             let mut s = lock(&self.state);
-            s.containers[self.i].exited(term, policy, now);
-            s.containers[self.i].restart_at()
+            let c = self.slot(&mut s);
+            c.exited(term, policy, now);
+            c.restart_at()
         };
         report(&self.inner, &self.state).await;
         let at = restart_at?;
@@ -288,8 +440,10 @@ impl OneContainer {
 }
 
 fn set_waiting(state: &Arc<Mutex<PodRun>>, reason: &str, message: Option<String>) {
+    let mut s = lock(state);
+    let s = &mut *s;
     {
-        for c in &mut lock(state).containers {
+        for c in s.init.iter_mut().chain(&mut s.containers) {
             if matches!(c.phase, Phase::Waiting { .. }) {
                 c.phase = Phase::Waiting {
                     reason: reason.into(),

@@ -88,11 +88,16 @@ pub struct Container {
 
 impl Container {
     pub fn new(name: &str, image: &str) -> Container {
+        Container::waiting(name, image, "ContainerCreating")
+    }
+
+    /// Not started yet, saying why (`PodInitializing`: init containers run first).
+    pub fn waiting(name: &str, image: &str, reason: &str) -> Container {
         Container {
             name: name.into(),
             image: image.into(),
             phase: Phase::Waiting {
-                reason: "ContainerCreating".into(),
+                reason: reason.into(),
                 message: None,
             },
             restart_count: 0,
@@ -217,6 +222,27 @@ fn human(d: Duration) -> String {
         format!("{}m{}s", s / 60, s % 60)
     } else {
         format!("{s}s")
+    }
+}
+
+/// Whether every init container has run to success (true without any).
+pub fn initialized(init: &[Container]) -> bool {
+    init.iter()
+        .all(|c| matches!(&c.phase, Phase::BackOff { last, until: None } if last.exit_code == 0))
+}
+
+/// The pod's phase from its init containers and containers: Failed when an init container
+/// failed for good, Pending until they have all succeeded, then as its containers make it.
+pub fn pod_phase_of(init: &[Container], containers: &[Container]) -> PodPhase {
+    let init_failed = init
+        .iter()
+        .any(|c| matches!(&c.phase, Phase::BackOff { last, until: None } if last.exit_code != 0));
+    if init_failed {
+        PodPhase::Failed
+    } else if !initialized(init) {
+        PodPhase::Pending
+    } else {
+        pod_phase(containers)
     }
 }
 

@@ -22,7 +22,8 @@ pub(super) struct Report {
 /// the controller sees it; `now` is when readiness changed, if it changes with this report.
 pub(super) fn pod_status(run: &PodRun, host_ip: Option<&str>, now: &str) -> Report {
     let statuses: Vec<_> = run.containers.iter().map(Container::status).collect();
-    let all_ready = !statuses.is_empty() && statuses.iter().all(|c| c.ready);
+    let initialized = state::initialized(&run.init);
+    let all_ready = initialized && !statuses.is_empty() && statuses.iter().all(|c| c.ready);
     let since = match &run.readiness {
         Some((was, since)) if *was == all_ready => since.clone(),
         _ => now.to_string(),
@@ -43,16 +44,17 @@ pub(super) fn pod_status(run: &PodRun, host_ip: Option<&str>, now: &str) -> Repo
         ..Condition::new(ty, ok)
     };
     let status = PodStatus {
-        phase: Some(state::pod_phase(&run.containers).to_string()),
+        phase: Some(state::pod_phase_of(&run.init, &run.containers).to_string()),
         conditions: vec![
             cond("PodScheduled", true),
-            cond("Initialized", true),
+            cond("Initialized", initialized),
             cond("ContainersReady", all_ready),
             cond("Ready", all_ready),
         ],
         host_ip: host_ip.map(str::to_string),
         pod_ip: reported_ip.clone(),
         start_time: Some(run.started.clone()),
+        init_container_statuses: run.init.iter().map(Container::status).collect(),
         container_statuses: statuses,
         ..Default::default()
     };
@@ -104,7 +106,7 @@ pub(super) async fn report(inner: &Inner, state: &Arc<Mutex<PodRun>>) {
 /// the agent, with or without the controller, does not run a completed Job's pod again.
 fn keep_if_finished(inner: &Inner, state: &Arc<Mutex<PodRun>>) {
     let mut s = lock(state);
-    let phase = state::pod_phase(&s.containers);
+    let phase = state::pod_phase_of(&s.init, &s.containers);
     if s.kept_finished || !phase.is_terminal() {
         return;
     }
@@ -129,6 +131,7 @@ mod tests {
         pod.spec.host_network = host_network;
         PodRun {
             pod,
+            init: vec![],
             containers,
             started: "T0".into(),
             readiness: None,
@@ -248,6 +251,28 @@ mod tests {
             assert_eq!(r.status.host_ip.as_deref(), Some("192.0.2.1"), "{}", c.name);
             assert_eq!(r.status.start_time.as_deref(), Some("T0"), "{}", c.name);
         }
+    }
+
+    #[test]
+    fn init_containers_hold_the_pod_pending_or_fail_it() {
+        let waiting = || Container::waiting("app", "img", "PodInitializing");
+        let mut r = run(None, false, vec![waiting()]);
+        r.init = vec![running(false)];
+        let report = pod_status(&r, None, "T1");
+        assert_eq!(report.status.phase.as_deref(), Some("Pending"));
+        assert_eq!(condition(&report, "Initialized"), "False");
+        assert_eq!(report.status.init_container_statuses.len(), 1);
+        r.init = vec![exited(0)];
+        r.containers = vec![running(true)];
+        let report = pod_status(&r, None, "T1");
+        assert_eq!(report.status.phase.as_deref(), Some("Running"));
+        assert_eq!(condition(&report, "Initialized"), "True");
+        assert_eq!(condition(&report, "Ready"), "True");
+        r.init = vec![exited(3)];
+        r.containers = vec![waiting()];
+        let report = pod_status(&r, None, "T1");
+        assert_eq!(report.status.phase.as_deref(), Some("Failed"));
+        assert_eq!(condition(&report, "Ready"), "False");
     }
 
     #[test]

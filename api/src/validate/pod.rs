@@ -19,6 +19,23 @@ pub(crate) fn validate_pod_spec(e: &mut Errors, path: &str, s: &PodSpec) {
     }
     let mut names = BTreeSet::new();
     let mut host_ports = BTreeSet::new();
+    for (i, c) in s.init_containers.iter().enumerate() {
+        let p = format!("{path}.initContainers[{i}]");
+        container(e, path, &p, c, &volume_names, &mut names, &mut host_ports);
+        // They run to completion: nothing to probe (Kubernetes refuses these too).
+        for (field, probe) in [
+            ("livenessProbe", &c.liveness_probe),
+            ("readinessProbe", &c.readiness_probe),
+            ("startupProbe", &c.startup_probe),
+        ] {
+            if probe.is_some() {
+                e.add(
+                    format!("{p}.{field}"),
+                    "must not be set for init containers",
+                );
+            }
+        }
+    }
     for (i, c) in s.containers.iter().enumerate() {
         container(
             e,

@@ -167,7 +167,7 @@ fn pod_uses(pod: &Pod, kind: Kind, name: &str) -> bool {
         Kind::Secret => v.secret.as_ref().is_some_and(|c| c.secret_name == name),
         _ => false,
     });
-    let env = s.containers.iter().any(|c| {
+    let env = s.init_containers.iter().chain(&s.containers).any(|c| {
         c.env
             .iter()
             .filter_map(|e| e.value_from.as_ref())
@@ -187,4 +187,26 @@ fn pod_uses(pod: &Pod, kind: Kind, name: &str) -> bool {
     });
     let pull = kind == Kind::Secret && s.image_pull_secrets.iter().any(|r| r.name == name);
     volumes || env || pull
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_an_init_container_reads_is_the_pods_too() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {
+                "initContainers": [{"name": "i", "image": "x",
+                    "env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "token", "key": "k"}}}],
+                    "envFrom": [{"configMapRef": {"name": "setup"}}]}],
+                "containers": [{"name": "c", "image": "x"}]
+            }
+        }))
+        .expect("a pod");
+        assert!(pod_uses(&pod, Kind::Secret, "token"));
+        assert!(pod_uses(&pod, Kind::ConfigMap, "setup"));
+        assert!(!pod_uses(&pod, Kind::Secret, "other"));
+    }
 }

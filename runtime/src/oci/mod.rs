@@ -399,6 +399,11 @@ impl RuncRuntime {
         Ok(handle)
     }
 
+    /// Whether runc holds the container `key` (running, or stopped and not yet removed).
+    pub fn has(&self, key: &str) -> bool {
+        self.state(&container_id(key)).is_some()
+    }
+
     /// Starts the container (or picks up the one a previous agent left running).
     pub fn run(self: &Arc<Self>, spec: ContainerSpec) -> Result<Handle> {
         let id = container_id(&spec.key);
