@@ -367,3 +367,50 @@ spec:
         "PodInitializing"
     );
 }
+
+/// A downwardAPI volume holds the pod's own fields (all its labels as `key="value"` lines,
+/// one annotation, a container's memory request in Mi) and `resourceFieldRef` puts a limit
+/// in the environment (an unset CPU limit reads as the node's CPUs).
+#[test]
+fn downward_api_volumes_and_resource_refs_tell_a_pod_about_itself() {
+    let c = Cluster::start(1);
+    let image = c.push_probe();
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: self
+  labels: {{app: web, tier: front}}
+  annotations: {{owner: edge-team}}
+spec:
+  runtimeClassName: wasm
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: {image}
+    args: [cat, /info/labels, print, "", cat, /info/owner, print, "", cat, /info/mem, print, "", env, MEM_MI, env, CPUS]
+    env:
+    - {{name: MEM_MI, valueFrom: {{resourceFieldRef: {{resource: limits.memory, divisor: 1Mi}}}}}}
+    - {{name: CPUS, valueFrom: {{resourceFieldRef: {{resource: limits.cpu}}}}}}
+    resources: {{requests: {{cpu: 10m, memory: 16Mi}}, limits: {{memory: 32Mi}}}}
+    volumeMounts: [{{name: info, mountPath: /info}}]
+  volumes:
+  - name: info
+    downwardAPI:
+      items:
+      - {{path: labels, fieldRef: {{fieldPath: metadata.labels}}}}
+      - {{path: owner, fieldRef: {{fieldPath: "metadata.annotations['owner']"}}}}
+      - {{path: mem, resourceFieldRef: {{containerName: c, resource: requests.memory, divisor: 1Mi}}}}
+"#
+    ));
+    c.wait_for("the pod done", Duration::from_secs(60), |c| {
+        field(&c.pod("self"), "status.phase") == "Succeeded"
+    });
+    let log = c.shoal(&["logs", "self"]).ok();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(
+        log,
+        format!("app=\"web\"\ntier=\"front\"\nedge-team\n16\nMEM_MI=32\nCPUS={cpus}\n"),
+        "{log}"
+    );
+}

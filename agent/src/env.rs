@@ -9,7 +9,7 @@
 //! Everything here is decided from values fetched beforehand ([`Sources`]), so it is tested
 //! with tables, without a controller.
 
-use shoal_api::{Container, Pod};
+use shoal_api::{Container, Pod, ResourceFieldSelector};
 use std::collections::{BTreeMap, HashMap};
 
 /// The ConfigMaps and Secrets a container refers to, as fetched: `None` where the controller
@@ -20,12 +20,14 @@ pub struct Sources {
     pub secrets: HashMap<String, Option<BTreeMap<String, String>>>,
 }
 
-/// What the pod knows of where it runs, for `fieldRef`.
+/// What the pod knows of where it runs, for `fieldRef` and `resourceFieldRef`.
 #[derive(Debug, Default)]
 pub struct Placement {
     pub node: String,
     pub pod_ip: Option<String>,
     pub host_ip: Option<String>,
+    /// The node's allocatable CPU (millicores) and memory (bytes): an unset limit's value.
+    pub allocatable: (i128, i128),
 }
 
 /// The ConfigMaps and Secrets `c` refers to (env, envFrom), by name, for fetching.
@@ -115,6 +117,64 @@ pub fn expand(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
     out
 }
 
+/// A container's request or limit (`resourceFieldRef`) in units of its divisor, rounded up, as
+/// the kubelet gives it: an unset limit is the node's allocatable amount, an unset request
+/// the limit if one is set, else 0. `own` is the container asking (env), when the reference
+/// names none.
+pub fn resource_field(
+    pod: &Pod,
+    own: Option<&Container>,
+    r: &ResourceFieldSelector,
+    at: &Placement,
+) -> Result<String, String> {
+    let c = match &r.container_name {
+        Some(name) => pod
+            .spec
+            .init_containers
+            .iter()
+            .chain(&pod.spec.containers)
+            .find(|c| &c.name == name)
+            .ok_or_else(|| format!("resourceFieldRef: no container {name:?}"))?,
+        None => own.ok_or("resourceFieldRef: containerName is required here")?,
+    };
+    let milli =
+        |m: &BTreeMap<String, shoal_api::Quantity>, k: &str| m.get(k).map(|q| q.milli_value());
+    let (res, lim) = (&c.resources.requests, &c.resources.limits);
+    let value = match r.resource.as_str() {
+        "limits.cpu" => milli(lim, "cpu").unwrap_or(at.allocatable.0),
+        "limits.memory" => milli(lim, "memory").unwrap_or(at.allocatable.1 * 1000),
+        "requests.cpu" => milli(res, "cpu").or(milli(lim, "cpu")).unwrap_or(0),
+        "requests.memory" => milli(res, "memory").or(milli(lim, "memory")).unwrap_or(0),
+        other => return Err(format!("resourceFieldRef: {other:?} is not supported")),
+    };
+    let divisor = r.divisor.as_ref().map_or(1000, |d| d.milli_value());
+    if divisor <= 0 {
+        return Err("resourceFieldRef: the divisor must be more than 0".into());
+    }
+    let units = value / divisor + i128::from(value % divisor != 0);
+    Ok(units.to_string())
+}
+
+/// A field of the pod for a downwardAPI volume file: its name, namespace, uid, one label or
+/// annotation, or all of them as `key="value"` lines (sorted by key, no newline after the
+/// last), as the kubelet writes them. The pod's addresses and node are env-only, as in Kubernetes.
+pub fn volume_field(pod: &Pod, path: &str) -> Result<String, String> {
+    let lines = |m: &BTreeMap<String, String>| {
+        m.iter()
+            .map(|(k, v)| format!("{k}={v:?}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    match path {
+        "metadata.labels" => Ok(lines(&pod.metadata.labels)),
+        "metadata.annotations" => Ok(lines(&pod.metadata.annotations)),
+        p if p.starts_with("metadata.") => field(pod, &Placement::default(), p),
+        p => Err(format!(
+            "fieldRef {p:?} is not supported in a downwardAPI volume"
+        )),
+    }
+}
+
 fn field(pod: &Pod, at: &Placement, path: &str) -> Result<String, String> {
     let meta_key = |prefix: &str| {
         path.strip_prefix(prefix)
@@ -201,8 +261,8 @@ pub fn container_env(
                     (None, Some(r)) => Some(("secret", r, sources.secrets.get(&r.name))),
                     (None, None) => None,
                 };
-                match (keyed, &from.field_ref) {
-                    (Some((what, r, found)), _) => {
+                match (keyed, &from.field_ref, &from.resource_field_ref) {
+                    (Some((what, r, found)), _, _) => {
                         let value = found
                             .cloned()
                             .flatten()
@@ -218,9 +278,11 @@ pub fn container_env(
                             Err(why) => return Err(format!("env {}: {why}", e.name)),
                         }
                     }
-                    (None, Some(f)) => field(pod, at, &f.field_path)
+                    (None, Some(f), _) => field(pod, at, &f.field_path)
                         .map_err(|why| format!("env {}: {why}", e.name))?,
-                    (None, None) => String::new(),
+                    (None, None, Some(r)) => resource_field(pod, Some(c), r, at)
+                        .map_err(|why| format!("env {}: {why}", e.name))?,
+                    (None, None, None) => String::new(),
                 }
             }
             (None, None) => String::new(),
@@ -281,6 +343,7 @@ mod tests {
             node: "n1".into(),
             pod_ip: Some("10.42.0.7".into()),
             host_ip: Some("192.168.1.2".into()),
+            allocatable: (4000, 8 << 30),
         };
         let svc = vec![("WEB_SERVICE_HOST".to_string(), "10.43.0.9".to_string())];
         container_env(&p.spec.containers[0], &p, &at, svc, &sources())
@@ -359,6 +422,50 @@ mod tests {
         assert!(err
             .unwrap_err()
             .contains("fieldRef \"spec.nope\" is not supported"));
+    }
+
+    #[test]
+    fn resource_field_refs_give_requests_and_limits_in_divisor_units_rounded_up() {
+        let p = pod("    resources: {requests: {cpu: 250m}, limits: {memory: 100Mi}}\n");
+        let at = Placement {
+            allocatable: (4000, 8 << 30),
+            ..Default::default()
+        };
+        let of = |resource: &str, divisor: Option<&str>| {
+            let r = ResourceFieldSelector {
+                container_name: None,
+                resource: resource.into(),
+                divisor: divisor.map(|d| d.parse().unwrap()),
+            };
+            resource_field(&p, Some(&p.spec.containers[0]), &r, &at)
+        };
+        let cases = [
+            ("requests.cpu", None, "1"),
+            ("requests.cpu", Some("1m"), "250"),
+            ("limits.cpu", None, "4"),
+            ("limits.cpu", Some("1m"), "4000"),
+            ("limits.memory", Some("1Mi"), "100"),
+            ("requests.memory", Some("1Mi"), "100"),
+            ("limits.memory", Some("1Gi"), "1"),
+        ];
+        for (resource, divisor, want) in cases {
+            assert_eq!(
+                of(resource, divisor).as_deref(),
+                Ok(want),
+                "{resource} {divisor:?}"
+            );
+        }
+        assert!(of("limits.gpu", None)
+            .unwrap_err()
+            .contains("not supported"));
+        let r = ResourceFieldSelector {
+            container_name: Some("other".into()),
+            resource: "limits.cpu".into(),
+            divisor: None,
+        };
+        assert!(resource_field(&p, None, &r, &at)
+            .unwrap_err()
+            .contains("no container"));
     }
 
     #[test]

@@ -19,6 +19,15 @@ pub fn arch() -> &'static str {
     }
 }
 
+/// The node's CPU (millicores) and memory (bytes): what a container without a limit may use,
+/// and so what `resourceFieldRef` reads for an unset limit.
+pub fn allocatable() -> (i128, i128) {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as i128;
+    (cpus * 1000, memory_bytes())
+}
+
 fn memory_bytes() -> i128 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -80,12 +89,10 @@ pub fn describe(
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     labels.extend(config.labels.clone());
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1) as i128;
+    let (cpu_millis, memory) = allocatable();
     let resources: BTreeMap<String, Quantity> = [
-        ("cpu".to_string(), Quantity::from_milli(cpus * 1000)),
-        ("memory".to_string(), Quantity::from_bytes(memory_bytes())),
+        ("cpu".to_string(), Quantity::from_milli(cpu_millis)),
+        ("memory".to_string(), Quantity::from_bytes(memory)),
         (
             "pods".to_string(),
             Quantity::from_milli(i128::from(config.max_pods) * 1000),

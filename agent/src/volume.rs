@@ -1,4 +1,4 @@
-//! The files of a ConfigMap or Secret volume, as the kubelet projects them: every key as a
+//! The files of a ConfigMap, Secret or downwardAPI volume, as the kubelet projects them: every key as a
 //! file, or only the `items` asked for at the paths they name; each with its `mode` or the
 //! volume's `defaultMode` (0644). A missing object or key is an error unless the volume is
 //! `optional` (then the volume is empty, or the key left out). Decided from the fetched data,
@@ -63,6 +63,41 @@ pub fn files(
             None if optional => {}
             None => return Err(format!("key {:?} not found in {what} {name:?}", item.key)),
         }
+    }
+    Ok(out)
+}
+
+/// The files of a downwardAPI volume: each item's field of the pod, or a container's
+/// request or limit, at its path with its mode (or the volume's `defaultMode`, 0644).
+pub fn downward_files(
+    source: &shoal_api::DownwardApiVolumeSource,
+    pod: &shoal_api::Pod,
+    at: &crate::env::Placement,
+) -> Result<Vec<File>, String> {
+    let mut out = Vec::with_capacity(source.items.len());
+    for item in &source.items {
+        shoal_api::validate::check_relative_path(&item.path)
+            .map_err(|m| format!("item {:?}: path {m}", item.path))?;
+        let text = match (&item.field_ref, &item.resource_field_ref) {
+            (Some(f), _) => crate::env::volume_field(pod, &f.field_path)?,
+            (None, Some(r)) => crate::env::resource_field(pod, None, r, at)?,
+            (None, None) => {
+                return Err(format!(
+                    "item {:?}: no fieldRef or resourceFieldRef",
+                    item.path
+                ))
+            }
+        };
+        let mode = item
+            .mode
+            .or(source.default_mode)
+            .and_then(|m| u32::try_from(m).ok())
+            .map_or(DEFAULT_MODE, |m| m & 0o777);
+        out.push(File {
+            path: item.path.clone(),
+            bytes: text.into_bytes(),
+            mode,
+        });
     }
     Ok(out)
 }

@@ -102,7 +102,17 @@ async fn volumes(
             } else {
                 std::fs::create_dir_all(&p).map_err(failed)?;
             }
-            let files = volume_files(inner, ns, v).await?;
+            let files = match &v.downward_api {
+                Some(d) => {
+                    let at = crate::env::Placement {
+                        allocatable: crate::node::allocatable(),
+                        ..Default::default()
+                    };
+                    crate::volume::downward_files(d, pod, &at)
+                        .map_err(|m| config_error(format!("volume {}: {m}", v.name)))?
+                }
+                None => volume_files(inner, ns, v).await?,
+            };
             write_volume_files(&p, &files).map_err(failed)?;
             p
         };
@@ -142,6 +152,7 @@ fn placement(
             None => host_ip.clone(),
         },
         host_ip,
+        allocatable: crate::node::allocatable(),
     }
 }
 

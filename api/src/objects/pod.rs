@@ -133,6 +133,21 @@ pub struct EnvVarSource {
     pub secret_key_ref: Option<KeySelector>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field_ref: Option<FieldSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_field_ref: Option<ResourceFieldSelector>,
+}
+
+/// A container's request or limit, for `resourceFieldRef`: `limits.cpu`, `requests.memory`...
+/// in units of `divisor` (1 by default), rounded up.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceFieldSelector {
+    /// Required in a downwardAPI volume; in env, the container itself by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    pub resource: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub divisor: Option<crate::Quantity>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -235,6 +250,43 @@ pub struct Volume {
     pub config_map: Option<ConfigMapVolumeSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<SecretVolumeSource>,
+    #[serde(
+        default,
+        rename = "downwardAPI",
+        alias = "downwardApi",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub downward_api: Option<DownwardApiVolumeSource>,
+}
+
+/// Files of the pod's own fields (its name, labels, a container's limits...).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DownwardApiVolumeSource {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<DownwardApiVolumeFile>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "file_mode"
+    )]
+    pub default_mode: Option<i32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DownwardApiVolumeFile {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field_ref: Option<FieldSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_field_ref: Option<ResourceFieldSelector>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "file_mode"
+    )]
+    pub mode: Option<i32>,
 }
 
 impl Volume {
@@ -245,6 +297,7 @@ impl Volume {
             self.host_path.is_some(),
             self.config_map.is_some(),
             self.secret.is_some(),
+            self.downward_api.is_some(),
         ]
         .iter()
         .filter(|b| **b)

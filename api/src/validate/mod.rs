@@ -562,6 +562,11 @@ spec:
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {initContainers: [{name: a, image: x}], containers: [{name: a, image: y}]}", "spec.containers[0].name"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {initContainers: [{name: i, image: x, readinessProbe: {tcpSocket: {port: 80}}}], containers: [{name: a, image: y}]}", "spec.initContainers[0].readinessProbe"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {initContainers: [{name: i, image: ''}], containers: [{name: a, image: y}]}", "spec.initContainers[0].image"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, env: [{name: X, valueFrom: {resourceFieldRef: {resource: limits.gpu}}}]}]}", "spec.containers[0].env[0].valueFrom.resourceFieldRef.resource"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, env: [{name: X, valueFrom: {resourceFieldRef: {resource: limits.cpu, containerName: b}}}]}]}", "spec.containers[0].env[0].valueFrom.resourceFieldRef.containerName"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x}], volumes: [{name: v, downwardAPI: {items: [{path: ip, fieldRef: {fieldPath: status.podIP}}]}}]}", "spec.volumes[0].downwardAPI.items[0].fieldRef.fieldPath"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x}], volumes: [{name: v, downwardAPI: {items: [{path: cpu, resourceFieldRef: {resource: limits.cpu}}]}}]}", "spec.volumes[0].downwardAPI.items[0].resourceFieldRef.containerName"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x}], volumes: [{name: v, downwardAPI: {items: [{path: ../x, fieldRef: {fieldPath: metadata.name}}]}}]}", "spec.volumes[0].downwardAPI.items[0].path"),
             ("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {type: NodePort, ports: [{port: 80, nodePort: 80}]}", "spec.ports[0].nodePort"),
             ("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 80}, {port: 81}]}", "spec.ports[0].name"),
             ("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {k: '***'}", "data[k]"),
@@ -577,6 +582,12 @@ spec:
                 "{yaml}\nexpected an error at {path}, got {errs:?}"
             );
         }
+    }
+
+    #[test]
+    fn downward_api_and_resource_refs_that_kubernetes_takes_are_valid() {
+        let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: a, image: x, env: [{name: CPU, valueFrom: {resourceFieldRef: {resource: limits.cpu, divisor: 1m}}}]}]\n  volumes: [{name: v, downwardAPI: {defaultMode: 0444, items: [{path: labels, fieldRef: {fieldPath: metadata.labels}}, {path: mem, resourceFieldRef: {containerName: a, resource: requests.memory, divisor: 1Mi}}]}}]\n";
+        assert_eq!(errors_of(pod), Vec::<String>::new());
     }
 
     #[test]

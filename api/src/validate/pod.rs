@@ -19,9 +19,13 @@ pub(crate) fn validate_pod_spec(e: &mut Errors, path: &str, s: &PodSpec) {
     }
     let mut names = BTreeSet::new();
     let mut host_ports = BTreeSet::new();
+    let known = Known {
+        volumes: &volume_names,
+        containers: container_names(s),
+    };
     for (i, c) in s.init_containers.iter().enumerate() {
         let p = format!("{path}.initContainers[{i}]");
-        container(e, path, &p, c, &volume_names, &mut names, &mut host_ports);
+        container(e, path, &p, c, &known, &mut names, &mut host_ports);
         // They run to completion: nothing to probe (Kubernetes refuses these too).
         for (field, probe) in [
             ("livenessProbe", &c.liveness_probe),
@@ -42,7 +46,7 @@ pub(crate) fn validate_pod_spec(e: &mut Errors, path: &str, s: &PodSpec) {
             path,
             &format!("{path}.containers[{i}]"),
             c,
-            &volume_names,
+            &known,
             &mut names,
             &mut host_ports,
         );
@@ -128,7 +132,7 @@ fn volumes<'a>(e: &mut Errors, path: &str, s: &'a PodSpec) -> BTreeSet<&'a str> 
             1 => {}
             0 => e.add(
                 &p,
-                "must specify one volume source (emptyDir, hostPath, configMap, secret)",
+                "must specify one volume source (emptyDir, hostPath, configMap, secret, downwardAPI)",
             ),
             _ => e.add(&p, "may specify only one volume source"),
         }
@@ -170,17 +174,123 @@ fn volumes<'a>(e: &mut Errors, path: &str, s: &'a PodSpec) -> BTreeSet<&'a str> 
                 check_dns1123_subdomain(&c.secret_name),
             );
         }
+        if let Some(d) = &v.downward_api {
+            downward_api(e, &format!("{p}.downwardAPI"), d, &container_names(s));
+        }
     }
     volume_names
 }
 
+/// Every container's name, init containers too.
+fn container_names(s: &PodSpec) -> Vec<&str> {
+    s.init_containers
+        .iter()
+        .chain(&s.containers)
+        .map(|c| c.name.as_str())
+        .collect()
+}
+
+/// The pod's own fields a downwardAPI volume may hold (addresses and the node are env-only).
+const VOLUME_FIELD_PATHS: &[&str] = &[
+    "metadata.name",
+    "metadata.namespace",
+    "metadata.uid",
+    "metadata.labels",
+    "metadata.annotations",
+    "metadata.labels['KEY']",
+    "metadata.annotations['KEY']",
+];
+
+fn downward_api(e: &mut Errors, p: &str, d: &DownwardApiVolumeSource, containers: &[&str]) {
+    check_mode(e, &format!("{p}.defaultMode"), d.default_mode);
+    for (j, item) in d.items.iter().enumerate() {
+        let ip = format!("{p}.items[{j}]");
+        check_mode(e, &format!("{ip}.mode"), item.mode);
+        if let Err(m) = check_relative_path(&item.path) {
+            e.add(format!("{ip}.path"), m);
+        }
+        match (&item.field_ref, &item.resource_field_ref) {
+            (Some(f), None) => {
+                let whole = matches!(
+                    f.field_path.as_str(),
+                    "metadata.labels" | "metadata.annotations"
+                );
+                let env_only = !f.field_path.starts_with("metadata.");
+                if env_only || !(whole || field_path_supported(&f.field_path)) {
+                    e.add(
+                        format!("{ip}.fieldRef.fieldPath"),
+                        format!(
+                            "Unsupported value: {:?}: supported values: {}",
+                            f.field_path,
+                            VOLUME_FIELD_PATHS.join(", ")
+                        ),
+                    );
+                }
+            }
+            (None, Some(r)) => {
+                if r.container_name.is_none() {
+                    e.add(format!("{ip}.resourceFieldRef.containerName"), "required");
+                }
+                resource_ref(e, &format!("{ip}.resourceFieldRef"), r, containers);
+            }
+            _ => e.add(
+                &ip,
+                "must specify exactly one of fieldRef, resourceFieldRef",
+            ),
+        }
+    }
+}
+
+/// The requests and limits `resourceFieldRef` reads.
+const RESOURCE_FIELDS: &[&str] = &[
+    "limits.cpu",
+    "limits.memory",
+    "requests.cpu",
+    "requests.memory",
+];
+
+fn resource_ref(e: &mut Errors, p: &str, r: &ResourceFieldSelector, containers: &[&str]) {
+    if !RESOURCE_FIELDS.contains(&r.resource.as_str()) {
+        e.add(
+            format!("{p}.resource"),
+            format!(
+                "Unsupported value: {:?}: supported values: {}",
+                r.resource,
+                RESOURCE_FIELDS.join(", ")
+            ),
+        );
+    }
+    if let Some(d) = &r.divisor {
+        if d.milli_value() <= 0 {
+            e.add(
+                format!("{p}.divisor"),
+                format!("must be more than 0, got {d}"),
+            );
+        }
+    }
+    if let Some(name) = &r.container_name {
+        if !containers.contains(&name.as_str()) {
+            e.add(
+                format!("{p}.containerName"),
+                format!("no container {name:?} in the pod"),
+            );
+        }
+    }
+}
+
 /// One container, at `p`; `names` and `host_ports` are those of the containers before it.
+/// What a container's fields may refer to: the pod's volumes and containers.
+struct Known<'a> {
+    volumes: &'a BTreeSet<&'a str>,
+    containers: Vec<&'a str>,
+}
+
 fn container<'a>(
     e: &mut Errors,
     path: &str,
     p: &str,
     c: &'a Container,
-    volume_names: &BTreeSet<&str>,
+    known: &Known<'_>,
     names: &mut BTreeSet<&'a str>,
     host_ports: &mut BTreeSet<(i32, String)>,
 ) {
@@ -213,9 +323,9 @@ fn container<'a>(
         }
     }
     for (j, env) in c.env.iter().enumerate() {
-        env_var(e, &format!("{p}.env[{j}]"), env);
+        env_var(e, &format!("{p}.env[{j}]"), env, &known.containers);
     }
-    mounts(e, path, p, c, volume_names);
+    mounts(e, path, p, c, known.volumes);
     for (field, probe) in [
         ("livenessProbe", &c.liveness_probe),
         ("readinessProbe", &c.readiness_probe),
@@ -261,7 +371,7 @@ fn ports(e: &mut Errors, p: &str, c: &Container, host_ports: &mut BTreeSet<(i32,
     }
 }
 
-fn env_var(e: &mut Errors, ep: &str, env: &EnvVar) {
+fn env_var(e: &mut Errors, ep: &str, env: &EnvVar, containers: &[&str]) {
     if env.name.is_empty() {
         e.add(format!("{ep}.name"), "required");
     }
@@ -270,6 +380,7 @@ fn env_var(e: &mut Errors, ep: &str, env: &EnvVar) {
             from.config_map_key_ref.is_some(),
             from.secret_key_ref.is_some(),
             from.field_ref.is_some(),
+            from.resource_field_ref.is_some(),
         ]
         .iter()
         .filter(|b| **b)
@@ -277,7 +388,15 @@ fn env_var(e: &mut Errors, ep: &str, env: &EnvVar) {
         if n != 1 {
             e.add(
                 format!("{ep}.valueFrom"),
-                "must specify exactly one of configMapKeyRef, secretKeyRef, fieldRef",
+                "must specify exactly one of configMapKeyRef, secretKeyRef, fieldRef, resourceFieldRef",
+            );
+        }
+        if let Some(r) = &from.resource_field_ref {
+            resource_ref(
+                e,
+                &format!("{ep}.valueFrom.resourceFieldRef"),
+                r,
+                containers,
             );
         }
         if env.value.is_some() {
