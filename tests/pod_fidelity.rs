@@ -77,6 +77,7 @@ spec:
 /// ConfigMap and Secret volumes project the `items` asked for, at their paths, with their
 /// modes (or `defaultMode`); an optional volume of an object that does not exist is empty;
 /// `$(VAR)` in an OCI container's command line is expanded; an init container runs first,
+/// and the pod's securityContext holds (see [`secure_pod`]),
 /// and what it writes to a shared emptyDir is there for the container. Needs runc and root.
 #[test]
 fn runc_volume_items_paths_and_modes_are_kubernetes() {
@@ -133,6 +134,7 @@ spec:
     });
     let log = c.shoal(&["logs", "files"]).ok();
     let lines: Vec<&str> = log.lines().collect();
+    secure_pod(&c);
     assert_eq!(
         lines,
         [
@@ -413,4 +415,62 @@ spec:
         format!("app=\"web\"\ntier=\"front\"\nedge-team\n16\nMEM_MI=32\nCPUS={cpus}\n"),
         "{log}"
     );
+}
+
+/// The pod's securityContext on a runc pod: its user and groups (runAsUser, runAsGroup,
+/// supplementalGroups, fsGroup) for every container, a container's own runAsUser over the
+/// pod's, fsGroup owning the volumes (group-writable emptyDir, setgid so new files stay the
+/// group's; projected files group-readable), and a safe sysctl set in the pod's network.
+fn secure_pod(c: &Cluster) {
+    c.apply(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {name: plain}
+data: {f: "x"}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: secure}
+spec:
+  restartPolicy: Never
+  securityContext:
+    runAsUser: 1000
+    runAsGroup: 3000
+    supplementalGroups: [44]
+    fsGroup: 2000
+    sysctls: [{name: net.ipv4.ip_unprivileged_port_start, value: "80"}]
+  containers:
+  - name: pod-user
+    image: busybox:1
+    command: [sh, -c, "id -u; id -g; id -G | tr ' ' '\n' | sort -n | tr '\n' ' '; echo; stat -c '%g %a' /data /cfg/f; touch /data/new && stat -c '%g' /data/new; cat /proc/sys/net/ipv4/ip_unprivileged_port_start"]
+    volumeMounts: [{name: data, mountPath: /data}, {name: cfg, mountPath: /cfg}]
+  - name: own-user
+    image: busybox:1
+    command: [sh, -c, "id -u; id -g"]
+    securityContext: {runAsUser: 1001}
+  volumes:
+  - {name: data, emptyDir: {}}
+  - {name: cfg, configMap: {name: plain, defaultMode: 0400}}
+"#,
+    );
+    c.wait_for("the secure pod done", Duration::from_secs(60), |c| {
+        field(&c.pod("secure"), "status.phase") == "Succeeded"
+    });
+    let log = c.shoal(&["logs", "secure", "-c", "pod-user"]).ok();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "1000",
+            "3000",
+            "44 2000 3000 ",
+            "2000 2777",
+            "2000 440",
+            "2000",
+            "80"
+        ],
+        "{log}"
+    );
+    let own = c.shoal(&["logs", "secure", "-c", "own-user"]).ok();
+    assert_eq!(own, "1001\n3000\n");
 }

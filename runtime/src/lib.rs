@@ -99,6 +99,12 @@ pub struct Security {
     pub allow_privilege_escalation: bool,
     pub capabilities_add: Vec<String>,
     pub capabilities_drop: Vec<String>,
+    /// Groups the process is also in (the pod's supplementalGroups and fsGroup).
+    pub supplemental_groups: Vec<u32>,
+    /// Namespaced kernel parameters (the pod's sysctls).
+    pub sysctls: Vec<(String, String)>,
+    /// `seccompProfile: Unconfined`: no seccomp filter.
+    pub seccomp_unconfined: bool,
 }
 
 /// The network a container lives in.

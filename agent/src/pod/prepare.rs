@@ -88,6 +88,12 @@ async fn volumes(
     dir: &Path,
 ) -> Result<HashMap<String, PathBuf>, NotReady> {
     let ns = pod.metadata.namespace_or_default();
+    let fs_group = pod
+        .spec
+        .security_context
+        .as_ref()
+        .and_then(|s| s.fs_group)
+        .and_then(|g| u32::try_from(g).ok());
     let mut paths = HashMap::new();
     for v in &pod.spec.volumes {
         let failed = |e: std::io::Error| config_error(format!("volume {}: {e}", v.name));
@@ -101,6 +107,12 @@ async fn volumes(
                     .map_err(failed)?;
             } else {
                 std::fs::create_dir_all(&p).map_err(failed)?;
+                if v.empty_dir.is_some() {
+                    // Writable by whoever the containers run as, as the kubelet makes it.
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777))
+                        .map_err(failed)?;
+                }
             }
             let files = match &v.downward_api {
                 Some(d) => {
@@ -114,11 +126,42 @@ async fn volumes(
                 None => volume_files(inner, ns, v).await?,
             };
             write_volume_files(&p, &files).map_err(failed)?;
+            if let Some(gid) = fs_group {
+                // An emptyDir is the pod's to write; projected files are read-only.
+                own_by_group(&p, gid, v.empty_dir.is_none()).map_err(failed)?;
+            }
             p
         };
         paths.insert(v.name.clone(), path);
     }
     Ok(paths)
+}
+
+/// Gives group `gid` the volume at `dir`, as the kubelet does for `fsGroup`: every file and
+/// directory owned by the group, files group-readable (and writable unless `read_only`),
+/// directories group-searchable and setgid, so what the pod creates there stays the group's.
+fn own_by_group(dir: &Path, gid: u32, read_only: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mask = if read_only { 0o440 } else { 0o660 };
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        std::os::unix::fs::lchown(&path, None, Some(gid))?;
+        let mode = meta.permissions().mode() & 0o7777;
+        let mode = if meta.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                stack.push(entry?.path());
+            }
+            mode | mask | 0o110 | 0o2000
+        } else {
+            mode | mask
+        };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
 }
 
 /// The OCI executor for a runc pod (`None` for a wasm pod); a runc pod on a node without runc
@@ -245,7 +288,11 @@ impl PodContext<'_> {
             args,
             cpu_request_millis: millis(c.resources.requests.get("cpu")),
             pids_limit: None,
-            security: security(c.security_context.as_ref()).map_err(config_error)?,
+            security: security(
+                pod.spec.security_context.as_ref(),
+                c.security_context.as_ref(),
+            )
+            .map_err(config_error)?,
             network,
             hostname: pod
                 .spec
@@ -286,33 +333,99 @@ fn millis(q: Option<&shoal_api::Quantity>) -> Option<u64> {
     q.map(|q| q.milli_value().max(0) as u64)
 }
 
-/// A container's securityContext as the runtime takes it; ids must fit in 32 bits.
-fn security(sc: Option<&shoal_api::SecurityContext>) -> std::result::Result<Security, String> {
-    let Some(sc) = sc else {
-        return Ok(Security::default());
-    };
+/// A container's securityContext as the runtime takes it, over the pod's: the container's
+/// user, group, runAsNonRoot and seccompProfile win where it sets them; the pod's
+/// supplementalGroups, fsGroup and sysctls hold for every container. Ids must fit in 32 bits.
+pub(super) fn security(
+    pod: Option<&shoal_api::PodSecurityContext>,
+    sc: Option<&shoal_api::SecurityContext>,
+) -> std::result::Result<Security, String> {
     let id = |what: &str, v: Option<i64>| {
         v.map(|n| {
             u32::try_from(n).map_err(|_| format!("securityContext.{what} {n} is not a valid id"))
         })
         .transpose()
     };
+    let pod_default = shoal_api::PodSecurityContext::default();
+    let p = pod.unwrap_or(&pod_default);
+    let c_default = shoal_api::SecurityContext::default();
+    let c = sc.unwrap_or(&c_default);
+    let mut groups = Vec::new();
+    for g in p.supplemental_groups.iter().chain(&p.fs_group) {
+        groups.push(id("supplementalGroups", Some(*g))?.unwrap_or_default());
+    }
+    let seccomp = c.seccomp_profile.as_ref().or(p.seccomp_profile.as_ref());
+    let caps = |f: fn(&shoal_api::Capabilities) -> &Vec<String>| {
+        c.capabilities.as_ref().map(f).cloned().unwrap_or_default()
+    };
     Ok(Security {
-        run_as_user: id("runAsUser", sc.run_as_user)?,
-        run_as_group: id("runAsGroup", sc.run_as_group)?,
-        run_as_non_root: sc.run_as_non_root.unwrap_or(false),
-        read_only_root_filesystem: sc.read_only_root_filesystem.unwrap_or(false),
-        privileged: sc.privileged.unwrap_or(false),
-        allow_privilege_escalation: sc.allow_privilege_escalation.unwrap_or(false),
-        capabilities_add: sc
-            .capabilities
-            .as_ref()
-            .map(|c| c.add.clone())
-            .unwrap_or_default(),
-        capabilities_drop: sc
-            .capabilities
-            .as_ref()
-            .map(|c| c.drop.clone())
-            .unwrap_or_default(),
+        run_as_user: id("runAsUser", c.run_as_user.or(p.run_as_user))?,
+        run_as_group: id("runAsGroup", c.run_as_group.or(p.run_as_group))?,
+        run_as_non_root: c.run_as_non_root.or(p.run_as_non_root).unwrap_or(false),
+        read_only_root_filesystem: c.read_only_root_filesystem.unwrap_or(false),
+        privileged: c.privileged.unwrap_or(false),
+        allow_privilege_escalation: c.allow_privilege_escalation.unwrap_or(false),
+        capabilities_add: caps(|c| &c.add),
+        capabilities_drop: caps(|c| &c.drop),
+        supplemental_groups: groups,
+        sysctls: p
+            .sysctls
+            .iter()
+            .map(|s| (s.name.clone(), s.value.clone()))
+            .collect(),
+        seccomp_unconfined: seccomp.is_some_and(|s| s.type_ == "Unconfined"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_api::{PodSecurityContext, SeccompProfile, SecurityContext};
+
+    #[test]
+    fn a_containers_security_is_its_own_over_the_pods() {
+        let pod = PodSecurityContext {
+            run_as_user: Some(1000),
+            run_as_group: Some(1000),
+            run_as_non_root: Some(true),
+            supplemental_groups: vec![44],
+            fs_group: Some(2000),
+            sysctls: vec![shoal_api::Sysctl {
+                name: "net.ipv4.ip_unprivileged_port_start".into(),
+                value: "0".into(),
+            }],
+            seccomp_profile: Some(SeccompProfile {
+                type_: "Unconfined".into(),
+                localhost_profile: None,
+            }),
+        };
+        let s = security(Some(&pod), None).unwrap();
+        assert_eq!((s.run_as_user, s.run_as_group), (Some(1000), Some(1000)));
+        assert!(s.run_as_non_root && s.seccomp_unconfined);
+        assert_eq!(s.supplemental_groups, vec![44, 2000]);
+        assert_eq!(s.sysctls.len(), 1);
+        let own = SecurityContext {
+            run_as_user: Some(0),
+            run_as_non_root: Some(false),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..Default::default()
+        };
+        let s = security(Some(&pod), Some(&own)).unwrap();
+        assert_eq!((s.run_as_user, s.run_as_group), (Some(0), Some(1000)));
+        assert!(!s.run_as_non_root && !s.seccomp_unconfined);
+        assert_eq!(
+            s.supplemental_groups,
+            vec![44, 2000],
+            "the pod's groups hold"
+        );
+        assert_eq!(security(None, None).unwrap(), Security::default());
+        let bad = PodSecurityContext {
+            fs_group: Some(-1),
+            ..Default::default()
+        };
+        assert!(security(Some(&bad), None).unwrap_err().contains("-1"));
+    }
 }

@@ -567,6 +567,13 @@ spec:
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x}], volumes: [{name: v, downwardAPI: {items: [{path: ip, fieldRef: {fieldPath: status.podIP}}]}}]}", "spec.volumes[0].downwardAPI.items[0].fieldRef.fieldPath"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x}], volumes: [{name: v, downwardAPI: {items: [{path: cpu, resourceFieldRef: {resource: limits.cpu}}]}}]}", "spec.volumes[0].downwardAPI.items[0].resourceFieldRef.containerName"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x}], volumes: [{name: v, downwardAPI: {items: [{path: ../x, fieldRef: {fieldPath: metadata.name}}]}}]}", "spec.volumes[0].downwardAPI.items[0].path"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {securityContext: {sysctls: [{name: kernel.msgmax, value: '1'}]}, containers: [{name: a, image: x}]}", "spec.securityContext.sysctls[0].name"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {hostNetwork: true, securityContext: {sysctls: [{name: net.ipv4.tcp_syncookies, value: '1'}]}, containers: [{name: a, image: x}]}", "spec.securityContext.sysctls[0]"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {securityContext: {fsGroup: -5}, containers: [{name: a, image: x}]}", "spec.securityContext.fsGroup"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {securityContext: {seccompProfile: {type: Localhost, localhostProfile: x.json}}, containers: [{name: a, image: x}]}", "spec.securityContext.seccompProfile.type"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {runtimeClassName: wasm, securityContext: {runAsUser: 1000}, containers: [{name: a, image: x}]}", "spec.securityContext.runAsUser"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {runtimeClassName: wasm, containers: [{name: a, image: x, securityContext: {privileged: true}}]}", "spec.containers[0].securityContext.privileged"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {runtimeClassName: wasm, initContainers: [{name: i, image: x, securityContext: {capabilities: {add: [NET_ADMIN]}}}], containers: [{name: a, image: x}]}", "spec.initContainers[0].securityContext.capabilities.add"),
             ("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {type: NodePort, ports: [{port: 80, nodePort: 80}]}", "spec.ports[0].nodePort"),
             ("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 80}, {port: 81}]}", "spec.ports[0].name"),
             ("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {k: '***'}", "data[k]"),
@@ -588,6 +595,14 @@ spec:
     fn downward_api_and_resource_refs_that_kubernetes_takes_are_valid() {
         let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: a, image: x, env: [{name: CPU, valueFrom: {resourceFieldRef: {resource: limits.cpu, divisor: 1m}}}]}]\n  volumes: [{name: v, downwardAPI: {defaultMode: 0444, items: [{path: labels, fieldRef: {fieldPath: metadata.labels}}, {path: mem, resourceFieldRef: {containerName: a, resource: requests.memory, divisor: 1Mi}}]}}]\n";
         assert_eq!(errors_of(pod), Vec::<String>::new());
+    }
+
+    #[test]
+    fn security_contexts_that_kubernetes_takes_are_valid() {
+        let runc = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  securityContext: {runAsUser: 1000, runAsGroup: 1000, runAsNonRoot: true, fsGroup: 2000, supplementalGroups: [44], sysctls: [{name: net.ipv4.ip_unprivileged_port_start, value: '0'}], seccompProfile: {type: RuntimeDefault}}\n  containers: [{name: a, image: x, securityContext: {runAsUser: 1001, seccompProfile: {type: Unconfined}}}]\n";
+        assert_eq!(errors_of(runc), Vec::<String>::new());
+        let wasm = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  runtimeClassName: wasm\n  securityContext: {runAsNonRoot: true}\n  containers: [{name: a, image: x, securityContext: {readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}}]\n";
+        assert_eq!(errors_of(wasm), Vec::<String>::new());
     }
 
     #[test]

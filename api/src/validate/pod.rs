@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub(crate) fn validate_pod_spec(e: &mut Errors, path: &str, s: &PodSpec) {
     scheduling(e, path, s);
+    security(e, path, s);
     let volume_names = volumes(e, path, s);
     if s.containers.is_empty() {
         e.add(
@@ -179,6 +180,137 @@ fn volumes<'a>(e: &mut Errors, path: &str, s: &'a PodSpec) -> BTreeSet<&'a str> 
         }
     }
     volume_names
+}
+
+/// The sysctls Kubernetes deems safe (namespaced, and harmless to the node and other pods):
+/// the only ones a pod may set without the kubelet's --allowed-unsafe-sysctls, which Shoal
+/// has no counterpart of.
+const SAFE_SYSCTLS: &[&str] = &[
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+];
+
+/// The pod's and its containers' securityContext: ids, sysctls, seccomp profiles, and for a
+/// wasm pod what has no meaning for one (a Linux user, kernel settings), refused rather than
+/// ignored.
+fn security(e: &mut Errors, path: &str, s: &PodSpec) {
+    let wasm = s.runtime_class_name.as_deref() == Some("wasm");
+    let no_user = "a wasm pod has no Linux user or groups: remove it, or run the pod with runc";
+    let id = |e: &mut Errors, p: String, v: Option<i64>| {
+        if let Some(n) = v.filter(|n| u32::try_from(*n).is_err()) {
+            e.add(p, format!("must be between 0 and 4294967295, got {n}"));
+        }
+    };
+    let seccomp = |e: &mut Errors, p: String, profile: Option<&SeccompProfile>| {
+        let Some(profile) = profile else { return };
+        match profile.type_.as_str() {
+            "RuntimeDefault" => {}
+            "Unconfined" if wasm => e.add(p, "a wasm pod has no seccomp filter to lift"),
+            "Unconfined" => {}
+            "Localhost" => e.add(
+                format!("{p}.type"),
+                "Localhost profiles are not supported yet: use RuntimeDefault or Unconfined",
+            ),
+            other => e.add(
+                format!("{p}.type"),
+                format!(
+                    "Unsupported value: {other:?}: supported values: RuntimeDefault, Unconfined"
+                ),
+            ),
+        }
+    };
+    if let Some(sc) = &s.security_context {
+        let p = format!("{path}.securityContext");
+        for (field, v) in [
+            ("runAsUser", sc.run_as_user),
+            ("runAsGroup", sc.run_as_group),
+            ("fsGroup", sc.fs_group),
+        ] {
+            id(e, format!("{p}.{field}"), v);
+            if wasm && v.is_some() {
+                e.add(format!("{p}.{field}"), no_user);
+            }
+        }
+        for (i, g) in sc.supplemental_groups.iter().enumerate() {
+            id(e, format!("{p}.supplementalGroups[{i}]"), Some(*g));
+        }
+        if wasm && !sc.supplemental_groups.is_empty() {
+            e.add(format!("{p}.supplementalGroups"), no_user);
+        }
+        for (i, sysctl) in sc.sysctls.iter().enumerate() {
+            let sp = format!("{p}.sysctls[{i}]");
+            if wasm {
+                e.add(&sp, "a wasm pod has no kernel parameters to set");
+            } else if !SAFE_SYSCTLS.contains(&sysctl.name.as_str()) {
+                e.add(
+                    format!("{sp}.name"),
+                    format!(
+                        "{:?} is not a safe sysctl: supported values: {}",
+                        sysctl.name,
+                        SAFE_SYSCTLS.join(", ")
+                    ),
+                );
+            } else if s.host_network && sysctl.name.starts_with("net.") {
+                e.add(
+                    &sp,
+                    "may not set net.* sysctls with hostNetwork (they would be the node's)",
+                );
+            }
+        }
+        seccomp(
+            e,
+            format!("{p}.seccompProfile"),
+            sc.seccomp_profile.as_ref(),
+        );
+    }
+    let all = s
+        .init_containers
+        .iter()
+        .map(|c| ("initContainers", c))
+        .chain(s.containers.iter().map(|c| ("containers", c)));
+    let mut index = BTreeMap::new();
+    for (list, c) in all {
+        let i = index.entry(list).or_insert(0usize);
+        let p = format!("{path}.{list}[{i}].securityContext");
+        *i += 1;
+        let Some(sc) = &c.security_context else {
+            continue;
+        };
+        for (field, v) in [
+            ("runAsUser", sc.run_as_user),
+            ("runAsGroup", sc.run_as_group),
+        ] {
+            id(e, format!("{p}.{field}"), v);
+            if wasm && v.is_some() {
+                e.add(format!("{p}.{field}"), no_user);
+            }
+        }
+        if wasm && sc.privileged == Some(true) {
+            e.add(
+                format!("{p}.privileged"),
+                "a wasm pod cannot be privileged: it runs in wasmtime's sandbox",
+            );
+        }
+        if wasm && sc.capabilities.as_ref().is_some_and(|c| !c.add.is_empty()) {
+            e.add(
+                format!("{p}.capabilities.add"),
+                "a wasm pod has no Linux capabilities to add",
+            );
+        }
+        seccomp(
+            e,
+            format!("{p}.seccompProfile"),
+            sc.seccomp_profile.as_ref(),
+        );
+    }
 }
 
 /// Every container's name, init containers too.

@@ -229,6 +229,59 @@ pub fn runtime_spec(
         Network::Pod(path) => namespaces.push(json!({"type": "network", "path": path})),
         Network::Isolated => namespaces.push(json!({"type": "network"})),
     }
+    let resources = resources(container);
+    let mut linux = json!({
+        "namespaces": namespaces,
+        "resources": resources,
+        "cgroupsPath": cgroups_path,
+    });
+    if !s.privileged {
+        linux["maskedPaths"] = json!(MASKED_PATHS.as_slice());
+        linux["readonlyPaths"] = json!(READONLY_PATHS.as_slice());
+        if !s.seccomp_unconfined {
+            linux["seccomp"] = super::seccomp::profile();
+        }
+    }
+    if !s.sysctls.is_empty() {
+        let sysctls: serde_json::Map<String, Value> = s
+            .sysctls
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        linux["sysctl"] = Value::Object(sysctls);
+    }
+    let mut additional_gids = user.additional_gids.clone();
+    for g in &s.supplemental_groups {
+        if !additional_gids.contains(g) && *g != user.gid {
+            additional_gids.push(*g);
+        }
+    }
+    let hostname = (container.network != Network::Host).then(|| container.hostname.clone());
+    let mut spec = json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": user.uid, "gid": user.gid, "additionalGids": additional_gids},
+            "args": argv(container, image),
+            "env": env(container, image),
+            "cwd": cwd,
+            "capabilities": {
+                "bounding": caps, "effective": caps, "permitted": caps,
+            },
+            "noNewPrivileges": !(s.privileged || s.allow_privilege_escalation),
+        },
+        "root": {"path": "rootfs", "readonly": s.read_only_root_filesystem},
+        "mounts": mounts,
+        "linux": linux,
+    });
+    if let Some(h) = hostname {
+        spec["hostname"] = json!(h);
+    }
+    spec
+}
+
+/// The container's cgroup limits: no devices, a pids limit, memory (and swap) and CPU.
+fn resources(container: &ContainerSpec) -> Value {
     let mut resources = json!({
         "devices": [{"allow": false, "access": "rwm"}],
         "pids": {"limit": container.pids_limit.unwrap_or(4096)},
@@ -251,38 +304,7 @@ pub fn runtime_spec(
     if !cpu.is_empty() {
         resources["cpu"] = Value::Object(cpu);
     }
-    let mut linux = json!({
-        "namespaces": namespaces,
-        "resources": resources,
-        "cgroupsPath": cgroups_path,
-    });
-    if !s.privileged {
-        linux["maskedPaths"] = json!(MASKED_PATHS.as_slice());
-        linux["readonlyPaths"] = json!(READONLY_PATHS.as_slice());
-        linux["seccomp"] = super::seccomp::profile();
-    }
-    let hostname = (container.network != Network::Host).then(|| container.hostname.clone());
-    let mut spec = json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": false,
-            "user": {"uid": user.uid, "gid": user.gid, "additionalGids": user.additional_gids},
-            "args": argv(container, image),
-            "env": env(container, image),
-            "cwd": cwd,
-            "capabilities": {
-                "bounding": caps, "effective": caps, "permitted": caps,
-            },
-            "noNewPrivileges": !(s.privileged || s.allow_privilege_escalation),
-        },
-        "root": {"path": "rootfs", "readonly": s.read_only_root_filesystem},
-        "mounts": mounts,
-        "linux": linux,
-    });
-    if let Some(h) = hostname {
-        spec["hostname"] = json!(h);
-    }
-    spec
+    resources
 }
 
 /// Resolves the image's `User` (`name`, `uid`, `name:group`, `uid:gid`) against the root
@@ -466,6 +488,30 @@ mod tests {
         assert!(s["process"]["capabilities"]["bounding"]
             .as_array()
             .is_some_and(|c| c.iter().any(|x| x == "CAP_SYS_ADMIN")));
+
+        // The pod's groups join the user's; its sysctls are set; Unconfined lifts seccomp.
+        c.security = Security {
+            supplemental_groups: vec![44, 2000, 1000],
+            sysctls: vec![("net.ipv4.ip_unprivileged_port_start".into(), "0".into())],
+            seccomp_unconfined: true,
+            ..Default::default()
+        };
+        let user = User {
+            uid: 1000,
+            gid: 1000,
+            additional_gids: vec![29],
+        };
+        let s = runtime_spec(&c, &image(), &user, "/shoal/x");
+        assert_eq!(
+            s["process"]["user"]["additionalGids"],
+            serde_json::json!([29, 44, 2000])
+        );
+        assert_eq!(
+            s["linux"]["sysctl"]["net.ipv4.ip_unprivileged_port_start"],
+            "0"
+        );
+        assert!(s["linux"].get("seccomp").is_none());
+        assert!(s["linux"]["maskedPaths"].is_array(), "still not privileged");
     }
 
     #[test]
