@@ -30,7 +30,7 @@ pub fn ready_update(node: &Node, now: DateTime<Utc>, grace: Duration) -> Option<
         .conditions
         .iter()
         .find(|c| c.type_ == "Ready")?;
-    if ready.status != "True" {
+    if !ready.is_true() {
         return None;
     }
     let beat = ready
@@ -67,9 +67,9 @@ pub const NODE_LOST: &str = "NodeLost";
 /// Whether `pod` is marked lost with its node (and not reported since).
 pub fn lost(pod: &Pod) -> bool {
     pod.status.as_ref().is_some_and(|s| {
-        s.conditions.iter().any(|c| {
-            c.type_ == DISRUPTION && c.status == "True" && c.reason.as_deref() == Some(NODE_LOST)
-        })
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == DISRUPTION && c.is_true() && c.reason.as_deref() == Some(NODE_LOST))
     })
 }
 
@@ -100,7 +100,7 @@ pub fn mark_lost(pod: &Pod, node: &str, now: DateTime<Utc>) -> Pod {
     status.conditions.push(not_ready("ContainersReady"));
     status.conditions.push(not_ready("Ready"));
     status.conditions.push(Condition {
-        status: "True".into(),
+        status: shoal_api::ConditionStatus::True.as_str().into(),
         ..not_ready(DISRUPTION)
     });
     p
@@ -110,7 +110,7 @@ fn ready(node: &Node) -> bool {
     node.status.as_ref().is_some_and(|s| {
         s.conditions
             .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .any(|c| c.type_ == "Ready" && c.is_true())
     })
 }
 

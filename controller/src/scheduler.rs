@@ -66,7 +66,7 @@ pub fn node_ready(node: &Node) -> bool {
     node.status.as_ref().is_some_and(|s| {
         s.conditions
             .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .any(|c| c.type_ == "Ready" && c.is_true())
     })
 }
 
@@ -128,8 +128,7 @@ impl Misfit {
 
 /// Pods that hold resources on a node: bound to it and not finished.
 fn holds_resources(p: &Pod) -> bool {
-    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-    !matches!(phase, Some("Succeeded") | Some("Failed"))
+    !p.is_terminal()
 }
 
 fn owner_uid(pod: &Pod) -> Option<&str> {

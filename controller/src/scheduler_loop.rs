@@ -27,18 +27,13 @@ pub async fn run(store: Store, artifacts: Arc<Artifacts>, shutdown: Cancellation
 }
 
 fn pending(p: &Pod) -> bool {
-    p.spec.node_name.is_none()
-        && p.metadata.deletion_timestamp.is_none()
-        && !matches!(
-            p.status.as_ref().and_then(|s| s.phase.as_deref()),
-            Some("Succeeded") | Some("Failed")
-        )
+    p.spec.node_name.is_none() && p.metadata.deletion_timestamp.is_none() && !p.is_terminal()
 }
 
 fn scheduled_condition(ok: bool, message: Option<String>) -> Condition {
     Condition {
         type_: "PodScheduled".into(),
-        status: if ok { "True" } else { "False" }.into(),
+        status: shoal_api::ConditionStatus::from(ok).as_str().into(),
         reason: (!ok).then(|| "Unschedulable".into()),
         message,
         last_transition_time: Some(crate::store::now()),

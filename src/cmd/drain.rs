@@ -96,7 +96,7 @@ pub async fn run(args: Args) -> Result<()> {
             .collect();
         let settled = theirs.iter().all(|p| {
             p.spec.node_name.as_deref() != Some(args.node.as_str())
-                && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                && p.phase() == Some(shoal_api::PodPhase::Running)
         });
         if settled && (owners.is_empty() || !theirs.is_empty()) {
             break;

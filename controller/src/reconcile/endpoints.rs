@@ -18,15 +18,12 @@ fn ready(pod: &Pod) -> bool {
         && pod.status.as_ref().is_some_and(|s| {
             s.conditions
                 .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
+                .any(|c| c.type_ == "Ready" && c.is_true())
         })
 }
 
 fn finished(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded") | Some("Failed")
-    )
+    pod.is_terminal()
 }
 
 /// The container port a Service port goes to on `pod`, if the pod has it.
@@ -143,7 +140,7 @@ pub fn load_balancer(svc: &Service, nodes: &[Node]) -> Option<ServiceStatus> {
             n.status.as_ref().is_some_and(|s| {
                 s.conditions
                     .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
+                    .any(|c| c.type_ == "Ready" && c.is_true())
             })
         })
         .filter_map(|n| {

@@ -4,6 +4,7 @@
 //! `ttlSecondsAfterFinished`.
 
 use chrono::{DateTime, Utc};
+use shoal_api::PodPhase;
 use shoal_api::{Condition, Job, JobStatus, OwnerReference, Pod};
 
 pub const JOB_NAME_LABEL: &str = "job-name";
@@ -18,11 +19,8 @@ pub struct Plan {
     pub delete_job: bool,
 }
 
-fn phase(p: &Pod) -> &str {
-    p.status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or("Pending")
+fn phase(p: &Pod) -> PodPhase {
+    p.phase().unwrap_or(PodPhase::Pending)
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -38,7 +36,7 @@ fn finished(status: &JobStatus) -> bool {
     status
         .conditions
         .iter()
-        .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+        .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.is_true())
 }
 
 pub fn new_pod(job: &Job) -> Pod {
@@ -72,7 +70,10 @@ pub fn reconcile(job: &Job, owned: &[Pod], now: DateTime<Utc>) -> Plan {
     let completions = job.spec.completions.unwrap_or(1).max(0);
     let parallelism = job.spec.parallelism.unwrap_or(1).max(0);
     let backoff_limit = job.spec.backoff_limit.unwrap_or(6).max(0);
-    let succeeded = owned.iter().filter(|p| phase(p) == "Succeeded").count() as i32;
+    let succeeded = owned
+        .iter()
+        .filter(|p| phase(p) == PodPhase::Succeeded)
+        .count() as i32;
     // Failed pods, and for OnFailure the restarts of containers that failed in place.
     let restarts: i32 = owned
         .iter()
@@ -80,12 +81,14 @@ pub fn reconcile(job: &Job, owned: &[Pod], now: DateTime<Utc>) -> Plan {
         .flat_map(|s| s.container_statuses.iter())
         .map(|c| c.restart_count)
         .sum();
-    let failed = owned.iter().filter(|p| phase(p) == "Failed").count() as i32 + restarts;
+    let failed = owned
+        .iter()
+        .filter(|p| phase(p) == PodPhase::Failed)
+        .count() as i32
+        + restarts;
     let active: Vec<&Pod> = owned
         .iter()
-        .filter(|p| {
-            !matches!(phase(p), "Succeeded" | "Failed") && p.metadata.deletion_timestamp.is_none()
-        })
+        .filter(|p| !phase(p).is_terminal() && p.metadata.deletion_timestamp.is_none())
         .collect();
     let start = parse(old.start_time.as_deref()).unwrap_or(now);
     let mut status = JobStatus {
@@ -98,7 +101,7 @@ pub fn reconcile(job: &Job, owned: &[Pod], now: DateTime<Utc>) -> Plan {
     };
     let condition = |ty: &str, reason: &str, message: String| Condition {
         type_: ty.into(),
-        status: "True".into(),
+        status: shoal_api::ConditionStatus::True.as_str().into(),
         reason: Some(reason.into()),
         message: Some(message),
         last_transition_time: Some(ts(now)),

@@ -78,19 +78,14 @@ pub fn owner_reference(rs: &ReplicaSet) -> OwnerReference {
 /// Counts toward the replicas: not being deleted, not finished, and not on a node that has
 /// been lost long enough to replace it (it is counted again when its node comes back).
 fn active(p: &Pod) -> bool {
-    p.metadata.deletion_timestamp.is_none()
-        && !crate::node_lifecycle::lost(p)
-        && !matches!(
-            p.status.as_ref().and_then(|s| s.phase.as_deref()),
-            Some("Succeeded") | Some("Failed")
-        )
+    p.metadata.deletion_timestamp.is_none() && !crate::node_lifecycle::lost(p) && !p.is_terminal()
 }
 
 pub fn pod_ready(p: &Pod) -> bool {
     p.status.as_ref().is_some_and(|s| {
         s.conditions
             .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .any(|c| c.type_ == "Ready" && c.is_true())
     })
 }
 
@@ -101,7 +96,7 @@ pub fn pod_available(p: &Pod, min_ready_seconds: i32, now: DateTime<Utc>) -> boo
     let Some(ready) = p.status.as_ref().and_then(|s| {
         s.conditions
             .iter()
-            .find(|c| c.type_ == "Ready" && c.status == "True")
+            .find(|c| c.type_ == "Ready" && c.is_true())
     }) else {
         return false;
     };
