@@ -17,7 +17,7 @@ fn protocol_matches(declared: Option<&str>, udp: bool) -> bool {
 
 /// Whether `pod`'s address is its node's (no network namespace of its own).
 pub fn shares_node_address(pod: &Pod) -> bool {
-    pod.spec.host_network || pod.spec.runtime_class_name.as_deref() == Some("wasm")
+    pod.uses_node_network()
 }
 
 /// Whether a tunnel that reached `pod`'s address may connect to `port`: any port of an

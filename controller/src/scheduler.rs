@@ -51,8 +51,7 @@ pub fn requests(pod: &Pod) -> (i128, i128) {
 /// The node ports a pod takes: its hostPorts and, for a pod on the node's own network (wasm
 /// pods, hostNetwork pods), every containerPort, as Kubernetes defaults hostPort then.
 fn host_ports(pod: &Pod) -> impl Iterator<Item = (i32, String)> + '_ {
-    let node_network =
-        pod.spec.host_network || pod.spec.runtime_class_name.as_deref() == Some("wasm");
+    let node_network = pod.uses_node_network();
     pod.spec.containers.iter().flat_map(move |c| {
         c.ports.iter().filter_map(move |p| {
             p.host_port

@@ -71,7 +71,7 @@ fn scheduling(e: &mut Errors, path: &str, s: &PodSpec) {
         e.one_of(
             &format!("{path}.runtimeClassName"),
             Some(rc),
-            &["wasm", "runc"],
+            &crate::RuntimeClass::ALL.map(crate::RuntimeClass::as_str),
         );
     }
     e.min(
