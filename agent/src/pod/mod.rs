@@ -375,8 +375,50 @@ impl Supervisor {
         }
     }
 
+    /// How many pods run here.
+    pub fn count(&self) -> usize {
+        lock(&self.0.pods).len()
+    }
+
+    /// Stops every pod (agent shutdown) and waits for their tasks.
+    pub async fn shutdown(&self) {
+        for r in lock(&self.0.pods).values() {
+            r.cancel.cancel();
+        }
+        self.0.tracker.close();
+        self.0.tracker.wait().await;
+    }
+}
+
+/// The name the OCI executor knows a container by: stable across agent restarts.
+fn container_key(pod: &Pod, container: &str) -> String {
+    format!("{}-{container}", pod.metadata.uid)
+}
+
+/// The pod's network namespace, shared by its OCI containers.
+fn netns_name(pod: &Pod) -> String {
+    format!("shoal-{}", pod.metadata.uid)
+}
+
+fn client(inner: &Inner) -> Option<Arc<shoal_transport::Client>> {
+    inner.link.borrow().clone()
+}
+
+impl crate::tunnel::Pods for Supervisor {
+    /// Whether a tunnel may connect to `ip:port` here: the address of a pod of this node, on
+    /// any port of an address of its own and only a declared port of one it shares with the
+    /// node (see [`shoal_api::tunnel_policy`]), so the node's own services stay out of reach.
+    fn serves_at(&self, ip: std::net::IpAddr, port: u16, udp: bool) -> bool {
+        let ip = ip.to_string();
+        lock(&self.0.pods).values().any(|r| {
+            let s = lock(&r.state);
+            s.reported_ip.as_deref() == Some(ip.as_str())
+                && shoal_api::tunnel_policy::pod_accepts(&s.pod, port, udp)
+        })
+    }
+
     /// The log file of a container of a pod running here.
-    pub fn log_path(
+    fn log_path(
         &self,
         namespace: &str,
         pod: &str,
@@ -434,71 +476,11 @@ impl Supervisor {
         })
     }
 
-    /// How many pods run here.
-    pub fn count(&self) -> usize {
-        lock(&self.0.pods).len()
-    }
-
     /// Is this pod still running here?
-    pub fn has(&self, namespace: &str, pod: &str) -> bool {
+    fn has(&self, namespace: &str, pod: &str) -> bool {
         lock(&self.0.pods)
             .values()
             .any(|r| r.namespace == namespace && r.name == pod)
-    }
-
-    /// Whether a tunnel may connect to `ip:port` here: the address of a pod of this node, on
-    /// any port of an address of its own and only a declared port of one it shares with the
-    /// node (see [`shoal_api::tunnel_policy`]), so the node's own services stay out of reach.
-    pub fn serves_at(&self, ip: std::net::IpAddr, port: u16, udp: bool) -> bool {
-        let ip = ip.to_string();
-        lock(&self.0.pods).values().any(|r| {
-            let s = lock(&r.state);
-            s.reported_ip.as_deref() == Some(ip.as_str())
-                && shoal_api::tunnel_policy::pod_accepts(&s.pod, port, udp)
-        })
-    }
-
-    /// Stops every pod (agent shutdown) and waits for their tasks.
-    pub async fn shutdown(&self) {
-        for r in lock(&self.0.pods).values() {
-            r.cancel.cancel();
-        }
-        self.0.tracker.close();
-        self.0.tracker.wait().await;
-    }
-}
-
-/// The name the OCI executor knows a container by: stable across agent restarts.
-fn container_key(pod: &Pod, container: &str) -> String {
-    format!("{}-{container}", pod.metadata.uid)
-}
-
-/// The pod's network namespace, shared by its OCI containers.
-fn netns_name(pod: &Pod) -> String {
-    format!("shoal-{}", pod.metadata.uid)
-}
-
-fn client(inner: &Inner) -> Option<Arc<shoal_transport::Client>> {
-    inner.link.borrow().clone()
-}
-
-impl crate::tunnel::Pods for Supervisor {
-    fn serves_at(&self, ip: std::net::IpAddr, port: u16, udp: bool) -> bool {
-        Supervisor::serves_at(self, ip, port, udp)
-    }
-
-    fn log_path(
-        &self,
-        namespace: &str,
-        pod: &str,
-        container: Option<&str>,
-        previous: bool,
-    ) -> std::result::Result<PathBuf, String> {
-        Supervisor::log_path(self, namespace, pod, container, previous)
-    }
-
-    fn has(&self, namespace: &str, pod: &str) -> bool {
-        Supervisor::has(self, namespace, pod)
     }
 
     async fn images(&self) -> Result<Vec<u8>> {
