@@ -340,12 +340,21 @@ impl OneContainer {
         event(&self.inner, &pod, "Normal", "Started", message).await;
         tokio::select! {
             exit = handle.wait() => Some(exit),
-            _ = self.cancel.cancelled() => {
-                handle.stop(self.grace);
-                let _ = handle.wait().await;
-                None
-            }
+            _ = self.cancel.cancelled() => self.stop(&handle, &pod).await,
         }
+    }
+
+    /// Stops it because the pod is stopping (an event says so); waits for it to end.
+    async fn stop(
+        &self,
+        handle: &shoal_runtime::Handle,
+        pod: &shoal_api::Pod,
+    ) -> Option<shoal_runtime::Exit> {
+        let message = format!("Stopping container {}", self.name());
+        event(&self.inner, pod, "Normal", "Killing", message).await;
+        handle.stop(self.grace);
+        let _ = handle.wait().await;
+        None
     }
 
     /// Watches a started container, with its probes, until it exits (its exit) or the pod
@@ -391,13 +400,7 @@ impl OneContainer {
                 handle.stop(self.grace);
                 Some(handle.wait().await)
             }
-            _ = self.cancel.cancelled() => {
-                let message = format!("Stopping container {}", self.name());
-                event(inner, &pod, "Normal", "Killing", message).await;
-                handle.stop(self.grace);
-                let _ = handle.wait().await;
-                None
-            }
+            _ = self.cancel.cancelled() => self.stop(&handle, &pod).await,
         }
     }
 

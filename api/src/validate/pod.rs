@@ -503,21 +503,23 @@ fn ports(e: &mut Errors, p: &str, c: &Container, host_ports: &mut BTreeSet<(i32,
     }
 }
 
+/// Whether exactly one of a field's alternatives is set.
+fn exactly_one(set: &[bool]) -> bool {
+    set.iter().filter(|b| **b).count() == 1
+}
+
 fn env_var(e: &mut Errors, ep: &str, env: &EnvVar, containers: &[&str]) {
     if env.name.is_empty() {
         e.add(format!("{ep}.name"), "required");
     }
     if let Some(from) = &env.value_from {
-        let n = [
+        let sources = [
             from.config_map_key_ref.is_some(),
             from.secret_key_ref.is_some(),
             from.field_ref.is_some(),
             from.resource_field_ref.is_some(),
-        ]
-        .iter()
-        .filter(|b| **b)
-        .count();
-        if n != 1 {
+        ];
+        if !exactly_one(&sources) {
             e.add(
                 format!("{ep}.valueFrom"),
                 "must specify exactly one of configMapKeyRef, secretKeyRef, fieldRef, resourceFieldRef",
@@ -591,11 +593,8 @@ fn validate_probe(e: &mut Errors, path: &str, p: &Probe) {
         p.http_get.is_some(),
         p.tcp_socket.is_some(),
         p.exec.is_some(),
-    ]
-    .iter()
-    .filter(|b| **b)
-    .count();
-    if handlers != 1 {
+    ];
+    if !exactly_one(&handlers) {
         e.add(path, "must specify exactly one of httpGet, tcpSocket, exec");
     }
     for (field, v, min) in [
