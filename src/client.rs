@@ -5,7 +5,7 @@ use crate::ClientArgs;
 use anyhow::{anyhow, bail, Context, Result};
 use shoal_api::{parse_manifests, Parsed};
 use shoal_transport::proto::{ErrorCode, Request, Response};
-use shoal_transport::{Client, Credentials};
+use shoal_transport::{Client, Credentials, Seen, Watcher};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -55,6 +55,17 @@ pub async fn connect(args: &ClientArgs) -> Result<Client> {
 /// Sends a request and returns its response, or the server's error as kubectl words it.
 pub async fn call(client: &Client, req: &Request) -> Result<Response> {
     check(client.call(req).await?)
+}
+
+/// What a watcher met, with the server's refusal worded as [`check`] words it.
+pub async fn next_seen(watcher: &mut Watcher, client: &Client) -> Result<Seen> {
+    match watcher.next(client).await {
+        Ok(seen) => Ok(seen),
+        Err(shoal_transport::Error::Refused(e)) => Err(check(Response::Error(e))
+            .err()
+            .unwrap_or_else(|| anyhow!("the server refused"))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub fn check(response: Response) -> Result<Response> {

@@ -7,8 +7,8 @@ use crate::pod::Supervisor;
 use crate::{node, proxy, tunnel};
 use shoal_api::Pod;
 use shoal_runtime::wasm::WasmRuntime;
-use shoal_transport::proto::{ErrorCode, Request, Response};
-use shoal_transport::{Client, ResponseStream};
+use shoal_transport::proto::{Request, Response};
+use shoal_transport::{Client, Seen, Selection, Watcher};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -61,10 +61,12 @@ pub(crate) async fn session(parts: Parts<'_>, carried: &mut Carried) -> Result<(
     ));
     let following = tokio::spawn(follow_services(parts.proxy.clone(), client.clone()));
     let result = async {
-        let (watch, revision, pending) = resume_or_list(&parts, carried).await?;
-        carried.last_revision = Some(revision);
+        let mut watcher = Watcher::resuming(pods_of(&config.name), carried.last_revision);
+        let caught_up = catch_up(&parts, &mut watcher).await;
+        carried.last_revision = watcher.revision();
+        caught_up?;
         reconciled(&parts, carried).await;
-        follow_pods(&parts, carried, watch, revision, pending).await
+        follow_pods(&parts, carried, watcher).await
     }
     .await;
     serving.abort();
@@ -143,61 +145,56 @@ async fn follow_services(proxy: proxy::Proxy, client: Arc<Client>) {
     }
 }
 
-fn watch_pods(node: &str, revision: u64) -> Request {
-    Request::Watch {
-        kind: "Pod".into(),
-        namespace: None,
-        selector: String::new(),
+/// The pods bound to `node`.
+fn pods_of(node: &str) -> Selection {
+    Selection {
         fields: format!("spec.nodeName={node}"),
-        revision,
+        ..Selection::all("Pod")
     }
 }
 
-/// The pod watch: resumed from the last revision seen, or (when the controller no longer has
-/// it, or there is none) a list the supervisor syncs to and a watch from its revision. Returns
-/// the watch, its revision and an event it already read.
-async fn resume_or_list(
-    parts: &Parts<'_>,
-    carried: &mut Carried,
-) -> Result<(ResponseStream, u64, Option<Response>)> {
-    let (client, node) = (parts.client, parts.config.name.as_str());
-    if let Some(r) = carried.last_revision {
-        let mut stream = client.stream(&watch_pods(node, r)).await?;
+/// Brings the supervisor up to date at the start of a session: a watch resumed from the last
+/// revision seen reports every pod's status and carries on; one that cannot resume (the
+/// controller no longer holds that revision), or a first session, lists and syncs.
+async fn catch_up(parts: &Parts<'_>, watcher: &mut Watcher) -> Result<()> {
+    let client = parts.client.as_ref();
+    let first = if watcher.revision().is_some() {
         // A watch that cannot resume is refused at once; one that can says nothing until a
-        // pod of this node changes (after a controller restart, that may be never).
-        match tokio::time::timeout(WATCH_REFUSAL, stream.next()).await {
-            Ok(Ok(Some(Response::Error(e)))) if e.code == ErrorCode::Compacted => {
-                tracing::info!(revision = r, "watch revision compacted; listing again");
-            }
-            Ok(Ok(Some(Response::Error(e)))) => return Err(Error::Server(e.message)),
-            Ok(Ok(first)) => {
-                parts.supervisor.report_all().await;
-                return Ok((stream, r, first));
-            }
-            Ok(Err(e)) => return Err(e.into()),
-            Err(_quiet) => {
-                parts.supervisor.report_all().await;
-                return Ok((stream, r, None));
+        // pod of this node changes (after a controller restart, that may be never). The
+        // watcher is cancel-safe: a quiet watch loses nothing to the timeout.
+        match tokio::time::timeout(WATCH_REFUSAL, watcher.next(client)).await {
+            Ok(seen) => Some(seen?),
+            Err(_quiet) => None,
+        }
+    } else {
+        Some(watcher.next(client).await?)
+    };
+    match first {
+        Some(Seen::Listed { items, .. }) => sync(parts, &items).await,
+        Some(changed) => {
+            parts.supervisor.report_all().await;
+            observe(parts, changed).await;
+        }
+        None => parts.supervisor.report_all().await,
+    }
+    Ok(())
+}
+
+/// Hands what the pod watch saw to the supervisor.
+async fn observe(parts: &Parts<'_>, seen: Seen) {
+    match seen {
+        Seen::Listed { items, .. } => sync(parts, &items).await,
+        Seen::Changed { type_, object, .. } => {
+            if let Some(pod) = decode_pod(&object) {
+                parts.supervisor.observe(type_, pod).await;
             }
         }
     }
-    let listed = client
-        .call(&Request::List {
-            kind: "Pod".into(),
-            namespace: None,
-            selector: String::new(),
-            fields: format!("spec.nodeName={node}"),
-        })
-        .await?;
-    let (items, revision) = match listed {
-        Response::List { items, revision } => (items, revision),
-        Response::Error(e) => return Err(Error::Server(e.message)),
-        other => return Err(Error::Internal(other.unexpected())),
-    };
+}
+
+async fn sync(parts: &Parts<'_>, items: &[Vec<u8>]) {
     let pods: Vec<Pod> = items.iter().filter_map(|b| decode_pod(b)).collect();
     parts.supervisor.sync(pods).await;
-    let stream = client.stream(&watch_pods(node, revision)).await?;
-    Ok((stream, revision, None))
 }
 
 /// After a time away: sends the events held meanwhile, and records on the Node how the
@@ -221,54 +218,21 @@ async fn reconciled(parts: &Parts<'_>, carried: &mut Carried) {
 
 /// Heartbeats and hands the watch's pod events to the supervisor until shutdown (`Ok`) or
 /// the connection or watch fails.
-async fn follow_pods(
-    parts: &Parts<'_>,
-    carried: &mut Carried,
-    mut watch: ResponseStream,
-    mut revision: u64,
-    mut pending: Option<Response>,
-) -> Result<()> {
+async fn follow_pods(parts: &Parts<'_>, carried: &mut Carried, mut watcher: Watcher) -> Result<()> {
     let mut beat = tokio::time::interval(parts.config.heartbeat);
     beat.tick().await;
     loop {
-        let next = tokio::select! {
+        let seen = tokio::select! {
             _ = parts.shutdown.cancelled() => return Ok(()),
             _ = beat.tick() => {
                 put_node(parts, carried.peer_port).await?;
                 continue;
             }
-            next = async {
-                match pending.take() {
-                    Some(r) => Ok(Some(r)),
-                    None => watch.next().await,
-                }
-            } => next,
+            seen = watcher.next(parts.client) => seen,
         };
-        match next? {
-            Some(Response::Event {
-                type_,
-                revision: r,
-                object,
-            }) => {
-                revision = r;
-                carried.last_revision = Some(r);
-                if let Some(pod) = decode_pod(&object) {
-                    parts.supervisor.observe(type_, pod).await;
-                }
-            }
-            Some(Response::Error(e)) => {
-                if e.code == ErrorCode::Compacted {
-                    // Too far behind to resume: the next session lists again.
-                    carried.last_revision = None;
-                }
-                return Err(Error::Server(format!(
-                    "watch from revision {revision}: {}",
-                    e.message
-                )));
-            }
-            Some(_) => {}
-            None => return Err(Error::Server("the controller ended the watch".into())),
-        }
+        // Where the next session resumes (none after a refused resume that has not listed).
+        carried.last_revision = watcher.revision();
+        observe(parts, seen?).await;
     }
 }
 

@@ -96,7 +96,7 @@ pub async fn try_record(
     let now = crate::store::now();
     let ns = about.namespace.clone().unwrap_or_else(|| "default".into());
     let key = ObjectKey::new(Kind::Event, Some(&ns), &event_name(about, reason, message));
-    let existing: Option<Event> = store.get(&key)?.and_then(|o| o.into_typed().ok());
+    let existing: Option<Event> = store.get(&key).await?.and_then(|o| o.into_typed().ok());
     let e = event(
         about,
         type_,
@@ -123,7 +123,7 @@ pub async fn try_record(
 
 /// Deletes Events that last happened longer ago than [`TTL`].
 pub async fn expire(store: &Store, now: chrono::DateTime<chrono::Utc>) -> Result<()> {
-    let (events, _) = store.list(Kind::Event, None)?;
+    let (events, _) = store.list(Kind::Event, None).await?;
     for obj in events {
         let Ok(e) = obj.into_typed::<Event>() else {
             continue;

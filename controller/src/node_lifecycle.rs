@@ -211,7 +211,7 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let nodes: Vec<Node> = match store.list_typed(Kind::Node, None) {
+        let nodes: Vec<Node> = match store.list_typed(Kind::Node, None).await {
             Ok(nodes) => nodes,
             Err(e) => {
                 tracing::warn!(error = %e, "node lifecycle: cannot list nodes");
@@ -226,7 +226,7 @@ pub async fn run(
                 .any(|t| t.key == UNREACHABLE && t.effect == "NoExecute")
         });
         let pods: Vec<Pod> = if unreachable {
-            store.list_typed(Kind::Pod, None).unwrap_or_default()
+            store.list_typed(Kind::Pod, None).await.unwrap_or_default()
         } else {
             Vec::new()
         };
@@ -258,6 +258,7 @@ pub async fn run(
                         None,
                         &node.metadata.name,
                     ))
+                    .await
                     .ok()
                     .flatten()
                     .and_then(|o| o.into_typed::<Node>().ok())

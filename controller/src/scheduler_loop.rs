@@ -51,8 +51,8 @@ enum Decision<'a> {
 /// another against a [`Snapshot`] that counts each binding as it is made; the writes then go
 /// to the store together, so group commit carries them in a few transactions.
 pub async fn pass(store: &Store, artifacts: Option<&Artifacts>) -> Result<usize> {
-    let nodes: Vec<Node> = store.list_typed(Kind::Node, None)?;
-    let pods: Vec<Pod> = store.list_typed(Kind::Pod, None)?;
+    let nodes: Vec<Node> = store.list_typed(Kind::Node, None).await?;
+    let pods: Vec<Pod> = store.list_typed(Kind::Pod, None).await?;
     let mut queue: Vec<&Pod> = pods.iter().filter(|p| pending(p)).collect();
     // The platforms of the container images the pending pods use, when pushed here.
     let mut images: HashMap<String, Vec<String>> = HashMap::new();

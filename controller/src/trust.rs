@@ -139,25 +139,27 @@ fn unauthenticated(message: String) -> WireError {
 }
 
 impl Service {
-    fn system_secret(&self, name: &str) -> Result<Option<Secret>> {
+    async fn system_secret(&self, name: &str) -> Result<Option<Secret>> {
         let key = ObjectKey::new(Kind::Secret, Some(SYSTEM_NAMESPACE), name);
         Ok(self
             .store()
-            .get(&key)?
+            .get(&key)
+            .await?
             .and_then(|o| o.into_typed::<Secret>().ok()))
     }
 
     /// The key bound to `name` in the record `prefix-name`, if any.
-    fn bound_key(&self, prefix: &str, name: &str) -> Result<Option<String>> {
+    async fn bound_key(&self, prefix: &str, name: &str) -> Result<Option<String>> {
         Ok(self
-            .system_secret(&format!("{prefix}-{name}"))?
+            .system_secret(&format!("{prefix}-{name}"))
+            .await?
             .and_then(|s| decoded(&s).remove("key")))
     }
 
     /// Checks that the key of a connection's certificate is still the one bound to its name,
     /// and gives the identity the request runs as. A node or credential deleted (or a node
     /// that joined again with another key) gets nothing.
-    pub fn authenticate(
+    pub async fn authenticate(
         &self,
         identity: Identity,
         key: Option<&str>,
@@ -167,7 +169,10 @@ impl Service {
             Identity::Node(n) => ("node-key", n),
             Identity::Admin(n) => ("credential", n),
         };
-        let bound = self.bound_key(prefix, name).map_err(WireError::from)?;
+        let bound = self
+            .bound_key(prefix, name)
+            .await
+            .map_err(WireError::from)?;
         match (bound, key) {
             (Some(b), Some(k)) if b == k => Ok(identity),
             _ => Err(unauthenticated(match identity {
@@ -218,10 +223,11 @@ impl Service {
         }
     }
 
-    pub fn list_tokens(&self) -> Result<Vec<TokenInfo>> {
+    pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>> {
         let secrets: Vec<Secret> = self
             .store()
-            .list_typed(Kind::Secret, Some(SYSTEM_NAMESPACE))?;
+            .list_typed(Kind::Secret, Some(SYSTEM_NAMESPACE))
+            .await?;
         Ok(secrets.iter().filter_map(token_info).collect())
     }
 
@@ -231,7 +237,7 @@ impl Service {
             Some(SYSTEM_NAMESPACE),
             &format!("join-token-{id}"),
         );
-        match self.system_secret(&key.name)? {
+        match self.system_secret(&key.name).await? {
             Some(s) if token_info(&s).is_some() => {
                 self.store().delete(key, None).await?;
                 Ok(())
@@ -241,10 +247,11 @@ impl Service {
     }
 
     /// The token whose secret this is, if it may still join a node; else the reason.
-    fn usable_token(&self, secret: &str) -> Result<Secret> {
+    async fn usable_token(&self, secret: &str) -> Result<Secret> {
         let secrets: Vec<Secret> = self
             .store()
-            .list_typed(Kind::Secret, Some(SYSTEM_NAMESPACE))?;
+            .list_typed(Kind::Secret, Some(SYSTEM_NAMESPACE))
+            .await?;
         let found = secrets.into_iter().find(|s| {
             token_info(s).is_some()
                 && decoded(s).get("secret").is_some_and(|stored| {
@@ -268,7 +275,7 @@ impl Service {
     async fn spend_token(&self, secret: &str) -> Result<()> {
         let _one_at_a_time = self.spending.lock().await;
         for _ in 0..5 {
-            let mut s = self.usable_token(secret)?;
+            let mut s = self.usable_token(secret).await?;
             let used = token_info(&s).map_or(0, |t| t.used);
             s.data.insert("used".into(), b64(&(used + 1).to_string()));
             let revision = s.metadata.revision();
@@ -297,11 +304,11 @@ impl Service {
             .map_err(|e| Error::Invalid(e.to_string()))?;
         let key = fingerprint_of_csr(csr_pem).map_err(|e| Error::Invalid(e.to_string()))?;
         // The token is checked first, so a stranger learns nothing of which names are taken.
-        let bound = self.bound_key("node-key", node_name)?;
+        let bound = self.bound_key("node-key", node_name).await?;
         match bound {
             Some(b) if b != key => {
                 // Only a holder of a usable token learns that the name is taken.
-                self.usable_token(secret)?;
+                self.usable_token(secret).await?;
                 return Err(Error::Conflict(format!(
                     "node name {node_name:?} is already taken by another device (its key differs): give this device another --name, or, if it replaces that device, `shoal delete node {node_name}` first"
                 )));
@@ -329,9 +336,9 @@ impl Service {
     }
 
     /// A node renews its client certificate: the same key, the same name.
-    pub(crate) fn renew(&self, node: &str, csr_pem: &str) -> Result<Response> {
+    pub(crate) async fn renew(&self, node: &str, csr_pem: &str) -> Result<Response> {
         let key = fingerprint_of_csr(csr_pem).map_err(|e| Error::Invalid(e.to_string()))?;
-        if self.bound_key("node-key", node)?.as_deref() != Some(key.as_str()) {
+        if self.bound_key("node-key", node).await?.as_deref() != Some(key.as_str()) {
             return Err(Error::Forbidden(format!(
                 "node {node:?} may renew its certificate only for the key bound to its name"
             )));
@@ -419,10 +426,11 @@ impl Service {
         Ok(())
     }
 
-    pub fn list_credentials(&self) -> Result<Vec<CredentialInfo>> {
+    pub async fn list_credentials(&self) -> Result<Vec<CredentialInfo>> {
         let secrets: Vec<Secret> = self
             .store()
-            .list_typed(Kind::Secret, Some(SYSTEM_NAMESPACE))?;
+            .list_typed(Kind::Secret, Some(SYSTEM_NAMESPACE))
+            .await?;
         Ok(secrets
             .iter()
             .filter(|s| s.type_.as_deref() == Some(CREDENTIAL_TYPE))
@@ -447,7 +455,7 @@ impl Service {
             Some(SYSTEM_NAMESPACE),
             &format!("credential-{name}"),
         );
-        match self.system_secret(&key.name)? {
+        match self.system_secret(&key.name).await? {
             Some(s) if s.type_.as_deref() == Some(CREDENTIAL_TYPE) => {
                 self.store().delete(key, None).await?;
                 self.revoked(Identity::Admin(name.to_string()));
@@ -470,11 +478,11 @@ impl Service {
         let (Identity::Node(name), Some(key), Some(lifetime)) = (who, key, lifetime) else {
             return Ok(());
         };
-        if lifetime < LEGACY_LIFETIME || self.bound_key("node-key", name)?.is_some() {
+        if lifetime < LEGACY_LIFETIME || self.bound_key("node-key", name).await?.is_some() {
             return Ok(());
         }
         let node = ObjectKey::new(Kind::Node, None, name);
-        if self.store().get(&node)?.is_none() {
+        if self.store().get(&node).await?.is_none() {
             return Ok(());
         }
         let obj = record(
@@ -495,7 +503,7 @@ impl Service {
     /// Binds the admin credential the controller wrote (`admin.conf`) if no binding of that
     /// name exists yet: a credential written before keys were bound keeps working.
     pub async fn adopt_credential(&self, name: &str, cert_pem: &str) -> Result<()> {
-        if self.bound_key("credential", name)?.is_some() {
+        if self.bound_key("credential", name).await?.is_some() {
             return Ok(());
         }
         let der = shoal_transport::pki::pem_to_der(cert_pem)?;

@@ -37,7 +37,7 @@ impl Waker {
     pub async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
         let run = self.next_change(shutdown).await;
         if run {
-            self.watch = self.store.watch(self.store.revision(), None).ok();
+            self.watch = self.store.watch(self.store.revision(), None).await.ok();
         }
         run
     }
@@ -45,7 +45,7 @@ impl Waker {
     async fn next_change(&mut self, shutdown: &CancellationToken) -> bool {
         loop {
             if self.watch.is_none() {
-                self.watch = self.store.watch(self.store.revision(), None).ok();
+                self.watch = self.store.watch(self.store.revision(), None).await.ok();
             }
             let watch = &mut self.watch;
             let changed = async {

@@ -1,12 +1,12 @@
 //! `shoal get KIND [NAME...] [-n NS | -A] [-l SELECTOR] [-o wide|yaml|json|name] [--watch]`
 
-use crate::client::{call, check, connect};
+use crate::client::{call, connect, next_seen};
 use crate::ClientArgs;
 use anyhow::{bail, Context, Result};
 use shoal_api::table::{columns, render, row};
 use shoal_api::{Kind, Object};
 use shoal_transport::proto::{Request, Response};
-use shoal_transport::Client;
+use shoal_transport::{Client, Seen, Selection, Watcher};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -69,9 +69,12 @@ pub async fn run(args: Args) -> Result<()> {
     }
     let namespace = (!args.all_namespaces).then(|| args.namespace.clone());
     let client = connect(&args.client).await?;
+    if args.watch {
+        return watch(&client, kinds[0], namespace, &names, &args).await;
+    }
     let mut printed_any = false;
     for &kind in &kinds {
-        let (objects, revision) = if names.is_empty() {
+        let objects = if names.is_empty() {
             let req = Request::List {
                 kind: kind.name().into(),
                 namespace: namespace.clone(),
@@ -79,13 +82,10 @@ pub async fn run(args: Args) -> Result<()> {
                 fields: String::new(),
             };
             match call(&client, &req).await? {
-                Response::List { items, revision } => (
-                    items
-                        .iter()
-                        .map(|b| decode(b))
-                        .collect::<Result<Vec<_>>>()?,
-                    revision,
-                ),
+                Response::List { items, .. } => items
+                    .iter()
+                    .map(|b| decode(b))
+                    .collect::<Result<Vec<_>>>()?,
                 other => bail!(other.unexpected()),
             }
         } else {
@@ -101,7 +101,7 @@ pub async fn run(args: Args) -> Result<()> {
                     other => bail!(other.unexpected()),
                 }
             }
-            (objects, 0)
+            objects
         };
         if objects.is_empty() {
             continue;
@@ -118,9 +118,6 @@ pub async fn run(args: Args) -> Result<()> {
             kinds.len() > 1,
             !args.no_headers,
         )?;
-        if args.watch {
-            return watch(&client, kind, namespace, &args, revision).await;
-        }
     }
     if !printed_any {
         match &namespace {
@@ -129,57 +126,66 @@ pub async fn run(args: Args) -> Result<()> {
             }
             _ => eprintln!("No resources found"),
         }
-        if args.watch {
-            let kind = kinds[0];
-            let (_, revision) = match call(
-                &client,
-                &Request::List {
-                    kind: kind.name().into(),
-                    namespace: namespace.clone(),
-                    selector: args.selector.clone(),
-                    fields: String::new(),
-                },
-            )
-            .await?
-            {
-                Response::List { items, revision } => (items, revision),
-                other => bail!(other.unexpected()),
-            };
-            return watch(&client, kind, namespace, &args, revision).await;
-        }
     }
     client.close().await;
     Ok(())
 }
 
+/// `get -w`: the list, then each change as a row, as long as the controller is there; a
+/// watch that falls too far behind lists again rather than missing a change.
 async fn watch(
     client: &Client,
     kind: Kind,
     namespace: Option<String>,
+    names: &[String],
     args: &Args,
-    revision: u64,
 ) -> Result<()> {
-    let req = Request::Watch {
-        kind: kind.name().into(),
-        namespace,
-        selector: args.selector.clone(),
-        fields: String::new(),
-        revision,
+    let (namespace, fields) = match names {
+        [] => (namespace, String::new()),
+        [name] => (
+            namespace.or(Some(args.namespace.clone())),
+            format!("metadata.name={name}"),
+        ),
+        _ => bail!("--watch takes at most one name"),
     };
-    let mut stream = client.stream(&req).await?;
-    while let Some(resp) = stream.next().await? {
-        if let Response::Event { object, .. } = check(resp)? {
-            print_objects(
-                kind,
-                &[decode(&object)?],
-                args.output.as_deref(),
-                args.all_namespaces,
-                false,
-                false,
-            )?;
+    let mut watcher = Watcher::new(Selection {
+        kind: kind.name().into(),
+        namespace: namespace.clone(),
+        selector: args.selector.clone(),
+        fields,
+    });
+    let mut header = !args.no_headers;
+    loop {
+        let objects = match next_seen(&mut watcher, client).await? {
+            Seen::Listed { items, .. } => {
+                if items.is_empty() && header {
+                    match &namespace {
+                        Some(ns) if kind.namespaced() => {
+                            eprintln!("No resources found in {ns} namespace.")
+                        }
+                        _ => eprintln!("No resources found"),
+                    }
+                }
+                items
+                    .iter()
+                    .map(|b| decode(b))
+                    .collect::<Result<Vec<_>>>()?
+            }
+            Seen::Changed { object, .. } => vec![decode(&object)?],
+        };
+        if objects.is_empty() {
+            continue;
         }
+        print_objects(
+            kind,
+            &objects,
+            args.output.as_deref(),
+            args.all_namespaces,
+            false,
+            header,
+        )?;
+        header = false;
     }
-    Ok(())
 }
 
 fn print_objects(

@@ -1,13 +1,15 @@
 //! `shoal wait --for=condition=NAME KIND/NAME [--timeout 60s]`: waits until an object's
 //! condition is True (Complete or Failed for a Job, Available for a Deployment, Ready for a
-//! pod or node); exits non-zero on timeout.
+//! pod or node); exits non-zero on timeout. It follows the object's watch, so it answers as
+//! soon as the condition is set rather than at the next poll.
 
-use crate::client::{call, connect};
+use crate::client::{connect, next_seen};
 use crate::ClientArgs;
 use anyhow::{bail, Context, Result};
 use shoal_api::Kind;
-use shoal_transport::proto::{Request, Response};
-use std::time::{Duration, Instant};
+use shoal_transport::proto::EventType;
+use shoal_transport::{Seen, Selection, Watcher};
+use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -36,37 +38,58 @@ pub async fn run(args: Args) -> Result<()> {
         .split_once('/')
         .context("name the object as KIND/NAME")?;
     let kind: Kind = kind.parse()?;
-    let timeout = args.timeout;
-    let deadline = Instant::now() + timeout;
     let client = connect(&args.client).await?;
-    let req = Request::Get {
+    let mut watcher = Watcher::new(Selection {
         kind: kind.name().into(),
-        namespace: Some(args.namespace.clone()),
-        name: name.into(),
-    };
-    loop {
-        let obj: serde_json::Value = match call(&client, &req).await? {
-            Response::Object(b) => serde_json::from_slice(&b)?,
-            other => bail!(other.unexpected()),
-        };
-        let met = obj["status"]["conditions"].as_array().is_some_and(|cs| {
-            cs.iter().any(|c| {
-                c["type"]
-                    .as_str()
-                    .is_some_and(|t| t.eq_ignore_ascii_case(&wanted))
-                    && c["status"] == "True"
-            })
-        });
-        if met {
+        namespace: kind.namespaced().then(|| args.namespace.clone()),
+        selector: String::new(),
+        fields: format!("metadata.name={name}"),
+    });
+    let waited = tokio::time::timeout(args.timeout, async {
+        loop {
+            let object = match next_seen(&mut watcher, &client).await? {
+                Seen::Listed { items, .. } => match items.into_iter().next() {
+                    Some(object) => object,
+                    None => bail!(
+                        "Error from server (NotFound): {} {name:?} not found",
+                        kind.plural()
+                    ),
+                },
+                Seen::Changed {
+                    type_: EventType::Deleted,
+                    ..
+                } => {
+                    bail!("{}/{name} was deleted while waiting", kind.plural())
+                }
+                Seen::Changed { object, .. } => object,
+            };
+            let obj: serde_json::Value = serde_json::from_slice(&object)?;
+            if condition_is_true(&obj, &wanted) {
+                return Ok(());
+            }
+        }
+    });
+    match waited.await {
+        Ok(Ok(())) => {
             println!("{}/{name} condition met", kind.name().to_ascii_lowercase());
-            return Ok(());
+            Ok(())
         }
-        if Instant::now() >= deadline {
-            bail!(
-                "timed out waiting for the condition {wanted} on {}/{name}",
-                kind.plural()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250).min(timeout)).await;
+        Ok(Err(e)) => Err(e),
+        Err(_elapsed) => bail!(
+            "timed out waiting for the condition {wanted} on {}/{name}",
+            kind.plural()
+        ),
     }
+}
+
+/// Whether `obj` has the condition `wanted` (any case) with status True.
+fn condition_is_true(obj: &serde_json::Value, wanted: &str) -> bool {
+    obj["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter().any(|c| {
+            c["type"]
+                .as_str()
+                .is_some_and(|t| t.eq_ignore_ascii_case(wanted))
+                && c["status"] == "True"
+        })
+    })
 }

@@ -36,6 +36,9 @@ pub enum Error {
     Seal(String),
     #[error("stored object is corrupt: {0}")]
     Corrupt(String),
+    /// The controller answered with an error (its message says what to fix).
+    #[error("{0}")]
+    Refused(crate::proto::WireError),
 }
 
 impl Error {

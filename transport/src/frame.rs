@@ -1,6 +1,7 @@
 //! Frames: a 4-byte big-endian length, then a postcard body that starts with the protocol
 //! version. Bodies past the size cap are refused before any allocation; a stream that ends
-//! inside a frame is reported as truncated, never mistaken for a whole message.
+//! inside a frame is reported as truncated, never mistaken for a whole message. A [`Reader`]
+//! follows a stream of frames and may be cancelled between any two bytes.
 
 use crate::error::{Error, Result};
 use serde::de::DeserializeOwned;
@@ -52,45 +53,93 @@ pub async fn read<T: DeserializeOwned, R: AsyncRead + Unpin>(
     r: &mut R,
     max: usize,
 ) -> Result<Option<T>> {
-    let mut header = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        let n = r
-            .read(&mut header[got..])
-            .await
-            .map_err(|e| Error::Stream(e.to_string()))?;
-        if n == 0 {
-            return if got == 0 {
-                Ok(None)
-            } else {
-                Err(Error::Truncated { got, expected: 4 })
-            };
+    Reader::new(r, max).next().await
+}
+
+/// Reads frame after frame from one stream, keeping a partly read frame between calls, so
+/// [`Reader::next`] may be dropped (the branch of a `select!` that lost) without losing bytes
+/// or its place in the stream.
+///
+/// Not tokio-util's `LengthDelimitedCodec`: it reserves the whole announced length as soon as
+/// it reads a header, so every peer stream could pin [`MAX_FRAME`] bytes by announcing a frame
+/// and sending nothing. Here the body grows only as its bytes arrive.
+pub struct Reader<R> {
+    inner: R,
+    max: usize,
+    header: [u8; 4],
+    /// Header bytes read so far.
+    got: usize,
+    /// The announced body size, once the header is whole.
+    size: Option<usize>,
+    body: Vec<u8>,
+}
+
+impl<R: AsyncRead + Unpin> Reader<R> {
+    pub fn new(inner: R, max: usize) -> Self {
+        Reader {
+            inner,
+            max,
+            header: [0; 4],
+            got: 0,
+            size: None,
+            body: Vec::new(),
         }
-        got += n;
     }
-    let size = u32::from_be_bytes(header) as usize;
-    if size > max {
-        return Err(Error::FrameTooLarge { size, max });
-    }
-    // The body grows as its bytes arrive: a peer that announces a large frame and sends
-    // nothing costs nothing.
-    let mut body = Vec::with_capacity(size.min(READ_CHUNK));
-    let mut chunk = [0u8; READ_CHUNK];
-    while body.len() < size {
-        let want = (size - body.len()).min(READ_CHUNK);
-        let n = r
-            .read(&mut chunk[..want])
-            .await
-            .map_err(|e| Error::Stream(e.to_string()))?;
-        if n == 0 {
-            return Err(Error::Truncated {
-                got: 4 + body.len(),
-                expected: 4 + size,
-            });
+
+    /// The next frame; `Ok(None)` when the stream ended cleanly between frames. Cancel-safe.
+    pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>> {
+        let size = loop {
+            if let Some(size) = self.size {
+                break size;
+            }
+            let n = self
+                .inner
+                .read(&mut self.header[self.got..])
+                .await
+                .map_err(|e| Error::Stream(e.to_string()))?;
+            if n == 0 {
+                return if self.got == 0 {
+                    Ok(None)
+                } else {
+                    Err(Error::Truncated {
+                        got: self.got,
+                        expected: 4,
+                    })
+                };
+            }
+            self.got += n;
+            if self.got == 4 {
+                let size = u32::from_be_bytes(self.header) as usize;
+                if size > self.max {
+                    return Err(Error::FrameTooLarge {
+                        size,
+                        max: self.max,
+                    });
+                }
+                self.size = Some(size);
+                self.body = Vec::with_capacity(size.min(READ_CHUNK));
+            }
+        };
+        let mut chunk = [0u8; READ_CHUNK];
+        while self.body.len() < size {
+            let want = (size - self.body.len()).min(READ_CHUNK);
+            let n = self
+                .inner
+                .read(&mut chunk[..want])
+                .await
+                .map_err(|e| Error::Stream(e.to_string()))?;
+            if n == 0 {
+                return Err(Error::Truncated {
+                    got: 4 + self.body.len(),
+                    expected: 4 + size,
+                });
+            }
+            self.body.extend_from_slice(&chunk[..n]);
         }
-        body.extend_from_slice(&chunk[..n]);
+        let body = std::mem::take(&mut self.body);
+        (self.got, self.size) = (0, None);
+        decode_body(&body).map(Some)
     }
-    decode_body(&body).map(Some)
 }
 
 pub async fn write<T: Serialize, W: AsyncWrite + Unpin>(w: &mut W, msg: &T) -> Result<()> {
@@ -190,6 +239,32 @@ mod tests {
         let body = postcard::to_extend(&sample(), body).unwrap();
         let err = decode_body::<Request>(&body).unwrap_err();
         assert!(err.to_string().contains("protocol version 2"), "{err}");
+    }
+
+    /// A read dropped halfway through a frame (a lost `select!` branch) costs nothing: the
+    /// next read carries on where it stopped.
+    #[tokio::test]
+    async fn a_reader_dropped_mid_frame_loses_nothing() {
+        let (mut tx, rx) = tokio::io::duplex(64);
+        let mut reader = Reader::new(rx, MAX_FRAME);
+        let bytes = [encode(&sample()).unwrap(), encode(&sample()).unwrap()].concat();
+        tx.write_all(&bytes[..3]).await.unwrap();
+        let early = tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            reader.next::<Request>(),
+        );
+        assert!(early.await.is_err(), "half a header is not a frame");
+        tx.write_all(&bytes[3..10]).await.unwrap();
+        let early = tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            reader.next::<Request>(),
+        );
+        assert!(early.await.is_err(), "part of a body is not a frame");
+        tx.write_all(&bytes[10..]).await.unwrap();
+        drop(tx);
+        assert_eq!(reader.next::<Request>().await.unwrap(), Some(sample()));
+        assert_eq!(reader.next::<Request>().await.unwrap(), Some(sample()));
+        assert_eq!(reader.next::<Request>().await.unwrap(), None);
     }
 
     proptest! {

@@ -9,11 +9,13 @@ pub mod pki;
 pub mod proto;
 pub mod quic;
 pub mod seal;
+pub mod watch;
 
 pub use credentials::Credentials;
 pub use error::{Error, Result};
 pub use pki::{Ca, Identity, JoinToken};
 pub use quic::{Client, ResponseStream, Server};
+pub use watch::{Seen, Selection, Watcher};
 
 /// Makes ring the process's default rustls provider, for libraries that build TLS clients of
 /// their own (the registry client). Shoal uses ring everywhere: it builds for every target with

@@ -446,7 +446,10 @@ impl Client {
                 .map_err(|e| Error::Connection(e.to_string()))?;
             frame::write(&mut send, req).await?;
             send.finish().map_err(|e| Error::Stream(e.to_string()))?;
-            Ok(ResponseStream { recv, _send: send })
+            Ok(ResponseStream {
+                recv: frame::Reader::new(recv, frame::MAX_FRAME),
+                _send: send,
+            })
         };
         opened.await.map_err(|e| self.why(e))
     }
@@ -469,14 +472,15 @@ impl Client {
 }
 
 pub struct ResponseStream {
-    recv: RecvStream,
+    recv: frame::Reader<RecvStream>,
     _send: SendStream,
 }
 
 impl ResponseStream {
-    /// The next response; `None` when the server finished the stream.
+    /// The next response; `None` when the server finished the stream. Cancel-safe: a
+    /// `select!` over a watch and a timer loses nothing when the timer wins.
     pub async fn next(&mut self) -> Result<Option<Response>> {
-        frame::read(&mut self.recv, frame::MAX_FRAME).await
+        self.recv.next().await
     }
 }
 

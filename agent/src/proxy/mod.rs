@@ -24,8 +24,10 @@ pub use udp::udp_tunnel_end;
 use crate::config::Link;
 use crate::sync::lock;
 use plan::{key, Key};
+use shoal_api::Kind;
 use shoal_api::{Endpoints, Service};
-use shoal_transport::proto::{Request, Response};
+use shoal_transport::proto::EventType;
+use shoal_transport::{Seen, Selection, Watcher};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::AtomicUsize;
@@ -228,83 +230,78 @@ impl Proxy {
         self.cluster_ip(crate::dns::SERVICE_NAMESPACE, crate::dns::SERVICE_NAME)
     }
 
-    /// Follows the Services and Endpoints over this connection until it fails; what was
-    /// learnt stays when it does.
+    /// Follows the Services, Endpoints and Nodes over this connection until it fails; what
+    /// was learnt stays when it does.
     pub async fn follow(&self, client: &shoal_transport::Client) -> crate::Result<()> {
-        let (services, srev) = list(client, "Service").await?;
-        let (endpoints, erev) = list(client, "Endpoints").await?;
-        let (nodes, nrev) = list(client, "Node").await?;
-        self.keep_listed(shoal_api::Kind::Service, &services).await;
-        self.keep_listed(shoal_api::Kind::Endpoints, &endpoints)
+        let mut services = Watcher::new(Selection::all("Service"));
+        let mut endpoints = Watcher::new(Selection::all("Endpoints"));
+        let mut nodes = Watcher::new(Selection::all("Node"));
+        // Each watcher's first sight is its list: all three are in before the first plan, so
+        // no plan is made of Services without their Endpoints.
+        self.take(Kind::Service, services.next(client).await?).await;
+        self.take(Kind::Endpoints, endpoints.next(client).await?)
             .await;
-        self.keep_listed(shoal_api::Kind::Node, &nodes).await;
-        for n in nodes.iter().filter_map(|b| decode::<shoal_api::Node>(b)) {
-            self.learn_node(&n, false);
-        }
-        {
-            let mut s = lock(&self.0.state);
-            s.services = services
-                .into_iter()
-                .filter_map(|b| decode::<Service>(&b))
-                .map(|o| (key(&o.metadata), o))
-                .collect();
-            s.endpoints = endpoints
-                .into_iter()
-                .filter_map(|b| decode::<Endpoints>(&b))
-                .map(|o| (key(&o.metadata), o))
-                .collect();
-        }
+        self.take(Kind::Node, nodes.next(client).await?).await;
         self.apply().await;
-        let mut sw = client.stream(&watch("Service", srev)).await?;
-        let mut ew = client.stream(&watch("Endpoints", erev)).await?;
-        let mut nw = client.stream(&watch("Node", nrev)).await?;
         loop {
-            let (next, is_service) = tokio::select! {
-                n = sw.next() => (n?, true),
-                n = ew.next() => (n?, false),
-                n = nw.next() => {
-                    if let Some(Response::Event { type_, object, .. }) = n? {
-                        let deleted = type_ == shoal_transport::proto::EventType::Deleted;
-                        if deleted || self.learnt_node_changed(&object) {
-                            self.keep_event(&object, deleted).await;
-                        }
-                        if let Some(node) = decode::<shoal_api::Node>(&object) {
-                            self.learn_node(&node, type_ == shoal_transport::proto::EventType::Deleted);
-                        }
-                    }
-                    continue;
-                }
+            let (kind, seen) = tokio::select! {
+                seen = services.next(client) => (Kind::Service, seen?),
+                seen = endpoints.next(client) => (Kind::Endpoints, seen?),
+                seen = nodes.next(client) => (Kind::Node, seen?),
             };
-            let (type_, object) = match next {
-                Some(Response::Event { type_, object, .. }) => (type_, object),
-                Some(Response::Error(e)) => return Err(crate::Error::Server(e.message)),
-                Some(_) => continue,
-                None => return Err(crate::Error::Server("the controller ended a watch".into())),
-            };
-            let deleted = type_ == shoal_transport::proto::EventType::Deleted;
-            self.keep_event(&object, deleted).await;
-            {
-                let mut s = lock(&self.0.state);
-                if is_service {
-                    if let Some(o) = decode::<Service>(&object) {
-                        let k = key(&o.metadata);
-                        if deleted {
-                            s.services.remove(&k);
-                        } else {
-                            s.services.insert(k, o);
+            if self.take(kind, seen).await {
+                self.apply().await;
+            }
+        }
+    }
+
+    /// Takes in what a watch saw, and keeps it on the node's disk; whether the plan may have
+    /// changed (a Node only says where its peer serves).
+    async fn take(&self, kind: Kind, seen: Seen) -> bool {
+        match seen {
+            Seen::Listed { items, .. } => {
+                self.keep_listed(kind, &items).await;
+                match kind {
+                    Kind::Node => {
+                        lock(&self.0.nodes).clear();
+                        for n in items.iter().filter_map(|b| decode::<shoal_api::Node>(b)) {
+                            self.learn_node(&n, false);
                         }
+                        return false;
                     }
-                } else if let Some(o) = decode::<Endpoints>(&object) {
-                    let k = key(&o.metadata);
-                    if deleted {
-                        s.endpoints.remove(&k);
-                    } else {
-                        s.endpoints.insert(k, o);
+                    Kind::Service => {
+                        lock(&self.0.state).services =
+                            decoded_by_key::<Service>(items, |o| &o.metadata)
+                    }
+                    _ => {
+                        lock(&self.0.state).endpoints =
+                            decoded_by_key::<Endpoints>(items, |o| &o.metadata)
                     }
                 }
             }
-            self.apply().await;
+            Seen::Changed { type_, object, .. } => {
+                let deleted = type_ == EventType::Deleted;
+                if kind == Kind::Node {
+                    if deleted || self.learnt_node_changed(&object) {
+                        self.keep_event(&object, deleted).await;
+                    }
+                    if let Some(node) = decode::<shoal_api::Node>(&object) {
+                        self.learn_node(&node, deleted);
+                    }
+                    return false;
+                }
+                self.keep_event(&object, deleted).await;
+                let mut s = lock(&self.0.state);
+                if kind == Kind::Service {
+                    if let Some(o) = decode::<Service>(&object) {
+                        changed(&mut s.services, key(&o.metadata), o, deleted);
+                    }
+                } else if let Some(o) = decode::<Endpoints>(&object) {
+                    changed(&mut s.endpoints, key(&o.metadata), o, deleted);
+                }
+            }
         }
+        true
     }
 
     /// Whether a watched Node says something new about where it serves its peers: Nodes change
@@ -340,27 +337,27 @@ fn decode<T: TryFrom<shoal_api::Object, Error = shoal_api::Error>>(b: &[u8]) -> 
     shoal_api::Object::from_json(b).ok()?.into_typed().ok()
 }
 
-async fn list(client: &shoal_transport::Client, kind: &str) -> crate::Result<(Vec<Vec<u8>>, u64)> {
-    let req = Request::List {
-        kind: kind.into(),
-        namespace: None,
-        selector: String::new(),
-        fields: String::new(),
-    };
-    match client.call(&req).await? {
-        Response::List { items, revision } => Ok((items, revision)),
-        Response::Error(e) => Err(crate::Error::Server(e.message)),
-        other => Err(crate::Error::Internal(other.unexpected())),
-    }
+/// Every object in `items` that decodes as `T`, by its key.
+fn decoded_by_key<T>(
+    items: Vec<Vec<u8>>,
+    meta: impl Fn(&T) -> &shoal_api::ObjectMeta,
+) -> BTreeMap<Key, T>
+where
+    T: TryFrom<shoal_api::Object, Error = shoal_api::Error>,
+{
+    items
+        .iter()
+        .filter_map(|b| decode::<T>(b))
+        .map(|o| (key(meta(&o)), o))
+        .collect()
 }
 
-fn watch(kind: &str, revision: u64) -> Request {
-    Request::Watch {
-        kind: kind.into(),
-        namespace: None,
-        selector: String::new(),
-        fields: String::new(),
-        revision,
+/// One watched change to a map of what is known.
+fn changed<T>(known: &mut BTreeMap<Key, T>, k: Key, o: T, deleted: bool) {
+    if deleted {
+        known.remove(&k);
+    } else {
+        known.insert(k, o);
     }
 }
 

@@ -132,7 +132,7 @@ fn tolerate<T>(r: Result<T>) -> Result<()> {
 pub async fn pass(store: &Store) -> Result<()> {
     foreground(store).await?;
     deployments(store).await?;
-    let pods: Vec<Pod> = store.list_typed(Kind::Pod, None)?;
+    let pods: Vec<Pod> = store.list_typed(Kind::Pod, None).await?;
     lost_with_their_node(store, &pods).await?;
     replicasets(store, &pods).await?;
     daemonsets(store, &pods).await?;
@@ -151,7 +151,8 @@ async fn lost_with_their_node(store: &Store, pods: &[Pod]) -> Result<()> {
         return Ok(());
     }
     let nodes: HashSet<String> = store
-        .list_typed::<Node>(Kind::Node, None)?
+        .list_typed::<Node>(Kind::Node, None)
+        .await?
         .into_iter()
         .map(|n| n.metadata.name)
         .collect();
@@ -176,12 +177,12 @@ async fn lost_with_their_node(store: &Store, pods: &[Pod]) -> Result<()> {
 /// the status of LoadBalancer Services.
 async fn services(store: &Store, pods: &[Pod]) -> Result<()> {
     use shoal_api::{Endpoints, Service};
-    let services: Vec<Service> = store.list_typed(Kind::Service, None)?;
-    let stored: Vec<Endpoints> = store.list_typed(Kind::Endpoints, None)?;
+    let services: Vec<Service> = store.list_typed(Kind::Service, None).await?;
+    let stored: Vec<Endpoints> = store.list_typed(Kind::Endpoints, None).await?;
     let key = |m: &shoal_api::ObjectMeta| (m.namespace_or_default().to_string(), m.name.clone());
     let by_key: std::collections::HashMap<_, &Endpoints> =
         stored.iter().map(|e| (key(&e.metadata), e)).collect();
-    let nodes: Vec<Node> = store.list_typed(Kind::Node, None)?;
+    let nodes: Vec<Node> = store.list_typed(Kind::Node, None).await?;
     for svc in &services {
         if let Some(status) = endpoints::status_change(svc, &nodes) {
             let mut next = svc.clone();
@@ -236,7 +237,8 @@ async fn foreground(store: &Store) -> Result<()> {
     ] {
         owners.extend(
             store
-                .list(kind, None)?
+                .list(kind, None)
+                .await?
                 .0
                 .into_iter()
                 .filter(|o| deleting(o.metadata())),
@@ -245,8 +247,8 @@ async fn foreground(store: &Store) -> Result<()> {
     if owners.is_empty() {
         return Ok(());
     }
-    let mut dependents: Vec<Object> = store.list(Kind::ReplicaSet, None)?.0;
-    dependents.extend(store.list(Kind::Pod, None)?.0);
+    let mut dependents: Vec<Object> = store.list(Kind::ReplicaSet, None).await?.0;
+    dependents.extend(store.list(Kind::Pod, None).await?.0);
     for owner in &owners {
         let plan = foreground::plan(owner, &dependents);
         if plan.delete_owner {
@@ -270,7 +272,7 @@ async fn foreground(store: &Store) -> Result<()> {
 }
 
 async fn jobs(store: &Store, pods: &[Pod]) -> Result<()> {
-    let jobs: Vec<Job> = store.list_typed(Kind::Job, None)?;
+    let jobs: Vec<Job> = store.list_typed(Kind::Job, None).await?;
     let now = chrono::Utc::now();
     for job in jobs.iter().filter(|j| !deleting(&j.metadata)) {
         let ns = job.metadata.namespace_or_default();
@@ -317,11 +319,11 @@ async fn jobs(store: &Store, pods: &[Pod]) -> Result<()> {
 }
 
 async fn daemonsets(store: &Store, pods: &[Pod]) -> Result<()> {
-    let sets: Vec<DaemonSet> = store.list_typed(Kind::DaemonSet, None)?;
+    let sets: Vec<DaemonSet> = store.list_typed(Kind::DaemonSet, None).await?;
     let nodes: Vec<Node> = if sets.is_empty() {
         Vec::new()
     } else {
-        store.list_typed(Kind::Node, None)?
+        store.list_typed(Kind::Node, None).await?
     };
     for ds in sets.iter().filter(|s| !deleting(&s.metadata)) {
         let ns = ds.metadata.namespace_or_default();
@@ -351,8 +353,8 @@ async fn daemonsets(store: &Store, pods: &[Pod]) -> Result<()> {
 }
 
 async fn deployments(store: &Store) -> Result<()> {
-    let deploys: Vec<Deployment> = store.list_typed(Kind::Deployment, None)?;
-    let sets: Vec<ReplicaSet> = store.list_typed(Kind::ReplicaSet, None)?;
+    let deploys: Vec<Deployment> = store.list_typed(Kind::Deployment, None).await?;
+    let sets: Vec<ReplicaSet> = store.list_typed(Kind::ReplicaSet, None).await?;
     for d in deploys.iter().filter(|d| !deleting(&d.metadata)) {
         let ns = d.metadata.namespace_or_default();
         let owned: Vec<ReplicaSet> = controlled_by(&sets, &d.metadata.uid, |o| &o.metadata);
@@ -447,7 +449,7 @@ async fn edit_pods(
 }
 
 async fn replicasets(store: &Store, pods: &[Pod]) -> Result<()> {
-    let sets: Vec<ReplicaSet> = store.list_typed(Kind::ReplicaSet, None)?;
+    let sets: Vec<ReplicaSet> = store.list_typed(Kind::ReplicaSet, None).await?;
     let now = chrono::Utc::now();
     for rs in sets.iter().filter(|s| !deleting(&s.metadata)) {
         let ns = rs.metadata.namespace_or_default();
@@ -576,10 +578,11 @@ mod tests {
                     .unwrap();
             }
         }
-        let pods: Vec<Pod> = store.list_typed(Kind::Pod, None).unwrap();
+        let pods: Vec<Pod> = store.list_typed(Kind::Pod, None).await.unwrap();
         lost_with_their_node(&store, &pods).await.unwrap();
         let mut left: Vec<String> = store
             .list_typed::<Pod>(Kind::Pod, None)
+            .await
             .unwrap()
             .into_iter()
             .map(|p| p.metadata.name)

@@ -296,7 +296,7 @@ async fn serve_connection(
         {
             tracing::warn!(identity = %claimed, error = %e, "cannot bind a node that joined before keys were bound");
         }
-        if let Err(e) = service.authenticate(claimed.clone(), key.as_deref()) {
+        if let Err(e) = service.authenticate(claimed.clone(), key.as_deref()).await {
             tracing::info!(remote = %conn.remote_address(), identity = %claimed, "refused a revoked certificate");
             refuse(&conn, &e.message);
             return;
@@ -326,7 +326,7 @@ async fn serve_connection(
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 };
                 if recheck {
-                    if let Err(e) = service.authenticate(claimed.clone(), key.as_deref()) {
+                    if let Err(e) = service.authenticate(claimed.clone(), key.as_deref()).await {
                         tracing::info!(identity = %claimed, "closing the connection of a revoked certificate");
                         // What is in flight (the answer to a rotation on this very
                         // connection) ends first, briefly; every new request is refused.
@@ -414,7 +414,7 @@ async fn receive_push(
     {
         Ok(blob) => {
             tracing::info!(reference, digest = %blob.digest, size = blob.size, "artifact pushed");
-            service.precompile_for_nodes(&blob);
+            service.precompile_for_nodes(&blob).await;
             Response::Artifact {
                 digest: blob.digest,
                 size: blob.size,
@@ -627,6 +627,7 @@ impl Stream {
         let who = match self
             .service
             .authenticate(self.claimed.clone(), self.key.as_deref())
+            .await
         {
             Ok(who) => who,
             Err(e) => {
@@ -695,7 +696,7 @@ async fn serve_stream(
         udp,
     } = &request
     {
-        match service.authorize_tunnel(who, node, ip, *port, *udp) {
+        match service.authorize_tunnel(who, node, ip, *port, *udp).await {
             Ok(()) => {
                 let dial = Request::Dial {
                     ip: ip.clone(),

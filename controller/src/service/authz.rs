@@ -1,7 +1,8 @@
 //! Authorization: what each identity may do, decided before any request is served (Kubernetes'
 //! Node authorizer is the model for nodes), and where a service tunnel may go.
 
-use super::{forbidden, parse_fields, Service};
+use super::fields::Fields;
+use super::{forbidden, Service};
 use crate::store::ObjectKey;
 use shoal_api::{Kind, Pod};
 use shoal_transport::proto::{ErrorCode, Request, WireError};
@@ -30,7 +31,7 @@ fn node_write_size(req: &Request) -> Option<(&'static str, usize, usize)> {
 impl Service {
     /// Admins may do anything; a node may read what is bound to it and write its own status;
     /// an anonymous connection may only join.
-    pub(super) fn authorize(
+    pub(super) async fn authorize(
         &self,
         who: &Identity,
         req: &Request,
@@ -58,7 +59,7 @@ impl Service {
         }
         let own_pods = |kind: &str, fields: &str| {
             kind.parse::<Kind>().ok() == Some(Kind::Pod)
-                && parse_fields(fields).ok().flatten().as_deref() == Some(node)
+                && Fields::parse(fields).is_ok_and(|f| f.node.as_deref() == Some(node))
         };
         let allowed = match req {
             Request::WhoAmI
@@ -84,6 +85,7 @@ impl Service {
             } => match kind.parse::<Kind>() {
                 Ok(k @ (Kind::ConfigMap | Kind::Secret)) => {
                     self.node_uses(node, k, namespace.as_deref().unwrap_or("default"), name)
+                        .await
                 }
                 Ok(Kind::Node) => name == node,
                 _ => false,
@@ -100,7 +102,7 @@ impl Service {
     }
 
     /// Whether `who` may open a tunnel to `ip:port` on `node` (see [`shoal_api::tunnel_policy`]).
-    pub fn authorize_tunnel(
+    pub async fn authorize_tunnel(
         &self,
         who: &Identity,
         node: &str,
@@ -111,8 +113,9 @@ impl Service {
         if matches!(who, Identity::Anonymous) {
             return Err(forbidden("only nodes may open service tunnels".into()));
         }
-        let pods: Vec<Pod> = self.store.list_typed(Kind::Pod, None)?;
-        let endpoints: Vec<shoal_api::Endpoints> = self.store.list_typed(Kind::Endpoints, None)?;
+        let pods: Vec<Pod> = self.store.list_typed(Kind::Pod, None).await?;
+        let endpoints: Vec<shoal_api::Endpoints> =
+            self.store.list_typed(Kind::Endpoints, None).await?;
         match shoal_api::tunnel_policy::tunnel_refusal(node, ip, port, udp, &pods, &endpoints) {
             None => Ok(()),
             Some(why) => Err(forbidden(format!("{who} may not open this tunnel: {why}"))),
@@ -120,7 +123,7 @@ impl Service {
     }
 
     /// Refuses a wasm target the node did not report in its own status.
-    pub(super) fn check_reported_target(
+    pub(super) async fn check_reported_target(
         &self,
         node: &str,
         target: &shoal_api::WasmTarget,
@@ -128,7 +131,8 @@ impl Service {
         let key = ObjectKey::new(Kind::Node, None, node);
         let reported = self
             .store
-            .get(&key)?
+            .get(&key)
+            .await?
             .and_then(|o| o.into_typed::<shoal_api::Node>().ok())
             .and_then(|n| n.status)
             .is_some_and(|s| {
@@ -147,9 +151,16 @@ impl Service {
         }
     }
 
-    pub(super) fn node_uses(&self, node: &str, kind: Kind, namespace: &str, name: &str) -> bool {
+    pub(super) async fn node_uses(
+        &self,
+        node: &str,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+    ) -> bool {
         self.store
             .list(Kind::Pod, Some(namespace))
+            .await
             .map(|(pods, _)| {
                 pods.into_iter()
                     .filter_map(|o| o.into_typed::<Pod>().ok())

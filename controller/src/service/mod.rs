@@ -14,6 +14,7 @@ use shoal_transport::{Ca, Identity};
 use std::sync::Arc;
 
 mod authz;
+mod fields;
 mod nodes;
 mod requests;
 #[cfg(test)]
@@ -88,30 +89,6 @@ fn encode(obj: &Object) -> Result<Vec<u8>> {
 }
 
 /// The one field selector served: `spec.nodeName=NAME`.
-fn parse_fields(fields: &str) -> std::result::Result<Option<String>, WireError> {
-    let f = fields.trim();
-    if f.is_empty() {
-        return Ok(None);
-    }
-    let value = f
-        .strip_prefix("spec.nodeName==")
-        .or_else(|| f.strip_prefix("spec.nodeName="))
-        .ok_or_else(|| {
-            bad_request(format!(
-                "field selector {f:?}: only spec.nodeName=NAME is supported"
-            ))
-        })?;
-    Ok(Some(value.to_string()))
-}
-
-fn on_node(obj: &Object, node: Option<&str>) -> bool {
-    match (node, obj) {
-        (None, _) => true,
-        (Some(n), Object::Pod(p)) => p.spec.node_name.as_deref() == Some(n),
-        (Some(_), _) => false,
-    }
-}
-
 /// An answer that is not an API object, as JSON.
 fn json_answer<T: serde::Serialize>(value: &T) -> std::result::Result<Response, WireError> {
     serde_json::to_vec(value)
@@ -214,10 +191,11 @@ impl Service {
 
     /// After a push: if `blob` is a wasm artifact, compiles it in the background for every
     /// wasm target the cluster's nodes report, so their pods start without compiling.
-    pub fn precompile_for_nodes(&self, blob: &Blob) {
+    pub async fn precompile_for_nodes(&self, blob: &Blob) {
         let nodes = self
             .store
             .list_typed::<shoal_api::Node>(Kind::Node, None)
+            .await
             .unwrap_or_default();
         let targets = crate::precompiled::wasm_targets(&nodes);
         if !targets.is_empty() && crate::precompiled::is_wasm(&blob.path) {
@@ -234,7 +212,7 @@ impl Service {
     pub async fn bootstrap(&self) -> Result<()> {
         self.bootstrap_namespace().await?;
         let key = ObjectKey::new(Kind::Service, Some(SYSTEM_NAMESPACE), DNS_SERVICE);
-        if self.store.get(&key)?.is_none() {
+        if self.store.get(&key).await?.is_none() {
             let port = |name: &str, protocol: &str| shoal_api::ServicePort {
                 name: Some(name.into()),
                 protocol: Some(protocol.into()),
@@ -267,7 +245,7 @@ impl Service {
 
     async fn bootstrap_namespace(&self) -> Result<()> {
         let key = ObjectKey::new(Kind::Namespace, None, SYSTEM_NAMESPACE);
-        if self.store.get(&key)?.is_none() {
+        if self.store.get(&key).await?.is_none() {
             let ns = Object::Namespace(Namespace {
                 metadata: ObjectMeta {
                     name: SYSTEM_NAMESPACE.into(),
@@ -296,7 +274,7 @@ impl Service {
         who: &Identity,
         req: Request,
     ) -> std::result::Result<Reply, WireError> {
-        self.authorize(who, &req)?;
+        self.authorize(who, &req).await?;
         let one = |r: Response| Ok(Reply::One(r));
         match req {
             Request::WhoAmI => one(Response::Identity(who.to_string())),
@@ -339,7 +317,7 @@ impl Service {
             } => {
                 if let Identity::Node(me) = who {
                     // Compiling costs the controller CPU: only for what the node runs on.
-                    self.check_reported_target(me, &target)?;
+                    self.check_reported_target(me, &target).await?;
                 }
                 let blob = self.precompiled.get(&reference, &target).await?;
                 if offset > blob.size {
@@ -358,7 +336,8 @@ impl Service {
                 let key = ObjectKey::new(Kind::Pod, Some(namespace), pod);
                 let obj = self
                     .store
-                    .get(&key)?
+                    .get(&key)
+                    .await?
                     .ok_or_else(|| Error::NotFound(key.to_string()))?;
                 let pod: Pod = obj.into_typed().map_err(Error::from)?;
                 match pod.spec.node_name {
@@ -379,7 +358,7 @@ impl Service {
             }
             Request::Images { ref node } => {
                 let key = ObjectKey::new(Kind::Node, None, node);
-                if self.store.get(&key)?.is_none() {
+                if self.store.get(&key).await?.is_none() {
                     return Err(Error::NotFound(format!("node {node:?}")).into());
                 }
                 Ok(Reply::ToNode {
@@ -510,8 +489,8 @@ impl Service {
             _ => None,
         };
         for _ in 0..5 {
-            let stored = self.store.get(&key)?;
-            let desired = self.allocate(&desired, stored.as_ref())?;
+            let stored = self.store.get(&key).await?;
+            let desired = self.allocate(&desired, stored.as_ref()).await?;
             let Some(stored) = stored else {
                 match self.store.create(desired.clone()).await {
                     Ok(_) => return Ok(ApplyResult::Created),
@@ -563,7 +542,7 @@ impl Service {
 
     /// A Service with what the cluster chose for it (its cluster IP, its node ports), kept from
     /// `stored`; any other object as it is.
-    fn allocate(&self, desired: &Object, stored: Option<&Object>) -> Result<Object> {
+    async fn allocate(&self, desired: &Object, stored: Option<&Object>) -> Result<Object> {
         let Object::Service(svc) = desired else {
             return Ok(desired.clone());
         };
@@ -572,7 +551,7 @@ impl Service {
             Some(Object::Service(s)) => Some(s),
             _ => None,
         };
-        let others: Vec<shoal_api::Service> = self.store.list_typed(Kind::Service, None)?;
+        let others: Vec<shoal_api::Service> = self.store.list_typed(Kind::Service, None).await?;
         crate::service_ips::assign(&mut svc, stored, &others, &self.service_cidr).map_err(|e| {
             Error::Invalid(format!("Service {:?} is invalid: {e}", svc.metadata.name))
         })?;

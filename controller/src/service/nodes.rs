@@ -19,12 +19,12 @@ impl Service {
         let obj = self.admit_node(me, bytes)?;
         let key = ObjectKey::of(&obj);
         for _ in 0..5 {
-            let result = match self.store.get(&key)? {
+            let result = match self.store.get(&key).await? {
                 None => {
                     let mut node: shoal_api::Node = obj.clone().into_typed()?;
                     // A new Node's spec is the admins' to set, not the node's.
                     node.spec = Default::default();
-                    node.spec.pod_cidr = self.free_pod_cidr()?;
+                    node.spec.pod_cidr = self.free_pod_cidr().await?;
                     node.metadata.annotations = shoal_api::node_restriction::merge_annotations(
                         &node.metadata.annotations,
                         &Default::default(),
@@ -37,7 +37,7 @@ impl Service {
                     keep_transition_times(&mut next, &stored_node);
                     next.spec = stored_node.spec;
                     if next.spec.pod_cidr.is_none() {
-                        next.spec.pod_cidr = self.free_pod_cidr()?;
+                        next.spec.pod_cidr = self.free_pod_cidr().await?;
                     }
                     next.metadata.labels = shoal_api::node_restriction::merge_labels(
                         &next.metadata.labels,
@@ -72,7 +72,7 @@ impl Service {
         use shoal_api::node_restriction::{admin_keys, ADMIN_LABELS};
         let key = ObjectKey::new(Kind::Node, None, name);
         for _ in 0..5 {
-            let stored = self.store.get(&key)?;
+            let stored = self.store.get(&key).await?;
             let mut node: shoal_api::Node = match &stored {
                 Some(o) => o.clone().into_typed()?,
                 None => shoal_api::Node {
@@ -141,8 +141,8 @@ impl Service {
     }
 
     /// A pod range no node holds yet; `None` (pods get no address) when the range is full.
-    pub(super) fn free_pod_cidr(&self) -> Result<Option<String>> {
-        let nodes: Vec<shoal_api::Node> = self.store.list_typed(Kind::Node, None)?;
+    pub(super) async fn free_pod_cidr(&self) -> Result<Option<String>> {
+        let nodes: Vec<shoal_api::Node> = self.store.list_typed(Kind::Node, None).await?;
         let cidr = self
             .cluster_cidr
             .next_pod_cidr(nodes.iter().filter_map(|n| n.spec.pod_cidr.as_deref()));
@@ -165,7 +165,8 @@ impl Service {
         let key = ObjectKey::of(&obj);
         let stored = self
             .store
-            .get(&key)?
+            .get(&key)
+            .await?
             .ok_or_else(|| Error::NotFound(key.to_string()))?;
         if let Identity::Node(me) = who {
             let pod: Pod = stored.into_typed()?;

@@ -2,6 +2,7 @@
 //! (tokens, joins, certificates) and events; `dispatch` in the module above routes to them
 //! after authorizing.
 
+use super::fields::Fields;
 use super::*;
 
 impl Service {
@@ -16,7 +17,8 @@ impl Service {
                 let key = ObjectKey::new(parse_kind(&kind)?, namespace.as_deref(), &name);
                 let obj = self
                     .store
-                    .get(&key)?
+                    .get(&key)
+                    .await?
                     .ok_or_else(|| Error::NotFound(key.to_string()))?;
                 one(Response::Object(encode(&obj)?))
             }
@@ -28,13 +30,11 @@ impl Service {
             } => {
                 let kind = parse_kind(&kind)?;
                 let selector = parse_selector(&selector)?;
-                let node = parse_fields(&fields)?;
-                let (items, revision) = self.store.list(kind, namespace.as_deref())?;
+                let fields = Fields::parse(&fields)?;
+                let (items, revision) = self.store.list(kind, namespace.as_deref()).await?;
                 let items = items
                     .iter()
-                    .filter(|o| {
-                        selector.matches(&o.metadata().labels) && on_node(o, node.as_deref())
-                    })
+                    .filter(|o| selector.matches(&o.metadata().labels) && fields.matches(o))
                     .map(encode)
                     .collect::<Result<Vec<_>>>()?;
                 one(Response::List { items, revision })
@@ -48,18 +48,18 @@ impl Service {
             } => {
                 let kind = parse_kind(&kind)?;
                 let selector = parse_selector(&selector)?;
-                let node = parse_fields(&fields)?;
+                let fields = Fields::parse(&fields)?;
                 let from = if revision == 0 {
                     self.store.revision()
                 } else {
                     revision
                 };
-                let watch = self.store.watch(from, Some(kind))?;
+                let watch = self.store.watch(from, Some(kind)).await?;
                 Ok(Reply::Watch(WatchStream {
                     watch,
                     namespace,
                     selector,
-                    node,
+                    fields,
                 }))
             }
             Request::Delete {
@@ -86,7 +86,7 @@ impl Service {
             } => {
                 let kind = parse_kind(&kind)?;
                 let selector = parse_selector(&selector)?;
-                let (items, _) = self.store.list(kind, namespace.as_deref())?;
+                let (items, _) = self.store.list(kind, namespace.as_deref()).await?;
                 let mut deleted = Vec::new();
                 for obj in items
                     .iter()
@@ -119,7 +119,7 @@ impl Service {
                 self.create_token(&description, None, ttl_secs, usages)
                     .await?,
             )),
-            Request::ListTokens => one(json_answer(&self.list_tokens()?)?),
+            Request::ListTokens => one(json_answer(&self.list_tokens().await?)?),
             Request::DeleteToken { id } => {
                 self.delete_token(&id).await?;
                 one(Response::Ok)
@@ -129,7 +129,7 @@ impl Service {
                 ttl_secs,
                 csr_pem,
             } => one(self.issue_credential(&name, ttl_secs, &csr_pem).await?),
-            Request::ListCredentials => one(json_answer(&self.list_credentials()?)?),
+            Request::ListCredentials => one(json_answer(&self.list_credentials().await?)?),
             Request::DeleteCredential { name } => {
                 self.delete_credential(who, &name).await?;
                 one(Response::Ok)
@@ -143,7 +143,7 @@ impl Service {
                 let Identity::Node(me) = who else {
                     return Err(bad_request("only a node renews its certificate this way; admins use `shoal cert rotate`"));
                 };
-                one(self.renew(me, &csr_pem)?)
+                one(self.renew(me, &csr_pem).await?)
             }
             Request::PeerCert { csr_pem } => {
                 let Identity::Node(me) = who else {
@@ -201,7 +201,8 @@ impl Service {
                 );
                 let bound = self
                     .store
-                    .get(&key)?
+                    .get(&key)
+                    .await?
                     .and_then(|o| o.into_typed::<Pod>().ok())
                     .is_some_and(|p| p.spec.node_name.as_deref() == Some(me.as_str()));
                 let itself = about.kind.as_deref() == Some("Node")

@@ -218,7 +218,7 @@ async fn joining_needs_a_known_token_secret_and_the_ca_sets_the_name() {
         other => panic!("{other:?}"),
     };
     let me = Identity::Node("pi-9".into());
-    assert_eq!(s.authenticate(me.clone(), Some(&key)), Ok(me.clone()));
+    assert_eq!(s.authenticate(me.clone(), Some(&key)).await, Ok(me.clone()));
     // Another device may not take the name; the same key may join again.
     let (_, other_csr) = node_key_and_csr("pi-9").unwrap();
     assert_eq!(
@@ -255,7 +255,7 @@ async fn joining_needs_a_known_token_secret_and_the_ca_sets_the_name() {
     .await
     .unwrap();
     assert_eq!(
-        s.authenticate(me, Some(&key)).map_err(|e| e.code),
+        s.authenticate(me, Some(&key)).await.map_err(|e| e.code),
         Err(ErrorCode::Unauthenticated)
     );
 }
@@ -286,7 +286,7 @@ async fn a_token_used_up_or_deleted_joins_no_more() {
     }
     let again = s.create_token("any", None, None, None).await.unwrap();
     let t = shoal_transport::JoinToken::parse(&again).unwrap();
-    let listed = s.list_tokens().unwrap();
+    let listed = s.list_tokens().await.unwrap();
     assert!(listed
         .iter()
         .any(|i| i.id == t.secret[..8] && i.usages.is_none()));
@@ -314,25 +314,28 @@ async fn a_node_that_joined_before_keys_were_bound_is_bound_once_if_it_still_exi
     s.adopt_legacy_node(&old, Some(&key), Some(century))
         .await
         .unwrap();
-    assert!(s.authenticate(old.clone(), Some(&key)).is_err());
+    assert!(s.authenticate(old.clone(), Some(&key)).await.is_err());
     add_node(&s, "old").await;
     // A certificate of today's lifetime is never adopted; a century-long one is, once.
     let year = std::time::Duration::from_secs(365 * 24 * 3600);
     s.adopt_legacy_node(&old, Some(&key), Some(year))
         .await
         .unwrap();
-    assert!(s.authenticate(old.clone(), Some(&key)).is_err());
+    assert!(s.authenticate(old.clone(), Some(&key)).await.is_err());
     s.adopt_legacy_node(&old, Some(&key), Some(century))
         .await
         .unwrap();
-    assert_eq!(s.authenticate(old.clone(), Some(&key)), Ok(old.clone()));
+    assert_eq!(
+        s.authenticate(old.clone(), Some(&key)).await,
+        Ok(old.clone())
+    );
     let (_, other) = node_key_and_csr("old").unwrap();
     let other = fingerprint_of_csr(&other).unwrap();
     s.adopt_legacy_node(&old, Some(&other), Some(century))
         .await
         .unwrap();
     assert!(
-        s.authenticate(old, Some(&other)).is_err(),
+        s.authenticate(old, Some(&other)).await.is_err(),
         "the first key keeps the name"
     );
 }

@@ -1,7 +1,8 @@
 //! A watch as a client sees it: the store's changes, filtered to its namespace, selector and
-//! node.
+//! fields.
 
-use super::{encode, on_node};
+use super::encode;
+use super::fields::Fields;
 use crate::store::{ChangeType, Watch};
 use shoal_api::Selector;
 use shoal_transport::proto::{EventType, Response};
@@ -11,7 +12,7 @@ pub struct WatchStream {
     pub(super) watch: Watch,
     pub(super) namespace: Option<String>,
     pub(super) selector: Selector,
-    pub(super) node: Option<String>,
+    pub(super) fields: Fields,
 }
 
 impl WatchStream {
@@ -30,8 +31,7 @@ impl WatchStream {
             {
                 continue;
             }
-            if !self.selector.matches(&obj.metadata().labels) || !on_node(obj, self.node.as_deref())
-            {
+            if !self.selector.matches(&obj.metadata().labels) || !self.fields.matches(obj) {
                 continue;
             }
             let type_ = match change.type_ {

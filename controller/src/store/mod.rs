@@ -272,39 +272,87 @@ impl Store {
             .ok_or_else(|| Error::Internal("a write returned no change".into()))
     }
 
-    pub fn get(&self, key: &ObjectKey) -> Result<Option<Object>> {
-        let txn = self
-            .inner
-            .db
-            .begin_read()
-            .map_err(|e| Error::store("read", e))?;
+    /// The object at `key`, read on a blocking thread (redb reads the file, and a Secret is
+    /// unsealed on the way).
+    pub async fn get(&self, key: &ObjectKey) -> Result<Option<Object>> {
+        let key = key.clone();
+        self.read(move |r| r.get(&key)).await
+    }
+
+    /// Every object of `kind` (in `namespace`, or in all), with the revision they are current at.
+    pub async fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<(Vec<Object>, u64)> {
+        let namespace = namespace.map(str::to_string);
+        self.read(move |r| {
+            let mut out = Vec::new();
+            let revision = r.scan(kind, namespace.as_deref(), |o| out.push(o))?;
+            Ok((out, revision))
+        })
+        .await
+    }
+
+    /// Every object of `kind` as its type (one that does not convert is skipped). Each is
+    /// converted as it is decoded, so a list of 10,000 pods is never in memory twice.
+    pub async fn list_typed<T>(&self, kind: Kind, namespace: Option<&str>) -> Result<Vec<T>>
+    where
+        T: TryFrom<Object, Error = shoal_api::Error> + Send + 'static,
+    {
+        let namespace = namespace.map(str::to_string);
+        self.read(move |r| {
+            let mut out = Vec::new();
+            r.scan(kind, namespace.as_deref(), |o| {
+                out.extend(o.into_typed::<T>().ok())
+            })?;
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Runs a read on a blocking thread: a list of thousands of objects is milliseconds of
+    /// file reads and decoding that would otherwise stall every task on its async thread.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Reader) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let reader = Reader {
+            db: self.inner.db.clone(),
+            cipher: self.inner.cipher.clone(),
+        };
+        tokio::task::spawn_blocking(move || f(&reader))
+            .await
+            .map_err(|e| Error::Internal(format!("a store read failed: {e}")))?
+    }
+
+    /// Changes after `revision` (exclusive), optionally of one kind. Fails with
+    /// [`Error::Compacted`] when the log no longer reaches back that far.
+    pub async fn watch(&self, revision: u64, kind: Option<Kind>) -> Result<Watch> {
+        Watch::new(
+            self.inner.db.clone(),
+            self.inner.cipher.clone(),
+            self.inner.changes.subscribe(),
+            revision,
+            kind,
+        )
+        .await
+    }
+}
+
+/// The store's read side, for a blocking thread.
+struct Reader {
+    db: Arc<Database>,
+    cipher: Arc<SecretCipher>,
+}
+
+impl Reader {
+    fn get(&self, key: &ObjectKey) -> Result<Option<Object>> {
+        let txn = self.db.begin_read().map_err(|e| Error::store("read", e))?;
         let table = txn
             .open_table(OBJECTS)
             .map_err(|e| Error::store("read", e))?;
         let k = key.encode();
         match table.get(k.as_str()).map_err(|e| Error::store("read", e))? {
-            Some(v) => Ok(Some(codec::decode(&self.inner.cipher, &k, v.value())?)),
+            Some(v) => Ok(Some(codec::decode(&self.cipher, &k, v.value())?)),
             None => Ok(None),
         }
-    }
-
-    /// Every object of `kind` (in `namespace`, or in all), with the revision they are current at.
-    pub fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<(Vec<Object>, u64)> {
-        let mut out = Vec::new();
-        let revision = self.scan(kind, namespace, |o| out.push(o))?;
-        Ok((out, revision))
-    }
-
-    /// Every object of `kind` as its type (one that does not convert is skipped). Each is
-    /// converted as it is decoded, so a list of 10,000 pods is never in memory twice.
-    pub fn list_typed<T: TryFrom<Object, Error = shoal_api::Error>>(
-        &self,
-        kind: Kind,
-        namespace: Option<&str>,
-    ) -> Result<Vec<T>> {
-        let mut out = Vec::new();
-        self.scan(kind, namespace, |o| out.extend(o.into_typed::<T>().ok()))?;
-        Ok(out)
     }
 
     /// Decodes every object of `kind` (in `namespace`, or in all) in key order; returns the
@@ -315,11 +363,7 @@ impl Store {
         namespace: Option<&str>,
         mut each: impl FnMut(Object),
     ) -> Result<u64> {
-        let txn = self
-            .inner
-            .db
-            .begin_read()
-            .map_err(|e| Error::store("list", e))?;
+        let txn = self.db.begin_read().map_err(|e| Error::store("list", e))?;
         let meta = txn.open_table(META).map_err(|e| Error::store("list", e))?;
         let revision = meta
             .get(META_REVISION)
@@ -338,21 +382,9 @@ impl Store {
             if !k.value().starts_with(&prefix) {
                 break;
             }
-            each(codec::decode(&self.inner.cipher, k.value(), v.value())?);
+            each(codec::decode(&self.cipher, k.value(), v.value())?);
         }
         Ok(revision)
-    }
-
-    /// Changes after `revision` (exclusive), optionally of one kind. Fails with
-    /// [`Error::Compacted`] when the log no longer reaches back that far.
-    pub fn watch(&self, revision: u64, kind: Option<Kind>) -> Result<Watch> {
-        Watch::new(
-            self.inner.db.clone(),
-            self.inner.cipher.clone(),
-            self.inner.changes.subscribe(),
-            revision,
-            kind,
-        )
     }
 }
 

@@ -61,7 +61,7 @@ async fn revisions_and_optimistic_concurrency() {
         .unwrap_err();
     assert!(matches!(stale, Error::Conflict(_)), "{stale}");
     let key = ObjectKey::new(Kind::ConfigMap, Some("default"), "a");
-    let stored = store.get(&key).unwrap().unwrap();
+    let stored = store.get(&key).await.unwrap().unwrap();
     assert_eq!(
         stored, updated.object,
         "a refused write leaves the object as it was"
@@ -87,10 +87,11 @@ async fn objects_need_their_namespace_and_go_with_it() {
     assert_eq!(changes.len(), 3);
     assert!(store
         .list(Kind::ConfigMap, Some("shop"))
+        .await
         .unwrap()
         .0
         .is_empty());
-    assert_eq!(store.list(Kind::ConfigMap, None).unwrap().0.len(), 1);
+    assert_eq!(store.list(Kind::ConfigMap, None).await.unwrap().0.len(), 1);
 }
 
 #[tokio::test]
@@ -109,6 +110,7 @@ async fn a_failed_request_in_a_batch_writes_nothing() {
     assert_eq!(store.revision(), before);
     assert!(store
         .get(&ObjectKey::new(Kind::ConfigMap, Some("default"), "x"))
+        .await
         .unwrap()
         .is_none());
 }
@@ -124,7 +126,7 @@ async fn watch_resumes_from_a_revision_and_sees_each_change_once() {
             .await
             .unwrap();
     }
-    let mut w = store.watch(from, Some(Kind::ConfigMap)).unwrap();
+    let mut w = store.watch(from, Some(Kind::ConfigMap)).await.unwrap();
     let mut seen = Vec::new();
     for _ in 0..5 {
         seen.push(w.next().await.unwrap().revision);
@@ -164,9 +166,9 @@ async fn compacted_revisions_ask_for_a_relist() {
             .await
             .unwrap();
     }
-    let err = store.watch(1, None).map(|_| ()).unwrap_err();
+    let err = store.watch(1, None).await.map(|_| ()).unwrap_err();
     assert!(matches!(err, Error::Compacted { .. }), "{err}");
-    assert!(store.watch(store.revision() - 5, None).is_ok());
+    assert!(store.watch(store.revision() - 5, None).await.is_ok());
 }
 
 #[tokio::test]
@@ -185,7 +187,7 @@ async fn secrets_are_sealed_in_the_file() {
             .insert("password".into(), "c3VwZXItc2VjcmV0LXBhc3N3b3Jk".into());
         store.create(Object::Secret(s)).await.unwrap();
         let key = ObjectKey::new(Kind::Secret, Some("default"), "db");
-        assert!(store.get(&key).unwrap().is_some());
+        assert!(store.get(&key).await.unwrap().is_some());
     }
     let file = std::fs::read(dir.path().join("state.redb")).unwrap();
     let needle = b"c3VwZXItc2VjcmV0LXBhc3N3b3Jk";
@@ -227,7 +229,10 @@ async fn concurrent_writers_share_commits_and_all_land() {
     assert_eq!(store.revision(), before + 200);
     drop(store);
     let reopened = open(dir.path());
-    assert_eq!(reopened.list(Kind::ConfigMap, None).unwrap().0.len(), 200);
+    assert_eq!(
+        reopened.list(Kind::ConfigMap, None).await.unwrap().0.len(),
+        200
+    );
     assert_eq!(reopened.revision(), before + 200);
 }
 
@@ -268,7 +273,10 @@ async fn orphaning_strips_the_owner_and_foreground_only_marks_it() {
         m.finalizers,
         vec![shoal_api::FOREGROUND_DELETION.to_string()]
     );
-    assert!(store.get(&key("owner")).unwrap().is_some(), "still there");
+    assert!(
+        store.get(&key("owner")).await.unwrap().is_some(),
+        "still there"
+    );
 
     let changes = store
         .write(vec![Op::DeleteWith {
@@ -278,12 +286,12 @@ async fn orphaning_strips_the_owner_and_foreground_only_marks_it() {
         .await
         .unwrap();
     assert_eq!(changes.len(), 3, "two dependents rewritten, one owner gone");
-    assert!(store.get(&key("owner")).unwrap().is_none());
+    assert!(store.get(&key("owner")).await.unwrap().is_none());
     for n in ["a", "b"] {
-        let o = store.get(&key(n)).unwrap().expect("dependents stay");
+        let o = store.get(&key(n)).await.unwrap().expect("dependents stay");
         assert!(o.metadata().owner_references.is_empty(), "{n}");
     }
-    assert!(store.get(&key("stranger")).unwrap().is_some());
+    assert!(store.get(&key("stranger")).await.unwrap().is_some());
 }
 
 #[tokio::test]
@@ -297,7 +305,7 @@ async fn a_watcher_far_behind_catches_up_in_chunks_without_losing_a_change() {
             .collect();
         store.write(ops).await.unwrap();
     }
-    let mut watch = store.watch(from, Some(Kind::ConfigMap)).unwrap();
+    let mut watch = store.watch(from, Some(Kind::ConfigMap)).await.unwrap();
     let live = store.create(cm("default", "last", "1")).await.unwrap();
     let mut revisions = Vec::new();
     while revisions.last() != Some(&live.revision) {

@@ -29,7 +29,9 @@ pub struct Watch {
 const REPLAY_CHUNK: usize = 1024;
 
 impl Watch {
-    pub(crate) fn new(
+    /// A watcher from `revision`, with what the log holds after it already read (off the async
+    /// threads): fails at once when the log no longer reaches back that far.
+    pub(crate) async fn new(
         db: Arc<Database>,
         cipher: Arc<SecretCipher>,
         live: broadcast::Receiver<Arc<Change>>,
@@ -45,7 +47,7 @@ impl Watch {
             pending: VecDeque::new(),
             catching_up: false,
         };
-        w.replay()?;
+        w.replay().await?;
         Ok(w)
     }
 
@@ -58,55 +60,16 @@ impl Watch {
         self.kind.is_none_or(|k| c.object.kind() == k)
     }
 
-    /// Reads every logged change after `seen` into `pending`.
-    fn replay(&mut self) -> Result<()> {
-        let txn = self.db.begin_read().map_err(|e| Error::store("watch", e))?;
-        let meta = txn.open_table(META).map_err(|e| Error::store("watch", e))?;
-        let get = |k| -> Result<u64> {
-            Ok(meta
-                .get(k)
-                .map_err(|e| Error::store("watch", e))?
-                .map(|v| v.value())
-                .unwrap_or(0))
-        };
-        let compacted = get(META_COMPACTED)?;
-        let current = get(META_REVISION)?;
-        if self.seen < compacted {
-            return Err(Error::Compacted {
-                requested: self.seen,
-                compacted,
-            });
-        }
-        if self.seen > current {
-            return Err(Error::Invalid(format!(
-                "revision {} is in the future (the store is at {current})",
-                self.seen
-            )));
-        }
-        let log = txn.open_table(LOG).map_err(|e| Error::store("watch", e))?;
-        self.catching_up = false;
-        for (read, entry) in log
-            .range(self.seen + 1..)
-            .map_err(|e| Error::store("watch", e))?
-            .enumerate()
-        {
-            if read == REPLAY_CHUNK {
-                self.catching_up = true;
-                break;
-            }
-            let (rev, bytes) = entry.map_err(|e| Error::store("watch", e))?;
-            let entry: LogEntry = postcard::from_bytes(bytes.value())
-                .map_err(|e| Error::Corrupt(format!("change log entry {}: {e}", rev.value())))?;
-            let change = Change {
-                revision: rev.value(),
-                type_: entry.type_,
-                object: codec::decode(&self.cipher, &entry.key, &entry.value)?,
-            };
-            self.seen = change.revision;
-            if self.wanted(&change) {
-                self.pending.push_back(change);
-            }
-        }
+    /// Reads the logged changes after `seen` (a chunk of them) into `pending`. The read and
+    /// the decoding run on a blocking thread: a replay can be a thousand sealed objects.
+    async fn replay(&mut self) -> Result<()> {
+        let (db, cipher, seen, kind) = (self.db.clone(), self.cipher.clone(), self.seen, self.kind);
+        let read = tokio::task::spawn_blocking(move || read_log(&db, &cipher, seen, kind))
+            .await
+            .map_err(|e| Error::Internal(format!("reading the change log: {e}")))??;
+        self.seen = read.seen;
+        self.catching_up = read.more;
+        self.pending.extend(read.changes);
         Ok(())
     }
 
@@ -118,7 +81,7 @@ impl Watch {
                 return Ok(c);
             }
             if self.catching_up {
-                self.replay()?;
+                self.replay().await?;
                 continue;
             }
             match self.live.recv().await {
@@ -129,9 +92,80 @@ impl Watch {
                     }
                 }
                 Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(_)) => self.replay()?,
+                Err(broadcast::error::RecvError::Lagged(_)) => self.replay().await?,
                 Err(broadcast::error::RecvError::Closed) => return Err(Error::Closed),
             }
         }
     }
+}
+
+/// What one replay read: the wanted changes, the last revision considered, and whether the
+/// log holds more after it.
+struct Replayed {
+    changes: Vec<Change>,
+    seen: u64,
+    more: bool,
+}
+
+/// Reads up to [`REPLAY_CHUNK`] logged changes after `seen` (those of `kind`, if given).
+fn read_log(
+    db: &Database,
+    cipher: &SecretCipher,
+    mut seen: u64,
+    kind: Option<Kind>,
+) -> Result<Replayed> {
+    let txn = db.begin_read().map_err(|e| Error::store("watch", e))?;
+    let meta = txn.open_table(META).map_err(|e| Error::store("watch", e))?;
+    let get = |k| -> Result<u64> {
+        Ok(meta
+            .get(k)
+            .map_err(|e| Error::store("watch", e))?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    };
+    let compacted = get(META_COMPACTED)?;
+    let current = get(META_REVISION)?;
+    if seen < compacted {
+        return Err(Error::Compacted {
+            requested: seen,
+            compacted,
+        });
+    }
+    if seen > current {
+        return Err(Error::Invalid(format!(
+            "revision {seen} is in the future (the store is at {current})"
+        )));
+    }
+    let log = txn.open_table(LOG).map_err(|e| Error::store("watch", e))?;
+    let mut changes = Vec::new();
+    for (read, entry) in log
+        .range(seen + 1..)
+        .map_err(|e| Error::store("watch", e))?
+        .enumerate()
+    {
+        if read == REPLAY_CHUNK {
+            return Ok(Replayed {
+                changes,
+                seen,
+                more: true,
+            });
+        }
+        let (rev, bytes) = entry.map_err(|e| Error::store("watch", e))?;
+        let entry: LogEntry = postcard::from_bytes(bytes.value())
+            .map_err(|e| Error::Corrupt(format!("change log entry {}: {e}", rev.value())))?;
+        let change = Change {
+            revision: rev.value(),
+            type_: entry.type_,
+            object: codec::decode(cipher, &entry.key, &entry.value)?,
+        };
+        seen = change.revision;
+        if kind.is_none_or(|k| change.object.kind() == k) {
+            changes.push(change);
+        }
+    }
+    Ok(Replayed {
+        changes,
+        seen,
+        more: false,
+    })
 }
