@@ -133,7 +133,7 @@ pub fn describe(
             allocatable: resources,
             conditions: vec![Condition {
                 type_: "Ready".into(),
-                status: "True".into(),
+                status: shoal_api::ConditionStatus::True.as_str().into(),
                 reason: Some("AgentReady".into()),
                 message: Some("shoal agent is posting ready status".into()),
                 last_heartbeat_time: Some(now.clone()),
@@ -156,7 +156,7 @@ pub fn describe(
                 },
             }),
             runtime_handlers: std::iter::once(RuntimeHandler {
-                name: "wasm".into(),
+                name: shoal_api::RuntimeClass::Wasm.as_str().into(),
                 wasm_target: Some(wasm.clone()),
             })
             .chain(runc.map(|_| RuntimeHandler {

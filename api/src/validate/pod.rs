@@ -202,7 +202,8 @@ const SAFE_SYSCTLS: &[&str] = &[
 /// wasm pod what has no meaning for one (a Linux user, kernel settings), refused rather than
 /// ignored.
 fn security(e: &mut Errors, path: &str, s: &PodSpec) {
-    let wasm = s.runtime_class_name.as_deref() == Some("wasm");
+    let wasm =
+        crate::RuntimeClass::of(s.runtime_class_name.as_deref()) == crate::RuntimeClass::Wasm;
     let no_user = "a wasm pod has no Linux user or groups: remove it, or run the pod with runc";
     let id = |e: &mut Errors, p: String, v: Option<i64>| {
         if let Some(n) = v.filter(|n| u32::try_from(*n).is_err()) {
