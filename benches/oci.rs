@@ -61,7 +61,7 @@ fn bare_runc(dir: &Path, layout: &Path) -> Vec<Duration> {
     };
     let config = spec::runtime_spec(
         &container,
-        &image.config.config,
+        &image.config.config().clone().unwrap_or_default(),
         &spec::User::default(),
         "/shoal/bench-bare",
     );

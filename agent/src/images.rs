@@ -6,7 +6,7 @@
 use crate::artifacts::ArtifactCache;
 use crate::error::{Error, Result};
 use shoal_runtime::oci::collect::{next_for, Next};
-use shoal_runtime::oci::image::{ImageStore, Platform};
+use shoal_runtime::oci::image::{digest_of, ConfigPlatform as _, ImageStore, Platform};
 use shoal_transport::Client;
 use std::sync::Arc;
 
@@ -81,8 +81,8 @@ pub async fn fetch(
             reference: image.to_string(),
             message: format!("image manifest: {e}"),
         })?;
-    for d in std::iter::once(&manifest.config).chain(manifest.layers.iter()) {
-        blob(artifacts, client, store, &d.digest, &mut fetched).await?;
+    for d in std::iter::once(manifest.config()).chain(manifest.layers().iter()) {
+        blob(artifacts, client, store, &digest_of(d), &mut fetched).await?;
     }
     let pulled = store.image(&manifest_digest)?;
     if !platform.runs(&pulled.config.platform()) {

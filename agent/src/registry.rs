@@ -9,7 +9,7 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use sha2::{Digest, Sha256};
-use shoal_runtime::oci::image::{self, ImageStore, Platform};
+use shoal_runtime::oci::image::{self, ConfigPlatform as _, ImageStore, Platform};
 use std::path::{Path, PathBuf};
 
 /// The layer media types a wasm artifact may use.
@@ -266,26 +266,27 @@ pub async fn pull_image(
         let by_digest = Reference::with_digest(
             reference.registry().to_string(),
             reference.repository().to_string(),
-            chosen.digest.clone(),
+            image::digest_of(&chosen),
         );
         bytes = fetch_manifest(&client, &by_digest, auth, image).await?;
     }
     let manifest: image::Manifest =
         serde_json::from_slice(&bytes).map_err(|e| err(format!("image manifest: {e}")))?;
-    for d in std::iter::once(&manifest.config).chain(manifest.layers.iter()) {
-        if store.has_blob(&d.digest) {
+    for d in std::iter::once(manifest.config()).chain(manifest.layers().iter()) {
+        let digest = image::digest_of(d);
+        if store.has_blob(&digest) {
             continue;
         }
         let tmp = store.scratch("pull");
         let file = tokio::fs::File::create(&tmp)
             .await
             .map_err(|e| Error::io(&tmp, e))?;
-        let pulled = client.pull_blob(&reference, d.digest.as_str(), file).await;
+        let pulled = client.pull_blob(&reference, digest.as_str(), file).await;
         if let Err(e) = pulled {
             let _ = std::fs::remove_file(&tmp);
-            return Err(err(format!("blob {}: {e}", d.digest)));
+            return Err(err(format!("blob {digest}: {e}")));
         }
-        store.put_file(&d.digest, &tmp)?;
+        store.put_file(&digest, &tmp)?;
     }
     let digest = store.put_bytes(&bytes)?;
     let pulled = store.image(&digest)?;

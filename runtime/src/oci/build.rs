@@ -2,7 +2,7 @@
 //! (as `umoci` or `buildah` would) for a cluster that has no registry, and for the tests, which
 //! build their images locally. Layers are deterministic tars (fixed times and owners), gzipped.
 
-use super::image::{Descriptor, Manifest, Platform, MEDIA_CONFIG, MEDIA_INDEX, MEDIA_MANIFEST};
+use super::image::{self, Descriptor, Platform, MEDIA_CONFIG, MEDIA_INDEX, MEDIA_MANIFEST};
 use crate::error::{Error, Result};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -40,12 +40,14 @@ fn put(out: &Path, media_type: &str, bytes: &[u8]) -> Result<Descriptor> {
     let hex = hex::encode(Sha256::digest(bytes));
     let path = out.join("blobs/sha256").join(&hex);
     std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
-    Ok(Descriptor {
-        media_type: media_type.into(),
-        digest: format!("sha256:{hex}"),
-        size: bytes.len() as u64,
-        platform: None,
-    })
+    image::descriptor(media_type, &format!("sha256:{hex}"), bytes.len() as u64)
+}
+
+/// `platform` as the image spec's type (whose fields are enums with an `Other` for the rest).
+fn oci_platform(platform: &Platform) -> Result<oci_spec::image::Platform> {
+    serde_json::to_value(platform)
+        .and_then(serde_json::from_value)
+        .map_err(|e| Error::Internal(format!("platform {platform}: {e}")))
 }
 
 /// Writes an OCI image layout at `out` with one image per entry, each made of the given layer
@@ -87,15 +89,10 @@ pub fn write_layout(out: &Path, tag: &str, images: &[(ImageSpec, Vec<Vec<u8>>)])
             config["variant"] = json!(v);
         }
         let config = serde_json::to_vec(&config).map_err(|e| Error::Internal(e.to_string()))?;
-        let manifest = Manifest {
-            schema_version: 2,
-            media_type: MEDIA_MANIFEST.into(),
-            config: put(out, MEDIA_CONFIG, &config)?,
-            layers: layer_descs,
-        };
+        let manifest = image::manifest(put(out, MEDIA_CONFIG, &config)?, layer_descs)?;
         let bytes = serde_json::to_vec(&manifest).map_err(|e| Error::Internal(e.to_string()))?;
         let mut d = put(out, MEDIA_MANIFEST, &bytes)?;
-        d.platform = Some(spec.platform.clone());
+        d.set_platform(Some(oci_platform(&spec.platform)?));
         manifests.push(d);
     }
     let mut index = json!({

@@ -150,10 +150,11 @@ pub fn next_for(image: &str, doc: &[u8], platform: &Platform) -> Result<Next> {
         return Ok(pick(&entries[0]));
     }
     image::choose_from_index(image, doc, platform).map(|d| {
-        if image::is_index(&d.media_type) {
-            Next::Index(d.digest)
+        let digest = image::digest_of(&d);
+        if image::is_index(d.media_type().as_ref()) {
+            Next::Index(digest)
         } else {
-            Next::Manifest(d.digest)
+            Next::Manifest(digest)
         }
     })
 }

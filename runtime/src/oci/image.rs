@@ -76,72 +76,41 @@ impl std::fmt::Display for Platform {
     }
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Descriptor {
-    #[serde(default)]
-    pub media_type: String,
-    pub digest: String,
-    #[serde(default)]
-    pub size: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<Platform>,
-}
+/// The image documents are oci-spec's types (youki's): a descriptor, index, manifest or
+/// configuration that lacks a field the OCI image spec requires is refused when it is read.
+pub use oci_spec::image::{
+    Config as RunConfig, Descriptor, ImageConfiguration as ImageConfig, ImageIndex as Index,
+    ImageManifest as Manifest,
+};
 
-#[derive(Debug, Default, Deserialize)]
-struct Index {
-    #[serde(default)]
-    manifests: Vec<Descriptor>,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Manifest {
-    #[serde(default)]
-    pub schema_version: u32,
-    #[serde(default)]
-    pub media_type: String,
-    pub config: Descriptor,
-    #[serde(default)]
-    pub layers: Vec<Descriptor>,
-}
-
-/// The parts of an image's configuration a container starts from.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-pub struct ImageConfig {
-    #[serde(default)]
-    pub os: String,
-    #[serde(default)]
-    pub architecture: String,
-    #[serde(default)]
-    pub variant: Option<String>,
-    #[serde(default)]
-    pub config: RunConfig,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct RunConfig {
-    #[serde(default)]
-    pub entrypoint: Option<Vec<String>>,
-    #[serde(default)]
-    pub cmd: Option<Vec<String>>,
-    #[serde(default)]
-    pub env: Option<Vec<String>>,
-    #[serde(default)]
-    pub working_dir: Option<String>,
-    #[serde(default)]
-    pub user: Option<String>,
-}
-
-impl ImageConfig {
-    pub fn platform(&self) -> Platform {
+impl From<&oci_spec::image::Platform> for Platform {
+    fn from(p: &oci_spec::image::Platform) -> Platform {
         Platform {
-            os: self.os.clone(),
-            architecture: self.architecture.clone(),
-            variant: self.variant.clone(),
+            os: p.os().to_string(),
+            architecture: p.architecture().to_string(),
+            variant: p.variant().clone(),
         }
     }
+}
+
+/// The platform an image configuration was built for.
+pub trait ConfigPlatform {
+    fn platform(&self) -> Platform;
+}
+
+impl ConfigPlatform for ImageConfig {
+    fn platform(&self) -> Platform {
+        Platform {
+            os: self.os().to_string(),
+            architecture: self.architecture().to_string(),
+            variant: self.variant().clone(),
+        }
+    }
+}
+
+/// A descriptor's digest, `sha256:<hex>`.
+pub fn digest_of(d: &Descriptor) -> String {
+    d.digest().to_string()
 }
 
 /// An image in the store, ready to run.
@@ -342,7 +311,7 @@ impl ImageStore {
         };
         if dir.join("index.json").exists() {
             let index: Index = read_json(&dir.join("index.json")).map_err(err)?;
-            let chosen = self.choose_in_layout(dir, &index.manifests, platform, 0)?;
+            let chosen = self.choose_in_layout(dir, index.manifests(), platform, 0)?;
             self.import_manifest_from(dir, &chosen)?;
             Ok(chosen)
         } else if dir.join("manifest.json").exists() {
@@ -372,37 +341,37 @@ impl ImageStore {
         }
         let mut seen = Vec::new();
         for d in candidates {
-            if d.media_type == MEDIA_INDEX || d.media_type == DOCKER_LIST {
+            let digest = digest_of(d);
+            if is_index(d.media_type().as_ref()) {
                 let nested: Index =
-                    read_json(&layout_blob(dir, &d.digest)?).map_err(|m| Error::Image {
+                    read_json(&layout_blob(dir, &digest)?).map_err(|m| Error::Image {
                         image: image.clone(),
                         message: m,
                     })?;
-                match self.choose_in_layout(dir, &nested.manifests, platform, depth + 1) {
+                match self.choose_in_layout(dir, nested.manifests(), platform, depth + 1) {
                     Ok(found) => return Ok(found),
                     Err(e) => seen.push(e.to_string()),
                 }
                 continue;
             }
-            let p =
-                match &d.platform {
-                    Some(p) => p.clone(),
-                    None => {
-                        let m: Manifest =
-                            read_json(&layout_blob(dir, &d.digest)?).map_err(|m| Error::Image {
-                                image: image.clone(),
-                                message: m,
-                            })?;
-                        let c: ImageConfig = read_json(&layout_blob(dir, &m.config.digest)?)
-                            .map_err(|m| Error::Image {
-                                image: image.clone(),
-                                message: m,
-                            })?;
-                        c.platform()
-                    }
-                };
+            let p = match d.platform() {
+                Some(p) => Platform::from(p),
+                None => {
+                    let m: Manifest =
+                        read_json(&layout_blob(dir, &digest)?).map_err(|m| Error::Image {
+                            image: image.clone(),
+                            message: m,
+                        })?;
+                    let c: ImageConfig = read_json(&layout_blob(dir, &digest_of(m.config()))?)
+                        .map_err(|m| Error::Image {
+                            image: image.clone(),
+                            message: m,
+                        })?;
+                    c.platform()
+                }
+            };
             if platform.runs(&p) {
-                return Ok(d.digest.clone());
+                return Ok(digest);
             }
             seen.push(p.to_string());
         }
@@ -427,11 +396,12 @@ impl ImageStore {
             image: digest.to_string(),
             message: m,
         })?;
-        for d in std::iter::once(&manifest.config).chain(manifest.layers.iter()) {
-            if !self.has_blob(&d.digest) {
-                let src = layout_blob(dir, &d.digest)?;
+        for d in std::iter::once(manifest.config()).chain(manifest.layers().iter()) {
+            let digest = digest_of(d);
+            if !self.has_blob(&digest) {
+                let src = layout_blob(dir, &digest)?;
                 let f = fs::File::open(&src).map_err(|e| Error::io(&src, e))?;
-                self.put_blob(&d.digest, f)?;
+                self.put_blob(&digest, f)?;
             }
         }
         if !self.has_blob(digest) {
@@ -469,15 +439,10 @@ impl ImageStore {
             let (digest, size) = copy_to_file(f, &tmp)?;
             let dest = self.blob_path(&digest)?;
             fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
-            Ok(Descriptor {
-                media_type: media_type.into(),
-                digest,
-                size,
-                platform: None,
-            })
+            descriptor(media_type, &digest, size)
         };
         let config = put(&entry.config, MEDIA_CONFIG)?;
-        let parsed: ImageConfig = serde_json::from_slice(&self.read_blob(&config.digest)?)
+        let parsed: ImageConfig = serde_json::from_slice(&self.read_blob(&digest_of(&config))?)
             .map_err(|e| err(format!("image config: {e}")))?;
         if !platform.runs(&parsed.platform()) {
             return Err(err(format!(
@@ -490,13 +455,8 @@ impl ImageStore {
             .iter()
             .map(|l| put(l, MEDIA_LAYER))
             .collect::<Result<Vec<_>>>()?;
-        let manifest = Manifest {
-            schema_version: 2,
-            media_type: MEDIA_MANIFEST.into(),
-            config,
-            layers,
-        };
-        let bytes = serde_json::to_vec(&manifest).map_err(|e| err(e.to_string()))?;
+        let bytes =
+            serde_json::to_vec(&manifest(config, layers)?).map_err(|e| err(e.to_string()))?;
         self.put_bytes(&bytes)
     }
 
@@ -508,18 +468,18 @@ impl ImageStore {
         };
         let manifest: Manifest = serde_json::from_slice(&self.read_blob(digest)?)
             .map_err(|e| err(format!("manifest: {e}")))?;
-        let config: ImageConfig = serde_json::from_slice(&self.read_blob(&manifest.config.digest)?)
+        let config_digest = digest_of(manifest.config());
+        let config: ImageConfig = serde_json::from_slice(&self.read_blob(&config_digest)?)
             .map_err(|e| err(format!("config: {e}")))?;
-        for l in &manifest.layers {
-            if !self.has_blob(&l.digest) {
-                return Err(err(format!("layer {} is missing from the store", l.digest)));
-            }
+        let layers: Vec<String> = manifest.layers().iter().map(digest_of).collect();
+        if let Some(l) = layers.iter().find(|l| !self.has_blob(l)) {
+            return Err(err(format!("layer {l} is missing from the store")));
         }
         Ok(Image {
             manifest_digest: digest.to_string(),
-            config_digest: manifest.config.digest.clone(),
+            config_digest,
             config,
-            layers: manifest.layers.into_iter().map(|l| l.digest).collect(),
+            layers,
         })
     }
 
@@ -579,6 +539,30 @@ impl ImageStore {
     }
 }
 
+/// A descriptor of `size` bytes at `digest` (`sha256:<hex>`, as this store computed it).
+pub fn descriptor(media_type: &str, digest: &str, size: u64) -> Result<Descriptor> {
+    let bad = |e: oci_spec::OciSpecError| Error::Internal(format!("descriptor of {digest}: {e}"));
+    let digest: oci_spec::image::Digest =
+        digest.parse().map_err(|e: oci_spec::OciSpecError| bad(e))?;
+    oci_spec::image::DescriptorBuilder::default()
+        .media_type(media_type)
+        .digest(digest)
+        .size(size)
+        .build()
+        .map_err(bad)
+}
+
+/// An OCI image manifest of `config` and `layers` (bottom first).
+pub fn manifest(config: Descriptor, layers: Vec<Descriptor>) -> Result<Manifest> {
+    oci_spec::image::ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MEDIA_MANIFEST)
+        .config(config)
+        .layers(layers)
+        .build()
+        .map_err(|e| Error::Internal(format!("image manifest: {e}")))
+}
+
 /// Is this media type an image index (OCI) or manifest list (Docker)?
 pub fn is_index(media_type: &str) -> bool {
     media_type == MEDIA_INDEX || media_type == DOCKER_LIST
@@ -594,9 +578,9 @@ pub fn choose_from_index(image: &str, index: &[u8], platform: &Platform) -> Resu
     let index: Index =
         serde_json::from_slice(index).map_err(|e| err(format!("image index: {e}")))?;
     let mut seen = Vec::new();
-    for d in index.manifests {
-        match &d.platform {
-            Some(p) if platform.runs(p) => return Ok(d),
+    for d in index.manifests() {
+        match d.platform().as_ref().map(Platform::from) {
+            Some(p) if platform.runs(&p) => return Ok(d.clone()),
             Some(p) => seen.push(p.to_string()),
             None => seen.push("unknown".into()),
         }

@@ -276,8 +276,9 @@ impl RuncRuntime {
             self.images.copy_rootfs(&image, &rootfs)?;
         }
         let read = |p: &str| std::fs::read_to_string(rootfs.join(p)).unwrap_or_default();
+        let run = image.config.config().clone().unwrap_or_default();
         let user = spec::resolve_user(
-            image.config.config.user.as_deref(),
+            run.user().as_deref(),
             spec.security.run_as_user,
             spec.security.run_as_group,
             &read("etc/passwd"),
@@ -289,7 +290,7 @@ impl RuncRuntime {
                 "runAsNonRoot is set but the container would run as root (uid 0)".into(),
             ));
         }
-        let config = spec::runtime_spec(spec, &image.config.config, &user, &format!("/shoal/{id}"));
+        let config = spec::runtime_spec(spec, &run, &user, &format!("/shoal/{id}"));
         let path = bundle.join("config.json");
         let bytes = serde_json::to_vec_pretty(&config).map_err(|e| start_err(e.to_string()))?;
         std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))

@@ -98,8 +98,8 @@ const CPU_PERIOD: u64 = 100_000;
 /// The process's argv, by Kubernetes' rules: `command` replaces the image's Entrypoint (and
 /// drops its Cmd), `args` replaces its Cmd.
 pub fn argv(container: &ContainerSpec, image: &RunConfig) -> Vec<String> {
-    let entrypoint = image.entrypoint.clone().unwrap_or_default();
-    let cmd = image.cmd.clone().unwrap_or_default();
+    let entrypoint = image.entrypoint().clone().unwrap_or_default();
+    let cmd = image.cmd().clone().unwrap_or_default();
     match (container.command.is_empty(), container.args.is_empty()) {
         (false, _) => container
             .command
@@ -126,7 +126,7 @@ pub fn env(container: &ContainerSpec, image: &RunConfig) -> Vec<String> {
         "PATH",
         "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     );
-    for kv in image.env.iter().flatten() {
+    for kv in image.env().iter().flatten() {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         set(k, v);
     }
@@ -190,7 +190,7 @@ pub fn runtime_spec(
     let cwd = container
         .working_dir
         .clone()
-        .or_else(|| image.working_dir.clone().filter(|w| !w.is_empty()))
+        .or_else(|| image.working_dir().clone().filter(|w| !w.is_empty()))
         .unwrap_or_else(|| "/".into());
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc",
@@ -383,13 +383,16 @@ mod tests {
     use crate::{Mount, Security};
 
     fn image() -> RunConfig {
-        RunConfig {
-            entrypoint: Some(vec!["/bin/server".into()]),
-            cmd: Some(vec!["--port".into(), "80".into()]),
-            env: Some(vec!["PATH=/opt/bin:/bin".into(), "MODE=image".into()]),
-            working_dir: Some("/srv".into()),
-            user: None,
-        }
+        oci_spec::image::ConfigBuilder::default()
+            .entrypoint(vec!["/bin/server".to_string()])
+            .cmd(vec!["--port".to_string(), "80".to_string()])
+            .env(vec![
+                "PATH=/opt/bin:/bin".to_string(),
+                "MODE=image".to_string(),
+            ])
+            .working_dir("/srv")
+            .build()
+            .expect("config")
     }
 
     #[test]

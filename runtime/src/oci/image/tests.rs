@@ -45,8 +45,9 @@ fn the_node_platform_is_chosen_from_an_index() {
             .import_dir(&d.path().join("l"), &platform(arch))
             .expect(arch);
         let image = store.image(&m).expect("image");
-        assert_eq!(image.config.architecture, arch);
-        assert_eq!(image.config.config.cmd, Some(vec![format!("/bin/{arch}")]));
+        assert_eq!(image.config.architecture().to_string(), arch);
+        let run = image.config.config().clone().unwrap_or_default();
+        assert_eq!(run.cmd(), &Some(vec![format!("/bin/{arch}")]));
         store.layer_dir(&image.layers[0]).expect("unpack");
         let top = store.layer_dir(&image.layers[1]).expect("unpack");
         assert_eq!(fs::read_to_string(top.join("arch")).expect("file"), arch);
@@ -98,7 +99,8 @@ fn archives_and_docker_save_import() {
         .import_archive(&archive, &platform("amd64"))
         .expect("docker save");
     let image = store.image(&m).expect("image");
-    assert_eq!(image.config.config.entrypoint, Some(vec!["/hello".into()]));
+    let run = image.config.config().clone().unwrap_or_default();
+    assert_eq!(run.entrypoint(), &Some(vec!["/hello".to_string()]));
     let e = store
         .import_archive(&archive, &platform("arm64"))
         .expect_err("amd64 only")
@@ -213,9 +215,9 @@ fn a_blob_that_does_not_match_its_digest_is_refused() {
     layout(&d.path().join("l"), &["amd64"]);
     let index: Index = read_json(&d.path().join("l/index.json")).expect("index");
     let manifest: Manifest =
-        read_json(&layout_blob(&d.path().join("l"), &index.manifests[0].digest).expect("p"))
+        read_json(&layout_blob(&d.path().join("l"), &digest_of(&index.manifests()[0])).expect("p"))
             .expect("manifest");
-    let victim = layout_blob(&d.path().join("l"), &manifest.layers[1].digest).expect("p");
+    let victim = layout_blob(&d.path().join("l"), &digest_of(&manifest.layers()[1])).expect("p");
     fs::write(&victim, b"tampered").expect("tamper");
     let store = ImageStore::new(&d.path().join("store")).expect("store");
     let e = store
@@ -223,9 +225,9 @@ fn a_blob_that_does_not_match_its_digest_is_refused() {
         .expect_err("tampered")
         .to_string();
     assert!(e.contains("digest mismatch"), "{e}");
-    assert!(!store.has_blob(&manifest.layers[1].digest));
+    assert!(!store.has_blob(&digest_of(&manifest.layers()[1])));
     assert!(
-        !store.has_blob(&index.manifests[0].digest),
+        !store.has_blob(&digest_of(&index.manifests()[0])),
         "no half-imported image"
     );
     assert_eq!(
