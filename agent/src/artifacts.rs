@@ -158,7 +158,7 @@ impl ArtifactCache {
             // The registry out of reach: the copy pulled last keeps the pod running.
             Err(e) => match self.pinned(image).await? {
                 Some(done) => {
-                    tracing::info!(image, error = %e, "cannot pull; using the copy this node has");
+                    tracing::info!(image, error = %shoal_transport::report(&e), "cannot pull; using the copy this node has");
                     return Ok(done);
                 }
                 None => return Err(e),

@@ -15,8 +15,19 @@ pub enum Error {
     Runtime(#[from] shoal_runtime::Error),
     #[error("artifact {reference}: {message}")]
     Artifact { reference: String, message: String },
-    #[error("{path}: {message}")]
-    Io { path: String, message: String },
+    #[error("{path}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The node's local state (a redb file).
+    #[error("local state {path}")]
+    Local {
+        path: String,
+        #[source]
+        source: redb::Error,
+    },
     #[error("{0}")]
     Config(String),
     #[error("internal error: {0}")]
@@ -24,10 +35,10 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn io(path: &std::path::Path, e: impl std::fmt::Display) -> Self {
+    pub fn io(path: &std::path::Path, source: impl Into<std::io::Error>) -> Self {
         Error::Io {
             path: path.display().to_string(),
-            message: e.to_string(),
+            source: source.into(),
         }
     }
 }

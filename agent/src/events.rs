@@ -39,6 +39,6 @@ pub(crate) async fn record(
         .map_err(Error::from)
         .and_then(expect_ok)
     {
-        tracing::debug!(error = %e, reason, "event not recorded");
+        tracing::debug!(error = %shoal_transport::report(&e), reason, "event not recorded");
     }
 }

@@ -104,7 +104,7 @@ pub async fn keep_renewed(
         let client = link.borrow_and_update().clone();
         if let Some(client) = client {
             if let Err(e) = creds.renew_if_due(&client).await {
-                tracing::warn!(error = %e, "cannot renew the node's certificate; trying again later");
+                tracing::warn!(error = %shoal_transport::report(&e), "cannot renew the node's certificate; trying again later");
             }
         }
         tokio::select! {
@@ -128,7 +128,7 @@ async fn join_retrying(
             Err(e) if passes(&e) => {
                 failures = failures.saturating_add(1);
                 let delay = Backoff::RECONNECT.delay(failures);
-                tracing::warn!(error = %e, retry_in = ?delay, "cannot join the cluster yet; trying again");
+                tracing::warn!(error = %shoal_transport::report(&e), retry_in = ?delay, "cannot join the cluster yet; trying again");
                 tokio::select! {
                     _ = shutdown.cancelled() => {
                         return Err(Error::Join(format!("stopped before the node joined (last: {e})")));
@@ -200,7 +200,7 @@ async fn join(config: &AgentConfig, path: &std::path::Path) -> Result<Credential
                 tracing::info!(file = %file.display(), "removed the join token file: the node has its own credential now")
             }
             Err(e) => {
-                tracing::warn!(file = %file.display(), error = %e, "cannot remove the join token file; remove it by hand")
+                tracing::warn!(file = %file.display(), error = %shoal_transport::report(&e), "cannot remove the join token file; remove it by hand")
             }
         }
     }

@@ -106,11 +106,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
                     .get_or_insert_with(std::time::Instant::now);
                 match session {
                     Ok(()) => break,
-                    Err(e) => tracing::warn!(error = %e, "lost the controller"),
+                    Err(e) => {
+                        tracing::warn!(error = %shoal_transport::report(&e), "lost the controller")
+                    }
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot reach the controller");
+                tracing::warn!(error = %shoal_transport::report(&e), "cannot reach the controller");
                 carried
                     .away_since
                     .get_or_insert_with(std::time::Instant::now);

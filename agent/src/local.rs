@@ -60,7 +60,7 @@ impl Local {
             Err(e) => {
                 let aside =
                     path.with_extension(format!("broken-{}", chrono::Utc::now().timestamp()));
-                tracing::error!(path = %path.display(), error = %e, aside = %aside.display(), "the node's local state cannot be read; starting a new one");
+                tracing::error!(path = %path.display(), error = %shoal_transport::report(&e), aside = %aside.display(), "the node's local state cannot be read; starting a new one");
                 std::fs::rename(&path, &aside).map_err(|e| Error::io(&path, e))?;
                 Database::create(&path).map_err(|e| local(&path, e))?
             }
@@ -195,7 +195,7 @@ impl Local {
                 .filter_map(|o| T::try_from(o).ok())
                 .collect(),
             Err(e) => {
-                tracing::warn!(error = %e, kind = kind.name(), "cannot read the node's local state");
+                tracing::warn!(error = %shoal_transport::report(&e), kind = kind.name(), "cannot read the node's local state");
                 Vec::new()
             }
         }
@@ -204,19 +204,22 @@ impl Local {
     /// Best effort: a write that fails is logged, and the node runs on from memory.
     pub fn keep(&self, obj: &Object) {
         if let Err(e) = self.put(obj) {
-            tracing::warn!(key = %key_of(obj), error = %e, "cannot keep an object in the node's local state");
+            tracing::warn!(key = %key_of(obj), error = %shoal_transport::report(&e), "cannot keep an object in the node's local state");
         }
     }
 
     pub fn forget(&self, k: &str) {
         if let Err(e) = self.remove(k) {
-            tracing::warn!(key = k, error = %e, "cannot drop an object from the node's local state");
+            tracing::warn!(key = k, error = %shoal_transport::report(&e), "cannot drop an object from the node's local state");
         }
     }
 }
 
 fn local(path: &Path, e: impl Into<redb::Error>) -> Error {
-    Error::io(path, e.into())
+    Error::Local {
+        path: path.display().to_string(),
+        source: e.into(),
+    }
 }
 
 #[cfg(test)]

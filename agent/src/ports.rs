@@ -22,7 +22,7 @@ pub async fn forward_tcp(
         let (mut inbound, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                tracing::debug!(error = %e, "hostPort accept failed");
+                tracing::debug!(error = %shoal_transport::report(&e), "hostPort accept failed");
                 continue;
             }
         };
@@ -31,7 +31,7 @@ pub async fn forward_tcp(
             let mut outbound = match TcpStream::connect(to).await {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::debug!(%peer, %to, error = %e, "hostPort target unreachable");
+                    tracing::debug!(%peer, %to, error = %shoal_transport::report(&e), "hostPort target unreachable");
                     return;
                 }
             };

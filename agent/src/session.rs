@@ -92,7 +92,7 @@ async fn serve_peers(parts: &Parts<'_>, listen: std::net::SocketAddr) -> Option<
             Some(port)
         }
         Err(e) => {
-            tracing::warn!(%listen, error = %e, "cannot serve peers directly; they relay through the controller");
+            tracing::warn!(%listen, error = %shoal_transport::report(&e), "cannot serve peers directly; they relay through the controller");
             None
         }
     }
@@ -136,7 +136,7 @@ async fn put_node(parts: &Parts<'_>, peer_port: Option<u16>) -> Result<()> {
 async fn follow_services(proxy: proxy::Proxy, client: Arc<Client>) {
     loop {
         if let Err(e) = proxy.follow(&client).await {
-            tracing::debug!(error = %e, "service watch ended");
+            tracing::debug!(error = %shoal_transport::report(&e), "service watch ended");
         }
         if client.connection().close_reason().is_some() {
             break;

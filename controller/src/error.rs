@@ -1,7 +1,10 @@
-//! The controller's errors, and their mapping to wire codes at the one boundary.
+//! The controller's errors, and their mapping to wire codes at the one boundary. Errors keep
+//! their sources (shared, as one failed group commit answers every writer in it); a wire
+//! message is the whole chain.
 
 use shoal_transport::proto::{ErrorCode, WireError};
 use std::path::Path;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
@@ -17,18 +20,29 @@ pub enum Error {
     Compacted { requested: u64, compacted: u64 },
     #[error("forbidden: {0}")]
     Forbidden(String),
-    #[error("store: {context}: {message}")]
-    Store { context: String, message: String },
+    #[error("store: {context}")]
+    Store {
+        context: String,
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("{0}")]
     Crypto(String),
-    #[error("{path}: {message}")]
-    Io { path: String, message: String },
+    #[error("{path}")]
+    Io {
+        path: String,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
     #[error("configuration: {0}")]
     Config(String),
-    #[error("transport: {0}")]
-    Transport(String),
+    #[error(transparent)]
+    Transport(Arc<shoal_transport::Error>),
+    /// An object that does not encode, decode or convert.
+    #[error(transparent)]
+    Api(Arc<shoal_api::Error>),
     #[error("the store is shut down")]
     Closed,
     #[error("internal error: {0}")]
@@ -36,17 +50,20 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn store(context: impl Into<String>, e: impl std::fmt::Display) -> Self {
+    pub fn store(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
         Error::Store {
             context: context.into(),
-            message: e.to_string(),
+            source: Arc::new(source),
         }
     }
 
-    pub fn io(path: &Path, e: std::io::Error) -> Self {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
         Error::Io {
             path: path.display().to_string(),
-            message: e.to_string(),
+            source: Arc::new(source),
         }
     }
 
@@ -67,20 +84,20 @@ impl From<Error> for WireError {
     fn from(e: Error) -> WireError {
         WireError {
             code: e.code(),
-            message: e.to_string(),
+            message: shoal_transport::report(&e).to_string(),
         }
     }
 }
 
 impl From<shoal_api::Error> for Error {
     fn from(e: shoal_api::Error) -> Self {
-        Error::Internal(e.to_string())
+        Error::Api(Arc::new(e))
     }
 }
 
 impl From<shoal_transport::Error> for Error {
     fn from(e: shoal_transport::Error) -> Self {
-        Error::Transport(e.to_string())
+        Error::Transport(Arc::new(e))
     }
 }
 

@@ -80,7 +80,7 @@ pub async fn record(
     component: &str,
 ) {
     if let Err(e) = try_record(store, about, type_, reason, message, component, None).await {
-        tracing::debug!(error = %e, reason, "event not recorded");
+        tracing::debug!(error = %shoal_transport::report(&e), reason, "event not recorded");
     }
 }
 

@@ -214,7 +214,7 @@ pub async fn run(
         let nodes: Vec<Node> = match store.list_typed(Kind::Node, None).await {
             Ok(nodes) => nodes,
             Err(e) => {
-                tracing::warn!(error = %e, "node lifecycle: cannot list nodes");
+                tracing::warn!(error = %shoal_transport::report(&e), "node lifecycle: cannot list nodes");
                 continue;
             }
         };
@@ -245,7 +245,9 @@ pub async fn run(
                 let revision = node.metadata.revision();
                 match store.update(Object::Node(next), Some(revision)).await {
                     Ok(_) | Err(Error::Conflict(_)) | Err(Error::NotFound(_)) => {}
-                    Err(e) => tracing::warn!(error = %e, "node lifecycle: cannot taint a node"),
+                    Err(e) => {
+                        tracing::warn!(error = %shoal_transport::report(&e), "node lifecycle: cannot taint a node")
+                    }
                 }
                 continue;
             }
@@ -287,7 +289,9 @@ pub async fn run(
                 let marked = Object::Pod(marked);
                 match store.update(marked, Some(pod.metadata.revision())).await {
                     Ok(_) | Err(Error::NotFound(_)) | Err(Error::Conflict(_)) => {}
-                    Err(e) => tracing::warn!(error = %e, "node lifecycle: cannot mark a pod lost"),
+                    Err(e) => {
+                        tracing::warn!(error = %shoal_transport::report(&e), "node lifecycle: cannot mark a pod lost")
+                    }
                 }
             }
         }
@@ -312,7 +316,9 @@ pub async fn run(
                 .await
             {
                 Ok(_) | Err(Error::Conflict(_)) | Err(Error::NotFound(_)) => {}
-                Err(e) => tracing::warn!(error = %e, "node lifecycle: cannot update a node"),
+                Err(e) => {
+                    tracing::warn!(error = %shoal_transport::report(&e), "node lifecycle: cannot update a node")
+                }
             }
         }
     }

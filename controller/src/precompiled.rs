@@ -163,7 +163,7 @@ impl Precompiled {
             let (me, reference) = (self.clone(), reference.to_string());
             self.tasks.spawn(async move {
                 if let Err(e) = me.get(&reference, &target).await {
-                    tracing::warn!(%reference, target = %target.triple, error = %e, "cannot precompile");
+                    tracing::warn!(%reference, target = %target.triple, error = %shoal_transport::report(&e), "cannot precompile");
                 }
             });
         }

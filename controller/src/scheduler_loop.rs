@@ -21,7 +21,7 @@ pub async fn run(store: Store, artifacts: Arc<Artifacts>, shutdown: Cancellation
     let mut waker = Waker::new(store.clone(), &[Kind::Pod, Kind::Node], RESYNC);
     while waker.wait(&shutdown).await {
         if let Err(e) = pass(&store, Some(&artifacts)).await {
-            tracing::warn!(error = %e, "scheduling pass failed");
+            tracing::warn!(error = %shoal_transport::report(&e), "scheduling pass failed");
         }
     }
 }

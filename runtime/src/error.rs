@@ -6,8 +6,12 @@ pub enum Error {
     Artifact { path: String, message: String },
     #[error("{id}: cannot start: {message}")]
     Start { id: String, message: String },
-    #[error("{path}: {message}")]
-    Io { path: String, message: String },
+    #[error("{path}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("layer {layer}: {message}")]
     Layer { layer: String, message: String },
     #[error("image {image}: {message}")]
@@ -21,10 +25,10 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn io(path: &std::path::Path, e: impl std::fmt::Display) -> Self {
+    pub fn io(path: &std::path::Path, source: impl Into<std::io::Error>) -> Self {
         Error::Io {
             path: path.display().to_string(),
-            message: e.to_string(),
+            source: source.into(),
         }
     }
 }

@@ -28,8 +28,12 @@ pub enum Error {
     Connection(String),
     #[error("stream: {0}")]
     Stream(String),
-    #[error("{path}: {message}")]
-    Io { path: String, message: String },
+    #[error("{path}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Config(String),
     #[error("{0}")]
@@ -42,11 +46,31 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn io(path: &std::path::Path, e: impl std::fmt::Display) -> Self {
+    pub fn io(path: &std::path::Path, source: impl Into<std::io::Error>) -> Self {
         Error::Io {
             path: path.display().to_string(),
-            message: e.to_string(),
+            source: source.into(),
         }
+    }
+}
+
+/// An error with its sources, `outer: cause: root cause`, as logs and wire messages show it
+/// (an error's own message leaves its source out, so that a chain is never said twice).
+pub fn report<'a>(e: &'a (dyn std::error::Error + 'static)) -> Report<'a> {
+    Report(e)
+}
+
+pub struct Report<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(e) = next {
+            write!(f, ": {e}")?;
+            next = e.source();
+        }
+        Ok(())
     }
 }
 

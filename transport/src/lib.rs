@@ -12,7 +12,7 @@ pub mod seal;
 pub mod watch;
 
 pub use credentials::Credentials;
-pub use error::{Error, Result};
+pub use error::{report, Error, Result};
 pub use pki::{Ca, Identity, JoinToken};
 pub use quic::{Client, ResponseStream, Server};
 pub use watch::{Seen, Selection, Watcher};

@@ -85,7 +85,9 @@ impl Supervisor {
                 let names: Vec<&str> = removed.iter().map(|i| i.reference.as_str()).collect();
                 tracing::info!(removed = ?names, freed, "image garbage collection");
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "image garbage collection failed"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %shoal_transport::report(&e), "image garbage collection failed")
+            }
             _ => {}
         }
     }
@@ -116,7 +118,7 @@ pub(super) async fn container_image(
         } else {
             "ErrImagePull"
         };
-        (reason.to_string(), e.to_string())
+        (reason.to_string(), shoal_transport::report(&e).to_string())
     };
     let Some(runc) = runc else {
         let path = if registry {
@@ -153,14 +155,14 @@ pub(super) async fn container_image(
         Ok(d) => d,
         Err(e) => match images.recorded(&c.image) {
             Some(d) => {
-                tracing::info!(image = %c.image, error = %e, "using the image this node has");
+                tracing::info!(image = %c.image, error = %shoal_transport::report(&e), "using the image this node has");
                 d
             }
             None => return Err(failed(e)),
         },
     };
     if let Err(e) = images.record(&c.image, &digest) {
-        tracing::warn!(image = %c.image, error = %e, "cannot record the image");
+        tracing::warn!(image = %c.image, error = %shoal_transport::report(&e), "cannot record the image");
     }
     let path = images
         .blob_path(&digest)
@@ -187,7 +189,7 @@ async fn precompiled(inner: &Inner, client: &shoal_transport::Client, artifact: 
     {
         Ok(code) => code,
         Err(e) => {
-            tracing::info!(artifact = %reference, error = %e, "no precompiled code from the controller; compiling here");
+            tracing::info!(artifact = %reference, error = %shoal_transport::report(&e), "no precompiled code from the controller; compiling here");
             return;
         }
     };
@@ -203,7 +205,9 @@ async fn precompiled(inner: &Inner, client: &shoal_transport::Client, artifact: 
             target = %target.triple,
             "loaded code precompiled by the controller; nothing compiled here"
         ),
-        Err(e) => tracing::warn!(artifact = %reference, error = %e, "compiling here instead"),
+        Err(e) => {
+            tracing::warn!(artifact = %reference, error = %shoal_transport::report(&e), "compiling here instead")
+        }
     }
     // The cache keeps its own copy; this one was only the transfer's.
     let _ = std::fs::remove_file(&code);
@@ -234,7 +238,9 @@ async fn pull_auth(
                     );
                 }
             }
-            Err(e) => tracing::warn!(secret = %r.name, error = %e, "imagePullSecret unavailable"),
+            Err(e) => {
+                tracing::warn!(secret = %r.name, error = %shoal_transport::report(&e), "imagePullSecret unavailable")
+            }
         }
     }
     crate::registry::auth_for(registry, &docs)

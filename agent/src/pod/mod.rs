@@ -218,10 +218,12 @@ impl Supervisor {
                 *current = Some(Arc::new(n));
                 let file = self.0.data_dir.join("pod-cidr");
                 if let Err(e) = std::fs::write(&file, subnet.to_string()) {
-                    tracing::warn!(error = %e, "cannot remember the pod range");
+                    tracing::warn!(error = %shoal_transport::report(&e), "cannot remember the pod range");
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "pods get no address: no pod network"),
+            Err(e) => {
+                tracing::warn!(error = %shoal_transport::report(&e), "pods get no address: no pod network")
+            }
         }
     }
 
@@ -250,7 +252,9 @@ impl Supervisor {
                 Ok(Ok(removed)) if !removed.is_empty() => {
                     tracing::info!(?removed, "removed containers of pods no longer here")
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot list runc containers"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %shoal_transport::report(&e), "cannot list runc containers")
+                }
                 _ => {}
             }
         }
@@ -267,7 +271,7 @@ impl Supervisor {
         // and are not run again.
         let listed: Vec<Object> = pods.iter().map(|p| Object::Pod(p.clone())).collect();
         if let Err(e) = self.0.local.replace(Kind::Pod, &listed) {
-            tracing::warn!(error = %e, "cannot keep the pods in the node's local state");
+            tracing::warn!(error = %shoal_transport::report(&e), "cannot keep the pods in the node's local state");
         }
         for pod in pods {
             self.observe(EventType::Modified, pod).await;

@@ -320,7 +320,7 @@ impl OneContainer {
         started.map_err(|e| shoal_runtime::Exit {
             code: 128,
             reason: shoal_runtime::ExitReason::Error,
-            message: Some(e.to_string()),
+            message: Some(shoal_transport::report(&e).to_string()),
         })
     }
 

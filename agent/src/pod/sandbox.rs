@@ -36,9 +36,10 @@ pub(super) async fn create(inner: &Inner, pod: &Pod, dir: &Path) -> Result<Sandb
     })
     .await
     .map_err(|e| failed(&e))?
-    .map_err(|e| failed(&e))?;
+    .map_err(|e| failed(&shoal_transport::report(&e)))?;
     let dns = inner.proxy.dns_address();
-    let etc = etc_files(pod, dir, ip, dns).map_err(|e| failed(&format!("/etc files: {e}")))?;
+    let etc = etc_files(pod, dir, ip, dns)
+        .map_err(|e| failed(&format!("/etc files: {}", shoal_transport::report(&e))))?;
     Ok(Sandbox { netns, ip, etc })
 }
 

@@ -98,7 +98,7 @@ pub(super) async fn report(inner: &Inner, state: &Arc<Mutex<PodRun>>) {
         .map_err(crate::Error::from)
         .and_then(crate::error::expect_ok)
     {
-        tracing::debug!(error = %e, "status report failed");
+        tracing::debug!(error = %shoal_transport::report(&e), "status report failed");
     }
 }
 

@@ -65,7 +65,7 @@ impl Proxy {
                 Some(c)
             }
             Err(e) => {
-                tracing::info!(peer = node, %addr, error = %e, "cannot reach the node directly; relaying through the controller");
+                tracing::info!(peer = node, %addr, error = %shoal_transport::report(&e), "cannot reach the node directly; relaying through the controller");
                 *peer = Peer::Down(std::time::Instant::now() + PEER_RETRY);
                 None
             }

@@ -82,7 +82,7 @@ impl Proxy {
                 }
                 Err(e) => {
                     if s.failed.insert(listen) {
-                        tracing::warn!(listen = %listen.addr, service = %route.service, error = %e, "cannot serve a service port");
+                        tracing::warn!(listen = %listen.addr, service = %route.service, error = %shoal_transport::report(&e), "cannot serve a service port");
                     }
                 }
             }
@@ -110,7 +110,9 @@ impl Proxy {
                 self.0.tasks.spawn(served);
                 s.dns = Some((ip, cancel));
             }
-            Err(e) => tracing::warn!(%ip, error = %e, "cannot serve cluster DNS"),
+            Err(e) => {
+                tracing::warn!(%ip, error = %shoal_transport::report(&e), "cannot serve cluster DNS")
+            }
         }
     }
 
@@ -190,7 +192,7 @@ async fn accept(
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::debug!(error = %e, "service accept failed");
+                    tracing::debug!(error = %shoal_transport::report(&e), "service accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }

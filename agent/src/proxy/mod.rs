@@ -389,8 +389,12 @@ async fn keep_locally(
         .await;
         match kept {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot keep the proxy's state on the node"),
-            Err(e) => tracing::warn!(error = %e, "cannot keep the proxy's state on the node"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %shoal_transport::report(&e), "cannot keep the proxy's state on the node")
+            }
+            Err(e) => {
+                tracing::warn!(error = %shoal_transport::report(&e), "cannot keep the proxy's state on the node")
+            }
         }
     }
 }

@@ -38,7 +38,7 @@ pub(super) async fn serve_udp(
             r = socket.recv_from(&mut buf) => match r {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::debug!(error = %e, "service receive failed");
+                    tracing::debug!(error = %shoal_transport::report(&e), "service receive failed");
                     continue;
                 }
             },

@@ -40,12 +40,12 @@ pub async fn run(store: Store, shutdown: CancellationToken) {
     let mut expired = std::time::Instant::now();
     while waker.wait(&shutdown).await {
         if let Err(e) = pass(&store).await {
-            tracing::warn!(error = %e, "reconcile pass failed");
+            tracing::warn!(error = %shoal_transport::report(&e), "reconcile pass failed");
         }
         if expired.elapsed() >= EXPIRE_EVENTS {
             expired = std::time::Instant::now();
             if let Err(e) = events::expire(&store, chrono::Utc::now()).await {
-                tracing::warn!(error = %e, "expiring events failed");
+                tracing::warn!(error = %shoal_transport::report(&e), "expiring events failed");
             }
         }
     }
@@ -490,7 +490,7 @@ async fn replicasets(store: &Store, pods: &[Pod]) -> Result<()> {
         }
         if let Err(e) = created {
             // The status written below still counts what exists; the next pass tries again.
-            tracing::warn!(replicaset = %rs.metadata.name, error = %e, "creating pods failed");
+            tracing::warn!(replicaset = %rs.metadata.name, error = %shoal_transport::report(&e), "creating pods failed");
         }
         let duplicates = plan.duplicates;
         slow_start(plan.delete, |name| async move {

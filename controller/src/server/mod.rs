@@ -241,7 +241,7 @@ impl Controller {
                 let conn = match incoming.await {
                     Ok(c) => c,
                     Err(e) => {
-                        tracing::debug!(error = %e, "handshake failed");
+                        tracing::debug!(error = %shoal_transport::report(&e), "handshake failed");
                         return;
                     }
                 };
@@ -294,7 +294,7 @@ async fn serve_connection(
             .adopt_legacy_node(&claimed, key.as_deref(), lifetime)
             .await
         {
-            tracing::warn!(identity = %claimed, error = %e, "cannot bind a node that joined before keys were bound");
+            tracing::warn!(identity = %claimed, error = %shoal_transport::report(&e), "cannot bind a node that joined before keys were bound");
         }
         if let Err(e) = service.authenticate(claimed.clone(), key.as_deref()).await {
             tracing::info!(remote = %conn.remote_address(), identity = %claimed, "refused a revoked certificate");
@@ -718,7 +718,7 @@ async fn serve_stream(
         }
         Reply::Fetch { blob, offset } => {
             if let Err(e) = send_blob(&mut send, &blob, offset).await {
-                tracing::debug!(error = %e, "artifact transfer ended early");
+                tracing::debug!(error = %shoal_transport::report(&e), "artifact transfer ended early");
             }
         }
         Reply::ToNode { node, request } => {

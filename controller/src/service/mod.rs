@@ -237,7 +237,9 @@ impl Service {
             };
             match self.apply_one(Object::Service(dns)).await {
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot create the cluster DNS Service"),
+                Err(e) => {
+                    tracing::warn!(error = %shoal_transport::report(&e), "cannot create the cluster DNS Service")
+                }
             }
         }
         Ok(())

@@ -10,9 +10,11 @@ use shoal_api::Object;
 pub fn sealing(e: shoal_transport::Error) -> Error {
     match e {
         shoal_transport::Error::Corrupt(m) => Error::Corrupt(m),
-        shoal_transport::Error::Config(m) | shoal_transport::Error::Io { message: m, .. } => {
-            Error::Config(m)
-        }
+        shoal_transport::Error::Config(m) => Error::Config(m),
+        shoal_transport::Error::Io { path, source } => Error::Io {
+            path,
+            source: std::sync::Arc::new(source),
+        },
         other => Error::Crypto(other.to_string()),
     }
 }

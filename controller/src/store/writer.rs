@@ -111,7 +111,7 @@ pub(crate) fn spawn(
                         }
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, "store commit failed");
+                        tracing::error!(error = %shoal_transport::report(&e), "store commit failed");
                         for req in requests {
                             let _ = req.reply.send(Err(e.clone()));
                         }

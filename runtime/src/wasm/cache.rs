@@ -193,7 +193,7 @@ impl Cache {
         let tmp = cwasm.with_extension("tmp");
         if let Err(e) = write(&tmp).and_then(|_| std::fs::rename(&tmp, cwasm)) {
             let _ = std::fs::remove_file(&tmp);
-            tracing::warn!(path = %cwasm.display(), error = %e, "cannot cache a compiled artifact");
+            tracing::warn!(path = %cwasm.display(), error = &e as &dyn std::error::Error, "cannot cache a compiled artifact");
             return;
         }
         prune(&self.dir, self.disk_limit, cwasm);
