@@ -82,10 +82,15 @@ fn archives_and_docker_save_import() {
     // docker save: manifest.json naming a config file and layer tars.
     let ds = d.path().join("ds");
     fs::create_dir_all(ds.join("abc")).expect("dir");
-    fs::write(ds.join("abc/layer.tar"), layer("hello", "docker")).expect("layer");
+    let tar = layer("hello", "docker");
+    fs::write(ds.join("abc/layer.tar"), &tar).expect("layer");
+    // As docker writes it: the OCI image spec's required rootfs, with the layer's diff id.
+    let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&tar)));
     fs::write(
         ds.join("cfg.json"),
-        r#"{"os":"linux","architecture":"amd64","config":{"Entrypoint":["/hello"]}}"#,
+        format!(
+            r#"{{"os":"linux","architecture":"amd64","config":{{"Entrypoint":["/hello"]}},"rootfs":{{"type":"layers","diff_ids":["{diff_id}"]}}}}"#
+        ),
     )
     .expect("config");
     fs::write(
