@@ -199,6 +199,21 @@ async fn node_event(store: &Store, node: &Node, type_: &str, reason: &str, messa
     crate::events::record(store, &about, type_, reason, message, "node-controller").await;
 }
 
+/// The pods, read only when some node is unreachable long enough to evict from.
+async fn pods_if_evicting(store: &Store, nodes: &[Node]) -> Vec<Pod> {
+    let unreachable = nodes.iter().any(|n| {
+        n.spec
+            .taints
+            .iter()
+            .any(|t| t.key == UNREACHABLE && t.effect == "NoExecute")
+    });
+    if unreachable {
+        store.list_typed(Kind::Pod, None).await.unwrap_or_default()
+    } else {
+        Vec::new()
+    }
+}
+
 pub async fn run(
     store: Store,
     grace: Duration,
@@ -218,18 +233,7 @@ pub async fn run(
                 continue;
             }
         };
-        // The pods are read only when some node is unreachable long enough to evict from.
-        let unreachable = nodes.iter().any(|n| {
-            n.spec
-                .taints
-                .iter()
-                .any(|t| t.key == UNREACHABLE && t.effect == "NoExecute")
-        });
-        let pods: Vec<Pod> = if unreachable {
-            store.list_typed(Kind::Pod, None).await.unwrap_or_default()
-        } else {
-            Vec::new()
-        };
+        let pods = pods_if_evicting(&store, &nodes).await;
         for node in &nodes {
             if let Some(taints) = taints_update(node, Utc::now()) {
                 if let Some(since) = unreachable_since(node) {
