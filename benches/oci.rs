@@ -64,7 +64,8 @@ fn bare_runc(dir: &Path, layout: &Path) -> Vec<Duration> {
         &image.config.config().clone().unwrap_or_default(),
         &spec::User::default(),
         "/shoal/bench-bare",
-    );
+    )
+    .expect("spec");
     std::fs::write(
         bundle.join("config.json"),
         serde_json::to_vec(&config).expect("json"),

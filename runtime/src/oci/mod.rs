@@ -290,7 +290,8 @@ impl RuncRuntime {
                 "runAsNonRoot is set but the container would run as root (uid 0)".into(),
             ));
         }
-        let config = spec::runtime_spec(spec, &run, &user, &format!("/shoal/{id}"));
+        let config =
+            spec::runtime_spec(spec, &run, &user, &format!("/shoal/{id}")).map_err(start_err)?;
         let path = bundle.join("config.json");
         let bytes = serde_json::to_vec_pretty(&config).map_err(|e| start_err(e.to_string()))?;
         std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))
@@ -510,5 +511,7 @@ impl Workload for Runc {
     }
 }
 
+#[cfg(test)]
+mod golden;
 #[cfg(test)]
 mod tests;

@@ -11,7 +11,11 @@
 //! (arm64), plus 32-bit ARM's own; runc skips names its libseccomp does not know for an
 //! architecture.
 
-use serde_json::{json, Value};
+use oci_spec::runtime::{
+    Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder,
+    LinuxSeccompOperator, LinuxSyscallBuilder,
+};
+use oci_spec::OciSpecError;
 
 /// The clone flags that make new namespaces (CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER,
 /// NEWPID, NEWNET): a container's `clone` with any of them is refused.
@@ -389,20 +393,44 @@ pub const ALLOWED_SYSCALLS: &[&str] = &[
     "writev",
 ];
 
-pub fn profile() -> Value {
-    json!({
-        "defaultAction": "SCMP_ACT_ERRNO",
-        "defaultErrnoRet": EPERM,
-        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32",
-                          "SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
-        "syscalls": [
-            {"names": ALLOWED_SYSCALLS, "action": "SCMP_ACT_ALLOW"},
-            {"names": ["clone"], "action": "SCMP_ACT_ALLOW",
-             "args": [{"index": 0, "value": NAMESPACE_FLAGS, "valueTwo": 0,
-                       "op": "SCMP_CMP_MASKED_EQ"}]},
-            {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS}
-        ]
-    })
+/// The filter: the allow-list, `clone` without namespace flags, `clone3` as ENOSYS, and EPERM
+/// for everything else.
+pub fn profile() -> Result<LinuxSeccomp, OciSpecError> {
+    let names = |n: &[&str]| n.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    let no_namespaces = LinuxSeccompArgBuilder::default()
+        .index(0usize)
+        .value(NAMESPACE_FLAGS)
+        .value_two(0u64)
+        .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
+        .build()?;
+    let syscalls = vec![
+        LinuxSyscallBuilder::default()
+            .names(names(ALLOWED_SYSCALLS))
+            .action(LinuxSeccompAction::ScmpActAllow)
+            .build()?,
+        LinuxSyscallBuilder::default()
+            .names(names(&["clone"]))
+            .action(LinuxSeccompAction::ScmpActAllow)
+            .args(vec![no_namespaces])
+            .build()?,
+        LinuxSyscallBuilder::default()
+            .names(names(&["clone3"]))
+            .action(LinuxSeccompAction::ScmpActErrno)
+            .errno_ret(ENOSYS)
+            .build()?,
+    ];
+    LinuxSeccompBuilder::default()
+        .default_action(LinuxSeccompAction::ScmpActErrno)
+        .default_errno_ret(EPERM)
+        .architectures(vec![
+            Arch::ScmpArchX86_64,
+            Arch::ScmpArchX86,
+            Arch::ScmpArchX32,
+            Arch::ScmpArchAarch64,
+            Arch::ScmpArchArm,
+        ])
+        .syscalls(syscalls)
+        .build()
 }
 
 #[cfg(test)]
@@ -446,7 +474,7 @@ mod tests {
         for name in escapes.iter().chain(&more).chain(&rest) {
             assert!(!ALLOWED_SYSCALLS.contains(name), "{name}");
         }
-        let p = profile();
+        let p = serde_json::to_value(profile().expect("profile")).expect("serializes");
         assert_eq!(p["defaultAction"], "SCMP_ACT_ERRNO");
         assert_eq!(p["syscalls"][1]["args"][0]["value"], NAMESPACE_FLAGS);
         assert_eq!(p["syscalls"][2]["errnoRet"], ENOSYS);

@@ -5,69 +5,75 @@
 
 use super::image::RunConfig;
 use crate::{ContainerSpec, Network};
-use serde_json::{json, Value};
+use oci_spec::runtime::{
+    self as oci, Capabilities, Capability, Linux, LinuxCapabilities, LinuxCpuBuilder,
+    LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder, Process, RootBuilder, Spec,
+    UserBuilder,
+};
+use serde_json::Value;
 
 /// The capabilities a container gets unless it asks otherwise (Docker's and containerd's set).
-pub const DEFAULT_CAPABILITIES: [&str; 14] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
+pub const DEFAULT_CAPABILITIES: [Capability; 14] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
 ];
 
 /// Every capability, for `privileged` and `add: [ALL]`.
-const ALL_CAPABILITIES: [&str; 41] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN",
-    "CAP_NET_RAW",
-    "CAP_IPC_LOCK",
-    "CAP_IPC_OWNER",
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE",
-    "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG",
-    "CAP_MKNOD",
-    "CAP_LEASE",
-    "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL",
-    "CAP_SETFCAP",
-    "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN",
-    "CAP_SYSLOG",
-    "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_AUDIT_READ",
-    "CAP_PERFMON",
-    "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE",
+const ALL_CAPABILITIES: [Capability; 41] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::DacReadSearch,
+    Capability::Fowner,
+    Capability::Fsetid,
+    Capability::Kill,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setpcap,
+    Capability::LinuxImmutable,
+    Capability::NetBindService,
+    Capability::NetBroadcast,
+    Capability::NetAdmin,
+    Capability::NetRaw,
+    Capability::IpcLock,
+    Capability::IpcOwner,
+    Capability::SysModule,
+    Capability::SysRawio,
+    Capability::SysChroot,
+    Capability::SysPtrace,
+    Capability::SysPacct,
+    Capability::SysAdmin,
+    Capability::SysBoot,
+    Capability::SysNice,
+    Capability::SysResource,
+    Capability::SysTime,
+    Capability::SysTtyConfig,
+    Capability::Mknod,
+    Capability::Lease,
+    Capability::AuditWrite,
+    Capability::AuditControl,
+    Capability::Setfcap,
+    Capability::MacOverride,
+    Capability::MacAdmin,
+    Capability::Syslog,
+    Capability::WakeAlarm,
+    Capability::BlockSuspend,
+    Capability::AuditRead,
+    Capability::Perfmon,
+    Capability::Bpf,
+    Capability::CheckpointRestore,
 ];
 
 const MASKED_PATHS: [&str; 10] = [
@@ -137,37 +143,41 @@ pub fn env(container: &ContainerSpec, image: &RunConfig) -> Vec<String> {
     out.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
-fn capabilities(container: &ContainerSpec) -> Vec<String> {
+/// The capability set: Docker's default, or all when privileged or asked for with `ALL`, then
+/// the container's `add` and `drop`. A name that is no Linux capability is refused by name
+/// (runc would only warn and run the container without it).
+fn capabilities(container: &ContainerSpec) -> Result<Capabilities, String> {
     let s = &container.security;
     if s.privileged {
-        return ALL_CAPABILITIES.iter().map(|c| c.to_string()).collect();
+        return Ok(ALL_CAPABILITIES.into_iter().collect());
     }
-    let norm = |c: &String| {
-        let c = c.to_ascii_uppercase();
-        if c.starts_with("CAP_") {
-            c
-        } else {
-            format!("CAP_{c}")
-        }
+    let is_all = |c: &String| c.eq_ignore_ascii_case("ALL") || c.eq_ignore_ascii_case("CAP_ALL");
+    let parse = |names: &[String], which: &str| -> Result<Vec<Capability>, String> {
+        names
+            .iter()
+            .filter(|c| !is_all(c))
+            .map(|c| {
+                serde_json::from_value(Value::String(c.clone())).map_err(|_| {
+                    format!("securityContext.capabilities.{which}: {c:?} is not a Linux capability")
+                })
+            })
+            .collect()
     };
-    let add: Vec<String> = s.capabilities_add.iter().map(norm).collect();
-    let drop: Vec<String> = s.capabilities_drop.iter().map(norm).collect();
-    let base: &[&str] = if add.iter().any(|c| c == "CAP_ALL") {
-        &ALL_CAPABILITIES
+    let add = parse(&s.capabilities_add, "add")?;
+    let drop = parse(&s.capabilities_drop, "drop")?;
+    if s.capabilities_drop.iter().any(is_all) {
+        return Ok(Capabilities::new());
+    }
+    let base = if s.capabilities_add.iter().any(is_all) {
+        ALL_CAPABILITIES.as_slice()
     } else {
-        &DEFAULT_CAPABILITIES
+        DEFAULT_CAPABILITIES.as_slice()
     };
-    let mut caps: Vec<String> = base.iter().map(|c| c.to_string()).collect();
-    for c in add {
-        if c != "CAP_ALL" && !caps.contains(&c) {
-            caps.push(c);
-        }
+    let mut caps: Capabilities = base.iter().copied().chain(add).collect();
+    for c in &drop {
+        caps.remove(c);
     }
-    if drop.iter().any(|c| c == "CAP_ALL") {
-        caps.clear();
-    }
-    caps.retain(|c| !drop.contains(c));
-    caps
+    Ok(caps)
 }
 
 /// Who the process runs as: uid, gid and supplementary groups, already resolved.
@@ -179,132 +189,246 @@ pub struct User {
 }
 
 /// The whole `config.json` for `container` started from an image with `image` as its config.
+/// Every field is set here: oci-spec's defaults are youki's example container (a hostname
+/// "youki", a NOFILE limit, its own mounts), never what a pod asked for.
 pub fn runtime_spec(
     container: &ContainerSpec,
     image: &RunConfig,
     user: &User,
     cgroups_path: &str,
-) -> Value {
+) -> Result<Spec, String> {
     let s = &container.security;
-    let caps = capabilities(container);
+    let caps = capabilities(container)?;
     let cwd = container
         .working_dir
         .clone()
         .or_else(|| image.working_dir().clone().filter(|w| !w.is_empty()))
         .unwrap_or_else(|| "/".into());
-    let mut mounts = vec![
-        json!({"destination": "/proc", "type": "proc", "source": "proc",
-               "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-               "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
-        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-               "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}),
-        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-               "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
-        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-               "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
-               "options": ["nosuid", "noexec", "nodev", "ro"]}),
-        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-               "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
-    ];
-    for m in &container.mounts {
-        let mut options = vec!["rbind", "rprivate"];
-        options.push(if m.read_only { "ro" } else { "rw" });
-        mounts.push(json!({
-            "destination": m.guest_path,
-            "type": "bind",
-            "source": m.host_path,
-            "options": options,
-        }));
-    }
-    let mut namespaces = vec![
-        json!({"type": "pid"}),
-        json!({"type": "ipc"}),
-        json!({"type": "uts"}),
-        json!({"type": "mount"}),
-    ];
-    match &container.network {
-        Network::Host => {}
-        Network::Pod(path) => namespaces.push(json!({"type": "network", "path": path})),
-        Network::Isolated => namespaces.push(json!({"type": "network"})),
-    }
-    let resources = resources(container);
-    let mut linux = json!({
-        "namespaces": namespaces,
-        "resources": resources,
-        "cgroupsPath": cgroups_path,
-    });
-    if !s.privileged {
-        linux["maskedPaths"] = json!(MASKED_PATHS.as_slice());
-        linux["readonlyPaths"] = json!(READONLY_PATHS.as_slice());
-        if !s.seccomp_unconfined {
-            linux["seccomp"] = super::seccomp::profile();
-        }
-    }
-    if !s.sysctls.is_empty() {
-        let sysctls: serde_json::Map<String, Value> = s
-            .sysctls
-            .iter()
-            .map(|(k, v)| (k.clone(), json!(v)))
-            .collect();
-        linux["sysctl"] = Value::Object(sysctls);
-    }
     let mut additional_gids = user.additional_gids.clone();
     for g in &s.supplemental_groups {
         if !additional_gids.contains(g) && *g != user.gid {
             additional_gids.push(*g);
         }
     }
-    let hostname = (container.network != Network::Host).then(|| container.hostname.clone());
-    let mut spec = json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": false,
-            "user": {"uid": user.uid, "gid": user.gid, "additionalGids": additional_gids},
-            "args": argv(container, image),
-            "env": env(container, image),
-            "cwd": cwd,
-            "capabilities": {
-                "bounding": caps, "effective": caps, "permitted": caps,
-            },
-            "noNewPrivileges": !(s.privileged || s.allow_privilege_escalation),
-        },
-        "root": {"path": "rootfs", "readonly": s.read_only_root_filesystem},
-        "mounts": mounts,
-        "linux": linux,
+    let mut process = Process::default();
+    process.set_terminal(Some(false));
+    process.set_console_size(None);
+    process.set_user(
+        UserBuilder::default()
+            .uid(user.uid)
+            .gid(user.gid)
+            .additional_gids(additional_gids)
+            .build()
+            .map_err(|e| e.to_string())?,
+    );
+    process.set_args(Some(argv(container, image)));
+    process.set_command_line(None);
+    process.set_env(Some(env(container, image)));
+    process.set_cwd(cwd.into());
+    let mut capabilities = LinuxCapabilities::default();
+    capabilities.set_bounding(Some(caps.clone()));
+    capabilities.set_effective(Some(caps.clone()));
+    capabilities.set_permitted(Some(caps));
+    capabilities.set_inheritable(None);
+    capabilities.set_ambient(None);
+    process.set_capabilities(Some(capabilities));
+    process.set_rlimits(None);
+    process.set_no_new_privileges(Some(!(s.privileged || s.allow_privilege_escalation)));
+    process.set_apparmor_profile(None);
+    process.set_oom_score_adj(None);
+    process.set_selinux_label(None);
+    process.set_io_priority(None);
+    process.set_scheduler(None);
+    process.set_exec_cpu_affinity(None);
+
+    let mut spec = Spec::default();
+    spec.set_version("1.0.2".into());
+    spec.set_root(Some(
+        RootBuilder::default()
+            .path("rootfs")
+            .readonly(s.read_only_root_filesystem)
+            .build()
+            .map_err(|e| e.to_string())?,
+    ));
+    spec.set_mounts(Some(mounts(container)?));
+    spec.set_process(Some(process));
+    // The host network keeps the node's name.
+    spec.set_hostname((container.network != Network::Host).then(|| container.hostname.clone()));
+    spec.set_domainname(None);
+    spec.set_hooks(None);
+    spec.set_annotations(None);
+    spec.set_linux(Some(linux(container, cgroups_path)?));
+    Ok(spec)
+}
+
+/// The kernel filesystems every container has, then the pod's volumes as bind mounts.
+fn mounts(container: &ContainerSpec) -> Result<Vec<oci::Mount>, String> {
+    let kernel: [(&str, &str, &str, &[&str]); 7] = [
+        ("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        (
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+        (
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+            ],
+        ),
+        (
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        ),
+        (
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        ),
+        (
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        ),
+        (
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+        ),
+    ];
+    let kernel = kernel
+        .into_iter()
+        .map(|(destination, typ, source, options)| {
+            oci::MountBuilder::default()
+                .destination(destination)
+                .typ(typ)
+                .source(source)
+                .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+                .build()
+        });
+    let volumes = container.mounts.iter().map(|m| {
+        let access = if m.read_only { "ro" } else { "rw" };
+        oci::MountBuilder::default()
+            .destination(&m.guest_path)
+            .typ("bind")
+            .source(&m.host_path)
+            .options(vec!["rbind".into(), "rprivate".into(), access.to_string()])
+            .build()
     });
-    if let Some(h) = hostname {
-        spec["hostname"] = json!(h);
+    kernel
+        .chain(volumes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())
+}
+
+/// Namespaces, cgroup limits and the kernel's hardening: masked and read-only paths and the
+/// seccomp filter, unless privileged.
+fn linux(container: &ContainerSpec, cgroups_path: &str) -> Result<Linux, String> {
+    let s = &container.security;
+    let namespace = |typ, path: Option<&std::path::Path>| {
+        let b = LinuxNamespaceBuilder::default().typ(typ);
+        match path {
+            Some(p) => b.path(p),
+            None => b,
+        }
+        .build()
+    };
+    let mut kinds = vec![
+        (LinuxNamespaceType::Pid, None),
+        (LinuxNamespaceType::Ipc, None),
+        (LinuxNamespaceType::Uts, None),
+        (LinuxNamespaceType::Mount, None),
+    ];
+    match &container.network {
+        Network::Host => {}
+        Network::Pod(path) => kinds.push((LinuxNamespaceType::Network, Some(path.as_path()))),
+        Network::Isolated => kinds.push((LinuxNamespaceType::Network, None)),
     }
-    spec
+    let namespaces = kinds
+        .into_iter()
+        .map(|(t, p)| namespace(t, p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let mut linux = Linux::default();
+    linux.set_namespaces(Some(namespaces));
+    linux.set_resources(Some(resources(container)?));
+    linux.set_cgroups_path(Some(cgroups_path.into()));
+    linux.set_uid_mappings(None);
+    linux.set_gid_mappings(None);
+    linux.set_devices(None);
+    linux.set_rootfs_propagation(None);
+    linux.set_mount_label(None);
+    let hardened = !s.privileged;
+    let paths = |p: &[&str]| Some(p.iter().map(|p| p.to_string()).collect());
+    linux.set_masked_paths(if hardened { paths(&MASKED_PATHS) } else { None });
+    linux.set_readonly_paths(if hardened {
+        paths(&READONLY_PATHS)
+    } else {
+        None
+    });
+    linux.set_seccomp(if hardened && !s.seccomp_unconfined {
+        Some(super::seccomp::profile().map_err(|e| e.to_string())?)
+    } else {
+        None
+    });
+    linux.set_sysctl((!s.sysctls.is_empty()).then(|| s.sysctls.iter().cloned().collect()));
+    Ok(linux)
 }
 
 /// The container's cgroup limits: no devices, a pids limit, memory (and swap) and CPU.
-fn resources(container: &ContainerSpec) -> Value {
-    let mut resources = json!({
-        "devices": [{"allow": false, "access": "rwm"}],
-        "pids": {"limit": container.pids_limit.unwrap_or(4096)},
-    });
+fn resources(container: &ContainerSpec) -> Result<LinuxResources, String> {
+    let err = |e: oci_spec::OciSpecError| e.to_string();
+    let no_devices = LinuxDeviceCgroupBuilder::default()
+        .allow(false)
+        .access("rwm")
+        .build()
+        .map_err(err)?;
+    let pids = LinuxPidsBuilder::default()
+        .limit(container.pids_limit.unwrap_or(4096))
+        .build()
+        .map_err(err)?;
+    let mut resources = LinuxResourcesBuilder::default()
+        .devices(vec![no_devices])
+        .pids(pids)
+        .build()
+        .map_err(err)?;
     if let Some(limit) = container.memory_limit {
         // Swap is not extra room: the limit holds for memory and swap together.
-        resources["memory"] = json!({"limit": limit, "swap": limit});
+        let limit =
+            i64::try_from(limit).map_err(|_| format!("memory limit {limit} is too large"))?;
+        let memory = LinuxMemoryBuilder::default()
+            .limit(limit)
+            .swap(limit)
+            .build()
+            .map_err(err)?;
+        resources.set_memory(Some(memory));
     }
-    let mut cpu = serde_json::Map::new();
+    let mut cpu = LinuxCpuBuilder::default();
     if let Some(millis) = container.cpu_limit_millis {
-        cpu.insert(
-            "quota".into(),
-            json!((millis * CPU_PERIOD / 1000).max(1000)),
-        );
-        cpu.insert("period".into(), json!(CPU_PERIOD));
+        let quota = (millis * CPU_PERIOD / 1000).max(1000);
+        cpu = cpu
+            .quota(i64::try_from(quota).map_err(|_| format!("CPU limit {millis}m is too large"))?)
+            .period(CPU_PERIOD);
     }
     if let Some(millis) = container.cpu_request_millis {
-        cpu.insert("shares".into(), json!((millis * 1024 / 1000).max(2)));
+        cpu = cpu.shares((millis * 1024 / 1000).max(2));
     }
-    if !cpu.is_empty() {
-        resources["cpu"] = Value::Object(cpu);
+    if container.cpu_limit_millis.is_some() || container.cpu_request_millis.is_some() {
+        resources.set_cpu(Some(cpu.build().map_err(err)?));
     }
-    resources
+    Ok(resources)
 }
 
 /// Resolves the image's `User` (`name`, `uid`, `name:group`, `uid:gid`) against the root
@@ -425,6 +549,11 @@ mod tests {
         );
     }
 
+    fn json_of(c: &ContainerSpec, user: &User) -> Value {
+        let spec = runtime_spec(c, &image(), user, "/shoal/x").expect("spec");
+        serde_json::to_value(spec).expect("serializes")
+    }
+
     #[test]
     fn hardened_by_default_and_security_context_honoured() {
         let mut c = ContainerSpec {
@@ -439,7 +568,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let s = runtime_spec(&c, &image(), &User::default(), "/shoal/x");
+        let s = json_of(&c, &User::default());
         assert_eq!(s["process"]["noNewPrivileges"], true);
         assert_eq!(s["process"]["cwd"], "/srv");
         assert_eq!(
@@ -467,7 +596,7 @@ mod tests {
             ..Default::default()
         };
         c.network = Network::Host;
-        let s = runtime_spec(&c, &image(), &User::default(), "/shoal/x");
+        let s = json_of(&c, &User::default());
         let caps = s["process"]["capabilities"]["effective"].clone();
         assert!(caps.as_array().is_some_and(|c| c.len() == 13
             && c.iter().any(|x| x == "CAP_NET_ADMIN")
@@ -485,7 +614,7 @@ mod tests {
             privileged: true,
             ..Default::default()
         };
-        let s = runtime_spec(&c, &image(), &User::default(), "/shoal/x");
+        let s = json_of(&c, &User::default());
         assert_eq!(s["process"]["noNewPrivileges"], false);
         assert!(s["linux"].get("seccomp").is_none());
         assert!(s["process"]["capabilities"]["bounding"]
@@ -504,7 +633,7 @@ mod tests {
             gid: 1000,
             additional_gids: vec![29],
         };
-        let s = runtime_spec(&c, &image(), &user, "/shoal/x");
+        let s = json_of(&c, &user);
         assert_eq!(
             s["process"]["user"]["additionalGids"],
             serde_json::json!([29, 44, 2000])
@@ -515,6 +644,14 @@ mod tests {
         );
         assert!(s["linux"].get("seccomp").is_none());
         assert!(s["linux"]["maskedPaths"].is_array(), "still not privileged");
+
+        // A name that is no capability is refused by name, not dropped as runc would.
+        c.security = Security {
+            capabilities_add: vec!["NET_ADMN".into()],
+            ..Default::default()
+        };
+        let err = runtime_spec(&c, &image(), &user, "/x").expect_err("unknown capability");
+        assert!(err.contains("capabilities.add: \"NET_ADMN\""), "{err}");
     }
 
     #[test]
