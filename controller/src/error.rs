@@ -20,6 +20,20 @@ pub enum Error {
     Compacted { requested: u64, compacted: u64 },
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// A request that is not well-formed: a stream that ends early, a frame that does not
+    /// decode, an upload longer than announced.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The caller did not say who it is, or said it with a credential that does not hold.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller asked more often than it may; it may try again later.
+    #[error("{0}")]
+    TooManyRequests(String),
+    /// The node a request is for is not connected, or failed on the way (there is no wire
+    /// code for "unavailable": clients retry an internal error).
+    #[error("{0}")]
+    Unreachable(String),
     #[error("store: {context}")]
     Store {
         context: String,
@@ -67,6 +81,10 @@ impl Error {
         }
     }
 
+    pub fn unreachable(node: &str, e: &shoal_transport::Error) -> Self {
+        Error::Unreachable(format!("node {node:?}: {}", shoal_transport::report(e)))
+    }
+
     pub fn code(&self) -> ErrorCode {
         match self {
             Error::NotFound(_) => ErrorCode::NotFound,
@@ -75,7 +93,19 @@ impl Error {
             Error::Invalid(_) => ErrorCode::Invalid,
             Error::Compacted { .. } => ErrorCode::Compacted,
             Error::Forbidden(_) => ErrorCode::Forbidden,
-            _ => ErrorCode::Internal,
+            Error::BadRequest(_) => ErrorCode::BadRequest,
+            Error::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            Error::TooManyRequests(_) => ErrorCode::TooManyRequests,
+            Error::Store { .. }
+            | Error::Corrupt(_)
+            | Error::Crypto(_)
+            | Error::Io { .. }
+            | Error::Config(_)
+            | Error::Transport(_)
+            | Error::Api(_)
+            | Error::Closed
+            | Error::Unreachable(_)
+            | Error::Internal(_) => ErrorCode::Internal,
         }
     }
 }

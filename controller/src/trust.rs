@@ -16,7 +16,7 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use shoal_api::{Kind, Object, ObjectMeta, Secret};
 use shoal_transport::pki::{check_node_name, fingerprint_of_csr, JoinToken};
-use shoal_transport::proto::{CredentialInfo, ErrorCode, Response, TokenInfo, WireError};
+use shoal_transport::proto::{CredentialInfo, Response, TokenInfo, WireError};
 use shoal_transport::Identity;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -132,10 +132,7 @@ fn rfc3339(at: DateTime<Utc>) -> String {
 }
 
 fn unauthenticated(message: String) -> WireError {
-    WireError {
-        code: ErrorCode::Unauthenticated,
-        message,
-    }
+    crate::Error::Unauthenticated(message).into()
 }
 
 impl Service {

@@ -2,11 +2,11 @@
 //! credential and the join token, and serves the API over QUIC until shut down.
 
 use crate::artifacts::Artifacts;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::service::{Reply, Service};
 use crate::store::{Store, StoreConfig};
 use shoal_transport::pki::{Ca, JoinToken, ADMIN_ORG, DEFAULT_CERT_TTL};
-use shoal_transport::proto::{ErrorCode, Request, Response, WireError};
+use shoal_transport::proto::{Request, Response};
 use shoal_transport::quic::{peer_identity, peer_key, send_response};
 use shoal_transport::{Credentials, Identity, Server};
 use std::net::SocketAddr;
@@ -368,11 +368,10 @@ async fn serve_connection(
     }
 }
 
-fn error(code: ErrorCode, message: impl Into<String>) -> Response {
-    Response::Error(WireError {
-        code,
-        message: message.into(),
-    })
+/// An error as the answer to a stream: its wire code comes from [`Error::code`], the one
+/// mapping.
+fn refusal(e: Error) -> Response {
+    Response::Error(e.into())
 }
 
 /// Receives an upload: chunk frames after the request, filed only if size and digest match.
@@ -394,18 +393,20 @@ async fn receive_push(
         {
             Ok(Some(Request::Chunk(bytes))) => {
                 if upload.written() + bytes.len() as u64 > size {
-                    return error(
-                        ErrorCode::BadRequest,
-                        format!("upload of {reference} is longer than the {size} bytes announced"),
-                    );
+                    return refusal(Error::BadRequest(format!(
+                        "upload of {reference} is longer than the {size} bytes announced"
+                    )));
                 }
                 if let Err(e) = upload.write(&bytes) {
                     return Response::Error(e.into());
                 }
             }
-            Ok(Some(_)) => return error(ErrorCode::BadRequest, "expected upload data"),
+            Ok(Some(_)) => return refusal(Error::BadRequest("expected upload data".into())),
             Ok(None) => break,
-            Err(e) => return error(ErrorCode::BadRequest, format!("upload of {reference}: {e}")),
+            Err(e) => {
+                let why = shoal_transport::report(&e);
+                return refusal(Error::BadRequest(format!("upload of {reference}: {why}")));
+            }
         }
     }
     match service
@@ -462,10 +463,9 @@ async fn relay(
     shutdown: &CancellationToken,
 ) {
     let Some(conn) = links.get(node) else {
-        let e = error(
-            ErrorCode::Internal,
-            format!("node {node:?} is not connected"),
-        );
+        let e = refusal(Error::Unreachable(format!(
+            "node {node:?} is not connected"
+        )));
         let _ = send_response(send, &e).await;
         return;
     };
@@ -483,11 +483,8 @@ async fn relay(
     let (_to_node, mut from_node) = match opened.await {
         Ok(s) => s,
         Err(e) => {
-            let _ = send_response(
-                send,
-                &error(ErrorCode::Internal, format!("node {node:?}: {e}")),
-            )
-            .await;
+            let e = refusal(Error::unreachable(node, &e));
+            let _ = send_response(send, &e).await;
             return;
         }
     };
@@ -505,11 +502,7 @@ async fn relay(
             }
             Ok(None) => break,
             Err(e) => {
-                let _ = send_response(
-                    send,
-                    &error(ErrorCode::Internal, format!("node {node:?}: {e}")),
-                )
-                .await;
+                let _ = send_response(send, &refusal(Error::unreachable(node, &e))).await;
                 break;
             }
         }
@@ -528,10 +521,9 @@ async fn tunnel(
     shutdown: &CancellationToken,
 ) {
     let Some(conn) = links.get(node) else {
-        let e = error(
-            ErrorCode::NotFound,
-            format!("node {node:?} is not connected"),
-        );
+        let e = refusal(Error::Unreachable(format!(
+            "node {node:?} is not connected"
+        )));
         let _ = send_response(&mut send, &e).await;
         let _ = send.finish();
         return;
@@ -547,7 +539,11 @@ async fn tunnel(
             shoal_transport::frame::MAX_FRAME,
         )
         .await?
-        .unwrap_or_else(|| error(ErrorCode::Internal, "the node closed the stream"));
+        .unwrap_or_else(|| {
+            refusal(Error::Unreachable(format!(
+                "node {node:?} closed the stream"
+            )))
+        });
         Ok::<_, shoal_transport::Error>((to_node, from_node, answer))
     };
     let (mut to_node, mut from_node) = match tokio::time::timeout(REQUEST_TIMEOUT, dialed).await {
@@ -563,13 +559,13 @@ async fn tunnel(
             return;
         }
         Ok(Err(e)) => {
-            let e = error(ErrorCode::Internal, format!("node {node:?}: {e}"));
+            let e = refusal(Error::unreachable(node, &e));
             let _ = send_response(&mut send, &e).await;
             let _ = send.finish();
             return;
         }
         Err(_) => {
-            let e = error(ErrorCode::Internal, format!("node {node:?} did not answer"));
+            let e = refusal(Error::Unreachable(format!("node {node:?} did not answer")));
             let _ = send_response(&mut send, &e).await;
             let _ = send.finish();
             return;
@@ -610,14 +606,16 @@ impl Stream {
         let request = match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
             Ok(Ok(Some(r))) => r,
             Ok(Ok(None)) => {
-                let e = error(ErrorCode::BadRequest, "the stream ended before a request");
+                let e = refusal(Error::BadRequest(
+                    "the stream ended before a request".into(),
+                ));
                 let _ = send_response(&mut send, &e).await;
                 let _ = send.finish();
                 return;
             }
             Ok(Err(e)) => {
-                let _ =
-                    send_response(&mut send, &error(ErrorCode::BadRequest, e.to_string())).await;
+                let e = refusal(Error::BadRequest(shoal_transport::report(&e).to_string()));
+                let _ = send_response(&mut send, &e).await;
                 let _ = send.finish();
                 return;
             }
@@ -645,7 +643,7 @@ impl Stream {
             }
             if let Err(why) = self.links.claim(n, &self.conn).await {
                 tracing::warn!(node = %n, remote = %self.conn.remote_address(), "{why}");
-                let _ = send_response(&mut send, &error(ErrorCode::Conflict, why)).await;
+                let _ = send_response(&mut send, &refusal(Error::Conflict(why))).await;
                 let _ = send.finish();
                 return;
             }
@@ -683,7 +681,7 @@ async fn serve_stream(
             Identity::Admin(_) => {
                 receive_push(&mut recv, service, reference, *size, digest, platforms).await
             }
-            _ => error(ErrorCode::Forbidden, "only admins may push artifacts"),
+            _ => refusal(Error::Forbidden("only admins may push artifacts".into())),
         };
         let _ = send_response(&mut send, &response).await;
         let _ = send.finish();

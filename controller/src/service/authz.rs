@@ -4,8 +4,9 @@
 use super::fields::Fields;
 use super::{forbidden, Service};
 use crate::store::ObjectKey;
+use crate::Error;
 use shoal_api::{Kind, Pod};
-use shoal_transport::proto::{ErrorCode, Request, WireError};
+use shoal_transport::proto::{Request, WireError};
 use shoal_transport::Identity;
 
 /// The most a node may write in one request, by what it writes: its Node (status, labels),
@@ -41,21 +42,16 @@ impl Service {
             Identity::Anonymous => {
                 return match req {
                     Request::WhoAmI | Request::Join { .. } => Ok(()),
-                    _ => Err(WireError {
-                        code: ErrorCode::Unauthenticated,
-                        message: "this connection presented no client certificate: use the credential file the controller wrote (DATA_DIR/admin.conf) with --config or SHOAL_CONFIG".into(),
-                    }),
+                    _ => Err(Error::Unauthenticated("this connection presented no client certificate: use the credential file the controller wrote (DATA_DIR/admin.conf) with --config or SHOAL_CONFIG".into()).into()),
                 };
             }
             Identity::Node(n) => n.as_str(),
         };
         if let Some((what, size, max)) = node_write_size(req).filter(|(_, n, max)| n > max) {
-            return Err(WireError {
-                code: ErrorCode::BadRequest,
-                message: format!(
-                    "node {node:?}: {what} of {size} bytes is more than the {max} a node may write"
-                ),
-            });
+            return Err(Error::BadRequest(format!(
+                "node {node:?}: {what} of {size} bytes is more than the {max} a node may write"
+            ))
+            .into());
         }
         let own_pods = |kind: &str, fields: &str| {
             kind.parse::<Kind>().ok() == Some(Kind::Pod)

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use shoal_api::validate::validate;
 use shoal_api::Pod;
 use shoal_api::{Kind, Namespace, Object, ObjectMeta, PropagationPolicy, Secret, Selector};
-use shoal_transport::proto::{ApplyOutcome, ApplyResult, ErrorCode, Request, Response, WireError};
+use shoal_transport::proto::{ApplyOutcome, ApplyResult, Request, Response, WireError};
 use shoal_transport::{Ca, Identity};
 use std::sync::Arc;
 
@@ -70,10 +70,7 @@ pub struct Service {
 }
 
 fn bad_request(message: impl Into<String>) -> WireError {
-    WireError {
-        code: ErrorCode::BadRequest,
-        message: message.into(),
-    }
+    Error::BadRequest(message.into()).into()
 }
 
 fn parse_kind(kind: &str) -> std::result::Result<Kind, WireError> {
@@ -109,10 +106,7 @@ fn truncated(s: &str, max: usize) -> String {
 }
 
 fn forbidden(message: String) -> WireError {
-    WireError {
-        code: ErrorCode::Forbidden,
-        message,
-    }
+    Error::Forbidden(message).into()
 }
 
 impl Service {

@@ -186,13 +186,11 @@ impl Service {
                     .map(|mut b| b.take(me, std::time::Instant::now()))
                     .unwrap_or(false);
                 if !allowed {
-                    return Err(WireError {
-                        code: ErrorCode::TooManyRequests,
-                        message: format!(
-                            "node {me:?} records events faster than {} a second: this one was dropped",
-                            crate::rate::EVENT_PER_SECOND
-                        ),
-                    });
+                    return Err(Error::TooManyRequests(format!(
+                        "node {me:?} records events faster than {} a second: this one was dropped",
+                        crate::rate::EVENT_PER_SECOND
+                    ))
+                    .into());
                 }
                 let key = ObjectKey::new(
                     Kind::Pod,

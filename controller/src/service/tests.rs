@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::store::StoreConfig;
+use shoal_transport::proto::ErrorCode;
 
 async fn service() -> (tempfile::TempDir, Service) {
     let dir = tempfile::tempdir().unwrap();
