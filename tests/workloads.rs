@@ -571,7 +571,7 @@ fn a_job_completes_exactly_its_completions_and_a_failing_one_stops_at_its_backof
         j["status"]["failed"], 3,
         "backoffLimit 2: the third failure stops it"
     );
-    std::thread::sleep(Duration::from_secs(2));
+    c.wait_reconcile_pass();
     assert_eq!(
         c.shoal(&["get", "pods", "-l", "job-name=doomed", "--no-headers"])
             .ok()
@@ -684,7 +684,7 @@ fn pods_of_a_dead_node_are_replaced_after_their_toleration_and_its_return_leaves
     c.wait_for("duplicates resolved", Duration::from_secs(30), |c| {
         web_pods(c) == 4 && running(c).len() == 4
     });
-    std::thread::sleep(Duration::from_secs(2));
+    c.wait_reconcile_pass();
     assert_eq!(
         web_pods(&c),
         4,

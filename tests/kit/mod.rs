@@ -501,7 +501,6 @@ impl Cluster {
         );
     }
 
-    /// The pod as JSON.
     /// `shoal apply -f -` of `yaml`, which must succeed.
     pub fn apply(&self, yaml: &str) {
         self.controller
@@ -523,9 +522,33 @@ impl Cluster {
         }
     }
 
+    /// The pod as JSON.
     pub fn pod(&self, name: &str) -> serde_json::Value {
         serde_json::from_str(&self.shoal(&["get", "pod", name, "-o", "json"]).ok())
             .expect("pod JSON")
+    }
+
+    /// Waits until the controller's reconcile loop has run a whole pass that began after this
+    /// call, so that a negative check made next ("no more pods") does not race a pass still
+    /// under way. Two ReplicaSets mark the passes (their pods can be scheduled nowhere): the
+    /// second is written only once the first's pod exists, so the pass that makes the
+    /// second's pod began after the pass that made the first's had ended.
+    pub fn wait_reconcile_pass(&self) {
+        static MARKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = MARKS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let names = [format!("pass-mark-{n}-a"), format!("pass-mark-{n}-b")];
+        for name in &names {
+            self.apply(&format!(
+                "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {{name: {name}}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{pass-mark: {name}}}}}\n  template:\n    metadata: {{labels: {{pass-mark: {name}}}}}\n    spec:\n      nodeSelector: {{pass-mark: nowhere}}\n      containers: [{{name: mark, image: pass-mark:1}}]\n"
+            ));
+            let selector = format!("pass-mark={name}");
+            self.wait_for("a reconcile pass", Duration::from_secs(30), |c| {
+                !c.pods(&selector).is_empty()
+            });
+        }
+        for name in &names {
+            self.shoal(&["delete", "replicaset", name]).ok();
+        }
     }
 }
 
