@@ -2,12 +2,13 @@
 //! done (failing when the time runs out), list revisions, go back to one, and hold or release
 //! rollouts while edits pile up.
 
-use crate::client::{call, connect};
+use crate::client::{call, connect, next_seen};
 use crate::ClientArgs;
 use anyhow::{bail, Context, Result};
 use shoal_api::{Deployment, Object};
-use shoal_transport::proto::{Request, Response};
-use std::time::{Duration, Instant};
+use shoal_transport::proto::{EventType, Request, Response};
+use shoal_transport::{Seen, Selection, Watcher};
+use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -273,6 +274,7 @@ async fn set_paused(
     Ok(())
 }
 
+/// Follows the Deployment's watch until its rollout is done, stuck, or the time is up.
 async fn status(
     target: &str,
     namespace: &str,
@@ -280,36 +282,53 @@ async fn status(
     client: &ClientArgs,
 ) -> Result<()> {
     let name = deployment_name(target)?;
-    let deadline = Instant::now() + timeout;
     let conn = connect(client).await?;
+    let mut watcher = Watcher::new(Selection {
+        kind: "Deployment".into(),
+        namespace: Some(namespace.into()),
+        selector: String::new(),
+        fields: format!("metadata.name={name}"),
+    });
     let mut last = String::new();
-    loop {
-        let d = get_deployment(&conn, namespace, &name).await?;
-        let stuck = d.status.as_ref().is_some_and(|st| {
-            st.observed_generation >= d.metadata.generation
-                && st.conditions.iter().any(|c| {
-                    c.type_ == "Progressing"
-                        && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-                })
-        });
-        if stuck {
-            bail!("deployment {name:?} exceeded its progress deadline");
-        }
-        match progress(&d) {
-            None => {
-                println!("deployment {name:?} successfully rolled out");
-                return Ok(());
+    let followed = tokio::time::timeout(timeout, async {
+        loop {
+            let object = match next_seen(&mut watcher, &conn).await? {
+                Seen::Listed { items, .. } => match items.into_iter().next() {
+                    Some(object) => object,
+                    None => bail!("Error from server (NotFound): deployments {name:?} not found"),
+                },
+                Seen::Changed {
+                    type_: EventType::Deleted,
+                    ..
+                } => bail!("deployment {name:?} was deleted during its rollout"),
+                Seen::Changed { object, .. } => object,
+            };
+            let d: Deployment = Object::from_json(&object)?.into_typed()?;
+            let stuck = d.status.as_ref().is_some_and(|st| {
+                st.observed_generation >= d.metadata.generation
+                    && st.conditions.iter().any(|c| {
+                        c.type_ == "Progressing"
+                            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+                    })
+            });
+            if stuck {
+                bail!("deployment {name:?} exceeded its progress deadline");
             }
-            Some(message) => {
-                if message != last {
+            match progress(&d) {
+                None => {
+                    println!("deployment {name:?} successfully rolled out");
+                    return Ok(());
+                }
+                Some(message) if message != last => {
                     println!("{message}");
                     last = message;
                 }
+                Some(_) => {}
             }
         }
-        if Instant::now() >= deadline {
-            bail!("timed out waiting for the rollout of deployment {name:?} ({timeout:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    });
+    match followed.await {
+        Ok(done) => done,
+        Err(_) => bail!("timed out waiting for the rollout of deployment {name:?} ({timeout:?})"),
     }
 }
