@@ -1,12 +1,13 @@
 //! `shoal delete (-f FILE | KIND NAME... | KIND -l SELECTOR)`
 
-use crate::client::{call, connect, read_manifests};
+use crate::client::{call, connect, next_seen, read_manifests};
 use crate::ClientArgs;
 use anyhow::{bail, Result};
 use shoal_api::{Kind, PropagationPolicy};
-use shoal_transport::proto::{Request, Response};
+use shoal_transport::proto::{EventType, Request, Response};
+use shoal_transport::{Seen, Selection, Watcher};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn parse_cascade(s: &str) -> std::result::Result<PropagationPolicy, String> {
     s.parse()
@@ -122,28 +123,23 @@ pub async fn run(args: Args) -> Result<()> {
         }
     }
     if args.cascade == PropagationPolicy::Foreground {
-        let deadline = Instant::now() + args.timeout;
-        for (kind, namespace, reference) in gone {
-            let name = reference
-                .rsplit('/')
-                .next()
-                .unwrap_or(&reference)
-                .to_string();
-            let req = Request::Get {
+        // Foreground: the object stays (with a deletionTimestamp) until what it owns is gone,
+        // so its watch saying it is deleted is the end of the whole cascade.
+        let deadline = tokio::time::Instant::now() + args.timeout;
+        for (kind, namespace, reference) in &gone {
+            let name = reference.rsplit('/').next().unwrap_or(reference);
+            let selection = Selection {
                 kind: kind.name().into(),
-                namespace,
-                name,
+                namespace: namespace.clone(),
+                selector: String::new(),
+                fields: format!("metadata.name={name}"),
             };
-            loop {
-                match call(&client, &req).await {
-                    Err(e) if e.to_string().contains("(NotFound)") => break,
-                    Err(e) => return Err(e),
-                    Ok(_) if Instant::now() >= deadline => bail!(
-                        "timed out after {:?} waiting for {reference} and what it owns to be deleted",
-                        args.timeout
-                    ),
-                    Ok(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-                }
+            match tokio::time::timeout_at(deadline, until_deleted(&client, selection)).await {
+                Ok(done) => done?,
+                Err(_) => bail!(
+                    "timed out after {:?} waiting for {reference} and what it owns to be deleted",
+                    args.timeout
+                ),
             }
         }
     }
@@ -152,6 +148,21 @@ pub async fn run(args: Args) -> Result<()> {
         bail!("some objects were not deleted");
     }
     Ok(())
+}
+
+/// Follows one object's watch until it is gone.
+async fn until_deleted(client: &shoal_transport::Client, selection: Selection) -> Result<()> {
+    let mut watcher = Watcher::new(selection);
+    loop {
+        match next_seen(&mut watcher, client).await? {
+            Seen::Listed { items, .. } if items.is_empty() => return Ok(()),
+            Seen::Changed {
+                type_: EventType::Deleted,
+                ..
+            } => return Ok(()),
+            _ => {}
+        }
+    }
 }
 
 /// `deployment.apps/web` -> `deployment.apps "web"`, as kubectl prints deletions.

@@ -1,14 +1,14 @@
 //! `shoal drain NODE [--force] [--timeout 5m]`: cordons the node, evicts its pods (DaemonSet
 //! pods stay), and waits until their controllers run them elsewhere.
 
-use crate::client::{call, connect};
+use crate::client::{call, connect, next_seen};
 use crate::ClientArgs;
 use anyhow::{bail, Result};
 use shoal_api::{Object, Pod};
-use shoal_transport::proto::{Request, Response};
-use shoal_transport::Client;
-use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use shoal_transport::proto::{EventType, Request, Response};
+use shoal_transport::{Client, Seen, Selection, Watcher};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -37,6 +37,16 @@ async fn pods(client: &Client, fields: &str) -> Result<Vec<Pod>> {
             .collect()),
         other => bail!(other.unexpected()),
     }
+}
+
+/// A watched pod by namespace and name (one that does not decode is not judged).
+fn typed(bytes: &[u8]) -> Option<((String, String), Pod)> {
+    let pod: Pod = Object::from_json(bytes).ok()?.into_typed().ok()?;
+    let key = (
+        pod.metadata.namespace_or_default().to_string(),
+        pod.metadata.name.clone(),
+    );
+    Some((key, pod))
 }
 
 fn daemon(p: &Pod) -> bool {
@@ -82,32 +92,48 @@ pub async fn run(args: Args) -> Result<()> {
         .await?;
         println!("evicting pod {ns}/{}", p.metadata.name);
     }
-    // Wait until every evicted pod's controller runs all its pods again, none on this node.
-    let deadline = Instant::now() + args.timeout;
-    loop {
-        let all = pods(&client, "").await?;
-        let theirs: Vec<&Pod> = all
-            .iter()
-            .filter(|p| {
-                p.metadata
-                    .controller_owner()
-                    .is_some_and(|o| owners.contains(&o.uid))
-            })
-            .collect();
-        let settled = theirs.iter().all(|p| {
-            p.spec.node_name.as_deref() != Some(args.node.as_str())
-                && p.phase() == Some(shoal_api::PodPhase::Running)
-        });
-        if settled && (owners.is_empty() || !theirs.is_empty()) {
-            break;
+    // Wait until every evicted pod's controller runs all its pods again, none on this node,
+    // re-judged on each change the pods' watch brings.
+    let settle = async {
+        let mut watcher = Watcher::new(Selection::all("Pod"));
+        let mut all: HashMap<(String, String), Pod> = HashMap::new();
+        loop {
+            match next_seen(&mut watcher, &client).await? {
+                Seen::Listed { items, .. } => {
+                    all = items.iter().filter_map(|b| typed(b)).collect();
+                }
+                Seen::Changed { type_, object, .. } => {
+                    if let Some((key, pod)) = typed(&object) {
+                        match type_ {
+                            EventType::Deleted => all.remove(&key),
+                            _ => all.insert(key, pod),
+                        };
+                    }
+                }
+            }
+            let theirs: Vec<&Pod> = all
+                .values()
+                .filter(|p| {
+                    p.metadata
+                        .controller_owner()
+                        .is_some_and(|o| owners.contains(&o.uid))
+                })
+                .collect();
+            let settled = theirs.iter().all(|p| {
+                p.spec.node_name.as_deref() != Some(args.node.as_str())
+                    && p.phase() == Some(shoal_api::PodPhase::Running)
+            });
+            if settled && (owners.is_empty() || !theirs.is_empty()) {
+                return Ok::<_, anyhow::Error>(());
+            }
         }
-        if Instant::now() >= deadline {
-            bail!(
-                "timed out waiting for the pods of node/{} to run elsewhere",
-                args.node
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    match tokio::time::timeout(args.timeout, settle).await {
+        Ok(settled) => settled?,
+        Err(_) => bail!(
+            "timed out waiting for the pods of node/{} to run elsewhere",
+            args.node
+        ),
     }
     println!("node/{} drained", args.node);
     client.close().await;
