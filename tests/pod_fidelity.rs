@@ -1,6 +1,5 @@
 //! Pod spec fidelity: fields Shoal accepts do what Kubernetes documents, checked on running
-//! pods that print what they got. (This file grows with issue #22; what is here so far is
-//! the container environment.)
+//! pods that print what they got, and scheduling rules checked on where pods land.
 
 mod kit;
 
@@ -473,4 +472,77 @@ spec:
     );
     let own = c.shoal(&["logs", "secure", "-c", "own-user"]).ok();
     assert_eq!(own, "1001\n3000\n");
+}
+
+/// Required anti-affinity on the hostname: three replicas on three nodes, the fourth Pending
+/// with the rule named in its PodScheduled condition (as `describe` and kubectl show it).
+#[test]
+fn anti_affinity_spreads_replicas_one_per_node_and_leaves_the_rest_pending_with_the_rule() {
+    let c = Cluster::start(3);
+    c.push_probe();
+    c.apply(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: spread}
+spec:
+  replicas: 4
+  selector: {matchLabels: {app: spread}}
+  template:
+    metadata: {labels: {app: spread}}
+    spec:
+      runtimeClassName: wasm
+      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+          - labelSelector: {matchLabels: {app: spread}}
+            topologyKey: kubernetes.io/hostname
+      containers:
+      - name: probe
+        image: probe:1
+        args: [print, ready, sleep, "600000"]
+"#,
+    );
+    c.wait_for(
+        "three replicas Running and a fourth Pending",
+        Duration::from_secs(60),
+        |c| {
+            let pods = c.pods("app=spread");
+            let phase = |p: &&serde_json::Value| p["status"]["phase"].as_str() == Some("Running");
+            pods.len() == 4 && pods.iter().filter(phase).count() == 3
+        },
+    );
+    let pods = c.pods("app=spread");
+    let mut nodes: Vec<&str> = pods
+        .iter()
+        .filter_map(|p| p["spec"]["nodeName"].as_str())
+        .collect();
+    nodes.sort();
+    assert_eq!(
+        nodes,
+        ["node-1", "node-2", "node-3"],
+        "one replica per node"
+    );
+    let pending = pods
+        .iter()
+        .find(|p| p["status"]["phase"] == "Pending")
+        .expect("a Pending replica");
+    let scheduled = pending["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "PodScheduled"))
+        .expect("PodScheduled condition");
+    assert_eq!(scheduled["status"], "False");
+    assert_eq!(scheduled["reason"], "Unschedulable");
+    assert_eq!(
+        scheduled["message"],
+        "0/3 nodes available: 3 node(s) didn't match pod anti-affinity rules"
+    );
+    // A manifest with affinity applies without a warning about it.
+    let out = c
+        .controller
+        .shoal_stdin(
+            &["apply", "-f", "-"],
+            Some("apiVersion: v1\nkind: Pod\nmetadata: {name: near}\nspec:\n  runtimeClassName: wasm\n  affinity: {nodeAffinity: {preferredDuringSchedulingIgnoredDuringExecution: [{weight: 1, preference: {matchExpressions: [{key: zone, operator: In, values: [a]}]}}]}}\n  containers: [{name: c, image: probe:1}]\n"),
+        );
+    assert!(out.ok().contains("pod/near created"));
+    assert!(!out.stderr().contains("affinity"), "{}", out.stderr());
 }

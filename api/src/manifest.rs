@@ -105,7 +105,12 @@ fn decode_document(
     }
     let mut unknown_fields: Vec<String> = Vec::new();
     let mut track = serde_path_to_error::Track::new();
-    let mut record = |path: serde_ignored::Path<'_>| unknown_fields.push(path.to_string());
+    // serde_ignored writes `?` for each Option on the way; a user's path has no such step.
+    let mut record = |path: serde_ignored::Path<'_>| {
+        let path = path.to_string();
+        let steps: Vec<&str> = path.split('.').filter(|s| *s != "?").collect();
+        unknown_fields.push(steps.join("."))
+    };
     let ignoring = serde_ignored::Deserializer::new(value, &mut record);
     let decoded = Object::deserialize_as(
         kind,
@@ -172,13 +177,14 @@ mod tests {
 
     #[test]
     fn unsupported_fields_are_reported_not_dropped_silently() {
-        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  affinity: {}\n  containers:\n  - name: c\n    image: x\n    stdin: true\n";
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  affinity: {podAffinity: {requiredDuringSchedulingIgnoredDuringExecution: [{topologyKey: zone, namespaceSelector: {}}]}}\n  topologySpreadConstraints: []\n  containers:\n  - name: c\n    image: x\n    stdin: true\n";
         let parsed = parse_manifests("p.yaml", text).unwrap();
         assert_eq!(
             parsed[0].unknown_fields,
             vec![
-                "spec.affinity".to_string(),
-                "spec.containers.0.stdin".to_string()
+                "spec.affinity.podAffinity.requiredDuringSchedulingIgnoredDuringExecution.0.namespaceSelector".to_string(),
+                "spec.topologySpreadConstraints".to_string(),
+                "spec.containers.0.stdin".to_string(),
             ]
         );
     }

@@ -4,9 +4,14 @@
 //!
 //! Filters: node Ready and schedulable, runtime available, the node's platform among those of
 //! the pod's container images, nodeSelector, taints and tolerations, cpu/memory/pod-count
-//! requests within allocatable, host ports free.
-//! Scoring: fewest pods of the same owner first (spread), then least allocated.
+//! requests within allocatable, host ports free, required node affinity and pod
+//! (anti-)affinity (`affinity.rs`).
+//! Scoring: the preferred affinity terms' weights first, then fewest pods of the same owner
+//! (spread), then least allocated.
 
+mod affinity;
+
+use affinity::{AffinityMisfit, Placed, View};
 use shoal_api::{Node, Pod, Quantity, Taint, Toleration};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -104,6 +109,7 @@ enum Misfit {
     InsufficientMemory,
     TooManyPods,
     Ports,
+    Affinity(AffinityMisfit),
 }
 
 impl Misfit {
@@ -121,6 +127,7 @@ impl Misfit {
             Misfit::InsufficientMemory => "insufficient memory".into(),
             Misfit::TooManyPods => "too many pods".into(),
             Misfit::Ports => "node(s) didn't have free ports for the requested pod ports".into(),
+            Misfit::Affinity(a) => a.describe().into(),
         }
     }
 }
@@ -284,6 +291,9 @@ pub struct Snapshot<'a> {
     index: HashMap<&'a str, usize>,
     /// The platforms of container images pushed to the controller, by image reference.
     images: HashMap<String, Vec<String>>,
+    /// The bound pods as affinity sees them, and whether any has required anti-affinity.
+    placed: Vec<Placed>,
+    any_anti: bool,
 }
 
 impl<'a> Snapshot<'a> {
@@ -296,6 +306,8 @@ impl<'a> Snapshot<'a> {
                 .map(|(i, n)| (n.metadata.name.as_str(), i))
                 .collect(),
             images: HashMap::new(),
+            placed: Vec::new(),
+            any_anti: false,
         };
         for p in pods.iter().filter(|p| holds_resources(p)) {
             if let Some(n) = p.spec.node_name.as_deref() {
@@ -316,6 +328,9 @@ impl<'a> Snapshot<'a> {
     pub fn assume(&mut self, pod: &Pod, node: &str) {
         if let Some(&i) = self.index.get(node) {
             self.nodes[i].add(pod);
+            let placed = Placed::new(pod, i);
+            self.any_anti |= !placed.anti.is_empty();
+            self.placed.push(placed);
         }
     }
 
@@ -325,13 +340,27 @@ impl<'a> Snapshot<'a> {
         let wants = requests(pod);
         let owner = owner_uid(pod);
         let mut misfits: BTreeMap<Misfit, usize> = BTreeMap::new();
-        let mut best: Option<((i64, i64), &str)> = None;
-        for info in &self.nodes {
+        let mut best: Option<((i64, i64, i64), &str)> = None;
+        let nodes: Vec<&Node> = self.nodes.iter().map(|n| n.node).collect();
+        let view = View {
+            nodes: &nodes,
+            placed: &self.placed,
+        };
+        let affinity = pod.spec.affinity.is_some() || self.any_anti;
+        for (i, info) in self.nodes.iter().enumerate() {
             let name = info.node.metadata.name.as_str();
-            match info.fit(pod, wants, &self.images) {
+            let fit = info
+                .fit(pod, wants, &self.images)
+                .and_then(|()| match affinity {
+                    true => view.fits(pod, i).map_err(Misfit::Affinity),
+                    false => Ok(()),
+                });
+            match fit {
                 Err(m) => *misfits.entry(m).or_default() += 1,
                 Ok(()) => {
-                    let s = info.score(owner, wants);
+                    let (spread, free) = info.score(owner, wants);
+                    let preferred = if affinity { view.score(pod, i) } else { 0 };
+                    let s = (preferred, spread, free);
                     // Ties go to the first name, so the choice is deterministic.
                     if best.is_none_or(|(b, bn)| s > b || (s == b && name < bn)) {
                         best = Some((s, name));

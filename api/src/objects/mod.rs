@@ -1,5 +1,6 @@
 //! The object kinds, one module per family, with Kubernetes field names.
 
+mod affinity;
 mod config;
 mod event;
 mod namespace;
@@ -8,6 +9,7 @@ mod pod;
 mod service;
 mod workloads;
 
+pub use affinity::*;
 pub use config::*;
 pub use event::*;
 pub use namespace::*;

@@ -1,6 +1,6 @@
 //! Pod: its spec (containers, volumes, scheduling constraints) and its status.
 
-use super::is_false;
+use super::{is_false, Affinity};
 use crate::intstr::IntOrString;
 use crate::meta::ObjectMeta;
 use crate::quantity::Quantity;
@@ -74,6 +74,9 @@ pub struct PodSpec {
     /// What every container runs as, unless its own securityContext says otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<PodSecurityContext>,
+    /// Where the pod may go by its node's labels and by the pods near it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
 }
 
 /// The pod's securityContext: the user, groups and kernel settings of all its containers.

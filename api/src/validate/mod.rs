@@ -12,6 +12,7 @@ use base64::Engine as _;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
+mod affinity;
 mod pod;
 
 pub use pod::check_relative_path;
@@ -554,6 +555,9 @@ spec:
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x}], volumes: [{name: v, configMap: {name: c, items: [{key: k, path: ../../etc/passwd}]}}]}", "spec.volumes[0].configMap.items[0].path"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x}], volumes: [{name: v, secret: {secretName: c, defaultMode: 4095}}]}", "spec.volumes[0].secret.defaultMode"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, volumeMounts: [{name: v, mountPath: /v, subPath: f}]}], volumes: [{name: v, emptyDir: {}}]}", "spec.containers[0].volumeMounts[0].subPath"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x}], affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution: {nodeSelectorTerms: [{matchExpressions: [{key: cores, operator: Gt, values: [many]}]}]}}}}", "spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x}], affinity: {podAntiAffinity: {preferredDuringSchedulingIgnoredDuringExecution: [{weight: 0, podAffinityTerm: {topologyKey: zone}}]}}}", "spec.affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].weight"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x}], affinity: {podAffinity: {requiredDuringSchedulingIgnoredDuringExecution: [{labelSelector: {matchLabels: {app: db}}, topologyKey: \"\"}]}}}", "spec.affinity.podAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].topologyKey"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, ports: [{containerPort: 70000}]}]}", "spec.containers[0].ports[0].containerPort"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, resources: {requests: {memory: 2Gi}, limits: {memory: 1Gi}}}]}", "spec.containers[0].resources.requests.memory"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, volumeMounts: [{name: v, mountPath: /d}]}]}", "spec.containers[0].volumeMounts[0].name"),

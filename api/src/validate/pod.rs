@@ -84,6 +84,9 @@ fn scheduling(e: &mut Errors, path: &str, s: &PodSpec) {
         s.active_deadline_seconds,
         1,
     );
+    if let Some(a) = &s.affinity {
+        super::affinity::affinity(e, &format!("{path}.affinity"), a);
+    }
     for (k, v) in &s.node_selector {
         e.check(format!("{path}.nodeSelector[{k}]"), check_label_key(k));
         e.check(format!("{path}.nodeSelector[{k}]"), check_label_value(v));
