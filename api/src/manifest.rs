@@ -177,13 +177,13 @@ mod tests {
 
     #[test]
     fn unsupported_fields_are_reported_not_dropped_silently() {
-        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  affinity: {podAffinity: {requiredDuringSchedulingIgnoredDuringExecution: [{topologyKey: zone, namespaceSelector: {}}]}}\n  topologySpreadConstraints: []\n  containers:\n  - name: c\n    image: x\n    stdin: true\n";
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  affinity: {podAffinity: {requiredDuringSchedulingIgnoredDuringExecution: [{topologyKey: zone, namespaceSelector: {}}]}}\n  topologySpreadConstraints: [{maxSkew: 1, topologyKey: zone, whenUnsatisfiable: DoNotSchedule, nodeTaintsPolicy: Honor}]\n  containers:\n  - name: c\n    image: x\n    stdin: true\n";
         let parsed = parse_manifests("p.yaml", text).unwrap();
         assert_eq!(
             parsed[0].unknown_fields,
             vec![
                 "spec.affinity.podAffinity.requiredDuringSchedulingIgnoredDuringExecution.0.namespaceSelector".to_string(),
-                "spec.topologySpreadConstraints".to_string(),
+                "spec.topologySpreadConstraints.0.nodeTaintsPolicy".to_string(),
                 "spec.containers.0.stdin".to_string(),
             ]
         );

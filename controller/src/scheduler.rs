@@ -5,11 +5,12 @@
 //! Filters: node Ready and schedulable, runtime available, the node's platform among those of
 //! the pod's container images, nodeSelector, taints and tolerations, cpu/memory/pod-count
 //! requests within allocatable, host ports free, required node affinity and pod
-//! (anti-)affinity (`affinity.rs`).
-//! Scoring: the preferred affinity terms' weights first, then fewest pods of the same owner
-//! (spread), then least allocated.
+//! (anti-)affinity (`affinity.rs`), `DoNotSchedule` topology spread constraints (`spread.rs`).
+//! Scoring: the preferred affinity terms' weights first, then `ScheduleAnyway` spread, then
+//! fewest pods of the same owner, then least allocated.
 
 mod affinity;
+mod spread;
 
 use affinity::{AffinityMisfit, Placed, View};
 use shoal_api::{Node, Pod, Quantity, Taint, Toleration};
@@ -283,6 +284,10 @@ impl<'a> NodeInfo<'a> {
     }
 }
 
+/// A node's score, compared in order: preferred affinity weights, `ScheduleAnyway` spread,
+/// fewest pods of the same owner, room left.
+type Score = (i64, i64, i64, i64);
+
 /// The cluster as one scheduling pass sees it. Built once from the nodes and the bound pods;
 /// [`Snapshot::assume`] records each binding the pass makes, so the next decision sees it
 /// without rereading the store (the kube-scheduler's "assumed pod").
@@ -340,13 +345,14 @@ impl<'a> Snapshot<'a> {
         let wants = requests(pod);
         let owner = owner_uid(pod);
         let mut misfits: BTreeMap<Misfit, usize> = BTreeMap::new();
-        let mut best: Option<((i64, i64, i64), &str)> = None;
+        let mut best: Option<(Score, &str)> = None;
         let nodes: Vec<&Node> = self.nodes.iter().map(|n| n.node).collect();
         let view = View {
             nodes: &nodes,
             placed: &self.placed,
         };
         let affinity = pod.spec.affinity.is_some() || self.any_anti;
+        let spread = spread::Spread::new(&view, pod);
         for (i, info) in self.nodes.iter().enumerate() {
             let name = info.node.metadata.name.as_str();
             let fit = info
@@ -354,13 +360,14 @@ impl<'a> Snapshot<'a> {
                 .and_then(|()| match affinity {
                     true => view.fits(pod, i).map_err(Misfit::Affinity),
                     false => Ok(()),
-                });
+                })
+                .and_then(|()| spread.fits(&view, i).map_err(Misfit::Affinity));
             match fit {
                 Err(m) => *misfits.entry(m).or_default() += 1,
                 Ok(()) => {
-                    let (spread, free) = info.score(owner, wants);
+                    let (owners, free) = info.score(owner, wants);
                     let preferred = if affinity { view.score(pod, i) } else { 0 };
-                    let s = (preferred, spread, free);
+                    let s = (preferred, spread.score(&view, i), owners, free);
                     // Ties go to the first name, so the choice is deterministic.
                     if best.is_none_or(|(b, bn)| s > b || (s == b && name < bn)) {
                         best = Some((s, name));

@@ -94,6 +94,23 @@ pub struct WeightedPodAffinityTerm {
     pub pod_affinity_term: PodAffinityTerm,
 }
 
+/// `spec.topologySpreadConstraints[]`: how unevenly the pods `labelSelector` selects (in the
+/// pod's namespace) may be spread over the domains of `topologyKey`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TopologySpreadConstraint {
+    /// The most the count in one domain may exceed the smallest count (at least 1).
+    pub max_skew: i32,
+    pub topology_key: String,
+    /// `DoNotSchedule` (a filter) or `ScheduleAnyway` (a preference).
+    pub when_unsatisfiable: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_selector: Option<LabelSelector>,
+    /// With fewer eligible domains than this, the smallest count is taken as 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_domains: Option<i32>,
+}
+
 /// Why a requirement is not well-formed, or `None`.
 pub fn requirement_error(r: &NodeSelectorRequirement) -> Option<String> {
     let n = r.values.len();

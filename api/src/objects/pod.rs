@@ -1,6 +1,6 @@
 //! Pod: its spec (containers, volumes, scheduling constraints) and its status.
 
-use super::{is_false, Affinity};
+use super::{is_false, Affinity, TopologySpreadConstraint};
 use crate::intstr::IntOrString;
 use crate::meta::ObjectMeta;
 use crate::quantity::Quantity;
@@ -77,6 +77,9 @@ pub struct PodSpec {
     /// Where the pod may go by its node's labels and by the pods near it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
+    /// How evenly the pod and its like are spread over topology domains.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
 }
 
 /// The pod's securityContext: the user, groups and kernel settings of all its containers.

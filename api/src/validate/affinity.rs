@@ -2,7 +2,9 @@
 //! that are label keys, and selectors that parse. Every error names its field.
 
 use super::{check_label_key, Errors};
-use crate::objects::{requirement_error, Affinity, NodeSelectorTerm, PodAffinity};
+use crate::objects::{
+    requirement_error, Affinity, NodeSelectorTerm, PodAffinity, TopologySpreadConstraint,
+};
 use crate::selector::Selector;
 
 pub(super) fn affinity(e: &mut Errors, path: &str, a: &Affinity) {
@@ -35,6 +37,43 @@ pub(super) fn affinity(e: &mut Errors, path: &str, a: &Affinity) {
     }
     if let Some(pa) = &a.pod_anti_affinity {
         pod_terms(e, &format!("{path}.podAntiAffinity"), pa);
+    }
+}
+
+pub(super) fn spread(e: &mut Errors, path: &str, constraints: &[TopologySpreadConstraint]) {
+    for (i, c) in constraints.iter().enumerate() {
+        let p = format!("{path}.topologySpreadConstraints[{i}]");
+        if c.max_skew < 1 {
+            e.add(
+                format!("{p}.maxSkew"),
+                format!("must be >= 1, got {}", c.max_skew),
+            );
+        }
+        if c.topology_key.is_empty() {
+            e.add(format!("{p}.topologyKey"), "must not be empty");
+        } else {
+            e.check(format!("{p}.topologyKey"), check_label_key(&c.topology_key));
+        }
+        e.one_of(
+            &format!("{p}.whenUnsatisfiable"),
+            Some(c.when_unsatisfiable.as_str()),
+            &["DoNotSchedule", "ScheduleAnyway"],
+        );
+        if let Some(m) = c.min_domains {
+            if m < 1 {
+                e.add(format!("{p}.minDomains"), format!("must be >= 1, got {m}"));
+            } else if c.when_unsatisfiable != "DoNotSchedule" {
+                e.add(
+                    format!("{p}.minDomains"),
+                    "may only be set with whenUnsatisfiable: DoNotSchedule",
+                );
+            }
+        }
+        if let Some(sel) = &c.label_selector {
+            if let Err(err) = Selector::from_label_selector(sel) {
+                e.add(format!("{p}.labelSelector"), err.to_string());
+            }
+        }
     }
 }
 

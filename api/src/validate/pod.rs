@@ -87,6 +87,7 @@ fn scheduling(e: &mut Errors, path: &str, s: &PodSpec) {
     if let Some(a) = &s.affinity {
         super::affinity::affinity(e, &format!("{path}.affinity"), a);
     }
+    super::affinity::spread(e, path, &s.topology_spread_constraints);
     for (k, v) in &s.node_selector {
         e.check(format!("{path}.nodeSelector[{k}]"), check_label_key(k));
         e.check(format!("{path}.nodeSelector[{k}]"), check_label_value(v));

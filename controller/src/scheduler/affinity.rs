@@ -43,6 +43,8 @@ pub(super) enum AffinityMisfit {
     Pod,
     AntiPod,
     ExistingAntiPod,
+    Spread,
+    SpreadLabel,
 }
 
 impl AffinityMisfit {
@@ -53,6 +55,10 @@ impl AffinityMisfit {
             AffinityMisfit::AntiPod => "node(s) didn't match pod anti-affinity rules",
             AffinityMisfit::ExistingAntiPod => {
                 "node(s) didn't satisfy existing pods anti-affinity rules"
+            }
+            AffinityMisfit::Spread => "node(s) didn't match pod topology spread constraints",
+            AffinityMisfit::SpreadLabel => {
+                "node(s) didn't match pod topology spread constraints (missing required label)"
             }
         }
     }
@@ -66,7 +72,7 @@ pub(super) struct View<'s> {
 
 impl View<'_> {
     /// The value of `key` on node `i`.
-    fn domain(&self, i: usize, key: &str) -> Option<&str> {
+    pub(super) fn domain(&self, i: usize, key: &str) -> Option<&str> {
         self.nodes[i].metadata.labels.get(key).map(String::as_str)
     }
 
@@ -388,5 +394,64 @@ mod tests {
                 {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "zone"}}]}}),
         );
         assert_eq!(place(&nodes, &[(db, "n2")], &[shy])[0].as_deref(), Ok("n1"));
+    }
+
+    fn spreading(app: &str, when: &str) -> serde_json::Value {
+        serde_json::json!([{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": when,
+            "labelSelector": {"matchLabels": {"app": app}}}])
+    }
+
+    fn spread_pod(name: &str, app: &str, when: &str) -> Pod {
+        let mut p = pod(name, app, serde_json::Value::Null);
+        p.spec.topology_spread_constraints =
+            serde_json::from_value(spreading(app, when)).expect("constraints");
+        p
+    }
+
+    #[test]
+    fn topology_spread_keeps_the_skew_counts_only_eligible_domains_and_names_the_rule() {
+        let nodes = [node("n1", "a"), node("n2", "a"), node("n3", "b")];
+        let zone = |n: &str| if n == "n3" { "b" } else { "a" };
+        let four: Vec<Pod> = (0..4)
+            .map(|i| spread_pod(&format!("s-{i}"), "s", "DoNotSchedule"))
+            .collect();
+        let got = place(&nodes, &[], &four);
+        let in_b = got
+            .iter()
+            .filter(|r| r.as_deref().is_ok_and(|n| zone(n) == "b"))
+            .count();
+        assert_eq!(in_b, 2, "two per zone: {got:?}");
+
+        // Zone b's only node is down: its domain still counts, with 0, so a third pod in
+        // zone a would make the skew 3.
+        let mut down = nodes.clone();
+        if let Some(st) = down[2].status.as_mut() {
+            st.conditions[0].status = "False".into();
+        }
+        let bound = [
+            (spread_pod("b-0", "s", "DoNotSchedule"), "n1"),
+            (spread_pod("b-1", "s", "DoNotSchedule"), "n2"),
+        ];
+        let got = place(&down, &bound, &[spread_pod("s", "s", "DoNotSchedule")]);
+        assert_eq!(
+            got[0],
+            Err("0/3 nodes available: 2 node(s) didn't match pod topology spread constraints, 1 node(s) were not ready".into())
+        );
+        // Restricted to zone a by its nodeSelector, zone b is not one of its domains.
+        let mut only_a = spread_pod("s", "s", "DoNotSchedule");
+        only_a.spec.node_selector = [("zone".to_string(), "a".to_string())].into();
+        assert!(place(&down, &bound, &[only_a])[0].is_ok());
+        // A node without the key cannot take a DoNotSchedule pod.
+        let mut bare = node("n4", "c");
+        bare.metadata.labels.remove("zone");
+        let got = place(&[bare], &[], &[spread_pod("s", "s", "DoNotSchedule")]);
+        assert_eq!(
+            got[0],
+            Err("0/1 nodes available: 1 node(s) didn't match pod topology spread constraints (missing required label)".into())
+        );
+        // ScheduleAnyway: zone b, the emptier, over n1, which ties with n3 on all else.
+        let bound = [(spread_pod("b-0", "s", "ScheduleAnyway"), "n2")];
+        let got = place(&nodes, &bound, &[spread_pod("s", "s", "ScheduleAnyway")]);
+        assert_eq!(got[0].as_deref(), Ok("n3"));
     }
 }
