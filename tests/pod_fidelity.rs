@@ -190,6 +190,18 @@ fn immutable_fields_are_refused_and_events_follow_the_object_not_its_name() {
         err.contains("Deployment \"d\" is invalid: spec.selector: field is immutable"),
         "{err}"
     );
+    let job = |args: &str| {
+        format!("apiVersion: batch/v1\nkind: Job\nmetadata: {{name: j}}\nspec:\n  parallelism: 1\n  template:\n    spec: {{runtimeClassName: wasm, restartPolicy: Never, containers: [{{name: c, image: {image}, args: [{args}]}}]}}\n")
+    };
+    c.apply(&job("sleep, \"600000\""));
+    let err = c
+        .controller
+        .shoal_stdin(&["apply", "-f", "-"], Some(&job("sleep, \"1\"")))
+        .fails();
+    assert!(
+        err.contains("Job \"j\" is invalid: spec.template: field is immutable"),
+        "{err}"
+    );
 
     // Made again under the same name: the old pod's events are not the new one's.
     let first_uid = field(&c.pod("p"), "metadata.uid");

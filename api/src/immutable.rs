@@ -1,7 +1,7 @@
 //! What an update may not change, as the Kubernetes API refuses it: a Pod's spec but for the
 //! mutable fields Shoal acts on, and the selectors of the workloads (apps/v1 made them immutable; a
-//! changed selector would orphan every pod the object owned). Decided from the stored and
-//! the new object; the message names the field.
+//! changed selector would orphan every pod the object owned), and a Job's template and
+//! completions. Decided from the stored and the new object; the message names the field.
 
 use crate::{Object, Pod};
 
@@ -39,6 +39,15 @@ pub fn violation(stored: &Object, next: &Object) -> Option<(String, String)> {
             if n.spec.selector.is_some() && s.spec.selector != n.spec.selector =>
         {
             immutable("spec.selector")
+        }
+        // A Job's pods are its template's, once and for all (batch/v1; Shoal has no
+        // `suspend`, the one state in which Kubernetes lets parts of it change).
+        (Object::Job(s), Object::Job(n)) if s.spec.template != n.spec.template => {
+            immutable("spec.template")
+        }
+        // Non-indexed Jobs (Shoal's only kind) may change parallelism, not completions.
+        (Object::Job(s), Object::Job(n)) if s.spec.completions != n.spec.completions => {
+            immutable("spec.completions")
         }
         _ => None,
     }
@@ -127,6 +136,19 @@ mod tests {
         assert_eq!(
             (field.as_str(), why.as_str()),
             ("spec.selector", "field is immutable")
+        );
+        let job = |image: &str, completions: u32, parallelism: u32| {
+            obj(&format!("apiVersion: batch/v1\nkind: Job\nmetadata: {{name: j}}\nspec:\n  completions: {completions}\n  parallelism: {parallelism}\n  template: {{spec: {{restartPolicy: Never, containers: [{{name: c, image: {image}}}]}}}}\n"))
+        };
+        let field = |a, b| violation(&a, &b).map(|(f, _)| f);
+        assert_eq!(field(job("x:1", 2, 1), job("x:1", 2, 2)), None);
+        assert_eq!(
+            field(job("x:1", 2, 1), job("x:2", 2, 1)).as_deref(),
+            Some("spec.template")
+        );
+        assert_eq!(
+            field(job("x:1", 2, 1), job("x:1", 3, 1)).as_deref(),
+            Some("spec.completions")
         );
     }
 }
