@@ -558,3 +558,99 @@ spec:
     assert!(out.ok().contains("pod/near created"));
     assert!(!out.stderr().contains("affinity"), "{}", out.stderr());
 }
+
+/// subPath mounts one file of a ConfigMap and one directory of an emptyDir that an init
+/// container made (subPathExpr with the pod's name); a subPath that an init container turned
+/// into a symlink out of the volume is refused when the next container starts, which never
+/// runs.
+#[test]
+fn runc_subpaths_mount_inside_their_volume_and_a_symlink_out_is_refused() {
+    if kit::runc_missing("runc_subpaths_mount_inside_their_volume_and_a_symlink_out_is_refused") {
+        return;
+    }
+    let (c, _leftovers) = kit::oci_cluster(67, 1, &[]);
+    kit::push_busybox(&c);
+    c.apply(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {name: sub}
+data: {app.conf: "port=80", other: "not mounted"}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: subs}
+spec:
+  restartPolicy: Never
+  initContainers:
+  - name: init
+    image: busybox:1
+    command: [sh, -c, "mkdir -p /all/subs && echo mine > /all/subs/f && echo theirs > /all/other"]
+    volumeMounts: [{name: scratch, mountPath: /all}]
+  containers:
+  - name: c
+    image: busybox:1
+    command: [sh, -c, "cat /etc/app.conf; echo; ls /etc | grep -c '^other$'; cat /mine/f; ls /mine"]
+    env: [{name: POD, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]
+    volumeMounts:
+    - {name: cfg, mountPath: /etc/app.conf, subPath: app.conf}
+    - {name: scratch, mountPath: /mine, subPathExpr: $(POD)}
+  volumes:
+  - {name: scratch, emptyDir: {}}
+  - {name: cfg, configMap: {name: sub}}
+"#,
+    );
+    c.wait_for("the pod done", Duration::from_secs(60), |c| {
+        matches!(
+            field(&c.pod("subs"), "status.phase").as_str(),
+            "Succeeded" | "Failed"
+        )
+    });
+    let log = c.shoal(&["logs", "subs"]).ok();
+    assert_eq!(
+        field(&c.pod("subs"), "status.phase"),
+        "Succeeded",
+        "{log}\n{}",
+        c.pod("subs")["status"]
+    );
+    assert_eq!(
+        log.lines().collect::<Vec<_>>(),
+        ["port=80", "0", "mine", "f"],
+        "{log}"
+    );
+
+    // The init container leaves a symlink to / where the next container's subPath is.
+    c.apply(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: escape}
+spec:
+  restartPolicy: Never
+  initContainers:
+  - name: plant
+    image: busybox:1
+    command: [sh, -c, "ln -s / /all/out"]
+    volumeMounts: [{name: scratch, mountPath: /all}]
+  containers:
+  - name: c
+    image: busybox:1
+    command: [sh, -c, "ls /host"]
+    volumeMounts: [{name: scratch, mountPath: /host, subPath: out}]
+  volumes:
+  - {name: scratch, emptyDir: {}}
+"#,
+    );
+    c.wait_for("the pod failed", Duration::from_secs(60), |c| {
+        field(&c.pod("escape"), "status.phase") == "Failed"
+    });
+    let pod = c.pod("escape");
+    let planted = &pod["status"]["initContainerStatuses"][0]["state"]["terminated"];
+    assert_eq!(planted["exitCode"], 0, "{pod}");
+    let refused = &pod["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert!(
+        refused["message"].as_str().is_some_and(
+            |m| m.contains("subPath \"out\"") && m.contains("leads outside the volume")
+        ),
+        "{pod}"
+    );
+    assert_eq!(c.shoal(&["logs", "escape"]).stdout(), "", "it never ran");
+}

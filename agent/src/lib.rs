@@ -19,6 +19,7 @@ pub mod proxy;
 pub mod registry;
 pub mod secret_volume;
 mod session;
+pub mod subpath;
 pub mod sync;
 pub mod tunnel;
 pub mod volume;

@@ -64,6 +64,9 @@ pub struct ContainerSpec {
     pub resolver: Option<Resolver>,
     /// stdout and stderr are appended here.
     pub log_path: PathBuf,
+    /// Open descriptors that mounts name by `/proc/<pid>/fd/<n>` (checked subPaths): held as
+    /// long as the spec, so a restart mounts the same objects.
+    pub held: Vec<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 /// The function behind a [`Resolver`].

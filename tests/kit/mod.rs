@@ -730,6 +730,16 @@ impl Drop for Leftovers {
                 if Path::new("/var/run/netns").join(&ns).exists() {
                     let _ = Command::new("ip").args(["netns", "delete", &ns]).output();
                 }
+                // subPath binds (pods/UID/subpaths/CONTAINER/N), before the tempdir goes.
+                for c in std::fs::read_dir(pod.path().join("subpaths"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    for m in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
+                        let _ = Command::new("umount").arg("-l").arg(m.path()).output();
+                    }
+                }
             }
             for c in std::fs::read_dir(dir.join("containers"))
                 .into_iter()

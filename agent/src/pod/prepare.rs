@@ -31,6 +31,8 @@ pub(super) struct Prepared {
 pub(super) struct ToRun {
     pub spec: ContainerSpec,
     pub workload: Arc<dyn Workload>,
+    /// Its subPaths, resolved at each start.
+    pub subpaths: Vec<crate::subpath::Pending>,
 }
 
 fn config_error(m: String) -> NotReady {
@@ -211,6 +213,44 @@ struct PodContext<'a> {
 }
 
 impl PodContext<'_> {
+    /// The container's volume mounts, at their volumes' roots; a subPath (subPathExpr
+    /// expanded with `env`) is left to be resolved when the container starts.
+    fn mounts(
+        &self,
+        c: &shoal_api::Container,
+        env: &[(String, String)],
+    ) -> Result<(Vec<Mount>, Vec<crate::subpath::Pending>), NotReady> {
+        let mut mounts = Vec::new();
+        let mut subpaths = Vec::new();
+        for m in &c.volume_mounts {
+            let Some(root) = self.volumes.get(&m.name) else {
+                continue;
+            };
+            let sub = match (m.sub_path.as_deref(), m.sub_path_expr.as_deref()) {
+                (Some(s), _) if !s.is_empty() => Some(s.to_string()),
+                (_, Some(e)) if !e.is_empty() => {
+                    Some(crate::subpath::expand(e, env).map_err(config_error)?)
+                }
+                _ => None,
+            };
+            if let Some(sub) = sub {
+                let at = self.dir.join("subpaths").join(&c.name);
+                subpaths.push(crate::subpath::Pending {
+                    mount: mounts.len(),
+                    root: root.clone(),
+                    sub,
+                    bind_at: self.runc.map(|_| at.join(mounts.len().to_string())),
+                });
+            }
+            mounts.push(Mount {
+                host_path: root.clone(),
+                guest_path: m.mount_path.clone(),
+                read_only: m.read_only,
+            });
+        }
+        Ok((mounts, subpaths))
+    }
+
     /// One container, resolved: its image fetched and checked, its env, argv and mounts; and
     /// the digest of its OCI image.
     async fn container(
@@ -260,17 +300,7 @@ impl PodContext<'_> {
             command.clone()
         };
         argv.extend(args.iter().cloned());
-        let mut mounts: Vec<Mount> = c
-            .volume_mounts
-            .iter()
-            .filter_map(|m| {
-                self.volumes.get(&m.name).map(|p| Mount {
-                    host_path: p.clone(),
-                    guest_path: m.mount_path.clone(),
-                    read_only: m.read_only,
-                })
-            })
-            .collect();
+        let (mut mounts, subpaths) = self.mounts(c, &env.vars)?;
         let network = match (self.runc, self.sandbox) {
             (None, _) => Network::Isolated,
             (Some(_), None) => Network::Host,
@@ -309,6 +339,7 @@ impl PodContext<'_> {
                 .map(|q| q.value().max(0) as u64),
             cpu_limit_millis: millis(c.resources.limits.get("cpu")),
             log_path: self.dir.join("logs").join(format!("{}.log", c.name)),
+            held: Vec::new(),
             // Wasm pods resolve the cluster's names through the proxy.
             resolver: self.runc.is_none().then(|| {
                 let proxy = inner.proxy.clone();
@@ -325,7 +356,14 @@ impl PodContext<'_> {
                 })
                 .collect(),
         };
-        Ok((ToRun { spec, workload }, image))
+        Ok((
+            ToRun {
+                spec,
+                workload,
+                subpaths,
+            },
+            image,
+        ))
     }
 }
 

@@ -161,7 +161,11 @@ async fn run_container(
     inner: Arc<Inner>,
     state: Arc<Mutex<PodRun>>,
     i: usize,
-    ToRun { spec, workload }: ToRun,
+    ToRun {
+        spec,
+        workload,
+        subpaths,
+    }: ToRun,
     policy: RestartPolicy,
     grace: Duration,
     cancel: CancellationToken,
@@ -172,6 +176,7 @@ async fn run_container(
         i,
         init: false,
         spec,
+        subpaths,
         grace,
         cancel,
     };
@@ -214,13 +219,22 @@ impl InitContainers<'_> {
             RestartPolicy::Never => RestartPolicy::Never,
             _ => RestartPolicy::OnFailure,
         };
-        for (i, ToRun { spec, workload }) in init.into_iter().enumerate() {
+        for (
+            i,
+            ToRun {
+                spec,
+                workload,
+                subpaths,
+            },
+        ) in init.into_iter().enumerate()
+        {
             let one = OneContainer {
                 inner: self.inner.clone(),
                 state: self.state.clone(),
                 i,
                 init: true,
                 spec,
+                subpaths,
                 grace: self.grace,
                 cancel: self.cancel.clone(),
             };
@@ -277,6 +291,8 @@ struct OneContainer {
     i: usize,
     init: bool,
     spec: ContainerSpec,
+    /// Resolved at each start, into the copy of `spec` that start is given.
+    subpaths: Vec<crate::subpath::Pending>,
     grace: Duration,
     cancel: CancellationToken,
 }
@@ -308,15 +324,25 @@ impl OneContainer {
         &self,
         workload: &Arc<dyn shoal_runtime::Workload>,
     ) -> Result<shoal_runtime::Handle, shoal_runtime::Exit> {
-        let (w, s) = (workload.clone(), self.spec.clone());
-        let started = tokio::task::spawn_blocking(move || w.start(s))
-            .await
-            .unwrap_or_else(|e| {
-                Err(shoal_runtime::Error::Start {
-                    id: self.spec.id.clone(),
-                    message: e.to_string(),
-                })
-            });
+        let (w, mut s) = (workload.clone(), self.spec.clone());
+        let subpaths = self.subpaths.clone();
+        let started = tokio::task::spawn_blocking(move || {
+            for p in &subpaths {
+                p.apply(&mut s)
+                    .map_err(|message| shoal_runtime::Error::Start {
+                        id: s.id.clone(),
+                        message,
+                    })?;
+            }
+            w.start(s)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(shoal_runtime::Error::Start {
+                id: self.spec.id.clone(),
+                message: e.to_string(),
+            })
+        });
         started.map_err(|e| shoal_runtime::Exit {
             code: 128,
             reason: shoal_runtime::ExitReason::Error,

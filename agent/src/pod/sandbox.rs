@@ -140,6 +140,8 @@ pub(super) async fn publish_host_ports(
 
 /// Removes what a pod had beside its containers: volumes, its network namespace and address.
 pub(super) async fn remove_sandbox(inner: &Inner, pod: &Pod, dir: &Path) {
+    // subPath binds first: they may show a volume's (or a hostPath's) insides.
+    crate::subpath::release(&dir.join("subpaths"));
     crate::secret_volume::release(&dir.join("volumes"), &pod.metadata.uid);
     let _ = std::fs::remove_dir_all(dir.join("volumes"));
     if pod.runtime_class() == RuntimeClass::Runc && !pod.spec.host_network {

@@ -284,8 +284,12 @@ pub struct VolumeMount {
     pub mount_path: String,
     #[serde(default, skip_serializing_if = "is_false")]
     pub read_only: bool,
+    /// A path inside the volume to mount instead of its root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub_path: Option<String>,
+    /// `subPath` with `$(VAR)` references to the container's environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_path_expr: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

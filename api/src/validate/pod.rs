@@ -574,13 +574,19 @@ fn mounts(e: &mut Errors, path: &str, p: &str, c: &Container, volume_names: &BTr
                 format!("must be an absolute path, got {:?}", m.mount_path),
             );
         }
-        // Mounting the whole volume instead would expose more than asked (all of a
-        // hostPath instead of one file): refused until it is resolved symlink-safely.
-        if m.sub_path.as_deref().is_some_and(|s| !s.is_empty()) {
-            e.add(
-                format!("{mp}.subPath"),
-                "is not supported yet: mount the whole volume, or a hostPath of just the file",
-            );
+        let sub_path = m.sub_path.as_deref().filter(|s| !s.is_empty());
+        let sub_path_expr = m.sub_path_expr.as_deref().filter(|s| !s.is_empty());
+        if let Some(sp) = sub_path {
+            e.check(format!("{mp}.subPath"), check_relative_path(sp));
+        }
+        if let Some(expr) = sub_path_expr {
+            e.check(format!("{mp}.subPathExpr"), check_relative_path(expr));
+            if sub_path.is_some() {
+                e.add(
+                    format!("{mp}.subPathExpr"),
+                    "subPath and subPathExpr are mutually exclusive",
+                );
+            }
         }
     }
 }
