@@ -654,3 +654,59 @@ spec:
     );
     assert_eq!(c.shoal(&["logs", "escape"]).stdout(), "", "it never ran");
 }
+
+/// A projected volume: a ConfigMap's key renamed, a Secret's key, and the pod's labels, in one
+/// directory; a missing optional source adds nothing.
+#[test]
+fn a_projected_volume_joins_configmap_secret_and_downward_files() {
+    let c = Cluster::start(1);
+    let image = c.push_probe();
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: proj-cfg}}
+data: {{app.conf: "port=80"}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: proj-sec}}
+stringData: {{token: t0k3n}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: proj
+  labels: {{app: web}}
+spec:
+  runtimeClassName: wasm
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: {image}
+    args: [cat, /all/conf/app.conf, print, "", cat, /all/token, print, "", cat, /all/labels]
+    volumeMounts: [{{name: all, mountPath: /all}}]
+  volumes:
+  - name: all
+    projected:
+      defaultMode: 0440
+      sources:
+      - configMap: {{name: proj-cfg, items: [{{key: app.conf, path: conf/app.conf}}]}}
+      - secret: {{name: proj-sec}}
+      - downwardAPI: {{items: [{{path: labels, fieldRef: {{fieldPath: metadata.labels}}}}]}}
+      - configMap: {{name: absent, optional: true}}
+"#
+    ));
+    c.wait_for("the pod done", Duration::from_secs(60), |c| {
+        matches!(
+            field(&c.pod("proj"), "status.phase").as_str(),
+            "Succeeded" | "Failed"
+        )
+    });
+    let log = c.shoal(&["logs", "proj"]).ok();
+    assert_eq!(field(&c.pod("proj"), "status.phase"), "Succeeded", "{log}");
+    assert_eq!(
+        log.lines().collect::<Vec<_>>(),
+        ["port=80", "t0k3n", "app=\"web\""],
+        "{log}"
+    );
+}

@@ -3,7 +3,7 @@
 //! the waiting reason the pod reports (CreateContainerConfigError, ErrImagePull, ...).
 
 use super::sandbox::{self, Sandbox};
-use super::sources::{env_sources, volume_files, write_volume_files};
+use super::sources::{env_sources, projected_files, volume_files, write_volume_files};
 use super::{client, container_key, events::event, image::container_image, Inner};
 use shoal_api::{Pod, RuntimeClass};
 use shoal_runtime::oci::{Runc, RuncRuntime};
@@ -103,7 +103,7 @@ async fn volumes(
             PathBuf::from(&h.path)
         } else {
             let mut p = dir.join("volumes").join(&v.name);
-            if v.secret.is_some() {
+            if v.secret.is_some() || v.projected.as_ref().is_some_and(|p| p.has_secret()) {
                 // A Secret's files never touch the node's disk.
                 p = crate::secret_volume::prepare(&p, &pod.metadata.uid, &v.name)
                     .map_err(failed)?;
@@ -116,16 +116,17 @@ async fn volumes(
                         .map_err(failed)?;
                 }
             }
-            let files = match &v.downward_api {
-                Some(d) => {
-                    let at = crate::env::Placement {
-                        allocatable: crate::node::allocatable(),
-                        ..Default::default()
-                    };
-                    crate::volume::downward_files(d, pod, &at)
-                        .map_err(|m| config_error(format!("volume {}: {m}", v.name)))?
-                }
-                None => volume_files(inner, ns, v).await?,
+            let at = crate::env::Placement {
+                allocatable: crate::node::allocatable(),
+                ..Default::default()
+            };
+            let files = match (&v.downward_api, &v.projected) {
+                (Some(d), _) => crate::volume::downward_files(d, pod, &at)
+                    .map_err(|m| config_error(format!("volume {}: {m}", v.name)))?,
+                (None, Some(p)) => projected_files(inner, pod, p, &at)
+                    .await
+                    .map_err(|(r, m)| (r, format!("volume {}: {m}", v.name)))?,
+                (None, None) => volume_files(inner, ns, v).await?,
             };
             write_volume_files(&p, &files).map_err(failed)?;
             if let Some(gid) = fs_group {

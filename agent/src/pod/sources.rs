@@ -78,6 +78,58 @@ pub(super) async fn volume_files(
         .map_err(|m| config(format!("volume {}: {m}", v.name)))
 }
 
+/// A projected volume's files: each source's, in order, with the volume's mode where an
+/// item sets none. A path two sources both write is refused (Kubernetes' validation refuses
+/// it where it can see it; a ConfigMap's keys it cannot).
+pub(super) async fn projected_files(
+    inner: &Inner,
+    pod: &shoal_api::Pod,
+    p: &shoal_api::ProjectedVolumeSource,
+    at: &crate::env::Placement,
+) -> std::result::Result<Vec<crate::volume::File>, (String, String)> {
+    let config = |m: String| ("CreateContainerConfigError".to_string(), m);
+    let ns = pod.metadata.namespace_or_default();
+    let mut out: Vec<crate::volume::File> = Vec::new();
+    for (i, source) in p.sources.iter().enumerate() {
+        let objects = [
+            ("configmap", Kind::ConfigMap, &source.config_map),
+            ("secret", Kind::Secret, &source.secret),
+        ];
+        let mut files = Vec::new();
+        for (what, kind, o) in objects {
+            let Some(o) = o else { continue };
+            let data = fetch_data(inner, kind, ns, &o.name)
+                .await
+                .map_err(|e| config(format!("{what} {:?}: {e}", o.name)))?;
+            let got = crate::volume::files(
+                what,
+                &o.name,
+                data.as_ref(),
+                &o.items,
+                p.default_mode,
+                o.optional,
+            )
+            .map_err(|m| config(format!("sources[{i}]: {m}")))?;
+            files.extend(got);
+        }
+        if let Some(d) = &source.downward_api {
+            let got = crate::volume::downward_files(&p.downward(d), pod, at)
+                .map_err(|m| config(format!("sources[{i}]: {m}")))?;
+            files.extend(got);
+        }
+        for f in files {
+            if out.iter().any(|o| o.path == f.path) {
+                return Err(config(format!(
+                    "sources[{i}]: {:?} is written by an earlier source too",
+                    f.path
+                )));
+            }
+            out.push(f);
+        }
+    }
+    Ok(out)
+}
+
 /// Writes a volume's files under `dir`, with their modes.
 pub(super) fn write_volume_files(
     dir: &std::path::Path,

@@ -311,6 +311,73 @@ pub struct Volume {
         skip_serializing_if = "Option::is_none"
     )]
     pub downward_api: Option<DownwardApiVolumeSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projected: Option<ProjectedVolumeSource>,
+}
+
+/// Several sources' files in one directory: ConfigMaps, Secrets and the pod's own fields.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectedVolumeSource {
+    #[serde(default)]
+    pub sources: Vec<VolumeProjection>,
+    /// Permission bits of the files (0644 when absent) that an item does not set.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "file_mode"
+    )]
+    pub default_mode: Option<i32>,
+}
+
+/// One source of a projected volume (exactly one of these).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeProjection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ObjectProjection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<ObjectProjection>,
+    #[serde(
+        default,
+        rename = "downwardAPI",
+        alias = "downwardApi",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub downward_api: Option<DownwardApiProjection>,
+}
+
+/// A ConfigMap's or Secret's keys in a projected volume (the mode is the volume's).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectProjection {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<KeyToPath>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DownwardApiProjection {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<DownwardApiVolumeFile>,
+}
+
+impl ProjectedVolumeSource {
+    /// Whether a Secret is among its sources (its files then stay off the node's disk).
+    pub fn has_secret(&self) -> bool {
+        self.sources.iter().any(|s| s.secret.is_some())
+    }
+
+    /// Its downward API items as a downwardAPI volume of its mode.
+    pub fn downward(&self, d: &DownwardApiProjection) -> DownwardApiVolumeSource {
+        DownwardApiVolumeSource {
+            items: d.items.clone(),
+            default_mode: self.default_mode,
+        }
+    }
 }
 
 /// Files of the pod's own fields (its name, labels, a container's limits...).
@@ -352,6 +419,7 @@ impl Volume {
             self.config_map.is_some(),
             self.secret.is_some(),
             self.downward_api.is_some(),
+            self.projected.is_some(),
         ]
         .iter()
         .filter(|b| **b)

@@ -182,8 +182,69 @@ fn volumes<'a>(e: &mut Errors, path: &str, s: &'a PodSpec) -> BTreeSet<&'a str> 
         if let Some(d) = &v.downward_api {
             downward_api(e, &format!("{p}.downwardAPI"), d, &container_names(s));
         }
+        if let Some(pr) = &v.projected {
+            projected(e, &format!("{p}.projected"), pr, &container_names(s));
+        }
     }
     volume_names
+}
+
+/// Exactly one source per projection, valid items, and no path written twice.
+fn projected(e: &mut Errors, p: &str, pr: &ProjectedVolumeSource, containers: &[&str]) {
+    check_mode(e, &format!("{p}.defaultMode"), pr.default_mode);
+    let mut paths = BTreeSet::new();
+    for (i, src) in pr.sources.iter().enumerate() {
+        let sp = format!("{p}.sources[{i}]");
+        let set = [
+            src.config_map.is_some(),
+            src.secret.is_some(),
+            src.downward_api.is_some(),
+        ];
+        if set.iter().all(|s| !s) {
+            e.add(
+                sp.clone(),
+                "has no source Shoal serves: configMap, secret or downwardAPI \
+                 (serviceAccountToken and clusterTrustBundle are not served)",
+            );
+        } else if !exactly_one(&set) {
+            e.add(
+                sp.clone(),
+                "must have exactly one of configMap, secret, downwardAPI",
+            );
+        }
+        let objects = [("configMap", &src.config_map), ("secret", &src.secret)];
+        for (what, o) in objects {
+            let Some(o) = o else { continue };
+            e.check(
+                format!("{sp}.{what}.name"),
+                check_dns1123_subdomain(&o.name),
+            );
+            for (j, item) in o.items.iter().enumerate() {
+                let ip = format!("{sp}.{what}.items[{j}]");
+                check_mode(e, &format!("{ip}.mode"), item.mode);
+                e.check(format!("{ip}.path"), check_relative_path(&item.path));
+                if !paths.insert(item.path.clone()) {
+                    e.add(format!("{ip}.path"), "conflicting duplicate path");
+                }
+            }
+        }
+        if let Some(d) = &src.downward_api {
+            let dp = format!("{sp}.downwardAPI");
+            let items = DownwardApiVolumeSource {
+                items: d.items.clone(),
+                default_mode: None,
+            };
+            downward_api(e, &dp, &items, containers);
+            for (j, item) in d.items.iter().enumerate() {
+                if !paths.insert(item.path.clone()) {
+                    e.add(
+                        format!("{dp}.items[{j}].path"),
+                        "conflicting duplicate path",
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// The sysctls Kubernetes deems safe (namespaced, and harmless to the node and other pods):

@@ -169,10 +169,23 @@ impl Service {
 /// Does a pod use this ConfigMap or Secret (env, envFrom or volume)?
 fn pod_uses(pod: &Pod, kind: Kind, name: &str) -> bool {
     let s = &pod.spec;
-    let volumes = s.volumes.iter().any(|v| match kind {
-        Kind::ConfigMap => v.config_map.as_ref().is_some_and(|c| c.name == name),
-        Kind::Secret => v.secret.as_ref().is_some_and(|c| c.secret_name == name),
-        _ => false,
+    let projected = |v: &shoal_api::Volume| {
+        v.projected.iter().flat_map(|p| &p.sources).any(|src| {
+            let o = match kind {
+                Kind::ConfigMap => src.config_map.as_ref(),
+                Kind::Secret => src.secret.as_ref(),
+                _ => None,
+            };
+            o.is_some_and(|o| o.name == name)
+        })
+    };
+    let volumes = s.volumes.iter().any(|v| {
+        projected(v)
+            || match kind {
+                Kind::ConfigMap => v.config_map.as_ref().is_some_and(|c| c.name == name),
+                Kind::Secret => v.secret.as_ref().is_some_and(|c| c.secret_name == name),
+                _ => false,
+            }
     });
     let env = s.init_containers.iter().chain(&s.containers).any(|c| {
         c.env
@@ -215,5 +228,24 @@ mod tests {
         assert!(pod_uses(&pod, Kind::Secret, "token"));
         assert!(pod_uses(&pod, Kind::ConfigMap, "setup"));
         assert!(!pod_uses(&pod, Kind::Secret, "other"));
+    }
+
+    #[test]
+    fn what_a_projected_volume_reads_is_the_pods_too() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {
+                "containers": [{"name": "c", "image": "x"}],
+                "volumes": [{"name": "all", "projected": {"sources": [
+                    {"configMap": {"name": "cfg"}}, {"secret": {"name": "sec"}}]}}]
+            }
+        }))
+        .expect("a pod");
+        assert!(pod_uses(&pod, Kind::ConfigMap, "cfg"));
+        assert!(pod_uses(&pod, Kind::Secret, "sec"));
+        assert!(
+            !pod_uses(&pod, Kind::Secret, "cfg"),
+            "a ConfigMap's name is no Secret's"
+        );
     }
 }
