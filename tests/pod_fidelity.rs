@@ -710,3 +710,54 @@ spec:
         "{log}"
     );
 }
+
+/// Extended resources: the node that advertises two dongles (`--capacity`) takes the pods
+/// that ask for one until both are held; the third is Pending with the resource named.
+#[test]
+fn extended_resources_are_scheduled_by_what_nodes_advertise() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let controller = kit::Controller::start(&dir.path().join("c"));
+    let agent = |name: &str, args: &[&str]| {
+        kit::Agent::with(&controller, name, &dir.path().join(name))
+            .args(args)
+            .start()
+    };
+    let agents = vec![
+        agent("plain", &[]),
+        agent("usb", &["--capacity", "example.com/dongle=2"]),
+    ];
+    let c = Cluster::adopt(controller, agents).keep(dir);
+    c.wait_nodes_ready();
+    let node: serde_json::Value =
+        serde_json::from_str(&c.shoal(&["get", "node", "usb", "-o", "json"]).ok()).unwrap();
+    assert_eq!(node["status"]["allocatable"]["example.com/dongle"], "2");
+    let image = c.push_probe();
+    for i in 0..3 {
+        c.apply(&format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: d{i}, labels: {{app: dongle}}}}\nspec:\n  runtimeClassName: wasm\n  containers:\n  - name: c\n    image: {image}\n    args: [sleep, \"600000\"]\n    resources: {{limits: {{example.com/dongle: 1}}}}\n"));
+    }
+    c.wait_for("two pods Running", Duration::from_secs(60), |c| {
+        c.pods("app=dongle")
+            .iter()
+            .filter(|p| p["status"]["phase"] == "Running")
+            .count()
+            == 2
+    });
+    let pods = c.pods("app=dongle");
+    for p in pods.iter().filter(|p| p["status"]["phase"] == "Running") {
+        assert_eq!(p["spec"]["nodeName"], "usb");
+    }
+    let pending = pods
+        .iter()
+        .find(|p| p["status"]["phase"] == "Pending")
+        .expect("a Pending pod");
+    let message = pending["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "PodScheduled"))
+        .map(|c| c["message"].clone());
+    assert_eq!(
+        message,
+        Some(serde_json::json!(
+            "0/2 nodes available: 2 insufficient example.com/dongle"
+        ))
+    );
+}

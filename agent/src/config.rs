@@ -20,6 +20,8 @@ pub struct AgentConfig {
     pub labels: BTreeMap<String, String>,
     /// Most pods this node takes (kubelet's --max-pods).
     pub max_pods: u32,
+    /// Extended resources the node advertises (`example.com/dongle: 2`).
+    pub capacity: std::collections::BTreeMap<String, shoal_api::Quantity>,
     /// How often the node posts its status (kubelet's --node-status-update-frequency).
     pub heartbeat: Duration,
     /// The Linux bridge the node's OCI pods are attached to.

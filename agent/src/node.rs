@@ -90,7 +90,7 @@ pub fn describe(
     .collect();
     labels.extend(config.labels.clone());
     let (cpu_millis, memory) = allocatable();
-    let resources: BTreeMap<String, Quantity> = [
+    let mut resources: BTreeMap<String, Quantity> = [
         ("cpu".to_string(), Quantity::from_milli(cpu_millis)),
         ("memory".to_string(), Quantity::from_bytes(memory)),
         (
@@ -99,6 +99,7 @@ pub fn describe(
         ),
     ]
     .into();
+    resources.extend(config.capacity.clone());
     let mut addresses = vec![NodeAddress {
         type_: "Hostname".into(),
         address: config.name.clone(),

@@ -10,6 +10,7 @@
 //! fewest pods of the same owner, then least allocated.
 
 mod affinity;
+mod extended;
 mod spread;
 
 use affinity::{AffinityMisfit, Placed, View};
@@ -103,12 +104,17 @@ enum Misfit {
     NotReady,
     Unschedulable,
     Runtime(String),
-    Platform { image: String, has: String },
+    Platform {
+        image: String,
+        has: String,
+    },
     Selector,
     Taint(String),
     InsufficientCpu,
     InsufficientMemory,
     TooManyPods,
+    /// Not enough of an extended resource free (or none at all).
+    Insufficient(String),
     Ports,
     Affinity(AffinityMisfit),
 }
@@ -127,6 +133,7 @@ impl Misfit {
             Misfit::InsufficientCpu => "insufficient cpu".into(),
             Misfit::InsufficientMemory => "insufficient memory".into(),
             Misfit::TooManyPods => "too many pods".into(),
+            Misfit::Insufficient(r) => format!("insufficient {r}"),
             Misfit::Ports => "node(s) didn't have free ports for the requested pod ports".into(),
             Misfit::Affinity(a) => a.describe().into(),
         }
@@ -155,6 +162,8 @@ struct NodeInfo<'a> {
     used_memory: i128,
     pods: usize,
     ports: HashSet<(i32, String)>,
+    /// Extended resources the node's pods hold.
+    used_extended: BTreeMap<String, i128>,
     /// Pods per controlling owner uid, for spreading replicas.
     by_owner: HashMap<String, usize>,
 }
@@ -171,6 +180,7 @@ impl<'a> NodeInfo<'a> {
             used_memory: 0,
             pods: 0,
             ports: HashSet::new(),
+            used_extended: BTreeMap::new(),
             by_owner: HashMap::new(),
         }
     }
@@ -181,6 +191,9 @@ impl<'a> NodeInfo<'a> {
         self.used_memory += mem;
         self.pods += 1;
         self.ports.extend(host_ports(pod));
+        for (r, n) in extended::requests(pod) {
+            *self.used_extended.entry(r).or_default() += n;
+        }
         if let Some(uid) = owner_uid(pod) {
             *self.by_owner.entry(uid.to_string()).or_default() += 1;
         }
@@ -259,6 +272,12 @@ impl<'a> NodeInfo<'a> {
         }
         if self.max_pods.is_some_and(|a| self.pods as i128 + 1 > a) {
             return Err(Misfit::TooManyPods);
+        }
+        for (r, n) in extended::requests(pod) {
+            let used = self.used_extended.get(&r).copied().unwrap_or(0);
+            if allocatable(node, &r).is_none_or(|a| used + n > a) {
+                return Err(Misfit::Insufficient(r));
+            }
         }
         if host_ports(pod).any(|hp| self.ports.contains(&hp)) {
             return Err(Misfit::Ports);

@@ -31,6 +31,9 @@ pub struct Args {
     /// Most pods this node runs.
     #[arg(long, default_value_t = 110)]
     pub max_pods: u32,
+    /// Extended resources this node offers pods: example.com/dongle=2,vendor.io/gpu=1.
+    #[arg(long, env = "SHOAL_NODE_CAPACITY", default_value = "")]
+    pub capacity: String,
     /// How often the node posts its status (10, 10s; keep well under the controller's
     /// --node-grace-period).
     #[arg(long, default_value = "10s", value_parser = super::duration::parse)]
@@ -79,6 +82,27 @@ pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
+/// `--capacity`: extended resources (domain-prefixed names) in whole units.
+pub fn parse_capacity(s: &str) -> Result<BTreeMap<String, shoal_api::Quantity>> {
+    let mut out = BTreeMap::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((name, n)) = pair.split_once('=') else {
+            bail!("--capacity: expected name=count, got {pair:?}");
+        };
+        if !shoal_api::validate::is_extended_resource(name) {
+            bail!("--capacity: {name:?} is not an extended resource name (example.com/name)");
+        }
+        let q: shoal_api::Quantity = n
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--capacity: {name}: {e}"))?;
+        if q.is_negative() || q.milli_value() % 1000 != 0 {
+            bail!("--capacity: {name}: expected a whole number, got {n:?}");
+        }
+        out.insert(name.to_string(), q);
+    }
+    Ok(out)
+}
+
 impl Args {
     pub fn config(&self) -> Result<AgentConfig> {
         let token = match (&self.token, &self.token_file) {
@@ -109,6 +133,7 @@ impl Args {
             )?,
             labels,
             max_pods: self.max_pods,
+            capacity: parse_capacity(&self.capacity)?,
             pod_bridge: self.pod_bridge.clone(),
             insecure_registries: self.insecure_registries.clone(),
             image_gc_high_threshold: self.image_gc_high_threshold,

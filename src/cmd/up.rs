@@ -14,6 +14,9 @@ pub struct Args {
     /// Manifests to apply once the cluster is up (files, directories or -).
     #[arg(short = 'f', long = "filename")]
     pub files: Vec<PathBuf>,
+    /// Extended resources the local node offers pods: example.com/dongle=2.
+    #[arg(long, env = "SHOAL_NODE_CAPACITY", default_value = "")]
+    pub capacity: String,
 }
 
 pub async fn run(args: Args) -> Result<()> {
@@ -55,6 +58,7 @@ pub async fn run(args: Args) -> Result<()> {
         data_dir: args.controller.config()?.data_dir.join("agent"),
         labels: Default::default(),
         max_pods: 110,
+        capacity: super::agent::parse_capacity(&args.capacity)?,
         pod_bridge: shoal_agent::POD_BRIDGE.into(),
         insecure_registries: vec![],
         image_gc_high_threshold: 85,

@@ -115,6 +115,16 @@ fn check_qualified_name_part(s: &str) -> Result<(), String> {
 }
 
 /// A label or annotation key: `[prefix/]name`, prefix a DNS subdomain.
+/// An extended resource name: `domain/name`, outside Kubernetes' own `kubernetes.io`
+/// (`requests.` is a quota prefix, not a resource).
+pub fn is_extended_resource(name: &str) -> bool {
+    let Some((domain, _)) = name.split_once('/') else {
+        return false;
+    };
+    let kubernetes = domain == "kubernetes.io" || domain.ends_with(".kubernetes.io");
+    !kubernetes && !name.starts_with("requests.") && check_label_key(name).is_ok()
+}
+
 pub fn check_label_key(k: &str) -> Result<(), String> {
     match k.split_once('/') {
         Some((prefix, name)) => {
@@ -563,6 +573,9 @@ spec:
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x}], topologySpreadConstraints: [{maxSkew: 1, topologyKey: zone, whenUnsatisfiable: Sometimes}]}", "spec.topologySpreadConstraints[0].whenUnsatisfiable"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x}], volumes: [{name: v, projected: {sources: [{configMap: {name: a, items: [{key: k, path: f}]}}, {secret: {name: b, items: [{key: k, path: f}]}}]}}]}", "spec.volumes[0].projected.sources[1].secret.items[0].path"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x}], volumes: [{name: v, projected: {sources: [{configMap: {name: a}, secret: {name: b}}]}}]}", "spec.volumes[0].projected.sources[0]"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, resources: {limits: {gpu: 1}}}]}", "spec.containers[0].resources.limits.gpu"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, resources: {requests: {example.com/dongle: 1}, limits: {example.com/dongle: 2}}}]}", "spec.containers[0].resources.requests.example.com/dongle"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, resources: {limits: {example.com/dongle: 500m}}}]}", "spec.containers[0].resources.limits.example.com/dongle"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, ports: [{containerPort: 70000}]}]}", "spec.containers[0].ports[0].containerPort"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, resources: {requests: {memory: 2Gi}, limits: {memory: 1Gi}}}]}", "spec.containers[0].resources.requests.memory"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, volumeMounts: [{name: v, mountPath: /d}]}]}", "spec.containers[0].volumeMounts[0].name"),

@@ -510,6 +510,7 @@ fn container<'a>(
     ports(e, p, c, host_ports);
     check_quantity_map(e, &format!("{p}.resources.requests"), &c.resources.requests);
     check_quantity_map(e, &format!("{p}.resources.limits"), &c.resources.limits);
+    extended_resources(e, p, c);
     for (res, req) in &c.resources.requests {
         if let Some(lim) = c.resources.limits.get(res) {
             if req > lim {
@@ -646,6 +647,37 @@ fn mounts(e: &mut Errors, path: &str, p: &str, c: &Container, volume_names: &BTr
                 e.add(
                     format!("{mp}.subPathExpr"),
                     "subPath and subPathExpr are mutually exclusive",
+                );
+            }
+        }
+    }
+}
+
+/// Resource names are standard or extended (domain-prefixed); extended ones come in whole
+/// units and are never overcommitted, so a request that is set equals the limit.
+fn extended_resources(e: &mut Errors, p: &str, c: &Container) {
+    let r = &c.resources;
+    for (which, map) in [("requests", &r.requests), ("limits", &r.limits)] {
+        for (name, q) in map {
+            let fp = format!("{p}.resources.{which}.{name}");
+            let standard = matches!(name.as_str(), "cpu" | "memory" | "ephemeral-storage")
+                || name.starts_with("hugepages-");
+            if standard {
+                continue;
+            }
+            if !super::is_extended_resource(name) {
+                e.add(fp, "must be a standard resource (cpu, memory, ephemeral-storage, hugepages-<size>) or an extended resource with a domain prefix (example.com/name)");
+                continue;
+            }
+            if q.milli_value() % 1000 != 0 {
+                e.add(fp.clone(), format!("must be a whole number, got {q}"));
+            }
+            if which == "requests" && r.limits.get(name).is_some_and(|l| l != q) {
+                e.add(
+                    fp,
+                    format!(
+                        "must equal the {name} limit: extended resources are not overcommitted"
+                    ),
                 );
             }
         }

@@ -1,0 +1,112 @@
+//! Extended resources (`example.com/dongle: 1`): what a node advertises in its allocatable
+//! beyond cpu, memory and pods (`shoal agent --capacity`), requested in whole units and
+//! never overcommitted. A pod asking for one goes only to a node with enough of it free.
+
+use shoal_api::Pod;
+use std::collections::BTreeMap;
+
+/// A pod's extended-resource requests (a limit alone counts as the request), as Kubernetes
+/// counts them: its containers' summed, or its largest init container's if that is more.
+pub(super) fn requests(pod: &Pod) -> BTreeMap<String, i128> {
+    let of = |c: &shoal_api::Container| -> BTreeMap<String, i128> {
+        c.resources
+            .requests
+            .keys()
+            .chain(c.resources.limits.keys())
+            .filter(|r| shoal_api::validate::is_extended_resource(r))
+            .filter_map(|r| Some((r.clone(), c.resources.request(r)?.value())))
+            .collect()
+    };
+    let mut sum: BTreeMap<String, i128> = BTreeMap::new();
+    for c in &pod.spec.containers {
+        for (r, n) in of(c) {
+            *sum.entry(r).or_default() += n;
+        }
+    }
+    for c in &pod.spec.init_containers {
+        for (r, n) in of(c) {
+            let slot = sum.entry(r).or_default();
+            *slot = (*slot).max(n);
+        }
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Snapshot;
+    use shoal_api::*;
+
+    fn node(name: &str, dongles: Option<&str>) -> Node {
+        let mut allocatable: std::collections::BTreeMap<String, Quantity> =
+            [("pods".to_string(), "10".parse().expect("qty"))].into();
+        if let Some(n) = dongles {
+            allocatable.insert("example.com/dongle".into(), n.parse().expect("qty"));
+        }
+        Node {
+            metadata: ObjectMeta {
+                name: name.into(),
+                ..Default::default()
+            },
+            status: Some(NodeStatus {
+                allocatable,
+                conditions: vec![Condition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    ..Default::default()
+                }],
+                runtime_handlers: vec![RuntimeHandler {
+                    name: "wasm".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn pod(name: &str, limit: &str) -> Pod {
+        let mut c = Container {
+            name: "c".into(),
+            image: "x".into(),
+            ..Default::default()
+        };
+        c.resources
+            .limits
+            .insert("example.com/dongle".into(), limit.parse().expect("qty"));
+        Pod {
+            metadata: ObjectMeta {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                ..Default::default()
+            },
+            spec: PodSpec {
+                containers: vec![c],
+                runtime_class_name: Some("wasm".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn extended_resources_go_where_they_are_free_and_are_never_overcommitted() {
+        let nodes = [node("plain", None), node("usb", Some("2"))];
+        let mut s = Snapshot::new(&nodes, &[]);
+        let mut placed = Vec::new();
+        for i in 0..3 {
+            let p = pod(&format!("p{i}"), "1");
+            let r = s.schedule(&p);
+            if let Ok(n) = &r {
+                s.assume(&p, n);
+            }
+            placed.push(r);
+        }
+        assert_eq!(placed[0].as_deref(), Ok("usb"));
+        assert_eq!(placed[1].as_deref(), Ok("usb"));
+        assert_eq!(
+            placed[2],
+            Err("0/2 nodes available: 2 insufficient example.com/dongle".into())
+        );
+    }
+}
