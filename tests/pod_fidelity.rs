@@ -761,3 +761,34 @@ fn extended_resources_are_scheduled_by_what_nodes_advertise() {
         ))
     );
 }
+
+/// A running pod's labels change (the manifest applied again): its downwardAPI labels file
+/// says so, as the kubelet rewrites it, while the container keeps running.
+#[test]
+fn downward_api_labels_follow_a_relabelled_pod() {
+    let c = Cluster::start(1);
+    let image = c.push_probe();
+    let reads: Vec<String> = (0..120)
+        .map(|_| "cat, /info/labels, print, \"--\", sleep, \"500\"".to_string())
+        .collect();
+    let manifest = |tier: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: relabel, labels: {{tier: {tier}}}}}\nspec:\n  runtimeClassName: wasm\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: {image}\n    args: [{}]\n    volumeMounts: [{{name: info, mountPath: /info}}]\n  volumes:\n  - name: info\n    downwardAPI: {{items: [{{path: labels, fieldRef: {{fieldPath: metadata.labels}}}}]}}\n",
+            reads.join(", ")
+        )
+    };
+    c.apply(&manifest("front"));
+    c.wait_for("the first labels read", Duration::from_secs(60), |c| {
+        c.shoal(&["logs", "relabel"])
+            .stdout()
+            .contains("tier=\"front\"")
+    });
+    // Labels may change under a running pod (its spec may not).
+    c.apply(&manifest("back"));
+    c.wait_for("the new labels read", Duration::from_secs(30), |c| {
+        c.shoal(&["logs", "relabel"])
+            .stdout()
+            .contains("tier=\"back\"")
+    });
+    assert_eq!(field(&c.pod("relabel"), "status.phase"), "Running");
+}

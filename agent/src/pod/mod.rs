@@ -315,9 +315,13 @@ impl Supervisor {
             self.stop(&uid);
             return;
         }
-        let known = lock(&self.0.pods).contains_key(&uid);
-        if known || pod.is_terminal() || pod.spec.node_name.as_deref() != Some(self.0.node.as_str())
-        {
+        let known = lock(&self.0.pods)
+            .get(&uid)
+            .map(|r| (r.dir.clone(), r.state.clone()));
+        if let Some((dir, state)) = known {
+            return self.relabel(pod, &dir, &state).await;
+        }
+        if pod.is_terminal() || pod.spec.node_name.as_deref() != Some(self.0.node.as_str()) {
             return;
         }
         let dir = self.0.data_dir.join("pods").join(&uid);
@@ -368,6 +372,28 @@ impl Supervisor {
         self.0
             .tracker
             .spawn(run::run_pod(inner, state, dir, cancel));
+    }
+
+    /// A running pod's labels or annotations changed: its downward API files say so, as the
+    /// kubelet rewrites them (the rest of a pod's spec cannot change).
+    async fn relabel(&self, pod: Pod, dir: &std::path::Path, state: &Arc<Mutex<PodRun>>) {
+        {
+            let mut s = lock(state);
+            let m = &mut s.pod.metadata;
+            if m.labels == pod.metadata.labels && m.annotations == pod.metadata.annotations {
+                return;
+            }
+            m.labels = pod.metadata.labels.clone();
+            m.annotations = pod.metadata.annotations.clone();
+        }
+        let pod = lock(state).pod.clone();
+        self.0.local.keep(&Object::Pod(pod.clone()));
+        let volumes = dir.join("volumes");
+        let refreshed =
+            tokio::task::spawn_blocking(move || sources::refresh_downward(&volumes, &pod)).await;
+        if let Ok(Err(e)) = refreshed {
+            tracing::warn!(dir = %dir.display(), error = %e, "downward API files not refreshed");
+        }
     }
 
     fn stop(&self, uid: &str) {

@@ -130,6 +130,64 @@ pub(super) async fn projected_files(
     Ok(out)
 }
 
+/// Rewrites the pod's downward API files (downwardAPI volumes, and the downward items of
+/// projected ones without a Secret, whose files live off the disk) under `volumes`, each
+/// written beside itself and renamed over the old, so a reader sees the old file or the
+/// new, never half of one.
+pub(super) fn refresh_downward(
+    volumes: &std::path::Path,
+    pod: &shoal_api::Pod,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let at = crate::env::Placement {
+        allocatable: crate::node::allocatable(),
+        ..Default::default()
+    };
+    let fs_group = pod
+        .spec
+        .security_context
+        .as_ref()
+        .and_then(|s| s.fs_group)
+        .and_then(|g| u32::try_from(g).ok());
+    for v in &pod.spec.volumes {
+        let sources: Vec<shoal_api::DownwardApiVolumeSource> = match (&v.downward_api, &v.projected)
+        {
+            (Some(d), _) => vec![d.clone()],
+            (None, Some(p)) if !p.has_secret() => p
+                .sources
+                .iter()
+                .filter_map(|s| s.downward_api.as_ref().map(|d| p.downward(d)))
+                .collect(),
+            _ => continue,
+        };
+        let dir = volumes.join(&v.name);
+        for d in sources {
+            let files =
+                crate::volume::downward_files(&d, pod, &at).map_err(std::io::Error::other)?;
+            for f in files {
+                let path = dir.join(&f.path);
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default();
+                let next = path.with_file_name(format!(".{name}.next"));
+                std::fs::write(&next, &f.bytes)?;
+                // As prepared: fsGroup's, and readable by it.
+                let mode = match fs_group {
+                    Some(gid) => {
+                        std::os::unix::fs::lchown(&next, None, Some(gid))?;
+                        f.mode | 0o440
+                    }
+                    None => f.mode,
+                };
+                std::fs::set_permissions(&next, std::fs::Permissions::from_mode(mode))?;
+                std::fs::rename(&next, &path)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Writes a volume's files under `dir`, with their modes.
 pub(super) fn write_volume_files(
     dir: &std::path::Path,
