@@ -33,8 +33,7 @@ pub struct ServiceSpec {
     pub cluster_ip: Option<String>,
     #[serde(default, rename = "clusterIPs", skip_serializing_if = "Vec::is_empty")]
     pub cluster_ips: Vec<String>,
-    #[serde(default, rename = "externalIPs", skip_serializing_if = "Vec::is_empty")]
-    pub external_ips: Vec<String>,
+    /// `None` only: the proxy balances each connection on its own (`ClientIP` is refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_affinity: Option<String>,
 }
