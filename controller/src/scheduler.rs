@@ -430,7 +430,7 @@ mod tests {
     use super::*;
     use shoal_api::*;
 
-    fn node(name: &str, cpu: &str, mem: &str, runtimes: &[&str]) -> Node {
+    pub(super) fn node(name: &str, cpu: &str, mem: &str, runtimes: &[&str]) -> Node {
         Node {
             metadata: ObjectMeta {
                 name: name.into(),
@@ -462,7 +462,7 @@ mod tests {
         }
     }
 
-    fn pod(name: &str, cpu: &str, mem: &str) -> Pod {
+    pub(super) fn pod(name: &str, cpu: &str, mem: &str) -> Pod {
         let mut c = Container {
             name: "c".into(),
             image: "x".into(),

@@ -3,7 +3,7 @@
 //! the waiting reason the pod reports (CreateContainerConfigError, ErrImagePull, ...).
 
 use super::sandbox::{self, Sandbox};
-use super::sources::{env_sources, projected_files, volume_files, write_volume_files};
+use super::sources::{env_sources, fs_group, projected_files, volume_files, write_volume_files};
 use super::{client, container_key, events::event, image::container_image, Inner};
 use shoal_api::{Pod, RuntimeClass};
 use shoal_runtime::oci::{Runc, RuncRuntime};
@@ -90,12 +90,7 @@ async fn volumes(
     dir: &Path,
 ) -> Result<HashMap<String, PathBuf>, NotReady> {
     let ns = pod.metadata.namespace_or_default();
-    let fs_group = pod
-        .spec
-        .security_context
-        .as_ref()
-        .and_then(|s| s.fs_group)
-        .and_then(|g| u32::try_from(g).ok());
+    let fs_group = fs_group(pod);
     let mut paths = HashMap::new();
     for v in &pod.spec.volumes {
         let failed = |e: std::io::Error| config_error(format!("volume {}: {e}", v.name));

@@ -130,6 +130,15 @@ pub(super) async fn projected_files(
     Ok(out)
 }
 
+/// The group that owns the pod's volumes (`securityContext.fsGroup`).
+pub(super) fn fs_group(pod: &shoal_api::Pod) -> Option<u32> {
+    pod.spec
+        .security_context
+        .as_ref()
+        .and_then(|s| s.fs_group)
+        .and_then(|g| u32::try_from(g).ok())
+}
+
 /// Rewrites the pod's downward API files (downwardAPI volumes, and the downward items of
 /// projected ones without a Secret, whose files live off the disk) under `volumes`, each
 /// written beside itself and renamed over the old, so a reader sees the old file or the
@@ -143,12 +152,7 @@ pub(super) fn refresh_downward(
         allocatable: crate::node::allocatable(),
         ..Default::default()
     };
-    let fs_group = pod
-        .spec
-        .security_context
-        .as_ref()
-        .and_then(|s| s.fs_group)
-        .and_then(|g| u32::try_from(g).ok());
+    let fs_group = fs_group(pod);
     for v in &pod.spec.volumes {
         let sources: Vec<shoal_api::DownwardApiVolumeSource> = match (&v.downward_api, &v.projected)
         {

@@ -38,55 +38,22 @@ mod tests {
     use shoal_api::*;
 
     fn node(name: &str, dongles: Option<&str>) -> Node {
-        let mut allocatable: std::collections::BTreeMap<String, Quantity> =
-            [("pods".to_string(), "10".parse().expect("qty"))].into();
-        if let Some(n) = dongles {
-            allocatable.insert("example.com/dongle".into(), n.parse().expect("qty"));
+        let mut n = super::super::tests::node(name, "4", "4Gi", &["wasm"]);
+        if let (Some(st), Some(d)) = (n.status.as_mut(), dongles) {
+            let q = d.parse().expect("qty");
+            st.allocatable.insert("example.com/dongle".into(), q);
         }
-        Node {
-            metadata: ObjectMeta {
-                name: name.into(),
-                ..Default::default()
-            },
-            status: Some(NodeStatus {
-                allocatable,
-                conditions: vec![Condition {
-                    type_: "Ready".into(),
-                    status: "True".into(),
-                    ..Default::default()
-                }],
-                runtime_handlers: vec![RuntimeHandler {
-                    name: "wasm".into(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
+        n
     }
 
     fn pod(name: &str, limit: &str) -> Pod {
-        let mut c = Container {
-            name: "c".into(),
-            image: "x".into(),
-            ..Default::default()
-        };
-        c.resources
+        let mut p = super::super::tests::pod(name, "10m", "1Mi");
+        let q = limit.parse().expect("qty");
+        p.spec.containers[0]
+            .resources
             .limits
-            .insert("example.com/dongle".into(), limit.parse().expect("qty"));
-        Pod {
-            metadata: ObjectMeta {
-                name: name.into(),
-                uid: format!("uid-{name}"),
-                ..Default::default()
-            },
-            spec: PodSpec {
-                containers: vec![c],
-                runtime_class_name: Some("wasm".into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        }
+            .insert("example.com/dongle".into(), q);
+        p
     }
 
     #[test]

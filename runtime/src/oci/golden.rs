@@ -5,23 +5,11 @@
 //! `SHOAL_BLESS=1 cargo test -p shoal-runtime golden` writes the files again; the diff is
 //! then the review.
 
+use super::spec::tests::image;
 use super::spec::{runtime_spec, User};
 use crate::{ContainerSpec, Mount, Network, Security};
 use serde_json::Value;
 use std::path::PathBuf;
-
-fn image() -> super::image::RunConfig {
-    oci_spec::image::ConfigBuilder::default()
-        .entrypoint(vec!["/bin/server".to_string()])
-        .cmd(vec!["--port".to_string(), "80".to_string()])
-        .env(vec![
-            "PATH=/opt/bin:/bin".to_string(),
-            "MODE=image".to_string(),
-        ])
-        .working_dir("/srv")
-        .build()
-        .expect("config")
-}
 
 /// Six containers that between them set every field the spec reads.
 fn cases() -> Vec<(&'static str, ContainerSpec, User)> {

@@ -502,11 +502,12 @@ pub fn resolve_user(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::{Mount, Security};
 
-    fn image() -> RunConfig {
+    /// An image config with every field the spec reads (also the golden files').
+    pub(in crate::oci) fn image() -> RunConfig {
         oci_spec::image::ConfigBuilder::default()
             .entrypoint(vec!["/bin/server".to_string()])
             .cmd(vec!["--port".to_string(), "80".to_string()])
