@@ -792,8 +792,10 @@ fn a_list_larger_than_a_frame_is_served_whole() {
     );
 }
 
-/// Finding 11: the controller compiles only for a target the asking node reported, and a
-/// `subPath` is refused (it used to mount all of a hostPath), never dropped.
+/// Finding 11: the controller compiles only for a target the asking node reported; a
+/// `subPath` that climbs out of its volume is refused at apply by field, in both validation
+/// modes, never dropped (which would mount all of a hostPath). One that stays inside but has
+/// become a symlink out is refused when its container starts (pod_fidelity).
 #[test]
 fn a_node_gets_code_only_for_its_own_target_and_subpath_is_never_dropped() {
     let c = Cluster::start(1);
@@ -815,7 +817,7 @@ fn a_node_gets_code_only_for_its_own_target_and_subpath_is_never_dropped() {
             "which it did not report",
         );
     });
-    let manifest = "apiVersion: v1\nkind: Pod\nmetadata: {name: peek}\nspec:\n  containers:\n  - name: c\n    image: busybox:1\n    volumeMounts: [{name: etc, mountPath: /x/passwd, subPath: passwd}]\n  volumes: [{name: etc, hostPath: {path: /etc}}]\n";
+    let manifest = "apiVersion: v1\nkind: Pod\nmetadata: {name: peek}\nspec:\n  containers:\n  - name: c\n    image: busybox:1\n    volumeMounts: [{name: etc, mountPath: /x/shadow, subPath: ../etc/shadow}]\n  volumes: [{name: etc, hostPath: {path: /etc/ssl}}]\n";
     for validate in ["warn", "strict"] {
         let err = c
             .controller
@@ -824,7 +826,10 @@ fn a_node_gets_code_only_for_its_own_target_and_subpath_is_never_dropped() {
                 Some(manifest),
             )
             .fails();
-        assert!(err.contains("volumeMounts[0].subPath"), "{err}");
+        assert!(
+            err.contains("volumeMounts[0].subPath") && err.contains("must not contain '..'"),
+            "{err}"
+        );
     }
     let pods = c.shoal(&["get", "pods"]).stdout();
     assert!(!pods.contains("peek"), "{pods}");
