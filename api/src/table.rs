@@ -99,32 +99,8 @@ pub fn pod_status(p: &Pod) -> String {
     let Some(st) = &p.status else {
         return "Pending".into();
     };
-    // While the init containers run, the first one not done says where it is (kubectl's
-    // Init:N/M, Init:Error, Init:CrashLoopBackOff).
-    let total = p.spec.init_containers.len();
-    for (i, cs) in st.init_container_statuses.iter().enumerate() {
-        let state = cs.state.as_ref();
-        match (
-            state.and_then(|s| s.terminated.as_ref()),
-            state.and_then(|s| s.waiting.as_ref()),
-        ) {
-            (Some(t), _) if t.exit_code == 0 => continue,
-            (Some(t), _) => {
-                let why = t.reason.clone();
-                return format!(
-                    "Init:{}",
-                    why.unwrap_or_else(|| format!("ExitCode:{}", t.exit_code))
-                );
-            }
-            (None, Some(w))
-                if w.reason
-                    .as_deref()
-                    .is_some_and(|r| !r.is_empty() && r != "PodInitializing") =>
-            {
-                return format!("Init:{}", w.reason.clone().unwrap_or_default());
-            }
-            _ => return format!("Init:{i}/{total}"),
-        }
+    if let Some(reason) = init_status(p, st) {
+        return reason;
     }
     for cs in &st.container_statuses {
         if let Some(state) = &cs.state {
@@ -149,6 +125,54 @@ pub fn pod_status(p: &Pod) -> String {
             .or_else(|| st.phase.clone())
             .unwrap_or_else(|| "Pending".into()),
     }
+}
+
+/// While the init containers run, the first one not done says where it is (kubectl's
+/// Init:N/M, Init:Error, Init:CrashLoopBackOff); a started sidecar counts as done. `None`
+/// once the pod is initialized: its containers say how it is then.
+fn init_status(p: &Pod, st: &PodStatus) -> Option<String> {
+    if condition_true(&st.conditions, "Initialized") {
+        return None;
+    }
+    let total = p.spec.init_containers.len();
+    for (i, cs) in st.init_container_statuses.iter().enumerate() {
+        let state = cs.state.as_ref();
+        match (
+            state.and_then(|s| s.terminated.as_ref()),
+            state.and_then(|s| s.waiting.as_ref()),
+        ) {
+            (Some(t), _) if t.exit_code == 0 => continue,
+            _ if started_sidecar(p, cs) => continue,
+            (Some(t), _) => {
+                let why = t.reason.clone();
+                return Some(format!(
+                    "Init:{}",
+                    why.unwrap_or_else(|| format!("ExitCode:{}", t.exit_code))
+                ));
+            }
+            (None, Some(w))
+                if w.reason
+                    .as_deref()
+                    .is_some_and(|r| !r.is_empty() && r != "PodInitializing") =>
+            {
+                return Some(format!("Init:{}", w.reason.clone().unwrap_or_default()));
+            }
+            _ => return Some(format!("Init:{i}/{total}")),
+        }
+    }
+    None
+}
+
+/// Whether `cs` is the status of a sidecar (a restartable init container) that has started.
+fn started_sidecar(p: &Pod, cs: &ContainerStatus) -> bool {
+    cs.started == Some(true) && sidecar(p, &cs.name)
+}
+
+fn sidecar(p: &Pod, name: &str) -> bool {
+    p.spec
+        .init_containers
+        .iter()
+        .any(|c| c.name == name && c.is_sidecar())
 }
 
 fn service_ports(s: &Service) -> String {
@@ -295,16 +319,45 @@ pub fn row(obj: &Object, now: DateTime<Utc>, wide: bool, all_namespaces: bool) -
 }
 
 fn pod_row(p: &Pod, name: String, age: String, wide: bool) -> Vec<String> {
-    let statuses = p
+    // Sidecars count as containers (kubectl's READY and RESTARTS); while the pod initializes,
+    // its init containers' restarts are the ones shown.
+    let (statuses, init) = p
         .status
         .as_ref()
-        .map(|s| s.container_statuses.as_slice())
-        .unwrap_or(&[]);
-    let ready = statuses.iter().filter(|c| c.ready).count();
-    let restarts: i32 = statuses.iter().map(|c| c.restart_count).sum();
+        .map(|s| {
+            (
+                s.container_statuses.as_slice(),
+                s.init_container_statuses.as_slice(),
+            )
+        })
+        .unwrap_or((&[], &[]));
+    let sidecars = || init.iter().filter(|c| sidecar(p, &c.name));
+    let ready = statuses.iter().filter(|c| c.ready).count()
+        + sidecars()
+            .filter(|c| c.ready && c.started == Some(true))
+            .count();
+    let total = p.spec.containers.len()
+        + p.spec
+            .init_containers
+            .iter()
+            .filter(|c| c.is_sidecar())
+            .count();
+    let initializing = p
+        .status
+        .as_ref()
+        .is_some_and(|st| init_status(p, st).is_some());
+    let restarts: i32 = if initializing {
+        init.iter().map(|c| c.restart_count).sum()
+    } else {
+        statuses
+            .iter()
+            .chain(sidecars())
+            .map(|c| c.restart_count)
+            .sum()
+    };
     let mut r = vec![
         name,
-        format!("{ready}/{}", p.spec.containers.len()),
+        format!("{ready}/{total}"),
         pod_status(p),
         restarts.to_string(),
         age,
@@ -605,6 +658,50 @@ mod tests {
             });
             assert_eq!(pod_status(&p), want);
         }
+    }
+
+    /// A started sidecar counts as initialized and as a container (READY 2/2), and its
+    /// restarts show; one not started yet holds the pod at Init:0/1.
+    #[test]
+    fn sidecars_count_as_containers_once_started() {
+        let running = |name: &str, restarts: i32| ContainerStatus {
+            name: name.into(),
+            ready: true,
+            started: Some(true),
+            restart_count: restarts,
+            state: Some(ContainerState {
+                running: Some(ContainerStateRunning::default()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut p = Pod::default();
+        p.spec.init_containers = vec![Container {
+            name: "proxy".into(),
+            restart_policy: Some("Always".into()),
+            ..Default::default()
+        }];
+        p.spec.containers = vec![Container {
+            name: "app".into(),
+            ..Default::default()
+        }];
+        let mut not_started = running("proxy", 0);
+        not_started.started = Some(false);
+        p.status = Some(PodStatus {
+            phase: Some("Pending".into()),
+            init_container_statuses: vec![not_started],
+            ..Default::default()
+        });
+        assert_eq!(pod_status(&p), "Init:0/1");
+        p.status = Some(PodStatus {
+            phase: Some("Running".into()),
+            conditions: vec![Condition::new("Initialized", true)],
+            init_container_statuses: vec![running("proxy", 2)],
+            container_statuses: vec![running("app", 1)],
+            ..Default::default()
+        });
+        let row = pod_row(&p, "p".into(), "1s".into(), false);
+        assert_eq!(row[1..4], ["2/2", "Running", "3"]);
     }
 
     #[test]

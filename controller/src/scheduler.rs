@@ -27,39 +27,27 @@ pub fn runtime_of_spec(spec: &shoal_api::PodSpec) -> &str {
 }
 
 /// Requests of a pod (cpu millicores, memory bytes), as Kubernetes counts them: its
-/// containers' summed, or its largest init container's if that is more (init containers run
-/// one at a time, before the others).
+/// containers' and sidecars' summed, or the peak of its init sequence if that is more (init
+/// containers run one at a time, beside the sidecars started before them).
 pub fn requests(pod: &Pod) -> (i128, i128) {
-    let of = |c: &shoal_api::Container| {
-        (
-            c.resources
-                .request("cpu")
-                .map(Quantity::milli_value)
-                .unwrap_or(0),
-            c.resources
-                .request("memory")
-                .map(Quantity::value)
-                .unwrap_or(0),
-        )
-    };
-    let (cpu, mem) = pod
-        .spec
-        .containers
-        .iter()
-        .map(of)
-        .fold((0, 0), |(cpu, mem), (c, m)| (cpu + c, mem + m));
-    pod.spec
-        .init_containers
-        .iter()
-        .map(of)
-        .fold((cpu, mem), |(cpu, mem), (c, m)| (cpu.max(c), mem.max(m)))
+    let sum = pod.spec.effective_requests(|c| {
+        [
+            ("cpu", c.resources.request("cpu").map(Quantity::milli_value)),
+            ("memory", c.resources.request("memory").map(Quantity::value)),
+        ]
+        .into_iter()
+        .filter_map(|(k, n)| Some((k, n?)))
+        .collect()
+    });
+    let get = |k| sum.get(k).copied().unwrap_or(0);
+    (get("cpu"), get("memory"))
 }
 
 /// The node ports a pod takes: its hostPorts and, for a pod on the node's own network (wasm
 /// pods, hostNetwork pods), every containerPort, as Kubernetes defaults hostPort then.
 fn host_ports(pod: &Pod) -> impl Iterator<Item = (i32, String)> + '_ {
     let node_network = pod.uses_node_network();
-    pod.spec.containers.iter().flat_map(move |c| {
+    pod.spec.long_running().flat_map(move |c| {
         c.ports.iter().filter_map(move |p| {
             p.host_port
                 .or(node_network.then_some(p.container_port))
@@ -718,5 +706,13 @@ mod tests {
         // An init container of more CPU but less memory: the larger of each.
         p.spec.init_containers = pod("i", "500m", "32Mi").spec.containers;
         assert_eq!(requests(&p), (500, 128 * 1024 * 1024));
+        // A sidecar before it runs beside it, and beside the containers after it.
+        let mut sidecar = pod("s", "50m", "16Mi").spec.containers[0].clone();
+        sidecar.restart_policy = Some("Always".into());
+        p.spec.init_containers.insert(0, sidecar);
+        assert_eq!(requests(&p), (550, 144 * 1024 * 1024));
+        // After it: it is only beside the containers.
+        p.spec.init_containers.rotate_left(1);
+        assert_eq!(requests(&p), (500, 144 * 1024 * 1024));
     }
 }

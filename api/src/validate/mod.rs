@@ -597,6 +597,8 @@ spec:
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {initContainers: [{name: a, image: x}], containers: [{name: a, image: y}]}", "spec.containers[0].name"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {initContainers: [{name: i, image: x, readinessProbe: {tcpSocket: {port: 80}}}], containers: [{name: a, image: y}]}", "spec.initContainers[0].readinessProbe"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {initContainers: [{name: i, image: ''}], containers: [{name: a, image: y}]}", "spec.initContainers[0].image"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {initContainers: [{name: i, image: x, restartPolicy: OnFailure}], containers: [{name: a, image: y}]}", "spec.initContainers[0].restartPolicy"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: y, restartPolicy: Always}]}", "spec.containers[0].restartPolicy"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, env: [{name: X, valueFrom: {resourceFieldRef: {resource: limits.gpu}}}]}]}", "spec.containers[0].env[0].valueFrom.resourceFieldRef.resource"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, env: [{name: X, valueFrom: {resourceFieldRef: {resource: limits.cpu, containerName: b}}}]}]}", "spec.containers[0].env[0].valueFrom.resourceFieldRef.containerName"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x}], volumes: [{name: v, downwardAPI: {items: [{path: ip, fieldRef: {fieldPath: status.podIP}}]}}]}", "spec.volumes[0].downwardAPI.items[0].fieldRef.fieldPath"),
@@ -629,6 +631,12 @@ spec:
     #[test]
     fn downward_api_and_resource_refs_that_kubernetes_takes_are_valid() {
         let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: a, image: x, env: [{name: CPU, valueFrom: {resourceFieldRef: {resource: limits.cpu, divisor: 1m}}}]}]\n  volumes: [{name: v, downwardAPI: {defaultMode: 0444, items: [{path: labels, fieldRef: {fieldPath: metadata.labels}}, {path: mem, resourceFieldRef: {containerName: a, resource: requests.memory, divisor: 1Mi}}]}}]\n";
+        assert_eq!(errors_of(pod), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_sidecar_may_be_probed_as_a_container_is() {
+        let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  initContainers: [{name: proxy, image: x, restartPolicy: Always, startupProbe: {tcpSocket: {port: 80}}, readinessProbe: {tcpSocket: {port: 80}}, livenessProbe: {tcpSocket: {port: 80}}}]\n  containers: [{name: a, image: x}]\n";
         assert_eq!(errors_of(pod), Vec::<String>::new());
     }
 

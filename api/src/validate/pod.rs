@@ -27,7 +27,16 @@ pub(crate) fn validate_pod_spec(e: &mut Errors, path: &str, s: &PodSpec) {
     for (i, c) in s.init_containers.iter().enumerate() {
         let p = format!("{path}.initContainers[{i}]");
         container(e, path, &p, c, &known, &mut names, &mut host_ports);
-        // They run to completion: nothing to probe (Kubernetes refuses these too).
+        e.one_of(
+            &format!("{p}.restartPolicy"),
+            c.restart_policy.as_deref(),
+            &["Always"],
+        );
+        if c.is_sidecar() {
+            continue;
+        }
+        // They run to completion: nothing to probe (Kubernetes refuses these too). A sidecar
+        // runs beside the containers, and is probed as they are.
         for (field, probe) in [
             ("livenessProbe", &c.liveness_probe),
             ("readinessProbe", &c.readiness_probe),
@@ -36,21 +45,20 @@ pub(crate) fn validate_pod_spec(e: &mut Errors, path: &str, s: &PodSpec) {
             if probe.is_some() {
                 e.add(
                     format!("{p}.{field}"),
-                    "must not be set for init containers",
+                    "must not be set for init containers (unless restartPolicy: Always)",
                 );
             }
         }
     }
     for (i, c) in s.containers.iter().enumerate() {
-        container(
-            e,
-            path,
-            &format!("{path}.containers[{i}]"),
-            c,
-            &known,
-            &mut names,
-            &mut host_ports,
-        );
+        let p = format!("{path}.containers[{i}]");
+        container(e, path, &p, c, &known, &mut names, &mut host_ports);
+        if c.restart_policy.is_some() {
+            e.add(
+                format!("{p}.restartPolicy"),
+                "may only be set on init containers (restartPolicy: Always makes a sidecar); the pod's restartPolicy governs its containers",
+            );
+        }
     }
 }
 

@@ -6,9 +6,9 @@ use shoal_api::Pod;
 use std::collections::BTreeMap;
 
 /// A pod's extended-resource requests (a limit alone counts as the request), as Kubernetes
-/// counts them: its containers' summed, or its largest init container's if that is more.
+/// counts them ([`shoal_api::PodSpec::effective_requests`]).
 pub(super) fn requests(pod: &Pod) -> BTreeMap<String, i128> {
-    let of = |c: &shoal_api::Container| -> BTreeMap<String, i128> {
+    pod.spec.effective_requests(|c| {
         c.resources
             .requests
             .keys()
@@ -16,20 +16,7 @@ pub(super) fn requests(pod: &Pod) -> BTreeMap<String, i128> {
             .filter(|r| shoal_api::validate::is_extended_resource(r))
             .filter_map(|r| Some((r.clone(), c.resources.request(r)?.value())))
             .collect()
-    };
-    let mut sum: BTreeMap<String, i128> = BTreeMap::new();
-    for c in &pod.spec.containers {
-        for (r, n) in of(c) {
-            *sum.entry(r).or_default() += n;
-        }
-    }
-    for c in &pod.spec.init_containers {
-        for (r, n) in of(c) {
-            let slot = sum.entry(r).or_default();
-            *slot = (*slot).max(n);
-        }
-    }
-    sum
+    })
 }
 
 #[cfg(test)]
