@@ -66,6 +66,37 @@ struct PodRun {
     reporting: Arc<tokio::sync::Mutex<()>>,
     /// Whether the node's local state holds it as finished (so a restart does not run it again).
     kept_finished: bool,
+    /// Told of each change of the containers' states (with each report): the init sequence
+    /// waits on it for a sidecar to start.
+    changed: Arc<tokio::sync::watch::Sender<()>>,
+}
+
+/// Which of a pod's containers: the `i`th of its init containers, or of its containers.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    init: bool,
+    i: usize,
+}
+
+impl PodRun {
+    /// The state of the container in `slot`.
+    fn slot(&mut self, slot: Slot) -> &mut Container {
+        if slot.init {
+            &mut self.init[slot.i]
+        } else {
+            &mut self.containers[slot.i]
+        }
+    }
+
+    /// The spec of the container in `slot`.
+    fn spec_of(&self, slot: Slot) -> Option<&shoal_api::Container> {
+        let spec = &self.pod.spec;
+        if slot.init {
+            spec.init_containers.get(slot.i)
+        } else {
+            spec.containers.get(slot.i)
+        }
+    }
 }
 
 struct Inner {
@@ -342,7 +373,10 @@ impl Supervisor {
             .spec
             .init_containers
             .iter()
-            .map(|c| Container::waiting(&c.name, &c.image, "PodInitializing"))
+            .map(|c| Container {
+                sidecar: c.is_sidecar(),
+                ..Container::waiting(&c.name, &c.image, "PodInitializing")
+            })
             .collect();
         let state = Arc::new(Mutex::new(PodRun {
             pod: pod.clone(),
@@ -355,6 +389,7 @@ impl Supervisor {
             images: Vec::new(),
             reporting: Arc::default(),
             kept_finished: false,
+            changed: Arc::new(tokio::sync::watch::Sender::new(())),
         }));
         lock(&self.0.pods).insert(
             uid,

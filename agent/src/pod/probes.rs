@@ -2,7 +2,7 @@
 
 use super::events::event;
 use super::status::report;
-use super::{Inner, PodRun};
+use super::{Inner, PodRun, Slot};
 use crate::sync::lock;
 use shoal_api::RuntimeClass;
 use std::net::{IpAddr, Ipv4Addr};
@@ -16,13 +16,13 @@ use tokio_util::sync::CancellationToken;
 pub(super) async fn probe_container(
     inner: Arc<Inner>,
     state: Arc<Mutex<PodRun>>,
-    i: usize,
+    slot: Slot,
     key: String,
     cancel: CancellationToken,
     unhealthy: tokio::sync::mpsc::Sender<String>,
 ) {
     use crate::probe::{Kind, Settings, Step};
-    let Some((pod, container, ip)) = target(&lock(&state), i) else {
+    let Some((pod, container, ip)) = target(&lock(&state), slot) else {
         return;
     };
     if container.startup_probe.is_none()
@@ -71,12 +71,12 @@ pub(super) async fn probe_container(
                             event(&inner, &pod, "Warning", "Unhealthy", message).await;
                         }
                         (Kind::Startup, Step::Verdict(true)) => {
-                            lock(&state).containers[i].startup_passed = true;
+                            lock(&state).slot(slot).startup_passed = true;
                             report(&inner, &state).await;
                             return ControlFlow::Break(());
                         }
                         (Kind::Readiness, Step::Verdict(ready)) => {
-                            lock(&state).containers[i].probe_ready = ready;
+                            lock(&state).slot(slot).probe_ready = ready;
                             report(&inner, &state).await;
                         }
                         (Kind::Startup, Step::Verdict(false)) => {
@@ -97,7 +97,7 @@ pub(super) async fn probe_container(
     };
     if let Some(p) = container.startup_probe.clone() {
         probe_loop(Kind::Startup, p).await;
-        let passed = lock(&state).containers[i].startup_passed;
+        let passed = lock(&state).slot(slot).startup_passed;
         if !passed || cancel.is_cancelled() {
             return;
         }
@@ -120,8 +120,8 @@ pub(super) async fn probe_container(
 
 /// The pod, the container and the address its probes go to: a pod with a network of its own
 /// at its address; the rest (wasm, hostNetwork) on the node's loopback.
-fn target(s: &PodRun, i: usize) -> Option<(shoal_api::Pod, shoal_api::Container, IpAddr)> {
-    let c = s.pod.spec.containers.get(i)?.clone();
+fn target(s: &PodRun, slot: Slot) -> Option<(shoal_api::Pod, shoal_api::Container, IpAddr)> {
+    let c = s.spec_of(slot)?.clone();
     let ip = s
         .pod_ip
         .as_deref()

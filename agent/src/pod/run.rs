@@ -7,7 +7,7 @@ use super::probes::probe_container;
 use super::sandbox::{publish_host_ports, remove_sandbox};
 use super::state::{self, Phase, RestartPolicy, Terminated};
 use super::status::report;
-use super::{Inner, PodRun, Supervisor};
+use super::{Inner, PodRun, Slot, Supervisor};
 use crate::config::Link;
 use crate::sync::lock;
 use chrono::Utc;
@@ -61,26 +61,25 @@ pub(super) async fn run_pod(
         grace,
         cancel: &cancel,
     };
-    if adopted {
-        init.skip_all();
-    } else if !init.run_all(prepared.init, policy).await {
-        // Stopped, or an init container failed for good (the pod is Failed).
-        cancel.cancelled().await;
-        return remove_sandbox(&inner, &pod, &dir).await;
+    let mut sidecars = Sidecars::default();
+    // `false`: stopped, or an init container failed for good (the pod is Failed).
+    let initialized = if adopted {
+        init.adopt(prepared.init, &mut sidecars);
+        true
+    } else {
+        init.run_all(prepared.init, policy, &mut sidecars).await
+    };
+    if initialized {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, to_run) in prepared.specs.into_iter().enumerate() {
+            let run = init.one(Slot { init: false, i }, &to_run, cancel.clone());
+            tasks.spawn(keep_running(run, to_run.workload, policy));
+        }
+        while tasks.join_next().await.is_some() {}
     }
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, to_run) in prepared.specs.into_iter().enumerate() {
-        tasks.spawn(run_container(
-            inner.clone(),
-            state.clone(),
-            i,
-            to_run,
-            policy,
-            grace,
-            cancel.clone(),
-        ));
-    }
-    while tasks.join_next().await.is_some() {}
+    // The sidecars outlive the containers: stopped once those are done for good (a Job's
+    // pod) or stopped, last started first.
+    sidecars.stop().await;
     // The pod's sandbox (network namespace, volumes) lasts until the pod is deleted, also
     // after its containers have ended (a finished Job's pod).
     cancel.cancelled().await;
@@ -156,30 +155,13 @@ fn container_name(spec: &ContainerSpec) -> &str {
 }
 
 /// One container's life within its pod: started, watched, and restarted by `policy` with
-/// back-off, until the pod is stopped or the container is done for good.
-async fn run_container(
-    inner: Arc<Inner>,
-    state: Arc<Mutex<PodRun>>,
-    i: usize,
-    ToRun {
-        spec,
-        workload,
-        subpaths,
-    }: ToRun,
+/// back-off, until the pod (for a sidecar: the containers) is stopped or the container is
+/// done for good.
+async fn keep_running(
+    run: OneContainer,
+    workload: Arc<dyn shoal_runtime::Workload>,
     policy: RestartPolicy,
-    grace: Duration,
-    cancel: CancellationToken,
 ) {
-    let run = OneContainer {
-        inner,
-        state,
-        i,
-        init: false,
-        spec,
-        subpaths,
-        grace,
-        cancel,
-    };
     loop {
         if run.cancel.is_cancelled() {
             return;
@@ -202,6 +184,34 @@ async fn run_container(
     }
 }
 
+/// The pod's sidecars as they were started, each with what stops it.
+#[derive(Default)]
+struct Sidecars(Vec<(CancellationToken, tokio::task::JoinHandle<()>)>);
+
+impl Sidecars {
+    /// Runs a sidecar beside the pod: restarted whenever it exits, until [`Sidecars::stop`].
+    fn start(
+        &mut self,
+        inner: &Inner,
+        run: OneContainer,
+        workload: Arc<dyn shoal_runtime::Workload>,
+    ) {
+        let stop = run.cancel.clone();
+        let task = inner
+            .tracker
+            .spawn(keep_running(run, workload, RestartPolicy::Always));
+        self.0.push((stop, task));
+    }
+
+    /// Stops them one at a time, the last started first, as the kubelet does.
+    async fn stop(self) {
+        for (stop, task) in self.0.into_iter().rev() {
+            stop.cancel();
+            let _ = task.await;
+        }
+    }
+}
+
 /// The pod's init containers, run one after another before the containers, each until it
 /// succeeds: a failed one is restarted with back-off, or (restartPolicy Never) fails the pod.
 struct InitContainers<'a> {
@@ -212,38 +222,53 @@ struct InitContainers<'a> {
 }
 
 impl InitContainers<'_> {
-    /// Runs them all; `false` when the pod is stopped or fails first.
-    async fn run_all(&self, init: Vec<ToRun>, policy: RestartPolicy) -> bool {
+    /// The container in `slot`, to be run until `cancel`.
+    fn one(&self, slot: Slot, to_run: &ToRun, cancel: CancellationToken) -> OneContainer {
+        OneContainer {
+            inner: self.inner.clone(),
+            state: self.state.clone(),
+            slot,
+            sidecar: slot.init && lock(self.state).slot(slot).sidecar,
+            spec: to_run.spec.clone(),
+            subpaths: to_run.subpaths.clone(),
+            grace: self.grace,
+            cancel,
+        }
+    }
+
+    /// Runs them all, in order; a sidecar is started (into `sidecars`) and the next one
+    /// waits only until it has. `false` when the pod is stopped or fails first.
+    async fn run_all(
+        &self,
+        init: Vec<ToRun>,
+        policy: RestartPolicy,
+        sidecars: &mut Sidecars,
+    ) -> bool {
         // An init container is run again only after a failure, as the kubelet does.
         let policy = match policy {
             RestartPolicy::Never => RestartPolicy::Never,
             _ => RestartPolicy::OnFailure,
         };
-        for (
-            i,
-            ToRun {
-                spec,
-                workload,
-                subpaths,
-            },
-        ) in init.into_iter().enumerate()
-        {
+        for (i, to_run) in init.into_iter().enumerate() {
+            let slot = Slot { init: true, i };
+            let one = self.one(slot, &to_run, CancellationToken::new());
+            if one.sidecar {
+                sidecars.start(self.inner, one, to_run.workload);
+                if !self.started(slot).await {
+                    return false;
+                }
+                continue;
+            }
             let one = OneContainer {
-                inner: self.inner.clone(),
-                state: self.state.clone(),
-                i,
-                init: true,
-                spec,
-                subpaths,
-                grace: self.grace,
                 cancel: self.cancel.clone(),
+                ..one
             };
             loop {
                 if self.cancel.is_cancelled() {
                     return false;
                 }
                 let started = one.restarting();
-                let exit = match one.start(&workload).await {
+                let exit = match one.start(&to_run.workload).await {
                     Ok(handle) => match one.watch_to_end(handle, started).await {
                         Some(exit) => exit,
                         None => return false,
@@ -267,10 +292,33 @@ impl InitContainers<'_> {
         true
     }
 
-    /// Marks them all as having succeeded: the pod's containers were found running.
-    fn skip_all(&self) {
+    /// Waits until the sidecar in `slot` has started (past its startup probe); `false` when
+    /// the pod is stopped first.
+    async fn started(&self, slot: Slot) -> bool {
+        let mut changed = lock(self.state).changed.subscribe();
+        loop {
+            if lock(self.state).slot(slot).has_started() {
+                return true;
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return false,
+                gone = changed.changed() => if gone.is_err() {
+                    return false;
+                },
+            }
+        }
+    }
+
+    /// The pod's containers were found running: its init containers have succeeded, and its
+    /// sidecars (found running too) are watched again.
+    fn adopt(&self, init: Vec<ToRun>, sidecars: &mut Sidecars) {
         let now = Utc::now();
-        for c in &mut lock(self.state).init {
+        for (i, to_run) in init.into_iter().enumerate() {
+            let one = self.one(Slot { init: true, i }, &to_run, CancellationToken::new());
+            if one.sidecar {
+                sidecars.start(self.inner, one, to_run.workload);
+                continue;
+            }
             let done = Terminated {
                 exit_code: 0,
                 reason: "Completed".into(),
@@ -278,18 +326,19 @@ impl InitContainers<'_> {
                 started: now,
                 finished: now,
             };
-            c.exited(done, RestartPolicy::Never, now);
+            lock(self.state).init[i].exited(done, RestartPolicy::Never, now);
         }
     }
 }
 
-/// A container of a pod, as [`run_container`] and [`InitContainers`] run it.
+/// A container of a pod, as [`keep_running`] and [`InitContainers`] run it.
 struct OneContainer {
     inner: Arc<Inner>,
     state: Arc<Mutex<PodRun>>,
-    /// Its index among the pod's containers, or its init containers.
-    i: usize,
-    init: bool,
+    slot: Slot,
+    /// An init container with `restartPolicy: Always`: probed, and its exit recorded when
+    /// it is stopped (the pod's containers are done).
+    sidecar: bool,
     spec: ContainerSpec,
     /// Resolved at each start, into the copy of `spec` that start is given.
     subpaths: Vec<crate::subpath::Pending>,
@@ -304,11 +353,7 @@ impl OneContainer {
 
     /// Its state in the pod's.
     fn slot<'a>(&self, s: &'a mut PodRun) -> &'a mut state::Container {
-        if self.init {
-            &mut s.init[self.i]
-        } else {
-            &mut s.containers[self.i]
-        }
+        s.slot(self.slot)
     }
 
     /// Before a start: the last run's log is kept as the previous one. Returns the start time.
@@ -366,7 +411,10 @@ impl OneContainer {
         event(&self.inner, &pod, "Normal", "Started", message).await;
         tokio::select! {
             exit = handle.wait() => Some(exit),
-            _ = self.cancel.cancelled() => self.stop(&handle, &pod).await,
+            _ = self.cancel.cancelled() => {
+                self.stop(&handle, &pod).await;
+                None
+            }
         }
     }
 
@@ -375,12 +423,11 @@ impl OneContainer {
         &self,
         handle: &shoal_runtime::Handle,
         pod: &shoal_api::Pod,
-    ) -> Option<shoal_runtime::Exit> {
+    ) -> shoal_runtime::Exit {
         let message = format!("Stopping container {}", self.name());
         event(&self.inner, pod, "Normal", "Killing", message).await;
         handle.stop(self.grace);
-        let _ = handle.wait().await;
-        None
+        handle.wait().await
     }
 
     /// Watches a started container, with its probes, until it exits (its exit) or the pod
@@ -390,15 +437,15 @@ impl OneContainer {
         handle: shoal_runtime::Handle,
         started: chrono::DateTime<Utc>,
     ) -> Option<shoal_runtime::Exit> {
-        let (inner, state, i) = (&self.inner, &self.state, self.i);
+        let (inner, state) = (&self.inner, &self.state);
         let pod = {
             let mut s = lock(state);
-            let probes = s.pod.spec.containers.get(i);
+            let probes = s.spec_of(self.slot);
             let (startup, readiness) = (
                 probes.is_some_and(|c| c.startup_probe.is_some()),
                 probes.is_some_and(|c| c.readiness_probe.is_some()),
             );
-            let c = &mut s.containers[i];
+            let c = s.slot(self.slot);
             c.started(started);
             c.startup_passed = !startup;
             c.probe_ready = !readiness;
@@ -409,7 +456,7 @@ impl OneContainer {
         inner.tracker.spawn(probe_container(
             inner.clone(),
             state.clone(),
-            i,
+            self.slot,
             self.spec.key.clone(),
             probing.clone(),
             unhealthy,
@@ -426,7 +473,13 @@ impl OneContainer {
                 handle.stop(self.grace);
                 Some(handle.wait().await)
             }
-            _ = self.cancel.cancelled() => self.stop(&handle, &pod).await,
+            _ = self.cancel.cancelled() => {
+                let exit = self.stop(&handle, &pod).await;
+                if self.sidecar {
+                    self.exited(exit, started, RestartPolicy::Never).await;
+                }
+                None
+            }
         }
     }
 

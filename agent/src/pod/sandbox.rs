@@ -97,7 +97,7 @@ pub(super) async fn publish_host_ports(
     ip: std::net::Ipv4Addr,
     cancel: &CancellationToken,
 ) {
-    for c in &pod.spec.containers {
+    for c in pod.spec.long_running() {
         for p in &c.ports {
             let Some(host_port) = p.host_port.and_then(|h| u16::try_from(h).ok()) else {
                 continue;

@@ -84,6 +84,9 @@ pub struct Container {
     /// Whether the startup probe passed (true without one): until it has, the container is
     /// not started, and the other probes wait.
     pub startup_passed: bool,
+    /// A sidecar: an init container with `restartPolicy: Always`, which the init sequence
+    /// passes once it has started, and which runs beside the containers.
+    pub sidecar: bool,
 }
 
 impl Container {
@@ -105,7 +108,13 @@ impl Container {
             last: None,
             probe_ready: true,
             startup_passed: true,
+            sidecar: false,
         }
+    }
+
+    /// Running, and past its startup probe if it has one (a container status' `started`).
+    pub fn has_started(&self) -> bool {
+        matches!(self.phase, Phase::Running { .. }) && self.startup_passed
     }
 
     /// The container exited: decide whether and when it comes back.
@@ -205,7 +214,7 @@ impl Container {
             name: self.name.clone(),
             ready,
             restart_count: self.restart_count,
-            started: Some(matches!(self.phase, Phase::Running { .. }) && self.startup_passed),
+            started: Some(self.has_started()),
             image: self.image.clone(),
             image_id: None,
             state: Some(state),
@@ -225,21 +234,34 @@ fn human(d: Duration) -> String {
     }
 }
 
-/// Whether every init container has run to success (true without any).
-pub fn initialized(init: &[Container]) -> bool {
-    init.iter()
-        .all(|c| matches!(&c.phase, Phase::BackOff { last, until: None } if last.exit_code == 0))
+/// Whether the pod is initialized: every init container has run to success and every sidecar
+/// has started (true without any). Once a container has started it stays so, also while a
+/// sidecar restarts, as the kubelet has it.
+pub fn initialized(init: &[Container], containers: &[Container]) -> bool {
+    let done = |c: &Container| {
+        if c.sidecar {
+            c.has_started()
+        } else {
+            matches!(&c.phase, Phase::BackOff { last, until: None } if last.exit_code == 0)
+        }
+    };
+    containers
+        .iter()
+        .any(|c| !matches!(c.phase, Phase::Waiting { .. }))
+        || init.iter().all(done)
 }
 
 /// The pod's phase from its init containers and containers: Failed when an init container
-/// failed for good, Pending until they have all succeeded, then as its containers make it.
+/// failed for good, Pending until the pod is initialized, then as its containers make it
+/// (sidecars, which are always restarted, count for neither).
 pub fn pod_phase_of(init: &[Container], containers: &[Container]) -> PodPhase {
-    let init_failed = init
-        .iter()
-        .any(|c| matches!(&c.phase, Phase::BackOff { last, until: None } if last.exit_code != 0));
+    let init_failed = init.iter().any(|c| {
+        !c.sidecar
+            && matches!(&c.phase, Phase::BackOff { last, until: None } if last.exit_code != 0)
+    });
     if init_failed {
         PodPhase::Failed
-    } else if !initialized(init) {
+    } else if !initialized(init, containers) {
         PodPhase::Pending
     } else {
         pod_phase(containers)
@@ -351,6 +373,41 @@ mod tests {
         let end = t0() + chrono::Duration::seconds(700);
         c.exited(term(1, 700, end), RestartPolicy::Always, end);
         assert_eq!((c.restart_at().unwrap() - end).num_seconds(), 10);
+    }
+
+    /// A sidecar initializes the pod once started, never fails it, and does not hold a
+    /// finished pod's phase; a sidecar restarting later leaves the pod initialized.
+    #[test]
+    fn sidecars_initialize_by_starting_and_never_decide_the_phase() {
+        let now = t0();
+        let mut side = Container::new("proxy", "i");
+        side.sidecar = true;
+        side.startup_passed = false;
+        let app = Container::waiting("app", "i", "PodInitializing");
+        side.started(now);
+        assert!(!initialized(
+            std::slice::from_ref(&side),
+            std::slice::from_ref(&app)
+        ));
+        side.startup_passed = true;
+        assert!(initialized(
+            std::slice::from_ref(&side),
+            std::slice::from_ref(&app)
+        ));
+        let mut app_done = app.clone();
+        app_done.started(now);
+        app_done.exited(term(0, 1, now), RestartPolicy::Never, now);
+        // Stopped after the containers finished (SIGTERM): the pod still succeeded.
+        side.exited(term(143, 5, now), RestartPolicy::Never, now);
+        let (init, containers) = ([side.clone()], [app_done]);
+        assert_eq!(pod_phase_of(&init, &containers), PodPhase::Succeeded);
+        // Crashing beside a running container: restarted, the pod running and initialized.
+        let mut running = app.clone();
+        running.started(now);
+        side.exited(term(1, 5, now), RestartPolicy::Always, now);
+        let (init, containers) = ([side], [running]);
+        assert!(initialized(&init, &containers));
+        assert_eq!(pod_phase_of(&init, &containers), PodPhase::Running);
     }
 
     #[test]

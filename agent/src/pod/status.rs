@@ -22,8 +22,16 @@ pub(super) struct Report {
 /// the controller sees it; `now` is when readiness changed, if it changes with this report.
 pub(super) fn pod_status(run: &PodRun, host_ip: Option<&str>, now: &str) -> Report {
     let statuses: Vec<_> = run.containers.iter().map(Container::status).collect();
-    let initialized = state::initialized(&run.init);
-    let all_ready = initialized && !statuses.is_empty() && statuses.iter().all(|c| c.ready);
+    let init_statuses: Vec<_> = run.init.iter().map(Container::status).collect();
+    let initialized = state::initialized(&run.init, &run.containers);
+    // Sidecars' readiness counts as the containers' does (Kubernetes 1.29+).
+    let sidecars_ready = run
+        .init
+        .iter()
+        .zip(&init_statuses)
+        .all(|(c, st)| !c.sidecar || st.ready);
+    let all_ready =
+        initialized && sidecars_ready && !statuses.is_empty() && statuses.iter().all(|c| c.ready);
     let since = match &run.readiness {
         Some((was, since)) if *was == all_ready => since.clone(),
         _ => now.to_string(),
@@ -54,7 +62,7 @@ pub(super) fn pod_status(run: &PodRun, host_ip: Option<&str>, now: &str) -> Repo
         host_ip: host_ip.map(str::to_string),
         pod_ip: reported_ip.clone(),
         start_time: Some(run.started.clone()),
-        init_container_statuses: run.init.iter().map(Container::status).collect(),
+        init_container_statuses: init_statuses,
         container_statuses: statuses,
         ..Default::default()
     };
@@ -68,6 +76,7 @@ pub(super) fn pod_status(run: &PodRun, host_ip: Option<&str>, now: &str) -> Repo
 /// Sends the pod's status as the containers' states make it; a lost link is fine (the next
 /// session reports everything again).
 pub(super) async fn report(inner: &Inner, state: &Arc<Mutex<PodRun>>) {
+    lock(state).changed.send_replace(());
     keep_if_finished(inner, state);
     let Some(client) = client(inner) else { return };
     // One report of a pod at a time, each taken when it gets its turn: containers report at
@@ -140,6 +149,7 @@ mod tests {
             images: vec![],
             reporting: Arc::default(),
             kept_finished: false,
+            changed: Arc::new(tokio::sync::watch::Sender::new(())),
         }
     }
 
