@@ -264,21 +264,28 @@ impl Supervisor {
     }
 
     /// Makes the running set match `pods` (after a list), and reports every status again.
-    /// Containers a previous agent left running for pods that are gone are removed.
+    /// Containers a previous agent left running for pods that are gone are removed; a pod
+    /// still running here is stopped by its task instead, with its grace period and its
+    /// sidecars last.
     pub async fn sync(&self, pods: Vec<Pod>) {
         let keep: Vec<String> = pods.iter().map(|p| p.metadata.uid.clone()).collect();
         if let Some(runc) = self.0.runc.clone() {
-            let keys: Vec<String> = pods
+            let keys_of = |p: &Pod| -> Vec<String> {
+                p.spec
+                    .init_containers
+                    .iter()
+                    .chain(&p.spec.containers)
+                    .map(|c| container_key(p, &c.name))
+                    .collect()
+            };
+            let mut keys: Vec<String> = pods
                 .iter()
                 .filter(|p| !p.is_terminal())
-                .flat_map(|p| {
-                    p.spec
-                        .containers
-                        .iter()
-                        .map(|c| container_key(p, &c.name))
-                        .collect::<Vec<_>>()
-                })
+                .flat_map(keys_of)
                 .collect();
+            for r in lock(&self.0.pods).values() {
+                keys.extend(keys_of(&lock(&r.state).pod));
+            }
             match tokio::task::spawn_blocking(move || runc.remove_except(&keys)).await {
                 Ok(Ok(removed)) if !removed.is_empty() => {
                     tracing::info!(?removed, "removed containers of pods no longer here")
