@@ -108,6 +108,9 @@ pub struct Security {
     pub sysctls: Vec<(String, String)>,
     /// `seccompProfile: Unconfined`: no seccomp filter.
     pub seccomp_unconfined: bool,
+    /// `seccompProfile: Localhost`: the node's profile file (the OCI runtime spec's seccomp
+    /// object, as runc takes it), in place of the default; read at each start.
+    pub seccomp_localhost: Option<PathBuf>,
 }
 
 /// The network a container lives in.

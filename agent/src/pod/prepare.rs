@@ -317,6 +317,7 @@ impl PodContext<'_> {
             security: security(
                 pod.spec.security_context.as_ref(),
                 c.security_context.as_ref(),
+                &inner.data_dir.join("seccomp"),
             )
             .map_err(config_error)?,
             network,
@@ -370,9 +371,12 @@ fn millis(q: Option<&shoal_api::Quantity>) -> Option<u64> {
 /// A container's securityContext as the runtime takes it, over the pod's: the container's
 /// user, group, runAsNonRoot and seccompProfile win where it sets them; the pod's
 /// supplementalGroups, fsGroup and sysctls hold for every container. Ids must fit in 32 bits.
+/// A Localhost seccomp profile is a file under `seccomp_dir` (the kubelet's is
+/// `/var/lib/kubelet/seccomp`).
 pub(super) fn security(
     pod: Option<&shoal_api::PodSecurityContext>,
     sc: Option<&shoal_api::SecurityContext>,
+    seccomp_dir: &Path,
 ) -> std::result::Result<Security, String> {
     let id = |what: &str, v: Option<i64>| {
         v.map(|n| {
@@ -408,6 +412,15 @@ pub(super) fn security(
             .map(|s| (s.name.clone(), s.value.clone()))
             .collect(),
         seccomp_unconfined: seccomp.is_some_and(|s| s.type_ == "Unconfined"),
+        seccomp_localhost: match seccomp {
+            Some(s) if s.type_ == "Localhost" => {
+                let file = s.localhost_profile.as_deref().unwrap_or_default();
+                shoal_api::validate::check_relative_path(file)
+                    .map_err(|e| format!("seccompProfile.localhostProfile {e}"))?;
+                Some(seccomp_dir.join(file))
+            }
+            _ => None,
+        },
     })
 }
 
@@ -418,6 +431,7 @@ mod tests {
 
     #[test]
     fn a_containers_security_is_its_own_over_the_pods() {
+        let dir = Path::new("/var/lib/shoal/seccomp");
         let pod = PodSecurityContext {
             run_as_user: Some(1000),
             run_as_group: Some(1000),
@@ -433,7 +447,7 @@ mod tests {
                 localhost_profile: None,
             }),
         };
-        let s = security(Some(&pod), None).unwrap();
+        let s = security(Some(&pod), None, dir).unwrap();
         assert_eq!((s.run_as_user, s.run_as_group), (Some(1000), Some(1000)));
         assert!(s.run_as_non_root && s.seccomp_unconfined);
         assert_eq!(s.supplemental_groups, vec![44, 2000]);
@@ -447,7 +461,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let s = security(Some(&pod), Some(&own)).unwrap();
+        let s = security(Some(&pod), Some(&own), dir).unwrap();
         assert_eq!((s.run_as_user, s.run_as_group), (Some(0), Some(1000)));
         assert!(!s.run_as_non_root && !s.seccomp_unconfined);
         assert_eq!(
@@ -455,11 +469,24 @@ mod tests {
             vec![44, 2000],
             "the pod's groups hold"
         );
-        assert_eq!(security(None, None).unwrap(), Security::default());
+        assert_eq!(security(None, None, dir).unwrap(), Security::default());
+        let local = SecurityContext {
+            seccomp_profile: Some(SeccompProfile {
+                type_: "Localhost".into(),
+                localhost_profile: Some("profiles/audit.json".into()),
+            }),
+            ..Default::default()
+        };
+        let s = security(Some(&pod), Some(&local), dir).unwrap();
+        assert!(!s.seccomp_unconfined, "the container's profile wins");
+        assert_eq!(
+            s.seccomp_localhost.as_deref(),
+            Some(dir.join("profiles/audit.json").as_path())
+        );
         let bad = PodSecurityContext {
             fs_group: Some(-1),
             ..Default::default()
         };
-        assert!(security(Some(&bad), None).unwrap_err().contains("-1"));
+        assert!(security(Some(&bad), None, dir).unwrap_err().contains("-1"));
     }
 }

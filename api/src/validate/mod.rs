@@ -607,7 +607,10 @@ spec:
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {securityContext: {sysctls: [{name: kernel.msgmax, value: '1'}]}, containers: [{name: a, image: x}]}", "spec.securityContext.sysctls[0].name"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {hostNetwork: true, securityContext: {sysctls: [{name: net.ipv4.tcp_syncookies, value: '1'}]}, containers: [{name: a, image: x}]}", "spec.securityContext.sysctls[0]"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {securityContext: {fsGroup: -5}, containers: [{name: a, image: x}]}", "spec.securityContext.fsGroup"),
-            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {securityContext: {seccompProfile: {type: Localhost, localhostProfile: x.json}}, containers: [{name: a, image: x}]}", "spec.securityContext.seccompProfile.type"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {securityContext: {seccompProfile: {type: Localhost}}, containers: [{name: a, image: x}]}", "spec.securityContext.seccompProfile.localhostProfile"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {securityContext: {seccompProfile: {type: Localhost, localhostProfile: ../../etc/x.json}}, containers: [{name: a, image: x}]}", "spec.securityContext.seccompProfile.localhostProfile"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, securityContext: {seccompProfile: {type: Unconfined, localhostProfile: x.json}}}]}", "spec.containers[0].securityContext.seccompProfile.localhostProfile"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {runtimeClassName: wasm, securityContext: {seccompProfile: {type: Localhost, localhostProfile: x.json}}, containers: [{name: a, image: x}]}", "spec.securityContext.seccompProfile.type"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {runtimeClassName: wasm, securityContext: {runAsUser: 1000}, containers: [{name: a, image: x}]}", "spec.securityContext.runAsUser"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {runtimeClassName: wasm, containers: [{name: a, image: x, securityContext: {privileged: true}}]}", "spec.containers[0].securityContext.privileged"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {runtimeClassName: wasm, initContainers: [{name: i, image: x, securityContext: {capabilities: {add: [NET_ADMIN]}}}], containers: [{name: a, image: x}]}", "spec.initContainers[0].securityContext.capabilities.add"),
@@ -642,7 +645,7 @@ spec:
 
     #[test]
     fn security_contexts_that_kubernetes_takes_are_valid() {
-        let runc = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  securityContext: {runAsUser: 1000, runAsGroup: 1000, runAsNonRoot: true, fsGroup: 2000, supplementalGroups: [44], sysctls: [{name: net.ipv4.ip_unprivileged_port_start, value: '0'}], seccompProfile: {type: RuntimeDefault}}\n  containers: [{name: a, image: x, securityContext: {runAsUser: 1001, seccompProfile: {type: Unconfined}}}]\n";
+        let runc = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  securityContext: {runAsUser: 1000, runAsGroup: 1000, runAsNonRoot: true, fsGroup: 2000, supplementalGroups: [44], sysctls: [{name: net.ipv4.ip_unprivileged_port_start, value: '0'}], seccompProfile: {type: RuntimeDefault}}\n  containers: [{name: a, image: x, securityContext: {runAsUser: 1001, seccompProfile: {type: Unconfined}}}, {name: b, image: x, securityContext: {seccompProfile: {type: Localhost, localhostProfile: profiles/audit.json}}}]\n";
         assert_eq!(errors_of(runc), Vec::<String>::new());
         let wasm = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  runtimeClassName: wasm\n  securityContext: {runAsNonRoot: true}\n  containers: [{name: a, image: x, securityContext: {readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}}]\n";
         assert_eq!(errors_of(wasm), Vec::<String>::new());

@@ -283,24 +283,8 @@ fn security(e: &mut Errors, path: &str, s: &PodSpec) {
             e.add(p, format!("must be between 0 and 4294967295, got {n}"));
         }
     };
-    let seccomp = |e: &mut Errors, p: String, profile: Option<&SeccompProfile>| {
-        let Some(profile) = profile else { return };
-        match profile.type_.as_str() {
-            "RuntimeDefault" => {}
-            "Unconfined" if wasm => e.add(p, "a wasm pod has no seccomp filter to lift"),
-            "Unconfined" => {}
-            "Localhost" => e.add(
-                format!("{p}.type"),
-                "Localhost profiles are not supported yet: use RuntimeDefault or Unconfined",
-            ),
-            other => e.add(
-                format!("{p}.type"),
-                format!(
-                    "Unsupported value: {other:?}: supported values: RuntimeDefault, Unconfined"
-                ),
-            ),
-        }
-    };
+    let seccomp =
+        |e: &mut Errors, p: String, profile: Option<&SeccompProfile>| seccomp(e, &p, profile, wasm);
     if let Some(sc) = &s.security_context {
         let p = format!("{path}.securityContext");
         for (field, v) in [
@@ -383,6 +367,37 @@ fn security(e: &mut Errors, path: &str, s: &PodSpec) {
             e,
             format!("{p}.seccompProfile"),
             sc.seccomp_profile.as_ref(),
+        );
+    }
+}
+
+/// A seccompProfile: RuntimeDefault, Unconfined, or Localhost with a path under the node's
+/// seccomp directory; none has meaning for a wasm pod but the default.
+fn seccomp(e: &mut Errors, p: &str, profile: Option<&SeccompProfile>, wasm: bool) {
+    let Some(profile) = profile else { return };
+    let local = profile.localhost_profile.as_deref();
+    match profile.type_.as_str() {
+        "RuntimeDefault" => {}
+        "Unconfined" | "Localhost" if wasm => {
+            e.add(format!("{p}.type"), "a wasm pod has no seccomp filter")
+        }
+        "Unconfined" => {}
+        // A file under the agent's data dir, `seccomp/`, as the kubelet's is under its root.
+        "Localhost" => e.check(
+            format!("{p}.localhostProfile"),
+            check_relative_path(local.unwrap_or_default()),
+        ),
+        other => e.add(
+            format!("{p}.type"),
+            format!(
+                "Unsupported value: {other:?}: supported values: RuntimeDefault, Unconfined, Localhost"
+            ),
+        ),
+    }
+    if local.is_some() && profile.type_ != "Localhost" {
+        e.add(
+            format!("{p}.localhostProfile"),
+            "can only be set when type is Localhost",
         );
     }
 }

@@ -395,6 +395,25 @@ pub const ALLOWED_SYSCALLS: &[&str] = &[
 
 /// The filter: the allow-list, `clone` without namespace flags, `clone3` as ENOSYS, and EPERM
 /// for everything else.
+/// The largest Localhost profile read: Docker's default, the largest in common use, is 20 KiB.
+const MAX_PROFILE: u64 = 1 << 20;
+
+/// A Localhost profile: the node's file at `path`, the OCI runtime spec's seccomp object
+/// (Docker's profile format, less its `archMap` and conditional `includes`, which are not
+/// read). The error names the file and what is wrong with it.
+pub fn localhost(path: &std::path::Path) -> Result<LinuxSeccomp, String> {
+    use std::io::Read;
+    let named = |e: &dyn std::fmt::Display| format!("seccomp profile {}: {e}", path.display());
+    let mut text = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_PROFILE + 1).read_to_end(&mut text))
+        .map_err(|e| named(&e))?;
+    if text.len() as u64 > MAX_PROFILE {
+        return Err(named(&format!("larger than {MAX_PROFILE} bytes")));
+    }
+    serde_json::from_slice(&text).map_err(|e| named(&e))
+}
+
 pub fn profile() -> Result<LinuxSeccomp, OciSpecError> {
     let names = |n: &[&str]| n.iter().map(|n| n.to_string()).collect::<Vec<_>>();
     let no_namespaces = LinuxSeccompArgBuilder::default()

@@ -378,10 +378,10 @@ fn linux(container: &ContainerSpec, cgroups_path: &str) -> Result<Linux, String>
     } else {
         None
     });
-    linux.set_seccomp(if hardened && !s.seccomp_unconfined {
-        Some(super::seccomp::profile().map_err(|e| e.to_string())?)
-    } else {
-        None
+    linux.set_seccomp(match &s.seccomp_localhost {
+        _ if !hardened || s.seccomp_unconfined => None,
+        Some(path) => Some(super::seccomp::localhost(path)?),
+        None => Some(super::seccomp::profile().map_err(|e| e.to_string())?),
     });
     linux.set_sysctl((!s.sysctls.is_empty()).then(|| s.sysctls.iter().cloned().collect()));
     Ok(linux)
@@ -645,6 +645,27 @@ pub(super) mod tests {
         );
         assert!(s["linux"].get("seccomp").is_none());
         assert!(s["linux"]["maskedPaths"].is_array(), "still not privileged");
+
+        // A Localhost profile is the file's, as written; one missing is named.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("no-mkdir.json");
+        let profile = serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]});
+        std::fs::write(&file, profile.to_string()).expect("profile");
+        c.security = Security {
+            seccomp_localhost: Some(file.clone()),
+            ..Default::default()
+        };
+        assert_eq!(json_of(&c, &User::default())["linux"]["seccomp"], profile);
+        std::fs::write(&file, "{\"defaultAction\": \"ALLOW\"}").expect("profile");
+        let bad = runtime_spec(&c, &image(), &User::default(), "/b").expect_err("not a profile");
+        assert!(
+            bad.contains("no-mkdir.json") && bad.contains("unknown variant `ALLOW`"),
+            "{bad}"
+        );
+        std::fs::remove_file(&file).expect("rm");
+        let missing = runtime_spec(&c, &image(), &User::default(), "/b").expect_err("missing");
+        assert!(missing.contains("no-mkdir.json"), "{missing}");
 
         // A name that is no capability is refused by name, not dropped as runc would.
         c.security = Security {
