@@ -77,7 +77,8 @@ spec:
 /// modes (or `defaultMode`); an optional volume of an object that does not exist is empty;
 /// `$(VAR)` in an OCI container's command line is expanded; an init container runs first,
 /// and the pod's securityContext holds (see [`secure_pod`]),
-/// and what it writes to a shared emptyDir is there for the container. Needs runc and root.
+/// and what it writes to a shared emptyDir is there for the container; a ConfigMap volume is
+/// read-only, as the kubelet mounts it. Needs runc and root.
 #[test]
 fn runc_volume_items_paths_and_modes_are_kubernetes() {
     if kit::runc_missing("runc_volume_items_paths_and_modes_are_kubernetes") {
@@ -111,7 +112,7 @@ spec:
     image: busybox:1
     command: [sh, -c]
     args:
-    - "cat /cfg/conf/app.conf; echo; ls /cfg; stat -c '%a %n' /cfg/conf/app.conf /sec/token; ls -A /none | wc -l; echo greeting=$(GREETING); cat /scratch/f"
+    - "cat /cfg/conf/app.conf; echo; ls /cfg; stat -c '%a %n' /cfg/conf/app.conf /sec/token; ls -A /none | wc -l; echo greeting=$(GREETING); cat /scratch/f; touch /cfg/x 2>&1 | grep -o 'Read-only file system'"
     env: [{name: GREETING, value: hi}]
     volumeMounts:
     - {name: cfg, mountPath: /cfg}
@@ -143,7 +144,8 @@ spec:
             "400 /sec/token",
             "0",
             "greeting=hi",
-            "from-init"
+            "from-init",
+            "Read-only file system"
         ],
         "{log}"
     );

@@ -238,10 +238,19 @@ impl PodContext<'_> {
                     bind_at: self.runc.map(|_| at.join(mounts.len().to_string())),
                 });
             }
+            // ConfigMap, Secret, downwardAPI and projected volumes are the node's to write:
+            // mounted read-only whatever the mount says, as the kubelet mounts them.
+            let projected = self.pod.spec.volumes.iter().any(|v| {
+                v.name == m.name
+                    && (v.config_map.is_some()
+                        || v.secret.is_some()
+                        || v.downward_api.is_some()
+                        || v.projected.is_some())
+            });
             mounts.push(Mount {
                 host_path: root.clone(),
                 guest_path: m.mount_path.clone(),
-                read_only: m.read_only,
+                read_only: m.read_only || projected,
             });
         }
         Ok((mounts, subpaths))
