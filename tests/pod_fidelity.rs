@@ -564,7 +564,7 @@ spec:
 /// subPath mounts one file of a ConfigMap and one directory of an emptyDir that an init
 /// container made (subPathExpr with the pod's name); a subPath that an init container turned
 /// into a symlink out of the volume is refused when the next container starts, which never
-/// runs.
+/// runs: it waits in CreateContainerConfigError, as under the kubelet.
 #[test]
 fn runc_subpaths_mount_inside_their_volume_and_a_symlink_out_is_refused() {
     if kit::runc_missing("runc_subpaths_mount_inside_their_volume_and_a_symlink_out_is_refused") {
@@ -641,19 +641,21 @@ spec:
   - {name: scratch, emptyDir: {}}
 "#,
     );
-    c.wait_for("the pod failed", Duration::from_secs(60), |c| {
-        field(&c.pod("escape"), "status.phase") == "Failed"
+    let waiting = "status.containerStatuses.0.state.waiting";
+    c.wait_for("the container refused", Duration::from_secs(60), |c| {
+        field(&c.pod("escape"), &format!("{waiting}.reason")) == "CreateContainerConfigError"
     });
     let pod = c.pod("escape");
     let planted = &pod["status"]["initContainerStatuses"][0]["state"]["terminated"];
     assert_eq!(planted["exitCode"], 0, "{pod}");
-    let refused = &pod["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(field(&pod, "status.phase"), "Pending", "{pod}");
+    let message = field(&pod, &format!("{waiting}.message"));
     assert!(
-        refused["message"].as_str().is_some_and(
-            |m| m.contains("subPath \"out\"") && m.contains("leads outside the volume")
-        ),
+        message.contains("subPath \"out\"") && message.contains("leads outside the volume"),
         "{pod}"
     );
+    let row = c.shoal(&["get", "pod", "escape", "--no-headers"]).ok();
+    assert!(row.contains("CreateContainerConfigError"), "{row}");
     assert_eq!(c.shoal(&["logs", "escape"]).stdout(), "", "it never ran");
 }
 

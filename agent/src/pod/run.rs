@@ -168,11 +168,12 @@ async fn keep_running(
         }
         let started = run.restarting();
         let exit = match run.start(&workload).await {
-            Ok(handle) => match run.watch(handle, started).await {
+            None => return,
+            Some(Ok(handle)) => match run.watch(handle, started).await {
                 Some(exit) => exit,
                 None => return,
             },
-            Err(exit) => exit,
+            Some(Err(exit)) => exit,
         };
         let Some(wait) = run.exited(exit, started, policy).await else {
             return;
@@ -269,11 +270,12 @@ impl InitContainers<'_> {
                 }
                 let started = one.restarting();
                 let exit = match one.start(&to_run.workload).await {
-                    Ok(handle) => match one.watch_to_end(handle, started).await {
+                    None => return false,
+                    Some(Ok(handle)) => match one.watch_to_end(handle, started).await {
                         Some(exit) => exit,
                         None => return false,
                     },
-                    Err(exit) => exit,
+                    Some(Err(exit)) => exit,
                 };
                 let succeeded = exit.code == 0;
                 let wait = one.exited(exit, started, policy).await;
@@ -365,34 +367,64 @@ impl OneContainer {
     }
 
     /// Starts it through its runtime; a start that fails is an exit (code 128, the reason).
+    /// A container that cannot be configured (a subPath that does not resolve) waits in
+    /// CreateContainerConfigError, retried with back-off, as the kubelet has it; `None` when
+    /// the pod is stopped meanwhile.
     async fn start(
         &self,
         workload: &Arc<dyn shoal_runtime::Workload>,
-    ) -> Result<shoal_runtime::Handle, shoal_runtime::Exit> {
+    ) -> Option<Result<shoal_runtime::Handle, shoal_runtime::Exit>> {
+        let mut failures = 0;
+        loop {
+            let message = match self.try_start(workload).await {
+                Ok(started) => return Some(started),
+                Err(message) => message,
+            };
+            failures += 1;
+            tracing::warn!(container = %self.spec.id, %message, "container not configured");
+            let pod = {
+                let mut s = lock(&self.state);
+                self.slot(&mut s).phase = state::Phase::Waiting {
+                    reason: "CreateContainerConfigError".into(),
+                    message: Some(message.clone()),
+                };
+                s.pod.clone()
+            };
+            report(&self.inner, &self.state).await;
+            let why = format!("Error: {message}");
+            event(&self.inner, &pod, "Warning", "Failed", why).await;
+            tokio::select! {
+                _ = self.cancel.cancelled() => return None,
+                _ = tokio::time::sleep(crate::backoff::Backoff::PREPARE.delay(failures)) => {}
+            }
+        }
+    }
+
+    /// One start: `Err` with why when its subPaths do not resolve.
+    async fn try_start(
+        &self,
+        workload: &Arc<dyn shoal_runtime::Workload>,
+    ) -> Result<Result<shoal_runtime::Handle, shoal_runtime::Exit>, String> {
         let (w, mut s) = (workload.clone(), self.spec.clone());
         let subpaths = self.subpaths.clone();
         let started = tokio::task::spawn_blocking(move || {
             for p in &subpaths {
-                p.apply(&mut s)
-                    .map_err(|message| shoal_runtime::Error::Start {
-                        id: s.id.clone(),
-                        message,
-                    })?;
+                p.apply(&mut s)?;
             }
-            w.start(s)
+            Ok::<_, String>(w.start(s))
         })
         .await
         .unwrap_or_else(|e| {
-            Err(shoal_runtime::Error::Start {
+            Ok(Err(shoal_runtime::Error::Start {
                 id: self.spec.id.clone(),
                 message: e.to_string(),
-            })
-        });
-        started.map_err(|e| shoal_runtime::Exit {
+            }))
+        })?;
+        Ok(started.map_err(|e| shoal_runtime::Exit {
             code: 128,
             reason: shoal_runtime::ExitReason::Error,
             message: Some(shoal_transport::report(&e).to_string()),
-        })
+        }))
     }
 
     /// Watches an init container until it exits, or the pod is stopped (`None`).
