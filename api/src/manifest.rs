@@ -116,13 +116,44 @@ fn decode_document(
         kind,
         serde_path_to_error::Deserializer::new(ignoring, &mut track),
     );
-    let object = decoded.map_err(|e| schema(what, format!("{}: {e}", track.path())))?;
+    let mut object = decoded.map_err(|e| schema(what, format!("{}: {e}", track.path())))?;
+    unknown_fields.extend(unaccounted_resources(&mut object));
     out.push(Parsed {
         object,
         document,
         unknown_fields,
     });
     Ok(())
+}
+
+/// Resources a pod may name that Shoal neither schedules by nor enforces (`ephemeral-storage`,
+/// `hugepages-<size>`), by path: reported as the fields it does not support are.
+fn unaccounted_resources(object: &mut Object) -> Vec<String> {
+    let prefix = match object.kind() {
+        Kind::Pod => "spec",
+        _ => "spec.template.spec",
+    };
+    let Some(spec) = object.pod_spec_mut() else {
+        return Vec::new();
+    };
+    let lists = [
+        ("initContainers", &spec.init_containers),
+        ("containers", &spec.containers),
+    ];
+    let mut found = Vec::new();
+    for (list, containers) in lists {
+        for (i, c) in containers.iter().enumerate() {
+            let r = &c.resources;
+            for (which, map) in [("requests", &r.requests), ("limits", &r.limits)] {
+                for name in map.keys() {
+                    if name == "ephemeral-storage" || name.starts_with("hugepages-") {
+                        found.push(format!("{prefix}.{list}.{i}.resources.{which}.{name}"));
+                    }
+                }
+            }
+        }
+    }
+    found
 }
 
 #[cfg(test)]
@@ -185,6 +216,21 @@ mod tests {
                 "spec.affinity.podAffinity.requiredDuringSchedulingIgnoredDuringExecution.0.namespaceSelector".to_string(),
                 "spec.topologySpreadConstraints.0.nodeTaintsPolicy".to_string(),
                 "spec.containers.0.stdin".to_string(),
+            ]
+        );
+    }
+
+    /// Resources Shoal neither schedules by nor enforces are reported by path, as unsupported
+    /// fields are; cpu, memory and extended resources are not.
+    #[test]
+    fn unaccounted_resources_are_reported() {
+        let text = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  selector: {matchLabels: {a: b}}\n  template:\n    metadata: {labels: {a: b}}\n    spec:\n      containers:\n      - name: c\n        image: x\n        resources: {requests: {cpu: 10m, ephemeral-storage: 1Gi, example.com/dongle: 1}, limits: {hugepages-2Mi: 100Mi}}\n";
+        let parsed = parse_manifests("d.yaml", text).unwrap();
+        assert_eq!(
+            parsed[0].unknown_fields,
+            [
+                "spec.template.spec.containers.0.resources.requests.ephemeral-storage",
+                "spec.template.spec.containers.0.resources.limits.hugepages-2Mi",
             ]
         );
     }
