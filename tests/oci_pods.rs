@@ -581,6 +581,8 @@ fn runc_containers_outlive_a_killed_agent_and_are_followed_not_duplicated_when_i
 
     // The agent dies (no chance to stop anything); its containers keep running. Meanwhile
     // one pod is deleted.
+    let gone_dir = dir.join("pods").join(field(&c.pod("gone"), "metadata.uid"));
+    assert!(gone_dir.is_dir());
     c.agents[0].kill9();
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(runc_list(&dir), before, "the containers outlive the agent");
@@ -596,6 +598,12 @@ fn runc_containers_outlive_a_killed_agent_and_are_followed_not_duplicated_when_i
         "the deleted pod's container removed",
         Duration::from_secs(60),
         |_| runc_list(&dir).len() == 1,
+    );
+    // And what it had beside its container: its volumes, namespace and directory.
+    c.wait_for(
+        "the deleted pod's directory removed",
+        Duration::from_secs(30),
+        |_| !gone_dir.exists(),
     );
     let steady = c.pod("steady");
     assert_eq!(

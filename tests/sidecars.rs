@@ -25,7 +25,8 @@ fn runc_sidecars_start_first_run_beside_and_stop_after_the_containers() {
     kit::push_busybox(&c);
     let marks = tempfile::tempdir().expect("tempdir");
     let marks_dir = marks.path().to_str().expect("utf-8");
-    let serve = "mkdir -p /www && echo from-sidecar > /www/data && exec httpd -f -p 8081 -h /www";
+    // It stops on SIGTERM (a shell as PID 1 ignores signals it does not trap).
+    let serve = "trap 'exit 0' TERM; mkdir -p /www && echo from-sidecar > /www/data && httpd -f -p 8081 -h /www & wait";
     c.apply(&format!(
         r#"apiVersion: v1
 kind: Pod
@@ -93,6 +94,14 @@ spec:
     assert_eq!(
         field(&b, "status.containerStatuses.0.state.terminated.exitCode"),
         "0"
+    );
+    assert_eq!(
+        field(
+            &b,
+            "status.initContainerStatuses.0.state.terminated.exitCode"
+        ),
+        "0",
+        "stopped by SIGTERM: {b}"
     );
     assert_eq!(
         field(&b, "status.initContainerStatuses.0.restartCount"),

@@ -121,6 +121,9 @@ struct Inner {
     /// Events that happened while the controller was out of reach, sent on reconnect.
     held_events: Mutex<events::HeldEvents>,
     tracker: TaskTracker,
+    /// Set when the agent stops: pods stopped then keep their directories (their logs) for
+    /// the next agent, as they are not deleted.
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone)]
@@ -185,6 +188,7 @@ impl Supervisor {
             local,
             held_events: Mutex::default(),
             tracker: TaskTracker::new(),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
         }));
         // The range the controller gave this node last time: pods get addresses also when
         // the agent starts with the controller out of reach.
@@ -301,9 +305,10 @@ impl Supervisor {
             .filter(|uid| !keep.contains(uid))
             .cloned()
             .collect();
-        for uid in gone {
-            self.stop(&uid);
+        for uid in &gone {
+            self.stop(uid);
         }
+        self.sweep_leftovers(&keep, &gone).await;
         // What the controller listed is what this node has: pods kept for a node that was
         // away, and deleted meanwhile, are forgotten. Finished ones stay (for their logs),
         // and are not run again.
@@ -315,6 +320,24 @@ impl Supervisor {
             self.observe(EventType::Modified, pod).await;
         }
         self.report_all().await;
+    }
+
+    /// Pod directories of pods that are neither listed (`keep`), nor running here, nor being
+    /// stopped by their task (`stopping`): deleted while no agent ran. Their volumes, subPath
+    /// binds, namespaces and addresses are removed.
+    async fn sweep_leftovers(&self, keep: &[String], stopping: &[String]) {
+        let Ok(entries) = std::fs::read_dir(self.0.data_dir.join("pods")) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let uid = e.file_name().to_string_lossy().to_string();
+            let known = keep.contains(&uid)
+                || stopping.contains(&uid)
+                || lock(&self.0.pods).contains_key(&uid);
+            if !known {
+                sandbox::sweep_leftover(&self.0, &uid, &e.path()).await;
+            }
+        }
     }
 
     /// Starts the pods the node's local state holds, before the controller is reached: after a
@@ -454,6 +477,7 @@ impl Supervisor {
 
     /// Stops every pod (agent shutdown) and waits for their tasks.
     pub async fn shutdown(&self) {
+        (self.0.shutting_down).store(true, std::sync::atomic::Ordering::SeqCst);
         for r in lock(&self.0.pods).values() {
             r.cancel.cancel();
         }

@@ -156,4 +156,61 @@ pub(super) async fn remove_sandbox(inner: &Inner, pod: &Pod, dir: &Path) {
         })
         .await;
     }
+    // Deleted: its logs go with it, as the kubelet's do.
+    if !inner
+        .shutting_down
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        let (uid, dir) = (pod.metadata.uid.clone(), dir.to_path_buf());
+        let _ = tokio::task::spawn_blocking(move || remove_pod_dir(&uid, &dir)).await;
+    }
+}
+
+/// Removes what a pod deleted while no agent ran left here (`dir`, its namespace, its
+/// address): its subPath binds and Secret volumes are unmounted first, and the directory is
+/// removed only once nothing is mounted beneath it, so a removal never reaches into a
+/// mounted filesystem.
+pub(super) async fn sweep_leftover(inner: &Inner, uid: &str, dir: &Path) {
+    crate::subpath::release(&dir.join("subpaths"));
+    crate::secret_volume::release(&dir.join("volumes"), uid);
+    let name = format!("shoal-{uid}");
+    let network = lock(&inner.network).clone();
+    let (uid, dir) = (uid.to_string(), dir.to_path_buf());
+    let _ = tokio::task::spawn_blocking(move || {
+        netns::delete(&name);
+        if let Some(n) = network {
+            n.release(&uid);
+        }
+        remove_pod_dir(&uid, &dir);
+    })
+    .await;
+}
+
+/// Removes a deleted pod's directory, once nothing is mounted beneath it.
+fn remove_pod_dir(uid: &str, dir: &Path) {
+    match mounted_beneath(dir) {
+        Ok(mounts) if mounts.is_empty() => match std::fs::remove_dir_all(dir) {
+            Ok(()) => tracing::debug!(pod = %uid, "pod directory removed"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a deleted pod's directory")
+            }
+        },
+        Ok(mounts) => {
+            tracing::warn!(dir = %dir.display(), ?mounts, "a deleted pod's directory stays: still mounted beneath it")
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the mount table"),
+    }
+}
+
+/// The mount points at or beneath `dir`, from this process's mount table.
+fn mounted_beneath(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo")?;
+    // The fifth field is the mount point, with spaces and the like octal-escaped.
+    Ok(table
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect())
 }
