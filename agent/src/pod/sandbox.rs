@@ -206,11 +206,47 @@ fn remove_pod_dir(uid: &str, dir: &Path) {
 /// The mount points at or beneath `dir`, from this process's mount table.
 fn mounted_beneath(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let table = std::fs::read_to_string("/proc/self/mountinfo")?;
-    // The fifth field is the mount point, with spaces and the like octal-escaped.
-    Ok(table
+    Ok(mount_points_beneath(&table, dir))
+}
+
+/// The mount points of a mountinfo `table` at or beneath `dir`. The fifth field is the mount
+/// point, its space, tab, newline and backslash octal-escaped.
+fn mount_points_beneath(table: &str, dir: &Path) -> Vec<PathBuf> {
+    let unescape = |p: &str| {
+        [
+            ("\\040", " "),
+            ("\\011", "\t"),
+            ("\\012", "\n"),
+            ("\\134", "\\"),
+        ]
+        .iter()
+        .fold(p.to_string(), |p, (from, to)| p.replace(from, to))
+    };
+    table
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .map(|p| PathBuf::from(unescape(p)))
         .filter(|p| p.starts_with(dir))
-        .collect())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_points_beneath_a_pods_directory_are_found_unescaped() {
+        let table = "22 1 8:1 / / rw - ext4 /dev/sda1 rw
+97 22 0:50 / /var/lib/shoal/pods/u1/volumes/sec rw - tmpfs tmpfs rw
+98 22 8:1 /x /var/lib/shoal/pods/u1/subpaths/my\\040app/0 rw - ext4 /dev/sda1 rw
+99 22 8:1 /y /var/lib/shoal/pods/u10/volumes/a rw - ext4 /dev/sda1 rw";
+        let found = mount_points_beneath(table, Path::new("/var/lib/shoal/pods/u1"));
+        assert_eq!(
+            found,
+            [
+                PathBuf::from("/var/lib/shoal/pods/u1/volumes/sec"),
+                PathBuf::from("/var/lib/shoal/pods/u1/subpaths/my app/0"),
+            ]
+        );
+    }
 }

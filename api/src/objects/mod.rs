@@ -6,6 +6,7 @@ mod event;
 mod namespace;
 mod node;
 mod pod;
+mod pod_containers;
 mod service;
 mod workloads;
 
