@@ -142,7 +142,7 @@ fn bad_manifests_are_refused_with_a_reason_and_change_nothing() {
         ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\nspec:\n  replicas: many\n", "spec.replicas: invalid type"),
         (
             "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\nspec:\n  replicas: -1\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers:\n      - {name: web, image: x, ports: [{containerPort: 99999}]}\n",
-            "spec.replicas: must be >= 0, got -1",
+            "spec.replicas: Invalid value: -1: must be greater than or equal to 0",
         ),
         (
             // A good object before a bad one: neither is written.

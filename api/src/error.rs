@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-/// One problem with one field, named by its path (`spec.replicas: must be >= 0, got -1`).
+/// One problem with one field, named by its path (`spec.replicas: Invalid value: -1: ...`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FieldError {
     pub path: String,

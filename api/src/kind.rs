@@ -170,6 +170,26 @@ impl Kind {
         self.info().namespaced
     }
 
+    /// `deploy`: what kubectl accepts for the kind besides its names.
+    pub fn short_names(self) -> &'static [&'static str] {
+        self.info().short
+    }
+
+    /// The API group: `apps`, or empty for the core group.
+    pub fn group(self) -> &'static str {
+        self.api_version()
+            .split_once('/')
+            .map(|(g, _)| g)
+            .unwrap_or("")
+    }
+
+    /// The kind its plural names in an API path (`deployments` in group `apps`).
+    pub fn from_resource(group: &str, plural: &str) -> Option<Kind> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.group() == group && k.plural() == plural)
+    }
+
     /// Looks a kind up by its manifest name (`Deployment`).
     pub fn from_manifest(kind: &str) -> Option<Kind> {
         KINDS.iter().find(|i| i.name == kind).map(|i| i.kind)

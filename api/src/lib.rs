@@ -12,6 +12,7 @@ pub mod meta;
 pub mod node_restriction;
 pub mod object;
 pub mod objects;
+pub mod patch;
 pub mod quantity;
 pub mod selector;
 pub mod states;

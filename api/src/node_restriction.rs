@@ -82,6 +82,31 @@ pub fn admin_keys(annotations: &BTreeMap<String, String>) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
+/// An admin's write of a Node (kubectl label, edit, patch): the label keys it sets or
+/// changes become the admins' (they outlive the node's heartbeats), and those it removes stop
+/// being theirs. Returns the annotations to store.
+pub fn record_admin_labels(
+    stored_labels: &BTreeMap<String, String>,
+    written_labels: &BTreeMap<String, String>,
+    written_annotations: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut keys = admin_keys(written_annotations);
+    for (k, v) in written_labels {
+        if stored_labels.get(k) != Some(v) {
+            keys.insert(k.clone());
+        }
+    }
+    keys.retain(|k| written_labels.contains_key(k));
+    let mut out = written_annotations.clone();
+    if keys.is_empty() {
+        out.remove(ADMIN_LABELS);
+    } else {
+        let list: Vec<String> = keys.into_iter().collect();
+        out.insert(ADMIN_LABELS.into(), list.join(","));
+    }
+    out
+}
+
 /// The labels a Node gets from a heartbeat: what the node declares, with the labels an admin
 /// set (in `stored`) on top, whatever the node says about them.
 pub fn merge_labels(
@@ -193,5 +218,26 @@ mod tests {
             merged,
             map(&[(ADMIN_LABELS, "zone"), ("shoal.dev/peer-port", "7444")])
         );
+    }
+
+    #[test]
+    fn what_an_admin_writes_on_a_node_is_the_admins() {
+        let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let stored = map(&[("kubernetes.io/os", "linux"), ("zone", "a")]);
+        let written = map(&[("kubernetes.io/os", "linux"), ("site", "roof")]);
+        let annotations = map(&[(ADMIN_LABELS, "zone"), ("other", "x")]);
+        let out = record_admin_labels(&stored, &written, &annotations);
+        assert_eq!(
+            out[ADMIN_LABELS], "site",
+            "zone was removed, site added; os untouched"
+        );
+        assert_eq!(out["other"], "x");
+        let none = record_admin_labels(&stored, &stored, &map(&[]));
+        assert!(!none.contains_key(ADMIN_LABELS));
     }
 }

@@ -1,5 +1,5 @@
 //! Validation: every problem with an object, each named by its field path, before anything is
-//! stored (`spec.replicas: must be >= 0, got -1`).
+//! stored (`spec.replicas: Invalid value: -1: must be greater than or equal to 0`).
 
 use crate::error::FieldError;
 use crate::intstr::IntOrString;
@@ -36,7 +36,10 @@ impl Errors {
     pub(crate) fn min(&mut self, path: &str, value: Option<i64>, min: i64) {
         if let Some(v) = value {
             if v < min {
-                self.add(path, format!("must be >= {min}, got {v}"));
+                self.add(
+                    path,
+                    format!("Invalid value: {v}: must be greater than or equal to {min}"),
+                );
             }
         }
     }
@@ -555,7 +558,9 @@ spec:
     fn every_problem_is_named_by_its_path() {
         let errs = errors_of(&DEPLOY.replace("REPLICAS", "-1").replace("LABEL", "other"));
         assert!(
-            errs.contains(&"spec.replicas: must be >= 0, got -1".to_string()),
+            errs.contains(
+                &"spec.replicas: Invalid value: -1: must be greater than or equal to 0".to_string()
+            ),
             "{errs:?}"
         );
         assert!(
