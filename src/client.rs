@@ -4,7 +4,7 @@
 use crate::ClientArgs;
 use anyhow::{anyhow, bail, Context, Result};
 use shoal_api::{parse_manifests, Parsed};
-use shoal_transport::proto::{ErrorCode, Request, Response};
+use shoal_transport::proto::{Request, Response};
 use shoal_transport::{Client, Credentials, Seen, Watcher};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -71,18 +71,7 @@ pub async fn next_seen(watcher: &mut Watcher, client: &Client) -> Result<Seen> {
 pub fn check(response: Response) -> Result<Response> {
     match response {
         Response::Error(e) => {
-            let code = match e.code {
-                ErrorCode::NotFound => "NotFound",
-                ErrorCode::AlreadyExists => "AlreadyExists",
-                ErrorCode::Conflict => "Conflict",
-                ErrorCode::Invalid => "Invalid",
-                ErrorCode::Compacted => "Expired",
-                ErrorCode::Unauthenticated => "Unauthorized",
-                ErrorCode::Forbidden => "Forbidden",
-                ErrorCode::BadRequest => "BadRequest",
-                ErrorCode::Internal => "InternalError",
-                ErrorCode::TooManyRequests => "TooManyRequests",
-            };
+            let code = e.code.reason();
             Err(anyhow!("Error from server ({code}): {}", e.message))
         }
         other => Ok(other),

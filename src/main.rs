@@ -33,7 +33,7 @@ struct Cli {
 
 #[derive(clap::Args, Clone)]
 pub struct ClientArgs {
-    /// Credential file (like a kubeconfig). Default: DATA_DIR/admin.conf of the default data dir.
+    /// Credential file (a kubeconfig). Default: DATA_DIR/admin.conf of the default data dir.
     #[arg(long, global = true, env = "SHOAL_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -79,6 +79,8 @@ enum Command {
     Credentials(cmd::credentials::Args),
     /// Rotate the admin credential in use.
     Cert(cmd::credentials::CertArgs),
+    /// Print a kubeconfig for kubectl: for a new admin credential NAME, or the one in use.
+    Kubeconfig(cmd::credentials::KubeconfigArgs),
     /// Set or remove labels on a node (they outlive its heartbeats).
     Label(cmd::label::Args),
     /// Set or remove taints on a node.
@@ -126,6 +128,7 @@ fn main() -> std::process::ExitCode {
             Command::Token(a) => cmd::token::run(a).await,
             Command::Credentials(a) => cmd::credentials::run(a).await,
             Command::Cert(a) => cmd::credentials::run_cert(a).await,
+            Command::Kubeconfig(a) => cmd::credentials::run_kubeconfig(a).await,
             Command::Label(a) => cmd::label::run_label(a).await,
             Command::Taint(a) => cmd::label::run_taint(a).await,
         }

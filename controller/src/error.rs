@@ -16,6 +16,13 @@ pub enum Error {
     Conflict(String),
     #[error("{0}")]
     Invalid(String),
+    /// An object that fails validation, with each field at fault.
+    #[error("{kind} {name:?} is invalid: {}", causes.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    InvalidObject {
+        kind: shoal_api::Kind,
+        name: String,
+        causes: Vec<shoal_api::error::FieldError>,
+    },
     #[error("revision {requested} has been compacted (the oldest kept is {compacted}): list again and watch from the list's revision")]
     Compacted { requested: u64, compacted: u64 },
     #[error("forbidden: {0}")]
@@ -90,7 +97,7 @@ impl Error {
             Error::NotFound(_) => ErrorCode::NotFound,
             Error::AlreadyExists(_) => ErrorCode::AlreadyExists,
             Error::Conflict(_) => ErrorCode::Conflict,
-            Error::Invalid(_) => ErrorCode::Invalid,
+            Error::Invalid(_) | Error::InvalidObject { .. } => ErrorCode::Invalid,
             Error::Compacted { .. } => ErrorCode::Compacted,
             Error::Forbidden(_) => ErrorCode::Forbidden,
             Error::BadRequest(_) => ErrorCode::BadRequest,
@@ -112,9 +119,20 @@ impl Error {
 
 impl From<Error> for WireError {
     fn from(e: Error) -> WireError {
+        let causes = match &e {
+            Error::InvalidObject { causes, .. } => causes
+                .iter()
+                .map(|c| shoal_transport::proto::Cause {
+                    field: c.path.clone(),
+                    message: c.message.clone(),
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         WireError {
             code: e.code(),
             message: shoal_transport::report(&e).to_string(),
+            causes,
         }
     }
 }

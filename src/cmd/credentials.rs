@@ -68,7 +68,7 @@ pub async fn run(args: Args) -> Result<()> {
         CredentialsCommand::Create { name, ttl, output } => {
             let creds = issue(&client, &base, &name, ttl.as_secs()).await?;
             if output.as_os_str() == "-" {
-                print!("{}", serde_yaml_ng::to_string(&creds)?);
+                print!("{}", creds.to_kubeconfig()?);
             } else {
                 creds.save(&output)?;
                 eprintln!("credential {name} written to {}", output.display());
@@ -90,6 +90,33 @@ pub async fn run(args: Args) -> Result<()> {
         }
     }
     client.close().await;
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct KubeconfigArgs {
+    /// Issue a new admin credential of this name for it (revocable on its own with
+    /// `shoal credentials delete NAME`); without: the credential in use.
+    name: Option<String>,
+    /// How long a new credential is valid.
+    #[arg(long, default_value = "365d", value_parser = super::duration::parse)]
+    ttl: std::time::Duration,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+pub async fn run_kubeconfig(args: KubeconfigArgs) -> Result<()> {
+    let base = Credentials::load(&config_path(&args.client))?;
+    let creds = match &args.name {
+        None => base,
+        Some(name) => {
+            let client = connect(&args.client).await?;
+            let creds = issue(&client, &base, name, args.ttl.as_secs()).await?;
+            client.close().await;
+            creds
+        }
+    };
+    print!("{}", creds.to_kubeconfig()?);
     Ok(())
 }
 

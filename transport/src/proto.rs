@@ -9,13 +9,36 @@ pub enum Request {
     Apply {
         objects: Vec<Vec<u8>>,
     },
+    /// Creates one object (the Kubernetes API's POST): refused if it exists. A name left
+    /// empty with `metadata.generateName` set is completed with a random suffix.
+    Create {
+        object: Vec<u8>,
+        options: WriteOptions,
+    },
+    /// Replaces one object (PUT): refused if it does not exist, and with a conflict if the
+    /// object names a `resourceVersion` that is no longer the stored one.
+    Update {
+        object: Vec<u8>,
+        options: WriteOptions,
+    },
+    /// Patches one object as stored (JSON merge, JSON or strategic merge patch), then
+    /// replaces it as [`Request::Update`] does; retried on a concurrent write unless the
+    /// patch itself names a `resourceVersion`.
+    Patch {
+        kind: String,
+        namespace: Option<String>,
+        name: String,
+        patch_type: shoal_api::patch::PatchType,
+        patch: Vec<u8>,
+        options: WriteOptions,
+    },
     Get {
         kind: String,
         namespace: Option<String>,
         name: String,
     },
     /// `namespace: None` lists across all namespaces.
-    /// `fields` is a field selector: `spec.nodeName=NAME` (the only field served), or empty.
+    /// `fields` is a field selector (`spec.nodeName=NAME`, `status.phase!=Running`), or empty.
     List {
         kind: String,
         namespace: Option<String>,
@@ -226,6 +249,13 @@ pub enum Response {
     Chunk(Vec<u8>),
     /// A JSON document, for answers that are not API objects (a node's images).
     Json(Vec<u8>),
+    /// The object as a create or update stored it (or would have, for a dry run), with the
+    /// warnings about what was sent (fields Shoal does not support).
+    Written {
+        object: Vec<u8>,
+        created: bool,
+        warnings: Vec<String>,
+    },
     Error(WireError),
 }
 
@@ -275,6 +305,7 @@ impl Response {
             Response::Artifact { .. } => "Artifact",
             Response::Chunk(_) => "Chunk",
             Response::Json(_) => "Json",
+            Response::Written { .. } => "Written",
             Response::Error(_) => "Error",
         }
     }
@@ -320,6 +351,28 @@ pub enum ErrorCode {
     Internal,
     /// The caller asked more often than it may; it may try again later.
     TooManyRequests,
+    /// A body in an encoding the server does not read (the HTTPS door's protobuf).
+    UnsupportedMediaType,
+}
+
+/// How a create or update treats what it is sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteOptions {
+    /// Check and answer as if written, write nothing (`dryRun=All`).
+    pub dry_run: bool,
+    pub validation: FieldValidation,
+}
+
+/// What to do with fields Shoal does not support (Kubernetes' `fieldValidation`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FieldValidation {
+    /// Drop them silently.
+    Ignore,
+    /// Write the object, and warn about each.
+    #[default]
+    Warn,
+    /// Refuse the object, naming them.
+    Strict,
 }
 
 /// An error as the client sees it: a code to act on and a message that says what to fix.
@@ -327,6 +380,45 @@ pub enum ErrorCode {
 pub struct WireError {
     pub code: ErrorCode,
     pub message: String,
+    /// For an invalid object: each field at fault and what is wrong with it.
+    pub causes: Vec<Cause>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cause {
+    /// `spec.replicas`
+    pub field: String,
+    pub message: String,
+}
+
+impl ErrorCode {
+    /// The reason Kubernetes gives this kind of failure (`NotFound`, `Invalid`), as kubectl
+    /// prints it: `Error from server (NotFound): ...`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ErrorCode::NotFound => "NotFound",
+            ErrorCode::AlreadyExists => "AlreadyExists",
+            ErrorCode::Conflict => "Conflict",
+            ErrorCode::Invalid => "Invalid",
+            ErrorCode::Compacted => "Expired",
+            ErrorCode::Unauthenticated => "Unauthorized",
+            ErrorCode::Forbidden => "Forbidden",
+            ErrorCode::BadRequest => "BadRequest",
+            ErrorCode::Internal => "InternalError",
+            ErrorCode::TooManyRequests => "TooManyRequests",
+            ErrorCode::UnsupportedMediaType => "UnsupportedMediaType",
+        }
+    }
+}
+
+impl WireError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> WireError {
+        WireError {
+            code,
+            message: message.into(),
+            causes: Vec::new(),
+        }
+    }
 }
 
 impl std::fmt::Display for WireError {

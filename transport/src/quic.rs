@@ -101,23 +101,7 @@ impl Server {
         server: &Issued,
         anonymous: bool,
     ) -> Result<Server> {
-        let ca = pem_to_der(ca_pem)?;
-        let chain = vec![pem_to_der(&server.cert_pem)?, pem_to_der(chain_ca_pem)?];
-        let builder = WebPkiClientVerifier::builder_with_provider(roots(&ca)?, provider());
-        // Anonymous connections are let through the controller's handshake so that a new
-        // node can join with a token; the API refuses them everything else.
-        let builder = if anonymous {
-            builder.allow_unauthenticated()
-        } else {
-            builder
-        };
-        let verifier = builder.build().map_err(tls)?;
-        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(tls)?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, private_key(&server.key_pem)?)
-            .map_err(tls)?;
+        let mut cfg = server_tls(ca_pem, chain_ca_pem, server, anonymous)?;
         cfg.alpn_protocols = vec![ALPN.to_vec()];
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(tls)?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -147,6 +131,50 @@ impl Server {
     pub fn close(&self) {
         self.endpoint
             .close(0u32.into(), b"controller shutting down");
+    }
+}
+
+/// The TLS side of a server: its certificate chained to `chain_ca_pem`, and client
+/// certificates of `ca_pem` verified (optional when `anonymous`). No ALPN yet.
+fn server_tls(
+    ca_pem: &str,
+    chain_ca_pem: &str,
+    server: &Issued,
+    anonymous: bool,
+) -> Result<rustls::ServerConfig> {
+    let ca = pem_to_der(ca_pem)?;
+    let chain = vec![pem_to_der(&server.cert_pem)?, pem_to_der(chain_ca_pem)?];
+    let builder = WebPkiClientVerifier::builder_with_provider(roots(&ca)?, provider());
+    // Anonymous connections are let through the controller's handshake so that a new
+    // node can join with a token; the API refuses them everything else.
+    let builder = if anonymous {
+        builder.allow_unauthenticated()
+    } else {
+        builder
+    };
+    let verifier = builder.build().map_err(tls)?;
+    rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, private_key(&server.key_pem)?)
+        .map_err(tls)
+}
+
+/// The controller's HTTPS door (the Kubernetes API over TCP): the same certificate and
+/// client verification as its QUIC endpoint, speaking HTTP/1.1.
+pub fn https_config(ca_pem: &str, server: &Issued) -> Result<Arc<rustls::ServerConfig>> {
+    let mut cfg = server_tls(ca_pem, ca_pem, server, true)?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// The identity and key fingerprint of a TLS session's client certificate, as
+/// [`peer_identity`] and [`peer_key`] give them for a QUIC connection.
+pub fn tls_peer(certs: Option<&[CertificateDer<'_>]>) -> (Identity, Option<String>) {
+    match certs.and_then(|c| c.first()) {
+        Some(c) => (identity_of(c), crate::pki::fingerprint_of_cert(c).ok()),
+        None => (Identity::Anonymous, None),
     }
 }
 

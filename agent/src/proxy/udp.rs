@@ -162,10 +162,10 @@ pub async fn udp_tunnel_end(
         Err(e) => {
             let _ = shoal_transport::frame::write(
                 &mut send,
-                &Response::Error(shoal_transport::proto::WireError {
-                    code: shoal_transport::proto::ErrorCode::Internal,
-                    message: format!("udp socket: {e}"),
-                }),
+                &Response::Error(shoal_transport::proto::WireError::new(
+                    shoal_transport::proto::ErrorCode::Internal,
+                    format!("udp socket: {e}"),
+                )),
             )
             .await;
             return;

@@ -26,10 +26,9 @@ pub async fn serve<P: Pods>(conn: quinn::Connection, pods: P, tasks: TaskTracker
                 Ok(Some(Request::Images { .. })) => {
                     let answer = match pods.images().await {
                         Ok(json) => Response::Json(json),
-                        Err(e) => Response::Error(WireError {
-                            code: ErrorCode::Internal,
-                            message: e.to_string(),
-                        }),
+                        Err(e) => {
+                            Response::Error(WireError::new(ErrorCode::Internal, e.to_string()))
+                        }
                     };
                     let _ = frame::write(&mut send, &answer).await;
                     None
@@ -41,10 +40,7 @@ pub async fn serve<P: Pods>(conn: quinn::Connection, pods: P, tasks: TaskTracker
             if let Some(message) = response {
                 let _ = frame::write(
                     &mut send,
-                    &Response::Error(WireError {
-                        code: ErrorCode::BadRequest,
-                        message,
-                    }),
+                    &Response::Error(WireError::new(ErrorCode::BadRequest, message)),
                 )
                 .await;
             }
@@ -92,7 +88,7 @@ pub(crate) async fn dial<P: Pods>(
 }
 
 async fn refuse(send: &mut quinn::SendStream, code: ErrorCode, message: String) {
-    let _ = frame::write(send, &Response::Error(WireError { code, message })).await;
+    let _ = frame::write(send, &Response::Error(WireError::new(code, message))).await;
 }
 
 /// How often a followed log is looked at for more.

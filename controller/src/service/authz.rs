@@ -55,7 +55,7 @@ impl Service {
         }
         let own_pods = |kind: &str, fields: &str| {
             kind.parse::<Kind>().ok() == Some(Kind::Pod)
-                && Fields::parse(fields).is_ok_and(|f| f.node.as_deref() == Some(node))
+                && Fields::parse(fields, Kind::Pod).is_ok_and(|f| f.node() == Some(node))
         };
         let allowed = match req {
             Request::WhoAmI

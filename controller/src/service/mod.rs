@@ -20,6 +20,7 @@ mod requests;
 #[cfg(test)]
 mod tests;
 mod watch;
+mod writes;
 
 pub use watch::WatchStream;
 
@@ -85,7 +86,6 @@ fn encode(obj: &Object) -> Result<Vec<u8>> {
     obj.to_json().map_err(|e| Error::Internal(e.to_string()))
 }
 
-/// The one field selector served: `spec.nodeName=NAME`.
 /// An answer that is not an API object, as JSON.
 fn json_answer<T: serde::Serialize>(value: &T) -> std::result::Result<Response, WireError> {
     serde_json::to_vec(value)
@@ -275,6 +275,9 @@ impl Service {
         match req {
             Request::WhoAmI => one(Response::Identity(who.to_string())),
             Request::Apply { objects } => one(Response::Applied(self.apply(objects).await?)),
+            Request::Create { .. } | Request::Update { .. } | Request::Patch { .. } => {
+                one(self.write(req).await?)
+            }
             Request::Get { .. }
             | Request::List { .. }
             | Request::Watch { .. }
@@ -494,32 +497,9 @@ impl Service {
                     Err(e) => return Err(e),
                 }
             };
-            let mut next = desired
-                .with_status_of(&stored)
-                .map_err(|e| Error::Internal(e.to_string()))?;
-            let sm = stored.metadata().clone();
-            let m = next.metadata_mut();
-            m.uid = sm.uid;
-            m.creation_timestamp = sm.creation_timestamp;
-            m.deletion_timestamp = sm.deletion_timestamp;
-            m.generation = sm.generation;
-            m.resource_version = sm.resource_version.clone();
-            if m.owner_references.is_empty() {
-                m.owner_references = sm.owner_references;
-            }
-            if m.finalizers.is_empty() {
-                m.finalizers = sm.finalizers;
-            }
-            shoal_api::immutable::keep_cluster_fields(&stored, &mut next);
+            let next = writes::replaced(&desired, &stored, true)?;
             if next == stored {
                 return Ok(ApplyResult::Unchanged);
-            }
-            if let Some((field, why)) = shoal_api::immutable::violation(&stored, &next) {
-                return Err(Error::Invalid(format!(
-                    "{} {:?} is invalid: {field}: {why}",
-                    next.kind(),
-                    next.name()
-                )));
             }
             match self
                 .store

@@ -30,7 +30,7 @@ impl Service {
             } => {
                 let kind = parse_kind(&kind)?;
                 let selector = parse_selector(&selector)?;
-                let fields = Fields::parse(&fields)?;
+                let fields = Fields::parse(&fields, kind)?;
                 let (items, revision) = self.store.list(kind, namespace.as_deref()).await?;
                 let items = items
                     .iter()
@@ -48,7 +48,7 @@ impl Service {
             } => {
                 let kind = parse_kind(&kind)?;
                 let selector = parse_selector(&selector)?;
-                let fields = Fields::parse(&fields)?;
+                let fields = Fields::parse(&fields, kind)?;
                 let from = if revision == 0 {
                     self.store.revision()
                 } else {

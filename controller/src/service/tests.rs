@@ -405,3 +405,102 @@ async fn a_fleet_joining_at_once_with_one_token_is_counted_not_refused() {
         Some(ErrorCode::Forbidden)
     );
 }
+
+fn config_map(name: &str, rv: &str, extra: serde_json::Value) -> Vec<u8> {
+    let mut v = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": "default"}, "data": {"a": "1"}});
+    if !rv.is_empty() {
+        v["metadata"]["resourceVersion"] = rv.into();
+    }
+    if let (Some(m), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+        m.extend(e.clone());
+    }
+    json(v)
+}
+
+fn written(r: std::result::Result<Response, ErrorCode>) -> (Object, bool, Vec<String>) {
+    match r {
+        Ok(Response::Written {
+            object,
+            created,
+            warnings,
+        }) => (Object::from_json(&object).unwrap(), created, warnings),
+        other => panic!("not written: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn create_update_and_patch_keep_kubernetes_preconditions() {
+    use shoal_api::patch::PatchType;
+    use shoal_transport::proto::{FieldValidation, WriteOptions};
+    let (_dir, s) = service().await;
+    let admin = Identity::Admin("admin".into());
+    let opts = WriteOptions::default();
+    let create = |object, options| Request::Create { object, options };
+    let (made, created, _) = written(
+        call(&s, &admin, create(config_map("cfg", "", serde_json::json!({})), opts)).await,
+    );
+    assert!(created);
+    let rv = made.metadata().resource_version.clone();
+    assert_eq!(
+        call(&s, &admin, create(config_map("cfg", "", serde_json::json!({})), opts)).await.err(),
+        Some(ErrorCode::AlreadyExists)
+    );
+
+    // An update naming the stored resourceVersion goes through; naming an older one is a
+    // conflict, and changes nothing.
+    let update = |object| Request::Update {
+        object,
+        options: opts,
+    };
+    let changed = config_map("cfg", &rv, serde_json::json!({"data": {"a": "2"}}));
+    let (after, created, _) = written(call(&s, &admin, update(changed)).await);
+    assert!(!created);
+    let stale = config_map("cfg", &rv, serde_json::json!({"data": {"a": "3"}}));
+    assert_eq!(call(&s, &admin, update(stale)).await.err(), Some(ErrorCode::Conflict));
+    let missing = config_map("gone", "", serde_json::json!({}));
+    assert_eq!(call(&s, &admin, update(missing)).await.err(), Some(ErrorCode::NotFound));
+
+    // A patch applies to what is stored; a dry run answers without writing.
+    let patch = |p: serde_json::Value, dry_run| Request::Patch {
+        kind: "ConfigMap".into(),
+        namespace: Some("default".into()),
+        name: "cfg".into(),
+        patch_type: PatchType::Merge,
+        patch: json(p),
+        options: WriteOptions {
+            dry_run,
+            ..opts
+        },
+    };
+    let (dry, _, _) = written(call(&s, &admin, patch(serde_json::json!({"data": {"b": "x"}}), true)).await);
+    let Object::ConfigMap(dry) = dry else { panic!() };
+    assert_eq!(dry.data.get("b").map(String::as_str), Some("x"));
+    let key = ObjectKey::new(Kind::ConfigMap, Some("default"), "cfg");
+    let Some(Object::ConfigMap(stored)) = s.store().get(&key).await.unwrap() else { panic!() };
+    assert_eq!(stored.data.get("a").map(String::as_str), Some("2"));
+    assert!(!stored.data.contains_key("b"), "the dry run wrote nothing");
+    assert_eq!(stored.metadata.resource_version, after.metadata().resource_version);
+    let pinned = serde_json::json!({"metadata": {"resourceVersion": rv}, "data": {"c": "1"}});
+    assert_eq!(call(&s, &admin, patch(pinned, false)).await.err(), Some(ErrorCode::Conflict));
+
+    // Fields Shoal does not know: warned, refused under Strict, dropped under Ignore.
+    let odd = || config_map("odd", "", serde_json::json!({"spec": {"x": 1}}));
+    let (_, _, warnings) = written(call(&s, &admin, create(odd(), opts)).await);
+    assert_eq!(warnings, ["unknown field \"spec\""]);
+    let strict = WriteOptions {
+        validation: FieldValidation::Strict,
+        ..opts
+    };
+    let other = config_map("odd2", "", serde_json::json!({"spec": {"x": 1}}));
+    assert_eq!(call(&s, &admin, create(other, strict)).await.err(), Some(ErrorCode::BadRequest));
+
+    // generateName completes the name; a node may create nothing.
+    let generated = json(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"generateName": "gen-", "namespace": "default"}}));
+    let (obj, _, _) = written(call(&s, &admin, create(generated, opts)).await);
+    assert!(obj.name().starts_with("gen-") && obj.name().len() == 9, "{}", obj.name());
+    let node = Identity::Node("pi".into());
+    let by_node = config_map("n", "", serde_json::json!({}));
+    assert_eq!(call(&s, &node, create(by_node, opts)).await.err(), Some(ErrorCode::Forbidden));
+}
