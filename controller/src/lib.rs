@@ -5,6 +5,7 @@ pub mod artifacts;
 pub mod batch;
 pub mod error;
 pub mod events;
+pub mod http;
 pub mod ipam;
 pub mod node_lifecycle;
 pub mod precompiled;

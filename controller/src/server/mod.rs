@@ -67,6 +67,9 @@ pub struct Controller {
     links: NodeLinks,
     service: Service,
     server: Server,
+    /// The Kubernetes API over HTTPS, on the same port number over TCP.
+    https: std::net::TcpListener,
+    https_tls: Arc<rustls::ServerConfig>,
     admin_config: PathBuf,
     token: String,
 }
@@ -107,7 +110,8 @@ impl Controller {
             });
         service.bootstrap().await?;
         let server_cert = ca.issue_server(&sans)?;
-        let server = Server::bind(config.listen, ca.cert_pem(), &server_cert)?;
+        let (server, https) = bind_doors(config.listen, ca.cert_pem(), &server_cert)?;
+        let https_tls = shoal_transport::quic::https_config(ca.cert_pem(), &server_cert)?;
         let bound = server.local_addr()?;
 
         let admin_config = dir.join("admin.conf");
@@ -184,6 +188,8 @@ impl Controller {
             links: NodeLinks::default(),
             service,
             server,
+            https,
+            https_tls,
             admin_config,
             token,
         })
@@ -223,6 +229,18 @@ impl Controller {
             self.default_toleration,
             shutdown.clone(),
         ));
+        match tokio::net::TcpListener::from_std(self.https) {
+            Ok(listener) => {
+                tracker.spawn(crate::http::serve(
+                    listener,
+                    self.https_tls.clone(),
+                    self.service.clone(),
+                    shutdown.clone(),
+                    tracker.clone(),
+                ));
+            }
+            Err(e) => tracing::error!(error = %e, "cannot serve the Kubernetes API over HTTPS"),
+        }
         let anonymous = Anonymous::default();
         loop {
             let incoming = tokio::select! {
@@ -252,6 +270,36 @@ impl Controller {
         tracker.close();
         tracker.wait().await;
         Ok(())
+    }
+}
+
+/// The QUIC endpoint (UDP) and the HTTPS listener (TCP) on one port number. When the port is
+/// chosen by the system (0), a number free for UDP may be taken for TCP: another is tried.
+fn bind_doors(
+    listen: SocketAddr,
+    ca_pem: &str,
+    cert: &shoal_transport::pki::Issued,
+) -> Result<(Server, std::net::TcpListener)> {
+    let mut attempts = if listen.port() == 0 { 20 } else { 1 };
+    loop {
+        let server = Server::bind(listen, ca_pem, cert)?;
+        let bound = server.local_addr()?;
+        match std::net::TcpListener::bind(bound) {
+            Ok(tcp) => {
+                tcp.set_nonblocking(true)
+                    .map_err(|e| Error::Config(format!("HTTPS listener {bound}: {e}")))?;
+                return Ok((server, tcp));
+            }
+            Err(e) => {
+                attempts -= 1;
+                if attempts == 0 {
+                    return Err(Error::Config(format!(
+                        "cannot listen for HTTPS (the Kubernetes API) on TCP {bound}: {e}"
+                    )));
+                }
+                server.close();
+            }
+        }
     }
 }
 

@@ -1,0 +1,282 @@
+//! The HTTPS door: the Kubernetes REST API over TCP, so kubectl and its ecosystem work. It
+//! authenticates with the same client certificates and bindings as the QUIC door and turns
+//! each HTTP request into the service's own requests: no operation is served here that the
+//! QUIC door could not make, and nothing is decided here that the service decides.
+
+use crate::service::Service;
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, StatusCode};
+use serde_json::Value;
+use shoal_transport::proto::WireError;
+use shoal_transport::Identity;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+mod discovery;
+mod objects;
+mod path;
+mod query;
+mod scale;
+mod status;
+mod table;
+
+use path::Route;
+use status::Doing;
+
+/// A client gets this long for its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 1024;
+/// The largest request body taken (kube-apiserver's limit is 3 MiB as well).
+const MAX_BODY: usize = 3 << 20;
+/// Headers a request may send, in bytes.
+const MAX_HEADERS: usize = 64 << 10;
+
+/// A response body: all at once, or a stream (a watch) fed by a channel.
+pub enum Body {
+    Full(Option<Bytes>),
+    Stream(mpsc::Receiver<Bytes>),
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Body::Stream(rx) => rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+}
+
+pub type Response = hyper::Response<Body>;
+
+pub fn json_response(code: StatusCode, value: &Value) -> Response {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut r = hyper::Response::new(Body::Full(Some(body.into())));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+pub fn error_response(e: &WireError, doing: &Doing<'_>) -> Response {
+    let (code, body) = status::status(e, doing);
+    json_response(code, &body)
+}
+
+/// One authenticated caller's requests.
+#[derive(Clone)]
+struct Caller {
+    service: Service,
+    who: Identity,
+    key: Option<String>,
+}
+
+/// Serves the API on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    service: Service,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+        };
+        let (tcp, remote) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!(error = %e, "accepting an HTTPS connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let service = service.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let _slot = slot;
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%remote, error = %e, "HTTPS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let (who, key) =
+                shoal_transport::quic::tls_peer(stream.get_ref().1.peer_certificates());
+            tracing::debug!(%remote, identity = %who, "HTTPS connection");
+            let caller = Caller { service, who, key };
+            let handler = hyper::service::service_fn(move |req| {
+                let caller = caller.clone();
+                async move { Ok::<_, std::convert::Infallible>(caller.handle(req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .max_buf_size(MAX_HEADERS.max(8192))
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), handler)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%remote, error = %e, "HTTPS connection ended");
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+                }
+            }
+        });
+    }
+}
+
+impl Caller {
+    async fn handle(&self, req: hyper::Request<Incoming>) -> Response {
+        let anonymous = Doing {
+            verb: "get",
+            who: &self.who,
+            target: None,
+        };
+        // The binding is checked at every request, as on QUIC: a revoked credential or a
+        // deleted node stops working at once, also on a connection already open.
+        let who = match self
+            .service
+            .authenticate(self.who.clone(), self.key.as_deref())
+            .await
+        {
+            Ok(Identity::Anonymous) => {
+                let e = crate::Error::Unauthenticated(
+                    "Unauthorized: present a client certificate of the cluster (the kubeconfig the controller wrote, DATA_DIR/admin.conf)".into(),
+                );
+                return error_response(&e.into(), &anonymous);
+            }
+            Ok(who) => who,
+            Err(e) => return error_response(&e, &anonymous),
+        };
+        let (parts, body) = req.into_parts();
+        let Some(route) = path::route(parts.uri.path()) else {
+            return not_found();
+        };
+        let ok = |v: Value| json_response(StatusCode::OK, &v);
+        match route {
+            Route::Version => ok(discovery::version()),
+            Route::Health => {
+                let mut r = hyper::Response::new(Body::Full(Some(Bytes::from_static(b"ok"))));
+                *r.status_mut() = StatusCode::OK;
+                r
+            }
+            Route::CoreVersions => ok(discovery::core_versions()),
+            Route::Groups => ok(discovery::group_list()),
+            Route::Group(g) => ok(discovery::group(&g)),
+            Route::Resources { group, version } => ok(discovery::resources(&group, &version)),
+            Route::OpenApiRoot => ok(discovery::open_api_root()),
+            Route::OpenApi { group, version } => ok(discovery::open_api(&group, &version)),
+            Route::Objects(target) => {
+                let body = if matches!(parts.method, Method::GET | Method::DELETE | Method::HEAD)
+                    && parts.headers.get(hyper::header::CONTENT_LENGTH).is_none()
+                {
+                    Bytes::new()
+                } else {
+                    match read_body(body).await {
+                        Ok(b) => b,
+                        Err(r) => return r,
+                    }
+                };
+                let request = objects::ApiRequest {
+                    method: parts.method,
+                    target,
+                    query: query::Query::parse(parts.uri.query().unwrap_or("")),
+                    accept: parts
+                        .headers
+                        .get(hyper::header::ACCEPT)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string(),
+                    content_type: parts
+                        .headers
+                        .get(hyper::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string(),
+                    body,
+                };
+                objects::handle(&self.service, &who, request).await
+            }
+        }
+    }
+}
+
+async fn read_body(body: Incoming) -> Result<Bytes, Response> {
+    match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => {
+            let message = if e.is::<http_body_util::LengthLimitError>() {
+                format!("the request body is larger than the {MAX_BODY} bytes the server takes")
+            } else {
+                format!("reading the request body: {e}")
+            };
+            let e = crate::Error::BadRequest(message);
+            let (code, mut body) = status::status(
+                &e.into(),
+                &Doing {
+                    verb: "",
+                    who: &Identity::Anonymous,
+                    target: None,
+                },
+            );
+            let code = if body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("larger than"))
+            {
+                body["code"] = 413.into();
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                code
+            };
+            Err(json_response(code, &body))
+        }
+    }
+}
+
+fn not_found() -> Response {
+    let body = serde_json::json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": "the server could not find the requested resource",
+        "reason": "NotFound",
+        "details": {},
+        "code": 404,
+    });
+    json_response(StatusCode::NOT_FOUND, &body)
+}

@@ -1,0 +1,633 @@
+//! The object verbs of the Kubernetes API (get, list, watch, create, update, delete), each
+//! turned into the service's request and its answer into what kube-apiserver would send.
+
+use super::path::Target;
+use super::query::Query;
+use super::status::{resource_name, Doing};
+use super::{error_response, json_response, table, Body, Response};
+use crate::service::{Reply, Service};
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
+use serde_json::{json, Value};
+use shoal_api::{Kind, Object};
+use shoal_transport::proto::{ErrorCode, Request, Response as Answer, WireError, WriteOptions};
+use shoal_transport::Identity;
+
+/// Watch events a slow client may lag behind before its watch ends.
+const WATCH_BUFFER: usize = 256;
+/// The longest a watch stays open without `timeoutSeconds` (client-go asks for 5 to 10 min).
+const WATCH_MAX: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+pub struct ApiRequest {
+    pub method: Method,
+    pub target: Target,
+    pub query: Query,
+    pub accept: String,
+    pub content_type: String,
+    pub body: Bytes,
+}
+
+fn bad_request(message: impl Into<String>) -> WireError {
+    WireError::new(ErrorCode::BadRequest, message)
+}
+
+fn verb(req: &ApiRequest) -> &'static str {
+    let named = req.target.name.is_some();
+    match req.method {
+        Method::GET if req.query.watch => "watch",
+        Method::GET if named => "get",
+        Method::GET => "list",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE if named => "delete",
+        Method::DELETE => "deletecollection",
+        _ => "",
+    }
+}
+
+fn json_of(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).unwrap_or(Value::Null)
+}
+
+pub async fn handle(service: &Service, who: &Identity, req: ApiRequest) -> Response {
+    let verb = verb(&req);
+    let mut target = req.target.clone();
+    let result = match (verb, req.target.subresource.as_deref()) {
+        ("get" | "update" | "patch", Some("scale")) => super::scale::handle(service, who, &req).await,
+        (_, Some(sub)) => Err(WireError::new(
+            ErrorCode::NotFound,
+            format!(
+                "the server could not find the requested resource: {} has no subresource {sub:?} served",
+                resource_name(req.target.kind)
+            ),
+        )),
+        ("get", None) => get(service, who, &req).await,
+        ("list", None) => list(service, who, &req).await,
+        ("watch", None) => return watch(service, who, &req).await,
+        ("create", None) => {
+            // The name is in the body; errors name it as kube-apiserver does.
+            target.name = serde_json::from_slice::<Value>(&req.body)
+                .ok()
+                .and_then(|v| v["metadata"]["name"].as_str().map(str::to_string));
+            write(service, who, &req, true).await
+        }
+        ("update", None) => write(service, who, &req, false).await,
+        ("patch", None) => patch(service, who, &req).await,
+        ("delete", None) => delete(service, who, &req).await,
+        ("deletecollection", None) => delete_collection(service, who, &req).await,
+        _ => Err(WireError::new(
+            ErrorCode::BadRequest,
+            format!("method {} is not served on this path", req.method),
+        )),
+    };
+    match result {
+        Ok(r) => r,
+        Err(e) => error_response(
+            &e,
+            &Doing {
+                verb,
+                who,
+                target: Some(&target),
+            },
+        ),
+    }
+}
+
+pub(super) async fn call(
+    service: &Service,
+    who: &Identity,
+    request: Request,
+) -> Result<Answer, WireError> {
+    match service.handle(who, request).await {
+        Reply::One(Answer::Error(e)) => Err(e),
+        Reply::One(r) => Ok(r),
+        _ => Err(WireError::new(
+            ErrorCode::Internal,
+            "the service answered with a stream where one answer was expected",
+        )),
+    }
+}
+
+fn one_object(
+    kind: Kind,
+    bytes: &[u8],
+    revision: u64,
+    req: &ApiRequest,
+) -> Result<Response, WireError> {
+    if table::wanted(&req.accept) {
+        let obj = Object::from_json(bytes)
+            .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?;
+        let t = table::table(kind, &[obj], revision, req.query.include_object.as_deref());
+        return Ok(json_response(StatusCode::OK, &t));
+    }
+    Ok(json_response(StatusCode::OK, &json_of(bytes)))
+}
+
+async fn get(service: &Service, who: &Identity, req: &ApiRequest) -> Result<Response, WireError> {
+    let t = &req.target;
+    let answer = call(
+        service,
+        who,
+        Request::Get {
+            kind: t.kind.name().into(),
+            namespace: t.namespace.clone(),
+            name: t.name.clone().unwrap_or_default(),
+        },
+    )
+    .await?;
+    match answer {
+        Answer::Object(bytes) => one_object(t.kind, &bytes, 0, req),
+        other => Err(WireError::new(ErrorCode::Internal, other.unexpected())),
+    }
+}
+
+/// A page of a list: `continue` is the revision and the key of the last item given, so the
+/// next page starts after it.
+fn page(
+    mut items: Vec<Object>,
+    revision: u64,
+    query: &Query,
+) -> Result<(Vec<Object>, Option<String>), WireError> {
+    let key = |o: &Object| {
+        (
+            o.namespace().unwrap_or("").to_string(),
+            o.name().to_string(),
+        )
+    };
+    items.sort_by_key(key);
+    if let Some(token) = &query.continue_ {
+        let bad = || {
+            bad_request(format!(
+                "continue: {token:?} is not a token this server gave"
+            ))
+        };
+        let (_, after) = token.split_once('/').ok_or_else(bad)?;
+        let (ns, name) = after.split_once('/').ok_or_else(bad)?;
+        let after = (ns.to_string(), name.to_string());
+        items.retain(|o| key(o) > after);
+    }
+    let Some(limit) = query.limit.filter(|l| *l < items.len()) else {
+        return Ok((items, None));
+    };
+    items.truncate(limit);
+    let token = items.last().map(|o| {
+        let (ns, name) = key(o);
+        format!("{revision}/{ns}/{name}")
+    });
+    Ok((items, token))
+}
+
+async fn list_objects(
+    service: &Service,
+    who: &Identity,
+    target: &Target,
+    query: &Query,
+) -> Result<(Vec<Object>, u64), WireError> {
+    let answer = call(
+        service,
+        who,
+        Request::List {
+            kind: target.kind.name().into(),
+            namespace: target.namespace.clone(),
+            selector: query.label_selector.clone(),
+            fields: query.field_selector.clone(),
+        },
+    )
+    .await?;
+    let Answer::List { items, revision } = answer else {
+        return Err(WireError::new(ErrorCode::Internal, answer.unexpected()));
+    };
+    let items = items
+        .iter()
+        .map(|b| Object::from_json(b))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?;
+    Ok((items, revision))
+}
+
+async fn list(service: &Service, who: &Identity, req: &ApiRequest) -> Result<Response, WireError> {
+    let kind = req.target.kind;
+    let (items, revision) = list_objects(service, who, &req.target, &req.query).await?;
+    let (items, next) = page(items, revision, &req.query)?;
+    if table::wanted(&req.accept) {
+        let mut t = table::table(kind, &items, revision, req.query.include_object.as_deref());
+        if let Some(next) = next {
+            t["metadata"]["continue"] = next.into();
+        }
+        return Ok(json_response(StatusCode::OK, &t));
+    }
+    let items: Vec<Value> = items
+        .iter()
+        .map(|o| serde_json::to_value(o).unwrap_or(Value::Null))
+        .collect();
+    let mut metadata = json!({"resourceVersion": revision.to_string()});
+    if let Some(next) = next {
+        metadata["continue"] = next.into();
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": format!("{}List", kind.name()),
+            "apiVersion": kind.api_version(),
+            "metadata": metadata,
+            "items": items,
+        }),
+    ))
+}
+
+/// The body as JSON (kubectl sends JSON; YAML is taken too), with the namespace of the path
+/// filled in and checked, and the kind checked against the path's.
+fn body_object(req: &ApiRequest) -> Result<Vec<u8>, WireError> {
+    let t = &req.target;
+    let media = req.content_type.split(';').next().unwrap_or("").trim();
+    if !matches!(media, "" | "application/json" | "application/yaml") {
+        return Err(unsupported_media(media));
+    }
+    let mut value: Value = if media == "application/yaml" {
+        serde_yaml_ng::from_slice(&req.body)
+            .map_err(|e| bad_request(format!("the request body is not YAML: {e}")))?
+    } else {
+        serde_json::from_slice(&req.body)
+            .map_err(|e| bad_request(format!("the request body is not JSON: {e}")))?
+    };
+    let Some(obj) = value.as_object_mut() else {
+        return Err(bad_request("the request body is not an object"));
+    };
+    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
+    if kind != t.kind.name() {
+        return Err(bad_request(format!(
+            "the body is a {kind:?}, the path is for {}",
+            resource_name(t.kind)
+        )));
+    }
+    let meta = obj
+        .entry("metadata")
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+        .ok_or_else(|| bad_request("metadata: not an object"))?;
+    if let Some(ns) = &t.namespace {
+        match meta.get("namespace").and_then(Value::as_str) {
+            None | Some("") => {
+                meta.insert("namespace".into(), ns.clone().into());
+            }
+            Some(other) if other != ns => {
+                return Err(bad_request(format!(
+                    "the namespace of the provided object ({other}) does not match the namespace sent on the request ({ns})"
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(name) = &t.name {
+        if meta.get("name").and_then(Value::as_str) != Some(name.as_str()) {
+            return Err(bad_request(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                meta.get("name").and_then(Value::as_str).unwrap_or("")
+            )));
+        }
+    }
+    serde_json::to_vec(&value).map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))
+}
+
+/// 415: client-go then sends JSON (kubectl tries protobuf first for built-in kinds).
+fn unsupported_media(media: &str) -> WireError {
+    WireError::new(
+        ErrorCode::UnsupportedMediaType,
+        format!("the body's content type {media:?} is not served: send application/json"),
+    )
+}
+
+fn with_warnings(mut r: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        // RFC 7234 warn-text: a quoted string; kubectl prints it after "Warning: ".
+        let text = format!("299 - {:?}", w.replace(['\r', '\n'], " "));
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&text) {
+            r.headers_mut().append(hyper::header::WARNING, v);
+        }
+    }
+    r
+}
+
+async fn write(
+    service: &Service,
+    who: &Identity,
+    req: &ApiRequest,
+    create: bool,
+) -> Result<Response, WireError> {
+    let object = body_object(req)?;
+    let options = WriteOptions {
+        dry_run: req.query.dry_run,
+        validation: req.query.validation().map_err(bad_request)?,
+    };
+    let request = if create {
+        Request::Create { object, options }
+    } else {
+        Request::Update { object, options }
+    };
+    match call(service, who, request).await? {
+        Answer::Written {
+            object,
+            created,
+            warnings,
+        } => {
+            let code = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(with_warnings(
+                json_response(code, &json_of(&object)),
+                &warnings,
+            ))
+        }
+        other => Err(WireError::new(ErrorCode::Internal, other.unexpected())),
+    }
+}
+
+async fn patch(service: &Service, who: &Identity, req: &ApiRequest) -> Result<Response, WireError> {
+    let t = &req.target;
+    let media = req.content_type.split(';').next().unwrap_or("").trim();
+    let patch_type = shoal_api::patch::PatchType::from_content_type(media)
+        .ok_or_else(|| unsupported_media(media))?;
+    let options = WriteOptions {
+        dry_run: req.query.dry_run,
+        validation: req.query.validation().map_err(bad_request)?,
+    };
+    let request = Request::Patch {
+        kind: t.kind.name().into(),
+        namespace: t.namespace.clone(),
+        name: t.name.clone().unwrap_or_default(),
+        patch_type,
+        patch: req.body.to_vec(),
+        options,
+    };
+    match call(service, who, request).await? {
+        Answer::Written {
+            object, warnings, ..
+        } => Ok(with_warnings(
+            one_object(t.kind, &object, 0, req)?,
+            &warnings,
+        )),
+        other => Err(WireError::new(ErrorCode::Internal, other.unexpected())),
+    }
+}
+
+/// DeleteOptions, from the body (kubectl sends them there) or the query.
+fn delete_options(req: &ApiRequest) -> Result<(shoal_api::PropagationPolicy, bool), WireError> {
+    let mut query = req.query.clone();
+    if !req.body.is_empty() {
+        let body: Value = serde_json::from_slice(&req.body)
+            .map_err(|e| bad_request(format!("DeleteOptions: {e}")))?;
+        if let Some(p) = body["propagationPolicy"].as_str() {
+            query.propagation_policy = Some(p.to_string());
+        }
+        if let Some(Some(d)) = body["dryRun"].as_array().map(|a| a.first()) {
+            query.dry_run = d == "All";
+        }
+        if body["orphanDependents"] == json!(true) {
+            query.propagation_policy = Some("Orphan".into());
+        }
+    }
+    Ok((query.propagation().map_err(bad_request)?, query.dry_run))
+}
+
+async fn delete(
+    service: &Service,
+    who: &Identity,
+    req: &ApiRequest,
+) -> Result<Response, WireError> {
+    let t = &req.target;
+    let (propagation, dry_run) = delete_options(req)?;
+    let get = Request::Get {
+        kind: t.kind.name().into(),
+        namespace: t.namespace.clone(),
+        name: t.name.clone().unwrap_or_default(),
+    };
+    let before = match call(service, who, get).await? {
+        Answer::Object(b) => json_of(&b),
+        other => return Err(WireError::new(ErrorCode::Internal, other.unexpected())),
+    };
+    if !dry_run {
+        call(
+            service,
+            who,
+            Request::Delete {
+                kind: t.kind.name().into(),
+                namespace: t.namespace.clone(),
+                name: t.name.clone().unwrap_or_default(),
+                propagation,
+            },
+        )
+        .await?;
+    }
+    Ok(json_response(StatusCode::OK, &before))
+}
+
+async fn delete_collection(
+    service: &Service,
+    who: &Identity,
+    req: &ApiRequest,
+) -> Result<Response, WireError> {
+    let t = &req.target;
+    let (propagation, dry_run) = delete_options(req)?;
+    if dry_run {
+        return list(service, who, req).await;
+    }
+    if !req.query.field_selector.is_empty() {
+        return Err(bad_request(
+            "a delete of a collection takes a label selector only",
+        ));
+    }
+    call(
+        service,
+        who,
+        Request::DeleteSelected {
+            kind: t.kind.name().into(),
+            namespace: t.namespace.clone(),
+            selector: req.query.label_selector.clone(),
+            propagation,
+        },
+    )
+    .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &super::status::success(json!({"kind": t.kind.plural(), "group": t.kind.group()})),
+    ))
+}
+
+fn event_line(type_: &str, object: Value) -> Bytes {
+    let mut line =
+        serde_json::to_vec(&json!({"type": type_, "object": object})).unwrap_or_default();
+    line.push(b'\n');
+    line.into()
+}
+
+/// A watch: newline-separated `{"type", "object"}` events, Tables when asked for. Without a
+/// `resourceVersion` (or with `0`) it begins with every object that exists, as `ADDED`.
+async fn watch(service: &Service, who: &Identity, req: &ApiRequest) -> Response {
+    let doing = Doing {
+        verb: "watch",
+        who,
+        target: Some(&req.target),
+    };
+    let t = &req.target;
+    let as_table = table::wanted(&req.accept);
+    let include = req.query.include_object.clone();
+    let kind = t.kind;
+    let render = move |obj: Value| -> Value {
+        if !as_table {
+            return obj;
+        }
+        match serde_json::from_value::<Object>(obj.clone()) {
+            Ok(o) => table::table(kind, &[o], 0, include.as_deref()),
+            Err(_) => obj,
+        }
+    };
+    let mut initial = Vec::new();
+    let revision = match req.query.resource_version.as_deref() {
+        None | Some("") | Some("0") => match list_objects(service, who, t, &req.query).await {
+            Ok((items, revision)) => {
+                initial = items;
+                revision
+            }
+            Err(e) => return error_response(&e, &doing),
+        },
+        Some(rv) => match rv.parse::<u64>() {
+            Ok(r) => r,
+            Err(_) => {
+                return error_response(
+                    &bad_request(format!(
+                        "resourceVersion {rv:?} is not one this server gave"
+                    )),
+                    &doing,
+                )
+            }
+        },
+    };
+    let request = Request::Watch {
+        kind: kind.name().into(),
+        namespace: t.namespace.clone(),
+        selector: req.query.label_selector.clone(),
+        fields: req.query.field_selector.clone(),
+        revision,
+    };
+    let mut stream = match service.handle(who, request).await {
+        Reply::Watch(s) => s,
+        Reply::One(Answer::Error(e)) => return error_response(&e, &doing),
+        _ => {
+            return error_response(
+                &WireError::new(ErrorCode::Internal, "a watch that does not stream"),
+                &doing,
+            )
+        }
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
+    for obj in initial {
+        let v = serde_json::to_value(&obj).unwrap_or(Value::Null);
+        if tx.try_send(event_line("ADDED", render(v))).is_err() {
+            break;
+        }
+    }
+    let timeout = req
+        .query
+        .timeout_seconds
+        .map(std::time::Duration::from_secs)
+        .unwrap_or(WATCH_MAX)
+        .min(WATCH_MAX);
+    let who = who.clone();
+    let target = req.target.clone();
+    tokio::spawn(async move {
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            let answer = tokio::select! {
+                _ = &mut deadline => break,
+                _ = tx.closed() => break,
+                a = stream.next() => a,
+            };
+            let line = match answer {
+                Answer::Event { type_, object, .. } => {
+                    let name = match type_ {
+                        shoal_transport::proto::EventType::Added => "ADDED",
+                        shoal_transport::proto::EventType::Modified => "MODIFIED",
+                        shoal_transport::proto::EventType::Deleted => "DELETED",
+                    };
+                    event_line(name, render(json_of(&object)))
+                }
+                Answer::Error(e) => {
+                    let doing = Doing {
+                        verb: "watch",
+                        who: &who,
+                        target: Some(&target),
+                    };
+                    let (_, status) = super::status::status(&e, &doing);
+                    let _ = tx.send(event_line("ERROR", status)).await;
+                    break;
+                }
+                _ => break,
+            };
+            if tx.send(line).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut r = hyper::Response::new(Body::Stream(rx));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cm(ns: &str, name: &str) -> Object {
+        serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": ns}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn pages_follow_each_other_without_gaps() {
+        let items: Vec<Object> = ["e", "a", "d", "b", "c"]
+            .iter()
+            .map(|n| cm("x", n))
+            .collect();
+        let q = Query {
+            limit: Some(2),
+            ..Default::default()
+        };
+        let (first, token) = page(items.clone(), 9, &q).unwrap();
+        assert_eq!(
+            first.iter().map(|o| o.name()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        let token = token.unwrap();
+        let q2 = Query {
+            limit: Some(2),
+            continue_: Some(token),
+            ..Default::default()
+        };
+        let (second, token) = page(items.clone(), 9, &q2).unwrap();
+        assert_eq!(
+            second.iter().map(|o| o.name()).collect::<Vec<_>>(),
+            ["c", "d"]
+        );
+        let q3 = Query {
+            limit: Some(2),
+            continue_: token,
+            ..Default::default()
+        };
+        let (last, token) = page(items, 9, &q3).unwrap();
+        assert_eq!(last.iter().map(|o| o.name()).collect::<Vec<_>>(), ["e"]);
+        assert_eq!(token, None);
+        let bad = Query {
+            continue_: Some("garbage".into()),
+            ..Default::default()
+        };
+        assert!(page(vec![], 9, &bad).is_err());
+    }
+}

@@ -1,0 +1,103 @@
+//! The query parameters of the Kubernetes API that Shoal serves.
+
+use shoal_transport::proto::FieldValidation;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Query {
+    pub label_selector: String,
+    pub field_selector: String,
+    pub watch: bool,
+    pub resource_version: Option<String>,
+    pub limit: Option<usize>,
+    pub continue_: Option<String>,
+    pub dry_run: bool,
+    pub field_validation: Option<String>,
+    pub propagation_policy: Option<String>,
+    pub grace_period_seconds: Option<i64>,
+    pub timeout_seconds: Option<u64>,
+    pub allow_watch_bookmarks: bool,
+    pub include_object: Option<String>,
+    /// Names the query had that are not served, for a warning.
+    pub unknown: Vec<String>,
+}
+
+fn truthy(v: &str) -> bool {
+    matches!(v, "1" | "true" | "True")
+}
+
+impl Query {
+    pub fn parse(raw: &str) -> Query {
+        let mut q = Query::default();
+        for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
+            let v = v.into_owned();
+            match k.as_ref() {
+                "labelSelector" => q.label_selector = v,
+                "fieldSelector" => q.field_selector = v,
+                "watch" => q.watch = truthy(&v),
+                "resourceVersion" => q.resource_version = Some(v),
+                "limit" => q.limit = v.parse().ok().filter(|n| *n > 0),
+                "continue" => q.continue_ = Some(v).filter(|s| !s.is_empty()),
+                "dryRun" => q.dry_run = v == "All",
+                "fieldValidation" => q.field_validation = Some(v),
+                "propagationPolicy" => q.propagation_policy = Some(v),
+                "gracePeriodSeconds" => q.grace_period_seconds = v.parse().ok(),
+                "timeoutSeconds" => q.timeout_seconds = v.parse().ok(),
+                "allowWatchBookmarks" => q.allow_watch_bookmarks = truthy(&v),
+                "includeObject" => q.include_object = Some(v),
+                // Served as kube-apiserver serves them, or harmless to leave: the field
+                // manager names who writes (Shoal keeps no managed fields yet), `pretty`
+                // formats, `resourceVersionMatch` only narrows what `resourceVersion` says.
+                "fieldManager" | "pretty" | "resourceVersionMatch" | "sendInitialEvents" => {}
+                other => q.unknown.push(other.to_string()),
+            }
+        }
+        q
+    }
+
+    /// `fieldValidation`: kube-apiserver's default is Warn when the client names none.
+    pub fn validation(&self) -> Result<FieldValidation, String> {
+        match self.field_validation.as_deref() {
+            None | Some("") | Some("Warn") => Ok(FieldValidation::Warn),
+            Some("Strict") => Ok(FieldValidation::Strict),
+            Some("Ignore") => Ok(FieldValidation::Ignore),
+            Some(other) => Err(format!(
+                "fieldValidation: {other:?} is not one of Ignore, Warn, Strict"
+            )),
+        }
+    }
+
+    pub fn propagation(&self) -> Result<shoal_api::PropagationPolicy, String> {
+        use shoal_api::PropagationPolicy as P;
+        match self.propagation_policy.as_deref() {
+            None | Some("") | Some("Background") => Ok(P::Background),
+            Some("Foreground") => Ok(P::Foreground),
+            Some("Orphan") => Ok(P::Orphan),
+            Some(other) => Err(format!(
+                "propagationPolicy: {other:?} is not one of Background, Foreground, Orphan"
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_what_kubectl_sends() {
+        let q = Query::parse(
+            "labelSelector=app%3Dweb%2Ctier+in+%28a%2Cb%29&fieldSelector=spec.nodeName%3Dpi-1&watch=1&resourceVersion=42&limit=500&fieldValidation=Strict&dryRun=All&bogus=1",
+        );
+        assert_eq!(q.label_selector, "app=web,tier in (a,b)");
+        assert_eq!(q.field_selector, "spec.nodeName=pi-1");
+        assert!(q.watch && q.dry_run);
+        assert_eq!(q.resource_version.as_deref(), Some("42"));
+        assert_eq!(q.limit, Some(500));
+        assert_eq!(q.validation(), Ok(FieldValidation::Strict));
+        assert_eq!(q.unknown, ["bogus"]);
+        assert!(Query::parse("fieldValidation=Loose").validation().is_err());
+        assert!(Query::parse("propagationPolicy=Sideways")
+            .propagation()
+            .is_err());
+    }
+}

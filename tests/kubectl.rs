@@ -1,0 +1,601 @@
+//! The real kubectl against a real controller and agent on loopback, with the kubeconfig the
+//! controller wrote (`admin.conf`): discovery, reads in every output, writes through create,
+//! apply (a true three-way merge), patches of each type, scale, labels, deletes with each
+//! propagation, watches, and refusals worded as kube-apiserver words them. Each step checks
+//! the cluster's state afterwards, not only kubectl's exit code.
+//!
+//! kubectl must be on the PATH; where it is not, the tests are skipped with the reason, and
+//! fail when `SHOAL_REQUIRE_KUBECTL=1` (CI sets it).
+
+mod kit;
+
+use kit::{field, Cluster};
+use std::io::BufRead as _;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+fn kubectl_missing(test: &str) -> bool {
+    let found = Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if found {
+        return false;
+    }
+    if std::env::var("SHOAL_REQUIRE_KUBECTL").as_deref() == Ok("1") {
+        panic!("{test} needs kubectl 1.32 on the PATH (the machine image has it)");
+    }
+    kit::skipped(test, "kubectl is not on the PATH");
+    true
+}
+
+/// kubectl with the cluster's admin kubeconfig (and no cache shared between tests).
+fn kubectl(c: &Cluster, args: &[&str]) -> Output {
+    kubectl_as(&c.controller.config(), c, args, None)
+}
+
+fn kubectl_as(config: &Path, c: &Cluster, args: &[&str], stdin: Option<&str>) -> Output {
+    let cache = c.controller.config().with_file_name("kube-cache");
+    let mut cmd = Command::new("kubectl");
+    cmd.env("KUBECONFIG", config)
+        .arg("--cache-dir")
+        .arg(&cache)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("kubectl runs");
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        use std::io::Write as _;
+        pipe.write_all(text.as_bytes()).expect("kubectl's stdin");
+    }
+    child.wait_with_output().expect("kubectl finishes")
+}
+
+#[track_caller]
+fn ok(out: Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "kubectl {what} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[track_caller]
+fn fails(out: Output, what: &str) -> String {
+    assert!(!out.status.success(), "kubectl {what} should fail");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+fn deployment(image: &str, replicas: Option<u32>) -> String {
+    let replicas = replicas
+        .map(|r| format!("  replicas: {r}\n"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, labels: {{app: web}}}}
+spec:
+{replicas}  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      runtimeClassName: wasm
+      containers:
+      - name: probe
+        image: {image}
+        args: [print, serving, sleep, \"600000\"]
+        resources: {{requests: {{cpu: 10m, memory: 4Mi}}}}
+"
+    )
+}
+
+#[test]
+fn kubectl_discovers_and_reads_the_cluster() {
+    if kubectl_missing("kubectl_discovers_and_reads_the_cluster") {
+        return;
+    }
+    let c = Cluster::start(1);
+    let version = ok(kubectl(&c, &["version", "-o", "json"]), "version");
+    let v = json(&version);
+    assert_eq!(v["serverVersion"]["minor"], "32", "{version}");
+    assert!(
+        v["serverVersion"]["gitVersion"]
+            .as_str()
+            .is_some_and(|g| g.contains("shoal")),
+        "{version}"
+    );
+
+    let resources = ok(
+        kubectl(&c, &["api-resources", "--no-headers"]),
+        "api-resources",
+    );
+    for (name, short, group) in [
+        ("deployments", "deploy", "apps/v1"),
+        ("pods", "po", "v1"),
+        ("jobs", "", "batch/v1"),
+    ] {
+        assert!(
+            resources.lines().any(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                cols.first() == Some(&name)
+                    && (short.is_empty() || cols.contains(&short))
+                    && cols.contains(&group)
+            }),
+            "{name} {short} {group} in:\n{resources}"
+        );
+    }
+    let all = ok(
+        kubectl(&c, &["api-resources", "--categories=all", "-o", "name"]),
+        "categories",
+    );
+    assert!(
+        all.contains("deployments.apps") && !all.contains("configmaps"),
+        "{all}"
+    );
+
+    let nodes = ok(kubectl(&c, &["get", "nodes"]), "get nodes");
+    assert!(
+        nodes
+            .lines()
+            .any(|l| l.split_whitespace().take(2).eq(["node-1", "Ready"])),
+        "{nodes}"
+    );
+    let image = c.push_probe();
+    ok(
+        kubectl_as(
+            &c.controller.config(),
+            &c,
+            &["apply", "-f", "-"],
+            Some(&deployment(image, Some(2))),
+        ),
+        "apply",
+    );
+    c.wait_for("two web pods Running", Duration::from_secs(60), |c| {
+        c.pods("app=web")
+            .iter()
+            .filter(|p| field(p, "status.phase") == "Running")
+            .count()
+            == 2
+    });
+
+    // Every output kubectl has, from the server's Table or the objects.
+    let wide = ok(kubectl(&c, &["get", "pods", "-o", "wide"]), "get -o wide");
+    let header: Vec<&str> = wide
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"],
+        "{wide}"
+    );
+    assert_eq!(
+        wide.lines()
+            .filter(|l| l.contains("Running") && l.contains("node-1"))
+            .count(),
+        2,
+        "{wide}"
+    );
+    let narrow = ok(kubectl(&c, &["get", "pods"]), "get");
+    assert!(
+        !narrow.contains("NODE"),
+        "wide columns only with -o wide:\n{narrow}"
+    );
+    let list = json(&ok(
+        kubectl(&c, &["get", "pods", "-o", "json"]),
+        "get -o json",
+    ));
+    assert_eq!(list["kind"], "List");
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(2));
+    let yaml = ok(
+        kubectl(&c, &["get", "deploy", "web", "-o", "yaml"]),
+        "get -o yaml",
+    );
+    assert!(
+        yaml.contains("kind: Deployment") && yaml.contains("replicas: 2"),
+        "{yaml}"
+    );
+    let names = ok(
+        kubectl(&c, &["get", "pods", "-l", "app=web", "-o", "name"]),
+        "-o name",
+    );
+    assert_eq!(
+        names.lines().filter(|l| l.starts_with("pod/web-")).count(),
+        2,
+        "{names}"
+    );
+    let path = ok(
+        kubectl(
+            &c,
+            &[
+                "get",
+                "deploy",
+                "web",
+                "-o",
+                "jsonpath={.spec.template.spec.containers[0].image}",
+            ],
+        ),
+        "jsonpath",
+    );
+    assert_eq!(path, image);
+    let columns = ok(
+        kubectl(
+            &c,
+            &[
+                "get",
+                "pods",
+                "-o",
+                "custom-columns=NAME:.metadata.name,NODE:.spec.nodeName",
+                "--no-headers",
+            ],
+        ),
+        "custom-columns",
+    );
+    assert_eq!(
+        columns.lines().filter(|l| l.ends_with("node-1")).count(),
+        2,
+        "{columns}"
+    );
+    let on_node = ok(
+        kubectl(
+            &c,
+            &[
+                "get",
+                "pods",
+                "-A",
+                "--field-selector",
+                "spec.nodeName=node-1",
+                "-o",
+                "name",
+            ],
+        ),
+        "field selector",
+    );
+    assert_eq!(on_node.lines().count(), 2, "{on_node}");
+    let elsewhere = ok(
+        kubectl(
+            &c,
+            &[
+                "get",
+                "pods",
+                "--field-selector",
+                "spec.nodeName=node-9",
+                "-o",
+                "name",
+            ],
+        ),
+        "field selector",
+    );
+    assert!(elsewhere.trim().is_empty(), "{elsewhere}");
+    let everywhere = ok(kubectl(&c, &["get", "svc", "-A"]), "-A");
+    assert!(
+        everywhere
+            .lines()
+            .next()
+            .is_some_and(|h| h.starts_with("NAMESPACE"))
+            && everywhere.contains("shoal-system"),
+        "{everywhere}"
+    );
+    let paged = json(&ok(
+        kubectl(&c, &["get", "pods", "--chunk-size=1", "-o", "json"]),
+        "paged",
+    ));
+    assert_eq!(
+        paged["items"].as_array().map(Vec::len),
+        Some(2),
+        "paging gives every item once"
+    );
+    let described = ok(
+        kubectl(&c, &["describe", "pods", "-l", "app=web"]),
+        "describe",
+    );
+    assert!(
+        described.contains("Started container probe"),
+        "events in describe:\n{described}"
+    );
+    let none = kubectl(&c, &["get", "pod", "nothing"]);
+    let err = fails(none, "get of a missing pod");
+    assert!(
+        err.contains("Error from server (NotFound): pods \"nothing\" not found"),
+        "{err}"
+    );
+}
+
+#[test]
+fn kubectl_writes_merge_and_refuse_like_kubernetes() {
+    if kubectl_missing("kubectl_writes_merge_and_refuse_like_kubernetes") {
+        return;
+    }
+    let c = Cluster::start(1);
+    let image = c.push_probe();
+    let config = c.controller.config();
+    let apply = |yaml: &str| kubectl_as(&config, &c, &["apply", "-f", "-"], Some(yaml));
+    let replicas = |c: &Cluster| {
+        ok(
+            kubectl(
+                c,
+                &["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"],
+            ),
+            "replicas",
+        )
+    };
+
+    // A watch from before the rollout sees it.
+    let mut watch = Command::new("kubectl")
+        .env("KUBECONFIG", &config)
+        .args(["get", "deploy", "--watch", "-o", "name"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl get -w");
+    let out = ok(apply(&deployment(image, None)), "apply");
+    assert!(out.contains("deployment.apps/web created"), "{out}");
+    c.wait_for("one web pod Running", Duration::from_secs(60), |c| {
+        c.pods("app=web")
+            .iter()
+            .any(|p| field(p, "status.phase") == "Running")
+    });
+    let stdout = watch.stdout.take().expect("watch output");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a watch event");
+    assert_eq!(first, "deployment.apps/web");
+
+    // kubectl scale, then a re-apply of the manifest (no replicas in it) with a new image:
+    // the three-way merge keeps the scale and takes the image.
+    ok(
+        kubectl(&c, &["scale", "deploy", "web", "--replicas=3"]),
+        "scale",
+    );
+    assert_eq!(replicas(&c), "3");
+    // The watch saw the deployment change since (its status, then the scale).
+    let modified = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a watch event");
+    assert_eq!(modified, "deployment.apps/web");
+    let wasm = kit::wasm_fixture("probe", "wasm32-wasip1");
+    c.shoal(&["push", wasm.to_str().unwrap(), "probe:1.1"]).ok();
+    let out = ok(apply(&deployment("probe:1.1", None)), "re-apply");
+    assert!(out.contains("deployment.apps/web configured"), "{out}");
+    assert_eq!(
+        replicas(&c),
+        "3",
+        "the re-apply kept kubectl scale's replicas"
+    );
+    let image_now = ok(
+        kubectl(
+            &c,
+            &[
+                "get",
+                "deploy",
+                "web",
+                "-o",
+                "jsonpath={.spec.template.spec.containers[0].image}",
+            ],
+        ),
+        "image",
+    );
+    assert_eq!(image_now, "probe:1.1");
+    let _ = watch.kill();
+    let _ = watch.wait();
+
+    // Patches of each type, and the verbs built on them.
+    ok(
+        kubectl(
+            &c,
+            &[
+                "patch",
+                "deploy",
+                "web",
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"replicas":2}}"#,
+            ],
+        ),
+        "merge patch",
+    );
+    assert_eq!(replicas(&c), "2");
+    ok(
+        kubectl(
+            &c,
+            &[
+                "patch",
+                "deploy",
+                "web",
+                "--type=json",
+                "-p",
+                r#"[{"op":"replace","path":"/spec/replicas","value":1}]"#,
+            ],
+        ),
+        "json patch",
+    );
+    assert_eq!(replicas(&c), "1");
+    ok(
+        kubectl(
+            &c,
+            &[
+                "patch",
+                "deploy",
+                "web",
+                "-p",
+                r#"{"spec":{"template":{"spec":{"containers":[{"name":"probe","env":[{"name":"MODE","value":"x"}]}]}}}}"#,
+            ],
+        ),
+        "strategic patch",
+    );
+    let d = json(&ok(
+        kubectl(&c, &["get", "deploy", "web", "-o", "json"]),
+        "get",
+    ));
+    let container = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["env"][0]["value"], "x", "{d}");
+    assert_eq!(
+        container["image"], "probe:1.1",
+        "a strategic patch merges the container by name"
+    );
+    ok(
+        kubectl(&c, &["set", "image", "deploy/web", "probe=probe:1"]),
+        "set image",
+    );
+    ok(
+        kubectl(&c, &["rollout", "restart", "deploy/web"]),
+        "rollout restart",
+    );
+    let d = json(&ok(
+        kubectl(&c, &["get", "deploy", "web", "-o", "json"]),
+        "get",
+    ));
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "probe:1"
+    );
+    assert!(
+        d["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
+            .is_string(),
+        "{d}"
+    );
+    ok(
+        kubectl(&c, &["label", "deploy", "web", "tier=front"]),
+        "label",
+    );
+    ok(
+        kubectl(&c, &["annotate", "deploy", "web", "note=hi"]),
+        "annotate",
+    );
+    let d = json(&ok(
+        kubectl(&c, &["get", "deploy", "web", "-o", "json"]),
+        "get",
+    ));
+    assert_eq!(d["metadata"]["labels"]["tier"], "front");
+    assert_eq!(d["metadata"]["annotations"]["note"], "hi");
+    ok(
+        kubectl(
+            &c,
+            &[
+                "wait",
+                "--for=condition=available",
+                "deploy/web",
+                "--timeout=60s",
+            ],
+        ),
+        "wait",
+    );
+    ok(
+        kubectl(&c, &["rollout", "status", "deploy/web", "--timeout=60s"]),
+        "rollout status",
+    );
+
+    // A node's labels and taints written with kubectl outlive its heartbeats.
+    ok(
+        kubectl(&c, &["label", "node", "node-1", "site=roof"]),
+        "label node",
+    );
+    ok(
+        kubectl(
+            &c,
+            &["taint", "node", "node-1", "dedicated=edge:PreferNoSchedule"],
+        ),
+        "taint",
+    );
+    std::thread::sleep(Duration::from_secs(12));
+    let node = json(&ok(
+        kubectl(&c, &["get", "node", "node-1", "-o", "json"]),
+        "get node",
+    ));
+    assert_eq!(node["metadata"]["labels"]["site"], "roof", "{node}");
+    assert_eq!(node["spec"]["taints"][0]["key"], "dedicated", "{node}");
+
+    // Refusals read as against Kubernetes.
+    let bad = deployment(image, Some(1))
+        .replace("replicas: 1", "replicas: -1")
+        .replace("name: web,", "name: bad,");
+    let err = fails(apply(&bad), "apply of an invalid Deployment");
+    assert!(
+        err.contains("The Deployment \"bad\" is invalid: spec.replicas: Invalid value: -1: must be greater than or equal to 0"),
+        "{err}"
+    );
+    let unknown = deployment(image, Some(1))
+        .replace("name: web,", "name: odd,")
+        .replace("  selector:", "  paused2: true\n  selector:");
+    let err = fails(apply(&unknown), "strict validation");
+    assert!(err.contains("unknown field \"spec.paused2\""), "{err}");
+    let warned = kubectl_as(
+        &config,
+        &c,
+        &["apply", "--validate=warn", "-f", "-"],
+        Some(&unknown),
+    );
+    let warned_err = String::from_utf8_lossy(&warned.stderr).to_string();
+    ok(warned, "apply --validate=warn");
+    assert!(
+        warned_err.contains("Warning: unknown field \"spec.paused2\""),
+        "{warned_err}"
+    );
+    let dry = ok(
+        kubectl(
+            &c,
+            &["scale", "deploy", "web", "--replicas=5", "--dry-run=server"],
+        ),
+        "dry run",
+    );
+    assert!(dry.contains("scaled"), "{dry}");
+    assert_eq!(replicas(&c), "1", "a dry run writes nothing");
+    let node_config = c.agents[0].dir.join("node.conf");
+    let err = fails(
+        kubectl_as(&node_config, &c, &["get", "secrets"], None),
+        "a node listing Secrets",
+    );
+    assert!(
+        err.contains("Error from server (Forbidden): secrets is forbidden: User \"system:node:node-1\" cannot list resource \"secrets\""),
+        "{err}"
+    );
+
+    // Deletes: orphaning keeps the ReplicaSet; a cascade takes the pods with it.
+    ok(kubectl(&c, &["delete", "deploy", "odd"]), "delete");
+    ok(
+        kubectl(&c, &["delete", "deploy", "web", "--cascade=orphan"]),
+        "delete --cascade=orphan",
+    );
+    let rs = ok(
+        kubectl(&c, &["get", "rs", "-l", "app=web", "-o", "name"]),
+        "get rs",
+    );
+    assert!(!rs.trim().is_empty(), "an orphaned ReplicaSet stays");
+    ok(
+        kubectl(
+            &c,
+            &["delete", "rs", "-l", "app=web", "--cascade=foreground"],
+        ),
+        "delete -l",
+    );
+    c.wait_for("the web pods gone", Duration::from_secs(60), |c| {
+        c.pods("app=web").is_empty()
+    });
+    let left = ok(kubectl(&c, &["get", "rs,deploy", "-o", "name"]), "get");
+    assert!(left.trim().is_empty(), "{left}");
+}
