@@ -299,6 +299,48 @@ fn kubectl_discovers_and_reads_the_cluster() {
         Some(2),
         "paging gives every item once"
     );
+    // Logs, relayed from the pod's node: whole, the last lines, followed.
+    let pod = names
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim_start_matches("pod/")
+        .to_string();
+    let logs = ok(kubectl(&c, &["logs", &pod]), "logs");
+    assert!(logs.contains("serving"), "{logs}");
+    let tail = ok(
+        kubectl(&c, &["logs", &pod, "--tail=1", "-c", "probe"]),
+        "logs --tail",
+    );
+    assert_eq!(tail.lines().count(), 1, "{tail}");
+    let mut follow = Command::new("kubectl")
+        .env("KUBECONFIG", c.controller.config())
+        .args(["logs", "-f", &pod])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl logs -f");
+    let mut first = String::new();
+    let mut reader = std::io::BufReader::new(follow.stdout.take().expect("stdout"));
+    reader.read_line(&mut first).expect("a followed line");
+    assert!(first.contains("serving"), "{first}");
+    assert!(
+        follow.try_wait().expect("kubectl logs -f").is_none(),
+        "-f keeps following"
+    );
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let err = fails(
+        kubectl(&c, &["logs", &pod, "--previous"]),
+        "logs --previous",
+    );
+    assert!(err.contains("previous terminated container"), "{err}");
+    let err = fails(
+        kubectl(&c, &["logs", &pod, "--timestamps"]),
+        "logs --timestamps",
+    );
+    assert!(err.contains("timestamps is not served"), "{err}");
+
     let described = ok(
         kubectl(&c, &["describe", "pods", "-l", "app=web"]),
         "describe",
@@ -505,6 +547,34 @@ fn kubectl_writes_merge_and_refuse_like_kubernetes() {
         ),
         "wait",
     );
+    // The revision before the restart: the same image, without the restart's annotation.
+    ok(
+        kubectl(&c, &["rollout", "undo", "deploy/web"]),
+        "rollout undo",
+    );
+    let d = json(&ok(
+        kubectl(&c, &["get", "deploy", "web", "-o", "json"]),
+        "get",
+    ));
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "probe:1"
+    );
+    assert!(
+        d["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
+            .is_null(),
+        "{d}"
+    );
+    ok(kubectl(&c, &["rollout", "pause", "deploy/web"]), "pause");
+    let paused = ok(
+        kubectl(
+            &c,
+            &["get", "deploy", "web", "-o", "jsonpath={.spec.paused}"],
+        ),
+        "paused",
+    );
+    assert_eq!(paused, "true");
+    ok(kubectl(&c, &["rollout", "resume", "deploy/web"]), "resume");
     ok(
         kubectl(&c, &["rollout", "status", "deploy/web", "--timeout=60s"]),
         "rollout status",

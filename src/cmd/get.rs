@@ -72,6 +72,11 @@ pub async fn run(args: Args) -> Result<()> {
     if args.watch {
         return watch(&client, kinds[0], namespace, &names, &args).await;
     }
+    // -o json|yaml prints what kubectl prints: the object itself for one name asked for,
+    // otherwise one List of everything found (empty if nothing was), never a message.
+    let document = matches!(args.output.as_deref(), Some("json" | "yaml"));
+    let single = kinds.len() == 1 && names.len() == 1;
+    let mut found: Vec<Object> = Vec::new();
     let mut printed_any = false;
     for &kind in &kinds {
         let objects = if names.is_empty() {
@@ -103,6 +108,10 @@ pub async fn run(args: Args) -> Result<()> {
             }
             objects
         };
+        if document {
+            found.extend(objects);
+            continue;
+        }
         if objects.is_empty() {
             continue;
         }
@@ -119,7 +128,17 @@ pub async fn run(args: Args) -> Result<()> {
             !args.no_headers,
         )?;
     }
-    if !printed_any {
+    if document {
+        let v = match found.as_slice() {
+            [one] if single => serde_json::to_value(one)?,
+            _ => serde_json::json!({"apiVersion": "v1", "kind": "List", "items": found}),
+        };
+        if args.output.as_deref() == Some("json") {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            print!("{}", serde_yaml_ng::to_string(&v)?);
+        }
+    } else if !printed_any {
         match &namespace {
             Some(ns) if kinds.iter().any(|k| k.namespaced()) => {
                 eprintln!("No resources found in {ns} namespace.")

@@ -143,6 +143,15 @@ pub fn resources(group: &str, version: &str) -> Value {
             "verbs": ["get", "patch", "update"],
         }));
     }
+    if group.is_empty() {
+        resources.push(json!({
+            "name": "pods/log",
+            "singularName": "",
+            "namespaced": true,
+            "kind": "Pod",
+            "verbs": ["get"],
+        }));
+    }
     json!({
         "kind": "APIResourceList",
         "apiVersion": "v1",

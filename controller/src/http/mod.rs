@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod discovery;
+mod logs;
 mod objects;
 mod path;
 mod query;
@@ -83,6 +84,7 @@ pub fn error_response(e: &WireError, doing: &Doing<'_>) -> Response {
 #[derive(Clone)]
 struct Caller {
     service: Service,
+    links: crate::server::NodeLinks,
     who: Identity,
     key: Option<String>,
 }
@@ -92,6 +94,7 @@ pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     service: Service,
+    links: crate::server::NodeLinks,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -118,6 +121,7 @@ pub async fn serve(
         };
         let acceptor = acceptor.clone();
         let service = service.clone();
+        let links = links.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let _slot = slot;
@@ -132,7 +136,12 @@ pub async fn serve(
             let (who, key) =
                 shoal_transport::quic::tls_peer(stream.get_ref().1.peer_certificates());
             tracing::debug!(%remote, identity = %who, "HTTPS connection");
-            let caller = Caller { service, who, key };
+            let caller = Caller {
+                service,
+                links,
+                who,
+                key,
+            };
             let handler = hyper::service::service_fn(move |req| {
                 let caller = caller.clone();
                 async move { Ok::<_, std::convert::Infallible>(caller.handle(req).await) }
@@ -229,6 +238,9 @@ impl Caller {
                         .to_string(),
                     body,
                 };
+                if request.target.subresource.as_deref() == Some("log") {
+                    return logs::handle(&self.service, &self.links, &who, &request).await;
+                }
                 objects::handle(&self.service, &who, request).await
             }
         }

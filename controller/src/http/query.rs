@@ -17,6 +17,11 @@ pub struct Query {
     pub timeout_seconds: Option<u64>,
     pub allow_watch_bookmarks: bool,
     pub include_object: Option<String>,
+    /// `pods/log`: the container, whether to follow, the previous run, the last lines.
+    pub container: Option<String>,
+    pub follow: bool,
+    pub previous: bool,
+    pub tail_lines: Option<u64>,
     /// Names the query had that are not served, for a warning.
     pub unknown: Vec<String>,
 }
@@ -44,6 +49,10 @@ impl Query {
                 "timeoutSeconds" => q.timeout_seconds = v.parse().ok(),
                 "allowWatchBookmarks" => q.allow_watch_bookmarks = truthy(&v),
                 "includeObject" => q.include_object = Some(v),
+                "container" => q.container = Some(v).filter(|c| !c.is_empty()),
+                "follow" => q.follow = truthy(&v),
+                "previous" => q.previous = truthy(&v),
+                "tailLines" => q.tail_lines = v.parse().ok(),
                 // Served as kube-apiserver serves them, or harmless to leave: the field
                 // manager names who writes (Shoal keeps no managed fields yet), `pretty`
                 // formats, `resourceVersionMatch` only narrows what `resourceVersion` says.

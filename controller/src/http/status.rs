@@ -53,7 +53,7 @@ pub fn status(e: &WireError, doing: &Doing<'_>) -> (StatusCode, Value) {
     let resource = target.map(|t| resource_name(t.kind)).unwrap_or_default();
     let name = target.and_then(|t| t.name.clone()).unwrap_or_default();
     let message = match (e.code, target) {
-        (ErrorCode::NotFound, Some(t)) if t.name.is_some() => {
+        (ErrorCode::NotFound, Some(t)) if t.name.is_some() && t.subresource.is_none() => {
             format!("{resource} {name:?} not found")
         }
         (ErrorCode::AlreadyExists, Some(_)) if !name.is_empty() => {

@@ -60,6 +60,32 @@ impl NodeLinks {
     pub fn get(&self, node: &str) -> Option<quinn::Connection> {
         self.0.lock().ok().and_then(|m| m.get(node).cloned())
     }
+
+    /// Sends `request` to `node` over its session; its answers come on the stream returned
+    /// (with the sending half, which must live as long as the answers are read).
+    pub async fn ask(
+        &self,
+        node: &str,
+        request: &Request,
+    ) -> crate::Result<(quinn::SendStream, quinn::RecvStream)> {
+        let conn = self
+            .get(node)
+            .ok_or_else(|| crate::Error::Unreachable(format!("node {node:?} is not connected")))?;
+        let opened = async {
+            let (mut to_node, from_node) = conn
+                .open_bi()
+                .await
+                .map_err(|e| shoal_transport::Error::Connection(e.to_string()))?;
+            shoal_transport::frame::write(&mut to_node, request).await?;
+            to_node
+                .finish()
+                .map_err(|e| shoal_transport::Error::Stream(e.to_string()))?;
+            Ok::<_, shoal_transport::Error>((to_node, from_node))
+        };
+        opened
+            .await
+            .map_err(|e| crate::Error::unreachable(node, &e))
+    }
 }
 
 /// Whether a node's connection still answers a request within [`SESSION_PROBE`].

@@ -235,6 +235,7 @@ impl Controller {
                     listener,
                     self.https_tls.clone(),
                     self.service.clone(),
+                    self.links.clone(),
                     shutdown.clone(),
                     tracker.clone(),
                 ));
@@ -510,29 +511,10 @@ async fn relay(
     request: &Request,
     shutdown: &CancellationToken,
 ) {
-    let Some(conn) = links.get(node) else {
-        let e = refusal(Error::Unreachable(format!(
-            "node {node:?} is not connected"
-        )));
-        let _ = send_response(send, &e).await;
-        return;
-    };
-    let opened = async {
-        let (mut to_node, from_node) = conn
-            .open_bi()
-            .await
-            .map_err(|e| shoal_transport::Error::Connection(e.to_string()))?;
-        shoal_transport::frame::write(&mut to_node, request).await?;
-        to_node
-            .finish()
-            .map_err(|e| shoal_transport::Error::Stream(e.to_string()))?;
-        Ok::<_, shoal_transport::Error>((to_node, from_node))
-    };
-    let (_to_node, mut from_node) = match opened.await {
+    let (_to_node, mut from_node) = match links.ask(node, request).await {
         Ok(s) => s,
         Err(e) => {
-            let e = refusal(Error::unreachable(node, &e));
-            let _ = send_response(send, &e).await;
+            let _ = send_response(send, &refusal(e)).await;
             return;
         }
     };

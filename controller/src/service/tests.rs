@@ -438,12 +438,23 @@ async fn create_update_and_patch_keep_kubernetes_preconditions() {
     let opts = WriteOptions::default();
     let create = |object, options| Request::Create { object, options };
     let (made, created, _) = written(
-        call(&s, &admin, create(config_map("cfg", "", serde_json::json!({})), opts)).await,
+        call(
+            &s,
+            &admin,
+            create(config_map("cfg", "", serde_json::json!({})), opts),
+        )
+        .await,
     );
     assert!(created);
     let rv = made.metadata().resource_version.clone();
     assert_eq!(
-        call(&s, &admin, create(config_map("cfg", "", serde_json::json!({})), opts)).await.err(),
+        call(
+            &s,
+            &admin,
+            create(config_map("cfg", "", serde_json::json!({})), opts)
+        )
+        .await
+        .err(),
         Some(ErrorCode::AlreadyExists)
     );
 
@@ -457,9 +468,15 @@ async fn create_update_and_patch_keep_kubernetes_preconditions() {
     let (after, created, _) = written(call(&s, &admin, update(changed)).await);
     assert!(!created);
     let stale = config_map("cfg", &rv, serde_json::json!({"data": {"a": "3"}}));
-    assert_eq!(call(&s, &admin, update(stale)).await.err(), Some(ErrorCode::Conflict));
+    assert_eq!(
+        call(&s, &admin, update(stale)).await.err(),
+        Some(ErrorCode::Conflict)
+    );
     let missing = config_map("gone", "", serde_json::json!({}));
-    assert_eq!(call(&s, &admin, update(missing)).await.err(), Some(ErrorCode::NotFound));
+    assert_eq!(
+        call(&s, &admin, update(missing)).await.err(),
+        Some(ErrorCode::NotFound)
+    );
 
     // A patch applies to what is stored; a dry run answers without writing.
     let patch = |p: serde_json::Value, dry_run| Request::Patch {
@@ -468,21 +485,35 @@ async fn create_update_and_patch_keep_kubernetes_preconditions() {
         name: "cfg".into(),
         patch_type: PatchType::Merge,
         patch: json(p),
-        options: WriteOptions {
-            dry_run,
-            ..opts
-        },
+        options: WriteOptions { dry_run, ..opts },
     };
-    let (dry, _, _) = written(call(&s, &admin, patch(serde_json::json!({"data": {"b": "x"}}), true)).await);
-    let Object::ConfigMap(dry) = dry else { panic!() };
+    let (dry, _, _) = written(
+        call(
+            &s,
+            &admin,
+            patch(serde_json::json!({"data": {"b": "x"}}), true),
+        )
+        .await,
+    );
+    let Object::ConfigMap(dry) = dry else {
+        panic!()
+    };
     assert_eq!(dry.data.get("b").map(String::as_str), Some("x"));
     let key = ObjectKey::new(Kind::ConfigMap, Some("default"), "cfg");
-    let Some(Object::ConfigMap(stored)) = s.store().get(&key).await.unwrap() else { panic!() };
+    let Some(Object::ConfigMap(stored)) = s.store().get(&key).await.unwrap() else {
+        panic!()
+    };
     assert_eq!(stored.data.get("a").map(String::as_str), Some("2"));
     assert!(!stored.data.contains_key("b"), "the dry run wrote nothing");
-    assert_eq!(stored.metadata.resource_version, after.metadata().resource_version);
+    assert_eq!(
+        stored.metadata.resource_version,
+        after.metadata().resource_version
+    );
     let pinned = serde_json::json!({"metadata": {"resourceVersion": rv}, "data": {"c": "1"}});
-    assert_eq!(call(&s, &admin, patch(pinned, false)).await.err(), Some(ErrorCode::Conflict));
+    assert_eq!(
+        call(&s, &admin, patch(pinned, false)).await.err(),
+        Some(ErrorCode::Conflict)
+    );
 
     // Fields Shoal does not know: warned, refused under Strict, dropped under Ignore.
     let odd = || config_map("odd", "", serde_json::json!({"spec": {"x": 1}}));
@@ -493,14 +524,24 @@ async fn create_update_and_patch_keep_kubernetes_preconditions() {
         ..opts
     };
     let other = config_map("odd2", "", serde_json::json!({"spec": {"x": 1}}));
-    assert_eq!(call(&s, &admin, create(other, strict)).await.err(), Some(ErrorCode::BadRequest));
+    assert_eq!(
+        call(&s, &admin, create(other, strict)).await.err(),
+        Some(ErrorCode::BadRequest)
+    );
 
     // generateName completes the name; a node may create nothing.
     let generated = json(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"generateName": "gen-", "namespace": "default"}}));
     let (obj, _, _) = written(call(&s, &admin, create(generated, opts)).await);
-    assert!(obj.name().starts_with("gen-") && obj.name().len() == 9, "{}", obj.name());
+    assert!(
+        obj.name().starts_with("gen-") && obj.name().len() == 9,
+        "{}",
+        obj.name()
+    );
     let node = Identity::Node("pi".into());
     let by_node = config_map("n", "", serde_json::json!({}));
-    assert_eq!(call(&s, &node, create(by_node, opts)).await.err(), Some(ErrorCode::Forbidden));
+    assert_eq!(
+        call(&s, &node, create(by_node, opts)).await.err(),
+        Some(ErrorCode::Forbidden)
+    );
 }

@@ -1,0 +1,108 @@
+//! `pods/log` (`kubectl logs`): the service finds the pod's node and authorizes the request;
+//! the node's answer is relayed over its session, chunk by chunk, as the QUIC door relays it.
+
+use super::objects::ApiRequest;
+use super::status::Doing;
+use super::{error_response, Body, Response};
+use crate::server::NodeLinks;
+use crate::service::{Reply, Service};
+use bytes::Bytes;
+use shoal_transport::proto::{ErrorCode, Request, Response as Answer, WireError};
+use shoal_transport::Identity;
+
+/// Chunks a slow reader may lag behind before the relay waits for it.
+const BUFFER: usize = 64;
+
+/// Query parameters of `pods/log` that Shoal cannot honour yet: refused by name, never
+/// ignored (its logs keep no timestamps).
+const UNSERVED: [&str; 4] = ["timestamps", "sinceSeconds", "sinceTime", "limitBytes"];
+
+pub async fn handle(
+    service: &Service,
+    links: &NodeLinks,
+    who: &Identity,
+    req: &ApiRequest,
+) -> Response {
+    let doing = Doing {
+        verb: "get",
+        who,
+        target: Some(&req.target),
+    };
+    let refuse = |code, message: String| error_response(&WireError::new(code, message), &doing);
+    if req.method != hyper::Method::GET {
+        return refuse(ErrorCode::BadRequest, "pods/log is only read (GET)".into());
+    }
+    if let Some(p) = req
+        .query
+        .unknown
+        .iter()
+        .find(|p| UNSERVED.contains(&p.as_str()))
+    {
+        return refuse(
+            ErrorCode::BadRequest,
+            format!("{p} is not served: Shoal's container logs keep no timestamps yet"),
+        );
+    }
+    let t = &req.target;
+    let request = Request::Logs {
+        namespace: t.namespace.clone().unwrap_or_else(|| "default".into()),
+        pod: t.name.clone().unwrap_or_default(),
+        container: req.query.container.clone(),
+        follow: req.query.follow,
+        previous: req.query.previous,
+        tail: req.query.tail_lines,
+    };
+    let (node, request) = match service.handle(who, request).await {
+        Reply::ToNode { node, request } => (node, request),
+        Reply::One(Answer::Error(e)) => return error_response(&e, &doing),
+        _ => return refuse(ErrorCode::Internal, "logs not relayed to a node".into()),
+    };
+    let (to_node, mut from_node) = match links.ask(&node, &request).await {
+        Ok(s) => s,
+        Err(e) => return error_response(&e.into(), &doing),
+    };
+    // The first answer decides the status: an error (no such container) or the first chunk.
+    let first = shoal_transport::frame::read::<Answer, _>(
+        &mut from_node,
+        shoal_transport::frame::MAX_FRAME,
+    )
+    .await;
+    let first = match first {
+        Ok(Some(Answer::Error(e))) => return error_response(&e, &doing),
+        Ok(Some(Answer::Chunk(bytes))) => Some(Bytes::from(bytes)),
+        Ok(None) => None,
+        Ok(Some(other)) => return refuse(ErrorCode::Internal, other.unexpected()),
+        Err(e) => return error_response(&crate::Error::unreachable(&node, &e).into(), &doing),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(BUFFER);
+    tokio::spawn(async move {
+        let _to_node = to_node;
+        if let Some(first) = first {
+            if tx.send(first).await.is_err() {
+                return;
+            }
+        } else {
+            return;
+        }
+        loop {
+            let next = tokio::select! {
+                _ = tx.closed() => break,
+                r = shoal_transport::frame::read::<Answer, _>(&mut from_node, shoal_transport::frame::MAX_FRAME) => r,
+            };
+            match next {
+                Ok(Some(Answer::Chunk(bytes))) => {
+                    if tx.send(Bytes::from(bytes)).await.is_err() {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+    });
+    let mut r = hyper::Response::new(Body::Stream(rx));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain"),
+    );
+    r
+}
