@@ -151,6 +151,15 @@ pub fn resources(group: &str, version: &str) -> Value {
             "kind": "Pod",
             "verbs": ["get"],
         }));
+        resources.push(json!({
+            "name": "pods/eviction",
+            "singularName": "",
+            "namespaced": true,
+            "group": "policy",
+            "version": "v1",
+            "kind": "Eviction",
+            "verbs": ["create"],
+        }));
     }
     json!({
         "kind": "APIResourceList",

@@ -24,6 +24,7 @@ mod discovery;
 mod logs;
 mod objects;
 mod path;
+mod protobuf;
 mod query;
 mod scale;
 mod status;

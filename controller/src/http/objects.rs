@@ -13,6 +13,9 @@ use shoal_api::{Kind, Object};
 use shoal_transport::proto::{ErrorCode, Request, Response as Answer, WireError, WriteOptions};
 use shoal_transport::Identity;
 
+/// What kubectl's typed clients send (`create configmap`, `drain`'s evictions).
+pub const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
+
 /// Watch events a slow client may lag behind before its watch ends.
 const WATCH_BUFFER: usize = 256;
 /// The longest a watch stays open without `timeoutSeconds` (client-go asks for 5 to 10 min).
@@ -55,6 +58,9 @@ pub async fn handle(service: &Service, who: &Identity, req: ApiRequest) -> Respo
     let mut target = req.target.clone();
     let result = match (verb, req.target.subresource.as_deref()) {
         ("get" | "update" | "patch", Some("scale")) => super::scale::handle(service, who, &req).await,
+        ("create", Some("eviction")) if req.target.kind == Kind::Pod => {
+            evict(service, who, &req).await
+        }
         (_, Some(sub)) => Err(WireError::new(
             ErrorCode::NotFound,
             format!(
@@ -236,21 +242,41 @@ async fn list(service: &Service, who: &Identity, req: &ApiRequest) -> Result<Res
     ))
 }
 
-/// The body as JSON (kubectl sends JSON; YAML is taken too), with the namespace of the path
-/// filled in and checked, and the kind checked against the path's.
-fn body_object(req: &ApiRequest) -> Result<Vec<u8>, WireError> {
-    let t = &req.target;
+/// The body as JSON: sent as JSON, YAML, or Kubernetes' protobuf (for the kinds kubectl's
+/// typed clients send so).
+fn body_value(req: &ApiRequest) -> Result<Value, WireError> {
     let media = req.content_type.split(';').next().unwrap_or("").trim();
-    if !matches!(media, "" | "application/json" | "application/yaml") {
+    if !matches!(
+        media,
+        "" | "application/json" | "application/yaml" | PROTOBUF
+    ) {
         return Err(unsupported_media(media));
     }
-    let mut value: Value = if media == "application/yaml" {
+    let value: Value = if media == PROTOBUF {
+        super::protobuf::decode(&req.body).map_err(|e| {
+            WireError::new(
+                ErrorCode::UnsupportedMediaType,
+                format!("the protobuf body: {e}"),
+            )
+        })?
+    } else if media == "application/yaml" {
         serde_yaml_ng::from_slice(&req.body)
             .map_err(|e| bad_request(format!("the request body is not YAML: {e}")))?
     } else {
         serde_json::from_slice(&req.body)
             .map_err(|e| bad_request(format!("the request body is not JSON: {e}")))?
     };
+    if !value.is_object() {
+        return Err(bad_request("the request body is not an object"));
+    }
+    Ok(value)
+}
+
+/// The body as JSON, with the namespace of the path filled in and checked, and the kind
+/// checked against the path's.
+fn body_object(req: &ApiRequest) -> Result<Vec<u8>, WireError> {
+    let t = &req.target;
+    let mut value = body_value(req)?;
     let Some(obj) = value.as_object_mut() else {
         return Err(bad_request("the request body is not an object"));
     };
@@ -375,10 +401,24 @@ async fn patch(service: &Service, who: &Identity, req: &ApiRequest) -> Result<Re
 
 /// DeleteOptions, from the body (kubectl sends them there) or the query.
 fn delete_options(req: &ApiRequest) -> Result<(shoal_api::PropagationPolicy, bool), WireError> {
-    let mut query = req.query.clone();
-    if !req.body.is_empty() {
-        let body: Value = serde_json::from_slice(&req.body)
-            .map_err(|e| bad_request(format!("DeleteOptions: {e}")))?;
+    let body: Option<Value> = if req.body.is_empty() {
+        None
+    } else {
+        Some(
+            serde_json::from_slice(&req.body)
+                .map_err(|e| bad_request(format!("DeleteOptions: {e}")))?,
+        )
+    };
+    options_of(body.as_ref(), &req.query)
+}
+
+/// DeleteOptions: the body's (kubectl sends them there) over the query's.
+fn options_of(
+    body: Option<&Value>,
+    query: &Query,
+) -> Result<(shoal_api::PropagationPolicy, bool), WireError> {
+    let mut query = query.clone();
+    if let Some(body) = body {
         if let Some(p) = body["propagationPolicy"].as_str() {
             query.propagation_policy = Some(p.to_string());
         }
@@ -388,6 +428,14 @@ fn delete_options(req: &ApiRequest) -> Result<(shoal_api::PropagationPolicy, boo
         if body["orphanDependents"] == json!(true) {
             query.propagation_policy = Some("Orphan".into());
         }
+        if let Some(g) = body["gracePeriodSeconds"].as_i64() {
+            query.grace_period_seconds = Some(g);
+        }
+    }
+    if let Some(g) = query.grace_period_seconds {
+        return Err(bad_request(format!(
+            "gracePeriodSeconds={g} is not served yet: a pod stops within its own terminationGracePeriodSeconds (delete without --grace-period, --now or --force)"
+        )));
     }
     Ok((query.propagation().map_err(bad_request)?, query.dry_run))
 }
@@ -422,6 +470,48 @@ async fn delete(
         .await?;
     }
     Ok(json_response(StatusCode::OK, &before))
+}
+
+/// `pods/NAME/eviction` (`kubectl drain`): Shoal has no PodDisruptionBudgets, so an
+/// eviction is the pod's graceful delete, with the Eviction's DeleteOptions.
+async fn evict(service: &Service, who: &Identity, req: &ApiRequest) -> Result<Response, WireError> {
+    let t = &req.target;
+    let eviction = body_value(req)?;
+    if eviction["kind"] != "Eviction" {
+        return Err(bad_request(format!(
+            "the body is a {}, not an Eviction",
+            eviction["kind"]
+        )));
+    }
+    let name = t.name.clone().unwrap_or_default();
+    if eviction["metadata"]["name"]
+        .as_str()
+        .is_some_and(|n| n != name)
+    {
+        return Err(bad_request(format!(
+            "the Eviction names pod {}, the path pod {name:?}",
+            eviction["metadata"]["name"]
+        )));
+    }
+    let options = Some(&eviction["deleteOptions"]).filter(|o| o.is_object());
+    let (propagation, dry_run) = options_of(options, &req.query)?;
+    if !dry_run {
+        call(
+            service,
+            who,
+            Request::Delete {
+                kind: Kind::Pod.name().into(),
+                namespace: t.namespace.clone(),
+                name,
+                propagation,
+            },
+        )
+        .await?;
+    }
+    Ok(json_response(
+        StatusCode::CREATED,
+        &super::status::success(json!({"name": t.name, "kind": "pods"})),
+    ))
 }
 
 async fn delete_collection(
