@@ -2,6 +2,8 @@
 //! against them. Every end-to-end test goes through it.
 #![allow(dead_code)]
 
+pub mod kubectl;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

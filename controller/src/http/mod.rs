@@ -29,6 +29,7 @@ mod query;
 mod scale;
 mod status;
 mod table;
+mod watch;
 
 use path::Route;
 use status::Doing;

@@ -4,7 +4,7 @@
 use super::path::Target;
 use super::query::Query;
 use super::status::{resource_name, Doing};
-use super::{error_response, json_response, table, Body, Response};
+use super::{error_response, json_response, table, Response};
 use crate::service::{Reply, Service};
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
@@ -16,11 +16,6 @@ use shoal_transport::Identity;
 /// What kubectl's typed clients send (`create configmap`, `drain`'s evictions).
 pub const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
 
-/// Watch events a slow client may lag behind before its watch ends.
-const WATCH_BUFFER: usize = 256;
-/// The longest a watch stays open without `timeoutSeconds` (client-go asks for 5 to 10 min).
-const WATCH_MAX: std::time::Duration = std::time::Duration::from_secs(30 * 60);
-
 pub struct ApiRequest {
     pub method: Method,
     pub target: Target,
@@ -30,7 +25,7 @@ pub struct ApiRequest {
     pub body: Bytes,
 }
 
-fn bad_request(message: impl Into<String>) -> WireError {
+pub(super) fn bad_request(message: impl Into<String>) -> WireError {
     WireError::new(ErrorCode::BadRequest, message)
 }
 
@@ -49,7 +44,7 @@ fn verb(req: &ApiRequest) -> &'static str {
     }
 }
 
-fn json_of(bytes: &[u8]) -> Value {
+pub(super) fn json_of(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes).unwrap_or(Value::Null)
 }
 
@@ -70,7 +65,7 @@ pub async fn handle(service: &Service, who: &Identity, req: ApiRequest) -> Respo
         )),
         ("get", None) => get(service, who, &req).await,
         ("list", None) => list(service, who, &req).await,
-        ("watch", None) => return watch(service, who, &req).await,
+        ("watch", None) => return super::watch::watch(service, who, &req).await,
         ("create", None) => {
             // The name is in the body; errors name it as kube-apiserver does.
             target.name = serde_json::from_slice::<Value>(&req.body)
@@ -184,7 +179,7 @@ fn page(
     Ok((items, token))
 }
 
-async fn list_objects(
+pub(super) async fn list_objects(
     service: &Service,
     who: &Identity,
     target: &Target,
@@ -544,130 +539,6 @@ async fn delete_collection(
         StatusCode::OK,
         &super::status::success(json!({"kind": t.kind.plural(), "group": t.kind.group()})),
     ))
-}
-
-fn event_line(type_: &str, object: Value) -> Bytes {
-    let mut line =
-        serde_json::to_vec(&json!({"type": type_, "object": object})).unwrap_or_default();
-    line.push(b'\n');
-    line.into()
-}
-
-/// A watch: newline-separated `{"type", "object"}` events, Tables when asked for. Without a
-/// `resourceVersion` (or with `0`) it begins with every object that exists, as `ADDED`.
-async fn watch(service: &Service, who: &Identity, req: &ApiRequest) -> Response {
-    let doing = Doing {
-        verb: "watch",
-        who,
-        target: Some(&req.target),
-    };
-    let t = &req.target;
-    let as_table = table::wanted(&req.accept);
-    let include = req.query.include_object.clone();
-    let kind = t.kind;
-    let render = move |obj: Value| -> Value {
-        if !as_table {
-            return obj;
-        }
-        match serde_json::from_value::<Object>(obj.clone()) {
-            Ok(o) => table::table(kind, &[o], 0, include.as_deref()),
-            Err(_) => obj,
-        }
-    };
-    let mut initial = Vec::new();
-    let revision = match req.query.resource_version.as_deref() {
-        None | Some("") | Some("0") => match list_objects(service, who, t, &req.query).await {
-            Ok((items, revision)) => {
-                initial = items;
-                revision
-            }
-            Err(e) => return error_response(&e, &doing),
-        },
-        Some(rv) => match rv.parse::<u64>() {
-            Ok(r) => r,
-            Err(_) => {
-                return error_response(
-                    &bad_request(format!(
-                        "resourceVersion {rv:?} is not one this server gave"
-                    )),
-                    &doing,
-                )
-            }
-        },
-    };
-    let request = Request::Watch {
-        kind: kind.name().into(),
-        namespace: t.namespace.clone(),
-        selector: req.query.label_selector.clone(),
-        fields: req.query.field_selector.clone(),
-        revision,
-    };
-    let mut stream = match service.handle(who, request).await {
-        Reply::Watch(s) => s,
-        Reply::One(Answer::Error(e)) => return error_response(&e, &doing),
-        _ => {
-            return error_response(
-                &WireError::new(ErrorCode::Internal, "a watch that does not stream"),
-                &doing,
-            )
-        }
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
-    for obj in initial {
-        let v = serde_json::to_value(&obj).unwrap_or(Value::Null);
-        if tx.try_send(event_line("ADDED", render(v))).is_err() {
-            break;
-        }
-    }
-    let timeout = req
-        .query
-        .timeout_seconds
-        .map(std::time::Duration::from_secs)
-        .unwrap_or(WATCH_MAX)
-        .min(WATCH_MAX);
-    let who = who.clone();
-    let target = req.target.clone();
-    tokio::spawn(async move {
-        let deadline = tokio::time::sleep(timeout);
-        tokio::pin!(deadline);
-        loop {
-            let answer = tokio::select! {
-                _ = &mut deadline => break,
-                _ = tx.closed() => break,
-                a = stream.next() => a,
-            };
-            let line = match answer {
-                Answer::Event { type_, object, .. } => {
-                    let name = match type_ {
-                        shoal_transport::proto::EventType::Added => "ADDED",
-                        shoal_transport::proto::EventType::Modified => "MODIFIED",
-                        shoal_transport::proto::EventType::Deleted => "DELETED",
-                    };
-                    event_line(name, render(json_of(&object)))
-                }
-                Answer::Error(e) => {
-                    let doing = Doing {
-                        verb: "watch",
-                        who: &who,
-                        target: Some(&target),
-                    };
-                    let (_, status) = super::status::status(&e, &doing);
-                    let _ = tx.send(event_line("ERROR", status)).await;
-                    break;
-                }
-                _ => break,
-            };
-            if tx.send(line).await.is_err() {
-                break;
-            }
-        }
-    });
-    let mut r = hyper::Response::new(Body::Stream(rx));
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    r
 }
 
 #[cfg(test)]

@@ -1,0 +1,141 @@
+//! Watches: newline-separated `{"type", "object"}` events, as kube-apiserver streams them,
+//! Tables when the client asks for them.
+
+use super::objects::{bad_request, json_of, list_objects, ApiRequest};
+use super::status::Doing;
+use super::{error_response, table, Body, Response};
+use crate::service::{Reply, Service};
+use bytes::Bytes;
+use serde_json::{json, Value};
+use shoal_api::Object;
+use shoal_transport::proto::{ErrorCode, Request, Response as Answer, WireError};
+use shoal_transport::Identity;
+
+/// Watch events a slow client may lag behind before its watch ends.
+const WATCH_BUFFER: usize = 256;
+/// The longest a watch stays open without `timeoutSeconds` (client-go asks for 5 to 10 min).
+const WATCH_MAX: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+fn event_line(type_: &str, object: Value) -> Bytes {
+    let mut line =
+        serde_json::to_vec(&json!({"type": type_, "object": object})).unwrap_or_default();
+    line.push(b'\n');
+    line.into()
+}
+
+/// A watch: newline-separated `{"type", "object"}` events, Tables when asked for. Without a
+/// `resourceVersion` (or with `0`) it begins with every object that exists, as `ADDED`.
+pub async fn watch(service: &Service, who: &Identity, req: &ApiRequest) -> Response {
+    let doing = Doing {
+        verb: "watch",
+        who,
+        target: Some(&req.target),
+    };
+    let t = &req.target;
+    let as_table = table::wanted(&req.accept);
+    let include = req.query.include_object.clone();
+    let kind = t.kind;
+    let render = move |obj: Value| -> Value {
+        if !as_table {
+            return obj;
+        }
+        match serde_json::from_value::<Object>(obj.clone()) {
+            Ok(o) => table::table(kind, &[o], 0, include.as_deref()),
+            Err(_) => obj,
+        }
+    };
+    let mut initial = Vec::new();
+    let revision = match req.query.resource_version.as_deref() {
+        None | Some("") | Some("0") => match list_objects(service, who, t, &req.query).await {
+            Ok((items, revision)) => {
+                initial = items;
+                revision
+            }
+            Err(e) => return error_response(&e, &doing),
+        },
+        Some(rv) => match rv.parse::<u64>() {
+            Ok(r) => r,
+            Err(_) => {
+                return error_response(
+                    &bad_request(format!(
+                        "resourceVersion {rv:?} is not one this server gave"
+                    )),
+                    &doing,
+                )
+            }
+        },
+    };
+    let request = Request::Watch {
+        kind: kind.name().into(),
+        namespace: t.namespace.clone(),
+        selector: req.query.label_selector.clone(),
+        fields: req.query.field_selector.clone(),
+        revision,
+    };
+    let mut stream = match service.handle(who, request).await {
+        Reply::Watch(s) => s,
+        Reply::One(Answer::Error(e)) => return error_response(&e, &doing),
+        _ => {
+            return error_response(
+                &WireError::new(ErrorCode::Internal, "a watch that does not stream"),
+                &doing,
+            )
+        }
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
+    for obj in initial {
+        let v = serde_json::to_value(&obj).unwrap_or(Value::Null);
+        if tx.try_send(event_line("ADDED", render(v))).is_err() {
+            break;
+        }
+    }
+    let timeout = req
+        .query
+        .timeout_seconds
+        .map(std::time::Duration::from_secs)
+        .unwrap_or(WATCH_MAX)
+        .min(WATCH_MAX);
+    let who = who.clone();
+    let target = req.target.clone();
+    tokio::spawn(async move {
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            let answer = tokio::select! {
+                _ = &mut deadline => break,
+                _ = tx.closed() => break,
+                a = stream.next() => a,
+            };
+            let line = match answer {
+                Answer::Event { type_, object, .. } => {
+                    let name = match type_ {
+                        shoal_transport::proto::EventType::Added => "ADDED",
+                        shoal_transport::proto::EventType::Modified => "MODIFIED",
+                        shoal_transport::proto::EventType::Deleted => "DELETED",
+                    };
+                    event_line(name, render(json_of(&object)))
+                }
+                Answer::Error(e) => {
+                    let doing = Doing {
+                        verb: "watch",
+                        who: &who,
+                        target: Some(&target),
+                    };
+                    let (_, status) = super::status::status(&e, &doing);
+                    let _ = tx.send(event_line("ERROR", status)).await;
+                    break;
+                }
+                _ => break,
+            };
+            if tx.send(line).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut r = hyper::Response::new(Body::Stream(rx));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
