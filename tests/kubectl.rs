@@ -9,7 +9,7 @@
 
 mod kit;
 
-use kit::kubectl::{deployment, fails, json, kubectl, kubectl_as, kubectl_missing, ok};
+use kit::kubectl::{deployment, fails, get_json, json, kubectl, kubectl_as, kubectl_missing, ok};
 use kit::{field, Cluster};
 use std::io::BufRead as _;
 use std::process::{Command, Stdio};
@@ -404,10 +404,7 @@ fn kubectl_writes_merge_and_refuse_like_kubernetes() {
         ),
         "strategic patch",
     );
-    let d = json(&ok(
-        kubectl(&c, &["get", "deploy", "web", "-o", "json"]),
-        "get",
-    ));
+    let d = get_json(&c, "deploy", "web");
     let container = &d["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(container["env"][0]["value"], "x", "{d}");
     assert_eq!(
@@ -422,10 +419,7 @@ fn kubectl_writes_merge_and_refuse_like_kubernetes() {
         kubectl(&c, &["rollout", "restart", "deploy/web"]),
         "rollout restart",
     );
-    let d = json(&ok(
-        kubectl(&c, &["get", "deploy", "web", "-o", "json"]),
-        "get",
-    ));
+    let d = get_json(&c, "deploy", "web");
     assert_eq!(
         d["spec"]["template"]["spec"]["containers"][0]["image"],
         "probe:1"
@@ -443,10 +437,7 @@ fn kubectl_writes_merge_and_refuse_like_kubernetes() {
         kubectl(&c, &["annotate", "deploy", "web", "note=hi"]),
         "annotate",
     );
-    let d = json(&ok(
-        kubectl(&c, &["get", "deploy", "web", "-o", "json"]),
-        "get",
-    ));
+    let d = get_json(&c, "deploy", "web");
     assert_eq!(d["metadata"]["labels"]["tier"], "front");
     assert_eq!(d["metadata"]["annotations"]["note"], "hi");
     ok(
@@ -466,10 +457,7 @@ fn kubectl_writes_merge_and_refuse_like_kubernetes() {
         kubectl(&c, &["rollout", "undo", "deploy/web"]),
         "rollout undo",
     );
-    let d = json(&ok(
-        kubectl(&c, &["get", "deploy", "web", "-o", "json"]),
-        "get",
-    ));
+    let d = get_json(&c, "deploy", "web");
     assert_eq!(
         d["spec"]["template"]["spec"]["containers"][0]["image"],
         "probe:1"
@@ -507,10 +495,7 @@ fn kubectl_writes_merge_and_refuse_like_kubernetes() {
         "taint",
     );
     std::thread::sleep(Duration::from_secs(12));
-    let node = json(&ok(
-        kubectl(&c, &["get", "node", "node-1", "-o", "json"]),
-        "get node",
-    ));
+    let node = get_json(&c, "node", "node-1");
     assert_eq!(node["metadata"]["labels"]["site"], "roof", "{node}");
     assert_eq!(node["spec"]["taints"][0]["key"], "dedicated", "{node}");
 

@@ -4,7 +4,7 @@
 
 mod kit;
 
-use kit::kubectl::{deployment, fails, json, kubectl, kubectl_as, kubectl_missing, ok};
+use kit::kubectl::{deployment, fails, get_json, kubectl, kubectl_as, kubectl_missing, ok};
 use kit::{field, Cluster};
 use std::time::Duration;
 
@@ -34,10 +34,7 @@ fn kubectl_creates_from_its_generators_and_drains_a_node() {
         ),
         "create configmap",
     );
-    let cm = json(&ok(
-        kubectl(&c, &["get", "cm", "settings", "-o", "json"]),
-        "get cm",
-    ));
+    let cm = get_json(&c, "cm", "settings");
     assert_eq!(cm["data"]["settings.conf"], "level=debug\n", "{cm}");
     assert_eq!(cm["data"]["mode"], "edge", "{cm}");
     ok(
@@ -103,10 +100,7 @@ fn kubectl_creates_from_its_generators_and_drains_a_node() {
         ),
         "expose",
     );
-    let svc = json(&ok(
-        kubectl(&c, &["get", "svc", "solo", "-o", "json"]),
-        "get svc",
-    ));
+    let svc = get_json(&c, "svc", "solo");
     assert_eq!(svc["spec"]["selector"]["app"], "solo", "{svc}");
     assert!(
         svc["spec"]["clusterIP"]

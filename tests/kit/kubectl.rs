@@ -64,6 +64,15 @@ pub fn fails(out: Output, what: &str) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
+/// `kubectl get KIND NAME -o json`, which must succeed.
+#[track_caller]
+pub fn get_json(c: &Cluster, kind: &str, name: &str) -> serde_json::Value {
+    json(&ok(
+        kubectl(c, &["get", kind, name, "-o", "json"]),
+        "get -o json",
+    ))
+}
+
 pub fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
