@@ -131,3 +131,24 @@ fn read_file(path: &Path) -> Result<Vec<Parsed>> {
     }
     Ok(parsed)
 }
+
+/// Writes `obj` back after changing it (scale, pause, cordon, label), replacing what is
+/// stored as `kubectl replace` does (Shoal's apply merges with the manifest applied last,
+/// which a read-modify-write must not overwrite). Without a resourceVersion the controller
+/// retries a concurrent write itself (a status update between the read and the write).
+pub async fn replace(client: &Client, mut obj: shoal_api::Object) -> Result<()> {
+    obj.metadata_mut().resource_version.clear();
+    let req = Request::Update {
+        object: obj.to_json()?,
+        options: Default::default(),
+    };
+    match call(client, &req).await? {
+        Response::Written { warnings, .. } => {
+            for w in warnings {
+                eprintln!("Warning: {w}");
+            }
+            Ok(())
+        }
+        other => Err(anyhow!(other.unexpected())),
+    }
+}

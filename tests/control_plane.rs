@@ -505,3 +505,54 @@ async fn a_watch_resumed_from_its_last_revision_sees_every_change_exactly_once()
     assert_eq!(seen.iter().filter(|s| s.1 == EventType::Deleted).count(), 3);
     assert_eq!(seen.iter().filter(|s| s.1 == EventType::Added).count(), 15);
 }
+
+/// `shoal apply` merges as `kubectl apply` does: what the manifest never named (replicas set
+/// by `scale`, a pause) survives a re-apply; what it named and dropped goes.
+#[test]
+fn re_apply_is_a_three_way_merge_as_in_kubectl() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Controller::start(dir.path());
+    let manifest = |message: &str, label: bool| {
+        let extra = if label { ", extra: yes" } else { "" };
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web, labels: {{app: web{extra}}}}}\nspec:\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      runtimeClassName: wasm\n      containers:\n      - {{name: probe, image: probe:1, args: [print, {message}]}}\n"
+        )
+    };
+    let apply = |text: &str| c.shoal_stdin(&["apply", "-f", "-"], Some(text)).ok();
+    assert_eq!(
+        apply(&manifest("one", true)),
+        "deployment.apps/web created\n"
+    );
+    c.shoal(&["scale", "deploy/web", "--replicas", "3"]).ok();
+    c.shoal(&["rollout", "pause", "deploy/web"]).ok();
+    assert_eq!(
+        apply(&manifest("one", true)),
+        "deployment.apps/web unchanged\n"
+    );
+    assert_eq!(
+        apply(&manifest("two", false)),
+        "deployment.apps/web configured\n"
+    );
+    let d = yaml(&c.shoal(&["get", "deploy", "web", "-o", "yaml"]).ok());
+    assert_eq!(d["spec"]["replicas"], 3, "the scale survives: {d:?}");
+    assert_eq!(d["spec"]["paused"], true, "the pause survives");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["args"][1],
+        "two"
+    );
+    assert!(
+        d["metadata"]["labels"].get("extra").is_none(),
+        "a dropped label goes: {d:?}"
+    );
+    let last = d["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+        .as_str()
+        .expect("the manifest applied last");
+    let last: Value = serde_json::from_str(last).expect("JSON");
+    assert!(last["spec"].get("replicas").is_none(), "{last}");
+    // A manifest that names replicas owns them again.
+    let owned =
+        manifest("two", false).replace("spec:\n  selector", "spec:\n  replicas: 1\n  selector");
+    apply(&owned);
+    let d = yaml(&c.shoal(&["get", "deploy", "web", "-o", "yaml"]).ok());
+    assert_eq!(d["spec"]["replicas"], 1);
+}

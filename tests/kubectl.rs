@@ -360,6 +360,68 @@ fn kubectl_writes_merge_and_refuse_like_kubernetes() {
     let _ = watch.kill();
     let _ = watch.wait();
 
+    // kustomize, diff and edit: all three go through the same patches.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kz = dir.path();
+    std::fs::write(kz.join("web.yaml"), deployment(image, None)).expect("manifest");
+    std::fs::write(
+        kz.join("kustomization.yaml"),
+        "resources: [web.yaml]\nnamePrefix: k-\nlabels:\n- pairs: {team: edge}\n",
+    )
+    .expect("kustomization");
+    let kz_arg = kz.to_str().expect("utf-8 path");
+    ok(kubectl(&c, &["apply", "-k", kz_arg]), "apply -k");
+    let k = get_json(&c, "deploy", "k-web");
+    assert_eq!(k["metadata"]["labels"]["team"], "edge", "{k}");
+    let same = kubectl(&c, &["diff", "-k", kz_arg]);
+    assert_eq!(
+        same.status.code(),
+        Some(0),
+        "no difference: {}",
+        String::from_utf8_lossy(&same.stdout)
+    );
+    std::fs::write(kz.join("web.yaml"), deployment("probe:1.1", None)).expect("manifest");
+    let changed = kubectl(&c, &["diff", "-k", kz_arg]);
+    let diff = String::from_utf8_lossy(&changed.stdout).to_string();
+    assert_eq!(changed.status.code(), Some(1), "a difference: {diff}");
+    assert!(
+        diff.lines()
+            .any(|l| l.starts_with('-') && l.trim_end().ends_with("image: probe:1"))
+            && diff
+                .lines()
+                .any(|l| l.starts_with('+') && l.trim_end().ends_with("image: probe:1.1")),
+        "{diff}"
+    );
+    assert_eq!(
+        get_json(&c, "deploy", "k-web")["spec"]["template"]["spec"]["containers"][0]["image"],
+        "probe:1",
+        "diff wrote nothing"
+    );
+    let editor = kz.join("editor.sh");
+    std::fs::write(
+        &editor,
+        "#!/bin/sh\nsed -i 's/image: probe:1$/image: probe:1.1/' \"$1\"\n",
+    )
+    .expect("editor");
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let edit = Command::new("kubectl")
+        .env("KUBECONFIG", &config)
+        .env("EDITOR", &editor)
+        .args(["edit", "deploy", "k-web"])
+        .output()
+        .expect("kubectl edit");
+    assert!(
+        edit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&edit.stderr)
+    );
+    assert_eq!(
+        get_json(&c, "deploy", "k-web")["spec"]["template"]["spec"]["containers"][0]["image"],
+        "probe:1.1"
+    );
+    ok(kubectl(&c, &["delete", "-k", kz_arg]), "delete -k");
+
     // Patches of each type, and the verbs built on them.
     ok(
         kubectl(

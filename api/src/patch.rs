@@ -357,6 +357,72 @@ fn reorder(list: &mut [Value], order: &[Value], key: Option<&str>) {
     list.sort_by_key(rank);
 }
 
+/// `kubectl apply`'s three-way merge: `modified` (the manifest now) over `current` (what is
+/// stored), where `original` (the manifest applied last) says which fields the manifest owned.
+/// A field the manifest set is taken from it, one it owned and no longer names is removed,
+/// and one it never named (replicas set by `scale`, a node bound by the scheduler, status)
+/// stays as stored. Lists with a merge key merge element by element the same way.
+pub fn three_way(original: &Value, modified: &Value, current: &Value, path: &str) -> Value {
+    let (Value::Object(m), Value::Object(c)) = (modified, current) else {
+        return match (modified, current) {
+            (Value::Array(m), Value::Array(c)) => three_way_list(original, m, c, path),
+            _ => modified.clone(),
+        };
+    };
+    let empty = Map::new();
+    let o = original.as_object().unwrap_or(&empty);
+    let mut out = c.clone();
+    for (k, v) in m {
+        let here = join(path, k);
+        let merged = match c.get(k) {
+            Some(cur) => three_way(o.get(k).unwrap_or(&Value::Null), v, cur, &here),
+            None => v.clone(),
+        };
+        out.insert(k.clone(), merged);
+    }
+    for k in o.keys().filter(|k| !m.contains_key(*k)) {
+        out.remove(k);
+    }
+    Value::Object(out)
+}
+
+fn three_way_list(original: &Value, modified: &[Value], current: &[Value], path: &str) -> Value {
+    let Some(key) = merge_key(path) else {
+        return Value::Array(modified.to_vec());
+    };
+    let id = |v: &Value| v.get(key).cloned();
+    let originals: Vec<Value> = original.as_array().cloned().unwrap_or_default();
+    let item_path = format!("{path}[]");
+    let mut out: Vec<Value> = modified
+        .iter()
+        .map(|m| {
+            let find = |list: &[Value]| {
+                list.iter()
+                    .find(|x| id(x) == id(m) && id(m).is_some())
+                    .cloned()
+            };
+            match find(current) {
+                Some(cur) => three_way(
+                    &find(&originals).unwrap_or(Value::Null),
+                    m,
+                    &cur,
+                    &item_path,
+                ),
+                None => m.clone(),
+            }
+        })
+        .collect();
+    // Elements the manifest never named (added by someone else) stay, after its own.
+    for cur in current {
+        let named = modified.iter().any(|m| id(m) == id(cur));
+        let owned = originals.iter().any(|o| id(o) == id(cur));
+        if !named && !owned {
+            out.push(cur.clone());
+        }
+    }
+    Value::Array(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,6 +478,40 @@ mod tests {
             out["spec"]["template"]["spec"]["containers"],
             json!([{"name": "only", "image": "o"}])
         );
+    }
+
+    #[test]
+    fn three_way_keeps_what_the_manifest_never_named() {
+        let original = json!({"metadata": {"labels": {"app": "web", "old": "x"}},
+            "spec": {"template": {"spec": {"containers": [{"name": "web", "image": "web:1", "args": ["a"]}]}}}});
+        let modified = json!({"metadata": {"labels": {"app": "web"}},
+            "spec": {"template": {"spec": {"containers": [{"name": "web", "image": "web:2"}]}}}});
+        let mut current = deployment();
+        current["metadata"]["labels"]["old"] = json!("x");
+        current["spec"]["template"]["spec"]["containers"][0]["args"] = json!(["a"]);
+        let out = three_way(&original, &modified, &current, "");
+        assert_eq!(
+            out["spec"]["replicas"], 3,
+            "scaled, never in the manifest: kept"
+        );
+        assert_eq!(
+            out["metadata"]["labels"],
+            json!({"app": "web"}),
+            "dropped from the manifest: removed"
+        );
+        let c = &out["spec"]["template"]["spec"]["containers"];
+        assert_eq!(c[0]["image"], "web:2");
+        assert!(c[0].get("args").is_none(), "{c}");
+        assert_eq!(
+            c[0]["env"].as_array().map(Vec::len),
+            Some(2),
+            "never named: kept"
+        );
+        assert_eq!(
+            c[1]["name"], "log",
+            "a container added by someone else stays"
+        );
+        assert_eq!(out["metadata"]["finalizers"], json!(["a"]));
     }
 
     #[test]

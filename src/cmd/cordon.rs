@@ -29,13 +29,7 @@ pub async fn set_unschedulable(client: &Client, name: &str, unschedulable: bool)
         return Ok(false);
     }
     node.spec.unschedulable = unschedulable;
-    call(
-        client,
-        &Request::Apply {
-            objects: vec![Object::Node(node).to_json()?],
-        },
-    )
-    .await?;
+    crate::client::replace(client, Object::Node(node)).await?;
     Ok(true)
 }
 

@@ -156,13 +156,7 @@ async fn edit(args: Args, what: &str, change: impl FnOnce(&mut Node) -> Result<(
         other => bail!(other.unexpected()),
     };
     change(&mut node)?;
-    call(
-        &client,
-        &Request::Apply {
-            objects: vec![Object::Node(node).to_json()?],
-        },
-    )
-    .await?;
+    crate::client::replace(&client, Object::Node(node)).await?;
     println!("node/{} {what}ed", args.name);
     client.close().await;
     Ok(())

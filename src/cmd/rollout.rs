@@ -92,15 +92,7 @@ async fn get_deployment(
 }
 
 async fn put_deployment(conn: &shoal_transport::Client, d: Deployment) -> Result<()> {
-    let obj = Object::Deployment(d);
-    call(
-        conn,
-        &Request::Apply {
-            objects: vec![obj.to_json()?],
-        },
-    )
-    .await?;
-    Ok(())
+    crate::client::replace(conn, Object::Deployment(d)).await
 }
 
 const REVISION: &str = "deployment.kubernetes.io/revision";

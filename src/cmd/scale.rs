@@ -45,14 +45,9 @@ pub async fn run(args: Args) -> Result<()> {
             other.kind()
         ),
     }
-    call(
-        &client,
-        &Request::Apply {
-            objects: vec![obj.to_json()?],
-        },
-    )
-    .await?;
-    println!("{} scaled", obj.reference());
+    let reference = obj.reference();
+    crate::client::replace(&client, obj).await?;
+    println!("{reference} scaled");
     client.close().await;
     Ok(())
 }

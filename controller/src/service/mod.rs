@@ -479,8 +479,9 @@ impl Service {
         Ok(outcomes)
     }
 
-    /// Create, or replace what the manifest says while keeping what the cluster owns
-    /// (status, uid, timestamps); retried on a concurrent write.
+    /// Create, or merge the manifest into what is stored as `kubectl apply` does (see
+    /// [`writes::applied`]) while keeping what the cluster owns (status, uid, timestamps);
+    /// retried on a concurrent write.
     async fn apply_one(&self, desired: Object) -> Result<ApplyResult> {
         let key = ObjectKey::of(&desired);
         let _allocating = match desired.kind() {
@@ -489,6 +490,7 @@ impl Service {
         };
         for _ in 0..5 {
             let stored = self.store.get(&key).await?;
+            let desired = writes::applied(&desired, stored.as_ref())?;
             let desired = self.allocate(&desired, stored.as_ref()).await?;
             let Some(stored) = stored else {
                 match self.store.create(desired.clone()).await {

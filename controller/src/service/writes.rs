@@ -88,6 +88,50 @@ pub(super) fn replaced(desired: &Object, stored: &Object, keep_owned: bool) -> R
     Ok(next)
 }
 
+/// Where `apply` keeps the manifest it applied last, as kubectl does.
+pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// What `apply` of `desired` makes of `stored`: kubectl's three-way merge, the manifest
+/// applied last (its annotation) saying which fields the manifest owns, so a re-apply keeps
+/// what others set since (`scale`, `rollout pause`) and removes what the manifest dropped.
+/// The result carries the new manifest as its annotation.
+pub(super) fn applied(desired: &Object, stored: Option<&Object>) -> Result<Object> {
+    let internal = |e: serde_json::Error| Error::Internal(e.to_string());
+    let mut modified = serde_json::to_value(desired).map_err(internal)?;
+    if let Some(m) = modified.as_object_mut() {
+        m.remove("status");
+    }
+    if let Some(a) = modified
+        .pointer_mut("/metadata/annotations")
+        .and_then(|a| a.as_object_mut())
+    {
+        a.remove(LAST_APPLIED);
+    }
+    let record = serde_json::to_string(&modified).map_err(internal)?;
+    let mut next = match stored {
+        None => desired.clone(),
+        Some(stored) => {
+            let original = stored
+                .metadata()
+                .annotations
+                .get(LAST_APPLIED)
+                .and_then(|a| serde_json::from_str(a).ok())
+                .unwrap_or(serde_json::Value::Null);
+            let current = serde_json::to_value(stored).map_err(internal)?;
+            let merged = shoal_api::patch::three_way(&original, &modified, &current, "");
+            let mut obj = Object::deserialize_as(desired.kind(), merged).map_err(|e| {
+                Error::Invalid(format!("{} {:?}: {e}", desired.kind(), desired.name()))
+            })?;
+            obj.normalize();
+            obj
+        }
+    };
+    next.metadata_mut()
+        .annotations
+        .insert(LAST_APPLIED.into(), record);
+    Ok(next)
+}
+
 fn modified(key: &ObjectKey) -> Error {
     Error::Conflict(format!(
         "Operation cannot be fulfilled on {key}: the object has been modified; please apply your changes to the latest version and try again"
