@@ -121,9 +121,22 @@ fn main() {
         latency_row("shoal get pods (QUIC door)", &mut quic, 1)
     );
 
+    watch_delays(&rt, &client, &config, &cache_arg, pods, runs);
+    rt.block_on(client.close());
+}
+
+/// A label change written over QUIC, `runs` times, timed until each door's watcher sees it.
+fn watch_delays(
+    rt: &tokio::runtime::Runtime,
+    client: &shoal_transport::Client,
+    config: &std::path::Path,
+    cache_arg: &str,
+    pods: usize,
+    runs: usize,
+) {
     // Watch delay: a label change written over QUIC, seen by each door's watcher.
     let mut kubectl_watch = Command::new("kubectl")
-        .env("KUBECONFIG", &config)
+        .env("KUBECONFIG", config)
         .args([
             "get",
             "pods",
@@ -132,7 +145,7 @@ fn main() {
             "--watch-only",
             "-o",
             "name",
-            &cache_arg,
+            cache_arg,
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -201,5 +214,4 @@ fn main() {
         latency_row("kubectl get -w (HTTPS door)", &mut https_delay, 2)
     );
     println!("{}", latency_row("QUIC watch stream", &mut quic_delay, 2));
-    rt.block_on(client.close());
 }
