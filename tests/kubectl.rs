@@ -629,4 +629,27 @@ fn kubectl_writes_merge_and_refuse_like_kubernetes() {
     });
     let left = ok(kubectl(&c, &["get", "rs,deploy", "-o", "name"]), "get");
     assert!(left.trim().is_empty(), "{left}");
+
+    // A node's open watch ends the moment the node is deleted (its certificate stops working).
+    let mut node_watch = Command::new("kubectl")
+        .env("KUBECONFIG", &node_config)
+        .args(["get", "nodes", "--watch", "-o", "name"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl get -w as the node");
+    let mut seen = String::new();
+    std::io::BufReader::new(node_watch.stdout.take().expect("stdout"))
+        .read_line(&mut seen)
+        .expect("the node's watch lists");
+    assert_eq!(seen.trim(), "node/node-1");
+    ok(kubectl(&c, &["delete", "node", "node-1"]), "delete node");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while node_watch.try_wait().expect("kubectl").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deleted node's watch is still open"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -82,6 +82,50 @@ pub fn error_response(e: &WireError, doing: &Doing<'_>) -> Response {
     json_response(code, &body)
 }
 
+/// Connections one node may hold at once (the agent needs none; kubectl with a node's
+/// credential a few), and connections without a certificate per address (they are only
+/// ever answered 401). Admins are bounded only by [`MAX_CONNECTIONS`].
+const NODE_CONNECTIONS: usize = 16;
+const ANONYMOUS_PER_ADDRESS: usize = 8;
+
+/// The connections each bounded identity holds.
+#[derive(Clone, Default)]
+struct Held(Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>);
+
+struct HeldSlot(Held, String);
+
+impl Held {
+    /// A slot for one more connection of `who` (none needed for an admin), or `None`: it
+    /// holds as many as it may.
+    fn enter(&self, who: &Identity, ip: std::net::IpAddr) -> Option<Option<HeldSlot>> {
+        let (key, max) = match who {
+            Identity::Admin(_) => return Some(None),
+            Identity::Node(n) => (format!("node {n}"), NODE_CONNECTIONS),
+            Identity::Anonymous => (format!("anonymous {ip}"), ANONYMOUS_PER_ADDRESS),
+        };
+        let mut m = self.0.lock().ok()?;
+        let n = m.entry(key.clone()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Some(HeldSlot(self.clone(), key)))
+    }
+}
+
+impl Drop for HeldSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = (self.0).0.lock() {
+            if let Some(n) = m.get_mut(&self.1) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&self.1);
+                }
+            }
+        }
+    }
+}
+
 /// One authenticated caller's requests.
 #[derive(Clone)]
 struct Caller {
@@ -102,6 +146,7 @@ pub async fn serve(
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let held = Held::default();
     loop {
         let slot = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -122,6 +167,7 @@ pub async fn serve(
             },
         };
         let acceptor = acceptor.clone();
+        let held = held.clone();
         let service = service.clone();
         let links = links.clone();
         let shutdown = shutdown.clone();
@@ -138,11 +184,17 @@ pub async fn serve(
             let (who, key) =
                 shoal_transport::quic::tls_peer(stream.get_ref().1.peer_certificates());
             tracing::debug!(%remote, identity = %who, "HTTPS connection");
+            let Some(_held) = held.enter(&who, remote.ip()) else {
+                tracing::info!(%remote, identity = %who, "refused an HTTPS connection: too many from this identity");
+                return;
+            };
+            let mut revocations = service.revocations();
+            let checker = service.clone();
             let caller = Caller {
                 service,
                 links,
-                who,
-                key,
+                who: who.clone(),
+                key: key.clone(),
             };
             let handler = hyper::service::service_fn(move |req| {
                 let caller = caller.clone();
@@ -155,15 +207,32 @@ pub async fn serve(
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), handler)
                 .with_upgrades();
             tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%remote, error = %e, "HTTPS connection ended");
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(%remote, error = %e, "HTTPS connection ended");
+                        }
+                        break;
                     }
-                }
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+                    _ = shutdown.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+                        break;
+                    }
+                    // A revoked credential or a deleted node loses its open watches and log
+                    // streams at once, as its QUIC connections are closed.
+                    r = revocations.recv() => {
+                        let recheck = match r {
+                            Ok(revoked) => revoked == who,
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => false,
+                        };
+                        if recheck && checker.authenticate(who.clone(), key.as_deref()).await.is_err() {
+                            tracing::info!(%remote, identity = %who, "closing the HTTPS connection of a revoked certificate");
+                            break;
+                        }
+                    }
                 }
             }
         });
@@ -293,4 +362,36 @@ fn not_found() -> Response {
         "code": 404,
     });
     json_response(StatusCode::NOT_FOUND, &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_holds_a_bounded_number_of_connections_an_admin_any() {
+        let held = Held::default();
+        let ip: std::net::IpAddr = [127, 0, 0, 1].into();
+        let node = Identity::Node("pi".into());
+        let slots: Vec<_> = (0..NODE_CONNECTIONS)
+            .map(|_| held.enter(&node, ip))
+            .collect();
+        assert!(slots.iter().all(Option::is_some));
+        assert!(held.enter(&node, ip).is_none(), "one more is refused");
+        drop(slots);
+        assert!(
+            held.enter(&node, ip).is_some(),
+            "freed slots are given again"
+        );
+        let admin = Identity::Admin("admin".into());
+        assert!((0..100).all(|_| matches!(held.enter(&admin, ip), Some(None))));
+        let anonymous: Vec<_> = (0..ANONYMOUS_PER_ADDRESS)
+            .map(|_| held.enter(&Identity::Anonymous, ip))
+            .collect();
+        assert!(held.enter(&Identity::Anonymous, ip).is_none());
+        assert!(held
+            .enter(&Identity::Anonymous, [10, 0, 0, 1].into())
+            .is_some());
+        drop(anonymous);
+    }
 }
