@@ -58,6 +58,26 @@ fn kubectl_discovers_and_reads_the_cluster() {
         all.contains("deployments.apps") && !all.contains("configmaps"),
         "{all}"
     );
+    // explain reads the OpenAPI schemas: the fields Shoal honours, as Kubernetes describes them.
+    let explained = ok(kubectl(&c, &["explain", "deployment.spec"]), "explain");
+    assert!(explained.contains("KIND:       Deployment"), "{explained}");
+    assert!(
+        explained.contains("replicas\t<integer>") && explained.contains("Number of desired pods"),
+        "{explained}"
+    );
+    let image_field = ok(
+        kubectl(&c, &["explain", "pods.spec.containers.image"]),
+        "explain a field",
+    );
+    assert!(
+        image_field.contains("FIELD: image <string>"),
+        "{image_field}"
+    );
+    let missing = fails(
+        kubectl(&c, &["explain", "pods.spec.nothing"]),
+        "explain of no field",
+    );
+    assert!(missing.contains("nothing"), "{missing}");
 
     let nodes = ok(kubectl(&c, &["get", "nodes"]), "get nodes");
     assert!(
@@ -343,6 +363,25 @@ fn kubectl_writes_merge_and_refuse_like_kubernetes() {
         "3",
         "the re-apply kept kubectl scale's replicas"
     );
+    // An env var the manifest drops is removed; the container merges by name.
+    let with_env = |vars: &str| {
+        deployment("probe:1.1", None).replace(
+            "        resources:",
+            &format!("        env: [{vars}]\n        resources:"),
+        )
+    };
+    ok(
+        apply(&with_env("{name: A, value: a}, {name: B, value: b}")),
+        "apply env",
+    );
+    ok(apply(&with_env("{name: A, value: a}")), "apply fewer env");
+    let env = &get_json(&c, "deploy", "web")["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert_eq!(
+        env,
+        &serde_json::json!([{"name": "A", "value": "a"}]),
+        "{env}"
+    );
+    ok(apply(&deployment("probe:1.1", None)), "apply without env");
     let image_now = ok(
         kubectl(
             &c,

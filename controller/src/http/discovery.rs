@@ -241,11 +241,45 @@ pub fn open_api(group: &str, version: &str) -> Value {
             json!({"put": op("replace"), "patch": op("patch")}),
         );
     }
+    let mut schemas = serde_json::Map::new();
+    for kind in kinds_in(group, version) {
+        let Some(schema) = honoured_schemas().get(kind.name()) else {
+            continue;
+        };
+        let mut schema = schema.clone();
+        schema["x-kubernetes-group-version-kind"] =
+            json!([{"group": group, "version": version, "kind": kind.name()}]);
+        let package = if group.is_empty() { "core" } else { group };
+        schemas.insert(
+            format!("io.k8s.api.{package}.{version}.{}", kind.name()),
+            schema,
+        );
+    }
     json!({
         "openapi": "3.0.0",
         "info": {"title": "Shoal", "version": format!("v1.{KUBERNETES_MINOR}.0")},
         "paths": paths,
-        "components": {"schemas": {}},
+        "components": {"schemas": schemas},
+    })
+}
+
+/// The schema of each kind as far as Shoal honours it, with Kubernetes' descriptions
+/// (`tests/data/k8s_schemas.py` writes the file), for `kubectl explain`. Read once.
+fn honoured_schemas() -> &'static serde_json::Map<String, Value> {
+    static SCHEMAS: std::sync::OnceLock<serde_json::Map<String, Value>> =
+        std::sync::OnceLock::new();
+    SCHEMAS.get_or_init(|| {
+        let compressed: &[u8] = include_bytes!("schemas.json.gz");
+        let mut text = Vec::new();
+        let read =
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(compressed), &mut text);
+        match read.ok().and_then(|_| serde_json::from_slice(&text).ok()) {
+            Some(Value::Object(m)) => m,
+            _ => {
+                tracing::error!("the OpenAPI schemas built into this binary do not decode");
+                serde_json::Map::new()
+            }
+        }
     })
 }
 
@@ -284,6 +318,26 @@ mod tests {
             .map(|g| g["name"].as_str().unwrap())
             .collect();
         assert_eq!(groups, ["apps", "batch"]);
+    }
+
+    #[test]
+    fn openapi_describes_the_honoured_fields_of_each_kind() {
+        let doc = open_api("apps", "v1");
+        let d = &doc["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"];
+        assert_eq!(
+            d["x-kubernetes-group-version-kind"][0]["kind"],
+            "Deployment"
+        );
+        let replicas = &d["properties"]["spec"]["properties"]["replicas"];
+        assert_eq!(replicas["type"], "integer");
+        assert!(replicas["description"]
+            .as_str()
+            .is_some_and(|t| t.contains("desired pods")));
+        let container = &d["properties"]["spec"]["properties"]["template"]["properties"]["spec"]
+            ["properties"]["containers"]["items"];
+        assert_eq!(container["properties"]["image"]["type"], "string");
+        let core = open_api("", "v1");
+        assert!(core["components"]["schemas"]["io.k8s.api.core.v1.Pod"].is_object());
     }
 
     #[test]
