@@ -61,13 +61,62 @@ fn kubectl_creates_from_its_generators_and_drains_a_node() {
     );
     let ns = ok(kubectl(&c, &["get", "ns", "team", "-o", "name"]), "get ns");
     assert_eq!(ns.trim(), "namespace/team");
-    let err = fails(
-        kubectl(&c, &["create", "job", "once", "--image=x"]),
-        "create job",
+    // Workloads too: a Deployment with replicas 0 (a pointer set to zero stays zero), a Job
+    // that runs to completion, a NodePort Service.
+    ok(
+        kubectl(
+            &c,
+            &[
+                "create",
+                "deployment",
+                "idle",
+                &format!("--image={image}"),
+                "--replicas=0",
+            ],
+        ),
+        "create deployment",
     );
+    let idle = get_json(&c, "deploy", "idle");
+    assert_eq!(idle["spec"]["replicas"], 0, "{idle}");
+    assert_eq!(
+        idle["spec"]["selector"]["matchLabels"]["app"], "idle",
+        "{idle}"
+    );
+    let job = kubectl(
+        &c,
+        &[
+            "create",
+            "job",
+            "once",
+            &format!("--image={image}"),
+            "--",
+            "print",
+            "done",
+        ],
+    );
+    ok(job, "create job");
+    let once = get_json(&c, "job", "once");
+    assert_eq!(
+        once["spec"]["template"]["spec"]["restartPolicy"], "Never",
+        "{once}"
+    );
+    // (It would run as an OCI pod: its check is the object; it goes again.)
+    ok(kubectl(&c, &["delete", "job", "once"]), "delete job");
+    ok(
+        kubectl(
+            &c,
+            &["create", "service", "nodeport", "edge", "--tcp=80:8080"],
+        ),
+        "create service",
+    );
+    let edge = get_json(&c, "svc", "edge");
+    assert_eq!(edge["spec"]["type"], "NodePort", "{edge}");
+    assert_eq!(edge["spec"]["ports"][0]["targetPort"], 8080, "{edge}");
     assert!(
-        err.contains("a Job sent as protobuf is not read yet"),
-        "{err}"
+        edge["spec"]["ports"][0]["nodePort"]
+            .as_u64()
+            .is_some_and(|p| p >= 30000),
+        "{edge}"
     );
 
     // run and expose send JSON.
