@@ -9,7 +9,9 @@
 
 mod kit;
 
-use kit::kubectl::{deployment, fails, get_json, json, kubectl, kubectl_as, kubectl_missing, ok};
+use kit::kubectl::{
+    apply_web, deployment, fails, get_json, json, kubectl, kubectl_as, kubectl_missing, ok,
+};
 use kit::{field, Cluster};
 use std::io::BufRead as _;
 use std::process::{Command, Stdio};
@@ -87,22 +89,7 @@ fn kubectl_discovers_and_reads_the_cluster() {
         "{nodes}"
     );
     let image = c.push_probe();
-    ok(
-        kubectl_as(
-            &c.controller.config(),
-            &c,
-            &["apply", "-f", "-"],
-            Some(&deployment(image, Some(2))),
-        ),
-        "apply",
-    );
-    c.wait_for("two web pods Running", Duration::from_secs(60), |c| {
-        c.pods("app=web")
-            .iter()
-            .filter(|p| field(p, "status.phase") == "Running")
-            .count()
-            == 2
-    });
+    apply_web(&c, image, 2);
 
     // Every output kubectl has, from the server's Table or the objects.
     let wide = ok(kubectl(&c, &["get", "pods", "-o", "wide"]), "get -o wide");

@@ -4,7 +4,7 @@
 
 mod kit;
 
-use kit::kubectl::{deployment, fails, get_json, kubectl, kubectl_as, kubectl_missing, ok};
+use kit::kubectl::{apply_web, fails, get_json, kubectl, kubectl_missing, ok};
 use kit::{field, Cluster};
 use std::time::Duration;
 
@@ -159,22 +159,7 @@ fn kubectl_creates_from_its_generators_and_drains_a_node() {
     );
 
     // drain: cordon, then each pod evicted; the Deployment's come back on the other node.
-    ok(
-        kubectl_as(
-            &c.controller.config(),
-            &c,
-            &["apply", "-f", "-"],
-            Some(&deployment(image, Some(2))),
-        ),
-        "apply",
-    );
-    c.wait_for("two web pods Running", Duration::from_secs(60), |c| {
-        c.pods("app=web")
-            .iter()
-            .filter(|p| field(p, "status.phase") == "Running")
-            .count()
-            == 2
-    });
+    apply_web(&c, image, 2);
     let node = field(&c.pod("solo"), "spec.nodeName");
     let other = if node == "node-1" { "node-2" } else { "node-1" };
     let out = ok(

@@ -99,3 +99,29 @@ spec:
 "
     )
 }
+
+/// `kubectl apply` of the `web` Deployment of `image` with `replicas`, then waits until that
+/// many of its pods run.
+pub fn apply_web(c: &Cluster, image: &str, replicas: usize) {
+    let manifest = deployment(image, Some(replicas as u32));
+    ok(
+        kubectl_as(
+            &c.controller.config(),
+            c,
+            &["apply", "-f", "-"],
+            Some(&manifest),
+        ),
+        "apply",
+    );
+    c.wait_for(
+        "the web pods Running",
+        std::time::Duration::from_secs(60),
+        |c| {
+            c.pods("app=web")
+                .iter()
+                .filter(|p| super::field(p, "status.phase") == "Running")
+                .count()
+                == replicas
+        },
+    );
+}
