@@ -321,47 +321,40 @@ impl Caller {
 async fn read_body(body: Incoming) -> Result<Bytes, Response> {
     match http_body_util::Limited::new(body, MAX_BODY).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) => {
-            let message = if e.is::<http_body_util::LengthLimitError>() {
-                format!("the request body is larger than the {MAX_BODY} bytes the server takes")
-            } else {
-                format!("reading the request body: {e}")
-            };
-            let e = crate::Error::BadRequest(message);
-            let (code, mut body) = status::status(
-                &e.into(),
-                &Doing {
-                    verb: "",
-                    who: &Identity::Anonymous,
-                    target: None,
-                },
-            );
-            let code = if body["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("larger than"))
-            {
-                body["code"] = 413.into();
-                StatusCode::PAYLOAD_TOO_LARGE
-            } else {
-                code
-            };
-            Err(json_response(code, &body))
-        }
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(failure(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            &format!("the request body is larger than the {MAX_BODY} bytes the server takes"),
+        )),
+        Err(e) => Err(failure(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("reading the request body: {e}"),
+        )),
     }
 }
 
-fn not_found() -> Response {
+/// A failure that is about the request itself, not an object.
+fn failure(code: StatusCode, reason: &str, message: &str) -> Response {
     let body = serde_json::json!({
         "kind": "Status",
         "apiVersion": "v1",
         "metadata": {},
         "status": "Failure",
-        "message": "the server could not find the requested resource",
-        "reason": "NotFound",
+        "message": message,
+        "reason": reason,
         "details": {},
-        "code": 404,
+        "code": code.as_u16(),
     });
-    json_response(StatusCode::NOT_FOUND, &body)
+    json_response(code, &body)
+}
+
+fn not_found() -> Response {
+    failure(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        "the server could not find the requested resource",
+    )
 }
 
 #[cfg(test)]

@@ -248,12 +248,8 @@ fn body_value(req: &ApiRequest) -> Result<Value, WireError> {
         return Err(unsupported_media(media));
     }
     let value: Value = if media == PROTOBUF {
-        super::protobuf::decode(&req.body).map_err(|e| {
-            WireError::new(
-                ErrorCode::UnsupportedMediaType,
-                format!("the protobuf body: {e}"),
-            )
-        })?
+        super::protobuf::decode(&req.body)
+            .map_err(|e| WireError::new(ErrorCode::BadRequest, format!("the protobuf body: {e}")))?
     } else if media == "application/yaml" {
         serde_yaml_ng::from_slice(&req.body)
             .map_err(|e| bad_request(format!("the request body is not YAML: {e}")))?
