@@ -331,10 +331,9 @@ spec:
         v
     };
     let rolled = |c: &Cluster, want: &str| {
-        c.shoal(&["rollout", "status", "deploy/web", "--timeout", "0s"])
-            .0
-            .status
-            .success()
+        c.shoal(&["rollout", "status", "deploy/web", "--watch=false"])
+            .stdout()
+            .contains("successfully rolled out")
             && c.shoal(&["get", "pods", "-l", "app=web", "--no-headers"])
                 .stdout()
                 .lines()

@@ -220,10 +220,9 @@ fn a_deployment_spreads_scales_and_rolls_out_within_its_budgets() {
             None => {
                 if changes > 0
                     && done(&pods)
-                    && c.shoal(&["rollout", "status", "deploy/web", "--timeout", "0s"])
-                        .0
-                        .status
-                        .success()
+                    && c.shoal(&["rollout", "status", "deploy/web", "--watch=false"])
+                        .stdout()
+                        .contains("successfully rolled out")
                 {
                     break;
                 }
@@ -289,10 +288,9 @@ fn rollout_undo_returns_to_the_previous_template_and_pause_holds_edits_until_res
     let c = Cluster::start(2);
     c.push_probe();
     let settled = |c: &Cluster, message: &str| {
-        c.shoal(&["rollout", "status", "deploy/web", "--timeout", "0s"])
-            .0
-            .status
-            .success()
+        c.shoal(&["rollout", "status", "deploy/web", "--watch=false"])
+            .stdout()
+            .contains("successfully rolled out")
             && web_pods(c) == 2
             && outputs(c) == vec![format!("{message}\n"); 2]
     };

@@ -24,9 +24,12 @@ enum RolloutCommand {
         target: String,
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
-        /// Give up after this long (e.g. 90s, 5m).
+        /// Give up after this long (e.g. 90s, 5m); 0 waits as long as it takes, as in kubectl.
         #[arg(long, default_value = "5m", value_parser = super::duration::parse)]
         timeout: Duration,
+        /// `--watch=false` prints where the rollout stands once and exits, as kubectl does.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        watch: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -166,7 +169,15 @@ pub async fn run(args: Args) -> Result<()> {
         RolloutCommand::Status {
             target,
             namespace,
+            timeout: _,
+            watch: false,
+            client,
+        } => status_once(&target, &namespace, &client).await,
+        RolloutCommand::Status {
+            target,
+            namespace,
             timeout,
+            watch: true,
             client,
         } => status(&target, &namespace, timeout, &client).await,
         RolloutCommand::History {
@@ -266,6 +277,32 @@ async fn set_paused(
     Ok(())
 }
 
+/// A rollout that passed its progress deadline: no point waiting for it.
+fn stuck(d: &Deployment) -> bool {
+    d.status.as_ref().is_some_and(|st| {
+        st.observed_generation >= d.metadata.generation
+            && st.conditions.iter().any(|c| {
+                c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+            })
+    })
+}
+
+/// `rollout status --watch=false`: where the rollout stands now. Like kubectl, an unfinished
+/// rollout is not an error; one past its deadline is.
+async fn status_once(target: &str, namespace: &str, client: &ClientArgs) -> Result<()> {
+    let name = deployment_name(target)?;
+    let conn = connect(client).await?;
+    let d = get_deployment(&conn, namespace, &name).await?;
+    if stuck(&d) {
+        bail!("deployment {name:?} exceeded its progress deadline");
+    }
+    match progress(&d) {
+        None => println!("deployment {name:?} successfully rolled out"),
+        Some(message) => println!("{message}"),
+    }
+    Ok(())
+}
+
 /// Follows the Deployment's watch until its rollout is done, stuck, or the time is up.
 async fn status(
     target: &str,
@@ -282,7 +319,7 @@ async fn status(
         fields: format!("metadata.name={name}"),
     });
     let mut last = String::new();
-    let followed = tokio::time::timeout(timeout, async {
+    let followed = async {
         loop {
             let object = match next_seen(&mut watcher, &conn).await? {
                 Seen::Listed { items, .. } => match items.into_iter().next() {
@@ -296,14 +333,7 @@ async fn status(
                 Seen::Changed { object, .. } => object,
             };
             let d: Deployment = Object::from_json(&object)?.into_typed()?;
-            let stuck = d.status.as_ref().is_some_and(|st| {
-                st.observed_generation >= d.metadata.generation
-                    && st.conditions.iter().any(|c| {
-                        c.type_ == "Progressing"
-                            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-                    })
-            });
-            if stuck {
+            if stuck(&d) {
                 bail!("deployment {name:?} exceeded its progress deadline");
             }
             match progress(&d) {
@@ -318,8 +348,11 @@ async fn status(
                 Some(_) => {}
             }
         }
-    });
-    match followed.await {
+    };
+    if timeout.is_zero() {
+        return followed.await;
+    }
+    match tokio::time::timeout(timeout, followed).await {
         Ok(done) => done,
         Err(_) => bail!("timed out waiting for the rollout of deployment {name:?} ({timeout:?})"),
     }
