@@ -13,18 +13,11 @@
 #[path = "../tests/kit/mod.rs"]
 mod kit;
 
-use kit::{latency_row, Controller};
+use kit::{env_or, latency_row, Controller};
 use shoal_transport::proto::{Request, Response};
 use std::io::BufRead as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn pod(i: usize, label: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({

@@ -14,7 +14,7 @@
 #[path = "../tests/kit/mod.rs"]
 mod kit;
 
-use kit::{rss_kib, Controller};
+use kit::{env_or, rss_kib, Controller};
 use shoal_agent::AgentConfig;
 use shoal_transport::proto::{EventType, Request, Response};
 use shoal_transport::{Client, Credentials};
@@ -22,13 +22,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn config(server: &str, token: &str, name: String, dir: &Path) -> AgentConfig {
     AgentConfig {

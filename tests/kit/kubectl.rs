@@ -3,7 +3,7 @@
 
 use super::Cluster;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 pub fn kubectl_missing(test: &str) -> bool {
     let found = Command::new("kubectl")
@@ -31,20 +31,8 @@ pub fn kubectl_as(config: &Path, c: &Cluster, args: &[&str], stdin: Option<&str>
     cmd.env("KUBECONFIG", config)
         .arg("--cache-dir")
         .arg(&cache)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("kubectl runs");
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        use std::io::Write as _;
-        pipe.write_all(text.as_bytes()).expect("kubectl's stdin");
-    }
-    child.wait_with_output().expect("kubectl finishes")
+        .args(args);
+    super::output_of(cmd, stdin)
 }
 
 #[track_caller]

@@ -92,26 +92,8 @@ impl Controller {
 
     pub fn shoal_stdin(&self, args: &[&str], stdin: Option<&str>) -> Run {
         let mut cmd = Command::new(shoal_bin());
-        cmd.args(args)
-            .env("SHOAL_CONFIG", self.config())
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn shoal");
-        if let Some(input) = stdin {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
-        }
-        Run(child.wait_with_output().expect("wait for shoal"))
+        cmd.args(args).env("SHOAL_CONFIG", self.config());
+        Run(output_of(cmd, stdin))
     }
 
     /// SIGKILL, as a power cut would.
@@ -173,6 +155,32 @@ impl Run {
         );
         self.stderr()
     }
+}
+
+/// Runs `cmd` to its end with `stdin` (or none) as its input; its output.
+pub fn output_of(mut cmd: Command, stdin: Option<&str>) -> Output {
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("the program runs");
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        use std::io::Write as _;
+        pipe.write_all(text.as_bytes())
+            .expect("the program's stdin");
+    }
+    child.wait_with_output().expect("the program finishes")
+}
+
+/// A number from the environment, or `default` (the benches' sizes).
+pub fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 pub fn repo_path(rel: &str) -> PathBuf {

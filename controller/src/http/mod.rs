@@ -336,16 +336,7 @@ async fn read_body(body: Incoming) -> Result<Bytes, Response> {
 
 /// A failure that is about the request itself, not an object.
 fn failure(code: StatusCode, reason: &str, message: &str) -> Response {
-    let body = serde_json::json!({
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "details": {},
-        "code": code.as_u16(),
-    });
+    let body = status::failure(code, reason, message, Default::default());
     json_response(code, &body)
 }
 

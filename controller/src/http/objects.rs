@@ -448,19 +448,24 @@ async fn delete(
         other => return Err(WireError::new(ErrorCode::Internal, other.unexpected())),
     };
     if !dry_run {
-        call(
-            service,
-            who,
-            Request::Delete {
-                kind: t.kind.name().into(),
-                namespace: t.namespace.clone(),
-                name: t.name.clone().unwrap_or_default(),
-                propagation,
-            },
-        )
-        .await?;
+        delete_one(service, who, t, propagation).await?;
     }
     Ok(json_response(StatusCode::OK, &before))
+}
+
+async fn delete_one(
+    service: &Service,
+    who: &Identity,
+    t: &Target,
+    propagation: shoal_api::PropagationPolicy,
+) -> Result<Answer, WireError> {
+    let request = Request::Delete {
+        kind: t.kind.name().into(),
+        namespace: t.namespace.clone(),
+        name: t.name.clone().unwrap_or_default(),
+        propagation,
+    };
+    call(service, who, request).await
 }
 
 /// `pods/NAME/eviction` (`kubectl drain`): Shoal has no PodDisruptionBudgets, so an
@@ -487,17 +492,7 @@ async fn evict(service: &Service, who: &Identity, req: &ApiRequest) -> Result<Re
     let options = Some(&eviction["deleteOptions"]).filter(|o| o.is_object());
     let (propagation, dry_run) = options_of(options, &req.query)?;
     if !dry_run {
-        call(
-            service,
-            who,
-            Request::Delete {
-                kind: Kind::Pod.name().into(),
-                namespace: t.namespace.clone(),
-                name,
-                propagation,
-            },
-        )
-        .await?;
+        delete_one(service, who, t, propagation).await?;
     }
     Ok(json_response(
         StatusCode::CREATED,

@@ -103,19 +103,26 @@ pub fn status(e: &WireError, doing: &Doing<'_>) -> (StatusCode, Value) {
             .collect();
         details.insert("causes".into(), causes.into());
     }
-    let mut body = json!({
+    (http, failure(http, reason, &message, details))
+}
+
+/// The `Status` of a failure: its HTTP code, reason and message, and what it is about.
+pub fn failure(
+    code: StatusCode,
+    reason: &str,
+    message: &str,
+    details: serde_json::Map<String, Value>,
+) -> Value {
+    json!({
         "kind": "Status",
         "apiVersion": "v1",
         "metadata": {},
         "status": "Failure",
         "message": message,
         "reason": reason,
-        "code": http.as_u16(),
-    });
-    if !details.is_empty() {
-        body["details"] = Value::Object(details);
-    }
-    (http, body)
+        "details": details,
+        "code": code.as_u16(),
+    })
 }
 
 /// A `Status` of success, as a delete of a collection answers.

@@ -1,5 +1,6 @@
 //! The controller process: opens the store and the PKI in the data dir, writes the admin
-//! credential and the join token, and serves the API over QUIC until shut down.
+//! credential and the join token, and serves the API over QUIC (UDP) and, on the same port
+//! number, the Kubernetes API over HTTPS (TCP) until shut down.
 
 use crate::artifacts::Artifacts;
 use crate::error::{Error, Result};

@@ -1,5 +1,6 @@
 //! The API service: every operation of the controller, behind identities and permissions,
-//! independent of the door it is reached through (QUIC today; HTTP later calls the same code).
+//! independent of the door it is reached through (QUIC, and the Kubernetes API over HTTPS in
+//! `crate::http`, which turns each HTTP request into one of these).
 
 use crate::artifacts::{Artifacts, Blob};
 use crate::error::{Error, Result};
