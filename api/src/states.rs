@@ -146,6 +146,32 @@ impl Pod {
         RuntimeClass::of(self.spec.runtime_class_name.as_deref())
     }
 
+    /// The container `-c` names (logs, exec), or without it the pod's one container; its init
+    /// containers only by name, as kubectl. The error says which there are.
+    pub fn choose_container(&self, container: Option<&str>) -> Result<String, String> {
+        let name_of = |c: &crate::Container| c.name.clone();
+        let names: Vec<String> = self.spec.containers.iter().map(name_of).collect();
+        let init: Vec<String> = self.spec.init_containers.iter().map(name_of).collect();
+        let name = &self.metadata.name;
+        match container {
+            Some(c) if names.iter().chain(&init).any(|n| n == c) => Ok(c.to_string()),
+            Some(c) => Err(format!(
+                "container {c:?} is not valid for pod {name:?} (its containers: {}{})",
+                names.join(", "),
+                if init.is_empty() {
+                    String::new()
+                } else {
+                    format!("; init containers: {}", init.join(", "))
+                }
+            )),
+            None if names.len() == 1 => Ok(names[0].clone()),
+            None => Err(format!(
+                "pod {name:?} has several containers: choose one of {} with -c",
+                names.join(", ")
+            )),
+        }
+    }
+
     /// Whether it uses its node's network: hostNetwork, or wasm (whose sockets are the node's).
     pub fn uses_node_network(&self) -> bool {
         self.spec.host_network || self.runtime_class() == RuntimeClass::Wasm

@@ -181,6 +181,17 @@ pub enum Request {
     PeerCert {
         csr_pem: String,
     },
+    /// Runs `command` in a container of a pod (`kubectl exec`). The controller finds the pod's
+    /// node and asks it the same; after [`Response::Ok`] the stream carries [`ExecFrame`]s
+    /// both ways until the node's [`ExecFrame::Exit`].
+    Exec {
+        namespace: String,
+        pod: String,
+        container: Option<String>,
+        command: Vec<String>,
+        stdin: bool,
+        tty: bool,
+    },
     /// The controller asks a node to open a TCP connection (or a UDP flow) to one of its pods (`ip` is
     /// the pod's address); answered with [`Response::Ok`] and then the bytes, as for
     /// [`Request::Tunnel`].
@@ -189,6 +200,31 @@ pub enum Request {
         port: u16,
         udp: bool,
     },
+}
+
+/// What travels on an [`Request::Exec`] stream once the command started: input and terminal
+/// sizes towards the node, output and the exit towards the caller.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExecFrame {
+    Stdin(Vec<u8>),
+    /// The caller's input ended.
+    StdinClosed,
+    /// The caller's terminal changed size (columns, rows).
+    Resize {
+        width: u16,
+        height: u16,
+    },
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    /// The command ended with this code (128 + the signal when one ended it).
+    Exit(i32),
+}
+
+impl ExecFrame {
+    /// The most one frame carries: output and input travel in pieces this size.
+    pub const MAX_DATA: usize = 32 << 10;
+    /// The largest encoded frame a reader takes.
+    pub const MAX_FRAME: usize = Self::MAX_DATA + 64;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

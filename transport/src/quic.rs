@@ -466,6 +466,17 @@ impl Client {
 
     /// Sends `req` and returns the stream of responses (for watches and logs).
     pub async fn stream(&self, req: &Request) -> Result<ResponseStream> {
+        let (mut send, recv) = self.open(req).await?;
+        send.finish()
+            .map_err(|e| self.why(Error::Stream(e.to_string())))?;
+        Ok(ResponseStream {
+            recv: frame::Reader::new(recv, frame::MAX_FRAME),
+            _send: send,
+        })
+    }
+
+    /// Opens a stream with `req` and keeps its sending side for what goes both ways (exec).
+    pub async fn open(&self, req: &Request) -> Result<(SendStream, RecvStream)> {
         let opened = async {
             let (mut send, recv) = self
                 .conn
@@ -473,11 +484,7 @@ impl Client {
                 .await
                 .map_err(|e| Error::Connection(e.to_string()))?;
             frame::write(&mut send, req).await?;
-            send.finish().map_err(|e| Error::Stream(e.to_string()))?;
-            Ok(ResponseStream {
-                recv: frame::Reader::new(recv, frame::MAX_FRAME),
-                _send: send,
-            })
+            Ok((send, recv))
         };
         opened.await.map_err(|e| self.why(e))
     }

@@ -24,7 +24,7 @@ use crate::artifacts::ArtifactCache;
 use crate::config::{AgentConfig, Link};
 use crate::error::Result;
 use crate::sync::lock;
-use shoal_api::{Kind, Object, Pod};
+use shoal_api::{Kind, Object, Pod, RuntimeClass};
 use shoal_runtime::oci::netns::{PodNetwork, Subnet};
 use shoal_runtime::oci::RuncRuntime;
 use shoal_runtime::wasm::WasmRuntime;
@@ -539,37 +539,41 @@ impl crate::tunnel::Pods for Supervisor {
                 .filter(|(dir, _)| dir.join("logs").is_dir())
                 .ok_or_else(|| format!("pod {pod:?} is not on node {:?}", self.0.node))?,
         };
-        let name_of = |c: &shoal_api::Container| c.name.clone();
-        let names: Vec<String> = spec.spec.containers.iter().map(name_of).collect();
-        let init: Vec<String> = spec.spec.init_containers.iter().map(name_of).collect();
-        // Without -c, the pod's one container (its init containers only by name, as kubectl).
-        let name = match container {
-            Some(c) if names.iter().chain(&init).any(|n| n == c) => c.to_string(),
-            Some(c) => {
-                return Err(format!(
-                    "container {c:?} is not valid for pod {pod:?} (its containers: {}{})",
-                    names.join(", "),
-                    if init.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; init containers: {}", init.join(", "))
-                    }
-                ))
-            }
-            None if names.len() == 1 => names[0].clone(),
-            None => {
-                return Err(format!(
-                    "pod {pod:?} has several containers: choose one of {} with -c",
-                    names.join(", ")
-                ))
-            }
-        };
+        let name = spec.choose_container(container)?;
         let current = dir.join("logs").join(format!("{name}.log"));
         Ok(if previous {
             shoal_runtime::logs::previous_path(&current)
         } else {
             current
         })
+    }
+
+    /// `runc exec` of `command` in a container of a pod running here (with a terminal when
+    /// `tty`), or why it cannot be.
+    fn exec_command(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: Option<&str>,
+        command: &[String],
+        tty: bool,
+    ) -> std::result::Result<std::process::Command, String> {
+        let spec = lock(&self.0.pods)
+            .values()
+            .find(|r| r.namespace == namespace && r.name == pod)
+            .map(|r| lock(&r.state).pod.clone())
+            .ok_or_else(|| format!("pod {pod:?} does not run on node {:?}", self.0.node))?;
+        if spec.runtime_class() != RuntimeClass::Runc {
+            return Err(format!(
+                "pod {pod:?} runs as WebAssembly: a wasm pod has no processes to exec into"
+            ));
+        }
+        let runc =
+            self.0.runc.as_ref().ok_or_else(|| {
+                format!("node {:?} runs no OCI containers (no runc)", self.0.node)
+            })?;
+        let name = spec.choose_container(container)?;
+        Ok(runc.exec_command(&container_key(&spec, &name), command, tty))
     }
 
     /// Is this pod still running here?

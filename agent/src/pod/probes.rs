@@ -45,7 +45,7 @@ pub(super) async fn probe_container(
                         .to_string(),
                 );
             };
-            let mut cmd = tokio::process::Command::from(runc.exec_command(&key, &argv));
+            let mut cmd = tokio::process::Command::from(runc.exec_command(&key, &argv, false));
             cmd.kill_on_drop(true);
             let out = cmd.output().await.map_err(|e| format!("runc exec: {e}"))?;
             let mut text = String::from_utf8_lossy(&out.stdout).to_string();

@@ -3,6 +3,7 @@
 //! nodes' service proxies connecting directly ([`peer`]). Both reach the pods only through
 //! [`Pods`], which the supervisor implements: this module never sees the supervisor itself.
 
+mod exec;
 pub mod peer;
 pub mod serve;
 
@@ -22,6 +23,15 @@ pub trait Pods: Clone + Send + Sync + 'static {
         container: Option<&str>,
         previous: bool,
     ) -> Result<PathBuf, String>;
+    /// How to run `command` in a container of a pod here (`runc exec`), or why it cannot be.
+    fn exec_command(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: Option<&str>,
+        command: &[String],
+        tty: bool,
+    ) -> Result<std::process::Command, String>;
     /// Whether the pod still runs here.
     fn has(&self, namespace: &str, pod: &str) -> bool;
     /// The container images the node holds, as JSON for `shoal images`.

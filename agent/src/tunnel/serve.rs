@@ -19,6 +19,10 @@ pub async fn serve<P: Pods>(conn: quinn::Connection, pods: P, tasks: TaskTracker
                     dial(send, recv, &pods, &ip, port, udp).await;
                     return;
                 }
+                Ok(Some(request @ Request::Exec { .. })) => {
+                    super::exec::exec(send, recv, &pods, request).await;
+                    return;
+                }
                 Ok(Some(request @ Request::Logs { .. })) => {
                     logs(&mut send, &pods, request).await;
                     None

@@ -173,11 +173,16 @@ impl RuncRuntime {
         serde_json::from_slice(&out).ok()
     }
 
-    /// `runc exec` of `argv` in the container `key` (an exec probe), for the caller to run
-    /// and time.
-    pub fn exec_command(&self, key: &str, argv: &[String]) -> Command {
+    /// `runc exec` of `argv` in the container `key` (an exec probe, `kubectl exec`), for the
+    /// caller to run; with `tty`, runc gives the process a terminal and relays it to its own
+    /// stdio, which must then be a terminal too.
+    pub fn exec_command(&self, key: &str, argv: &[String], tty: bool) -> Command {
         let mut c = self.runc();
-        c.arg("exec").arg(container_id(key)).args(argv);
+        c.arg("exec");
+        if tty {
+            c.arg("--tty");
+        }
+        c.arg(container_id(key)).args(argv);
         c
     }
 
