@@ -68,6 +68,20 @@ impl NodeLinks {
         node: &str,
         request: &Request,
     ) -> crate::Result<(quinn::SendStream, quinn::RecvStream)> {
+        let (mut to_node, from_node) = self.open(node, request).await?;
+        to_node.finish().map_err(|e| {
+            crate::Error::unreachable(node, &shoal_transport::Error::Stream(e.to_string()))
+        })?;
+        Ok((to_node, from_node))
+    }
+
+    /// Opens a stream to `node` with `request` and keeps its sending side open, for what
+    /// goes both ways (exec).
+    pub async fn open(
+        &self,
+        node: &str,
+        request: &Request,
+    ) -> crate::Result<(quinn::SendStream, quinn::RecvStream)> {
         let conn = self
             .get(node)
             .ok_or_else(|| crate::Error::Unreachable(format!("node {node:?} is not connected")))?;
@@ -77,9 +91,6 @@ impl NodeLinks {
                 .await
                 .map_err(|e| shoal_transport::Error::Connection(e.to_string()))?;
             shoal_transport::frame::write(&mut to_node, request).await?;
-            to_node
-                .finish()
-                .map_err(|e| shoal_transport::Error::Stream(e.to_string()))?;
             Ok::<_, shoal_transport::Error>((to_node, from_node))
         };
         opened

@@ -540,9 +540,10 @@ async fn relay(
     }
 }
 
-/// Joins a node's service connection to a pod on another node: asks that node to dial the
-/// pod over its own connection, passes on its answer, and then copies bytes both ways until
-/// both ends are done. Both legs are the nodes' mutual-TLS QUIC connections.
+/// Joins a stream to one the controller opens to `node` with `request`: a node's service
+/// connection to a pod on another node ([`Request::Dial`]), or an admin's exec
+/// ([`Request::Exec`]). Passes on the node's answer, then copies bytes both ways until both
+/// ends are done. Both legs are mutual-TLS QUIC connections.
 async fn tunnel(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
@@ -750,6 +751,11 @@ async fn serve_stream(
                 tracing::debug!(error = %shoal_transport::report(&e), "artifact transfer ended early");
             }
         }
+        // An exec's stream goes both ways, as a tunnel's does.
+        Reply::ToNode {
+            node,
+            request: request @ Request::Exec { .. },
+        } => return tunnel(send, recv, links, &node, request, &shutdown).await,
         Reply::ToNode { node, request } => {
             relay(&mut send, links, &node, &request, &shutdown).await
         }

@@ -75,6 +75,16 @@ fn bad_request(message: impl Into<String>) -> WireError {
     Error::BadRequest(message.into()).into()
 }
 
+/// The node a pod was scheduled to, for what only its node can serve (logs, exec).
+fn scheduled(pod: &Pod, unscheduled: &str) -> std::result::Result<String, WireError> {
+    pod.spec.node_name.clone().ok_or_else(|| {
+        bad_request(format!(
+            "pod {:?} is not scheduled yet: {unscheduled}",
+            pod.metadata.name
+        ))
+    })
+}
+
 fn parse_kind(kind: &str) -> std::result::Result<Kind, WireError> {
     kind.parse::<Kind>().map_err(|e| bad_request(e.to_string()))
 }
@@ -333,20 +343,18 @@ impl Service {
                 ref pod,
                 ..
             } => {
-                let key = ObjectKey::new(Kind::Pod, Some(namespace), pod);
-                let obj = self
-                    .store
-                    .get(&key)
-                    .await?
-                    .ok_or_else(|| Error::NotFound(key.to_string()))?;
-                let pod: Pod = obj.into_typed().map_err(Error::from)?;
-                match pod.spec.node_name {
-                    Some(node) => Ok(Reply::ToNode { node, request: req }),
-                    None => Err(bad_request(format!(
-                        "pod {:?} is not scheduled yet: it has no logs",
-                        pod.metadata.name
-                    ))),
-                }
+                let node = scheduled(&self.pod(namespace, pod).await?, "it has no logs")?;
+                Ok(Reply::ToNode { node, request: req })
+            }
+            Request::Exec {
+                ref namespace,
+                ref pod,
+                ref container,
+                ref command,
+                ..
+            } => {
+                let node = self.exec_node(namespace, pod, container, command).await?;
+                Ok(Reply::ToNode { node, request: req })
             }
             Request::Missing { digests } => {
                 let missing: Vec<&String> = digests
@@ -382,6 +390,41 @@ impl Service {
                 "nodes dial their pods; the controller does not",
             )),
         }
+    }
+
+    /// The node to run an exec on. What the pod's spec already rules out is refused here,
+    /// before any node is asked (and before kubectl's fallback to SPDY asks again).
+    async fn exec_node(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &Option<String>,
+        command: &[String],
+    ) -> std::result::Result<String, WireError> {
+        if command.is_empty() {
+            return Err(bad_request("exec needs a command to run"));
+        }
+        let pod = self.pod(namespace, pod).await?;
+        if pod.runtime_class() != shoal_api::RuntimeClass::Runc {
+            return Err(bad_request(format!(
+                "pod {:?} runs as WebAssembly: a wasm pod has no processes to exec into",
+                pod.metadata.name
+            )));
+        }
+        pod.choose_container(container.as_deref())
+            .map_err(bad_request)?;
+        scheduled(&pod, "nothing runs in it")
+    }
+
+    /// A pod, or NotFound.
+    async fn pod(&self, namespace: &str, pod: &str) -> Result<Pod> {
+        let key = ObjectKey::new(Kind::Pod, Some(namespace), pod);
+        let obj = self
+            .store
+            .get(&key)
+            .await?
+            .ok_or_else(|| Error::NotFound(key.to_string()))?;
+        obj.into_typed().map_err(Error::from)
     }
 
     async fn delete(&self, key: &ObjectKey, policy: PropagationPolicy) -> Result<Vec<Change>> {
