@@ -152,6 +152,13 @@ pub fn resources(group: &str, version: &str) -> Value {
             "verbs": ["get"],
         }));
         resources.push(json!({
+            "name": "pods/exec",
+            "singularName": "",
+            "namespaced": true,
+            "kind": "PodExecOptions",
+            "verbs": ["create", "get"],
+        }));
+        resources.push(json!({
             "name": "pods/eviction",
             "singularName": "",
             "namespaced": true,

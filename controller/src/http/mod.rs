@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod discovery;
+mod exec;
 mod logs;
 mod objects;
 mod path;
@@ -30,6 +31,7 @@ mod scale;
 mod status;
 mod table;
 mod watch;
+mod websocket;
 
 use path::Route;
 use status::Doing;
@@ -188,7 +190,6 @@ pub async fn serve(
                 tracing::info!(%remote, identity = %who, "refused an HTTPS connection: too many from this identity");
                 return;
             };
-            let mut revocations = service.revocations();
             let checker = service.clone();
             let caller = Caller {
                 service,
@@ -207,35 +208,42 @@ pub async fn serve(
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), handler)
                 .with_upgrades();
             tokio::pin!(conn);
-            loop {
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(%remote, error = %e, "HTTPS connection ended");
-                        }
-                        break;
+            let revoked = until_revoked(&checker, &who, key.as_deref());
+            tokio::pin!(revoked);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%remote, error = %e, "HTTPS connection ended");
                     }
-                    _ = shutdown.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
-                        break;
-                    }
-                    // A revoked credential or a deleted node loses its open watches and log
-                    // streams at once, as its QUIC connections are closed.
-                    r = revocations.recv() => {
-                        let recheck = match r {
-                            Ok(revoked) => revoked == who,
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
-                            Err(tokio::sync::broadcast::error::RecvError::Closed) => false,
-                        };
-                        if recheck && checker.authenticate(who.clone(), key.as_deref()).await.is_err() {
-                            tracing::info!(%remote, identity = %who, "closing the HTTPS connection of a revoked certificate");
-                            break;
-                        }
-                    }
+                }
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+                }
+                // A revoked credential or a deleted node loses its open watches and log
+                // streams at once, as its QUIC connections are closed.
+                _ = &mut revoked => {
+                    tracing::info!(%remote, identity = %who, "closing the HTTPS connection of a revoked certificate");
                 }
             }
         });
+    }
+}
+
+/// Resolves once `who`'s credential is revoked or its node deleted, for what it holds open.
+async fn until_revoked(service: &Service, who: &Identity, key: Option<&str>) {
+    let mut revocations = service.revocations();
+    loop {
+        let recheck = match revocations.recv().await {
+            Ok(revoked) => revoked == *who,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                return std::future::pending().await
+            }
+        };
+        if recheck && service.authenticate(who.clone(), key).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -262,7 +270,7 @@ impl Caller {
             Ok(who) => who,
             Err(e) => return error_response(&e, &anonymous),
         };
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let Some(route) = path::route(parts.uri.path()) else {
             return not_found();
         };
@@ -280,6 +288,17 @@ impl Caller {
             Route::Resources { group, version } => ok(discovery::resources(&group, &version)),
             Route::OpenApiRoot => ok(discovery::open_api_root()),
             Route::OpenApi { group, version } => ok(discovery::open_api(&group, &version)),
+            Route::Objects(target) if target.subresource.as_deref() == Some("exec") => {
+                let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+                let caller = exec::Caller {
+                    service: &self.service,
+                    links: &self.links,
+                    who: &who,
+                    key: self.key.as_deref(),
+                };
+                let query = parts.uri.query().unwrap_or("");
+                exec::handle(caller, &target, query, &parts.headers, upgrade).await
+            }
             Route::Objects(target) => {
                 let body = if matches!(parts.method, Method::GET | Method::DELETE | Method::HEAD)
                     && parts.headers.get(hyper::header::CONTENT_LENGTH).is_none()
