@@ -68,6 +68,14 @@ pub async fn next_seen(watcher: &mut Watcher, client: &Client) -> Result<Seen> {
     }
 }
 
+/// A pod named as `NAME`, `pod/NAME` or `pods/NAME`, as kubectl takes it.
+pub fn pod_name(arg: &str) -> String {
+    arg.strip_prefix("pod/")
+        .or_else(|| arg.strip_prefix("pods/"))
+        .unwrap_or(arg)
+        .to_string()
+}
+
 pub fn check(response: Response) -> Result<Response> {
     match response {
         Response::Error(e) => {

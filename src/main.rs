@@ -56,6 +56,8 @@ enum Command {
     Delete(cmd::delete::Args),
     /// Print a container's log.
     Logs(cmd::logs::Args),
+    /// Run a command in a container of an OCI pod.
+    Exec(cmd::exec::Args),
     /// Store an artifact in the controller under NAME:TAG: a .wasm file, or a container image
     /// (OCI layout directory, OCI archive or docker save tarball).
     Push(cmd::push::Args),
@@ -113,6 +115,7 @@ fn main() -> std::process::ExitCode {
             Command::Up(a) => cmd::up::run(a).await,
             Command::Agent(a) => cmd::agent::run(a).await,
             Command::Logs(a) => cmd::logs::run(a).await,
+            Command::Exec(a) => cmd::exec::run(a).await,
             Command::Push(a) => cmd::push::run(a).await,
             Command::Images(a) => cmd::images::run(a).await,
             Command::Scale(a) => cmd::scale::run(a).await,

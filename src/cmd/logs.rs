@@ -29,12 +29,7 @@ pub struct Args {
 
 pub async fn run(args: Args) -> Result<()> {
     let client = connect(&args.client).await?;
-    let pod = args
-        .pod
-        .strip_prefix("pod/")
-        .or_else(|| args.pod.strip_prefix("pods/"))
-        .unwrap_or(&args.pod)
-        .to_string();
+    let pod = crate::client::pod_name(&args.pod);
     let req = Request::Logs {
         namespace: args.namespace,
         pod,

@@ -9,6 +9,7 @@ pub mod delete;
 pub mod describe;
 pub mod drain;
 pub mod duration;
+pub mod exec;
 pub mod get;
 pub mod images;
 pub mod label;

@@ -1,0 +1,184 @@
+//! `kubectl exec` through the HTTPS door, the controller and the node's real runc (root):
+//! output on its own channels, input through a pipe and its end, the exit code, a terminal
+//! (under `script`, so kubectl has one to give), and the refusals: a container the pod lacks,
+//! a wasm pod, a node's credential. Needs runc, root and kubectl: skipped, saying why, where
+//! they are missing; fails instead when SHOAL_REQUIRE_RUNC=1 / SHOAL_REQUIRE_KUBECTL=1 (CI
+//! sets both).
+
+mod kit;
+
+use kit::kubectl::{fails, kubectl, kubectl_as, kubectl_missing, ok};
+use kit::{field, runc_missing};
+use std::time::Duration;
+
+#[test]
+fn runc_kubectl_exec_runs_commands_in_containers() {
+    let test = "runc_kubectl_exec_runs_commands_in_containers";
+    if runc_missing(test) || kubectl_missing(test) {
+        return;
+    }
+    let (c, _leftovers) = kit::oci_cluster(87, 1, &[]);
+    kit::push_busybox(&c);
+    let probe = c.push_probe();
+    let idle = "trap 'exit 0' TERM; while :; do sleep 1; done";
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: shell}}
+spec:
+  containers:
+  - name: main
+    image: busybox:1
+    command: [sh, -c, {idle:?}]
+    env: [{{name: GREETING, value: from the spec}}]
+  - name: side
+    image: busybox:1
+    command: [sh, -c, {idle:?}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: module}}
+spec:
+  runtimeClassName: wasm
+  containers:
+  - name: probe
+    image: {probe}
+    args: [sleep, "600000"]
+"#
+    ));
+    c.wait_for("both pods running", Duration::from_secs(90), |c| {
+        field(&c.pod("shell"), "status.phase") == "Running"
+            && field(&c.pod("module"), "status.phase") == "Running"
+    });
+
+    // Output comes back on its own channels, the exit code becomes kubectl's, and the
+    // command runs as the container's process would (its environment).
+    let out = kubectl(
+        &c,
+        &[
+            "exec",
+            "shell",
+            "-c",
+            "main",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$GREETING\"; echo to-stderr >&2; exit 3",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from the spec\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("to-stderr"), "{stderr}");
+    assert!(
+        stderr.contains("command terminated with exit code 3"),
+        "{stderr}"
+    );
+
+    // Input through a pipe, larger than one message, and its end (cat exits on it).
+    let input: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
+    let out = kubectl_as(
+        &c.controller.config(),
+        &c,
+        &[
+            "exec",
+            "-i",
+            "shell",
+            "-c",
+            "side",
+            "--",
+            "sh",
+            "-c",
+            "wc -c; hostname",
+        ],
+        Some(&input),
+    );
+    let text = ok(out, "exec -i");
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next().map(str::trim),
+        Some(input.len().to_string().as_str())
+    );
+    assert_eq!(lines.next(), Some("shell"), "{text}");
+
+    // A terminal: kubectl gives one when it has one itself (script provides it), and the
+    // command sees a terminal of kubectl's size.
+    let script = std::process::Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "stty cols 91 rows 17; kubectl --cache-dir {} exec -it shell -c main -- sh -c 'tty; stty size'",
+            c.controller.config().with_file_name("kube-cache").display()
+        ))
+        .arg("/dev/null")
+        .env("KUBECONFIG", c.controller.config())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script (bsdutils) runs");
+    let text = String::from_utf8_lossy(&script.stdout);
+    assert!(script.status.success(), "{text}");
+    assert!(text.contains("/dev/pts/"), "a terminal: {text}");
+    assert!(text.contains("17 91"), "kubectl's size: {text}");
+
+    // A caller that goes away ends its command (SIGTERM through runc), not left running.
+    let mut away = std::process::Command::new("kubectl")
+        .env("KUBECONFIG", c.controller.config())
+        .args(["exec", "shell", "-c", "main", "--", "sh", "-c"])
+        .arg("echo $$ > /tmp/held; echo started; exec sleep 1000")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    let mut started = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(away.stdout.take().expect("stdout")),
+        &mut started,
+    )
+    .expect("the command's first line");
+    assert_eq!(started, "started\n");
+    away.kill().expect("kubectl killed");
+    let _ = away.wait();
+    let alive = "kill -0 $(cat /tmp/held) 2>/dev/null";
+    c.wait_for(
+        "the abandoned command ended",
+        Duration::from_secs(30),
+        |c| {
+            !kubectl(c, &["exec", "shell", "-c", "main", "--", "sh", "-c", alive])
+                .status
+                .success()
+        },
+    );
+
+    // What cannot be is refused, saying why, before anything runs.
+    let e = fails(
+        kubectl(&c, &["exec", "shell", "-c", "nope", "--", "true"]),
+        "exec into a missing container",
+    );
+    assert!(e.contains("container \"nope\" is not valid"), "{e}");
+    let e = fails(
+        kubectl(&c, &["exec", "module", "--", "true"]),
+        "exec into a wasm pod",
+    );
+    assert!(
+        e.contains("a wasm pod has no processes to exec into"),
+        "{e}"
+    );
+    let node_config = c.agents[0].dir.join("node.conf");
+    let e = fails(
+        kubectl_as(&node_config, &c, &["exec", "shell", "--", "true"], None),
+        "exec with a node's credential",
+    );
+    assert!(e.contains("Forbidden") || e.contains("forbidden"), "{e}");
+
+    // The QUIC door's own verb runs the same.
+    let out = c.shoal(&[
+        "exec",
+        "shell",
+        "-c",
+        "main",
+        "--",
+        "sh",
+        "-c",
+        "echo hi; exit 4",
+    ]);
+    assert_eq!(out.0.status.code(), Some(4), "{}", out.stderr());
+    assert_eq!(out.stdout(), "hi\n");
+}
