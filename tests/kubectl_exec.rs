@@ -1,4 +1,4 @@
-//! `kubectl exec` through the HTTPS door, the controller and the node's real runc (root):
+//! `kubectl exec` (and `attach`) through the HTTPS door, the controller and the node's real runc (root):
 //! output on its own channels, input through a pipe and its end, the exit code, a terminal
 //! (under `script`, so kubectl has one to give), and the refusals: a container the pod lacks,
 //! a wasm pod, a node's credential. Needs runc, root and kubectl: skipped, saying why, where
@@ -21,6 +21,7 @@ fn runc_kubectl_exec_runs_commands_in_containers() {
     kit::push_busybox(&c);
     let probe = c.push_probe();
     let idle = "trap 'exit 0' TERM; while :; do sleep 1; done";
+    let ticks = "trap 'exit 0' TERM; while :; do echo tick; sleep 0.3; done";
     c.apply(&format!(
         r#"apiVersion: v1
 kind: Pod
@@ -33,7 +34,7 @@ spec:
     env: [{{name: GREETING, value: from the spec}}]
   - name: side
     image: busybox:1
-    command: [sh, -c, {idle:?}]
+    command: [sh, -c, {ticks:?}]
 ---
 apiVersion: v1
 kind: Pod
@@ -146,6 +147,28 @@ spec:
                 .success()
         },
     );
+
+    // kubectl attach shows what the container writes from now on.
+    let mut attached = std::process::Command::new("kubectl")
+        .env("KUBECONFIG", c.controller.config())
+        .args(["attach", "shell", "-c", "side"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(attached.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("the container's output");
+    assert_eq!(line, "tick\n");
+    attached.kill().expect("kubectl killed");
+    let _ = attached.wait();
+    let e = fails(
+        kubectl(&c, &["attach", "-i", "shell", "-c", "side"]),
+        "attach with input",
+    );
+    assert!(e.contains("take no input"), "{e}");
 
     // What cannot be is refused, saying why, before anything runs.
     let e = fails(

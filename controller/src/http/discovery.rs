@@ -152,6 +152,13 @@ pub fn resources(group: &str, version: &str) -> Value {
             "verbs": ["get"],
         }));
         resources.push(json!({
+            "name": "pods/attach",
+            "singularName": "",
+            "namespaced": true,
+            "kind": "PodAttachOptions",
+            "verbs": ["create", "get"],
+        }));
+        resources.push(json!({
             "name": "pods/exec",
             "singularName": "",
             "namespaced": true,

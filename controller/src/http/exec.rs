@@ -3,8 +3,10 @@
 //! 0 stdin, 1 stdout, 2 stderr, 3 the outcome as a `Status`, 4 terminal sizes, and in v5 255
 //! to close a channel (kubectl's end of stdin). The service authorizes the request and finds
 //! the pod's node as for the QUIC door's exec; the node runs the command, and this relays its
-//! [`ExecFrame`]s. kubectl 1.30 and later speak WebSocket first; their older SPDY upgrade is
-//! refused with a message that says so.
+//! [`ExecFrame`]s. `pods/attach` (`kubectl attach`) is the same protocol over the container's
+//! log followed from now: Shoal's containers take no input, so attach only shows output.
+//! kubectl 1.30 and later speak WebSocket first; their older SPDY upgrade is refused with a
+//! message that says so.
 
 use super::status::Doing;
 use super::websocket::{self, Incoming};
@@ -114,13 +116,31 @@ pub async fn handle(
         Ok(o) => o,
         Err(e) => return bad(e),
     };
-    let request = Request::Exec {
-        namespace: target.namespace.clone().unwrap_or_else(|| "default".into()),
-        pod: target.name.clone().unwrap_or_default(),
-        container: o.container,
-        command: o.command,
-        stdin: o.stdin,
-        tty: o.tty,
+    let attach = target.subresource.as_deref() == Some("attach");
+    let namespace = target.namespace.clone().unwrap_or_else(|| "default".into());
+    let pod = target.name.clone().unwrap_or_default();
+    let request = if attach {
+        if o.stdin || o.tty || !o.command.is_empty() {
+            return bad("attach only shows a container's output: containers in Shoal take no input (spec.containers[].stdin is not served); use exec".into());
+        }
+        // From now on, as the container writes it, while the pod runs.
+        Request::Logs {
+            namespace,
+            pod,
+            container: o.container,
+            follow: true,
+            previous: false,
+            tail: Some(0),
+        }
+    } else {
+        Request::Exec {
+            namespace,
+            pod,
+            container: o.container,
+            command: o.command,
+            stdin: o.stdin,
+            tty: o.tty,
+        }
     };
     // Authorized, and what the pod's spec rules out refused, before anything else.
     let (node, request) = match service.handle(who, request).await {
@@ -135,36 +155,21 @@ pub async fn handle(
         is_websocket(headers),
     ) else {
         return bad(format!(
-            "exec is served over WebSocket with the {} protocols (kubectl 1.30 or later), not SPDY",
+            "exec and attach are served over WebSocket with the {} protocols (kubectl 1.30 or later), not SPDY",
             PROTOCOLS.join(" or ")
         ));
     };
     let accept = websocket::accept_key(key.to_str().unwrap_or(""));
-    let (to_node, mut from_node) = match links.open(&node, &request).await {
-        Ok(s) => s,
-        Err(e) => return error_response(&e.into(), &doing),
+    let (to_node, from_node) = match start(links, &node, &request, attach).await {
+        Ok(streams) => streams,
+        Err(e) => return error_response(&e, &doing),
     };
-    let started = tokio::time::timeout(
-        START_TIMEOUT,
-        frame::read::<Answer, _>(&mut from_node, frame::MAX_FRAME),
-    )
-    .await;
-    match started {
-        Ok(Ok(Some(Answer::Ok))) => {}
-        Ok(Ok(Some(Answer::Error(e)))) => return error_response(&e, &doing),
-        Ok(Ok(Some(other))) => return bad(other.unexpected()),
-        Ok(Ok(None)) | Err(_) => {
-            let e = crate::Error::Unreachable(format!("node {node:?} did not start the command"));
-            return error_response(&e.into(), &doing);
-        }
-        Ok(Err(e)) => return error_response(&crate::Error::unreachable(&node, &e).into(), &doing),
-    }
     let (service, who, credential) = (service.clone(), who.clone(), credential.map(String::from));
     tokio::spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
                 let io = hyper_util::rt::TokioIo::new(upgraded);
-                let relayed = relay(io, to_node, from_node, protocol);
+                let relayed = relay(io, to_node, from_node, protocol, attach);
                 tokio::select! {
                     _ = relayed => {}
                     _ = super::until_revoked(&service, &who, credential.as_deref()) => {
@@ -203,6 +208,54 @@ pub async fn handle(
     }
 }
 
+/// Asks the node: an exec must have started before the client is answered; an attach's
+/// output comes when the container writes it (and a refusal as its first frame).
+async fn start(
+    links: &NodeLinks,
+    node: &str,
+    request: &Request,
+    attach: bool,
+) -> Result<(quinn::SendStream, quinn::RecvStream), WireError> {
+    if attach {
+        return Ok(links.ask(node, request).await?);
+    }
+    let (to_node, mut from_node) = links.open(node, request).await?;
+    let started = tokio::time::timeout(
+        START_TIMEOUT,
+        frame::read::<Answer, _>(&mut from_node, frame::MAX_FRAME),
+    )
+    .await;
+    match started {
+        Ok(Ok(Some(Answer::Ok))) => Ok((to_node, from_node)),
+        Ok(Ok(Some(Answer::Error(e)))) => Err(e),
+        Ok(Ok(Some(other))) => Err(WireError::new(ErrorCode::Internal, other.unexpected())),
+        Ok(Ok(None)) | Err(_) => Err(crate::Error::Unreachable(format!(
+            "node {node:?} did not start the command"
+        ))
+        .into()),
+        Ok(Err(e)) => Err(crate::Error::unreachable(node, &e).into()),
+    }
+}
+
+/// What the node sends next, as exec frames: an attach's log chunks are output, the end of
+/// its stream (the pod stopped running there) a success; `Err` says why it ended otherwise.
+async fn from_node(from: &mut quinn::RecvStream, attach: bool) -> Result<ExecFrame, String> {
+    let ended = "the node ended the stream before the command exited".to_string();
+    if !attach {
+        return match frame::read::<ExecFrame, _>(from, ExecFrame::MAX_FRAME).await {
+            Ok(Some(f)) => Ok(f),
+            Ok(None) | Err(_) => Err(ended),
+        };
+    }
+    match frame::read::<Answer, _>(from, frame::MAX_FRAME).await {
+        Ok(Some(Answer::Chunk(d))) => Ok(ExecFrame::Stdout(d)),
+        Ok(Some(Answer::Error(e))) => Err(e.message),
+        Ok(Some(other)) => Err(other.unexpected()),
+        Ok(None) => Ok(ExecFrame::Exit(0)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// The `Status` kubectl reads on the error channel: success, or the exit code it exits with.
 fn outcome(code: i32) -> serde_json::Value {
     if code == 0 {
@@ -222,8 +275,9 @@ fn outcome(code: i32) -> serde_json::Value {
 async fn relay<S>(
     io: S,
     mut to_node: quinn::SendStream,
-    mut from_node: quinn::RecvStream,
+    mut from_node_stream: quinn::RecvStream,
     protocol: &'static str,
+    attach: bool,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -245,6 +299,7 @@ async fn relay<S>(
         let mut reader = websocket::Reader::new(rd);
         loop {
             let frames = match reader.next().await {
+                Ok(Incoming::Data(_)) if attach => continue,
                 Ok(Incoming::Data(m)) => client_frames(&m, protocol),
                 Ok(Incoming::Ping(p)) => {
                     let _ = pongs.send((websocket::PONG, p)).await;
@@ -265,19 +320,19 @@ async fn relay<S>(
         // Dropping the node's sending side resets it: the node ends the command.
     };
     let to_client = async move {
-        let code = loop {
-            match frame::read::<ExecFrame, _>(&mut from_node, ExecFrame::MAX_FRAME).await {
-                Ok(Some(ExecFrame::Stdout(d))) => send_channel(&out_tx, STDOUT, d).await,
-                Ok(Some(ExecFrame::Stderr(d))) => send_channel(&out_tx, STDERR, d).await,
-                Ok(Some(ExecFrame::Exit(code))) => break Some(code),
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => break None,
+        let ended = loop {
+            match from_node(&mut from_node_stream, attach).await {
+                Ok(ExecFrame::Stdout(d)) => send_channel(&out_tx, STDOUT, d).await,
+                Ok(ExecFrame::Stderr(d)) => send_channel(&out_tx, STDERR, d).await,
+                Ok(ExecFrame::Exit(code)) => break Ok(code),
+                Ok(_) => {}
+                Err(why) => break Err(why),
             }
         };
-        let status = match code {
-            Some(code) => outcome(code),
-            None => json!({"metadata": {}, "status": "Failure", "reason": "InternalError",
-                "message": "the node ended the exec before the command exited"}),
+        let status = match ended {
+            Ok(code) => outcome(code),
+            Err(why) => json!({"metadata": {}, "status": "Failure", "reason": "InternalError",
+                "message": why}),
         };
         let body = serde_json::to_vec(&status).unwrap_or_default();
         send_channel(&out_tx, ERROR, body).await;

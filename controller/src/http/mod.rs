@@ -288,7 +288,9 @@ impl Caller {
             Route::Resources { group, version } => ok(discovery::resources(&group, &version)),
             Route::OpenApiRoot => ok(discovery::open_api_root()),
             Route::OpenApi { group, version } => ok(discovery::open_api(&group, &version)),
-            Route::Objects(target) if target.subresource.as_deref() == Some("exec") => {
+            Route::Objects(target)
+                if matches!(target.subresource.as_deref(), Some("exec" | "attach")) =>
+            {
                 let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
                 let caller = exec::Caller {
                     service: &self.service,
