@@ -276,6 +276,49 @@ fn kubectl_discovers_and_reads_the_cluster() {
         err.contains("Error from server (NotFound): pods \"nothing\" not found"),
         "{err}"
     );
+
+    // A watch-list (client-go's sendInitialEvents) gets the whole state, more than a watch's
+    // buffer holds, then the bookmark that ends it.
+    let many: String = (0..300)
+        .map(|i| format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm-{i}, namespace: bulk}}\ndata: {{n: \"{i}\"}}\n---\n"))
+        .collect();
+    ok(
+        kubectl(&c, &["create", "namespace", "bulk"]),
+        "create namespace",
+    );
+    c.controller
+        .shoal_stdin(&["apply", "-f", "-"], Some(&many))
+        .ok();
+    let path = "/api/v1/namespaces/bulk/configmaps?watch=1&sendInitialEvents=true&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan&timeoutSeconds=2";
+    let events = ok(kubectl(&c, &["get", "--raw", path]), "a watch-list");
+    let events: Vec<serde_json::Value> = events.lines().map(json).collect();
+    assert_eq!(events.len(), 301, "300 ADDED and a BOOKMARK");
+    assert!(events[..300].iter().all(|e| e["type"] == "ADDED"));
+    let end = &events[300];
+    assert_eq!(end["type"], "BOOKMARK", "{end}");
+    assert_eq!(
+        end["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true",
+        "{end}"
+    );
+    let plain = "/api/v1/namespaces/bulk/configmaps?watch=1&timeoutSeconds=2";
+    let events = ok(kubectl(&c, &["get", "--raw", plain]), "a watch");
+    assert_eq!(
+        events.lines().count(),
+        300,
+        "every object, without a bookmark"
+    );
+    let e = fails(
+        kubectl(
+            &c,
+            &[
+                "get",
+                "--raw",
+                "/api/v1/configmaps?watch=1&sendInitialEvents=true",
+            ],
+        ),
+        "sendInitialEvents without bookmarks",
+    );
+    assert!(e.contains("requires allowWatchBookmarks"), "{e}");
 }
 
 #[test]

@@ -16,6 +16,9 @@ pub struct Query {
     pub grace_period_seconds: Option<i64>,
     pub timeout_seconds: Option<u64>,
     pub allow_watch_bookmarks: bool,
+    /// A watch that begins with the state as `ADDED` events and a bookmark marking its end
+    /// (client-go's watch-list); `Some(false)`: begins at the present, without them.
+    pub send_initial_events: Option<bool>,
     pub include_object: Option<String>,
     /// `pods/log`: the container, whether to follow, the previous run, the last lines.
     pub container: Option<String>,
@@ -48,6 +51,7 @@ impl Query {
                 "gracePeriodSeconds" => q.grace_period_seconds = v.parse().ok(),
                 "timeoutSeconds" => q.timeout_seconds = v.parse().ok(),
                 "allowWatchBookmarks" => q.allow_watch_bookmarks = truthy(&v),
+                "sendInitialEvents" => q.send_initial_events = Some(truthy(&v)),
                 "includeObject" => q.include_object = Some(v),
                 "container" => q.container = Some(v).filter(|c| !c.is_empty()),
                 "follow" => q.follow = truthy(&v),
@@ -55,8 +59,9 @@ impl Query {
                 "tailLines" => q.tail_lines = v.parse().ok(),
                 // Served as kube-apiserver serves them, or harmless to leave: the field
                 // manager names who writes (Shoal keeps no managed fields yet), `pretty`
-                // formats, `resourceVersionMatch` only narrows what `resourceVersion` says.
-                "fieldManager" | "pretty" | "resourceVersionMatch" | "sendInitialEvents" => {}
+                // formats, `resourceVersionMatch` only narrows what `resourceVersion` says
+                // (every read here is of the present, never older than it).
+                "fieldManager" | "pretty" | "resourceVersionMatch" => {}
                 other => q.unknown.push(other.to_string()),
             }
         }

@@ -15,6 +15,21 @@ use shoal_transport::Identity;
 const WATCH_BUFFER: usize = 256;
 /// The longest a watch stays open without `timeoutSeconds` (client-go asks for 5 to 10 min).
 const WATCH_MAX: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+/// How often a watch that allows bookmarks gets one (kube-apiserver: about a minute).
+const BOOKMARK_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
+/// The annotation of the bookmark that ends a watch's initial events.
+const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
+
+/// A `BOOKMARK`: the watch has sent every change up to `revision`.
+fn bookmark(kind: shoal_api::Kind, revision: u64, initial_end: bool) -> Bytes {
+    let mut metadata = json!({"resourceVersion": revision.to_string()});
+    if initial_end {
+        metadata["annotations"] = json!({INITIAL_EVENTS_END: "true"});
+    }
+    let object =
+        json!({"kind": kind.name(), "apiVersion": kind.api_version(), "metadata": metadata});
+    event_line("BOOKMARK", object)
+}
 
 fn event_line(type_: &str, object: Value) -> Bytes {
     let mut line =
@@ -24,7 +39,9 @@ fn event_line(type_: &str, object: Value) -> Bytes {
 }
 
 /// A watch: newline-separated `{"type", "object"}` events, Tables when asked for. Without a
-/// `resourceVersion` (or with `0`) it begins with every object that exists, as `ADDED`.
+/// `resourceVersion` (or with `0`, or with `sendInitialEvents=true`) it begins with every
+/// object that exists, as `ADDED`; with `allowWatchBookmarks` it sends a `BOOKMARK` every
+/// minute, and one marking the end of those initial events when they were asked for.
 pub async fn watch(service: &Service, who: &Identity, req: &ApiRequest) -> Response {
     let doing = Doing {
         verb: "watch",
@@ -44,27 +61,47 @@ pub async fn watch(service: &Service, who: &Identity, req: &ApiRequest) -> Respo
             Err(_) => obj,
         }
     };
+    let q = &req.query;
+    if q.send_initial_events == Some(true) && !q.allow_watch_bookmarks {
+        let e = bad_request("sendInitialEvents requires allowWatchBookmarks=true".to_string());
+        return error_response(&e, &doing);
+    }
+    // Without a resourceVersion (or with 0) a watch begins with the state, as kube-apiserver's
+    // does; sendInitialEvents says so outright, either way, and the state is always the present.
+    let from_state = match q.send_initial_events {
+        Some(initial) => Some(initial),
+        None => {
+            matches!(q.resource_version.as_deref(), None | Some("") | Some("0")).then_some(true)
+        }
+    };
     let mut initial = Vec::new();
-    let revision = match req.query.resource_version.as_deref() {
-        None | Some("") | Some("0") => match list_objects(service, who, t, &req.query).await {
+    let revision = match from_state {
+        Some(with_events) => match list_objects(service, who, t, q).await {
             Ok((items, revision)) => {
-                initial = items;
+                if with_events {
+                    initial = items;
+                }
                 revision
             }
             Err(e) => return error_response(&e, &doing),
         },
-        Some(rv) => match rv.parse::<u64>() {
-            Ok(r) => r,
-            Err(_) => {
-                return error_response(
-                    &bad_request(format!(
-                        "resourceVersion {rv:?} is not one this server gave"
-                    )),
-                    &doing,
-                )
+        None => {
+            let rv = q.resource_version.as_deref().unwrap_or_default();
+            match rv.parse::<u64>() {
+                Ok(r) => r,
+                Err(_) => {
+                    return error_response(
+                        &bad_request(format!(
+                            "resourceVersion {rv:?} is not one this server gave"
+                        )),
+                        &doing,
+                    )
+                }
             }
-        },
+        }
     };
+    let bookmarks = q.allow_watch_bookmarks;
+    let initial_end = q.send_initial_events == Some(true);
     let request = Request::Watch {
         kind: kind.name().into(),
         namespace: t.namespace.clone(),
@@ -83,12 +120,6 @@ pub async fn watch(service: &Service, who: &Identity, req: &ApiRequest) -> Respo
         }
     };
     let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
-    for obj in initial {
-        let v = serde_json::to_value(&obj).unwrap_or(Value::Null);
-        if tx.try_send(event_line("ADDED", render(v))).is_err() {
-            break;
-        }
-    }
     let timeout = req
         .query
         .timeout_seconds
@@ -98,16 +129,40 @@ pub async fn watch(service: &Service, who: &Identity, req: &ApiRequest) -> Respo
     let who = who.clone();
     let target = req.target.clone();
     tokio::spawn(async move {
+        // The state first, however long: a client reads it at its own pace.
+        for obj in initial {
+            let v = serde_json::to_value(&obj).unwrap_or(Value::Null);
+            if tx.send(event_line("ADDED", render(v))).await.is_err() {
+                return;
+            }
+        }
+        if initial_end && tx.send(bookmark(kind, revision, true)).await.is_err() {
+            return;
+        }
+        let mut seen = revision;
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
+        let mut marks = tokio::time::interval(BOOKMARK_PERIOD);
+        marks.tick().await;
         loop {
             let answer = tokio::select! {
                 _ = &mut deadline => break,
                 _ = tx.closed() => break,
+                _ = marks.tick(), if bookmarks => {
+                    if tx.send(bookmark(kind, seen, false)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 a = stream.next() => a,
             };
             let line = match answer {
-                Answer::Event { type_, object, .. } => {
+                Answer::Event {
+                    type_,
+                    object,
+                    revision,
+                } => {
+                    seen = seen.max(revision);
                     let name = match type_ {
                         shoal_transport::proto::EventType::Added => "ADDED",
                         shoal_transport::proto::EventType::Modified => "MODIFIED",
