@@ -66,39 +66,9 @@ pub async fn watch(service: &Service, who: &Identity, req: &ApiRequest) -> Respo
         let e = bad_request("sendInitialEvents requires allowWatchBookmarks=true".to_string());
         return error_response(&e, &doing);
     }
-    // Without a resourceVersion (or with 0) a watch begins with the state, as kube-apiserver's
-    // does; sendInitialEvents says so outright, either way, and the state is always the present.
-    let from_state = match q.send_initial_events {
-        Some(initial) => Some(initial),
-        None => {
-            matches!(q.resource_version.as_deref(), None | Some("") | Some("0")).then_some(true)
-        }
-    };
-    let mut initial = Vec::new();
-    let revision = match from_state {
-        Some(with_events) => match list_objects(service, who, t, q).await {
-            Ok((items, revision)) => {
-                if with_events {
-                    initial = items;
-                }
-                revision
-            }
-            Err(e) => return error_response(&e, &doing),
-        },
-        None => {
-            let rv = q.resource_version.as_deref().unwrap_or_default();
-            match rv.parse::<u64>() {
-                Ok(r) => r,
-                Err(_) => {
-                    return error_response(
-                        &bad_request(format!(
-                            "resourceVersion {rv:?} is not one this server gave"
-                        )),
-                        &doing,
-                    )
-                }
-            }
-        }
+    let (revision, initial) = match start(service, who, req).await {
+        Ok(started) => started,
+        Err(e) => return error_response(&e, &doing),
     };
     let bookmarks = q.allow_watch_bookmarks;
     let initial_end = q.send_initial_events == Some(true);
@@ -120,12 +90,8 @@ pub async fn watch(service: &Service, who: &Identity, req: &ApiRequest) -> Respo
         }
     };
     let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
-    let timeout = req
-        .query
-        .timeout_seconds
-        .map(std::time::Duration::from_secs)
-        .unwrap_or(WATCH_MAX)
-        .min(WATCH_MAX);
+    let timeout = (q.timeout_seconds).map_or(WATCH_MAX, std::time::Duration::from_secs);
+    let timeout = timeout.min(WATCH_MAX);
     let who = who.clone();
     let target = req.target.clone();
     tokio::spawn(async move {
@@ -193,4 +159,36 @@ pub async fn watch(service: &Service, who: &Identity, req: &ApiRequest) -> Respo
         hyper::header::HeaderValue::from_static("application/json"),
     );
     r
+}
+
+/// Where a watch begins: the revision, and the objects it first sends as `ADDED`. Without a
+/// resourceVersion (or with 0) a watch begins with the state, as kube-apiserver's does;
+/// sendInitialEvents says so outright, either way, and the state is always the present.
+async fn start(
+    service: &Service,
+    who: &Identity,
+    req: &ApiRequest,
+) -> Result<(u64, Vec<Object>), WireError> {
+    let q = &req.query;
+    let from_state = match q.send_initial_events {
+        Some(initial) => Some(initial),
+        None => {
+            matches!(q.resource_version.as_deref(), None | Some("") | Some("0")).then_some(true)
+        }
+    };
+    match from_state {
+        Some(with_events) => {
+            let (items, revision) = list_objects(service, who, &req.target, q).await?;
+            Ok((revision, if with_events { items } else { Vec::new() }))
+        }
+        None => {
+            let rv = q.resource_version.as_deref().unwrap_or_default();
+            let revision = rv.parse::<u64>().map_err(|_| {
+                bad_request(format!(
+                    "resourceVersion {rv:?} is not one this server gave"
+                ))
+            })?;
+            Ok((revision, Vec::new()))
+        }
+    }
 }
