@@ -384,6 +384,44 @@ fn kubectl_writes_merge_and_refuse_like_kubernetes() {
         .recv_timeout(Duration::from_secs(20))
         .expect("a watch event");
     assert_eq!(modified, "deployment.apps/web");
+
+    // The status subresource: read whole, written alone (the spec in a status patch is not).
+    let st = json(&ok(
+        kubectl(
+            &c,
+            &["get", "deploy", "web", "--subresource=status", "-o", "json"],
+        ),
+        "get --subresource=status",
+    ));
+    assert_eq!(st["spec"]["replicas"], 3, "{st}");
+    let patched = json(&ok(
+        kubectl(
+            &c,
+            &[
+                "patch",
+                "deploy",
+                "web",
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"replicas":7},"status":{"observedGeneration":99}}"#,
+                "-o",
+                "json",
+            ],
+        ),
+        "patch --subresource=status",
+    ));
+    assert_eq!(patched["status"]["observedGeneration"], 99, "{patched}");
+    assert_eq!(patched["spec"]["replicas"], 3, "{patched}");
+    assert_eq!(replicas(&c), "3");
+    let e = fails(
+        kubectl(
+            &c,
+            &["get", "cm", "kube-root-ca.crt", "--subresource=status"],
+        ),
+        "a ConfigMap's status",
+    );
+    assert!(e.contains("NotFound") || e.contains("not found"), "{e}");
     let wasm = kit::wasm_fixture("probe", "wasm32-wasip1");
     c.shoal(&["push", wasm.to_str().unwrap(), "probe:1.1"]).ok();
     let out = ok(apply(&deployment("probe:1.1", None)), "re-apply");

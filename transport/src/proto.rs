@@ -397,6 +397,8 @@ pub struct WriteOptions {
     /// Check and answer as if written, write nothing (`dryRun=All`).
     pub dry_run: bool,
     pub validation: FieldValidation,
+    /// Write only the object's status (the `status` subresource), leaving the rest as stored.
+    pub status: bool,
 }
 
 /// What to do with fields Shoal does not support (Kubernetes' `fieldValidation`).

@@ -143,6 +143,15 @@ pub fn resources(group: &str, version: &str) -> Value {
             "verbs": ["get", "patch", "update"],
         }));
     }
+    for kind in kinds_in(group, version).filter(|k| super::objects::has_status(*k)) {
+        resources.push(json!({
+            "name": format!("{}/status", kind.plural()),
+            "singularName": "",
+            "namespaced": kind.namespaced(),
+            "kind": kind.name(),
+            "verbs": ["get", "patch", "update"],
+        }));
+    }
     if group.is_empty() {
         resources.push(json!({
             "name": "pods/log",

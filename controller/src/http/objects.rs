@@ -56,6 +56,14 @@ pub async fn handle(service: &Service, who: &Identity, req: ApiRequest) -> Respo
         ("create", Some("eviction")) if req.target.kind == Kind::Pod => {
             evict(service, who, &req).await
         }
+        // The status subresource: the object read whole, its status written alone.
+        ("get", Some("status")) if has_status(req.target.kind) => get(service, who, &req).await,
+        ("update", Some("status")) if has_status(req.target.kind) => {
+            write(service, who, &req, false).await
+        }
+        ("patch", Some("status")) if has_status(req.target.kind) => {
+            patch(service, who, &req).await
+        }
         (_, Some(sub)) => Err(WireError::new(
             ErrorCode::NotFound,
             format!(
@@ -326,6 +334,22 @@ fn with_warnings(mut r: Response, warnings: &[String]) -> Response {
     r
 }
 
+/// Kinds with a status of their own, served as the `status` subresource.
+pub(super) fn has_status(kind: Kind) -> bool {
+    !matches!(
+        kind,
+        Kind::Endpoints | Kind::ConfigMap | Kind::Secret | Kind::Event
+    )
+}
+
+fn write_options(req: &ApiRequest) -> Result<WriteOptions, WireError> {
+    Ok(WriteOptions {
+        dry_run: req.query.dry_run,
+        validation: req.query.validation().map_err(bad_request)?,
+        status: req.target.subresource.as_deref() == Some("status"),
+    })
+}
+
 async fn write(
     service: &Service,
     who: &Identity,
@@ -333,10 +357,7 @@ async fn write(
     create: bool,
 ) -> Result<Response, WireError> {
     let object = body_object(req)?;
-    let options = WriteOptions {
-        dry_run: req.query.dry_run,
-        validation: req.query.validation().map_err(bad_request)?,
-    };
+    let options = write_options(req)?;
     let request = if create {
         Request::Create { object, options }
     } else {
@@ -367,10 +388,7 @@ async fn patch(service: &Service, who: &Identity, req: &ApiRequest) -> Result<Re
     let media = req.content_type.split(';').next().unwrap_or("").trim();
     let patch_type = shoal_api::patch::PatchType::from_content_type(media)
         .ok_or_else(|| unsupported_media(media))?;
-    let options = WriteOptions {
-        dry_run: req.query.dry_run,
-        validation: req.query.validation().map_err(bad_request)?,
-    };
+    let options = write_options(req)?;
     let request = Request::Patch {
         kind: t.kind.name().into(),
         namespace: t.namespace.clone(),

@@ -227,6 +227,18 @@ impl Service {
             if precondition.is_some_and(|rv| rv != revision) {
                 return Err(modified(&key));
             }
+            if options.status {
+                let next = stored.with_status_of(&desired)?;
+                if options.dry_run || next == stored {
+                    return written(&next, false, warnings);
+                }
+                match self.store.update_status(next, Some(revision)).await {
+                    Ok(change) => return written(&change.object, false, warnings),
+                    Err(Error::Conflict(_)) if precondition.is_none() => continue,
+                    Err(Error::Conflict(_)) => return Err(modified(&key)),
+                    Err(e) => return Err(e),
+                }
+            }
             let next = self.allocate(&desired, Some(&stored)).await?;
             let mut next = replaced(&next, &stored, false)?;
             if next.kind() == Kind::Node {
