@@ -121,19 +121,19 @@ spec:
     assert!(text.contains("17 91"), "kubectl's size: {text}");
 
     // A caller that goes away ends its command (SIGTERM through runc), not left running.
-    let mut away = std::process::Command::new("kubectl")
-        .env("KUBECONFIG", c.controller.config())
-        .args(["exec", "shell", "-c", "main", "--", "sh", "-c"])
-        .arg("echo $$ > /tmp/held; echo started; exec sleep 1000")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("kubectl runs");
-    let mut started = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(away.stdout.take().expect("stdout")),
-        &mut started,
-    )
-    .expect("the command's first line");
+    let (mut away, started) = first_line(
+        &c,
+        &[
+            "exec",
+            "shell",
+            "-c",
+            "main",
+            "--",
+            "sh",
+            "-c",
+            "echo $$ > /tmp/held; echo started; exec sleep 1000",
+        ],
+    );
     assert_eq!(started, "started\n");
     away.kill().expect("kubectl killed");
     let _ = away.wait();
@@ -149,18 +149,7 @@ spec:
     );
 
     // kubectl attach shows what the container writes from now on.
-    let mut attached = std::process::Command::new("kubectl")
-        .env("KUBECONFIG", c.controller.config())
-        .args(["attach", "shell", "-c", "side"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("kubectl runs");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(attached.stdout.take().expect("stdout")),
-        &mut line,
-    )
-    .expect("the container's output");
+    let (mut attached, line) = first_line(&c, &["attach", "shell", "-c", "side"]);
     assert_eq!(line, "tick\n");
     attached.kill().expect("kubectl killed");
     let _ = attached.wait();
@@ -204,4 +193,21 @@ spec:
     ]);
     assert_eq!(out.0.status.code(), Some(4), "{}", out.stderr());
     assert_eq!(out.stdout(), "hi\n");
+}
+
+/// Starts kubectl with `args` and reads the first line it prints; the caller ends it.
+fn first_line(c: &kit::Cluster, args: &[&str]) -> (std::process::Child, String) {
+    let mut child = std::process::Command::new("kubectl")
+        .env("KUBECONFIG", c.controller.config())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("kubectl's first line");
+    (child, line)
 }

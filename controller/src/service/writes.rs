@@ -227,32 +227,31 @@ impl Service {
             if precondition.is_some_and(|rv| rv != revision) {
                 return Err(modified(&key));
             }
-            if options.status {
-                let next = stored.with_status_of(&desired)?;
-                if options.dry_run || next == stored {
-                    return written(&next, false, warnings);
+            let next = if options.status {
+                // The status subresource: the status written, the rest as stored.
+                stored.with_status_of(&desired)?
+            } else {
+                let next = self.allocate(&desired, Some(&stored)).await?;
+                let mut next = replaced(&next, &stored, false)?;
+                if next.kind() == Kind::Node {
+                    let annotations = shoal_api::node_restriction::record_admin_labels(
+                        &stored.metadata().labels,
+                        &next.metadata().labels,
+                        &next.metadata().annotations,
+                    );
+                    next.metadata_mut().annotations = annotations;
                 }
-                match self.store.update_status(next, Some(revision)).await {
-                    Ok(change) => return written(&change.object, false, warnings),
-                    Err(Error::Conflict(_)) if precondition.is_none() => continue,
-                    Err(Error::Conflict(_)) => return Err(modified(&key)),
-                    Err(e) => return Err(e),
-                }
-            }
-            let next = self.allocate(&desired, Some(&stored)).await?;
-            let mut next = replaced(&next, &stored, false)?;
-            if next.kind() == Kind::Node {
-                let annotations = shoal_api::node_restriction::record_admin_labels(
-                    &stored.metadata().labels,
-                    &next.metadata().labels,
-                    &next.metadata().annotations,
-                );
-                next.metadata_mut().annotations = annotations;
-            }
+                next
+            };
             if options.dry_run || next == stored {
                 return written(&next, false, warnings);
             }
-            match self.store.update(next, Some(revision)).await {
+            let stored = if options.status {
+                self.store.update_status(next, Some(revision)).await
+            } else {
+                self.store.update(next, Some(revision)).await
+            };
+            match stored {
                 Ok(change) => return written(&change.object, false, warnings),
                 Err(Error::Conflict(_)) if precondition.is_none() => continue,
                 Err(Error::Conflict(_)) => return Err(modified(&key)),
