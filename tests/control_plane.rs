@@ -471,6 +471,7 @@ async fn a_watch_resumed_from_its_last_revision_sees_every_change_exactly_once()
                 namespace: Some("default".into()),
                 name: format!("cm-{round}-0"),
                 propagation: Default::default(),
+                grace_period: None,
             })
             .await
             .unwrap();

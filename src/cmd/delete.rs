@@ -31,6 +31,13 @@ pub struct Args {
     /// (deleted before it; waits until everything is gone) or `orphan` (left running).
     #[arg(long, default_value = "background", value_parser = parse_cascade)]
     cascade: PropagationPolicy,
+    /// A pod's grace period for this deletion, in seconds, instead of its
+    /// `terminationGracePeriodSeconds`: its node stops it within that (0 kills it at once).
+    #[arg(long)]
+    grace_period: Option<u32>,
+    /// Stop pods at once: `--grace-period=1`, as kubectl's `--now`.
+    #[arg(long, conflicts_with = "grace_period")]
+    now: bool,
     /// With `--cascade=foreground`, how long to wait for everything to be gone.
     #[arg(long, default_value = "60s", value_parser = super::duration::parse)]
     timeout: Duration,
@@ -79,6 +86,11 @@ pub async fn run(args: Args) -> Result<()> {
     }
     // Namespaces last: deleting one takes its contents along at once.
     targets.sort_by_key(|t| t.0 == Kind::Namespace);
+    let grace_period = if args.now {
+        Some(1)
+    } else {
+        args.grace_period.map(i64::from)
+    };
     let client = connect(&args.client).await?;
     // What was deleted, as (kind, namespace, reference): foreground waits for these to go.
     let mut gone: Vec<(Kind, Option<String>, String)> = Vec::new();
@@ -88,6 +100,7 @@ pub async fn run(args: Args) -> Result<()> {
             namespace: Some(args.namespace.clone()),
             selector,
             propagation: args.cascade,
+            grace_period,
         };
         if let Response::Deleted(refs) = call(&client, &req).await? {
             if refs.is_empty() {
@@ -106,6 +119,7 @@ pub async fn run(args: Args) -> Result<()> {
             namespace: namespace.clone(),
             name: name.clone(),
             propagation: args.cascade,
+            grace_period,
         };
         match call(&client, &req).await {
             Ok(Response::Deleted(refs)) => {

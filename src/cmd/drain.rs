@@ -87,6 +87,7 @@ pub async fn run(args: Args) -> Result<()> {
                 namespace: Some(ns.clone()),
                 name: p.metadata.name.clone(),
                 propagation: Default::default(),
+                grace_period: None,
             },
         )
         .await?;

@@ -845,6 +845,7 @@ pub async fn delete_pods(client: &shoal_transport::Client, selector: &str) {
             namespace: Some("default".into()),
             selector: selector.into(),
             propagation: Default::default(),
+            grace_period: None,
         })
         .await
         .expect("delete pods");

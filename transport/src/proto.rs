@@ -58,12 +58,15 @@ pub enum Request {
         namespace: Option<String>,
         name: String,
         propagation: shoal_api::PropagationPolicy,
+        /// A pod's grace period for this deletion (0 or more), instead of its spec's.
+        grace_period: Option<i64>,
     },
     DeleteSelected {
         kind: String,
         namespace: Option<String>,
         selector: String,
         propagation: shoal_api::PropagationPolicy,
+        grace_period: Option<i64>,
     },
     /// A new join token for agents: valid for `ttl_secs` (none: until deleted) and for
     /// `usages` joins (none: any number).

@@ -69,6 +69,8 @@ struct PodRun {
     /// Told of each change of the containers' states (with each report): the init sequence
     /// waits on it for a sidecar to start.
     changed: Arc<tokio::sync::watch::Sender<()>>,
+    /// The grace period its deletion gave (`--grace-period`), instead of the spec's.
+    stop_grace: Option<std::time::Duration>,
 }
 
 /// Which of a pod's containers: the `i`th of its init containers, or of its containers.
@@ -306,7 +308,7 @@ impl Supervisor {
             .cloned()
             .collect();
         for uid in &gone {
-            self.stop(uid);
+            self.stop(uid, None);
         }
         self.sweep_leftovers(&keep, &gone).await;
         // What the controller listed is what this node has: pods kept for a node that was
@@ -373,7 +375,9 @@ impl Supervisor {
     pub async fn observe(&self, type_: EventType, pod: Pod) {
         let uid = pod.metadata.uid.clone();
         if type_ == EventType::Deleted || pod.metadata.deletion_timestamp.is_some() {
-            self.stop(&uid);
+            let grace = (pod.metadata.deletion_grace_period_seconds)
+                .map(|g| std::time::Duration::from_secs(g.max(0) as u64));
+            self.stop(&uid, grace);
             return;
         }
         let known = lock(&self.0.pods)
@@ -420,6 +424,7 @@ impl Supervisor {
             reporting: Arc::default(),
             kept_finished: false,
             changed: Arc::new(tokio::sync::watch::Sender::new(())),
+            stop_grace: None,
         }));
         lock(&self.0.pods).insert(
             uid,
@@ -461,11 +466,12 @@ impl Supervisor {
         }
     }
 
-    fn stop(&self, uid: &str) {
+    fn stop(&self, uid: &str, grace: Option<std::time::Duration>) {
         self.0.local.forget(&format!("Pod/{uid}"));
         let removed = lock(&self.0.pods).remove(uid);
         if let Some(r) = removed {
-            tracing::info!(pod = %r.name, namespace = %r.namespace, "stopping pod");
+            tracing::info!(pod = %r.name, namespace = %r.namespace, ?grace, "stopping pod");
+            lock(&r.state).stop_grace = grace;
             r.cancel.cancel();
         }
     }

@@ -458,7 +458,9 @@ impl OneContainer {
     ) -> shoal_runtime::Exit {
         let message = format!("Stopping container {}", self.name());
         event(&self.inner, pod, "Normal", "Killing", message).await;
-        handle.stop(self.grace);
+        // The deletion's own grace period, when it gave one.
+        let grace = lock(&self.state).stop_grace.unwrap_or(self.grace);
+        handle.stop(grace);
         handle.wait().await
     }
 

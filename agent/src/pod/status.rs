@@ -150,6 +150,7 @@ mod tests {
             reporting: Arc::default(),
             kept_finished: false,
             changed: Arc::new(tokio::sync::watch::Sender::new(())),
+            stop_grace: None,
         }
     }
 

@@ -408,8 +408,16 @@ async fn patch(service: &Service, who: &Identity, req: &ApiRequest) -> Result<Re
     }
 }
 
-/// DeleteOptions, from the body (kubectl sends them there) or the query.
-fn delete_options(req: &ApiRequest) -> Result<(shoal_api::PropagationPolicy, bool), WireError> {
+/// What a delete asks for beyond its target: from the body (kubectl sends DeleteOptions
+/// there) over the query.
+struct DeleteOpts {
+    propagation: shoal_api::PropagationPolicy,
+    dry_run: bool,
+    /// A pod's own grace period (`--grace-period`, `--now` sends 1, `--force` 0).
+    grace: Option<i64>,
+}
+
+fn delete_options(req: &ApiRequest) -> Result<DeleteOpts, WireError> {
     let body: Option<Value> = if req.body.is_empty() {
         None
     } else {
@@ -421,11 +429,7 @@ fn delete_options(req: &ApiRequest) -> Result<(shoal_api::PropagationPolicy, boo
     options_of(body.as_ref(), &req.query)
 }
 
-/// DeleteOptions: the body's (kubectl sends them there) over the query's.
-fn options_of(
-    body: Option<&Value>,
-    query: &Query,
-) -> Result<(shoal_api::PropagationPolicy, bool), WireError> {
+fn options_of(body: Option<&Value>, query: &Query) -> Result<DeleteOpts, WireError> {
     let mut query = query.clone();
     if let Some(body) = body {
         if let Some(p) = body["propagationPolicy"].as_str() {
@@ -441,12 +445,16 @@ fn options_of(
             query.grace_period_seconds = Some(g);
         }
     }
-    if let Some(g) = query.grace_period_seconds {
+    if let Some(g) = query.grace_period_seconds.filter(|g| *g < 0) {
         return Err(bad_request(format!(
-            "gracePeriodSeconds={g} is not served yet: a pod stops within its own terminationGracePeriodSeconds (delete without --grace-period, --now or --force)"
+            "gracePeriodSeconds={g}: a grace period is 0 or more seconds"
         )));
     }
-    Ok((query.propagation().map_err(bad_request)?, query.dry_run))
+    Ok(DeleteOpts {
+        propagation: query.propagation().map_err(bad_request)?,
+        dry_run: query.dry_run,
+        grace: query.grace_period_seconds,
+    })
 }
 
 async fn delete(
@@ -455,7 +463,7 @@ async fn delete(
     req: &ApiRequest,
 ) -> Result<Response, WireError> {
     let t = &req.target;
-    let (propagation, dry_run) = delete_options(req)?;
+    let opts = delete_options(req)?;
     let get = Request::Get {
         kind: t.kind.name().into(),
         namespace: t.namespace.clone(),
@@ -465,8 +473,8 @@ async fn delete(
         Answer::Object(b) => json_of(&b),
         other => return Err(WireError::new(ErrorCode::Internal, other.unexpected())),
     };
-    if !dry_run {
-        delete_one(service, who, t, propagation).await?;
+    if !opts.dry_run {
+        delete_one(service, who, t, &opts).await?;
     }
     Ok(json_response(StatusCode::OK, &before))
 }
@@ -475,13 +483,14 @@ async fn delete_one(
     service: &Service,
     who: &Identity,
     t: &Target,
-    propagation: shoal_api::PropagationPolicy,
+    opts: &DeleteOpts,
 ) -> Result<Answer, WireError> {
     let request = Request::Delete {
         kind: t.kind.name().into(),
         namespace: t.namespace.clone(),
         name: t.name.clone().unwrap_or_default(),
-        propagation,
+        propagation: opts.propagation,
+        grace_period: opts.grace,
     };
     call(service, who, request).await
 }
@@ -508,9 +517,9 @@ async fn evict(service: &Service, who: &Identity, req: &ApiRequest) -> Result<Re
         )));
     }
     let options = Some(&eviction["deleteOptions"]).filter(|o| o.is_object());
-    let (propagation, dry_run) = options_of(options, &req.query)?;
-    if !dry_run {
-        delete_one(service, who, t, propagation).await?;
+    let opts = options_of(options, &req.query)?;
+    if !opts.dry_run {
+        delete_one(service, who, t, &opts).await?;
     }
     Ok(json_response(
         StatusCode::CREATED,
@@ -524,8 +533,8 @@ async fn delete_collection(
     req: &ApiRequest,
 ) -> Result<Response, WireError> {
     let t = &req.target;
-    let (propagation, dry_run) = delete_options(req)?;
-    if dry_run {
+    let opts = delete_options(req)?;
+    if opts.dry_run {
         return list(service, who, req).await;
     }
     if !req.query.field_selector.is_empty() {
@@ -540,7 +549,8 @@ async fn delete_collection(
             kind: t.kind.name().into(),
             namespace: t.namespace.clone(),
             selector: req.query.label_selector.clone(),
-            propagation,
+            propagation: opts.propagation,
+            grace_period: opts.grace,
         },
     )
     .await?;

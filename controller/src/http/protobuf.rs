@@ -21,6 +21,7 @@ const META: &str = r#"{
   [3,"namespace","string",false,false],[5,"uid","string",false,false],
   [6,"resourceVersion","string",false,false],[7,"generation","int",false,false],
   [8,"creationTimestamp","Time",false,false],[9,"deletionTimestamp","Time",false,true],
+  [10,"deletionGracePeriodSeconds","int",false,true],
   [11,"labels","map:string",false,false],[12,"annotations","map:string",false,false],
   [13,"ownerReferences","meta.OwnerReference",true,false],[14,"finalizers","string",true,false]],
  "meta.OwnerReference": [[1,"kind","string",false,false],[3,"name","string",false,false],

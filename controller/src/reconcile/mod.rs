@@ -260,7 +260,12 @@ async fn foreground(store: &Store) -> Result<()> {
         slow_start(plan.mark, |d| async move {
             let key = ObjectKey::of(d);
             let policy = shoal_api::PropagationPolicy::Foreground;
-            tolerate(store.write(vec![Op::DeleteWith { key, policy }]).await)
+            let op = Op::DeleteWith {
+                key,
+                policy,
+                grace: None,
+            };
+            tolerate(store.write(vec![op]).await)
         })
         .await?;
         slow_start(plan.delete, |d| async move {

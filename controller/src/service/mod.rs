@@ -427,7 +427,17 @@ impl Service {
         obj.into_typed().map_err(Error::from)
     }
 
-    async fn delete(&self, key: &ObjectKey, policy: PropagationPolicy) -> Result<Vec<Change>> {
+    async fn delete(
+        &self,
+        key: &ObjectKey,
+        policy: PropagationPolicy,
+        grace: Option<i64>,
+    ) -> Result<Vec<Change>> {
+        if let Some(g) = grace.filter(|g| *g < 0) {
+            return Err(Error::BadRequest(format!(
+                "gracePeriodSeconds={g}: a grace period is 0 or more seconds"
+            )));
+        }
         if key.kind == Kind::Namespace {
             if key.name == "default" || key.name == SYSTEM_NAMESPACE {
                 return Err(Error::Forbidden(format!(
@@ -451,6 +461,9 @@ impl Service {
                 .write(vec![Op::DeleteWith {
                     key: key.clone(),
                     policy,
+                    // Only a pod's deletion is graceful; for anything else it means nothing,
+                    // as in Kubernetes.
+                    grace: grace.filter(|_| key.kind == Kind::Pod),
                 }])
                 .await?;
             if key.kind == Kind::Node {

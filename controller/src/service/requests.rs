@@ -67,9 +67,10 @@ impl Service {
                 namespace,
                 name,
                 propagation,
+                grace_period,
             } => {
                 let key = ObjectKey::new(parse_kind(&kind)?, namespace.as_deref(), &name);
-                let changes = self.delete(&key, propagation).await?;
+                let changes = self.delete(&key, propagation, grace_period).await?;
                 one(Response::Deleted(
                     changes
                         .iter()
@@ -83,6 +84,7 @@ impl Service {
                 namespace,
                 selector,
                 propagation,
+                grace_period,
             } => {
                 let kind = parse_kind(&kind)?;
                 let selector = parse_selector(&selector)?;
@@ -92,7 +94,10 @@ impl Service {
                     .iter()
                     .filter(|o| selector.matches(&o.metadata().labels))
                 {
-                    match self.delete(&ObjectKey::of(obj), propagation).await {
+                    match self
+                        .delete(&ObjectKey::of(obj), propagation, grace_period)
+                        .await
+                    {
                         Ok(_) => deleted.push(obj.reference()),
                         Err(Error::NotFound(_)) => {}
                         Err(e) => return Err(e.into()),

@@ -171,6 +171,7 @@ async fn a_node_reads_only_what_is_bound_to_it_and_writes_only_its_own_status() 
                 namespace: None,
                 name: "theirs".into(),
                 propagation: Default::default(),
+                grace_period: None,
             },
             Some(ErrorCode::Forbidden),
         ),
@@ -250,6 +251,7 @@ async fn joining_needs_a_known_token_secret_and_the_ca_sets_the_name() {
             kind: "Node".into(),
             namespace: None,
             name: "pi-9".into(),
+            grace_period: None,
             propagation: Default::default(),
         },
     )

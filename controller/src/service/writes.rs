@@ -68,6 +68,7 @@ pub(super) fn replaced(desired: &Object, stored: &Object, keep_owned: bool) -> R
     m.uid = sm.uid;
     m.creation_timestamp = sm.creation_timestamp;
     m.deletion_timestamp = sm.deletion_timestamp;
+    m.deletion_grace_period_seconds = sm.deletion_grace_period_seconds;
     m.generation = sm.generation;
     m.resource_version = sm.resource_version.clone();
     m.generate_name = sm.generate_name;

@@ -74,6 +74,9 @@ pub enum Op {
     DeleteWith {
         key: ObjectKey,
         policy: shoal_api::PropagationPolicy,
+        /// A pod's own grace period for this deletion, stamped on the object its watchers
+        /// see deleted (with its deletionTimestamp), so its node stops it within that.
+        grace: Option<i64>,
     },
 }
 

@@ -264,6 +264,7 @@ async fn orphaning_strips_the_owner_and_foreground_only_marks_it() {
         .write(vec![Op::DeleteWith {
             key: key("owner"),
             policy: PropagationPolicy::Foreground,
+            grace: None,
         }])
         .await
         .unwrap();
@@ -282,6 +283,7 @@ async fn orphaning_strips_the_owner_and_foreground_only_marks_it() {
         .write(vec![Op::DeleteWith {
             key: key("owner"),
             policy: PropagationPolicy::Orphan,
+            grace: None,
         }])
         .await
         .unwrap();

@@ -371,6 +371,7 @@ impl<'a> Batch<'a> {
                 m.uid = uuid::Uuid::new_v4().to_string();
                 m.creation_timestamp = Some(now.to_string());
                 m.deletion_timestamp = None;
+                m.deletion_grace_period_seconds = None;
                 m.generation = 1;
                 self.record(p, ChangeType::Added, key.encode(), obj)
             }
@@ -385,15 +386,17 @@ impl<'a> Batch<'a> {
                 } else {
                     sm.generation + 1
                 };
-                let (uid, created, deleting) = (
+                let (uid, created, deleting, grace) = (
                     sm.uid.clone(),
                     sm.creation_timestamp.clone(),
                     sm.deletion_timestamp.clone(),
+                    sm.deletion_grace_period_seconds,
                 );
                 let m = obj.metadata_mut();
                 m.uid = uid;
                 m.creation_timestamp = created;
                 m.deletion_timestamp = deleting;
+                m.deletion_grace_period_seconds = grace;
                 m.generation = generation;
                 self.record(p, ChangeType::Modified, key.encode(), obj)
             }
@@ -411,8 +414,13 @@ impl<'a> Batch<'a> {
                 let stored = self.existing(p, key, *expected)?;
                 self.record(p, ChangeType::Deleted, key.encode(), stored)
             }
-            Op::DeleteWith { key, policy } => {
-                let stored = self.existing(p, key, None)?;
+            Op::DeleteWith { key, policy, grace } => {
+                let mut stored = self.existing(p, key, None)?;
+                if let Some(g) = grace {
+                    let m = stored.metadata_mut();
+                    m.deletion_grace_period_seconds = Some(*g);
+                    m.deletion_timestamp.get_or_insert_with(|| now.to_string());
+                }
                 match policy {
                     PropagationPolicy::Background => {
                         self.record(p, ChangeType::Deleted, key.encode(), stored)
