@@ -193,6 +193,57 @@ spec:
     ]);
     assert_eq!(out.0.status.code(), Some(4), "{}", out.stderr());
     assert_eq!(out.stdout(), "hi\n");
+
+    deletions_take_their_own_grace_period(&c);
+}
+
+/// Two pods that ignore SIGTERM and would be given 10 minutes to stop: a deletion's own grace
+/// period (`kubectl delete --now`, `shoal delete --grace-period 0`) stops them within it.
+fn deletions_take_their_own_grace_period(c: &kit::Cluster) {
+    let beats = tempfile::tempdir().expect("tempdir");
+    let stubborn =
+        "trap '' TERM; i=0; while :; do i=$((i+1)); echo $i > /beats/$HOSTNAME; sleep 0.2; done";
+    for name in ["stubborn-a", "stubborn-b"] {
+        c.apply(&format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  terminationGracePeriodSeconds: 600
+  volumes: [{{name: beats, hostPath: {{path: {dir}}}}}]
+  containers:
+  - name: main
+    image: busybox:1
+    command: [sh, -c, {stubborn:?}]
+    volumeMounts: [{{name: beats, mountPath: /beats}}]
+"#,
+            dir = beats.path().display()
+        ));
+    }
+    let beat = |name: &str| std::fs::read_to_string(beats.path().join(name)).unwrap_or_default();
+    let beating = |name: &str| {
+        let before = beat(name);
+        std::thread::sleep(Duration::from_millis(1500));
+        !before.is_empty() && beat(name) != before
+    };
+    c.wait_for(
+        "both stubborn pods beating",
+        Duration::from_secs(90),
+        |_| beating("stubborn-a") && beating("stubborn-b"),
+    );
+
+    ok(
+        kubectl(c, &["delete", "pod", "stubborn-a", "--now"]),
+        "delete --now",
+    );
+    c.shoal(&["delete", "pod", "stubborn-b", "--grace-period", "0"])
+        .ok();
+    // Their spec's 600 s would keep both beating for ten minutes.
+    c.wait_for(
+        "both stopped within their deletion's grace",
+        Duration::from_secs(60),
+        |_| !beating("stubborn-a") && !beating("stubborn-b"),
+    );
 }
 
 /// Starts kubectl with `args` and reads the first line it prints; the caller ends it.

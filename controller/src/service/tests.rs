@@ -547,3 +547,42 @@ async fn create_update_and_patch_keep_kubernetes_preconditions() {
         Some(ErrorCode::Forbidden)
     );
 }
+
+#[tokio::test]
+async fn a_pods_deletion_carries_its_own_grace_period_to_its_node() {
+    let (_dir, s) = service().await;
+    let admin = Identity::Admin("admin".into());
+    add_node(&s, "pi").await;
+    let apply = Request::Apply {
+        objects: vec![pod("p", "pi", "s"), secret("s")],
+    };
+    call(&s, &admin, apply).await.unwrap();
+    let delete = |grace| Request::Delete {
+        kind: "Pod".into(),
+        namespace: Some("default".into()),
+        name: "p".into(),
+        propagation: Default::default(),
+        grace_period: grace,
+    };
+    assert_eq!(
+        call(&s, &admin, delete(Some(-3))).await.err(),
+        Some(ErrorCode::BadRequest),
+        "a negative grace period is refused"
+    );
+    let mut events = s
+        .store()
+        .watch(s.store().revision(), Some(Kind::Pod))
+        .await
+        .unwrap();
+    call(&s, &admin, delete(Some(0))).await.unwrap();
+    // What the node hears: the pod gone, with the deletion's grace period on it.
+    let deleted = loop {
+        let change = events.next().await.unwrap();
+        if change.type_ == crate::store::ChangeType::Deleted {
+            break change.object;
+        }
+    };
+    let m = deleted.metadata();
+    assert_eq!(m.deletion_grace_period_seconds, Some(0));
+    assert!(m.deletion_timestamp.is_some());
+}

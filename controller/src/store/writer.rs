@@ -414,42 +414,7 @@ impl<'a> Batch<'a> {
                 let stored = self.existing(p, key, *expected)?;
                 self.record(p, ChangeType::Deleted, key.encode(), stored)
             }
-            Op::DeleteWith { key, policy, grace } => {
-                let mut stored = self.existing(p, key, None)?;
-                if let Some(g) = grace {
-                    let m = stored.metadata_mut();
-                    m.deletion_grace_period_seconds = Some(*g);
-                    m.deletion_timestamp.get_or_insert_with(|| now.to_string());
-                }
-                match policy {
-                    PropagationPolicy::Background => {
-                        self.record(p, ChangeType::Deleted, key.encode(), stored)
-                    }
-                    PropagationPolicy::Orphan => {
-                        let uid = stored.metadata().uid.clone();
-                        for mut dependent in self.dependents(p, &stored)? {
-                            dependent
-                                .metadata_mut()
-                                .owner_references
-                                .retain(|o| o.uid != uid);
-                            let dk = ObjectKey::of(&dependent).encode();
-                            self.record(p, ChangeType::Modified, dk, dependent)?;
-                        }
-                        self.record(p, ChangeType::Deleted, key.encode(), stored)
-                    }
-                    PropagationPolicy::Foreground => {
-                        let mut obj = stored;
-                        let m = obj.metadata_mut();
-                        if m.deletion_timestamp.is_none() {
-                            m.deletion_timestamp = Some(now.to_string());
-                        }
-                        if !m.finalizers.iter().any(|f| f == FOREGROUND_DELETION) {
-                            m.finalizers.push(FOREGROUND_DELETION.into());
-                        }
-                        self.record(p, ChangeType::Modified, key.encode(), obj)
-                    }
-                }
-            }
+            Op::DeleteWith { key, policy, grace } => self.delete_with(p, key, *policy, *grace, now),
             Op::DeleteNamespace { name } => {
                 let ns_key = ObjectKey::new(Kind::Namespace, None, name);
                 let ns = self.existing(p, &ns_key, None)?;
@@ -461,6 +426,52 @@ impl<'a> Batch<'a> {
                     }
                 }
                 self.record(p, ChangeType::Deleted, ns_key.encode(), ns)
+            }
+        }
+    }
+
+    /// A deletion as the caller asked it (`propagationPolicy`), with a pod's own grace
+    /// period stamped on what is deleted, for its node to stop it within that.
+    fn delete_with(
+        &mut self,
+        p: &mut Pending,
+        key: &ObjectKey,
+        policy: PropagationPolicy,
+        grace: Option<i64>,
+        now: &str,
+    ) -> Result<()> {
+        let mut stored = self.existing(p, key, None)?;
+        if let Some(g) = grace {
+            let m = stored.metadata_mut();
+            m.deletion_grace_period_seconds = Some(g);
+            m.deletion_timestamp.get_or_insert_with(|| now.to_string());
+        }
+        match policy {
+            PropagationPolicy::Background => {
+                self.record(p, ChangeType::Deleted, key.encode(), stored)
+            }
+            PropagationPolicy::Orphan => {
+                let uid = stored.metadata().uid.clone();
+                for mut dependent in self.dependents(p, &stored)? {
+                    dependent
+                        .metadata_mut()
+                        .owner_references
+                        .retain(|o| o.uid != uid);
+                    let dk = ObjectKey::of(&dependent).encode();
+                    self.record(p, ChangeType::Modified, dk, dependent)?;
+                }
+                self.record(p, ChangeType::Deleted, key.encode(), stored)
+            }
+            PropagationPolicy::Foreground => {
+                let mut obj = stored;
+                let m = obj.metadata_mut();
+                if m.deletion_timestamp.is_none() {
+                    m.deletion_timestamp = Some(now.to_string());
+                }
+                if !m.finalizers.iter().any(|f| f == FOREGROUND_DELETION) {
+                    m.finalizers.push(FOREGROUND_DELETION.into());
+                }
+                self.record(p, ChangeType::Modified, key.encode(), obj)
             }
         }
     }
