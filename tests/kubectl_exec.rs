@@ -1,9 +1,10 @@
-//! `kubectl exec` (and `attach`) through the HTTPS door, the controller and the node's real runc (root):
-//! output on its own channels, input through a pipe and its end, the exit code, a terminal
-//! (under `script`, so kubectl has one to give), and the refusals: a container the pod lacks,
-//! a wasm pod, a node's credential. Needs runc, root and kubectl: skipped, saying why, where
-//! they are missing; fails instead when SHOAL_REQUIRE_RUNC=1 / SHOAL_REQUIRE_KUBECTL=1 (CI
-//! sets both).
+//! `kubectl exec` (and `attach`, `port-forward`, `delete --grace-period`) through the HTTPS
+//! door, the controller and the node's real runc (root): output on its own channels, input
+//! through a pipe and its end, the exit code, a terminal (under `script`, so kubectl has one to
+//! give), and the refusals: a container the pod lacks, a wasm pod, a node's credential. Then
+//! requests through `kubectl port-forward` to an OCI and a wasm pod, and deletions that cut a
+//! pod's grace period short. Needs runc, root and kubectl: skipped, saying why, where they are
+//! missing; fails instead when SHOAL_REQUIRE_RUNC=1 / SHOAL_REQUIRE_KUBECTL=1 (CI sets both).
 
 mod kit;
 
@@ -194,7 +195,149 @@ spec:
     assert_eq!(out.0.status.code(), Some(4), "{}", out.stderr());
     assert_eq!(out.stdout(), "hi\n");
 
+    port_forward_reaches_a_pods_port(&c);
     deletions_take_their_own_grace_period(&c);
+}
+
+/// `kubectl port-forward` to a busybox httpd (requests through it on several connections,
+/// one of them a megabyte) and to a wasm pod's declared port; a wasm pod's undeclared port
+/// and a node's credential are refused.
+fn port_forward_reaches_a_pods_port(c: &kit::Cluster) {
+    let serve = "mkdir -p /www && echo hello-from-web > /www/index.html && head -c 1048576 /dev/urandom > /www/big && exec httpd -f -p 8080 -h /www";
+    let probe = c.push_probe_component();
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: web}}
+spec:
+  containers:
+  - name: httpd
+    image: busybox:1
+    command: [sh, -c, {serve:?}]
+    ports: [{{containerPort: 8080}}]
+    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: wasm-web}}
+spec:
+  runtimeClassName: wasm
+  containers:
+  - name: web
+    image: {probe}
+    args: [serve, "18787", hello from wasm]
+    ports: [{{containerPort: 18787}}]
+    readinessProbe: {{tcpSocket: {{port: 18787}}, periodSeconds: 1}}
+"#
+    ));
+    c.wait_for("both ready", Duration::from_secs(90), |c| {
+        ["web", "wasm-web"].iter().all(|name| {
+            let pod = c.pod(name);
+            let conditions = pod["status"]["conditions"].as_array().cloned();
+            conditions
+                .unwrap_or_default()
+                .iter()
+                .any(|k| k["type"] == "Ready" && k["status"] == "True")
+        })
+    });
+
+    let web = Forward::start(c, "pod/web", 8080);
+    for _ in 0..3 {
+        let answer =
+            String::from_utf8_lossy(&web.get("/index.html").expect("an answer")).into_owned();
+        assert!(
+            answer.starts_with("HTTP/1.") && answer.contains(" 200 "),
+            "{answer}"
+        );
+        assert!(answer.ends_with("hello-from-web\n"), "{answer}");
+    }
+    let big = web.get("/big").expect("the big answer");
+    let body = big
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| big.len() - i - 4);
+    assert_eq!(body, Some(1_048_576), "the whole megabyte came through");
+    web.stop();
+
+    let wasm = Forward::start(c, "pod/wasm-web", 18787);
+    let answer = String::from_utf8_lossy(&wasm.get("/").expect("an answer")).into_owned();
+    assert!(answer.ends_with("hello from wasm"), "{answer}");
+    wasm.stop();
+    // A wasm pod shares its node's address: only its declared ports are reached. kubectl
+    // gives up on the first connection, saying why.
+    let undeclared = Forward::start(c, "pod/wasm-web", 18788);
+    let _ = undeclared.get("/");
+    let e = undeclared.stop();
+    assert!(e.contains("declares no TCP containerPort 18788"), "{e}");
+
+    let node_config = c.agents[0].dir.join("node.conf");
+    let e = fails(
+        kubectl_as(&node_config, c, &["port-forward", "pod/web", ":8080"], None),
+        "port-forward with a node's credential",
+    );
+    assert!(e.contains("Forbidden") || e.contains("forbidden"), "{e}");
+}
+
+/// A `kubectl port-forward` running, on the local port it chose.
+struct Forward {
+    kubectl: std::process::Child,
+    local: u16,
+    stderr: tempfile::NamedTempFile,
+}
+
+impl Forward {
+    fn start(c: &kit::Cluster, target: &str, port: u16) -> Forward {
+        let stderr = tempfile::NamedTempFile::new().expect("a file for kubectl's errors");
+        let mut kubectl = std::process::Command::new("kubectl")
+            .env("KUBECONFIG", c.controller.config())
+            .args(["port-forward", "--address", "127.0.0.1", target])
+            .arg(format!(":{port}"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(stderr.reopen().expect("kubectl's stderr"))
+            .spawn()
+            .expect("kubectl runs");
+        let mut out = std::io::BufReader::new(kubectl.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).expect("kubectl's first line");
+        // The rest is read and dropped: a Go program writing to a closed stdout dies of SIGPIPE.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        // "Forwarding from 127.0.0.1:PORT -> 8080"
+        let local = line
+            .split_whitespace()
+            .nth(2)
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse::<u16>().ok())
+            .unwrap_or_else(|| panic!("no local port in {line:?}"));
+        Forward {
+            kubectl,
+            local,
+            stderr,
+        }
+    }
+
+    /// An HTTP/1.0 GET of `path` through the forward: the whole answer.
+    fn get(&self, path: &str) -> std::io::Result<Vec<u8>> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.local))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        write!(s, "GET {path} HTTP/1.0\r\n\r\n")?;
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer)?;
+        Ok(answer)
+    }
+
+    /// Ends kubectl (if it has not ended itself) and returns what it wrote to stderr.
+    fn stop(mut self) -> String {
+        for _ in 0..50 {
+            if self.kubectl.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.kubectl.kill();
+        let _ = self.kubectl.wait();
+        std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
+    }
 }
 
 /// Two pods that ignore SIGTERM and would be given 10 minutes to stop: a deletion's own grace
@@ -246,7 +389,8 @@ spec:
     );
 }
 
-/// Starts kubectl with `args` and reads the first line it prints; the caller ends it.
+/// Starts kubectl with `args` and reads the first line it prints (the rest is drained); the
+/// caller ends it.
 fn first_line(c: &kit::Cluster, args: &[&str]) -> (std::process::Child, String) {
     let mut child = std::process::Command::new("kubectl")
         .env("KUBECONFIG", c.controller.config())
@@ -254,11 +398,10 @@ fn first_line(c: &kit::Cluster, args: &[&str]) -> (std::process::Child, String) 
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("kubectl runs");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
     let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
-        &mut line,
-    )
-    .expect("kubectl's first line");
+    std::io::BufRead::read_line(&mut out, &mut line).expect("kubectl's first line");
+    // The rest is read and dropped: a Go program writing to a closed stdout dies of SIGPIPE.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     (child, line)
 }

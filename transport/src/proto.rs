@@ -203,6 +203,15 @@ pub enum Request {
         port: u16,
         udp: bool,
     },
+    /// An admin's TCP connection to `port` of a pod (`kubectl port-forward`): the door relays
+    /// it as a [`Request::Dial`] to the pod's node, answered as that is. Without a port it
+    /// asks only whether the pod may be forwarded to (kubectl learns its ports later):
+    /// answered with [`Response::Ok`].
+    PortForward {
+        namespace: String,
+        pod: String,
+        port: Option<u16>,
+    },
 }
 
 /// What travels on an [`Request::Exec`] stream once the command started: input and terminal

@@ -153,27 +153,24 @@ pub fn resources(group: &str, version: &str) -> Value {
         }));
     }
     if group.is_empty() {
-        resources.push(json!({
-            "name": "pods/log",
-            "singularName": "",
-            "namespaced": true,
-            "kind": "Pod",
-            "verbs": ["get"],
-        }));
-        resources.push(json!({
-            "name": "pods/attach",
-            "singularName": "",
-            "namespaced": true,
-            "kind": "PodAttachOptions",
-            "verbs": ["create", "get"],
-        }));
-        resources.push(json!({
-            "name": "pods/exec",
-            "singularName": "",
-            "namespaced": true,
-            "kind": "PodExecOptions",
-            "verbs": ["create", "get"],
-        }));
+        for (name, kind, verbs) in [
+            ("pods/log", "Pod", &["get"][..]),
+            ("pods/attach", "PodAttachOptions", &["create", "get"]),
+            ("pods/exec", "PodExecOptions", &["create", "get"]),
+            (
+                "pods/portforward",
+                "PodPortForwardOptions",
+                &["create", "get"],
+            ),
+        ] {
+            resources.push(json!({
+                "name": name,
+                "singularName": "",
+                "namespaced": true,
+                "kind": kind,
+                "verbs": verbs,
+            }));
+        }
         resources.push(json!({
             "name": "pods/eviction",
             "singularName": "",

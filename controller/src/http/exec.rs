@@ -10,11 +10,10 @@
 
 use super::status::Doing;
 use super::websocket::{self, Incoming};
-use super::{error_response, failure, Body, Response};
+use super::{error_response, Response};
 use crate::server::NodeLinks;
 use crate::service::{Reply, Service};
-use hyper::header::{HeaderMap, HeaderValue};
-use hyper::StatusCode;
+use hyper::header::HeaderMap;
 use serde_json::json;
 use shoal_transport::frame;
 use shoal_transport::proto::{ErrorCode, ExecFrame, Request, Response as Answer, WireError};
@@ -31,7 +30,7 @@ const ERROR: u8 = 3;
 const RESIZE: u8 = 4;
 const CLOSE_CHANNEL: u8 = 255;
 
-/// How long the node gets to start the command.
+/// How long the node gets to start the command (or to connect to the pod).
 const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What `kubectl exec` asks for, from the query.
@@ -62,26 +61,6 @@ fn options(query: &str) -> Result<Options, String> {
         }
     }
     Ok(o)
-}
-
-/// The channel protocol to speak: the first of [`PROTOCOLS`] the client offers.
-fn protocol(headers: &HeaderMap) -> Option<&'static str> {
-    let offered: Vec<String> = headers
-        .get_all(hyper::header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|p| p.trim().to_string()))
-        .collect();
-    PROTOCOLS
-        .into_iter()
-        .find(|p| offered.iter().any(|o| o == p))
-}
-
-fn is_websocket(headers: &HeaderMap) -> bool {
-    headers
-        .get(hyper::header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 /// Who asks, and what the door serves them with.
@@ -150,16 +129,15 @@ pub async fn handle(
     };
     let (Some(key), Some(protocol), Some(upgrade), true) = (
         headers.get(hyper::header::SEC_WEBSOCKET_KEY),
-        protocol(headers),
+        websocket::chosen(headers, &PROTOCOLS),
         upgrade,
-        is_websocket(headers),
+        websocket::is_upgrade(headers),
     ) else {
         return bad(format!(
             "exec and attach are served over WebSocket with the {} protocols (kubectl 1.30 or later), not SPDY",
             PROTOCOLS.join(" or ")
         ));
     };
-    let accept = websocket::accept_key(key.to_str().unwrap_or(""));
     let (to_node, from_node) = match start(links, &node, &request, attach).await {
         Ok(streams) => streams,
         Err(e) => return error_response(&e, &doing),
@@ -180,32 +158,7 @@ pub async fn handle(
             Err(e) => tracing::debug!(error = %e, "exec: the upgrade failed"),
         }
     });
-    let mut r = hyper::Response::new(Body::Full(None));
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = r.headers_mut();
-    h.insert(
-        hyper::header::UPGRADE,
-        HeaderValue::from_static("websocket"),
-    );
-    h.insert(
-        hyper::header::CONNECTION,
-        HeaderValue::from_static("Upgrade"),
-    );
-    h.insert(
-        hyper::header::SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_static(protocol),
-    );
-    match HeaderValue::from_str(&accept) {
-        Ok(v) => {
-            h.insert(hyper::header::SEC_WEBSOCKET_ACCEPT, v);
-            r
-        }
-        Err(_) => failure(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            "a bad Sec-WebSocket-Key",
-        ),
-    }
+    websocket::switching(key, protocol)
 }
 
 /// Asks the node: an exec must have started before the client is answered; an attach's
@@ -219,6 +172,17 @@ async fn start(
     if attach {
         return Ok(links.ask(node, request).await?);
     }
+    opened(links, node, request, "start the command").await
+}
+
+/// Opens a stream to `node` with `request` and waits (at most [`START_TIMEOUT`]) for its Ok,
+/// after which the stream carries the bytes; `what` says what the node did not do in time.
+pub(super) async fn opened(
+    links: &NodeLinks,
+    node: &str,
+    request: &Request,
+    what: &str,
+) -> Result<(quinn::SendStream, quinn::RecvStream), WireError> {
     let (to_node, mut from_node) = links.open(node, request).await?;
     let started = tokio::time::timeout(
         START_TIMEOUT,
@@ -229,10 +193,9 @@ async fn start(
         Ok(Ok(Some(Answer::Ok))) => Ok((to_node, from_node)),
         Ok(Ok(Some(Answer::Error(e)))) => Err(e),
         Ok(Ok(Some(other))) => Err(WireError::new(ErrorCode::Internal, other.unexpected())),
-        Ok(Ok(None)) | Err(_) => Err(crate::Error::Unreachable(format!(
-            "node {node:?} did not start the command"
-        ))
-        .into()),
+        Ok(Ok(None)) | Err(_) => {
+            Err(crate::Error::Unreachable(format!("node {node:?} did not {what}")).into())
+        }
         Ok(Err(e)) => Err(crate::Error::unreachable(node, &e).into()),
     }
 }

@@ -25,9 +25,11 @@ mod exec;
 mod logs;
 mod objects;
 mod path;
+mod portforward;
 mod protobuf;
 mod query;
 mod scale;
+mod spdy;
 mod status;
 mod table;
 mod watch;
@@ -288,8 +290,12 @@ impl Caller {
             Route::Resources { group, version } => ok(discovery::resources(&group, &version)),
             Route::OpenApiRoot => ok(discovery::open_api_root()),
             Route::OpenApi { group, version } => ok(discovery::open_api(&group, &version)),
+            // What upgrades to a WebSocket and reaches into a pod through its node.
             Route::Objects(target)
-                if matches!(target.subresource.as_deref(), Some("exec" | "attach")) =>
+                if matches!(
+                    target.subresource.as_deref(),
+                    Some("exec" | "attach" | "portforward")
+                ) =>
             {
                 let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
                 let caller = exec::Caller {
@@ -298,6 +304,9 @@ impl Caller {
                     who: &who,
                     key: self.key.as_deref(),
                 };
+                if target.subresource.as_deref() == Some("portforward") {
+                    return portforward::handle(caller, &target, &parts.headers, upgrade).await;
+                }
                 let query = parts.uri.query().unwrap_or("");
                 exec::handle(caller, &target, query, &parts.headers, upgrade).await
             }

@@ -1,8 +1,11 @@
-//! The server side of WebSocket (RFC 6455), as much as kubectl's exec needs: the handshake's
-//! accept key, and whole messages in and out. Everything a client sends is bounded: a message
+//! The server side of WebSocket (RFC 6455), as much as kubectl's exec and port-forward need:
+//! the handshake, and whole messages in and out. Everything a client sends is bounded: a message
 //! is at most [`MAX_MESSAGE`] bytes however it is fragmented, a control frame 125.
 
+use super::{failure, Body, Response};
 use base64::Engine as _;
+use hyper::header::{HeaderMap, HeaderValue};
+use hyper::StatusCode;
 use sha1::Digest as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -24,6 +27,55 @@ pub fn accept_key(key: &str) -> String {
     h.update(key.trim().as_bytes());
     h.update(GUID.as_bytes());
     base64::engine::general_purpose::STANDARD.encode(h.finalize())
+}
+
+/// The first of `served` that the client offers in `Sec-WebSocket-Protocol`.
+pub fn chosen(headers: &HeaderMap, served: &[&'static str]) -> Option<&'static str> {
+    let offered: Vec<&str> = headers
+        .get_all(hyper::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(str::trim))
+        .collect();
+    served.iter().copied().find(|p| offered.contains(p))
+}
+
+/// Whether the request asks to upgrade to WebSocket.
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get(hyper::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// The answer that accepts the upgrade (`key` is the client's `Sec-WebSocket-Key`) with
+/// `protocol`.
+pub fn switching(key: &HeaderValue, protocol: &'static str) -> Response {
+    let accept = accept_key(key.to_str().unwrap_or(""));
+    let Ok(accept) = HeaderValue::from_str(&accept) else {
+        return failure(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "a bad Sec-WebSocket-Key",
+        );
+    };
+    let mut r = hyper::Response::new(Body::Full(None));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(
+        hyper::header::UPGRADE,
+        HeaderValue::from_static("websocket"),
+    );
+    h.insert(
+        hyper::header::CONNECTION,
+        HeaderValue::from_static("Upgrade"),
+    );
+    h.insert(
+        hyper::header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(protocol),
+    );
+    h.insert(hyper::header::SEC_WEBSOCKET_ACCEPT, accept);
+    r
 }
 
 /// What a client sent: a data message, a ping to answer, or its close.

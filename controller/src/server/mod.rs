@@ -751,10 +751,10 @@ async fn serve_stream(
                 tracing::debug!(error = %shoal_transport::report(&e), "artifact transfer ended early");
             }
         }
-        // An exec's stream goes both ways, as a tunnel's does.
+        // An exec's stream goes both ways, as a tunnel's does, and so does a port-forward.
         Reply::ToNode {
             node,
-            request: request @ Request::Exec { .. },
+            request: request @ (Request::Exec { .. } | Request::Dial { .. }),
         } => return tunnel(send, recv, links, &node, request, &shutdown).await,
         Reply::ToNode { node, request } => {
             relay(&mut send, links, &node, &request, &shutdown).await

@@ -18,6 +18,7 @@ mod authz;
 mod fields;
 mod nodes;
 mod requests;
+mod streams;
 #[cfg(test)]
 mod tests;
 mod watch;
@@ -338,23 +339,8 @@ impl Service {
                 }
                 Ok(Reply::Fetch { blob, offset })
             }
-            Request::Logs {
-                ref namespace,
-                ref pod,
-                ..
-            } => {
-                let node = scheduled(&self.pod(namespace, pod).await?, "it has no logs")?;
-                Ok(Reply::ToNode { node, request: req })
-            }
-            Request::Exec {
-                ref namespace,
-                ref pod,
-                ref container,
-                ref command,
-                ..
-            } => {
-                let node = self.exec_node(namespace, pod, container, command).await?;
-                Ok(Reply::ToNode { node, request: req })
+            Request::Logs { .. } | Request::Exec { .. } | Request::PortForward { .. } => {
+                self.reach_pod(req).await
             }
             Request::Missing { digests } => {
                 let missing: Vec<&String> = digests
@@ -390,30 +376,6 @@ impl Service {
                 "nodes dial their pods; the controller does not",
             )),
         }
-    }
-
-    /// The node to run an exec on. What the pod's spec already rules out is refused here,
-    /// before any node is asked (and before kubectl's fallback to SPDY asks again).
-    async fn exec_node(
-        &self,
-        namespace: &str,
-        pod: &str,
-        container: &Option<String>,
-        command: &[String],
-    ) -> std::result::Result<String, WireError> {
-        if command.is_empty() {
-            return Err(bad_request("exec needs a command to run"));
-        }
-        let pod = self.pod(namespace, pod).await?;
-        if pod.runtime_class() != shoal_api::RuntimeClass::Runc {
-            return Err(bad_request(format!(
-                "pod {:?} runs as WebAssembly: a wasm pod has no processes to exec into",
-                pod.metadata.name
-            )));
-        }
-        pod.choose_container(container.as_deref())
-            .map_err(bad_request)?;
-        scheduled(&pod, "nothing runs in it")
     }
 
     /// A pod, or NotFound.

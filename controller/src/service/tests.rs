@@ -586,3 +586,85 @@ async fn a_pods_deletion_carries_its_own_grace_period_to_its_node() {
     assert_eq!(m.deletion_grace_period_seconds, Some(0));
     assert!(m.deletion_timestamp.is_some());
 }
+
+#[tokio::test]
+async fn a_port_forward_reaches_a_running_pod_through_its_node_for_admins_only() {
+    let (_dir, s) = service().await;
+    let admin = Identity::Admin("admin".into());
+    add_node(&s, "pi").await;
+    let pods = [
+        json(
+            serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "app"},
+            "spec": {"nodeName": "pi", "containers": [{"name": "c", "image": "x"}]}}),
+        ),
+        json(
+            serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "mod"},
+            "spec": {"nodeName": "pi", "runtimeClassName": "wasm", "containers": [{"name": "c",
+            "image": "x", "ports": [{"containerPort": 8080}]}]}}),
+        ),
+    ];
+    call(
+        &s,
+        &admin,
+        Request::Apply {
+            objects: pods.to_vec(),
+        },
+    )
+    .await
+    .unwrap();
+    let forward = |pod: &str, port| Request::PortForward {
+        namespace: "default".into(),
+        pod: pod.into(),
+        port,
+    };
+    let refusal = |r: Reply| match r {
+        Reply::One(Response::Error(e)) => (e.code, e.message),
+        _ => panic!("not refused"),
+    };
+    let (code, message) = refusal(s.handle(&admin, forward("app", Some(80))).await);
+    assert_eq!(code, ErrorCode::BadRequest);
+    assert!(message.contains("is not running (Pending)"), "{message}");
+    for (name, ip) in [("app", "10.42.0.7"), ("mod", "192.168.1.20")] {
+        let status = json(serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default"},
+            "status": {"phase": "Running", "podIP": ip}}));
+        let node = Identity::Node("pi".into());
+        call(&s, &node, Request::UpdateStatus { object: status })
+            .await
+            .unwrap();
+    }
+    // Any port of a pod's own address; a wasm pod's only where it declares one.
+    match s.handle(&admin, forward("app", Some(80))).await {
+        Reply::ToNode { node, request } => {
+            assert_eq!(node, "pi");
+            assert_eq!(
+                request,
+                Request::Dial {
+                    ip: "10.42.0.7".into(),
+                    port: 80,
+                    udp: false
+                }
+            );
+        }
+        _ => panic!("not relayed to the pod's node"),
+    }
+    assert!(matches!(
+        s.handle(&admin, forward("mod", Some(8080))).await,
+        Reply::ToNode { .. }
+    ));
+    let (_, message) = refusal(s.handle(&admin, forward("mod", Some(9090))).await);
+    assert!(
+        message.contains("declares no TCP containerPort 9090"),
+        "{message}"
+    );
+    assert!(matches!(
+        s.handle(&admin, forward("app", None)).await,
+        Reply::One(Response::Ok)
+    ));
+    // A node may not, not even to its own pods.
+    let node = Identity::Node("pi".into());
+    assert_eq!(
+        call(&s, &node, forward("app", None)).await.err(),
+        Some(ErrorCode::Forbidden)
+    );
+}
