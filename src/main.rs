@@ -58,6 +58,8 @@ enum Command {
     Logs(cmd::logs::Args),
     /// Run a command in a container of an OCI pod.
     Exec(cmd::exec::Args),
+    /// Forward local ports to a pod's ports (through the controller and the pod's node).
+    PortForward(cmd::port_forward::Args),
     /// Store an artifact in the controller under NAME:TAG: a .wasm file, or a container image
     /// (OCI layout directory, OCI archive or docker save tarball).
     Push(cmd::push::Args),
@@ -116,6 +118,7 @@ fn main() -> std::process::ExitCode {
             Command::Agent(a) => cmd::agent::run(a).await,
             Command::Logs(a) => cmd::logs::run(a).await,
             Command::Exec(a) => cmd::exec::run(a).await,
+            Command::PortForward(a) => cmd::port_forward::run(a).await,
             Command::Push(a) => cmd::push::run(a).await,
             Command::Images(a) => cmd::images::run(a).await,
             Command::Scale(a) => cmd::scale::run(a).await,

@@ -258,6 +258,10 @@ spec:
         .map(|i| big.len() - i - 4);
     assert_eq!(body, Some(1_048_576), "the whole megabyte came through");
     web.stop();
+    let quic = Forward::shoal(c, "pod/web", 8080);
+    let answer = String::from_utf8_lossy(&quic.get("/index.html").expect("an answer")).into_owned();
+    assert!(answer.ends_with("hello-from-web\n"), "{answer}");
+    quic.stop();
 
     let wasm = Forward::start(c, "pod/wasm-web", 18787);
     let answer = String::from_utf8_lossy(&wasm.get("/").expect("an answer")).into_owned();
@@ -267,7 +271,7 @@ spec:
     // gives up on the first connection, saying why.
     let undeclared = Forward::start(c, "pod/wasm-web", 18788);
     let _ = undeclared.get("/");
-    let e = undeclared.stop();
+    let e = undeclared.ended();
     assert!(e.contains("declares no TCP containerPort 18788"), "{e}");
 
     let node_config = c.agents[0].dir.join("node.conf");
@@ -278,27 +282,39 @@ spec:
     assert!(e.contains("Forbidden") || e.contains("forbidden"), "{e}");
 }
 
-/// A `kubectl port-forward` running, on the local port it chose.
+/// A `kubectl port-forward` (or `shoal port-forward`) running, on the local port it chose.
 struct Forward {
-    kubectl: std::process::Child,
+    process: std::process::Child,
     local: u16,
     stderr: tempfile::NamedTempFile,
 }
 
 impl Forward {
     fn start(c: &kit::Cluster, target: &str, port: u16) -> Forward {
-        let stderr = tempfile::NamedTempFile::new().expect("a file for kubectl's errors");
-        let mut kubectl = std::process::Command::new("kubectl")
-            .env("KUBECONFIG", c.controller.config())
+        let mut kubectl = std::process::Command::new("kubectl");
+        kubectl.env("KUBECONFIG", c.controller.config());
+        Forward::run(kubectl, target, port)
+    }
+
+    /// The same through the QUIC door: `shoal port-forward`.
+    fn shoal(c: &kit::Cluster, target: &str, port: u16) -> Forward {
+        let mut shoal = std::process::Command::new(kit::shoal_bin());
+        shoal.env("SHOAL_CONFIG", c.controller.config());
+        Forward::run(shoal, target, port)
+    }
+
+    fn run(mut command: std::process::Command, target: &str, port: u16) -> Forward {
+        let stderr = tempfile::NamedTempFile::new().expect("a file for the errors");
+        let mut process = command
             .args(["port-forward", "--address", "127.0.0.1", target])
             .arg(format!(":{port}"))
             .stdout(std::process::Stdio::piped())
             .stderr(stderr.reopen().expect("kubectl's stderr"))
             .spawn()
             .expect("kubectl runs");
-        let mut out = std::io::BufReader::new(kubectl.stdout.take().expect("stdout"));
+        let mut out = std::io::BufReader::new(process.stdout.take().expect("stdout"));
         let mut line = String::new();
-        std::io::BufRead::read_line(&mut out, &mut line).expect("kubectl's first line");
+        std::io::BufRead::read_line(&mut out, &mut line).expect("its first line");
         // The rest is read and dropped: a Go program writing to a closed stdout dies of SIGPIPE.
         std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
         // "Forwarding from 127.0.0.1:PORT -> 8080"
@@ -309,7 +325,7 @@ impl Forward {
             .and_then(|p| p.parse::<u16>().ok())
             .unwrap_or_else(|| panic!("no local port in {line:?}"));
         Forward {
-            kubectl,
+            process,
             local,
             stderr,
         }
@@ -326,16 +342,22 @@ impl Forward {
         Ok(answer)
     }
 
-    /// Ends kubectl (if it has not ended itself) and returns what it wrote to stderr.
-    fn stop(mut self) -> String {
-        for _ in 0..50 {
-            if self.kubectl.try_wait().ok().flatten().is_some() {
+    /// Waits (a while) for it to end by itself, as kubectl does when the pod refuses, and
+    /// returns what it wrote to stderr.
+    fn ended(mut self) -> String {
+        for _ in 0..100 {
+            if self.process.try_wait().ok().flatten().is_some() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let _ = self.kubectl.kill();
-        let _ = self.kubectl.wait();
+        self.stop()
+    }
+
+    /// Ends it and returns what it wrote to stderr.
+    fn stop(mut self) -> String {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
         std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
     }
 }

@@ -14,6 +14,7 @@ pub mod get;
 pub mod images;
 pub mod label;
 pub mod logs;
+pub mod port_forward;
 pub mod push;
 pub mod rollout;
 pub mod scale;

@@ -69,6 +69,9 @@ pub struct Caller<'a> {
     pub links: &'a NodeLinks,
     pub who: &'a Identity,
     pub key: Option<&'a str>,
+    /// Where the upgraded connection's session runs: the connection (and its slot) is held
+    /// until it ends.
+    pub upgrades: &'a tokio_util::task::TaskTracker,
 }
 
 pub async fn handle(
@@ -83,6 +86,7 @@ pub async fn handle(
         links,
         who,
         key: credential,
+        upgrades,
     } = caller;
     let doing = Doing {
         verb: "create",
@@ -143,7 +147,7 @@ pub async fn handle(
         Err(e) => return error_response(&e, &doing),
     };
     let (service, who, credential) = (service.clone(), who.clone(), credential.map(String::from));
-    tokio::spawn(async move {
+    upgrades.spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
                 let io = hyper_util::rt::TokioIo::new(upgraded);

@@ -137,6 +137,9 @@ struct Caller {
     links: crate::server::NodeLinks,
     who: Identity,
     key: Option<String>,
+    /// The sessions of upgraded requests (exec, attach, port-forward), which the
+    /// connection outlives.
+    upgrades: TaskTracker,
 }
 
 /// Serves the API on `listener` until `shutdown`.
@@ -193,11 +196,13 @@ pub async fn serve(
                 return;
             };
             let checker = service.clone();
+            let upgrades = TaskTracker::new();
             let caller = Caller {
                 service,
                 links,
                 who: who.clone(),
                 key: key.clone(),
+                upgrades: upgrades.clone(),
             };
             let handler = hyper::service::service_fn(move |req| {
                 let caller = caller.clone();
@@ -216,6 +221,14 @@ pub async fn serve(
                 r = conn.as_mut() => {
                     if let Err(e) = r {
                         tracing::debug!(%remote, error = %e, "HTTPS connection ended");
+                    }
+                    // An upgraded connection goes on in its session: its slot is held (so
+                    // execs and port-forwards count against the bounds) until that ends.
+                    upgrades.close();
+                    tokio::select! {
+                        _ = upgrades.wait() => {}
+                        _ = shutdown.cancelled() => {}
+                        _ = &mut revoked => {}
                     }
                 }
                 _ = shutdown.cancelled() => {
@@ -303,6 +316,7 @@ impl Caller {
                     links: &self.links,
                     who: &who,
                     key: self.key.as_deref(),
+                    upgrades: &self.upgrades,
                 };
                 if target.subresource.as_deref() == Some("portforward") {
                     return portforward::handle(caller, &target, &parts.headers, upgrade).await;

@@ -85,7 +85,7 @@ pub async fn handle(
         connections: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
     };
     let credential = caller.key.map(String::from);
-    tokio::spawn(async move {
+    caller.upgrades.spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
                 let io = hyper_util::rt::TokioIo::new(upgraded);
