@@ -4,6 +4,7 @@
 //! This crate does no I/O. Everything that talks to a network, a file or a runtime builds on it.
 
 pub mod error;
+pub mod fieldset;
 pub mod immutable;
 pub mod intstr;
 pub mod kind;
@@ -24,7 +25,9 @@ pub use error::{Error, FieldError, Result};
 pub use intstr::IntOrString;
 pub use kind::Kind;
 pub use manifest::{parse_manifests, Parsed};
-pub use meta::{ObjectMeta, OwnerReference, PropagationPolicy, FOREGROUND_DELETION};
+pub use meta::{
+    ManagedFieldsEntry, ObjectMeta, OwnerReference, PropagationPolicy, FOREGROUND_DELETION,
+};
 pub use object::Object;
 pub use objects::*;
 pub use quantity::Quantity;

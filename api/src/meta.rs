@@ -38,6 +38,33 @@ pub struct ObjectMeta {
     pub owner_references: Vec<OwnerReference>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub finalizers: Vec<String>,
+    /// Who set which fields (server-side apply), as Kubernetes keeps it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub managed_fields: Vec<ManagedFieldsEntry>,
+}
+
+/// The fields one manager set through one kind of write: `Apply` (server-side apply) or
+/// `Update` (any other write that named its `fieldManager`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedFieldsEntry {
+    pub manager: String,
+    pub operation: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub api_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fields_type: String,
+    /// A [`crate::fieldset`] tree.
+    #[serde(
+        default,
+        rename = "fieldsV1",
+        skip_serializing_if = "serde_json::Value::is_null"
+    )]
+    pub fields_v1: serde_json::Value,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subresource: String,
 }
 
 fn is_zero(v: &i64) -> bool {

@@ -14,6 +14,9 @@ pub enum PatchType {
     Json,
     /// `application/strategic-merge-patch+json`
     Strategic,
+    /// `application/apply-patch+yaml`: server-side apply, which the service does with the
+    /// object's managed fields ([`crate::fieldset`]).
+    Apply,
 }
 
 impl PatchType {
@@ -23,6 +26,7 @@ impl PatchType {
             Some("application/merge-patch+json") => Some(PatchType::Merge),
             Some("application/json-patch+json") => Some(PatchType::Json),
             Some("application/strategic-merge-patch+json") => Some(PatchType::Strategic),
+            Some("application/apply-patch+yaml") => Some(PatchType::Apply),
             _ => None,
         }
     }
@@ -38,6 +42,7 @@ pub fn apply(type_: PatchType, target: &Value, patch: &Value) -> Result<Value, S
         }
         PatchType::Json => json_patch(target, patch),
         PatchType::Strategic => strategic(target, patch, ""),
+        PatchType::Apply => Err("a server-side apply needs the object's managed fields".into()),
     }
 }
 
@@ -194,7 +199,7 @@ pub fn json_patch(target: &Value, ops: &Value) -> Result<Value, String> {
 
 /// The merge key of a list at `path` (dotted, list steps as `[]`), as Kubernetes' types
 /// declare it; `None`: the list is replaced whole.
-fn merge_key(path: &str) -> Option<&'static str> {
+pub(crate) fn merge_key(path: &str) -> Option<&'static str> {
     let field = path.rsplit('.').next().unwrap_or(path);
     let in_container = path.contains("ontainers[]");
     Some(match field {
@@ -218,11 +223,11 @@ fn merge_key(path: &str) -> Option<&'static str> {
 }
 
 /// Lists of plain values that merge as sets (`patchStrategy: merge`).
-fn merges_as_set(path: &str) -> bool {
+pub(crate) fn merges_as_set(path: &str) -> bool {
     matches!(path, "metadata.finalizers")
 }
 
-fn join(path: &str, key: &str) -> String {
+pub(crate) fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_string()
     } else {

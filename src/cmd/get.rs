@@ -30,6 +30,9 @@ pub struct Args {
     /// Leave out the header row of tables.
     #[arg(long)]
     no_headers: bool,
+    /// Print the objects' managed fields (who set which field) with -o json|yaml.
+    #[arg(long)]
+    show_managed_fields: bool,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -43,8 +46,14 @@ const ALL: [Kind; 6] = [
     Kind::Job,
 ];
 
-fn decode(bytes: &[u8]) -> Result<Object> {
-    Object::from_json(bytes).context("decoding an object from the server")
+/// An object from the server, without its managed fields (as kubectl prints it) unless
+/// `--show-managed-fields`.
+fn decode(bytes: &[u8], args: &Args) -> Result<Object> {
+    let mut obj = Object::from_json(bytes).context("decoding an object from the server")?;
+    if !args.show_managed_fields {
+        obj.metadata_mut().managed_fields.clear();
+    }
+    Ok(obj)
 }
 
 pub async fn run(args: Args) -> Result<()> {
@@ -89,7 +98,7 @@ pub async fn run(args: Args) -> Result<()> {
             match call(&client, &req).await? {
                 Response::List { items, .. } => items
                     .iter()
-                    .map(|b| decode(b))
+                    .map(|b| decode(b, &args))
                     .collect::<Result<Vec<_>>>()?,
                 other => bail!(other.unexpected()),
             }
@@ -102,7 +111,7 @@ pub async fn run(args: Args) -> Result<()> {
                     name: name.clone(),
                 };
                 match call(&client, &req).await? {
-                    Response::Object(b) => objects.push(decode(&b)?),
+                    Response::Object(b) => objects.push(decode(&b, &args)?),
                     other => bail!(other.unexpected()),
                 }
             }
@@ -187,10 +196,10 @@ async fn watch(
                 }
                 items
                     .iter()
-                    .map(|b| decode(b))
+                    .map(|b| decode(b, args))
                     .collect::<Result<Vec<_>>>()?
             }
-            Seen::Changed { object, .. } => vec![decode(&object)?],
+            Seen::Changed { object, .. } => vec![decode(&object, args)?],
         };
         if objects.is_empty() {
             continue;

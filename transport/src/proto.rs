@@ -404,13 +404,18 @@ pub enum ErrorCode {
 }
 
 /// How a create or update treats what it is sent.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteOptions {
     /// Check and answer as if written, write nothing (`dryRun=All`).
     pub dry_run: bool,
     pub validation: FieldValidation,
     /// Write only the object's status (the `status` subresource), leaving the rest as stored.
     pub status: bool,
+    /// Who writes: the fields the write sets become theirs (managed fields). Required by a
+    /// server-side apply.
+    pub field_manager: Option<String>,
+    /// A server-side apply takes over fields other managers set, instead of a conflict.
+    pub force: bool,
 }
 
 /// What to do with fields Shoal does not support (Kubernetes' `fieldValidation`).

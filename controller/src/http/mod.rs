@@ -339,18 +339,9 @@ impl Caller {
                     method: parts.method,
                     target,
                     query: query::Query::parse(parts.uri.query().unwrap_or("")),
-                    accept: parts
-                        .headers
-                        .get(hyper::header::ACCEPT)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_string(),
-                    content_type: parts
-                        .headers
-                        .get(hyper::header::CONTENT_TYPE)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_string(),
+                    accept: header(&parts.headers, hyper::header::ACCEPT),
+                    content_type: header(&parts.headers, hyper::header::CONTENT_TYPE),
+                    user_agent: header(&parts.headers, hyper::header::USER_AGENT),
                     body,
                 };
                 if request.target.subresource.as_deref() == Some("log") {
@@ -360,6 +351,15 @@ impl Caller {
             }
         }
     }
+}
+
+/// A request header as text; empty if it is missing or not text.
+fn header(headers: &hyper::HeaderMap, name: hyper::header::HeaderName) -> String {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
 }
 
 async fn read_body(body: Incoming) -> Result<Bytes, Response> {

@@ -22,6 +22,8 @@ pub struct ApiRequest {
     pub query: Query,
     pub accept: String,
     pub content_type: String,
+    /// The client's `User-Agent`: who writes, when the request names no `fieldManager`.
+    pub user_agent: String,
     pub body: Bytes,
 }
 
@@ -342,11 +344,21 @@ pub(super) fn has_status(kind: Kind) -> bool {
     )
 }
 
-fn write_options(req: &ApiRequest) -> Result<WriteOptions, WireError> {
+pub(super) fn write_options(req: &ApiRequest) -> Result<WriteOptions, WireError> {
+    // As kube-apiserver: without a fieldManager, the User-Agent up to its first '/'.
+    let from_agent = req.user_agent.split('/').next().unwrap_or("").trim();
+    let manager = req.query.field_manager.clone().or_else(|| {
+        Some(from_agent.chars().take(128).collect::<String>()).filter(|m| !m.is_empty())
+    });
+    if manager.as_ref().is_some_and(|m| m.len() > 128) {
+        return Err(bad_request("fieldManager: at most 128 characters"));
+    }
     Ok(WriteOptions {
         dry_run: req.query.dry_run,
         validation: req.query.validation().map_err(bad_request)?,
         status: req.target.subresource.as_deref() == Some("status"),
+        field_manager: manager,
+        force: req.query.force,
     })
 }
 
@@ -399,11 +411,17 @@ async fn patch(service: &Service, who: &Identity, req: &ApiRequest) -> Result<Re
     };
     match call(service, who, request).await? {
         Answer::Written {
-            object, warnings, ..
-        } => Ok(with_warnings(
-            one_object(t.kind, &object, 0, req)?,
-            &warnings,
-        )),
+            object,
+            warnings,
+            created,
+        } => {
+            let mut r = one_object(t.kind, &object, 0, req)?;
+            // A server-side apply may create.
+            if created {
+                *r.status_mut() = StatusCode::CREATED;
+            }
+            Ok(with_warnings(r, &warnings))
+        }
         other => Err(WireError::new(ErrorCode::Internal, other.unexpected())),
     }
 }

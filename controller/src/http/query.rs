@@ -25,6 +25,10 @@ pub struct Query {
     pub follow: bool,
     pub previous: bool,
     pub tail_lines: Option<u64>,
+    /// Who writes (managed fields), and whether a server-side apply takes fields over from
+    /// others (`force`).
+    pub field_manager: Option<String>,
+    pub force: bool,
     /// Names the query had that are not served, for a warning.
     pub unknown: Vec<String>,
 }
@@ -57,11 +61,12 @@ impl Query {
                 "follow" => q.follow = truthy(&v),
                 "previous" => q.previous = truthy(&v),
                 "tailLines" => q.tail_lines = v.parse().ok(),
-                // Served as kube-apiserver serves them, or harmless to leave: the field
-                // manager names who writes (Shoal keeps no managed fields yet), `pretty`
-                // formats, `resourceVersionMatch` only narrows what `resourceVersion` says
-                // (every read here is of the present, never older than it).
-                "fieldManager" | "pretty" | "resourceVersionMatch" => {}
+                "fieldManager" => q.field_manager = Some(v).filter(|m| !m.is_empty()),
+                "force" => q.force = truthy(&v),
+                // Harmless to leave: `pretty` formats, `resourceVersionMatch` only narrows
+                // what `resourceVersion` says (every read here is of the present, never older
+                // than it).
+                "pretty" | "resourceVersionMatch" => {}
                 other => q.unknown.push(other.to_string()),
             }
         }

@@ -114,6 +114,8 @@ pub async fn handle(
         patch: serde_json::to_vec(&patch).map_err(internal)?,
         options: WriteOptions {
             dry_run: req.query.dry_run,
+            // The replicas become the scaler's, as in Kubernetes.
+            field_manager: super::objects::write_options(req)?.field_manager,
             ..Default::default()
         },
     };

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 mod authz;
 mod fields;
+mod managed;
 mod nodes;
 mod requests;
 mod streams;

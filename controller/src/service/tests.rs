@@ -443,7 +443,7 @@ async fn create_update_and_patch_keep_kubernetes_preconditions() {
         call(
             &s,
             &admin,
-            create(config_map("cfg", "", serde_json::json!({})), opts),
+            create(config_map("cfg", "", serde_json::json!({})), opts.clone()),
         )
         .await,
     );
@@ -453,7 +453,7 @@ async fn create_update_and_patch_keep_kubernetes_preconditions() {
         call(
             &s,
             &admin,
-            create(config_map("cfg", "", serde_json::json!({})), opts)
+            create(config_map("cfg", "", serde_json::json!({})), opts.clone())
         )
         .await
         .err(),
@@ -464,7 +464,7 @@ async fn create_update_and_patch_keep_kubernetes_preconditions() {
     // conflict, and changes nothing.
     let update = |object| Request::Update {
         object,
-        options: opts,
+        options: opts.clone(),
     };
     let changed = config_map("cfg", &rv, serde_json::json!({"data": {"a": "2"}}));
     let (after, created, _) = written(call(&s, &admin, update(changed)).await);
@@ -487,7 +487,10 @@ async fn create_update_and_patch_keep_kubernetes_preconditions() {
         name: "cfg".into(),
         patch_type: PatchType::Merge,
         patch: json(p),
-        options: WriteOptions { dry_run, ..opts },
+        options: WriteOptions {
+            dry_run,
+            ..opts.clone()
+        },
     };
     let (dry, _, _) = written(
         call(
@@ -519,11 +522,11 @@ async fn create_update_and_patch_keep_kubernetes_preconditions() {
 
     // Fields Shoal does not know: warned, refused under Strict, dropped under Ignore.
     let odd = || config_map("odd", "", serde_json::json!({"spec": {"x": 1}}));
-    let (_, _, warnings) = written(call(&s, &admin, create(odd(), opts)).await);
+    let (_, _, warnings) = written(call(&s, &admin, create(odd(), opts.clone())).await);
     assert_eq!(warnings, ["unknown field \"spec\""]);
     let strict = WriteOptions {
         validation: FieldValidation::Strict,
-        ..opts
+        ..opts.clone()
     };
     let other = config_map("odd2", "", serde_json::json!({"spec": {"x": 1}}));
     assert_eq!(
@@ -534,7 +537,7 @@ async fn create_update_and_patch_keep_kubernetes_preconditions() {
     // generateName completes the name; a node may create nothing.
     let generated = json(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"generateName": "gen-", "namespace": "default"}}));
-    let (obj, _, _) = written(call(&s, &admin, create(generated, opts)).await);
+    let (obj, _, _) = written(call(&s, &admin, create(generated, opts.clone())).await);
     assert!(
         obj.name().starts_with("gen-") && obj.name().len() == 9,
         "{}",
@@ -543,7 +546,7 @@ async fn create_update_and_patch_keep_kubernetes_preconditions() {
     let node = Identity::Node("pi".into());
     let by_node = config_map("n", "", serde_json::json!({}));
     assert_eq!(
-        call(&s, &node, create(by_node, opts)).await.err(),
+        call(&s, &node, create(by_node, opts.clone())).await.err(),
         Some(ErrorCode::Forbidden)
     );
 }

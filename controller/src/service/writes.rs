@@ -78,6 +78,10 @@ pub(super) fn replaced(desired: &Object, stored: &Object, keep_owned: bool) -> R
     if keep_owned && m.finalizers.is_empty() {
         m.finalizers = sm.finalizers;
     }
+    // A write that sends none (a manifest never does) keeps who set what.
+    if m.managed_fields.is_empty() {
+        m.managed_fields = sm.managed_fields;
+    }
     shoal_api::immutable::keep_cluster_fields(stored, &mut next);
     if let Some((field, why)) = shoal_api::immutable::violation(stored, &next) {
         return Err(Error::InvalidObject {
@@ -151,8 +155,8 @@ impl Service {
     /// A create, update or patch of one object.
     pub(super) async fn write(&self, req: Request) -> Result<Response> {
         match req {
-            Request::Create { object, options } => self.create(&object, options).await,
-            Request::Update { object, options } => self.update(&object, options).await,
+            Request::Create { object, options } => self.create_object(&object, options).await,
+            Request::Update { object, options } => self.update_object(&object, options).await,
             Request::Patch {
                 kind,
                 namespace,
@@ -171,7 +175,11 @@ impl Service {
         }
     }
 
-    async fn create(&self, object: &[u8], options: WriteOptions) -> Result<Response> {
+    pub(super) async fn create_object(
+        &self,
+        object: &[u8],
+        options: WriteOptions,
+    ) -> Result<Response> {
         let (mut obj, warnings) = admit_one(object, options.validation)?;
         let meta = obj.metadata_mut();
         if meta.name.is_empty() && !meta.generate_name.is_empty() {
@@ -195,7 +203,8 @@ impl Service {
         if self.store.get(&key).await?.is_some() {
             return Err(Error::AlreadyExists(key.to_string()));
         }
-        let obj = self.allocate(&obj, None).await?;
+        let mut obj = self.allocate(&obj, None).await?;
+        super::managed::record_update(None, &mut obj, &options)?;
         if options.dry_run {
             return written(&obj, true, warnings);
         }
@@ -203,7 +212,11 @@ impl Service {
         written(&change.object, true, warnings)
     }
 
-    async fn update(&self, object: &[u8], options: WriteOptions) -> Result<Response> {
+    pub(super) async fn update_object(
+        &self,
+        object: &[u8],
+        options: WriteOptions,
+    ) -> Result<Response> {
         let (desired, warnings) = admit_one(object, options.validation)?;
         let key = ObjectKey::of(&desired);
         let precondition = match desired.metadata().resource_version.as_str() {
@@ -242,6 +255,7 @@ impl Service {
                     );
                     next.metadata_mut().annotations = annotations;
                 }
+                super::managed::record_update(Some(&stored), &mut next, &options)?;
                 next
             };
             if options.dry_run || next == stored {
@@ -271,6 +285,9 @@ impl Service {
         patch: &[u8],
         options: WriteOptions,
     ) -> Result<Response> {
+        if patch_type == shoal_api::patch::PatchType::Apply {
+            return self.server_apply(key, patch, options).await;
+        }
         let patch: serde_json::Value = serde_json::from_slice(patch)
             .map_err(|e| Error::BadRequest(format!("the patch is not JSON: {e}")))?;
         // A patch that names a resourceVersion is a precondition; otherwise it is applied
@@ -297,7 +314,7 @@ impl Service {
                 ));
             }
             let bytes = serde_json::to_vec(&patched).map_err(|e| Error::Internal(e.to_string()))?;
-            match self.update(&bytes, options).await {
+            match self.update_object(&bytes, options.clone()).await {
                 Err(Error::Conflict(_)) if !pinned => continue,
                 other => return other,
             }
