@@ -1,7 +1,8 @@
 //! `kubectl apply --server-side` against a real controller and agent on loopback: it creates,
 //! keeps managed fields (`--show-managed-fields`), removes what its configuration no longer
 //! names, leaves what others set, conflicts with another manager's fields (a `kubectl scale`,
-//! another `--field-manager`) unless `--force-conflicts`, and takes `--dry-run=server`.
+//! another `--field-manager`) unless `--force-conflicts`, and takes `--dry-run=server` and
+//! `kubectl diff --server-side`.
 //!
 //! kubectl must be on the PATH; where it is not, the test is skipped with the reason, and fails
 //! when `SHOAL_REQUIRE_KUBECTL=1` (CI sets it).
@@ -138,6 +139,19 @@ fn kubectl_apply_server_side_owns_fields_and_conflicts_like_kubernetes() {
             .any(|o| o.starts_with("kubectl/Update") && o.contains("\"f:replicas\"")),
         "the scaler lost the replicas: {owners:?}"
     );
+
+    // kubectl diff --server-side shows what an apply would change, and changes nothing.
+    let relabelled = deployment(probe, Some(2), true).replace("tier: front", "tier: back");
+    let out = kubectl_as(
+        &c.controller.config(),
+        &c,
+        &["diff", "--server-side", "-f", "-"],
+        Some(&relabelled),
+    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "diff found a change: {out:?}");
+    assert!(shown.contains("+    tier: back"), "{shown}");
+    assert!(get_json(&c, "deployment", "web")["metadata"]["labels"]["tier"].is_null());
 
     // Two appliers of one ConfigMap: each owns its keys; the same key with another value
     // conflicts with the first.
