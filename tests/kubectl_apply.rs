@@ -163,6 +163,14 @@ fn kubectl_apply_server_side_owns_fields_and_conflicts_like_kubernetes() {
         "apply as ci",
     );
     assert_eq!(out.trim(), "configmap/shared serverside-applied");
+    // The same apply again writes nothing.
+    let rv = get_json(&c, "configmap", "shared")["metadata"]["resourceVersion"].clone();
+    ok(
+        server_apply(&c, &config("1", "a"), &["--field-manager=ci"]),
+        "the same apply as ci",
+    );
+    let again = get_json(&c, "configmap", "shared")["metadata"]["resourceVersion"].clone();
+    assert_eq!(rv, again, "a repeated apply is no write");
     ok(
         server_apply(&c, &config("2", "b"), &["--field-manager=ops"]),
         "apply as ops",

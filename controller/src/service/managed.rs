@@ -45,27 +45,33 @@ fn own(
     obj: &Value,
 ) -> Vec<ManagedFieldsEntry> {
     let api_version = obj["apiVersion"].as_str().unwrap_or("");
+    let is_mine = |e: &ManagedFieldsEntry| e.manager == manager && e.operation == operation;
     let mut out: Vec<ManagedFieldsEntry> = Vec::with_capacity(entries.len() + 1);
-    let mut mine = None;
+    let mut placed = false;
     for e in entries {
-        if e.manager == manager && e.operation == operation {
-            // An apply names all it owns; an update adds to what it owned.
-            let before = if operation == APPLY {
-                Value::Null
-            } else {
-                e.fields_v1.clone()
-            };
-            mine = Some(fieldset::union(&before, fields));
-            continue;
-        }
         let mut e = e.clone();
-        e.fields_v1 = fieldset::prune(&fieldset::subtract(&e.fields_v1, fields), obj);
+        if is_mine(&e) {
+            // An apply names all it owns; an update adds to what it owned. Unchanged, the
+            // entry stays as it was (its time too), so a repeated write changes nothing.
+            let before = if operation == APPLY {
+                &Value::Null
+            } else {
+                &e.fields_v1
+            };
+            let now = fieldset::prune(&fieldset::union(before, fields), obj);
+            placed = true;
+            if now != e.fields_v1 {
+                e = entry(manager, operation, api_version, now);
+            }
+        } else {
+            e.fields_v1 = fieldset::prune(&fieldset::subtract(&e.fields_v1, fields), obj);
+        }
         if !is_empty(&e.fields_v1) {
             out.push(e);
         }
     }
-    let mine = fieldset::prune(&mine.unwrap_or_else(|| fields.clone()), obj);
-    if !is_empty(&mine) {
+    let mine = fieldset::prune(fields, obj);
+    if !placed && !is_empty(&mine) {
         out.push(entry(manager, operation, api_version, mine));
     }
     out
