@@ -179,35 +179,55 @@ pub fn union(a: &Value, b: &Value) -> Value {
     Value::Object(out)
 }
 
-/// `set` without the leaves `obj` no longer has.
+/// `set` without the leaves `obj` no longer has (in one walk of both).
 pub fn prune(set: &Value, obj: &Value) -> Value {
-    let gone: Vec<Vec<String>> = leaves(set)
-        .into_iter()
-        .filter(|l| get(obj, l).is_none())
-        .collect();
-    gone.iter()
-        .fold(set.clone(), |s, l| subtract(&s, &path_set(l)))
+    let Value::Object(s) = set else {
+        return set.clone();
+    };
+    let mut out = Map::new();
+    for (k, child) in s {
+        if k == "." {
+            out.insert(k.clone(), child.clone());
+            continue;
+        }
+        let Some(v) = get(obj, std::slice::from_ref(k)) else {
+            continue;
+        };
+        if child.as_object().is_some_and(|c| c.is_empty()) {
+            out.insert(k.clone(), child.clone());
+            continue;
+        }
+        let kept = prune(child, v);
+        if kept.as_object().is_some_and(|m| !m.is_empty()) {
+            out.insert(k.clone(), kept);
+        }
+    }
+    Value::Object(out)
 }
 
-/// The set of one leaf.
-fn path_set(steps: &[String]) -> Value {
-    steps
-        .iter()
-        .rev()
-        .fold(Value::Object(Map::new()), |inner, step| {
-            let mut m = Map::new();
-            m.insert(step.clone(), inner);
-            Value::Object(m)
-        })
+/// Adds the leaf at `steps` to `set`.
+fn insert(set: &mut Map<String, Value>, steps: &[String]) {
+    let Some((first, rest)) = steps.split_first() else {
+        return;
+    };
+    let child = set
+        .entry(first.clone())
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(m) = child {
+        insert(m, rest);
+    }
 }
 
 /// The leaves of `after`'s fields whose values differ from `before`'s (or are new there): what a
 /// write changed, which its manager comes to own.
 pub fn changed(before: &Value, after: &Value) -> Value {
-    leaves(&of(after))
-        .into_iter()
-        .filter(|l| get(before, l) != get(after, l))
-        .fold(Value::Object(Map::new()), |s, l| union(&s, &path_set(&l)))
+    let mut set = Map::new();
+    for leaf in leaves(&of(after)) {
+        if get(before, &leaf) != get(after, &leaf) {
+            insert(&mut set, &leaf);
+        }
+    }
+    Value::Object(set)
 }
 
 /// Server-side apply of `applied` by a manager that applied `before` (its field set) last,

@@ -150,7 +150,19 @@ impl Service {
                 "a server-side apply (application/apply-patch+yaml) needs a fieldManager".into(),
             ));
         };
-        let (desired, warnings) = admit_one(body, options.validation)?;
+        // YAML or JSON; its namespace, when it names none, is the path's (as kube-apiserver).
+        let mut sent: Value = serde_yaml_ng::from_slice(body).map_err(|e| {
+            Error::BadRequest(format!(
+                "the applied configuration is not YAML or JSON: {e}"
+            ))
+        })?;
+        if let (Some(ns), Some(meta)) = (&key.namespace, sent["metadata"].as_object_mut()) {
+            if meta.get("namespace").is_none_or(Value::is_null) {
+                meta.insert("namespace".into(), ns.clone().into());
+            }
+        }
+        let body = serde_json::to_vec(&sent).map_err(internal)?;
+        let (desired, warnings) = admit_one(&body, options.validation)?;
         if ObjectKey::of(&desired) != *key {
             return Err(Error::BadRequest(format!(
                 "the applied object is {}, the path is for {key}",
