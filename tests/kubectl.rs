@@ -261,6 +261,11 @@ fn kubectl_discovers_and_reads_the_cluster() {
         "logs --timestamps",
     );
     assert!(err.contains("timestamps is not served"), "{err}");
+    let some = ok(
+        kubectl(&c, &["logs", &pod, "--limit-bytes=4"]),
+        "logs --limit-bytes",
+    );
+    assert_eq!(some, "serv", "the first 4 bytes of the log");
 
     let described = ok(
         kubectl(&c, &["describe", "pods", "-l", "app=web"]),

@@ -15,7 +15,7 @@ const BUFFER: usize = 64;
 
 /// Query parameters of `pods/log` that Shoal cannot honour yet: refused by name, never
 /// ignored (its logs keep no timestamps).
-const UNSERVED: [&str; 4] = ["timestamps", "sinceSeconds", "sinceTime", "limitBytes"];
+const UNSERVED: [&str; 3] = ["timestamps", "sinceSeconds", "sinceTime"];
 
 pub async fn handle(
     service: &Service,
@@ -75,27 +75,27 @@ pub async fn handle(
         Err(e) => return error_response(&crate::Error::unreachable(&node, &e).into(), &doing),
     };
     let (tx, rx) = tokio::sync::mpsc::channel(BUFFER);
+    // `limitBytes`: what is sent stops there (the node stops when its stream is dropped).
+    let mut left = req.query.limit_bytes.unwrap_or(u64::MAX);
     tokio::spawn(async move {
         let _to_node = to_node;
-        if let Some(first) = first {
-            if tx.send(first).await.is_err() {
-                return;
+        let mut chunk = first;
+        while let Some(mut bytes) = chunk.take() {
+            if bytes.len() as u64 >= left {
+                bytes.truncate(left as usize);
+                let _ = tx.send(bytes).await;
+                break;
             }
-        } else {
-            return;
-        }
-        loop {
+            left -= bytes.len() as u64;
+            if tx.send(bytes).await.is_err() {
+                break;
+            }
             let next = tokio::select! {
                 _ = tx.closed() => break,
                 r = shoal_transport::frame::read::<Answer, _>(&mut from_node, shoal_transport::frame::MAX_FRAME) => r,
             };
-            match next {
-                Ok(Some(Answer::Chunk(bytes))) => {
-                    if tx.send(Bytes::from(bytes)).await.is_err() {
-                        break;
-                    }
-                }
-                _ => break,
+            if let Ok(Some(Answer::Chunk(b))) = next {
+                chunk = Some(Bytes::from(b));
             }
         }
     });

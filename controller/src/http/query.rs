@@ -25,6 +25,8 @@ pub struct Query {
     pub follow: bool,
     pub previous: bool,
     pub tail_lines: Option<u64>,
+    /// `pods/log`: the most bytes to send.
+    pub limit_bytes: Option<u64>,
     /// Who writes (managed fields), and whether a server-side apply takes fields over from
     /// others (`force`).
     pub field_manager: Option<String>,
@@ -61,6 +63,7 @@ impl Query {
                 "follow" => q.follow = truthy(&v),
                 "previous" => q.previous = truthy(&v),
                 "tailLines" => q.tail_lines = v.parse().ok(),
+                "limitBytes" => q.limit_bytes = v.parse().ok(),
                 "fieldManager" => q.field_manager = Some(v).filter(|m| !m.is_empty()),
                 "force" => q.force = truthy(&v),
                 // Harmless to leave: `pretty` formats, `resourceVersionMatch` only narrows
