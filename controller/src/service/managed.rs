@@ -115,7 +115,8 @@ fn conflicts(
     live: &Value,
 ) -> Vec<String> {
     let mine = fieldset::of(applied);
-    let wanted = fieldset::leaves(&mine);
+    let wanted: std::collections::HashSet<Vec<String>> =
+        fieldset::leaves(&mine).into_iter().collect();
     let mut out = Vec::new();
     for e in entries {
         if e.manager == manager && e.operation == APPLY {
