@@ -164,8 +164,10 @@ fn header_pairs(block: &[u8]) -> Result<Vec<(String, String)>, Error> {
     let mut rest = &block[4..];
     let mut field = || -> Result<String, Error> {
         let n = rest.get(..4).map(be32).ok_or_else(short)? as usize;
-        let body = rest.get(4..4 + n).ok_or_else(short)?;
-        rest = &rest[4 + n..];
+        // A length near u32::MAX must not wrap where usize is 32 bits (armv7).
+        let end = n.checked_add(4).ok_or_else(short)?;
+        let body = rest.get(4..end).ok_or_else(short)?;
+        rest = &rest[end..];
         Ok(String::from_utf8_lossy(body).into_owned())
     };
     let mut pairs = Vec::with_capacity(count);
@@ -426,6 +428,11 @@ mod tests {
         let e = Decoder::default()
             .next(&mut syn_stream(1, &claims_five))
             .unwrap_err();
+        assert!(e.to_string().contains("cut short"), "{e}");
+        // A field whose length is the largest a u32 holds: cut short, never wrapped.
+        let mut huge = 1u32.to_be_bytes().to_vec();
+        huge.extend_from_slice(&u32::MAX.to_be_bytes());
+        let e = header_pairs(&huge).unwrap_err();
         assert!(e.to_string().contains("cut short"), "{e}");
     }
 
