@@ -256,11 +256,25 @@ fn kubectl_discovers_and_reads_the_cluster() {
         "logs --previous",
     );
     assert!(err.contains("previous terminated container"), "{err}");
-    let err = fails(
-        kubectl(&c, &["logs", &pod, "--timestamps"]),
-        "logs --timestamps",
-    );
-    assert!(err.contains("timestamps is not served"), "{err}");
+    // Each line with its time; from a time on: the line's own time keeps it, a second later not.
+    let stamped = ok(kubectl(&c, &["logs", &pod, "--timestamps"]), "--timestamps");
+    let (time, line) = stamped
+        .lines()
+        .next()
+        .and_then(|l| l.split_once(' '))
+        .unwrap_or_default();
+    let at = chrono::DateTime::parse_from_rfc3339(time).map_err(|e| format!("{stamped}: {e}"));
+    assert!(line.contains("serving"), "{stamped}");
+    // (kubectl sends sinceTime to the second, as metav1.Time goes.)
+    let later = (at.unwrap() + chrono::Duration::seconds(1)).to_rfc3339();
+    let since = |t: &str| {
+        ok(
+            kubectl(&c, &["logs", &pod, &format!("--since-time={t}")]),
+            t,
+        )
+    };
+    assert!(since(time).contains("serving") && !since(&later).contains("serving"));
+    assert!(ok(kubectl(&c, &["logs", &pod, "--since=1h"]), "since").contains("serving"));
     let some = ok(
         kubectl(&c, &["logs", &pod, "--limit-bytes=4"]),
         "logs --limit-bytes",

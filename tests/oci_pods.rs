@@ -586,6 +586,17 @@ fn runc_containers_outlive_a_killed_agent_and_are_followed_not_duplicated_when_i
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(runc_list(&dir), before, "the containers outlive the agent");
     c.shoal(&["delete", "pod", "gone"]).ok();
+    // The container writes while no agent reads its output: the write goes through (held in
+    // its pipe), and reaches its log once the agent is back.
+    let steady_id = format!("{}-main", field(&c.pod("steady"), "metadata.uid"));
+    let wrote = Command::new("runc")
+        .arg("--root")
+        .arg(dir.join("runc"))
+        .args(["exec", &steady_id, "sh", "-c"])
+        .arg("echo while the agent was away > /proc/1/fd/1")
+        .status()
+        .expect("runc exec");
+    assert!(wrote.success(), "a write with no agent reading");
 
     let token = std::fs::read_to_string(c.controller.dir.join("token")).expect("token");
     let agent = kit::Agent::with(&c.controller, "node-1", &dir)
@@ -617,9 +628,27 @@ fn runc_containers_outlive_a_killed_agent_and_are_followed_not_duplicated_when_i
     // The returning agent serves the log once it has taken the container back; it must then
     // hold the one start (followed, not started again).
     c.wait_for(
-        "the followed pod's log, with one start",
+        "the followed pod's log, with one start and what it wrote meanwhile",
         Duration::from_secs(30),
-        |c| c.shoal(&["logs", "steady"]).stdout() == "started\n",
+        |c| c.shoal(&["logs", "steady"]).stdout() == "started\nwhile the agent was away\n",
+    );
+    // Each line timed, the later one no earlier than the first.
+    let stamped = c.shoal(&["logs", "steady", "--timestamps"]).ok();
+    let times: Vec<&str> = stamped
+        .lines()
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    assert!(times.len() == 2 && times[0] <= times[1], "{stamped}");
+    assert!(
+        times
+            .iter()
+            .all(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok()),
+        "{stamped}"
+    );
+    let since = format!("--since-time={}", times[1]);
+    assert_eq!(
+        c.shoal(&["logs", "steady", &since]).ok(),
+        "while the agent was away\n"
     );
     c.wait_for(
         "the agent saying it follows the container",

@@ -6,7 +6,7 @@ mod kit;
 
 use kit::{native_fixture, wasm_fixture};
 use shoal_runtime::wasm::WasmRuntime;
-use shoal_runtime::{ContainerSpec, Mount, Workload};
+use shoal_runtime::{logs, ContainerSpec, Mount, Workload};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -84,7 +84,7 @@ async fn in_shoal(runtime: &WasmRuntime, artifact: &Path, dir: &Path) -> Outcome
     };
     let exit = runtime.start(spec).unwrap().wait().await;
     Outcome {
-        output: std::fs::read_to_string(dir.join("container.log")).unwrap(),
+        output: logs::read(&dir.join("container.log"), None, &Default::default()).unwrap(),
         code: exit.code,
         written: std::fs::read_to_string(dir.join("out.txt")).unwrap(),
     }
@@ -169,7 +169,7 @@ async fn a_read_only_volume_refuses_writes() {
     };
     let exit = runtime.start(spec).unwrap().wait().await;
     assert_eq!(exit.code, 2, "the write failed");
-    let log = std::fs::read_to_string(root.path().join("ro.log")).unwrap();
+    let log = logs::read(&root.path().join("ro.log"), None, &Default::default()).unwrap();
     assert!(
         log.starts_with("read through a volume\nwrite /data/out.txt:"),
         "{log}"

@@ -1,9 +1,9 @@
-//! `shoal logs POD [-c CONTAINER] [-f] [--previous] [--tail N]`
+//! `shoal logs POD [-c CONTAINER] [-f] [--previous] [--tail N] [--timestamps] [--since D | --since-time T]`
 
 use crate::client::{check, connect};
 use crate::ClientArgs;
 use anyhow::Result;
-use shoal_transport::proto::{Request, Response};
+use shoal_transport::proto::{Request, Response, Since};
 use std::io::Write;
 
 #[derive(clap::Args)]
@@ -23,6 +23,15 @@ pub struct Args {
     /// Only the last N lines.
     #[arg(long)]
     tail: Option<u64>,
+    /// Each line after the time it was written (RFC 3339, the node's clock).
+    #[arg(long)]
+    timestamps: bool,
+    /// Only lines newer than this, as kubectl takes it (`30s`, `5m`, `1h30m`).
+    #[arg(long, value_parser = seconds_of, conflicts_with = "since_time")]
+    since: Option<u64>,
+    /// Only lines written at or after this time (RFC 3339).
+    #[arg(long, value_parser = rfc3339)]
+    since_time: Option<String>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -37,6 +46,12 @@ pub async fn run(args: Args) -> Result<()> {
         follow: args.follow,
         previous: args.previous,
         tail: args.tail,
+        timestamps: args.timestamps,
+        since: match (args.since, args.since_time) {
+            (Some(secs), _) => Some(Since::SecondsAgo(secs)),
+            (None, Some(t)) => Some(Since::Time(t)),
+            (None, None) => None,
+        },
     };
     let mut stream = client.stream(&req).await?;
     let mut out = std::io::stdout();
@@ -55,4 +70,57 @@ pub async fn run(args: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A duration as Go writes it (`90s`, `5m`, `1h30m`, `1.5h`), in whole seconds, rounded up.
+fn seconds_of(text: &str) -> Result<u64, String> {
+    let bad = || format!("{text:?} is not a duration (as 30s, 5m, 1h30m)");
+    let mut rest = text;
+    let mut total = 0.0f64;
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let number: f64 = rest[..number_end].parse().map_err(|_| bad())?;
+        rest = &rest[number_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_end] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            _ => return Err(bad()),
+        };
+        total += number * unit;
+        rest = &rest[unit_end..];
+    }
+    if total <= 0.0 || !total.is_finite() {
+        return Err(bad());
+    }
+    Ok(total.ceil().min(u64::MAX as f64) as u64)
+}
+
+fn rfc3339(text: &str) -> Result<String, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|_| text.to_string())
+        .map_err(|e| format!("{text:?} is not an RFC 3339 time: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::seconds_of;
+
+    #[test]
+    fn durations_read_as_kubectl_reads_them() {
+        assert_eq!(seconds_of("30s"), Ok(30));
+        assert_eq!(seconds_of("5m"), Ok(300));
+        assert_eq!(seconds_of("1h30m"), Ok(5400));
+        assert_eq!(seconds_of("1.5h"), Ok(5400));
+        assert_eq!(seconds_of("1500ms"), Ok(2));
+        for bad in ["", "5", "m", "5d", "0s", "-5s"] {
+            assert!(seconds_of(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -3,6 +3,16 @@
 
 use serde::{Deserialize, Serialize};
 
+/// From when a log is shown: a time as the node's clock goes (an edge device's clock may be
+/// far from the controller's), or a time given.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Since {
+    /// This many seconds before now, on the node.
+    SecondsAgo(u64),
+    /// RFC 3339.
+    Time(String),
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Request {
     /// Create or update each object, like `kubectl apply`.
@@ -160,6 +170,10 @@ pub enum Request {
         follow: bool,
         previous: bool,
         tail: Option<u64>,
+        /// Each line after the time it was written.
+        timestamps: bool,
+        /// Only the lines written from a time on.
+        since: Option<Since>,
     },
     /// Fetches the code the controller precompiled for `target` from the wasm artifact
     /// `reference` (`sha256:...` or `name:tag`), compiling it first if need be; answered as

@@ -3,7 +3,7 @@
 
 use super::Pods;
 use shoal_transport::frame;
-use shoal_transport::proto::{ErrorCode, Request, Response, WireError};
+use shoal_transport::proto::{ErrorCode, Request, Response, Since, WireError};
 use std::path::Path;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -111,10 +111,29 @@ async fn logs<P: Pods>(send: &mut quinn::SendStream, pods: &P, request: Request)
         follow,
         previous,
         tail,
+        timestamps,
+        since,
     } = request
     else {
         return;
     };
+    let since = match since {
+        None => None,
+        Some(Since::SecondsAgo(s)) => {
+            // Past a century ago is every line (and no overflow).
+            let ago = chrono::Duration::seconds(s.min(100 * 366 * 86_400) as i64);
+            Some(chrono::Utc::now() - ago)
+        }
+        Some(Since::Time(t)) => match chrono::DateTime::parse_from_rfc3339(&t) {
+            Ok(t) => Some(t.to_utc()),
+            Err(e) => {
+                let message = format!("since {t:?} is not an RFC 3339 time: {e}");
+                return refuse(send, ErrorCode::BadRequest, message).await;
+            }
+        },
+    };
+    let since = since.map(shoal_runtime::logs::time_of);
+    let view = shoal_runtime::logs::View { timestamps, since };
     let path = match pods.log_path(&namespace, &pod, container.as_deref(), previous) {
         Ok(p) => p,
         Err(message) => {
@@ -128,24 +147,20 @@ async fn logs<P: Pods>(send: &mut quinn::SendStream, pods: &P, request: Request)
         return;
     }
     let read = {
-        let path = path.clone();
+        let (path, view) = (path.clone(), view.clone());
         tokio::task::spawn_blocking(move || {
-            let text = shoal_runtime::logs::read(&path, tail.map(|t| t as usize))?;
-            let at = std::fs::metadata(&path)
-                .map(|m| {
-                    use std::os::unix::fs::MetadataExt;
-                    Position {
-                        inode: m.ino(),
-                        offset: m.len(),
-                    }
-                })
-                .unwrap_or_default();
-            Ok::<_, shoal_runtime::Error>((text, at))
+            shoal_runtime::logs::read_whole(&path, tail.map(|t| t as usize), &view)
         })
         .await
     };
     let (text, mut at) = match read {
-        Ok(Ok(read)) => read,
+        Ok(Ok(shown)) => {
+            let at = Position {
+                inode: shown.inode,
+                offset: shown.end,
+            };
+            (shown.text, at)
+        }
         Ok(Err(e)) => return refuse(send, ErrorCode::Internal, e.to_string()).await,
         Err(e) => return refuse(send, ErrorCode::Internal, e.to_string()).await,
     };
@@ -159,6 +174,7 @@ async fn logs<P: Pods>(send: &mut quinn::SendStream, pods: &P, request: Request)
     if !follow {
         return;
     }
+    let mut renderer = shoal_runtime::logs::Renderer::new(view);
     while pods.has(&namespace, &pod) {
         tokio::select! {
             _ = send.stopped() => return,
@@ -170,7 +186,9 @@ async fn logs<P: Pods>(send: &mut quinn::SendStream, pods: &P, request: Request)
                 Ok(chunk) => chunk,
                 Err(_) => break,
             };
-            if frame::write(send, &Response::Chunk(chunk)).await.is_err() {
+            let mut shown = Vec::with_capacity(chunk.len());
+            renderer.render(&chunk, &mut shown);
+            if !shown.is_empty() && frame::write(send, &Response::Chunk(shown)).await.is_err() {
                 return;
             }
         }
@@ -200,6 +218,8 @@ async fn read_from(path: &Path, at: &mut Position) -> std::io::Result<Vec<u8>> {
     file.seek(std::io::SeekFrom::Start(at.offset)).await?;
     let mut chunk = Vec::new();
     file.take(FOLLOW_CHUNK).read_to_end(&mut chunk).await?;
+    // Whole lines only: a record is written in one write, but read it may be cut.
+    chunk.truncate(shoal_runtime::logs::whole_lines(&chunk));
     at.offset += chunk.len() as u64;
     Ok(chunk)
 }
@@ -228,10 +248,17 @@ mod tests {
         std::fs::write(&path, b"3\n").expect("write");
         assert_eq!(read(&mut at).await, b"3\n");
         assert_eq!(at.offset, 2);
-        // A big append comes in bounded chunks.
-        std::fs::write(&path, vec![b'x'; (FOLLOW_CHUNK + 10) as usize]).expect("write");
+        // A line not yet whole waits for its end.
+        std::fs::write(&path, b"3\nhal").expect("write");
+        assert!(read(&mut at).await.is_empty());
+        std::fs::write(&path, b"3\nhalf\n").expect("write");
+        assert_eq!(read(&mut at).await, b"half\n");
+        // A big append comes in bounded chunks of whole lines.
+        let line = [vec![b'x'; 99], vec![b'\n']].concat();
+        std::fs::write(&path, line.repeat(700)).expect("write");
         at = Position::default();
-        assert_eq!(read(&mut at).await.len() as u64, FOLLOW_CHUNK);
-        assert_eq!(read(&mut at).await.len(), 10);
+        let first = read(&mut at).await;
+        assert!(first.len() as u64 <= FOLLOW_CHUNK && first.ends_with(b"\n"));
+        assert_eq!(first.len() + read(&mut at).await.len(), 70_000);
     }
 }

@@ -114,6 +114,8 @@ pub async fn handle(
             follow: true,
             previous: false,
             tail: Some(0),
+            timestamps: false,
+            since: None,
         }
     } else {
         Request::Exec {

@@ -7,15 +7,11 @@ use super::{error_response, Body, Response};
 use crate::server::NodeLinks;
 use crate::service::{Reply, Service};
 use bytes::Bytes;
-use shoal_transport::proto::{ErrorCode, Request, Response as Answer, WireError};
+use shoal_transport::proto::{ErrorCode, Request, Response as Answer, Since, WireError};
 use shoal_transport::Identity;
 
 /// Chunks a slow reader may lag behind before the relay waits for it.
 const BUFFER: usize = 64;
-
-/// Query parameters of `pods/log` that Shoal cannot honour yet: refused by name, never
-/// ignored (its logs keep no timestamps).
-const UNSERVED: [&str; 3] = ["timestamps", "sinceSeconds", "sinceTime"];
 
 pub async fn handle(
     service: &Service,
@@ -32,17 +28,10 @@ pub async fn handle(
     if req.method != hyper::Method::GET {
         return refuse(ErrorCode::BadRequest, "pods/log is only read (GET)".into());
     }
-    if let Some(p) = req
-        .query
-        .unknown
-        .iter()
-        .find(|p| UNSERVED.contains(&p.as_str()))
-    {
-        return refuse(
-            ErrorCode::BadRequest,
-            format!("{p} is not served: Shoal's container logs keep no timestamps yet"),
-        );
-    }
+    let since = match since(&req.query) {
+        Ok(since) => since,
+        Err(message) => return refuse(ErrorCode::BadRequest, message),
+    };
     let t = &req.target;
     let request = Request::Logs {
         namespace: t.namespace.clone().unwrap_or_else(|| "default".into()),
@@ -51,6 +40,8 @@ pub async fn handle(
         follow: req.query.follow,
         previous: req.query.previous,
         tail: req.query.tail_lines,
+        timestamps: req.query.timestamps,
+        since,
     };
     let (node, request) = match service.handle(who, request).await {
         Reply::ToNode { node, request } => (node, request),
@@ -105,4 +96,49 @@ pub async fn handle(
         hyper::header::HeaderValue::from_static("text/plain"),
     );
     r
+}
+
+/// `sinceSeconds` or `sinceTime`, checked. Seconds ago are counted on the node, whose clock
+/// times the lines.
+fn since(query: &super::query::Query) -> Result<Option<Since>, String> {
+    match (&query.since_seconds, &query.since_time) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => {
+            Err("at most one of sinceTime or sinceSeconds may be specified".into())
+        }
+        (Some(secs), None) => match secs.parse::<u64>() {
+            Ok(s) if s > 0 => Ok(Some(Since::SecondsAgo(s))),
+            _ => Err(format!(
+                "sinceSeconds {secs:?} is not a positive number of seconds"
+            )),
+        },
+        (None, Some(t)) => match chrono::DateTime::parse_from_rfc3339(t) {
+            Ok(_) => Ok(Some(Since::Time(t.clone()))),
+            Err(e) => Err(format!("sinceTime {t:?} is not an RFC 3339 time: {e}")),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_is_given_as_seconds_or_as_a_time_never_both() {
+        let q = |raw: &str| since(&super::super::query::Query::parse(raw));
+        assert_eq!(q(""), Ok(None));
+        assert_eq!(q("sinceSeconds=90"), Ok(Some(Since::SecondsAgo(90))));
+        assert_eq!(
+            q("sinceTime=2026-12-06T11%3A00%3A00%2B02%3A00"),
+            Ok(Some(Since::Time("2026-12-06T11:00:00+02:00".into())))
+        );
+        for bad in [
+            "sinceSeconds=0",
+            "sinceSeconds=x",
+            "sinceTime=yesterday",
+            "sinceSeconds=1&sinceTime=2026-12-06T10:00:00Z",
+        ] {
+            assert!(q(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -27,6 +27,11 @@ pub struct Query {
     pub tail_lines: Option<u64>,
     /// `pods/log`: the most bytes to send.
     pub limit_bytes: Option<u64>,
+    /// `pods/log`: each line after its time; only the lines from a time on, given as seconds
+    /// ago or as a time (as sent: checked where they are used).
+    pub timestamps: bool,
+    pub since_seconds: Option<String>,
+    pub since_time: Option<String>,
     /// Who writes (managed fields), and whether a server-side apply takes fields over from
     /// others (`force`).
     pub field_manager: Option<String>,
@@ -64,6 +69,9 @@ impl Query {
                 "previous" => q.previous = truthy(&v),
                 "tailLines" => q.tail_lines = v.parse().ok(),
                 "limitBytes" => q.limit_bytes = v.parse().ok(),
+                "timestamps" => q.timestamps = truthy(&v),
+                "sinceSeconds" => q.since_seconds = Some(v),
+                "sinceTime" => q.since_time = Some(v),
                 "fieldManager" => q.field_manager = Some(v).filter(|m| !m.is_empty()),
                 "force" => q.force = truthy(&v),
                 // Harmless to leave: `pretty` formats, `resourceVersionMatch` only narrows

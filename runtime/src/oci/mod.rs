@@ -3,8 +3,8 @@
 //! Each container gets a bundle under `containers/<key>/`: its root filesystem (overlayfs over
 //! the image's unpacked layers, or a copy of them where overlayfs is not available) and a
 //! `config.json` made by [`spec::runtime_spec`]. A small shell process, in its own process
-//! group, runs `runc run --keep` with the container's stdout and stderr going straight to the
-//! log file, and writes runc's exit status into the bundle when the container ends. That
+//! group, runs `runc run --keep` with the container's stdout and stderr going to FIFOs in the
+//! bundle that the agent records into the log file ([`crate::logs`]), and writes runc's exit status into the bundle when the container ends. That
 //! process outlives the agent: a restarted agent finds the container in `runc list` and
 //! follows it again instead of starting a duplicate.
 
@@ -52,6 +52,10 @@ struct State {
 /// How often an adopted container is looked at when its init cannot be waited on directly
 /// (a kernel without pidfds).
 const ADOPTED_POLL: Duration = Duration::from_secs(1);
+
+/// How long an ended container's last lines may take to reach its log before its end is
+/// reported anyway (a process it left behind may hold its output open).
+const LAST_LINES: Duration = Duration::from_secs(2);
 
 /// How long a stopped container may go without its exit status before it is taken as gone.
 const STOPPED_WITHOUT_STATUS: Duration = Duration::from_secs(5);
@@ -303,12 +307,13 @@ impl RuncRuntime {
     }
 
     /// Follows a running container to its end: `child` when we started it, else the exit
-    /// file alone.
+    /// file alone. Its end is reported once `copiers` have its last lines in its log.
     fn follow(
         self: &Arc<Self>,
         id: String,
         bundle: PathBuf,
         child: Option<std::process::Child>,
+        copiers: Option<crate::logs::Copiers>,
     ) -> Result<Handle> {
         let stopping = Arc::new(AtomicBool::new(false));
         let ended = Arc::new(AtomicBool::new(false));
@@ -364,6 +369,9 @@ impl RuncRuntime {
                     .ok()
                     .and_then(|s| s.trim().parse::<i32>().ok());
                 let oom = oom_killed(&id);
+                if let Some(copiers) = copiers {
+                    copiers.wait(LAST_LINES);
+                }
                 ended.store(true, Ordering::SeqCst);
                 let _ = this.call(&["delete", "--force", &id]);
                 unmount_rootfs(&bundle);
@@ -424,7 +432,8 @@ impl RuncRuntime {
         if let Some(state) = self.state(&id) {
             if state.status == "running" || bundle.join("exit").exists() {
                 tracing::info!(container = %spec.id, status = %state.status, "found the container running; following it");
-                return self.follow(id, bundle, None);
+                let copiers = crate::logs::reattach(&bundle, &spec.log_path, &id)?;
+                return self.follow(id, bundle, None, copiers);
             }
             self.remove(&id);
         } else if bundle.exists() {
@@ -437,9 +446,11 @@ impl RuncRuntime {
             let _ = std::fs::remove_dir_all(&bundle);
             return Err(e);
         }
-        let (log, log2) = crate::logs::open_output(&spec.log_path)?;
-        // `$0` is the bundle, the rest is the runc command line: no quoting to get wrong.
-        let script = r#""$@"; echo $? > "$0/exit.tmp" && mv "$0/exit.tmp" "$0/exit""#;
+        let ([out, err], copiers) = crate::logs::fifos(&bundle, &spec.log_path, &id)?;
+        // `$0` is the bundle, the rest is the runc command line: no quoting to get wrong. The
+        // wrapper holds its FIFOs open for reading (fds 3 and 4, not passed on to runc), so
+        // the container's writes to them never fail while no agent reads.
+        let script = r#"exec 3<"$0/stdout" 4<"$0/stderr"; "$@" 3<&- 4<&-; echo $? > "$0/exit.tmp" && mv "$0/exit.tmp" "$0/exit""#;
         let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c")
             .arg(script)
@@ -451,14 +462,14 @@ impl RuncRuntime {
             .arg(&bundle)
             .arg(&id)
             .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
+            .stdout(out)
+            .stderr(err);
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd.spawn().map_err(|e| Error::Start {
             id: spec.id.clone(),
             message: format!("cannot run {}: {e}", self.runc.display()),
         })?;
-        self.follow(id, bundle, Some(child))
+        self.follow(id, bundle, Some(child), Some(copiers))
     }
 }
 

@@ -63,7 +63,8 @@ impl Fixture {
     }
 
     fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+        let path = self.dir.path().join(format!("{name}.log"));
+        crate::logs::read(&path, None, &crate::logs::View::default()).unwrap_or_default()
     }
 }
 

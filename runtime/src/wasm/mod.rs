@@ -6,6 +6,7 @@
 mod cache;
 mod http;
 mod lookup;
+mod output;
 mod precompile;
 mod run;
 mod target;

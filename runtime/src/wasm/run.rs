@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Linker, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
-use wasmtime_wasi::cli::OutputFile;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -54,12 +53,9 @@ pub(super) fn wasi_builder(spec: &ContainerSpec) -> Result<WasiCtxBuilder> {
         id: spec.id.clone(),
         message,
     };
-    let (log, log2) = crate::logs::open_output(&spec.log_path)?;
+    let (out, err) = super::output::LogOutput::pair(&spec.log_path)?;
     let mut b = WasiCtxBuilder::new();
-    b.args(&spec.argv)
-        .envs(&spec.env)
-        .stdout(OutputFile::new(log))
-        .stderr(OutputFile::new(log2));
+    b.args(&spec.argv).envs(&spec.env).stdout(out).stderr(err);
     // The node's network, as a hostNetwork pod has it, but a listener only on a declared
     // port: connections out are free, binds are to port 0 (implicit) or a containerPort.
     let ports = spec.ports.clone();

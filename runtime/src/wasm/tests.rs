@@ -70,7 +70,7 @@ async fn output_goes_to_the_log_and_the_exit_code_is_kept() {
     assert_eq!(exit.code, 3);
     assert_eq!(exit.reason, ExitReason::Error);
     assert_eq!(
-        std::fs::read_to_string(&spec.log_path).unwrap(),
+        crate::logs::read(&spec.log_path, None, &Default::default()).unwrap(),
         "hello wasm\nhello wasm\n"
     );
 }
