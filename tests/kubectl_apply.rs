@@ -2,7 +2,7 @@
 //! keeps managed fields (`--show-managed-fields`), removes what its configuration no longer
 //! names, leaves what others set, conflicts with another manager's fields (a `kubectl scale`,
 //! another `--field-manager`) unless `--force-conflicts`, and takes `--dry-run=server` and
-//! `kubectl diff --server-side`.
+//! `kubectl diff --server-side`. Lists read in pages come from one snapshot.
 //!
 //! kubectl must be on the PATH; where it is not, the test is skipped with the reason, and fails
 //! when `SHOAL_REQUIRE_KUBECTL=1` (CI sets it).
@@ -194,4 +194,84 @@ fn kubectl_apply_server_side_owns_fields_and_conflicts_like_kubernetes() {
     );
     let data = get_json(&c, "configmap", "shared")["data"].clone();
     assert_eq!(data, serde_json::json!({"a": "1"}));
+}
+
+#[test]
+fn kubectl_lists_in_pages_from_one_snapshot() {
+    let test = "kubectl_lists_in_pages_from_one_snapshot";
+    if kubectl_missing(test) {
+        return;
+    }
+    let c = Cluster::start(1);
+    ok(kubectl(&c, &["create", "namespace", "paged"]), "namespace");
+    for name in ["page-a", "page-b", "page-c"] {
+        let args = ["create", "configmap", name, "-n", "paged"];
+        ok(kubectl(&c, &args), "create configmap");
+    }
+    let path = "/api/v1/namespaces/paged/configmaps";
+    let list = |query: &str| {
+        let raw = ok(
+            kubectl(&c, &["get", "--raw", &format!("{path}?{query}")]),
+            query,
+        );
+        let v = json(&raw);
+        let names: Vec<String> = v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["metadata"]["name"].as_str().map(str::to_owned))
+            .collect();
+        let meta = &v["metadata"];
+        let token = meta["continue"].as_str().map(str::to_owned);
+        (names, meta["resourceVersion"].clone(), token)
+    };
+    let (first, revision, token) = list("limit=2");
+    assert_eq!(first, ["page-a", "page-b"]);
+    let token = token.expect("a continue token");
+    // Between the pages, one is deleted and one added before them: the next page is the rest
+    // of the list as it was, at the first page's resourceVersion.
+    ok(
+        kubectl(&c, &["delete", "configmap", "page-c", "-n", "paged"]),
+        "delete",
+    );
+    ok(
+        kubectl(&c, &["create", "configmap", "page-0", "-n", "paged"]),
+        "create",
+    );
+    let (rest, at, more) = list(&format!("limit=2&continue={token}"));
+    assert_eq!(
+        (rest, at, more),
+        (vec!["page-c".to_string()], revision, None)
+    );
+    let (now, _, _) = list("limit=10");
+    assert_eq!(
+        now,
+        ["page-0", "page-a", "page-b"],
+        "a new list sees the changes"
+    );
+    // kubectl's own paging reads the same way.
+    let names = ok(
+        kubectl(
+            &c,
+            &[
+                "get",
+                "configmaps",
+                "-n",
+                "paged",
+                "--chunk-size=1",
+                "-o",
+                "name",
+            ],
+        ),
+        "--chunk-size",
+    );
+    assert_eq!(names.lines().count(), 3, "{names}");
+    let err = fails(
+        kubectl(
+            &c,
+            &["get", "--raw", &format!("{path}?limit=1&continue=1/2/x")],
+        ),
+        "a forged token",
+    );
+    assert!(err.contains("is not a token this server gave"), "{err}");
 }

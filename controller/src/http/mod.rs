@@ -24,6 +24,7 @@ mod discovery;
 mod exec;
 mod logs;
 mod objects;
+mod pages;
 mod path;
 mod portforward;
 mod protobuf;
@@ -135,6 +136,8 @@ impl Drop for HeldSlot {
 struct Caller {
     service: Service,
     links: crate::server::NodeLinks,
+    /// The lists being read in pages, every caller's.
+    pages: Arc<pages::Pages>,
     who: Identity,
     key: Option<String>,
     /// The sessions of upgraded requests (exec, attach, port-forward), which the
@@ -154,6 +157,7 @@ pub async fn serve(
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let held = Held::default();
+    let pages = Arc::new(pages::Pages::default());
     loop {
         let slot = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -177,6 +181,7 @@ pub async fn serve(
         let held = held.clone();
         let service = service.clone();
         let links = links.clone();
+        let pages = pages.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let _slot = slot;
@@ -200,6 +205,7 @@ pub async fn serve(
             let caller = Caller {
                 service,
                 links,
+                pages,
                 who: who.clone(),
                 key: key.clone(),
                 upgrades: upgrades.clone(),
@@ -347,7 +353,7 @@ impl Caller {
                 if request.target.subresource.as_deref() == Some("log") {
                     return logs::handle(&self.service, &self.links, &who, &request).await;
                 }
-                objects::handle(&self.service, &who, request).await
+                objects::handle(&self.service, &self.pages, &who, request).await
             }
         }
     }

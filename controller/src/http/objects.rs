@@ -1,6 +1,7 @@
 //! The object verbs of the Kubernetes API (get, list, watch, create, update, delete), each
 //! turned into the service's request and its answer into what kube-apiserver would send.
 
+use super::pages::Pages;
 use super::path::Target;
 use super::query::Query;
 use super::status::{resource_name, Doing};
@@ -50,7 +51,7 @@ pub(super) fn json_of(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes).unwrap_or(Value::Null)
 }
 
-pub async fn handle(service: &Service, who: &Identity, req: ApiRequest) -> Response {
+pub async fn handle(service: &Service, pages: &Pages, who: &Identity, req: ApiRequest) -> Response {
     let verb = verb(&req);
     let mut target = req.target.clone();
     let result = match (verb, req.target.subresource.as_deref()) {
@@ -74,7 +75,7 @@ pub async fn handle(service: &Service, who: &Identity, req: ApiRequest) -> Respo
             ),
         )),
         ("get", None) => get(service, who, &req).await,
-        ("list", None) => list(service, who, &req).await,
+        ("list", None) => list(service, pages, who, &req).await,
         ("watch", None) => return super::watch::watch(service, who, &req).await,
         ("create", None) => {
             // The name is in the body; errors name it as kube-apiserver does.
@@ -86,7 +87,7 @@ pub async fn handle(service: &Service, who: &Identity, req: ApiRequest) -> Respo
         ("update", None) => write(service, who, &req, false).await,
         ("patch", None) => patch(service, who, &req).await,
         ("delete", None) => delete(service, who, &req).await,
-        ("deletecollection", None) => delete_collection(service, who, &req).await,
+        ("deletecollection", None) => delete_collection(service, pages, who, &req).await,
         _ => Err(WireError::new(
             ErrorCode::BadRequest,
             format!("method {} is not served on this path", req.method),
@@ -153,42 +154,6 @@ async fn get(service: &Service, who: &Identity, req: &ApiRequest) -> Result<Resp
     }
 }
 
-/// A page of a list: `continue` is the revision and the key of the last item given, so the
-/// next page starts after it.
-fn page(
-    mut items: Vec<Object>,
-    revision: u64,
-    query: &Query,
-) -> Result<(Vec<Object>, Option<String>), WireError> {
-    let key = |o: &Object| {
-        (
-            o.namespace().unwrap_or("").to_string(),
-            o.name().to_string(),
-        )
-    };
-    items.sort_by_key(key);
-    if let Some(token) = &query.continue_ {
-        let bad = || {
-            bad_request(format!(
-                "continue: {token:?} is not a token this server gave"
-            ))
-        };
-        let (_, after) = token.split_once('/').ok_or_else(bad)?;
-        let (ns, name) = after.split_once('/').ok_or_else(bad)?;
-        let after = (ns.to_string(), name.to_string());
-        items.retain(|o| key(o) > after);
-    }
-    let Some(limit) = query.limit.filter(|l| *l < items.len()) else {
-        return Ok((items, None));
-    };
-    items.truncate(limit);
-    let token = items.last().map(|o| {
-        let (ns, name) = key(o);
-        format!("{revision}/{ns}/{name}")
-    });
-    Ok((items, token))
-}
-
 pub(super) async fn list_objects(
     service: &Service,
     who: &Identity,
@@ -217,10 +182,29 @@ pub(super) async fn list_objects(
     Ok((items, revision))
 }
 
-async fn list(service: &Service, who: &Identity, req: &ApiRequest) -> Result<Response, WireError> {
-    let kind = req.target.kind;
-    let (items, revision) = list_objects(service, who, &req.target, &req.query).await?;
-    let (items, next) = page(items, revision, &req.query)?;
+async fn list(
+    service: &Service,
+    pages: &Pages,
+    who: &Identity,
+    req: &ApiRequest,
+) -> Result<Response, WireError> {
+    let (kind, q) = (req.target.kind, &req.query);
+    // What is listed: a continue token is good for the same list only.
+    let listed = format!(
+        "{}/{}?{}&{}",
+        kind.name(),
+        req.target.namespace.as_deref().unwrap_or(""),
+        q.label_selector,
+        q.field_selector
+    );
+    let page = match &q.continue_ {
+        Some(token) => pages.next(who, &listed, token, q.limit)?,
+        None => {
+            let (items, revision) = list_objects(service, who, &req.target, q).await?;
+            pages.first(who, &listed, items, revision, q.limit)
+        }
+    };
+    let (items, revision, next) = (page.items, page.revision, page.next);
     if table::wanted(&req.accept) {
         let mut t = table::table(kind, &items, revision, req.query.include_object.as_deref());
         if let Some(next) = next {
@@ -547,13 +531,14 @@ async fn evict(service: &Service, who: &Identity, req: &ApiRequest) -> Result<Re
 
 async fn delete_collection(
     service: &Service,
+    pages: &Pages,
     who: &Identity,
     req: &ApiRequest,
 ) -> Result<Response, WireError> {
     let t = &req.target;
     let opts = delete_options(req)?;
     if opts.dry_run {
-        return list(service, who, req).await;
+        return list(service, pages, who, req).await;
     }
     if !req.query.field_selector.is_empty() {
         return Err(bad_request(
@@ -576,56 +561,4 @@ async fn delete_collection(
         StatusCode::OK,
         &super::status::success(json!({"kind": t.kind.plural(), "group": t.kind.group()})),
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cm(ns: &str, name: &str) -> Object {
-        serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": name, "namespace": ns}}))
-        .unwrap()
-    }
-
-    #[test]
-    fn pages_follow_each_other_without_gaps() {
-        let items: Vec<Object> = ["e", "a", "d", "b", "c"]
-            .iter()
-            .map(|n| cm("x", n))
-            .collect();
-        let q = Query {
-            limit: Some(2),
-            ..Default::default()
-        };
-        let (first, token) = page(items.clone(), 9, &q).unwrap();
-        assert_eq!(
-            first.iter().map(|o| o.name()).collect::<Vec<_>>(),
-            ["a", "b"]
-        );
-        let token = token.unwrap();
-        let q2 = Query {
-            limit: Some(2),
-            continue_: Some(token),
-            ..Default::default()
-        };
-        let (second, token) = page(items.clone(), 9, &q2).unwrap();
-        assert_eq!(
-            second.iter().map(|o| o.name()).collect::<Vec<_>>(),
-            ["c", "d"]
-        );
-        let q3 = Query {
-            limit: Some(2),
-            continue_: token,
-            ..Default::default()
-        };
-        let (last, token) = page(items, 9, &q3).unwrap();
-        assert_eq!(last.iter().map(|o| o.name()).collect::<Vec<_>>(), ["e"]);
-        assert_eq!(token, None);
-        let bad = Query {
-            continue_: Some("garbage".into()),
-            ..Default::default()
-        };
-        assert!(page(vec![], 9, &bad).is_err());
-    }
 }
