@@ -91,12 +91,13 @@ impl Recorder {
         Ok(())
     }
 
-    /// Ends the line begun, if any (at the end of the stream).
+    /// Records the line begun, if any (at the end of the stream), as a partial record: the
+    /// output ended without a newline and is shown so, as kubelet shows it.
     pub fn finish(&mut self) -> std::io::Result<()> {
         if self.line.is_empty() {
             return Ok(());
         }
-        self.record(true)
+        self.record(false)
     }
 
     /// One record, in one write: records of the two streams never interleave.
@@ -303,6 +304,7 @@ pub struct View {
 enum Line<'a> {
     Record {
         time: &'a [u8],
+        stderr: bool,
         full: bool,
         content: &'a [u8],
     },
@@ -323,6 +325,7 @@ fn parse(line: &[u8]) -> Line<'_> {
     }
     Line::Record {
         time,
+        stderr: stream == b"stderr",
         full: tag == b"F",
         content,
     }
@@ -334,9 +337,10 @@ fn parse(line: &[u8]) -> Line<'_> {
 #[derive(Debug, Default)]
 pub struct Renderer {
     view: View,
-    /// Inside a line whose first part was shown (or skipped, when `skipping`).
-    within: bool,
-    skipping: bool,
+    /// For stdout and stderr: inside a line whose first part was shown (or skipped, when
+    /// `skipping`).
+    within: [bool; 2],
+    skipping: [bool; 2],
 }
 
 impl Renderer {
@@ -354,31 +358,33 @@ impl Renderer {
             match parse(line) {
                 Line::Record {
                     time,
+                    stderr,
                     full,
                     content,
                 } => {
-                    if !self.within {
-                        self.skipping = self
+                    let s = usize::from(stderr);
+                    if !self.within[s] {
+                        self.skipping[s] = self
                             .view
                             .since
                             .as_ref()
-                            .is_some_and(|s| time < s.as_bytes());
-                        if !self.skipping && self.view.timestamps {
+                            .is_some_and(|since| time < since.as_bytes());
+                        if !self.skipping[s] && self.view.timestamps {
                             out.extend_from_slice(time);
                             out.push(b' ');
                         }
                     }
-                    if !self.skipping {
+                    if !self.skipping[s] {
                         out.extend_from_slice(content);
                         if full {
                             out.push(b'\n');
                         }
                     }
-                    self.within = !full;
+                    self.within[s] = !full;
                 }
                 // Untimed: shown unless only lines from a time on are asked for.
                 Line::Raw(raw) => {
-                    self.within = false;
+                    self.within = [false; 2];
                     if self.view.since.is_none() {
                         out.extend_from_slice(raw);
                         out.push(b'\n');
@@ -510,16 +516,17 @@ mod tests {
                 ("stdout", "F", "one"),
                 ("stderr", "F", "oops"),
                 ("stdout", "F", "two"),
-                ("stdout", "F", "three"),
+                ("stdout", "P", "three"),
             ],
-            "the line cut across writes is one record; the unended one is ended at the close"
+            "the line cut across writes is one record; the unended one is recorded at the close, as unended"
         );
         assert!(records
             .iter()
             .all(|r| r[0] >= before.as_str() && r[0].len() == 30));
         assert_eq!(
             read(&path, None, &View::default()).unwrap(),
-            "one\noops\ntwo\nthree\n"
+            "one\noops\ntwo\nthree",
+            "shown as written: no newline the container did not write"
         );
         let stamped = read(
             &path,
@@ -530,7 +537,7 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(stamped, format!("{} three\n", records[3][0]));
+        assert_eq!(stamped, format!("{} three", records[3][0]));
     }
 
     #[test]
@@ -617,15 +624,18 @@ mod tests {
         let ([mut out, mut err], copiers) = fifos(dir.path(), &log, "t").unwrap();
         // The wrapper's hold on the FIFOs: they stay readable while it lives.
         let held = open_reader(&dir.path().join("stdout")).unwrap();
-        writeln!(out, "to stdout").unwrap();
         writeln!(err, "to stderr").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while read(&log, None, &View::default()).unwrap().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "stderr recorded");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        writeln!(out, "to stdout").unwrap();
         write!(out, "no newline").unwrap();
         drop((out, err, held));
         copiers.wait(Duration::from_secs(10));
         let text = read(&log, None, &View::default()).unwrap();
-        let mut lines: Vec<&str> = text.lines().collect();
-        lines.sort();
-        assert_eq!(lines, ["no newline", "to stderr", "to stdout"]);
+        assert_eq!(text, "to stderr\nto stdout\nno newline");
         // No wrapper left, nothing to take over: the FIFOs read as ended.
         let copiers = reattach(dir.path(), &log, "t").unwrap().expect("fifos");
         copiers.wait(Duration::from_secs(10));
