@@ -43,6 +43,9 @@ pub struct Handle {
     stop: Arc<StopFn>,
     sender: ExitSender,
     exit: watch::Receiver<Option<Exit>>,
+    /// When the container started, if before this handle: one an earlier agent started and
+    /// this one took back.
+    started_at: Option<std::time::SystemTime>,
 }
 
 /// The executor's side of a handle: reports the exit once.
@@ -79,9 +82,21 @@ impl Handle {
                 stop: Arc::new(stop),
                 sender: sender.clone(),
                 exit: rx,
+                started_at: None,
             },
             sender,
         )
+    }
+
+    /// A handle on a container that started at `at`, before the handle was made.
+    pub fn started_at(mut self, at: Option<std::time::SystemTime>) -> Handle {
+        self.started_at = at;
+        self
+    }
+
+    /// When the container started, if that was before its handle (it was taken back).
+    pub fn started_before(&self) -> Option<std::time::SystemTime> {
+        self.started_at
     }
 
     /// Asks the container to stop; it is killed if still running after `grace`.

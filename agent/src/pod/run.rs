@@ -166,13 +166,17 @@ async fn keep_running(
         if run.cancel.is_cancelled() {
             return;
         }
-        let started = run.restarting();
+        let mut started = run.restarting();
         let exit = match run.start(&workload).await {
             None => return,
-            Some(Ok(handle)) => match run.watch(handle, started).await {
-                Some(exit) => exit,
-                None => return,
-            },
+            Some(Ok(handle)) => {
+                // A container taken back keeps its start.
+                started = handle.started_before().map_or(started, Into::into);
+                match run.watch(handle, started).await {
+                    Some(exit) => exit,
+                    None => return,
+                }
+            }
             Some(Err(exit)) => exit,
         };
         let Some(wait) = run.exited(exit, started, policy).await else {
@@ -268,13 +272,16 @@ impl InitContainers<'_> {
                 if self.cancel.is_cancelled() {
                     return false;
                 }
-                let started = one.restarting();
+                let mut started = one.restarting();
                 let exit = match one.start(&to_run.workload).await {
                     None => return false,
-                    Some(Ok(handle)) => match one.watch_to_end(handle, started).await {
-                        Some(exit) => exit,
-                        None => return false,
-                    },
+                    Some(Ok(handle)) => {
+                        started = handle.started_before().map_or(started, Into::into);
+                        match one.watch_to_end(handle, started).await {
+                            Some(exit) => exit,
+                            None => return false,
+                        }
+                    }
                     Some(Err(exit)) => exit,
                 };
                 let succeeded = exit.code == 0;

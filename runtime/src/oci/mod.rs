@@ -47,6 +47,9 @@ struct State {
     /// Its init process, while it runs.
     #[serde(default)]
     pid: Option<i32>,
+    /// When it was created (RFC 3339).
+    #[serde(default)]
+    created: Option<String>,
 }
 
 /// How often an adopted container is looked at when its init cannot be waited on directly
@@ -433,7 +436,12 @@ impl RuncRuntime {
             if state.status == "running" || bundle.join("exit").exists() {
                 tracing::info!(container = %spec.id, status = %state.status, "found the container running; following it");
                 let copiers = crate::logs::reattach(&bundle, &spec.log_path, &id)?;
-                return self.follow(id, bundle, None, copiers);
+                let created = state
+                    .created
+                    .as_deref()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .map(std::time::SystemTime::from);
+                return Ok(self.follow(id, bundle, None, copiers)?.started_at(created));
             }
             self.remove(&id);
         } else if bundle.exists() {
