@@ -116,8 +116,12 @@ EnvironmentFile=/etc/shoal/agent.env
 ExecStart=/usr/local/bin/shoal agent --data-dir /var/lib/shoal-agent
 Restart=always
 RestartSec=2
-# Pods are children of the agent's process tree (runc, wasm threads): stop them with it.
-KillMode=control-group
+# A stop (an upgrade, a restart) leaves the pods running: SIGTERM goes to the agent alone,
+# which exits at once and leaves each OCI container and its wrapper process (which holds the
+# container's output while no agent reads it) for the next agent to take back; wasm pods, in
+# the agent's process, start again with it. To stop the pods with the agent instead, add
+# --drain-on-stop to ExecStart (systemctl edit shoal-agent).
+KillMode=process
 TimeoutStopSec=60
 LimitNOFILE=65536
 Delegate=yes

@@ -40,6 +40,7 @@ fn config(server: &str, token: &str, name: String, dir: &Path) -> AgentConfig {
         heartbeat: shoal_agent::HEARTBEAT,
         peer_listen: None,
         container_log_max_size: shoal_agent::CONTAINER_LOG_MAX_SIZE,
+        drain_on_stop: true,
     }
 }
 

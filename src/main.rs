@@ -139,6 +139,9 @@ fn main() -> std::process::ExitCode {
             Command::Taint(a) => cmd::label::run_taint(a).await,
         }
     });
+    // Blocking work still under way (a file read for a stream whose reader left) is not
+    // waited for: a stopping agent is gone at once.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

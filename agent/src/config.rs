@@ -38,6 +38,9 @@ pub struct AgentConfig {
     /// The most a container's log file holds on disk (the kubelet's containerLogMaxSize):
     /// past it, the oldest half goes.
     pub container_log_max_size: u64,
+    /// What a stop (SIGTERM, Ctrl-C) does to the pods: stops them within their grace periods
+    /// (`true`), or leaves them running for the next agent to take back (`false`).
+    pub drain_on_stop: bool,
 }
 
 /// A container's log on disk at most, by default (the kubelet's 10Mi).

@@ -128,7 +128,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     }
     tasks.close();
     proxy.shutdown();
-    supervisor.shutdown().await;
+    supervisor.shutdown(config.drain_on_stop).await;
     // Streams still open end with the process; renewal ends with `shutdown`.
     let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
     Ok(())

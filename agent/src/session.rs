@@ -53,7 +53,7 @@ pub(crate) async fn session(parts: Parts<'_>, carried: &mut Carried) -> Result<(
     if let (Some(listen), None) = (config.peer_listen, carried.peer_port) {
         carried.peer_port = serve_peers(&parts, listen).await;
     }
-    put_node(&parts, carried.peer_port).await?;
+    put_node(&parts, carried.peer_port, false).await?;
     let serving = tokio::spawn(tunnel::serve::serve(
         client.connection().clone(),
         supervisor.clone(),
@@ -98,11 +98,29 @@ async fn serve_peers(parts: &Parts<'_>, listen: std::net::SocketAddr) -> Option<
     }
 }
 
+/// How long a stopping agent waits to tell the controller it is restarting.
+const RESTARTING_NOTICE: Duration = Duration::from_secs(1);
+
+/// Tells the controller that this agent stops and its pods run on: the node's Ready condition
+/// says so ([`shoal_api::AGENT_RESTARTING`]), and the controller waits longer for the next
+/// heartbeat before taking the node as lost.
+async fn restarting(parts: &Parts<'_>, peer_port: Option<u16>) {
+    match tokio::time::timeout(RESTARTING_NOTICE, put_node(parts, peer_port, true)).await {
+        Ok(Ok(())) => tracing::info!("told the controller this agent is restarting"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %shoal_transport::report(&e), "cannot tell the controller this agent is restarting")
+        }
+        Err(_) => {
+            tracing::warn!("the controller did not answer in time that this agent is restarting")
+        }
+    }
+}
+
 /// Registers (or refreshes) the Node: the heartbeat. The controller's answer carries the
-/// node's pod range.
-async fn put_node(parts: &Parts<'_>, peer_port: Option<u16>) -> Result<()> {
+/// node's pod range. `restarting`: the last one before the agent stops, leaving its pods.
+async fn put_node(parts: &Parts<'_>, peer_port: Option<u16>, restarting: bool) -> Result<()> {
     let client = parts.client;
-    let node = node::describe(
+    let mut node = node::describe(
         parts.config,
         node::source_ip(client.connection().remote_address()),
         parts.wasm.compiler(),
@@ -110,6 +128,16 @@ async fn put_node(parts: &Parts<'_>, peer_port: Option<u16>) -> Result<()> {
         parts.supervisor.runc_version(),
         peer_port,
     );
+    if restarting {
+        let ready = node
+            .status
+            .as_mut()
+            .and_then(|s| s.conditions.iter_mut().find(|c| c.type_ == "Ready"));
+        if let Some(ready) = ready {
+            ready.reason = Some(shoal_api::AGENT_RESTARTING.into());
+            ready.message = Some("the agent is restarting; its pods keep running".into());
+        }
+    }
     let object = {
         let mut obj = shoal_api::Object::Node(node);
         obj.normalize();
@@ -223,9 +251,14 @@ async fn follow_pods(parts: &Parts<'_>, carried: &mut Carried, mut watcher: Watc
     beat.tick().await;
     loop {
         let seen = tokio::select! {
-            _ = parts.shutdown.cancelled() => return Ok(()),
+            _ = parts.shutdown.cancelled() => {
+                if !parts.config.drain_on_stop {
+                    restarting(parts, carried.peer_port).await;
+                }
+                return Ok(());
+            }
             _ = beat.tick() => {
-                put_node(parts, carried.peer_port).await?;
+                put_node(parts, carried.peer_port, false).await?;
                 continue;
             }
             seen = watcher.next(parts.client) => seen,

@@ -22,6 +22,10 @@ use tokio_util::sync::CancellationToken;
 /// Silence after which a node is NotReady (Kubernetes' node-monitor-grace-period).
 pub const GRACE_PERIOD: Duration = Duration::from_secs(40);
 
+/// Silence after which a node whose agent said it was restarting (an upgrade, a `systemctl
+/// restart`) is NotReady: long enough for a slow device to start again.
+pub const RESTART_GRACE: Duration = Duration::from_secs(5 * 60);
+
 /// The Ready condition this node should have now, if it must change.
 pub fn ready_update(node: &Node, now: DateTime<Utc>, grace: Duration) -> Option<Condition> {
     let ready = node
@@ -33,6 +37,13 @@ pub fn ready_update(node: &Node, now: DateTime<Utc>, grace: Duration) -> Option<
     if !ready.is_true() {
         return None;
     }
+    // An agent that said it restarts, leaving its pods running, is given longer to return.
+    let restarting = ready.reason.as_deref() == Some(shoal_api::AGENT_RESTARTING);
+    let grace = if restarting {
+        grace.max(RESTART_GRACE)
+    } else {
+        grace
+    };
     let beat = ready
         .last_heartbeat_time
         .as_deref()
@@ -46,10 +57,14 @@ pub fn ready_update(node: &Node, now: DateTime<Utc>, grace: Duration) -> Option<
         type_: "Ready".into(),
         status: "Unknown".into(),
         reason: Some("NodeStatusUnknown".into()),
-        message: Some(format!(
-            "the agent stopped posting status {}s ago",
-            silent.as_secs()
-        )),
+        message: Some(if restarting {
+            format!(
+                "the agent said it was restarting {}s ago and has not come back",
+                silent.as_secs()
+            )
+        } else {
+            format!("the agent stopped posting status {}s ago", silent.as_secs())
+        }),
         last_heartbeat_time: ready.last_heartbeat_time.clone(),
         last_transition_time: Some(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
         last_update_time: None,
@@ -465,5 +480,30 @@ mod tests {
             "no heartbeat recorded"
         );
         assert_eq!(ready_update(&Node::default(), now, g), None);
+    }
+
+    #[test]
+    fn an_agent_that_said_it_restarts_is_given_longer() {
+        let restarting = |beat: &str| {
+            let mut n = node("True", Some(beat));
+            if let Some(st) = n.status.as_mut() {
+                st.conditions[0].reason = Some(shoal_api::AGENT_RESTARTING.into());
+            }
+            n
+        };
+        let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 10, 0).unwrap();
+        let g = GRACE_PERIOD;
+        assert_eq!(
+            ready_update(&restarting("2026-01-01T00:08:00Z"), now, g),
+            None,
+            "2 minutes into a restart: still Ready"
+        );
+        let c = ready_update(&restarting("2026-01-01T00:04:00Z"), now, g).expect("6 minutes: lost");
+        assert!(
+            c.message
+                .as_deref()
+                .is_some_and(|m| m.contains("restarting")),
+            "{c:?}"
+        );
     }
 }

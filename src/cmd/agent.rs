@@ -59,6 +59,11 @@ pub struct Args {
     /// oldest half goes, so a chatty pod on a node out of touch cannot fill the disk.
     #[arg(long, default_value = "10Mi")]
     pub container_log_max_size: shoal_api::Quantity,
+    /// On SIGTERM or Ctrl-C, stop every pod (within its grace period) before exiting. Without
+    /// it, a stop leaves OCI containers running for the next agent to take back (an upgrade
+    /// or a restart is no downtime); wasm pods, in the agent's process, start again with it.
+    #[arg(long)]
+    pub drain_on_stop: bool,
 }
 
 pub fn hostname() -> String {
@@ -148,6 +153,7 @@ impl Args {
                     self.container_log_max_size.as_str()
                 ),
             },
+            drain_on_stop: self.drain_on_stop,
             peer_listen: match self.peer_listen.as_str() {
                 "off" => None,
                 a => Some(a.parse().map_err(|e| {

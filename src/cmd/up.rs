@@ -17,6 +17,10 @@ pub struct Args {
     /// Extended resources the local node offers pods: example.com/dongle=2.
     #[arg(long, env = "SHOAL_NODE_CAPACITY", default_value = "")]
     pub capacity: String,
+    /// On Ctrl-C, stop the local node's pods before exiting (as `shoal agent --drain-on-stop`);
+    /// without it, OCI containers run on and are taken back by the next `shoal up`.
+    #[arg(long)]
+    pub drain_on_stop: bool,
 }
 
 pub async fn run(args: Args) -> Result<()> {
@@ -67,6 +71,7 @@ pub async fn run(args: Args) -> Result<()> {
         // One node: no peers to serve.
         peer_listen: None,
         container_log_max_size: shoal_agent::CONTAINER_LOG_MAX_SIZE,
+        drain_on_stop: args.drain_on_stop,
     };
     let serving = tokio::spawn(controller.run(shutdown.clone()));
     let agent_name = agent.name.clone();

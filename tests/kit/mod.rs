@@ -359,6 +359,17 @@ impl Agent {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// Asks the agent to stop, as systemd or Ctrl-C does (SIGTERM).
+    pub fn terminate(&self) {
+        if let Some(pid) = self.pid() {
+            let sent = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .expect("kill -TERM");
+            assert!(sent.success(), "SIGTERM to agent {pid}");
+        }
+    }
+
     /// Waits for the process to exit by itself (for agents that must fail).
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = std::time::Instant::now() + timeout;

@@ -123,6 +123,8 @@ struct Inner {
     /// Events that happened while the controller was out of reach, sent on reconnect.
     held_events: Mutex<events::HeldEvents>,
     tracker: TaskTracker,
+    /// Cancelled when the agent stops: what runs every so often ends at once.
+    stopping: CancellationToken,
     /// Set when the agent stops: pods stopped then keep their directories (their logs) for
     /// the next agent, as they are not deleted.
     shutting_down: std::sync::atomic::AtomicBool,
@@ -190,6 +192,7 @@ impl Supervisor {
             local,
             held_events: Mutex::default(),
             tracker: TaskTracker::new(),
+            stopping: CancellationToken::new(),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
         }));
         // The range the controller gave this node last time: pods get addresses also when
@@ -223,11 +226,14 @@ impl Supervisor {
             // The first run one period from now, once the node's pods are under way.
             let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             loop {
-                every.tick().await;
-                if me.0.tracker.is_closed() {
-                    break;
+                tokio::select! {
+                    _ = me.0.stopping.cancelled() => break,
+                    _ = every.tick() => {}
                 }
-                task(me.clone()).await;
+                tokio::select! {
+                    _ = me.0.stopping.cancelled() => break,
+                    _ = task(me.clone()) => {}
+                }
             }
         });
     }
@@ -481,13 +487,27 @@ impl Supervisor {
         lock(&self.0.pods).len()
     }
 
-    /// Stops every pod (agent shutdown) and waits for their tasks.
-    pub async fn shutdown(&self) {
+    /// The agent stops. With `drain`, every pod is stopped (within its grace period) and
+    /// waited for. Without, the pods are left as they are: OCI containers run on, outside
+    /// this process, and the next agent takes them back; wasm pods end with the process and
+    /// are started again by the next agent. Either way what runs every so often ends now.
+    pub async fn shutdown(&self, drain: bool) {
         (self.0.shutting_down).store(true, std::sync::atomic::Ordering::SeqCst);
+        self.0.stopping.cancel();
+        self.0.tracker.close();
+        if !drain {
+            let pods = lock(&self.0.pods).len();
+            tracing::info!(
+                pods,
+                "leaving the pods running for the next agent (--drain-on-stop stops them)"
+            );
+            return;
+        }
+        let pods = lock(&self.0.pods).len();
+        tracing::info!(pods, "stopping every pod (--drain-on-stop)");
         for r in lock(&self.0.pods).values() {
             r.cancel.cancel();
         }
-        self.0.tracker.close();
         self.0.tracker.wait().await;
     }
 }

@@ -44,6 +44,10 @@ pub struct Taint {
     pub time_added: Option<String>,
 }
 
+/// The reason of a node's Ready condition in the last status its agent posted before it
+/// stopped, leaving its pods running: the controller waits longer for its next heartbeat.
+pub const AGENT_RESTARTING: &str = "AgentRestarting";
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeStatus {
