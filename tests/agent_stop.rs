@@ -6,9 +6,7 @@
 
 mod kit;
 
-use kit::{field, runc_missing, Cluster};
-use std::path::Path;
-use std::process::Command;
+use kit::{field, runc_list, runc_missing, Cluster};
 use std::time::{Duration, Instant};
 
 const PODS: &str = r#"apiVersion: v1
@@ -35,17 +33,6 @@ spec:
     ports: [{containerPort: 8090}]
     resources: {requests: {cpu: 10m, memory: 16Mi}}
 "#;
-
-fn runc_list(dir: &Path) -> Vec<String> {
-    let out = Command::new("runc")
-        .arg("--root")
-        .arg(dir.join("runc"))
-        .args(["list", "-q"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-        .unwrap_or_default();
-    out.lines().map(str::to_owned).collect()
-}
 
 /// SIGTERM to the agent; how long it took to exit.
 fn stop(c: &mut Cluster) -> Duration {

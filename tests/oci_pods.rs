@@ -562,18 +562,7 @@ fn runc_containers_outlive_a_killed_agent_and_are_followed_not_duplicated_when_i
             .all(|p| c.shoal(&["logs", p]).stdout() == "started\n")
     });
     let ip = field(&c.pod("steady"), "status.podIP");
-    let runc_list = |dir: &Path| -> Vec<String> {
-        let out = Command::new("runc")
-            .arg("--root")
-            .arg(dir.join("runc"))
-            .args(["list", "-q"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-            .unwrap_or_default();
-        let mut ids: Vec<String> = out.lines().map(str::to_owned).collect();
-        ids.sort();
-        ids
-    };
+    let runc_list = kit::runc_list;
     let dir = c.agents[0].dir.clone();
     let before = runc_list(&dir);
     assert_eq!(before.len(), 2, "{before:?}");

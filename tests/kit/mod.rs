@@ -694,6 +694,20 @@ pub struct Leftovers(pub Vec<PathBuf>, pub Option<String>);
 
 /// A cluster for OCI pods: its own pod range (`10.N.0.0/16`) and its agents on their own
 /// bridge, so clusters of tests running at once never share addresses.
+/// The containers runc holds for the agent whose data directory is `agent_dir`, sorted.
+pub fn runc_list(agent_dir: &Path) -> Vec<String> {
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(agent_dir.join("runc"))
+        .args(["list", "-q"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    let mut ids: Vec<String> = out.lines().map(str::to_owned).collect();
+    ids.sort();
+    ids
+}
+
 pub fn oci_cluster(n: u8, agents: usize, agent_args: &[&str]) -> (Cluster, Leftovers) {
     let dir = tempfile::tempdir().expect("tempdir");
     let cidr = format!("10.{n}.0.0/16");
