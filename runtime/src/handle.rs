@@ -43,8 +43,8 @@ pub struct Handle {
     stop: Arc<StopFn>,
     sender: ExitSender,
     exit: watch::Receiver<Option<Exit>>,
-    /// When the container started, if before this handle: one an earlier agent started and
-    /// this one took back.
+    /// When the container started, as its executor knows it (for one an earlier agent
+    /// started, when that agent started it).
     started_at: Option<std::time::SystemTime>,
 }
 
@@ -88,14 +88,14 @@ impl Handle {
         )
     }
 
-    /// A handle on a container that started at `at`, before the handle was made.
+    /// The handle of a container that started at `at`.
     pub fn started_at(mut self, at: Option<std::time::SystemTime>) -> Handle {
         self.started_at = at;
         self
     }
 
-    /// When the container started, if that was before its handle (it was taken back).
-    pub fn started_before(&self) -> Option<std::time::SystemTime> {
+    /// When the container started, if its executor knows.
+    pub fn start_time(&self) -> Option<std::time::SystemTime> {
         self.started_at
     }
 

@@ -170,8 +170,8 @@ async fn keep_running(
         let exit = match run.start(&workload).await {
             None => return,
             Some(Ok(handle)) => {
-                // A container taken back keeps its start.
-                started = handle.started_before().map_or(started, Into::into);
+                // As its executor knows it: a container taken back keeps its start.
+                started = handle.start_time().map_or(started, Into::into);
                 match run.watch(handle, started).await {
                     Some(exit) => exit,
                     None => return,
@@ -276,7 +276,7 @@ impl InitContainers<'_> {
                 let exit = match one.start(&to_run.workload).await {
                     None => return false,
                     Some(Ok(handle)) => {
-                        started = handle.started_before().map_or(started, Into::into);
+                        started = handle.start_time().map_or(started, Into::into);
                         match one.watch_to_end(handle, started).await {
                             Some(exit) => exit,
                             None => return false,

@@ -436,12 +436,17 @@ impl RuncRuntime {
             if state.status == "running" || bundle.join("exit").exists() {
                 tracing::info!(container = %spec.id, status = %state.status, "found the container running; following it");
                 let copiers = crate::logs::reattach(&bundle, &spec.log_path, &id)?;
-                let created = state
-                    .created
-                    .as_deref()
-                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                    .map(std::time::SystemTime::from);
-                return Ok(self.follow(id, bundle, None, copiers)?.started_at(created));
+                // Its start as the first agent recorded it, else as runc did.
+                let started = std::fs::read_to_string(bundle.join("started"))
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u64>().ok())
+                    .map(|ns| std::time::UNIX_EPOCH + Duration::from_nanos(ns))
+                    .or_else(|| {
+                        let created = state.created.as_deref()?;
+                        let created = chrono::DateTime::parse_from_rfc3339(created).ok()?;
+                        Some(created.into())
+                    });
+                return Ok(self.follow(id, bundle, None, copiers)?.started_at(started));
             }
             self.remove(&id);
         } else if bundle.exists() {
@@ -477,7 +482,16 @@ impl RuncRuntime {
             id: spec.id.clone(),
             message: format!("cannot run {}: {e}", self.runc.display()),
         })?;
-        self.follow(id, bundle, Some(child), Some(copiers))
+        // Its start, for an agent that takes it back to report the same.
+        let started = std::time::SystemTime::now();
+        let nanos = started
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let _ = std::fs::write(bundle.join("started"), nanos.to_string());
+        Ok(self
+            .follow(id, bundle, Some(child), Some(copiers))?
+            .started_at(Some(started)))
     }
 }
 
