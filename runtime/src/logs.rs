@@ -412,6 +412,9 @@ pub struct Shown {
     pub inode: u64,
     /// The end of the last whole line read.
     pub end: u64,
+    /// Where the reading got to (inside a line split into parts, say): following goes on
+    /// with it, so a line cut between the read and the follow is shown once, whole.
+    pub renderer: Renderer,
 }
 
 /// [`read`], saying where it stopped.
@@ -428,7 +431,8 @@ pub fn read_whole(path: &Path, tail: Option<usize>, view: &View) -> Result<Shown
         .map_err(|e| Error::io(path, e))?;
     let end = whole_lines(&bytes);
     let mut shown = Vec::with_capacity(end);
-    Renderer::new(view.clone()).render(&bytes[..end], &mut shown);
+    let mut renderer = Renderer::new(view.clone());
+    renderer.render(&bytes[..end], &mut shown);
     let from = match tail {
         None => 0,
         Some(0) => shown.len(),
@@ -444,6 +448,7 @@ pub fn read_whole(path: &Path, tail: Option<usize>, view: &View) -> Result<Shown
         text: String::from_utf8_lossy(&shown[from..]).into_owned(),
         inode,
         end: end as u64,
+        renderer,
     })
 }
 

@@ -117,22 +117,10 @@ async fn logs<P: Pods>(send: &mut quinn::SendStream, pods: &P, request: Request)
     else {
         return;
     };
-    let since = match since {
-        None => None,
-        Some(Since::SecondsAgo(s)) => {
-            // Past a century ago is every line (and no overflow).
-            let ago = chrono::Duration::seconds(s.min(100 * 366 * 86_400) as i64);
-            Some(chrono::Utc::now() - ago)
-        }
-        Some(Since::Time(t)) => match chrono::DateTime::parse_from_rfc3339(&t) {
-            Ok(t) => Some(t.to_utc()),
-            Err(e) => {
-                let message = format!("since {t:?} is not an RFC 3339 time: {e}");
-                return refuse(send, ErrorCode::BadRequest, message).await;
-            }
-        },
+    let since = match since_time(since, chrono::Utc::now()) {
+        Ok(since) => since,
+        Err(message) => return refuse(send, ErrorCode::BadRequest, message).await,
     };
-    let since = since.map(shoal_runtime::logs::time_of);
     let view = shoal_runtime::logs::View { timestamps, since };
     let path = match pods.log_path(&namespace, &pod, container.as_deref(), previous) {
         Ok(p) => p,
@@ -147,19 +135,19 @@ async fn logs<P: Pods>(send: &mut quinn::SendStream, pods: &P, request: Request)
         return;
     }
     let read = {
-        let (path, view) = (path.clone(), view.clone());
+        let path = path.clone();
         tokio::task::spawn_blocking(move || {
             shoal_runtime::logs::read_whole(&path, tail.map(|t| t as usize), &view)
         })
         .await
     };
-    let (text, mut at) = match read {
+    let (text, mut at, mut renderer) = match read {
         Ok(Ok(shown)) => {
             let at = Position {
                 inode: shown.inode,
                 offset: shown.end,
             };
-            (shown.text, at)
+            (shown.text, at, shown.renderer)
         }
         Ok(Err(e)) => return refuse(send, ErrorCode::Internal, e.to_string()).await,
         Err(e) => return refuse(send, ErrorCode::Internal, e.to_string()).await,
@@ -174,7 +162,6 @@ async fn logs<P: Pods>(send: &mut quinn::SendStream, pods: &P, request: Request)
     if !follow {
         return;
     }
-    let mut renderer = shoal_runtime::logs::Renderer::new(view);
     while pods.has(&namespace, &pod) {
         tokio::select! {
             _ = send.stopped() => return,
@@ -193,6 +180,25 @@ async fn logs<P: Pods>(send: &mut quinn::SendStream, pods: &P, request: Request)
             }
         }
     }
+}
+
+/// From when a log is shown, as its records write times; a time that cannot be read is the
+/// error to answer with. Seconds ago count back from `now`, the node's clock.
+fn since_time(
+    since: Option<Since>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<String>, String> {
+    let at = match since {
+        None => return Ok(None),
+        // Past a century ago is every line (and no overflow).
+        Some(Since::SecondsAgo(s)) => {
+            now - chrono::Duration::seconds(s.min(100 * 366 * 86_400) as i64)
+        }
+        Some(Since::Time(t)) => chrono::DateTime::parse_from_rfc3339(&t)
+            .map_err(|e| format!("since {t:?} is not an RFC 3339 time: {e}"))?
+            .to_utc(),
+    };
+    Ok(Some(shoal_runtime::logs::time_of(at)))
 }
 
 /// Where following a log got to: the file (by inode) and the offset in it.
@@ -227,6 +233,50 @@ async fn read_from(path: &Path, at: &mut Position) -> std::io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn since_is_a_time_in_the_records_format() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-06T10:00:00Z")
+            .expect("time")
+            .to_utc();
+        let time = |t: &str| Some(Since::Time(t.into()));
+        // What each answers, written out: the time, "none", or the error's start.
+        let table = [
+            (None, "none"),
+            (
+                Some(Since::SecondsAgo(90)),
+                "2026-12-06T09:58:30.000000000Z",
+            ),
+            (
+                Some(Since::SecondsAgo(u64::MAX)),
+                "1926-09-22T10:00:00.000000000Z",
+            ),
+            (
+                time("2026-12-06T11:00:00+02:00"),
+                "2026-12-06T09:00:00.000000000Z",
+            ),
+            (
+                time("yesterday"),
+                "error: since \"yesterday\" is not an RFC 3339 time",
+            ),
+        ];
+        for (since, want) in table {
+            let got = match since_time(since.clone(), now) {
+                Ok(None) => "none".to_string(),
+                Ok(Some(t)) => t,
+                Err(e) => format!("error: {e}"),
+            };
+            let whole = !want.starts_with("error");
+            assert!(
+                if whole {
+                    got == want
+                } else {
+                    got.starts_with(want)
+                },
+                "{since:?}: {got}"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn a_followed_log_is_read_from_where_the_last_read_ended() {

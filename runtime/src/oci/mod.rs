@@ -454,12 +454,16 @@ impl RuncRuntime {
             let _ = std::fs::remove_dir_all(&bundle);
         }
         std::fs::create_dir_all(&bundle).map_err(|e| Error::io(&bundle, e))?;
-        if let Err(e) = self.make_bundle(&spec, &bundle, &id) {
+        let made = self
+            .make_bundle(&spec, &bundle, &id)
+            .and_then(|()| crate::logs::fifos(&bundle, &spec.log_path, &id));
+        // A container that cannot start leaves no mounted root behind.
+        let undo = |e: Error| {
             unmount_rootfs(&bundle);
             let _ = std::fs::remove_dir_all(&bundle);
-            return Err(e);
-        }
-        let ([out, err], copiers) = crate::logs::fifos(&bundle, &spec.log_path, &id)?;
+            e
+        };
+        let ([out, err], copiers) = made.map_err(undo)?;
         // `$0` is the bundle, the rest is the runc command line: no quoting to get wrong. The
         // wrapper holds its FIFOs open for reading (fds 3 and 4, not passed on to runc), so
         // the container's writes to them never fail while no agent reads.
@@ -478,10 +482,13 @@ impl RuncRuntime {
             .stdout(out)
             .stderr(err);
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let child = cmd.spawn().map_err(|e| Error::Start {
-            id: spec.id.clone(),
-            message: format!("cannot run {}: {e}", self.runc.display()),
-        })?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| Error::Start {
+                id: spec.id.clone(),
+                message: format!("cannot run {}: {e}", self.runc.display()),
+            })
+            .map_err(undo)?;
         // Its start, for an agent that takes it back to report the same.
         let started = std::time::SystemTime::now();
         let nanos = started
