@@ -1,6 +1,7 @@
 //! An agent stopped as systemd or Ctrl-C stops it (SIGTERM): it is gone at once, leaves its
 //! OCI containers running, tells the controller it is restarting, and the next agent takes
-//! the containers back; with `--drain-on-stop` it stops them first. Needs root and runc
+//! the containers back, while its wasm pods (which end with its process) count a restart;
+//! with `--drain-on-stop` it stops them first. Needs root and runc
 //! (`apt-get install runc`); skipped with the reason where they are missing, failing when
 //! `SHOAL_REQUIRE_RUNC=1`.
 
@@ -130,9 +131,25 @@ fn runc_a_stopped_agent_leaves_its_containers_running_and_the_next_takes_them_ba
             .contains("found the container running; following it")
             && field(&c.pod("steady"), "status.phase") == "Running"
     });
-    c.wait_for("the wasm pod serving again", Duration::from_secs(60), |c| {
-        field(&c.pod("wasm-web"), "status.phase") == "Running"
+    // The wasm guest ended with the agent's process: started again, and counted so.
+    c.wait_for("the wasm pod restarted", Duration::from_secs(60), |c| {
+        let wasm = c.pod("wasm-web");
+        field(&wasm, "status.phase") == "Running"
+            && field(&wasm, "status.containerStatuses.0.restartCount") == "1"
     });
+    let wasm = c.pod("wasm-web");
+    assert_eq!(
+        field(
+            &wasm,
+            "status.containerStatuses.0.lastState.terminated.reason"
+        ),
+        "AgentRestarted",
+        "{wasm}"
+    );
+    assert!(
+        !field(&wasm, "status.containerStatuses.0.state.running.startedAt").is_empty(),
+        "{wasm}"
+    );
     let steady = c.pod("steady");
     assert_eq!(started(&c), started_at, "the same container");
     assert_eq!(

@@ -71,6 +71,10 @@ struct PodRun {
     changed: Arc<tokio::sync::watch::Sender<()>>,
     /// The grace period its deletion gave (`--grace-period`), instead of the spec's.
     stop_grace: Option<std::time::Duration>,
+    /// Where the node keeps its containers' restart counts and running starts, for the next
+    /// agent ([`state::Kept`]), and what was last written there.
+    kept_file: PathBuf,
+    kept: Vec<state::Kept>,
 }
 
 /// Which of a pod's containers: the `i`th of its init containers, or of its containers.
@@ -403,13 +407,13 @@ impl Supervisor {
         } else {
             "PodInitializing"
         };
-        let containers = pod
+        let mut containers: Vec<Container> = pod
             .spec
             .containers
             .iter()
             .map(|c| Container::waiting(&c.name, &c.image, first))
             .collect();
-        let init = pod
+        let mut init: Vec<Container> = pod
             .spec
             .init_containers
             .iter()
@@ -418,6 +422,17 @@ impl Supervisor {
                 ..Container::waiting(&c.name, &c.image, "PodInitializing")
             })
             .collect();
+        // What an earlier agent ran of it: its restart counts go on, and a run that ended
+        // with that agent is a restart.
+        let kept_file = dir.join(status::KEPT_FILE);
+        let kept = status::read_kept(&kept_file);
+        let now = chrono::Utc::now();
+        for k in &kept {
+            let list = if k.init { &mut init } else { &mut containers };
+            if let Some(c) = list.iter_mut().find(|c| c.name == k.name) {
+                c.resume(k, now);
+            }
+        }
         let state = Arc::new(Mutex::new(PodRun {
             pod: pod.clone(),
             init,
@@ -431,6 +446,8 @@ impl Supervisor {
             kept_finished: false,
             changed: Arc::new(tokio::sync::watch::Sender::new(())),
             stop_grace: None,
+            kept_file,
+            kept,
         }));
         lock(&self.0.pods).insert(
             uid,

@@ -55,6 +55,21 @@ pub(super) async fn run_pod(
         pod.runtime_class() == RuntimeClass::Runc
             && prepared.specs.iter().any(|c| r.has(&c.spec.key))
     });
+    // A container runc still holds is taken back, not restarted: no run of it was lost.
+    if let (Some(r), RuntimeClass::Runc) = (&inner.runc, pod.runtime_class()) {
+        let mut s = lock(&state);
+        let held = |to_run: &ToRun| r.has(&to_run.spec.key);
+        for (i, to_run) in prepared.init.iter().enumerate() {
+            if held(to_run) {
+                s.init[i].lost = None;
+            }
+        }
+        for (i, to_run) in prepared.specs.iter().enumerate() {
+            if held(to_run) {
+                s.containers[i].lost = None;
+            }
+        }
+    }
     let init = InitContainers {
         inner: &inner,
         state: &state,
@@ -367,7 +382,12 @@ impl OneContainer {
 
     /// Before a start: the last run's log is kept as the previous one. Returns the start time.
     fn restarting(&self) -> chrono::DateTime<Utc> {
-        if self.slot(&mut lock(&self.state)).last.is_some() {
+        let ran_before = {
+            let mut s = lock(&self.state);
+            let c = self.slot(&mut s);
+            c.last.is_some() || c.lost.is_some()
+        };
+        if ran_before {
             let _ = shoal_runtime::logs::rotate(&self.spec.log_path);
         }
         Utc::now()

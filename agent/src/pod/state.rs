@@ -87,6 +87,28 @@ pub struct Container {
     /// A sidecar: an init container with `restartPolicy: Always`, which the init sequence
     /// passes once it has started, and which runs beside the containers.
     pub sidecar: bool,
+    /// The run an earlier agent reported as running and this one did not take back (a wasm
+    /// guest, which ends with the agent's process; an OCI container gone with a reboot):
+    /// its next start is a restart, and this is its last state.
+    pub lost: Option<Terminated>,
+}
+
+/// Why a container that an earlier agent ran was started again: the kubelet, which keeps its
+/// containers across its own restarts, has no such reason.
+pub const AGENT_RESTARTED: &str = "AgentRestarted";
+
+/// What the node keeps of a container across agent restarts, beside the pod: its restart
+/// count, and since when it ran when the last status was reported.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Kept {
+    pub name: String,
+    #[serde(default)]
+    pub init: bool,
+    #[serde(default)]
+    pub restart_count: i32,
+    #[serde(default)]
+    pub running_since: Option<DateTime<Utc>>,
 }
 
 impl Container {
@@ -109,7 +131,39 @@ impl Container {
             probe_ready: true,
             startup_passed: true,
             sidecar: false,
+            lost: None,
         }
+    }
+
+    /// What the node keeps of it (see [`Kept`]).
+    pub fn kept(&self, init: bool) -> Kept {
+        Kept {
+            name: self.name.clone(),
+            init,
+            restart_count: self.restart_count,
+            running_since: match self.phase {
+                Phase::Running { since } => Some(since),
+                _ => None,
+            },
+        }
+    }
+
+    /// Goes on from what an earlier agent kept of it: its restart count, and, when it was
+    /// running, a run that ended with that agent (`now` is when this one learns of it).
+    pub fn resume(&mut self, kept: &Kept, now: DateTime<Utc>) {
+        self.restart_count = kept.restart_count.max(0);
+        self.lost = kept.running_since.map(|since| {
+            Terminated {
+            exit_code: 255,
+            reason: AGENT_RESTARTED.into(),
+            message: Some(
+                "it ended with the agent (or the node) that ran it; the next agent started it again"
+                    .into(),
+            ),
+            started: since,
+            finished: now.max(since),
+        }
+        });
     }
 
     /// Running, and past its startup probe if it has one (a container status' `started`).
@@ -136,9 +190,14 @@ impl Container {
         self.phase = Phase::BackOff { last: t, until };
     }
 
+    /// It started (or was found running, once [`Container::lost`] is cleared for it): a
+    /// start after an exit, or after the agent that ran it ended, is a restart.
     pub fn started(&mut self, now: DateTime<Utc>) {
         if matches!(self.phase, Phase::BackOff { .. }) {
             self.restart_count += 1;
+        } else if let Some(lost) = self.lost.take() {
+            self.restart_count += 1;
+            self.last = Some(lost);
         }
         self.phase = Phase::Running { since: now };
     }
@@ -408,6 +467,51 @@ mod tests {
         let (init, containers) = ([side], [running]);
         assert!(initialized(&init, &containers));
         assert_eq!(pod_phase_of(&init, &containers), PodPhase::Running);
+    }
+
+    /// What an agent keeps of its containers comes back in the next one: a run that ended
+    /// with the agent counts one restart, with why as the last state; a container taken back
+    /// keeps its count and counts none.
+    #[test]
+    fn a_container_an_earlier_agent_ran_counts_a_restart_unless_taken_back() {
+        let now = t0();
+        let mut before = Container::new("app", "i");
+        before.started(now);
+        before.exited(term(1, 1, now), RestartPolicy::Always, now);
+        before.started(now);
+        let kept = before.kept(false);
+        assert_eq!((kept.restart_count, kept.running_since), (1, Some(now)));
+        let json = serde_json::to_string(&kept).unwrap();
+        assert_eq!(serde_json::from_str::<Kept>(&json).unwrap(), kept);
+
+        let later = now + chrono::Duration::seconds(30);
+        let mut wasm = Container::new("app", "i");
+        wasm.resume(&kept, later);
+        assert_eq!(
+            wasm.status().restart_count,
+            1,
+            "nothing counted before it starts"
+        );
+        wasm.started(later);
+        let st = wasm.status();
+        assert_eq!(st.restart_count, 2);
+        let last = st.last_state.unwrap().terminated.unwrap();
+        assert_eq!(
+            (last.exit_code, last.reason.as_deref()),
+            (255, Some(AGENT_RESTARTED))
+        );
+
+        let mut taken_back = Container::new("app", "i");
+        taken_back.resume(&kept, later);
+        taken_back.lost = None;
+        taken_back.started(now);
+        assert_eq!(taken_back.status().restart_count, 1);
+        assert!(taken_back.status().last_state.is_none());
+
+        // Not running when the agent ended (done, or backing off): no restart of its own.
+        let mut done = Container::new("job", "i");
+        done.resume(&Container::new("job", "i").kept(false), later);
+        assert!(done.lost.is_none());
     }
 
     #[test]

@@ -78,6 +78,7 @@ pub(super) fn pod_status(run: &PodRun, host_ip: Option<&str>, now: &str) -> Repo
 pub(super) async fn report(inner: &Inner, state: &Arc<Mutex<PodRun>>) {
     lock(state).changed.send_replace(());
     keep_if_finished(inner, state);
+    keep_restarts(state);
     let Some(client) = client(inner) else { return };
     // One report of a pod at a time, each taken when it gets its turn: containers report at
     // once, and an older picture sent last would stay the pod's status.
@@ -108,6 +109,47 @@ pub(super) async fn report(inner: &Inner, state: &Arc<Mutex<PodRun>>) {
         .and_then(crate::error::expect_ok)
     {
         tracing::debug!(error = %shoal_transport::report(&e), "status report failed");
+    }
+}
+
+/// The file in a pod's directory that keeps its containers' restarts ([`state::Kept`]).
+pub(super) const KEPT_FILE: &str = "containers.json";
+
+/// What an earlier agent kept of a pod's containers; nothing when there is no such file (a
+/// new pod) or it cannot be read (the counts start over, as on a pod's first day).
+pub(super) fn read_kept(path: &std::path::Path) -> Vec<state::Kept> {
+    let Ok(bytes) = std::fs::read(path) else {
+        return Vec::new();
+    };
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        tracing::warn!(path = %path.display(), error = %e, "the containers' restart counts cannot be read; they start over");
+        Vec::new()
+    })
+}
+
+/// Keeps the containers' restart counts and running starts beside the pod, for the next agent,
+/// when they changed. Written whole (a new file renamed over the old), so an agent killed
+/// mid-write leaves the old record; one not yet written (the pod's directory is made when it
+/// is prepared) is written at the next change.
+fn keep_restarts(state: &Arc<Mutex<PodRun>>) {
+    let (path, kept) = {
+        let mut s = lock(state);
+        let kept: Vec<state::Kept> = (s.init.iter().map(|c| c.kept(true)))
+            .chain(s.containers.iter().map(|c| c.kept(false)))
+            .collect();
+        if kept == s.kept {
+            return;
+        }
+        s.kept = kept.clone();
+        (s.kept_file.clone(), kept)
+    };
+    let Ok(bytes) = serde_json::to_vec(&kept) else {
+        return;
+    };
+    let tmp = path.with_extension("json.tmp");
+    if let Err(e) = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &path)) {
+        tracing::debug!(path = %path.display(), error = %e, "restart counts not kept");
+        lock(state).kept.clear();
     }
 }
 
@@ -151,6 +193,8 @@ mod tests {
             kept_finished: false,
             changed: Arc::new(tokio::sync::watch::Sender::new(())),
             stop_grace: None,
+            kept_file: std::path::PathBuf::new(),
+            kept: vec![],
         }
     }
 
