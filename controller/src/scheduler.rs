@@ -64,6 +64,16 @@ pub fn node_ready(node: &Node) -> bool {
     })
 }
 
+/// A node whose agent said it is restarting (a stop that leaves its pods running): Ready, as
+/// its pods run on, but no place for new ones until it is back.
+fn restarting(node: &Node) -> bool {
+    node.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.reason.as_deref() == Some(shoal_api::AGENT_RESTARTING))
+    })
+}
+
 pub fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
     tolerations.iter().any(|t| {
         let key_ok = match &t.key {
@@ -90,6 +100,7 @@ fn allocatable(node: &Node, resource: &str) -> Option<i128> {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Misfit {
     NotReady,
+    Restarting,
     Unschedulable,
     Runtime(String),
     Platform {
@@ -111,6 +122,7 @@ impl Misfit {
     fn describe(&self) -> String {
         match self {
             Misfit::NotReady => "node(s) were not ready".into(),
+            Misfit::Restarting => "node(s) were restarting their agent".into(),
             Misfit::Unschedulable => "node(s) were unschedulable".into(),
             Misfit::Runtime(r) => format!("node(s) didn't have runtime {r:?}"),
             Misfit::Platform { image, has } => {
@@ -196,6 +208,9 @@ impl<'a> NodeInfo<'a> {
         let node = self.node;
         if !self.ready {
             return Err(Misfit::NotReady);
+        }
+        if restarting(node) {
+            return Err(Misfit::Restarting);
         }
         if node.spec.unschedulable {
             return Err(Misfit::Unschedulable);
@@ -559,6 +574,10 @@ mod tests {
             .insert("kubernetes.io/hostname".into(), "b".into());
         let mut runc = pod("p", "100m", "64Mi");
         runc.spec.runtime_class_name = None;
+        let mut restarting = node("r", "2", "1Gi", &["wasm"]);
+        if let Some(st) = restarting.status.as_mut() {
+            st.conditions[0].reason = Some(shoal_api::AGENT_RESTARTING.into());
+        }
         type Case = (
             &'static str,
             Pod,
@@ -595,6 +614,20 @@ mod tests {
                 vec![cordoned.clone(), b.clone()],
                 vec![],
                 Ok("b"),
+            ),
+            (
+                "a node restarting its agent takes no new pods",
+                pod("p", "100m", "64Mi"),
+                vec![restarting.clone(), b.clone()],
+                vec![bound(pod("x", "1", "512Mi"), "b")],
+                Ok("b"),
+            ),
+            (
+                "pods wait for a restarting node, saying so",
+                pod("p", "100m", "64Mi"),
+                vec![restarting.clone()],
+                vec![],
+                Err("0/1 nodes available: 1 node(s) were restarting their agent"),
             ),
             (
                 "finished pods free their room",
