@@ -48,6 +48,27 @@ fn prefix(kind: Kind) -> String {
     format!("{}/", kind.name())
 }
 
+/// Why a data dir cannot be used while another agent runs with it.
+fn in_use(data_dir: &Path) -> String {
+    format!(
+        "another agent runs with the data dir {} (its local.redb is locked): stop it first",
+        data_dir.display()
+    )
+}
+
+/// Fails, saying so, when an agent runs with `data_dir` (it holds the lock on its local state).
+pub fn ensure_unused(data_dir: &Path) -> Result<()> {
+    let path = data_dir.join("local.redb");
+    if !path.exists() {
+        return Ok(());
+    }
+    match Database::open(&path) {
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(Error::Config(in_use(data_dir))),
+        // Openable, or broken: either way no agent holds it.
+        _ => Ok(()),
+    }
+}
+
 impl Local {
     /// Opens (or creates) `DATA_DIR/local.redb`. A file that cannot be opened is moved aside
     /// with a warning and a new one started: the node then runs what the controller tells it
@@ -57,6 +78,10 @@ impl Local {
         let cipher = SecretCipher::load_or_create(&data_dir.join("local.key"))?;
         let db = match Database::create(&path) {
             Ok(db) => db,
+            // Another agent holds it (redb locks the file): not broken, and not ours to move.
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(Error::Config(in_use(data_dir)));
+            }
             Err(e) => {
                 let aside =
                     path.with_extension(format!("broken-{}", chrono::Utc::now().timestamp()));
@@ -290,6 +315,32 @@ mod tests {
             ["c"]
         );
         assert_eq!(local.list(Kind::Service).unwrap().len(), 1);
+    }
+
+    /// A second agent on the same data dir is refused, and the first one's state is neither
+    /// moved aside (as a broken file would be) nor touched.
+    #[test]
+    fn a_data_dir_in_use_is_refused_and_left_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        ensure_unused(dir.path()).unwrap();
+        let first = Local::open(dir.path()).unwrap();
+        first.put(&pod("a")).unwrap();
+        let err = Local::open(dir.path()).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("another agent runs")),
+            "{err:?}"
+        );
+        assert!(ensure_unused(dir.path()).is_err());
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect();
+        assert!(!names.iter().any(|n| n.contains("broken")), "{names:?}");
+        assert_eq!(first.list(Kind::Pod).unwrap().len(), 1);
+        drop(first);
+        ensure_unused(dir.path()).unwrap();
     }
 
     #[test]
