@@ -89,6 +89,9 @@ enum Command {
     Label(cmd::label::Args),
     /// Set or remove taints on a node.
     Taint(cmd::label::Args),
+    /// Undo what an agent did to this host: stop its pods (a stopped agent leaves them
+    /// running), remove their networks, mounts and the pod bridge, and delete its data.
+    Reset(cmd::reset::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -137,6 +140,7 @@ fn main() -> std::process::ExitCode {
             Command::Kubeconfig(a) => cmd::credentials::run_kubeconfig(a).await,
             Command::Label(a) => cmd::label::run_label(a).await,
             Command::Taint(a) => cmd::label::run_taint(a).await,
+            Command::Reset(a) => cmd::reset::run(a),
         }
     });
     // Blocking work still under way (a file read for a stream whose reader left) is not

@@ -17,6 +17,7 @@ pub mod ports;
 pub mod probe;
 pub mod proxy;
 pub mod registry;
+pub mod reset;
 pub mod secret_volume;
 mod session;
 pub mod subpath;

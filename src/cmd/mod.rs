@@ -16,6 +16,7 @@ pub mod label;
 pub mod logs;
 pub mod port_forward;
 pub mod push;
+pub mod reset;
 pub mod rollout;
 pub mod scale;
 pub mod token;

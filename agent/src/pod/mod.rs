@@ -20,6 +20,8 @@ mod sources;
 pub mod state;
 mod status;
 
+pub(crate) use sandbox::mount_points_beneath;
+
 use crate::artifacts::ArtifactCache;
 use crate::config::{AgentConfig, Link};
 use crate::error::Result;

@@ -211,7 +211,7 @@ fn mounted_beneath(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// The mount points of a mountinfo `table` at or beneath `dir`. The fifth field is the mount
 /// point, its space, tab, newline and backslash octal-escaped.
-fn mount_points_beneath(table: &str, dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn mount_points_beneath(table: &str, dir: &Path) -> Vec<PathBuf> {
     let unescape = |p: &str| {
         [
             ("\\040", " "),
