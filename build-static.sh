@@ -14,7 +14,9 @@
 # stable toolchain (RUSTC_BOOTSTRAP); the binary is the same.
 #
 # Each binary lands in target/TARGET/release/shoal (or debug/), statically linked: nothing to
-# install on the device.
+# install on the device. A copy goes to dist/shoal-ARCH (x86_64, aarch64, armv7), beside
+# install.sh and a SHA256SUMS file it checks: copy dist/ to a device and run
+# `sudo ./install.sh agent --server HOST:PORT --token-file FILE` there.
 set -eu
 
 profile=release
@@ -65,4 +67,16 @@ for t in $targets; do
             -Zbuild-std=std,panic_unwind "$@" -- -C link-self-contained=no
     fi
     echo "target/$t/$profile/shoal" >&2
+    case "$t" in
+        aarch64-*) arch=aarch64 ;;
+        armv7-*) arch=armv7 ;;
+        x86_64-*) arch=x86_64 ;;
+        *) continue ;;
+    esac
+    mkdir -p dist
+    cp "target/$t/$profile/shoal" "dist/shoal-$arch.new"
+    mv -f "dist/shoal-$arch.new" "dist/shoal-$arch"
 done
+cp install.sh dist/install.sh
+(cd dist && sha256sum shoal-* >SHA256SUMS)
+echo "dist/: $(cd dist && ls shoal-* | tr '\n' ' ')with SHA256SUMS and install.sh" >&2
