@@ -12,6 +12,16 @@ fn main() {
         .or_else(git_commit)
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=SHOAL_COMMIT={commit}");
+    // The build's flavour: the full binary, or an agent (without the controller), and whether
+    // it compiles wasm.
+    let has = |f: &str| std::env::var_os(format!("CARGO_FEATURE_{f}")).is_some();
+    let flavour = match (has("CONTROLLER"), has("CRANELIFT")) {
+        (true, true) => "",
+        (true, false) => ", no wasm compiler",
+        (false, true) => ", agent only",
+        (false, false) => ", agent only, no wasm compiler",
+    };
+    println!("cargo:rustc-env=SHOAL_FLAVOUR={flavour}");
     println!("cargo:rerun-if-env-changed=SHOAL_COMMIT");
     println!("cargo:rerun-if-changed=build.rs");
     // A new commit moves HEAD (detached) or the branch it points to.

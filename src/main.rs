@@ -14,7 +14,9 @@ const VERSION: &str = concat!(
     env!("SHOAL_COMMIT"),
     ", ",
     env!("SHOAL_HOST_TARGET"),
-    ", wasmtime 48.0.8)"
+    ", wasmtime 48.0.8",
+    env!("SHOAL_FLAVOUR"),
+    ")"
 );
 
 #[derive(Parser)]
@@ -41,10 +43,12 @@ pub struct ClientArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller: the store, the API and the scheduler.
+    #[cfg(feature = "controller")]
     Controller(cmd::controller::Args),
     /// Run an agent: join the controller and run the pods bound to this node.
     Agent(cmd::agent::Args),
     /// Run a whole cluster in one process (controller and local agent), the way to start.
+    #[cfg(feature = "controller")]
     Up(cmd::up::Args),
     /// Create or update objects from manifests (YAML or JSON; files, directories or -).
     Apply(cmd::apply::Args),
@@ -116,7 +120,9 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
+            #[cfg(feature = "controller")]
             Command::Controller(a) => cmd::controller::run(a).await,
+            #[cfg(feature = "controller")]
             Command::Up(a) => cmd::up::run(a).await,
             Command::Agent(a) => cmd::agent::run(a).await,
             Command::Logs(a) => cmd::logs::run(a).await,

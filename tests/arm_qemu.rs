@@ -2,6 +2,10 @@
 //! static with musl, and run under qemu-user, the stand-in for a Raspberry Pi, against the x86
 //! controller.
 //!
+//! The aarch64 agent is the agent-only build a Pi runs (`--no-default-features`: no controller,
+//! no wasm compiler), so it also shows that a node without a compiler runs what the controller
+//! precompiled for it and says so in its Node status; the armv7 one is the full binary.
+//!
 //! aarch64 is built with Debian's cross compiler (`gcc-aarch64-linux-gnu`, `.cargo/config.toml`)
 //! and rustup's target; armv7 with `build-static.sh` (zig and cargo-zigbuild; the standard
 //! library from rust-src where rustup has none for the target). Both need `qemu-user-static`.
@@ -41,6 +45,10 @@ struct Arm {
     compiler: &'static str,
     /// What the controller compiles wasm for on the node's behalf.
     wasm_triple: &'static str,
+    /// Cargo's feature arguments: which flavour of the binary.
+    features: &'static [&'static str],
+    /// What `shoal --version` says of the flavour.
+    flavour: &'static str,
 }
 
 const AARCH64: Arm = Arm {
@@ -52,8 +60,10 @@ const AARCH64: Arm = Arm {
     qemu: "qemu-aarch64-static",
     machine: 183,
     arch: "arm64",
-    compiler: "cranelift",
+    compiler: "native, precompiled code only",
     wasm_triple: "aarch64-unknown-linux-musl",
+    features: &["--no-default-features"],
+    flavour: "agent only, no wasm compiler",
 };
 
 const ARMV7: Arm = Arm {
@@ -64,6 +74,8 @@ const ARMV7: Arm = Arm {
     arch: "arm",
     compiler: "pulley",
     wasm_triple: "pulley32",
+    features: &[],
+    flavour: "wasmtime 48.0.8)",
 };
 
 fn on_path(tool: &str) -> bool {
@@ -139,12 +151,18 @@ fn build(arm: &Arm) -> Option<PathBuf> {
         }
         Build::Zig => {
             let mut c = Command::new("sh");
-            c.arg(repo_path("build-static.sh"))
-                .args(["--debug", arm.target, "--"]);
+            c.arg(repo_path("build-static.sh")).args([
+                "--debug",
+                "--flavour",
+                "full",
+                arm.target,
+                "--",
+            ]);
             c
         }
     };
     let out = cmd
+        .args(arm.features)
         .args(unoptimised)
         .arg("--target-dir")
         .arg(&target_dir)
@@ -195,6 +213,18 @@ fn runs_the_example_on(arm: &Arm) {
         .unwrap();
     let version = String::from_utf8_lossy(&version.stdout);
     assert!(version.contains(arm.target), "{version}");
+    assert!(version.contains(arm.flavour), "{version}");
+    if !arm.features.is_empty() {
+        let controller = Command::new(&program[0])
+            .args(&program[1..])
+            .args(["controller", "--help"])
+            .output()
+            .unwrap();
+        assert!(
+            !controller.status.success(),
+            "an agent-only build has no controller"
+        );
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let controller = Controller::start(&dir.path().join("controller"));

@@ -168,7 +168,7 @@ pub async fn run(args: Args) -> Result<()> {
     let config = args.config()?;
     eprintln!("shoal agent {} joining {}", config.name, config.server);
     let shutdown = CancellationToken::new();
-    super::controller::shutdown_on_signals(shutdown.clone())?;
+    super::signals::shutdown_on_signals(shutdown.clone())?;
     shoal_agent::run(config, shutdown).await?;
     Ok(())
 }

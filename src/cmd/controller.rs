@@ -68,28 +68,6 @@ impl Args {
     }
 }
 
-/// Cancels `token` on the first SIGINT or SIGTERM; exits at once on the second.
-pub fn shutdown_on_signals(token: CancellationToken) -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::spawn(async move {
-        for n in 0.. {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            if n == 0 {
-                tracing::info!("shutting down (signal again to force)");
-                token.cancel();
-            } else {
-                std::process::exit(130);
-            }
-        }
-    });
-    Ok(())
-}
-
 pub async fn start(args: &Args) -> Result<Controller> {
     let config = args.config()?;
     let dir = config.data_dir.display().to_string();
@@ -114,7 +92,7 @@ pub async fn start(args: &Args) -> Result<Controller> {
 pub async fn run(args: Args) -> Result<()> {
     let controller = start(&args).await?;
     let shutdown = CancellationToken::new();
-    shutdown_on_signals(shutdown.clone())?;
+    super::signals::shutdown_on_signals(shutdown.clone())?;
     controller.run(shutdown).await?;
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod apply;
+#[cfg(feature = "controller")]
 pub mod controller;
 pub mod cordon;
 pub mod credentials;
@@ -19,6 +20,8 @@ pub mod push;
 pub mod reset;
 pub mod rollout;
 pub mod scale;
+pub mod signals;
 pub mod token;
+#[cfg(feature = "controller")]
 pub mod up;
 pub mod wait;

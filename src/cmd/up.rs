@@ -1,6 +1,7 @@
 //! `shoal up`: the whole cluster in one process, the command a new user runs first.
 
-use super::controller::{shutdown_on_signals, start};
+use super::controller::start;
+use super::signals::shutdown_on_signals;
 use crate::client::read_manifests;
 use anyhow::{Context, Result};
 use shoal_transport::{Client, Credentials};

@@ -54,7 +54,7 @@ impl Cache {
     pub fn new(dir: &Path, engine: &Engine, disk_limit: u64) -> Result<Cache> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut h);
+        engine_tag(engine, &mut h);
         Ok(Cache {
             dir: dir.to_path_buf(),
             engine_tag: format!("{:016x}", h.finish()),
@@ -127,23 +127,9 @@ impl Cache {
                 c
             }
             None => {
-                let c = if component {
-                    Component::new(engine, &bytes).map(Compiled::Component)
-                } else {
-                    Module::new(engine, &bytes).map(Compiled::Module)
-                }
-                .map_err(|e| {
-                    artifact_err(format!(
-                        "not a valid WebAssembly {}: {e:#}",
-                        if component { "component" } else { "module" }
-                    ))
-                })?;
+                let (c, serialized) = compile(engine, &bytes, component).map_err(artifact_err)?;
                 self.compilations.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(artifact = %path.display(), "compiled locally");
-                let serialized = match &c {
-                    Compiled::Module(m) => m.serialize(),
-                    Compiled::Component(c) => c.serialize(),
-                };
                 match serialized {
                     Ok(data) => self.keep(&cwasm, |tmp| std::fs::write(tmp, &data)),
                     Err(e) => tracing::warn!(error = %e, "cannot serialize a compiled artifact"),
@@ -249,6 +235,52 @@ fn load_precompiled(engine: &Engine, path: &Path, component: bool) -> Option<Com
             None
         }
     }
+}
+
+/// Compiles an artifact here (Cranelift), with its code to keep on disk; `Err` says why it is
+/// not code.
+#[cfg(feature = "cranelift")]
+fn compile(
+    engine: &Engine,
+    bytes: &[u8],
+    component: bool,
+) -> Result<(Compiled, wasmtime::Result<Vec<u8>>), String> {
+    let compiled = if component {
+        Component::new(engine, bytes).map(Compiled::Component)
+    } else {
+        Module::new(engine, bytes).map(Compiled::Module)
+    }
+    .map_err(|e| {
+        format!(
+            "not a valid WebAssembly {}: {e:#}",
+            if component { "component" } else { "module" }
+        )
+    })?;
+    let code = match &compiled {
+        Compiled::Module(m) => m.serialize(),
+        Compiled::Component(c) => c.serialize(),
+    };
+    Ok((compiled, code))
+}
+
+/// A build without a compiler runs only the code its controller precompiled for it.
+#[cfg(not(feature = "cranelift"))]
+fn compile(_: &Engine, _: &[u8], _: bool) -> Result<(Compiled, wasmtime::Result<Vec<u8>>), String> {
+    Err("this agent is built without a compiler (no `cranelift` feature), and no code precompiled for this node by the controller is here".into())
+}
+
+/// What the engine's compiled code depends on (its settings, wasmtime's version), as a key
+/// that keeps code of other settings apart on disk.
+#[cfg(feature = "cranelift")]
+fn engine_tag(engine: &Engine, h: &mut impl Hasher) {
+    engine.precompile_compatibility_hash().hash(h);
+}
+
+/// Without a compiler, what the code loaded here was compiled for (wasmtime checks the rest
+/// itself when it loads the code).
+#[cfg(not(feature = "cranelift"))]
+fn engine_tag(engine: &Engine, h: &mut impl Hasher) {
+    super::target::host_target(engine).hash(h);
 }
 
 #[allow(unsafe_code)]

@@ -7,13 +7,18 @@ mod cache;
 mod http;
 mod lookup;
 mod output;
+#[cfg(feature = "cranelift")]
 mod precompile;
 mod run;
 mod target;
 
 pub use cache::{prune, touch, DEFAULT_DISK_LIMIT};
+#[cfg(feature = "cranelift")]
 pub use precompile::Precompiler;
 pub use target::{host_target, WASMTIME_VERSION};
+
+/// Whether this build compiles wasm (the `cranelift` feature).
+pub const COMPILES: bool = cfg!(feature = "cranelift");
 
 use crate::error::{Error, Result};
 use crate::handle::Handle;
@@ -69,12 +74,15 @@ impl WasmRuntime {
         })
     }
 
-    /// `cranelift` (native code) or `pulley` (wasmtime's interpreter, on 32-bit ARM).
+    /// `cranelift` (native code) or `pulley` (wasmtime's interpreter, on 32-bit ARM), and
+    /// whether this build compiles at all: without the `cranelift` feature it runs only the
+    /// code its controller precompiled for it.
     pub fn compiler(&self) -> &'static str {
-        if self.engine.is_pulley() {
-            "pulley"
-        } else {
-            "cranelift"
+        match (self.engine.is_pulley(), COMPILES) {
+            (true, true) => "pulley",
+            (false, true) => "cranelift",
+            (true, false) => "pulley, precompiled code only",
+            (false, false) => "native, precompiled code only",
         }
     }
 
@@ -126,5 +134,6 @@ impl Workload for WasmRuntime {
     }
 }
 
-#[cfg(test)]
+// They compile wasm: a build without a compiler has only the tests that load code.
+#[cfg(all(test, feature = "cranelift"))]
 mod tests;
