@@ -3,9 +3,14 @@
 # Docker: zig is the C compiler and linker for every target (ring's crypto, wasmtime's few C
 # helpers, musl itself), through cargo-zigbuild.
 #
-#   ./build-static.sh                                  # aarch64, armv7 and x86_64, release
+#   ./build-static.sh                                  # aarch64, armv7 and x86_64, release, both flavours
 #   ./build-static.sh armv7-unknown-linux-musleabihf   # one target
+#   ./build-static.sh --flavour agent TARGET           # one flavour: full or agent
 #   ./build-static.sh --debug TARGET -- --config ...   # a debug build, extra cargo arguments
+#
+# Two flavours: `full` (controller, agent and client: `shoal up` on a Pi) and `agent` (cargo's
+# --no-default-features: no controller, no wasm compiler; the agent runs the code its
+# controller precompiles for it, and is what a device in a fleet needs).
 #
 # Needs: zig (`pip install ziglang`, or zig on PATH) and `cargo install cargo-zigbuild --locked`.
 # Where rustup has no standard library for a target (this project's build machine has none for
@@ -14,16 +19,28 @@
 # stable toolchain (RUSTC_BOOTSTRAP); the binary is the same.
 #
 # Each binary lands in target/TARGET/release/shoal (or debug/), statically linked: nothing to
-# install on the device. A copy goes to dist/shoal-ARCH (x86_64, aarch64, armv7), beside
+# install on the device. A release build is copied to dist/shoal-ARCH (full) or
+# dist/shoal-agent-ARCH (agent), ARCH one of x86_64, aarch64, armv7, beside
 # install.sh and a SHA256SUMS file it checks: copy dist/ to a device and run
 # `sudo ./install.sh agent --server HOST:PORT --token-file FILE` there.
 set -eu
 
 profile=release
-if [ "${1:-}" = "--debug" ]; then
-    profile=debug
+flavours="agent full"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --debug) profile=debug ;;
+        --flavour)
+            case "${2:-}" in
+                full | agent) flavours=$2 ;;
+                *) echo "--flavour: full or agent" >&2; exit 2 ;;
+            esac
+            shift
+            ;;
+        *) break ;;
+    esac
     shift
-fi
+done
 targets=""
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do
     targets="$targets $1"
@@ -55,28 +72,41 @@ fi
 release=""
 [ "$profile" = release ] && release="--release"
 for t in $targets; do
-    echo "building shoal for $t ($profile)" >&2
-    if [ -d "$sysroot/lib/rustlib/$t" ]; then
-        # shellcheck disable=SC2086
-        cargo zigbuild $release --target "$t" --bin shoal "$@"
-    else
-        # No prebuilt standard library: build it from rust-src. zig brings musl's start files
-        # and libc, so rustc must not look for its own (self-contained) copies.
-        # shellcheck disable=SC2086
-        RUSTC_BOOTSTRAP=1 cargo-zigbuild rustc $release --target "$t" --bin shoal \
-            -Zbuild-std=std,panic_unwind "$@" -- -C link-self-contained=no
-    fi
-    echo "target/$t/$profile/shoal" >&2
     case "$t" in
         aarch64-*) arch=aarch64 ;;
         armv7-*) arch=armv7 ;;
         x86_64-*) arch=x86_64 ;;
-        *) continue ;;
+        *) arch="" ;;
     esac
-    mkdir -p dist
-    cp "target/$t/$profile/shoal" "dist/shoal-$arch.new"
-    mv -f "dist/shoal-$arch.new" "dist/shoal-$arch"
+    for flavour in $flavours; do
+        features=""
+        name=shoal-$arch
+        if [ "$flavour" = agent ]; then
+            features=--no-default-features
+            name=shoal-agent-$arch
+        fi
+        echo "building shoal ($flavour) for $t ($profile)" >&2
+        if [ -d "$sysroot/lib/rustlib/$t" ]; then
+            # shellcheck disable=SC2086
+            cargo zigbuild $release $features --target "$t" --bin shoal "$@"
+        else
+            # No prebuilt standard library: build it from rust-src. zig brings musl's start
+            # files and libc, so rustc must not look for its own (self-contained) copies.
+            # shellcheck disable=SC2086
+            RUSTC_BOOTSTRAP=1 cargo-zigbuild rustc $release $features --target "$t" --bin shoal \
+                -Zbuild-std=std,panic_unwind "$@" -- -C link-self-contained=no
+        fi
+        out=${CARGO_TARGET_DIR:-target}/$t/$profile/shoal
+        echo "$out ($flavour)" >&2
+        # The flavours share cargo's output path: each is copied out before the next. dist/
+        # holds release builds only.
+        [ -n "$arch" ] && [ "$profile" = release ] || continue
+        mkdir -p dist
+        cp "$out" "dist/$name.new"
+        mv -f "dist/$name.new" "dist/$name"
+    done
 done
+[ "$profile" = release ] || exit 0
 cp install.sh dist/install.sh
 (cd dist && sha256sum shoal-* >SHA256SUMS)
 echo "dist/: $(cd dist && ls shoal-* | tr '\n' ' ')with SHA256SUMS and install.sh" >&2

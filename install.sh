@@ -7,8 +7,9 @@
 #   sudo ./install.sh uninstall [--keep-data]
 #
 # The binary: SHOAL_BIN, else the one for this machine's architecture beside this script
-# (shoal-x86_64, shoal-aarch64 or shoal-armv7, as `./build-static.sh` leaves them in dist/),
-# else ./shoal, else target/release/shoal. It is checked against SHOAL_SHA256, else against
+# (shoal-ARCH, ARCH one of x86_64, aarch64, armv7, as `./build-static.sh` leaves them in dist/;
+# for an agent, the agent-only shoal-agent-ARCH first), else ./shoal, else
+# target/release/shoal. It is checked against SHOAL_SHA256, else against
 # the SHA256SUMS file beside it when there is one, and refused if it does not match.
 #
 # Environment (each flag above has one):
@@ -103,7 +104,12 @@ case "${SHOAL_ARCH:-$(uname -m)}" in
 esac
 bin=${SHOAL_BIN:-}
 if [ -z "$bin" ]; then
-    for candidate in "$here/shoal-$arch" "$here/dist/shoal-$arch" "$here/shoal" "$here/target/release/shoal"; do
+    # An agent takes the agent-only build where there is one (smaller, no compiler).
+    candidates="$here/shoal-$arch $here/dist/shoal-$arch $here/shoal $here/target/release/shoal"
+    if [ "$role" = agent ]; then
+        candidates="$here/shoal-agent-$arch $here/dist/shoal-agent-$arch $candidates"
+    fi
+    for candidate in $candidates; do
         if [ -f "$candidate" ]; then
             bin=$candidate
             break

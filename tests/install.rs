@@ -167,6 +167,7 @@ fn install_picks_the_binary_for_the_architecture_and_refuses_one_whose_checksum_
                 "shoal-aarch64",
                 b"an aarch64 build, as far as this test goes",
             ),
+            ("shoal-agent-aarch64", b"the agent-only aarch64 build"),
         ],
     );
     let script = d.path().join("install.sh");
@@ -184,6 +185,25 @@ fn install_picks_the_binary_for_the_architecture_and_refuses_one_whose_checksum_
     assert_eq!(
         std::fs::read(&bin).unwrap(),
         b"an aarch64 build, as far as this test goes"
+    );
+
+    // An agent takes the agent-only build.
+    let agent_root = tempfile::tempdir().unwrap();
+    let out = run_script(
+        &script,
+        agent_root.path(),
+        &["agent", "--server", "10.0.0.2:7443"],
+        &[
+            ("SHOAL_ARCH", "arm64"),
+            ("SHOAL_TOKEN", "SHOAL1::abc::secret"),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(agent_root.path().join("usr/local/bin/shoal")).unwrap(),
+        b"the agent-only aarch64 build",
+        "{}",
+        stdout(&out)
     );
 
     // One byte changed after the sums were made: refused, and the installed binary stays.
