@@ -1,11 +1,15 @@
-//! Per target: the size of the release `shoal` binary, and the agent's resident memory once it
-//! has joined and is idle. The x86_64 agent runs natively; the ARM ones run under qemu-user
+//! Per target and flavour (`full`: the default features; `agent`: `--no-default-features`, no
+//! controller and no wasm compiler): the size of the release `shoal` binary, and the agent's
+//! resident memory once it has joined and is idle, beside the goals (aarch64 agent <= 8 MB,
+//! full <= 15 MB, agent idle RSS <= 12 MiB). The x86_64 agent runs natively; the ARM ones run under qemu-user
 //! (the stand-in for a Raspberry Pi), and their figure is qemu's process, labelled as such:
 //! qemu adds its own translator and code cache, so a real Pi uses less.
 //!
 //! Run with `cargo bench --bench footprint`. It builds each release binary first (a fat-LTO
 //! cross build takes several minutes on 2 cores); `SHOAL_BENCH_NO_BUILD=1` measures whatever
-//! is already built. aarch64 needs Debian's cross gcc, armv7 `build-static.sh`'s tools (zig,
+//! is already built; `SHOAL_BENCH_ONLY=aarch64,x86_64` measures only the targets named and
+//! `SHOAL_BENCH_FLAVOURS=agent` only that flavour. The agent flavour is built into
+//! `target/footprint-agent` so both stay built. aarch64 needs Debian's cross gcc, armv7 `build-static.sh`'s tools (zig,
 //! cargo-zigbuild, rust-src), both qemu-user-static; a target is skipped with the reason when
 //! something is missing.
 
@@ -52,26 +56,80 @@ fn on_path(tool: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()))
 }
 
-/// The release binary for `t`: for this machine, the one cargo built for this benchmark; for
-/// the others, cross-built unless SHOAL_BENCH_NO_BUILD is set.
-fn binary(t: &Target) -> Result<PathBuf, String> {
+/// Which build of the binary.
+#[derive(Clone, Copy, PartialEq)]
+enum Flavour {
+    /// The default features: controller, agent, client, wasm compiler.
+    Full,
+    /// `--no-default-features`: the agent (and client) only, running precompiled wasm.
+    Agent,
+}
+
+impl Flavour {
+    fn name(self) -> &'static str {
+        match self {
+            Flavour::Full => "full",
+            Flavour::Agent => "agent",
+        }
+    }
+
+    /// The size goal for a static aarch64 build, in MB.
+    fn goal_mb(self) -> f64 {
+        match self {
+            Flavour::Full => 15.0,
+            Flavour::Agent => 8.0,
+        }
+    }
+}
+
+/// The agent's idle memory goal, in MiB (x86_64, native).
+const RSS_GOAL_MIB: f64 = 12.0;
+
+/// Whether the comma-separated list in `var` (unset: everything) names `what`.
+fn chosen(var: &str, what: &str) -> bool {
+    std::env::var(var).map_or(true, |list| {
+        list.split(',').any(|w| what.contains(w.trim()))
+    })
+}
+
+/// The release binary for `t` in `flavour`: the full one for this machine is the one cargo
+/// built for this benchmark; the others are (cross-)built unless SHOAL_BENCH_NO_BUILD is set.
+fn binary(t: &Target, flavour: Flavour) -> Result<PathBuf, String> {
     let native = t.qemu.is_none();
-    if native {
+    if native && flavour == Flavour::Full {
         return Ok(PathBuf::from(kit::shoal_bin()));
     }
-    let path = repo().join("target").join(t.triple).join("release/shoal");
+    let target_dir = match flavour {
+        Flavour::Full => repo().join("target"),
+        Flavour::Agent => repo().join("target/footprint-agent"),
+    };
+    let features: &[&str] = match flavour {
+        Flavour::Full => &[],
+        Flavour::Agent => &["--no-default-features"],
+    };
+    let path = if native {
+        target_dir.join("release/shoal")
+    } else {
+        target_dir.join(t.triple).join("release/shoal")
+    };
     if std::env::var_os("SHOAL_BENCH_NO_BUILD").is_none() {
-        let mut cmd = if t.triple.starts_with("aarch64") {
+        let mut cmd = if native || t.triple.starts_with("aarch64") {
             let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
             c.args(["build", "--release", "--quiet", "--bin", "shoal"])
                 .arg("--manifest-path")
                 .arg(repo().join("Cargo.toml"))
-                .args(["--target", t.triple]);
+                .args(features)
+                .arg("--target-dir")
+                .arg(&target_dir);
+            if !native {
+                c.args(["--target", t.triple]);
+            }
             c
         } else {
             let mut c = Command::new("sh");
             c.arg(repo().join("build-static.sh"))
-                .args([t.triple, "--", "--quiet"]);
+                .args(["--flavour", flavour.name(), t.triple, "--", "--quiet"])
+                .env("CARGO_TARGET_DIR", &target_dir);
             c
         };
         let out = cmd.output().map_err(|e| format!("cargo: {e}"))?;
@@ -91,7 +149,7 @@ fn binary(t: &Target) -> Result<PathBuf, String> {
 }
 
 /// The agent's resident memory, idle, a few seconds after its node is Ready.
-fn idle_rss(t: &Target, bin: &Path, controller: &Controller, dir: &Path) -> u64 {
+fn idle_rss(t: &Target, flavour: Flavour, bin: &Path, controller: &Controller, dir: &Path) -> u64 {
     let mut program: Vec<OsString> = Vec::new();
     if let Some((qemu, sysroot)) = t.qemu {
         program.push(qemu.into());
@@ -103,7 +161,8 @@ fn idle_rss(t: &Target, bin: &Path, controller: &Controller, dir: &Path) -> u64 
     let program: Vec<&std::ffi::OsStr> = program.iter().map(OsString::as_os_str).collect();
     let token = std::fs::read_to_string(controller.dir.join("token")).expect("token");
     let name = format!(
-        "bench-{}",
+        "bench-{}-{}",
+        flavour.name(),
         t.triple
             .split('-')
             .next()
@@ -140,6 +199,9 @@ fn main() {
     let controller = Controller::start(&dir.path().join("controller"));
     let mut rows = Vec::new();
     for t in &TARGETS {
+        if !chosen("SHOAL_BENCH_ONLY", t.triple) {
+            continue;
+        }
         if let Some((qemu, _)) = t.qemu {
             let tool = if t.triple.starts_with("aarch64") {
                 "aarch64-linux-gnu-gcc"
@@ -154,27 +216,57 @@ fn main() {
                 continue;
             }
         }
-        let bin = match binary(t) {
-            Ok(b) => b,
-            Err(e) => {
-                println!("{}: skipped ({e})", t.triple);
+        for flavour in [Flavour::Agent, Flavour::Full] {
+            if !chosen("SHOAL_BENCH_FLAVOURS", flavour.name()) {
                 continue;
             }
-        };
-        let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
-        let rss = idle_rss(t, &bin, &controller, dir.path());
-        rows.push((t.triple, t.note, size, rss));
+            let started = std::time::Instant::now();
+            let bin = match binary(t, flavour) {
+                Ok(b) => b,
+                Err(e) => {
+                    println!("{} {}: skipped ({e})", t.triple, flavour.name());
+                    continue;
+                }
+            };
+            eprintln!(
+                "{} {}: built in {:.0} s",
+                t.triple,
+                flavour.name(),
+                started.elapsed().as_secs_f64()
+            );
+            let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
+            let rss = idle_rss(t, flavour, &bin, &controller, dir.path());
+            rows.push((t, flavour, size, rss));
+        }
     }
     println!("shoal release binaries and idle agents (2-core x86 host):");
     println!(
-        "  {:<32} {:<28} {:>10} {:>22}",
-        "target", "build; how it ran", "binary", "agent idle RSS"
+        "  {:<32} {:<7} {:<28} {:>10} {:>16}  goal",
+        "target", "flavour", "build; how it ran", "binary", "agent idle RSS"
     );
-    for (triple, note, size, rss) in rows {
+    for (t, flavour, size, rss) in rows {
+        let (mb, mib) = (size as f64 / 1e6, rss as f64 / 1024.0);
+        let goal = if t.triple.starts_with("aarch64") {
+            let g = flavour.goal_mb();
+            format!(
+                "binary <= {g:.0} MB: {}",
+                if mb <= g { "met" } else { "not met" }
+            )
+        } else if t.qemu.is_none() {
+            let met = if mib <= RSS_GOAL_MIB {
+                "met"
+            } else {
+                "not met"
+            };
+            format!("idle RSS <= {RSS_GOAL_MIB:.0} MiB: {met}")
+        } else {
+            String::new()
+        };
         println!(
-            "  {triple:<32} {note:<28} {:>7.1} MB {:>18.1} MiB",
-            size as f64 / 1e6,
-            rss as f64 / 1024.0
+            "  {:<32} {:<7} {:<28} {mb:>7.1} MB {mib:>12.1} MiB  {goal}",
+            t.triple,
+            flavour.name(),
+            t.note,
         );
     }
 }
