@@ -70,10 +70,15 @@ pub fn reconcile(job: &Job, owned: &[Pod], now: DateTime<Utc>) -> Plan {
     let completions = job.spec.completions.unwrap_or(1).max(0);
     let parallelism = job.spec.parallelism.unwrap_or(1).max(0);
     let backoff_limit = job.spec.backoff_limit.unwrap_or(6).max(0);
-    let succeeded = owned
+    // Counted from the pods there are, never below what was counted before: a finished pod
+    // that is deleted (a drain evicts it, as kubectl's does) still finished. (A pod deleted
+    // in the same pass as another one finishes is counted once, not twice: Kubernetes'
+    // tracking finalizers would count both.)
+    let succeeded = (owned
         .iter()
         .filter(|p| phase(p) == PodPhase::Succeeded)
-        .count() as i32;
+        .count() as i32)
+        .max(old.succeeded);
     // Failed pods, and for OnFailure the restarts of containers that failed in place.
     let restarts: i32 = owned
         .iter()
@@ -81,11 +86,12 @@ pub fn reconcile(job: &Job, owned: &[Pod], now: DateTime<Utc>) -> Plan {
         .flat_map(|s| s.container_statuses.iter())
         .map(|c| c.restart_count)
         .sum();
-    let failed = owned
+    let failed = (owned
         .iter()
         .filter(|p| phase(p) == PodPhase::Failed)
         .count() as i32
-        + restarts;
+        + restarts)
+        .max(old.failed);
     let active: Vec<&Pod> = owned
         .iter()
         .filter(|p| !phase(p).is_terminal() && p.metadata.deletion_timestamp.is_none())
@@ -218,6 +224,28 @@ mod tests {
             ("Complete", 5)
         );
         assert!(st.completion_time.is_some());
+    }
+
+    /// Finished pods that are deleted (a drain) still count: a running Job does not run them
+    /// again, and a finished one keeps its counts.
+    #[test]
+    fn deleted_finished_pods_still_count() {
+        let mut running = job(5, 2, 6);
+        running.status = Some(JobStatus {
+            succeeded: 3,
+            failed: 1,
+            ..Default::default()
+        });
+        let plan = reconcile(&running, &pods(&["Running"]), now());
+        assert_eq!(plan.create, 1, "two completions left, one running");
+        let st = plan.status.unwrap();
+        assert_eq!((st.succeeded, st.failed), (3, 1));
+
+        let mut done = job(2, 2, 6);
+        done.status = reconcile(&done, &pods(&["Succeeded"; 2]), now()).status;
+        let after = reconcile(&done, &[], now());
+        assert_eq!(after.create, 0);
+        assert_eq!(after.status, None, "nothing changes: {:?}", after.status);
     }
 
     #[test]
