@@ -437,9 +437,21 @@ fn a_daemonset_follows_nodes_and_drain_moves_everything_else() {
         .contains("Ready,SchedulingDisabled"));
     let out = c.shoal(&["drain", &busy, "--timeout", "60"]).ok();
     assert!(out.ends_with(&format!("node/{busy} drained\n")), "{out}");
-    let web = placements(&c, "app=web");
-    assert_eq!(web.len(), 2, "{web:?}");
-    assert!(!web.contains(&busy), "nothing left on {busy}: {web:?}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("pod/web-") && l.ends_with(" evicted")),
+        "{out}"
+    );
+    // As kubectl's, a drain waits for the evicted pods to be gone; their Deployment runs
+    // them again elsewhere.
+    c.wait_for(
+        "the web pods running elsewhere",
+        Duration::from_secs(60),
+        |c| {
+            let web = placements(c, "app=web");
+            web.len() == 2 && !web.contains(&busy)
+        },
+    );
     assert_eq!(
         placements(&c, "app=daemon"),
         ["node-1", "node-2", "node-3"],
@@ -591,6 +603,49 @@ fn a_job_completes_exactly_its_completions_and_a_failing_one_stops_at_its_backof
         err.contains("timed out waiting for the condition complete on jobs/doomed"),
         "{err}"
     );
+
+    // A drain of nodes that hold finished Job pods returns once they are gone (as kubectl's:
+    // they never run again, so there is nothing to wait for), and the Jobs keep their counts.
+    for node in ["node-1", "node-2"] {
+        let out = c.shoal(&["drain", node, "--timeout", "30"]).ok();
+        assert!(out.ends_with(&format!("node/{node} drained\n")), "{out}");
+    }
+    assert_eq!(
+        c.shoal(&["get", "pods", "--no-headers"]).stdout(),
+        "",
+        "every finished pod evicted"
+    );
+    c.wait_reconcile_pass();
+    let table = c.shoal(&["get", "job", "batch", "--no-headers"]).ok();
+    assert!(
+        table
+            .split_whitespace()
+            .take(3)
+            .eq(["batch", "Complete", "5/5"]),
+        "{table}"
+    );
+    let j: serde_json::Value =
+        serde_json::from_str(&c.shoal(&["get", "job", "doomed", "-o", "json"]).ok()).unwrap();
+    assert_eq!(j["status"]["failed"], 3, "{j}");
+}
+
+/// A drain of a node that is gone (its agent killed) still returns: a pod's deletion does
+/// not wait on its node (the node stops what it no longer sees when it comes back).
+#[test]
+fn a_drain_of_a_dead_node_returns_once_its_pods_are_deleted() {
+    let mut c = Cluster::start(1);
+    c.push_probe();
+    c.controller
+        .shoal_stdin(&["apply", "-f", "-"], Some(&deployment(1, "v1")))
+        .ok();
+    c.wait_for("the web pod running", Duration::from_secs(60), |c| {
+        running(c).len() == 1
+    });
+    let pod = running(&c)[0].clone();
+    c.agents[0].kill9();
+    let out = c.shoal(&["drain", "node-1", "--timeout", "30"]).ok();
+    assert!(out.contains(&format!("pod/{pod} evicted\n")), "{out}");
+    assert!(out.ends_with("node/node-1 drained\n"), "{out}");
 }
 
 #[test]
@@ -713,6 +768,12 @@ fn a_rollout_that_cannot_progress_fails_rollout_status_after_its_deadline() {
         .fails();
     assert!(
         err.contains("deployment \"web\" exceeded its progress deadline"),
+        "{err}"
+    );
+    // The pods that hold it are named, with why.
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("  pod/web-") && l.contains("waiting on node/node-1")),
         "{err}"
     );
     let d: serde_json::Value =

@@ -176,11 +176,106 @@ impl Pod {
     pub fn uses_node_network(&self) -> bool {
         self.spec.host_network || self.runtime_class() == RuntimeClass::Wasm
     }
+
+    /// Why it is not Ready, from its status, as one line (`None`: it is Ready, or finished):
+    /// what `rollout status` and `drain` say of a pod they wait on.
+    pub fn why_not_ready(&self) -> Option<String> {
+        let with = |reason: Option<&str>, message: Option<&str>| match (reason, message) {
+            (Some(r), Some(m)) => format!("{r}: {m}"),
+            (Some(s), None) | (None, Some(s)) => s.to_string(),
+            (None, None) => String::new(),
+        };
+        if let Some(t) = &self.metadata.deletion_timestamp {
+            let node = self.spec.node_name.as_deref().unwrap_or("no node");
+            return Some(format!(
+                "terminating since {t}: waiting for node/{node} to stop it"
+            ));
+        }
+        if self.is_terminal() {
+            return None;
+        }
+        let st = self.status.clone().unwrap_or_default();
+        let condition = |ty: &str| st.conditions.iter().find(|c| c.type_ == ty);
+        if condition("Ready").is_some_and(|c| c.status == "True") {
+            return None;
+        }
+        if let Some(c) = condition("PodScheduled").filter(|c| c.status == "False") {
+            let why = with(c.reason.as_deref(), c.message.as_deref());
+            return Some(format!("Pending, not scheduled: {why}"));
+        }
+        let Some(node) = self.spec.node_name.as_deref() else {
+            return Some("Pending: not scheduled yet".into());
+        };
+        let containers = st
+            .init_container_statuses
+            .iter()
+            .chain(&st.container_statuses);
+        for c in containers.clone() {
+            let waiting = c.state.as_ref().and_then(|s| s.waiting.as_ref());
+            if let Some(w) = waiting {
+                let why = with(w.reason.as_deref(), w.message.as_deref());
+                return Some(format!(
+                    "container {} waiting on node/{node}: {why}",
+                    c.name
+                ));
+            }
+        }
+        if let Some(c) = containers
+            .into_iter()
+            .find(|c| !c.ready && c.state.as_ref().is_some_and(|s| s.running.is_some()))
+        {
+            return Some(format!(
+                "container {} running on node/{node} but not ready (its readiness or startup probe has not passed)",
+                c.name
+            ));
+        }
+        let phase = st.phase.as_deref().unwrap_or("Pending");
+        Some(match condition("Ready") {
+            Some(c) if c.reason.is_some() || c.message.is_some() => {
+                format!(
+                    "{phase} on node/{node}, not ready: {}",
+                    with(c.reason.as_deref(), c.message.as_deref())
+                )
+            }
+            _ => format!("{phase} on node/{node}: no status from the node yet"),
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a waiting command says of a pod that holds it up, for each way a pod is held.
+    #[test]
+    fn why_a_pod_is_not_ready_table() {
+        let parse = |yaml: &str| -> Pod {
+            match crate::parse_manifests("test", yaml)
+                .ok()
+                .and_then(|mut p| p.pop())
+            {
+                Some(p) => p.object.try_into().ok().unwrap_or_default(),
+                None => Pod::default(),
+            }
+        };
+        let cases = [
+            ("metadata: {name: p}\nspec: {containers: []}\nstatus: {phase: Pending, conditions: [{type: PodScheduled, status: 'False', reason: Unschedulable, message: '0/2 nodes available: 2 insufficient memory'}]}",
+             Some("Pending, not scheduled: Unschedulable: 0/2 nodes available: 2 insufficient memory")),
+            ("metadata: {name: p}\nspec: {containers: []}", Some("Pending: not scheduled yet")),
+            ("metadata: {name: p}\nspec: {nodeName: n1, containers: []}\nstatus: {phase: Pending, containerStatuses: [{name: app, image: x, ready: false, restartCount: 0, state: {waiting: {reason: ImagePullBackOff, message: 'Back-off pulling image \"x\"'}}}]}",
+             Some("container app waiting on node/n1: ImagePullBackOff: Back-off pulling image \"x\"")),
+            ("metadata: {name: p}\nspec: {nodeName: n1, containers: []}\nstatus: {phase: Running, containerStatuses: [{name: app, image: x, ready: false, restartCount: 0, state: {running: {startedAt: '2026-01-01T00:00:00Z'}}}]}",
+             Some("container app running on node/n1 but not ready (its readiness or startup probe has not passed)")),
+            ("metadata: {name: p, deletionTimestamp: '2026-01-01T00:00:00Z'}\nspec: {nodeName: n1, containers: []}",
+             Some("terminating since 2026-01-01T00:00:00Z: waiting for node/n1 to stop it")),
+            ("metadata: {name: p}\nspec: {nodeName: n1, containers: []}\nstatus: {phase: Running, conditions: [{type: Ready, status: 'True'}]}", None),
+            ("metadata: {name: p}\nspec: {nodeName: n1, containers: []}\nstatus: {phase: Succeeded}", None),
+        ];
+        for (yaml, want) in cases {
+            let pod = parse(&format!("apiVersion: v1\nkind: Pod\n{yaml}"));
+            assert_eq!(pod.why_not_ready().as_deref(), want, "{yaml}");
+        }
+    }
 
     #[test]
     fn phases_read_back_from_their_words() {

@@ -144,6 +144,55 @@ async fn revisions(
     Ok(out)
 }
 
+/// The Deployment's pods that hold its rollout, one line each with why (the first five, then
+/// how many more): what a stalled `rollout status` says besides the Deployment's condition.
+async fn holding(conn: &shoal_transport::Client, d: &Deployment) -> String {
+    let Ok(sets) = revisions(conn, d).await else {
+        return String::new();
+    };
+    let sets: Vec<&str> = sets
+        .iter()
+        .map(|(_, rs)| rs.metadata.uid.as_str())
+        .collect();
+    let req = Request::List {
+        kind: "Pod".into(),
+        namespace: Some(d.metadata.namespace_or_default().to_string()),
+        selector: String::new(),
+        fields: String::new(),
+    };
+    let Ok(Response::List { items, .. }) = call(conn, &req).await else {
+        return String::new();
+    };
+    let mut held: Vec<String> = items
+        .iter()
+        .filter_map(|b| {
+            Object::from_json(b)
+                .ok()?
+                .into_typed::<shoal_api::Pod>()
+                .ok()
+        })
+        .filter(|p| {
+            p.metadata
+                .controller_owner()
+                .is_some_and(|o| sets.contains(&o.uid.as_str()))
+        })
+        .filter_map(|p| {
+            Some(format!(
+                "\n  pod/{}: {}",
+                p.metadata.name,
+                p.why_not_ready()?
+            ))
+        })
+        .collect();
+    held.sort();
+    let more = held.len().saturating_sub(5);
+    held.truncate(5);
+    if more > 0 {
+        held.push(format!("\n  and {more} more"));
+    }
+    held.concat()
+}
+
 /// Where a rollout stands, in kubectl's words; `None` when it is done.
 pub fn progress(d: &Deployment) -> Option<String> {
     let name = &d.metadata.name;
@@ -294,7 +343,8 @@ async fn status_once(target: &str, namespace: &str, client: &ClientArgs) -> Resu
     let conn = connect(client).await?;
     let d = get_deployment(&conn, namespace, &name).await?;
     if stuck(&d) {
-        bail!("deployment {name:?} exceeded its progress deadline");
+        let held = holding(&conn, &d).await;
+        bail!("deployment {name:?} exceeded its progress deadline{held}");
     }
     match progress(&d) {
         None => println!("deployment {name:?} successfully rolled out"),
@@ -334,7 +384,8 @@ async fn status(
             };
             let d: Deployment = Object::from_json(&object)?.into_typed()?;
             if stuck(&d) {
-                bail!("deployment {name:?} exceeded its progress deadline");
+                let held = holding(&conn, &d).await;
+                bail!("deployment {name:?} exceeded its progress deadline{held}");
             }
             match progress(&d) {
                 None => {
@@ -354,6 +405,12 @@ async fn status(
     }
     match tokio::time::timeout(timeout, followed).await {
         Ok(done) => done,
-        Err(_) => bail!("timed out waiting for the rollout of deployment {name:?} ({timeout:?})"),
+        Err(_) => {
+            let held = match get_deployment(&conn, namespace, &name).await {
+                Ok(d) => holding(&conn, &d).await,
+                Err(_) => String::new(),
+            };
+            bail!("timed out waiting for the rollout of deployment {name:?} ({timeout:?}){held}")
+        }
     }
 }
