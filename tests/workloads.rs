@@ -648,6 +648,74 @@ fn a_drain_of_a_dead_node_returns_once_its_pods_are_deleted() {
     assert!(out.ends_with("node/node-1 drained\n"), "{out}");
 }
 
+/// A Job's pod on a node that is lost is replaced; when the node comes back with it, the Job
+/// keeps one of the two and completes once, as a ReplicaSet resolves its duplicates.
+#[test]
+fn a_jobs_pod_on_a_lost_node_is_replaced_and_the_job_completes_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = kit::Controller::start_with_args(
+        &dir.path().join("c"),
+        &[
+            "--node-grace-period",
+            "3",
+            "--default-unreachable-toleration-seconds",
+            "3",
+        ],
+    );
+    let token = std::fs::read_to_string(controller.dir.join("token")).unwrap();
+    let c = Cluster::adopt(controller, vec![]);
+    let agent = |name: &str| {
+        kit::Agent::with(&c.controller, name, &dir.path().join(name))
+            .token(token.trim())
+            .args(&["--node-status-update-frequency", "1"])
+            .start()
+    };
+    let mut agents = [agent("node-1"), agent("node-2")];
+    c.wait_nodes_ready();
+    c.push_probe();
+    c.controller
+        .shoal_stdin(
+            &["apply", "-f", "-"],
+            Some(&job("lasting", 1, 1, 6, "[print, working, sleep, \"15000\"]")),
+        )
+        .ok();
+    c.wait_for("the job's pod running", Duration::from_secs(60), |c| {
+        placements(c, "job-name=lasting").len() == 1
+    });
+    let node = placements(&c, "job-name=lasting")[0].clone();
+    let i = usize::from(node == "node-2");
+    agents[i].kill9();
+    c.wait_for(
+        "a replacement running on the other node, the original marked lost",
+        Duration::from_secs(60),
+        |c| {
+            let lost = c
+                .shoal(&["get", "pods", "-l", "job-name=lasting", "--no-headers"])
+                .stdout()
+                .matches(" NodeLost ")
+                .count();
+            lost == 1 && placements(c, "job-name=lasting").iter().any(|n| n != &node)
+        },
+    );
+    agents[i] = agent(&node);
+    c.shoal(&[
+        "wait",
+        "--for=condition=complete",
+        "job/lasting",
+        "--timeout",
+        "90s",
+    ])
+    .ok();
+    c.wait_reconcile_pass();
+    let j: serde_json::Value =
+        serde_json::from_str(&c.shoal(&["get", "job", "lasting", "-o", "json"]).ok()).unwrap();
+    assert_eq!(j["status"]["succeeded"], 1, "completed once: {j}");
+    let left = c
+        .shoal(&["get", "pods", "-l", "job-name=lasting", "--no-headers"])
+        .ok();
+    assert_eq!(left.lines().count(), 1, "one of the two stayed: {left}");
+}
+
 #[test]
 fn pods_of_a_dead_node_are_replaced_after_their_toleration_and_its_return_leaves_exactly_the_replicas(
 ) {

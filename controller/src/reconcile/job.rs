@@ -1,7 +1,9 @@
 //! The Job reconciler: runs pods until `completions` succeed, at most `parallelism` at once;
 //! fails the Job past `backoffLimit` failed pods (BackoffLimitExceeded) or past
 //! `activeDeadlineSeconds` (DeadlineExceeded), and deletes a finished Job after
-//! `ttlSecondsAfterFinished`.
+//! `ttlSecondsAfterFinished`. A pod on a lost node does not count as active, so it is replaced;
+//! when its node comes back, the surplus is resolved as a ReplicaSet's duplicates are, by the
+//! `shoal.dev/on-reconnect` policy (the Job's annotation, or its template's).
 
 use chrono::{DateTime, Utc};
 use shoal_api::PodPhase;
@@ -63,6 +65,39 @@ pub fn new_pod(job: &Job) -> Pod {
     pod
 }
 
+/// Which of the `active` pods go when there are more than `wanted`: with the default policy
+/// (keep-original) the pods that ran through a partition stay and the others go, the newest
+/// first; with keep-replacement the pods back from a lost node go first.
+fn surplus(job: &Job, active: &[&Pod], wanted: usize) -> Vec<String> {
+    let keep_replacement = job
+        .metadata
+        .annotations
+        .get(super::replicaset::ON_RECONNECT)
+        .or_else(|| (job.spec.template.metadata.annotations).get(super::replicaset::ON_RECONNECT))
+        .is_some_and(|v| v == "keep-replacement");
+    let mut order: Vec<&Pod> = active.to_vec();
+    // Last in the order: kept. Returned pods last under keep-original; then the oldest.
+    order.sort_by(|a, b| {
+        let returned = |p: &Pod| crate::node_lifecycle::was_lost(p) != keep_replacement;
+        (
+            returned(a),
+            &b.metadata.creation_timestamp,
+            &b.metadata.name,
+        )
+            .cmp(&(
+                returned(b),
+                &a.metadata.creation_timestamp,
+                &a.metadata.name,
+            ))
+    });
+    let extra = active.len().saturating_sub(wanted);
+    order
+        .into_iter()
+        .take(extra)
+        .map(|p| p.metadata.name.clone())
+        .collect()
+}
+
 /// `owned`: the pods whose controller is this Job.
 pub fn reconcile(job: &Job, owned: &[Pod], now: DateTime<Utc>) -> Plan {
     let mut plan = Plan::default();
@@ -92,9 +127,11 @@ pub fn reconcile(job: &Job, owned: &[Pod], now: DateTime<Utc>) -> Plan {
         .count() as i32
         + restarts)
         .max(old.failed);
+    // A pod on a lost node is not active: it is replaced (and counted again if it returns).
     let active: Vec<&Pod> = owned
         .iter()
         .filter(|p| !phase(p).is_terminal() && p.metadata.deletion_timestamp.is_none())
+        .filter(|p| !crate::node_lifecycle::lost(p))
         .collect();
     let start = parse(old.start_time.as_deref()).unwrap_or(now);
     let mut status = JobStatus {
@@ -153,6 +190,9 @@ pub fn reconcile(job: &Job, owned: &[Pod], now: DateTime<Utc>) -> Plan {
     } else {
         let wanted = parallelism.min(completions - succeeded).max(0) as usize;
         plan.create = wanted.saturating_sub(active.len());
+        // More running than wanted: a lost pod came back beside its replacement (or
+        // parallelism went down), and the surplus goes, as Kubernetes' Job controller does.
+        plan.delete = surplus(job, &active, wanted);
     }
     if plan.create > 0 || !plan.delete.is_empty() {
         status.active = (active.len() + plan.create - plan.delete.len().min(active.len())) as i32;
@@ -224,6 +264,36 @@ mod tests {
             ("Complete", 5)
         );
         assert!(st.completion_time.is_some());
+    }
+
+    /// A pod on a lost node is replaced; when it comes back beside its replacement, one goes
+    /// by the on-reconnect policy.
+    #[test]
+    fn a_lost_pod_is_replaced_and_the_duplicate_resolved_on_return() {
+        let j = job(1, 1, 6);
+        let mut original = pods(&["Running"]).remove(0);
+        original.metadata.creation_timestamp = Some("2026-01-01T00:00:00Z".into());
+        let lost = crate::node_lifecycle::mark_lost(&original, "n", now());
+        assert_eq!(reconcile(&j, std::slice::from_ref(&lost), now()).create, 1);
+
+        // Back: the lost-at annotation stays, the lost condition is gone with the new status.
+        let mut back = lost.clone();
+        back.status = original.status.clone();
+        let mut replacement = pods(&["Running"]).remove(0);
+        replacement.metadata.name = "p1".into();
+        replacement.metadata.creation_timestamp = Some("2026-01-01T00:05:00Z".into());
+        let both = [back.clone(), replacement.clone()];
+        let plan = reconcile(&j, &both, now());
+        assert_eq!(
+            (plan.create, plan.delete.clone()),
+            (0, vec!["p1".to_string()])
+        );
+        let mut keep_new = j.clone();
+        keep_new.metadata.annotations.insert(
+            crate::reconcile::replicaset::ON_RECONNECT.into(),
+            "keep-replacement".into(),
+        );
+        assert_eq!(reconcile(&keep_new, &both, now()).delete, ["p0"]);
     }
 
     /// Finished pods that are deleted (a drain) still count: a running Job does not run them
