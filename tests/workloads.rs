@@ -676,7 +676,13 @@ fn a_jobs_pod_on_a_lost_node_is_replaced_and_the_job_completes_once() {
     c.controller
         .shoal_stdin(
             &["apply", "-f", "-"],
-            Some(&job("lasting", 1, 1, 6, "[print, working, sleep, \"15000\"]")),
+            Some(&job(
+                "lasting",
+                1,
+                1,
+                6,
+                "[print, working, sleep, \"15000\"]",
+            )),
         )
         .ok();
     c.wait_for("the job's pod running", Duration::from_secs(60), |c| {
