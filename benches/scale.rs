@@ -41,6 +41,7 @@ fn config(server: &str, token: &str, name: String, dir: &Path) -> AgentConfig {
         peer_listen: None,
         container_log_max_size: shoal_agent::CONTAINER_LOG_MAX_SIZE,
         drain_on_stop: true,
+        manifests: None,
     }
 }
 

@@ -41,6 +41,9 @@ pub struct AgentConfig {
     /// What a stop (SIGTERM, Ctrl-C) does to the pods: stops them within their grace periods
     /// (`true`), or leaves them running for the next agent to take back (`false`).
     pub drain_on_stop: bool,
+    /// A directory of pod manifests this node runs itself (static pods), with or without a
+    /// controller.
+    pub manifests: Option<PathBuf>,
 }
 
 /// A container's log on disk at most, by default (the kubelet's 10Mi).

@@ -20,6 +20,7 @@ pub mod registry;
 pub mod reset;
 pub mod secret_volume;
 mod session;
+pub mod static_pods;
 pub mod subpath;
 pub mod sync;
 pub mod tunnel;
@@ -73,6 +74,14 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     supervisor.start_local().await;
     // Tasks beside the pods' and the proxy's: certificate renewal and the peers' streams.
     let tasks = TaskTracker::new();
+    if let Some(dir) = &config.manifests {
+        tasks.spawn(static_pods::run(
+            dir.clone(),
+            config.name.clone(),
+            supervisor.clone(),
+            shutdown.clone(),
+        ));
+    }
     tasks.spawn(join::keep_renewed(
         creds.clone(),
         link.clone(),

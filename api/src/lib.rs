@@ -32,4 +32,6 @@ pub use object::Object;
 pub use objects::*;
 pub use quantity::Quantity;
 pub use selector::{LabelSelector, Selector};
-pub use states::{condition_true, ConditionStatus, PodPhase, RuntimeClass};
+pub use states::{
+    condition_true, ConditionStatus, PodPhase, RuntimeClass, CONFIG_HASH, CONFIG_SOURCE,
+};

@@ -127,7 +127,22 @@ impl RuntimeClass {
     }
 }
 
+/// Where a pod came from (`file`, for a static pod a node runs from its manifests directory),
+/// as the kubelet annotates it.
+pub const CONFIG_SOURCE: &str = "kubernetes.io/config.source";
+/// The digest of a static pod's manifest, as the kubelet annotates it.
+pub const CONFIG_HASH: &str = "kubernetes.io/config.hash";
+
 impl Pod {
+    /// Whether it is a static pod: from a file on its node, not from the controller.
+    pub fn is_static(&self) -> bool {
+        self.metadata
+            .annotations
+            .get(CONFIG_SOURCE)
+            .map(String::as_str)
+            == Some("file")
+    }
+
     /// Its phase as reported, if any and known.
     pub fn phase(&self) -> Option<PodPhase> {
         self.status

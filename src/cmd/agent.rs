@@ -64,6 +64,11 @@ pub struct Args {
     /// or a restart is no downtime); wasm pods, in the agent's process, start again with it.
     #[arg(long)]
     pub drain_on_stop: bool,
+    /// A directory of pod manifests (YAML or JSON) this node runs itself, with or without a
+    /// controller: static pods, as the kubelet's staticPodPath. Read again every 5 s; a
+    /// changed file restarts its pods, a removed one stops them.
+    #[arg(long, env = "SHOAL_MANIFESTS", value_name = "DIR")]
+    pub manifests: Option<PathBuf>,
 }
 
 pub fn hostname() -> String {
@@ -154,6 +159,11 @@ impl Args {
                 ),
             },
             drain_on_stop: self.drain_on_stop,
+            manifests: self
+                .manifests
+                .clone()
+                .map(crate::client::absolute)
+                .transpose()?,
             peer_listen: match self.peer_listen.as_str() {
                 "off" => None,
                 a => Some(a.parse().map_err(|e| {

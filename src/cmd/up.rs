@@ -73,6 +73,7 @@ pub async fn run(args: Args) -> Result<()> {
         peer_listen: None,
         container_log_max_size: shoal_agent::CONTAINER_LOG_MAX_SIZE,
         drain_on_stop: args.drain_on_stop,
+        manifests: None,
     };
     let serving = tokio::spawn(controller.run(shutdown.clone()));
     let agent_name = agent.name.clone();

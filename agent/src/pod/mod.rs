@@ -134,6 +134,9 @@ struct Inner {
     /// Set when the agent stops: pods stopped then keep their directories (their logs) for
     /// the next agent, as they are not deleted.
     shutting_down: std::sync::atomic::AtomicBool,
+    /// The uids of the static pods (from `--manifests`): no listing of the controller's
+    /// stops them.
+    statics: Mutex<std::collections::HashSet<String>>,
 }
 
 #[derive(Clone)]
@@ -200,6 +203,7 @@ impl Supervisor {
             tracker: TaskTracker::new(),
             stopping: CancellationToken::new(),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
+            statics: Mutex::default(),
         }));
         // The range the controller gave this node last time: pods get addresses also when
         // the agent starts with the controller out of reach.
@@ -286,7 +290,8 @@ impl Supervisor {
     /// still running here is stopped by its task instead, with its grace period and its
     /// sidecars last.
     pub async fn sync(&self, pods: Vec<Pod>) {
-        let keep: Vec<String> = pods.iter().map(|p| p.metadata.uid.clone()).collect();
+        let mut keep: Vec<String> = pods.iter().map(|p| p.metadata.uid.clone()).collect();
+        keep.extend(lock(&self.0.statics).iter().cloned());
         if let Some(runc) = self.0.runc.clone() {
             let keys_of = |p: &Pod| -> Vec<String> {
                 p.spec
@@ -373,6 +378,27 @@ impl Supervisor {
         n
     }
 
+    /// Makes the static pods running here exactly `pods` (from the manifests directory): new
+    /// ones start, those no longer there (a removed or changed file) stop.
+    pub async fn set_static(&self, pods: Vec<Pod>) {
+        let uids: std::collections::HashSet<String> =
+            pods.iter().map(|p| p.metadata.uid.clone()).collect();
+        let gone: Vec<String> = {
+            let mut statics = lock(&self.0.statics);
+            let gone = statics.difference(&uids).cloned().collect();
+            *statics = uids;
+            gone
+        };
+        for uid in &gone {
+            self.stop(uid, None);
+        }
+        for pod in pods {
+            if !lock(&self.0.pods).contains_key(&pod.metadata.uid) {
+                self.observe(EventType::Added, pod).await;
+            }
+        }
+    }
+
     /// Reports every pod's status again (after a reconnect: what changed offline).
     pub async fn report_all(&self) {
         let states: Vec<Arc<Mutex<PodRun>>> = lock(&self.0.pods)
@@ -452,7 +478,7 @@ impl Supervisor {
             kept,
         }));
         lock(&self.0.pods).insert(
-            uid,
+            uid.clone(),
             Running {
                 namespace: pod.metadata.namespace_or_default().to_string(),
                 name: pod.metadata.name.clone(),
@@ -461,7 +487,10 @@ impl Supervisor {
                 state: state.clone(),
             },
         );
-        self.0.local.keep(&Object::Pod(pod.clone()));
+        // A static pod comes from its file, not from what the controller said.
+        if !pod.is_static() {
+            self.0.local.keep(&Object::Pod(pod.clone()));
+        }
         tracing::info!(pod = %pod.metadata.name, namespace = %pod.metadata.namespace_or_default(), "starting pod");
         let inner = self.0.clone();
         self.0

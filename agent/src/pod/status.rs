@@ -158,7 +158,7 @@ fn keep_restarts(state: &Arc<Mutex<PodRun>>) {
 fn keep_if_finished(inner: &Inner, state: &Arc<Mutex<PodRun>>) {
     let mut s = lock(state);
     let phase = state::pod_phase_of(&s.init, &s.containers);
-    if s.kept_finished || !phase.is_terminal() {
+    if s.kept_finished || !phase.is_terminal() || s.pod.is_static() {
         return;
     }
     s.kept_finished = true;

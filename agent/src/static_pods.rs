@@ -1,0 +1,245 @@
+//! Static pods (the kubelet's `staticPodPath`): pods written as manifests in a directory on the
+//! node (`shoal agent --manifests DIR`), run by the agent itself, with or without a controller.
+//! The directory is read at start and every [`RESCAN`]: a new file starts its pods, a changed
+//! one restarts them (a pod's uid is a digest of the node, its file and what it says, so any
+//! change is a new pod), a removed one stops them. A file that cannot be used is named in the
+//! log with why, and the others run.
+//!
+//! As the kubelet's, a static pod is named `NAME-NODE`, bound to this node, and may not use
+//! other API objects (ConfigMaps, Secrets, service accounts): nothing it needs may have to come
+//! from a controller that is not there. Not yet: its mirror pod in the API.
+
+use crate::pod::Supervisor;
+use sha2::{Digest, Sha256};
+use shoal_api::{Object, Pod};
+use std::path::Path;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How often the directory is read again.
+pub const RESCAN: Duration = Duration::from_secs(5);
+
+/// The most a manifest file may hold: a pod spec is a few KiB.
+const MAX_FILE: u64 = 1 << 20;
+
+/// The static pods the manifests in `dir` describe for `node`, and a line for each file or
+/// document that cannot be used, naming it and why.
+pub fn read(dir: &Path, node: &str) -> (Vec<Pod>, Vec<String>) {
+    let (mut pods, mut problems) = (Vec::new(), Vec::new());
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => return (pods, vec![format!("{}: {e}", dir.display())]),
+    };
+    let mut files: Vec<std::path::PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default();
+            // Editors' swap and backup files, and hidden files, are not manifests.
+            !name.starts_with('.')
+                && [".yaml", ".yml", ".json"]
+                    .iter()
+                    .any(|ext| name.ends_with(ext))
+        })
+        .collect();
+    files.sort();
+    for file in files {
+        match read_file(&file, node) {
+            Ok(mut found) => pods.append(&mut found),
+            Err(why) => problems.push(format!("{}: {why}", file.display())),
+        }
+    }
+    (pods, problems)
+}
+
+fn read_file(file: &Path, node: &str) -> Result<Vec<Pod>, String> {
+    let size = std::fs::metadata(file).map_err(|e| e.to_string())?.len();
+    if size > MAX_FILE {
+        return Err(format!(
+            "{size} bytes; a manifest may be {MAX_FILE} at most"
+        ));
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| e.to_string())?;
+    let parsed = shoal_api::parse_manifests(&file.display().to_string(), &text)
+        .map_err(|e| e.to_string())?;
+    let mut pods = Vec::new();
+    for p in parsed {
+        let doc = p.document;
+        let Object::Pod(pod) = p.object else {
+            return Err(format!(
+                "document {doc} is a {}; only Pods run as static pods",
+                p.object.kind()
+            ));
+        };
+        if !p.unknown_fields.is_empty() {
+            return Err(format!(
+                "document {doc}: fields Shoal does not support: {}",
+                p.unknown_fields.join(", ")
+            ));
+        }
+        pods.push(static_pod(pod, file, node).map_err(|why| format!("document {doc}: {why}"))?);
+    }
+    Ok(pods)
+}
+
+/// `pod` as this node runs it from `file`: named `NAME-NODE`, bound here, with a uid that
+/// changes with anything it says.
+fn static_pod(mut pod: Pod, file: &Path, node: &str) -> Result<Pod, String> {
+    if let Some(what) = uses_api_objects(&pod) {
+        return Err(format!(
+            "pod {:?} uses {what}: a static pod may not use other API objects",
+            pod.metadata.name
+        ));
+    }
+    pod.metadata.name = format!("{}-{node}", pod.metadata.name);
+    pod.metadata.namespace = Some(pod.metadata.namespace_or_default().to_string());
+    pod.spec.node_name = Some(node.to_string());
+    pod.status = None;
+    let mut obj = Object::Pod(pod.clone());
+    obj.normalize();
+    let errors = shoal_api::validate::validate(&obj);
+    if !errors.is_empty() {
+        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        return Err(format!(
+            "pod {:?} is invalid: {}",
+            pod.metadata.name,
+            list.join("; ")
+        ));
+    }
+    let bytes = serde_json::to_vec(&obj).map_err(|e| e.to_string())?;
+    let mut digest = Sha256::new();
+    digest.update(node.as_bytes());
+    digest.update([0]);
+    digest.update(file.as_os_str().as_encoded_bytes());
+    digest.update([0]);
+    digest.update(&bytes);
+    let hash = hex::encode(digest.finalize());
+    pod.metadata.uid = format!("static-{}", &hash[..32]);
+    let annotations = &mut pod.metadata.annotations;
+    annotations.insert(shoal_api::CONFIG_SOURCE.into(), "file".into());
+    annotations.insert(shoal_api::CONFIG_HASH.into(), hash);
+    Ok(pod)
+}
+
+/// What other API object the pod would need, if any.
+fn uses_api_objects(pod: &Pod) -> Option<&'static str> {
+    let spec = &pod.spec;
+    let volumes = spec.volumes.iter().find_map(|v| {
+        if v.config_map.is_some() {
+            Some("a ConfigMap volume")
+        } else if v.secret.is_some() {
+            Some("a Secret volume")
+        } else if v.projected.is_some() {
+            Some("a projected volume")
+        } else {
+            None
+        }
+    });
+    let env = spec
+        .init_containers
+        .iter()
+        .chain(&spec.containers)
+        .find_map(|c| {
+            let from = c.env.iter().any(|e| {
+                e.value_from
+                    .as_ref()
+                    .is_some_and(|f| f.config_map_key_ref.is_some() || f.secret_key_ref.is_some())
+            });
+            (from || !c.env_from.is_empty()).then_some("ConfigMaps or Secrets in its env")
+        });
+    let pulls = (!spec.image_pull_secrets.is_empty()).then_some("imagePullSecrets");
+    volumes.or(env).or(pulls)
+}
+
+/// Runs the static pods of `dir` until `shutdown`, reading it again every [`RESCAN`].
+pub async fn run(
+    dir: std::path::PathBuf,
+    node: String,
+    supervisor: Supervisor,
+    shutdown: CancellationToken,
+) {
+    tracing::info!(dir = %dir.display(), "running the static pods of this directory");
+    let mut told: Vec<String> = Vec::new();
+    loop {
+        let (d, n) = (dir.clone(), node.clone());
+        let (pods, problems) = tokio::task::spawn_blocking(move || read(&d, &n))
+            .await
+            .unwrap_or_default();
+        // Each problem said once, while it lasts.
+        for p in problems.iter().filter(|p| !told.contains(p)) {
+            tracing::warn!(problem = %p, "a static pod manifest is not used");
+        }
+        told = problems;
+        supervisor.set_static(pods).await;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(RESCAN) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_become_static_pods_whose_uid_follows_their_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let web = "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  runtimeClassName: wasm\n  containers:\n  - {name: web, image: probe:2}\n";
+        std::fs::write(dir.path().join("web.yaml"), web).unwrap();
+        std::fs::write(dir.path().join(".web.yaml.swp"), "not yaml: [").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not a manifest").unwrap();
+        let (pods, problems) = read(dir.path(), "pi-1");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(pods.len(), 1);
+        let p = &pods[0];
+        assert_eq!(p.metadata.name, "web-pi-1");
+        assert_eq!(p.metadata.namespace.as_deref(), Some("default"));
+        assert_eq!(p.spec.node_name.as_deref(), Some("pi-1"));
+        assert!(p.is_static() && p.metadata.uid.starts_with("static-"));
+        let same = read(dir.path(), "pi-1").0;
+        assert_eq!(
+            same[0].metadata.uid, p.metadata.uid,
+            "stable while unchanged"
+        );
+
+        std::fs::write(
+            dir.path().join("web.yaml"),
+            web.replace("probe:2", "probe:3"),
+        )
+        .unwrap();
+        let changed = read(dir.path(), "pi-1").0;
+        assert_ne!(
+            changed[0].metadata.uid, p.metadata.uid,
+            "a change is a new pod"
+        );
+
+        // Broken files are named with why; the others still run.
+        std::fs::write(dir.path().join("bad.yaml"), "kind: Pod\nmetadata: {name: [").unwrap();
+        std::fs::write(
+            dir.path().join("secret.yaml"),
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: s}\nspec:\n  containers:\n  - {name: c, image: x}\n  volumes:\n  - {name: v, secret: {secretName: db}}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("svc.yaml"),
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 80}]}\n",
+        )
+        .unwrap();
+        let (pods, problems) = read(dir.path(), "pi-1");
+        assert_eq!(pods.len(), 1);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].contains("bad.yaml"), "{problems:?}");
+        assert!(
+            problems[1].contains("secret.yaml") && problems[1].contains("a Secret volume"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[2].contains("svc.yaml") && problems[2].contains("only Pods"),
+            "{problems:?}"
+        );
+    }
+}

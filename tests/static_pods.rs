@@ -1,0 +1,127 @@
+//! Static pods (`shoal agent --manifests DIR`, the kubelet's staticPodPath): a pod written as a
+//! file on the node runs with the controller and without it, restarts when its file changes
+//! and stops when the file goes. Real processes, a real wasm component serving HTTP.
+
+mod kit;
+
+use kit::{Agent, Cluster, Controller};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const PORT: u16 = 18791;
+
+fn manifest(greeting: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: web}}
+spec:
+  runtimeClassName: wasm
+  containers:
+  - name: web
+    image: probe:2
+    args: [serve, "{PORT}", {greeting}]
+    ports: [{{containerPort: {PORT}}}]
+"#
+    )
+}
+
+/// The body the static pod serves, if it answers.
+fn get() -> Option<String> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], PORT));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out.split_once("\r\n\r\n")?.1.to_string())
+}
+
+fn wait_until(what: &str, timeout: Duration, agent: &Agent, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n--- agent:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn start_agent(controller: &Controller, dir: &Path, manifests: &Path) -> Agent {
+    let token = std::fs::read_to_string(controller.dir.join("token")).expect("token");
+    Agent::with(controller, "node-1", &dir.join("node-1"))
+        .token(token.trim())
+        .args(&["--manifests", manifests.to_str().unwrap_or_default()])
+        .start()
+}
+
+#[test]
+fn a_static_pod_runs_from_its_file_with_and_without_the_controller_and_follows_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    let file = manifests.join("web.yaml");
+    std::fs::write(&file, manifest("hello static one")).unwrap();
+    let mut c = Cluster::adopt(Controller::start(&dir.path().join("c")), vec![]);
+    c.push_probe_component();
+    let agent = start_agent(&c.controller, dir.path(), &manifests);
+    c.agents.push(agent);
+    wait_until(
+        "the static pod serving",
+        Duration::from_secs(60),
+        &c.agents[0],
+        || get().is_some_and(|b| b.contains("hello static one")),
+    );
+    assert!(c.agents[0]
+        .log()
+        .contains("running the static pods of this directory"));
+
+    // No controller at all: the agent starts again and runs it from the file.
+    c.controller.kill9();
+    c.agents[0].terminate();
+    c.agents[0].wait_exit(Duration::from_secs(20));
+    assert!(get().is_none(), "a wasm pod ends with its agent");
+    c.agents[0] = start_agent(&c.controller, dir.path(), &manifests);
+    wait_until(
+        "the static pod serving with no controller",
+        Duration::from_secs(60),
+        &c.agents[0],
+        || get().is_some_and(|b| b.contains("hello static one")),
+    );
+
+    // A changed file restarts it as it now says; a removed one stops it.
+    std::fs::write(&file, manifest("hello static two")).unwrap();
+    wait_until(
+        "the changed pod serving",
+        Duration::from_secs(60),
+        &c.agents[0],
+        || get().is_some_and(|b| b.contains("hello static two")),
+    );
+    std::fs::remove_file(&file).unwrap();
+    wait_until(
+        "the pod of the removed file stopped",
+        Duration::from_secs(60),
+        &c.agents[0],
+        || get().is_none(),
+    );
+
+    // A file that cannot run is named in the log with why.
+    std::fs::write(
+        manifests.join("bad.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: bad}\nspec:\n  containers:\n  - {name: c, image: x, envFrom: [{configMapRef: {name: cfg}}]}\n",
+    )
+    .unwrap();
+    wait_until(
+        "the bad manifest named",
+        Duration::from_secs(30),
+        &c.agents[0],
+        || {
+            let log = c.agents[0].log();
+            log.contains("bad.yaml") && log.contains("a static pod may not use other API objects")
+        },
+    );
+}
