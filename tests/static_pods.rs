@@ -1,10 +1,11 @@
 //! Static pods (`shoal agent --manifests DIR`, the kubelet's staticPodPath): a pod written as a
-//! file on the node runs with the controller and without it, restarts when its file changes
-//! and stops when the file goes. Real processes, a real wasm component serving HTTP.
+//! file on the node runs with the controller and without it, shows in the API as a mirror pod
+//! (made again when deleted there), restarts when its file changes and stops when the file
+//! goes. Real processes, a real wasm component serving HTTP.
 
 mod kit;
 
-use kit::{Agent, Cluster, Controller};
+use kit::{field, Agent, Cluster, Controller};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -80,6 +81,56 @@ fn a_static_pod_runs_from_its_file_with_and_without_the_controller_and_follows_t
         .log()
         .contains("running the static pods of this directory"));
 
+    // Its mirror in the API, with the static pod's status; deleted there, it is made again
+    // and the pod runs on.
+    let mirror = |c: &Cluster| -> serde_json::Value {
+        let out = c
+            .shoal(&["get", "pod", "web-node-1", "-o", "json"])
+            .stdout();
+        serde_json::from_str(&out).unwrap_or_default()
+    };
+    c.wait_for("the mirror pod Running", Duration::from_secs(30), |c| {
+        field(&mirror(c), "status.phase") == "Running"
+    });
+    let first = mirror(&c);
+    assert_eq!(field(&first, "spec.nodeName"), "node-1");
+    assert_eq!(
+        field(&first, "metadata.ownerReferences.0.kind"),
+        "Node",
+        "{first}"
+    );
+    let mirrored = |p: &serde_json::Value| {
+        p["metadata"]["annotations"]["kubernetes.io/config.mirror"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(mirrored(&first).len(), 64, "{first}");
+    c.shoal(&["delete", "pod", "web-node-1"]).ok();
+    c.wait_for("the mirror made again", Duration::from_secs(30), |c| {
+        let m = mirror(c);
+        field(&m, "status.phase") == "Running"
+            && field(&m, "metadata.uid") != field(&first, "metadata.uid")
+    });
+    assert!(get().is_some_and(|b| b.contains("hello static one")));
+
+    // A changed file: the pod restarts as it now says, and its mirror follows.
+    std::fs::write(&file, manifest("hello static two")).unwrap();
+    wait_until(
+        "the changed pod serving",
+        Duration::from_secs(60),
+        &c.agents[0],
+        || get().is_some_and(|b| b.contains("hello static two")),
+    );
+    c.wait_for(
+        "the mirror of the changed file",
+        Duration::from_secs(30),
+        |c| {
+            let m = mirror(c);
+            !mirrored(&m).is_empty() && mirrored(&m) != mirrored(&first)
+        },
+    );
+
     // No controller at all: the agent starts again and runs it from the file.
     c.controller.kill9();
     c.agents[0].terminate();
@@ -90,17 +141,10 @@ fn a_static_pod_runs_from_its_file_with_and_without_the_controller_and_follows_t
         "the static pod serving with no controller",
         Duration::from_secs(60),
         &c.agents[0],
-        || get().is_some_and(|b| b.contains("hello static one")),
-    );
-
-    // A changed file restarts it as it now says; a removed one stops it.
-    std::fs::write(&file, manifest("hello static two")).unwrap();
-    wait_until(
-        "the changed pod serving",
-        Duration::from_secs(60),
-        &c.agents[0],
         || get().is_some_and(|b| b.contains("hello static two")),
     );
+
+    // A removed file stops it.
     std::fs::remove_file(&file).unwrap();
     wait_until(
         "the pod of the removed file stopped",

@@ -79,6 +79,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
             dir.clone(),
             config.name.clone(),
             supervisor.clone(),
+            link.clone(),
             shutdown.clone(),
         ));
     }

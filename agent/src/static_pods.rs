@@ -7,11 +7,19 @@
 //!
 //! As the kubelet's, a static pod is named `NAME-NODE`, bound to this node, and may not use
 //! other API objects (ConfigMaps, Secrets, service accounts): nothing it needs may have to come
-//! from a controller that is not there. Not yet: its mirror pod in the API.
+//! from a controller that is not there. While the controller is reachable, each static pod has
+//! a mirror pod in the API (annotated `kubernetes.io/config.mirror`, owned by the Node), which
+//! shows its status; a mirror deleted there is made again, as the kubelet does, and the static
+//! pod runs on: only its file stops it.
 
+use crate::config::Link;
+use crate::error::{expect_ok, Error, Result};
 use crate::pod::Supervisor;
 use sha2::{Digest, Sha256};
-use shoal_api::{Object, Pod};
+use shoal_api::{Object, OwnerReference, Pod};
+use shoal_transport::proto::{Request, Response};
+use shoal_transport::Client;
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -55,7 +63,7 @@ pub fn read(dir: &Path, node: &str) -> (Vec<Pod>, Vec<String>) {
     (pods, problems)
 }
 
-fn read_file(file: &Path, node: &str) -> Result<Vec<Pod>, String> {
+fn read_file(file: &Path, node: &str) -> std::result::Result<Vec<Pod>, String> {
     let size = std::fs::metadata(file).map_err(|e| e.to_string())?.len();
     if size > MAX_FILE {
         return Err(format!(
@@ -87,8 +95,8 @@ fn read_file(file: &Path, node: &str) -> Result<Vec<Pod>, String> {
 
 /// `pod` as this node runs it from `file`: named `NAME-NODE`, bound here, with a uid that
 /// changes with anything it says.
-fn static_pod(mut pod: Pod, file: &Path, node: &str) -> Result<Pod, String> {
-    if let Some(what) = uses_api_objects(&pod) {
+fn static_pod(mut pod: Pod, file: &Path, node: &str) -> std::result::Result<Pod, String> {
+    if let Some(what) = pod.uses_api_objects() {
         return Err(format!(
             "pod {:?} uses {what}: a static pod may not use other API objects",
             pod.metadata.name
@@ -124,45 +132,161 @@ fn static_pod(mut pod: Pod, file: &Path, node: &str) -> Result<Pod, String> {
     Ok(pod)
 }
 
-/// What other API object the pod would need, if any.
-fn uses_api_objects(pod: &Pod) -> Option<&'static str> {
-    let spec = &pod.spec;
-    let volumes = spec.volumes.iter().find_map(|v| {
-        if v.config_map.is_some() {
-            Some("a ConfigMap volume")
-        } else if v.secret.is_some() {
-            Some("a Secret volume")
-        } else if v.projected.is_some() {
-            Some("a projected volume")
-        } else {
-            None
-        }
-    });
-    let env = spec
-        .init_containers
-        .iter()
-        .chain(&spec.containers)
-        .find_map(|c| {
-            let from = c.env.iter().any(|e| {
-                e.value_from
-                    .as_ref()
-                    .is_some_and(|f| f.config_map_key_ref.is_some() || f.secret_key_ref.is_some())
-            });
-            (from || !c.env_from.is_empty()).then_some("ConfigMaps or Secrets in its env")
-        });
-    let pulls = (!spec.image_pull_secrets.is_empty()).then_some("imagePullSecrets");
-    volumes.or(env).or(pulls)
+/// The mirror pod of the static `pod`: the same pod with no uid or status, annotated with
+/// the static pod's digest and owned by its Node (`node_uid`).
+pub fn mirror(pod: &Pod, node_uid: &str) -> Pod {
+    let mut m = pod.clone();
+    m.metadata.uid = String::new();
+    m.status = None;
+    let hash = m
+        .metadata
+        .annotations
+        .get(shoal_api::CONFIG_HASH)
+        .cloned()
+        .unwrap_or_default();
+    m.metadata
+        .annotations
+        .insert(shoal_api::CONFIG_MIRROR.into(), hash);
+    let node = m.spec.node_name.clone().unwrap_or_default();
+    m.metadata.owner_references = vec![OwnerReference {
+        api_version: "v1".into(),
+        kind: "Node".into(),
+        name: node,
+        uid: node_uid.to_string(),
+        controller: Some(true),
+        block_owner_deletion: None,
+    }];
+    m
 }
 
-/// Runs the static pods of `dir` until `shutdown`, reading it again every [`RESCAN`].
+/// The key of a pod by namespace and name.
+fn key(p: &Pod) -> (String, String) {
+    (
+        p.metadata.namespace_or_default().to_string(),
+        p.metadata.name.clone(),
+    )
+}
+
+/// Makes the mirror pods in the API exactly those of `pods`: a missing one is made (and its
+/// static pod's status reported onto it), one of an older file replaced, one whose static pod
+/// is gone removed. A pod of the same name that is not a mirror is left alone, and said once.
+async fn mirror_all(
+    client: &Client,
+    node: &str,
+    pods: &[Pod],
+    supervisor: &Supervisor,
+    told: &mut Vec<(String, String)>,
+) -> Result<()> {
+    let listed = client
+        .call(&Request::List {
+            kind: "Pod".into(),
+            namespace: None,
+            selector: String::new(),
+            fields: format!("spec.nodeName={node}"),
+        })
+        .await?;
+    let Response::List { items, .. } = listed else {
+        return Err(Error::Internal(listed.unexpected()));
+    };
+    let there: HashMap<(String, String), Pod> = items
+        .iter()
+        .filter_map(|b| Object::from_json(b).ok()?.into_typed::<Pod>().ok())
+        .map(|p| (key(&p), p))
+        .collect();
+    let hash = |p: &Pod, a: &str| p.metadata.annotations.get(a).cloned();
+    let wanted: HashMap<(String, String), &Pod> = pods.iter().map(|p| (key(p), p)).collect();
+    for (k, p) in there.iter().filter(|(_, p)| p.is_mirror()) {
+        let current = wanted
+            .get(k)
+            .is_some_and(|s| hash(s, shoal_api::CONFIG_HASH) == hash(p, shoal_api::CONFIG_MIRROR));
+        if !current {
+            delete(client, &k.0, &k.1).await?;
+        }
+    }
+    let mut node_uid = None;
+    for (k, p) in &wanted {
+        match there.get(k) {
+            Some(m)
+                if m.is_mirror()
+                    && hash(m, shoal_api::CONFIG_MIRROR) == hash(p, shoal_api::CONFIG_HASH) =>
+            {
+                continue
+            }
+            Some(m) if !m.is_mirror() => {
+                if !told.contains(k) {
+                    tracing::warn!(pod = %k.1, namespace = %k.0, "a pod of this name that is not a mirror is in the API: the static pod runs, without a mirror");
+                    told.push(k.clone());
+                }
+                continue;
+            }
+            _ => {}
+        }
+        if node_uid.is_none() {
+            node_uid = Some(node_uid_of(client, node).await?);
+        }
+        let m = mirror(p, node_uid.as_deref().unwrap_or_default());
+        let object =
+            serde_json::to_vec(&Object::Pod(m)).map_err(|e| Error::Internal(e.to_string()))?;
+        let made = client
+            .call(&Request::Create {
+                object,
+                options: Default::default(),
+            })
+            .await?;
+        expect_ok_or_object(made)?;
+        tracing::info!(pod = %k.1, namespace = %k.0, "made the mirror pod of a static pod");
+        supervisor.report_pod(&p.metadata.uid).await;
+    }
+    Ok(())
+}
+
+fn expect_ok_or_object(r: Response) -> Result<()> {
+    match r {
+        Response::Object(_) | Response::Written { .. } => Ok(()),
+        other => expect_ok(other),
+    }
+}
+
+async fn delete(client: &Client, namespace: &str, name: &str) -> Result<()> {
+    let r = client
+        .call(&Request::Delete {
+            kind: "Pod".into(),
+            namespace: Some(namespace.into()),
+            name: name.into(),
+            propagation: Default::default(),
+            grace_period: Some(0),
+        })
+        .await?;
+    expect_ok_or_object(r)
+}
+
+async fn node_uid_of(client: &Client, node: &str) -> Result<String> {
+    let r = client
+        .call(&Request::Get {
+            kind: "Node".into(),
+            namespace: None,
+            name: node.into(),
+        })
+        .await?;
+    let Response::Object(b) = r else {
+        return Err(Error::Internal(r.unexpected()));
+    };
+    let obj = Object::from_json(&b).map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(obj.metadata().uid.clone())
+}
+
+/// Runs the static pods of `dir` until `shutdown`, reading it again every [`RESCAN`], and
+/// keeps their mirror pods while the controller is reachable (`link`).
 pub async fn run(
     dir: std::path::PathBuf,
     node: String,
     supervisor: Supervisor,
+    link: Link,
     shutdown: CancellationToken,
 ) {
     tracing::info!(dir = %dir.display(), "running the static pods of this directory");
     let mut told: Vec<String> = Vec::new();
+    let mut told_mirrors = Vec::new();
     loop {
         let (d, n) = (dir.clone(), node.clone());
         let (pods, problems) = tokio::task::spawn_blocking(move || read(&d, &n))
@@ -173,7 +297,14 @@ pub async fn run(
             tracing::warn!(problem = %p, "a static pod manifest is not used");
         }
         told = problems;
-        supervisor.set_static(pods).await;
+        supervisor.set_static(pods.clone()).await;
+        let client = link.borrow().clone();
+        if let Some(client) = client {
+            if let Err(e) = mirror_all(&client, &node, &pods, &supervisor, &mut told_mirrors).await
+            {
+                tracing::debug!(error = %shoal_transport::report(&e), "static pods' mirrors not brought up to date");
+            }
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(RESCAN) => {}

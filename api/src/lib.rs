@@ -33,5 +33,6 @@ pub use objects::*;
 pub use quantity::Quantity;
 pub use selector::{LabelSelector, Selector};
 pub use states::{
-    condition_true, ConditionStatus, PodPhase, RuntimeClass, CONFIG_HASH, CONFIG_SOURCE,
+    condition_true, ConditionStatus, PodPhase, RuntimeClass, CONFIG_HASH, CONFIG_MIRROR,
+    CONFIG_SOURCE,
 };

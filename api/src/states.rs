@@ -132,6 +132,9 @@ impl RuntimeClass {
 pub const CONFIG_SOURCE: &str = "kubernetes.io/config.source";
 /// The digest of a static pod's manifest, as the kubelet annotates it.
 pub const CONFIG_HASH: &str = "kubernetes.io/config.hash";
+/// On a mirror pod (a static pod's face in the API, made by its node), the digest of the
+/// static pod it mirrors.
+pub const CONFIG_MIRROR: &str = "kubernetes.io/config.mirror";
 
 impl Pod {
     /// Whether it is a static pod: from a file on its node, not from the controller.
@@ -141,6 +144,44 @@ impl Pod {
             .get(CONFIG_SOURCE)
             .map(String::as_str)
             == Some("file")
+    }
+
+    /// Whether it is a mirror pod: a static pod's face in the API, made by its node, which
+    /// runs the static pod (never this object).
+    pub fn is_mirror(&self) -> bool {
+        self.metadata.annotations.contains_key(CONFIG_MIRROR)
+    }
+
+    /// What other API object it would need, if any (ConfigMaps, Secrets, pull secrets): a
+    /// static pod and its mirror may use none, as nothing may have to come from a controller
+    /// for the node to run it.
+    pub fn uses_api_objects(&self) -> Option<&'static str> {
+        let spec = &self.spec;
+        let volumes = spec.volumes.iter().find_map(|v| {
+            if v.config_map.is_some() {
+                Some("a ConfigMap volume")
+            } else if v.secret.is_some() {
+                Some("a Secret volume")
+            } else if v.projected.is_some() {
+                Some("a projected volume")
+            } else {
+                None
+            }
+        });
+        let env = spec
+            .init_containers
+            .iter()
+            .chain(&spec.containers)
+            .find_map(|c| {
+                let from = c.env.iter().any(|e| {
+                    e.value_from.as_ref().is_some_and(|f| {
+                        f.config_map_key_ref.is_some() || f.secret_key_ref.is_some()
+                    })
+                });
+                (from || !c.env_from.is_empty()).then_some("ConfigMaps or Secrets in its env")
+            });
+        let pulls = (!spec.image_pull_secrets.is_empty()).then_some("imagePullSecrets");
+        volumes.or(env).or(pulls)
     }
 
     /// Its phase as reported, if any and known.

@@ -399,6 +399,15 @@ impl Supervisor {
         }
     }
 
+    /// Reports the status of the pod `uid` again, if it runs here (a static pod whose mirror
+    /// was just made).
+    pub async fn report_pod(&self, uid: &str) {
+        let state = lock(&self.0.pods).get(uid).map(|r| r.state.clone());
+        if let Some(state) = state {
+            status::report(&self.0, &state).await;
+        }
+    }
+
     /// Reports every pod's status again (after a reconnect: what changed offline).
     pub async fn report_all(&self) {
         let states: Vec<Arc<Mutex<PodRun>>> = lock(&self.0.pods)
@@ -411,6 +420,10 @@ impl Supervisor {
     }
 
     pub async fn observe(&self, type_: EventType, pod: Pod) {
+        // A mirror pod is a static pod's face in the API: the static pod is what runs.
+        if pod.is_mirror() {
+            return;
+        }
         let uid = pod.metadata.uid.clone();
         if type_ == EventType::Deleted || pod.metadata.deletion_timestamp.is_some() {
             let grace = (pod.metadata.deletion_grace_period_seconds)

@@ -20,6 +20,7 @@ fn node_write_size(req: &Request) -> Option<(&'static str, usize, usize)> {
     match req {
         Request::PutNode { object } => Some(("a Node", object.len(), NODE_OBJECT_MAX)),
         Request::UpdateStatus { object } => Some(("a pod status", object.len(), POD_STATUS_MAX)),
+        Request::Create { object, .. } => Some(("a mirror pod", object.len(), POD_STATUS_MAX)),
         Request::RecordEvent { about, .. } => Some((
             "an event's object reference",
             about.len(),
@@ -73,6 +74,26 @@ impl Service {
                         kind.parse::<Kind>(),
                         Ok(Kind::Service) | Ok(Kind::Endpoints) | Ok(Kind::Node)
                     )
+            }
+            // Its static pods' mirrors: made and removed by the node that runs them.
+            Request::Create { object, .. } => {
+                if let Err(why) = mirror_pod_of(node, object) {
+                    return Err(forbidden(format!(
+                        "node {node:?} may create only mirror pods of its static pods: {why}"
+                    )));
+                }
+                true
+            }
+            Request::Delete {
+                kind,
+                namespace,
+                name,
+                ..
+            } => {
+                kind.parse::<Kind>().ok() == Some(Kind::Pod)
+                    && self
+                        .is_mirror_on(node, namespace.as_deref().unwrap_or("default"), name)
+                        .await
             }
             Request::Get {
                 kind,
@@ -147,6 +168,15 @@ impl Service {
         }
     }
 
+    /// Whether the pod `namespace/name` is a mirror pod bound to `node`.
+    async fn is_mirror_on(&self, node: &str, namespace: &str, name: &str) -> bool {
+        let key = ObjectKey::new(Kind::Pod, Some(namespace), name);
+        let stored = self.store.get(&key).await.ok().flatten();
+        stored
+            .and_then(|o| o.into_typed::<Pod>().ok())
+            .is_some_and(|p| p.is_mirror() && p.spec.node_name.as_deref() == Some(node))
+    }
+
     pub(super) async fn node_uses(
         &self,
         node: &str,
@@ -167,6 +197,33 @@ impl Service {
 }
 
 /// Does a pod use this ConfigMap or Secret (env, envFrom or volume)?
+/// Whether `bytes` is a mirror pod `node` may create: a Pod annotated as a mirror, bound to
+/// the node, owned by nothing but it, and using no other API object (a static pod may not).
+fn mirror_pod_of(node: &str, bytes: &[u8]) -> std::result::Result<(), String> {
+    let obj = shoal_api::Object::from_json(bytes).map_err(|e| e.to_string())?;
+    let pod: Pod = obj
+        .into_typed()
+        .map_err(|_| "the object is not a Pod".to_string())?;
+    if !pod.is_mirror() {
+        return Err(format!("it has no {} annotation", shoal_api::CONFIG_MIRROR));
+    }
+    if pod.spec.node_name.as_deref() != Some(node) {
+        return Err("it is not bound to the node".into());
+    }
+    if let Some(o) =
+        (pod.metadata.owner_references.iter()).find(|o| o.kind != "Node" || o.name != node)
+    {
+        return Err(format!(
+            "it names an owner other than its node: {} {}",
+            o.kind, o.name
+        ));
+    }
+    if let Some(what) = pod.uses_api_objects() {
+        return Err(format!("it uses {what}"));
+    }
+    Ok(())
+}
+
 fn pod_uses(pod: &Pod, kind: Kind, name: &str) -> bool {
     let s = &pod.spec;
     let projected = |v: &shoal_api::Volume| {

@@ -175,6 +175,13 @@ impl Service {
                     "{key} is not bound to node {me:?}"
                 )));
             }
+            // A static pod's status goes on its mirror, never on a pod of the same name.
+            let reported: Option<Pod> = obj.clone().into_typed().ok();
+            if reported.is_some_and(|r| r.is_static()) && !pod.is_mirror() {
+                return Err(Error::Forbidden(format!(
+                    "{key} is not the mirror pod of node {me:?}'s static pod"
+                )));
+            }
         }
         self.store.update_status(obj, None).await?;
         Ok(Response::Ok)

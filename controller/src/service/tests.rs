@@ -191,6 +191,85 @@ async fn a_node_reads_only_what_is_bound_to_it_and_writes_only_its_own_status() 
     }
 }
 
+/// A node makes and removes the mirror pods of its static pods, and nothing else: no plain
+/// pod, no mirror bound elsewhere or using a Secret, no deletion of a pod that is not its
+/// mirror; a static pod's status goes on its mirror only.
+#[tokio::test]
+async fn a_node_creates_and_deletes_only_its_own_mirror_pods() {
+    let (_dir, s) = service().await;
+    let admin = Identity::Admin("admin".into());
+    call(
+        &s,
+        &admin,
+        Request::Apply {
+            objects: vec![pod("plain", "pi-1", "x")],
+        },
+    )
+    .await
+    .unwrap();
+    let me = Identity::Node("pi-1".into());
+    let mirror = |name: &str, node: &str, extra: serde_json::Value| {
+        let mut v = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "annotations": {"kubernetes.io/config.mirror": "abc"}},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x"}]}});
+        if let (Some(spec), Some(extra)) = (v["spec"].as_object_mut(), extra.as_object()) {
+            spec.extend(extra.clone());
+        }
+        Request::Create {
+            object: json(v),
+            options: Default::default(),
+        }
+    };
+    let delete = |name: &str| Request::Delete {
+        kind: "Pod".into(),
+        namespace: None,
+        name: name.into(),
+        propagation: Default::default(),
+        grace_period: None,
+    };
+    let none = serde_json::json!({});
+    let with_secret =
+        serde_json::json!({"volumes": [{"name": "v", "secret": {"secretName": "db"}}]});
+    let plain = Request::Create {
+        object: pod("sneaky", "pi-1", "db"),
+        options: Default::default(),
+    };
+    let static_status = json(serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "plain", "annotations": {"kubernetes.io/config.source": "file"}},
+        "status": {"phase": "Running"}}));
+    let cases: Vec<(&str, Request, Option<ErrorCode>)> = vec![
+        ("its mirror", mirror("web-pi-1", "pi-1", none.clone()), None),
+        ("a plain pod", plain, Some(ErrorCode::Forbidden)),
+        (
+            "a mirror bound to another node",
+            mirror("web-pi-2", "pi-2", none.clone()),
+            Some(ErrorCode::Forbidden),
+        ),
+        (
+            "a mirror that uses a Secret",
+            mirror("db-pi-1", "pi-1", with_secret),
+            Some(ErrorCode::Forbidden),
+        ),
+        (
+            "a static pod's status on a pod that is not its mirror",
+            Request::UpdateStatus {
+                object: static_status,
+            },
+            Some(ErrorCode::Forbidden),
+        ),
+        (
+            "delete a pod that is not a mirror",
+            delete("plain"),
+            Some(ErrorCode::Forbidden),
+        ),
+        ("delete its mirror", delete("web-pi-1"), None),
+    ];
+    for (what, req, want) in cases {
+        let got = call(&s, &me, req).await.err();
+        assert_eq!(got, want, "{what}");
+    }
+}
+
 #[tokio::test]
 async fn joining_needs_a_known_token_secret_and_the_ca_sets_the_name() {
     use shoal_transport::pki::{fingerprint_of_cert, node_key_and_csr, pem_to_der};
