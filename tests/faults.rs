@@ -452,12 +452,32 @@ spec:
     let all = c.shoal(&["get", "pods", "--no-headers"]).stdout();
     assert_eq!(all.lines().count(), 4, "no duplicates: {all}");
     assert_eq!(c.shoal(&["logs", "oneshot"]).ok(), "ran once\n");
-    // What the pods wrote while the node was cut off is in their logs.
+    // What the pods wrote while the node was cut off is in their logs. The wasm pod ended
+    // with the killed agent: the offline run is a restart, counted, and the first run's log
+    // is its previous one, as the kubelet keeps it.
     let wasm_log = c.shoal(&["logs", "wasm-web"]).ok();
     assert_eq!(
         wasm_log.matches("serving on 8090").count(),
-        2,
-        "the first run's and the offline run's: {wasm_log}"
+        1,
+        "the offline run's: {wasm_log}"
+    );
+    let previous = c.shoal(&["logs", "wasm-web", "--previous"]).ok();
+    assert_eq!(
+        previous.matches("serving on 8090").count(),
+        1,
+        "the first run's: {previous}"
+    );
+    let wasm = c.pod("wasm-web");
+    assert_eq!(
+        (
+            field(&wasm, "status.containerStatuses.0.restartCount"),
+            field(
+                &wasm,
+                "status.containerStatuses.0.lastState.terminated.reason"
+            )
+        ),
+        ("1".to_string(), "AgentRestarted".to_string()),
+        "{wasm}"
     );
     let crasher: serde_json::Value = c.pod("crasher");
     assert!(
