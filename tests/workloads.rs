@@ -759,8 +759,41 @@ fn pods_of_a_dead_node_are_replaced_after_their_toleration_and_its_return_leaves
     c.wait_for("2-2 spread", Duration::from_secs(60), |c| {
         placements(c, "app=web") == ["node-1", "node-1", "node-2", "node-2"]
     });
+    // A DaemonSet beside it: its pod tolerates the node being away (it is never lost), but
+    // while its node is silent it is not ready, and ready again when the node is back.
+    c.controller
+        .shoal_stdin(&["apply", "-f", "-"], Some(DAEMON))
+        .ok();
+    let daemon_ready_on_2 = |c: &Cluster| -> Option<(String, String)> {
+        let out = c
+            .shoal(&["get", "pods", "-l", "app=daemon", "-o", "json"])
+            .stdout();
+        let list: serde_json::Value = serde_json::from_str(&out).ok()?;
+        let pod = list["items"]
+            .as_array()?
+            .iter()
+            .find(|p| p["spec"]["nodeName"] == "node-2")?
+            .clone();
+        let ready = pod["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Ready")?
+            .clone();
+        Some((
+            ready["status"].as_str()?.to_string(),
+            ready["reason"].as_str().unwrap_or_default().to_string(),
+        ))
+    };
+    c.wait_for("the daemon ready on node-2", Duration::from_secs(60), |c| {
+        daemon_ready_on_2(c).is_some_and(|(s, _)| s == "True")
+    });
 
     second.kill9();
+    c.wait_for(
+        "the daemon on the silent node-2 not ready",
+        Duration::from_secs(30),
+        |c| daemon_ready_on_2(c) == Some(("False".into(), "NodeNotReady".into())),
+    );
     c.wait_for(
         "node-2 NotReady and tainted",
         Duration::from_secs(30),
@@ -806,6 +839,11 @@ fn pods_of_a_dead_node_are_replaced_after_their_toleration_and_its_return_leaves
                 .count()
                 == 2
     });
+    c.wait_for(
+        "the daemon on node-2 ready again",
+        Duration::from_secs(30),
+        |c| daemon_ready_on_2(c).is_some_and(|(s, _)| s == "True"),
+    );
     // Invariant: exactly the desired replicas, and the pods that came back stay (the default
     // policy, keep-original): their replacements on node-1 are the ones removed.
     c.wait_for("duplicates resolved", Duration::from_secs(30), |c| {

@@ -199,6 +199,33 @@ pub fn evictions<'a>(
         .collect()
 }
 
+/// `pod` as not ready because its node is, if it was ready: what Kubernetes' node controller
+/// does to every pod of a node that stops posting status, so Services stop sending it traffic
+/// at once (a DaemonSet's pods, which tolerate the node being away, included). Its agent's
+/// next report, when it comes back, says again what holds.
+pub fn mark_not_ready(pod: &Pod, node: &str, now: DateTime<Utc>) -> Option<Pod> {
+    let ready = pod
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.is_true());
+    if !ready || pod.is_terminal() {
+        return None;
+    }
+    let mut p = pod.clone();
+    let at = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    for c in p.status.iter_mut().flat_map(|s| s.conditions.iter_mut()) {
+        if c.type_ == "Ready" {
+            c.status = "False".into();
+            c.reason = Some("NodeNotReady".into());
+            c.message = Some(format!("node {node} is not ready"));
+            c.last_transition_time = Some(at.clone());
+        }
+    }
+    Some(p)
+}
+
 /// Since when `node` has been tainted unreachable, if it is.
 fn unreachable_since(node: &Node) -> Option<&str> {
     node.spec
@@ -226,6 +253,29 @@ async fn pods_if_evicting(store: &Store, nodes: &[Node]) -> Vec<Pod> {
         store.list_typed(Kind::Pod, None).await.unwrap_or_default()
     } else {
         Vec::new()
+    }
+}
+
+/// Marks every ready pod of `node` not ready ([`mark_not_ready`]).
+async fn mark_pods_not_ready(store: &Store, node: &str) {
+    let pods: Vec<Pod> = store.list_typed(Kind::Pod, None).await.unwrap_or_default();
+    let now = Utc::now();
+    let on_node = pods
+        .iter()
+        .filter(|p| p.spec.node_name.as_deref() == Some(node));
+    for pod in on_node {
+        let Some(marked) = mark_not_ready(pod, node, now) else {
+            continue;
+        };
+        match store
+            .update_status(Object::Pod(marked), Some(pod.metadata.revision()))
+            .await
+        {
+            Ok(_) | Err(Error::Conflict(_)) | Err(Error::NotFound(_)) => {}
+            Err(e) => {
+                tracing::warn!(error = %shoal_transport::report(&e), "node lifecycle: cannot mark a pod not ready")
+            }
+        }
     }
 }
 
@@ -330,11 +380,13 @@ pub async fn run(
                 st.conditions.retain(|c| c.type_ != "Ready");
                 st.conditions.push(condition);
             }
+            let name = node.metadata.name.clone();
             match store
                 .update_status(Object::Node(node), Some(revision))
                 .await
             {
-                Ok(_) | Err(Error::Conflict(_)) | Err(Error::NotFound(_)) => {}
+                Ok(_) => mark_pods_not_ready(&store, &name).await,
+                Err(Error::Conflict(_)) | Err(Error::NotFound(_)) => {}
                 Err(e) => {
                     tracing::warn!(error = %shoal_transport::report(&e), "node lifecycle: cannot update a node")
                 }
@@ -378,6 +430,38 @@ mod tests {
             });
         }
         p
+    }
+
+    #[test]
+    fn a_ready_pod_of_a_node_that_went_silent_is_marked_not_ready_once() {
+        let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 1, 0).unwrap();
+        let mut p = pod("web", None);
+        assert_eq!(
+            mark_not_ready(&p, "n", now),
+            None,
+            "no status: nothing to mark"
+        );
+        p.status = Some(shoal_api::PodStatus {
+            phase: Some("Running".into()),
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let marked = mark_not_ready(&p, "n", now).expect("marked");
+        let ready = &marked.status.as_ref().unwrap().conditions[0];
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_deref()),
+            ("False", Some("NodeNotReady"))
+        );
+        assert_eq!(mark_not_ready(&marked, "n", now), None, "once");
+        let mut done = p.clone();
+        if let Some(s) = done.status.as_mut() {
+            s.phase = Some("Succeeded".into());
+        }
+        assert_eq!(mark_not_ready(&done, "n", now), None);
     }
 
     #[test]

@@ -435,6 +435,20 @@ impl Supervisor {
             .get(&uid)
             .map(|r| (r.dir.clone(), r.state.clone()));
         if let Some((dir, state)) = known {
+            // The controller marks a silent node's pods not ready; once this node is heard
+            // again, what holds here is said again.
+            let theirs = pod.status.as_ref().is_some_and(|st| {
+                st.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.is_true())
+            });
+            let stale = lock(&state)
+                .readiness
+                .as_ref()
+                .is_some_and(|(mine, _)| *mine != theirs);
+            if stale {
+                status::report(&self.0, &state).await;
+            }
             return self.relabel(pod, &dir, &state).await;
         }
         if pod.is_terminal() || pod.spec.node_name.as_deref() != Some(self.0.node.as_str()) {
