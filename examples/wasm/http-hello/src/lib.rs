@@ -1,5 +1,6 @@
-//! A wasi:http handler: answers every request with `hello from POD (METHOD PATH)`, where POD
-//! is the `POD_NAME` variable (the manifest sets it from `metadata.name`). Build it for
+//! A wasi:http handler: answers every request with `GREETING from POD (METHOD PATH)`, where
+//! POD is the `POD_NAME` variable (the manifest sets it from `metadata.name`) and GREETING the
+//! `GREETING` variable, `hello` without it. Build it for
 //! `wasm32-wasip2`; Shoal serves it on the container's port, one instance per request.
 
 use wasi::http::types::{
@@ -19,7 +20,8 @@ impl wasi::exports::http::incoming_handler::Guest for Hello {
         };
         let path = request.path_with_query().unwrap_or_default();
         let pod = std::env::var("POD_NAME").unwrap_or_else(|_| "an unnamed pod".into());
-        let text = format!("hello from {pod} ({method} {path})\n");
+        let greeting = std::env::var("GREETING").unwrap_or_else(|_| "hello".into());
+        let text = format!("{greeting} from {pod} ({method} {path})\n");
         let headers = Fields::new();
         let _ = headers.set("content-type", &[b"text/plain".to_vec()]);
         let response = OutgoingResponse::new(headers);

@@ -1,0 +1,73 @@
+//! Every manifest in `examples/` runs as shipped: applied as the README says, it reaches the
+//! state its comments document. A new example without a check here fails the test.
+
+mod kit;
+
+use kit::{field, repo_path, Cluster};
+use std::io::{Read, Write};
+use std::time::Duration;
+
+/// The body a plain HTTP GET of `/` on `127.0.0.1:port` answers, if it does.
+fn get(port: u16) -> Option<String> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out.split_once("\r\n\r\n")?.1.to_string())
+}
+
+/// `examples/hello.yaml`: the pod greets with its ConfigMap's greeting.
+fn hello(c: &Cluster) {
+    c.wait_for("hello greeting", Duration::from_secs(90), |c| {
+        c.shoal(&["logs", "hello"])
+            .stdout()
+            .contains("Hello from the edge from hello")
+    });
+}
+
+/// `examples/shop.yaml`: the Deployment available, its pod ready, answering with the
+/// ConfigMap's greeting on its port, and its Service's endpoints holding it.
+fn shop(c: &Cluster) {
+    c.wait_for("the shop available", Duration::from_secs(90), |c| {
+        let d = c.shoal(&["get", "deploy", "web", "-n", "shop", "-o", "json"]);
+        let d: serde_json::Value = serde_json::from_str(&d.stdout()).unwrap_or_default();
+        field(&d, "status.availableReplicas") == "1"
+    });
+    c.wait_for("the shop answering", Duration::from_secs(30), |_| {
+        get(8080).is_some_and(|b| b.contains("welcome to the shop from web-"))
+    });
+    c.wait_for("the shop's endpoints", Duration::from_secs(30), |c| {
+        let e = c.shoal(&["get", "endpoints", "web", "-n", "shop", "-o", "json"]);
+        let e: serde_json::Value = serde_json::from_str(&e.stdout()).unwrap_or_default();
+        !field(&e, "subsets.0.addresses.0.ip").is_empty()
+    });
+}
+
+/// An example's file name, and the check of the state it documents.
+type Check = (&'static str, fn(&Cluster));
+
+#[test]
+fn every_example_reaches_its_documented_state() {
+    let checks: [Check; 2] = [("hello.yaml", hello), ("shop.yaml", shop)];
+    let mut shipped: Vec<String> = std::fs::read_dir(repo_path("examples"))
+        .expect("examples/")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".yaml") || n.ends_with(".yml"))
+        .collect();
+    shipped.sort();
+    let mut checked: Vec<String> = checks.iter().map(|(n, _)| n.to_string()).collect();
+    checked.sort();
+    assert_eq!(shipped, checked, "each example has its check here");
+
+    let c = Cluster::start(1);
+    for (name, check) in checks {
+        let path = repo_path("examples").join(name);
+        c.shoal(&["apply", "-f", path.to_str().unwrap_or_default()])
+            .ok();
+        check(&c);
+    }
+}
