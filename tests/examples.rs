@@ -4,20 +4,7 @@
 mod kit;
 
 use kit::{field, repo_path, Cluster};
-use std::io::{Read, Write};
 use std::time::Duration;
-
-/// The body a plain HTTP GET of `/` on `127.0.0.1:port` answers, if it does.
-fn get(port: u16) -> Option<String> {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out.split_once("\r\n\r\n")?.1.to_string())
-}
 
 /// `examples/hello.yaml`: the pod greets with its ConfigMap's greeting.
 fn hello(c: &Cluster) {
@@ -37,7 +24,7 @@ fn shop(c: &Cluster) {
         field(&d, "status.availableReplicas") == "1"
     });
     c.wait_for("the shop answering", Duration::from_secs(30), |_| {
-        get(8080).is_some_and(|b| b.contains("welcome to the shop from web-"))
+        kit::http_get(8080).is_some_and(|b| b.contains("welcome to the shop from web-"))
     });
     c.wait_for("the shop's endpoints", Duration::from_secs(30), |c| {
         let e = c.shoal(&["get", "endpoints", "web", "-n", "shop", "-o", "json"]);

@@ -6,7 +6,6 @@
 mod kit;
 
 use kit::{field, Agent, Cluster, Controller};
-use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -26,18 +25,6 @@ spec:
     ports: [{{containerPort: {PORT}}}]
 "#
     )
-}
-
-/// The body the static pod serves, if it answers.
-fn get() -> Option<String> {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], PORT));
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out.split_once("\r\n\r\n")?.1.to_string())
 }
 
 fn wait_until(what: &str, timeout: Duration, agent: &Agent, mut ok: impl FnMut() -> bool) {
@@ -75,7 +62,7 @@ fn a_static_pod_runs_from_its_file_with_and_without_the_controller_and_follows_t
         "the static pod serving",
         Duration::from_secs(60),
         &c.agents[0],
-        || get().is_some_and(|b| b.contains("hello static one")),
+        || kit::http_get(PORT).is_some_and(|b| b.contains("hello static one")),
     );
     assert!(c.agents[0]
         .log()
@@ -112,7 +99,7 @@ fn a_static_pod_runs_from_its_file_with_and_without_the_controller_and_follows_t
         field(&m, "status.phase") == "Running"
             && field(&m, "metadata.uid") != field(&first, "metadata.uid")
     });
-    assert!(get().is_some_and(|b| b.contains("hello static one")));
+    assert!(kit::http_get(PORT).is_some_and(|b| b.contains("hello static one")));
 
     // A changed file: the pod restarts as it now says, and its mirror follows.
     std::fs::write(&file, manifest("hello static two")).unwrap();
@@ -120,7 +107,7 @@ fn a_static_pod_runs_from_its_file_with_and_without_the_controller_and_follows_t
         "the changed pod serving",
         Duration::from_secs(60),
         &c.agents[0],
-        || get().is_some_and(|b| b.contains("hello static two")),
+        || kit::http_get(PORT).is_some_and(|b| b.contains("hello static two")),
     );
     c.wait_for(
         "the mirror of the changed file",
@@ -135,13 +122,16 @@ fn a_static_pod_runs_from_its_file_with_and_without_the_controller_and_follows_t
     c.controller.kill9();
     c.agents[0].terminate();
     c.agents[0].wait_exit(Duration::from_secs(20));
-    assert!(get().is_none(), "a wasm pod ends with its agent");
+    assert!(
+        kit::http_get(PORT).is_none(),
+        "a wasm pod ends with its agent"
+    );
     c.agents[0] = start_agent(&c.controller, dir.path(), &manifests);
     wait_until(
         "the static pod serving with no controller",
         Duration::from_secs(60),
         &c.agents[0],
-        || get().is_some_and(|b| b.contains("hello static two")),
+        || kit::http_get(PORT).is_some_and(|b| b.contains("hello static two")),
     );
 
     // A removed file stops it.
@@ -150,7 +140,7 @@ fn a_static_pod_runs_from_its_file_with_and_without_the_controller_and_follows_t
         "the pod of the removed file stopped",
         Duration::from_secs(60),
         &c.agents[0],
-        || get().is_none(),
+        || kit::http_get(PORT).is_none(),
     );
 
     // A file that cannot run is named in the log with why.

@@ -648,28 +648,49 @@ fn a_drain_of_a_dead_node_returns_once_its_pods_are_deleted() {
     assert!(out.ends_with("node/node-1 drained\n"), "{out}");
 }
 
+/// A cluster for the tests of lost nodes: a node is NotReady 3 s after it goes silent and its
+/// pods are taken as lost 3 s later (its agents report every second).
+struct Lossy {
+    c: Cluster,
+    token: String,
+    dir: tempfile::TempDir,
+}
+
+impl Lossy {
+    fn start() -> Lossy {
+        let dir = tempfile::tempdir().unwrap();
+        let controller = kit::Controller::start_with_args(
+            &dir.path().join("c"),
+            &[
+                "--node-grace-period",
+                "3",
+                "--default-unreachable-toleration-seconds",
+                "3",
+            ],
+        );
+        let token = std::fs::read_to_string(controller.dir.join("token")).unwrap();
+        Lossy {
+            c: Cluster::adopt(controller, vec![]),
+            token: token.trim().to_string(),
+            dir,
+        }
+    }
+
+    /// An agent named `name` (its data kept across its restarts).
+    fn agent(&self, name: &str) -> kit::Agent {
+        kit::Agent::with(&self.c.controller, name, &self.dir.path().join(name))
+            .token(&self.token)
+            .args(&["--node-status-update-frequency", "1"])
+            .start()
+    }
+}
+
 /// A Job's pod on a node that is lost is replaced; when the node comes back with it, the Job
 /// keeps one of the two and completes once, as a ReplicaSet resolves its duplicates.
 #[test]
 fn a_jobs_pod_on_a_lost_node_is_replaced_and_the_job_completes_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = kit::Controller::start_with_args(
-        &dir.path().join("c"),
-        &[
-            "--node-grace-period",
-            "3",
-            "--default-unreachable-toleration-seconds",
-            "3",
-        ],
-    );
-    let token = std::fs::read_to_string(controller.dir.join("token")).unwrap();
-    let c = Cluster::adopt(controller, vec![]);
-    let agent = |name: &str| {
-        kit::Agent::with(&c.controller, name, &dir.path().join(name))
-            .token(token.trim())
-            .args(&["--node-status-update-frequency", "1"])
-            .start()
-    };
+    let lossy = Lossy::start();
+    let (c, agent) = (&lossy.c, |name: &str| lossy.agent(name));
     let mut agents = [agent("node-1"), agent("node-2")];
     c.wait_nodes_ready();
     c.push_probe();
@@ -688,7 +709,7 @@ fn a_jobs_pod_on_a_lost_node_is_replaced_and_the_job_completes_once() {
     c.wait_for("the job's pod running", Duration::from_secs(60), |c| {
         placements(c, "job-name=lasting").len() == 1
     });
-    let node = placements(&c, "job-name=lasting")[0].clone();
+    let node = placements(c, "job-name=lasting")[0].clone();
     let i = usize::from(node == "node-2");
     agents[i].kill9();
     c.wait_for(
@@ -725,24 +746,8 @@ fn a_jobs_pod_on_a_lost_node_is_replaced_and_the_job_completes_once() {
 #[test]
 fn pods_of_a_dead_node_are_replaced_after_their_toleration_and_its_return_leaves_exactly_the_replicas(
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let controller = kit::Controller::start_with_args(
-        &dir.path().join("c"),
-        &[
-            "--node-grace-period",
-            "3",
-            "--default-unreachable-toleration-seconds",
-            "3",
-        ],
-    );
-    let token = std::fs::read_to_string(controller.dir.join("token")).unwrap();
-    let c = Cluster::adopt(controller, vec![]);
-    let agent = |name: &str| {
-        kit::Agent::with(&c.controller, name, &dir.path().join(name))
-            .token(token.trim())
-            .args(&["--node-status-update-frequency", "1"])
-            .start()
-    };
+    let lossy = Lossy::start();
+    let (c, agent) = (&lossy.c, |name: &str| lossy.agent(name));
     let _first = agent("node-1");
     let mut second = agent("node-2");
     c.wait_for("two nodes Ready", Duration::from_secs(30), |c| {
@@ -812,7 +817,7 @@ fn pods_of_a_dead_node_are_replaced_after_their_toleration_and_its_return_leaves
             .map(|l| l.split_whitespace().next().unwrap_or_default().to_string())
             .collect()
     };
-    let originals = on_node_2(&c);
+    let originals = on_node_2(c);
     assert_eq!(originals.len(), 2);
     c.wait_for(
         "the pods replaced on node-1, the lost ones marked, not deleted",
@@ -851,12 +856,12 @@ fn pods_of_a_dead_node_are_replaced_after_their_toleration_and_its_return_leaves
     });
     c.wait_reconcile_pass();
     assert_eq!(
-        web_pods(&c),
+        web_pods(c),
         4,
         "exactly the desired replicas, no duplicates"
     );
-    assert_eq!(running(&c).len(), 4);
-    let mut back = on_node_2(&c);
+    assert_eq!(running(c).len(), 4);
+    let mut back = on_node_2(c);
     back.sort();
     let mut want = originals.clone();
     want.sort();

@@ -1099,3 +1099,17 @@ pub fn push_busybox(c: &Cluster) {
     c.shoal(&["push", layout.to_str().expect("utf-8"), "busybox:1"])
         .ok();
 }
+
+/// The body a plain HTTP GET of `/` on `127.0.0.1:port` answers (chunks as sent), if it does:
+/// for pods on the node's network.
+pub fn http_get(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out.split_once("\r\n\r\n")?.1.to_string())
+}
