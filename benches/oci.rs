@@ -1,7 +1,10 @@
 //! OCI pod figures on a loopback cluster (a controller and one agent, real processes, real
 //! runc), printed: apply-to-Running latency (median, p99) of a busybox container pod with the
 //! image already on the node, beside a bare `runc run --detach` of a bundle made from the same
-//! image, in the same run.
+//! image, in the same run; and where the time goes, from the agent's log: the controller's
+//! part (apply, schedule, the watch to the node), the agent's preparing (volumes, env, image),
+//! the sandbox (network namespace, veth, address), the container's bundle (root file system,
+//! config.json, FIFOs) and runc's start, and the status report back.
 //!
 //! Run with `cargo bench --bench oci` as root with runc installed (`apt-get install runc
 //! busybox-static`); without them it says why and does nothing.
@@ -95,6 +98,65 @@ fn bare_runc(dir: &Path, layout: &Path) -> Vec<Duration> {
     times
 }
 
+/// The value of `key=...` in a log line, in milliseconds.
+fn field_ms(line: &str, key: &str) -> Option<f64> {
+    let at = line.find(&format!(" {key}="))? + key.len() + 2;
+    line[at..].split_whitespace().next()?.parse().ok()
+}
+
+/// The median of each phase of the benchmark's pods' starts, from the agent's log.
+fn breakdown(log: &str, totals: &mut [Duration]) {
+    let pods: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("pod started") && l.contains("pod=oci-"))
+        .collect();
+    let bundles: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("container bundle made") && l.contains("default/oci-"))
+        .collect();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let of =
+        |lines: &[&str], key: &str| median(lines.iter().filter_map(|l| field_ms(l, key)).collect());
+    let total = {
+        totals.sort();
+        totals
+            .get(totals.len() / 2)
+            .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+    };
+    let agent = of(&pods, "total_ms");
+    println!(
+        "  where apply to Running goes (medians of {} pods, ms):",
+        pods.len()
+    );
+    let rows = [
+        (
+            "controller: apply, schedule, watch to the node",
+            total - agent,
+        ),
+        ("agent: volumes, env, image", of(&pods, "prepare_ms")),
+        (
+            "agent: sandbox (netns, veth, address)",
+            of(&pods, "sandbox_ms"),
+        ),
+        (
+            "agent: bundle (rootfs, config.json, FIFOs)",
+            of(&bundles, "bundle_ms"),
+        ),
+        ("agent: runc started", of(&bundles, "spawn_ms")),
+        ("agent: container start, all of it", of(&pods, "start_ms")),
+        (
+            "agent: status report to the controller",
+            of(&pods, "report_ms"),
+        ),
+    ];
+    for (what, ms) in rows {
+        println!("    {what:<50} {ms:>7.1}");
+    }
+}
+
 fn main() {
     if let Err(why) = shoal_runtime::oci::find_runc() {
         println!("oci bench skipped: {why}");
@@ -120,7 +182,9 @@ fn main() {
         let mut bare = bare_runc(dir.path(), &layout);
 
         let controller = Controller::start(&dir.path().join("controller"));
-        let agent = Agent::start(&controller, "bench-node", &dir.path().join("agent"));
+        let agent = Agent::with(&controller, "bench-node", &dir.path().join("agent"))
+            .args(&["--log", "info,shoal_runtime::oci=debug"])
+            .start();
         let _leftovers = kit::Leftovers(vec![agent.dir.clone()], None);
         controller
             .shoal(&["push", layout.to_str().expect("path"), "busybox:1"])
@@ -161,6 +225,13 @@ fn main() {
             "{}",
             kit::latency_row("apply to Running, image on the node:", &mut cached, 1)
         );
+        let median = |v: &mut [Duration]| {
+            v.sort();
+            v.get(v.len() / 2).copied().unwrap_or_default()
+        };
+        let ratio = median(&mut cached).as_secs_f64() / median(&mut bare).as_secs_f64();
+        println!("  apply to Running / bare runc: {ratio:.2}x (goal <= 1.15x)");
+        breakdown(&agent.log(), &mut cached);
         drop(agent);
     });
 }

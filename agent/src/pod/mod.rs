@@ -77,6 +77,18 @@ struct PodRun {
     /// agent ([`state::Kept`]), and what was last written there.
     kept_file: PathBuf,
     kept: Vec<state::Kept>,
+    /// How its first start went, phase by phase, until it is logged (once a container of it
+    /// has started and been reported).
+    timing: Option<StartTiming>,
+}
+
+/// The phases of a pod's first start, from when this node saw it.
+struct StartTiming {
+    seen: std::time::Instant,
+    /// Until its volumes, env, images and sandbox were ready.
+    prepared: Duration,
+    /// Of which its sandbox: the network namespace, veth and address.
+    sandbox: Duration,
 }
 
 /// Which of a pod's containers: the `i`th of its init containers, or of its containers.
@@ -503,6 +515,7 @@ impl Supervisor {
             stop_grace: None,
             kept_file,
             kept,
+            timing: None,
         }));
         lock(&self.0.pods).insert(
             uid.clone(),

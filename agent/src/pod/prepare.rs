@@ -25,6 +25,8 @@ pub(super) struct Prepared {
     pub images: Vec<String>,
     /// The pod's address on the node's pod bridge.
     pub pod_ip: Option<std::net::Ipv4Addr>,
+    /// How long its sandbox (network namespace, veth, address) took to make.
+    pub sandbox_time: std::time::Duration,
 }
 
 /// One container, resolved, and the executor that runs it.
@@ -50,16 +52,19 @@ pub(super) async fn prepare(inner: &Inner, pod: &Pod, dir: &Path) -> Result<Prep
     let runc = executor(inner, pod)?;
     // The pod's network: its own namespace (with an address on the node's pod bridge when the
     // node has a pod range), or the node's.
+    let begun = std::time::Instant::now();
     let sandbox = match &runc {
         Some(_) if !pod.spec.host_network => Some(sandbox::create(inner, pod, dir).await?),
         _ => None,
     };
+    let sandbox_time = begun.elapsed();
     let placement = placement(inner, pod, sandbox.as_ref().and_then(|s| s.ip));
     let mut prepared = Prepared {
         init: Vec::new(),
         specs: Vec::new(),
         images: Vec::new(),
         pod_ip: sandbox.as_ref().and_then(|s| s.ip),
+        sandbox_time,
     };
     let pod_ctx = PodContext {
         inner,

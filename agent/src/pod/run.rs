@@ -25,6 +25,7 @@ pub(super) async fn run_pod(
     cancel: CancellationToken,
 ) {
     let pod = lock(&state).pod.clone();
+    let seen = std::time::Instant::now();
     let Some(prepared) = prepare_retrying(&inner, &state, &pod, &dir, &cancel).await else {
         return remove_sandbox(&inner, &pod, &dir).await;
     };
@@ -32,6 +33,11 @@ pub(super) async fn run_pod(
         let mut s = lock(&state);
         s.pod_ip = prepared.pod_ip.map(|ip| ip.to_string());
         s.images = prepared.images.clone();
+        s.timing = Some(super::StartTiming {
+            seen,
+            prepared: seen.elapsed(),
+            sandbox: prepared.sandbox_time,
+        });
     }
     if !prepared.images.is_empty() {
         let supervisor = Supervisor(inner.clone());
@@ -182,12 +188,13 @@ async fn keep_running(
             return;
         }
         let mut started = run.restarting();
+        let starting = std::time::Instant::now();
         let exit = match run.start(&workload).await {
             None => return,
             Some(Ok(handle)) => {
                 // As its executor knows it: a container taken back keeps its start.
                 started = handle.start_time().map_or(started, Into::into);
-                match run.watch(handle, started).await {
+                match run.watch(handle, started, starting.elapsed()).await {
                     Some(exit) => exit,
                     None => return,
                 }
@@ -497,6 +504,7 @@ impl OneContainer {
         &self,
         handle: shoal_runtime::Handle,
         started: chrono::DateTime<Utc>,
+        start_call: Duration,
     ) -> Option<shoal_runtime::Exit> {
         let (inner, state) = (&self.inner, &self.state);
         let pod = {
@@ -523,7 +531,9 @@ impl OneContainer {
             unhealthy,
         ));
         let _stop_probing = probing.drop_guard();
+        let reporting = std::time::Instant::now();
         report(inner, state).await;
+        log_start_timing(state, start_call, reporting.elapsed());
         let message = format!("Started container {}", self.name());
         event(inner, &pod, "Normal", "Started", message).await;
         tokio::select! {
@@ -580,6 +590,26 @@ impl OneContainer {
         }
         Some((at - Utc::now()).to_std().unwrap_or_default())
     }
+}
+
+/// Logs how the pod's first start went, once: where the time from seeing the pod to its
+/// first container reported running went (`benches/oci.rs` prints these).
+fn log_start_timing(state: &Arc<Mutex<PodRun>>, start_call: Duration, report: Duration) {
+    let (pod, timing) = {
+        let mut s = lock(state);
+        (s.pod.metadata.name.clone(), s.timing.take())
+    };
+    let Some(t) = timing else { return };
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    tracing::info!(
+        %pod,
+        prepare_ms = ms(t.prepared.saturating_sub(t.sandbox)),
+        sandbox_ms = ms(t.sandbox),
+        start_ms = ms(start_call),
+        report_ms = ms(report),
+        total_ms = ms(t.seen.elapsed()),
+        "pod started"
+    );
 }
 
 fn set_waiting(state: &Arc<Mutex<PodRun>>, reason: &str, message: Option<String>) {

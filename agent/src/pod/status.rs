@@ -195,6 +195,7 @@ mod tests {
             stop_grace: None,
             kept_file: std::path::PathBuf::new(),
             kept: vec![],
+            timing: None,
         }
     }
 

@@ -454,6 +454,7 @@ impl RuncRuntime {
             let _ = std::fs::remove_dir_all(&bundle);
         }
         std::fs::create_dir_all(&bundle).map_err(|e| Error::io(&bundle, e))?;
+        let begun = std::time::Instant::now();
         let made = self
             .make_bundle(&spec, &bundle, &id)
             .and_then(|()| crate::logs::fifos(&bundle, &spec.log_path, &id));
@@ -464,6 +465,7 @@ impl RuncRuntime {
             e
         };
         let ([out, err], copiers) = made.map_err(undo)?;
+        let bundled = begun.elapsed();
         // `$0` is the bundle, the rest is the runc command line: no quoting to get wrong. The
         // wrapper holds its FIFOs open for reading (fds 3 and 4, not passed on to runc), so
         // the container's writes to them never fail while no agent reads.
@@ -491,6 +493,13 @@ impl RuncRuntime {
             .map_err(undo)?;
         // Its start, for an agent that takes it back to report the same.
         let started = std::time::SystemTime::now();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        tracing::debug!(
+            container = %spec.id,
+            bundle_ms = ms(bundled),
+            spawn_ms = ms(begun.elapsed().saturating_sub(bundled)),
+            "container bundle made (root file system, config.json, FIFOs) and runc started"
+        );
         let nanos = started
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
