@@ -36,7 +36,7 @@ fn apply_get_delete_round_trip_of_a_multi_document_manifest() {
         &c.shoal(&["get", "cm", "shop-config", "-n", "shop", "-o", "yaml"])
             .ok(),
     );
-    assert_eq!(cm["data"]["greeting"], "hello from the edge");
+    assert_eq!(cm["data"]["greeting"], "welcome to the shop");
     assert_eq!(cm["metadata"]["namespace"], "shop");
     assert!(cm["metadata"]["uid"]
         .as_str()
@@ -47,15 +47,20 @@ fn apply_get_delete_round_trip_of_a_multi_document_manifest() {
             .ok(),
     );
     assert_eq!(deploy["apiVersion"], "apps/v1");
-    assert_eq!(deploy["spec"]["replicas"], 3);
+    assert_eq!(deploy["spec"]["replicas"], 1);
     assert_eq!(
         deploy["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"],
         "50m"
     );
     assert_eq!(
         deploy["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
-        "25%"
+        1
     );
+    // The file:// image was pushed and pinned by its digest.
+    let image = deploy["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(image.starts_with("http-hello@sha256:"), "{image}");
     let svc = yaml(
         &c.shoal(&["get", "svc", "web", "-n", "shop", "-o", "json"])
             .ok(),
@@ -65,7 +70,8 @@ fn apply_get_delete_round_trip_of_a_multi_document_manifest() {
     // A changed manifest reconfigures, bumping the generation.
     let changed = std::fs::read_to_string(manifest)
         .unwrap()
-        .replace("replicas: 3", "replicas: 5");
+        .replace("replicas: 1", "replicas: 5")
+        .replace("file://http-hello.wasm", image);
     let out = c.shoal_stdin(&["apply", "-f", "-"], Some(&changed)).ok();
     assert!(out.contains("deployment.apps/web configured"), "{out}");
     assert!(out.contains("configmap/shop-config unchanged"), "{out}");
