@@ -648,6 +648,14 @@ fn a_drain_of_a_dead_node_returns_once_its_pods_are_deleted() {
     assert!(out.ends_with("node/node-1 drained\n"), "{out}");
 }
 
+/// How many pods with this label are marked lost.
+fn lost(c: &Cluster, label: &str) -> usize {
+    c.shoal(&["get", "pods", "-l", label, "--no-headers"])
+        .stdout()
+        .matches(" NodeLost ")
+        .count()
+}
+
 /// A cluster for the tests of lost nodes: a node is NotReady 3 s after it goes silent and its
 /// pods are taken as lost 3 s later (its agents report every second).
 struct Lossy {
@@ -716,11 +724,7 @@ fn a_jobs_pod_on_a_lost_node_is_replaced_and_the_job_completes_once() {
         "a replacement running on the other node, the original marked lost",
         Duration::from_secs(60),
         |c| {
-            let lost = c
-                .shoal(&["get", "pods", "-l", "job-name=lasting", "--no-headers"])
-                .stdout()
-                .matches(" NodeLost ")
-                .count();
+            let lost = lost(c, "job-name=lasting");
             lost == 1 && placements(c, "job-name=lasting").iter().any(|n| n != &node)
         },
     );
@@ -823,11 +827,7 @@ fn pods_of_a_dead_node_are_replaced_after_their_toleration_and_its_return_leaves
         "the pods replaced on node-1, the lost ones marked, not deleted",
         Duration::from_secs(60),
         |c| {
-            let lost = c
-                .shoal(&["get", "pods", "-l", "app=web", "--no-headers"])
-                .stdout()
-                .matches(" NodeLost ")
-                .count();
+            let lost = lost(c, "app=web");
             placements(c, "app=web") == ["node-1", "node-1", "node-1", "node-1"] && lost == 2
         },
     );
