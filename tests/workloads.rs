@@ -484,6 +484,18 @@ spec:
     )
 }
 
+/// Asserts the Job's row in `get jobs`: Complete, with these completions.
+fn complete(c: &Cluster, job: &str, completions: &str) {
+    let table = c.shoal(&["get", "job", job, "--no-headers"]).ok();
+    assert!(
+        table
+            .split_whitespace()
+            .take(3)
+            .eq([job, "Complete", completions]),
+        "{table}"
+    );
+}
+
 #[test]
 fn a_job_completes_exactly_its_completions_and_a_failing_one_stops_at_its_backoff_limit() {
     let c = Cluster::start(2);
@@ -541,14 +553,7 @@ fn a_job_completes_exactly_its_completions_and_a_failing_one_stops_at_its_backof
         "{phases:?}"
     );
     assert_eq!(phases.len(), 5, "exactly 5 pods: {phases:?}");
-    let table = c.shoal(&["get", "job", "batch", "--no-headers"]).ok();
-    assert!(
-        table
-            .split_whitespace()
-            .take(3)
-            .eq(["batch", "Complete", "5/5"]),
-        "{table}"
-    );
+    complete(&c, "batch", "5/5");
     assert_eq!(
         c.shoal(&["get", "pods", "-l", "job-name=batch", "--no-headers"])
             .ok()
@@ -616,14 +621,7 @@ fn a_job_completes_exactly_its_completions_and_a_failing_one_stops_at_its_backof
         "every finished pod evicted"
     );
     c.wait_reconcile_pass();
-    let table = c.shoal(&["get", "job", "batch", "--no-headers"]).ok();
-    assert!(
-        table
-            .split_whitespace()
-            .take(3)
-            .eq(["batch", "Complete", "5/5"]),
-        "{table}"
-    );
+    complete(&c, "batch", "5/5");
     let j: serde_json::Value =
         serde_json::from_str(&c.shoal(&["get", "job", "doomed", "-o", "json"]).ok()).unwrap();
     assert_eq!(j["status"]["failed"], 3, "{j}");
