@@ -145,7 +145,11 @@ fn breakdown(log: &str, totals: &mut [Duration]) {
             "agent: bundle (rootfs, config.json, FIFOs)",
             of(&bundles, "bundle_ms"),
         ),
-        ("agent: runc started", of(&bundles, "spawn_ms")),
+        ("agent: runc spawned", of(&bundles, "spawn_ms")),
+        (
+            "agent: runc creating and starting it",
+            of(&bundles, "runc_ms"),
+        ),
         ("agent: container start, all of it", of(&pods, "start_ms")),
         (
             "agent: status report to the controller",

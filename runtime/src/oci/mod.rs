@@ -103,6 +103,10 @@ pub fn find_runc() -> std::result::Result<PathBuf, String> {
         .ok_or_else(|| "runc is not installed (apt-get install runc)".into())
 }
 
+/// The most a start waits for runc to have started the container before it is reported as
+/// running anyway (runc's own failure ends the wait at once).
+const START_WAIT: Duration = Duration::from_secs(10);
+
 /// Container ids runc accepts: letters, digits, `_`, `-`, `.`.
 fn container_id(key: &str) -> String {
     key.chars()
@@ -477,28 +481,43 @@ impl RuncRuntime {
             .arg(&self.runc)
             .arg("--root")
             .arg(&self.state)
-            .args(["run", "--keep", "--bundle"])
+            .args(["run", "--keep", "--pid-file"])
+            .arg(bundle.join("pid"))
+            .arg("--bundle")
             .arg(&bundle)
             .arg(&id)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let child = cmd
+        let mut child = cmd
             .spawn()
             .map_err(|e| Error::Start {
                 id: spec.id.clone(),
                 message: format!("cannot run {}: {e}", self.runc.display()),
             })
             .map_err(undo)?;
+        let spawned = begun.elapsed();
+        // Running once runc has started it (runc writes the pid file after the start), as
+        // the kubelet says Running once the container started: not when runc was only asked.
+        // A runc that ends first failed, which the exit file reports.
+        let pid_file = bundle.join("pid");
+        let deadline = std::time::Instant::now() + START_WAIT;
+        while !pid_file.exists()
+            && matches!(child.try_wait(), Ok(None))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         // Its start, for an agent that takes it back to report the same.
         let started = std::time::SystemTime::now();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         tracing::debug!(
             container = %spec.id,
             bundle_ms = ms(bundled),
-            spawn_ms = ms(begun.elapsed().saturating_sub(bundled)),
-            "container bundle made (root file system, config.json, FIFOs) and runc started"
+            spawn_ms = ms(spawned.saturating_sub(bundled)),
+            runc_ms = ms(begun.elapsed().saturating_sub(spawned)),
+            "container bundle made (root file system, config.json, FIFOs), runc ran it"
         );
         let nanos = started
             .duration_since(std::time::UNIX_EPOCH)
