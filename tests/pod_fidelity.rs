@@ -209,7 +209,11 @@ fn immutable_fields_are_refused_and_events_follow_the_object_not_its_name() {
     let first_uid = field(&c.pod("p"), "metadata.uid");
     c.shoal(&["delete", "pod", "p"]).ok();
     c.wait_for("the pod gone", Duration::from_secs(60), |c| {
-        !c.shoal(&["get", "pods"]).stdout().contains("p ")
+        // By the NAME column: a Job pod's random suffix may end in "p" too.
+        !c.shoal(&["get", "pods", "--no-headers"])
+            .stdout()
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some("p"))
     });
     c.apply(&pod("print, again, sleep, \"600000\""));
     c.wait_for("the new pod running", Duration::from_secs(60), |c| {
