@@ -33,6 +33,7 @@ fn config(server: &str, token: &str, name: String, dir: &Path) -> AgentConfig {
         labels: BTreeMap::new(),
         max_pods: 110,
         capacity: Default::default(),
+        devices: Vec::new(),
         pod_bridge: shoal_agent::POD_BRIDGE.into(),
         insecure_registries: vec![],
         image_gc_high_threshold: 85,

@@ -46,7 +46,7 @@ enum Command {
     #[cfg(feature = "controller")]
     Controller(cmd::controller::Args),
     /// Run an agent: join the controller and run the pods bound to this node.
-    Agent(cmd::agent::Args),
+    Agent(Box<cmd::agent::Args>),
     /// Run a whole cluster in one process (controller and local agent), the way to start.
     #[cfg(feature = "controller")]
     Up(cmd::up::Args),
@@ -124,7 +124,7 @@ fn main() -> std::process::ExitCode {
             Command::Controller(a) => cmd::controller::run(a).await,
             #[cfg(feature = "controller")]
             Command::Up(a) => cmd::up::run(a).await,
-            Command::Agent(a) => cmd::agent::run(a).await,
+            Command::Agent(a) => cmd::agent::run(*a).await,
             Command::Logs(a) => cmd::logs::run(a).await,
             Command::Exec(a) => cmd::exec::run(a).await,
             Command::PortForward(a) => cmd::port_forward::run(a).await,

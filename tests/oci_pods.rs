@@ -759,3 +759,103 @@ fn runc_images_lists_what_a_node_holds_and_collects_the_unused_ones() {
             .is_ok_and(|o| o.stdout.is_empty())
     });
 }
+
+/// Host devices as the node's admin gives them (`--device`): the node advertises the one it
+/// has, a pod that asks for it gets it at the path named, a second one stays Pending with the
+/// resource named until the first is gone, a pod that did not ask has no such device, and a
+/// wasm pod gets it as a file under /dev. The device is a null device the test makes (a pty
+/// cannot serve: the kernel opens a pty only through its own devpts).
+#[test]
+fn runc_devices_reach_the_pods_that_asked_and_no_more_pods_than_the_node_has() {
+    if runc_missing("runc_devices_reach_the_pods_that_asked_and_no_more_pods_than_the_node_has") {
+        return;
+    }
+    let scratch = tempfile::tempdir().expect("tmp");
+    let sensor = scratch.path().join("sensor0");
+    let made = Command::new("mknod")
+        .arg(&sensor)
+        .args(["c", "1", "3"])
+        .status()
+        .expect("mknod");
+    assert!(made.success(), "mknod {}", sensor.display());
+    let device = format!("devices.shoal.dev/serial={}:/dev/ttyS9", sensor.display());
+    let (c, _leftovers) = kit::oci_cluster(69, 1, &["--device", &device]);
+    let node: serde_json::Value =
+        serde_json::from_str(&c.shoal(&["get", "node", "node-1", "-o", "json"]).ok())
+            .expect("node");
+    assert_eq!(
+        node["status"]["allocatable"]["devices.shoal.dev/serial"],
+        "1"
+    );
+    kit::push_busybox(&c);
+    let serial = |name: &str, script: &str| {
+        pod(name, "busybox:1", script, "").replace(
+            "resources: {requests: {cpu: 10m, memory: 8Mi}}",
+            "resources: {requests: {cpu: 10m, memory: 8Mi}, limits: {devices.shoal.dev/serial: 1}}",
+        )
+    };
+    let script = |who: &str| {
+        format!("ls -l /dev/ttyS9; echo reading > /dev/ttyS9 && cat /dev/ttyS9 && echo {who} used it; sleep 600")
+    };
+    c.apply(&serial("serial-a", &script("a")));
+    c.wait_for("serial-a to use its device", Duration::from_secs(60), |c| {
+        c.shoal(&["logs", "serial-a"])
+            .stdout()
+            .contains("a used it")
+    });
+    let logs = c.shoal(&["logs", "serial-a"]).ok();
+    assert!(
+        logs.starts_with("crw-") && logs.contains("1,   3"),
+        "the node's own device, as on the host: {logs}"
+    );
+
+    c.apply(&serial("serial-b", &script("b")));
+    c.apply(&pod(
+        "plain",
+        "busybox:1",
+        "test -e /dev/ttyS9 && echo present || echo absent",
+        "  restartPolicy: Never\n",
+    ));
+    c.wait_for(
+        "the pod that did not ask to finish",
+        Duration::from_secs(60),
+        |c| c.pod("plain")["status"]["phase"] == "Succeeded",
+    );
+    assert_eq!(c.shoal(&["logs", "plain"]).ok().trim(), "absent");
+    let b = c.pod("serial-b");
+    assert_eq!(b["status"]["phase"], "Pending", "{b}");
+    assert!(
+        field(&b, "spec.nodeName").is_empty(),
+        "no node has a free device: {b}"
+    );
+    assert!(
+        b["status"]["conditions"]
+            .to_string()
+            .contains("insufficient devices.shoal.dev/serial"),
+        "{b}"
+    );
+
+    // The device is free once its pod is gone: the waiting pod gets it.
+    c.shoal(&["delete", "pod", "serial-a"]).ok();
+    c.wait_for(
+        "serial-b to use the freed device",
+        Duration::from_secs(60),
+        |c| {
+            c.shoal(&["logs", "serial-b"])
+                .stdout()
+                .contains("b used it")
+        },
+    );
+    c.shoal(&["delete", "pod", "serial-b"]).ok();
+
+    let probe = c.push_probe_component();
+    c.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: serial-wasm}}\nspec:\n  runtimeClassName: wasm\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: {probe}\n    args: [write, /dev/ttyS9, reading, cat, /dev/ttyS9, print, wasm used it]\n    resources: {{limits: {{devices.shoal.dev/serial: 1}}}}\n"
+    ));
+    c.wait_for("the wasm pod to finish", Duration::from_secs(60), |c| {
+        let phase = c.pod("serial-wasm")["status"]["phase"].clone();
+        phase == "Succeeded" || phase == "Failed"
+    });
+    let logs = c.shoal(&["logs", "serial-wasm"]).ok();
+    assert_eq!(logs.trim(), "wasm used it");
+}

@@ -22,6 +22,9 @@ pub struct AgentConfig {
     pub max_pods: u32,
     /// Extended resources the node advertises (`example.com/dongle: 2`).
     pub capacity: std::collections::BTreeMap<String, shoal_api::Quantity>,
+    /// Host devices the node gives pods that ask for them (`--device`), counted in its
+    /// capacity as extended resources.
+    pub devices: Vec<crate::devices::DeviceConfig>,
     /// How often the node posts its status (kubelet's --node-status-update-frequency).
     pub heartbeat: Duration,
     /// The Linux bridge the node's OCI pods are attached to.

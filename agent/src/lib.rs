@@ -4,6 +4,7 @@
 pub mod artifacts;
 pub mod backoff;
 pub mod config;
+pub mod devices;
 pub mod dns;
 pub mod env;
 pub mod error;

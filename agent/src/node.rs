@@ -100,6 +100,7 @@ pub fn describe(
     ]
     .into();
     resources.extend(config.capacity.clone());
+    resources.extend(crate::devices::capacity(&config.devices));
     let mut addresses = vec![NodeAddress {
         type_: "Hostname".into(),
         address: config.name.clone(),

@@ -67,6 +67,24 @@ pub struct ContainerSpec {
     /// Open descriptors that mounts name by `/proc/<pid>/fd/<n>` (checked subPaths): held as
     /// long as the spec, so a restart mounts the same objects.
     pub held: Vec<std::sync::Arc<std::os::fd::OwnedFd>>,
+    /// Host devices the node gave the container (OCI only: a wasm container gets them as
+    /// files in a mounted directory): made in its `/dev` and allowed by its device cgroup.
+    pub devices: Vec<Device>,
+}
+
+/// A host device node given to a container, as the device plugin API describes one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Device {
+    /// Where it is in the container (under `/dev`).
+    pub container_path: String,
+    /// A block device (`b`), else a character device (`c`).
+    pub block: bool,
+    pub major: u64,
+    pub minor: u64,
+    /// The node's permission bits, owner and group, as on the host.
+    pub file_mode: u32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// The function behind a [`Resolver`].

@@ -34,6 +34,11 @@ pub struct Args {
     /// Extended resources this node offers pods: example.com/dongle=2,vendor.io/gpu=1.
     #[arg(long, env = "SHOAL_NODE_CAPACITY", default_value = "")]
     pub capacity: String,
+    /// A host device pods may ask for, as an extended resource:
+    /// RESOURCE=HOST_PATH[:CONTAINER_PATH] (devices.shoal.dev/serial=/dev/ttyUSB0); repeatable.
+    /// The node's capacity counts those present.
+    #[arg(long = "device", env = "SHOAL_NODE_DEVICES")]
+    pub devices: Vec<String>,
     /// How often the node posts its status (10, 10s; keep well under the controller's
     /// --node-grace-period).
     #[arg(long, default_value = "10s", value_parser = super::duration::parse)]
@@ -113,6 +118,36 @@ pub fn parse_capacity(s: &str) -> Result<BTreeMap<String, shoal_api::Quantity>> 
     Ok(out)
 }
 
+/// `--device`: host devices, each counted under its resource; a resource is either devices
+/// or a plain count (`--capacity`), not both.
+pub fn parse_devices(
+    specs: &[String],
+    capacity: &str,
+) -> Result<Vec<shoal_agent::devices::DeviceConfig>> {
+    let devices =
+        shoal_agent::devices::parse(specs).map_err(|m| anyhow::anyhow!("--device: {m}"))?;
+    let counted = parse_capacity(capacity)?;
+    if let Some(d) = devices.iter().find(|d| counted.contains_key(&d.resource)) {
+        bail!(
+            "--device and --capacity both give {}: a device resource counts the devices named",
+            d.resource
+        );
+    }
+    for d in &devices {
+        // A device not plugged in yet counts once it is; a path that is no device is a
+        // mistake.
+        match shoal_agent::devices::device_node(&d.host, &d.container) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(device = %d.host.display(), resource = %d.resource, "no such device (yet): it counts once it is there");
+            }
+            other => {
+                other.with_context(|| format!("--device {}={}", d.resource, d.host.display()))?;
+            }
+        }
+    }
+    Ok(devices)
+}
+
 impl Args {
     pub fn config(&self) -> Result<AgentConfig> {
         let token = match (&self.token, &self.token_file) {
@@ -144,6 +179,7 @@ impl Args {
             labels,
             max_pods: self.max_pods,
             capacity: parse_capacity(&self.capacity)?,
+            devices: parse_devices(&self.devices, &self.capacity)?,
             pod_bridge: self.pod_bridge.clone(),
             insecure_registries: self.insecure_registries.clone(),
             image_gc_high_threshold: self.image_gc_high_threshold,

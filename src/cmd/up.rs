@@ -18,6 +18,9 @@ pub struct Args {
     /// Extended resources the local node offers pods: example.com/dongle=2.
     #[arg(long, env = "SHOAL_NODE_CAPACITY", default_value = "")]
     pub capacity: String,
+    /// Host devices the local node gives pods that ask for them (as `shoal agent --device`).
+    #[arg(long = "device", env = "SHOAL_NODE_DEVICES")]
+    pub devices: Vec<String>,
     /// On Ctrl-C, stop the local node's pods before exiting (as `shoal agent --drain-on-stop`);
     /// without it, OCI containers run on and are taken back by the next `shoal up`.
     #[arg(long)]
@@ -64,6 +67,7 @@ pub async fn run(args: Args) -> Result<()> {
         labels: Default::default(),
         max_pods: 110,
         capacity: super::agent::parse_capacity(&args.capacity)?,
+        devices: super::agent::parse_devices(&args.devices, &args.capacity)?,
         pod_bridge: shoal_agent::POD_BRIDGE.into(),
         insecure_registries: vec![],
         image_gc_high_threshold: 85,

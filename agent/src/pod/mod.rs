@@ -149,6 +149,8 @@ struct Inner {
     /// The uids of the static pods (from `--manifests`): no listing of the controller's
     /// stops them.
     statics: Mutex<std::collections::HashSet<String>>,
+    /// The host devices the node gives pods, and which pod holds which.
+    devices: crate::devices::Devices,
 }
 
 #[derive(Clone)]
@@ -216,6 +218,7 @@ impl Supervisor {
             stopping: CancellationToken::new(),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             statics: Mutex::default(),
+            devices: crate::devices::Devices::new(config.devices.clone(), &config.data_dir),
         }));
         // The range the controller gave this node last time: pods get addresses also when
         // the agent starts with the controller out of reach.

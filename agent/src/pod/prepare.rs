@@ -49,6 +49,7 @@ fn create_error(m: impl std::fmt::Display) -> NotReady {
 pub(super) async fn prepare(inner: &Inner, pod: &Pod, dir: &Path) -> Result<Prepared, NotReady> {
     std::fs::create_dir_all(dir.join("logs")).map_err(create_error)?;
     let volumes = volumes(inner, pod, dir).await?;
+    let devices = inner.devices.allocate(pod).map_err(create_error)?;
     let runc = executor(inner, pod)?;
     // The pod's network: its own namespace (with an address on the node's pod bridge when the
     // node has a pod range), or the node's.
@@ -73,6 +74,7 @@ pub(super) async fn prepare(inner: &Inner, pod: &Pod, dir: &Path) -> Result<Prep
         runc: runc.as_ref(),
         sandbox: sandbox.as_ref(),
         volumes: &volumes,
+        devices: &devices,
         placement: &placement,
     };
     for c in &pod.spec.init_containers {
@@ -210,6 +212,8 @@ struct PodContext<'a> {
     runc: Option<&'a Arc<RuncRuntime>>,
     sandbox: Option<&'a Sandbox>,
     volumes: &'a HashMap<String, PathBuf>,
+    /// The host devices the pod holds.
+    devices: &'a crate::devices::Held,
     placement: &'a crate::env::Placement,
 }
 
@@ -259,6 +263,32 @@ impl PodContext<'_> {
             });
         }
         Ok((mounts, subpaths))
+    }
+
+    /// The host devices the container gets from what its pod holds: for OCI in the spec (runc
+    /// makes them); for wasm, which has no device files of its own, as nodes in a directory
+    /// of its pod's mounted at /dev.
+    fn devices(
+        &self,
+        c: &shoal_api::Container,
+        mounts: &mut Vec<Mount>,
+    ) -> Result<Vec<shoal_runtime::Device>, NotReady> {
+        let devices = self
+            .inner
+            .devices
+            .for_container(self.pod, self.devices, &c.name)
+            .map_err(create_error)?;
+        if self.runc.is_some() || devices.is_empty() {
+            return Ok(devices);
+        }
+        let at = self.dir.join("devices").join(&c.name);
+        crate::devices::make_nodes(&at, &devices).map_err(create_error)?;
+        mounts.push(Mount {
+            host_path: at,
+            guest_path: "/dev".into(),
+            read_only: false,
+        });
+        Ok(Vec::new())
     }
 
     /// One container, resolved: its image fetched and checked, its env, argv and mounts; and
@@ -311,6 +341,7 @@ impl PodContext<'_> {
         };
         argv.extend(args.iter().cloned());
         let (mut mounts, subpaths) = self.mounts(c, &env.vars)?;
+        let devices = self.devices(c, &mut mounts)?;
         let network = match (self.runc, self.sandbox) {
             (None, _) => Network::Isolated,
             (Some(_), None) => Network::Host,
@@ -351,6 +382,7 @@ impl PodContext<'_> {
             cpu_limit_millis: millis(c.resources.limits.get("cpu")),
             log_path: self.dir.join("logs").join(format!("{}.log", c.name)),
             held: Vec::new(),
+            devices,
             // Wasm pods resolve the cluster's names through the proxy.
             resolver: self.runc.is_none().then(|| {
                 let proxy = inner.proxy.clone();

@@ -101,6 +101,11 @@ pub(super) async fn run_pod(
     // The sidecars outlive the containers: stopped once those are done for good (a Job's
     // pod) or stopped, last started first.
     sidecars.stop().await;
+    if !cancel.is_cancelled() {
+        // Done for good (a finished Job's pod): its devices are free for others, as the
+        // kubelet frees a terminated pod's.
+        inner.devices.release(&pod.metadata.uid);
+    }
     // The pod's sandbox (network namespace, volumes) lasts until the pod is deleted, also
     // after its containers have ended (a finished Job's pod).
     cancel.cancelled().await;

@@ -367,7 +367,7 @@ fn linux(container: &ContainerSpec, cgroups_path: &str) -> Result<Linux, String>
     linux.set_cgroups_path(Some(cgroups_path.into()));
     linux.set_uid_mappings(None);
     linux.set_gid_mappings(None);
-    linux.set_devices(None);
+    linux.set_devices(devices(container)?);
     linux.set_rootfs_propagation(None);
     linux.set_mount_label(None);
     let hardened = !s.privileged;
@@ -387,7 +387,41 @@ fn linux(container: &ContainerSpec, cgroups_path: &str) -> Result<Linux, String>
     Ok(linux)
 }
 
-/// The container's cgroup limits: no devices, a pids limit, memory (and swap) and CPU.
+/// The host devices the node gave the container, made in its `/dev` as on the host.
+fn devices(container: &ContainerSpec) -> Result<Option<Vec<oci::LinuxDevice>>, String> {
+    if container.devices.is_empty() {
+        return Ok(None);
+    }
+    container
+        .devices
+        .iter()
+        .map(|d| {
+            let to_i64 = |n: u64| i64::try_from(n).map_err(|_| format!("device number {n}"));
+            oci::LinuxDeviceBuilder::default()
+                .path(&d.container_path)
+                .typ(device_type(d))
+                .major(to_i64(d.major)?)
+                .minor(to_i64(d.minor)?)
+                .file_mode(d.file_mode & 0o7777)
+                .uid(d.uid)
+                .gid(d.gid)
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+fn device_type(d: &crate::Device) -> oci::LinuxDeviceType {
+    if d.block {
+        oci::LinuxDeviceType::B
+    } else {
+        oci::LinuxDeviceType::C
+    }
+}
+
+/// The container's cgroup limits: no devices but those the node gave it, a pids limit,
+/// memory (and swap) and CPU.
 fn resources(container: &ContainerSpec) -> Result<LinuxResources, String> {
     let err = |e: oci_spec::OciSpecError| e.to_string();
     let no_devices = LinuxDeviceCgroupBuilder::default()
@@ -395,12 +429,26 @@ fn resources(container: &ContainerSpec) -> Result<LinuxResources, String> {
         .access("rwm")
         .build()
         .map_err(err)?;
+    let mut device_rules = vec![no_devices];
+    for d in &container.devices {
+        let to_i64 = |n: u64| i64::try_from(n).map_err(|_| format!("device number {n}"));
+        device_rules.push(
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(device_type(d))
+                .major(to_i64(d.major)?)
+                .minor(to_i64(d.minor)?)
+                .access("rwm")
+                .build()
+                .map_err(err)?,
+        );
+    }
     let pids = LinuxPidsBuilder::default()
         .limit(container.pids_limit.unwrap_or(4096))
         .build()
         .map_err(err)?;
     let mut resources = LinuxResourcesBuilder::default()
-        .devices(vec![no_devices])
+        .devices(device_rules)
         .pids(pids)
         .build()
         .map_err(err)?;
@@ -553,6 +601,39 @@ pub(super) mod tests {
     fn json_of(c: &ContainerSpec, user: &User) -> Value {
         let spec = runtime_spec(c, &image(), user, "/shoal/x").expect("spec");
         serde_json::to_value(spec).expect("serializes")
+    }
+
+    #[test]
+    fn only_the_devices_the_node_gave_are_made_and_allowed() {
+        let plain = json_of(&ContainerSpec::default(), &User::default());
+        assert!(plain["linux"].get("devices").is_none());
+        assert_eq!(
+            plain["linux"]["resources"]["devices"],
+            serde_json::json!([{"allow": false, "access": "rwm"}])
+        );
+        let c = ContainerSpec {
+            devices: vec![crate::Device {
+                container_path: "/dev/ttyUSB0".into(),
+                block: false,
+                major: 188,
+                minor: 0,
+                file_mode: 0o20660,
+                uid: 0,
+                gid: 20,
+            }],
+            ..Default::default()
+        };
+        let s = json_of(&c, &User::default());
+        assert_eq!(
+            s["linux"]["devices"],
+            serde_json::json!([{"path": "/dev/ttyUSB0", "type": "c", "major": 188, "minor": 0,
+                "fileMode": 0o660, "uid": 0, "gid": 20}])
+        );
+        assert_eq!(
+            s["linux"]["resources"]["devices"],
+            serde_json::json!([{"allow": false, "access": "rwm"},
+                {"allow": true, "type": "c", "major": 188, "minor": 0, "access": "rwm"}])
+        );
     }
 
     #[test]
