@@ -3,7 +3,7 @@
 
 mod kit;
 
-use kit::{field, repo_path, Cluster};
+use kit::{field, repo_path, runc_missing, Cluster};
 use std::time::Duration;
 
 /// `examples/hello.yaml`: the pod greets with its ConfigMap's greeting.
@@ -33,8 +33,25 @@ fn shop(c: &Cluster) {
     });
 }
 
+/// `examples/busybox-web.yaml`: its Deployment available and its page served on the node's
+/// port 8081.
+fn busybox_web(c: &Cluster) {
+    c.wait_for("busybox-web available", Duration::from_secs(120), |c| {
+        let d = c.shoal(&["get", "deploy", "busybox-web", "-o", "json"]);
+        let d: serde_json::Value = serde_json::from_str(&d.stdout()).unwrap_or_default();
+        field(&d, "status.availableReplicas") == "1"
+    });
+    c.wait_for("busybox-web's page", Duration::from_secs(30), |_| {
+        kit::http_get(8081).is_some_and(|b| b.contains("hello from a busybox container"))
+    });
+}
+
 /// An example's file name, and the check of the state it documents.
 type Check = (&'static str, fn(&Cluster));
+
+/// The examples of OCI container pods: they need root and runc, and their images built first
+/// (`examples/oci/`), as their comments say.
+const RUNC_CHECKS: [Check; 1] = [("busybox-web.yaml", busybox_web)];
 
 #[test]
 fn every_example_reaches_its_documented_state() {
@@ -46,12 +63,39 @@ fn every_example_reaches_its_documented_state() {
         .filter(|n| n.ends_with(".yaml") || n.ends_with(".yml"))
         .collect();
     shipped.sort();
-    let mut checked: Vec<String> = checks.iter().map(|(n, _)| n.to_string()).collect();
+    let mut checked: Vec<String> = checks
+        .iter()
+        .chain(&RUNC_CHECKS)
+        .map(|(n, _)| n.to_string())
+        .collect();
     checked.sort();
     assert_eq!(shipped, checked, "each example has its check here");
 
     let c = Cluster::start(1);
     for (name, check) in checks {
+        let path = repo_path("examples").join(name);
+        c.shoal(&["apply", "-f", path.to_str().unwrap_or_default()])
+            .ok();
+        check(&c);
+    }
+}
+
+#[test]
+fn runc_the_oci_examples_reach_their_documented_state() {
+    if runc_missing("runc_the_oci_examples_reach_their_documented_state") {
+        return;
+    }
+    let built = std::process::Command::new("sh")
+        .arg(repo_path("examples/oci/busybox-image.sh"))
+        .output()
+        .expect("sh");
+    assert!(
+        built.status.success(),
+        "examples/oci/busybox-image.sh: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let (c, _leftovers) = kit::oci_cluster(66, 1, &[]);
+    for (name, check) in RUNC_CHECKS {
         let path = repo_path("examples").join(name);
         c.shoal(&["apply", "-f", path.to_str().unwrap_or_default()])
             .ok();
