@@ -20,6 +20,7 @@ fn api_version(kind: &str) -> &'static str {
     match kind {
         "Deployment" | "ReplicaSet" | "DaemonSet" => "apps/v1",
         "Job" => "batch/v1",
+        "StorageClass" => "storage.k8s.io/v1",
         _ => "v1",
     }
 }

@@ -49,6 +49,12 @@ pub struct AgentConfig {
     pub manifests: Option<PathBuf>,
 }
 
+/// Where a node keeps the volumes Shoal provisions on it (reported to the controller, which
+/// names their directories under it).
+pub fn storage_root(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("storage")
+}
+
 /// A container's log on disk at most, by default (the kubelet's 10Mi).
 pub const CONTAINER_LOG_MAX_SIZE: u64 = 10 * 1024 * 1024;
 

@@ -9,6 +9,7 @@ pub mod dns;
 pub mod env;
 pub mod error;
 mod events;
+pub mod host_path;
 pub mod images;
 pub mod join;
 pub mod local;

@@ -127,6 +127,12 @@ pub fn describe(
                     )
                 })
                 .into_iter()
+                .chain([(
+                    shoal_api::LOCAL_PATH_ROOT_ANNOTATION.to_string(),
+                    crate::config::storage_root(&config.data_dir)
+                        .display()
+                        .to_string(),
+                )])
                 .collect(),
             ..Default::default()
         },

@@ -14,10 +14,26 @@ const POD_MUTABLE: &str = "spec.tolerations (only additions to existing tolerati
 /// Fills in what the cluster decided for a Pod and a manifest leaves out (its node), so a
 /// re-applied manifest does not read as a change.
 pub fn keep_cluster_fields(stored: &Object, next: &mut Object) {
-    if let (Object::Pod(s), Object::Pod(n)) = (stored, next) {
-        if n.spec.node_name.is_none() {
+    match (stored, next) {
+        (Object::Pod(s), Object::Pod(n)) if n.spec.node_name.is_none() => {
             n.spec.node_name = s.spec.node_name.clone();
         }
+        // Its volume (the binder's) and class (the default's, when it named none).
+        (Object::PersistentVolumeClaim(s), Object::PersistentVolumeClaim(n)) => {
+            if n.spec.volume_name.is_none() {
+                n.spec.volume_name = s.spec.volume_name.clone();
+            }
+            if n.spec.storage_class_name.is_none() {
+                n.spec.storage_class_name = s.spec.storage_class_name.clone();
+            }
+        }
+        // Its claim (the binder's).
+        (Object::PersistentVolume(s), Object::PersistentVolume(n))
+            if n.spec.claim_ref.is_none() =>
+        {
+            n.spec.claim_ref = s.spec.claim_ref.clone();
+        }
+        _ => {}
     }
 }
 
@@ -48,6 +64,24 @@ pub fn violation(stored: &Object, next: &Object) -> Option<(String, String)> {
         // Non-indexed Jobs (Shoal's only kind) may change parallelism, not completions.
         (Object::Job(s), Object::Job(n)) if s.spec.completions != n.spec.completions => {
             immutable("spec.completions")
+        }
+        // A claim is what it was made as; only the binder fills in its volume.
+        // (Kubernetes lets a bound claim's request grow where its class allows expansion;
+        // Shoal's local volumes do not expand.)
+        (Object::PersistentVolumeClaim(s), Object::PersistentVolumeClaim(n))
+            if s.spec != n.spec =>
+        {
+            Some((
+                "spec".to_string(),
+                "spec is immutable after creation (Shoal's local volumes do not expand: make a new claim)"
+                    .to_string(),
+            ))
+        }
+        // A volume's source and capacity are what it was made with.
+        (Object::PersistentVolume(s), Object::PersistentVolume(n))
+            if s.spec.host_path != n.spec.host_path || s.spec.local != n.spec.local =>
+        {
+            immutable("spec.persistentvolumesource")
         }
         _ => None,
     }

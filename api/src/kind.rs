@@ -17,6 +17,9 @@ pub enum Kind {
     ConfigMap,
     Secret,
     Event,
+    PersistentVolumeClaim,
+    PersistentVolume,
+    StorageClass,
 }
 
 struct KindInfo {
@@ -125,10 +128,34 @@ const KINDS: &[KindInfo] = &[
         api_version: "v1",
         namespaced: true,
     },
+    KindInfo {
+        kind: Kind::PersistentVolumeClaim,
+        name: "PersistentVolumeClaim",
+        plural: "persistentvolumeclaims",
+        short: &["pvc"],
+        api_version: "v1",
+        namespaced: true,
+    },
+    KindInfo {
+        kind: Kind::PersistentVolume,
+        name: "PersistentVolume",
+        plural: "persistentvolumes",
+        short: &["pv"],
+        api_version: "v1",
+        namespaced: false,
+    },
+    KindInfo {
+        kind: Kind::StorageClass,
+        name: "StorageClass",
+        plural: "storageclasses",
+        short: &["sc"],
+        api_version: "storage.k8s.io/v1",
+        namespaced: false,
+    },
 ];
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 15] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -141,6 +168,9 @@ impl Kind {
         Kind::ConfigMap,
         Kind::Secret,
         Kind::Event,
+        Kind::PersistentVolumeClaim,
+        Kind::PersistentVolume,
+        Kind::StorageClass,
     ];
 
     fn info(self) -> &'static KindInfo {

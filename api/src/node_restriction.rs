@@ -10,8 +10,11 @@ use std::collections::{BTreeMap, BTreeSet};
 /// The annotation that lists the label keys an admin set (`shoal label node`); a node's
 /// heartbeat never overrides them.
 pub const ADMIN_LABELS: &str = "shoal.dev/admin-labels";
-/// The only annotation of its own a node may write.
-pub const NODE_ANNOTATIONS: &[&str] = &[PEER_PORT_ANNOTATION];
+/// The only annotations of its own a node may write.
+pub const NODE_ANNOTATIONS: &[&str] = &[
+    PEER_PORT_ANNOTATION,
+    crate::objects::LOCAL_PATH_ROOT_ANNOTATION,
+];
 
 /// The Node annotation that says on which port a node serves its peers' service proxies.
 pub const PEER_PORT_ANNOTATION: &str = "shoal.dev/peer-port";

@@ -80,8 +80,21 @@ macro_rules! objects {
 }
 
 objects!(
-    Namespace, Node, Pod, ReplicaSet, Deployment, DaemonSet, Job, Service, Endpoints, ConfigMap,
-    Secret, Event,
+    Namespace,
+    Node,
+    Pod,
+    ReplicaSet,
+    Deployment,
+    DaemonSet,
+    Job,
+    Service,
+    Endpoints,
+    ConfigMap,
+    Secret,
+    Event,
+    PersistentVolumeClaim,
+    PersistentVolume,
+    StorageClass,
 );
 
 impl Object {

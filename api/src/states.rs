@@ -152,7 +152,7 @@ impl Pod {
         self.metadata.annotations.contains_key(CONFIG_MIRROR)
     }
 
-    /// What other API object it would need, if any (ConfigMaps, Secrets, pull secrets): a
+    /// What other API object it would need, if any (ConfigMaps, Secrets, claims, pull secrets): a
     /// static pod and its mirror may use none, as nothing may have to come from a controller
     /// for the node to run it.
     pub fn uses_api_objects(&self) -> Option<&'static str> {
@@ -164,6 +164,8 @@ impl Pod {
                 Some("a Secret volume")
             } else if v.projected.is_some() {
                 Some("a projected volume")
+            } else if v.persistent_volume_claim.is_some() {
+                Some("a PersistentVolumeClaim volume")
             } else {
                 None
             }

@@ -38,6 +38,33 @@ pub fn columns(kind: Kind, wide: bool, all_namespaces: bool) -> Vec<&'static str
         Kind::Namespace => vec!["NAME", "STATUS", "AGE"],
         Kind::Node => vec!["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
         Kind::Event => vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+        Kind::PersistentVolumeClaim => vec![
+            "NAME",
+            "STATUS",
+            "VOLUME",
+            "CAPACITY",
+            "ACCESS MODES",
+            "STORAGECLASS",
+            "AGE",
+        ],
+        Kind::PersistentVolume => vec![
+            "NAME",
+            "CAPACITY",
+            "ACCESS MODES",
+            "RECLAIM POLICY",
+            "STATUS",
+            "CLAIM",
+            "STORAGECLASS",
+            "REASON",
+            "AGE",
+        ],
+        Kind::StorageClass => vec![
+            "NAME",
+            "PROVISIONER",
+            "RECLAIMPOLICY",
+            "VOLUMEBINDINGMODE",
+            "AGE",
+        ],
     };
     if wide {
         match kind {
@@ -213,6 +240,84 @@ fn template_wide(t: &PodTemplateSpec, selector: &crate::selector::LabelSelector)
     [names, images, or_none(sel)]
 }
 
+/// The rows of the storage kinds: claims, volumes and classes.
+fn storage_row(obj: &Object, name: String, age: String) -> Vec<String> {
+    match obj {
+        Object::PersistentVolumeClaim(c) => {
+            let st = c.status.clone().unwrap_or_default();
+            vec![
+                name,
+                c.phase().to_string(),
+                c.spec.volume_name.clone().unwrap_or_default(),
+                st.capacity
+                    .get("storage")
+                    .map(|q| q.to_string())
+                    .unwrap_or_default(),
+                access_modes(&st.access_modes),
+                c.spec.storage_class_name.clone().unwrap_or_default(),
+                age,
+            ]
+        }
+        Object::PersistentVolume(v) => vec![
+            name,
+            v.spec
+                .capacity
+                .get("storage")
+                .map(|q| q.to_string())
+                .unwrap_or_default(),
+            access_modes(&v.spec.access_modes),
+            v.reclaim_policy().to_string(),
+            v.phase().to_string(),
+            v.spec
+                .claim_ref
+                .as_ref()
+                .map(|r| {
+                    format!(
+                        "{}/{}",
+                        r.namespace.as_deref().unwrap_or_default(),
+                        r.name.as_deref().unwrap_or_default()
+                    )
+                })
+                .unwrap_or_default(),
+            v.spec.storage_class_name.clone().unwrap_or_default(),
+            v.status
+                .as_ref()
+                .and_then(|s| s.reason.clone())
+                .unwrap_or_default(),
+            age,
+        ],
+        Object::StorageClass(c) => vec![
+            if c.is_default() {
+                format!("{name} (default)")
+            } else {
+                name
+            },
+            c.provisioner.clone(),
+            c.reclaim_policy.clone().unwrap_or_else(|| "Delete".into()),
+            c.volume_binding_mode
+                .clone()
+                .unwrap_or_else(|| "Immediate".into()),
+            age,
+        ],
+        _ => Vec::new(),
+    }
+}
+
+/// kubectl's short access modes: `RWO,ROX`.
+fn access_modes(modes: &[String]) -> String {
+    modes
+        .iter()
+        .map(|m| match m.as_str() {
+            "ReadWriteOnce" => "RWO",
+            "ReadOnlyMany" => "ROX",
+            "ReadWriteMany" => "RWX",
+            "ReadWriteOncePod" => "RWOP",
+            other => other,
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// One row of a kind's table, matching [`columns`].
 pub fn row(obj: &Object, now: DateTime<Utc>, wide: bool, all_namespaces: bool) -> Vec<String> {
     let m = obj.metadata();
@@ -311,6 +416,9 @@ pub fn row(obj: &Object, now: DateTime<Utc>, wide: bool, all_namespaces: bool) -
         }
         Object::Node(n) => node_row(n, name, age, now, wide),
         Object::Event(e) => event_row(e, now),
+        Object::PersistentVolumeClaim(_)
+        | Object::PersistentVolume(_)
+        | Object::StorageClass(_) => storage_row(obj, name, age),
     };
     if all_namespaces && obj.kind().namespaced() {
         r.insert(0, m.namespace_or_default().to_string());

@@ -12,6 +12,7 @@
 mod affinity;
 mod extended;
 mod spread;
+pub mod volumes;
 
 use affinity::{AffinityMisfit, Placed, View};
 use shoal_api::{Node, Pod, Quantity, Taint, Toleration};
@@ -116,6 +117,7 @@ enum Misfit {
     Insufficient(String),
     Ports,
     Affinity(AffinityMisfit),
+    Volume(volumes::VolumeMisfit),
 }
 
 impl Misfit {
@@ -136,6 +138,7 @@ impl Misfit {
             Misfit::Insufficient(r) => format!("insufficient {r}"),
             Misfit::Ports => "node(s) didn't have free ports for the requested pod ports".into(),
             Misfit::Affinity(a) => a.describe().into(),
+            Misfit::Volume(v) => v.describe().into(),
         }
     }
 }
@@ -321,6 +324,8 @@ pub struct Snapshot<'a> {
     /// The bound pods as affinity sees them, and whether any has required anti-affinity.
     placed: Vec<Placed>,
     any_anti: bool,
+    /// The PersistentVolumeClaims, when the pass knows them.
+    claims: Option<volumes::Claims>,
 }
 
 impl<'a> Snapshot<'a> {
@@ -335,6 +340,7 @@ impl<'a> Snapshot<'a> {
             images: HashMap::new(),
             placed: Vec::new(),
             any_anti: false,
+            claims: None,
         };
         for p in pods.iter().filter(|p| holds_resources(p)) {
             if let Some(n) = p.spec.node_name.as_deref() {
@@ -351,13 +357,24 @@ impl<'a> Snapshot<'a> {
         self
     }
 
-    /// Counts `pod` as running on `node` from now on.
-    pub fn assume(&mut self, pod: &Pod, node: &str) {
+    /// The claims pods mount: a pod goes only where its volumes are, or can be made.
+    pub fn with_claims(mut self, claims: volumes::Claims) -> Self {
+        self.claims = Some(claims);
+        self
+    }
+
+    /// Counts `pod` as running on `node` from now on. Returns the claims of its that are to
+    /// be provisioned on `node` (local-path claims it is the first pod of).
+    pub fn assume(&mut self, pod: &Pod, node: &str) -> Vec<String> {
         if let Some(&i) = self.index.get(node) {
             self.nodes[i].add(pod);
             let placed = Placed::new(pod, i);
             self.any_anti |= !placed.anti.is_empty();
             self.placed.push(placed);
+        }
+        match &mut self.claims {
+            Some(c) => c.assume(pod, node),
+            None => Vec::new(),
         }
     }
 
@@ -375,6 +392,9 @@ impl<'a> Snapshot<'a> {
         };
         let affinity = pod.spec.affinity.is_some() || self.any_anti;
         let spread = spread::Spread::new(&view, pod);
+        if let Some(why) = self.claims.as_ref().and_then(|c| c.refusal(pod)) {
+            return Err(format!("0/{} nodes available: {why}", self.nodes.len()));
+        }
         for (i, info) in self.nodes.iter().enumerate() {
             let name = info.node.metadata.name.as_str();
             let fit = info
@@ -383,7 +403,11 @@ impl<'a> Snapshot<'a> {
                     true => view.fits(pod, i).map_err(Misfit::Affinity),
                     false => Ok(()),
                 })
-                .and_then(|()| spread.fits(&view, i).map_err(Misfit::Affinity));
+                .and_then(|()| spread.fits(&view, i).map_err(Misfit::Affinity))
+                .and_then(|()| match &self.claims {
+                    Some(c) => c.fit(pod, info.node).map_err(Misfit::Volume),
+                    None => Ok(()),
+                });
             match fit {
                 Err(m) => *misfits.entry(m).or_default() += 1,
                 Ok(()) => {

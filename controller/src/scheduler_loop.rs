@@ -5,20 +5,29 @@
 use crate::artifacts::Artifacts;
 use crate::batch::slow_start;
 use crate::error::{Error, Result};
+use crate::reconcile::volumes;
 use crate::scheduler::Snapshot;
-use crate::store::Store;
+use crate::store::{Op, Store};
 use crate::wake::Waker;
-use shoal_api::{Condition, Kind, Node, Object, Pod, PodStatus};
+use shoal_api::{Condition, Kind, Node, Object, PersistentVolumeClaim, Pod, PodStatus};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// A claim made after its pod (or a volume made by hand) lets a pending pod go.
+const WATCHED: &[Kind] = &[
+    Kind::Pod,
+    Kind::Node,
+    Kind::PersistentVolumeClaim,
+    Kind::PersistentVolume,
+];
+
 /// A pass runs on every pod or node change; this often with none (each pass reads every pod).
 const RESYNC: Duration = Duration::from_secs(5);
 
 pub async fn run(store: Store, artifacts: Arc<Artifacts>, shutdown: CancellationToken) {
-    let mut waker = Waker::new(store.clone(), &[Kind::Pod, Kind::Node], RESYNC);
+    let mut waker = Waker::new(store.clone(), WATCHED, RESYNC);
     while waker.wait(&shutdown).await {
         if let Err(e) = pass(&store, Some(&artifacts)).await {
             tracing::warn!(error = %shoal_transport::report(&e), "scheduling pass failed");
@@ -41,10 +50,53 @@ fn scheduled_condition(ok: bool, message: Option<String>) -> Condition {
     }
 }
 
-/// What a pass decided for one pending pod.
+/// What a pass decided for one pending pod: its node, with the volumes provisioned for it
+/// there (written with the binding, in one transaction), or why it stays Pending.
 enum Decision<'a> {
-    Bind(&'a Pod, String),
+    Bind(&'a Pod, String, Vec<Op>),
     Unschedulable(&'a Pod, String),
+}
+
+/// The claims, volumes and classes of a pass, for the pods that mount claims.
+struct Storage {
+    claims: Vec<PersistentVolumeClaim>,
+    classes: Vec<shoal_api::StorageClass>,
+}
+
+impl Storage {
+    async fn read(store: &Store) -> Result<(Storage, Vec<shoal_api::PersistentVolume>)> {
+        let claims = store.list_typed(Kind::PersistentVolumeClaim, None).await?;
+        let volumes = store.list_typed(Kind::PersistentVolume, None).await?;
+        let classes = store.list_typed(Kind::StorageClass, None).await?;
+        Ok((Storage { claims, classes }, volumes))
+    }
+
+    /// The writes that provision the claims `names` of `pod` on `node` (local-path claims
+    /// whose first pod this is). One that cannot be made here is left to the binder, which
+    /// makes it on the pod's node once the pod is bound.
+    fn provision(&self, pod: &Pod, names: &[String], node: &Node) -> Vec<Op> {
+        let ns = pod.metadata.namespace_or_default();
+        let mut ops = Vec::new();
+        for name in names {
+            let Some(claim) = self
+                .claims
+                .iter()
+                .find(|c| c.metadata.namespace_or_default() == ns && &c.metadata.name == name)
+            else {
+                continue;
+            };
+            let Some(class) = volumes::class_of(claim, &self.classes) else {
+                continue;
+            };
+            match volumes::provision(claim, class, node) {
+                Ok((volume, claim)) => ops.extend(volumes::bind_ops(volume, claim, true)),
+                Err(why) => {
+                    tracing::warn!(claim = %name, namespace = %ns, %why, "cannot provision a volume")
+                }
+            }
+        }
+        ops
+    }
 }
 
 /// One scheduling pass over every pending pod, oldest first. Decisions are made one after
@@ -69,7 +121,12 @@ pub async fn pass(store: &Store, artifacts: Option<&Artifacts>) -> Result<usize>
             }
         }
     }
-    let mut snapshot = Snapshot::new(&nodes, &pods).with_images(images);
+    let (storage, volumes) = Storage::read(store).await?;
+    let claims =
+        crate::scheduler::volumes::Claims::new(&storage.claims, &volumes, &storage.classes);
+    let mut snapshot = Snapshot::new(&nodes, &pods)
+        .with_images(images)
+        .with_claims(claims);
     queue.sort_by(|a, b| {
         a.metadata
             .creation_timestamp
@@ -79,8 +136,12 @@ pub async fn pass(store: &Store, artifacts: Option<&Artifacts>) -> Result<usize>
     for pod in queue {
         match snapshot.schedule(pod) {
             Ok(node) => {
-                snapshot.assume(pod, &node);
-                decisions.push(Decision::Bind(pod, node));
+                let provisioned = snapshot.assume(pod, &node);
+                let ops = match nodes.iter().find(|n| n.metadata.name == node) {
+                    Some(n) if !provisioned.is_empty() => storage.provision(pod, &provisioned, n),
+                    _ => Vec::new(),
+                };
+                decisions.push(Decision::Bind(pod, node, ops));
             }
             Err(reason) => {
                 let already = pod.status.as_ref().is_some_and(|s| {
@@ -104,12 +165,12 @@ pub async fn pass(store: &Store, artifacts: Option<&Artifacts>) -> Result<usize>
 
 async fn write(store: &Store, decision: Decision<'_>) -> Result<()> {
     match decision {
-        Decision::Bind(pod, node) => bind(store, pod, node).await,
+        Decision::Bind(pod, node, ops) => bind(store, pod, node, ops).await,
         Decision::Unschedulable(pod, reason) => unschedulable(store, pod, reason).await,
     }
 }
 
-async fn bind(store: &Store, pod: &Pod, node: String) -> Result<()> {
+async fn bind(store: &Store, pod: &Pod, node: String, provision: Vec<Op>) -> Result<()> {
     let revision = pod.metadata.revision();
     let mut next = pod.clone();
     next.spec.node_name = Some(node.clone());
@@ -118,7 +179,12 @@ async fn bind(store: &Store, pod: &Pod, node: String) -> Result<()> {
     status.conditions.retain(|c| c.type_ != "PodScheduled");
     status.conditions.push(scheduled_condition(true, None));
     next.status = Some(status);
-    match store.update(Object::Pod(next), Some(revision)).await {
+    let mut ops = vec![Op::Update {
+        object: Object::Pod(next),
+        expected: Some(revision),
+    }];
+    ops.extend(provision);
+    match store.write(ops).await {
         Ok(_) => {
             let about = crate::events::reference(&Object::Pod(pod.clone()));
             let message = format!(

@@ -15,7 +15,7 @@ import kubernetes
 import kubernetes.client as client
 
 KINDS = ["Namespace", "Pod", "ReplicaSet", "Deployment", "DaemonSet", "Job", "Service",
-         "ConfigMap", "Secret"]
+         "ConfigMap", "Secret", "PersistentVolumeClaim", "PersistentVolume", "StorageClass"]
 SERVER_WRITTEN = {"creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds",
                   "generation", "managedFields", "resourceVersion", "selfLink", "uid"}
 LEAVES = {"str": "str", "int": "int", "bool": "bool", "datetime": "datetime",

@@ -10,6 +10,7 @@
 //! - [`status`]: the status reported, computed by a pure function from [`state`];
 //! - [`events`]: Events about it, held while the controller is out of reach.
 
+mod claims;
 mod events;
 mod image;
 mod prepare;
@@ -160,6 +161,10 @@ pub struct Supervisor(Arc<Inner>);
 /// runs after each new image.
 const IMAGE_GC_PERIOD: Duration = Duration::from_secs(300);
 
+/// How often the data of released local volumes is looked for, to delete (reclaim policy
+/// Delete).
+const RECLAIM_PERIOD: Duration = Duration::from_secs(10);
+
 /// How often containers' logs are held to their bound.
 const LOG_CHECK_PERIOD: Duration = Duration::from_secs(10);
 
@@ -237,6 +242,13 @@ impl Supervisor {
         if supervisor.0.runc.is_some() {
             supervisor.every(IMAGE_GC_PERIOD, |s| async move { s.collect_images().await });
         }
+        supervisor.every(RECLAIM_PERIOD, |s| async move {
+            let pods: Vec<Pod> = lock(&s.0.pods)
+                .values()
+                .map(|r| lock(&r.state).pod.clone())
+                .collect();
+            claims::reclaim(&s.0, &pods).await;
+        });
         Ok(supervisor)
     }
 

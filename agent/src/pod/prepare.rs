@@ -102,7 +102,13 @@ async fn volumes(
     for v in &pod.spec.volumes {
         let failed = |e: std::io::Error| config_error(format!("volume {}: {e}", v.name));
         let path = if let Some(h) = &v.host_path {
+            crate::host_path::prepare(Path::new(&h.path), h.type_.as_deref())
+                .map_err(|m| config_error(format!("volume {}: {m}", v.name)))?;
             PathBuf::from(&h.path)
+        } else if let Some(c) = &v.persistent_volume_claim {
+            super::claims::claim_dir(inner, ns, &c.claim_name)
+                .await
+                .map_err(|m| config_error(format!("volume {}: {m}", v.name)))?
         } else {
             let mut p = dir.join("volumes").join(&v.name);
             if v.secret.is_some() || v.projected.as_ref().is_some_and(|p| p.has_secret()) {
@@ -249,12 +255,16 @@ impl PodContext<'_> {
             }
             // ConfigMap, Secret, downwardAPI and projected volumes are the node's to write:
             // mounted read-only whatever the mount says, as the kubelet mounts them.
+            // A claim mounted readOnly is read-only in every container.
             let projected = self.pod.spec.volumes.iter().any(|v| {
                 v.name == m.name
                     && (v.config_map.is_some()
                         || v.secret.is_some()
                         || v.downward_api.is_some()
-                        || v.projected.is_some())
+                        || v.projected.is_some()
+                        || v.persistent_volume_claim
+                            .as_ref()
+                            .is_some_and(|c| c.read_only))
             });
             mounts.push(Mount {
                 host_path: root.clone(),

@@ -247,18 +247,19 @@ pub(super) async fn get_object(
     namespace: &str,
     name: &str,
 ) -> Result<Object> {
+    let namespace = kind.namespaced().then_some(namespace);
     let asked = match client(inner) {
         Some(client) => client
             .call(&Request::Get {
                 kind: kind.name().into(),
-                namespace: Some(namespace.into()),
+                namespace: namespace.map(str::to_string),
                 name: name.into(),
             })
             .await
             .map_err(Error::from),
         None => Err(Error::Server("not connected to the controller".into())),
     };
-    let key = crate::local::key(kind, Some(namespace), name);
+    let key = crate::local::key(kind, namespace, name);
     match asked {
         Ok(Response::Object(b)) => {
             let obj = Object::from_json(&b).map_err(|e| Error::Internal(e.to_string()))?;

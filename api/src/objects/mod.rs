@@ -8,6 +8,7 @@ mod node;
 mod pod;
 mod pod_containers;
 mod service;
+mod storage;
 mod workloads;
 
 pub use affinity::*;
@@ -17,6 +18,7 @@ pub use namespace::*;
 pub use node::*;
 pub use pod::*;
 pub use service::*;
+pub use storage::*;
 pub use workloads::*;
 
 pub(crate) fn is_false(b: &bool) -> bool {

@@ -313,6 +313,18 @@ pub struct Volume {
     pub downward_api: Option<DownwardApiVolumeSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub projected: Option<ProjectedVolumeSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<PersistentVolumeClaimVolumeSource>,
+}
+
+/// A PersistentVolumeClaim's volume, in the claim's namespace.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PersistentVolumeClaimVolumeSource {
+    pub claim_name: String,
+    /// Mounted read-only in every container, whatever their mounts say.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub read_only: bool,
 }
 
 /// Several sources' files in one directory: ConfigMaps, Secrets and the pod's own fields.
@@ -420,6 +432,7 @@ impl Volume {
             self.secret.is_some(),
             self.downward_api.is_some(),
             self.projected.is_some(),
+            self.persistent_volume_claim.is_some(),
         ]
         .iter()
         .filter(|b| **b)

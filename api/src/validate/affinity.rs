@@ -83,7 +83,7 @@ fn weight(e: &mut Errors, path: &str, w: i32) {
     }
 }
 
-fn term(e: &mut Errors, path: &str, t: &NodeSelectorTerm) {
+pub(super) fn term(e: &mut Errors, path: &str, t: &NodeSelectorTerm) {
     for (i, r) in t.match_expressions.iter().enumerate() {
         let p = format!("{path}.matchExpressions[{i}]");
         e.check(format!("{p}.key"), check_label_key(&r.key));

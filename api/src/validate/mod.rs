@@ -14,6 +14,7 @@ use std::net::IpAddr;
 
 mod affinity;
 mod pod;
+mod storage;
 
 pub use pod::check_relative_path;
 use pod::validate_pod_spec;
@@ -225,6 +226,9 @@ pub fn validate(obj: &Object) -> Vec<FieldError> {
                 e.add("involvedObject.name", "required");
             }
         }
+        Object::PersistentVolumeClaim(c) => storage::claim(&mut e, c),
+        Object::PersistentVolume(v) => storage::volume(&mut e, v),
+        Object::StorageClass(c) => storage::class(&mut e, c),
     }
     e.0
 }

@@ -150,12 +150,7 @@ fn volumes<'a>(e: &mut Errors, path: &str, s: &'a PodSpec) -> BTreeSet<&'a str> 
             _ => e.add(&p, "may specify only one volume source"),
         }
         if let Some(h) = &v.host_path {
-            if !h.path.starts_with('/') {
-                e.add(
-                    format!("{p}.hostPath.path"),
-                    format!("must be an absolute path, got {:?}", h.path),
-                );
-            }
+            super::storage::host_path(e, &format!("{p}.hostPath"), h);
         }
         if let Some(c) = &v.config_map {
             e.check(

@@ -337,7 +337,7 @@ mod tests {
             .iter()
             .map(|g| g["name"].as_str().unwrap())
             .collect();
-        assert_eq!(groups, ["apps", "batch"]);
+        assert_eq!(groups, ["apps", "batch", "storage.k8s.io"]);
     }
 
     #[test]

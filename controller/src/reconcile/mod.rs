@@ -1,7 +1,8 @@
 //! Workload reconcilers. Each decision is a pure function (`replicaset::reconcile`); this loop
 //! feeds them the store's state when anything they watch changes (and every few seconds, so a
 //! missed change is never missed for long), applies their plans, and collects the garbage:
-//! pods whose controlling owner is gone are deleted (background cascade).
+//! pods whose controlling owner is gone are deleted (background cascade). Claims and volumes
+//! are bound here too ([`volumes`]).
 
 pub mod daemonset;
 pub mod deployment;
@@ -9,6 +10,7 @@ pub mod endpoints;
 pub mod foreground;
 pub mod job;
 pub mod replicaset;
+pub mod volumes;
 
 use crate::batch::slow_start;
 use crate::error::{Error, Result};
@@ -33,6 +35,8 @@ const WATCHED: &[Kind] = &[
     Kind::Pod,
     Kind::Node,
     Kind::Service,
+    Kind::PersistentVolumeClaim,
+    Kind::PersistentVolume,
 ];
 
 pub async fn run(store: Store, shutdown: CancellationToken) {
@@ -137,6 +141,7 @@ pub async fn pass(store: &Store) -> Result<()> {
     replicasets(store, &pods).await?;
     daemonsets(store, &pods).await?;
     jobs(store, &pods).await?;
+    volumes::reconcile(store, &pods).await?;
     services(store, &pods).await
 }
 

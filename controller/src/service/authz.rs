@@ -89,21 +89,25 @@ impl Service {
                 namespace,
                 name,
                 ..
-            } => {
-                kind.parse::<Kind>().ok() == Some(Kind::Pod)
-                    && self
-                        .is_mirror_on(node, namespace.as_deref().unwrap_or("default"), name)
+            } => match kind.parse::<Kind>() {
+                Ok(Kind::Pod) => {
+                    self.is_mirror_on(node, namespace.as_deref().unwrap_or("default"), name)
                         .await
-            }
+                }
+                // A released local volume of its own, once it has deleted the data.
+                Ok(Kind::PersistentVolume) => self.reclaims_volume(node, name).await,
+                _ => false,
+            },
             Request::Get {
                 kind,
                 namespace,
                 name,
             } => match kind.parse::<Kind>() {
-                Ok(k @ (Kind::ConfigMap | Kind::Secret)) => {
+                Ok(k @ (Kind::ConfigMap | Kind::Secret | Kind::PersistentVolumeClaim)) => {
                     self.node_uses(node, k, namespace.as_deref().unwrap_or("default"), name)
                         .await
                 }
+                Ok(Kind::PersistentVolume) => self.reaches_volume(node, name).await,
                 Ok(Kind::Node) => name == node,
                 _ => false,
             },
@@ -168,6 +172,46 @@ impl Service {
         }
     }
 
+    async fn volume(&self, name: &str) -> Option<shoal_api::PersistentVolume> {
+        let key = ObjectKey::new(Kind::PersistentVolume, None, name);
+        let stored = self.store.get(&key).await.ok().flatten()?;
+        stored.into_typed().ok()
+    }
+
+    /// Whether `node` may read the volume `name`: one on the node, or bound to a claim a pod
+    /// on the node mounts. That there is no such volume it may learn (its agent asks after
+    /// the volumes whose directories it holds).
+    async fn reaches_volume(&self, node: &str, name: &str) -> bool {
+        let Some(v) = self.volume(name).await else {
+            return true;
+        };
+        if v.node() == Some(node) {
+            return true;
+        }
+        match v.spec.claim_ref.as_ref() {
+            Some(r) => {
+                let (ns, claim) = (
+                    r.namespace.as_deref().unwrap_or("default"),
+                    r.name.as_deref().unwrap_or_default(),
+                );
+                self.node_uses(node, Kind::PersistentVolumeClaim, ns, claim)
+                    .await
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `node` may delete the volume `name`: one Shoal provisioned on it, Released,
+    /// whose reclaim policy is Delete.
+    async fn reclaims_volume(&self, node: &str, name: &str) -> bool {
+        self.volume(name).await.is_some_and(|v| {
+            v.node() == Some(node)
+                && crate::reconcile::volumes::provisioned_here(&v)
+                && v.phase() == "Released"
+                && v.reclaim_policy() == "Delete"
+        })
+    }
+
     /// Whether the pod `namespace/name` is a mirror pod bound to `node`.
     async fn is_mirror_on(&self, node: &str, namespace: &str, name: &str) -> bool {
         let key = ObjectKey::new(Kind::Pod, Some(namespace), name);
@@ -196,7 +240,6 @@ impl Service {
     }
 }
 
-/// Does a pod use this ConfigMap or Secret (env, envFrom or volume)?
 /// Whether `bytes` is a mirror pod `node` may create: a Pod annotated as a mirror, bound to
 /// the node, owned by nothing but it, and using no other API object (a static pod may not).
 fn mirror_pod_of(node: &str, bytes: &[u8]) -> std::result::Result<(), String> {
@@ -224,6 +267,7 @@ fn mirror_pod_of(node: &str, bytes: &[u8]) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// Does a pod use this ConfigMap or Secret (env, envFrom or volume), or PersistentVolumeClaim?
 fn pod_uses(pod: &Pod, kind: Kind, name: &str) -> bool {
     let s = &pod.spec;
     let projected = |v: &shoal_api::Volume| {
@@ -241,6 +285,10 @@ fn pod_uses(pod: &Pod, kind: Kind, name: &str) -> bool {
             || match kind {
                 Kind::ConfigMap => v.config_map.as_ref().is_some_and(|c| c.name == name),
                 Kind::Secret => v.secret.as_ref().is_some_and(|c| c.secret_name == name),
+                Kind::PersistentVolumeClaim => v
+                    .persistent_volume_claim
+                    .as_ref()
+                    .is_some_and(|c| c.claim_name == name),
                 _ => false,
             }
     });

@@ -214,10 +214,19 @@ impl Service {
         &self.store
     }
 
-    /// Creates what every cluster has from the start: the system namespace and the cluster
-    /// DNS Service, which every agent serves for its pods.
+    /// Creates what every cluster has from the start: the system namespace, the default
+    /// StorageClass (`local-path`) and the cluster DNS Service, which every agent serves for
+    /// its pods.
     pub async fn bootstrap(&self) -> Result<()> {
         self.bootstrap_namespace().await?;
+        let class = crate::reconcile::volumes::local_path_class();
+        let key = ObjectKey::new(Kind::StorageClass, None, &class.metadata.name);
+        if self.store.get(&key).await?.is_none() {
+            match self.store.create(Object::StorageClass(class)).await {
+                Ok(_) | Err(Error::AlreadyExists(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
         let key = ObjectKey::new(Kind::Service, Some(SYSTEM_NAMESPACE), DNS_SERVICE);
         if self.store.get(&key).await?.is_none() {
             let port = |name: &str, protocol: &str| shoal_api::ServicePort {
@@ -541,6 +550,9 @@ impl Service {
     /// A Service with what the cluster chose for it (its cluster IP, its node ports), kept from
     /// `stored`; any other object as it is.
     async fn allocate(&self, desired: &Object, stored: Option<&Object>) -> Result<Object> {
+        if let (Object::PersistentVolumeClaim(c), None) = (desired, stored) {
+            return Ok(Object::PersistentVolumeClaim(self.new_claim(c).await?));
+        }
         let Object::Service(svc) = desired else {
             return Ok(desired.clone());
         };
@@ -554,6 +566,30 @@ impl Service {
             Error::Invalid(format!("Service {:?} is invalid: {e}", svc.metadata.name))
         })?;
         Ok(Object::Service(svc))
+    }
+}
+
+impl Service {
+    /// A claim as it is created: the default StorageClass when it names none (Kubernetes'
+    /// DefaultStorageClass admission), and Pending.
+    async fn new_claim(
+        &self,
+        claim: &shoal_api::PersistentVolumeClaim,
+    ) -> Result<shoal_api::PersistentVolumeClaim> {
+        let mut claim = claim.clone();
+        if claim.spec.storage_class_name.is_none() {
+            let classes: Vec<shoal_api::StorageClass> =
+                self.store.list_typed(Kind::StorageClass, None).await?;
+            claim.spec.storage_class_name = classes
+                .iter()
+                .find(|c| c.is_default())
+                .map(|c| c.metadata.name.clone());
+        }
+        claim.status = Some(shoal_api::PersistentVolumeClaimStatus {
+            phase: Some("Pending".into()),
+            ..Default::default()
+        });
+        Ok(claim)
     }
 }
 
