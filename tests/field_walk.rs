@@ -19,7 +19,7 @@ const HONOURED: &str = include_str!("data/honoured-fields.txt");
 fn api_version(kind: &str) -> &'static str {
     match kind {
         "Deployment" | "ReplicaSet" | "DaemonSet" => "apps/v1",
-        "Job" => "batch/v1",
+        "Job" | "CronJob" => "batch/v1",
         "StorageClass" => "storage.k8s.io/v1",
         _ => "v1",
     }
@@ -28,7 +28,7 @@ fn api_version(kind: &str) -> &'static str {
 /// A value of the schema's type for a field with no fields of its own.
 fn leaf(kind: &str, path: &str, typ: &str) -> Value {
     // Fields Shoal reads as enums or parses take a value of their own.
-    if path == "spec/template" {
+    if path == "spec/template" || path == "spec/jobTemplate/spec/template" {
         // Its fields are the Pod's, walked under Pod.
         return json!({"metadata": {"labels": {"k": "v"}},
                       "spec": {"containers": [{"name": "c", "image": "x"}]}});
@@ -115,7 +115,10 @@ fn every_schema_field_is_honoured_or_reported() {
         let (Some(kind), Some(path), Some(typ)) = (cols.next(), cols.next(), cols.next()) else {
             panic!("bad schema line {line:?}");
         };
-        if kind != "Pod" && path.starts_with("spec/template/") {
+        if kind != "Pod"
+            && (path.starts_with("spec/template/")
+                || path.starts_with("spec/jobTemplate/spec/template/"))
+        {
             continue;
         }
         fields.entry(kind).or_default().push((path, typ));

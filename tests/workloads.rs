@@ -1012,3 +1012,137 @@ fn min_ready_seconds_delays_availability_and_delete_cascades_foreground_or_orpha
         "the Deployment was marked while its dependents went:\n{seen}"
     );
 }
+
+/// The Jobs a CronJob made, oldest first (their names end in their scheduled minute).
+fn cron_jobs(c: &Cluster, cronjob: &str) -> Vec<serde_json::Value> {
+    let out = c.shoal(&["get", "jobs", "-o", "json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    let items = match v["items"].as_array() {
+        Some(items) => items.clone(),
+        None if v["kind"] == "Job" => vec![v],
+        None => vec![],
+    };
+    let mut mine: Vec<serde_json::Value> = items
+        .into_iter()
+        .filter(|j| j["metadata"]["ownerReferences"][0]["name"] == cronjob)
+        .collect();
+    mine.sort_by_key(|j| {
+        j["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    });
+    mine
+}
+
+/// A CronJob every minute makes one Job per minute, named after it, each running its pod to
+/// completion; finished ones past its history limit go; a schedule or time zone that does not
+/// parse is refused naming the field.
+#[test]
+fn a_cronjob_starts_a_job_each_scheduled_minute_and_keeps_its_history_limit() {
+    let c = Cluster::start(1);
+    c.push_probe();
+    let cronjob = |schedule: &str, zone: &str| {
+        format!(
+            r#"apiVersion: batch/v1
+kind: CronJob
+metadata: {{name: tick}}
+spec:
+  schedule: "{schedule}"
+  timeZone: {zone}
+  successfulJobsHistoryLimit: 1
+  jobTemplate:
+    metadata: {{labels: {{app: tick}}}}
+    spec:
+      template:
+        spec:
+          runtimeClassName: wasm
+          restartPolicy: Never
+          containers:
+          - name: probe
+            image: probe:1
+            args: [print, tick]
+"#
+        )
+    };
+    let bad = c
+        .controller
+        .shoal_stdin(&["apply", "-f", "-"], Some(&cronjob("61 * * * *", "UTC")))
+        .fails();
+    assert!(bad.contains("spec.schedule"), "{bad}");
+    let bad = c
+        .controller
+        .shoal_stdin(
+            &["apply", "-f", "-"],
+            Some(&cronjob("* * * * *", "Mars/Base")),
+        )
+        .fails();
+    assert!(
+        bad.contains("spec.timeZone") && bad.contains("Mars/Base"),
+        "{bad}"
+    );
+
+    c.apply(&cronjob("* * * * *", "Europe/Berlin"));
+    c.wait_for("the first scheduled Job", Duration::from_secs(80), |c| {
+        !cron_jobs(c, "tick").is_empty()
+    });
+    let first = cron_jobs(&c, "tick")[0]["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let minute: i64 = first
+        .strip_prefix("tick-")
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("a Job named after its minute: {first}"));
+    assert!(
+        (minute * 60 - now_secs()).abs() < 120,
+        "{first} is named after a minute near now"
+    );
+    c.wait_for("the first Job complete", Duration::from_secs(60), |c| {
+        c.shoal(&["get", "job", &first, "--no-headers"])
+            .stdout()
+            .contains("Complete")
+    });
+    let cj = c.shoal(&["get", "cronjob", "tick", "-o", "json"]).ok();
+    let cj: serde_json::Value = serde_json::from_str(&cj).expect("json");
+    assert!(
+        kit::field(&cj, "status.lastScheduleTime").ends_with(":00Z"),
+        "{cj}"
+    );
+    assert_eq!(kit::field(&cj, "spec.timeZone"), "Europe/Berlin");
+    let table = c.shoal(&["get", "cronjobs"]).ok();
+    assert!(
+        table.contains("* * * * *") && table.contains("Europe/Berlin"),
+        "{table}"
+    );
+
+    // The next minute: a second Job; the first, past the history limit of 1, goes.
+    c.wait_for(
+        "the next minute's Job, the first gone",
+        Duration::from_secs(90),
+        |c| {
+            let jobs = cron_jobs(c, "tick");
+            jobs.iter().all(|j| j["metadata"]["name"] != first.as_str())
+                && jobs
+                    .iter()
+                    .any(|j| j["status"]["conditions"].to_string().contains("Complete"))
+        },
+    );
+    let jobs = cron_jobs(&c, "tick");
+    let last = jobs.last().expect("a Job");
+    assert_eq!(
+        last["metadata"]["labels"]["app"], "tick",
+        "the template's labels: {last}"
+    );
+    let job_name = kit::field(last, "metadata.name");
+    let pods = c.pods(&format!("job-name={job_name}"));
+    let name = kit::field(pods.first().expect("its pod"), "metadata.name");
+    assert_eq!(c.shoal(&["logs", &name]).ok().trim(), "tick");
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}

@@ -20,6 +20,7 @@ pub enum Kind {
     PersistentVolumeClaim,
     PersistentVolume,
     StorageClass,
+    CronJob,
 }
 
 struct KindInfo {
@@ -152,10 +153,18 @@ const KINDS: &[KindInfo] = &[
         api_version: "storage.k8s.io/v1",
         namespaced: false,
     },
+    KindInfo {
+        kind: Kind::CronJob,
+        name: "CronJob",
+        plural: "cronjobs",
+        short: &["cj"],
+        api_version: "batch/v1",
+        namespaced: true,
+    },
 ];
 
 impl Kind {
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -171,6 +180,7 @@ impl Kind {
         Kind::PersistentVolumeClaim,
         Kind::PersistentVolume,
         Kind::StorageClass,
+        Kind::CronJob,
     ];
 
     fn info(self) -> &'static KindInfo {

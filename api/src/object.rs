@@ -95,6 +95,7 @@ objects!(
     PersistentVolumeClaim,
     PersistentVolume,
     StorageClass,
+    CronJob,
 );
 
 impl Object {

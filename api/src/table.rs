@@ -24,6 +24,15 @@ pub fn columns(kind: Kind, wide: bool, all_namespaces: bool) -> Vec<&'static str
             "AGE",
         ],
         Kind::Job => vec!["NAME", "STATUS", "COMPLETIONS", "AGE"],
+        Kind::CronJob => vec![
+            "NAME",
+            "SCHEDULE",
+            "TIMEZONE",
+            "SUSPEND",
+            "ACTIVE",
+            "LAST SCHEDULE",
+            "AGE",
+        ],
         Kind::Service => vec![
             "NAME",
             "TYPE",
@@ -240,6 +249,22 @@ fn template_wide(t: &PodTemplateSpec, selector: &crate::selector::LabelSelector)
     [names, images, or_none(sel)]
 }
 
+fn cronjob_row(cj: &CronJob, name: String, age: String, now: DateTime<Utc>) -> Vec<String> {
+    let st = cj.status.clone().unwrap_or_default();
+    vec![
+        name,
+        cj.spec.schedule.clone(),
+        cj.spec.time_zone.clone().unwrap_or_else(|| "<none>".into()),
+        cj.suspended().to_string(),
+        st.active.len().to_string(),
+        st.last_schedule_time
+            .as_deref()
+            .map(|t| self::age(Some(t), now))
+            .unwrap_or_else(|| "<none>".into()),
+        age,
+    ]
+}
+
 /// The rows of the storage kinds: claims, volumes and classes.
 fn storage_row(obj: &Object, name: String, age: String) -> Vec<String> {
     match obj {
@@ -386,6 +411,7 @@ pub fn row(obj: &Object, now: DateTime<Utc>, wide: bool, all_namespaces: bool) -
                 age,
             ]
         }
+        Object::CronJob(cj) => cronjob_row(cj, name, age, now),
         Object::Service(s) => service_row(s, name, age, wide),
         Object::Endpoints(e) => {
             let eps: Vec<String> = e

@@ -37,13 +37,14 @@ pub struct Args {
     client: ClientArgs,
 }
 
-const ALL: [Kind; 6] = [
+const ALL: [Kind; 7] = [
     Kind::Pod,
     Kind::Service,
     Kind::DaemonSet,
     Kind::Deployment,
     Kind::ReplicaSet,
     Kind::Job,
+    Kind::CronJob,
 ];
 
 /// An object from the server, without its managed fields (as kubectl prints it) unless

@@ -15,7 +15,8 @@ import kubernetes
 import kubernetes.client as client
 
 KINDS = ["Namespace", "Pod", "ReplicaSet", "Deployment", "DaemonSet", "Job", "Service",
-         "ConfigMap", "Secret", "PersistentVolumeClaim", "PersistentVolume", "StorageClass"]
+         "ConfigMap", "Secret", "PersistentVolumeClaim", "PersistentVolume", "StorageClass",
+         "CronJob"]
 SERVER_WRITTEN = {"creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds",
                   "generation", "managedFields", "resourceVersion", "selfLink", "uid"}
 LEAVES = {"str": "str", "int": "int", "bool": "bool", "datetime": "datetime",

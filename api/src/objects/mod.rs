@@ -2,6 +2,7 @@
 
 mod affinity;
 mod config;
+mod cronjob;
 mod event;
 mod namespace;
 mod node;
@@ -13,6 +14,7 @@ mod workloads;
 
 pub use affinity::*;
 pub use config::*;
+pub use cronjob::*;
 pub use event::*;
 pub use namespace::*;
 pub use node::*;

@@ -197,7 +197,8 @@ pub fn validate(obj: &Object) -> Vec<FieldError> {
                 }
             }
         }
-        Object::Job(j) => validate_job(&mut e, j),
+        Object::Job(j) => validate_job(&mut e, "spec", &j.spec),
+        Object::CronJob(cj) => validate_cronjob(&mut e, cj),
         Object::Service(s) => validate_service(&mut e, s),
         Object::Endpoints(_) => {}
         Object::ConfigMap(cm) => {
@@ -358,32 +359,112 @@ fn validate_deployment(e: &mut Errors, d: &Deployment) {
     }
 }
 
-fn validate_job(e: &mut Errors, j: &Job) {
-    let s = &j.spec;
-    e.min("spec.completions", s.completions.map(i64::from), 0);
-    e.min("spec.parallelism", s.parallelism.map(i64::from), 0);
-    e.min("spec.backoffLimit", s.backoff_limit.map(i64::from), 0);
-    e.min("spec.activeDeadlineSeconds", s.active_deadline_seconds, 1);
+fn validate_job(e: &mut Errors, at: &str, s: &JobSpec) {
     e.min(
-        "spec.ttlSecondsAfterFinished",
+        &format!("{at}.completions"),
+        s.completions.map(i64::from),
+        0,
+    );
+    e.min(
+        &format!("{at}.parallelism"),
+        s.parallelism.map(i64::from),
+        0,
+    );
+    e.min(
+        &format!("{at}.backoffLimit"),
+        s.backoff_limit.map(i64::from),
+        0,
+    );
+    e.min(
+        &format!("{at}.activeDeadlineSeconds"),
+        s.active_deadline_seconds,
+        1,
+    );
+    e.min(
+        &format!("{at}.ttlSecondsAfterFinished"),
         s.ttl_seconds_after_finished.map(i64::from),
         0,
     );
     if let Some(sel) = &s.selector {
         validate_controller_template(e, sel, &s.template, false);
     } else {
-        validate_pod_spec(e, "spec.template.spec", &s.template.spec);
+        validate_pod_spec(e, &format!("{at}.template.spec"), &s.template.spec);
     }
     match s.template.spec.restart_policy.as_deref() {
         Some("OnFailure") | Some("Never") => {}
         other => e.add(
-            "spec.template.spec.restartPolicy",
+            format!("{at}.template.spec.restartPolicy"),
             format!(
                 "must be OnFailure or Never for a Job, got {:?}",
                 other.unwrap_or("")
             ),
         ),
     }
+}
+
+/// The cron macros Kubernetes takes besides five fields.
+const CRON_MACROS: [&str; 7] = [
+    "@yearly",
+    "@annually",
+    "@monthly",
+    "@weekly",
+    "@daily",
+    "@midnight",
+    "@hourly",
+];
+
+/// A CronJob's shape; its schedule and time zone are parsed by the controller as it admits it.
+fn validate_cronjob(e: &mut Errors, cj: &CronJob) {
+    // Its Jobs are named NAME-<minutes>, 11 characters more, within a label's 63.
+    if cj.metadata.name.len() > 52 {
+        e.add("metadata.name", "must be no more than 52 characters");
+    }
+    let s = &cj.spec;
+    let schedule = s.schedule.trim();
+    if schedule.is_empty() {
+        e.add("spec.schedule", "required");
+    } else if schedule.starts_with("TZ") || schedule.starts_with("CRON_TZ") {
+        e.add(
+            "spec.schedule",
+            "CRON_TZ or TZ is not supported in the schedule: set spec.timeZone",
+        );
+    } else if schedule.starts_with('@') {
+        if !CRON_MACROS.contains(&schedule.to_ascii_lowercase().as_str()) {
+            e.add(
+                "spec.schedule",
+                format!(
+                    "unknown macro {schedule:?} (one of {})",
+                    CRON_MACROS.join(", ")
+                ),
+            );
+        }
+    } else if schedule.split_whitespace().count() != 5 {
+        e.add(
+            "spec.schedule",
+            format!("{schedule:?}: expected 5 fields (minute hour day-of-month month day-of-week)"),
+        );
+    }
+    e.one_of(
+        "spec.concurrencyPolicy",
+        s.concurrency_policy.as_deref(),
+        &["Allow", "Forbid", "Replace"],
+    );
+    e.min(
+        "spec.startingDeadlineSeconds",
+        s.starting_deadline_seconds,
+        0,
+    );
+    e.min(
+        "spec.successfulJobsHistoryLimit",
+        s.successful_jobs_history_limit.map(i64::from),
+        0,
+    );
+    e.min(
+        "spec.failedJobsHistoryLimit",
+        s.failed_jobs_history_limit.map(i64::from),
+        0,
+    );
+    validate_job(e, "spec.jobTemplate.spec", &s.job_template.spec);
 }
 
 fn validate_controller_template(

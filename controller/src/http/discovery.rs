@@ -29,7 +29,8 @@ fn categories(kind: Kind) -> Vec<&'static str> {
         | Kind::Deployment
         | Kind::ReplicaSet
         | Kind::DaemonSet
-        | Kind::Job => vec!["all"],
+        | Kind::Job
+        | Kind::CronJob => vec!["all"],
         _ => vec![],
     }
 }

@@ -4,6 +4,7 @@
 //! pods whose controlling owner is gone are deleted (background cascade). Claims and volumes
 //! are bound here too ([`volumes`]).
 
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
@@ -17,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::events;
 use crate::store::{ObjectKey, Op, Store};
 use crate::wake::Waker;
-use shoal_api::{DaemonSet, Deployment, Job, Kind, Node, Object, Pod, ReplicaSet};
+use shoal_api::{CronJob, DaemonSet, Deployment, Job, Kind, Node, Object, Pod, ReplicaSet};
 use std::collections::HashSet;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +33,7 @@ const WATCHED: &[Kind] = &[
     Kind::ReplicaSet,
     Kind::DaemonSet,
     Kind::Job,
+    Kind::CronJob,
     Kind::Pod,
     Kind::Node,
     Kind::Service,
@@ -140,6 +142,7 @@ pub async fn pass(store: &Store) -> Result<()> {
     lost_with_their_node(store, &pods).await?;
     replicasets(store, &pods).await?;
     daemonsets(store, &pods).await?;
+    cronjobs(store).await?;
     jobs(store, &pods).await?;
     volumes::reconcile(store, &pods).await?;
     services(store, &pods).await
@@ -239,6 +242,7 @@ async fn foreground(store: &Store) -> Result<()> {
         Kind::ReplicaSet,
         Kind::DaemonSet,
         Kind::Job,
+        Kind::CronJob,
     ] {
         owners.extend(
             store
@@ -253,6 +257,7 @@ async fn foreground(store: &Store) -> Result<()> {
         return Ok(());
     }
     let mut dependents: Vec<Object> = store.list(Kind::ReplicaSet, None).await?.0;
+    dependents.extend(store.list(Kind::Job, None).await?.0);
     dependents.extend(store.list(Kind::Pod, None).await?.0);
     for owner in &owners {
         let plan = foreground::plan(owner, &dependents);
@@ -326,6 +331,35 @@ async fn jobs(store: &Store, pods: &[Pod]) -> Result<()> {
     }
     let owners: HashSet<&str> = jobs.iter().map(|o| o.metadata.uid.as_str()).collect();
     collect_garbage(store, Kind::Pod, pods, "Job", &owners, |o| &o.metadata).await
+}
+
+/// Each CronJob's Jobs: made on schedule, replaced or skipped by its concurrency policy, and
+/// the finished ones past its history limits deleted; Jobs of a deleted CronJob go too.
+async fn cronjobs(store: &Store) -> Result<()> {
+    let cronjobs: Vec<CronJob> = store.list_typed(Kind::CronJob, None).await?;
+    let jobs: Vec<Job> = store.list_typed(Kind::Job, None).await?;
+    let now = chrono::Utc::now();
+    for cj in cronjobs.iter().filter(|c| !deleting(&c.metadata)) {
+        let ns = cj.metadata.namespace_or_default();
+        let owned: Vec<Job> = controlled_by(&jobs, &cj.metadata.uid, |o| &o.metadata);
+        let plan = cronjob::reconcile(cj, &owned, now);
+        if let Some((type_, reason, message)) = &plan.event {
+            let about = events::reference(&Object::CronJob(cj.clone()));
+            events::record(store, &about, type_, reason, message, "cronjob-controller").await;
+        }
+        delete_named(store, Kind::Job, ns, &plan.delete).await?;
+        if let Some(job) = plan.create {
+            tracing::info!(cronjob = %cj.metadata.name, job = %job.metadata.name, "starting a scheduled job");
+            tolerate(store.create(Object::Job(job)).await)?;
+        }
+        if let Some(status) = plan.status {
+            let mut next = cj.clone();
+            next.status = Some(status);
+            put_status(store, Object::CronJob(next), cj.metadata.revision()).await?;
+        }
+    }
+    let owners: HashSet<&str> = cronjobs.iter().map(|o| o.metadata.uid.as_str()).collect();
+    collect_garbage(store, Kind::Job, &jobs, "CronJob", &owners, |o| &o.metadata).await
 }
 
 async fn daemonsets(store: &Store, pods: &[Pod]) -> Result<()> {

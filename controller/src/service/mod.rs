@@ -464,7 +464,8 @@ impl Service {
             if let Object::Secret(s) = &mut obj {
                 fold_string_data(s);
             }
-            let errors = validate(&obj);
+            let mut errors = validate(&obj);
+            errors.extend(crate::reconcile::cronjob::admission_errors(&obj));
             if errors.is_empty() {
                 admitted.push(obj);
             } else {

@@ -45,7 +45,8 @@ pub(super) fn admit_one(
     if let Object::Secret(s) = &mut obj {
         fold_string_data(s);
     }
-    let causes = validate(&obj);
+    let mut causes = validate(&obj);
+    causes.extend(crate::reconcile::cronjob::admission_errors(&obj));
     if !causes.is_empty() {
         return Err(Error::InvalidObject {
             kind: obj.kind(),
