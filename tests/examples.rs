@@ -46,6 +46,25 @@ fn busybox_web(c: &Cluster) {
     });
 }
 
+/// `examples/iot-sampler.yaml`: its claim bound, and the readings the CronJob's sampler
+/// appended served on the node's port 8082 (the first within a minute or two).
+fn iot_sampler(c: &Cluster) {
+    c.wait_for("a reading served", Duration::from_secs(150), |_| {
+        kit::http_get(8082).is_some_and(|b| {
+            b.lines().any(|l| {
+                let mut f = l.split_whitespace();
+                let secs = f.next().and_then(|s| s.parse::<u64>().ok());
+                let value = f.next().and_then(|v| v.parse::<f64>().ok());
+                secs.is_some() && value.is_some()
+            })
+        })
+    });
+    let pvc = c.shoal(&["get", "pvc", "readings", "-o", "json"]).ok();
+    let pvc: serde_json::Value = serde_json::from_str(&pvc).expect("json");
+    assert_eq!(field(&pvc, "status.phase"), "Bound");
+    assert_eq!(field(&pvc, "spec.storageClassName"), "local-path");
+}
+
 /// An example's file name, and the check of the state it documents.
 type Check = (&'static str, fn(&Cluster));
 
@@ -55,7 +74,11 @@ const RUNC_CHECKS: [Check; 1] = [("busybox-web.yaml", busybox_web)];
 
 #[test]
 fn every_example_reaches_its_documented_state() {
-    let checks: [Check; 2] = [("hello.yaml", hello), ("shop.yaml", shop)];
+    let checks: [Check; 3] = [
+        ("hello.yaml", hello),
+        ("shop.yaml", shop),
+        ("iot-sampler.yaml", iot_sampler),
+    ];
     let mut shipped: Vec<String> = std::fs::read_dir(repo_path("examples"))
         .expect("examples/")
         .flatten()

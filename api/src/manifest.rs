@@ -131,6 +131,7 @@ fn decode_document(
 fn unaccounted_resources(object: &mut Object) -> Vec<String> {
     let prefix = match object.kind() {
         Kind::Pod => "spec",
+        Kind::CronJob => "spec.jobTemplate.spec.template.spec",
         _ => "spec.template.spec",
     };
     let Some(spec) = object.pod_spec_mut() else {

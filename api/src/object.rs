@@ -169,6 +169,7 @@ impl Object {
             Object::Deployment(o) => Some(&mut o.spec.template.spec),
             Object::DaemonSet(o) => Some(&mut o.spec.template.spec),
             Object::Job(o) => Some(&mut o.spec.template.spec),
+            Object::CronJob(o) => Some(&mut o.spec.job_template.spec.template.spec),
             _ => None,
         }
     }
