@@ -109,9 +109,28 @@ fn a_claims_data_outlives_its_pods_and_the_agent_and_goes_as_its_reclaim_policy_
             .contains("persistentvolumeclaim \\\"nope\\\" not found")
     });
 
-    // Delete: the claim gone (its pods first), the data and the volume go.
-    c.shoal(&["delete", "pod", "reader", "after-restart"]).ok();
+    // A claim a running pod uses is held (Terminating) with its data until the pod is gone.
+    c.apply(&pod("holder", image, "readings", "sleep, \"600000\""));
+    c.wait_for("the holder running", Duration::from_secs(60), |c| {
+        field(&c.pod("holder"), "status.phase") == "Running"
+    });
     c.shoal(&["delete", "pvc", "readings"]).ok();
+    let held = json(&c, &["get", "pvc", "readings", "-o", "json"]);
+    assert!(
+        !field(&held, "metadata.deletionTimestamp").is_empty(),
+        "{held}"
+    );
+    assert!(c.shoal(&["get", "pvc"]).ok().contains("Terminating"));
+    // Longer than the agents' reclaim period: the data stays while the pod runs.
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(
+        std::fs::read_to_string(data.join("last")).expect("data"),
+        "21.5C"
+    );
+
+    // Delete: the claim's pods gone, the claim, the data and the volume go.
+    c.shoal(&["delete", "pod", "reader", "after-restart", "holder"])
+        .ok();
     c.wait_for("the released volume gone", Duration::from_secs(60), |c| {
         let got = c.shoal(&["get", "pv", &volume]);
         !got.0.status.success() && got.stderr().contains("not found")

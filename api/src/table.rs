@@ -272,7 +272,11 @@ fn storage_row(obj: &Object, name: String, age: String) -> Vec<String> {
             let st = c.status.clone().unwrap_or_default();
             vec![
                 name,
-                c.phase().to_string(),
+                if c.metadata.deletion_timestamp.is_some() {
+                    "Terminating".to_string()
+                } else {
+                    c.phase().to_string()
+                },
                 c.spec.volume_name.clone().unwrap_or_default(),
                 st.capacity
                     .get("storage")

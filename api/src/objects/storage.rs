@@ -20,6 +20,10 @@ pub const SELECTED_NODE_ANNOTATION: &str = "volume.kubernetes.io/selected-node";
 pub const PROVISIONED_BY_ANNOTATION: &str = "pv.kubernetes.io/provisioned-by";
 /// The node label a local volume's node affinity names.
 pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+/// Holds a claim a pod still uses from going (Kubernetes' StorageObjectInUseProtection).
+pub const PVC_PROTECTION_FINALIZER: &str = "kubernetes.io/pvc-protection";
+/// Holds a volume still bound to a claim from going.
+pub const PV_PROTECTION_FINALIZER: &str = "kubernetes.io/pv-protection";
 /// The node annotation under which an agent reports where its local-path volumes live.
 pub const LOCAL_PATH_ROOT_ANNOTATION: &str = "shoal.dev/local-path-root";
 

@@ -104,6 +104,8 @@ pub fn provision(
         },
         ..Default::default()
     };
+    let mut volume = volume;
+    volume.metadata.finalizers = vec![shoal_api::PV_PROTECTION_FINALIZER.into()];
     Ok(bind(&volume, claim))
 }
 
@@ -176,6 +178,9 @@ pub enum Action {
     /// A volume's new status (Available, Released, Failed) or a claim's (Lost).
     VolumeStatus(Box<PersistentVolume>),
     ClaimStatus(PersistentVolumeClaim),
+    /// A claim no pod uses any more, or a volume no claim holds, being deleted: its
+    /// protection finalizer taken away, so it goes.
+    Unprotect(Box<Object>),
 }
 
 /// What the binder changes, from the claims, volumes, classes, pods and nodes.
@@ -191,6 +196,16 @@ pub fn plan(
     let mut taken: Vec<&str> = Vec::new();
     for claim in claims {
         if claim.metadata.deletion_timestamp.is_some() {
+            let in_use = pods
+                .iter()
+                .any(|p| !p.is_terminal() && uses_claim(p, claim));
+            if !in_use {
+                if let Some(c) = unprotected(claim, shoal_api::PVC_PROTECTION_FINALIZER) {
+                    actions.push(Action::Unprotect(Box::new(Object::PersistentVolumeClaim(
+                        c,
+                    ))));
+                }
+            }
             continue;
         }
         if claim.spec.storage_class_name.is_none() {
@@ -261,11 +276,41 @@ pub fn plan(
         }
     }
     for v in volumes {
-        if let Some(next) = volume_status(v, claims) {
+        if v.metadata.deletion_timestamp.is_some() && v.phase() != "Bound" {
+            if let Some(next) = unprotected(v, shoal_api::PV_PROTECTION_FINALIZER) {
+                actions.push(Action::Unprotect(Box::new(Object::PersistentVolume(next))));
+            }
+        } else if let Some(next) = volume_status(v, claims) {
             actions.push(Action::VolumeStatus(Box::new(next)));
         }
     }
     actions
+}
+
+/// `o` without `finalizer`, if it has it.
+fn unprotected<T: Clone + HasMeta>(o: &T, finalizer: &str) -> Option<T> {
+    let mut next = o.clone();
+    let m = next.meta_mut();
+    let before = m.finalizers.len();
+    m.finalizers.retain(|f| f != finalizer);
+    (m.finalizers.len() != before).then_some(next)
+}
+
+/// The objects whose finalizers the binder manages.
+trait HasMeta {
+    fn meta_mut(&mut self) -> &mut ObjectMeta;
+}
+
+impl HasMeta for PersistentVolumeClaim {
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl HasMeta for PersistentVolume {
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
 }
 
 /// A local-path claim whose first pod was bound to its node without the scheduler (its
@@ -373,6 +418,13 @@ pub async fn reconcile(store: &Store, pods: &[Pod]) -> Result<()> {
                 let rev = c.metadata.revision();
                 vec![Op::UpdateStatus {
                     object: Object::PersistentVolumeClaim(c),
+                    expected: Some(rev),
+                }]
+            }
+            Action::Unprotect(o) => {
+                let rev = o.metadata().revision();
+                vec![Op::Update {
+                    object: *o,
                     expected: Some(rev),
                 }]
             }

@@ -58,10 +58,19 @@ impl Claims {
         classes: &[StorageClass],
     ) -> Claims {
         let mut places = HashMap::new();
-        for c in claims
-            .iter()
-            .filter(|c| c.metadata.deletion_timestamp.is_none())
-        {
+        for c in claims {
+            let key = (
+                c.metadata.namespace_or_default().to_string(),
+                c.metadata.name.clone(),
+            );
+            if c.metadata.deletion_timestamp.is_some() {
+                let why = format!(
+                    "persistentvolumeclaim {:?} is being deleted",
+                    c.metadata.name
+                );
+                places.insert(key, Place::Waiting(why));
+                continue;
+            }
             let volume = c
                 .spec
                 .volume_name
@@ -87,10 +96,6 @@ impl Claims {
                     _ => Place::Waiting("pod has unbound immediate PersistentVolumeClaims".into()),
                 },
             };
-            let key = (
-                c.metadata.namespace_or_default().to_string(),
-                c.metadata.name.clone(),
-            );
             places.insert(key, place);
         }
         Claims { places }

@@ -554,6 +554,11 @@ impl Service {
         if let (Object::PersistentVolumeClaim(c), None) = (desired, stored) {
             return Ok(Object::PersistentVolumeClaim(self.new_claim(c).await?));
         }
+        if let (Object::PersistentVolume(v), None) = (desired, stored) {
+            let mut v = v.clone();
+            protect(&mut v.metadata, shoal_api::PV_PROTECTION_FINALIZER);
+            return Ok(Object::PersistentVolume(v));
+        }
         let Object::Service(svc) = desired else {
             return Ok(desired.clone());
         };
@@ -590,7 +595,16 @@ impl Service {
             phase: Some("Pending".into()),
             ..Default::default()
         });
+        protect(&mut claim.metadata, shoal_api::PVC_PROTECTION_FINALIZER);
         Ok(claim)
+    }
+}
+
+/// Adds the finalizer that keeps a claim or volume in use from going (Kubernetes'
+/// StorageObjectInUseProtection admission); the binder takes it away once it is free.
+fn protect(meta: &mut ObjectMeta, finalizer: &str) {
+    if !meta.finalizers.iter().any(|f| f == finalizer) {
+        meta.finalizers.push(finalizer.into());
     }
 }
 

@@ -236,6 +236,48 @@ async fn concurrent_writers_share_commits_and_all_land() {
     assert_eq!(reopened.revision(), before + 200);
 }
 
+/// A finalizer holds a deleted object (marked, still there) until an update takes the last one
+/// away; none may be added meanwhile.
+#[tokio::test]
+async fn a_finalizer_holds_a_deleted_object_until_it_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut held = cm("default", "held", "1");
+    held.metadata_mut().finalizers = vec!["example.com/cleanup".into(), "b/two".into()];
+    store.create(held).await.unwrap();
+    let key = ObjectKey::new(Kind::ConfigMap, Some("default"), "held");
+    let marked = store.delete(key.clone(), None).await.unwrap();
+    assert_eq!(marked.type_, ChangeType::Modified);
+    let stored = store.get(&key).await.unwrap().expect("still there");
+    assert!(stored.metadata().deletion_timestamp.is_some());
+
+    let mut added = stored.clone();
+    added.metadata_mut().finalizers.push("c/new".into());
+    let e = store.update(added, None).await.unwrap_err();
+    assert!(e.to_string().contains("no new finalizers"), "{e}");
+
+    let mut one = stored.clone();
+    one.metadata_mut().finalizers = vec!["b/two".into()];
+    assert_eq!(
+        store.update(one.clone(), None).await.unwrap().type_,
+        ChangeType::Modified
+    );
+    one.metadata_mut().finalizers.clear();
+    assert_eq!(
+        store.update(one, None).await.unwrap().type_,
+        ChangeType::Deleted
+    );
+    assert!(store.get(&key).await.unwrap().is_none());
+
+    // Without one, a delete removes at once.
+    store.create(cm("default", "plain", "1")).await.unwrap();
+    let plain = ObjectKey::new(Kind::ConfigMap, Some("default"), "plain");
+    assert_eq!(
+        store.delete(plain, None).await.unwrap().type_,
+        ChangeType::Deleted
+    );
+}
+
 #[tokio::test]
 async fn orphaning_strips_the_owner_and_foreground_only_marks_it() {
     let dir = tempfile::tempdir().unwrap();

@@ -392,13 +392,29 @@ impl<'a> Batch<'a> {
                     sm.deletion_timestamp.clone(),
                     sm.deletion_grace_period_seconds,
                 );
+                if deleting.is_some() {
+                    if let Some(new) =
+                        (obj.metadata().finalizers.iter()).find(|f| !sm.finalizers.contains(f))
+                    {
+                        return Err(Error::Invalid(format!(
+                            "{key}: metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizer {new:?}"
+                        )));
+                    }
+                }
                 let m = obj.metadata_mut();
                 m.uid = uid;
                 m.creation_timestamp = created;
                 m.deletion_timestamp = deleting;
                 m.deletion_grace_period_seconds = grace;
                 m.generation = generation;
-                self.record(p, ChangeType::Modified, key.encode(), obj)
+                // Its last finalizer gone, an object being deleted goes.
+                let gone = m.deletion_timestamp.is_some() && m.finalizers.is_empty();
+                let change = if gone {
+                    ChangeType::Deleted
+                } else {
+                    ChangeType::Modified
+                };
+                self.record(p, change, key.encode(), obj)
             }
             Op::UpdateStatus { object, expected } => {
                 let mut obj = object.clone();
@@ -412,7 +428,7 @@ impl<'a> Batch<'a> {
             }
             Op::Delete { key, expected } => {
                 let stored = self.existing(p, key, *expected)?;
-                self.record(p, ChangeType::Deleted, key.encode(), stored)
+                self.remove(p, key, stored, now)
             }
             Op::DeleteWith { key, policy, grace } => self.delete_with(p, key, *policy, *grace, now),
             Op::DeleteNamespace { name } => {
@@ -447,9 +463,7 @@ impl<'a> Batch<'a> {
             m.deletion_timestamp.get_or_insert_with(|| now.to_string());
         }
         match policy {
-            PropagationPolicy::Background => {
-                self.record(p, ChangeType::Deleted, key.encode(), stored)
-            }
+            PropagationPolicy::Background => self.remove(p, key, stored, now),
             PropagationPolicy::Orphan => {
                 let uid = stored.metadata().uid.clone();
                 for mut dependent in self.dependents(p, &stored)? {
@@ -460,7 +474,7 @@ impl<'a> Batch<'a> {
                     let dk = ObjectKey::of(&dependent).encode();
                     self.record(p, ChangeType::Modified, dk, dependent)?;
                 }
-                self.record(p, ChangeType::Deleted, key.encode(), stored)
+                self.remove(p, key, stored, now)
             }
             PropagationPolicy::Foreground => {
                 let mut obj = stored;
@@ -474,6 +488,25 @@ impl<'a> Batch<'a> {
                 self.record(p, ChangeType::Modified, key.encode(), obj)
             }
         }
+    }
+
+    /// Deletes `stored`, unless a finalizer holds it (one other than `foregroundDeletion`, which
+    /// Shoal's own garbage collector settles): then it is only marked as being deleted, and
+    /// goes once an update takes its last finalizer away, as in Kubernetes.
+    fn remove(
+        &mut self,
+        p: &mut Pending,
+        key: &ObjectKey,
+        mut stored: Object,
+        now: &str,
+    ) -> Result<()> {
+        let m = stored.metadata_mut();
+        let held = m.finalizers.iter().any(|f| f != FOREGROUND_DELETION);
+        if !held {
+            return self.record(p, ChangeType::Deleted, key.encode(), stored);
+        }
+        m.deletion_timestamp.get_or_insert_with(|| now.to_string());
+        self.record(p, ChangeType::Modified, key.encode(), stored)
     }
 
     /// The objects in `owner`'s namespace whose ownerReferences name it.
