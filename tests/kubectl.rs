@@ -41,6 +41,10 @@ fn kubectl_discovers_and_reads_the_cluster() {
         ("deployments", "deploy", "apps/v1"),
         ("pods", "po", "v1"),
         ("jobs", "", "batch/v1"),
+        ("cronjobs", "cj", "batch/v1"),
+        ("persistentvolumeclaims", "pvc", "v1"),
+        ("persistentvolumes", "pv", "v1"),
+        ("storageclasses", "sc", "storage.k8s.io/v1"),
     ] {
         assert!(
             resources.lines().any(|l| {
@@ -52,6 +56,11 @@ fn kubectl_discovers_and_reads_the_cluster() {
             "{name} {short} {group} in:\n{resources}"
         );
     }
+    let classes = ok(kubectl(&c, &["get", "storageclass"]), "get storageclass");
+    assert!(
+        classes.contains("local-path (default)") && classes.contains("WaitForFirstConsumer"),
+        "{classes}"
+    );
     let all = ok(
         kubectl(&c, &["api-resources", "--categories=all", "-o", "name"]),
         "categories",
