@@ -105,13 +105,14 @@ esac
 bin=${SHOAL_BIN:-}
 if [ -z "$bin" ]; then
     # An agent takes the agent-only build where there is one (smaller, no compiler).
-    candidates="$here/shoal-$arch $here/dist/shoal-$arch $here/shoal $here/target/release/shoal"
+    # Names relative to the script's directory, which may hold spaces.
+    names="shoal-$arch dist/shoal-$arch shoal target/release/shoal"
     if [ "$role" = agent ]; then
-        candidates="$here/shoal-agent-$arch $here/dist/shoal-agent-$arch $candidates"
+        names="shoal-agent-$arch dist/shoal-agent-$arch $names"
     fi
-    for candidate in $candidates; do
-        if [ -f "$candidate" ]; then
-            bin=$candidate
+    for name in $names; do
+        if [ -f "$here/$name" ]; then
+            bin="$here/$name"
             break
         fi
     done

@@ -157,7 +157,11 @@ fn dist(dir: &Path, binaries: &[(&str, &[u8])]) {
 
 #[test]
 fn install_picks_the_binary_for_the_architecture_and_refuses_one_whose_checksum_differs() {
-    let d = tempfile::tempdir().unwrap();
+    // Unpacked where a path has spaces, as a download folder may.
+    let d = tempfile::Builder::new()
+        .prefix("shoal dist ")
+        .tempdir()
+        .unwrap();
     let real = std::fs::read(kit::shoal_bin()).unwrap();
     dist(
         d.path(),
