@@ -118,6 +118,26 @@ fn a_static_pod_runs_from_its_file_with_and_without_the_controller_and_follows_t
         },
     );
 
+    // The agent started without --manifests: its static pod does not run, and its mirror
+    // goes from the API; with them again, both are back.
+    c.agents[0].terminate();
+    c.agents[0].wait_exit(Duration::from_secs(20));
+    c.agents[0] = Agent::start(&c.controller, "node-1", &dir.path().join("node-1"));
+    c.wait_for(
+        "the mirror of the static pod that no longer runs gone",
+        Duration::from_secs(60),
+        |c| {
+            let got = c.shoal(&["get", "pod", "web-node-1"]);
+            !got.0.status.success() && got.stderr().contains("not found")
+        },
+    );
+    c.agents[0].terminate();
+    c.agents[0].wait_exit(Duration::from_secs(20));
+    c.agents[0] = start_agent(&c.controller, dir.path(), &manifests);
+    c.wait_for("the mirror back", Duration::from_secs(60), |c| {
+        field(&mirror(c), "status.phase") == "Running"
+    });
+
     // No controller at all: the agent starts again and runs it from the file.
     c.controller.kill9();
     c.agents[0].terminate();

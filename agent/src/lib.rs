@@ -76,15 +76,21 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     supervisor.start_local().await;
     // Tasks beside the pods' and the proxy's: certificate renewal and the peers' streams.
     let tasks = TaskTracker::new();
-    if let Some(dir) = &config.manifests {
-        tasks.spawn(static_pods::run(
+    match &config.manifests {
+        Some(dir) => tasks.spawn(static_pods::run(
             dir.clone(),
             config.name.clone(),
             supervisor.clone(),
             link.clone(),
             shutdown.clone(),
-        ));
-    }
+        )),
+        None => tasks.spawn(static_pods::clear_mirrors(
+            config.name.clone(),
+            supervisor.clone(),
+            link.clone(),
+            shutdown.clone(),
+        )),
+    };
     tasks.spawn(join::keep_renewed(
         creds.clone(),
         link.clone(),

@@ -19,7 +19,6 @@ use sha2::{Digest, Sha256};
 use shoal_api::{Object, OwnerReference, Pod};
 use shoal_transport::proto::{Request, Response};
 use shoal_transport::Client;
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -167,9 +166,41 @@ fn key(p: &Pod) -> (String, String) {
     )
 }
 
-/// Makes the mirror pods in the API exactly those of `pods`: a missing one is made (and its
-/// static pod's status reported onto it), one of an older file replaced, one whose static pod
-/// is gone removed. A pod of the same name that is not a mirror is left alone, and said once.
+/// What the mirrors of this node's static pods need, given the pods bound to the node in the
+/// API (`there`) and the static pods running (`wanted`).
+#[derive(Debug, Default, PartialEq)]
+struct MirrorPlan {
+    /// Mirrors of static pods no longer there, or of an older version of one: by namespace
+    /// and name.
+    delete: Vec<(String, String)>,
+    /// Static pods without a current mirror, by index in `wanted`.
+    create: Vec<usize>,
+    /// Static pods whose name a pod that is no mirror has in the API: they run unmirrored.
+    clash: Vec<(String, String)>,
+}
+
+fn mirror_plan(there: &[Pod], wanted: &[Pod]) -> MirrorPlan {
+    let hash = |p: &Pod, a: &str| p.metadata.annotations.get(a).cloned();
+    let current = |m: &Pod, s: &Pod| {
+        m.is_mirror() && hash(m, shoal_api::CONFIG_MIRROR) == hash(s, shoal_api::CONFIG_HASH)
+    };
+    let mut plan = MirrorPlan::default();
+    for m in there.iter().filter(|p| p.is_mirror()) {
+        if !wanted.iter().any(|s| key(s) == key(m) && current(m, s)) {
+            plan.delete.push(key(m));
+        }
+    }
+    for (i, s) in wanted.iter().enumerate() {
+        match there.iter().find(|p| key(p) == key(s)) {
+            Some(m) if current(m, s) => {}
+            Some(m) if !m.is_mirror() => plan.clash.push(key(s)),
+            _ => plan.create.push(i),
+        }
+    }
+    plan
+}
+
+/// Brings the mirrors of this node's static pods `pods` up to date in the API.
 async fn mirror_all(
     client: &Client,
     node: &str,
@@ -188,39 +219,22 @@ async fn mirror_all(
     let Response::List { items, .. } = listed else {
         return Err(Error::Internal(listed.unexpected()));
     };
-    let there: HashMap<(String, String), Pod> = items
+    let there: Vec<Pod> = items
         .iter()
         .filter_map(|b| Object::from_json(b).ok()?.into_typed::<Pod>().ok())
-        .map(|p| (key(&p), p))
         .collect();
-    let hash = |p: &Pod, a: &str| p.metadata.annotations.get(a).cloned();
-    let wanted: HashMap<(String, String), &Pod> = pods.iter().map(|p| (key(p), p)).collect();
-    for (k, p) in there.iter().filter(|(_, p)| p.is_mirror()) {
-        let current = wanted
-            .get(k)
-            .is_some_and(|s| hash(s, shoal_api::CONFIG_HASH) == hash(p, shoal_api::CONFIG_MIRROR));
-        if !current {
-            delete(client, &k.0, &k.1).await?;
+    let plan = mirror_plan(&there, pods);
+    for (ns, name) in &plan.delete {
+        delete(client, ns, name).await?;
+    }
+    for k in plan.clash {
+        if !told.contains(&k) {
+            tracing::warn!(pod = %k.1, namespace = %k.0, "a pod of this name that is not a mirror is in the API: the static pod runs, without a mirror");
+            told.push(k);
         }
     }
     let mut node_uid = None;
-    for (k, p) in &wanted {
-        match there.get(k) {
-            Some(m)
-                if m.is_mirror()
-                    && hash(m, shoal_api::CONFIG_MIRROR) == hash(p, shoal_api::CONFIG_HASH) =>
-            {
-                continue
-            }
-            Some(m) if !m.is_mirror() => {
-                if !told.contains(k) {
-                    tracing::warn!(pod = %k.1, namespace = %k.0, "a pod of this name that is not a mirror is in the API: the static pod runs, without a mirror");
-                    told.push(k.clone());
-                }
-                continue;
-            }
-            _ => {}
-        }
+    for p in plan.create.iter().filter_map(|i| pods.get(*i)) {
         if node_uid.is_none() {
             node_uid = Some(node_uid_of(client, node).await?);
         }
@@ -234,7 +248,8 @@ async fn mirror_all(
             })
             .await?;
         expect_ok_or_object(made)?;
-        tracing::info!(pod = %k.1, namespace = %k.0, "made the mirror pod of a static pod");
+        let (ns, name) = key(p);
+        tracing::info!(pod = %name, namespace = %ns, "made the mirror pod of a static pod");
         supervisor.report_pod(&p.metadata.uid).await;
     }
     Ok(())
@@ -273,6 +288,32 @@ async fn node_uid_of(client: &Client, node: &str) -> Result<String> {
     };
     let obj = Object::from_json(&b).map_err(|e| Error::Internal(e.to_string()))?;
     Ok(obj.metadata().uid.clone())
+}
+
+/// Without a manifests directory: the mirrors an earlier agent of this node made (run with
+/// `--manifests`) are deleted on the first connection, as their static pods no longer run.
+pub async fn clear_mirrors(
+    node: String,
+    supervisor: Supervisor,
+    mut link: Link,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let client = link.borrow().clone();
+        if let Some(client) = client {
+            match mirror_all(&client, &node, &[], &supervisor, &mut Vec::new()).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::debug!(error = %shoal_transport::report(&e), "old mirror pods not cleared yet")
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = link.changed() => {}
+            _ = tokio::time::sleep(RESCAN) => {}
+        }
+    }
 }
 
 /// Runs the static pods of `dir` until `shutdown`, reading it again every [`RESCAN`], and
@@ -315,6 +356,45 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn named(name: &str, annotations: &[(&str, &str)]) -> Pod {
+        let mut p = Pod::default();
+        p.metadata.name = name.into();
+        p.metadata.namespace = Some("default".into());
+        p.metadata.annotations = annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        p
+    }
+
+    #[test]
+    fn mirrors_follow_the_static_pods_that_run() {
+        let running = |name: &str, hash: &str| named(name, &[(shoal_api::CONFIG_HASH, hash)]);
+        let mirror_of = |name: &str, hash: &str| named(name, &[(shoal_api::CONFIG_MIRROR, hash)]);
+        let k = |n: &str| ("default".to_string(), n.to_string());
+        let wanted = [
+            running("same", "h1"),
+            running("changed", "h2"),
+            running("new", "h3"),
+            running("taken", "h4"),
+        ];
+        let there = [
+            mirror_of("same", "h1"),
+            mirror_of("changed", "old"),
+            mirror_of("removed", "h9"),
+            named("taken", &[]),
+            named("ordinary", &[]),
+        ];
+        let plan = mirror_plan(&there, &wanted);
+        assert_eq!(plan.delete, [k("changed"), k("removed")]);
+        assert_eq!(plan.create, [1, 2], "changed and new get (new) mirrors");
+        assert_eq!(plan.clash, [k("taken")]);
+        // No static pods (an agent without --manifests): every mirror goes, nothing else.
+        let none = mirror_plan(&there, &[]);
+        assert_eq!(none.delete, [k("same"), k("changed"), k("removed")]);
+        assert!(none.create.is_empty() && none.clash.is_empty());
+    }
 
     #[test]
     fn manifests_become_static_pods_whose_uid_follows_their_content() {
