@@ -4,6 +4,7 @@
 pub mod artifacts;
 pub mod backoff;
 pub mod config;
+pub mod cron;
 pub mod devices;
 pub mod dns;
 pub mod env;
@@ -73,6 +74,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     // What the node ran before runs again now, whether or not the controller answers: the
     // first connection reconciles it with what the controller says.
     proxy.restore().await;
+    let cron = cron::Cron::load(&config.data_dir, &config.name, supervisor.clone());
     supervisor.start_local().await;
     // Tasks beside the pods' and the proxy's: certificate renewal and the peers' streams.
     let tasks = TaskTracker::new();
@@ -91,6 +93,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
             shutdown.clone(),
         )),
     };
+    tasks.spawn(cron.clone().run(link.clone(), shutdown.clone()));
     tasks.spawn(join::keep_renewed(
         creds.clone(),
         link.clone(),
@@ -113,6 +116,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
                     config: &config,
                     client: &client,
                     supervisor: &supervisor,
+                    cron: &cron,
                     proxy: &proxy,
                     wasm: &wasm,
                     shutdown: &shutdown,

@@ -34,6 +34,7 @@ pub(crate) struct Parts<'a> {
     pub config: &'a AgentConfig,
     pub client: &'a Arc<Client>,
     pub supervisor: &'a Supervisor,
+    pub cron: &'a crate::cron::Cron,
     pub proxy: &'a proxy::Proxy,
     pub wasm: &'a Arc<WasmRuntime>,
     pub shutdown: &'a CancellationToken,
@@ -53,6 +54,9 @@ pub(crate) async fn session(parts: Parts<'_>, carried: &mut Carried) -> Result<(
     if let (Some(listen), None) = (config.peer_listen, carried.peer_port) {
         carried.peer_port = serve_peers(&parts, listen).await;
     }
+    // The runs started while cut off are the controller's before it hears the node is back
+    // (and would start what the node ran) and before the pods are listed (and would stop them).
+    parts.cron.report(client).await?;
     put_node(&parts, carried.peer_port, false).await?;
     let serving = tokio::spawn(tunnel::serve::serve(
         client.connection().clone(),

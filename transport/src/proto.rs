@@ -226,6 +226,17 @@ pub enum Request {
         pod: String,
         port: Option<u16>,
     },
+    /// A node asks for the CronJobs pinned to it, with their times ahead
+    /// (`shoal_api::PinnedCronJob`), to run them while cut off from the controller; answered
+    /// with their JSON list in [`Response::Json`].
+    PinnedCronJobs,
+    /// A node reports a run of a CronJob pinned to it that it started while cut off from the
+    /// controller (`shoal_api::CronRunReport`, as JSON): the controller makes its Job and pod,
+    /// or gives the pod to the Job made for that time meanwhile. Answered with the pod as
+    /// stored ([`Response::Object`]).
+    ReportCronRun {
+        report: Vec<u8>,
+    },
 }
 
 /// What travels on an [`Request::Exec`] stream once the command started: input and terminal

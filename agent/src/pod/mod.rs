@@ -150,6 +150,9 @@ struct Inner {
     /// The uids of the static pods (from `--manifests`): no listing of the controller's
     /// stops them.
     statics: Mutex<std::collections::HashSet<String>>,
+    /// The uids of the pods of CronJob runs this node started while cut off from the
+    /// controller and has not reported yet ([`crate::cron`]): no listing stops them.
+    unreported: Mutex<std::collections::HashSet<String>>,
     /// The host devices the node gives pods, and which pod holds which.
     devices: crate::devices::Devices,
 }
@@ -223,6 +226,7 @@ impl Supervisor {
             stopping: CancellationToken::new(),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             statics: Mutex::default(),
+            unreported: Mutex::default(),
             devices: crate::devices::Devices::new(config.devices.clone(), &config.data_dir),
         }));
         // The range the controller gave this node last time: pods get addresses also when
@@ -319,6 +323,8 @@ impl Supervisor {
     pub async fn sync(&self, pods: Vec<Pod>) {
         let mut keep: Vec<String> = pods.iter().map(|p| p.metadata.uid.clone()).collect();
         keep.extend(lock(&self.0.statics).iter().cloned());
+        let unreported: Vec<String> = lock(&self.0.unreported).iter().cloned().collect();
+        keep.extend(unreported.iter().cloned());
         if let Some(runc) = self.0.runc.clone() {
             let keys_of = |p: &Pod| -> Vec<String> {
                 p.spec
@@ -358,7 +364,13 @@ impl Supervisor {
         // What the controller listed is what this node has: pods kept for a node that was
         // away, and deleted meanwhile, are forgotten. Finished ones stay (for their logs),
         // and are not run again.
-        let listed: Vec<Object> = pods.iter().map(|p| Object::Pod(p.clone())).collect();
+        let mut listed: Vec<Object> = pods.iter().map(|p| Object::Pod(p.clone())).collect();
+        // Runs started while cut off, not reported yet, stay too.
+        listed.extend(
+            unreported
+                .iter()
+                .filter_map(|uid| self.0.local.get(&format!("Pod/{uid}")).ok().flatten()),
+        );
         if let Err(e) = self.0.local.replace(Kind::Pod, &listed) {
             tracing::warn!(error = %shoal_transport::report(&e), "cannot keep the pods in the node's local state");
         }
@@ -424,6 +436,75 @@ impl Supervisor {
                 self.observe(EventType::Added, pod).await;
             }
         }
+    }
+
+    /// Starts the pod of a CronJob run this node started while cut off from the controller:
+    /// it runs, and stays through listings, until [`Supervisor::reported`].
+    pub async fn start_unreported(&self, pod: Pod) {
+        lock(&self.0.unreported).insert(pod.metadata.uid.clone());
+        self.observe(EventType::Added, pod).await;
+    }
+
+    /// Holds the pods of runs a previous agent started and did not report, before they run
+    /// again from the node's local state.
+    pub fn hold_unreported(&self, uids: impl IntoIterator<Item = String>) {
+        lock(&self.0.unreported).extend(uids);
+    }
+
+    /// The run's pod is in the API now: it is the controller's, as any other.
+    pub fn reported(&self, uid: &str) {
+        lock(&self.0.unreported).remove(uid);
+    }
+
+    /// A run that will never be reported (its CronJob is gone, or a later run replaced it):
+    /// its pod stops.
+    pub fn drop_unreported(&self, uid: &str) {
+        lock(&self.0.unreported).remove(uid);
+        self.stop(uid, None);
+    }
+
+    /// Ends the pod `uid` here (a Job a CronJob's later run replaces); the controller is told
+    /// with the run's report.
+    pub fn end(&self, uid: &str) {
+        self.stop(uid, None);
+    }
+
+    /// The pod `uid` with its status as it is now: running here, or kept as finished.
+    pub fn pod_now(&self, uid: &str) -> Option<Pod> {
+        let state = lock(&self.0.pods).get(uid).map(|r| r.state.clone());
+        if let Some(state) = state {
+            let s = lock(&state);
+            let report = status::pod_status(&s, None, &crate::node::now());
+            let mut pod = s.pod.clone();
+            pod.status = Some(report.status);
+            return Some(pod);
+        }
+        self.0
+            .local
+            .get(&format!("Pod/{uid}"))
+            .ok()
+            .flatten()
+            .and_then(|o| o.into_typed::<Pod>().ok())
+    }
+
+    /// The pods here of Jobs in `namespace` named `PREFIX<digits>` (a CronJob's): uid, Job
+    /// name, and whether it has finished.
+    pub fn job_pods(&self, namespace: &str, prefix: &str) -> Vec<(String, String, bool)> {
+        lock(&self.0.pods)
+            .iter()
+            .filter(|(_, r)| r.namespace == namespace)
+            .filter_map(|(uid, r)| {
+                let s = lock(&r.state);
+                let job = s.pod.metadata.owner_references.iter().find(|o| {
+                    o.kind == "Job"
+                        && o.name.strip_prefix(prefix).is_some_and(|rest| {
+                            !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit())
+                        })
+                })?;
+                let done = state::pod_phase_of(&s.init, &s.containers).is_terminal();
+                Some((uid.clone(), job.name.clone(), done))
+            })
+            .collect()
     }
 
     /// Reports the status of the pod `uid` again, if it runs here (a static pod whose mirror

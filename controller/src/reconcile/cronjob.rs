@@ -6,14 +6,11 @@
 //! history limits are deleted, oldest first. Times are read in `timeZone` (UTC when absent).
 //! A pure function of the CronJob, its Jobs and the time.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, TimeZone, Utc};
 use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds};
 use croner::Cron;
-use shoal_api::{
-    Condition, CronJob, CronJobStatus, Job, ObjectMeta, ObjectReference, OwnerReference,
-    CRONJOB_SCHEDULED_ANNOTATION,
-};
+use shoal_api::{Condition, CronJob, CronJobStatus, Job, ObjectReference};
 
 /// More missed times than this since the last: Kubernetes warns, as the clock or the
 /// controller was off for long (the most recent still starts).
@@ -83,6 +80,32 @@ impl Schedule {
     }
 }
 
+/// The times `cj` is scheduled for from `now` (after it) for [`shoal_api::PINNED_HORIZON_SECS`],
+/// as runs of equal steps: what its pinned node runs by while cut off.
+pub fn pinned_times(s: &Schedule, now: DateTime<Utc>) -> Vec<shoal_api::TimeRun> {
+    let until = now + Duration::seconds(shoal_api::PINNED_HORIZON_SECS);
+    // Every minute of the horizon at most: a five-field schedule fires no more often.
+    let times: Vec<i64> = s
+        .cron
+        .iter_after(now.with_timezone(&s.zone))
+        .map(|t| t.with_timezone(&Utc))
+        .take_while(|t| *t <= until)
+        .take((shoal_api::PINNED_HORIZON_SECS / 60) as usize + 1)
+        .map(|t| t.timestamp())
+        .collect();
+    shoal_api::TimeRun::compress(&times, shoal_api::PINNED_MAX_RUNS)
+}
+
+/// Whether `at` (seconds since the epoch) is one of the times `s` fires at.
+pub fn fires_at(s: &Schedule, at: i64) -> bool {
+    let Some(t) = Utc.timestamp_opt(at, 0).single() else {
+        return false;
+    };
+    s.cron
+        .find_next_occurrence(&t.with_timezone(&s.zone), true)
+        .is_ok_and(|n| n.with_timezone(&Utc) == t)
+}
+
 /// What the controller checks beyond the object's shape before storing it: a CronJob's
 /// schedule and time zone parse (as kube-apiserver parses them).
 pub fn admission_errors(obj: &shoal_api::Object) -> Vec<shoal_api::FieldError> {
@@ -138,36 +161,10 @@ fn reference(job: &Job) -> ObjectReference {
     }
 }
 
-/// The Job for the time `at`, from the template, owned by the CronJob.
-pub fn job_for(cj: &CronJob, at: DateTime<Utc>) -> Job {
-    let t = &cj.spec.job_template;
-    let mut metadata = ObjectMeta {
-        name: format!("{}-{}", cj.metadata.name, at.timestamp() / 60),
-        namespace: cj.metadata.namespace.clone(),
-        labels: t.metadata.labels.clone(),
-        annotations: t.metadata.annotations.clone(),
-        owner_references: vec![OwnerReference {
-            api_version: "batch/v1".into(),
-            kind: "CronJob".into(),
-            name: cj.metadata.name.clone(),
-            uid: cj.metadata.uid.clone(),
-            controller: Some(true),
-            block_owner_deletion: Some(true),
-        }],
-        ..Default::default()
-    };
-    metadata
-        .annotations
-        .insert(CRONJOB_SCHEDULED_ANNOTATION.into(), ts(at));
-    Job {
-        metadata,
-        spec: t.spec.clone(),
-        ..Default::default()
-    }
-}
-
-/// `jobs`: the Jobs this CronJob controls.
-pub fn reconcile(cj: &CronJob, jobs: &[Job], now: DateTime<Utc>) -> Plan {
+/// `jobs`: the Jobs this CronJob controls. `held`: it is pinned to a node out of touch, which
+/// runs it by itself meanwhile and reports its runs on its return ([`shoal_api::CronRunReport`]):
+/// nothing is started for it here until then.
+pub fn reconcile(cj: &CronJob, jobs: &[Job], now: DateTime<Utc>, held: bool) -> Plan {
     let mut plan = Plan::default();
     let old = cj.status.clone().unwrap_or_default();
     let mut status = old.clone();
@@ -186,7 +183,7 @@ pub fn reconcile(cj: &CronJob, jobs: &[Job], now: DateTime<Utc>) -> Plan {
     plan.delete = past_history(cj, jobs);
     match schedule(cj) {
         Err((_, why)) => plan.event = Some(("Warning", "UnparseableSchedule", why)),
-        Ok(_) if cj.suspended() => {}
+        Ok(_) if cj.suspended() || held => {}
         Ok(s) => start(cj, &s, jobs, &active, now, &mut plan, &mut status),
     }
     if status != old {
@@ -220,7 +217,7 @@ fn start(
             format!("too many missed start times: more than {TOO_MANY_MISSED}; check the clock (the most recent starts)"),
         ));
     }
-    let job = job_for(cj, at);
+    let job = cj.job_for(at);
     if jobs.iter().any(|j| j.metadata.name == job.metadata.name) {
         // Made already (by an earlier pass whose status write was lost).
         status.last_schedule_time = Some(ts(at));
@@ -337,7 +334,7 @@ mod tests {
     #[test]
     fn a_time_makes_one_job_named_after_it() {
         let cj = cronjob("*/5 * * * *");
-        let plan = reconcile(&cj, &[], at("2026-12-06T10:07:10Z"));
+        let plan = reconcile(&cj, &[], at("2026-12-06T10:07:10Z"), false);
         let job = plan.create.expect("a job");
         // 10:05 UTC in minutes since the epoch.
         assert_eq!(
@@ -346,7 +343,7 @@ mod tests {
         );
         assert_eq!(job.metadata.owner_references[0].kind, "CronJob");
         assert_eq!(
-            job.metadata.annotations[CRONJOB_SCHEDULED_ANNOTATION],
+            job.metadata.annotations[shoal_api::CRONJOB_SCHEDULED_ANNOTATION],
             "2026-12-06T10:05:00Z"
         );
         let status = plan.status.expect("status");
@@ -358,11 +355,14 @@ mod tests {
         let mut again = cj.clone();
         again.status = Some(status);
         assert_eq!(
-            reconcile(&again, &[job], at("2026-12-06T10:09:59Z")).create,
+            reconcile(&again, &[job], at("2026-12-06T10:09:59Z"), false).create,
             None
         );
         // Before the first time after creation: nothing.
-        assert_eq!(reconcile(&cj, &[], at("2026-12-06T10:04:00Z")).create, None);
+        assert_eq!(
+            reconcile(&cj, &[], at("2026-12-06T10:04:00Z"), false).create,
+            None
+        );
     }
 
     #[test]
@@ -371,31 +371,37 @@ mod tests {
         let mut cj = cronjob("0 7 * * *");
         cj.metadata.creation_timestamp = Some("2026-12-05T00:00:00Z".into());
         cj.spec.time_zone = Some("Europe/Berlin".into());
-        let plan = reconcile(&cj, &[], at("2026-12-06T06:00:20Z"));
+        let plan = reconcile(&cj, &[], at("2026-12-06T06:00:20Z"), false);
         assert_eq!(
             plan.status.and_then(|s| s.last_schedule_time).as_deref(),
             Some("2026-12-06T06:00:00Z")
         );
         // A missed time past the starting deadline: not started.
         cj.spec.starting_deadline_seconds = Some(60);
-        assert_eq!(reconcile(&cj, &[], at("2026-12-06T06:05:00Z")).create, None);
+        assert_eq!(
+            reconcile(&cj, &[], at("2026-12-06T06:05:00Z"), false).create,
+            None
+        );
         cj.spec.starting_deadline_seconds = None;
         cj.spec.suspend = Some(true);
-        assert_eq!(reconcile(&cj, &[], at("2026-12-06T06:05:00Z")).create, None);
+        assert_eq!(
+            reconcile(&cj, &[], at("2026-12-06T06:05:00Z"), false).create,
+            None
+        );
 
         let mut cj = cronjob("* * * * *");
         let running = job("sample-10", None);
         let now = at("2026-12-06T10:12:30Z");
         cj.spec.concurrency_policy = Some("Forbid".into());
-        let plan = reconcile(&cj, std::slice::from_ref(&running), now);
+        let plan = reconcile(&cj, std::slice::from_ref(&running), now, false);
         assert_eq!(plan.create, None);
         assert_eq!(plan.status.map(|s| s.active.len()), Some(1));
         cj.spec.concurrency_policy = Some("Replace".into());
-        let plan = reconcile(&cj, std::slice::from_ref(&running), now);
+        let plan = reconcile(&cj, std::slice::from_ref(&running), now, false);
         assert!(plan.create.is_some());
         assert_eq!(plan.delete, ["sample-10"]);
         cj.spec.concurrency_policy = None;
-        let plan = reconcile(&cj, &[running], now);
+        let plan = reconcile(&cj, &[running], now, false);
         assert!(plan.create.is_some() && plan.delete.is_empty());
     }
 
@@ -408,7 +414,7 @@ mod tests {
             .chain((16..=17).map(|i| job(&format!("sample-{i}"), Some("Failed"))))
             .chain([job("sample-18", None)])
             .collect();
-        let plan = reconcile(&cj, &jobs, at("2026-12-06T10:20:00Z"));
+        let plan = reconcile(&cj, &jobs, at("2026-12-06T10:20:00Z"), false);
         assert_eq!(plan.delete, ["sample-11", "sample-12", "sample-16"]);
         let status = plan.status.expect("status");
         assert_eq!(
@@ -416,5 +422,43 @@ mod tests {
             Some("2026-12-06T10:30:00Z")
         );
         assert_eq!(status.active.len(), 1);
+    }
+
+    #[test]
+    fn a_pinned_cronjob_is_held_while_its_node_is_away_and_its_node_gets_its_times() {
+        let cj = cronjob("* * * * *");
+        let now = at("2026-12-06T10:07:10Z");
+        assert!(reconcile(&cj, &[], now, false).create.is_some());
+        let held = reconcile(&cj, &[], now, true);
+        assert_eq!(held.create, None, "its node runs it meanwhile");
+        assert_eq!(held.status, None, "nothing marked as scheduled");
+
+        // Every minute for a week is one run of times; a weekday schedule a few.
+        let s = schedule(&cj).expect("parses");
+        let runs = pinned_times(&s, now);
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        assert_eq!(runs[0].first, at("2026-12-06T10:08:00Z").timestamp());
+        assert_eq!((runs[0].step, runs[0].count), (60, 7 * 24 * 60));
+        let weekdays = schedule(&cronjob("30 9 * * MON-FRI")).expect("parses");
+        let runs = pinned_times(&weekdays, now);
+        let ends = |t: &str| at(t).timestamp();
+        assert_eq!(
+            shoal_api::TimeRun::latest_in(&runs, 0, ends("2026-12-09T12:00:00Z")),
+            Some(ends("2026-12-09T09:30:00Z")),
+            "a Wednesday's run: {runs:?}"
+        );
+        assert!(fires_at(&weekdays, ends("2026-12-09T09:30:00Z")));
+        assert!(!fires_at(&weekdays, ends("2026-12-09T09:31:00Z")));
+        assert!(
+            !fires_at(&weekdays, ends("2026-12-06T09:30:00Z")),
+            "a Sunday"
+        );
+        // In its time zone: 09:30 in Berlin is 08:30 UTC in winter.
+        let mut berlin = cronjob("30 9 * * *");
+        berlin.spec.time_zone = Some("Europe/Berlin".into());
+        let s = schedule(&berlin).expect("parses");
+        let runs = pinned_times(&s, now);
+        assert_eq!(runs[0].first, ends("2026-12-07T08:30:00Z"));
+        assert_eq!((runs[0].step, runs[0].count), (86_400, 7));
     }
 }

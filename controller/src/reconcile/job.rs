@@ -7,9 +7,9 @@
 
 use chrono::{DateTime, Utc};
 use shoal_api::PodPhase;
-use shoal_api::{Condition, Job, JobStatus, OwnerReference, Pod};
+use shoal_api::{Condition, Job, JobStatus, Pod};
 
-pub const JOB_NAME_LABEL: &str = "job-name";
+pub use shoal_api::JOB_NAME_LABEL;
 
 #[derive(Debug, Default, PartialEq)]
 pub struct Plan {
@@ -42,27 +42,7 @@ fn finished(status: &JobStatus) -> bool {
 }
 
 pub fn new_pod(job: &Job) -> Pod {
-    let t = &job.spec.template;
-    let mut pod = Pod {
-        metadata: t.metadata.clone(),
-        spec: t.spec.clone(),
-        ..Default::default()
-    };
-    pod.metadata.name = String::new();
-    pod.metadata.generate_name = format!("{}-", job.metadata.name);
-    pod.metadata.namespace = job.metadata.namespace.clone();
-    pod.metadata
-        .labels
-        .insert(JOB_NAME_LABEL.into(), job.metadata.name.clone());
-    pod.metadata.owner_references = vec![OwnerReference {
-        api_version: "batch/v1".into(),
-        kind: "Job".into(),
-        name: job.metadata.name.clone(),
-        uid: job.metadata.uid.clone(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }];
-    pod
+    job.new_pod()
 }
 
 /// Which of the `active` pods go when there are more than `wanted`: with the default policy
@@ -128,10 +108,16 @@ pub fn reconcile(job: &Job, owned: &[Pod], now: DateTime<Utc>) -> Plan {
         + restarts)
         .max(old.failed);
     // A pod on a lost node is not active: it is replaced (and counted again if it returns).
+    // Unless the template pins its pods to that node: a replacement could only go there too.
+    let template = &job.spec.template.spec;
+    let pinned = template.node_name.is_some()
+        || template
+            .node_selector
+            .contains_key(shoal_api::HOSTNAME_LABEL);
     let active: Vec<&Pod> = owned
         .iter()
         .filter(|p| !phase(p).is_terminal() && p.metadata.deletion_timestamp.is_none())
-        .filter(|p| !crate::node_lifecycle::lost(p))
+        .filter(|p| pinned || !crate::node_lifecycle::lost(p))
         .collect();
     let start = parse(old.start_time.as_deref()).unwrap_or(now);
     let mut status = JobStatus {
@@ -275,6 +261,13 @@ mod tests {
         original.metadata.creation_timestamp = Some("2026-01-01T00:00:00Z".into());
         let lost = crate::node_lifecycle::mark_lost(&original, "n", now());
         assert_eq!(reconcile(&j, std::slice::from_ref(&lost), now()).create, 1);
+        // Pinned to that node, it is not: a replacement could only go to the same lost node.
+        let mut pinned = j.clone();
+        pinned.spec.template.spec.node_name = Some("n".into());
+        assert_eq!(
+            reconcile(&pinned, std::slice::from_ref(&lost), now()).create,
+            0
+        );
 
         // Back: the lost-at annotation stays, the lost condition is gone with the new status.
         let mut back = lost.clone();

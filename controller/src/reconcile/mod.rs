@@ -41,11 +41,13 @@ const WATCHED: &[Kind] = &[
     Kind::PersistentVolume,
 ];
 
-pub async fn run(store: Store, shutdown: CancellationToken) {
+/// `links`: the nodes with a live session, whose pinned CronJobs are started here (those of the
+/// others run on their node meanwhile, [`cronjob::reconcile`]).
+pub async fn run(store: Store, links: crate::server::NodeLinks, shutdown: CancellationToken) {
     let mut waker = Waker::new(store.clone(), WATCHED, RESYNC);
     let mut expired = std::time::Instant::now();
     while waker.wait(&shutdown).await {
-        if let Err(e) = pass(&store).await {
+        if let Err(e) = pass(&store, &links).await {
             tracing::warn!(error = %shoal_transport::report(&e), "reconcile pass failed");
         }
         if expired.elapsed() >= EXPIRE_EVENTS {
@@ -135,14 +137,14 @@ fn tolerate<T>(r: Result<T>) -> Result<()> {
 
 /// One pass over every workload. Deployments go first, so the ReplicaSets they scale are
 /// reconciled in the same pass; the pods are read once, after that.
-pub async fn pass(store: &Store) -> Result<()> {
+pub async fn pass(store: &Store, links: &crate::server::NodeLinks) -> Result<()> {
     foreground(store).await?;
     deployments(store).await?;
     let pods: Vec<Pod> = store.list_typed(Kind::Pod, None).await?;
     lost_with_their_node(store, &pods).await?;
     replicasets(store, &pods).await?;
     daemonsets(store, &pods).await?;
-    cronjobs(store).await?;
+    cronjobs(store, links).await?;
     jobs(store, &pods).await?;
     volumes::reconcile(store, &pods).await?;
     services(store, &pods).await
@@ -335,14 +337,24 @@ async fn jobs(store: &Store, pods: &[Pod]) -> Result<()> {
 
 /// Each CronJob's Jobs: made on schedule, replaced or skipped by its concurrency policy, and
 /// the finished ones past its history limits deleted; Jobs of a deleted CronJob go too.
-async fn cronjobs(store: &Store) -> Result<()> {
+async fn cronjobs(store: &Store, links: &crate::server::NodeLinks) -> Result<()> {
     let cronjobs: Vec<CronJob> = store.list_typed(Kind::CronJob, None).await?;
     let jobs: Vec<Job> = store.list_typed(Kind::Job, None).await?;
+    let nodes: Vec<Node> = if cronjobs.iter().any(|c| c.pinned_node().is_some()) {
+        store.list_typed(Kind::Node, None).await?
+    } else {
+        Vec::new()
+    };
     let now = chrono::Utc::now();
     for cj in cronjobs.iter().filter(|c| !deleting(&c.metadata)) {
         let ns = cj.metadata.namespace_or_default();
         let owned: Vec<Job> = controlled_by(&jobs, &cj.metadata.uid, |o| &o.metadata);
-        let plan = cronjob::reconcile(cj, &owned, now);
+        // A pinned CronJob whose node is out of touch (no session here: also just after
+        // this controller started) is run by that node meanwhile.
+        let held = cj.pinned_node().is_some_and(|n| {
+            nodes.iter().any(|node| node.metadata.name == n) && !links.connected(n)
+        });
+        let plan = cronjob::reconcile(cj, &owned, now, held);
         if let Some((type_, reason, message)) = &plan.event {
             let about = events::reference(&Object::CronJob(cj.clone()));
             events::record(store, &about, type_, reason, message, "cronjob-controller").await;

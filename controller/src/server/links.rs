@@ -57,6 +57,12 @@ impl NodeLinks {
         }
     }
 
+    /// Whether `node` has a live session here: it registered on this controller since it
+    /// started, and its connection has not closed.
+    pub fn connected(&self, node: &str) -> bool {
+        self.get(node).is_some_and(|c| c.close_reason().is_none())
+    }
+
     pub fn get(&self, node: &str) -> Option<quinn::Connection> {
         self.0.lock().ok().and_then(|m| m.get(node).cloned())
     }

@@ -222,6 +222,7 @@ impl Controller {
         ));
         tracker.spawn(crate::reconcile::run(
             self.service.store().clone(),
+            self.links.clone(),
             shutdown.clone(),
         ));
         tracker.spawn(crate::node_lifecycle::run(

@@ -21,6 +21,9 @@ fn node_write_size(req: &Request) -> Option<(&'static str, usize, usize)> {
         Request::PutNode { object } => Some(("a Node", object.len(), NODE_OBJECT_MAX)),
         Request::UpdateStatus { object } => Some(("a pod status", object.len(), POD_STATUS_MAX)),
         Request::Create { object, .. } => Some(("a mirror pod", object.len(), POD_STATUS_MAX)),
+        Request::ReportCronRun { report } => {
+            Some(("a CronJob run's report", report.len(), POD_STATUS_MAX))
+        }
         Request::RecordEvent { about, .. } => Some((
             "an event's object reference",
             about.len(),
@@ -67,6 +70,8 @@ impl Service {
             | Request::FetchPrecompiled { .. }
             | Request::PeerCert { .. }
             | Request::RecordEvent { .. } => true,
+            // Only the CronJobs pinned to it, and runs of those: checked where they are served.
+            Request::PinnedCronJobs | Request::ReportCronRun { .. } => true,
             // The service proxy on every node follows every Service and its endpoints.
             Request::List { kind, fields, .. } | Request::Watch { kind, fields, .. } => {
                 own_pods(kind, fields)

@@ -15,6 +15,7 @@ use shoal_transport::{Ca, Identity};
 use std::sync::Arc;
 
 mod authz;
+mod cron;
 mod fields;
 mod managed;
 mod nodes;
@@ -321,6 +322,18 @@ impl Service {
                 one(self.put_node(me, &object).await?)
             }
             Request::UpdateStatus { object } => one(self.update_status(who, &object).await?),
+            Request::PinnedCronJobs => {
+                let Identity::Node(me) = who else {
+                    return Err(bad_request("only a node has CronJobs pinned to it"));
+                };
+                one(self.pinned_cronjobs(me).await?)
+            }
+            Request::ReportCronRun { report } => {
+                let Identity::Node(me) = who else {
+                    return Err(bad_request("only a node reports the runs it started"));
+                };
+                one(self.report_cron_run(me, &report).await?)
+            }
             Request::Fetch { reference, offset } => {
                 let blob = self.artifacts.resolve(&reference)?;
                 if offset > blob.size {

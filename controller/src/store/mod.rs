@@ -50,6 +50,9 @@ pub struct Change {
 pub enum Op {
     /// Fails if the object exists, or if its namespace does not.
     Create(Object),
+    /// As [`Op::Create`], keeping the object's uid: a pod a node ran while cut off from the
+    /// controller, made in the API under the uid it runs with.
+    CreateWithUid(Object),
     /// Replaces an existing object. With `expected`, fails unless the stored revision matches.
     Update {
         object: Object,

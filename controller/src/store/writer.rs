@@ -344,7 +344,7 @@ impl<'a> Batch<'a> {
 
     fn apply(&mut self, p: &mut Pending, op: &Op, now: &str) -> Result<()> {
         match op {
-            Op::Create(obj) => {
+            Op::Create(obj) | Op::CreateWithUid(obj) => {
                 let mut obj = obj.clone();
                 obj.normalize();
                 if obj.name().is_empty() {
@@ -368,7 +368,9 @@ impl<'a> Batch<'a> {
                     }
                 }
                 let m = obj.metadata_mut();
-                m.uid = uuid::Uuid::new_v4().to_string();
+                if !matches!(op, Op::CreateWithUid(_)) || m.uid.is_empty() {
+                    m.uid = uuid::Uuid::new_v4().to_string();
+                }
                 m.creation_timestamp = Some(now.to_string());
                 m.deletion_timestamp = None;
                 m.deletion_grace_period_seconds = None;
