@@ -1140,6 +1140,184 @@ spec:
     assert_eq!(c.shoal(&["logs", &name]).ok().trim(), "tick");
 }
 
+/// The pods an agent says it started for a CronJob while cut off from the controller.
+fn started_offline(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("this node starts the scheduled run itself"))
+        .filter_map(|l| {
+            let at = l.find("pod=")?;
+            Some(
+                l[at + 4..]
+                    .split_whitespace()
+                    .next()?
+                    .trim_matches('"')
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_pinned_cronjob_keeps_firing_on_its_node_while_the_controller_is_away_and_each_run_is_reported_once(
+) {
+    let mut c = Cluster::start(1);
+    c.push_probe();
+    c.apply(
+        r#"apiVersion: batch/v1
+kind: CronJob
+metadata: {name: sample}
+spec:
+  schedule: "* * * * *"
+  successfulJobsHistoryLimit: 10
+  concurrencyPolicy: Forbid
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          nodeName: node-1
+          runtimeClassName: wasm
+          restartPolicy: Never
+          containers:
+          - name: probe
+            image: probe:1
+            args: [print, sampled]
+"#,
+    );
+    // The node learns of the CronJob pinned to it, with its times ahead.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !c.agents[0].log().contains("CronJobs pinned to this node") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            c.agents[0].log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A first run while the controller is there (the node fetches its image then).
+    c.wait_for(
+        "a first run, by the controller",
+        Duration::from_secs(90),
+        |c| {
+            cron_jobs(c, "sample")
+                .iter()
+                .any(|j| kit::field(j, "status.conditions.0.type") == "Complete")
+        },
+    );
+    // The controller goes away (a power cut at the site's server).
+    let (addr, dir) = (c.controller.addr.clone(), c.controller.dir.clone());
+    c.controller.kill9();
+    let away = now_secs();
+    // Two scheduled minutes on, the node has started both runs by itself.
+    let deadline = std::time::Instant::now() + Duration::from_secs(170);
+    while started_offline(&c.agents[0].log()).len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            c.agents[0].log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let offline = started_offline(&c.agents[0].log());
+    std::thread::sleep(Duration::from_secs(3));
+    c.controller = kit::Controller::start_listening(&dir, &addr, &[]);
+
+    // Back: each run is its minute's Job, once, with the one pod that ran on the node.
+    c.wait_for(
+        "the runs from while the controller was away, reported",
+        Duration::from_secs(60),
+        |c| {
+            offline.iter().all(|pod| {
+                c.shoal(&["get", "pod", pod, "--no-headers"])
+                    .stdout()
+                    .contains("Completed")
+            })
+        },
+    );
+    for pod in &offline {
+        let p = c.pod(pod);
+        assert_eq!(kit::field(&p, "spec.nodeName"), "node-1", "{p}");
+        assert_eq!(kit::field(&p, "status.phase"), "Succeeded", "{p}");
+        let job = kit::field(&p, "metadata.labels.job-name");
+        let minute: i64 = job
+            .strip_prefix("sample-")
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_else(|| panic!("a Job named after its minute: {job}"));
+        assert!(
+            minute * 60 >= away,
+            "{job} is of a minute after the controller went away"
+        );
+        assert_eq!(c.shoal(&["logs", pod]).ok(), "sampled\n");
+        let pods = c.shoal(&[
+            "get",
+            "pods",
+            "-l",
+            &format!("job-name={job}"),
+            "-o",
+            "name",
+        ]);
+        assert_eq!(pods.ok().trim(), format!("pod/{pod}"), "one pod for {job}");
+    }
+    c.wait_for("the reported Jobs complete", Duration::from_secs(60), |c| {
+        cron_jobs(c, "sample")
+            .iter()
+            .filter(|j| {
+                offline
+                    .iter()
+                    .any(|p| p.starts_with(&format!("{}-", kit::field(j, "metadata.name"))))
+            })
+            .filter(|j| kit::field(j, "status.conditions.0.type") == "Complete")
+            .count()
+            == offline.len()
+    });
+    // No minute has two Jobs, and no Job two pods: the controller started none of the
+    // node's runs again.
+    let jobs = cron_jobs(&c, "sample");
+    let names: Vec<String> = jobs
+        .iter()
+        .map(|j| kit::field(j, "metadata.name"))
+        .collect();
+    let mut unique = names.clone();
+    unique.dedup();
+    assert_eq!(names, unique);
+    let all = c.shoal(&["get", "pods", "-o", "name"]).ok();
+    for name in &names {
+        let of_job = all
+            .lines()
+            .filter(|l| l.starts_with(&format!("pod/{name}-")))
+            .count();
+        assert_eq!(of_job, 1, "{name}: {all}");
+    }
+    let cj = c.shoal(&["get", "cronjob", "sample", "-o", "json"]).ok();
+    let cj: serde_json::Value = serde_json::from_str(&cj).expect("json");
+    let last = offline
+        .iter()
+        .filter_map(|p| {
+            p.rsplit_once('-')?
+                .0
+                .strip_prefix("sample-")?
+                .parse::<i64>()
+                .ok()
+        })
+        .max()
+        .unwrap_or_default();
+    assert!(
+        kit::field(&cj, "status.lastScheduleTime") >= chrono_like(last * 60),
+        "{cj}"
+    );
+    let events = c.shoal(&["get", "events"]).ok();
+    assert!(
+        events.contains("while cut off from the controller"),
+        "{events}"
+    );
+}
+
+/// `secs` as RFC 3339 in UTC, as the API writes times.
+fn chrono_like(secs: i64) -> String {
+    chrono::DateTime::from_timestamp(secs, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
 fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
