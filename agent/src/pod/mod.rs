@@ -151,7 +151,7 @@ struct Inner {
     /// stops them.
     statics: Mutex<std::collections::HashSet<String>>,
     /// The uids of the pods of CronJob runs this node started while cut off from the
-    /// controller and has not reported yet ([`crate::cron`]): no listing stops them.
+    /// controller and has not reported yet (the agent's cron module): no listing stops them.
     unreported: Mutex<std::collections::HashSet<String>>,
     /// The host devices the node gives pods, and which pod holds which.
     devices: crate::devices::Devices,

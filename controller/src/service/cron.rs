@@ -51,6 +51,36 @@ fn is_controller(job: &Job, owner_uid: &str) -> bool {
         .any(|o| o.controller == Some(true) && o.uid == owner_uid)
 }
 
+/// The time a run was reported for, if it may have run then: a time of the CronJob's
+/// schedule, since it was made, in the time a node can have run it (its times reach a week
+/// past its last word with the controller), and not ahead of `now`.
+fn reported_time(
+    cj: &CronJob,
+    key: &ObjectKey,
+    scheduled: i64,
+    now: DateTime<Utc>,
+) -> std::result::Result<DateTime<Utc>, WireError> {
+    let s = cronjob::schedule(cj).map_err(|(path, why)| bad_request(format!("{path}: {why}")))?;
+    let earliest = cj
+        .metadata
+        .creation_timestamp
+        .as_deref()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc) - chrono::Duration::seconds(CLOCK_SKEW_SECS))
+        .unwrap_or(now)
+        .max(now - chrono::Duration::seconds(2 * shoal_api::PINNED_HORIZON_SECS));
+    Utc.timestamp_opt(scheduled, 0)
+        .single()
+        .filter(|t| *t <= now + chrono::Duration::seconds(CLOCK_SKEW_SECS) && *t >= earliest)
+        .filter(|_| cronjob::fires_at(&s, scheduled))
+        .ok_or_else(|| {
+            bad_request(format!(
+                "{key} is not scheduled at {scheduled} (seconds since the epoch), or not in the \
+                 two weeks before now since it was made"
+            ))
+        })
+}
+
 impl Service {
     /// The CronJobs pinned to `node`, each with its times for the days ahead.
     pub(super) async fn pinned_cronjobs(&self, node: &str) -> Answer {
@@ -92,31 +122,7 @@ impl Service {
                 "node {node:?} may only report runs of CronJobs pinned to it; {key} is not"
             )));
         }
-        let s =
-            cronjob::schedule(&cj).map_err(|(path, why)| bad_request(format!("{path}: {why}")))?;
-        // A time of its schedule, since it was made, in the time a node can have run it
-        // (its times reach a week past its last word with the controller), and not ahead.
-        let now = Utc::now();
-        let earliest = cj
-            .metadata
-            .creation_timestamp
-            .as_deref()
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&Utc) - chrono::Duration::seconds(CLOCK_SKEW_SECS))
-            .unwrap_or(now)
-            .max(now - chrono::Duration::seconds(2 * shoal_api::PINNED_HORIZON_SECS));
-        let at: DateTime<Utc> = Utc
-            .timestamp_opt(r.scheduled, 0)
-            .single()
-            .filter(|t| *t <= now + chrono::Duration::seconds(CLOCK_SKEW_SECS) && *t >= earliest)
-            .filter(|_| cronjob::fires_at(&s, r.scheduled))
-            .ok_or_else(|| {
-                bad_request(format!(
-                    "{key} is not scheduled at {} (seconds since the epoch), or not in the two \
-                     weeks before now since it was made",
-                    r.scheduled
-                ))
-            })?;
+        let at = reported_time(&cj, &key, r.scheduled, Utc::now())?;
         let job_name = cj.job_name(at);
         let (pod_name, pod_uid) = (&r.pod.metadata.name, &r.pod.metadata.uid);
         let suffix = pod_name.strip_prefix(&format!("{job_name}-"));
@@ -165,20 +171,7 @@ impl Service {
             }
         };
         if !made {
-            let pods: Vec<Pod> = self.store.list_typed(Kind::Pod, Some(ns)).await?;
-            for p in pods.iter().filter(|p| {
-                p.metadata
-                    .owner_references
-                    .iter()
-                    .any(|o| o.uid == job.metadata.uid)
-                    && p.spec.node_name.as_deref() == Some(node)
-                    && !started(p)
-            }) {
-                ops.push(Op::Delete {
-                    key: ObjectKey::new(Kind::Pod, Some(ns), &p.metadata.name),
-                    expected: None,
-                });
-            }
+            ops.extend(self.unstarted_pods(&job, node).await?);
         }
         // The pod as the template says (a node does not choose what its pods may use), under
         // the name and uid it ran with, bound to the node, with its status.
@@ -188,18 +181,7 @@ impl Service {
         pod.spec.node_name = Some(node.to_string());
         pod.status = r.pod.status.clone();
         ops.push(Op::CreateWithUid(Object::Pod(pod)));
-        for name in r.replaced.iter().filter(|n| **n != job_name) {
-            let replaced = ObjectKey::new(Kind::Job, Some(ns), name);
-            if let Some(Object::Job(j)) = self.store.get(&replaced).await? {
-                if is_controller(&j, &cj.metadata.uid) {
-                    ops.push(Op::DeleteWith {
-                        key: replaced,
-                        policy: PropagationPolicy::Background,
-                        grace: None,
-                    });
-                }
-            }
-        }
+        ops.extend(self.replaced_jobs(&cj, &r.replaced, &job_name).await?);
         let mut next = cj.clone();
         let status = next.status.get_or_insert_with(Default::default);
         let scheduled = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -237,5 +219,66 @@ impl Service {
         )
         .await;
         Ok(Response::Object(super::encode(&stored)?))
+    }
+
+    /// The deletions of `job`'s pods bound to `node` that never started: its run is the
+    /// node's, reported.
+    async fn unstarted_pods(&self, job: &Job, node: &str) -> crate::error::Result<Vec<Op>> {
+        let ns = job.metadata.namespace_or_default();
+        let pods: Vec<Pod> = self.store.list_typed(Kind::Pod, Some(ns)).await?;
+        Ok(pods
+            .iter()
+            .filter(|p| {
+                p.metadata
+                    .owner_references
+                    .iter()
+                    .any(|o| o.uid == job.metadata.uid)
+                    && p.spec.node_name.as_deref() == Some(node)
+                    && !started(p)
+            })
+            .map(|p| Op::Delete {
+                key: ObjectKey::new(Kind::Pod, Some(ns), &p.metadata.name),
+                expected: None,
+            })
+            .collect())
+    }
+
+    /// The deletions of the Jobs of `cj` a run replaced (`concurrencyPolicy: Replace`), with
+    /// their pods, which the node ended already.
+    async fn replaced_jobs(
+        &self,
+        cj: &CronJob,
+        names: &[String],
+        job_name: &str,
+    ) -> crate::error::Result<Vec<Op>> {
+        let ns = cj.metadata.namespace_or_default();
+        let mut ops = Vec::new();
+        for name in names.iter().filter(|n| *n != job_name) {
+            let replaced = ObjectKey::new(Kind::Job, Some(ns), name);
+            if let Some(Object::Job(j)) = self.store.get(&replaced).await? {
+                if is_controller(&j, &cj.metadata.uid) {
+                    let pods: Vec<Pod> = self.store.list_typed(Kind::Pod, Some(ns)).await?;
+                    ops.extend(
+                        pods.iter()
+                            .filter(|p| {
+                                p.metadata
+                                    .owner_references
+                                    .iter()
+                                    .any(|o| o.uid == j.metadata.uid)
+                            })
+                            .map(|p| Op::Delete {
+                                key: ObjectKey::new(Kind::Pod, Some(ns), &p.metadata.name),
+                                expected: None,
+                            }),
+                    );
+                    ops.push(Op::DeleteWith {
+                        key: replaced,
+                        policy: PropagationPolicy::Background,
+                        grace: None,
+                    });
+                }
+            }
+        }
+        Ok(ops)
     }
 }
