@@ -282,3 +282,6 @@ impl Service {
         Ok(ops)
     }
 }
+
+#[cfg(test)]
+mod tests;
