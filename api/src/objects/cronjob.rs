@@ -228,13 +228,6 @@ impl TimeRun {
             })
             .max()
     }
-
-    /// When the last of `runs` is: the end of what a node was told.
-    pub fn end(runs: &[TimeRun]) -> Option<i64> {
-        runs.iter()
-            .map(|r| r.first + i64::from(r.step) * i64::from(r.count.saturating_sub(1)))
-            .max()
-    }
 }
 
 /// A CronJob pinned to a node, as the controller hands it to that node: the CronJob, and its
