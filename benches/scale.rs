@@ -43,6 +43,7 @@ fn config(server: &str, token: &str, name: String, dir: &Path) -> AgentConfig {
         container_log_max_size: shoal_agent::CONTAINER_LOG_MAX_SIZE,
         drain_on_stop: true,
         manifests: None,
+        images: None,
     }
 }
 
@@ -73,7 +74,8 @@ async fn simulated_node(config: AgentConfig) -> Arc<Client> {
     )
     .await
     .expect("join")
-    .get();
+    .get()
+    .expect("joined");
     let client = Arc::new(Client::connect(&creds).await.expect("connect as node"));
     let object = node_json(&config);
     match client.call(&Request::PutNode { object }).await {

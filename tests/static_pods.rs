@@ -1,7 +1,8 @@
 //! Static pods (`shoal agent --manifests DIR`, the kubelet's staticPodPath): a pod written as a
 //! file on the node runs with the controller and without it, shows in the API as a mirror pod
 //! (made again when deleted there), restarts when its file changes and stops when the file
-//! goes. Real processes, a real wasm component serving HTTP.
+//! goes; a node that has never reached its controller runs them from the images it was given.
+//! Real processes, a real wasm component serving HTTP.
 
 mod kit;
 
@@ -10,8 +11,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 const PORT: u16 = 18791;
+/// The never-joined node's test runs beside the other: its pod serves on a port of its own.
+const FIRST_BOOT_PORT: u16 = 18792;
 
 fn manifest(greeting: &str) -> String {
+    manifest_on(PORT, greeting)
+}
+
+fn manifest_on(port: u16, greeting: &str) -> String {
     format!(
         r#"apiVersion: v1
 kind: Pod
@@ -21,8 +28,8 @@ spec:
   containers:
   - name: web
     image: probe:2
-    args: [serve, "{PORT}", {greeting}]
-    ports: [{{containerPort: {PORT}}}]
+    args: [serve, "{port}", {greeting}]
+    ports: [{{containerPort: {port}}}]
 "#
     )
 }
@@ -178,4 +185,77 @@ fn a_static_pod_runs_from_its_file_with_and_without_the_controller_and_follows_t
             log.contains("bad.yaml") && log.contains("a static pod may not use other API objects")
         },
     );
+}
+
+#[test]
+fn a_static_pod_starts_on_a_node_that_never_reached_its_controller_and_is_mirrored_once_it_does() {
+    let dir = tempfile::tempdir().unwrap();
+    // A device set up with its token, its manifests and the image they run; the controller
+    // it is meant for is down when it boots (the token is minted, then the controller goes).
+    let mut controller = Controller::start(&dir.path().join("c"));
+    let (addr, data) = (controller.addr.clone(), controller.dir.clone());
+    controller.kill9();
+    let manifests = dir.path().join("manifests");
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::write(
+        manifests.join("web.yaml"),
+        manifest_on(FIRST_BOOT_PORT, "hello first boot"),
+    )
+    .unwrap();
+    std::fs::copy(
+        kit::wasm_fixture("probe", "wasm32-wasip2"),
+        images.join("probe:2.wasm"),
+    )
+    .unwrap();
+    std::fs::write(images.join("notes.txt"), "not an image").unwrap();
+    let token = std::fs::read_to_string(data.join("token")).expect("token");
+    let agent = Agent::with(&controller, "node-1", &dir.path().join("node-1"))
+        .token(token.trim())
+        .args(&[
+            "--manifests",
+            manifests.to_str().unwrap_or_default(),
+            "--images",
+            images.to_str().unwrap_or_default(),
+        ])
+        .start();
+    wait_until(
+        "the static pod serving before the node ever joined",
+        Duration::from_secs(90),
+        &agent,
+        || kit::http_get(FIRST_BOOT_PORT).is_some_and(|b| b.contains("hello first boot")),
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("loaded an image from the images directory") && log.contains("probe:2"),
+        "{log}"
+    );
+    assert!(
+        log.contains("notes.txt"),
+        "the skipped file is named: {log}"
+    );
+    wait_until(
+        "the join tried and put off",
+        Duration::from_secs(60),
+        &agent,
+        || agent.log().contains("cannot join the cluster yet"),
+    );
+    assert!(
+        !dir.path().join("node-1/node.conf").exists(),
+        "no credential before the controller answers"
+    );
+
+    // The controller comes up: the node joins with its token and the pod is mirrored.
+    let c = Cluster::adopt(Controller::start_listening(&data, &addr, &[]), vec![agent]);
+    c.wait_for("the mirror pod Running", Duration::from_secs(90), |c| {
+        let out = c
+            .shoal(&["get", "pod", "web-node-1", "-o", "json"])
+            .stdout();
+        let pod: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        field(&pod, "status.phase") == "Running" && field(&pod, "spec.nodeName") == "node-1"
+    });
+    assert!(dir.path().join("node-1/node.conf").exists());
+    assert!(c.agents[0].log().contains("joined the cluster"));
+    assert!(kit::http_get(FIRST_BOOT_PORT).is_some_and(|b| b.contains("hello first boot")));
 }

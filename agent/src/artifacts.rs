@@ -90,6 +90,24 @@ impl ArtifactCache {
         }
     }
 
+    /// Takes the file `from` as `reference` (an image the node is given rather than fetches,
+    /// [`crate::preload`]): kept by its digest like a fetched one, and the copy `reference`
+    /// means until the controller or a registry says otherwise.
+    pub async fn import(&self, from: &Path, reference: &str) -> Result<PathBuf> {
+        let held = self.lock_for(reference);
+        let _held = held.lock().await;
+        let digest = hash(from).await?;
+        let done = self.dir.join(digest.trim_start_matches("sha256:"));
+        if !self.trusted(&done, &digest).await? {
+            let tmp = self.by_reference(reference).with_extension("import");
+            std::fs::copy(from, &tmp).map_err(|e| Error::io(from, e))?;
+            std::fs::rename(&tmp, &done).map_err(|e| Error::io(&done, e))?;
+            lock(&self.verified).insert(done.clone());
+        }
+        self.pin(reference, &done)?;
+        Ok(done)
+    }
+
     /// Remembers that `reference` was the file `path` (named by its digest).
     fn pin(&self, reference: &str, path: &Path) -> Result<()> {
         let pin = self.by_reference(reference).with_extension("digest");

@@ -47,6 +47,9 @@ pub struct AgentConfig {
     /// A directory of pod manifests this node runs itself (static pods), with or without a
     /// controller.
     pub manifests: Option<PathBuf>,
+    /// A directory of images the node holds from the start, loaded when it starts
+    /// ([`crate::preload`]).
+    pub images: Option<PathBuf>,
 }
 
 /// Where a node keeps the volumes Shoal provisions on it (reported to the controller, which

@@ -14,22 +14,18 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 /// The node's credential, shared by the controller link and the peer connections; replaced
-/// in place when it is renewed.
+/// in place when it is renewed. A node that has not joined yet has none: it runs what it can
+/// without one (its static pods) while it joins.
 #[derive(Clone)]
 pub struct NodeCredentials {
     path: PathBuf,
-    current: Arc<RwLock<Credentials>>,
+    current: Arc<RwLock<Option<Credentials>>>,
 }
 
 impl NodeCredentials {
-    /// `DATA_DIR/node.conf` if the node joined before, else joins now with the token: tried
-    /// again with back-off while the controller cannot be reached or asks it to wait (a
-    /// device may boot before its network is up), refused at once when the controller says
-    /// no (a wrong or used-up token, a name taken), or when `shutdown` comes first.
-    pub async fn load_or_join(
-        config: &AgentConfig,
-        shutdown: &CancellationToken,
-    ) -> Result<NodeCredentials> {
+    /// `DATA_DIR/node.conf` if the node joined before (pointed at `--server` if that moved);
+    /// none yet otherwise, which needs a token to become one.
+    pub fn load(config: &AgentConfig) -> Result<NodeCredentials> {
         let path = config.data_dir.join("node.conf");
         let creds = if path.exists() {
             let mut creds = Credentials::load(&path)?;
@@ -37,9 +33,12 @@ impl NodeCredentials {
                 creds.server = config.server.clone();
                 creds.save(&path)?;
             }
-            creds
+            Some(creds)
         } else {
-            join_retrying(config, &path, shutdown).await?
+            if config.token.is_none() {
+                return Err(no_token(&path));
+            }
+            None
         };
         Ok(NodeCredentials {
             path,
@@ -47,19 +46,72 @@ impl NodeCredentials {
         })
     }
 
-    /// The credential as it is now.
-    pub fn get(&self) -> Credentials {
+    /// [`NodeCredentials::load`], joining now if the node has not: tried again with back-off
+    /// while the controller cannot be reached or asks it to wait (a device may boot before its
+    /// network is up), refused at once when the controller says no (a wrong or used-up token,
+    /// a name taken), or when `shutdown` comes first.
+    pub async fn load_or_join(
+        config: &AgentConfig,
+        shutdown: &CancellationToken,
+    ) -> Result<NodeCredentials> {
+        let creds = NodeCredentials::load(config)?;
+        if creds.get().is_none() {
+            let mut failures = 0u32;
+            while let Err(e) = creds.join(config).await {
+                failures = failures.saturating_add(1);
+                let delay = creds.retry_after(e, failures)?;
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        return Err(Error::Join("stopped before the node joined".into()));
+                    }
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+        Ok(creds)
+    }
+
+    /// The credential as it is now; `None` until the node has joined.
+    pub fn get(&self) -> Option<Credentials> {
         match self.current.read() {
             Ok(c) => c.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
+    fn set(&self, creds: Credentials) {
+        match self.current.write() {
+            Ok(mut c) => *c = Some(creds),
+            Err(poisoned) => *poisoned.into_inner() = Some(creds),
+        }
+    }
+
+    /// Joins with the token (once; see [`NodeCredentials::retry_after`] for what a failure
+    /// means) and keeps the credential.
+    pub async fn join(&self, config: &AgentConfig) -> Result<Credentials> {
+        let creds = join(config, &self.path).await?;
+        self.set(creds.clone());
+        Ok(creds)
+    }
+
+    /// After the `failures`th failed join with `e`: how long to wait before the next, or `e`
+    /// itself when no later try can succeed.
+    pub fn retry_after(&self, e: Error, failures: u32) -> Result<Duration> {
+        if !passes(&e) {
+            return Err(e);
+        }
+        let delay = Backoff::RECONNECT.delay(failures);
+        tracing::warn!(error = %shoal_transport::report(&e), retry_in = ?delay, "cannot join the cluster yet; trying again");
+        Ok(delay)
+    }
+
     /// Renews the certificate over `client` if it is due (or if the credential predates the
     /// peer CA); the connection in use goes on with the old one, the next uses the new.
     /// Returns whether it renewed.
     pub async fn renew_if_due(&self, client: &Client) -> Result<bool> {
-        let creds = self.get();
+        let Some(creds) = self.get() else {
+            return Ok(false);
+        };
         let (until, lifetime) = lifetime_of(&creds.client_certificate)?;
         let stale = creds.peer_certificate_authority.is_none();
         if !stale && !renewal_due(until, lifetime, SystemTime::now()) {
@@ -79,10 +131,7 @@ impl NodeCredentials {
         };
         renewed.save(&self.path)?;
         let (until, _) = lifetime_of(&renewed.client_certificate)?;
-        match self.current.write() {
-            Ok(mut c) => *c = renewed,
-            Err(poisoned) => *poisoned.into_inner() = renewed,
-        }
+        self.set(renewed);
         tracing::info!(
             valid_until = %chrono::DateTime::<chrono::Utc>::from(until).to_rfc3339(),
             "renewed the node's certificate"
@@ -115,32 +164,6 @@ pub async fn keep_renewed(
     }
 }
 
-/// [`join`], tried again with [`Backoff::RECONNECT`] while the failure is one that passes.
-async fn join_retrying(
-    config: &AgentConfig,
-    path: &std::path::Path,
-    shutdown: &CancellationToken,
-) -> Result<Credentials> {
-    let mut failures = 0u32;
-    loop {
-        match join(config, path).await {
-            Ok(creds) => return Ok(creds),
-            Err(e) if passes(&e) => {
-                failures = failures.saturating_add(1);
-                let delay = Backoff::RECONNECT.delay(failures);
-                tracing::warn!(error = %shoal_transport::report(&e), retry_in = ?delay, "cannot join the cluster yet; trying again");
-                tokio::select! {
-                    _ = shutdown.cancelled() => {
-                        return Err(Error::Join(format!("stopped before the node joined (last: {e})")));
-                    }
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 /// Whether a failed join may succeed later: the controller out of reach (connecting, a
 /// connection lost) or busy. A CA that does not match the token never will.
 fn passes(e: &Error) -> bool {
@@ -155,15 +178,17 @@ fn passes(e: &Error) -> bool {
     }
 }
 
+fn no_token(path: &std::path::Path) -> Error {
+    Error::Join(format!(
+        "this node has not joined yet and no --token or --token-file was given ({} is missing)",
+        path.display()
+    ))
+}
+
 /// Joins with the token: a new key (it never leaves the node), the certificate for it, and the
 /// token file removed once it has served.
 async fn join(config: &AgentConfig, path: &std::path::Path) -> Result<Credentials> {
-    let token = config.token.as_deref().ok_or_else(|| {
-        Error::Join(format!(
-            "this node has not joined yet and no --token or --token-file was given ({} is missing)",
-            path.display()
-        ))
-    })?;
+    let token = config.token.as_deref().ok_or_else(|| no_token(path))?;
     let token = JoinToken::parse(token)?;
     // The token pins the CA: a server with another CA is refused before anything is sent.
     let client = Client::connect_with_token(&config.server, &token).await?;

@@ -17,6 +17,7 @@ pub mod local;
 pub mod node;
 pub mod pod;
 pub mod ports;
+pub mod preload;
 pub mod probe;
 pub mod proxy;
 pub mod registry;
@@ -46,7 +47,9 @@ use tokio_util::task::TaskTracker;
 /// Runs the agent until `shutdown`; reconnects with jittered back-off when the link drops.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()> {
     shoal_transport::pki::make_private_dir(&config.data_dir)?;
-    let creds = join::NodeCredentials::load_or_join(&config, &shutdown).await?;
+    // A node that has not joined yet starts what it runs by itself (its static pods) first,
+    // and joins in the loop below: it may boot long before it first reaches a controller.
+    let creds = join::NodeCredentials::load(&config)?;
     let wasm = Arc::new(WasmRuntime::new(&config.data_dir.join("wasm-cache"))?);
     let runc = match shoal_runtime::oci::find_runc() {
         Ok(binary) => {
@@ -75,6 +78,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     // first connection reconciles it with what the controller says.
     proxy.restore().await;
     let cron = cron::Cron::load(&config.data_dir, &config.name, supervisor.clone());
+    if let Some(dir) = &config.images {
+        supervisor.preload_images(dir).await;
+    }
     supervisor.start_local().await;
     // Tasks beside the pods' and the proxy's: certificate renewal and the peers' streams.
     let tasks = TaskTracker::new();
@@ -102,11 +108,20 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     ));
     let mut attempt = 0u32;
     let mut carried = session::Carried::default();
+    let mut refused = None;
     loop {
         if shutdown.is_cancelled() {
             break;
         }
-        match Client::connect(&creds.get()).await {
+        let joined = match creds.get() {
+            Some(c) => Ok(c),
+            None => creds.join(&config).await,
+        };
+        let connected = match joined {
+            Ok(c) => Client::connect(&c).await.map_err(Error::from),
+            Err(e) => Err(e),
+        };
+        match connected {
             Ok(client) => {
                 attempt = 0;
                 let client = Arc::new(client);
@@ -135,6 +150,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
                     }
                 }
             }
+            Err(e) if creds.get().is_none() => {
+                if let Err(no) = creds.retry_after(e, attempt.saturating_add(1)) {
+                    refused = Some(no);
+                    break;
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %shoal_transport::report(&e), "cannot reach the controller");
                 carried
@@ -154,5 +175,5 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     supervisor.shutdown(config.drain_on_stop).await;
     // Streams still open end with the process; renewal ends with `shutdown`.
     let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
-    Ok(())
+    refused.map_or(Ok(()), Err)
 }

@@ -74,6 +74,12 @@ pub struct Args {
     /// changed file restarts its pods, a removed one stops them.
     #[arg(long, env = "SHOAL_MANIFESTS", value_name = "DIR")]
     pub manifests: Option<PathBuf>,
+    /// A directory of images the node holds from the start (K3s' agent/images, for nodes that
+    /// start before they reach a controller or a registry), loaded at start. The file name is
+    /// the image: `sensor:1.wasm` a wasm module or component, `gateway:2.tar` an OCI image
+    /// archive (an OCI layout as a tar, or `docker save` output).
+    #[arg(long, env = "SHOAL_IMAGES", value_name = "DIR")]
+    pub images: Option<PathBuf>,
 }
 
 pub fn hostname() -> String {
@@ -200,6 +206,7 @@ impl Args {
                 .clone()
                 .map(crate::client::absolute)
                 .transpose()?,
+            images: self.images.clone(),
             peer_listen: match self.peer_listen.as_str() {
                 "off" => None,
                 a => Some(a.parse().map_err(|e| {

@@ -78,6 +78,7 @@ pub async fn run(args: Args) -> Result<()> {
         container_log_max_size: shoal_agent::CONTAINER_LOG_MAX_SIZE,
         drain_on_stop: args.drain_on_stop,
         manifests: None,
+        images: None,
     };
     let serving = tokio::spawn(controller.run(shutdown.clone()));
     let agent_name = agent.name.clone();

@@ -93,6 +93,66 @@ impl Supervisor {
     }
 }
 
+impl Supervisor {
+    /// Loads the images in `dir` ([`crate::preload`]) into the node's caches; what cannot
+    /// be loaded is named in the log with why, and the rest load.
+    pub async fn preload_images(&self, dir: &std::path::Path) {
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(entries) => entries.flatten().map(|e| e.path()).collect(),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot read the images directory");
+                return;
+            }
+        };
+        files.sort();
+        for file in files {
+            let name = file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            let Some((reference, kind)) = crate::preload::reference_of(name) else {
+                tracing::info!(file = %file.display(), "not an image file (name it IMAGE.wasm or IMAGE.tar); skipped");
+                continue;
+            };
+            let loaded = match kind {
+                crate::preload::Preloaded::Wasm => {
+                    self.0.artifacts.import(&file, &reference).await.map(|p| {
+                        let hex = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                        format!("sha256:{hex}")
+                    })
+                }
+                crate::preload::Preloaded::Oci => self.preload_oci(&file, &reference).await,
+            };
+            match loaded {
+                Ok(digest) => {
+                    tracing::info!(image = %reference, file = %file.display(), %digest, "loaded an image from the images directory")
+                }
+                Err(e) => {
+                    tracing::warn!(image = %reference, file = %file.display(), error = %shoal_transport::report(&e), "cannot load an image from the images directory")
+                }
+            }
+        }
+    }
+
+    /// An OCI image archive into the node's store, recorded as `reference`; the manifest's
+    /// digest.
+    async fn preload_oci(&self, file: &std::path::Path, reference: &str) -> Result<String> {
+        let Some(runc) = self.0.runc.clone() else {
+            return Err(Error::Config(
+                "an OCI image, and this node runs wasm pods only (no runc)".into(),
+            ));
+        };
+        let (file, reference) = (file.to_path_buf(), reference.to_string());
+        tokio::task::spawn_blocking(move || {
+            Ok(runc
+                .images()
+                .import_as(&file, &reference, &Platform::host())?)
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+    }
+}
+
 /// The container's image on local disk: for wasm the module, for OCI the image manifest in
 /// the node's store (and its digest, kept from garbage collection). From the controller or a
 /// registry, by the container's imagePullPolicy.

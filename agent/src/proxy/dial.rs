@@ -56,7 +56,7 @@ impl Proxy {
             _ => {}
         }
         let addr = lock(&self.0.nodes).get(node).copied()?;
-        let creds = self.0.creds.get();
+        let creds = self.0.creds.get()?;
         match shoal_transport::Client::connect_peer(addr, node, &creds, PEER_CONNECT).await {
             Ok(c) => {
                 tracing::info!(peer = node, %addr, "reaching the node directly");

@@ -276,6 +276,19 @@ impl ImageStore {
         result
     }
 
+    /// [`ImageStore::import_archive`], the image then known here as `reference` (what an image
+    /// pulled under that name would be): for images a node is given rather than pulls.
+    pub fn import_as(
+        &self,
+        archive: &Path,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<String> {
+        let digest = self.import_archive(archive, platform)?;
+        self.record(reference, &digest)?;
+        Ok(digest)
+    }
+
     /// [`ImageStore::import_archive`] once per archive and platform: the chosen manifest is
     /// remembered by the archive's file name, which is its digest in the agent's artifact
     /// cache, so the next pod of the same image starts without reading the archive again.

@@ -79,6 +79,13 @@ fn archives_and_docker_save_import() {
         .import_archive(&archive, &platform("amd64"))
         .expect("oci archive");
     assert_eq!(store.image(&m).expect("image").layers.len(), 2);
+    // Imported under a name: the name is that image from then on.
+    assert_eq!(store.recorded("given:1"), None);
+    let named = store
+        .import_as(&archive, "given:1", &platform("amd64"))
+        .expect("named import");
+    assert_eq!(named, m);
+    assert_eq!(store.recorded("given:1").as_deref(), Some(m.as_str()));
     // docker save: manifest.json naming a config file and layer tars.
     let ds = d.path().join("ds");
     fs::create_dir_all(ds.join("abc")).expect("dir");
