@@ -167,6 +167,16 @@ impl Cron {
             );
             self.save();
         }
+        // Their images now: a run while cut off cannot fetch one.
+        let now = chrono::Utc::now();
+        let templates: Vec<Pod> = lock(&self.0.kept)
+            .pinned
+            .iter()
+            .filter_map(|p| run_pod(&p.cronjob, now, &self.0.node).ok())
+            .collect();
+        for pod in &templates {
+            self.0.supervisor.prefetch(pod).await;
+        }
         Ok(())
     }
 

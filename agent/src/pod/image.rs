@@ -37,8 +37,9 @@ impl Supervisor {
         serde_json::to_vec(&out).map_err(|e| Error::Internal(e.to_string()))
     }
 
-    /// The images pods here run, and those the pods in the node's local state will run: an
-    /// image a node needs to start its pods offline is never collected.
+    /// The images pods here run, those the pods in the node's local state will run, and those
+    /// fetched ahead for runs while cut off: an image a node needs to start its pods offline
+    /// is never collected.
     fn images_in_use(&self) -> HashSet<String> {
         let mut in_use: HashSet<String> = lock(&self.0.pods)
             .values()
@@ -46,6 +47,11 @@ impl Supervisor {
             .collect();
         if let Some(runc) = &self.0.runc {
             let kept: Vec<Pod> = self.0.local.list_typed(Kind::Pod);
+            let ahead: Vec<String> = lock(&self.0.prefetched).iter().cloned().collect();
+            in_use.extend(ahead.iter().filter_map(|key| {
+                let image = key.split_once('/').map_or(key.as_str(), |(_, i)| i);
+                runc.images().recorded(image)
+            }));
             for p in kept.iter().filter(|p| !p.is_terminal()) {
                 in_use.extend(
                     p.spec
@@ -129,6 +135,37 @@ impl Supervisor {
                 }
                 Err(e) => {
                     tracing::warn!(image = %reference, file = %file.display(), error = %shoal_transport::report(&e), "cannot load an image from the images directory")
+                }
+            }
+        }
+    }
+
+    /// Fetches the images `pod` would run, now, so that it can start later with neither the
+    /// controller nor its registry in reach (a run of a CronJob pinned here). Each image once
+    /// per process; a failure is logged and the run tries again when it starts.
+    pub async fn prefetch(&self, pod: &Pod) {
+        let inner = &self.0;
+        let runc = match (pod.runtime_class(), &inner.runc) {
+            (shoal_api::RuntimeClass::Runc, None) => return,
+            (shoal_api::RuntimeClass::Runc, Some(r)) => Some(r.clone()),
+            (shoal_api::RuntimeClass::Wasm, _) => None,
+        };
+        let Some(client) = super::client(inner) else {
+            return;
+        };
+        let ns = pod.metadata.namespace_or_default().to_string();
+        for c in pod.spec.init_containers.iter().chain(&pod.spec.containers) {
+            let key = format!("{ns}/{}", c.image);
+            if lock(&inner.prefetched).contains(&key) {
+                continue;
+            }
+            match container_image(inner, pod, &ns, c, Some(&client), runc.as_ref()).await {
+                Ok(_) => {
+                    tracing::info!(image = %c.image, "fetched ahead, for runs while cut off");
+                    lock(&inner.prefetched).insert(key);
+                }
+                Err((reason, message)) => {
+                    tracing::warn!(image = %c.image, %reason, %message, "cannot fetch an image ahead; the run will try again")
                 }
             }
         }
