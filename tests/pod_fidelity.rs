@@ -437,13 +437,19 @@ spec:
 /// The pod's securityContext on a runc pod: its user and groups (runAsUser, runAsGroup,
 /// supplementalGroups, fsGroup) for every container, a container's own runAsUser over the
 /// pod's, fsGroup owning the volumes (group-writable emptyDir, setgid so new files stay the
-/// group's; projected files group-readable), and a safe sysctl set in the pod's network.
+/// group's; projected files group-readable; a local persistent volume's too), and a safe
+/// sysctl set in the pod's network.
 fn secure_pod(c: &Cluster) {
     c.apply(
         r#"apiVersion: v1
 kind: ConfigMap
 metadata: {name: plain}
 data: {f: "x"}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: kept}
+spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Mi}}}
 ---
 apiVersion: v1
 kind: Pod
@@ -459,8 +465,8 @@ spec:
   containers:
   - name: pod-user
     image: busybox:1
-    command: [sh, -c, "id -u; id -g; id -G | tr ' ' '\n' | sort -n | tr '\n' ' '; echo; stat -c '%g %a' /data /cfg/f; touch /data/new && stat -c '%g' /data/new; cat /proc/sys/net/ipv4/ip_unprivileged_port_start"]
-    volumeMounts: [{name: data, mountPath: /data}, {name: cfg, mountPath: /cfg}]
+    command: [sh, -c, "id -u; id -g; id -G | tr ' ' '\n' | sort -n | tr '\n' ' '; echo; stat -c '%g %a' /data /cfg/f; touch /data/new && stat -c '%g' /data/new; cat /proc/sys/net/ipv4/ip_unprivileged_port_start; stat -c '%g %a' /kept; touch /kept/new && stat -c '%g' /kept/new"]
+    volumeMounts: [{name: data, mountPath: /data}, {name: cfg, mountPath: /cfg}, {name: kept, mountPath: /kept}]
   - name: own-user
     image: busybox:1
     command: [sh, -c, "id -u; id -g"]
@@ -468,6 +474,7 @@ spec:
   volumes:
   - {name: data, emptyDir: {}}
   - {name: cfg, configMap: {name: plain, defaultMode: 0400}}
+  - {name: kept, persistentVolumeClaim: {claimName: kept}}
 "#,
     );
     c.wait_for("the secure pod done", Duration::from_secs(60), |c| {
@@ -484,7 +491,9 @@ spec:
             "2000 2777",
             "2000 440",
             "2000",
-            "80"
+            "80",
+            "2000 2777",
+            "2000"
         ],
         "{log}"
     );

@@ -106,9 +106,15 @@ async fn volumes(
                 .map_err(|m| config_error(format!("volume {}: {m}", v.name)))?;
             PathBuf::from(&h.path)
         } else if let Some(c) = &v.persistent_volume_claim {
-            super::claims::claim_dir(inner, ns, &c.claim_name)
+            let p = super::claims::claim_dir(inner, ns, &c.claim_name)
                 .await
-                .map_err(|m| config_error(format!("volume {}: {m}", v.name)))?
+                .map_err(|m| config_error(format!("volume {}: {m}", v.name)))?;
+            if let Some(gid) = fs_group {
+                // A local volume's ownership is managed, as Kubernetes does for local PVs:
+                // what the pod (and the pods before it) wrote becomes fsGroup's.
+                own_by_group(&p, gid, c.read_only).map_err(failed)?;
+            }
+            p
         } else {
             let mut p = dir.join("volumes").join(&v.name);
             if v.secret.is_some() || v.projected.as_ref().is_some_and(|p| p.has_secret()) {
