@@ -171,4 +171,42 @@ fn a_claims_data_outlives_its_pods_and_the_agent_and_goes_as_its_reclaim_policy_
         "boot"
     );
     c.shoal(&["get", "pv", "manual-1"]).ok();
+
+    // A namespace deleted with a claim a running pod uses: the claim goes through its
+    // finalizer (the pod went with the namespace), the namespace once it is empty, and the
+    // volume with its data as its policy says.
+    c.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: site}\n---\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: buffer, namespace: site}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Mi}}\n");
+    let sleeper = pod(
+        "buffering",
+        image,
+        "buffer",
+        "write, /data/b, x, sleep, \"600000\"",
+    )
+    .replace(
+        "metadata: {name: buffering}",
+        "metadata: {name: buffering, namespace: site}",
+    );
+    c.apply(&sleeper);
+    c.wait_for("the pod in site running", Duration::from_secs(60), |c| {
+        let p = json(c, &["get", "pod", "buffering", "-n", "site", "-o", "json"]);
+        field(&p, "status.phase") == "Running"
+    });
+    let claim = json(&c, &["get", "pvc", "buffer", "-n", "site", "-o", "json"]);
+    let volume = field(&claim, "spec.volumeName");
+    let pv = json(&c, &["get", "pv", &volume, "-o", "json"]);
+    let data = std::path::PathBuf::from(field(&pv, "spec.local.path"));
+    assert!(data.join("b").exists(), "{}", data.display());
+    c.shoal(&["delete", "namespace", "site"]).ok();
+    c.wait_for(
+        "the namespace, its claim and the volume gone",
+        Duration::from_secs(60),
+        |c| {
+            let gone = |args: &[&str]| {
+                let got = c.shoal(args);
+                !got.0.status.success() && got.stderr().contains("not found")
+            };
+            gone(&["get", "namespace", "site"]) && gone(&["get", "pv", &volume])
+        },
+    );
+    assert!(!data.exists(), "{} deleted with its volume", data.display());
 }

@@ -95,6 +95,55 @@ async fn objects_need_their_namespace_and_go_with_it() {
 }
 
 #[tokio::test]
+async fn a_namespace_whose_objects_a_finalizer_holds_terminates_until_the_last_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.create(ns("shop")).await.unwrap();
+    let mut held = cm("shop", "held", "1");
+    held.metadata_mut().finalizers = vec!["example.com/keep".into()];
+    store.create(held).await.unwrap();
+    store.create(cm("shop", "plain", "1")).await.unwrap();
+    let delete = || Op::DeleteNamespace {
+        name: "shop".into(),
+    };
+    store.write(vec![delete()]).await.unwrap();
+    let ns_key = ObjectKey::new(Kind::Namespace, None, "shop");
+    let Some(Object::Namespace(n)) = store.get(&ns_key).await.unwrap() else {
+        panic!("the namespace stays while a finalizer holds something in it");
+    };
+    assert!(n.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        n.status.and_then(|s| s.phase).as_deref(),
+        Some("Terminating")
+    );
+    let (left, _) = store.list(Kind::ConfigMap, Some("shop")).await.unwrap();
+    assert_eq!(left.len(), 1, "only the held object is left");
+    let held = left.into_iter().next().unwrap();
+    assert!(held.metadata().deletion_timestamp.is_some());
+    let err = store.create(cm("shop", "new", "1")).await.unwrap_err();
+    assert!(err.to_string().contains("being deleted"), "{err}");
+    // Deleting it again changes nothing; the last finalizer gone, both go.
+    let again = store.write(vec![delete()]).await.unwrap();
+    assert!(again.is_empty(), "{again:?}");
+    let mut released = held;
+    released.metadata_mut().finalizers.clear();
+    store
+        .write(vec![Op::Update {
+            object: released,
+            expected: None,
+        }])
+        .await
+        .unwrap();
+    assert!(store.get(&ns_key).await.unwrap().is_none());
+    assert!(store
+        .list(Kind::ConfigMap, Some("shop"))
+        .await
+        .unwrap()
+        .0
+        .is_empty());
+}
+
+#[tokio::test]
 async fn a_failed_request_in_a_batch_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());

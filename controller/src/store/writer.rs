@@ -416,7 +416,11 @@ impl<'a> Batch<'a> {
                 } else {
                     ChangeType::Modified
                 };
-                self.record(p, change, key.encode(), obj)
+                self.record(p, change, key.encode(), obj)?;
+                if gone {
+                    self.settle_namespace(p, &key)?;
+                }
+                Ok(())
             }
             Op::UpdateStatus { object, expected } => {
                 let mut obj = object.clone();
@@ -430,22 +434,72 @@ impl<'a> Batch<'a> {
             }
             Op::Delete { key, expected } => {
                 let stored = self.existing(p, key, *expected)?;
-                self.remove(p, key, stored, now)
+                self.remove(p, key, stored, now)?;
+                self.settle_namespace(p, key)
             }
-            Op::DeleteWith { key, policy, grace } => self.delete_with(p, key, *policy, *grace, now),
-            Op::DeleteNamespace { name } => {
-                let ns_key = ObjectKey::new(Kind::Namespace, None, name);
-                let ns = self.existing(p, &ns_key, None)?;
-                for kind in Kind::ALL.iter().filter(|k| k.namespaced()) {
-                    for key in self.keys_with_prefix(p, &ObjectKey::prefix(*kind, Some(name)))? {
-                        if let Some(obj) = self.read(p, &key)? {
-                            self.record(p, ChangeType::Deleted, key, obj)?;
-                        }
-                    }
+            Op::DeleteWith { key, policy, grace } => {
+                self.delete_with(p, key, *policy, *grace, now)?;
+                self.settle_namespace(p, key)
+            }
+            Op::DeleteNamespace { name } => self.delete_namespace(p, name, now),
+        }
+    }
+
+    /// A namespace's deletion, as Kubernetes': everything in it is deleted; what a finalizer
+    /// holds is marked and stays, and so does the namespace, `Terminating` (nothing new may be
+    /// created in it), until the last of them goes (`settle_namespace`).
+    fn delete_namespace(&mut self, p: &mut Pending, name: &str, now: &str) -> Result<()> {
+        let ns_key = ObjectKey::new(Kind::Namespace, None, name);
+        let mut ns = self.existing(p, &ns_key, None)?;
+        for kind in Kind::ALL.iter().filter(|k| k.namespaced()) {
+            for key in self.keys_with_prefix(p, &ObjectKey::prefix(*kind, Some(name)))? {
+                let Some(obj) = self.read(p, &key)? else {
+                    continue;
+                };
+                if obj.metadata().deletion_timestamp.is_none() {
+                    self.remove(p, &ObjectKey::of(&obj), obj, now)?;
                 }
-                self.record(p, ChangeType::Deleted, ns_key.encode(), ns)
             }
         }
+        if self.namespace_empty(p, name)? {
+            return self.record(p, ChangeType::Deleted, ns_key.encode(), ns);
+        }
+        if ns.metadata().deletion_timestamp.is_some() {
+            return Ok(());
+        }
+        ns.metadata_mut().deletion_timestamp = Some(now.to_string());
+        if let Object::Namespace(n) = &mut ns {
+            n.status.get_or_insert_with(Default::default).phase = Some("Terminating".into());
+        }
+        self.record(p, ChangeType::Modified, ns_key.encode(), ns)
+    }
+
+    /// After an object under `key` went or was marked: its namespace, if it is being deleted
+    /// and nothing is left in it, goes too.
+    fn settle_namespace(&mut self, p: &mut Pending, key: &ObjectKey) -> Result<()> {
+        let Some(name) = key.namespace.as_deref() else {
+            return Ok(());
+        };
+        let ns_key = ObjectKey::new(Kind::Namespace, None, name);
+        let Some(ns) = self.read(p, &ns_key.encode())? else {
+            return Ok(());
+        };
+        if ns.metadata().deletion_timestamp.is_none() || !self.namespace_empty(p, name)? {
+            return Ok(());
+        }
+        self.record(p, ChangeType::Deleted, ns_key.encode(), ns)
+    }
+
+    fn namespace_empty(&self, p: &Pending, name: &str) -> Result<bool> {
+        for kind in Kind::ALL.iter().filter(|k| k.namespaced()) {
+            if !self
+                .keys_with_prefix(p, &ObjectKey::prefix(*kind, Some(name)))?
+                .is_empty()
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// A deletion as the caller asked it (`propagationPolicy`), with a pod's own grace
