@@ -1,7 +1,8 @@
 //! `shoal reset`: what an agent changed on its host, undone, as `kubeadm reset` and K3s'
 //! uninstall script do. An agent stop leaves its OCI containers running for the next agent
 //! (an upgrade is no downtime), so removing Shoal from a device needs this: the containers
-//! (and their wrappers) stopped, the pods' network namespaces and the pod bridge removed,
+//! (and their wrappers) stopped, the pods' network namespaces, the pod bridge and the pods'
+//! nftables table removed (IPv4 forwarding put back as it was),
 //! everything mounted beneath the data dir unmounted, then the data dir itself removed (the
 //! node's identity with it) unless it is kept.
 
@@ -20,6 +21,9 @@ pub struct Undone {
     pub unmounted: Vec<PathBuf>,
     /// Whether the pod bridge was there and is gone.
     pub bridge: bool,
+    /// Whether Shoal's nftables table (the pods' outbound NAT) was there and is gone; IPv4
+    /// forwarding is put back as it was before the node switched it on.
+    pub nat: bool,
     /// Whether the data dir is gone.
     pub data_removed: bool,
 }
@@ -41,6 +45,7 @@ pub fn reset(data_dir: &Path, bridge: &str, keep_data: bool) -> Result<Undone> {
         }
     }
     undone.unmounted = unmount_beneath(data_dir)?;
+    undone.nat = shoal_runtime::oci::nat::remove(bridge, data_dir)?;
     if netns::ip(&["link", "show", bridge]).is_ok() {
         netns::ip(&["link", "delete", bridge])
             .map_err(|m| Error::Config(format!("removing the pod bridge {bridge}: {m}")))?;

@@ -52,6 +52,12 @@ pub fn run(args: Args) -> Result<()> {
     if undone.bridge {
         println!("removed the pod bridge {}", args.pod_bridge);
     }
+    if undone.nat {
+        println!(
+            "removed the nftables table ip {}",
+            shoal_runtime::oci::nat::table(&args.pod_bridge)
+        );
+    }
     if undone.data_removed {
         println!("removed {}", dir.display());
     }

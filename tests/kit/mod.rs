@@ -788,6 +788,11 @@ impl Drop for Leftovers {
             }
         }
         if let Some(bridge) = &self.1 {
+            // The pods' outbound NAT, and forwarding as it was (in this namespace: hosts'
+            // agents change only theirs).
+            for dir in &self.0 {
+                let _ = shoal_runtime::oci::nat::remove(bridge, dir);
+            }
             let _ = Command::new("ip").args(["link", "delete", bridge]).output();
         }
     }

@@ -12,6 +12,7 @@ pub mod build;
 pub mod collect;
 pub mod image;
 pub mod layer;
+pub mod nat;
 pub mod netns;
 pub mod seccomp;
 pub mod spec;

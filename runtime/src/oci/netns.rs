@@ -104,6 +104,8 @@ pub struct PodNetwork {
     bridge: String,
     subnet: Subnet,
     leases: PathBuf,
+    /// Where what the node changed on the host is kept for `shoal reset` (the data dir).
+    state_dir: PathBuf,
     lock: std::sync::Mutex<()>,
     /// Whether the bridge is known to be there: it is made by the first pod that needs it,
     /// so a node that runs no OCI pod changes nothing in the host's network.
@@ -128,6 +130,7 @@ impl PodNetwork {
             bridge: bridge.to_string(),
             subnet,
             leases,
+            state_dir: data_dir.to_path_buf(),
             lock: std::sync::Mutex::new(()),
             bridge_up: std::sync::atomic::AtomicBool::new(false),
         })
@@ -164,6 +167,11 @@ impl PodNetwork {
         }
         ip(&["link", "set", bridge, "up"])
             .map_err(|m| net_err(bridge, format!("bringing up the pod bridge: {m}")))?;
+        // Without it pods reach their node and the cluster's Services, not beyond: a pod
+        // still starts, and the node says why in its log.
+        if let Err(e) = crate::oci::nat::ensure(bridge, subnet, &self.state_dir) {
+            tracing::warn!(error = %e, "pods on this node cannot reach beyond it");
+        }
         self.bridge_up.store(true, Ordering::SeqCst);
         Ok(())
     }

@@ -1,0 +1,131 @@
+//! The pod network beyond the node (root and runc): a pod's connection to a host outside the
+//! cluster leaves with its node's address (source NAT in Shoal's own nftables table), and
+//! `shoal reset` leaves no table, forwarding switch or bridge of Shoal's behind. Each node and
+//! the outside host are network namespaces on a bridge of the test's own ([`kit::Hosts`]),
+//! with no default route: nothing leaves the machine.
+
+mod kit;
+
+use kit::{field, Hosts};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Whether Debian's `nft` is missing: a failure where CI installs it, else a skip.
+fn nft_missing(test: &str) -> bool {
+    if Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return false;
+    }
+    if std::env::var("SHOAL_REQUIRE_RUNC").as_deref() == Ok("1") {
+        panic!("{test} needs nft (apt-get install nftables)");
+    }
+    kit::skipped(test, "nft is not installed (apt-get install nftables)");
+    true
+}
+
+/// A listener in host `i` that takes one TCP connection on `port` and prints the peer's
+/// address and what it sent.
+fn listen_once(hosts: &Hosts, i: usize, port: u16) -> std::process::Child {
+    let script = format!(
+        "import socket\n\
+         s = socket.socket()\n\
+         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('0.0.0.0', {port}))\n\
+         s.listen(1)\n\
+         print('listening', flush=True)\n\
+         c, a = s.accept()\n\
+         print(a[0], c.recv(100).decode().strip(), flush=True)\n"
+    );
+    Command::new("ip")
+        .args(["netns", "exec", &hosts.names[i], "python3", "-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 in the outside host")
+}
+
+#[test]
+fn runc_a_pod_reaches_a_host_outside_the_cluster_from_its_nodes_address_and_reset_undoes_it() {
+    let test =
+        "runc_a_pod_reaches_a_host_outside_the_cluster_from_its_nodes_address_and_reset_undoes_it";
+    if kit::runc_missing(test) || nft_missing(test) {
+        return;
+    }
+    // Host 0 is the node; host 1 is outside the cluster (no agent), on the site's LAN.
+    let hosts = Hosts::create(75, 2);
+    let (mut c, _leftovers) = kit::hosts_cluster(&hosts, 75, &["edge"]);
+    let forwarding = |i: usize| {
+        let out = hosts.exec(i, &["cat", "/proc/sys/net/ipv4/ip_forward"]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(forwarding(0), "0", "a new host forwards nothing");
+
+    let mut listener = listen_once(&hosts, 1, 9000);
+    let mut lines = BufReader::new(listener.stdout.take().expect("stdout")).lines();
+    assert_eq!(
+        lines.next().and_then(Result::ok).as_deref(),
+        Some("listening")
+    );
+    let outside = &hosts.addresses[1];
+    c.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: uplink}}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: busybox:1\n    command: [sh, -c, \"echo reading-42 | nc -w 5 {outside} 9000 && echo sent\"]\n"
+    ));
+    c.wait_for("the pod done", Duration::from_secs(60), |c| {
+        let phase = field(&c.pod("uplink"), "status.phase");
+        phase == "Succeeded" || phase == "Failed"
+    });
+    let pod = c.pod("uplink");
+    assert_eq!(field(&pod, "status.phase"), "Succeeded", "{pod}");
+    let heard = lines.next().and_then(Result::ok).unwrap_or_default();
+    let _ = listener.wait();
+    // The outside host saw the node's address, not the pod's (which it has no route back to).
+    let pod_ip = field(&pod, "status.podIP");
+    assert!(pod_ip.starts_with("10.76."), "{pod}");
+    assert_eq!(heard, format!("{} reading-42", hosts.addresses[0]));
+    assert_eq!(c.shoal(&["logs", "uplink"]).ok().trim(), "sent");
+
+    // What the node changed: its own table, and forwarding on.
+    let table = hosts.exec(0, &["nft", "list", "table", "ip", "shoal-shoal0"]);
+    let rules = String::from_utf8_lossy(&table.stdout).to_string();
+    assert!(
+        rules.contains("ip saddr 10.76.") && rules.contains("masquerade"),
+        "{rules}"
+    );
+    assert_eq!(forwarding(0), "1");
+
+    // Removed from the device: no table, forwarding as it was, no bridge.
+    c.agents[0].terminate();
+    c.agents[0].wait_exit(Duration::from_secs(20));
+    let mut reset = Command::new(&hosts.run_in(0)[0]);
+    reset
+        .args(&hosts.run_in(0)[1..])
+        .args(["reset", "--force", "--data-dir"])
+        .arg(&c.agents[0].dir);
+    let out = reset.output().expect("shoal reset");
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("removed the nftables table ip shoal-shoal0"),
+        "{said}"
+    );
+    let tables = hosts.exec(0, &["nft", "list", "tables"]);
+    assert!(
+        !String::from_utf8_lossy(&tables.stdout).contains("shoal"),
+        "{}",
+        String::from_utf8_lossy(&tables.stdout)
+    );
+    assert_eq!(forwarding(0), "0");
+    let links = hosts.exec(0, &["ip", "-o", "link"]);
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains("shoal0"),
+        "{}",
+        String::from_utf8_lossy(&links.stdout)
+    );
+}
