@@ -18,6 +18,8 @@ pub struct ArtifactCache {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Files whose digest this process has checked.
     verified: Mutex<HashSet<PathBuf>>,
+    /// Images (`NAMESPACE/IMAGE`) fetched ahead for runs while cut off.
+    ahead: Mutex<HashSet<String>>,
 }
 
 fn digest_of(path: &Path) -> Result<String> {
@@ -44,6 +46,7 @@ impl ArtifactCache {
             registries,
             locks: Mutex::default(),
             verified: Mutex::default(),
+            ahead: Mutex::default(),
         })
     }
 
@@ -185,6 +188,21 @@ impl ArtifactCache {
         self.pin(image, &path)?;
         lock(&self.verified).insert(path.clone());
         Ok(path)
+    }
+
+    /// Whether `key` (`NAMESPACE/IMAGE`) was fetched ahead by this process.
+    pub fn is_ahead(&self, key: &str) -> bool {
+        lock(&self.ahead).contains(key)
+    }
+
+    /// Remembers that `key` (`NAMESPACE/IMAGE`) was fetched ahead.
+    pub fn fetched_ahead(&self, key: String) {
+        lock(&self.ahead).insert(key);
+    }
+
+    /// The images fetched ahead by this process (`NAMESPACE/IMAGE`).
+    pub fn ahead(&self) -> Vec<String> {
+        lock(&self.ahead).iter().cloned().collect()
     }
 
     /// Which registries are spoken to in plain HTTP.

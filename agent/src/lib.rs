@@ -44,6 +44,42 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Tasks beside the pods' and the proxy's: the static pods, the pinned CronJobs, certificate
+/// renewal; each session adds the peers' streams.
+fn beside(
+    config: &AgentConfig,
+    creds: &join::NodeCredentials,
+    supervisor: &Supervisor,
+    cron: &cron::Cron,
+    link: &Link,
+    shutdown: &CancellationToken,
+) -> TaskTracker {
+    let tasks = TaskTracker::new();
+    match &config.manifests {
+        Some(dir) => tasks.spawn(static_pods::run(
+            dir.clone(),
+            config.name.clone(),
+            supervisor.clone(),
+            link.clone(),
+            shutdown.clone(),
+        )),
+        None => tasks.spawn(static_pods::clear_mirrors(
+            config.name.clone(),
+            supervisor.clone(),
+            link.clone(),
+            shutdown.clone(),
+        )),
+    };
+    tasks.spawn(cron.clone().run(link.clone(), shutdown.clone()));
+    tasks.spawn(join::keep_renewed(
+        creds.clone(),
+        link.clone(),
+        config.heartbeat,
+        shutdown.clone(),
+    ));
+    tasks
+}
+
 /// Runs the agent until `shutdown`; reconnects with jittered back-off when the link drops.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()> {
     shoal_transport::pki::make_private_dir(&config.data_dir)?;
@@ -82,30 +118,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         supervisor.preload_images(dir).await;
     }
     supervisor.start_local().await;
-    // Tasks beside the pods' and the proxy's: certificate renewal and the peers' streams.
-    let tasks = TaskTracker::new();
-    match &config.manifests {
-        Some(dir) => tasks.spawn(static_pods::run(
-            dir.clone(),
-            config.name.clone(),
-            supervisor.clone(),
-            link.clone(),
-            shutdown.clone(),
-        )),
-        None => tasks.spawn(static_pods::clear_mirrors(
-            config.name.clone(),
-            supervisor.clone(),
-            link.clone(),
-            shutdown.clone(),
-        )),
-    };
-    tasks.spawn(cron.clone().run(link.clone(), shutdown.clone()));
-    tasks.spawn(join::keep_renewed(
-        creds.clone(),
-        link.clone(),
-        config.heartbeat,
-        shutdown.clone(),
-    ));
+    let tasks = beside(&config, &creds, &supervisor, &cron, &link, &shutdown);
     let mut attempt = 0u32;
     let mut carried = session::Carried::default();
     let mut refused = None;

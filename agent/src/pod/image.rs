@@ -47,7 +47,7 @@ impl Supervisor {
             .collect();
         if let Some(runc) = &self.0.runc {
             let kept: Vec<Pod> = self.0.local.list_typed(Kind::Pod);
-            let ahead: Vec<String> = lock(&self.0.prefetched).iter().cloned().collect();
+            let ahead = self.0.artifacts.ahead();
             in_use.extend(ahead.iter().filter_map(|key| {
                 let image = key.split_once('/').map_or(key.as_str(), |(_, i)| i);
                 runc.images().recorded(image)
@@ -156,13 +156,13 @@ impl Supervisor {
         let ns = pod.metadata.namespace_or_default().to_string();
         for c in pod.spec.init_containers.iter().chain(&pod.spec.containers) {
             let key = format!("{ns}/{}", c.image);
-            if lock(&inner.prefetched).contains(&key) {
+            if inner.artifacts.is_ahead(&key) {
                 continue;
             }
             match container_image(inner, pod, &ns, c, Some(&client), runc.as_ref()).await {
                 Ok(_) => {
                     tracing::info!(image = %c.image, "fetched ahead, for runs while cut off");
-                    lock(&inner.prefetched).insert(key);
+                    inner.artifacts.fetched_ahead(key);
                 }
                 Err((reason, message)) => {
                     tracing::warn!(image = %c.image, %reason, %message, "cannot fetch an image ahead; the run will try again")

@@ -33,7 +33,7 @@ use shoal_runtime::oci::RuncRuntime;
 use shoal_runtime::wasm::WasmRuntime;
 use shoal_transport::proto::EventType;
 use state::Container;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -133,8 +133,6 @@ struct Inner {
     /// Disk use (percent) past which unused images are removed, and down to which.
     image_gc: (u8, u8),
     artifacts: ArtifactCache,
-    /// The images (`NAMESPACE/IMAGE`) fetched ahead for runs while cut off ([`Supervisor::prefetch`]).
-    prefetched: Mutex<HashSet<String>>,
     link: Link,
     /// The node's service proxy: what Services exist, for the pods' environment.
     proxy: crate::proxy::Proxy,
@@ -219,7 +217,6 @@ impl Supervisor {
                 config.image_gc_low_threshold,
             ),
             artifacts,
-            prefetched: Mutex::default(),
             link,
             proxy,
             pods: Mutex::new(HashMap::new()),
