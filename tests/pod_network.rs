@@ -1,5 +1,6 @@
 //! The pod network beyond the node (root and runc): a pod's connection to a host outside the
-//! cluster leaves with its node's address (source NAT in Shoal's own nftables table), and
+//! cluster leaves with its node's address (source NAT in Shoal's own nftables table), a
+//! headless Service resolves to its pods' addresses (and each pod by its own name), and
 //! `shoal reset` leaves no table, forwarding switch or bridge of Shoal's behind. Each node and
 //! the outside host are network namespaces on a bridge of the test's own ([`kit::Hosts`]),
 //! with no default route: nothing leaves the machine.
@@ -48,7 +49,8 @@ fn listen_once(hosts: &Hosts, i: usize, port: u16) -> std::process::Child {
 }
 
 #[test]
-fn runc_a_pod_reaches_a_host_outside_the_cluster_from_its_nodes_address_and_reset_undoes_it() {
+fn runc_pods_reach_outside_hosts_from_the_nodes_address_headless_names_resolve_and_reset_undoes_it()
+{
     let test =
         "runc_a_pod_reaches_a_host_outside_the_cluster_from_its_nodes_address_and_reset_undoes_it";
     if kit::runc_missing(test) || nft_missing(test) {
@@ -86,6 +88,41 @@ fn runc_a_pod_reaches_a_host_outside_the_cluster_from_its_nodes_address_and_rese
     assert!(pod_ip.starts_with("10.76."), "{pod}");
     assert_eq!(heard, format!("{} reading-42", hosts.addresses[0]));
     assert_eq!(c.shoal(&["logs", "uplink"]).ok().trim(), "sent");
+
+    // A headless Service resolves to its ready pods' addresses, and each pod by its own name.
+    c.apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: db}\nspec: {clusterIP: None, selector: {app: db}}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: db}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: db}}\n  template:\n    metadata: {labels: {app: db}}\n    spec:\n      containers:\n      - {name: c, image: busybox:1, command: [sleep, \"600\"]}\n",
+    );
+    c.wait_for("two db pods running", Duration::from_secs(60), |c| {
+        let pods = c.pods("app=db");
+        pods.len() == 2 && pods.iter().all(|p| field(p, "status.phase") == "Running")
+    });
+    let mut ips: Vec<String> = c
+        .pods("app=db")
+        .iter()
+        .map(|p| field(p, "status.podIP"))
+        .collect();
+    ips.sort();
+    let own = format!("{}.db.default.svc.cluster.local", ips[1].replace('.', "-"));
+    c.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: lookup}}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: busybox:1\n    command: [sh, -c, \"nslookup -type=a db; echo ===; nslookup -type=a {own}\"]\n"
+    ));
+    c.wait_for("the lookups done", Duration::from_secs(60), |c| {
+        field(&c.pod("lookup"), "status.phase") == "Succeeded"
+    });
+    let said = c.shoal(&["logs", "lookup"]).ok();
+    let (all, one) = said.split_once("===").expect("two lookups");
+    let answered = |text: &str| -> Vec<String> {
+        let mut found: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("Address: "))
+            .map(|a| a.trim().to_string())
+            .collect();
+        found.sort();
+        found
+    };
+    assert_eq!(answered(all), ips, "{said}");
+    assert_eq!(answered(one), [ips[1].clone()], "{said}");
 
     // What the node changed: its own table, and forwarding on.
     let table = hosts.exec(0, &["nft", "list", "table", "ip", "shoal-shoal0"]);

@@ -1,7 +1,9 @@
 //! The cluster's names, served by every agent for its pods (CoreDNS's job in K3s): a DNS
 //! server on the cluster DNS Service's address (`shoal-dns` in `shoal-system`) that answers
 //! `NAME.NAMESPACE.svc.cluster.local` (and `NAME.NAMESPACE`) with the Service's cluster IP
-//! and forwards any other name to the node's own resolvers. Pods' resolv.conf names it, with
+//! (for a headless Service, `clusterIP: None`, the addresses of its ready pods, and each pod's
+//! own name `10-42-1-5.NAME.NAMESPACE.svc.cluster.local`, as CoreDNS has them) and forwards
+//! any other name to the node's own resolvers. Pods' resolv.conf names it, with
 //! the search path that makes `NAME` and `NAME.NAMESPACE` work too.
 //!
 //! The message handling is pure ([`parse_query`], [`reply`]); the server is a thin loop.
@@ -79,8 +81,9 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, String> {
 /// What the cluster says about a name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Lookup {
-    /// A Service's cluster IP.
-    Address(Ipv4Addr),
+    /// A Service's cluster IP, or the addresses of a headless Service's ready pods (none
+    /// while it has none), or one of those pods.
+    Addresses(Vec<Ipv4Addr>),
     /// A name in the cluster domain (or `NAME.NAMESPACE` of a namespace with Services) that
     /// does not exist.
     NoSuchName,
@@ -88,18 +91,27 @@ pub enum Lookup {
     Elsewhere,
 }
 
-/// Looks `name` up: `cluster_ip(namespace, service)` gives a Service's address, and
-/// `namespace_known` whether a namespace has any Service (so `web.prod` is ours while
-/// `example.com` is not).
-pub fn lookup(
-    name: &str,
-    cluster_ip: impl Fn(&str, &str) -> Option<Ipv4Addr>,
-    namespace_known: impl Fn(&str) -> bool,
-) -> Lookup {
+/// What the cluster knows, as its DNS server asks it.
+pub trait Names {
+    /// The addresses Service `svc` in `ns` resolves to: its cluster IP, or for a headless
+    /// Service its ready endpoints' addresses; `None` when there is no such Service.
+    fn service(&self, ns: &str, svc: &str) -> Option<Vec<Ipv4Addr>>;
+    /// The ready endpoint of headless Service `svc` in `ns` that `host` names (its address
+    /// with dashes, `10-42-1-5`).
+    fn endpoint(&self, ns: &str, svc: &str, host: &str) -> Option<Ipv4Addr>;
+    /// Whether any Service is in `ns` (so `web.prod` is the cluster's while `example.com` is
+    /// not).
+    fn namespace_known(&self, ns: &str) -> bool;
+}
+
+/// Looks `name` up in what `cluster` knows.
+pub fn lookup(name: &str, cluster: &impl Names) -> Lookup {
+    let found = |a: Option<Vec<Ipv4Addr>>| a.map_or(Lookup::NoSuchName, Lookup::Addresses);
     let suffix = format!(".svc.{DOMAIN}");
     if let Some(rest) = name.strip_suffix(&suffix) {
         return match rest.split('.').collect::<Vec<_>>()[..] {
-            [svc, ns] => cluster_ip(ns, svc).map_or(Lookup::NoSuchName, Lookup::Address),
+            [svc, ns] => found(cluster.service(ns, svc)),
+            [host, svc, ns] => found(cluster.endpoint(ns, svc, host).map(|ip| vec![ip])),
             _ => Lookup::NoSuchName,
         };
     }
@@ -107,33 +119,39 @@ pub fn lookup(
         return Lookup::NoSuchName;
     }
     match name.split('.').collect::<Vec<_>>()[..] {
-        [svc, ns] if namespace_known(ns) => {
-            cluster_ip(ns, svc).map_or(Lookup::NoSuchName, Lookup::Address)
-        }
+        [svc, ns] if cluster.namespace_known(ns) => found(cluster.service(ns, svc)),
         _ => Lookup::Elsewhere,
     }
 }
 
-/// The answer to `q`: its address for an A question, none for other types of a name that
-/// exists (so resolvers do not wait for AAAA), NXDOMAIN for one that does not.
+/// The most answers a reply over UDP carries: with the header and a question it stays within
+/// DNS's 512 bytes; past it the reply says it was truncated.
+const UDP_ANSWERS: usize = 24;
+
+/// The answer to `q`: its addresses for an A question (at most [`UDP_ANSWERS`], the rest
+/// left with the truncated flag set), none for other types of a name that exists (so
+/// resolvers do not wait for AAAA), NXDOMAIN for one that does not.
 pub fn reply(q: &Query, found: &Lookup) -> Vec<u8> {
-    let (rcode, answer) = match found {
-        Lookup::Address(ip) if q.qtype == TYPE_A && q.qclass == CLASS_IN => (0u16, Some(*ip)),
-        Lookup::Address(_) => (0, None),
-        Lookup::NoSuchName => (3, None),
+    let (rcode, answers): (u16, &[Ipv4Addr]) = match found {
+        Lookup::Addresses(ips) if q.qtype == TYPE_A && q.qclass == CLASS_IN => (0, ips),
+        Lookup::Addresses(_) => (0, &[]),
+        Lookup::NoSuchName => (3, &[]),
         // Not ours and no resolver to ask: SERVFAIL.
-        Lookup::Elsewhere => (2, None),
+        Lookup::Elsewhere => (2, &[]),
     };
-    // QR, the query's opcode and RD, AA, RA, and the code.
-    let flags = 0x8000 | (q.flags & 0x7900) | 0x0400 | 0x0080 | rcode;
-    let mut out = Vec::with_capacity(12 + q.question.len() + 16);
+    let truncated = answers.len() > UDP_ANSWERS;
+    let answers = &answers[..answers.len().min(UDP_ANSWERS)];
+    // QR, the query's opcode and RD, AA, RA, TC when cut, and the code.
+    let tc = if truncated { 0x0200 } else { 0 };
+    let flags = 0x8000 | (q.flags & 0x7900) | 0x0400 | 0x0080 | tc | rcode;
+    let mut out = Vec::with_capacity(12 + q.question.len() + 16 * answers.len());
     out.extend_from_slice(&q.id.to_be_bytes());
     out.extend_from_slice(&flags.to_be_bytes());
     out.extend_from_slice(&1u16.to_be_bytes());
-    out.extend_from_slice(&u16::from(answer.is_some()).to_be_bytes());
+    out.extend_from_slice(&(answers.len() as u16).to_be_bytes());
     out.extend_from_slice(&[0, 0, 0, 0]);
     out.extend_from_slice(&q.question);
-    if let Some(ip) = answer {
+    for ip in answers {
         out.extend_from_slice(&[0xc0, 0x0c]); // the name: a pointer to the question's
         out.extend_from_slice(&TYPE_A.to_be_bytes());
         out.extend_from_slice(&CLASS_IN.to_be_bytes());
@@ -202,27 +220,59 @@ mod tests {
         m
     }
 
-    fn services(ns: &str, svc: &str) -> Option<Ipv4Addr> {
-        (ns == "default" && svc == "web").then(|| Ipv4Addr::new(10, 43, 0, 7))
+    /// `web` with a cluster IP and headless `db` with two ready pods, in `default`.
+    struct Cluster;
+
+    const DB: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 42, 1, 5), Ipv4Addr::new(10, 42, 2, 9)];
+
+    impl Names for Cluster {
+        fn service(&self, ns: &str, svc: &str) -> Option<Vec<Ipv4Addr>> {
+            match (ns, svc) {
+                ("default", "web") => Some(vec![Ipv4Addr::new(10, 43, 0, 7)]),
+                ("default", "db") => Some(DB.to_vec()),
+                _ => None,
+            }
+        }
+        fn endpoint(&self, ns: &str, svc: &str, host: &str) -> Option<Ipv4Addr> {
+            (ns == "default" && svc == "db").then(|| {
+                DB.into_iter()
+                    .find(|ip| ip.to_string().replace('.', "-") == host)
+            })?
+        }
+        fn namespace_known(&self, ns: &str) -> bool {
+            ns == "default"
+        }
     }
 
     #[test]
     fn service_names_resolve_in_every_form_and_the_rest_goes_elsewhere() {
-        let known = |ns: &str| ns == "default";
-        let ip = Lookup::Address(Ipv4Addr::new(10, 43, 0, 7));
-        assert_eq!(lookup("web.default.svc.cluster.local", services, known), ip);
-        assert_eq!(lookup("web.default", services, known), ip);
+        let ip = Lookup::Addresses(vec![Ipv4Addr::new(10, 43, 0, 7)]);
+        assert_eq!(lookup("web.default.svc.cluster.local", &Cluster), ip);
+        assert_eq!(lookup("web.default", &Cluster), ip);
         assert_eq!(
-            lookup("db.default.svc.cluster.local", services, known),
+            lookup("cache.default.svc.cluster.local", &Cluster),
             Lookup::NoSuchName
         );
-        assert_eq!(lookup("db.default", services, known), Lookup::NoSuchName);
+        assert_eq!(lookup("cache.default", &Cluster), Lookup::NoSuchName);
         assert_eq!(
-            lookup("web.default.cluster.local", services, known),
+            lookup("web.default.cluster.local", &Cluster),
             Lookup::NoSuchName
         );
-        assert_eq!(lookup("example.com", services, known), Lookup::Elsewhere);
-        assert_eq!(lookup("web", services, known), Lookup::Elsewhere);
+        assert_eq!(lookup("example.com", &Cluster), Lookup::Elsewhere);
+        assert_eq!(lookup("web", &Cluster), Lookup::Elsewhere);
+        // Headless: the ready pods, and each by its own name.
+        assert_eq!(
+            lookup("db.default.svc.cluster.local", &Cluster),
+            Lookup::Addresses(DB.to_vec())
+        );
+        assert_eq!(
+            lookup("10-42-2-9.db.default.svc.cluster.local", &Cluster),
+            Lookup::Addresses(vec![DB[1]])
+        );
+        assert_eq!(
+            lookup("10-42-3-1.db.default.svc.cluster.local", &Cluster),
+            Lookup::NoSuchName
+        );
     }
 
     #[test]
@@ -230,15 +280,24 @@ mod tests {
         let q = parse_query(&query("Web.Default.svc.cluster.local", TYPE_A)).expect("query");
         assert_eq!(q.name, "web.default.svc.cluster.local");
         assert_eq!((q.id, q.qtype), (0x1234, TYPE_A));
-        let r = reply(&q, &Lookup::Address(Ipv4Addr::new(10, 43, 0, 7)));
+        let r = reply(&q, &Lookup::Addresses(vec![Ipv4Addr::new(10, 43, 0, 7)]));
         assert_eq!(&r[..2], &[0x12, 0x34]);
         assert_eq!(r[3] & 0x0f, 0, "NOERROR");
         assert_eq!(&r[6..8], &[0, 1], "one answer");
         assert_eq!(&r[r.len() - 4..], &[10, 43, 0, 7]);
         assert_eq!(r[2] & 0x01, 0x01, "recursion desired is echoed");
         let aaaa = parse_query(&query("web.default.svc.cluster.local", TYPE_AAAA)).expect("q");
-        let r = reply(&aaaa, &Lookup::Address(Ipv4Addr::new(10, 43, 0, 7)));
+        let r = reply(&aaaa, &Lookup::Addresses(vec![Ipv4Addr::new(10, 43, 0, 7)]));
         assert_eq!((r[3] & 0x0f, r[7]), (0, 0), "no AAAA, no error");
+        // A headless Service's pods, each an answer; past what fits in 512 bytes, cut.
+        let r = reply(&q, &Lookup::Addresses(DB.to_vec()));
+        assert_eq!(&r[6..8], &[0, 2], "two answers");
+        assert_eq!(&r[r.len() - 4..], &[10, 42, 2, 9]);
+        let many: Vec<Ipv4Addr> = (1..=40).map(|i| Ipv4Addr::new(10, 42, 1, i)).collect();
+        let r = reply(&q, &Lookup::Addresses(many));
+        assert!(r.len() <= 512, "{}", r.len());
+        assert_eq!(r[2] & 0x02, 0x02, "truncated");
+        assert_eq!(usize::from(r[7]), UDP_ANSWERS);
         let r = reply(&q, &Lookup::NoSuchName);
         assert_eq!(r[3] & 0x0f, 3, "NXDOMAIN");
         // Broken messages are refused with the reason.

@@ -65,6 +65,47 @@ impl State {
     fn has_namespace(&self, ns: &str) -> bool {
         self.services.keys().any(|k| k.0 == ns)
     }
+
+    /// The ready endpoints' addresses of headless Service `svc` in `ns`, in order; `None`
+    /// when there is no such Service or it is not headless.
+    fn headless(&self, ns: &str, svc: &str) -> Option<Vec<Ipv4Addr>> {
+        let key = (ns.to_string(), svc.to_string());
+        let s = self.services.get(&key)?;
+        if s.spec.cluster_ip.as_deref() != Some("None") {
+            return None;
+        }
+        let mut ips: Vec<Ipv4Addr> = (self.endpoints.get(&key))
+            .into_iter()
+            .flat_map(|e| &e.subsets)
+            .flat_map(|s| &s.addresses)
+            .filter_map(|a| a.ip.parse().ok())
+            .collect();
+        ips.sort();
+        ips.dedup();
+        Some(ips)
+    }
+}
+
+impl crate::dns::Names for State {
+    fn service(&self, ns: &str, svc: &str) -> Option<Vec<Ipv4Addr>> {
+        if let Some(ips) = self.headless(ns, svc) {
+            return Some(ips);
+        }
+        (self
+            .services
+            .contains_key(&(ns.to_string(), svc.to_string())))
+        .then(|| self.cluster_ip(ns, svc).into_iter().collect())
+    }
+
+    fn endpoint(&self, ns: &str, svc: &str, host: &str) -> Option<Ipv4Addr> {
+        (self.headless(ns, svc)?)
+            .into_iter()
+            .find(|ip| ip.to_string().replace('.', "-") == host)
+    }
+
+    fn namespace_known(&self, ns: &str) -> bool {
+        self.has_namespace(ns)
+    }
 }
 
 struct Inner {
@@ -210,16 +251,15 @@ impl Proxy {
     pub fn resolve(&self, name: &str, namespace: &str) -> Option<Vec<IpAddr>> {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         let st = lock(&self.0.state);
-        let ip_of = |ns: &str, svc: &str| st.cluster_ip(ns, svc);
-        let known = |ns: &str| st.has_namespace(ns);
+        let v4 = |ips: Vec<Ipv4Addr>| ips.into_iter().map(IpAddr::V4).collect();
         if !name.contains('.') {
             let qualified = format!("{name}.{namespace}.svc.{}", crate::dns::DOMAIN);
-            if let crate::dns::Lookup::Address(ip) = crate::dns::lookup(&qualified, ip_of, known) {
-                return Some(vec![IpAddr::V4(ip)]);
+            if let crate::dns::Lookup::Addresses(ips) = crate::dns::lookup(&qualified, &*st) {
+                return Some(v4(ips));
             }
         }
-        match crate::dns::lookup(&name, ip_of, known) {
-            crate::dns::Lookup::Address(ip) => Some(vec![IpAddr::V4(ip)]),
+        match crate::dns::lookup(&name, &*st) {
+            crate::dns::Lookup::Addresses(ips) => Some(v4(ips)),
             crate::dns::Lookup::NoSuchName => Some(vec![]),
             crate::dns::Lookup::Elsewhere => None,
         }

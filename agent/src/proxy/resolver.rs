@@ -40,14 +40,7 @@ pub(super) async fn serve_dns(
                 continue;
             }
         };
-        let found = {
-            let st = lock(&proxy.0.state);
-            crate::dns::lookup(
-                &q.name,
-                |ns, svc| st.cluster_ip(ns, svc),
-                |ns| st.has_namespace(ns),
-            )
-        };
+        let found = crate::dns::lookup(&q.name, &*lock(&proxy.0.state));
         // Names the node answers itself are answered at once; the rest are forwarded, at
         // most FORWARDS_IN_FLIGHT at a time (past that the query is dropped, as a busy
         // server's would be, and the client asks again).

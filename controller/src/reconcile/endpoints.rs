@@ -78,7 +78,11 @@ pub fn desired(svc: &Service, pods: &[Pod]) -> Endpoints {
                 target_port(p, pod).map(|t| (p.name.clone(), t, proto))
             })
             .collect();
-        if ports.is_empty() {
+        // A headless Service with no ports still lists its pods (for its DNS names), as
+        // Kubernetes' endpoints controller does.
+        let portless_headless =
+            svc.spec.ports.is_empty() && svc.spec.cluster_ip.as_deref() == Some("None");
+        if ports.is_empty() && !portless_headless {
             continue;
         }
         let subset = subsets
@@ -282,6 +286,16 @@ mod tests {
         let mut manual = service(None);
         manual.spec.selector.clear();
         assert!(desired(&manual, &pods).subsets.is_empty());
+        // Headless with no ports: the pods still, in a subset with no ports (for DNS); with
+        // no ports and a cluster IP, nothing.
+        let mut headless = service(None);
+        headless.spec.ports.clear();
+        assert!(desired(&headless, &pods).subsets.is_empty());
+        headless.spec.cluster_ip = Some("None".into());
+        let ep = desired(&headless, &pods);
+        assert_eq!(ep.subsets.len(), 1);
+        assert!(ep.subsets[0].ports.is_empty());
+        assert_eq!(ep.subsets[0].addresses.len(), 2);
     }
 
     #[test]
