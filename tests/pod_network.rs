@@ -1,6 +1,7 @@
 //! The pod network beyond the node (root and runc): a pod's connection to a host outside the
 //! cluster leaves with its node's address (source NAT in Shoal's own nftables table), a
-//! headless Service resolves to its pods' addresses (and each pod by its own name), and
+//! headless Service resolves to its pods' addresses (and each pod by its own name) over
+//! UDP and TCP, and
 //! `shoal reset` leaves no table, forwarding switch or bridge of Shoal's behind. Each node and
 //! the outside host are network namespaces on a bridge of the test's own ([`kit::Hosts`]),
 //! with no default route: nothing leaves the machine.
@@ -46,6 +47,31 @@ fn listen_once(hosts: &Hosts, i: usize, port: u16) -> std::process::Child {
         .stdout(Stdio::piped())
         .spawn()
         .expect("python3 in the outside host")
+}
+
+/// A script that asks the DNS server at `server` for `name`'s addresses over TCP (two
+/// queries on one connection) and prints the second answer's, sorted.
+fn tcp_lookup(server: &str, name: &str) -> String {
+    format!(
+        "import socket, struct\n\
+         q = struct.pack('>HHHHHH', 0x4242, 0x0100, 1, 0, 0, 0)\n\
+         q += b''.join(bytes([len(l)]) + l.encode() for l in '{name}'.split('.')) + b'\\0'\n\
+         q += struct.pack('>HH', 1, 1)\n\
+         s = socket.create_connection(('{server}', 53), timeout=5)\n\
+         def read(n):\n\
+         \x20   b = b''\n\
+         \x20   while len(b) < n:\n\
+         \x20       c = s.recv(n - len(b))\n\
+         \x20       if not c: raise SystemExit('closed')\n\
+         \x20       b += c\n\
+         \x20   return b\n\
+         for _ in range(2):\n\
+         \x20   s.sendall(struct.pack('>H', len(q)) + q)\n\
+         \x20   r = read(struct.unpack('>H', read(2))[0])\n\
+         an = struct.unpack('>H', r[6:8])[0]\n\
+         ips = [socket.inet_ntoa(r[len(r) - 16 * (an - i) + 12:len(r) - 16 * (an - i) + 16]) for i in range(an)]\n\
+         print(' '.join(sorted(ips)))\n"
+    )
 }
 
 #[test]
@@ -123,6 +149,33 @@ fn runc_pods_reach_outside_hosts_from_the_nodes_address_headless_names_resolve_a
     };
     assert_eq!(answered(all), ips, "{said}");
     assert_eq!(answered(one), [ips[1].clone()], "{said}");
+    // The same over TCP (where a client asks when a UDP reply is cut), from the node.
+    let dns = c
+        .shoal(&[
+            "get",
+            "svc",
+            "shoal-dns",
+            "-n",
+            "shoal-system",
+            "-o",
+            "json",
+        ])
+        .ok();
+    let dns = field(&serde_json::from_str(&dns).expect("json"), "spec.clusterIP");
+    let over_tcp = hosts.exec(
+        0,
+        &[
+            "python3",
+            "-c",
+            &tcp_lookup(&dns, "db.default.svc.cluster.local"),
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&over_tcp.stdout).trim(),
+        ips.join(" "),
+        "{}",
+        String::from_utf8_lossy(&over_tcp.stderr)
+    );
 
     // What the node changed: its own table, and forwarding on.
     let table = hosts.exec(0, &["nft", "list", "table", "ip", "shoal-shoal0"]);

@@ -125,13 +125,21 @@ pub fn lookup(name: &str, cluster: &impl Names) -> Lookup {
 }
 
 /// The most answers a reply over UDP carries: with the header and a question it stays within
-/// DNS's 512 bytes; past it the reply says it was truncated.
-const UDP_ANSWERS: usize = 24;
+/// DNS's 512 bytes; past it the reply says it was truncated (and the client asks over TCP).
+pub const UDP_ANSWERS: usize = 24;
+
+/// The most answers a reply over TCP carries: what fits in a message of 64 KiB.
+pub const TCP_ANSWERS: usize = 4000;
 
 /// The answer to `q`: its addresses for an A question (at most [`UDP_ANSWERS`], the rest
 /// left with the truncated flag set), none for other types of a name that exists (so
 /// resolvers do not wait for AAAA), NXDOMAIN for one that does not.
 pub fn reply(q: &Query, found: &Lookup) -> Vec<u8> {
+    reply_within(q, found, UDP_ANSWERS)
+}
+
+/// [`reply`] with at most `most` answers (over TCP, [`TCP_ANSWERS`]).
+pub fn reply_within(q: &Query, found: &Lookup, most: usize) -> Vec<u8> {
     let (rcode, answers): (u16, &[Ipv4Addr]) = match found {
         Lookup::Addresses(ips) if q.qtype == TYPE_A && q.qclass == CLASS_IN => (0, ips),
         Lookup::Addresses(_) => (0, &[]),
@@ -139,8 +147,8 @@ pub fn reply(q: &Query, found: &Lookup) -> Vec<u8> {
         // Not ours and no resolver to ask: SERVFAIL.
         Lookup::Elsewhere => (2, &[]),
     };
-    let truncated = answers.len() > UDP_ANSWERS;
-    let answers = &answers[..answers.len().min(UDP_ANSWERS)];
+    let truncated = answers.len() > most;
+    let answers = &answers[..answers.len().min(most)];
     // QR, the query's opcode and RD, AA, RA, TC when cut, and the code.
     let tc = if truncated { 0x0200 } else { 0 };
     let flags = 0x8000 | (q.flags & 0x7900) | 0x0400 | 0x0080 | tc | rcode;
@@ -298,6 +306,12 @@ mod tests {
         assert!(r.len() <= 512, "{}", r.len());
         assert_eq!(r[2] & 0x02, 0x02, "truncated");
         assert_eq!(usize::from(r[7]), UDP_ANSWERS);
+        let r = reply_within(
+            &q,
+            &Lookup::Addresses((1..=40).map(|i| Ipv4Addr::new(10, 42, 1, i)).collect()),
+            TCP_ANSWERS,
+        );
+        assert_eq!((r[2] & 0x02, r[7]), (0, 40), "all of them over TCP");
         let r = reply(&q, &Lookup::NoSuchName);
         assert_eq!(r[3] & 0x0f, 3, "NXDOMAIN");
         // Broken messages are refused with the reason.

@@ -102,12 +102,23 @@ impl Proxy {
         let Some(ip) = dns.filter(|ip| s.local.contains(ip)) else {
             return;
         };
-        match bind_udp(SocketAddr::new(IpAddr::V4(ip), 53)) {
+        let at = SocketAddr::new(IpAddr::V4(ip), 53);
+        match bind_udp(at) {
             Ok(socket) => {
                 tracing::info!(%ip, "serving the cluster's names to pods");
                 let cancel = self.0.cancel.child_token();
                 let served = resolver::serve_dns(self.clone(), socket, ip, cancel.clone());
                 self.0.tasks.spawn(served);
+                match bind_tcp(at).and_then(TcpListener::from_std) {
+                    Ok(listener) => {
+                        let served =
+                            resolver::serve_dns_tcp(self.clone(), listener, ip, cancel.clone());
+                        self.0.tasks.spawn(served);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%ip, error = %e, "cannot serve cluster DNS over TCP")
+                    }
+                }
                 s.dns = Some((ip, cancel));
             }
             Err(e) => {
