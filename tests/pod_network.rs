@@ -1,7 +1,8 @@
 //! The pod network beyond the node (root and runc): a pod's connection to a host outside the
 //! cluster leaves with its node's address (source NAT in Shoal's own nftables table), a
 //! headless Service resolves to its pods' addresses (and each pod by its own name) over
-//! UDP and TCP, and
+//! UDP and TCP, a Service with `sessionAffinity: ClientIP` keeps a client on one endpoint,
+//! and
 //! `shoal reset` leaves no table, forwarding switch or bridge of Shoal's behind. Each node and
 //! the outside host are network namespaces on a bridge of the test's own ([`kit::Hosts`]),
 //! with no default route: nothing leaves the machine.
@@ -175,6 +176,37 @@ fn runc_pods_reach_outside_hosts_from_the_nodes_address_headless_names_resolve_a
         ips.join(" "),
         "{}",
         String::from_utf8_lossy(&over_tcp.stderr)
+    );
+
+    // sessionAffinity: ClientIP: every connection of one client reaches the same one of three
+    // backends (in turn, the first three would reach all three).
+    c.apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: sticky}\nspec:\n  selector: {app: sticky}\n  ports: [{port: 80, targetPort: 8080}]\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: sticky}\nspec:\n  replicas: 3\n  selector: {matchLabels: {app: sticky}}\n  template:\n    metadata: {labels: {app: sticky}}\n    spec:\n      containers:\n      - name: c\n        image: busybox:1\n        command: [sh, -c, \"mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www\"]\n        ports: [{containerPort: 8080}]\n",
+    );
+    c.wait_for("three sticky pods ready", Duration::from_secs(60), |c| {
+        let eps = c
+            .shoal(&["get", "endpoints", "sticky", "-o", "json"])
+            .stdout();
+        serde_json::from_str::<serde_json::Value>(&eps).is_ok_and(|e| {
+            e["subsets"][0]["addresses"]
+                .as_array()
+                .is_some_and(|a| a.len() == 3)
+        })
+    });
+    c.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: client}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: busybox:1\n    command: [sh, -c, \"for i in 1 2 3 4 5 6; do wget -qO- http://sticky; done\"]\n",
+    );
+    c.wait_for("the client done", Duration::from_secs(60), |c| {
+        field(&c.pod("client"), "status.phase") == "Succeeded"
+    });
+    let answers = c.shoal(&["logs", "client"]).ok();
+    let answers: Vec<&str> = answers.lines().collect();
+    assert_eq!(answers.len(), 6, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|a| *a == answers[0] && a.starts_with("sticky-")),
+        "{answers:?}"
     );
 
     // What the node changed: its own table, and forwarding on.

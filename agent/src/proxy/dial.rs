@@ -79,9 +79,9 @@ impl Proxy {
 
     /// Opens a connection to one of `route`'s endpoints, starting at the next in turn and
     /// trying the others when one cannot be reached.
-    pub(super) async fn connect(&self, route: &Route) -> Option<Box<dyn Conn>> {
+    pub(super) async fn connect(&self, route: &Route, client: IpAddr) -> Option<Box<dyn Conn>> {
         let n = route.backends.len();
-        let start = self.0.next.fetch_add(1, Ordering::Relaxed);
+        let start = self.first(route, client);
         for i in 0..n {
             let b = &route.backends[(start + i) % n];
             let local = b.node.as_deref().is_none_or(|node| node == self.0.node);
@@ -91,7 +91,10 @@ impl Proxy {
                 self.dial_remote(b).await
             };
             match dialled {
-                Ok(c) => return Some(c),
+                Ok(c) => {
+                    self.reached(route, client, b);
+                    return Some(c);
+                }
                 Err(e) => {
                     tracing::debug!(service = %route.service, endpoint = %format!("{}:{}", b.ip, b.port), error = %e, "endpoint unreachable; trying the next")
                 }
@@ -102,9 +105,9 @@ impl Proxy {
 
     /// A UDP flow's upstream: the next endpoint in turn (a datagram cannot tell whether a
     /// pod is there, so only a tunnel that cannot be opened moves on to the next).
-    pub(super) async fn connect_udp(&self, route: &Route) -> Option<Upstream> {
+    pub(super) async fn connect_udp(&self, route: &Route, client: IpAddr) -> Option<Upstream> {
         let n = route.backends.len();
-        let start = self.0.next.fetch_add(1, Ordering::Relaxed);
+        let start = self.first(route, client);
         for i in 0..n {
             let b = &route.backends[(start + i) % n];
             let local = b.node.as_deref().is_none_or(|node| node == self.0.node);
@@ -125,13 +128,33 @@ impl Proxy {
                     .map(|(send, recv)| Upstream::Tunnel(send, recv))
             };
             match opened {
-                Ok(u) => return Some(u),
+                Ok(u) => {
+                    self.reached(route, client, b);
+                    return Some(u);
+                }
                 Err(e) => {
                     tracing::debug!(service = %route.service, endpoint = %format!("{}:{}", b.ip, b.port), error = %e, "endpoint unreachable; trying the next")
                 }
             }
         }
         None
+    }
+
+    /// Where `client` starts among `route`'s endpoints: the one it keeps under ClientIP
+    /// affinity, else the next in turn.
+    fn first(&self, route: &Route, client: IpAddr) -> usize {
+        let now = std::time::Instant::now();
+        (route.affinity)
+            .and_then(|t| lock(&self.0.sticky).start(route, client, t, now))
+            .unwrap_or_else(|| self.0.next.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// `client` reached `route` through `b`: what it keeps under ClientIP affinity.
+    fn reached(&self, route: &Route, client: IpAddr, b: &Backend) {
+        if let Some(t) = route.affinity {
+            let now = std::time::Instant::now();
+            lock(&self.0.sticky).remember(route, client, b, t, now);
+        }
     }
 
     async fn dial_remote(&self, b: &Backend) -> Result<Box<dyn Conn>, String> {

@@ -216,7 +216,7 @@ async fn accept(
             .clone();
         let proxy2 = proxy.clone();
         proxy.0.tasks.spawn(async move {
-            match proxy2.connect(&current).await {
+            match proxy2.connect(&current, peer.ip()).await {
                 Some(mut outbound) => {
                     let _ = tokio::io::copy_bidirectional(&mut inbound, &mut *outbound).await;
                 }

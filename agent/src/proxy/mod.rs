@@ -11,6 +11,7 @@
 //! What to listen on is a pure function of the Services and Endpoints ([`plan`]); the proxy
 //! keeps the last ones it heard of, and its listeners, while the controller is away.
 
+mod affinity;
 mod dial;
 mod listeners;
 mod plan;
@@ -120,6 +121,8 @@ struct Inner {
     applying: tokio::sync::Mutex<()>,
     /// The next endpoint in turn.
     next: AtomicUsize,
+    /// Clients' endpoints, for Services with `sessionAffinity: ClientIP`.
+    sticky: Mutex<affinity::Sticky>,
     /// The proxy's tasks (listeners, the DNS server, connections), and what stops them.
     tasks: TaskTracker,
     cancel: CancellationToken,
@@ -169,6 +172,7 @@ impl Proxy {
             }),
             applying: tokio::sync::Mutex::new(()),
             next: AtomicUsize::new(0),
+            sticky: Mutex::default(),
             tasks,
             cancel: CancellationToken::new(),
             local,

@@ -27,6 +27,8 @@ pub struct Backend {
 pub struct Route {
     pub service: String,
     pub backends: Vec<Backend>,
+    /// With `sessionAffinity: ClientIP`, how long a client keeps its endpoint.
+    pub affinity: Option<std::time::Duration>,
 }
 
 /// A Service's or Endpoints' namespace and name.
@@ -82,6 +84,7 @@ pub fn plan(
             let route = Route {
                 service: format!("{}/{}:{}", k.0, k.1, p.port),
                 backends,
+                affinity: svc.spec.client_ip_affinity(),
             };
             if let Some(ip) = cluster_ip {
                 let addr = SocketAddr::new(IpAddr::V4(ip), port);

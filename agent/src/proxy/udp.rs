@@ -60,7 +60,7 @@ pub(super) async fn serve_udp(
         lock(&flows).insert(client, tx);
         let (proxy2, socket, flows) = (proxy.clone(), socket.clone(), flows.clone());
         proxy.0.tasks.spawn(async move {
-            match proxy2.connect_udp(&current).await {
+            match proxy2.connect_udp(&current, client.ip()).await {
                 Some(up) => udp_flow(up, rx, socket, client).await,
                 None => {
                     tracing::info!(service = %current.service, %client, "no endpoint of the service could be reached")

@@ -33,9 +33,49 @@ pub struct ServiceSpec {
     pub cluster_ip: Option<String>,
     #[serde(default, rename = "clusterIPs", skip_serializing_if = "Vec::is_empty")]
     pub cluster_ips: Vec<String>,
-    /// `None` only: the proxy balances each connection on its own (`ClientIP` is refused).
+    /// `None` (each connection balanced on its own) or `ClientIP` (a client's connections
+    /// go to the endpoint its first went to, for `sessionAffinityConfig`'s timeout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_affinity: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity_config: Option<SessionAffinityConfig>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionAffinityConfig {
+    #[serde(default, rename = "clientIP", skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<ClientIpConfig>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientIpConfig {
+    /// Seconds a client stays with its endpoint after its last connection (Kubernetes' default
+    /// 10800, three hours; at most a day).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i32>,
+}
+
+/// How long a client stays with its endpoint when a Service's `sessionAffinityConfig` does not
+/// say (Kubernetes' default).
+pub const CLIENT_IP_TIMEOUT_SECONDS: i32 = 10800;
+
+impl ServiceSpec {
+    /// With `sessionAffinity: ClientIP`, how long a client stays with its endpoint after its
+    /// last connection; `None` when each connection is balanced on its own.
+    pub fn client_ip_affinity(&self) -> Option<std::time::Duration> {
+        if self.session_affinity.as_deref() != Some("ClientIP") {
+            return None;
+        }
+        let secs = (self.session_affinity_config.as_ref())
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .unwrap_or(CLIENT_IP_TIMEOUT_SECONDS);
+        Some(std::time::Duration::from_secs(
+            u64::try_from(secs).unwrap_or(0),
+        ))
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -527,17 +527,25 @@ fn validate_service(e: &mut Errors, s: &Service) {
         Some(ty),
         &["ClusterIP", "NodePort", "LoadBalancer"],
     );
-    if spec.session_affinity.as_deref() == Some("ClientIP") {
-        e.add(
-            "spec.sessionAffinity",
-            "ClientIP is not supported: the service proxy balances each connection on its own (use None)",
-        );
-    } else {
-        e.one_of(
-            "spec.sessionAffinity",
-            spec.session_affinity.as_deref(),
-            &["None"],
-        );
+    e.one_of(
+        "spec.sessionAffinity",
+        spec.session_affinity.as_deref(),
+        &["None", "ClientIP"],
+    );
+    if let Some(config) = &spec.session_affinity_config {
+        if spec.session_affinity.as_deref() != Some("ClientIP") {
+            e.add(
+                "spec.sessionAffinityConfig",
+                "must not be set when sessionAffinity is None",
+            );
+        }
+        let timeout = config.client_ip.as_ref().and_then(|c| c.timeout_seconds);
+        if let Some(t) = timeout.filter(|t| !(1..=86400).contains(t)) {
+            e.add(
+                "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                format!("must be greater than 0 and less than or equal to 86400, got {t}"),
+            );
+        }
     }
     if let Some(ip) = &spec.cluster_ip {
         if ip != "None" && !ip.is_empty() && ip.parse::<IpAddr>().is_err() {
@@ -678,7 +686,9 @@ spec:
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, resources: {limits: {gpu: 1}}}]}", "spec.containers[0].resources.limits.gpu"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, resources: {requests: {example.com/dongle: 1}, limits: {example.com/dongle: 2}}}]}", "spec.containers[0].resources.requests.example.com/dongle"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, resources: {limits: {example.com/dongle: 500m}}}]}", "spec.containers[0].resources.limits.example.com/dongle"),
-            ("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {selector: {app: a}, ports: [{port: 80}], sessionAffinity: ClientIP}", "spec.sessionAffinity"),
+            ("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {selector: {app: a}, ports: [{port: 80}], sessionAffinity: Sticky}", "spec.sessionAffinity"),
+            ("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {selector: {app: a}, ports: [{port: 80}], sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}}", "spec.sessionAffinityConfig.clientIP.timeoutSeconds"),
+            ("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {selector: {app: a}, ports: [{port: 80}], sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}}", "spec.sessionAffinityConfig"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, ports: [{containerPort: 70000}]}]}", "spec.containers[0].ports[0].containerPort"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, resources: {requests: {memory: 2Gi}, limits: {memory: 1Gi}}}]}", "spec.containers[0].resources.requests.memory"),
             ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, volumeMounts: [{name: v, mountPath: /d}]}]}", "spec.containers[0].volumeMounts[0].name"),
