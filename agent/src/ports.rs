@@ -1,5 +1,6 @@
-//! hostPort: a container port published on the node's own address. Forwarded in user space,
-//! connection by connection, to the pod's address, so the default path needs no iptables.
+//! hostPort: a container port published on the node's own address, TCP or UDP. Forwarded in
+//! user space to the pod's address, connection by connection (TCP) or flow by flow, one per
+//! client (UDP), so the default path needs no iptables.
 
 use std::net::SocketAddr;
 use tokio::net::{TcpListener, TcpStream};
@@ -40,5 +41,129 @@ pub async fn forward_tcp(
                 _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
             }
         });
+    }
+}
+
+/// The most UDP flows (distinct clients) one hostPort keeps at once; a datagram from one more
+/// client is dropped until one goes idle.
+pub const UDP_FLOWS: usize = 1024;
+
+/// How long a UDP flow lasts with no datagram either way (kube-proxy's conntrack default for
+/// UDP streams is 120 s; a single exchange, 30 s).
+pub const UDP_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Forwards the datagrams `socket` receives to `to`, each client through a socket of its own
+/// (so the pod's replies find their way back), until `cancel`; each flow is a task of `tasks`
+/// and ends after [`UDP_IDLE`].
+pub async fn forward_udp(
+    socket: tokio::net::UdpSocket,
+    to: SocketAddr,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+) {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    let socket = Arc::new(socket);
+    let flows: Arc<Mutex<HashMap<SocketAddr, Arc<tokio::net::UdpSocket>>>> = Arc::default();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, client) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(error = %shoal_transport::report(&e), "hostPort receive failed");
+                    continue;
+                }
+            },
+        };
+        let existing = crate::sync::lock(&flows).get(&client).cloned();
+        let upstream = match existing {
+            Some(u) => u,
+            None => {
+                if crate::sync::lock(&flows).len() >= UDP_FLOWS {
+                    tracing::debug!(%client, "too many hostPort flows: a datagram dropped");
+                    continue;
+                }
+                let Ok(u) = open_flow(to).await else {
+                    continue;
+                };
+                let u = Arc::new(u);
+                crate::sync::lock(&flows).insert(client, u.clone());
+                let (u2, socket, flows, cancel) =
+                    (u.clone(), socket.clone(), flows.clone(), cancel.clone());
+                tasks.spawn(async move {
+                    let mut back = vec![0u8; 65536];
+                    loop {
+                        let got = tokio::select! {
+                            _ = cancel.cancelled() => break,
+                            r = tokio::time::timeout(UDP_IDLE, u2.recv(&mut back)) => r,
+                        };
+                        match got {
+                            Ok(Ok(m)) => {
+                                let _ = socket.send_to(&back[..m], client).await;
+                            }
+                            _ => break,
+                        }
+                    }
+                    crate::sync::lock(&flows).remove(&client);
+                });
+                u
+            }
+        };
+        let _ = upstream.send(&buf[..n]).await;
+    }
+}
+
+/// A socket of the node's connected to `to`, for one client's flow.
+async fn open_flow(to: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
+    let any = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0);
+    let u = tokio::net::UdpSocket::bind(any).await?;
+    u.connect(to).await?;
+    Ok(u)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn udp_datagrams_reach_the_target_and_its_replies_each_client() {
+        // The "pod": an echo server on loopback.
+        let pod = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("pod");
+        let to = pod.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, from)) = pod.recv_from(&mut buf).await {
+                let reply = [b"echo: ", &buf[..n]].concat();
+                let _ = pod.send_to(&reply, from).await;
+            }
+        });
+        let host = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("host port");
+        let published = host.local_addr().expect("addr");
+        let (cancel, tasks) = (CancellationToken::new(), TaskTracker::new());
+        tokio::spawn(forward_udp(host, to, cancel.clone(), tasks.clone()));
+        let mut clients = Vec::new();
+        for i in 0..3 {
+            let c = tokio::net::UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("client");
+            c.connect(published).await.expect("connect");
+            c.send(format!("hello {i}").as_bytes()).await.expect("send");
+            clients.push(c);
+        }
+        for (i, c) in clients.iter().enumerate() {
+            let mut buf = [0u8; 1500];
+            let n = tokio::time::timeout(std::time::Duration::from_secs(5), c.recv(&mut buf))
+                .await
+                .expect("an answer in time")
+                .expect("recv");
+            assert_eq!(&buf[..n], format!("echo: hello {i}").as_bytes());
+        }
+        cancel.cancel();
     }
 }

@@ -105,34 +105,41 @@ pub(super) async fn publish_host_ports(
             let Ok(container_port) = u16::try_from(p.container_port) else {
                 continue;
             };
-            if p.protocol.as_deref().is_some_and(|proto| proto != "TCP") {
-                let message = format!(
-                    "hostPort {host_port}/{}: only TCP host ports are forwarded",
-                    p.protocol.as_deref().unwrap_or_default()
-                );
-                event(inner, pod, "Warning", "HostPortUnsupported", message).await;
-                continue;
-            }
+            let udp = match p.protocol.as_deref().unwrap_or("TCP") {
+                "TCP" => false,
+                "UDP" => true,
+                other => {
+                    let message =
+                        format!("hostPort {host_port}/{other}: only TCP and UDP are forwarded");
+                    event(inner, pod, "Warning", "HostPortUnsupported", message).await;
+                    continue;
+                }
+            };
             let host_ip: std::net::IpAddr = p
                 .host_ip
                 .as_deref()
                 .and_then(|h| h.parse().ok())
                 .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
             let listen = std::net::SocketAddr::new(host_ip, host_port);
-            match tokio::net::TcpListener::bind(listen).await {
-                Ok(listener) => {
-                    let to = std::net::SocketAddr::new(ip.into(), container_port);
-                    inner.tracker.spawn(crate::ports::forward_tcp(
-                        listener,
-                        to,
-                        cancel.clone(),
-                        inner.tracker.clone(),
-                    ));
-                }
-                Err(e) => {
-                    let message = format!("hostPort {listen} cannot be bound: {e}");
-                    event(inner, pod, "Warning", "HostPortUnavailable", message).await;
-                }
+            let to = std::net::SocketAddr::new(ip.into(), container_port);
+            let (cancel, tasks) = (cancel.clone(), inner.tracker.clone());
+            let bound = if udp {
+                (tokio::net::UdpSocket::bind(listen).await).map(|s| {
+                    inner
+                        .tracker
+                        .spawn(crate::ports::forward_udp(s, to, cancel, tasks))
+                })
+            } else {
+                (tokio::net::TcpListener::bind(listen).await).map(|l| {
+                    inner
+                        .tracker
+                        .spawn(crate::ports::forward_tcp(l, to, cancel, tasks))
+                })
+            };
+            if let Err(e) = bound {
+                let proto = if udp { "UDP" } else { "TCP" };
+                let message = format!("hostPort {listen}/{proto} cannot be bound: {e}");
+                event(inner, pod, "Warning", "HostPortUnavailable", message).await;
             }
         }
     }
