@@ -66,17 +66,7 @@ pub async fn forward_udp(
     let socket = Arc::new(socket);
     let flows: Arc<Mutex<HashMap<SocketAddr, Arc<tokio::net::UdpSocket>>>> = Arc::default();
     let mut buf = vec![0u8; 65536];
-    loop {
-        let (n, client) = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = socket.recv_from(&mut buf) => match r {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::debug!(error = %shoal_transport::report(&e), "hostPort receive failed");
-                    continue;
-                }
-            },
-        };
+    while let Some((n, client)) = next_datagram(&socket, &mut buf, &cancel, "hostPort").await {
         let existing = crate::sync::lock(&flows).get(&client).cloned();
         let upstream = match existing {
             Some(u) => u,
@@ -112,6 +102,28 @@ pub async fn forward_udp(
             }
         };
         let _ = upstream.send(&buf[..n]).await;
+    }
+}
+
+/// The next datagram on `socket` into `buf` (its length and sender), or `None` once `cancel`
+/// fires. A failed receive (an ICMP error for an earlier send) is logged, by `what` receives,
+/// and skipped.
+pub async fn next_datagram(
+    socket: &tokio::net::UdpSocket,
+    buf: &mut [u8],
+    cancel: &CancellationToken,
+    what: &str,
+) -> Option<(usize, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            r = socket.recv_from(buf) => match r {
+                Ok(r) => return Some(r),
+                Err(e) => {
+                    tracing::debug!(error = %shoal_transport::report(&e), "{what} receive failed")
+                }
+            },
+        }
     }
 }
 

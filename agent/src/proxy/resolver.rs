@@ -19,20 +19,12 @@ pub(super) async fn serve_dns(
     cancel: CancellationToken,
 ) {
     let socket = Arc::new(socket);
-    let upstreams = crate::dns::upstreams(
-        &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-        ip,
-    );
+    let upstreams = node_upstreams(ip);
     let forwards = Arc::new(tokio::sync::Semaphore::new(FORWARDS_IN_FLIGHT));
     let mut buf = vec![0u8; 4096];
-    loop {
-        let (n, client) = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = socket.recv_from(&mut buf) => match r {
-                Ok(r) => r,
-                Err(_) => continue,
-            },
-        };
+    while let Some((n, client)) =
+        crate::ports::next_datagram(&socket, &mut buf, &cancel, "DNS").await
+    {
         let msg = buf[..n].to_vec();
         let q = match crate::dns::parse_query(&msg) {
             Ok(q) => q,
@@ -55,6 +47,14 @@ pub(super) async fn serve_dns(
             let _ = socket.send_to(&answer, client).await;
         });
     }
+}
+
+/// The node's own resolvers (its /etc/resolv.conf), never the cluster DNS at `ip` itself.
+fn node_upstreams(ip: Ipv4Addr) -> Vec<std::net::SocketAddr> {
+    crate::dns::upstreams(
+        &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        ip,
+    )
 }
 
 /// The reply to query `q` (the message `msg`): the cluster's names from what the proxy
@@ -90,10 +90,7 @@ pub(super) async fn serve_dns_tcp(
     ip: Ipv4Addr,
     cancel: CancellationToken,
 ) {
-    let upstreams = Arc::new(crate::dns::upstreams(
-        &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-        ip,
-    ));
+    let upstreams = Arc::new(node_upstreams(ip));
     let connections = Arc::new(tokio::sync::Semaphore::new(TCP_CONNECTIONS));
     loop {
         let (stream, client) = tokio::select! {

@@ -32,17 +32,9 @@ pub(super) async fn serve_udp(
     let socket = Arc::new(socket);
     let flows: Arc<Mutex<HashMap<SocketAddr, tokio::sync::mpsc::Sender<Vec<u8>>>>> = Arc::default();
     let mut buf = vec![0u8; 65536];
-    loop {
-        let (n, client) = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = socket.recv_from(&mut buf) => match r {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::debug!(error = %shoal_transport::report(&e), "service receive failed");
-                    continue;
-                }
-            },
-        };
+    while let Some((n, client)) =
+        crate::ports::next_datagram(&socket, &mut buf, &cancel, "service").await
+    {
         let datagram = buf[..n].to_vec();
         let existing = lock(&flows).get(&client).cloned();
         if let Some(tx) = existing {
