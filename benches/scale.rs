@@ -44,6 +44,7 @@ fn config(server: &str, token: &str, name: String, dir: &Path) -> AgentConfig {
         drain_on_stop: true,
         manifests: None,
         images: None,
+        cleanup: false,
     }
 }
 

@@ -3,7 +3,8 @@
 //! headless Service resolves to its pods' addresses (and each pod by its own name) over
 //! UDP and TCP, a Service with `sessionAffinity: ClientIP` keeps a client on one endpoint,
 //! and
-//! `shoal reset` leaves no table, forwarding switch or bridge of Shoal's behind. Each node and
+//! `shoal reset`, or a stop with `--cleanup`, leaves no table, forwarding switch or bridge of
+//! Shoal's behind. Each node and
 //! the outside host are network namespaces on a bridge of the test's own ([`kit::Hosts`]),
 //! with no default route: nothing leaves the machine.
 
@@ -85,12 +86,13 @@ fn runc_pods_reach_outside_hosts_from_the_nodes_address_headless_names_resolve_a
     }
     // Host 0 is the node; host 1 is outside the cluster (no agent), on the site's LAN.
     let hosts = Hosts::create(75, 2);
+    no_forwarding(&hosts, 0);
     let (mut c, _leftovers) = kit::hosts_cluster(&hosts, 75, &["edge"]);
     let forwarding = |i: usize| {
         let out = hosts.exec(i, &["cat", "/proc/sys/net/ipv4/ip_forward"]);
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    assert_eq!(forwarding(0), "0", "a new host forwards nothing");
+    assert_eq!(forwarding(0), "0", "a device that forwards nothing");
 
     let mut listener = listen_once(&hosts, 1, 9000);
     let mut lines = BufReader::new(listener.stdout.take().expect("stdout")).lines();
@@ -218,7 +220,7 @@ fn runc_pods_reach_outside_hosts_from_the_nodes_address_headless_names_resolve_a
     );
     assert_eq!(forwarding(0), "1");
 
-    // Removed from the device: no table, forwarding as it was, no bridge.
+    // Removed from the device by `shoal reset`: no table, forwarding as it was, no bridge.
     c.agents[0].terminate();
     c.agents[0].wait_exit(Duration::from_secs(20));
     let mut reset = Command::new(&hosts.run_in(0)[0]);
@@ -237,17 +239,85 @@ fn runc_pods_reach_outside_hosts_from_the_nodes_address_headless_names_resolve_a
         said.contains("removed the nftables table ip shoal-shoal0"),
         "{said}"
     );
-    let tables = hosts.exec(0, &["nft", "list", "tables"]);
+    assert_nothing_left(&hosts, 0);
+}
+
+/// Host `i` made a device that forwards nothing (a new network namespace starts with what
+/// the machine has, which other tests may have changed).
+fn no_forwarding(hosts: &Hosts, i: usize) {
+    let out = hosts.exec(i, &["sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Host `i` has no nftables table of Shoal's, forwarding off as it was before the agent, and
+/// no pod bridge.
+fn assert_nothing_left(hosts: &Hosts, i: usize) {
+    let tables = hosts.exec(i, &["nft", "list", "tables"]);
     assert!(
         !String::from_utf8_lossy(&tables.stdout).contains("shoal"),
         "{}",
         String::from_utf8_lossy(&tables.stdout)
     );
-    assert_eq!(forwarding(0), "0");
-    let links = hosts.exec(0, &["ip", "-o", "link"]);
+    let forwarding = hosts.exec(i, &["cat", "/proc/sys/net/ipv4/ip_forward"]);
+    assert_eq!(String::from_utf8_lossy(&forwarding.stdout).trim(), "0");
+    let links = hosts.exec(i, &["ip", "-o", "link"]);
     assert!(
         !String::from_utf8_lossy(&links.stdout).contains("shoal0"),
         "{}",
         String::from_utf8_lossy(&links.stdout)
     );
+}
+
+#[test]
+fn runc_an_agent_stopped_with_cleanup_stops_its_pods_and_leaves_nothing_in_the_hosts_network() {
+    let test =
+        "runc_an_agent_stopped_with_cleanup_stops_its_pods_and_leaves_nothing_in_the_hosts_network";
+    if kit::runc_missing(test) || nft_missing(test) {
+        return;
+    }
+    let hosts = Hosts::create(99, 1);
+    no_forwarding(&hosts, 0);
+    let (mut c, _leftovers) = kit::hosts_cluster_with(&hosts, 99, &["edge"], &[], &["--cleanup"]);
+    c.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: busybox:1, command: [sleep, \"600\"]}\n",
+    );
+    c.wait_for("the pod running", Duration::from_secs(60), |c| {
+        field(&c.pod("p"), "status.phase") == "Running"
+    });
+    let table = hosts.exec(0, &["nft", "list", "table", "ip", "shoal-shoal0"]);
+    assert!(
+        table.status.success(),
+        "the pod's bridge came with the table"
+    );
+    c.agents[0].terminate();
+    assert!(
+        c.agents[0].wait_exit(Duration::from_secs(30)).is_some(),
+        "{}",
+        c.agents[0].log()
+    );
+    assert!(
+        c.agents[0]
+            .log()
+            .contains("removed what this node made in the host's network"),
+        "{}",
+        c.agents[0].log()
+    );
+    assert!(
+        kit::runc_list(&c.agents[0].dir).is_empty(),
+        "the pod's container is stopped"
+    );
+    let namespaces = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip");
+    let pod_uid = field(&c.pod("p"), "metadata.uid");
+    assert!(
+        !String::from_utf8_lossy(&namespaces.stdout).contains(&pod_uid),
+        "the pod's network namespace is gone"
+    );
+    assert_nothing_left(&hosts, 0);
 }

@@ -44,6 +44,9 @@ pub struct AgentConfig {
     /// What a stop (SIGTERM, Ctrl-C) does to the pods: stops them within their grace periods
     /// (`true`), or leaves them running for the next agent to take back (`false`).
     pub drain_on_stop: bool,
+    /// On a stop, after the pods are stopped (it implies `drain_on_stop`), remove what the
+    /// node made in the host's network (as `shoal reset` does).
+    pub cleanup: bool,
     /// A directory of pod manifests this node runs itself (static pods), with or without a
     /// controller.
     pub manifests: Option<PathBuf>,

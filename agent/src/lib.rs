@@ -126,6 +126,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         if shutdown.is_cancelled() {
             break;
         }
+        // The wait before the next try, when the join says how long (it logs it).
+        let mut wait = None;
         let joined = match creds.get() {
             Some(c) => Ok(c),
             None => creds.join(&config).await,
@@ -164,9 +166,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
                 }
             }
             Err(e) if creds.get().is_none() => {
-                if let Err(no) = creds.retry_after(e, attempt.saturating_add(1)) {
-                    refused = Some(no);
-                    break;
+                match creds.retry_after(e, attempt.saturating_add(1)) {
+                    Ok(d) => wait = Some(d),
+                    Err(no) => {
+                        refused = Some(no);
+                        break;
+                    }
                 }
             }
             Err(e) => {
@@ -177,7 +182,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
             }
         }
         attempt = attempt.saturating_add(1);
-        let delay = backoff::Backoff::RECONNECT.delay(attempt);
+        let delay = wait.unwrap_or_else(|| backoff::Backoff::RECONNECT.delay(attempt));
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(delay) => {}
@@ -185,7 +190,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     }
     tasks.close();
     proxy.shutdown();
-    supervisor.shutdown(config.drain_on_stop).await;
+    supervisor
+        .shutdown(config.drain_on_stop || config.cleanup)
+        .await;
+    if config.cleanup {
+        reset::clean_up_network(&config.data_dir, &config.pod_bridge);
+    }
     // Streams still open end with the process; renewal ends with `shutdown`.
     let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
     refused.map_or(Ok(()), Err)

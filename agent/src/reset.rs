@@ -37,6 +37,19 @@ pub fn reset(data_dir: &Path, bridge: &str, keep_data: bool) -> Result<Undone> {
         containers: stop_containers(data_dir)?,
         ..Undone::default()
     };
+    remove_network(data_dir, bridge, &mut undone)?;
+    undone.unmounted = unmount_beneath(data_dir)?;
+    if !keep_data && data_dir.exists() {
+        std::fs::remove_dir_all(data_dir).map_err(|e| Error::io(data_dir, e))?;
+        undone.data_removed = true;
+    }
+    Ok(undone)
+}
+
+/// Removes what the node made in the host's network: its pods' network namespaces, Shoal's
+/// nftables table (forwarding put back as it was) and the pod bridge. What `shoal reset` does
+/// to the network, and what a stop with `--cleanup` does once its pods are stopped.
+pub fn remove_network(data_dir: &Path, bridge: &str, undone: &mut Undone) -> Result<()> {
     for uid in dir_names(&data_dir.join("pods")) {
         let name = format!("shoal-{uid}");
         if netns::path(&name).exists() {
@@ -44,18 +57,30 @@ pub fn reset(data_dir: &Path, bridge: &str, keep_data: bool) -> Result<Undone> {
             undone.namespaces.push(name);
         }
     }
-    undone.unmounted = unmount_beneath(data_dir)?;
     undone.nat = shoal_runtime::oci::nat::remove(bridge, data_dir)?;
     if netns::ip(&["link", "show", bridge]).is_ok() {
         netns::ip(&["link", "delete", bridge])
             .map_err(|m| Error::Config(format!("removing the pod bridge {bridge}: {m}")))?;
         undone.bridge = true;
     }
-    if !keep_data && data_dir.exists() {
-        std::fs::remove_dir_all(data_dir).map_err(|e| Error::io(data_dir, e))?;
-        undone.data_removed = true;
+    Ok(())
+}
+
+/// [`remove_network`] as a stop with `--cleanup` does it, once the pods are stopped: what it
+/// removed, or why it could not, said in the log.
+pub fn clean_up_network(data_dir: &Path, bridge: &str) {
+    let mut undone = Undone::default();
+    match remove_network(data_dir, bridge, &mut undone) {
+        Ok(()) => tracing::info!(
+            bridge = undone.bridge,
+            nftables = undone.nat,
+            namespaces = undone.namespaces.len(),
+            "removed what this node made in the host's network"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %shoal_transport::report(&e), "cannot remove what this node made in the host's network; `shoal reset` does it")
+        }
     }
-    Ok(undone)
 }
 
 /// Stops and removes every container runc holds under the data dir (the wrapper that ran each

@@ -69,6 +69,11 @@ pub struct Args {
     /// or a restart is no downtime); wasm pods, in the agent's process, start again with it.
     #[arg(long)]
     pub drain_on_stop: bool,
+    /// On SIGTERM or Ctrl-C, stop every pod (as --drain-on-stop) and then remove what the node
+    /// made in the host's network: the pod bridge, the pods' network namespaces and Shoal's
+    /// nftables table, with IPv4 forwarding put back as it was.
+    #[arg(long)]
+    pub cleanup: bool,
     /// A directory of pod manifests (YAML or JSON) this node runs itself, with or without a
     /// controller: static pods, as the kubelet's staticPodPath. Read again every 5 s; a
     /// changed file restarts its pods, a removed one stops them.
@@ -200,7 +205,8 @@ impl Args {
                     self.container_log_max_size.as_str()
                 ),
             },
-            drain_on_stop: self.drain_on_stop,
+            drain_on_stop: self.drain_on_stop || self.cleanup,
+            cleanup: self.cleanup,
             manifests: self
                 .manifests
                 .clone()

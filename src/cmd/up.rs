@@ -77,6 +77,7 @@ pub async fn run(args: Args) -> Result<()> {
         peer_listen: None,
         container_log_max_size: shoal_agent::CONTAINER_LOG_MAX_SIZE,
         drain_on_stop: args.drain_on_stop,
+        cleanup: false,
         manifests: None,
         images: None,
     };

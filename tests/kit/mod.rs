@@ -245,6 +245,9 @@ pub struct Agent {
     pub name: String,
     pub dir: PathBuf,
     log: Arc<Mutex<String>>,
+    /// The pod bridge of an agent in the machine's own network namespace: what it changed
+    /// there (its nftables table, forwarding) is undone when its cluster ends.
+    root_bridge: Option<String>,
 }
 
 impl Agent {
@@ -281,6 +284,13 @@ impl Agent {
                 .to_string()
         });
         let (name, dir) = (name.as_str(), dir.as_path());
+        let root_bridge = (program.len() == 1).then(|| {
+            (extra.iter())
+                .skip_while(|a| *a != "--pod-bridge")
+                .nth(1)
+                .cloned()
+                .unwrap_or_else(|| "shoal0".to_string())
+        });
         let mut child = Command::new(&program[0])
             .args(&program[1..])
             .args(["agent", "--server", &controller.addr])
@@ -312,6 +322,7 @@ impl Agent {
             name: name.to_string(),
             dir: dir.to_path_buf(),
             log,
+            root_bridge,
         }
     }
 }
@@ -423,6 +434,19 @@ impl Drop for Slot {
         let mut n = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
         *n -= 1;
         FREED.notify_one();
+    }
+}
+
+impl Drop for Cluster {
+    /// The agents stopped, and what those in the machine's namespace changed in it undone
+    /// (as `shoal reset` would), so a test leaves no table or forwarding switch behind.
+    fn drop(&mut self) {
+        for a in &mut self.agents {
+            a.kill9();
+            if let Some(bridge) = &a.root_bridge {
+                let _ = shoal_runtime::oci::nat::remove(bridge, &a.dir);
+            }
+        }
     }
 }
 
