@@ -18,6 +18,15 @@ impl Service {
     pub(super) async fn put_node(&self, me: &str, bytes: &[u8]) -> Result<Response> {
         let obj = self.admit_node(me, bytes)?;
         let key = ObjectKey::of(&obj);
+        // A node that needs a pod range takes it under the allocation lock, so two nodes
+        // registering at once never get the same one; a heartbeat takes no lock.
+        let ranged = (self.store.get(&key).await?)
+            .and_then(|o| o.into_typed::<shoal_api::Node>().ok())
+            .is_some_and(|n| n.spec.pod_cidr.is_some());
+        let _allocating = match ranged {
+            true => None,
+            false => Some(self.allocating.lock().await),
+        };
         for _ in 0..5 {
             let result = match self.store.get(&key).await? {
                 None => {

@@ -423,6 +423,34 @@ async fn a_node_that_joined_before_keys_were_bound_is_bound_once_if_it_still_exi
 }
 
 #[tokio::test]
+async fn nodes_registering_at_once_get_different_pod_ranges() {
+    let (_dir, s) = service().await;
+    let register = |name: &'static str| {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let me = Identity::Node(name.into());
+            let node = json(serde_json::json!({"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": name}}));
+            match s.handle(&me, Request::PutNode { object: node }).await {
+                Reply::One(Response::Object(bytes)) => {
+                    let n: shoal_api::Node =
+                        Object::from_json(&bytes).unwrap().into_typed().unwrap();
+                    n.spec.pod_cidr.expect("a pod range")
+                }
+                _ => panic!("{name} did not register"),
+            }
+        })
+    };
+    let names = ["n1", "n2", "n3", "n4", "n5", "n6"];
+    let tasks: Vec<_> = names.iter().map(|n| register(n)).collect();
+    let mut ranges = std::collections::BTreeSet::new();
+    for t in tasks {
+        ranges.insert(t.await.unwrap());
+    }
+    assert_eq!(ranges.len(), names.len(), "{ranges:?}");
+}
+
+#[tokio::test]
 async fn what_a_node_writes_is_bounded_in_size() {
     let (_dir, s) = service().await;
     let me = Identity::Node("pi-1".into());
