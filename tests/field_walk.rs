@@ -21,6 +21,7 @@ fn api_version(kind: &str) -> &'static str {
         "Deployment" | "ReplicaSet" | "DaemonSet" => "apps/v1",
         "Job" | "CronJob" => "batch/v1",
         "StorageClass" => "storage.k8s.io/v1",
+        "NetworkPolicy" => "networking.k8s.io/v1",
         _ => "v1",
     }
 }

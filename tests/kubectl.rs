@@ -45,6 +45,7 @@ fn kubectl_discovers_and_reads_the_cluster() {
         ("persistentvolumeclaims", "pvc", "v1"),
         ("persistentvolumes", "pv", "v1"),
         ("storageclasses", "sc", "storage.k8s.io/v1"),
+        ("networkpolicies", "netpol", "networking.k8s.io/v1"),
     ] {
         assert!(
             resources.lines().any(|l| {
@@ -69,6 +70,27 @@ fn kubectl_discovers_and_reads_the_cluster() {
         all.contains("deployments.apps") && !all.contains("configmaps"),
         "{all}"
     );
+    // A NetworkPolicy written and read back as kubectl shows one; explain describes it.
+    let policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: db}\nspec:\n  podSelector: {matchLabels: {app: db}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {team: a}}}]\n    ports: [{port: 5432}]\n";
+    ok(
+        kubectl_as(
+            &c.controller.config(),
+            &c,
+            &["apply", "-f", "-"],
+            Some(policy),
+        ),
+        "apply networkpolicy",
+    );
+    let listed = ok(kubectl(&c, &["get", "netpol"]), "get netpol");
+    assert!(
+        listed.contains("POD-SELECTOR") && listed.contains("app=db"),
+        "{listed}"
+    );
+    let explained = ok(
+        kubectl(&c, &["explain", "networkpolicy.spec.ingress.from"]),
+        "explain networkpolicy",
+    );
+    assert!(explained.contains("namespaceSelector"), "{explained}");
     // explain reads the OpenAPI schemas: the fields Shoal honours, as Kubernetes describes them.
     let explained = ok(kubectl(&c, &["explain", "deployment.spec"]), "explain");
     assert!(explained.contains("KIND:       Deployment"), "{explained}");

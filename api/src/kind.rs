@@ -21,6 +21,7 @@ pub enum Kind {
     PersistentVolume,
     StorageClass,
     CronJob,
+    NetworkPolicy,
 }
 
 struct KindInfo {
@@ -161,10 +162,18 @@ const KINDS: &[KindInfo] = &[
         api_version: "batch/v1",
         namespaced: true,
     },
+    KindInfo {
+        kind: Kind::NetworkPolicy,
+        name: "NetworkPolicy",
+        plural: "networkpolicies",
+        short: &["netpol"],
+        api_version: "networking.k8s.io/v1",
+        namespaced: true,
+    },
 ];
 
 impl Kind {
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 17] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -181,6 +190,7 @@ impl Kind {
         Kind::PersistentVolume,
         Kind::StorageClass,
         Kind::CronJob,
+        Kind::NetworkPolicy,
     ];
 
     fn info(self) -> &'static KindInfo {

@@ -96,6 +96,7 @@ objects!(
     PersistentVolume,
     StorageClass,
     CronJob,
+    NetworkPolicy,
 );
 
 impl Object {

@@ -74,6 +74,7 @@ pub fn columns(kind: Kind, wide: bool, all_namespaces: bool) -> Vec<&'static str
             "VOLUMEBINDINGMODE",
             "AGE",
         ],
+        Kind::NetworkPolicy => vec!["NAME", "POD-SELECTOR", "AGE"],
     };
     if wide {
         match kind {
@@ -446,6 +447,12 @@ pub fn row(obj: &Object, now: DateTime<Utc>, wide: bool, all_namespaces: bool) -
         }
         Object::Node(n) => node_row(n, name, age, now, wide),
         Object::Event(e) => event_row(e, now),
+        Object::NetworkPolicy(p) => {
+            let sel = crate::selector::Selector::from_label_selector(&p.spec.pod_selector)
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            vec![name, or_none(sel), age]
+        }
         Object::PersistentVolumeClaim(_)
         | Object::PersistentVolume(_)
         | Object::StorageClass(_) => storage_row(obj, name, age),

@@ -16,7 +16,7 @@ import kubernetes.client as client
 
 KINDS = ["Namespace", "Pod", "ReplicaSet", "Deployment", "DaemonSet", "Job", "Service",
          "ConfigMap", "Secret", "PersistentVolumeClaim", "PersistentVolume", "StorageClass",
-         "CronJob"]
+         "CronJob", "NetworkPolicy"]
 SERVER_WRITTEN = {"creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds",
                   "generation", "managedFields", "resourceVersion", "selfLink", "uid"}
 LEAVES = {"str": "str", "int": "int", "bool": "bool", "datetime": "datetime",

@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 mod affinity;
+mod network;
 mod pod;
 mod storage;
 
@@ -230,6 +231,7 @@ pub fn validate(obj: &Object) -> Vec<FieldError> {
         Object::PersistentVolumeClaim(c) => storage::claim(&mut e, c),
         Object::PersistentVolume(v) => storage::volume(&mut e, v),
         Object::StorageClass(c) => storage::class(&mut e, c),
+        Object::NetworkPolicy(p) => network::policy(&mut e, p),
     }
     e.0
 }

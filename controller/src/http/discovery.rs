@@ -338,7 +338,10 @@ mod tests {
             .iter()
             .map(|g| g["name"].as_str().unwrap())
             .collect();
-        assert_eq!(groups, ["apps", "batch", "storage.k8s.io"]);
+        assert_eq!(
+            groups,
+            ["apps", "batch", "networking.k8s.io", "storage.k8s.io"]
+        );
     }
 
     #[test]
