@@ -358,12 +358,27 @@ fn tunnels_reach_only_pods_and_a_nodes_session_is_its_own() {
     let thief = stolen(&c.agents[0]);
     rt().block_on(async {
         let client = Client::connect(&thief).await.expect("connect");
-        let tunnel = |port: u16| Request::Tunnel {
+        let tunnel_from = |port: u16, from: &str| Request::Tunnel {
             node: "node-2".into(),
             ip: pod_ip.clone(),
             port,
             udp: false,
+            from: from.into(),
         };
+        let tunnel = |port: u16| tunnel_from(port, "127.0.0.1");
+        // A node speaks only for its own pods: a client address in node-2's pod range, to
+        // pass for one of its pods under a NetworkPolicy, is refused.
+        let node2 = c.shoal(&["get", "node", "node-2", "-o", "json"]).ok();
+        let range = field(&serde_json::from_str(&node2).expect("json"), "spec.podCIDR");
+        let spoofed = range.replace(".0/", ".9/");
+        let spoofed = spoofed.split('/').next().expect("address");
+        assert!(!spoofed.is_empty(), "node-2 has a pod range: {node2}");
+        let spoofing = tunnel_from(8080, spoofed);
+        refused(
+            client.call(&spoofing).await.map_err(|e| e.to_string()),
+            ErrorCode::Forbidden,
+            "an address of node \"node-2\"'s pods",
+        );
         refused(
             client
                 .call(&tunnel(console_port))

@@ -2,9 +2,9 @@
 //! cluster leaves with its node's address (source NAT in Shoal's own nftables table), a
 //! headless Service resolves to its pods' addresses (and each pod by its own name) over
 //! UDP and TCP, a Service with `sessionAffinity: ClientIP` keeps a client on one endpoint,
-//! and
-//! `shoal reset`, or a stop with `--cleanup`, leaves no table, forwarding switch or bridge of
-//! Shoal's behind. Each node and
+//! NetworkPolicy holds pods' connections in and out (by address, through a Service on the
+//! same node or another, and a wasm pod's egress), and `shoal reset`, or a stop with
+//! `--cleanup`, leaves no table, forwarding switch or bridge of Shoal's behind. Each node and
 //! the outside host are network namespaces on a bridge of the test's own ([`kit::Hosts`]),
 //! with no default route: nothing leaves the machine.
 
@@ -320,4 +320,228 @@ fn runc_an_agent_stopped_with_cleanup_stops_its_pods_and_leaves_nothing_in_the_h
         "the pod's network namespace is gone"
     );
     assert_nothing_left(&hosts, 0);
+}
+
+/// What the long-running pod `client` of `ns` gets from `url` (it gives up after 3 s;
+/// busybox's own `wget -T` crashes): `ok` when it got the page, else `refused` and what
+/// it said.
+fn fetch_from(c: &kit::Cluster, ns: &str, url: &str) -> String {
+    let run = c.shoal(&[
+        "exec",
+        "-n",
+        ns,
+        "client",
+        "--",
+        "sh",
+        "-c",
+        &format!("timeout 3 wget -qO- {url}"),
+    ]);
+    if run.stdout().trim() == "hello" {
+        "ok".into()
+    } else {
+        format!("refused: {} {}", run.stdout(), run.stderr())
+    }
+}
+
+fn assert_refused(said: String) {
+    assert!(said.starts_with("refused"), "{said}");
+}
+
+/// Whether the pod's network namespace holds Shoal's policy table.
+fn policy_table(c: &kit::Cluster, ns: &str, pod: &str) -> Option<String> {
+    let out = c.shoal(&["get", "pod", pod, "-n", ns, "-o", "json"]).ok();
+    let uid = field(
+        &serde_json::from_str(&out).expect("pod JSON"),
+        "metadata.uid",
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", &format!("shoal-{uid}")])
+        .args(["nft", "list", "table", "inet", "shoal-policy"])
+        .output()
+        .expect("ip netns exec");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+#[test]
+fn runc_a_network_policy_shuts_a_pod_then_lets_in_one_namespace_through_its_address_and_its_service(
+) {
+    let test = "runc_a_network_policy_shuts_a_pod_then_lets_in_one_namespace";
+    if kit::runc_missing(test) || nft_missing(test) {
+        return;
+    }
+    let hosts = Hosts::create(57, 2);
+    no_forwarding(&hosts, 0);
+    no_forwarding(&hosts, 1);
+    let (c, _leftovers) = kit::hosts_cluster(&hosts, 57, &["edge", "edge"]);
+    // node-1 runs the web pod and the clients; node-2 a second web pod, reached only through
+    // its Service (a tunnel between the nodes, whose far end holds it to the policy).
+    let web = |name: &str, node: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  selector: {{instance: {name}}}\n  ports: [{{port: 80, targetPort: 8080}}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: web, instance: {name}}}}}\nspec:\n  nodeSelector: {{kubernetes.io/hostname: {node}}}\n  containers:\n  - name: c\n    image: busybox:1\n    command: [sh, -c, \"mkdir -p /www && echo hello > /www/index.html && exec httpd -f -p 8080 -h /www\"]\n    ports: [{{name: http, containerPort: 8080}}]\n    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}\n"
+        )
+    };
+    c.apply(&web("web", "node-1"));
+    c.apply(&web("far", "node-2"));
+    c.apply(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: trusted}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n",
+    );
+    for ns in ["trusted", "other"] {
+        c.apply(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: client, namespace: {ns}}}\nspec:\n  nodeSelector: {{kubernetes.io/hostname: node-1}}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: busybox:1, command: [sleep, \"600\"]}}\n"
+        ));
+    }
+    let client_ip = |c: &kit::Cluster, ns: &str| {
+        let out = c
+            .shoal(&["get", "pod", "client", "-n", ns, "-o", "json"])
+            .stdout();
+        serde_json::from_str::<serde_json::Value>(&out)
+            .map(|p| field(&p, "status.podIP"))
+            .unwrap_or_default()
+    };
+    let ready = |c: &kit::Cluster, svc: &str| {
+        let eps = c.shoal(&["get", "endpoints", svc, "-o", "json"]).stdout();
+        serde_json::from_str::<serde_json::Value>(&eps).is_ok_and(|e| {
+            e["subsets"][0]["addresses"]
+                .as_array()
+                .is_some_and(|a| a.len() == 1)
+        })
+    };
+    c.wait_for("the web pods ready", Duration::from_secs(60), |c| {
+        ready(c, "web")
+            && ready(c, "far")
+            && !client_ip(c, "trusted").is_empty()
+            && !client_ip(c, "other").is_empty()
+    });
+    let direct = format!("http://{}:8080/", field(&c.pod("web"), "status.podIP"));
+    let service = "http://web.default.svc.cluster.local/";
+    let far = "http://far.default.svc.cluster.local/";
+    assert_eq!(fetch_from(&c, "other", &direct), "ok");
+    assert_eq!(fetch_from(&c, "other", far), "ok");
+
+    // Deny all ingress to the web pod: a connection that worked no longer does, by its
+    // address or through its Service.
+    c.apply(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  policyTypes: [Ingress]\n",
+    );
+    c.wait_for(
+        "the policy in the pod's namespace",
+        Duration::from_secs(30),
+        |c| policy_table(c, "default", "web").is_some(),
+    );
+    let table = policy_table(&c, "default", "web").unwrap_or_default();
+    assert!(table.contains("policy drop"), "{table}");
+    assert_refused(fetch_from(&c, "other", &direct));
+    assert_refused(fetch_from(&c, "other", service));
+    assert_refused(fetch_from(&c, "other", far));
+    assert_eq!(
+        field(&c.pod("web"), "status.phase"),
+        "Running",
+        "the node's probes still reach it"
+    );
+
+    // Let in one namespace, by the name label every namespace has, on the named port.
+    c.apply(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: trusted-in}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: trusted}}}]\n    ports: [{port: http}]\n",
+    );
+    let trusted = client_ip(&c, "trusted");
+    c.wait_for(
+        "the allow rule in the pod's namespace",
+        Duration::from_secs(30),
+        |c| policy_table(c, "default", "web").is_some_and(|t| t.contains(&trusted)),
+    );
+    let table = policy_table(&c, "default", "web").unwrap_or_default();
+    assert!(
+        table.contains("dport 8080") && !table.contains(&client_ip(&c, "other")),
+        "{table}"
+    );
+    assert_eq!(fetch_from(&c, "trusted", &direct), "ok");
+    assert_eq!(fetch_from(&c, "trusted", service), "ok");
+    assert_eq!(fetch_from(&c, "trusted", far), "ok");
+    assert_refused(fetch_from(&c, "other", &direct));
+    assert_refused(fetch_from(&c, "other", service));
+    assert_refused(fetch_from(&c, "other", far));
+    let got = c.shoal(&["get", "netpol"]).ok();
+    assert!(
+        got.contains("trusted-in") && got.contains("app=web"),
+        "{got}"
+    );
+
+    // A wasm pod that a policy would isolate, where it cannot be enforced, is refused.
+    let refused = c
+        .controller
+        .shoal_stdin(
+            &["apply", "-f", "-"],
+            Some("apiVersion: v1\nkind: Pod\nmetadata: {name: w, labels: {app: web}}\nspec:\n  runtimeClassName: wasm\n  containers:\n  - {name: c, image: probe:1}\n"),
+        )
+        .fails();
+    assert!(
+        refused.contains("NetworkPolicy") && refused.contains("wasm pod"),
+        "{refused}"
+    );
+
+    // With its policies gone the pod is open again, and its table is gone.
+    c.shoal(&["delete", "netpol", "deny", "trusted-in"]).ok();
+    c.wait_for("the tables removed", Duration::from_secs(30), |c| {
+        policy_table(c, "default", "web").is_none() && policy_table(c, "default", "far").is_none()
+    });
+    assert_eq!(fetch_from(&c, "other", &direct), "ok");
+    assert_eq!(fetch_from(&c, "other", far), "ok");
+
+    // Egress: the other namespace's pods may reach the far web pod only. Its Service (and
+    // the cluster DNS) still works; the near web pod, by address or Service, does not.
+    c.apply(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: out, namespace: other}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n  - to: [{namespaceSelector: {}, podSelector: {matchLabels: {instance: far}}}]\n    ports: [{port: 8080}]\n",
+    );
+    c.wait_for(
+        "the egress rules in the client's namespace",
+        Duration::from_secs(30),
+        |c| policy_table(c, "other", "client").is_some_and(|t| t.contains("chain egress")),
+    );
+    assert_eq!(fetch_from(&c, "other", far), "ok");
+    assert_refused(fetch_from(&c, "other", &direct));
+    assert_refused(fetch_from(&c, "other", service));
+    assert_eq!(
+        fetch_from(&c, "trusted", service),
+        "ok",
+        "other namespaces are not held"
+    );
+
+    // A wasm pod in that namespace is held to the same egress, connection by connection: a
+    // Service whose endpoints its rules allow, but not one they do not, nor a pod's address.
+    let probe = c.push_probe_component();
+    let cluster_ip = |svc: &str| {
+        let out = c.shoal(&["get", "svc", svc, "-o", "json"]).ok();
+        field(&serde_json::from_str(&out).expect("json"), "spec.clusterIP")
+    };
+    let (to_far, to_web) = (
+        format!("{}:80", cluster_ip("far")),
+        format!("{}:80", cluster_ip("web")),
+    );
+    let web_pod = direct
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    // It waits a moment first: its rules reach its node just after it is scheduled.
+    c.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: w, namespace: other}}\nspec:\n  runtimeClassName: wasm\n  restartPolicy: Never\n  nodeSelector: {{kubernetes.io/hostname: node-1}}\n  containers:\n  - name: c\n    image: {probe}\n    args: [sleep, \"2000\", connect, \"{to_far}\", connect, \"{to_web}\", connect, \"{web_pod}\"]\n"
+    ));
+    c.wait_for("the wasm pod done", Duration::from_secs(60), |c| {
+        let out = c
+            .shoal(&["get", "pod", "w", "-n", "other", "-o", "json"])
+            .stdout();
+        serde_json::from_str::<serde_json::Value>(&out)
+            .is_ok_and(|p| field(&p, "status.phase") == "Succeeded")
+    });
+    let said = c.shoal(&["logs", "w", "-n", "other"]).ok();
+    assert!(said.contains(&format!("connected to {to_far}")), "{said}");
+    assert!(
+        said.contains(&format!("cannot connect to {to_web}")),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("cannot connect to {web_pod}")),
+        "{said}"
+    );
 }

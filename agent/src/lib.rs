@@ -16,6 +16,7 @@ pub mod join;
 pub mod local;
 pub mod node;
 pub mod pod;
+pub mod policy;
 pub mod ports;
 pub mod preload;
 pub mod probe;

@@ -64,6 +64,11 @@ pub(crate) async fn session(parts: Parts<'_>, carried: &mut Carried) -> Result<(
         parts.tasks.clone(),
     ));
     let following = tokio::spawn(follow_services(parts.proxy.clone(), client.clone()));
+    let policing = tokio::spawn(follow_policies(
+        parts.proxy.policies().clone(),
+        client.clone(),
+        config.name.clone(),
+    ));
     let result = async {
         let mut watcher = Watcher::resuming(pods_of(&config.name), carried.last_revision);
         let caught_up = catch_up(&parts, &mut watcher).await;
@@ -75,6 +80,7 @@ pub(crate) async fn session(parts: Parts<'_>, carried: &mut Carried) -> Result<(
     .await;
     serving.abort();
     following.abort();
+    policing.abort();
     result
 }
 
@@ -169,6 +175,55 @@ async fn follow_services(proxy: proxy::Proxy, client: Arc<Client>) {
     loop {
         if let Err(e) = proxy.follow(&client).await {
             tracing::debug!(error = %shoal_transport::report(&e), "service watch ended");
+        }
+        if client.connection().close_reason().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The node's NetworkPolicies follow its ConfigMap, as the service proxy follows Services.
+async fn follow_policies(policies: crate::policy::Policies, client: Arc<Client>, node: String) {
+    use shoal_api::policy::{policy_config_map, POLICY_KEY, POLICY_NAMESPACE};
+    let selection = Selection {
+        namespace: Some(POLICY_NAMESPACE.into()),
+        fields: format!("metadata.name={}", policy_config_map(&node)),
+        ..Selection::all("ConfigMap")
+    };
+    let rules_in = |bytes: &[u8]| -> Option<crate::policy::Given> {
+        let cm: shoal_api::ConfigMap = shoal_api::Object::from_json(bytes)
+            .ok()?
+            .into_typed()
+            .ok()?;
+        let json = cm.data.get(POLICY_KEY)?;
+        let services = (cm.data.get(shoal_api::policy::SERVICES_KEY)).and_then(|s| s.parse().ok());
+        match serde_json::from_str(json) {
+            Ok(rules) => Some(crate::policy::Given { rules, services }),
+            Err(e) => {
+                tracing::warn!(error = %e, "the controller's network policy for this node does not decode");
+                None
+            }
+        }
+    };
+    loop {
+        let mut watcher = Watcher::new(selection.clone());
+        loop {
+            let rules = match watcher.next(&client).await {
+                Ok(Seen::Listed { items, .. }) => items.first().and_then(|b| rules_in(b)),
+                Ok(Seen::Changed { type_, object, .. }) => {
+                    if type_ == shoal_transport::proto::EventType::Deleted {
+                        None
+                    } else {
+                        rules_in(&object)
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %shoal_transport::report(&e), "network policy watch ended");
+                    break;
+                }
+            };
+            policies.update(rules).await;
         }
         if client.connection().close_reason().is_some() {
             break;

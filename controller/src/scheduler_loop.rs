@@ -122,6 +122,11 @@ pub async fn pass(store: &Store, artifacts: Option<&Artifacts>) -> Result<usize>
         }
     }
     let (storage, volumes) = Storage::read(store).await?;
+    let policies: Vec<shoal_api::NetworkPolicy> = if queue.iter().any(|p| p.uses_node_network()) {
+        store.list_typed(Kind::NetworkPolicy, None).await?
+    } else {
+        Vec::new()
+    };
     let claims =
         crate::scheduler::volumes::Claims::new(&storage.claims, &volumes, &storage.classes);
     let mut snapshot = Snapshot::new(&nodes, &pods)
@@ -134,7 +139,9 @@ pub async fn pass(store: &Store, artifacts: Option<&Artifacts>) -> Result<usize>
     });
     let mut decisions = Vec::new();
     for pod in queue {
-        match snapshot.schedule(pod) {
+        // A pod on its node's network that a NetworkPolicy isolates could not be held to it.
+        let refused = shoal_api::policy::node_network_refusal(&policies, pod);
+        match refused.map_or_else(|| snapshot.schedule(pod), Err) {
             Ok(node) => {
                 let provisioned = snapshot.assume(pod, &node);
                 let ops = match nodes.iter().find(|n| n.metadata.name == node) {

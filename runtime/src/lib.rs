@@ -62,6 +62,9 @@ pub struct ContainerSpec {
     pub ports: Vec<Port>,
     /// Answers a wasm container's name lookups before the node's resolver does.
     pub resolver: Option<Resolver>,
+    /// Which connections a wasm container may open (its pod's NetworkPolicy egress); none
+    /// is every one.
+    pub egress: Option<Egress>,
     /// stdout and stderr are appended here.
     pub log_path: PathBuf,
     /// Open descriptors that mounts name by `/proc/<pid>/fd/<n>` (checked subPaths): held as
@@ -98,6 +101,20 @@ pub struct Resolver(pub std::sync::Arc<ResolveFn>);
 impl std::fmt::Debug for Resolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Resolver")
+    }
+}
+
+/// The function behind an [`Egress`]: whether a connection (or datagram) to an address may
+/// go, and whether it is UDP.
+pub type EgressFn = dyn Fn(std::net::SocketAddr, bool) -> bool + Send + Sync;
+
+/// Holds a wasm container's outbound sockets to its pod's NetworkPolicy.
+#[derive(Clone)]
+pub struct Egress(pub std::sync::Arc<EgressFn>);
+
+impl std::fmt::Debug for Egress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Egress")
     }
 }
 

@@ -187,11 +187,15 @@ pub enum Request {
     /// the controller asks `node` to [`Request::Dial`] and answers as it does; after
     /// [`Response::Ok`] the stream carries the connection's bytes, both ways, unframed.
     /// With `udp`, each datagram travels as a 2-byte big-endian length and its bytes.
+    /// `from` is the client's address as the proxy saw it, so the far node holds the
+    /// connection to the pod's NetworkPolicy ingress; the controller checks that a node
+    /// speaks only for its own pods.
     Tunnel {
         node: String,
         ip: String,
         port: u16,
         udp: bool,
+        from: String,
     },
     /// A node asks for the certificate it serves its peers with (the direct path between
     /// service proxies), for a key that never leaves it; answered with [`Response::Joined`].
@@ -212,10 +216,13 @@ pub enum Request {
     /// The controller asks a node to open a TCP connection (or a UDP flow) to one of its pods (`ip` is
     /// the pod's address); answered with [`Response::Ok`] and then the bytes, as for
     /// [`Request::Tunnel`].
+    /// `from`: the client a service tunnel carries (held to the pod's NetworkPolicy
+    /// ingress); `None` only for an admin's port-forward, which the controller alone sends.
     Dial {
         ip: String,
         port: u16,
         udp: bool,
+        from: Option<String>,
     },
     /// An admin's TCP connection to `port` of a pod (`kubectl port-forward`): the door relays
     /// it as a [`Request::Dial`] to the pod's node, answered as that is. Without a port it

@@ -404,6 +404,7 @@ impl PodContext<'_> {
                 let proxy = inner.proxy.clone();
                 shoal_runtime::Resolver(Arc::new(move |name: &str| proxy.resolve(name, &ns)))
             }),
+            egress: self.runc.is_none().then(|| wasm_egress(inner, pod)),
             ports: c
                 .ports
                 .iter()
@@ -484,6 +485,15 @@ pub(super) fn security(
             _ => None,
         },
     })
+}
+
+/// A wasm pod's connections out, held to its NetworkPolicy's egress.
+fn wasm_egress(inner: &Inner, pod: &Pod) -> shoal_runtime::Egress {
+    let proxy = inner.proxy.clone();
+    let uid = pod.metadata.uid.clone();
+    shoal_runtime::Egress(Arc::new(move |addr, udp| {
+        proxy.wasm_egress_allowed(&uid, addr, udp)
+    }))
 }
 
 #[cfg(test)]

@@ -37,6 +37,13 @@ pub(super) async fn create(inner: &Inner, pod: &Pod, dir: &Path) -> Result<Sandb
     .await
     .map_err(|e| failed(&e))?
     .map_err(|e| failed(&shoal_transport::report(&e)))?;
+    // Its NetworkPolicy is in place before any of its containers runs.
+    let policies = inner.proxy.policies().clone();
+    let uid = pod.metadata.uid.clone();
+    tokio::task::spawn_blocking(move || policies.enforce_new(&uid))
+        .await
+        .map_err(|e| failed(&e))?
+        .map_err(|e| failed(&format!("writing the pod's NetworkPolicy: {e}")))?;
     let dns = inner.proxy.dns_address();
     let etc = etc_files(pod, dir, ip, dns)
         .map_err(|e| failed(&format!("/etc files: {}", shoal_transport::report(&e))))?;

@@ -6,6 +6,7 @@ use super::plan::{Backend, Route};
 use super::udp::Upstream;
 use super::Proxy;
 use crate::sync::lock;
+use shoal_api::policy::Protocol;
 use shoal_transport::proto::{Request, Response};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -84,11 +85,14 @@ impl Proxy {
         let start = self.first(route, client);
         for i in 0..n {
             let b = &route.backends[(start + i) % n];
+            if !self.allowed(client, b, Protocol::Tcp) {
+                continue;
+            }
             let local = b.node.as_deref().is_none_or(|node| node == self.0.node);
             let dialled = if local {
                 dial_local(b).await.map(|s| Box::new(s) as Box<dyn Conn>)
             } else {
-                self.dial_remote(b).await
+                self.dial_remote(b, client).await
             };
             match dialled {
                 Ok(c) => {
@@ -110,6 +114,9 @@ impl Proxy {
         let start = self.first(route, client);
         for i in 0..n {
             let b = &route.backends[(start + i) % n];
+            if !self.allowed(client, b, Protocol::Udp) {
+                continue;
+            }
             let local = b.node.as_deref().is_none_or(|node| node == self.0.node);
             let opened = if local {
                 async {
@@ -123,7 +130,7 @@ impl Proxy {
                 }
                 .await
             } else {
-                self.tunnel(b, true)
+                self.tunnel(b, true, client)
                     .await
                     .map(|(send, recv)| Upstream::Tunnel(send, recv))
             };
@@ -138,6 +145,22 @@ impl Proxy {
             }
         }
         None
+    }
+
+    /// Whether NetworkPolicy lets `client` reach endpoint `b`: the client's egress, when it is
+    /// a pod of this node, and the endpoint's ingress, when it is.
+    fn allowed(&self, client: IpAddr, b: &Backend, protocol: Protocol) -> bool {
+        let Ok(ip) = b.ip.parse::<IpAddr>() else {
+            return false;
+        };
+        let ok = self
+            .0
+            .policies
+            .connection_allowed(client, ip, b.port, protocol);
+        if !ok {
+            tracing::debug!(%client, endpoint = %format!("{ip}:{}", b.port), "endpoint skipped: a NetworkPolicy does not allow it");
+        }
+        ok
     }
 
     /// Where `client` starts among `route`'s endpoints: the one it keeps under ClientIP
@@ -157,17 +180,18 @@ impl Proxy {
         }
     }
 
-    async fn dial_remote(&self, b: &Backend) -> Result<Box<dyn Conn>, String> {
-        let (send, recv) = self.tunnel(b, false).await?;
+    async fn dial_remote(&self, b: &Backend, client: IpAddr) -> Result<Box<dyn Conn>, String> {
+        let (send, recv) = self.tunnel(b, false, client).await?;
         Ok(Box::new(tokio::io::join(recv, send)))
     }
 
-    /// Opens a tunnel to endpoint `b` on its node: directly when the node can be reached,
-    /// else through the controller.
+    /// Opens a tunnel for `client` to endpoint `b` on its node: directly when the node can be
+    /// reached, else through the controller.
     async fn tunnel(
         &self,
         b: &Backend,
         udp: bool,
+        client: IpAddr,
     ) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
         let node = b.node.clone().unwrap_or_default();
         if let Some(peer) = self.peer(&node).await {
@@ -175,6 +199,7 @@ impl Proxy {
                 ip: b.ip.clone(),
                 port: b.port,
                 udp,
+                from: Some(client.to_string()),
             };
             match tokio::time::timeout(DIAL_TIMEOUT, open(peer.connection(), &dial)).await {
                 Ok(Ok(streams)) => return Ok(streams),
@@ -189,7 +214,7 @@ impl Proxy {
                 }
             }
         }
-        self.relay(b, udp).await
+        self.relay(b, udp, client).await
     }
 
     /// Opens a tunnel through the controller to endpoint `b` on its node.
@@ -197,8 +222,9 @@ impl Proxy {
         &self,
         b: &Backend,
         udp: bool,
+        from: IpAddr,
     ) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
-        let client = self
+        let controller = self
             .0
             .link
             .borrow()
@@ -209,8 +235,13 @@ impl Proxy {
             ip: b.ip.clone(),
             port: b.port,
             udp,
+            from: from.to_string(),
         };
-        let opened = async { open(client.connection(), &req).await.map_err(|(e, _)| e) };
+        let opened = async {
+            open(controller.connection(), &req)
+                .await
+                .map_err(|(e, _)| e)
+        };
         match tokio::time::timeout(DIAL_TIMEOUT, opened).await {
             Ok(r) => r,
             Err(_) => Err("the tunnel did not open in time".into()),

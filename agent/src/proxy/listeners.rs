@@ -227,3 +227,35 @@ async fn accept(
         });
     }
 }
+
+impl Proxy {
+    /// Whether a wasm pod (`uid`) may connect to `addr` under its NetworkPolicy's egress. A
+    /// Service's cluster IP and port are reached through this proxy, which cannot tell one
+    /// wasm pod from another (they share the node's address), so that connection may go only
+    /// if every endpoint it could be given is allowed.
+    pub fn wasm_egress_allowed(&self, uid: &str, addr: SocketAddr, udp: bool) -> bool {
+        use shoal_api::policy::{Direction, Protocol};
+        // Loopback is the node's own, as for any pod.
+        let Some(rules) = self
+            .0
+            .policies
+            .rules(uid)
+            .filter(|_| !addr.ip().is_loopback())
+        else {
+            return true;
+        };
+        let protocol = if udp { Protocol::Udp } else { Protocol::Tcp };
+        let listen = Listen { addr, udp };
+        let route = lock(&self.0.state)
+            .active
+            .get(&listen)
+            .map(|a| a.route.read().unwrap_or_else(|p| p.into_inner()).clone());
+        match route {
+            Some(route) => route.backends.iter().all(|b| {
+                b.ip.parse()
+                    .is_ok_and(|ip| rules.allows(Direction::Egress, ip, b.port, protocol))
+            }),
+            None => rules.allows(Direction::Egress, addr.ip(), addr.port(), protocol),
+        }
+    }
+}

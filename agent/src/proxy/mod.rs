@@ -115,6 +115,8 @@ struct Inner {
     creds: crate::join::NodeCredentials,
     /// Where each node serves its peers: its InternalIP and its peer port.
     nodes: Mutex<HashMap<String, SocketAddr>>,
+    /// Each node's pod range, so a peer speaks only for its own pods.
+    pod_ranges: Mutex<HashMap<String, shoal_api::policy::Cidr>>,
     peers: dial::Peers,
     state: Mutex<State>,
     /// Held while the listeners are made what the plan says, so two changes never interleave.
@@ -130,6 +132,8 @@ struct Inner {
     local: Arc<crate::local::Local>,
     /// Changes to keep in it, written in batches off the async threads.
     keeping: tokio::sync::mpsc::Sender<Keep>,
+    /// The NetworkPolicies of this node's pods: which endpoints a client may be given.
+    policies: crate::policy::Policies,
 }
 
 /// A change for the node's local state, in the order the proxy learnt of them.
@@ -160,6 +164,7 @@ impl Proxy {
             link,
             creds,
             nodes: Mutex::new(HashMap::new()),
+            pod_ranges: Mutex::default(),
             peers: Mutex::default(),
             state: Mutex::new(State {
                 services: BTreeMap::new(),
@@ -177,7 +182,13 @@ impl Proxy {
             cancel: CancellationToken::new(),
             local,
             keeping,
+            policies: crate::policy::Policies::default(),
         }))
+    }
+
+    /// The node's NetworkPolicies, which the proxy holds connections to.
+    pub fn policies(&self) -> &crate::policy::Policies {
+        &self.0.policies
     }
 
     /// Routes by what the node's local state holds (the Services, Endpoints and Nodes last
@@ -361,12 +372,25 @@ impl Proxy {
 
     /// Where `node` serves its peers, from its Node: the InternalIP and the port annotation.
     fn learn_node(&self, node: &shoal_api::Node, deleted: bool) {
+        let range = (node.spec.pod_cidr.as_deref()).and_then(|c| c.parse().ok());
+        match range.filter(|_| !deleted) {
+            Some(r) => lock(&self.0.pod_ranges).insert(node.metadata.name.clone(), r),
+            None => lock(&self.0.pod_ranges).remove(&node.metadata.name),
+        };
         let addr = dial::peer_addr(node);
         let mut nodes = lock(&self.0.nodes);
         match addr.filter(|_| !deleted) {
             Some(a) => nodes.insert(node.metadata.name.clone(), a),
             None => nodes.remove(&node.metadata.name),
         };
+    }
+
+    /// Whether node `peer` may give `from` as a tunnel's client: any address but one in
+    /// another node's pod range (as the controller checks what it relays).
+    pub fn speaks_for(&self, peer: &str, from: IpAddr) -> bool {
+        lock(&self.0.pod_ranges)
+            .iter()
+            .all(|(node, range)| node == peer || !range.contains(from))
     }
 
     /// Closes every listener (the agent is stopping); open connections finish on their own.

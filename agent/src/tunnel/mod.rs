@@ -15,6 +15,10 @@ use std::path::PathBuf;
 pub trait Pods: Clone + Send + Sync + 'static {
     /// Whether a tunnel may connect to `ip:port` here (see [`shoal_api::tunnel_policy`]).
     fn serves_at(&self, ip: IpAddr, port: u16, udp: bool) -> bool;
+    /// Whether NetworkPolicy lets a tunnel's client `from` reach the pod at `ip:port` here.
+    fn admits(&self, from: IpAddr, ip: IpAddr, port: u16, udp: bool) -> bool;
+    /// Whether node `peer` may give `from` as a tunnel's client: not another node's pod.
+    fn speaks_for(&self, peer: &str, from: IpAddr) -> bool;
     /// The log file of a container of a pod here, or why there is none.
     fn log_path(
         &self,

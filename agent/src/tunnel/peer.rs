@@ -54,13 +54,23 @@ pub async fn serve<P: Pods>(
                     conn.close(1u32.into(), b"only nodes of the cluster");
                     return;
                 }
+                let Identity::Node(peer) = who else { return };
                 while let Ok((send, mut recv)) = conn.accept_bi().await {
-                    let pods = pods.clone();
+                    let (pods, peer) = (pods.clone(), peer.clone());
                     streams.spawn(async move {
-                        if let Ok(Some(Request::Dial { ip, port, udp })) =
-                            frame::read::<Request, _>(&mut recv, frame::MAX_FRAME).await
+                        // A peer always says whose connection it carries, and may speak only
+                        // for its own pods (a port-forward comes from the controller alone).
+                        if let Ok(Some(Request::Dial {
+                            ip,
+                            port,
+                            udp,
+                            from: Some(from),
+                        })) = frame::read::<Request, _>(&mut recv, frame::MAX_FRAME).await
                         {
-                            super::serve::dial(send, recv, &pods, &ip, port, udp).await;
+                            if from.parse().is_ok_and(|f| pods.speaks_for(&peer, f)) {
+                                let target = super::serve::Target { ip, port, udp };
+                                super::serve::dial(send, recv, &pods, target, Some(&from)).await;
+                            }
                         }
                     });
                 }

@@ -15,8 +15,16 @@ pub async fn serve<P: Pods>(conn: quinn::Connection, pods: P, tasks: TaskTracker
         let pods = pods.clone();
         tasks.spawn(async move {
             let response = match frame::read::<Request, _>(&mut recv, frame::MAX_FRAME).await {
-                Ok(Some(Request::Dial { ip, port, udp })) => {
-                    dial(send, recv, &pods, &ip, port, udp).await;
+                // From the controller: a relayed service tunnel (with its client) or an
+                // admin's port-forward (without).
+                Ok(Some(Request::Dial {
+                    ip,
+                    port,
+                    udp,
+                    from,
+                })) => {
+                    let target = Target { ip, port, udp };
+                    dial(send, recv, &pods, target, from.as_deref()).await;
                     return;
                 }
                 Ok(Some(request @ Request::Exec { .. })) => {
@@ -53,16 +61,25 @@ pub async fn serve<P: Pods>(conn: quinn::Connection, pods: P, tasks: TaskTracker
     }
 }
 
+/// Where a tunnel goes: a pod's address and port here.
+pub(crate) struct Target {
+    pub ip: String,
+    pub port: u16,
+    pub udp: bool,
+}
+
 /// Connects a tunnel from another node's service proxy to a pod of this node: only to the
-/// address of a pod running here, so a node cannot be used to reach anything else.
+/// address of a pod running here, so a node cannot be used to reach anything else, and only
+/// as far as the pod's NetworkPolicy ingress lets the tunnel's client in (`from`; `None` is an
+/// admin's port-forward).
 pub(crate) async fn dial<P: Pods>(
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
     pods: &P,
-    ip: &str,
-    port: u16,
-    udp: bool,
+    target: Target,
+    from: Option<&str>,
 ) {
+    let Target { ip, port, udp } = target;
     let addr: Option<std::net::IpAddr> = ip.parse().ok();
     let Some(addr) = addr.filter(|a| pods.serves_at(*a, port, udp)) else {
         let message = format!(
@@ -72,6 +89,18 @@ pub(crate) async fn dial<P: Pods>(
         let _ = send.finish();
         return;
     };
+    let client = from.map(|f| f.parse::<std::net::IpAddr>());
+    if let Some(refusal) = match client {
+        Some(Err(_)) => Some(format!("the tunnel's client {from:?} is not an address")),
+        Some(Ok(c)) if !pods.admits(c, addr, port, udp) => Some(format!(
+            "a NetworkPolicy does not let {c} reach {ip}:{port}"
+        )),
+        _ => None,
+    } {
+        refuse(&mut send, ErrorCode::Forbidden, refusal).await;
+        let _ = send.finish();
+        return;
+    }
     if udp {
         crate::proxy::udp_tunnel_end(send, recv, std::net::SocketAddr::new(addr, port)).await;
         return;

@@ -10,6 +10,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod foreground;
 pub mod job;
+mod policy;
 pub mod replicaset;
 pub mod volumes;
 
@@ -39,15 +40,23 @@ const WATCHED: &[Kind] = &[
     Kind::Service,
     Kind::PersistentVolumeClaim,
     Kind::PersistentVolume,
+    Kind::NetworkPolicy,
+    Kind::Namespace,
 ];
 
 /// `links`: the nodes with a live session, whose pinned CronJobs are started here (those of the
 /// others run on their node meanwhile, [`cronjob::reconcile`]).
-pub async fn run(store: Store, links: crate::server::NodeLinks, shutdown: CancellationToken) {
+/// `service_range`: the Services' range, which NetworkPolicy leaves to the nodes' proxies.
+pub async fn run(
+    store: Store,
+    links: crate::server::NodeLinks,
+    service_range: String,
+    shutdown: CancellationToken,
+) {
     let mut waker = Waker::new(store.clone(), WATCHED, RESYNC);
     let mut expired = std::time::Instant::now();
     while waker.wait(&shutdown).await {
-        if let Err(e) = pass(&store, &links).await {
+        if let Err(e) = pass(&store, &links, &service_range).await {
             tracing::warn!(error = %shoal_transport::report(&e), "reconcile pass failed");
         }
         if expired.elapsed() >= EXPIRE_EVENTS {
@@ -137,7 +146,11 @@ fn tolerate<T>(r: Result<T>) -> Result<()> {
 
 /// One pass over every workload. Deployments go first, so the ReplicaSets they scale are
 /// reconciled in the same pass; the pods are read once, after that.
-pub async fn pass(store: &Store, links: &crate::server::NodeLinks) -> Result<()> {
+pub async fn pass(
+    store: &Store,
+    links: &crate::server::NodeLinks,
+    service_range: &str,
+) -> Result<()> {
     foreground(store).await?;
     deployments(store).await?;
     let pods: Vec<Pod> = store.list_typed(Kind::Pod, None).await?;
@@ -147,6 +160,7 @@ pub async fn pass(store: &Store, links: &crate::server::NodeLinks) -> Result<()>
     cronjobs(store, links).await?;
     jobs(store, &pods).await?;
     volumes::reconcile(store, &pods).await?;
+    policy::reconcile(store, &pods, service_range).await?;
     services(store, &pods).await
 }
 

@@ -223,6 +223,7 @@ impl Controller {
         tracker.spawn(crate::reconcile::run(
             self.service.store().clone(),
             self.links.clone(),
+            self.service.service_cidr().to_string(),
             shutdown.clone(),
         ));
         tracker.spawn(crate::node_lifecycle::run(
@@ -725,14 +726,19 @@ async fn serve_stream(
         ip,
         port,
         udp,
+        from,
     } = &request
     {
-        match service.authorize_tunnel(who, node, ip, *port, *udp).await {
+        match service
+            .authorize_tunnel(who, node, ip, *port, *udp, from)
+            .await
+        {
             Ok(()) => {
                 let dial = Request::Dial {
                     ip: ip.clone(),
                     port: *port,
                     udp: *udp,
+                    from: Some(from.clone()),
                 };
                 tunnel(send, recv, links, node, dial, &shutdown).await
             }

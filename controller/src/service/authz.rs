@@ -61,6 +61,14 @@ impl Service {
             kind.parse::<Kind>().ok() == Some(Kind::Pod)
                 && Fields::parse(fields, Kind::Pod).is_ok_and(|f| f.node() == Some(node))
         };
+        // Its own pods' resolved NetworkPolicies, and no other node's.
+        let own_policy = |kind: &str, namespace: &Option<String>, fields: &str| {
+            kind.parse::<Kind>().ok() == Some(Kind::ConfigMap)
+                && namespace.as_deref() == Some(shoal_api::policy::POLICY_NAMESPACE)
+                && Fields::parse(fields, Kind::ConfigMap).is_ok_and(|f| {
+                    f.name() == Some(shoal_api::policy::policy_config_map(node).as_str())
+                })
+        };
         let allowed = match req {
             Request::WhoAmI
             | Request::PutNode { .. }
@@ -73,8 +81,20 @@ impl Service {
             // Only the CronJobs pinned to it, and runs of those: checked where they are served.
             Request::PinnedCronJobs | Request::ReportCronRun { .. } => true,
             // The service proxy on every node follows every Service and its endpoints.
-            Request::List { kind, fields, .. } | Request::Watch { kind, fields, .. } => {
+            Request::List {
+                kind,
+                namespace,
+                fields,
+                ..
+            }
+            | Request::Watch {
+                kind,
+                namespace,
+                fields,
+                ..
+            } => {
                 own_pods(kind, fields)
+                    || own_policy(kind, namespace, fields)
                     || matches!(
                         kind.parse::<Kind>(),
                         Ok(Kind::Service) | Ok(Kind::Endpoints) | Ok(Kind::Node)
@@ -135,9 +155,13 @@ impl Service {
         ip: &str,
         port: u16,
         udp: bool,
+        from: &str,
     ) -> std::result::Result<(), WireError> {
         if matches!(who, Identity::Anonymous) {
             return Err(forbidden("only nodes may open service tunnels".into()));
+        }
+        if let Identity::Node(me) = who {
+            self.speaks_for(me, from).await?;
         }
         let pods: Vec<Pod> = self.store.list_typed(Kind::Pod, None).await?;
         let endpoints: Vec<shoal_api::Endpoints> =
@@ -145,6 +169,30 @@ impl Service {
         match shoal_api::tunnel_policy::tunnel_refusal(node, ip, port, udp, &pods, &endpoints) {
             None => Ok(()),
             Some(why) => Err(forbidden(format!("{who} may not open this tunnel: {why}"))),
+        }
+    }
+
+    /// Refuses a tunnel's client address that a node may not give: not an address at all, or
+    /// one in another node's pod range (a node speaks for its own pods, and for clients
+    /// beyond the cluster's pods, never for another node's pods).
+    async fn speaks_for(&self, me: &str, from: &str) -> std::result::Result<(), WireError> {
+        let Ok(ip) = from.parse::<std::net::IpAddr>() else {
+            return Err(forbidden(format!(
+                "node {me:?} gave the tunnel's client as {from:?}, which is not an address"
+            )));
+        };
+        let nodes: Vec<shoal_api::Node> = self.store.list_typed(Kind::Node, None).await?;
+        let owner = nodes.iter().find(|n| {
+            (n.spec.pod_cidr.as_deref())
+                .and_then(|c| c.parse::<shoal_api::policy::Cidr>().ok())
+                .is_some_and(|c| c.contains(ip))
+        });
+        match owner {
+            Some(n) if n.metadata.name != me => Err(forbidden(format!(
+                "node {me:?} may not open a tunnel for {ip}, an address of node {:?}'s pods",
+                n.metadata.name
+            ))),
+            _ => Ok(()),
         }
     }
 

@@ -121,6 +121,14 @@ impl Fields {
             .map(|t| t.value.as_str())
     }
 
+    /// The name an equality term pins the selection to, if one does.
+    pub fn name(&self) -> Option<&str> {
+        self.terms
+            .iter()
+            .find(|t| t.field == "metadata.name" && t.equal)
+            .map(|t| t.value.as_str())
+    }
+
     pub fn matches(&self, obj: &Object) -> bool {
         self.terms
             .iter()

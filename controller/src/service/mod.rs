@@ -155,6 +155,11 @@ impl Service {
     }
 
     /// The range Services get their virtual address from (10.43.0.0/16 by default).
+    /// The range Services' cluster IPs come from.
+    pub fn service_cidr(&self) -> &crate::service_ips::ServiceCidr {
+        &self.service_cidr
+    }
+
     pub fn with_service_cidr(mut self, cidr: crate::service_ips::ServiceCidr) -> Self {
         self.service_cidr = cidr;
         self
@@ -564,6 +569,7 @@ impl Service {
     /// A Service with what the cluster chose for it (its cluster IP, its node ports), kept from
     /// `stored`; any other object as it is.
     async fn allocate(&self, desired: &Object, stored: Option<&Object>) -> Result<Object> {
+        self.admit_network_policy(desired).await?;
         if let (Object::PersistentVolumeClaim(c), None) = (desired, stored) {
             return Ok(Object::PersistentVolumeClaim(self.new_claim(c).await?));
         }
@@ -589,6 +595,32 @@ impl Service {
 }
 
 impl Service {
+    /// NetworkPolicy admission: a pod on its node's network (wasm, hostNetwork) that a policy
+    /// would isolate where it cannot be enforced is refused, and so is a policy that would
+    /// isolate such a pod already there; the message names both.
+    async fn admit_network_policy(&self, desired: &Object) -> Result<()> {
+        let ns = desired.namespace().unwrap_or("default");
+        let refusal = match desired {
+            Object::Pod(p) if p.uses_node_network() => {
+                let policies: Vec<shoal_api::NetworkPolicy> =
+                    self.store.list_typed(Kind::NetworkPolicy, Some(ns)).await?;
+                shoal_api::policy::node_network_refusal(&policies, p)
+            }
+            Object::NetworkPolicy(np) => {
+                let pods: Vec<shoal_api::Pod> = self.store.list_typed(Kind::Pod, Some(ns)).await?;
+                let one = std::slice::from_ref(np);
+                pods.iter()
+                    .filter(|p| !p.is_terminal())
+                    .find_map(|p| shoal_api::policy::node_network_refusal(one, p))
+            }
+            _ => None,
+        };
+        match refusal {
+            Some(why) => Err(Error::Invalid(why)),
+            None => Ok(()),
+        }
+    }
+
     /// A claim as it is created: the default StorageClass when it names none (Kubernetes'
     /// DefaultStorageClass admission), and Pending.
     async fn new_claim(

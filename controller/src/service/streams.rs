@@ -36,7 +36,12 @@ impl Service {
                     None => Ok(Reply::One(Response::Ok)),
                     Some(port) => {
                         let udp = false;
-                        let request = Request::Dial { ip, port, udp };
+                        let request = Request::Dial {
+                            ip,
+                            port,
+                            udp,
+                            from: None,
+                        };
                         Ok(Reply::ToNode { node, request })
                     }
                 }

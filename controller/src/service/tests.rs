@@ -752,7 +752,8 @@ async fn a_port_forward_reaches_a_running_pod_through_its_node_for_admins_only()
                 Request::Dial {
                     ip: "10.42.0.7".into(),
                     port: 80,
-                    udp: false
+                    udp: false,
+                    from: None,
                 }
             );
         }

@@ -38,7 +38,21 @@ pub fn ruleset(bridge: &str, subnet: Subnet) -> String {
 
 /// Runs `nft -f -` with `script`; nft's stderr becomes the error.
 fn nft(script: &str) -> std::result::Result<(), String> {
-    let mut child = Command::new("nft")
+    nft_in(None, script)
+}
+
+/// Runs `nft -f -` with `script` in network namespace `netns` (a name `ip netns` knows), or
+/// in the agent's own.
+pub fn nft_in(netns: Option<&str>, script: &str) -> std::result::Result<(), String> {
+    let mut command = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "nft"]);
+            c
+        }
+        None => Command::new("nft"),
+    };
+    let mut child = command
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())

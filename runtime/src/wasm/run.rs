@@ -58,12 +58,24 @@ pub(super) fn wasi_builder(spec: &ContainerSpec) -> Result<WasiCtxBuilder> {
     b.args(&spec.argv).envs(&spec.env).stdout(out).stderr(err);
     // The node's network, as a hostNetwork pod has it, but a listener only on a declared
     // port: connections out are free, binds are to port 0 (implicit) or a containerPort.
+    // Connections and datagrams out follow the pod's NetworkPolicy egress.
     let ports = spec.ports.clone();
+    let egress = spec.egress.clone();
     b.allow_tcp(true)
         .allow_udp(true)
         .allow_ip_name_lookup(true)
         .socket_addr_check(move |addr, use_| {
-            let allowed = socket_allowed(&ports, addr, use_);
+            use wasmtime_wasi::sockets::SocketAddrUse as U;
+            let outbound = match use_ {
+                U::TcpConnect => Some(false),
+                U::UdpSend => Some(true),
+                _ => None,
+            };
+            let allowed = socket_allowed(&ports, addr, use_)
+                && match (outbound, &egress) {
+                    (Some(udp), Some(check)) => (check.0)(addr, udp),
+                    _ => true,
+                };
             Box::pin(async move { allowed })
         });
     for m in &spec.mounts {

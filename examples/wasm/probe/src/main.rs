@@ -4,7 +4,8 @@
 //! `listen PORT` (says whether a TCP listener on the port may be had), and `serve PORT TEXT`
 //! (an HTTP server answering TEXT on every request, forever; WASI p2 sockets), and
 //! `udp-echo PORT` (answers each datagram with `echo: ` and its bytes, forever), and
-//! `resolve NAME` (prints the addresses the name resolves to, or why it does not).
+//! `resolve NAME` (prints the addresses the name resolves to, or why it does not), and
+//! `connect ADDR:PORT` (says whether a TCP connection there may be had).
 
 use std::io::Write;
 
@@ -69,6 +70,13 @@ fn main() {
                         println!("{name} is {}", ips.join(" "));
                     }
                     Err(e) => println!("{name} does not resolve: {e}"),
+                }
+            }
+            "connect" => {
+                let addr = next();
+                match std::net::TcpStream::connect(addr.as_str()) {
+                    Ok(_) => println!("connected to {addr}"),
+                    Err(e) => println!("cannot connect to {addr}: {e}"),
                 }
             }
             "udp-echo" => {
