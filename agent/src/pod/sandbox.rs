@@ -68,8 +68,17 @@ fn etc_files(
     let own = ip
         .map(|a| a.to_string())
         .unwrap_or_else(|| "127.0.1.1".into());
+    // With a subdomain, the pod's full name first, as the kubelet writes it.
+    let names = match &pod.spec.subdomain {
+        Some(sub) => format!(
+            "{hostname}.{sub}.{}.svc.{}\t{hostname}",
+            pod.metadata.namespace_or_default(),
+            crate::dns::DOMAIN
+        ),
+        None => hostname.clone(),
+    };
     let hosts = format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\t{hostname}\n"
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\t{names}\n"
     );
     // The cluster's resolver when the node knows it (pods' default dnsPolicy, ClusterFirst),
     // else the node's own.

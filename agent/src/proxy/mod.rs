@@ -98,10 +98,20 @@ impl crate::dns::Names for State {
         .then(|| self.cluster_ip(ns, svc).into_iter().collect())
     }
 
+    /// A ready pod of headless Service `svc` by its name there: the hostname it has in the
+    /// Service its subdomain names, or its dashed address.
     fn endpoint(&self, ns: &str, svc: &str, host: &str) -> Option<Ipv4Addr> {
-        (self.headless(ns, svc)?)
+        let ips = self.headless(ns, svc)?;
+        let named = (self.endpoints.get(&(ns.to_string(), svc.to_string())))
             .into_iter()
-            .find(|ip| ip.to_string().replace('.', "-") == host)
+            .flat_map(|e| &e.subsets)
+            .flat_map(|s| &s.addresses)
+            .find(|a| a.hostname.as_deref() == Some(host))
+            .and_then(|a| a.ip.parse().ok());
+        named.or_else(|| {
+            ips.into_iter()
+                .find(|ip| ip.to_string().replace('.', "-") == host)
+        })
     }
 
     fn namespace_known(&self, ns: &str) -> bool {

@@ -193,7 +193,7 @@ mod tests {
                     .map(|(ip, node)| EndpointAddress {
                         ip: ip.to_string(),
                         node_name: Some(node.to_string()),
-                        target_ref: None,
+                        ..Default::default()
                     })
                     .collect(),
                 ports: ports

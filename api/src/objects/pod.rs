@@ -62,6 +62,10 @@ pub struct PodSpec {
     pub dns_policy: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// With `hostname`, the pod is `HOSTNAME.SUBDOMAIN.NAMESPACE.svc.cluster.local` while a
+    /// headless Service named SUBDOMAIN selects it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subdomain: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
     /// Secrets of type `kubernetes.io/dockerconfigjson` with credentials for registries.

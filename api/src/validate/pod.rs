@@ -11,6 +11,12 @@ use std::collections::{BTreeMap, BTreeSet};
 pub(crate) fn validate_pod_spec(e: &mut Errors, path: &str, s: &PodSpec) {
     scheduling(e, path, s);
     security(e, path, s);
+    // A pod's DNS names: each part a label.
+    for (field, v) in [("hostname", &s.hostname), ("subdomain", &s.subdomain)] {
+        if let Some(v) = v {
+            e.check(format!("{path}.{field}"), super::check_dns1123_label(v));
+        }
+    }
     let volume_names = volumes(e, path, s);
     if s.containers.is_empty() {
         e.add(

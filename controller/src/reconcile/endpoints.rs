@@ -98,8 +98,16 @@ pub fn desired(svc: &Service, pods: &[Pod]) -> Endpoints {
                     .collect(),
                 ..Default::default()
             });
+        // Kubernetes' endpoints controller names a pod by its hostname in the Service its
+        // subdomain names (so `HOSTNAME.SERVICE.NS.svc` resolves to it).
+        let hostname = pod
+            .spec
+            .hostname
+            .clone()
+            .filter(|_| pod.spec.subdomain.as_deref() == Some(svc.metadata.name.as_str()));
         let address = EndpointAddress {
             ip,
+            hostname,
             node_name: pod.spec.node_name.clone(),
             target_ref: Some(ObjectReference {
                 kind: Some("Pod".into()),
@@ -296,6 +304,17 @@ mod tests {
         assert_eq!(ep.subsets.len(), 1);
         assert!(ep.subsets[0].ports.is_empty());
         assert_eq!(ep.subsets[0].addresses.len(), 2);
+        // A pod's hostname names it in the Service its subdomain names, and only there.
+        let mut named = pods.clone();
+        named[1].spec.hostname = Some("web-0".into());
+        named[1].spec.subdomain = Some("web".into());
+        named[0].spec.hostname = Some("b-0".into());
+        named[0].spec.subdomain = Some("elsewhere".into());
+        let ep = desired(&headless, &named);
+        let hosts: Vec<Option<&str>> = (ep.subsets[0].addresses.iter())
+            .map(|a| a.hostname.as_deref())
+            .collect();
+        assert_eq!(hosts, [Some("web-0"), None]);
     }
 
     #[test]
