@@ -149,7 +149,11 @@ fn runc_pods_reach_outside_hosts_from_the_nodes_address_headless_names_resolve_a
         phase == "Succeeded" || phase == "Failed"
     });
     let said = c.shoal(&["logs", "lookup"]).ok();
-    assert_eq!(field(&c.pod("lookup"), "status.phase"), "Succeeded", "{said}");
+    assert_eq!(
+        field(&c.pod("lookup"), "status.phase"),
+        "Succeeded",
+        "{said}"
+    );
     let (all, rest) = said.split_once("===").expect("three lookups");
     let (one, peer) = rest.split_once("===").expect("three lookups");
     let answered = |text: &str| -> Vec<String> {
@@ -535,9 +539,9 @@ fn runc_a_network_policy_shuts_a_pod_then_lets_in_one_namespace_through_its_addr
         .trim_start_matches("http://")
         .trim_end_matches('/')
         .to_string();
-    // It waits a moment first: its rules reach its node just after it is scheduled.
+    // It starts at once: its node holds it until its rules have come.
     c.apply(&format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: w, namespace: other}}\nspec:\n  runtimeClassName: wasm\n  restartPolicy: Never\n  nodeSelector: {{kubernetes.io/hostname: node-1}}\n  containers:\n  - name: c\n    image: {probe}\n    args: [sleep, \"2000\", connect, \"{to_far}\", connect, \"{to_web}\", connect, \"{web_pod}\"]\n"
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: w, namespace: other}}\nspec:\n  runtimeClassName: wasm\n  restartPolicy: Never\n  nodeSelector: {{kubernetes.io/hostname: node-1}}\n  containers:\n  - name: c\n    image: {probe}\n    args: [connect, \"{to_far}\", connect, \"{to_web}\", connect, \"{web_pod}\"]\n"
     ));
     c.wait_for("the wasm pod done", Duration::from_secs(60), |c| {
         let out = c

@@ -8,14 +8,22 @@
 //!   client's egress and a local endpoint's ingress allow;
 //! - a wasm pod's outbound sockets, checked against its egress rules as they connect.
 //!
-//! The rules arrive over the node's watch and stay in the kernel when the controller is away
-//! or the agent restarts; they change only when the controller says so.
+//! The rules arrive over the node's watch, are kept in the node's local state, and stay in
+//! the kernel when the controller is away or the agent restarts; they change only when the
+//! controller says so. While any policy is in force, the controller lists every pod of the
+//! node, isolated or not, so a pod's network namespace waits for its pod to be listed before
+//! its containers start: a new pod never runs unguarded while its rules are on their way.
 
 use crate::sync::lock;
-use shoal_api::policy::{Allow, Cidr, Direction, NodeRules, Peer, PodRules, Protocol};
+use shoal_api::policy::{
+    policy_config_map, Allow, Cidr, Direction, NodeRules, Peer, PodRules, Protocol, POLICY_KEY,
+    POLICY_NAMESPACE, SERVICES_KEY,
+};
+use shoal_api::{ConfigMap, Kind, Object};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// The table in each isolated pod's network namespace.
 const TABLE: &str = "shoal-policy";
@@ -27,9 +35,12 @@ pub fn netns_of(uid: &str) -> String {
 
 #[derive(Default)]
 struct State {
-    /// Each isolated pod's rules, by uid; `None` until the controller's first word, so an
-    /// agent started offline leaves the tables already in the kernel as they are.
+    /// Each pod's rules, by uid; `None` until the controller's first word (or what the node
+    /// kept of the last), so an agent started offline leaves the kernel's tables as they are.
     rules: Option<NodeRules>,
+    /// Whether any policy is in force (the node has its ConfigMap): then every pod of the
+    /// node is listed, and one not listed yet waits for its rules.
+    in_force: bool,
     /// The node's address on the pod bridge: its own traffic to its pods always passes.
     gateway: Option<Ipv4Addr>,
     /// The Service range: a pod's packets to a cluster IP reach this node's proxy, which
@@ -37,12 +48,32 @@ struct State {
     services: Option<Cidr>,
 }
 
-/// What the controller gives a node: its isolated pods' rules, and the Service range.
+/// What the controller gives a node: its pods' rules, and the Service range.
 #[derive(Debug, Default)]
 pub struct Given {
     pub rules: NodeRules,
     pub services: Option<Cidr>,
 }
+
+impl Given {
+    /// What the node's ConfigMap says; an error names what does not decode.
+    pub fn of(cm: &ConfigMap) -> Result<Given, String> {
+        let json = cm
+            .data
+            .get(POLICY_KEY)
+            .ok_or_else(|| format!("it has no {POLICY_KEY}"))?;
+        let rules = serde_json::from_str(json).map_err(|e| format!("{POLICY_KEY}: {e}"))?;
+        let services = match cm.data.get(SERVICES_KEY) {
+            Some(s) => Some(s.parse().map_err(|e| format!("{SERVICES_KEY}: {e}"))?),
+            None => None,
+        };
+        Ok(Given { rules, services })
+    }
+}
+
+/// How long a new pod's network namespace waits for the pod's rules while policies are in
+/// force (they follow its binding within moments); past it, the pod starts and says so.
+pub const RULES_WAIT: Duration = Duration::from_secs(10);
 
 /// What every pod's table allows besides its rules: its node, and the Service range.
 #[derive(Clone, Copy, Debug, Default)]
@@ -60,23 +91,101 @@ impl Table {
     }
 }
 
+struct Inner {
+    state: Mutex<State>,
+    /// Told of every update, for namespaces waiting for their pod's rules.
+    changed: tokio::sync::Notify,
+    /// Where the last rules are kept, and under which key.
+    local: Option<(Arc<crate::local::Local>, String)>,
+}
+
 /// The node's policies; cheap to clone.
-#[derive(Clone, Default)]
-pub struct Policies(Arc<Mutex<State>>);
+#[derive(Clone)]
+pub struct Policies(Arc<Inner>);
+
+impl Default for Policies {
+    fn default() -> Policies {
+        Policies::new("", None)
+    }
+}
 
 impl Policies {
+    /// The policies of node `node`, starting from what its local state kept of the last.
+    pub fn new(node: &str, local: Option<Arc<crate::local::Local>>) -> Policies {
+        let key = crate::local::key(
+            Kind::ConfigMap,
+            Some(POLICY_NAMESPACE),
+            &policy_config_map(node),
+        );
+        let mut state = State::default();
+        let kept = (local.as_ref())
+            .and_then(|l| l.get(&key).ok().flatten())
+            .and_then(|o| o.into_typed::<ConfigMap>().ok());
+        if let Some(given) = kept.and_then(|cm| Given::of(&cm).ok()) {
+            state.rules = Some(given.rules);
+            state.services = given.services;
+            state.in_force = true;
+        }
+        Policies(Arc::new(Inner {
+            state: Mutex::new(state),
+            changed: tokio::sync::Notify::new(),
+            local: local.map(|l| (l, key)),
+        }))
+    }
+
     pub fn set_gateway(&self, gateway: Ipv4Addr) {
-        lock(&self.0).gateway = Some(gateway);
+        lock(&self.0.state).gateway = Some(gateway);
+    }
+
+    /// Takes the node's ConfigMap as the controller has it (`None`: no policy is in force),
+    /// keeps it in the node's local state, and enforces it. One that does not decode changes
+    /// nothing: the rules in force stay.
+    pub async fn take(&self, cm: Option<ConfigMap>) {
+        let given = match cm.as_ref().map(Given::of).transpose() {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!(error = %e, "the controller's network policy for this node does not decode; keeping the rules in force");
+                return;
+            }
+        };
+        if let Some((local, key)) = self.0.local.clone() {
+            let _ = tokio::task::spawn_blocking(move || match cm {
+                Some(cm) => local.keep(&Object::ConfigMap(cm)),
+                None => local.forget(&key),
+            })
+            .await;
+        }
+        self.update(given).await;
+    }
+
+    /// Whether the pod with `uid` may start as far as its rules go: they are known, or no
+    /// policy is in force (or the controller has not been heard from: the kernel keeps the
+    /// tables it had). Waits up to `within` for them.
+    pub async fn wait_for(&self, uid: &str, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let changed = self.0.changed.notified();
+            {
+                let st = lock(&self.0.state);
+                match &st.rules {
+                    Some(rules) if st.in_force && !rules.contains_key(uid) => {}
+                    _ => return true,
+                }
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return false;
+            }
+        }
     }
 
     /// The rules of the pod with `uid`, if it is isolated.
     pub fn rules(&self, uid: &str) -> Option<PodRules> {
-        lock(&self.0).rules.as_ref()?.get(uid).cloned()
+        lock(&self.0.state).rules.as_ref()?.get(uid).cloned()
     }
 
     /// Whether the pod with `uid` may connect to `peer:port` (egress).
     pub fn egress_allowed(&self, uid: &str, peer: IpAddr, port: u16, protocol: Protocol) -> bool {
-        let st = lock(&self.0);
+        let st = lock(&self.0.state);
         let Some(rules) = st.rules.as_ref().and_then(|r| r.get(uid)) else {
             return true;
         };
@@ -93,7 +202,7 @@ impl Policies {
         port: u16,
         protocol: Protocol,
     ) -> bool {
-        let st = lock(&self.0);
+        let st = lock(&self.0.state);
         let Some(all) = st.rules.as_ref() else {
             return true;
         };
@@ -105,16 +214,19 @@ impl Policies {
     /// Takes the rules the controller gave (`None`: it has none for this node) and writes
     /// them into the pods' namespaces: new and changed tables are written, and the tables of
     /// pods no longer isolated are deleted.
-    pub async fn update(&self, given: Option<Given>) {
+    async fn update(&self, given: Option<Given>) {
+        let in_force = given.is_some();
         let Given { rules, services } = given.unwrap_or_default();
         let (before, moved, table) = {
-            let mut st = lock(&self.0);
+            let mut st = lock(&self.0.state);
             // A new Service range changes every table.
             let moved = st.services != services;
             st.services = services;
+            st.in_force = in_force;
             let before = st.rules.replace(rules.clone());
             (before, moved, Table::of(&st))
         };
+        self.0.changed.notify_waiters();
         let work = changes(&before.unwrap_or_default(), &rules, moved);
         if work.is_empty() {
             return;
@@ -130,13 +242,13 @@ impl Policies {
     /// Writes the table of a pod whose namespace was just made, before its containers start.
     pub fn enforce_new(&self, uid: &str) -> Result<(), String> {
         let (rules, table) = {
-            let st = lock(&self.0);
+            let st = lock(&self.0.state);
             (
                 st.rules.as_ref().and_then(|r| r.get(uid)).cloned(),
                 Table::of(&st),
             )
         };
-        match rules {
+        match rules.filter(isolated) {
             Some(r) => write_table(&netns_of(uid), &ruleset(&r, table)),
             None => Ok(()),
         }
@@ -165,14 +277,22 @@ fn enforce(uid: &str, rules: Option<&PodRules>, table: Table) {
     if !shoal_runtime::oci::netns::path(&netns).exists() {
         return;
     }
-    let script = match rules {
+    let script = match rules.filter(|r| isolated(r)) {
         Some(r) => ruleset(r, table),
         None => format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\n"),
     };
     match write_table(&netns, &script) {
-        Ok(()) => tracing::info!(%uid, isolated = rules.is_some(), "network policy enforced"),
+        Ok(()) => {
+            tracing::info!(%uid, isolated = rules.is_some_and(isolated), "network policy enforced")
+        }
         Err(e) => tracing::warn!(%uid, error = %e, "cannot write a pod's network policy"),
     }
+}
+
+/// Whether a pod's rules hold it in either direction (a pod listed only because policies are
+/// in force is open).
+fn isolated(r: &PodRules) -> bool {
+    r.ingress.is_some() || r.egress.is_some()
 }
 
 fn write_table(netns: &str, script: &str) -> Result<(), String> {
@@ -388,6 +508,60 @@ mod tests {
             .collect();
         assert_eq!(named, [("a", true), ("b", true), ("c", false)]);
         assert!(changes(&after, &after, false).is_empty());
+    }
+
+    fn config_map(uids: &[&str]) -> ConfigMap {
+        let rules: NodeRules = uids
+            .iter()
+            .map(|u| (u.to_string(), PodRules::default()))
+            .collect();
+        let mut cm = ConfigMap::default();
+        cm.metadata.name = policy_config_map("n1");
+        cm.metadata.namespace = Some(POLICY_NAMESPACE.into());
+        cm.data.insert(
+            POLICY_KEY.into(),
+            serde_json::to_string(&rules).expect("json"),
+        );
+        cm.data.insert(SERVICES_KEY.into(), "10.43.0.0/16".into());
+        cm
+    }
+
+    #[tokio::test]
+    async fn a_new_pod_waits_for_its_rules_and_the_last_rules_outlive_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let local = Arc::new(crate::local::Local::open(dir.path()).expect("local"));
+        let short = Duration::from_millis(50);
+        let p = Policies::new("n1", Some(local.clone()));
+        assert!(
+            p.wait_for("new", short).await,
+            "nothing heard: nothing to wait for"
+        );
+        p.take(Some(config_map(&["old"]))).await;
+        assert!(
+            !p.wait_for("new", short).await,
+            "in force, and not listed yet"
+        );
+        let waiting = tokio::spawn({
+            let p = p.clone();
+            async move { p.wait_for("new", Duration::from_secs(5)).await }
+        });
+        tokio::time::sleep(short).await;
+        p.take(Some(config_map(&["old", "new"]))).await;
+        assert!(waiting.await.expect("task"), "listed: it may start");
+        // A ConfigMap that does not decode changes nothing.
+        let mut broken = config_map(&[]);
+        broken.data.insert(POLICY_KEY.into(), "{".into());
+        p.take(Some(broken)).await;
+        assert!(p.wait_for("new", short).await);
+        // Restarted without the controller: the last rules are in force still.
+        let again = Policies::new("n1", Some(local.clone()));
+        assert!(again.wait_for("new", short).await);
+        assert!(!again.wait_for("other", short).await);
+        // With no policy in force, nothing waits, after a restart too.
+        again.take(None).await;
+        assert!(again.wait_for("other", short).await);
+        let third = Policies::new("n1", Some(local));
+        assert!(third.wait_for("other", short).await);
     }
 
     #[test]

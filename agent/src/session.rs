@@ -185,37 +185,25 @@ async fn follow_services(proxy: proxy::Proxy, client: Arc<Client>) {
 
 /// The node's NetworkPolicies follow its ConfigMap, as the service proxy follows Services.
 async fn follow_policies(policies: crate::policy::Policies, client: Arc<Client>, node: String) {
-    use shoal_api::policy::{policy_config_map, POLICY_KEY, POLICY_NAMESPACE};
+    use shoal_api::policy::{policy_config_map, POLICY_NAMESPACE};
     let selection = Selection {
         namespace: Some(POLICY_NAMESPACE.into()),
         fields: format!("metadata.name={}", policy_config_map(&node)),
         ..Selection::all("ConfigMap")
     };
-    let rules_in = |bytes: &[u8]| -> Option<crate::policy::Given> {
-        let cm: shoal_api::ConfigMap = shoal_api::Object::from_json(bytes)
-            .ok()?
-            .into_typed()
-            .ok()?;
-        let json = cm.data.get(POLICY_KEY)?;
-        let services = (cm.data.get(shoal_api::policy::SERVICES_KEY)).and_then(|s| s.parse().ok());
-        match serde_json::from_str(json) {
-            Ok(rules) => Some(crate::policy::Given { rules, services }),
-            Err(e) => {
-                tracing::warn!(error = %e, "the controller's network policy for this node does not decode");
-                None
-            }
-        }
+    let decode = |bytes: &[u8]| -> Option<shoal_api::ConfigMap> {
+        shoal_api::Object::from_json(bytes).ok()?.into_typed().ok()
     };
     loop {
         let mut watcher = Watcher::new(selection.clone());
         loop {
-            let rules = match watcher.next(&client).await {
-                Ok(Seen::Listed { items, .. }) => items.first().and_then(|b| rules_in(b)),
+            let cm = match watcher.next(&client).await {
+                Ok(Seen::Listed { items, .. }) => items.first().and_then(|b| decode(b)),
                 Ok(Seen::Changed { type_, object, .. }) => {
                     if type_ == shoal_transport::proto::EventType::Deleted {
                         None
                     } else {
-                        rules_in(&object)
+                        decode(&object)
                     }
                 }
                 Err(e) => {
@@ -223,7 +211,7 @@ async fn follow_policies(policies: crate::policy::Policies, client: Arc<Client>,
                     break;
                 }
             };
-            policies.update(rules).await;
+            policies.take(cm).await;
         }
         if client.connection().close_reason().is_some() {
             break;

@@ -536,23 +536,38 @@ fn named_port(pod: &Pod, name: &str, protocol: Protocol) -> Option<PortRange> {
     })
 }
 
-/// For each node, the rules of its isolated pods (nodes with none are absent).
+/// For each of `nodes`, the rules of each of its pods, while any policy is in force (none
+/// at all when none is): an isolated pod with its rules, any other open (both directions
+/// `None`), so a node can tell a pod whose rules have not come yet from an open one.
 pub fn resolve(
     policies: &[NetworkPolicy],
     pods: &[Pod],
     namespaces: &[Namespace],
+    nodes: &[&str],
 ) -> BTreeMap<String, NodeRules> {
+    if policies.is_empty() {
+        return BTreeMap::new();
+    }
     let cluster = Cluster::new(pods, namespaces);
-    let mut out: BTreeMap<String, NodeRules> = BTreeMap::new();
+    let mut out: BTreeMap<String, NodeRules> = nodes
+        .iter()
+        .map(|n| (n.to_string(), NodeRules::new()))
+        .collect();
     for pod in pods.iter().filter(|p| !p.is_terminal()) {
         let Some(node) = pod.spec.node_name.as_deref() else {
             continue;
         };
-        if let Some(rules) = cluster.rules_of(policies, pod) {
-            out.entry(node.to_string())
-                .or_default()
-                .insert(pod.metadata.uid.clone(), rules);
-        }
+        let rules = cluster.rules_of(policies, pod).unwrap_or_else(|| PodRules {
+            pod: format!(
+                "{}/{}",
+                pod.metadata.namespace_or_default(),
+                pod.metadata.name
+            ),
+            ..PodRules::default()
+        });
+        out.entry(node.to_string())
+            .or_default()
+            .insert(pod.metadata.uid.clone(), rules);
     }
     out
 }
@@ -599,9 +614,22 @@ mod tests {
             "a",
             json!({"podSelector": {"matchLabels": {"app": "db"}}}),
         )];
-        let r = resolve(&deny, &pods, &[]);
+        let r = resolve(&deny, &pods, &[], &["n1", "n2"]);
         let node = &r["n1"];
-        assert!(!node.contains_key("uid-web"), "web is not selected");
+        let web = &node["uid-web"];
+        assert_eq!(
+            (&web.ingress, &web.egress),
+            (&None, &None),
+            "web is listed, and open"
+        );
+        assert!(
+            r["n2"].is_empty(),
+            "a node with no pods is told that policies are in force"
+        );
+        assert!(
+            resolve(&[], &pods, &[], &["n1"]).is_empty(),
+            "none in force: nothing"
+        );
         let db = &node["uid-db"];
         assert_eq!(db.ingress, Some(vec![]));
         assert_eq!(db.egress, None, "egress is not isolated unless asked");
@@ -622,7 +650,7 @@ mod tests {
                 {"matchLabels": {"kubernetes.io/metadata.name": "b"}}}],
                 "ports": [{"port": "http"}, {"port": 9000, "endPort": 9010, "protocol": "UDP"}]}]}),
         )];
-        let r = resolve(&allow, &pods, &[ns("b", json!({"team": "x"}))]);
+        let r = resolve(&allow, &pods, &[ns("b", json!({"team": "x"}))], &[]);
         let db = &r["n1"]["uid-db"];
         assert!(db.allows(Direction::Ingress, ip("10.42.0.4"), 8080, Protocol::Tcp));
         assert!(db.allows(Direction::Ingress, ip("10.42.0.4"), 9005, Protocol::Udp));
@@ -643,7 +671,7 @@ mod tests {
                 "egress": [{"to": [{"ipBlock": {"cidr": "192.168.0.0/16", "except": ["192.168.9.0/24"]}}]},
                            {"ports": [{"port": "http"}]}]}),
         )];
-        let r = resolve(&p, &pods, &[]);
+        let r = resolve(&p, &pods, &[], &[]);
         let app = &r["n1"]["uid-app"];
         assert_eq!(app.ingress, None);
         assert!(app.allows(Direction::Egress, ip("192.168.1.1"), 1883, Protocol::Tcp));
@@ -667,7 +695,7 @@ mod tests {
         let other_ns = [policy("b", json!({"podSelector": {}}))];
         assert_eq!(node_network_refusal(&other_ns, &wasm), None);
         // And as a peer it is no pod address at all.
-        let r = resolve(&egress, std::slice::from_ref(&wasm), &[]);
+        let r = resolve(&egress, std::slice::from_ref(&wasm), &[], &[]);
         assert!(r["n1"]["uid-w"].egress == Some(vec![]));
     }
 

@@ -51,6 +51,11 @@ pub(super) async fn prepare(inner: &Inner, pod: &Pod, dir: &Path) -> Result<Prep
     let volumes = volumes(inner, pod, dir).await?;
     let devices = inner.devices.allocate(pod).map_err(create_error)?;
     let runc = executor(inner, pod)?;
+    // Its NetworkPolicy's rules are known before anything of it runs.
+    let policies = inner.proxy.policies();
+    if !(policies.wait_for(&pod.metadata.uid, crate::policy::RULES_WAIT)).await {
+        tracing::warn!(pod = %pod.metadata.name, "NetworkPolicies are in force but this pod's rules have not come; starting it without them");
+    }
     // The pod's network: its own namespace (with an address on the node's pod bridge when the
     // node has a pod range), or the node's.
     let begun = std::time::Instant::now();

@@ -169,6 +169,7 @@ impl Proxy {
         let (keeping, queue) = tokio::sync::mpsc::channel(KEEP_QUEUE);
         let tasks = TaskTracker::new();
         tasks.spawn(keep_locally(local.clone(), queue));
+        let policies = crate::policy::Policies::new(node, Some(local.clone()));
         Proxy(Arc::new(Inner {
             node: node.to_string(),
             link,
@@ -192,7 +193,7 @@ impl Proxy {
             cancel: CancellationToken::new(),
             local,
             keeping,
-            policies: crate::policy::Policies::default(),
+            policies,
         }))
     }
 

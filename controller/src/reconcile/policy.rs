@@ -1,7 +1,9 @@
 //! The NetworkPolicy controller: resolves every policy to the addresses of the pods its
 //! selectors name ([`shoal_api::policy::resolve`]) and writes, for each node, what its own
 //! pods' rules are, in ConfigMap `shoal-system/network-policy.NODE`. A node reads only its
-//! own; no node learns the labels of pods elsewhere. A node with no isolated pod has none.
+//! own; no node learns the labels of pods elsewhere. While any policy is in force every node
+//! has one, listing all its pods (so it can tell a pod whose rules are on their way from an
+//! open one); with none in force, none has.
 
 use super::tolerate;
 use crate::error::Result;
@@ -9,7 +11,7 @@ use crate::store::{ObjectKey, Store};
 use shoal_api::policy::{
     policy_config_map, NodeRules, POLICY_KEY, POLICY_NAMESPACE, POLICY_PREFIX, SERVICES_KEY,
 };
-use shoal_api::{ConfigMap, Kind, Namespace, NetworkPolicy, Object, ObjectMeta, Pod};
+use shoal_api::{ConfigMap, Kind, Namespace, NetworkPolicy, Node, Object, ObjectMeta, Pod};
 use std::collections::BTreeMap;
 
 /// The ConfigMap that gives `node` its pods' rules, and the Service range (which its proxy
@@ -49,7 +51,9 @@ pub(super) async fn reconcile(store: &Store, pods: &[Pod], services: &str) -> Re
         return Ok(());
     }
     let namespaces: Vec<Namespace> = store.list_typed(Kind::Namespace, None).await?;
-    let wanted = shoal_api::policy::resolve(&policies, pods, &namespaces);
+    let nodes: Vec<Node> = store.list_typed(Kind::Node, None).await?;
+    let names: Vec<&str> = nodes.iter().map(|n| n.metadata.name.as_str()).collect();
+    let wanted = shoal_api::policy::resolve(&policies, pods, &namespaces, &names);
     for (node, rules) in &wanted {
         let want = config_map(node, rules, services)?;
         match stored.get(&want.metadata.name) {
