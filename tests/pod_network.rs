@@ -395,7 +395,7 @@ fn runc_a_network_policy_shuts_a_pod_then_lets_in_one_namespace_through_its_addr
     // its Service (a tunnel between the nodes, whose far end holds it to the policy).
     let web = |name: &str, node: &str| {
         format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  selector: {{instance: {name}}}\n  ports: [{{port: 80, targetPort: 8080}}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: web, instance: {name}}}}}\nspec:\n  nodeSelector: {{kubernetes.io/hostname: {node}}}\n  containers:\n  - name: c\n    image: busybox:1\n    command: [sh, -c, \"mkdir -p /www && echo hello > /www/index.html && exec httpd -f -p 8080 -h /www\"]\n    ports: [{{name: http, containerPort: 8080}}]\n    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}\n"
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  selector: {{instance: {name}}}\n  ports: [{{port: 80, targetPort: 8080}}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: web, instance: {name}}}}}\nspec:\n  nodeSelector: {{kubernetes.io/hostname: {node}}}\n  containers:\n  - name: c\n    image: busybox:1\n    command: [sh, -c, \"mkdir -p /www && echo hello > /www/index.html && exec httpd -f -p 8080 -h /www\"]\n    ports: [{{name: http, containerPort: 8080, hostPort: 18080}}]\n    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}\n"
         )
     };
     c.apply(&web("web", "node-1"));
@@ -435,6 +435,17 @@ fn runc_a_network_policy_shuts_a_pod_then_lets_in_one_namespace_through_its_addr
     let far = "http://far.default.svc.cluster.local/";
     assert_eq!(fetch_from(&c, "other", &direct), "ok");
     assert_eq!(fetch_from(&c, "other", far), "ok");
+    // Its hostPort, from the other host (the pod sees node-1's address: the forwarder holds
+    // the client to the policy first).
+    let host_port = format!("http://{}:18080/", hosts.addresses[0]);
+    let from_host = |url: &str| {
+        let out = hosts.exec(
+            1,
+            &["sh", "-c", &format!("timeout 3 busybox wget -qO- {url}")],
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(from_host(&host_port), "hello");
 
     // Deny all ingress to the web pod: a connection that worked no longer does, by its
     // address or through its Service.
@@ -451,6 +462,7 @@ fn runc_a_network_policy_shuts_a_pod_then_lets_in_one_namespace_through_its_addr
     assert_refused(fetch_from(&c, "other", &direct));
     assert_refused(fetch_from(&c, "other", service));
     assert_refused(fetch_from(&c, "other", far));
+    assert_eq!(from_host(&host_port), "", "the hostPort is shut too");
     assert_eq!(
         field(&c.pod("web"), "status.phase"),
         "Running",

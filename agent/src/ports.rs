@@ -1,8 +1,13 @@
 //! hostPort: a container port published on the node's own address, TCP or UDP. Forwarded in
 //! user space to the pod's address, connection by connection (TCP) or flow by flow, one per
-//! client (UDP), so the default path needs no iptables.
+//! client (UDP), so the default path needs no iptables. Each client is held to the pod's
+//! NetworkPolicy ingress first (the pod sees the node's address, which its own table lets in).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// Whether a client may reach the published port (the pod's NetworkPolicy ingress).
+pub type Admit = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -12,6 +17,7 @@ use tokio_util::task::TaskTracker;
 pub async fn forward_tcp(
     listener: TcpListener,
     to: SocketAddr,
+    admit: Admit,
     cancel: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -27,6 +33,10 @@ pub async fn forward_tcp(
                 continue;
             }
         };
+        if !admit(peer.ip()) {
+            tracing::debug!(%peer, %to, "hostPort connection refused: a NetworkPolicy does not let it in");
+            continue;
+        }
         let cancel = cancel.clone();
         tasks.spawn(async move {
             let mut outbound = match TcpStream::connect(to).await {
@@ -58,11 +68,12 @@ pub const UDP_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 pub async fn forward_udp(
     socket: tokio::net::UdpSocket,
     to: SocketAddr,
+    admit: Admit,
     cancel: CancellationToken,
     tasks: TaskTracker,
 ) {
     use std::collections::HashMap;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
     let socket = Arc::new(socket);
     let flows: Arc<Mutex<HashMap<SocketAddr, Arc<tokio::net::UdpSocket>>>> = Arc::default();
     let mut buf = vec![0u8; 65536];
@@ -71,6 +82,10 @@ pub async fn forward_udp(
         let upstream = match existing {
             Some(u) => u,
             None => {
+                if !admit(client.ip()) {
+                    tracing::debug!(%client, %to, "hostPort datagram dropped: a NetworkPolicy does not let it in");
+                    continue;
+                }
                 if crate::sync::lock(&flows).len() >= UDP_FLOWS {
                     tracing::debug!(%client, "too many hostPort flows: a datagram dropped");
                     continue;
@@ -158,7 +173,8 @@ mod tests {
             .expect("host port");
         let published = host.local_addr().expect("addr");
         let (cancel, tasks) = (CancellationToken::new(), TaskTracker::new());
-        tokio::spawn(forward_udp(host, to, cancel.clone(), tasks.clone()));
+        let all: Admit = Arc::new(|_| true);
+        tokio::spawn(forward_udp(host, to, all, cancel.clone(), tasks.clone()));
         let mut clients = Vec::new();
         for i in 0..3 {
             let c = tokio::net::UdpSocket::bind("127.0.0.1:0")
@@ -176,6 +192,22 @@ mod tests {
                 .expect("recv");
             assert_eq!(&buf[..n], format!("echo: hello {i}").as_bytes());
         }
+        // A client the pod's NetworkPolicy does not let in gets nothing through.
+        let shut = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("host port");
+        let shut_at = shut.local_addr().expect("addr");
+        let none: Admit = Arc::new(|_| false);
+        tokio::spawn(forward_udp(shut, to, none, cancel.clone(), tasks.clone()));
+        let c = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("client");
+        c.connect(shut_at).await.expect("connect");
+        c.send(b"let me in").await.expect("send");
+        let mut buf = [0u8; 1500];
+        let answer =
+            tokio::time::timeout(std::time::Duration::from_millis(300), c.recv(&mut buf)).await;
+        assert!(answer.is_err(), "a refused client got an answer");
         cancel.cancel();
     }
 }

@@ -138,18 +138,17 @@ pub(super) async fn publish_host_ports(
                 .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
             let listen = std::net::SocketAddr::new(host_ip, host_port);
             let to = std::net::SocketAddr::new(ip.into(), container_port);
+            let admit = admit(inner, to, udp);
             let (cancel, tasks) = (cancel.clone(), inner.tracker.clone());
             let bound = if udp {
                 (tokio::net::UdpSocket::bind(listen).await).map(|s| {
-                    inner
-                        .tracker
-                        .spawn(crate::ports::forward_udp(s, to, cancel, tasks))
+                    let forward = crate::ports::forward_udp(s, to, admit, cancel, tasks);
+                    inner.tracker.spawn(forward)
                 })
             } else {
                 (tokio::net::TcpListener::bind(listen).await).map(|l| {
-                    inner
-                        .tracker
-                        .spawn(crate::ports::forward_tcp(l, to, cancel, tasks))
+                    let forward = crate::ports::forward_tcp(l, to, admit, cancel, tasks);
+                    inner.tracker.spawn(forward)
                 })
             };
             if let Err(e) = bound {
@@ -159,6 +158,15 @@ pub(super) async fn publish_host_ports(
             }
         }
     }
+}
+
+/// Who may reach the pod at `to` through a hostPort: the clients its NetworkPolicy ingress
+/// lets in (the node forwards from its own address, which the pod's table always takes).
+fn admit(inner: &Inner, to: std::net::SocketAddr, udp: bool) -> crate::ports::Admit {
+    use shoal_api::policy::Protocol;
+    let policies = inner.proxy.policies().clone();
+    let protocol = if udp { Protocol::Udp } else { Protocol::Tcp };
+    Arc::new(move |client| policies.connection_allowed(client, to.ip(), to.port(), protocol))
 }
 
 /// Removes what a pod had beside its containers: volumes, its network namespace and address.
