@@ -468,6 +468,30 @@ fn runc_a_network_policy_shuts_a_pod_then_lets_in_one_namespace_through_its_addr
         "Running",
         "the node's probes still reach it"
     );
+    // As Kubernetes has it, a pod never blocks itself (here through its own Service), and its
+    // own node always reaches it (here a process of the node, through the cluster IP).
+    let own = c.shoal(&[
+        "exec",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        &format!("timeout 3 wget -qO- {service}"),
+    ]);
+    assert_eq!(own.stdout().trim(), "hello", "{}", own.stderr());
+    let web_ip = {
+        let out = c.shoal(&["get", "svc", "web", "-o", "json"]).ok();
+        field(&serde_json::from_str(&out).expect("json"), "spec.clusterIP")
+    };
+    let from_node = hosts.exec(
+        0,
+        &[
+            "sh",
+            "-c",
+            &format!("timeout 3 busybox wget -qO- http://{web_ip}/"),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&from_node.stdout).trim(), "hello");
 
     // Let in one namespace, by the name label every namespace has, on the named port.
     c.apply(

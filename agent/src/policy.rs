@@ -194,21 +194,31 @@ impl Policies {
 
     /// Whether the pod at `ip` may connect to `peer:port` (its egress) and the pod at `peer`
     /// may take it (its ingress), as far as they are pods of this node; a side that is not
-    /// one of this node's isolated pods is not held back here.
+    /// one of this node's isolated pods is not held back here. As Kubernetes has it, a pod
+    /// never blocks itself, and traffic to and from its own node always passes: `node` says
+    /// which addresses are this node's (loopback and its pod bridge address are).
     pub fn connection_allowed(
         &self,
         ip: IpAddr,
         peer: IpAddr,
         port: u16,
         protocol: Protocol,
+        node: &dyn Fn(IpAddr) -> bool,
     ) -> bool {
         let st = lock(&self.0.state);
         let Some(all) = st.rules.as_ref() else {
             return true;
         };
+        if ip == peer {
+            return true;
+        }
+        let ours = |a: IpAddr| a.is_loopback() || st.gateway.is_some_and(|g| a == g) || node(a);
         let at = |addr: IpAddr| all.values().find(|r| r.address == Some(addr));
-        at(ip).is_none_or(|r| r.allows(Direction::Egress, peer, port, protocol))
-            && at(peer).is_none_or(|r| r.allows(Direction::Ingress, ip, port, protocol))
+        let egress =
+            ours(peer) || at(ip).is_none_or(|r| r.allows(Direction::Egress, peer, port, protocol));
+        let ingress =
+            ours(ip) || at(peer).is_none_or(|r| r.allows(Direction::Ingress, ip, port, protocol));
+        egress && ingress
     }
 
     /// Takes the rules the controller gave (`None`: it has none for this node) and writes
@@ -562,6 +572,45 @@ mod tests {
         assert!(again.wait_for("other", short).await);
         let third = Policies::new("n1", Some(local));
         assert!(third.wait_for("other", short).await);
+    }
+
+    #[tokio::test]
+    async fn a_pod_never_blocks_itself_and_its_node_always_passes() {
+        let p = Policies::default();
+        p.set_gateway(Ipv4Addr::new(10, 42, 0, 1));
+        let shut = PodRules {
+            pod: "a/db".into(),
+            address: Some("10.42.0.5".parse().expect("ip")),
+            ingress: Some(vec![]),
+            egress: Some(vec![]),
+        };
+        let rules = NodeRules::from([("db".to_string(), shut)]);
+        p.update(Some(Given {
+            rules,
+            services: None,
+        }))
+        .await;
+        let ip = |s: &str| -> IpAddr { s.parse().expect("ip") };
+        let node = |a: IpAddr| a == ip("192.168.1.20") || a == ip("10.43.0.7");
+        let allowed =
+            |from: &str, to: &str| p.connection_allowed(ip(from), ip(to), 80, Protocol::Tcp, &node);
+        assert!(
+            !allowed("10.42.0.9", "10.42.0.5"),
+            "another pod is shut out"
+        );
+        assert!(!allowed("10.42.0.5", "10.42.0.9"), "and shut in");
+        assert!(
+            allowed("10.42.0.5", "10.42.0.5"),
+            "itself, through a Service"
+        );
+        for own in ["10.42.0.1", "127.0.0.1", "192.168.1.20", "10.43.0.7"] {
+            assert!(allowed(own, "10.42.0.5"), "from its node at {own}");
+        }
+        assert!(allowed("10.42.0.5", "192.168.1.20"), "to its node");
+        assert!(
+            !allowed("192.168.1.21", "10.42.0.5"),
+            "another node is not its own"
+        );
     }
 
     #[test]

@@ -166,7 +166,11 @@ fn admit(inner: &Inner, to: std::net::SocketAddr, udp: bool) -> crate::ports::Ad
     use shoal_api::policy::Protocol;
     let policies = inner.proxy.policies().clone();
     let protocol = if udp { Protocol::Udp } else { Protocol::Tcp };
-    Arc::new(move |client| policies.connection_allowed(client, to.ip(), to.port(), protocol))
+    let proxy = inner.proxy.clone();
+    Arc::new(move |client| {
+        let node = |a| proxy.is_node_address(a);
+        policies.connection_allowed(client, to.ip(), to.port(), protocol, &node)
+    })
 }
 
 /// Removes what a pod had beside its containers: volumes, its network namespace and address.

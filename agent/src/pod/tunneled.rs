@@ -21,7 +21,9 @@ impl crate::tunnel::Pods for Supervisor {
             true => shoal_api::policy::Protocol::Udp,
             false => shoal_api::policy::Protocol::Tcp,
         };
-        (self.0.proxy.policies()).connection_allowed(from, ip, port, protocol)
+        // The tunnel's client is on another node: only this node's loopback and bridge
+        // address count as its own.
+        (self.0.proxy.policies()).connection_allowed(from, ip, port, protocol, &|_| false)
     }
 
     fn speaks_for(&self, peer: &str, from: std::net::IpAddr) -> bool {

@@ -153,10 +153,8 @@ impl Proxy {
         let Ok(ip) = b.ip.parse::<IpAddr>() else {
             return false;
         };
-        let ok = self
-            .0
-            .policies
-            .connection_allowed(client, ip, b.port, protocol);
+        let node = |a: IpAddr| self.is_node_address(a);
+        let ok = (self.0.policies).connection_allowed(client, ip, b.port, protocol, &node);
         if !ok {
             tracing::debug!(%client, endpoint = %format!("{ip}:{}", b.port), "endpoint skipped: a NetworkPolicy does not allow it");
         }

@@ -396,6 +396,13 @@ impl Proxy {
         };
     }
 
+    /// Whether `ip` is this node's own: its address, or a cluster IP made local here (what a
+    /// process of the node connects from when it reaches a Service).
+    pub fn is_node_address(&self, ip: IpAddr) -> bool {
+        let own = lock(&self.0.nodes).get(&self.0.node).map(|a| a.ip());
+        own == Some(ip) || matches!(ip, IpAddr::V4(v4) if lock(&self.0.state).local.contains(&v4))
+    }
+
     /// Whether node `peer` may give `from` as a tunnel's client: any address but one in
     /// another node's pod range (as the controller checks what it relays).
     pub fn speaks_for(&self, peer: &str, from: IpAddr) -> bool {
