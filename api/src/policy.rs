@@ -145,6 +145,15 @@ impl Protocol {
         }
     }
 
+    /// UDP or TCP, as a socket or a port's flag says.
+    pub fn of(udp: bool) -> Protocol {
+        if udp {
+            Protocol::Udp
+        } else {
+            Protocol::Tcp
+        }
+    }
+
     /// nftables' name for it.
     pub fn nft(self) -> &'static str {
         match self {

@@ -165,7 +165,7 @@ pub(super) async fn publish_host_ports(
 fn admit(inner: &Inner, to: std::net::SocketAddr, udp: bool) -> crate::ports::Admit {
     use shoal_api::policy::Protocol;
     let policies = inner.proxy.policies().clone();
-    let protocol = if udp { Protocol::Udp } else { Protocol::Tcp };
+    let protocol = Protocol::of(udp);
     let proxy = inner.proxy.clone();
     Arc::new(move |client| {
         let node = |a| proxy.is_node_address(a);

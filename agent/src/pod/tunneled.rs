@@ -17,10 +17,7 @@ impl crate::tunnel::Pods for Supervisor {
     }
 
     fn admits(&self, from: std::net::IpAddr, ip: std::net::IpAddr, port: u16, udp: bool) -> bool {
-        let protocol = match udp {
-            true => shoal_api::policy::Protocol::Udp,
-            false => shoal_api::policy::Protocol::Tcp,
-        };
+        let protocol = shoal_api::policy::Protocol::of(udp);
         // The tunnel's client is on another node: only this node's loopback and bridge
         // address count as its own.
         (self.0.proxy.policies()).connection_allowed(from, ip, port, protocol, &|_| false)

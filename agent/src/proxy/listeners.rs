@@ -244,7 +244,7 @@ impl Proxy {
         else {
             return true;
         };
-        let protocol = if udp { Protocol::Udp } else { Protocol::Tcp };
+        let protocol = Protocol::of(udp);
         let listen = Listen { addr, udp };
         let route = lock(&self.0.state)
             .active
