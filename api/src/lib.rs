@@ -14,6 +14,7 @@ pub mod node_restriction;
 pub mod object;
 pub mod objects;
 pub mod patch;
+pub mod pod_routes;
 pub mod policy;
 pub mod quantity;
 pub mod selector;

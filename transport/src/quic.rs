@@ -24,6 +24,14 @@ pub const ALPN: &[u8] = b"shoal/1";
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 pub const KEEP_ALIVE: Duration = Duration::from_secs(3);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Between two nodes, which carry pods' packets: a path that went silent is given up within
+/// seconds, so the packets take the controller's relay instead (see `shoal_api::pod_routes`).
+pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+pub const PEER_KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// Pods' packets (QUIC datagrams) a connection holds until they are read: bounded, so a
+/// flood of connections costs little (256 without a certificate hold 64 MiB at most), and
+/// large enough for a burst at link speed while the reader is busy.
+pub const DATAGRAM_BUFFER: usize = 256 * 1024;
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -55,7 +63,21 @@ fn base_transport(max_streams: u32) -> quinn::TransportConfig {
     ));
     t.max_concurrent_bidi_streams(max_streams.into());
     t.max_concurrent_uni_streams(0u32.into());
+    t.datagram_receive_buffer_size(Some(DATAGRAM_BUFFER));
     t
+}
+
+/// The transport between two nodes' peer endpoints: as [`base_transport`], with a path that
+/// went silent given up sooner.
+fn peer_transport() -> Arc<quinn::TransportConfig> {
+    let mut t = base_transport(SERVER_STREAMS);
+    t.keep_alive_interval(Some(PEER_KEEP_ALIVE));
+    t.max_idle_timeout(Some(
+        PEER_IDLE_TIMEOUT
+            .try_into()
+            .expect("4 s is a valid idle timeout"),
+    ));
+    Arc::new(t)
 }
 
 fn tls(e: impl std::fmt::Display) -> Error {
@@ -105,11 +127,16 @@ impl Server {
         cfg.alpn_protocols = vec![ALPN.to_vec()];
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(tls)?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-        let mut transport = base_transport(SERVER_STREAMS);
-        if anonymous {
-            transport.receive_window(UNAUTHENTICATED_WINDOW.into());
-        }
-        config.transport_config(Arc::new(transport));
+        // The controller's door takes connections without a certificate (joins); a node's
+        // peer endpoint takes only other nodes, which carry pods' packets.
+        let transport = if anonymous {
+            let mut t = base_transport(SERVER_STREAMS);
+            t.receive_window(UNAUTHENTICATED_WINDOW.into());
+            Arc::new(t)
+        } else {
+            peer_transport()
+        };
+        config.transport_config(transport);
         let endpoint = Endpoint::server(config, listen).map_err(|e| Error::Connect {
             addr: listen.to_string(),
             message: format!("cannot listen: {e}"),
@@ -341,7 +368,7 @@ impl Client {
         cfg.alpn_protocols = vec![ALPN.to_vec()];
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).map_err(tls)?;
         let mut config = quinn::ClientConfig::new(Arc::new(quic));
-        config.transport_config(transport_config(SERVER_STREAMS));
+        config.transport_config(peer_transport());
         let bind: SocketAddr = if addr.is_ipv4() {
             ([0, 0, 0, 0], 0).into()
         } else {

@@ -16,6 +16,7 @@ pub mod nat;
 pub mod netns;
 pub mod seccomp;
 pub mod spec;
+pub mod tun;
 
 use crate::error::{Error, Result};
 use crate::handle::{Exit, ExitReason, Handle};

@@ -20,9 +20,12 @@ pub fn table(bridge: &str) -> String {
 }
 
 /// The table, as `nft -f` reads it: pods' packets from `subnet` that leave by any interface
-/// but their bridge take the address of the interface they leave by.
+/// but their bridge and the node's TUN device (other nodes' pods, reached with no NAT) take
+/// the address of the interface they leave by; TCP connections through the TUN device have
+/// their segments clamped to its MTU, so they never need fragments.
 pub fn ruleset(bridge: &str, subnet: Subnet) -> String {
     let t = table(bridge);
+    let tun = crate::oci::tun::name_for(bridge);
     // Declared, then deleted, then written: one transaction that replaces whatever was there.
     format!(
         "table ip {t} {{}}\n\
@@ -30,7 +33,11 @@ pub fn ruleset(bridge: &str, subnet: Subnet) -> String {
          table ip {t} {{\n\
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-         \t\tip saddr {subnet} oifname != \"{bridge}\" masquerade\n\
+         \t\tip saddr {subnet} oifname != {{ \"{bridge}\", \"{tun}\" }} masquerade\n\
+         \t}}\n\
+         \tchain forward {{\n\
+         \t\ttype filter hook forward priority mangle; policy accept;\n\
+         \t\toifname \"{tun}\" tcp flags syn tcp option maxseg size set rt mtu\n\
          \t}}\n\
          }}\n"
     )
@@ -72,14 +79,13 @@ pub fn nft_in(netns: Option<&str>, script: &str) -> std::result::Result<(), Stri
     }
 }
 
-/// Writes Shoal's table for `bridge` and switches forwarding on, first keeping in
-/// `state_dir/ip_forward` what it was (once: a restarted agent finds it on already).
+/// Switches forwarding on, first keeping in `state_dir/ip_forward` what it was (once: a
+/// restarted agent finds it on already), then writes Shoal's table for `bridge`.
 pub fn ensure(bridge: &str, subnet: Subnet, state_dir: &Path) -> Result<()> {
     let failed = |m: String| Error::Start {
         id: bridge.to_string(),
         message: format!("pods' outbound NAT: {m}"),
     };
-    nft(&ruleset(bridge, subnet)).map_err(failed)?;
     let now =
         std::fs::read_to_string(FORWARDING).map_err(|e| Error::io(Path::new(FORWARDING), e))?;
     if now.trim() != "1" {
@@ -88,9 +94,10 @@ pub fn ensure(bridge: &str, subnet: Subnet, state_dir: &Path) -> Result<()> {
             std::fs::write(&kept, now.trim()).map_err(|e| Error::io(&kept, e))?;
         }
         std::fs::write(FORWARDING, "1").map_err(|e| Error::io(Path::new(FORWARDING), e))?;
-        tracing::info!("IPv4 forwarding switched on, for pods' outbound traffic");
+        tracing::info!("IPv4 forwarding switched on, for pods' traffic beyond the node");
     }
-    Ok(())
+    // Forwarding first: pods reach other nodes' pods also without Debian's nft.
+    nft(&ruleset(bridge, subnet)).map_err(failed)
 }
 
 /// Removes Shoal's table for `bridge` and puts forwarding back as it was before Shoal
@@ -120,12 +127,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_table_masquerades_only_what_pods_send_beyond_their_bridge() {
+    fn the_table_masquerades_only_what_pods_send_beyond_the_cluster_and_clamps_segments_to_the_tun()
+    {
         let subnet: Subnet = "10.42.3.0/24".parse().expect("subnet");
         let rules = ruleset("shoal0", subnet);
         assert!(rules.starts_with("table ip shoal-shoal0 {}\ndelete table ip shoal-shoal0\n"));
         assert!(
-            rules.contains("ip saddr 10.42.3.0/24 oifname != \"shoal0\" masquerade"),
+            rules.contains(
+                "ip saddr 10.42.3.0/24 oifname != { \"shoal0\", \"shoal0-tun\" } masquerade"
+            ),
+            "{rules}"
+        );
+        assert!(
+            rules
+                .contains("oifname \"shoal0-tun\" tcp flags syn tcp option maxseg size set rt mtu"),
             "{rules}"
         );
         assert!(rules.contains("type nat hook postrouting priority srcnat"));
