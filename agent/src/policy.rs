@@ -183,15 +183,6 @@ impl Policies {
         lock(&self.0.state).rules.as_ref()?.get(uid).cloned()
     }
 
-    /// Whether the pod with `uid` may connect to `peer:port` (egress).
-    pub fn egress_allowed(&self, uid: &str, peer: IpAddr, port: u16, protocol: Protocol) -> bool {
-        let st = lock(&self.0.state);
-        let Some(rules) = st.rules.as_ref().and_then(|r| r.get(uid)) else {
-            return true;
-        };
-        rules.allows(Direction::Egress, peer, port, protocol)
-    }
-
     /// Whether the pod at `ip` may connect to `peer:port` (its egress) and the pod at `peer`
     /// may take it (its ingress), as far as they are pods of this node; a side that is not
     /// one of this node's isolated pods is not held back here. As Kubernetes has it, a pod
