@@ -414,6 +414,89 @@ fn tunnels_reach_only_pods_and_a_nodes_session_is_its_own() {
     assert!(logs.contains("serving on 8080"), "{logs}");
 }
 
+/// An IPv4 header (all a relay reads) from `src` to `dst`.
+fn packet(src: &str, dst: &str) -> Vec<u8> {
+    let mut p = vec![0u8; 28];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&28u16.to_be_bytes());
+    p[9] = 17;
+    let (src, dst): (std::net::Ipv4Addr, std::net::Ipv4Addr) =
+        (src.parse().expect("src"), dst.parse().expect("dst"));
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    p
+}
+
+/// Waits (without holding up the connection, which this thread drives) until the
+/// controller's log says `words`, for up to 10 s.
+async fn said(controller: &Controller, words: &str) {
+    for _ in 0..100 {
+        if controller.log().contains(words) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the controller never said {words:?}:\n{}", controller.log());
+}
+
+/// The controller relays a node's pods' packets (QUIC datagrams on its session) only from
+/// its own pod range: a thief holding node-1's data dir, as node-1's session, cannot pass
+/// packets off as node-2's pods' (which a NetworkPolicy on node-2 would let in).
+#[test]
+fn the_packet_relay_carries_a_nodes_packets_only_from_its_own_pods() {
+    let mut c = Cluster::start(2);
+    c.agents[0].terminate();
+    assert!(c.agents[0].wait_exit(Duration::from_secs(30)).is_some());
+    let thief = stolen(&c.agents[0]);
+    let range = |c: &Cluster, node: &str| {
+        let n = c.shoal(&["get", "node", node, "-o", "json"]).ok();
+        let r = field(&serde_json::from_str(&n).expect("json"), "spec.podCIDR");
+        r.split('/').next().expect("address").to_string()
+    };
+    rt().block_on(async {
+        let client = Client::connect(&thief).await.expect("connect");
+        // node-1's session: its agent is gone, so the thief's connection takes it.
+        let put = Request::PutNode {
+            object: node_object("node-1", serde_json::json!({})),
+        };
+        let answer = client.call(&put).await.expect("put");
+        assert!(!matches!(answer, Response::Error(_)), "{answer:?}");
+        let (own, other) = (range(&c, "node-1"), range(&c, "node-2"));
+        let at = |base: &str, last: &str| base.rsplit_once('.').map(|b| format!("{}.{last}", b.0));
+        let (mine, theirs, target) = (at(&own, "9"), at(&other, "9"), at(&other, "3"));
+        let (mine, theirs, target) = (mine.unwrap(), theirs.unwrap(), target.unwrap());
+        let conn = client.connection();
+        conn.send_datagram(packet(&theirs, &target).into())
+            .expect("a datagram");
+        said(
+            &c.controller,
+            "is not one of its pods: the packet is not relayed",
+        )
+        .await;
+        assert!(
+            !c.controller
+                .log()
+                .contains("relaying the node's pods' packets"),
+            "{}",
+            c.controller.log()
+        );
+        let log = c.controller.log();
+        assert!(
+            log.contains(&format!("node \"node-1\" sent a packet from {theirs}")),
+            "{log}"
+        );
+        // Its own pods' packet is relayed to node-2.
+        conn.send_datagram(packet(&mine, &target).into())
+            .expect("a datagram");
+        said(
+            &c.controller,
+            "relaying the node's pods' packets from=node-1 to=node-2",
+        )
+        .await;
+        client.close().await;
+    });
+}
+
 /// Finding 7: clients without a certificate cost the controller little, however many
 /// connections and however large the frames they announce.
 #[test]

@@ -4,9 +4,9 @@
 //! UDP and TCP, a Service with `sessionAffinity: ClientIP` keeps a client on one endpoint,
 //! NetworkPolicy holds pods' connections in and out (by address, through a Service on the
 //! same node or another, and a wasm pod's egress), and `shoal reset`, or a stop with
-//! `--cleanup`, leaves no table, forwarding switch or bridge of Shoal's behind. Each node and
-//! the outside host are network namespaces on a bridge of the test's own ([`kit::Hosts`]),
-//! with no default route: nothing leaves the machine.
+//! `--cleanup`, leaves no table, forwarding switch, bridge, TUN device or route of Shoal's
+//! behind. Each node and the outside host are network namespaces on a bridge of the test's
+//! own ([`kit::Hosts`]), with no default route: nothing leaves the machine.
 
 mod kit;
 
@@ -269,9 +269,15 @@ fn no_forwarding(hosts: &Hosts, i: usize) {
     );
 }
 
-/// Host `i` has no nftables table of Shoal's, forwarding off as it was before the agent, and
-/// no pod bridge.
+/// Host `i` has no nftables table of Shoal's, forwarding off as it was before the agent, no
+/// pod bridge or TUN device (`shoal0-tun`), and no route through either.
 fn assert_nothing_left(hosts: &Hosts, i: usize) {
+    let routes = hosts.exec(i, &["ip", "route"]);
+    assert!(
+        !String::from_utf8_lossy(&routes.stdout).contains("shoal"),
+        "{}",
+        String::from_utf8_lossy(&routes.stdout)
+    );
     let tables = hosts.exec(i, &["nft", "list", "tables"]);
     assert!(
         !String::from_utf8_lossy(&tables.stdout).contains("shoal"),

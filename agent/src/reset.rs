@@ -1,7 +1,7 @@
 //! `shoal reset`: what an agent changed on its host, undone, as `kubeadm reset` and K3s'
 //! uninstall script do. An agent stop leaves its OCI containers running for the next agent
 //! (an upgrade is no downtime), so removing Shoal from a device needs this: the containers
-//! (and their wrappers) stopped, the pods' network namespaces, the pod bridge and the pods'
+//! (and their wrappers) stopped, the pods' network namespaces, the pod bridge, the TUN device and the pods'
 //! nftables table removed (IPv4 forwarding put back as it was),
 //! everything mounted beneath the data dir unmounted, then the data dir itself removed (the
 //! node's identity with it) unless it is kept.
@@ -21,6 +21,9 @@ pub struct Undone {
     pub unmounted: Vec<PathBuf>,
     /// Whether the pod bridge was there and is gone.
     pub bridge: bool,
+    /// Whether the node's TUN device (pods' packets to other nodes, and the routes through
+    /// it) was there and is gone.
+    pub tun: bool,
     /// Whether Shoal's nftables table (the pods' outbound NAT) was there and is gone; IPv4
     /// forwarding is put back as it was before the node switched it on.
     pub nat: bool,
@@ -58,6 +61,14 @@ pub fn remove_network(data_dir: &Path, bridge: &str, undone: &mut Undone) -> Res
         }
     }
     undone.nat = shoal_runtime::oci::nat::remove(bridge, data_dir)?;
+    // The device goes with the agent's process; a stop with `--cleanup` removes it before
+    // the process ends, and the routes through it go with it.
+    let tun = shoal_runtime::oci::tun::name_for(bridge);
+    if netns::ip(&["link", "show", &tun]).is_ok() {
+        netns::ip(&["link", "delete", &tun])
+            .map_err(|m| Error::Config(format!("removing the TUN device {tun}: {m}")))?;
+        undone.tun = true;
+    }
     if netns::ip(&["link", "show", bridge]).is_ok() {
         netns::ip(&["link", "delete", bridge])
             .map_err(|m| Error::Config(format!("removing the pod bridge {bridge}: {m}")))?;
@@ -73,6 +84,7 @@ pub fn clean_up_network(data_dir: &Path, bridge: &str) {
     match remove_network(data_dir, bridge, &mut undone) {
         Ok(()) => tracing::info!(
             bridge = undone.bridge,
+            tun = undone.tun,
             nftables = undone.nat,
             namespaces = undone.namespaces.len(),
             "removed what this node made in the host's network"

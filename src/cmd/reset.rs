@@ -52,6 +52,12 @@ pub fn run(args: Args) -> Result<()> {
     if undone.bridge {
         println!("removed the pod bridge {}", args.pod_bridge);
     }
+    if undone.tun {
+        println!(
+            "removed the TUN device {} and its routes",
+            shoal_runtime::oci::tun::name_for(&args.pod_bridge)
+        );
+    }
     if undone.nat {
         println!(
             "removed the nftables table ip {}",

@@ -29,7 +29,7 @@ use crate::config::{AgentConfig, Link};
 use crate::error::Result;
 use crate::sync::lock;
 use shoal_api::{Kind, Object, Pod, RuntimeClass};
-use shoal_runtime::oci::netns::{PodNetwork, Subnet};
+use shoal_runtime::oci::netns::{self, PodNetwork, Subnet};
 use shoal_runtime::oci::RuncRuntime;
 use shoal_runtime::wasm::WasmRuntime;
 use shoal_transport::proto::EventType;
@@ -294,6 +294,11 @@ impl Supervisor {
             }
         };
         self.0.proxy.policies().set_gateway(subnet.gateway());
+        // Pods of the range ran here before (the bridge is there): they are reached from
+        // other nodes again at once. Otherwise the first such pod starts it.
+        if netns::ip(&["link", "show", &self.0.pod_bridge]).is_ok() {
+            self.0.proxy.start_pod_network(&self.0.pod_bridge);
+        }
         let mut current = lock(&self.0.network);
         if current.as_ref().is_some_and(|n| n.subnet() == subnet) {
             return;

@@ -37,6 +37,10 @@ pub(super) async fn create(inner: &Inner, pod: &Pod, dir: &Path) -> Result<Sandb
     .await
     .map_err(|e| failed(&e))?
     .map_err(|e| failed(&shoal_transport::report(&e)))?;
+    if ip.is_some() {
+        // The node's first pod with an address of its range: other nodes' pods reach it.
+        inner.proxy.start_pod_network(&inner.pod_bridge);
+    }
     // Its NetworkPolicy is in place before any of its containers runs.
     let policies = inner.proxy.policies().clone();
     let uid = pod.metadata.uid.clone();

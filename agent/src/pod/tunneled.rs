@@ -27,6 +27,15 @@ impl crate::tunnel::Pods for Supervisor {
         self.0.proxy.speaks_for(peer, from)
     }
 
+    fn take_packets(
+        &self,
+        peer: String,
+        conn: quinn::Connection,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let proxy = self.0.proxy.clone();
+        async move { proxy.take_packets(Some(&peer), &conn).await }
+    }
+
     /// The log file of a container of a pod running here.
     fn log_path(
         &self,

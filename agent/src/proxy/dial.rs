@@ -39,7 +39,7 @@ const PEER_RETRY: Duration = Duration::from_secs(30);
 const PEER_CONNECT: Duration = Duration::from_secs(2);
 
 impl Proxy {
-    fn peer_slot(&self, node: &str) -> Arc<tokio::sync::Mutex<Peer>> {
+    pub(super) fn peer_slot(&self, node: &str) -> Arc<tokio::sync::Mutex<Peer>> {
         lock(&self.0.peers)
             .entry(node.to_string())
             .or_default()
@@ -48,7 +48,7 @@ impl Proxy {
 
     /// A direct connection to `node`, if it can be had: kept while it lasts; a node that
     /// cannot be reached is left to the relay for [`PEER_RETRY`].
-    async fn peer(&self, node: &str) -> Option<Arc<shoal_transport::Client>> {
+    pub(super) async fn peer(&self, node: &str) -> Option<Arc<shoal_transport::Client>> {
         let slot = self.peer_slot(node);
         let mut peer = slot.lock().await;
         match &*peer {
@@ -63,6 +63,11 @@ impl Proxy {
                 tracing::info!(peer = node, %addr, "reaching the node directly");
                 let c = Arc::new(c);
                 *peer = Peer::Up(c.clone());
+                // The node's pods' packets may come back on it.
+                let (proxy, from, conn) = (self.clone(), node.to_string(), c.connection().clone());
+                self.0
+                    .tasks
+                    .spawn(async move { proxy.take_packets(Some(&from), &conn).await });
                 Some(c)
             }
             Err(e) => {

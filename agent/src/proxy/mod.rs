@@ -14,6 +14,7 @@
 mod affinity;
 mod dial;
 mod listeners;
+mod overlay;
 mod plan;
 mod resolver;
 mod udp;
@@ -125,8 +126,12 @@ struct Inner {
     creds: crate::join::NodeCredentials,
     /// Where each node serves its peers: its InternalIP and its peer port.
     nodes: Mutex<HashMap<String, SocketAddr>>,
-    /// Each node's pod range, so a peer speaks only for its own pods.
-    pod_ranges: Mutex<HashMap<String, shoal_api::policy::Cidr>>,
+    /// Each node's pod range, so a peer speaks only for its own pods, and pods' packets go
+    /// to the node that holds their destination.
+    pod_ranges: Mutex<shoal_api::pod_routes::Routes>,
+    /// Pods' packets to and from other nodes, once the node has pods with addresses of its
+    /// range (`None`: it cannot carry them).
+    overlay: std::sync::OnceLock<Option<Arc<overlay::Overlay>>>,
     peers: dial::Peers,
     state: Mutex<State>,
     /// Held while the listeners are made what the plan says, so two changes never interleave.
@@ -176,6 +181,7 @@ impl Proxy {
             creds,
             nodes: Mutex::new(HashMap::new()),
             pod_ranges: Mutex::default(),
+            overlay: std::sync::OnceLock::new(),
             peers: Mutex::default(),
             state: Mutex::new(State {
                 services: BTreeMap::new(),
@@ -384,10 +390,10 @@ impl Proxy {
     /// Where `node` serves its peers, from its Node: the InternalIP and the port annotation.
     fn learn_node(&self, node: &shoal_api::Node, deleted: bool) {
         let range = (node.spec.pod_cidr.as_deref()).and_then(|c| c.parse().ok());
-        match range.filter(|_| !deleted) {
-            Some(r) => lock(&self.0.pod_ranges).insert(node.metadata.name.clone(), r),
-            None => lock(&self.0.pod_ranges).remove(&node.metadata.name),
-        };
+        let range = range.filter(|_| !deleted);
+        if lock(&self.0.pod_ranges).set(&node.metadata.name, range) {
+            self.route_pod_ranges();
+        }
         let addr = dial::peer_addr(node);
         let mut nodes = lock(&self.0.nodes);
         match addr.filter(|_| !deleted) {
@@ -406,9 +412,11 @@ impl Proxy {
     /// Whether node `peer` may give `from` as a tunnel's client: any address but one in
     /// another node's pod range (as the controller checks what it relays).
     pub fn speaks_for(&self, peer: &str, from: IpAddr) -> bool {
-        lock(&self.0.pod_ranges)
-            .iter()
-            .all(|(node, range)| node == peer || !range.contains(from))
+        let ranges = lock(&self.0.pod_ranges);
+        match from {
+            IpAddr::V4(v4) => ranges.node_of(v4).is_none_or(|node| node == peer),
+            IpAddr::V6(_) => true,
+        }
     }
 
     /// Closes every listener (the agent is stopping); open connections finish on their own.

@@ -36,6 +36,13 @@ pub trait Pods: Clone + Send + Sync + 'static {
         command: &[String],
         tty: bool,
     ) -> Result<std::process::Command, String>;
+    /// Takes the pods' packets node `peer` sends on its direct connection `conn` (see
+    /// `shoal_api::pod_routes`), until it closes.
+    fn take_packets(
+        &self,
+        peer: String,
+        conn: quinn::Connection,
+    ) -> impl Future<Output = ()> + Send + 'static;
     /// Whether the pod still runs here.
     fn has(&self, namespace: &str, pod: &str) -> bool;
     /// The container images the node holds, as JSON for `shoal images`.

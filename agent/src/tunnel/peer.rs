@@ -55,6 +55,8 @@ pub async fn serve<P: Pods>(
                     return;
                 }
                 let Identity::Node(peer) = who else { return };
+                // The peer's pods' packets come as datagrams on the same connection.
+                streams.spawn(pods.take_packets(peer.clone(), conn.clone()));
                 while let Ok((send, mut recv)) = conn.accept_bi().await {
                     let (pods, peer) = (pods.clone(), peer.clone());
                     streams.spawn(async move {

@@ -24,14 +24,15 @@ pub struct NodeLinks(Arc<Mutex<HashMap<String, quinn::Connection>>>);
 impl NodeLinks {
     /// Makes `conn` the session of `node`, unless another live session holds it: that one
     /// must fail to answer within [`SESSION_PROBE`] (an agent that restarted left it behind).
+    /// Whether `conn` is new as the session.
     pub(super) async fn claim(
         &self,
         node: &str,
         conn: &quinn::Connection,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<bool, String> {
         let current = self.get(node);
         match current {
-            Some(c) if c.stable_id() == conn.stable_id() => return Ok(()),
+            Some(c) if c.stable_id() == conn.stable_id() => return Ok(false),
             Some(c) if c.close_reason().is_none() && answers(&c).await => {
                 return Err(format!(
                     "node {node:?} already has a session from {}: a second agent with this node's certificate is refused",
@@ -44,7 +45,7 @@ impl NodeLinks {
         if let Ok(mut m) = self.0.lock() {
             m.insert(node.to_string(), conn.clone());
         }
-        Ok(())
+        Ok(true)
     }
 
     pub(super) fn remove(&self, node: &str, conn: &quinn::Connection) {

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod links;
+mod packets;
 
 use links::Anonymous;
 pub use links::NodeLinks;
@@ -675,11 +676,18 @@ impl Stream {
                 let _ = send.finish();
                 return;
             }
-            if let Err(why) = self.links.claim(n, &self.conn).await {
-                tracing::warn!(node = %n, remote = %self.conn.remote_address(), "{why}");
-                let _ = send_response(&mut send, &refusal(Error::Conflict(why))).await;
-                let _ = send.finish();
-                return;
+            match self.links.claim(n, &self.conn).await {
+                Ok(true) => {
+                    let relay = packets::Relay::new(&self.service, &self.links, n);
+                    tokio::spawn(relay.run(self.conn.clone()));
+                }
+                Ok(false) => {}
+                Err(why) => {
+                    tracing::warn!(node = %n, remote = %self.conn.remote_address(), "{why}");
+                    let _ = send_response(&mut send, &refusal(Error::Conflict(why))).await;
+                    let _ = send.finish();
+                    return;
+                }
             }
         }
         serve_stream(

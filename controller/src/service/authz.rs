@@ -172,6 +172,25 @@ impl Service {
         }
     }
 
+    /// The pod ranges node `node`'s packets are relayed by (`shoal_api::pod_routes`): each
+    /// packet must come from its own pods and go to another node's; refused for a node that
+    /// is not registered.
+    pub async fn pod_routes(
+        &self,
+        node: &str,
+    ) -> std::result::Result<shoal_api::pod_routes::Routes, WireError> {
+        let nodes: Vec<shoal_api::Node> = self.store.list_typed(Kind::Node, None).await?;
+        if !nodes.iter().any(|n| n.metadata.name == node) {
+            return Err(forbidden(format!(
+                "node {node:?} is not registered: its packets are not relayed"
+            )));
+        }
+        let ranges = nodes
+            .iter()
+            .map(|n| (n.metadata.name.as_str(), n.spec.pod_cidr.as_deref()));
+        Ok(shoal_api::pod_routes::Routes::new(ranges))
+    }
+
     /// Refuses a tunnel's client address that a node may not give: not an address at all, or
     /// one in another node's pod range (a node speaks for its own pods, and for clients
     /// beyond the cluster's pods, never for another node's pods).
