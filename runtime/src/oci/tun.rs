@@ -15,6 +15,9 @@ use tokio::io::Interest;
 const TUNSETIFF: rustix::ioctl::Opcode = rustix::ioctl::opcode::write::<i32>(b'T', 202);
 const IFF_TUN: i16 = 0x0001;
 const IFF_NO_PI: i16 = 0x1000;
+/// The metric of the routes through the device: above the kernel's own routes (0) to the
+/// host's address ranges.
+pub const ROUTE_METRIC: u32 = 100;
 /// The longest interface name (`IFNAMSIZ` less its NUL).
 pub const NAME_MAX: usize = 15;
 
@@ -93,10 +96,12 @@ impl Tun {
         }
     }
 
-    /// Routes `cidr` through the device, unless the host routes it already (several nodes
-    /// on one host sharing a pod bridge reach each other's pods on it): whether it did.
+    /// Routes `cidr` through the device, unless the host routes it already: whether it did.
+    /// The route has metric [`ROUTE_METRIC`], so an address of the host in the range (several
+    /// nodes on one host sharing a pod bridge), even one added later, takes precedence.
     pub fn route(&self, cidr: &str) -> Result<bool> {
-        match ip(&["route", "add", cidr, "dev", &self.name]) {
+        let metric = ROUTE_METRIC.to_string();
+        match ip(&["route", "add", cidr, "dev", &self.name, "metric", &metric]) {
             Ok(()) => Ok(true),
             Err(m) if m.contains("File exists") => Ok(false),
             Err(m) => Err(Error::Start {
@@ -108,7 +113,10 @@ impl Tun {
 
     /// Removes the route to `cidr` through the device; gone already is fine.
     pub fn unroute(&self, cidr: &str) {
-        let _ = ip(&["route", "delete", cidr, "dev", &self.name]);
+        let metric = ROUTE_METRIC.to_string();
+        let _ = ip(&[
+            "route", "delete", cidr, "dev", &self.name, "metric", &metric,
+        ]);
     }
 }
 
