@@ -2,9 +2,10 @@
 //! [`shoal_api::pod_routes`]). The node routes every other node's pod range into its TUN
 //! device; each packet that comes out goes, as one QUIC datagram, over a mutual-TLS link to
 //! the node holding its destination:
-//! - the direct connection that node was last heard on (its own connection to this node,
-//!   which QUIC keeps through an address change on its side), else
-//! - this node's direct connection to it, else
+//! - a direct connection between the two nodes: the one the node whose name sorts first
+//!   opened while it lasts, else the one the other node was last heard on (which QUIC keeps
+//!   through an address change of the node that opened it, and which also works where only
+//!   one node can reach the other), else this node's own; else
 //! - the controller, which relays it (while a direct connection is tried in the background).
 //!
 //! A packet that comes in is written into the TUN device only when it is for a pod of this
@@ -148,24 +149,27 @@ impl Proxy {
         }
     }
 
-    /// The connection a packet for `node`'s pods takes (see the module's notes).
+    /// The connection a packet for `node`'s pods takes (see the module's notes). Two nodes
+    /// keep to one connection both ways, so each side's packets carry the other's
+    /// acknowledgements at once: the one the node whose name sorts first opened. (Were each
+    /// to follow the connection it last heard the other on, they would swap connections
+    /// with every packet, and a TCP connection between their pods would see its segments
+    /// out of order.)
     fn packet_path(&self, overlay: &Overlay, node: &str) -> Option<quinn::Connection> {
-        if let Some((c, at)) = lock(&overlay.heard).get(node) {
-            if c.close_reason().is_none() && at.elapsed() < HEARD_FOR {
-                return Some(c.clone());
-            }
-        }
         let slot = self.peer_slot(node);
-        let connect = match slot.try_lock() {
+        let (own, connect) = match slot.try_lock() {
             Ok(p) => match &*p {
                 Peer::Up(c) if c.connection().close_reason().is_none() => {
-                    return Some(c.connection().clone())
+                    (Some(c.connection().clone()), false)
                 }
-                Peer::Down(until) => Instant::now() >= *until,
-                _ => true,
+                Peer::Down(until) => (None, Instant::now() >= *until),
+                _ => (None, true),
             },
-            Err(_) => false,
+            Err(_) => (None, false),
         };
+        if own.is_some() && self.0.node.as_str() < node {
+            return own;
+        }
         if connect && lock(&overlay.connecting).insert(node.to_string()) {
             let (proxy, node) = (self.clone(), node.to_string());
             self.0.tasks.spawn(async move {
@@ -174,6 +178,14 @@ impl Proxy {
                     lock(&o.connecting).remove(&node);
                 }
             });
+        }
+        if let Some((c, at)) = lock(&overlay.heard).get(node) {
+            if c.close_reason().is_none() && at.elapsed() < HEARD_FOR {
+                return Some(c.clone());
+            }
+        }
+        if own.is_some() {
+            return own;
         }
         let controller = self.0.link.borrow().clone()?;
         Some(controller.connection().clone())
