@@ -36,6 +36,29 @@ pub(super) struct Overlay {
     connecting: Mutex<HashSet<String>>,
 }
 
+/// Which way a packet goes to another node.
+#[derive(Debug, PartialEq, Eq)]
+enum Way {
+    /// This node's own direct connection to it.
+    Own,
+    /// The direct connection it was last heard on.
+    Heard,
+    /// The controller's relay.
+    Relay,
+}
+
+/// The way to another node, given whether this node has its own direct connection to it,
+/// whether this node's name sorts first of the two, and whether it was heard on a direct
+/// connection of late. Both nodes end up on one connection: the first one's, while it has one.
+fn way(own: bool, first: bool, heard: bool) -> Way {
+    match (own, first, heard) {
+        (true, true, _) => Way::Own,
+        (_, _, true) => Way::Heard,
+        (true, false, false) => Way::Own,
+        (false, _, false) => Way::Relay,
+    }
+}
+
 impl Proxy {
     /// Starts carrying pods' packets to and from other nodes (once): makes the node's TUN
     /// device beside pod bridge `bridge` and routes the other nodes' pod ranges into it. A
@@ -167,9 +190,6 @@ impl Proxy {
             },
             Err(_) => (None, false),
         };
-        if own.is_some() && self.0.node.as_str() < node {
-            return own;
-        }
         if connect && lock(&overlay.connecting).insert(node.to_string()) {
             let (proxy, node) = (self.clone(), node.to_string());
             self.0.tasks.spawn(async move {
@@ -179,13 +199,14 @@ impl Proxy {
                 }
             });
         }
-        if let Some((c, at)) = lock(&overlay.heard).get(node) {
-            if c.close_reason().is_none() && at.elapsed() < HEARD_FOR {
-                return Some(c.clone());
-            }
-        }
-        if own.is_some() {
-            return own;
+        let heard = (lock(&overlay.heard).get(node))
+            .filter(|(c, at)| c.close_reason().is_none() && at.elapsed() < HEARD_FOR)
+            .map(|(c, _)| c.clone());
+        let first = self.0.node.as_str() < node;
+        match way(own.is_some(), first, heard.is_some()) {
+            Way::Own => return own,
+            Way::Heard => return heard,
+            Way::Relay => {}
         }
         let controller = self.0.link.borrow().clone()?;
         Some(controller.connection().clone())
@@ -243,6 +264,35 @@ impl Proxy {
                 }
                 r = link.changed() => if r.is_err() { return },
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_nodes_settle_on_the_connection_the_first_opened() {
+        // (own, first, heard) -> way. With both connections up and each node hearing the
+        // other, the first sends on its own and the other on the one it hears the first on:
+        // the same one, so neither swaps.
+        let table = [
+            ((true, true, true), Way::Own),
+            ((true, true, false), Way::Own),
+            ((true, false, true), Way::Heard),
+            ((true, false, false), Way::Own),
+            ((false, true, true), Way::Heard),
+            ((false, false, true), Way::Heard),
+            ((false, true, false), Way::Relay),
+            ((false, false, false), Way::Relay),
+        ];
+        for ((own, first, heard), want) in table {
+            assert_eq!(
+                way(own, first, heard),
+                want,
+                "own {own} first {first} heard {heard}"
+            );
         }
     }
 }
