@@ -32,6 +32,10 @@ pub struct Args {
     /// The pods' address range (a /16); each node gets a /24 of it.
     #[arg(long, default_value = "10.42.0.0/16")]
     pub cluster_cidr: shoal_controller::ipam::ClusterCidr,
+    /// MiB per second that each node's pods' packets may take through the controller's relay
+    /// (for nodes that cannot reach each other directly); beyond it they are dropped.
+    #[arg(long, default_value = "64")]
+    pub relay_rate: u32,
     /// The range Services get their virtual address (cluster IP) from.
     #[arg(long, default_value = "10.43.0.0/16")]
     pub service_cidr: shoal_controller::service_ips::ServiceCidr,
@@ -64,6 +68,7 @@ impl Args {
             cluster_cidr: self.cluster_cidr,
             service_cidr: self.service_cidr,
             node_cert_ttl: self.node_cert_ttl,
+            relay_rate: u64::from(self.relay_rate.max(1)) << 20,
         })
     }
 }

@@ -13,19 +13,57 @@ const ROUTES_FOR: Duration = Duration::from_secs(5);
 /// How often a packet that finds no way has the ranges read again (a node just registered).
 const RETRY: Duration = Duration::from_secs(1);
 
+/// A token bucket: how many bytes may pass now, refilled at `rate` a second up to `burst`.
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u64, now: Instant) -> Bucket {
+        // A quarter of a second at the rate, and at least a few packets.
+        let burst = (rate as f64 / 4.0).max(64.0 * 1024.0);
+        Bucket {
+            rate: rate as f64,
+            burst,
+            tokens: burst,
+            at: now,
+        }
+    }
+
+    /// Whether `bytes` may pass at `now` (taking them from the bucket if so).
+    fn take(&mut self, bytes: usize, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.at = self.at.max(now);
+        let bytes = bytes as f64;
+        if self.tokens < bytes {
+            return false;
+        }
+        self.tokens -= bytes;
+        true
+    }
+}
+
 /// The relay of one node's packets, for the life of its session.
 pub(super) struct Relay {
     service: Service,
     links: NodeLinks,
     node: String,
+    /// Bytes per second of the node's packets relayed; beyond it they are dropped, as a
+    /// router's policer does, so one node cannot take the controller's link from the others.
+    rate: u64,
 }
 
 impl Relay {
-    pub(super) fn new(service: &Service, links: &NodeLinks, node: &str) -> Relay {
+    pub(super) fn new(service: &Service, links: &NodeLinks, node: &str, rate: u64) -> Relay {
         Relay {
             service: service.clone(),
             links: links.clone(),
             node: node.to_string(),
+            rate,
         }
     }
 
@@ -33,8 +71,16 @@ impl Relay {
     pub(super) async fn run(self, conn: quinn::Connection) {
         let mut routes = Routes::default();
         let mut fetched: Option<Instant> = None;
-        let (mut relayed, mut refused) = (0u64, 0u64);
+        let (mut relayed, mut refused, mut over) = (0u64, 0u64, 0u64);
+        let mut bucket = Bucket::new(self.rate, Instant::now());
         while let Ok(packet) = conn.read_datagram().await {
+            if !bucket.take(packet.len(), Instant::now()) {
+                over += 1;
+                if over.is_power_of_two() {
+                    tracing::info!(node = %self.node, dropped = over, rate = self.rate, "the node's packets are over its relay rate (--relay-rate): the excess is dropped");
+                }
+                continue;
+            }
             let due = fetched.is_none_or(|at| {
                 at.elapsed() >= ROUTES_FOR
                     || (at.elapsed() >= RETRY && routes.relay(&self.node, &packet).is_err())
@@ -73,6 +119,37 @@ impl Relay {
                 }
             }
         }
-        tracing::debug!(node = %self.node, relayed, refused, "the node's session closed: its packets' relay ends");
+        tracing::debug!(node = %self.node, relayed, refused, over, "the node's session closed: its packets' relay ends");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_lets_through_its_burst_then_its_rate() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        // 1 MiB/s: a burst of 256 KiB.
+        let mut b = Bucket::new(1 << 20, start);
+        let packet = 1024;
+        let passed = (0..1000).filter(|_| b.take(packet, at(0))).count();
+        assert_eq!(passed, 256, "the burst");
+        assert!(!b.take(packet, at(0)), "nothing left at once");
+        assert!(b.take(packet, at(1)), "1 ms refills 1 KiB");
+        assert!(!b.take(packet, at(1)));
+        // A second later the bucket is full again, not fuller.
+        let passed = (0..1000).filter(|_| b.take(packet, at(1001))).count();
+        assert_eq!(passed, 256);
+        // A clock that goes back lends nothing.
+        assert!(!b.take(packet, at(500)));
+    }
+
+    #[test]
+    fn a_slow_rate_still_passes_a_few_packets() {
+        let start = Instant::now();
+        let mut b = Bucket::new(1, start);
+        assert!(b.take(1500, start), "the burst is at least 64 KiB");
     }
 }
