@@ -18,10 +18,20 @@ const ANONYMOUS_TOTAL: usize = 256;
 /// The session connection of each node, by name, so requests for a node (logs, tunnels) can be
 /// relayed. Only the connection a node registers itself on (`PutNode`) becomes its link: any
 /// other connection made with the node's certificate never takes it over.
-#[derive(Clone, Default)]
-pub struct NodeLinks(Arc<Mutex<HashMap<String, quinn::Connection>>>);
+/// With it, how many bytes a second of each node's pods' packets the controller relays.
+#[derive(Clone)]
+pub struct NodeLinks(Arc<Mutex<HashMap<String, quinn::Connection>>>, u64);
 
 impl NodeLinks {
+    pub fn new(relay_rate: u64) -> NodeLinks {
+        NodeLinks(Arc::default(), relay_rate)
+    }
+
+    /// Bytes per second of each node's pods' packets relayed (`--relay-rate`).
+    pub(super) fn relay_rate(&self) -> u64 {
+        self.1
+    }
+
     /// Makes `conn` the session of `node`, unless another live session holds it: that one
     /// must fail to answer within [`SESSION_PROBE`] (an agent that restarted left it behind).
     /// Whether `conn` is new as the session.

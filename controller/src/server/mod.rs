@@ -69,8 +69,6 @@ pub struct Controller {
     node_grace: Duration,
     default_toleration: Option<Duration>,
     links: NodeLinks,
-    /// Bytes per second of each node's pods' packets relayed.
-    relay_rate: u64,
     service: Service,
     server: Server,
     /// The Kubernetes API over HTTPS, on the same port number over TCP.
@@ -191,8 +189,7 @@ impl Controller {
         Ok(Controller {
             node_grace: config.node_grace,
             default_toleration: config.default_unreachable_toleration,
-            links: NodeLinks::default(),
-            relay_rate: config.relay_rate,
+            links: NodeLinks::new(config.relay_rate),
             service,
             server,
             https,
@@ -260,13 +257,10 @@ impl Controller {
                     None => break,
                 },
             };
-            let door = Door {
-                service: self.service.clone(),
-                links: self.links.clone(),
-                relay_rate: self.relay_rate,
-            };
+            let service = self.service.clone();
             let shutdown = shutdown.clone();
             let conn_tracker = tracker.clone();
+            let links = self.links.clone();
             let anonymous = anonymous.clone();
             tracker.spawn(async move {
                 let conn = match incoming.await {
@@ -276,7 +270,7 @@ impl Controller {
                         return;
                     }
                 };
-                serve_connection(conn, door, anonymous, shutdown, conn_tracker).await;
+                serve_connection(conn, service, links, anonymous, shutdown, conn_tracker).await;
             });
         }
         self.server.close();
@@ -319,27 +313,14 @@ fn bind_doors(
 /// Serves one connection's streams. The identity its certificate claims is checked against
 /// the bindings when it connects, at every request, and again whenever a binding of that
 /// identity changes (a deleted node, a revoked or rotated credential): then it is closed.
-/// What every connection of the QUIC door is served with.
-#[derive(Clone)]
-struct Door {
-    service: Service,
-    links: NodeLinks,
-    /// Bytes per second of each node's pods' packets relayed.
-    relay_rate: u64,
-}
-
 async fn serve_connection(
     conn: quinn::Connection,
-    door: Door,
+    service: Service,
+    links: NodeLinks,
     anonymous: Anonymous,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let Door {
-        service,
-        links,
-        relay_rate,
-    } = door;
     let claimed = peer_identity(&conn);
     let key = peer_key(&conn);
     tracing::debug!(remote = %conn.remote_address(), identity = %claimed, "connection");
@@ -426,7 +407,6 @@ async fn serve_connection(
         let stream = Stream {
             service: service.clone(),
             links: links.clone(),
-            relay_rate,
             conn: conn.clone(),
             claimed: claimed.clone(),
             key: key.clone(),
@@ -646,7 +626,6 @@ async fn tunnel(
 struct Stream {
     service: Service,
     links: NodeLinks,
-    relay_rate: u64,
     conn: quinn::Connection,
     claimed: Identity,
     key: Option<String>,
@@ -701,7 +680,7 @@ impl Stream {
             }
             match self.links.claim(n, &self.conn).await {
                 Ok(true) => {
-                    let relay = packets::Relay::new(&self.service, &self.links, n, self.relay_rate);
+                    let relay = packets::Relay::new(&self.service, &self.links, n);
                     tokio::spawn(relay.run(self.conn.clone()));
                 }
                 Ok(false) => {}

@@ -58,12 +58,12 @@ pub(super) struct Relay {
 }
 
 impl Relay {
-    pub(super) fn new(service: &Service, links: &NodeLinks, node: &str, rate: u64) -> Relay {
+    pub(super) fn new(service: &Service, links: &NodeLinks, node: &str) -> Relay {
         Relay {
             service: service.clone(),
             links: links.clone(),
             node: node.to_string(),
-            rate,
+            rate: links.relay_rate(),
         }
     }
 
