@@ -88,9 +88,15 @@ impl Relay {
             if due {
                 match self.service.pod_routes(&self.node).await {
                     Ok(r) => routes = r,
-                    Err(e) => {
+                    // The node is gone: nothing more of its is relayed.
+                    Err(e) if e.code == shoal_transport::proto::ErrorCode::Forbidden => {
                         tracing::warn!(node = %self.node, error = %e.message, "its pods' packets are not relayed");
                         return;
+                    }
+                    // The store did not answer: the ranges known go on, and are read again
+                    // at the next refresh.
+                    Err(e) => {
+                        tracing::warn!(node = %self.node, error = %e.message, "cannot read the pod ranges; relaying by the ones known")
                     }
                 }
                 fetched = Some(Instant::now());

@@ -70,10 +70,6 @@ impl Tun {
         })
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// The next packet the kernel routed into the device, into `buf`: its length.
     pub async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
         loop {
