@@ -22,6 +22,7 @@ pub enum Kind {
     StorageClass,
     CronJob,
     NetworkPolicy,
+    AgentUpgrade,
 }
 
 struct KindInfo {
@@ -170,10 +171,18 @@ const KINDS: &[KindInfo] = &[
         api_version: "networking.k8s.io/v1",
         namespaced: true,
     },
+    KindInfo {
+        kind: Kind::AgentUpgrade,
+        name: "AgentUpgrade",
+        plural: "agentupgrades",
+        short: &["au"],
+        api_version: "shoal.dev/v1alpha1",
+        namespaced: false,
+    },
 ];
 
 impl Kind {
-    pub const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 18] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -191,6 +200,7 @@ impl Kind {
         Kind::StorageClass,
         Kind::CronJob,
         Kind::NetworkPolicy,
+        Kind::AgentUpgrade,
     ];
 
     fn info(self) -> &'static KindInfo {

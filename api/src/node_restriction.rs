@@ -14,6 +14,7 @@ pub const ADMIN_LABELS: &str = "shoal.dev/admin-labels";
 pub const NODE_ANNOTATIONS: &[&str] = &[
     PEER_PORT_ANNOTATION,
     crate::objects::LOCAL_PATH_ROOT_ANNOTATION,
+    crate::objects::UPGRADE_STATE,
 ];
 
 /// The Node annotation that says on which port a node serves its peers' service proxies.

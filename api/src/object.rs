@@ -97,6 +97,7 @@ objects!(
     StorageClass,
     CronJob,
     NetworkPolicy,
+    AgentUpgrade,
 );
 
 impl Object {

@@ -75,6 +75,7 @@ pub fn columns(kind: Kind, wide: bool, all_namespaces: bool) -> Vec<&'static str
             "AGE",
         ],
         Kind::NetworkPolicy => vec!["NAME", "POD-SELECTOR", "AGE"],
+        Kind::AgentUpgrade => vec!["NAME", "VERSION", "PHASE", "UPGRADED", "REASON", "AGE"],
     };
     if wide {
         match kind {
@@ -453,6 +454,7 @@ pub fn row(obj: &Object, now: DateTime<Utc>, wide: bool, all_namespaces: bool) -
                 .unwrap_or_default();
             vec![name, or_none(sel), age]
         }
+        Object::AgentUpgrade(u) => upgrade_row(u, name, age),
         Object::PersistentVolumeClaim(_)
         | Object::PersistentVolume(_)
         | Object::StorageClass(_) => storage_row(obj, name, age),
@@ -461,6 +463,23 @@ pub fn row(obj: &Object, now: DateTime<Utc>, wide: bool, all_namespaces: bool) -
         r.insert(0, m.namespace_or_default().to_string());
     }
     r
+}
+
+fn upgrade_row(u: &crate::AgentUpgrade, name: String, age: String) -> Vec<String> {
+    let status = u.status.clone().unwrap_or_default();
+    let done = status
+        .nodes
+        .iter()
+        .filter(|n| n.state == "Upgraded")
+        .count();
+    vec![
+        name,
+        u.spec.version.clone(),
+        or_none(status.phase),
+        format!("{done}/{}", status.nodes.len()),
+        or_none(status.reason.unwrap_or_default()),
+        age,
+    ]
 }
 
 fn pod_row(p: &Pod, name: String, age: String, wide: bool) -> Vec<String> {

@@ -1,6 +1,7 @@
 //! The object kinds, one module per family, with Kubernetes field names.
 
 mod affinity;
+mod agent_upgrade;
 mod config;
 mod cronjob;
 mod event;
@@ -14,6 +15,7 @@ mod storage;
 mod workloads;
 
 pub use affinity::*;
+pub use agent_upgrade::*;
 pub use config::*;
 pub use cronjob::*;
 pub use event::*;

@@ -16,6 +16,7 @@ mod affinity;
 mod network;
 mod pod;
 mod storage;
+mod upgrade;
 
 pub use pod::check_relative_path;
 use pod::validate_pod_spec;
@@ -232,6 +233,7 @@ pub fn validate(obj: &Object) -> Vec<FieldError> {
         Object::PersistentVolume(v) => storage::volume(&mut e, v),
         Object::StorageClass(c) => storage::class(&mut e, c),
         Object::NetworkPolicy(p) => network::policy(&mut e, p),
+        Object::AgentUpgrade(u) => upgrade::agent_upgrade(&mut e, u),
     }
     e.0
 }

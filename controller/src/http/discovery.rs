@@ -340,7 +340,13 @@ mod tests {
             .collect();
         assert_eq!(
             groups,
-            ["apps", "batch", "networking.k8s.io", "storage.k8s.io"]
+            [
+                "apps",
+                "batch",
+                "networking.k8s.io",
+                "shoal.dev",
+                "storage.k8s.io"
+            ]
         );
     }
 
