@@ -1,7 +1,8 @@
 //! `shoal push PATH NAME[:TAG]`: stores an artifact in the controller, for clusters with no
 //! registry: a wasm module or component, or a container image (an OCI image layout directory,
-//! an OCI archive, or a `docker save` tarball), which agents import and check by digest.
-//! Shows progress on large uploads.
+//! an OCI archive, or a `docker save` tarball), which agents import and check by digest; or a
+//! shoal binary for an `AgentUpgrade` (its platform read from its ELF header). Shows progress
+//! on large uploads.
 
 use crate::client::{check, connect};
 use crate::ClientArgs;
@@ -60,7 +61,11 @@ pub async fn push(client: &Client, file: &Path, reference: &str) -> Result<Strin
     let result = match collected {
         Ok(Some(image)) => push_image(client, image, reference).await,
         Ok(None) => match std::fs::read(file) {
-            Ok(bytes) => upload(client, &bytes, reference, vec![]).await,
+            // A shoal binary for `AgentUpgrade`: its platform, so each node takes its own.
+            Ok(bytes) => {
+                let platform = shoal_api::elf_platform(&bytes).map(String::from);
+                upload(client, &bytes, reference, platform.into_iter().collect()).await
+            }
             Err(e) => Err(anyhow::anyhow!("reading {}: {e}", file.display())),
         },
         Err(e) => Err(e),
