@@ -18,6 +18,7 @@ pub mod service;
 pub mod service_ips;
 pub mod store;
 pub mod trust;
+pub mod upgrades;
 pub mod wake;
 
 pub use error::{Error, Result};

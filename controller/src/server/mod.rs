@@ -229,6 +229,11 @@ impl Controller {
             self.service.service_cidr().to_string(),
             shutdown.clone(),
         ));
+        tracker.spawn(crate::upgrades::run(
+            self.service.store().clone(),
+            self.service.artifacts().clone(),
+            shutdown.clone(),
+        ));
         tracker.spawn(crate::node_lifecycle::run(
             self.service.store().clone(),
             self.node_grace,
