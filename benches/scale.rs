@@ -30,6 +30,8 @@ fn config(server: &str, token: &str, name: String, dir: &Path) -> AgentConfig {
         token_file: None,
         data_dir: dir.join(&name),
         name,
+        version: env!("CARGO_PKG_VERSION").into(),
+        relaunch: None,
         labels: BTreeMap::new(),
         max_pods: 110,
         capacity: Default::default(),

@@ -7,9 +7,15 @@ mod cmd;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-/// `shoal --version`: what was built, from which commit, for which machine.
-const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
+/// The version this build reports (its nodes' `kubeletVersion`, what an `AgentUpgrade` names):
+/// the crate's, or `SHOAL_VERSION` at build time for a build of its own.
+pub const RELEASE: &str = match option_env!("SHOAL_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
+/// `shoal --version`'s text after the release: from which commit, for which machine.
+const BUILD: &str = concat!(
     " (commit ",
     env!("SHOAL_COMMIT"),
     ", ",
@@ -19,10 +25,16 @@ const VERSION: &str = concat!(
     ")"
 );
 
+/// `shoal --version`: what was built, from which commit, for which machine.
+fn version() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| format!("{RELEASE}{BUILD}"))
+}
+
 #[derive(Parser)]
 #[command(
     name = "shoal",
-    version = VERSION,
+    version = version(),
     about = "A lightweight orchestrator for fleets of edge devices"
 )]
 struct Cli {
@@ -47,6 +59,9 @@ enum Command {
     Controller(cmd::controller::Args),
     /// Run an agent: join the controller and run the pods bound to this node.
     Agent(Box<cmd::agent::Args>),
+    /// Watch an upgraded agent through its trial (started by the agent; see AgentUpgrade).
+    #[command(hide = true)]
+    AgentGuard(cmd::agent::GuardArgs),
     /// Run a whole cluster in one process (controller and local agent), the way to start.
     #[cfg(feature = "controller")]
     Up(cmd::up::Args),
@@ -100,6 +115,10 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // The guard runs beside an agent's exec, with no runtime or log of its own.
+    if let Command::AgentGuard(a) = &cli.command {
+        return std::process::ExitCode::from(cmd::agent::guard(a));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
@@ -125,6 +144,7 @@ fn main() -> std::process::ExitCode {
             #[cfg(feature = "controller")]
             Command::Up(a) => cmd::up::run(a).await,
             Command::Agent(a) => cmd::agent::run(*a).await,
+            Command::AgentGuard(_) => Ok(()),
             Command::Logs(a) => cmd::logs::run(a).await,
             Command::Exec(a) => cmd::exec::run(a).await,
             Command::PortForward(a) => cmd::port_forward::run(a).await,

@@ -16,6 +16,11 @@ pub struct AgentConfig {
     /// The file the token came from, removed once the node has joined.
     pub token_file: Option<PathBuf>,
     pub name: String,
+    /// The version this agent reports (`shoal --version`'s first word).
+    pub version: String,
+    /// How this agent was started, to start it so again after an over-the-air upgrade;
+    /// `None` where it cannot upgrade itself (inside `shoal up`).
+    pub relaunch: Option<Vec<String>>,
     pub data_dir: PathBuf,
     pub labels: BTreeMap<String, String>,
     /// Most pods this node takes (kubelet's --max-pods).

@@ -29,6 +29,7 @@ pub mod static_pods;
 pub mod subpath;
 pub mod sync;
 pub mod tunnel;
+pub mod upgrade;
 pub mod volume;
 
 pub use config::{AgentConfig, Link, CONTAINER_LOG_MAX_SIZE, HEARTBEAT, POD_BRIDGE};
@@ -81,25 +82,44 @@ fn beside(
     tasks
 }
 
-/// Runs the agent until `shutdown`; reconnects with jittered back-off when the link drops.
-pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()> {
-    shoal_transport::pki::make_private_dir(&config.data_dir)?;
-    // A node that has not joined yet starts what it runs by itself (its static pods) first,
-    // and joins in the loop below: it may boot long before it first reaches a controller.
-    let creds = join::NodeCredentials::load(&config)?;
-    let wasm = Arc::new(WasmRuntime::new(&config.data_dir.join("wasm-cache"))?);
-    let runc = match shoal_runtime::oci::find_runc() {
+/// How the agent stopped.
+#[derive(Debug, PartialEq)]
+pub enum Stopped {
+    /// As asked (a signal): the caller exits.
+    Shutdown,
+    /// For an upgrade: the new binary is in place at this path, and the caller execs it.
+    Upgrade(std::path::PathBuf),
+}
+
+/// The OCI executor, where runc is installed.
+fn runc(config: &AgentConfig) -> Result<Option<Arc<RuncRuntime>>> {
+    match shoal_runtime::oci::find_runc() {
         Ok(binary) => {
             let images = Arc::new(ImageStore::new(&config.data_dir.join("images"))?);
             let rt = RuncRuntime::new(binary, &config.data_dir, images)?;
             tracing::info!(runc = %rt.version(), "OCI containers run here");
-            Some(Arc::new(rt))
+            Ok(Some(Arc::new(rt)))
         }
         Err(why) => {
             tracing::warn!("this node runs wasm pods only: {why}");
-            None
+            Ok(None)
         }
-    };
+    }
+}
+
+/// Runs the agent until `shutdown`, or until it stops to upgrade itself; reconnects with
+/// jittered back-off when the link drops.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<Stopped> {
+    shoal_transport::pki::make_private_dir(&config.data_dir)?;
+    write_pid(&config.data_dir);
+    // Stops the agent as a signal does, or for an upgrade.
+    let shutdown = shutdown.child_token();
+    let upgrader = upgrade::Upgrader::load(&config, shutdown.clone());
+    // A node that has not joined yet starts what it runs by itself (its static pods) first,
+    // and joins in the loop below: it may boot long before it first reaches a controller.
+    let creds = join::NodeCredentials::load(&config)?;
+    let wasm = Arc::new(WasmRuntime::new(&config.data_dir.join("wasm-cache"))?);
+    let runc = runc(&config)?;
     let local = Arc::new(local::Local::open(&config.data_dir)?);
     let (link_tx, link) = watch::channel(None::<Arc<Client>>);
     let proxy = proxy::Proxy::new(&config.name, link.clone(), creds.clone(), local.clone());
@@ -150,6 +170,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
                     cron: &cron,
                     proxy: &proxy,
                     wasm: &wasm,
+                    upgrader: &upgrader,
                     shutdown: &shutdown,
                     tasks: &tasks,
                 };
@@ -191,13 +212,26 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     }
     tasks.close();
     proxy.shutdown();
+    let staged = upgrader.staged();
     supervisor
-        .shutdown(config.drain_on_stop || config.cleanup)
+        .shutdown(staged.is_none() && (config.drain_on_stop || config.cleanup))
         .await;
     if config.cleanup {
         reset::clean_up_network(&config.data_dir, &config.pod_bridge);
     }
     // Streams still open end with the process; renewal ends with `shutdown`.
     let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
-    refused.map_or(Ok(()), Err)
+    if let Some(no) = refused {
+        return Err(no);
+    }
+    Ok(staged.map_or(Stopped::Shutdown, Stopped::Upgrade))
+}
+
+/// `DATA_DIR/agent.pid`: which process is this node's agent (after an upgrade's guard started
+/// it again, no parent knows).
+fn write_pid(data_dir: &std::path::Path) {
+    let path = data_dir.join("agent.pid");
+    if let Err(e) = std::fs::write(&path, format!("{}\n", std::process::id())) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write the agent's pid file");
+    }
 }

@@ -157,7 +157,7 @@ pub fn describe(
                     .trim()
                     .into(),
                 os_image: os_image(),
-                kubelet_version: format!("shoal-v{}", env!("CARGO_PKG_VERSION")),
+                kubelet_version: format!("shoal-v{}", config.version),
                 container_runtime_version: match runc {
                     Some(v) => format!("wasmtime://{WASMTIME_VERSION} ({compiler}), runc://{v}"),
                     None => format!("wasmtime://{WASMTIME_VERSION} ({compiler})"),

@@ -37,6 +37,7 @@ pub(crate) struct Parts<'a> {
     pub cron: &'a crate::cron::Cron,
     pub proxy: &'a proxy::Proxy,
     pub wasm: &'a Arc<WasmRuntime>,
+    pub upgrader: &'a crate::upgrade::Upgrader,
     pub shutdown: &'a CancellationToken,
     /// The agent's tasks that outlive no session's connection but are not the pods'.
     pub tasks: &'a TaskTracker,
@@ -57,7 +58,13 @@ pub(crate) async fn session(parts: Parts<'_>, carried: &mut Carried) -> Result<(
     // The runs started while cut off are the controller's before it hears the node is back
     // (and would start what the node ran) and before the pods are listed (and would stop them).
     parts.cron.report(client).await?;
+    let on_trial = parts.upgrader.on_trial();
     put_node(&parts, carried.peer_port, false).await?;
+    if on_trial {
+        // Registered Ready on the new version: the upgrade is done, and the Node says so now
+        // rather than a heartbeat later.
+        put_node(&parts, carried.peer_port, false).await?;
+    }
     let serving = tokio::spawn(tunnel::serve::serve(
         client.connection().clone(),
         supervisor.clone(),
@@ -138,6 +145,7 @@ async fn put_node(parts: &Parts<'_>, peer_port: Option<u16>, restarting: bool) -
         parts.supervisor.runc_version(),
         peer_port,
     );
+    upgrade_status(parts.upgrader, &mut node);
     if restarting {
         let ready = node
             .status
@@ -156,17 +164,66 @@ async fn put_node(parts: &Parts<'_>, peer_port: Option<u16>, restarting: bool) -
     .map_err(|e| Error::Internal(e.to_string()))?;
     match client.call(&Request::PutNode { object }).await? {
         Response::Object(stored) => {
-            let pod_cidr = shoal_api::Object::from_json(&stored)
+            let stored = shoal_api::Object::from_json(&stored)
                 .ok()
-                .and_then(|o| o.into_typed::<shoal_api::Node>().ok())
-                .and_then(|n| n.spec.pod_cidr);
-            if let Some(cidr) = pod_cidr {
+                .and_then(|o| o.into_typed::<shoal_api::Node>().ok());
+            if let Some(cidr) = stored.as_ref().and_then(|n| n.spec.pod_cidr.clone()) {
                 parts.supervisor.set_pod_cidr(&cidr);
+            }
+            let order = stored.as_ref().and_then(upgrade_order);
+            if !restarting {
+                if let Some(order) = parts.upgrader.after_heartbeat(order) {
+                    let (upgrader, client) = (parts.upgrader.clone(), client.clone());
+                    let supervisor = parts.supervisor.clone();
+                    parts.tasks.spawn(async move {
+                        upgrader
+                            .carry_out(order, supervisor.artifacts(), &client)
+                            .await
+                    });
+                }
             }
             Ok(())
         }
         other => expect_ok(other),
     }
+}
+
+/// The controller's upgrade order on the stored Node, if any.
+fn upgrade_order(node: &shoal_api::Node) -> Option<shoal_api::UpgradeOrder> {
+    let text = node.metadata.annotations.get(shoal_api::UPGRADE_ORDER)?;
+    match serde_json::from_str(text) {
+        Ok(order) => Some(order),
+        Err(e) => {
+            tracing::warn!(error = %e, "the controller's upgrade order does not parse");
+            None
+        }
+    }
+}
+
+/// What the Node says of this agent's last upgrade: the annotation the controller reads and
+/// the `AgentUpgrade` condition people read.
+fn upgrade_status(upgrader: &crate::upgrade::Upgrader, node: &mut shoal_api::Node) {
+    if let Some(report) = upgrader.report() {
+        if let Ok(text) = serde_json::to_string(&report) {
+            node.metadata
+                .annotations
+                .insert(shoal_api::UPGRADE_STATE.into(), text);
+        }
+    }
+    let (Some((status, reason, message)), Some(s)) = (upgrader.condition(), node.status.as_mut())
+    else {
+        return;
+    };
+    let now = crate::node::now();
+    s.conditions.push(shoal_api::Condition {
+        type_: "AgentUpgrade".into(),
+        status: status.into(),
+        reason: Some(reason),
+        message: Some(message),
+        last_heartbeat_time: Some(now.clone()),
+        last_transition_time: Some(now),
+        last_update_time: None,
+    });
 }
 
 /// The service proxy follows Services and Endpoints beside the pods; if its watch fails it
@@ -299,7 +356,8 @@ async fn follow_pods(parts: &Parts<'_>, carried: &mut Carried, mut watcher: Watc
     loop {
         let seen = tokio::select! {
             _ = parts.shutdown.cancelled() => {
-                if !parts.config.drain_on_stop {
+                // An upgrade leaves the pods running whatever the agent was told for a stop.
+                if !parts.config.drain_on_stop || parts.upgrader.staged().is_some() {
                     restarting(parts, carried.peer_port).await;
                 }
                 return Ok(());

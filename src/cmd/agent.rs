@@ -182,6 +182,8 @@ impl Args {
             token,
             token_file: self.token_file.clone(),
             name,
+            version: crate::RELEASE.to_string(),
+            relaunch: Some(std::env::args().collect()),
             data_dir: crate::client::absolute(
                 self.data_dir
                     .clone()
@@ -225,9 +227,39 @@ impl Args {
 
 pub async fn run(args: Args) -> Result<()> {
     let config = args.config()?;
-    eprintln!("shoal agent {} joining {}", config.name, config.server);
+    eprintln!(
+        "shoal agent {} ({}) joining {}",
+        config.name, config.version, config.server
+    );
     let shutdown = CancellationToken::new();
     super::signals::shutdown_on_signals(shutdown.clone())?;
-    shoal_agent::run(config, shutdown).await?;
-    Ok(())
+    match shoal_agent::run(config, shutdown).await? {
+        shoal_agent::Stopped::Shutdown => Ok(()),
+        shoal_agent::Stopped::Upgrade(exe) => {
+            use std::os::unix::process::CommandExt;
+            let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+            let (arg0, rest) = argv.split_first().context("no command line")?;
+            eprintln!("shoal agent: restarting as {}", exe.display());
+            // Only returns if the exec failed: the upgrade's guard then puts the old binary
+            // back and starts it again.
+            let e = std::process::Command::new(&exe)
+                .arg0(arg0)
+                .args(rest)
+                .exec();
+            Err(e).with_context(|| format!("starting the upgraded agent {}", exe.display()))
+        }
+    }
+}
+
+/// `shoal agent-guard STATE [--watch]`.
+#[derive(clap::Args)]
+pub struct GuardArgs {
+    state: PathBuf,
+    #[arg(long)]
+    watch: bool,
+}
+
+pub fn guard(args: &GuardArgs) -> u8 {
+    let code = shoal_agent::upgrade::guard::main(&args.state, args.watch);
+    u8::try_from(code).unwrap_or(1)
 }

@@ -63,6 +63,9 @@ pub async fn run(args: Args) -> Result<()> {
         token: Some(controller.token().to_string()),
         token_file: None,
         name: name.clone(),
+        version: crate::RELEASE.to_string(),
+        // The agent shares the process with the controller: it is upgraded as a whole.
+        relaunch: None,
         data_dir: args.controller.config()?.data_dir.join("agent"),
         labels: Default::default(),
         max_pods: 110,

@@ -318,6 +318,11 @@ impl Supervisor {
         }
     }
 
+    /// Where the node keeps what it fetched from the controller.
+    pub fn artifacts(&self) -> &ArtifactCache {
+        &self.0.artifacts
+    }
+
     /// runc's version when this node runs OCI containers.
     pub fn runc_version(&self) -> Option<&str> {
         self.0.runc_version.as_deref()
