@@ -73,13 +73,17 @@ fn node_state(
     u: &AgentUpgrade,
     node: &Node,
     before: Option<&NodeUpgradeStatus>,
+    binaries: &[(String, String)],
 ) -> (&'static str, Option<String>) {
     let uid = &u.metadata.uid;
     let version = &u.spec.version;
     if reported_version(node) == Some(version.as_str()) {
         return (UPGRADED, None);
     }
-    let report = report_of(node).filter(|r| &r.upgrade == uid && &r.version == version);
+    // The node's account of this upgrade, of one of its binaries as pinned now.
+    let report = report_of(node).filter(|r| {
+        &r.upgrade == uid && &r.version == version && binaries.iter().any(|(_, d)| *d == r.digest)
+    });
     if let Some(r) = &report {
         if r.state == ROLLED_BACK || r.state == FAILED {
             let state = if r.state == ROLLED_BACK {
@@ -149,7 +153,7 @@ pub fn plan(
         })
         .collect();
     selected.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    let mut rows = rows(u, &selected, &old, owners);
+    let mut rows = rows(u, &selected, &old, owners, binaries);
     // Orders of this upgrade that are done with: the node got there, gave up, or is no
     // longer selected.
     for node in nodes {
@@ -209,6 +213,7 @@ fn rows(
     selected: &[&Node],
     old: &AgentUpgradeStatus,
     owners: &BTreeMap<String, String>,
+    binaries: &[(String, String)],
 ) -> Vec<NodeUpgradeStatus> {
     let same_spec = old.observed_generation == Some(u.metadata.generation);
     selected
@@ -220,7 +225,7 @@ fn rows(
                 .filter(|_| same_spec);
             let (state, reason) = match owners.get(name).filter(|o| **o != u.metadata.name) {
                 Some(newer) => (SUPERSEDED, Some(format!("by AgentUpgrade {newer}"))),
-                None => node_state(u, node, before),
+                None => node_state(u, node, before, binaries),
             };
             NodeUpgradeStatus {
                 name: name.clone(),
@@ -570,6 +575,7 @@ mod tests {
         let report = UpgradeReport {
             upgrade: "u1".into(),
             version: "0.2.0".into(),
+            digest: "sha256:aa".into(),
             state: ROLLED_BACK.into(),
             reason: "exited at once".into(),
         };
@@ -592,6 +598,14 @@ mod tests {
         again(&mut u, &mut nodes, &p);
         let p = plan(&u, &nodes, &amd64(), &uids(), &BTreeMap::new());
         assert!(p.order.is_empty() && p.events.is_empty(), "{p:?}");
+
+        // Another binary for the version (the spec changed): b is told again.
+        u.metadata.generation = 2;
+        let fixed = vec![("linux/amd64".to_string(), "sha256:bb".to_string())];
+        let p = plan(&u, &nodes, &fixed, &uids(), &BTreeMap::new());
+        assert_eq!(states(&p), [UPGRADED, UPGRADING, PENDING]);
+        assert_eq!(p.order[0].1.digest, "sha256:bb");
+        assert_eq!(p.status.phase, "Progressing");
     }
 
     #[test]

@@ -186,6 +186,7 @@ impl Upgrader {
         Some(UpgradeReport {
             upgrade: state.order.upgrade,
             version: state.order.version,
+            digest: state.order.digest,
             state: phase.to_string(),
             reason: state.reason,
         })
@@ -254,9 +255,12 @@ impl Upgrader {
         let order = order.filter(|o| o.version != self.0.version)?;
         // An order this node already carried out (and went back from, or could not) is not
         // tried again: the rollout is paused until the upgrade changes.
-        if current
-            .is_some_and(|s| s.order.upgrade == order.upgrade && s.order.version == order.version)
-        {
+        let same = |s: &State| {
+            (s.order.upgrade == order.upgrade)
+                && (s.order.version == order.version)
+                && (s.order.digest == order.digest)
+        };
+        if current.as_ref().is_some_and(same) {
             return None;
         }
         let mut busy = lock(&self.0.busy);

@@ -119,6 +119,9 @@ pub struct UpgradeReport {
     /// The uid of the AgentUpgrade whose order this answers.
     pub upgrade: String,
     pub version: String,
+    /// The binary's digest: another binary for the same version is another try.
+    #[serde(default)]
+    pub digest: String,
     /// `Upgrading`, `Upgraded`, `RolledBack` or `Failed` (it never swapped the binary).
     pub state: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
