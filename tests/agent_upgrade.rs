@@ -2,8 +2,9 @@
 //! upgraded one at a time from this build to a rebuilt one whose version string differs
 //! (`SHOAL_VERSION` at build time), each fetching the binary over its own link and restarting
 //! into it in the same process; then to a binary that exits at once, which the first node
-//! takes back by itself, pausing the rollout before the second is touched. The containers run
-//! through all of it. Asserted from `get`, the events and the version each node reports.
+//! takes back by itself, pausing the rollout before the second is touched; then the second to
+//! one that runs on but never reports Ready, taken back once its time is up. The containers
+//! run through all of it. Asserted from `get`, the events and the version each node reports.
 //! Needs root and runc (`apt-get install runc`); skipped with the reason where they are
 //! missing, failing when `SHOAL_REQUIRE_RUNC=1`.
 
@@ -48,6 +49,13 @@ spec:
   maxUnavailable: 1
   readyTimeoutSeconds: {ready}
 "#
+    )
+}
+
+fn upgrade_of(node: &str, name: &str, version: &str, binary: &str, ready: u32) -> String {
+    format!(
+        "{}  nodeSelector: {{matchLabels: {{kubernetes.io/hostname: {node}}}}}\n",
+        upgrade(name, version, binary, ready)
     )
 }
 
@@ -354,6 +362,53 @@ fn runc_agents_upgrade_over_the_air_one_at_a_time_and_a_broken_binary_rolls_back
         marks,
         "the containers ran on through the rollback"
     );
+
+    // A binary that starts and never reports Ready: once readyTimeoutSeconds pass, the guard
+    // ends it and puts the previous binary back.
+    let stuck = hangs(dir.path());
+    c.shoal(&["push", stuck.to_str().expect("path"), "shoal:stuck"])
+        .ok();
+    c.apply(&upgrade_of(
+        "node-2",
+        "to-stuck",
+        "9.9.9-stuck",
+        "shoal:stuck",
+        10,
+    ));
+    let at = std::time::Instant::now();
+    c.wait_for("the stuck rollout paused", Duration::from_secs(120), |c| {
+        field(&upgrade_status(c, "to-stuck"), "status.phase") == "Paused"
+    });
+    eprintln!("timed out, rolled back and paused in {:?}", at.elapsed());
+    let u = upgrade_status(&c, "to-stuck");
+    assert!(
+        field(&u, "status.reason").contains("did not report Ready within 10s"),
+        "{u}"
+    );
+    c.wait_for(
+        "node-2 back on the rebuilt binary",
+        Duration::from_secs(60),
+        |c| {
+            node_version(c, "node-2") == format!("shoal-v{NEXT}")
+                && condition(c, "node-2", "AgentUpgrade").1 == "RolledBack"
+        },
+    );
+    assert_eq!(digest_of(&dir.path().join("bin-2/shoal")), digest_of(&next));
+    let respawned = agent_pid(&agent_dirs[1]);
+    assert_ne!(
+        respawned, first_pids[1],
+        "the guard started node-2's agent again"
+    );
+    assert!(
+        alive(respawned) && !alive(first_pids[1]),
+        "the stuck binary was ended"
+    );
+    assert_eq!(
+        pod_marks(&c),
+        marks,
+        "the containers ran on through the timeout"
+    );
+
     let all: serde_json::Value =
         serde_json::from_str(&c.shoal(&["get", "pods", "-o", "json"]).ok()).expect("pods");
     assert_eq!(
@@ -361,6 +416,30 @@ fn runc_agents_upgrade_over_the_air_one_at_a_time_and_a_broken_binary_rolls_back
         Some(2),
         "no replacement was scheduled"
     );
+}
+
+/// An executable that runs on whatever it is told and never reports anything.
+fn hangs(dir: &Path) -> PathBuf {
+    let source = dir.join("hangs.rs");
+    std::fs::write(
+        &source,
+        "fn main() { loop { std::thread::sleep(std::time::Duration::from_secs(60)); } }\n",
+    )
+    .expect("hangs.rs");
+    let out = dir.join("shoal-stuck");
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let built = Command::new(rustc)
+        .arg(&source)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .expect("rustc");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    out
 }
 
 /// Ends the agents the test's processes became: the first ones (whose processes exec'd the
