@@ -27,10 +27,14 @@ pub(super) async fn create(inner: &Inner, pod: &Pod, dir: &Path) -> Result<Sandb
     let uid = pod.metadata.uid.clone();
     let network = lock(&inner.network).clone();
     let (netns, ip) = tokio::task::spawn_blocking(move || {
-        let path = netns::create(&name)?;
+        // With a pod range, attaching makes the namespace too (fewer `ip` processes).
         let ip = match network {
             Some(n) => Some(n.attach(&name, &uid)?),
             None => None,
+        };
+        let path = match ip {
+            Some(_) => netns::path(&name),
+            None => netns::create(&name)?,
         };
         Ok::<_, shoal_runtime::Error>((path, ip))
     })

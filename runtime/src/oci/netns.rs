@@ -25,8 +25,60 @@ pub fn ip(args: &[&str]) -> std::result::Result<(), String> {
     }
 }
 
+/// Runs `lines` through one `ip -batch` (in the namespace `netns`, if given): one process
+/// for several changes, each `ip` costing a couple of milliseconds to start. It stops at the
+/// first that fails, whose error it returns.
+pub fn ip_batch(netns: Option<&str>, lines: &[String]) -> std::result::Result<(), String> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = netns {
+        cmd.args(["-n", ns]);
+    }
+    let mut child = cmd
+        .args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("ip: {e} (is iproute2 installed?)"))?;
+    let script = lines.join("\n") + "\n";
+    let written = match child.stdin.take() {
+        Some(mut stdin) => stdin.write_all(script.as_bytes()),
+        None => Ok(()),
+    };
+    let out = child.wait_with_output().map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() && written.is_ok() {
+        Ok(())
+    } else {
+        // `ip` names the line that failed as `Command failed -:N`.
+        let text = String::from_utf8_lossy(&out.stderr).to_string();
+        let failed = (text.lines())
+            .find_map(|l| l.strip_prefix("Command failed -:"))
+            .and_then(|n| n.trim().parse::<usize>().ok())
+            .and_then(|n| lines.get(n.checked_sub(1)?));
+        let said: Vec<&str> = (text.lines())
+            .filter(|l| !l.starts_with("Command failed"))
+            .collect();
+        Err(match failed {
+            Some(line) => format!("ip {line}: {}", said.join("; ")),
+            None => format!("ip -batch: {}", said.join("; ")),
+        })
+    }
+}
+
 /// Creates the namespace (or keeps the one already there) with loopback up.
 pub fn create(name: &str) -> Result<PathBuf> {
+    let p = add(name)?;
+    ip(&["-n", name, "link", "set", "lo", "up"]).map_err(|m| Error::Start {
+        id: name.to_string(),
+        message: format!("bringing up loopback: {m}"),
+    })?;
+    Ok(p)
+}
+
+/// Creates the namespace, unless it is there.
+fn add(name: &str) -> Result<PathBuf> {
     let p = path(name);
     if !p.exists() {
         ip(&["netns", "add", name]).map_err(|m| Error::Start {
@@ -34,11 +86,16 @@ pub fn create(name: &str) -> Result<PathBuf> {
             message: format!("creating the pod's network namespace: {m}"),
         })?;
     }
-    ip(&["-n", name, "link", "set", "lo", "up"]).map_err(|m| Error::Start {
-        id: name.to_string(),
-        message: format!("bringing up loopback: {m}"),
-    })?;
     Ok(p)
+}
+
+/// Whether this network namespace has the interface `name` (`/proc/self/net/dev` is the
+/// reader's namespace, as `/sys/class/net` is not when entered with nsenter).
+fn has_link(name: &str) -> bool {
+    std::fs::read_to_string("/proc/self/net/dev").is_ok_and(|dev| {
+        dev.lines()
+            .any(|l| l.trim_start().split(':').next() == Some(name))
+    })
 }
 
 /// Removes the namespace; gone already is fine.
@@ -212,34 +269,42 @@ impl PodNetwork {
         ))
     }
 
-    /// Gives the pod's namespace `netns` (owned by `owner`, the pod's uid) its `eth0` on the
-    /// bridge; returns its address. Done already (after an agent restart) is fine.
+    /// Creates the pod's namespace `netns` (owned by `owner`, the pod's uid), if it is not
+    /// there, with loopback up and its `eth0` on the bridge; returns its address. Done
+    /// already (after an agent restart) is fine. Three `ip` processes: the namespace, the
+    /// node's end of the veth, the pod's.
     pub fn attach(&self, netns: &str, owner: &str) -> Result<Ipv4Addr> {
         self.ensure_bridge()?;
         let addr = self.lease(owner)?;
-        if ip(&["-n", netns, "link", "show", "eth0"]).is_ok() {
-            return Ok(addr);
-        }
+        add(netns)?;
         use sha2::Digest;
         let host_end = format!(
             "shv{}",
             &hex::encode(sha2::Sha256::digest(netns.as_bytes()))[..12]
         );
-        let _ = ip(&["link", "delete", &host_end]);
-        let gateway = self.subnet.gateway().to_string();
+        // The pair goes with the pod's namespace: the node's end there means the pod's is.
+        if has_link(&host_end) {
+            return Ok(addr);
+        }
+        let gateway = self.subnet.gateway();
         let cidr = format!("{addr}/{}", self.subnet.prefix);
-        let steps: [&[&str]; 6] = [
-            &[
-                "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", netns,
-            ],
-            &["link", "set", &host_end, "master", &self.bridge, "up"],
-            &["-n", netns, "addr", "add", &cidr, "dev", "eth0"],
-            &["-n", netns, "link", "set", "eth0", "up"],
-            &["-n", netns, "route", "add", "default", "via", &gateway],
-            &["-n", netns, "link", "set", "lo", "up"],
+        let host = [
+            format!("link add {host_end} type veth peer name eth0 netns {netns}"),
+            format!("link set {host_end} master {} up", self.bridge),
         ];
-        for step in steps {
-            ip(step).map_err(|m| net_err(netns, format!("ip {}: {m}", step.join(" "))))?;
+        let pod = [
+            "link set lo up".to_string(),
+            format!("addr add {cidr} dev eth0"),
+            "link set eth0 up".to_string(),
+            format!("route add default via {gateway}"),
+        ];
+        let made = ip_batch(None, &host)
+            .map_err(|m| format!("the node's end: {m}"))
+            .and_then(|_| ip_batch(Some(netns), &pod).map_err(|m| format!("the pod's end: {m}")));
+        if let Err(m) = made {
+            // Half made is not made: the next try starts again.
+            let _ = ip(&["link", "delete", &host_end]);
+            return Err(net_err(netns, m));
         }
         Ok(addr)
     }
@@ -260,6 +325,24 @@ impl PodNetwork {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_that_fails_names_the_line() {
+        if Command::new("ip").arg("-V").output().is_err() {
+            eprintln!(
+                "SKIPPED a_batch_that_fails_names_the_line: no ip (apt-get install iproute2)"
+            );
+            return;
+        }
+        let lines = [
+            "link show lo".to_string(),
+            "link set shoal-nosuch0 up".to_string(),
+        ];
+        let err = ip_batch(None, &lines).unwrap_err();
+        assert!(err.starts_with("ip link set shoal-nosuch0 up: "), "{err}");
+        assert!(err.contains("shoal-nosuch0"), "{err}");
+        assert!(has_link("lo") && !has_link("shoal-nosuch0"));
+    }
 
     #[test]
     fn subnets_parse_and_give_pod_addresses() {
