@@ -69,16 +69,6 @@ pub fn ip_batch(netns: Option<&str>, lines: &[String]) -> std::result::Result<()
 
 /// Creates the namespace (or keeps the one already there) with loopback up.
 pub fn create(name: &str) -> Result<PathBuf> {
-    let p = add(name)?;
-    ip(&["-n", name, "link", "set", "lo", "up"]).map_err(|m| Error::Start {
-        id: name.to_string(),
-        message: format!("bringing up loopback: {m}"),
-    })?;
-    Ok(p)
-}
-
-/// Creates the namespace, unless it is there.
-fn add(name: &str) -> Result<PathBuf> {
     let p = path(name);
     if !p.exists() {
         ip(&["netns", "add", name]).map_err(|m| Error::Start {
@@ -86,6 +76,10 @@ fn add(name: &str) -> Result<PathBuf> {
             message: format!("creating the pod's network namespace: {m}"),
         })?;
     }
+    ip(&["-n", name, "link", "set", "lo", "up"]).map_err(|m| Error::Start {
+        id: name.to_string(),
+        message: format!("bringing up loopback: {m}"),
+    })?;
     Ok(p)
 }
 
@@ -271,27 +265,30 @@ impl PodNetwork {
 
     /// Creates the pod's namespace `netns` (owned by `owner`, the pod's uid), if it is not
     /// there, with loopback up and its `eth0` on the bridge; returns its address. Done
-    /// already (after an agent restart) is fine. Three `ip` processes: the namespace, the
-    /// node's end of the veth, the pod's.
+    /// already (after an agent restart) is fine. Two `ip` processes: the namespace with the
+    /// node's end of the veth, then the pod's end.
     pub fn attach(&self, netns: &str, owner: &str) -> Result<Ipv4Addr> {
         self.ensure_bridge()?;
         let addr = self.lease(owner)?;
-        add(netns)?;
         use sha2::Digest;
         let host_end = format!(
             "shv{}",
             &hex::encode(sha2::Sha256::digest(netns.as_bytes()))[..12]
         );
         // The pair goes with the pod's namespace: the node's end there means the pod's is.
-        if has_link(&host_end) {
+        if has_link(&host_end) && path(netns).exists() {
             return Ok(addr);
         }
         let gateway = self.subnet.gateway();
         let cidr = format!("{addr}/{}", self.subnet.prefix);
-        let host = [
+        let mut host = Vec::new();
+        if !path(netns).exists() {
+            host.push(format!("netns add {netns}"));
+        }
+        host.extend([
             format!("link add {host_end} type veth peer name eth0 netns {netns}"),
             format!("link set {host_end} master {} up", self.bridge),
-        ];
+        ]);
         let pod = [
             "link set lo up".to_string(),
             format!("addr add {cidr} dev eth0"),
