@@ -229,6 +229,10 @@ Wants=network-online.target
 Type=simple
 # SHOAL_SERVER, SHOAL_TOKEN_FILE (first join only), SHOAL_NODE_NAME, SHOAL_NODE_LABELS
 EnvironmentFile=/etc/shoal/agent.env
+# An over-the-air upgrade cut short (a power cut while the new agent was on trial, its guard
+# gone with it) goes back to the binary it came from before the agent starts.
+# ($$ is a $ for the shell: systemd expands $NAME itself.)
+ExecStartPre=-/bin/sh -c 'u=/var/lib/shoal/agent/upgrade; [ ! -x "$$u/previous" ] || exec "$$u/previous" agent-guard "$$u/state.json" --recover'
 ExecStart=/usr/local/bin/shoal agent --data-dir /var/lib/shoal/agent
 Restart=always
 RestartSec=2

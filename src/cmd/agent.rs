@@ -183,7 +183,12 @@ impl Args {
             token_file: self.token_file.clone(),
             name,
             version: crate::RELEASE.to_string(),
-            relaunch: Some(std::env::args().collect()),
+            // Lossy: a command line that is not UTF-8 is not worth a panic here.
+            relaunch: Some(
+                std::env::args_os()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect(),
+            ),
             data_dir: crate::client::absolute(
                 self.data_dir
                     .clone()
@@ -251,15 +256,23 @@ pub async fn run(args: Args) -> Result<()> {
     }
 }
 
-/// `shoal agent-guard STATE [--watch]`.
+/// `shoal agent-guard STATE [--watch | --recover]`.
 #[derive(clap::Args)]
 pub struct GuardArgs {
     state: PathBuf,
-    #[arg(long)]
+    #[arg(long, conflicts_with = "recover")]
     watch: bool,
+    /// Before the agent starts: roll back a trial its agent did not live through.
+    #[arg(long)]
+    recover: bool,
 }
 
 pub fn guard(args: &GuardArgs) -> u8 {
-    let code = shoal_agent::upgrade::guard::main(&args.state, args.watch);
-    u8::try_from(code).unwrap_or(1)
+    use shoal_agent::upgrade::guard::{main, Mode};
+    let mode = match (args.watch, args.recover) {
+        (true, _) => Mode::Watch,
+        (_, true) => Mode::Recover,
+        _ => Mode::Start,
+    };
+    u8::try_from(main(&args.state, mode)).unwrap_or(1)
 }

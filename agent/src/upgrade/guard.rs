@@ -39,12 +39,26 @@ pub fn start(binary: &Path, state: &Path) -> Result<()> {
     }
 }
 
-/// `shoal agent-guard STATE [--watch]`: without `--watch`, starts the watcher in a process
-/// group of its own (not the agent's child, so the agent's exec leaves no zombie) and
-/// returns; with it, watches. Returns the exit code.
-pub fn main(state: &Path, watch: bool) -> i32 {
-    if watch {
-        return self::watch(state);
+/// What `shoal agent-guard` is run for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Start the watcher, detached, and return (the agent runs this).
+    Start,
+    /// Watch the trial (the watcher).
+    Watch,
+    /// Before an agent starts (systemd's ExecStartPre): a trial whose agent is gone was cut
+    /// short by a reboot or a crash, with no guard left to end it; it is rolled back.
+    Recover,
+}
+
+/// `shoal agent-guard STATE [--watch | --recover]`: without a flag, starts the watcher in a
+/// process group of its own (not the agent's child, so the agent's exec leaves no zombie)
+/// and returns. Returns the exit code.
+pub fn main(state: &Path, mode: Mode) -> i32 {
+    match mode {
+        Mode::Watch => return watch(state),
+        Mode::Recover => return recover(state),
+        Mode::Start => {}
     }
     let exe = match std::env::current_exe() {
         Ok(e) => e,
@@ -94,19 +108,34 @@ fn watch(path: &Path) -> i32 {
                 "the agent of {} exited before it reported Ready",
                 s.order.version
             );
-            return roll_back(path, s, reason);
+            return roll_back(path, s, reason, true);
         }
         if now_secs() > s.deadline {
             let reason = format!(
                 "the agent of {} did not report Ready within {}s",
                 s.order.version, s.order.ready_timeout_seconds
             );
-            return roll_back(path, s, reason);
+            return roll_back(path, s, reason, true);
         }
     }
 }
 
-fn roll_back(path: &Path, mut s: State, reason: String) -> i32 {
+fn recover(path: &Path) -> i32 {
+    match read_state(path) {
+        Some(s) if s.phase == TRIAL && !alive(&s) => {
+            let reason = format!(
+                "the node or its agent restarted before the agent of {} reported Ready",
+                s.order.version
+            );
+            roll_back(path, s, reason, false)
+        }
+        _ => 0,
+    }
+}
+
+/// Puts the previous binary back and records why; with `start`, starts the agent again
+/// unless systemd does.
+fn roll_back(path: &Path, mut s: State, reason: String, start: bool) -> i32 {
     eprintln!("shoal agent-guard: {reason}; putting {} back", s.from);
     // The binary first: whoever starts the agent next (systemd, or this guard) starts the old.
     if let Err(e) = copy_executable(&s.previous, &s.exe) {
@@ -122,7 +151,7 @@ fn roll_back(path: &Path, mut s: State, reason: String) -> i32 {
     if let Err(e) = write_state(path, &s) {
         eprintln!("shoal agent-guard: {}", shoal_transport::report(&e));
     }
-    if std::env::var_os("INVOCATION_ID").is_some() {
+    if !start || std::env::var_os("INVOCATION_ID").is_some() {
         // systemd (Restart=always) starts the agent again.
         return 0;
     }
@@ -168,5 +197,55 @@ fn end(s: &State) {
     }
     if alive(s) {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_api::UpgradeOrder;
+
+    #[test]
+    fn a_trial_cut_short_is_rolled_back_before_the_agent_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (exe, previous) = (dir.path().join("shoal"), dir.path().join("previous"));
+        std::fs::write(&exe, "new").unwrap();
+        std::fs::write(&previous, "old").unwrap();
+        let mut state = State {
+            order: UpgradeOrder {
+                upgrade: "u1".into(),
+                name: "fleet".into(),
+                version: "0.2.0".into(),
+                digest: "sha256:00".into(),
+                ready_timeout_seconds: 60,
+            },
+            from: "0.1.0".into(),
+            phase: TRIAL.into(),
+            reason: String::new(),
+            exe: exe.clone(),
+            previous,
+            argv: vec![],
+            cwd: dir.path().into(),
+            // This process: alive, so the trial is under way and left alone.
+            pid: std::process::id(),
+            start_ticks: 0,
+            deadline: now_secs() + 60,
+        };
+        let path = dir.path().join("state.json");
+        write_state(&path, &state).unwrap();
+        assert_eq!(main(&path, Mode::Recover), 0);
+        assert_eq!(std::fs::read_to_string(&exe).unwrap(), "new");
+        // Its agent gone (a reboot): the old binary is back, and the state says why.
+        state.pid = u32::MAX;
+        write_state(&path, &state).unwrap();
+        assert_eq!(main(&path, Mode::Recover), 0);
+        assert_eq!(std::fs::read_to_string(&exe).unwrap(), "old");
+        let after = read_state(&path).unwrap();
+        assert_eq!(after.phase, ROLLED_BACK);
+        assert!(
+            after.reason.contains("restarted before"),
+            "{}",
+            after.reason
+        );
     }
 }

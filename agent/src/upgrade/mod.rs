@@ -387,7 +387,8 @@ impl Upgrader {
 /// Copies an executable, mode 0755, synced to disk.
 pub fn copy_executable(from: &Path, to: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let tmp = to.with_extension("partial");
+    // Its own name: the guard and a recovery may put the same binary back at once.
+    let tmp = to.with_extension(format!("partial-{}", std::process::id()));
     std::fs::copy(from, &tmp)
         .and_then(|_| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)))
         .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
