@@ -256,7 +256,8 @@ impl Upgrader {
         // An order this node already carried out (and went back from, or could not) is not
         // tried again: the rollout is paused until the upgrade changes.
         let same = |s: &State| {
-            (s.order.upgrade == order.upgrade)
+            (s.phase == ROLLED_BACK || s.phase == FAILED)
+                && (s.order.upgrade == order.upgrade)
                 && (s.order.version == order.version)
                 && (s.order.digest == order.digest)
         };
