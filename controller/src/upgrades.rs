@@ -84,22 +84,12 @@ fn node_state(
     let report = report_of(node).filter(|r| {
         &r.upgrade == uid && &r.version == version && binaries.iter().any(|(_, d)| *d == r.digest)
     });
-    if let Some(r) = &report {
-        if r.state == ROLLED_BACK || r.state == FAILED {
-            let state = if r.state == ROLLED_BACK {
-                ROLLED_BACK
-            } else {
-                FAILED
-            };
-            return (state, Some(r.reason.clone()));
-        }
+    // Gave up on it: as the node says now, or as it said before in this spec's rollout.
+    let gave_up = |state: &str| [ROLLED_BACK, FAILED].into_iter().find(|s| *s == state);
+    if let Some((r, state)) = report.as_ref().and_then(|r| Some((r, gave_up(&r.state)?))) {
+        return (state, Some(r.reason.clone()));
     }
-    if let Some(b) = before.filter(|b| b.state == ROLLED_BACK || b.state == FAILED) {
-        let state = if b.state == ROLLED_BACK {
-            ROLLED_BACK
-        } else {
-            FAILED
-        };
+    if let Some((b, state)) = before.and_then(|b| Some((b, gave_up(&b.state)?))) {
         return (state, b.reason.clone());
     }
     if order_of(node).is_some_and(|o| &o.upgrade == uid && &o.version == version) {

@@ -155,11 +155,11 @@ fn roll_back(path: &Path, mut s: State, reason: String, start: bool) -> i32 {
         // systemd (Restart=always) starts the agent again.
         return 0;
     }
-    let Some((program, args)) = s.argv.split_first() else {
+    // The binary is `exe` (the recorded argv[0] may name it another way): its arguments.
+    let Some(args) = s.argv.get(1..) else {
         eprintln!("shoal agent-guard: no command line to start the agent with");
         return 1;
     };
-    let _ = program;
     match Command::new(&s.exe)
         .args(args)
         .current_dir(&s.cwd)

@@ -159,11 +159,6 @@ impl Upgrader {
         }))
     }
 
-    /// The version this agent reports.
-    pub fn version(&self) -> &str {
-        &self.0.version
-    }
-
     /// Whether this agent is a new binary that has yet to report Ready.
     pub fn on_trial(&self) -> bool {
         lock(&self.0.state)
