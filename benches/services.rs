@@ -12,7 +12,9 @@
 //! tests/services.rs; the pods are busybox in runc containers (httpd for the backend).
 //!
 //! Run with `cargo bench --bench services` as root with runc installed (`apt-get install runc
-//! busybox-static`); without them it says why and does nothing.
+//! busybox-static`); without them it says why and does nothing. `SHOAL_AGENT_BIN=PATH` runs
+//! the agents from another build of shoal (the agent flavour, say) beside this bench's
+//! controller.
 
 #[path = "../tests/kit/mod.rs"]
 mod kit;

@@ -15,6 +15,12 @@ pub fn shoal_bin() -> &'static str {
     env!("CARGO_BIN_EXE_shoal")
 }
 
+/// The binary the agents of [`Hosts`] run: `SHOAL_AGENT_BIN` when set (a bench comparing
+/// builds, such as the agent flavour of `build-static.sh`), else the one cargo built.
+pub fn agent_bin() -> std::ffi::OsString {
+    std::env::var_os("SHOAL_AGENT_BIN").unwrap_or_else(|| shoal_bin().into())
+}
+
 /// A `shoal controller` process.
 pub struct Controller {
     child: Option<Child>,
@@ -993,7 +999,7 @@ impl Hosts {
             "nsenter".into(),
             format!("--net=/var/run/netns/{}", self.names[i]).into(),
             "--".into(),
-            shoal_bin().into(),
+            agent_bin(),
         ]
     }
 
