@@ -81,22 +81,33 @@ for t in $targets; do
     for flavour in $flavours; do
         features=""
         name=shoal-$arch
+        build=$release
+        dir=$profile
+        rustflags=${RUSTFLAGS:-}
         if [ "$flavour" = agent ]; then
             features=--no-default-features
             name=shoal-agent-$arch
+            # Cargo.toml's `agent` profile (optimised for size), and no position-independent
+            # code: a static PIE carries a relocation table that costs the device 2 MB of
+            # flash and of memory at every start (see Cargo.toml).
+            if [ "$profile" = release ]; then
+                build="--profile agent"
+                dir=agent
+            fi
+            rustflags="$rustflags -C relocation-model=static"
         fi
-        echo "building shoal ($flavour) for $t ($profile)" >&2
+        echo "building shoal ($flavour) for $t ($dir)" >&2
         if [ -d "$sysroot/lib/rustlib/$t" ]; then
             # shellcheck disable=SC2086
-            cargo zigbuild $release $features --target "$t" --bin shoal "$@"
+            RUSTFLAGS=$rustflags cargo zigbuild $build $features --target "$t" --bin shoal "$@"
         else
             # No prebuilt standard library: build it from rust-src. zig brings musl's start
             # files and libc, so rustc must not look for its own (self-contained) copies.
             # shellcheck disable=SC2086
-            RUSTC_BOOTSTRAP=1 cargo-zigbuild rustc $release $features --target "$t" --bin shoal \
+            RUSTFLAGS=$rustflags RUSTC_BOOTSTRAP=1 cargo-zigbuild rustc $build $features --target "$t" --bin shoal \
                 -Zbuild-std=std,panic_unwind "$@" -- -C link-self-contained=no
         fi
-        out=${CARGO_TARGET_DIR:-target}/$t/$profile/shoal
+        out=${CARGO_TARGET_DIR:-target}/$t/$dir/shoal
         echo "$out ($flavour)" >&2
         # The flavours share cargo's output path: each is copied out before the next. dist/
         # holds release builds only.

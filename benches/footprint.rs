@@ -8,10 +8,11 @@
 //! Run with `cargo bench --bench footprint`. It builds each release binary first (a fat-LTO
 //! cross build takes several minutes on 2 cores); `SHOAL_BENCH_NO_BUILD=1` measures whatever
 //! is already built; `SHOAL_BENCH_ONLY=aarch64,x86_64` measures only the targets named and
-//! `SHOAL_BENCH_FLAVOURS=agent` only that flavour. The agent flavour is built into
-//! `target/footprint-agent` so both stay built. aarch64 needs Debian's cross gcc, armv7 `build-static.sh`'s tools (zig,
-//! cargo-zigbuild, rust-src), both qemu-user-static; a target is skipped with the reason when
-//! something is missing.
+//! `SHOAL_BENCH_FLAVOURS=agent` only that flavour. The agent flavour is built as
+//! `build-static.sh` builds it (the `agent` profile, not position-independent) into
+//! `target/footprint-agent`, so both stay built. aarch64 needs Debian's cross gcc, armv7
+//! `build-static.sh`'s tools (zig, cargo-zigbuild, rust-src), both qemu-user-static; a target
+//! is skipped with the reason when something is missing.
 
 #[path = "../tests/kit/mod.rs"]
 mod kit;
@@ -103,26 +104,33 @@ fn binary(t: &Target, flavour: Flavour) -> Result<PathBuf, String> {
         Flavour::Full => repo().join("target"),
         Flavour::Agent => repo().join("target/footprint-agent"),
     };
-    let features: &[&str] = match flavour {
-        Flavour::Full => &[],
-        Flavour::Agent => &["--no-default-features"],
+    // The agent flavour is built as build-static.sh builds it: Cargo.toml's `agent` profile,
+    // not position-independent. RUSTFLAGS then needs `--target` even natively, so that it
+    // leaves build scripts and proc macros alone.
+    let (build, dir, features): (&[&str], &str, &[&str]) = match flavour {
+        Flavour::Full => (&["--release"], "release", &[]),
+        Flavour::Agent => (
+            &["--profile", "agent", "--target", t.triple],
+            "agent",
+            &["--no-default-features"],
+        ),
     };
-    let path = if native {
-        target_dir.join("release/shoal")
-    } else {
-        target_dir.join(t.triple).join("release/shoal")
-    };
+    let path = target_dir.join(t.triple).join(dir).join("shoal");
     if std::env::var_os("SHOAL_BENCH_NO_BUILD").is_none() {
         let mut cmd = if native || t.triple.starts_with("aarch64") {
             let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-            c.args(["build", "--release", "--quiet", "--bin", "shoal"])
+            c.args(["build", "--quiet", "--bin", "shoal"])
+                .args(build)
                 .arg("--manifest-path")
                 .arg(repo().join("Cargo.toml"))
                 .args(features)
                 .arg("--target-dir")
                 .arg(&target_dir);
-            if !native {
+            if flavour == Flavour::Full {
                 c.args(["--target", t.triple]);
+            }
+            if flavour == Flavour::Agent {
+                c.env("RUSTFLAGS", "-C relocation-model=static");
             }
             c
         } else {

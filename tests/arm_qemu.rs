@@ -3,8 +3,9 @@
 //! controller.
 //!
 //! The aarch64 agent is the agent-only build a Pi runs (`--no-default-features`: no controller,
-//! no wasm compiler), so it also shows that a node without a compiler runs what the controller
-//! precompiled for it and says so in its Node status; the armv7 one is the full binary.
+//! no wasm compiler), not position-independent as `build-static.sh` builds it, so it also
+//! shows that a node without a compiler runs what the controller precompiled for it and says
+//! so in its Node status; the armv7 one is the full binary.
 //!
 //! aarch64 is built with Debian's cross compiler (`gcc-aarch64-linux-gnu`, `.cargo/config.toml`)
 //! and rustup's target; armv7 with `build-static.sh` (zig and cargo-zigbuild; the standard
@@ -144,9 +145,11 @@ fn build(arm: &Arm) -> Option<PathBuf> {
     let mut cmd = match arm.build {
         Build::Gcc { .. } => {
             let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            // Not position-independent, as build-static.sh builds the agent flavour.
             c.args(["build", "--bin", "shoal", "--target", arm.target])
                 .arg("--manifest-path")
-                .arg(repo_path("Cargo.toml"));
+                .arg(repo_path("Cargo.toml"))
+                .env("RUSTFLAGS", "-C relocation-model=static");
             c
         }
         Build::Zig => {
