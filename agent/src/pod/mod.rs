@@ -89,7 +89,7 @@ struct StartTiming {
     seen: std::time::Instant,
     /// Until its volumes, env, images and sandbox were ready.
     prepared: Duration,
-    /// Of which its sandbox: the network namespace, veth and address.
+    /// Its sandbox (the network namespace, veth and address), made beside the rest.
     sandbox: Duration,
 }
 

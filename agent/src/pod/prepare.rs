@@ -25,7 +25,8 @@ pub(super) struct Prepared {
     pub images: Vec<String>,
     /// The pod's address on the node's pod bridge.
     pub pod_ip: Option<std::net::Ipv4Addr>,
-    /// How long its sandbox (network namespace, veth, address) took to make.
+    /// How long its sandbox (network namespace, veth, address) took to make, beside the rest
+    /// of its preparing.
     pub sandbox_time: std::time::Duration,
 }
 
@@ -45,39 +46,65 @@ fn create_error(m: impl std::fmt::Display) -> NotReady {
     ("CreateContainerError".to_string(), m.to_string())
 }
 
-/// Resolves everything the pod's containers need, in the pod's directory `dir`.
+/// Resolves everything the pod's containers need, in the pod's directory `dir`. The pod's
+/// network namespace is made beside the rest, and ready when this returns, failed or not.
 pub(super) async fn prepare(inner: &Inner, pod: &Pod, dir: &Path) -> Result<Prepared, NotReady> {
     std::fs::create_dir_all(dir.join("logs")).map_err(create_error)?;
+    let runc = executor(inner, pod)?;
+    // The pod's network: its own namespace (with an address on the node's pod bridge when the
+    // node has a pod range), or the node's.
+    let pending = match &runc {
+        Some(_) if !pod.spec.host_network => Some(sandbox::begin(inner, pod, dir).await?),
+        _ => None,
+    };
+    let rest = prepare_containers(
+        inner,
+        pod,
+        dir,
+        runc.as_ref(),
+        pending.as_ref().map(|p| &p.sandbox),
+    )
+    .await;
+    let sandbox = match pending {
+        Some(p) => Some(p.ready(inner, pod).await),
+        None => None,
+    };
+    let mut prepared = rest?;
+    if let Some(made) = sandbox {
+        prepared.sandbox_time = made?.1;
+    }
+    Ok(prepared)
+}
+
+/// The pod's volumes, devices and its containers' specs, with `sandbox` its network.
+async fn prepare_containers(
+    inner: &Inner,
+    pod: &Pod,
+    dir: &Path,
+    runc: Option<&Arc<RuncRuntime>>,
+    sandbox: Option<&Sandbox>,
+) -> Result<Prepared, NotReady> {
     let volumes = volumes(inner, pod, dir).await?;
     let devices = inner.devices.allocate(pod).map_err(create_error)?;
-    let runc = executor(inner, pod)?;
     // Its NetworkPolicy's rules are known before anything of it runs.
     let policies = inner.proxy.policies();
     if !(policies.wait_for(&pod.metadata.uid, crate::policy::RULES_WAIT)).await {
         tracing::warn!(pod = %pod.metadata.name, "NetworkPolicies are in force but this pod's rules have not come; starting it without them");
     }
-    // The pod's network: its own namespace (with an address on the node's pod bridge when the
-    // node has a pod range), or the node's.
-    let begun = std::time::Instant::now();
-    let sandbox = match &runc {
-        Some(_) if !pod.spec.host_network => Some(sandbox::create(inner, pod, dir).await?),
-        _ => None,
-    };
-    let sandbox_time = begun.elapsed();
-    let placement = placement(inner, pod, sandbox.as_ref().and_then(|s| s.ip));
+    let placement = placement(inner, pod, sandbox.and_then(|s| s.ip));
     let mut prepared = Prepared {
         init: Vec::new(),
         specs: Vec::new(),
         images: Vec::new(),
-        pod_ip: sandbox.as_ref().and_then(|s| s.ip),
-        sandbox_time,
+        pod_ip: sandbox.and_then(|s| s.ip),
+        sandbox_time: std::time::Duration::ZERO,
     };
     let pod_ctx = PodContext {
         inner,
         pod,
         dir,
-        runc: runc.as_ref(),
-        sandbox: sandbox.as_ref(),
+        runc,
+        sandbox,
         volumes: &volumes,
         devices: &devices,
         placement: &placement,

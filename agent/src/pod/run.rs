@@ -608,7 +608,7 @@ fn log_start_timing(state: &Arc<Mutex<PodRun>>, start_call: Duration, report: Du
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     tracing::info!(
         %pod,
-        prepare_ms = ms(t.prepared.saturating_sub(t.sandbox)),
+        prepare_ms = ms(t.prepared),
         sandbox_ms = ms(t.sandbox),
         start_ms = ms(start_call),
         report_ms = ms(report),

@@ -19,43 +19,69 @@ pub(super) struct Sandbox {
     pub etc: Vec<Mount>,
 }
 
-/// Creates the pod's network namespace, attaches it to the pod bridge, and writes its /etc
-/// files under `dir`.
-pub(super) async fn create(inner: &Inner, pod: &Pod, dir: &Path) -> Result<Sandbox, NotReady> {
-    let failed = |e: &dyn std::fmt::Display| ("CreateContainerError".to_string(), e.to_string());
+/// A sandbox being made: what its containers' specs need is known at once (the namespace's
+/// path, the address, the /etc files), while the namespace and its veth are made on a thread
+/// beside the rest of the pod's preparation; [`Pending::ready`] waits for them.
+pub(super) struct Pending {
+    pub sandbox: Sandbox,
+    plumbing: tokio::task::JoinHandle<Result<std::time::Duration, NotReady>>,
+}
+
+fn failed(e: &dyn std::fmt::Display) -> NotReady {
+    ("CreateContainerError".to_string(), e.to_string())
+}
+
+/// Leases the pod's address, writes its /etc files under `dir`, and starts making its network
+/// namespace and attaching it to the pod bridge.
+pub(super) async fn begin(inner: &Inner, pod: &Pod, dir: &Path) -> Result<Pending, NotReady> {
     let name = netns_name(pod);
     let uid = pod.metadata.uid.clone();
     let network = lock(&inner.network).clone();
-    let (netns, ip) = tokio::task::spawn_blocking(move || {
-        // With a pod range, attaching makes the namespace too (fewer `ip` processes).
-        let ip = match network {
-            Some(n) => Some(n.attach(&name, &uid)?),
-            None => None,
-        };
-        let path = match ip {
-            Some(_) => netns::path(&name),
-            None => netns::create(&name)?,
-        };
-        Ok::<_, shoal_runtime::Error>((path, ip))
-    })
-    .await
-    .map_err(|e| failed(&e))?
-    .map_err(|e| failed(&shoal_transport::report(&e)))?;
-    if ip.is_some() {
-        // The node's first pod with an address of its range: other nodes' pods reach it.
-        inner.proxy.start_pod_network(&inner.pod_bridge);
-    }
-    // Its NetworkPolicy is in place before any of its containers runs.
-    let policies = inner.proxy.policies().clone();
-    let uid = pod.metadata.uid.clone();
-    tokio::task::spawn_blocking(move || policies.enforce_new(&uid))
+    let leasing = network.clone();
+    let ip = tokio::task::spawn_blocking(move || leasing.map(|n| n.address_for(&uid)).transpose())
         .await
         .map_err(|e| failed(&e))?
-        .map_err(|e| failed(&format!("writing the pod's NetworkPolicy: {e}")))?;
+        .map_err(|e| failed(&shoal_transport::report(&e)))?;
     let dns = inner.proxy.dns_address();
     let etc = etc_files(pod, dir, ip, dns)
         .map_err(|e| failed(&format!("/etc files: {}", shoal_transport::report(&e))))?;
-    Ok(Sandbox { netns, ip, etc })
+    let netns = netns::path(&name);
+    let plumbing = tokio::task::spawn_blocking(move || {
+        let begun = std::time::Instant::now();
+        let made = match (network, ip) {
+            (Some(n), Some(ip)) => n.connect(&name, ip),
+            _ => netns::create(&name).map(drop),
+        };
+        made.map_err(|e| failed(&shoal_transport::report(&e)))?;
+        Ok(begun.elapsed())
+    });
+    Ok(Pending {
+        sandbox: Sandbox { netns, ip, etc },
+        plumbing,
+    })
+}
+
+impl Pending {
+    /// Waits for the namespace and its veth, then puts the pod's NetworkPolicy in place: all
+    /// of it before any of its containers runs. Returns how long the namespace took to make.
+    pub async fn ready(
+        self,
+        inner: &Inner,
+        pod: &Pod,
+    ) -> Result<(Sandbox, std::time::Duration), NotReady> {
+        let took = self.plumbing.await.map_err(|e| failed(&e))??;
+        if self.sandbox.ip.is_some() {
+            // The node's first pod with an address of its range: other nodes' pods reach it.
+            inner.proxy.start_pod_network(&inner.pod_bridge);
+        }
+        let policies = inner.proxy.policies().clone();
+        let uid = pod.metadata.uid.clone();
+        tokio::task::spawn_blocking(move || policies.enforce_new(&uid))
+            .await
+            .map_err(|e| failed(&e))?
+            .map_err(|e| failed(&format!("writing the pod's NetworkPolicy: {e}")))?;
+        Ok((self.sandbox, took))
+    }
 }
 
 /// /etc/hosts, /etc/hostname and /etc/resolv.conf for a pod with its own network, written in

@@ -14,6 +14,7 @@ pub mod image;
 pub mod layer;
 pub mod nat;
 pub mod netns;
+pub mod rtnl;
 pub mod seccomp;
 pub mod spec;
 pub mod tun;

@@ -1,8 +1,11 @@
 //! Pod network namespaces: one per pod, shared by its containers, with loopback up, and (when
-//! the node has a pod range) an address on the node's pod bridge. Made with iproute2's
-//! `ip`, so they are visible to `ip netns` on the node and survive the agent; no iptables.
+//! the node has a pod range) an address on the node's pod bridge. Made from the agent's own
+//! process (a thread unshares and binds its namespace where `ip netns` keeps them; the links,
+//! address and route by rtnetlink), so they are visible to `ip netns` on the node and
+//! survive the agent; no iptables.
 
 use crate::error::{Error, Result};
+use crate::oci::rtnl::Rtnl;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,60 +28,76 @@ pub fn ip(args: &[&str]) -> std::result::Result<(), String> {
     }
 }
 
-/// Runs `lines` through one `ip -batch` (in the namespace `netns`, if given): one process
-/// for several changes, each `ip` costing a couple of milliseconds to start. It stops at the
-/// first that fails, whose error it returns.
-pub fn ip_batch(netns: Option<&str>, lines: &[String]) -> std::result::Result<(), String> {
-    use std::io::Write;
-    use std::process::Stdio;
-    let mut cmd = Command::new("ip");
-    if let Some(ns) = netns {
-        cmd.args(["-n", ns]);
+/// Makes `/var/run/netns` a shared mount point, as `ip netns` does, so the namespaces bound
+/// there are seen from the mount namespaces that share it (runc's, `ip netns exec`'s).
+fn shared_run_dir() -> std::io::Result<()> {
+    use rustix::io::Errno;
+    use rustix::mount::{mount_bind_recursive, mount_change, MountPropagationFlags as P};
+    let dir = Path::new("/var/run/netns");
+    std::fs::create_dir_all(dir)?;
+    match mount_change(dir, P::SHARED | P::REC) {
+        Err(Errno::INVAL) => {
+            // Not a mount point yet: it becomes one, bound on itself.
+            mount_bind_recursive(dir, dir)?;
+            Ok(mount_change(dir, P::SHARED | P::REC)?)
+        }
+        other => Ok(other?),
     }
-    let mut child = cmd
-        .args(["-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("ip: {e} (is iproute2 installed?)"))?;
-    let script = lines.join("\n") + "\n";
-    let written = match child.stdin.take() {
-        Some(mut stdin) => stdin.write_all(script.as_bytes()),
-        None => Ok(()),
+}
+
+/// A route netlink socket inside the namespace `name`, making the namespace first (as `ip
+/// netns add` does: a new one, bound on its file) when `make`. The work is done on a thread
+/// of its own, which alone moves into the namespace and ends there; the socket stays in it.
+fn socket_in(name: &str, make: bool) -> std::result::Result<Rtnl, String> {
+    let file = path(name);
+    let work = || -> std::result::Result<Rtnl, String> {
+        use rustix::thread::{move_into_link_name_space, LinkNameSpaceType, UnshareFlags};
+        if make {
+            shared_run_dir().map_err(|e| format!("/var/run/netns: {e}"))?;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&file)
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            // SAFETY: only the network namespace is unshared, which touches no memory or file
+            // descriptor of the process; this thread alone moves, and ends when done.
+            #[allow(unsafe_code)]
+            let moved = unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWNET) };
+            let bound =
+                moved.and_then(|()| rustix::mount::mount_bind("/proc/thread-self/ns/net", &file));
+            if let Err(e) = bound {
+                let _ = std::fs::remove_file(&file);
+                return Err(format!(
+                    "a new network namespace at {}: {e}",
+                    file.display()
+                ));
+            }
+        } else {
+            let ns = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&ns),
+                Some(LinkNameSpaceType::Network),
+            )
+            .map_err(|e| format!("entering {}: {e}", file.display()))?;
+        }
+        Rtnl::open().map_err(|e| format!("a netlink socket in {name}: {e}"))
     };
-    let out = child.wait_with_output().map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() && written.is_ok() {
-        Ok(())
-    } else {
-        // `ip` names the line that failed as `Command failed -:N`.
-        let text = String::from_utf8_lossy(&out.stderr).to_string();
-        let failed = (text.lines())
-            .find_map(|l| l.strip_prefix("Command failed -:"))
-            .and_then(|n| n.trim().parse::<usize>().ok())
-            .and_then(|n| lines.get(n.checked_sub(1)?));
-        let said: Vec<&str> = (text.lines())
-            .filter(|l| !l.starts_with("Command failed"))
-            .collect();
-        Err(match failed {
-            Some(line) => format!("ip {line}: {}", said.join("; ")),
-            None => format!("ip -batch: {}", said.join("; ")),
-        })
-    }
+    std::thread::scope(|s| match s.spawn(work).join() {
+        Ok(made) => made,
+        Err(_) => Err(format!("the thread making {name} panicked")),
+    })
 }
 
 /// Creates the namespace (or keeps the one already there) with loopback up.
 pub fn create(name: &str) -> Result<PathBuf> {
     let p = path(name);
-    if !p.exists() {
-        ip(&["netns", "add", name]).map_err(|m| Error::Start {
-            id: name.to_string(),
-            message: format!("creating the pod's network namespace: {m}"),
-        })?;
-    }
-    ip(&["-n", name, "link", "set", "lo", "up"]).map_err(|m| Error::Start {
+    let made = socket_in(name, !p.exists()).and_then(|mut nl| {
+        nl.up("lo")
+            .map_err(|e| format!("bringing up loopback: {e}"))
+    });
+    made.map_err(|m| Error::Start {
         id: name.to_string(),
-        message: format!("bringing up loopback: {m}"),
+        message: format!("the pod's network namespace: {m}"),
     })?;
     Ok(p)
 }
@@ -92,12 +111,19 @@ fn has_link(name: &str) -> bool {
     })
 }
 
-/// Removes the namespace; gone already is fine.
+/// Removes the namespace, as `ip netns delete` does: its file unmounted (the namespace
+/// goes with the last process in it) and removed; gone already is fine.
 pub fn delete(name: &str) {
-    if path(name).exists() {
-        if let Err(m) = ip(&["netns", "delete", name]) {
-            tracing::warn!(netns = name, error = %m, "cannot remove a pod network namespace");
-        }
+    let p = path(name);
+    if !p.exists() {
+        return;
+    }
+    let unmounted = rustix::mount::unmount(&p, rustix::mount::UnmountFlags::DETACH);
+    let removed = unmounted
+        .map_err(std::io::Error::from)
+        .and_then(|()| std::fs::remove_file(&p));
+    if let Err(e) = removed {
+        tracing::warn!(netns = name, error = %e, "cannot remove a pod network namespace");
     }
 }
 
@@ -168,6 +194,46 @@ fn net_err(what: &str, m: String) -> Error {
         id: what.to_string(),
         message: m,
     }
+}
+
+/// Makes the namespace `netns` (or enters the one there) and its network: loopback up, a
+/// veth from the bridge (`host_end` there) to its `eth0`, `addr` on it and the default route
+/// via the range's gateway. Half made is not made: the veth goes again on failure, so the
+/// next try starts over.
+fn plumb(
+    netns: &str,
+    host_end: &str,
+    bridge: &str,
+    addr: Ipv4Addr,
+    subnet: Subnet,
+) -> std::result::Result<(), String> {
+    let mut pod = socket_in(netns, !path(netns).exists())?;
+    let mut host = Rtnl::open().map_err(|e| format!("a netlink socket: {e}"))?;
+    let master = host
+        .index(bridge)
+        .map_err(|e| format!("the pod bridge {bridge}: {e}"))?;
+    let ns = std::fs::File::open(path(netns)).map_err(|e| format!("{netns}: {e}"))?;
+    use std::os::fd::AsFd;
+    host.add_veth(host_end, master, "eth0", ns.as_fd())
+        .map_err(|e| format!("the veth {host_end} to eth0 in {netns}: {e}"))?;
+    let cidr = format!("{addr}/{}", subnet.prefix);
+    let gateway = subnet.gateway();
+    let mut inside = || -> std::result::Result<(), String> {
+        pod.up("lo")
+            .map_err(|e| format!("bringing up loopback: {e}"))?;
+        pod.up("eth0")
+            .map_err(|e| format!("bringing up eth0: {e}"))?;
+        let eth0 = pod.index("eth0").map_err(|e| format!("eth0: {e}"))?;
+        pod.add_address(eth0, addr, subnet.prefix)
+            .map_err(|e| format!("adding {cidr} to eth0: {e}"))?;
+        pod.add_default_route(gateway)
+            .map_err(|e| format!("the default route via {gateway}: {e}"))
+    };
+    if let Err(m) = inside() {
+        let _ = host.delete(host_end);
+        return Err(format!("the pod's end: {m}"));
+    }
+    Ok(())
 }
 
 impl PodNetwork {
@@ -263,13 +329,18 @@ impl PodNetwork {
         ))
     }
 
-    /// Creates the pod's namespace `netns` (owned by `owner`, the pod's uid), if it is not
-    /// there, with loopback up and its `eth0` on the bridge; returns its address. Done
-    /// already (after an agent restart) is fine. Two `ip` processes: the namespace with the
-    /// node's end of the veth, then the pod's end.
-    pub fn attach(&self, netns: &str, owner: &str) -> Result<Ipv4Addr> {
+    /// The address leased to `owner` (the pod's uid), leasing a free one if it has none; the
+    /// bridge is made first if it is not there.
+    pub fn address_for(&self, owner: &str) -> Result<Ipv4Addr> {
         self.ensure_bridge()?;
-        let addr = self.lease(owner)?;
+        self.lease(owner)
+    }
+
+    /// Connects the pod's namespace `netns` to the bridge with `addr` (from
+    /// [`PodNetwork::address_for`]): the namespace made if it is not there, loopback up, its
+    /// `eth0` on the bridge. Done already (after an agent restart) is fine. Netlink from this
+    /// process: no `ip`.
+    pub fn connect(&self, netns: &str, addr: Ipv4Addr) -> Result<()> {
         use sha2::Digest;
         let host_end = format!(
             "shv{}",
@@ -277,33 +348,9 @@ impl PodNetwork {
         );
         // The pair goes with the pod's namespace: the node's end there means the pod's is.
         if has_link(&host_end) && path(netns).exists() {
-            return Ok(addr);
+            return Ok(());
         }
-        let gateway = self.subnet.gateway();
-        let cidr = format!("{addr}/{}", self.subnet.prefix);
-        let mut host = Vec::new();
-        if !path(netns).exists() {
-            host.push(format!("netns add {netns}"));
-        }
-        host.extend([
-            format!("link add {host_end} type veth peer name eth0 netns {netns}"),
-            format!("link set {host_end} master {} up", self.bridge),
-        ]);
-        let pod = [
-            "link set lo up".to_string(),
-            format!("addr add {cidr} dev eth0"),
-            "link set eth0 up".to_string(),
-            format!("route add default via {gateway}"),
-        ];
-        let made = ip_batch(None, &host)
-            .map_err(|m| format!("the node's end: {m}"))
-            .and_then(|_| ip_batch(Some(netns), &pod).map_err(|m| format!("the pod's end: {m}")));
-        if let Err(m) = made {
-            // Half made is not made: the next try starts again.
-            let _ = ip(&["link", "delete", &host_end]);
-            return Err(net_err(netns, m));
-        }
-        Ok(addr)
+        plumb(netns, &host_end, &self.bridge, addr, self.subnet).map_err(|m| net_err(netns, m))
     }
 
     /// Returns the pod's address to the range (its veth went with its namespace).
@@ -323,22 +370,81 @@ impl PodNetwork {
 mod tests {
     use super::*;
 
+    /// Whether the root-only test can run here, saying why not (a failure with
+    /// SHOAL_REQUIRE_RUNC=1, which CI sets, as for every test that needs root).
+    fn root_or_skip(test: &str) -> bool {
+        let why = if !rustix::process::geteuid().is_root() {
+            "not root"
+        } else if Command::new("ip").arg("-V").output().is_err() {
+            "no ip (apt-get install iproute2)"
+        } else {
+            return true;
+        };
+        if std::env::var("SHOAL_REQUIRE_RUNC").as_deref() == Ok("1") {
+            panic!("{test} needs root and iproute2: {why}");
+        }
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+        false
+    }
+
+    fn shown(args: &[&str]) -> String {
+        let out = Command::new("ip").args(args).output().expect("ip");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
     #[test]
-    fn a_batch_that_fails_names_the_line() {
-        if Command::new("ip").arg("-V").output().is_err() {
-            eprintln!(
-                "SKIPPED a_batch_that_fails_names_the_line: no ip (apt-get install iproute2)"
-            );
+    fn root_namespace_veth_address_and_route_made_in_process() {
+        if !root_or_skip("root_namespace_veth_address_and_route_made_in_process") {
             return;
         }
-        let lines = [
-            "link show lo".to_string(),
-            "link set shoal-nosuch0 up".to_string(),
-        ];
-        let err = ip_batch(None, &lines).unwrap_err();
-        assert!(err.starts_with("ip link set shoal-nosuch0 up: "), "{err}");
-        assert!(err.contains("shoal-nosuch0"), "{err}");
-        assert!(has_link("lo") && !has_link("shoal-nosuch0"));
+        let id = std::process::id();
+        let (bridge, ns, host_end) = (
+            format!("shtb{}", id % 100_000),
+            format!("shoal-test-{id}"),
+            format!("shtv{}", id % 100_000),
+        );
+        let subnet: Subnet = "10.254.77.0/24".parse().expect("cidr");
+        ip(&["link", "add", &bridge, "type", "bridge"]).expect("a test bridge");
+        let addr = Ipv4Addr::new(10, 254, 77, 9);
+        let made = plumb(&ns, &host_end, &bridge, addr, subnet);
+        let links = shown(&["-n", &ns, "-o", "link", "show"]);
+        let addrs = shown(&["-n", &ns, "-o", "-4", "addr", "show", "dev", "eth0"]);
+        let routes = shown(&["-n", &ns, "route", "show"]);
+        let host = shown(&["-o", "link", "show", &host_end]);
+        // Entered, not made again: a second veth into the same namespace fails on its eth0.
+        let again = plumb(&ns, &format!("{host_end}b"), &bridge, addr, subnet);
+        let lo_up =
+            socket_in(&ns, false).and_then(|mut nl| nl.index("lo").map_err(|e| e.to_string()));
+        delete(&ns);
+        let gone = !path(&ns).exists() && !shown(&["netns", "list"]).contains(&ns);
+        // The kernel tears a namespace down in the background, its veths with it.
+        let veth_gone = (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            ip(&["link", "show", &host_end]).is_err()
+        });
+        let _ = ip(&["link", "delete", &bridge]);
+        made.expect("the pod's network");
+        assert!(links.contains("lo: <LOOPBACK,UP"), "{links}");
+        assert!(links.contains("eth0@"), "{links}");
+        assert!(addrs.contains("inet 10.254.77.9/24"), "{addrs}");
+        assert!(
+            routes.contains("default via 10.254.77.1 dev eth0"),
+            "{routes}"
+        );
+        assert!(
+            host.contains(&format!("master {bridge}")) && host.contains(",UP"),
+            "{host}"
+        );
+        let err = again.expect_err("eth0 is there already");
+        assert!(
+            err.contains(&format!("the veth {host_end}b to eth0 in {ns}")),
+            "{err}"
+        );
+        assert!(ip(&["link", "show", &format!("{host_end}b")]).is_err());
+        assert_eq!(lo_up.expect("entered"), 1);
+        assert!(gone, "the namespace is removed");
+        assert!(veth_gone, "its veth went with it");
     }
 
     #[test]
