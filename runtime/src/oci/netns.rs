@@ -184,6 +184,8 @@ pub struct PodNetwork {
     /// Where what the node changed on the host is kept for `shoal reset` (the data dir).
     state_dir: PathBuf,
     lock: std::sync::Mutex<()>,
+    /// The leases on disk (address to owner), read once: this agent alone writes them.
+    leased: std::sync::Mutex<Option<std::collections::HashMap<Ipv4Addr, String>>>,
     /// Whether the bridge is known to be there: it is made by the first pod that needs it,
     /// so a node that runs no OCI pod changes nothing in the host's network.
     bridge_up: std::sync::atomic::AtomicBool,
@@ -249,6 +251,7 @@ impl PodNetwork {
             leases,
             state_dir: data_dir.to_path_buf(),
             lock: std::sync::Mutex::new(()),
+            leased: std::sync::Mutex::new(None),
             bridge_up: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -297,30 +300,53 @@ impl PodNetwork {
         self.subnet
     }
 
-    /// The address leased to `owner`, leasing a free one if it has none.
+    /// The leases recorded in the leases directory.
+    fn read_leases(&self) -> std::collections::HashMap<Ipv4Addr, String> {
+        let entries = std::fs::read_dir(&self.leases)
+            .into_iter()
+            .flatten()
+            .flatten();
+        entries
+            .filter_map(|e| {
+                let addr: Ipv4Addr = e.file_name().to_str()?.parse().ok()?;
+                Some((addr, std::fs::read_to_string(e.path()).ok()?))
+            })
+            .collect()
+    }
+
+    /// The address leased to `owner`, leasing a free one if it has none: one file created
+    /// for a new lease, none read (the map of them is kept from the first).
     fn lease(&self, owner: &str) -> Result<Ipv4Addr> {
-        let _held = self
-            .lock
+        let mut held = self
+            .leased
             .lock()
             .map_err(|_| Error::Internal("ipam lock poisoned".into()))?;
-        for addr in self.subnet.pod_addresses() {
-            let file = self.leases.join(addr.to_string());
-            match std::fs::read_to_string(&file) {
-                Ok(holder) if holder == owner => return Ok(addr),
-                Ok(_) => continue,
-                Err(_) => {}
-            }
+        let leased = held.get_or_insert_with(|| self.read_leases());
+        if let Some((addr, _)) = leased.iter().find(|(_, h)| *h == owner) {
+            return Ok(*addr);
         }
         for addr in self.subnet.pod_addresses() {
+            if leased.contains_key(&addr) {
+                continue;
+            }
             let file = self.leases.join(addr.to_string());
-            if let Ok(mut f) = std::fs::OpenOptions::new()
+            match std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .open(&file)
             {
-                std::io::Write::write_all(&mut f, owner.as_bytes())
-                    .map_err(|e| Error::io(&file, e))?;
-                return Ok(addr);
+                Ok(mut f) => {
+                    std::io::Write::write_all(&mut f, owner.as_bytes())
+                        .map_err(|e| Error::io(&file, e))?;
+                    leased.insert(addr, owner.to_string());
+                    return Ok(addr);
+                }
+                // Someone else's after all: its holder is learnt, the next is tried.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let holder = std::fs::read_to_string(&file).unwrap_or_default();
+                    leased.insert(addr, holder);
+                }
+                Err(e) => return Err(Error::io(&file, e)),
             }
         }
         Err(net_err(
@@ -355,14 +381,17 @@ impl PodNetwork {
 
     /// Returns the pod's address to the range (its veth went with its namespace).
     pub fn release(&self, owner: &str) {
-        let Ok(_held) = self.lock.lock() else { return };
-        if let Ok(entries) = std::fs::read_dir(&self.leases) {
-            for e in entries.flatten() {
-                if std::fs::read_to_string(e.path()).is_ok_and(|h| h == owner) {
-                    let _ = std::fs::remove_file(e.path());
-                }
+        let Ok(mut held) = self.leased.lock() else {
+            return;
+        };
+        let leased = held.get_or_insert_with(|| self.read_leases());
+        leased.retain(|addr, holder| {
+            let keep = holder != owner;
+            if !keep {
+                let _ = std::fs::remove_file(self.leases.join(addr.to_string()));
             }
-        }
+            keep
+        });
     }
 }
 
@@ -445,6 +474,29 @@ mod tests {
         assert_eq!(lo_up.expect("entered"), 1);
         assert!(gone, "the namespace is removed");
         assert!(veth_gone, "its veth went with it");
+    }
+
+    #[test]
+    fn leases_are_kept_across_restarts_and_freed_by_release() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let subnet: Subnet = "10.254.78.0/24".parse().expect("cidr");
+        let net = PodNetwork::new("shtb-unused", subnet, dir.path()).expect("network");
+        let a = net.lease("pod-a").expect("a");
+        let b = net.lease("pod-b").expect("b");
+        assert_eq!(a, Ipv4Addr::new(10, 254, 78, 2));
+        assert_eq!(b, Ipv4Addr::new(10, 254, 78, 3));
+        assert_eq!(net.lease("pod-a").expect("a again"), a);
+        // A lease file this process did not write (a previous agent's) is someone's.
+        let leases = dir.path().join("ipam").join("10.254.78.0_24");
+        std::fs::write(leases.join("10.254.78.4"), "pod-old").expect("stale");
+        assert_eq!(net.lease("pod-c").expect("c"), Ipv4Addr::new(10, 254, 78, 5));
+        // A restarted agent reads the leases: each pod keeps its address.
+        let again = PodNetwork::new("shtb-unused", subnet, dir.path()).expect("network");
+        assert_eq!(again.lease("pod-b").expect("b"), b);
+        assert_eq!(again.lease("pod-old").expect("old"), Ipv4Addr::new(10, 254, 78, 4));
+        again.release("pod-a");
+        assert!(!leases.join("10.254.78.2").exists());
+        assert_eq!(again.lease("pod-d").expect("d"), a, "a freed address is reused");
     }
 
     #[test]
