@@ -489,14 +489,24 @@ mod tests {
         // A lease file this process did not write (a previous agent's) is someone's.
         let leases = dir.path().join("ipam").join("10.254.78.0_24");
         std::fs::write(leases.join("10.254.78.4"), "pod-old").expect("stale");
-        assert_eq!(net.lease("pod-c").expect("c"), Ipv4Addr::new(10, 254, 78, 5));
+        assert_eq!(
+            net.lease("pod-c").expect("c"),
+            Ipv4Addr::new(10, 254, 78, 5)
+        );
         // A restarted agent reads the leases: each pod keeps its address.
         let again = PodNetwork::new("shtb-unused", subnet, dir.path()).expect("network");
         assert_eq!(again.lease("pod-b").expect("b"), b);
-        assert_eq!(again.lease("pod-old").expect("old"), Ipv4Addr::new(10, 254, 78, 4));
+        assert_eq!(
+            again.lease("pod-old").expect("old"),
+            Ipv4Addr::new(10, 254, 78, 4)
+        );
         again.release("pod-a");
         assert!(!leases.join("10.254.78.2").exists());
-        assert_eq!(again.lease("pod-d").expect("d"), a, "a freed address is reused");
+        assert_eq!(
+            again.lease("pod-d").expect("d"),
+            a,
+            "a freed address is reused"
+        );
     }
 
     #[test]
