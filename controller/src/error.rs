@@ -47,6 +47,10 @@ pub enum Error {
         #[source]
         source: Arc<dyn std::error::Error + Send + Sync>,
     },
+    /// The store's file was closed after a write failed, and is opened again with the next
+    /// write (see `store::Db`).
+    #[error("store: the file is closed after a failed write and opens again with the next write")]
+    Reopening,
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("{0}")]
@@ -104,6 +108,7 @@ impl Error {
             Error::Unauthenticated(_) => ErrorCode::Unauthenticated,
             Error::TooManyRequests(_) => ErrorCode::TooManyRequests,
             Error::Store { .. }
+            | Error::Reopening
             | Error::Corrupt(_)
             | Error::Crypto(_)
             | Error::Io { .. }

@@ -18,9 +18,10 @@ pub use watch::Watch;
 use crate::error::{Error, Result};
 use redb::{Database, ReadableDatabase, TableDefinition};
 use shoal_api::{Kind, Object};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub(crate) const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
@@ -165,8 +166,100 @@ pub(crate) struct WriteRequest {
     pub reply: oneshot::Sender<Result<Vec<Change>>>,
 }
 
+/// The open redb file. redb refuses every transaction on a handle that once failed to write
+/// (a full disk, an I/O error) until the file is closed and opened again; the writer does that
+/// here, so a controller whose disk filled up takes writes again once there is room, without a
+/// restart, and what was committed before is read back from the file as it is.
+pub(crate) struct Db {
+    path: PathBuf,
+    cache_bytes: usize,
+    /// `None` between closing the file and opening it again.
+    open: RwLock<Option<Arc<Database>>>,
+}
+
+impl Db {
+    fn open(path: &Path, cache_bytes: usize) -> Result<Db> {
+        Ok(Db {
+            path: path.to_path_buf(),
+            cache_bytes,
+            open: RwLock::new(Some(Arc::new(Self::create(path, cache_bytes)?))),
+        })
+    }
+
+    fn create(path: &Path, cache_bytes: usize) -> Result<Database> {
+        Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(|e| Error::store(format!("opening {}", path.display()), e))
+    }
+
+    /// The database as it is open now, for one transaction: a clone is never kept, or the
+    /// file could not be closed.
+    pub(crate) fn get(&self) -> Result<Arc<Database>> {
+        self.open
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or(Error::Reopening)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.open
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none()
+    }
+
+    /// Whether the handle refuses every write until it is opened again.
+    fn needs_reopen(&self) -> bool {
+        match self.get() {
+            Ok(db) => matches!(
+                db.begin_write(),
+                Err(redb::TransactionError::Storage(
+                    redb::StorageError::PreviousIo
+                ))
+            ),
+            Err(_) => true,
+        }
+    }
+
+    /// Closes the file and opens it again. Only the writer calls this, between transactions;
+    /// reads in flight hold the old handle for one transaction, so they are waited for.
+    fn reopen(&self) -> Result<()> {
+        let taken = self
+            .open
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(mut db) = taken {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match Arc::try_unwrap(db) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(held) if Instant::now() < deadline => {
+                        db = held;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(held) => {
+                        *self.open.write().unwrap_or_else(PoisonError::into_inner) = Some(held);
+                        return Err(Error::Internal(
+                            "the store file is still being read after 5 s; not reopened".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        let db = Self::create(&self.path, self.cache_bytes)?;
+        *self.open.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(db));
+        Ok(())
+    }
+}
+
 struct Inner {
-    db: Arc<Database>,
+    db: Arc<Db>,
     /// `None` only while dropping.
     writes: Option<mpsc::Sender<WriteRequest>>,
     writer: Option<std::thread::JoinHandle<()>>,
@@ -200,14 +293,10 @@ impl Store {
             SecretCipher::load_or_create(&dir.join("secrets.key")).map_err(codec::sealing)?,
         );
         let path = dir.join("state.redb");
-        let db = Database::builder()
-            .set_cache_size(config.cache_bytes)
-            .create(&path)
-            .map_err(|e| Error::store(format!("opening {}", path.display()), e))?;
+        let db = Arc::new(Db::open(&path, config.cache_bytes)?);
         shoal_transport::pki::make_private_file(&path)
             .map_err(|e| Error::store("securing the store file", e))?;
-        let db = Arc::new(db);
-        let revision = writer::initialize(&db, &cipher)?;
+        let revision = writer::initialize(&*db.get()?, &cipher)?;
         let revision = Arc::new(AtomicU64::new(revision));
         let (changes, _) = broadcast::channel(4096);
         let (writes, rx) = mpsc::channel(config.max_batch * 4);
@@ -319,13 +408,15 @@ impl Store {
         &self,
         f: impl FnOnce(&Reader) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let reader = Reader {
-            db: self.inner.db.clone(),
-            cipher: self.inner.cipher.clone(),
-        };
-        tokio::task::spawn_blocking(move || f(&reader))
-            .await
-            .map_err(|e| Error::Internal(format!("a store read failed: {e}")))?
+        let (db, cipher) = (self.inner.db.clone(), self.inner.cipher.clone());
+        tokio::task::spawn_blocking(move || {
+            f(&Reader {
+                db: db.get()?,
+                cipher,
+            })
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("a store read failed: {e}")))?
     }
 
     /// Changes after `revision` (exclusive), optionally of one kind. Fails with

@@ -410,3 +410,108 @@ async fn a_watcher_far_behind_catches_up_in_chunks_without_losing_a_change() {
         "in order, none twice"
     );
 }
+
+/// Whether the root-only test can run here, saying why not (a failure with
+/// SHOAL_REQUIRE_RUNC=1, which CI sets, as for every test that needs root).
+fn root_or_skip(test: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self belongs to the process's effective user.
+    if std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
+        return true;
+    }
+    if std::env::var("SHOAL_REQUIRE_RUNC").as_deref() == Ok("1") {
+        panic!("{test} needs root (it mounts a tmpfs)");
+    }
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: not root");
+    false
+}
+
+/// Unmounts the test's disk however the test ends.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A full disk: the write that does not fit fails saying why, nothing committed before it is
+/// lost, and once there is room again the store takes writes with no restart (redb refuses
+/// every transaction on a handle that saw an I/O error until the file is opened again). The
+/// disk is a 16 MiB tmpfs mounted for the test, so it needs root.
+#[tokio::test]
+async fn root_store_takes_writes_again_once_a_full_disk_has_room() {
+    if !root_or_skip("root_store_takes_writes_again_once_a_full_disk_has_room") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    std::fs::create_dir(&disk).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "shoal-test"])
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount -t tmpfs");
+    let _unmount = Unmount(disk.clone());
+    let store = open(&disk.join("store"));
+    for i in 0..5 {
+        store
+            .create(cm("default", &format!("kept-{i}"), "x"))
+            .await
+            .unwrap();
+    }
+
+    // Fill the disk, then write until a commit does not fit.
+    let filler = disk.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        while f.write_all(&chunk).is_ok() {}
+    }
+    let big = "y".repeat(256 << 10);
+    let mut failed = None;
+    for i in 0..64 {
+        if let Err(e) = store.create(cm("default", &format!("big-{i}"), &big)).await {
+            failed = Some((i, e));
+            break;
+        }
+    }
+    let (at, e) = failed.expect("a write fails on the full disk");
+    let said = shoal_transport::report(&e).to_string();
+    assert!(said.contains("No space left on device"), "{said}");
+    let revision = store.revision();
+
+    // Room again: the next write is taken, and everything before the failure is there.
+    std::fs::remove_file(&filler).unwrap();
+    let after = store.create(cm("default", "after", "z")).await.unwrap();
+    assert_eq!(after.revision, revision + 1);
+    let names = |objects: Vec<Object>| {
+        objects
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let (listed, _) = store.list(Kind::ConfigMap, Some("default")).await.unwrap();
+    let mut want: std::collections::BTreeSet<String> = (0..5)
+        .map(|i| format!("kept-{i}"))
+        .chain((0..at).map(|i| format!("big-{i}")))
+        .collect();
+    want.insert("after".into());
+    assert_eq!(names(listed), want, "the failed write {at} is not there");
+
+    // A watcher from before the failure sees the same history, and the file opens again.
+    let mut watch = store
+        .watch(revision - 1, Some(Kind::ConfigMap))
+        .await
+        .unwrap();
+    let next = watch.next().await.unwrap();
+    assert_eq!(next.revision, revision);
+    drop(watch);
+    drop(store);
+    let again = open(&disk.join("store"));
+    let (listed, _) = again.list(Kind::ConfigMap, Some("default")).await.unwrap();
+    assert_eq!(names(listed), want);
+}

@@ -3,7 +3,7 @@
 
 use super::codec;
 use super::writer::LogEntry;
-use super::{Change, SecretCipher, LOG, META, META_COMPACTED, META_REVISION};
+use super::{Change, Db, SecretCipher, LOG, META, META_COMPACTED, META_REVISION};
 use crate::error::{Error, Result};
 use redb::{Database, ReadableDatabase};
 use shoal_api::Kind;
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 pub struct Watch {
-    db: Arc<Database>,
+    db: Arc<Db>,
     cipher: Arc<SecretCipher>,
     live: broadcast::Receiver<Arc<Change>>,
     /// Highest revision already considered (delivered or filtered out).
@@ -32,7 +32,7 @@ impl Watch {
     /// A watcher from `revision`, with what the log holds after it already read (off the async
     /// threads): fails at once when the log no longer reaches back that far.
     pub(crate) async fn new(
-        db: Arc<Database>,
+        db: Arc<Db>,
         cipher: Arc<SecretCipher>,
         live: broadcast::Receiver<Arc<Change>>,
         revision: u64,
@@ -64,7 +64,7 @@ impl Watch {
     /// the decoding run on a blocking thread: a replay can be a thousand sealed objects.
     async fn replay(&mut self) -> Result<()> {
         let (db, cipher, seen, kind) = (self.db.clone(), self.cipher.clone(), self.seen, self.kind);
-        let read = tokio::task::spawn_blocking(move || read_log(&db, &cipher, seen, kind))
+        let read = tokio::task::spawn_blocking(move || read_log(&*db.get()?, &cipher, seen, kind))
             .await
             .map_err(|e| Error::Internal(format!("reading the change log: {e}")))??;
         self.seen = read.seen;

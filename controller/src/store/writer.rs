@@ -7,12 +7,12 @@
 
 use super::codec;
 use super::{
-    Change, ChangeType, ObjectKey, Op, SecretCipher, StoreConfig, WriteRequest, LOG, META,
+    Change, ChangeType, Db, ObjectKey, Op, SecretCipher, StoreConfig, WriteRequest, LOG, META,
     META_COMPACTED, META_REVISION, OBJECTS,
 };
 use crate::error::{Error, Result};
 use rand::Rng;
-use redb::{Database, ReadableTable, Table};
+use redb::{Database, ReadableDatabase, ReadableTable, Table};
 use shoal_api::{Kind, Namespace, Object, ObjectMeta, PropagationPolicy, FOREGROUND_DELETION};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,7 +78,7 @@ pub(crate) fn initialize(db: &Database, cipher: &SecretCipher) -> Result<u64> {
 }
 
 pub(crate) fn spawn(
-    db: Arc<Database>,
+    db: Arc<Db>,
     cipher: Arc<SecretCipher>,
     config: StoreConfig,
     mut rx: mpsc::Receiver<WriteRequest>,
@@ -96,8 +96,14 @@ pub(crate) fn spawn(
                         Err(_) => break,
                     }
                 }
+                if db.is_closed() {
+                    reopen(&db, &revision);
+                }
                 let ops: Vec<&[Op]> = requests.iter().map(|r| r.ops.as_slice()).collect();
-                match commit(&db, &cipher, &config, &ops) {
+                match db
+                    .get()
+                    .and_then(|open| commit(&open, &cipher, &config, &ops))
+                {
                     Ok((results, new_revision)) => {
                         revision.store(new_revision, Ordering::Release);
                         for (req, result) in requests.into_iter().zip(results) {
@@ -115,11 +121,46 @@ pub(crate) fn spawn(
                         for req in requests {
                             let _ = req.reply.send(Err(e.clone()));
                         }
+                        if db.needs_reopen() {
+                            reopen(&db, &revision);
+                        }
                     }
                 }
             }
         })
         .map_err(|e| Error::Internal(format!("cannot start the store writer: {e}")))
+}
+
+/// Opens the file again after a failed write, and takes the revision it holds: the one
+/// committed last, which a failed commit never moved.
+fn reopen(db: &Db, revision: &AtomicU64) {
+    let stored = db.reopen().and_then(|()| {
+        let open = db.get()?;
+        let txn = open
+            .begin_read()
+            .map_err(|e| Error::store("reading the revision", e))?;
+        let meta = txn
+            .open_table(META)
+            .map_err(|e| Error::store("reading the revision", e))?;
+        Ok(meta
+            .get(META_REVISION)
+            .map_err(|e| Error::store("reading the revision", e))?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    });
+    match stored {
+        Ok(stored) => {
+            revision.fetch_max(stored, Ordering::AcqRel);
+            tracing::warn!(
+                revision = stored,
+                "store file reopened after a failed write; writes go on"
+            );
+        }
+        Err(e) => tracing::error!(
+            error = %shoal_transport::report(&e),
+            "cannot reopen the store file after a failed write; trying again with the next write"
+        ),
+    }
 }
 
 fn read_meta(meta: &Table<&str, u64>, key: &str) -> Result<u64> {
