@@ -12,6 +12,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use shoal_api::{Kind, Object};
 use shoal_transport::seal::{self, SecretCipher};
 use std::path::{Path, PathBuf};
+use std::sync::{PoisonError, RwLock};
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 
@@ -25,7 +26,11 @@ pub enum Change {
 }
 
 pub struct Local {
-    db: Database,
+    /// `None` between closing the file after a failed write and opening it again: redb
+    /// refuses every transaction on a handle that once failed to write (a full SD card)
+    /// until then, so the next write opens it again and the node's state is kept once there
+    /// is room, with no restart.
+    db: RwLock<Option<Database>>,
     cipher: SecretCipher,
     path: PathBuf,
 }
@@ -94,7 +99,52 @@ impl Local {
         let txn = db.begin_write().map_err(|e| local(&path, e))?;
         txn.open_table(OBJECTS).map_err(|e| local(&path, e))?;
         txn.commit().map_err(|e| local(&path, e))?;
-        Ok(Local { db, cipher, path })
+        Ok(Local {
+            db: RwLock::new(Some(db)),
+            cipher,
+            path,
+        })
+    }
+
+    /// Runs `f` on the open file, opening it again first if a failed write closed it.
+    fn with_db<T>(&self, f: impl FnOnce(&Database) -> Result<T>) -> Result<T> {
+        if let Some(db) = self
+            .db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            return f(db);
+        }
+        self.reopen()?;
+        self.with_db(f)
+    }
+
+    /// Whether the file refuses every write until it is opened again.
+    fn needs_reopen(&self) -> bool {
+        self.db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_none_or(|db| {
+                matches!(
+                    db.begin_write(),
+                    Err(redb::TransactionError::Storage(
+                        redb::StorageError::PreviousIo
+                    ))
+                )
+            })
+    }
+
+    /// Closes the file and opens it again; what was committed before is read back as it is.
+    fn reopen(&self) -> Result<()> {
+        let mut open = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        // Dropped first: redb locks the file while a handle is open.
+        open.take();
+        let db = Database::create(&self.path).map_err(|e| local(&self.path, e))?;
+        *open = Some(db);
+        tracing::warn!(path = %self.path.display(), "the node's local state reopened after a failed write");
+        Ok(())
     }
 
     /// Its key, and its bytes as kept (with its apiVersion and kind, as the controller sent it).
@@ -108,12 +158,20 @@ impl Local {
 
     fn write(&self, f: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<()>) -> Result<()> {
         let e = |e: redb::Error| local(&self.path, e);
-        let txn = self.db.begin_write().map_err(|x| e(x.into()))?;
-        {
-            let mut table = txn.open_table(OBJECTS).map_err(|x| e(x.into()))?;
-            f(&mut table)?;
+        let written = self.with_db(|db| {
+            let txn = db.begin_write().map_err(|x| e(x.into()))?;
+            {
+                let mut table = txn.open_table(OBJECTS).map_err(|x| e(x.into()))?;
+                f(&mut table)?;
+            }
+            txn.commit().map_err(|x| e(x.into()))
+        });
+        if written.is_err() && self.needs_reopen() {
+            if let Err(err) = self.reopen() {
+                tracing::error!(error = %shoal_transport::report(&err), "cannot reopen the node's local state; trying again with the next write");
+            }
         }
-        txn.commit().map_err(|x| e(x.into()))
+        written
     }
 
     /// Keeps `obj` (replacing what was kept under its key).
@@ -182,34 +240,38 @@ impl Local {
 
     pub fn get(&self, k: &str) -> Result<Option<Object>> {
         let e = |x: redb::Error| local(&self.path, x);
-        let txn = self.db.begin_read().map_err(|x| e(x.into()))?;
-        let table = txn.open_table(OBJECTS).map_err(|x| e(x.into()))?;
-        match table.get(k).map_err(|x| e(x.into()))? {
-            Some(v) => Ok(Some(seal::decode(&self.cipher, k, v.value())?)),
-            None => Ok(None),
-        }
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(|x| e(x.into()))?;
+            let table = txn.open_table(OBJECTS).map_err(|x| e(x.into()))?;
+            match table.get(k).map_err(|x| e(x.into()))? {
+                Some(v) => Ok(Some(seal::decode(&self.cipher, k, v.value())?)),
+                None => Ok(None),
+            }
+        })
     }
 
     /// Every object kept of `kind`; one that does not decode is left out with a warning.
     pub fn list(&self, kind: Kind) -> Result<Vec<Object>> {
         let e = |x: redb::Error| local(&self.path, x);
-        let txn = self.db.begin_read().map_err(|x| e(x.into()))?;
-        let table = txn.open_table(OBJECTS).map_err(|x| e(x.into()))?;
-        let p = prefix(kind);
-        let mut out = Vec::new();
-        for entry in table.range(p.as_str()..).map_err(|x| e(x.into()))? {
-            let (k, v) = entry.map_err(|x| e(x.into()))?;
-            if !k.value().starts_with(&p) {
-                break;
-            }
-            match seal::decode(&self.cipher, k.value(), v.value()) {
-                Ok(o) => out.push(o),
-                Err(err) => {
-                    tracing::warn!(key = k.value(), error = %err, "a kept object does not decode; left out")
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(|x| e(x.into()))?;
+            let table = txn.open_table(OBJECTS).map_err(|x| e(x.into()))?;
+            let p = prefix(kind);
+            let mut out = Vec::new();
+            for entry in table.range(p.as_str()..).map_err(|x| e(x.into()))? {
+                let (k, v) = entry.map_err(|x| e(x.into()))?;
+                if !k.value().starts_with(&p) {
+                    break;
+                }
+                match seal::decode(&self.cipher, k.value(), v.value()) {
+                    Ok(o) => out.push(o),
+                    Err(err) => {
+                        tracing::warn!(key = k.value(), error = %err, "a kept object does not decode; left out")
+                    }
                 }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// The objects kept of `kind`, typed.
@@ -376,5 +438,80 @@ mod tests {
             .map(|o| o.metadata().uid.clone())
             .collect();
         assert_eq!(kept, vec!["b".to_string()]);
+    }
+
+    /// A full SD card: the write that does not fit fails naming why; once there is room the
+    /// next write is kept with no restart (redb refuses every transaction on a handle that saw
+    /// an I/O error until it is opened again), and nothing kept before is lost. The card is a
+    /// 16 MiB tmpfs mounted for the test, so it needs root.
+    #[test]
+    fn root_local_state_takes_writes_again_once_a_full_disk_has_room() {
+        use std::os::unix::fs::MetadataExt;
+        let test = "root_local_state_takes_writes_again_once_a_full_disk_has_room";
+        // /proc/self belongs to the process's effective user.
+        if !std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
+            if std::env::var("SHOAL_REQUIRE_RUNC").as_deref() == Ok("1") {
+                panic!("{test} needs root (it mounts a tmpfs)");
+            }
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "SKIPPED {test}: not root");
+            return;
+        }
+        struct Unmount(PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(&self.0).status();
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("disk");
+        std::fs::create_dir(&disk).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16m", "shoal-test"])
+            .arg(&disk)
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mount -t tmpfs");
+        let _unmount = Unmount(disk.clone());
+        let local = Local::open(&disk).unwrap();
+        local.put(&pod("kept")).unwrap();
+
+        let filler = disk.join("filler");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&filler).unwrap();
+            let chunk = vec![0u8; 1 << 20];
+            while f.write_all(&chunk).is_ok() {}
+        }
+        let big = |i: usize| {
+            let mut p = pod(&format!("big-{i}"));
+            p.metadata_mut()
+                .annotations
+                .insert("filler".into(), "y".repeat(256 << 10));
+            p
+        };
+        let at = (0..64)
+            .find_map(|i| local.put(&big(i)).err().map(|e| (i, e)))
+            .expect("a write fails on the full disk");
+        let said = shoal_transport::report(&at.1).to_string();
+        assert!(said.contains("No space left on device"), "{said}");
+
+        std::fs::remove_file(&filler).unwrap();
+        local.put(&pod("after")).unwrap();
+        let uids = |l: &Local| {
+            l.list(Kind::Pod)
+                .unwrap()
+                .iter()
+                .map(|o| o.metadata().uid.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        let want: std::collections::BTreeSet<String> = ["kept", "after"]
+            .into_iter()
+            .map(String::from)
+            .chain((0..at.0).map(|i| format!("big-{i}")))
+            .collect();
+        assert_eq!(uids(&local), want, "the failed write {} is not kept", at.0);
+        drop(local);
+        assert_eq!(uids(&Local::open(&disk).unwrap()), want);
     }
 }
