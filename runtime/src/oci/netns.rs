@@ -88,13 +88,45 @@ fn socket_in(name: &str, make: bool) -> std::result::Result<Rtnl, String> {
     })
 }
 
+/// Whether a namespace is bound at `file` (an nsfs inode there), not the empty file that an
+/// agent stopped between creating it and binding the namespace on it leaves.
+fn bound(file: &Path) -> bool {
+    rustix::fs::statfs(file).is_ok_and(|s| {
+        // NSFS_MAGIC, in the width the platform gives it.
+        let nsfs = 0x6e73_6673;
+        s.f_type == nsfs
+    })
+}
+
+/// Whether the namespace `name` is to be made: it is not there, or only its file is, which is
+/// removed (entering it would fail with EINVAL on every try, and making it with EEXIST).
+fn to_make(name: &str) -> std::result::Result<bool, String> {
+    let file = path(name);
+    if bound(&file) {
+        return Ok(false);
+    }
+    match std::fs::remove_file(&file) {
+        Ok(()) => {
+            tracing::warn!(
+                netns = name,
+                "a namespace file with no namespace on it (the agent stopped while making it) removed; making it again"
+            );
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(format!("{}: {e}", file.display())),
+    }
+}
+
 /// Creates the namespace (or keeps the one already there) with loopback up.
 pub fn create(name: &str) -> Result<PathBuf> {
     let p = path(name);
-    let made = socket_in(name, !p.exists()).and_then(|mut nl| {
-        nl.up("lo")
-            .map_err(|e| format!("bringing up loopback: {e}"))
-    });
+    let made = to_make(name)
+        .and_then(|make| socket_in(name, make))
+        .and_then(|mut nl| {
+            nl.up("lo")
+                .map_err(|e| format!("bringing up loopback: {e}"))
+        });
     made.map_err(|m| Error::Start {
         id: name.to_string(),
         message: format!("the pod's network namespace: {m}"),
@@ -118,7 +150,11 @@ pub fn delete(name: &str) {
     if !p.exists() {
         return;
     }
-    let unmounted = rustix::mount::unmount(&p, rustix::mount::UnmountFlags::DETACH);
+    let unmounted = match rustix::mount::unmount(&p, rustix::mount::UnmountFlags::DETACH) {
+        // Not a mount point: a file the namespace was never bound on.
+        Err(rustix::io::Errno::INVAL) => Ok(()),
+        other => other,
+    };
     let removed = unmounted
         .map_err(std::io::Error::from)
         .and_then(|()| std::fs::remove_file(&p));
@@ -209,7 +245,7 @@ fn plumb(
     addr: Ipv4Addr,
     subnet: Subnet,
 ) -> std::result::Result<(), String> {
-    let mut pod = socket_in(netns, !path(netns).exists())?;
+    let mut pod = socket_in(netns, to_make(netns)?)?;
     let mut host = Rtnl::open().map_err(|e| format!("a netlink socket: {e}"))?;
     let master = host
         .index(bridge)
@@ -236,6 +272,14 @@ fn plumb(
         return Err(format!("the pod's end: {m}"));
     }
     Ok(())
+}
+
+/// The first of the range's pod addresses that nobody holds.
+fn first_free(
+    subnet: Subnet,
+    leased: &std::collections::HashMap<Ipv4Addr, String>,
+) -> Option<Ipv4Addr> {
+    subnet.pod_addresses().find(|a| !leased.contains_key(a))
 }
 
 impl PodNetwork {
@@ -325,10 +369,8 @@ impl PodNetwork {
         if let Some((addr, _)) = leased.iter().find(|(_, h)| *h == owner) {
             return Ok(*addr);
         }
-        for addr in self.subnet.pod_addresses() {
-            if leased.contains_key(&addr) {
-                continue;
-            }
+        // Each turn leases the address or learns it is taken, so the loop ends.
+        while let Some(addr) = first_free(self.subnet, leased) {
             let file = self.leases.join(addr.to_string());
             match std::fs::OpenOptions::new()
                 .write(true)
@@ -476,6 +518,36 @@ mod tests {
         assert!(veth_gone, "its veth went with it");
     }
 
+    /// An agent stopped between creating a namespace's file and binding the namespace on it
+    /// leaves an empty file: the next start makes the namespace again rather than failing to
+    /// enter it on every try, and a deletion removes such a file too.
+    #[test]
+    fn root_a_namespace_file_left_by_a_stopped_agent_is_made_again() {
+        if !root_or_skip("root_a_namespace_file_left_by_a_stopped_agent_is_made_again") {
+            return;
+        }
+        let ns = format!("shoal-test-left-{}", std::process::id());
+        shared_run_dir().expect("/var/run/netns");
+        std::fs::write(path(&ns), b"").expect("the leftover file");
+        assert!(!bound(&path(&ns)), "an empty file is no namespace");
+        let made = create(&ns);
+        let is_bound = bound(&path(&ns));
+        let listed = shown(&["netns", "list"]).contains(&ns);
+        let lo = shown(&["-n", &ns, "-o", "link", "show", "lo"]);
+        delete(&ns);
+        let gone = !path(&ns).exists();
+
+        std::fs::write(path(&ns), b"").expect("another leftover file");
+        delete(&ns);
+        let leftover_removed = !path(&ns).exists();
+
+        made.expect("made again over the leftover file");
+        assert!(is_bound && listed, "a namespace is bound there now");
+        assert!(lo.contains("LOOPBACK,UP"), "{lo}");
+        assert!(gone, "deleted");
+        assert!(leftover_removed, "a leftover file is deleted too");
+    }
+
     #[test]
     fn leases_are_kept_across_restarts_and_freed_by_release() {
         let dir = tempfile::tempdir().expect("tmp");
@@ -507,6 +579,31 @@ mod tests {
             a,
             "a freed address is reused"
         );
+    }
+
+    #[test]
+    fn the_first_address_nobody_holds_is_leased() {
+        let subnet: Subnet = "10.1.0.0/29".parse().expect("cidr");
+        let held = |addrs: &[u8]| {
+            addrs
+                .iter()
+                .map(|&d| (Ipv4Addr::new(10, 1, 0, d), format!("pod-{d}")))
+                .collect::<std::collections::HashMap<_, _>>()
+        };
+        let cases: [(&[u8], Option<u8>); 5] = [
+            (&[], Some(2)),
+            (&[2], Some(3)),
+            (&[2, 4], Some(3)),
+            (&[3, 4, 5, 6], Some(2)),
+            (&[2, 3, 4, 5, 6], None),
+        ];
+        for (taken, want) in cases {
+            assert_eq!(
+                first_free(subnet, &held(taken)),
+                want.map(|d| Ipv4Addr::new(10, 1, 0, d)),
+                "held: {taken:?}"
+            );
+        }
     }
 
     #[test]
