@@ -111,6 +111,9 @@ pub struct Rtnl {
     seq: u32,
 }
 
+/// How long a request waits for the kernel's answer.
+const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Rtnl {
     pub fn open() -> io::Result<Rtnl> {
         use rustix::net::{socket_with, AddressFamily, SocketFlags, SocketType};
@@ -119,6 +122,13 @@ impl Rtnl {
             SocketType::RAW,
             SocketFlags::CLOEXEC,
             None,
+        )?;
+        // The kernel answers a route request within the sending call; a bound on the wait
+        // keeps a pod's start from hanging on a kernel that does not.
+        rustix::net::sockopt::set_socket_timeout(
+            &fd,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(ANSWER_WITHIN),
         )?;
         Ok(Rtnl { fd, seq: 0 })
     }
@@ -136,7 +146,15 @@ impl Rtnl {
         let mut replies = Vec::new();
         let mut buf = vec![0u8; 32 * 1024];
         loop {
-            let (got, _) = recv(&self.fd, &mut buf[..], RecvFlags::empty())?;
+            let (got, _) = match recv(&self.fd, &mut buf[..], RecvFlags::empty()) {
+                Err(rustix::io::Errno::AGAIN) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the kernel did not answer within {ANSWER_WITHIN:?}"),
+                    ))
+                }
+                other => other?,
+            };
             let mut at = 0;
             while at + HEADER <= got {
                 let word =
