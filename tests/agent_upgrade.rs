@@ -87,7 +87,13 @@ fn rebuild_with_version(to: &Path) {
     // scripts that watch one of those would make the build start over.
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy();
-        let kept = ["CARGO_HOME", "CARGO_TARGET_DIR", "CARGO_TERM_COLOR"].contains(&&*key)
+        let kept = [
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_TERM_COLOR",
+            "CARGO_INCREMENTAL",
+        ]
+        .contains(&&*key)
             || [
                 "CARGO_BUILD_",
                 "CARGO_PROFILE_",
