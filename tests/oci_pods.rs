@@ -746,7 +746,29 @@ fn runc_images_lists_what_a_node_holds_and_collects_the_unused_ones() {
         Duration::from_secs(60),
         |c| c.shoal(&["logs", "third"]).stdout() == "again\n",
     );
-    for p in ["second", "third"] {
+    // As the kubelet: the node's copy ran without asking the controller (IfNotPresent).
+    let described = c.shoal(&["describe", "pod", "third"]).ok();
+    assert!(
+        described.contains("Container image \"busybox:1\" already present on machine"),
+        "{described}"
+    );
+    // other:1 was collected, and a pod that may not pull it waits, saying why.
+    c.controller
+        .shoal_stdin(
+            &["apply", "-f", "-"],
+            Some(
+                &pod("never", "other:1", "true", "  restartPolicy: Never\n")
+                    .replace("    image:", "    imagePullPolicy: Never\n    image:"),
+            ),
+        )
+        .ok();
+    c.wait_for("ErrImageNeverPull", Duration::from_secs(30), |c| {
+        let p = c.pod("never");
+        field(&p, "status.containerStatuses.0.state.waiting.reason") == "ErrImageNeverPull"
+            && field(&p, "status.containerStatuses.0.state.waiting.message")
+                .contains("imagePullPolicy is Never")
+    });
+    for p in ["second", "third", "never"] {
         c.shoal(&["delete", "pod", p]).ok();
     }
     let root = c.agents[0].dir.join("runc");

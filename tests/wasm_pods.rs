@@ -532,3 +532,87 @@ fn a_pushed_wasm_artifact_is_precompiled_for_the_nodes_and_pods_start_without_co
         "compiled once, on the push; the node's fetch was served from what was kept"
     );
 }
+
+/// imagePullPolicy on an image the controller keeps, as the kubelet has it for a registry's:
+/// IfNotPresent runs the node's copy without asking (a tag pushed again is not seen), Always
+/// asks and runs what the name means now, Never runs only what the node has and otherwise
+/// waits in ErrImageNeverPull.
+#[test]
+fn image_pull_policy_decides_whether_the_controller_is_asked_for_an_image() {
+    let c = Cluster::start(1);
+    let probe = wasm_fixture("probe", "wasm32-wasip1");
+    c.shoal(&["push", probe.to_str().unwrap(), "app:1"]).ok();
+    let pod = |name: &str, policy: Option<&str>| {
+        let pod = probe_pod(name, "app:1", &["print", "probe"], "");
+        match policy {
+            Some(p) => pod.replace(
+                "    image:",
+                &format!("    imagePullPolicy: {p}\n    image:"),
+            ),
+            None => pod,
+        }
+    };
+    let apply = |yaml: String| {
+        c.controller
+            .shoal_stdin(&["apply", "-f", "-"], Some(&yaml))
+            .ok();
+    };
+    let logs = |c: &Cluster, name: &str| c.shoal(&["logs", name]).stdout();
+    let pulled = |name: &str| {
+        let described = c.shoal(&["describe", "pod", name]).ok();
+        described
+            .lines()
+            .find(|l| l.contains(" Pulled "))
+            .unwrap_or_default()
+            .to_string()
+    };
+
+    // Never, before the node has it: never fetched, the reason says why.
+    apply(pod("never-before", Some("Never")));
+    c.wait_for("ErrImageNeverPull", Duration::from_secs(30), |c| {
+        let p = c.pod("never-before");
+        field(&p, "status.containerStatuses.0.state.waiting.reason") == "ErrImageNeverPull"
+            && field(&p, "status.containerStatuses.0.state.waiting.message")
+                .contains("imagePullPolicy is Never")
+    });
+    c.shoal(&["delete", "pod", "never-before"]).ok();
+
+    // The default for a tag other than latest is IfNotPresent: fetched the first time.
+    apply(pod("first", None));
+    c.wait_for("the first pod's output", Duration::from_secs(60), |c| {
+        logs(c, "first") == "probe\n"
+    });
+    assert!(
+        pulled("first").contains("Successfully pulled image \"app:1\""),
+        "{}",
+        pulled("first")
+    );
+
+    // The tag pushed again with another module: IfNotPresent keeps running the node's copy.
+    let hello = wasm_fixture("hello", "wasm32-wasip1");
+    c.shoal(&["push", hello.to_str().unwrap(), "app:1"]).ok();
+    apply(pod("second", Some("IfNotPresent")));
+    c.wait_for("the second pod's output", Duration::from_secs(60), |c| {
+        logs(c, "second") == "probe\n"
+    });
+    assert!(
+        pulled("second").contains("Container image \"app:1\" already present on machine"),
+        "{}",
+        pulled("second")
+    );
+
+    // Always asks, and runs what the name means now; Never then runs that copy.
+    apply(pod("always", Some("Always")));
+    c.wait_for("the pushed-again module", Duration::from_secs(60), |c| {
+        logs(c, "always").starts_with("hello from")
+    });
+    apply(pod("never-after", Some("Never")));
+    c.wait_for("Never runs the node's copy", Duration::from_secs(60), |c| {
+        logs(c, "never-after").starts_with("hello from")
+    });
+    assert!(
+        pulled("never-after").contains("already present on machine"),
+        "{}",
+        pulled("never-after")
+    );
+}

@@ -2,6 +2,7 @@
 //! verified by digest before it is used, then kept by digest for the next pod.
 
 use crate::error::{Error, Result};
+use crate::registry::PullPolicy;
 use crate::sync::lock;
 use sha2::{Digest, Sha256};
 use shoal_transport::proto::{Request, Response};
@@ -128,6 +129,42 @@ impl ArtifactCache {
         std::fs::rename(&tmp, &pin).map_err(|e| Error::io(&pin, e))
     }
 
+    /// The copy this node has of `reference`, when `policy` says to run it without asking
+    /// the controller or the registry (IfNotPresent, Never); with Never and no copy, the
+    /// error that says so.
+    async fn present(&self, reference: &str, policy: PullPolicy) -> Result<Option<PathBuf>> {
+        if policy == PullPolicy::Always {
+            return Ok(None);
+        }
+        match self.pinned(reference).await? {
+            Some(done) => Ok(Some(done)),
+            None if policy == PullPolicy::Never => Err(Error::Artifact {
+                reference: reference.to_string(),
+                message: "not on this node, and imagePullPolicy is Never".into(),
+            }),
+            None => Ok(None),
+        }
+    }
+
+    /// As [`ArtifactCache::get`], by the container's imagePullPolicy: the node's copy as it is
+    /// under IfNotPresent and Never, as the kubelet runs an image already present without
+    /// asking its registry. True when that copy was used.
+    pub async fn get_for_container(
+        &self,
+        client: Option<&Client>,
+        reference: &str,
+        policy: PullPolicy,
+    ) -> Result<(PathBuf, bool)> {
+        {
+            let held = self.lock_for(reference);
+            let _held = held.lock().await;
+            if let Some(done) = self.present(reference, policy).await? {
+                return Ok((done, true));
+            }
+        }
+        Ok((self.get(client, reference).await?, false))
+    }
+
     /// The file `reference` was when this node last had it, if it is still whole.
     async fn pinned(&self, reference: &str) -> Result<Option<PathBuf>> {
         let pin = self.by_reference(reference).with_extension("digest");
@@ -159,20 +196,19 @@ impl ArtifactCache {
         Ok(true)
     }
 
-    /// The local path of a registry image: pulled unless `always` is false and an earlier
-    /// pull of the same reference is cached (imagePullPolicy IfNotPresent).
+    /// The local path of a registry image: pulled unless `policy` lets an earlier pull of the
+    /// same reference be used (IfNotPresent; Never, which fails without one). True when no
+    /// pull was made.
     pub async fn pull(
         &self,
         image: &str,
         auth: &oci_client::secrets::RegistryAuth,
-        always: bool,
-    ) -> Result<PathBuf> {
+        policy: PullPolicy,
+    ) -> Result<(PathBuf, bool)> {
         let held = self.lock_for(image);
         let _held = held.lock().await;
-        if !always {
-            if let Some(done) = self.pinned(image).await? {
-                return Ok(done);
-            }
+        if let Some(done) = self.present(image, policy).await? {
+            return Ok((done, true));
         }
         let path = match crate::registry::pull(image, auth, &self.dir, &self.registries).await {
             Ok(path) => path,
@@ -180,14 +216,14 @@ impl ArtifactCache {
             Err(e) => match self.pinned(image).await? {
                 Some(done) => {
                     tracing::info!(image, error = %shoal_transport::report(&e), "cannot pull; using the copy this node has");
-                    return Ok(done);
+                    return Ok((done, true));
                 }
                 None => return Err(e),
             },
         };
         self.pin(image, &path)?;
         lock(&self.verified).insert(path.clone());
-        Ok(path)
+        Ok((path, false))
     }
 
     /// Whether `key` (`NAMESPACE/IMAGE`) was fetched ahead by this process.

@@ -190,6 +190,17 @@ impl Supervisor {
     }
 }
 
+/// A container's image, as [`container_image`] found it.
+pub(super) struct Image {
+    /// For wasm the module, for OCI the image manifest in the node's store.
+    pub path: PathBuf,
+    /// An OCI image's manifest digest.
+    pub digest: Option<String>,
+    /// Whether the node's copy ran without asking the controller or the registry (the
+    /// kubelet's "already present on machine").
+    pub present: bool,
+}
+
 /// The container's image on local disk: for wasm the module, for OCI the image manifest in
 /// the node's store (and its digest, kept from garbage collection). From the controller or a
 /// registry, by the container's imagePullPolicy.
@@ -200,7 +211,7 @@ pub(super) async fn container_image(
     c: &shoal_api::Container,
     client: Option<&shoal_transport::Client>,
     runc: Option<&Arc<RuncRuntime>>,
-) -> std::result::Result<(PathBuf, Option<String>), (String, String)> {
+) -> std::result::Result<Image, (String, String)> {
     use crate::registry::PullPolicy;
     let policy = PullPolicy::of(c.image_pull_policy.as_deref(), &c.image);
     let registry = crate::registry::names_a_registry(&c.image);
@@ -210,7 +221,7 @@ pub(super) async fn container_image(
         oci_client::secrets::RegistryAuth::Anonymous
     };
     let failed = |e: Error| {
-        let reason = if policy == PullPolicy::Never && registry {
+        let reason = if policy == PullPolicy::Never {
             "ErrImageNeverPull"
         } else {
             "ErrImagePull"
@@ -218,30 +229,47 @@ pub(super) async fn container_image(
         (reason.to_string(), shoal_transport::report(&e).to_string())
     };
     let Some(runc) = runc else {
-        let path = if registry {
-            let always = policy == PullPolicy::Always;
-            inner.artifacts.pull(&c.image, &auth, always).await
+        let got = if registry {
+            inner.artifacts.pull(&c.image, &auth, policy).await
         } else {
-            inner.artifacts.get(client, &c.image).await
+            inner
+                .artifacts
+                .get_for_container(client, &c.image, policy)
+                .await
         };
-        let path = path.map_err(failed)?;
+        let (path, present) = got.map_err(failed)?;
         if let (false, Some(client)) = (registry, client) {
             precompiled(inner, client, &path).await;
         }
-        return Ok((path, None));
+        return Ok(Image {
+            path,
+            digest: None,
+            present,
+        });
     };
     let images = runc.images().clone();
     let platform = Platform::host();
-    let fetched = match (registry, client) {
-        (true, _) => {
+    // As the kubelet: an image the node has under the name runs without asking the controller
+    // or the registry, unless the policy is Always.
+    let recorded = (policy != PullPolicy::Always)
+        .then(|| images.recorded(&c.image))
+        .flatten();
+    let present = recorded.is_some();
+    let fetched = match (recorded, registry, client) {
+        (Some(digest), _, _) => Ok(digest),
+        (None, _, _) if policy == PullPolicy::Never => Err(Error::Artifact {
+            reference: c.image.clone(),
+            message: "not on this node, and imagePullPolicy is Never".into(),
+        }),
+        (None, true, _) => {
             let registries = inner.artifacts.registries();
             crate::registry::pull_image(&c.image, &auth, &images, &platform, policy, registries)
                 .await
         }
-        (false, Some(client)) => {
+        (None, false, Some(client)) => {
             crate::images::fetch(&inner.artifacts, client, &images, &c.image, &platform).await
         }
-        (false, None) => Err(Error::Artifact {
+        (None, false, None) => Err(Error::Artifact {
             reference: c.image.clone(),
             message: "not connected to the controller".into(),
         }),
@@ -264,7 +292,11 @@ pub(super) async fn container_image(
     let path = images
         .blob_path(&digest)
         .map_err(|e| failed(Error::from(e)))?;
-    Ok((path, Some(digest)))
+    Ok(Image {
+        path,
+        digest: Some(digest),
+        present,
+    })
 }
 
 /// Takes the controller's precompiled code for the wasm artifact at `artifact` (kept by its

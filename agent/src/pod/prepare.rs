@@ -348,10 +348,14 @@ impl PodContext<'_> {
         let (inner, pod) = (self.inner, self.pod);
         let ns = pod.metadata.namespace_or_default().to_string();
         let client = client(inner);
-        let (artifact, image) =
-            container_image(inner, pod, &ns, c, client.as_deref(), self.runc).await?;
-        let pulled = format!("Successfully pulled image {:?}", c.image);
+        let got = container_image(inner, pod, &ns, c, client.as_deref(), self.runc).await?;
+        let pulled = if got.present {
+            format!("Container image {:?} already present on machine", c.image)
+        } else {
+            format!("Successfully pulled image {:?}", c.image)
+        };
         event(inner, pod, "Normal", "Pulled", pulled).await;
+        let (artifact, image) = (got.path, got.digest);
         let workload: Arc<dyn Workload> = match self.runc {
             Some(r) => Arc::new(Runc(r.clone())),
             None => inner.wasm.clone(),
