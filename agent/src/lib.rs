@@ -111,6 +111,9 @@ fn runc(config: &AgentConfig) -> Result<Option<Arc<RuncRuntime>>> {
 /// jittered back-off when the link drops.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<Stopped> {
     shoal_transport::pki::make_private_dir(&config.data_dir)?;
+    // The data dir's lock first (redb locks local.redb): a second agent started with the same
+    // data dir (by an upgrade's guard, or by hand) stops here, before it writes anything.
+    let local = Arc::new(local::Local::open(&config.data_dir)?);
     write_pid(&config.data_dir);
     // Stops the agent as a signal does, or for an upgrade.
     let shutdown = shutdown.child_token();
@@ -120,7 +123,6 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<Sto
     let creds = join::NodeCredentials::load(&config)?;
     let wasm = Arc::new(WasmRuntime::new(&config.data_dir.join("wasm-cache"))?);
     let runc = runc(&config)?;
-    let local = Arc::new(local::Local::open(&config.data_dir)?);
     let (link_tx, link) = watch::channel(None::<Arc<Client>>);
     let proxy = proxy::Proxy::new(&config.name, link.clone(), creds.clone(), local.clone());
     let supervisor = Supervisor::new(

@@ -83,14 +83,40 @@ pub fn main(state: &Path, mode: Mode) -> i32 {
     }
 }
 
-fn alive(s: &State) -> bool {
-    match start_ticks(s.pid) {
-        Some(t) => s.start_ticks == 0 || t == s.start_ticks,
+/// Whether the agent process `pid` still runs: there, and started at `ticks` (so not another
+/// process that got its pid; 0 is any).
+fn alive(pid: u32, ticks: u64) -> bool {
+    match start_ticks(pid) {
+        Some(t) => ticks == 0 || t == ticks,
         None => false,
     }
 }
 
+/// The agent the guard watches: its pid, and its start time as the guard saw it first (while
+/// the agent waited for the guard to start). The time the agent recorded of itself is not
+/// compared: a process reading its own /proc entry under qemu-user sees emulated values, so
+/// an agent alive through its exec looked gone, and was rolled back under it.
+struct Watched {
+    pid: u32,
+    ticks: u64,
+}
+
+impl Watched {
+    /// The agent of `s`, as this process sees it now; `None` when it is gone.
+    fn of(s: &State) -> Option<Watched> {
+        Some(Watched {
+            pid: s.pid,
+            ticks: start_ticks(s.pid)?,
+        })
+    }
+
+    fn alive(&self) -> bool {
+        alive(self.pid, self.ticks)
+    }
+}
+
 fn watch(path: &Path) -> i32 {
+    let mut watched: Option<Watched> = None;
     loop {
         std::thread::sleep(LOOK);
         let Some(s) = read_state(path) else {
@@ -103,39 +129,50 @@ fn watch(path: &Path) -> i32 {
         if s.phase != TRIAL {
             return 0;
         }
-        if !alive(&s) {
+        if watched.as_ref().is_none_or(|w| w.pid != s.pid) {
+            watched = Watched::of(&s);
+        }
+        if !watched.as_ref().is_some_and(Watched::alive) {
             let reason = format!(
                 "the agent of {} exited before it reported Ready",
                 s.order.version
             );
-            return roll_back(path, s, reason, true);
+            return roll_back(path, s, reason, watched.as_ref(), true);
         }
         if now_secs() > s.deadline {
             let reason = format!(
                 "the agent of {} did not report Ready within {}s",
                 s.order.version, s.order.ready_timeout_seconds
             );
-            return roll_back(path, s, reason, true);
+            return roll_back(path, s, reason, watched.as_ref(), true);
         }
     }
 }
 
 fn recover(path: &Path) -> i32 {
     match read_state(path) {
-        Some(s) if s.phase == TRIAL && !alive(&s) => {
+        // The agent's own record of its start: a reboot since leaves no process under the
+        // pid, or another one.
+        Some(s) if s.phase == TRIAL && !alive(s.pid, s.start_ticks) => {
             let reason = format!(
                 "the node or its agent restarted before the agent of {} reported Ready",
                 s.order.version
             );
-            roll_back(path, s, reason, false)
+            roll_back(path, s, reason, None, false)
         }
         _ => 0,
     }
 }
 
-/// Puts the previous binary back and records why; with `start`, starts the agent again
-/// unless systemd does.
-fn roll_back(path: &Path, mut s: State, reason: String, start: bool) -> i32 {
+/// Puts the previous binary back, ends the new agent (`watched`) if it still runs, and
+/// records why; with `start`, starts the agent again unless systemd does.
+fn roll_back(
+    path: &Path,
+    mut s: State,
+    reason: String,
+    watched: Option<&Watched>,
+    start: bool,
+) -> i32 {
     eprintln!("shoal agent-guard: {reason}; putting {} back", s.from);
     // The binary first: whoever starts the agent next (systemd, or this guard) starts the old.
     if let Err(e) = copy_executable(&s.previous, &s.exe) {
@@ -145,7 +182,9 @@ fn roll_back(path: &Path, mut s: State, reason: String, start: bool) -> i32 {
         );
         return 1;
     }
-    end(&s);
+    if let Some(w) = watched {
+        end(w);
+    }
     s.phase = ROLLED_BACK.into();
     s.reason = reason;
     if let Err(e) = write_state(path, &s) {
@@ -183,19 +222,19 @@ fn roll_back(path: &Path, mut s: State, reason: String, start: bool) -> i32 {
 }
 
 /// Ends the new agent if it still runs: SIGTERM (it leaves its pods), then SIGKILL.
-fn end(s: &State) {
-    if !alive(s) {
+fn end(w: &Watched) {
+    if !w.alive() {
         return;
     }
-    let Some(pid) = rustix::process::Pid::from_raw(s.pid as i32) else {
+    let Some(pid) = rustix::process::Pid::from_raw(w.pid as i32) else {
         return;
     };
     let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
     let until = std::time::Instant::now() + END_GRACE;
-    while alive(s) && std::time::Instant::now() < until {
+    while w.alive() && std::time::Instant::now() < until {
         std::thread::sleep(Duration::from_millis(50));
     }
-    if alive(s) {
+    if w.alive() {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
     }
 }
