@@ -124,8 +124,10 @@ fn missing(arm: &Arm) -> Option<String> {
 
 /// Builds shoal for `arm` into the same target dir as the tests (the host's build scripts
 /// and proc macros are shared), with the dependencies unoptimised: this build is most of the
-/// test's time, and the code under qemu has little to do.
-fn build(arm: &Arm) -> Option<PathBuf> {
+/// test's time, and the code under qemu has little to do. With `version`, the build says it
+/// is that version (`SHOAL_VERSION`), as a release would. What was built is copied to `to`
+/// before another test's build can replace it.
+fn build(arm: &Arm, version: Option<&str>, to: &Path) -> Option<PathBuf> {
     if let Some(gaps) = missing(arm) {
         if std::env::var("SHOAL_REQUIRE_CROSS").as_deref() == Ok("1") {
             panic!("the {} test needs: {gaps}", arm.target);
@@ -133,6 +135,11 @@ fn build(arm: &Arm) -> Option<PathBuf> {
         kit::skipped(&format!("the {} test", arm.target), &gaps);
         return None;
     }
+    // The tests here build into one place: one at a time, each taking its copy.
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = BUILDING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()
         .expect("the target dir")
@@ -164,6 +171,10 @@ fn build(arm: &Arm) -> Option<PathBuf> {
             c
         }
     };
+    match version {
+        Some(v) => cmd.env("SHOAL_VERSION", v),
+        None => cmd.env_remove("SHOAL_VERSION"),
+    };
     let out = cmd
         .args(arm.features)
         .args(unoptimised)
@@ -178,7 +189,12 @@ fn build(arm: &Arm) -> Option<PathBuf> {
         arm.target,
         String::from_utf8_lossy(&out.stderr)
     );
-    Some(target_dir.join(arm.target).join("debug/shoal"))
+    let built = target_dir.join(arm.target).join("debug/shoal");
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).expect("the build's directory");
+    }
+    std::fs::copy(&built, to).expect("copying the build");
+    Some(to.to_path_buf())
 }
 
 /// (ELF machine, has a program interpreter). A static binary has no interpreter (PT_INTERP)
@@ -204,7 +220,10 @@ fn under_qemu(arm: &Arm, bin: &Path) -> Vec<OsString> {
 
 /// Joins an agent built for `arm` to an x86 controller and runs the example workload on it.
 fn runs_the_example_on(arm: &Arm) {
-    let Some(bin) = build(arm) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bin) = build(arm, None, &dir.path().join("bin/shoal")) else {
+        return;
+    };
     let (machine, dynamic) = elf_facts(&std::fs::read(&bin).unwrap());
     assert_eq!(machine, arm.machine, "built for {}", arm.target);
     assert!(!dynamic, "statically linked: nothing to install on the Pi");
@@ -229,7 +248,6 @@ fn runs_the_example_on(arm: &Arm) {
         );
     }
 
-    let dir = tempfile::tempdir().unwrap();
     let controller = Controller::start(&dir.path().join("controller"));
     let token = std::fs::read_to_string(controller.dir.join("token")).unwrap();
     let name = format!("pi-{}", arm.arch);
@@ -343,4 +361,188 @@ fn an_aarch64_agent_under_qemu_joins_reports_arm64_and_runs_a_wasm_pod() {
 #[test]
 fn an_armv7_agent_under_qemu_interprets_wasm_with_pulley_and_runs_a_wasm_pod() {
     runs_the_example_on(&ARMV7);
+}
+
+/// The version the rebuilt aarch64 binary says it is.
+const NEXT: &str = concat!(env!("CARGO_PKG_VERSION"), "-ota.arm64");
+
+/// A binfmt_misc entry that runs aarch64 executables through qemu, for the test's life: an
+/// upgraded agent execs its new binary (and starts its guard from the old one), which the
+/// kernel runs only through such an entry. A host-wide change while it lasts (any aarch64
+/// executable runs through qemu), so root only; binfmt_misc is mounted only if it was not, and
+/// unmounted again.
+struct Binfmt {
+    entry: PathBuf,
+    mounted: bool,
+}
+
+impl Binfmt {
+    const DIR: &'static str = "/proc/sys/fs/binfmt_misc";
+    /// An ELF64 little-endian executable for machine 183 (AArch64), and the bits compared.
+    const MAGIC: &'static str =
+        r"\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00";
+    const MASK: &'static str =
+        r"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff";
+
+    fn register(qemu: &Path) -> Binfmt {
+        let dir = Path::new(Self::DIR);
+        let mounted = !dir.join("register").exists();
+        if mounted {
+            let status = Command::new("mount")
+                .args(["-t", "binfmt_misc", "binfmt_misc"])
+                .arg(dir)
+                .status()
+                .expect("mount");
+            assert!(status.success(), "mount -t binfmt_misc");
+        }
+        let name = format!("shoal-test-aarch64-{}", std::process::id());
+        // F: the interpreter is opened now, so it also serves processes in other mount
+        // namespaces (runc's, were there any).
+        let rule = format!(
+            ":{name}:M::{}:{}:{}:F",
+            Self::MAGIC,
+            Self::MASK,
+            qemu.display()
+        );
+        let registered = std::fs::write(dir.join("register"), rule);
+        let binfmt = Binfmt {
+            entry: dir.join(name),
+            mounted,
+        };
+        registered.expect("registering qemu for aarch64 with binfmt_misc");
+        binfmt
+    }
+}
+
+impl Drop for Binfmt {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.entry, "-1");
+        if self.mounted {
+            let _ = Command::new("umount").arg(Self::DIR).status();
+        }
+    }
+}
+
+/// The full path of `tool` on the PATH.
+fn on_path_at(tool: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(tool))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| panic!("{tool} on the PATH"))
+}
+
+fn node_version(c: &Cluster, node: &str) -> String {
+    let n: serde_json::Value =
+        serde_json::from_str(&c.shoal(&["get", "node", node, "-o", "json"]).ok()).unwrap();
+    n["status"]["nodeInfo"]["kubeletVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// An aarch64 agent (the agent-only build a Pi runs) upgraded over the air under qemu, as the
+/// x86 ones are in tests/agent_upgrade.rs (which also shows the rollbacks): the binary
+/// rebuilt with another version string is pushed (its platform, linux/arm64, read from its
+/// ELF header), fetched by the node over its own link, swapped in and exec'd in the same
+/// process, and the node reports the new version. Needs root: the kernel runs the exec'd
+/// aarch64 binary through a binfmt_misc entry for qemu that the test registers for its life.
+#[test]
+fn root_an_aarch64_agent_under_qemu_is_upgraded_over_the_air() {
+    let test = "root_an_aarch64_agent_under_qemu_is_upgraded_over_the_air";
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self belongs to the process's effective user.
+    if !std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
+        if std::env::var("SHOAL_REQUIRE_CROSS").as_deref() == Ok("1") {
+            panic!("{test} needs root (it registers qemu with binfmt_misc)");
+        }
+        kit::skipped(test, "not root (it registers qemu with binfmt_misc)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bin) = build(&AARCH64, None, &dir.path().join("bin/shoal")) else {
+        return;
+    };
+    let Some(next) = build(&AARCH64, Some(NEXT), &dir.path().join("shoal-next")) else {
+        return;
+    };
+    let _binfmt = Binfmt::register(&on_path_at(AARCH64.qemu));
+
+    let controller = Controller::start(&dir.path().join("controller"));
+    let token = std::fs::read_to_string(controller.dir.join("token")).unwrap();
+    let name = "pi-ota";
+    // Started as the Pi starts it: the binary itself (through binfmt_misc here), so what it
+    // execs after the swap is found the same way.
+    let agent = Agent::with(&controller, name, &dir.path().join("agent"))
+        .program(&[bin.as_os_str()])
+        .token(token.trim())
+        .args(&["--node-status-update-frequency", "2s"])
+        .start();
+    let agent_dir = agent.dir.clone();
+    let first_pid = agent.pid().expect("the agent's pid");
+    let c = Cluster::adopt(controller, vec![agent]);
+    c.wait_for("the ARM node Ready", Duration::from_secs(120), |c| {
+        c.shoal(&["get", "nodes", name, "--no-headers"])
+            .stdout()
+            .split_whitespace()
+            .nth(1)
+            == Some("Ready")
+    });
+    assert_eq!(
+        node_version(&c, name),
+        format!("shoal-v{}", env!("CARGO_PKG_VERSION"))
+    );
+
+    let pushed = c
+        .shoal(&["push", next.to_str().unwrap(), "shoal:next-arm64"])
+        .ok();
+    assert!(pushed.contains("@sha256:"), "{pushed}");
+    c.apply(
+        r#"apiVersion: shoal.dev/v1alpha1
+kind: AgentUpgrade
+metadata: {name: pi-to-next}
+spec:
+  version: "NEXT"
+  binaries: ["shoal:next-arm64"]
+  maxUnavailable: 1
+  readyTimeoutSeconds: 180
+"#
+        .replace("NEXT", NEXT)
+        .as_str(),
+    );
+    c.wait_for("the Pi upgraded", Duration::from_secs(360), |c| {
+        let u: serde_json::Value = serde_json::from_str(
+            &c.shoal(&["get", "agentupgrade", "pi-to-next", "-o", "json"])
+                .ok(),
+        )
+        .unwrap();
+        u["status"]["phase"] == "Complete"
+    });
+    let u: serde_json::Value = serde_json::from_str(
+        &c.shoal(&["get", "agentupgrade", "pi-to-next", "-o", "json"])
+            .ok(),
+    )
+    .unwrap();
+    assert_eq!(u["status"]["nodes"][0]["state"], "Upgraded", "{u}");
+    assert_eq!(u["status"]["nodes"][0]["version"], NEXT, "{u}");
+    assert_eq!(node_version(&c, name), format!("shoal-v{NEXT}"));
+    // In place: the same process, now running the new binary, which replaced the old file.
+    let pid: u32 = std::fs::read_to_string(agent_dir.join("agent.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        pid,
+        first_pid,
+        "the agent exec'd the new binary itself:\n{}",
+        c.agents[0].log()
+    );
+    assert_eq!(
+        std::fs::read(&bin).unwrap(),
+        std::fs::read(&next).unwrap(),
+        "the node's binary is the pushed one"
+    );
 }
