@@ -2,7 +2,7 @@
 //! verified by digest before it is used, then kept by digest for the next pod.
 
 use crate::error::{Error, Result};
-use crate::registry::PullPolicy;
+use crate::registry::{PullPolicy, Source};
 use crate::sync::lock;
 use sha2::{Digest, Sha256};
 use shoal_transport::proto::{Request, Response};
@@ -133,16 +133,11 @@ impl ArtifactCache {
     /// the controller or the registry (IfNotPresent, Never); with Never and no copy, the
     /// error that says so.
     async fn present(&self, reference: &str, policy: PullPolicy) -> Result<Option<PathBuf>> {
-        if policy == PullPolicy::Always {
-            return Ok(None);
-        }
-        match self.pinned(reference).await? {
-            Some(done) => Ok(Some(done)),
-            None if policy == PullPolicy::Never => Err(Error::Artifact {
-                reference: reference.to_string(),
-                message: "not on this node, and imagePullPolicy is Never".into(),
-            }),
-            None => Ok(None),
+        let pinned = self.pinned(reference).await?;
+        match (policy.source(pinned.is_some()), pinned) {
+            (Source::Node, done) => Ok(done),
+            (Source::Refuse, _) => Err(crate::registry::never_pulled(reference)),
+            (Source::Fetch, _) => Ok(None),
         }
     }
 

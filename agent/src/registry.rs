@@ -211,6 +211,37 @@ impl PullPolicy {
     }
 }
 
+/// Where a container's image comes from, by its policy and whether the node has it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The node's copy, without asking the controller or the registry.
+    Node,
+    /// Asked for (the node's copy stays the fallback while they are out of reach).
+    Fetch,
+    /// Not on the node, and the policy is Never: ErrImageNeverPull.
+    Refuse,
+}
+
+impl PullPolicy {
+    /// As the kubelet decides: Always asks; IfNotPresent and Never run what the node has;
+    /// without it, IfNotPresent asks and Never refuses.
+    pub fn source(self, on_node: bool) -> Source {
+        match (self, on_node) {
+            (PullPolicy::Always, _) | (PullPolicy::IfNotPresent, false) => Source::Fetch,
+            (_, true) => Source::Node,
+            (PullPolicy::Never, false) => Source::Refuse,
+        }
+    }
+}
+
+/// The error for an image not on the node under imagePullPolicy Never.
+pub fn never_pulled(image: &str) -> Error {
+    Error::Artifact {
+        reference: image.to_string(),
+        message: "not on this node, and imagePullPolicy is Never".into(),
+    }
+}
+
 /// Pulls the container image `image` for `platform` into the node's image store; returns its
 /// manifest digest. Every manifest and blob is checked against its digest before it is kept;
 /// blobs the store already holds (layers shared with other images) are not fetched again.
@@ -347,6 +378,21 @@ mod tests {
             (Some("Always"), "busybox:1", Always),
         ] {
             assert_eq!(PullPolicy::of(written, image), want, "{written:?} {image}");
+        }
+    }
+
+    #[test]
+    fn the_policy_and_the_node_copy_decide_where_an_image_comes_from() {
+        use PullPolicy::*;
+        for (policy, on_node, want) in [
+            (Always, true, Source::Fetch),
+            (Always, false, Source::Fetch),
+            (IfNotPresent, true, Source::Node),
+            (IfNotPresent, false, Source::Fetch),
+            (Never, true, Source::Node),
+            (Never, false, Source::Refuse),
+        ] {
+            assert_eq!(policy.source(on_node), want, "{policy:?} {on_node}");
         }
     }
 

@@ -212,7 +212,7 @@ pub(super) async fn container_image(
     client: Option<&shoal_transport::Client>,
     runc: Option<&Arc<RuncRuntime>>,
 ) -> std::result::Result<Image, (String, String)> {
-    use crate::registry::PullPolicy;
+    use crate::registry::{PullPolicy, Source};
     let policy = PullPolicy::of(c.image_pull_policy.as_deref(), &c.image);
     let registry = crate::registry::names_a_registry(&c.image);
     let auth = if registry {
@@ -251,25 +251,23 @@ pub(super) async fn container_image(
     let platform = Platform::host();
     // As the kubelet: an image the node has under the name runs without asking the controller
     // or the registry, unless the policy is Always.
-    let recorded = (policy != PullPolicy::Always)
-        .then(|| images.recorded(&c.image))
-        .flatten();
-    let present = recorded.is_some();
-    let fetched = match (recorded, registry, client) {
-        (Some(digest), _, _) => Ok(digest),
-        (None, _, _) if policy == PullPolicy::Never => Err(Error::Artifact {
-            reference: c.image.clone(),
-            message: "not on this node, and imagePullPolicy is Never".into(),
-        }),
-        (None, true, _) => {
+    let recorded = images.recorded(&c.image);
+    let source = policy.source(recorded.is_some());
+    let present = source == Source::Node;
+    let fetched = match (source, recorded, registry, client) {
+        (Source::Node, Some(digest), _, _) => Ok(digest),
+        (Source::Refuse, ..) | (Source::Node, None, ..) => {
+            Err(crate::registry::never_pulled(&c.image))
+        }
+        (Source::Fetch, _, true, _) => {
             let registries = inner.artifacts.registries();
             crate::registry::pull_image(&c.image, &auth, &images, &platform, policy, registries)
                 .await
         }
-        (None, false, Some(client)) => {
+        (Source::Fetch, _, false, Some(client)) => {
             crate::images::fetch(&inner.artifacts, client, &images, &c.image, &platform).await
         }
-        (None, false, None) => Err(Error::Artifact {
+        (Source::Fetch, _, false, None) => Err(Error::Artifact {
             reference: c.image.clone(),
             message: "not connected to the controller".into(),
         }),
