@@ -14,11 +14,25 @@ struct Registry {
     child: Child,
     addr: String,
     _dir: tempfile::TempDir,
+    /// What the test's own pushes authenticate with.
+    auth: oci_client::secrets::RegistryAuth,
 }
 
 impl Registry {
     /// `None` (with the reason printed) when docker-registry is not installed, outside CI.
     fn start() -> Option<Registry> {
+        Registry::start_with("")
+    }
+
+    /// A registry whose access controller is distribution's `silly` one: a request without
+    /// an `Authorization` header is answered 401 with a Bearer challenge naming `realm`.
+    fn start_challenging(realm: &str) -> Option<Registry> {
+        Registry::start_with(&format!(
+            "auth: {{silly: {{realm: \"{realm}\", service: shoal-test}}}}\n"
+        ))
+    }
+
+    fn start_with(auth: &str) -> Option<Registry> {
         let bin = "/usr/bin/docker-registry";
         if !std::path::Path::new(bin).exists() {
             let hint = "docker-registry is not installed: apt-get install docker-registry";
@@ -38,7 +52,7 @@ impl Registry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n",
+                "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n{auth}",
                 dir.path().join("data").display()
             ),
         )
@@ -57,6 +71,11 @@ impl Registry {
                     child,
                     addr,
                     _dir: dir,
+                    auth: if auth.is_empty() {
+                        oci_client::secrets::RegistryAuth::Anonymous
+                    } else {
+                        oci_client::secrets::RegistryAuth::Basic("pusher".into(), "push".into())
+                    },
                 });
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -89,13 +108,7 @@ impl Registry {
     ) -> oci_client::Reference {
         let reference: oci_client::Reference = format!("{}/{repo_tag}", self.addr).parse().unwrap();
         self.client()
-            .push(
-                &reference,
-                &[layer],
-                config,
-                &oci_client::secrets::RegistryAuth::Anonymous,
-                None,
-            )
+            .push(&reference, &[layer], config, &self.auth, None)
             .await
             .expect("push to the test registry");
         reference
@@ -148,7 +161,7 @@ impl Registry {
             .client()
             .pull_manifest_raw(
                 &reference,
-                &oci_client::secrets::RegistryAuth::Anonymous,
+                &self.auth,
                 &["application/vnd.oci.image.manifest.v1+json"],
             )
             .await
@@ -185,11 +198,7 @@ impl Registry {
             annotations: None,
         };
         self.client()
-            .push_manifest_list(
-                &reference,
-                &oci_client::secrets::RegistryAuth::Anonymous,
-                index,
-            )
+            .push_manifest_list(&reference, &self.auth, index)
             .await
             .expect("push the index");
     }
@@ -259,6 +268,7 @@ async fn a_wasm_artifact_is_pulled_from_a_registry_verified_and_reused() {
                 let out = c.shoal(&["get", "pod", "absent", "-o", "json"]).stdout();
                 (out.contains("ErrImagePull") || out.contains("ImagePullBackOff"))
                     && out.contains("pulling from 127.0.0.1:")
+                    && out.contains("MANIFEST_UNKNOWN")
             },
         );
     })
@@ -410,4 +420,130 @@ async fn runc_image_is_pulled_from_a_registry_for_the_node_platform_verified_and
     })
     .await
     .unwrap();
+}
+
+/// A registry's token service, as the test's stand-in for Docker Hub's `auth.docker.io`:
+/// it gives a token to a request with Basic credentials, answers 401 to one without, and
+/// keeps what each request asked for (its request line and `Authorization`).
+struct TokenService {
+    realm: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl TokenService {
+    fn start() -> TokenService {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let realm = format!("http://{}/token", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = std::io::BufReader::new(&stream);
+                let mut head = Vec::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    head.push(line.trim_end().to_string());
+                }
+                let auth = head
+                    .iter()
+                    .find_map(|h| {
+                        h.to_ascii_lowercase()
+                            .starts_with("authorization:")
+                            .then(|| h["authorization:".len()..].trim().to_string())
+                    })
+                    .unwrap_or_default();
+                let line = head.first().cloned().unwrap_or_default();
+                kept.lock().unwrap().push(format!("{line} auth={auth}"));
+                let (status, body) = if auth.starts_with("Basic ") {
+                    ("200 OK", r#"{"token": "shoal-test-token"}"#)
+                } else {
+                    ("401 Unauthorized", r#"{"details": "credentials required"}"#)
+                };
+                let _ = write!(
+                    &stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        TokenService { realm, seen }
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_token_challenge_is_answered_with_the_pods_pull_secret() {
+    let tokens = TokenService::start();
+    let Some(registry) = Registry::start_challenging(&tokens.realm) else {
+        return;
+    };
+    registry
+        .push_wasm(&wasm_fixture("probe", "wasm32-wasip1"), "private/probe:v1")
+        .await;
+    let image = format!("{}/private/probe:v1", registry.addr);
+    let addr = registry.addr.clone();
+    let seen = move || tokens.seen();
+    tokio::task::spawn_blocking(move || {
+        let c = Cluster::start(1);
+        let config = format!(
+            r#"{{"auths": {{"http://{addr}": {{"username": "puller", "password": "s3cret"}}}}}}"#
+        );
+        let secret = format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: pull}}\ntype: kubernetes.io/dockerconfigjson\ndata:\n  .dockerconfigjson: {}\n",
+            base64_encode(config.as_bytes())
+        );
+        let with_secret = pod("with-secret", &image)
+            .replace("  containers:", "  imagePullSecrets: [{name: pull}]\n  containers:");
+        c.controller
+            .shoal_stdin(
+                &["apply", "-f", "-"],
+                Some(&format!("{secret}---\n{with_secret}")),
+            )
+            .ok();
+        c.wait_for("the pod with the secret to run", Duration::from_secs(60), |c| {
+            c.shoal(&["get", "pod", "with-secret", "-o", "json"])
+                .stdout()
+                .contains("\"phase\": \"Succeeded\"")
+        });
+        assert_eq!(c.shoal(&["logs", "with-secret"]).ok(), "from the registry\n");
+        let puller = format!("Basic {}", base64_encode(b"puller:s3cret"));
+        let asked = seen();
+        assert!(
+            asked.iter().any(|r| r.contains("scope=repository%3Aprivate%2Fprobe%3Apull")
+                && r.contains("service=shoal-test")
+                && r.ends_with(&format!("auth={puller}"))),
+            "the agent asked the token service for pull access with the secret's credentials: {asked:#?}"
+        );
+        // Asked for again (Always: the node's copy would otherwise serve it, as the kubelet's
+        // does), without credentials this time.
+        let without = pod("without", &image)
+            .replace("    image:", "    imagePullPolicy: Always\n    image:");
+        c.controller
+            .shoal_stdin(&["apply", "-f", "-"], Some(&without))
+            .ok();
+        c.wait_for(
+            "the pod without credentials refused by the token service",
+            Duration::from_secs(60),
+            |c| {
+                let out = c.shoal(&["get", "pod", "without", "-o", "json"]).stdout();
+                (out.contains("ErrImagePull") || out.contains("ImagePullBackOff"))
+                    && out.contains("token service")
+                    && out.contains("401")
+            },
+        );
+    })
+    .await
+    .unwrap();
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }

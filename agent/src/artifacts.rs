@@ -197,7 +197,7 @@ impl ArtifactCache {
     pub async fn pull(
         &self,
         image: &str,
-        auth: &oci_client::secrets::RegistryAuth,
+        auth: &crate::distribution::Auth,
         policy: PullPolicy,
     ) -> Result<(PathBuf, bool)> {
         let held = self.lock_for(image);
@@ -207,6 +207,9 @@ impl ArtifactCache {
         }
         let path = match crate::registry::pull(image, auth, &self.dir, &self.registries).await {
             Ok(path) => path,
+            // A refusal of the pod's credentials is final: the copy another pod's pulled
+            // must not serve this one.
+            Err(e @ Error::Refused { .. }) => return Err(e),
             // The registry out of reach: the copy pulled last keeps the pod running.
             Err(e) => match self.pinned(image).await? {
                 Some(done) => {

@@ -15,6 +15,10 @@ pub enum Error {
     Runtime(#[from] shoal_runtime::Error),
     #[error("artifact {reference}: {message}")]
     Artifact { reference: String, message: String },
+    /// A registry (or its token service) refused the credentials the pod has, or has none
+    /// for it: unlike a registry out of reach, the node's copy must not stand in.
+    #[error("artifact {reference}: {message}")]
+    Refused { reference: String, message: String },
     #[error("{path}")]
     Io {
         path: String,

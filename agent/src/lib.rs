@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod config;
 pub mod cron;
 pub mod devices;
+pub mod distribution;
 pub mod dns;
 pub mod env;
 pub mod error;

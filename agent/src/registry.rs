@@ -1,13 +1,12 @@
-//! Pulling wasm artifacts from OCI registries (distribution API v2): anonymous, or with the
-//! basic credentials of the pod's `imagePullSecrets` (the client follows a registry's bearer
-//! token challenge by itself). Each layer is checked against its digest; plain HTTP is used
-//! only for registries on loopback.
+//! Pulling wasm artifacts and container images from OCI registries (distribution API v2, the
+//! client in `distribution.rs`): anonymous, or with the basic credentials of the pod's
+//! `imagePullSecrets` (sent to the registry's token service when it challenges for a bearer
+//! token). Each blob is checked against its digest; plain HTTP is used only for registries on
+//! loopback or listed as insecure.
 
+use crate::distribution::{Auth, Client, Reference};
 use crate::error::{Error, Result};
 use base64::Engine as _;
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
 use sha2::{Digest, Sha256};
 use shoal_runtime::oci::image::{self, ConfigPlatform as _, ImageStore, Platform};
 use std::path::{Path, PathBuf};
@@ -40,36 +39,45 @@ fn is_loopback(registry: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// The registry a `.dockerconfigjson` key names: `https://index.docker.io/v1/` is `docker.io`.
+fn config_key_host(key: &str) -> &str {
+    let key = key
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
+    let host = key.split('/').next().unwrap_or(key);
+    match host {
+        "index.docker.io" | "registry-1.docker.io" => "docker.io",
+        h => h,
+    }
+}
+
 /// Credentials for `registry` from `.dockerconfigjson` documents (decoded Secret data).
-pub fn auth_for(registry: &str, dockerconfigs: &[Vec<u8>]) -> RegistryAuth {
+pub fn auth_for(registry: &str, dockerconfigs: &[Vec<u8>]) -> Auth {
     for doc in dockerconfigs {
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(doc) else {
             continue;
         };
         let Some(entry) = v["auths"].as_object().and_then(|auths| {
-            auths.iter().find(|(k, _)| {
-                let k = k
-                    .trim_start_matches("https://")
-                    .trim_start_matches("http://");
-                k.trim_end_matches('/') == registry
-            })
+            auths
+                .iter()
+                .find(|(k, _)| config_key_host(k) == config_key_host(registry))
         }) else {
             continue;
         };
         let e = entry.1;
         if let (Some(u), Some(p)) = (e["username"].as_str(), e["password"].as_str()) {
-            return RegistryAuth::Basic(u.into(), p.into());
+            return Auth::Basic(u.into(), p.into());
         }
         if let Some(auth) = e["auth"].as_str() {
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(auth)
                 .unwrap_or_default();
             if let Some((u, p)) = String::from_utf8_lossy(&decoded).split_once(':') {
-                return RegistryAuth::Basic(u.into(), p.into());
+                return Auth::Basic(u.into(), p.into());
             }
         }
     }
-    RegistryAuth::Anonymous
+    Auth::Anonymous
 }
 
 /// Which registries are spoken to in plain HTTP: those on loopback, and those the agent's
@@ -86,24 +94,21 @@ impl Registries {
     }
 }
 
-/// A registry client: HTTPS, except plain HTTP where `registries` allows it.
-fn client_for(registry: &str, registries: &Registries) -> Client {
-    let insecure = if registries.plain_http(registry) {
-        vec![registry.to_string()]
-    } else {
-        vec![]
-    };
-    shoal_transport::install_crypto_provider();
-    Client::new(ClientConfig {
-        protocol: ClientProtocol::HttpsExcept(insecure),
-        ..Default::default()
-    })
+/// A registry client for `image`: HTTPS, except plain HTTP where `registries` allows it.
+fn client_for(image: &str, auth: &Auth, registries: &Registries) -> Result<(Client, Reference)> {
+    let reference: Reference = image.parse().map_err(|e| Error::Artifact {
+        reference: image.to_string(),
+        message: format!("not an image reference: {e}"),
+    })?;
+    let plain = registries.plain_http(reference.registry());
+    let client = Client::new(image, reference.clone(), auth.clone(), plain);
+    Ok((client, reference))
 }
 
-/// Pulls `image` into `dir`, named by its digest; returns the path.
+/// Pulls the wasm artifact `image` into `dir`, named by its layer's digest; returns the path.
 pub async fn pull(
     image: &str,
-    auth: &RegistryAuth,
+    auth: &Auth,
     dir: &Path,
     registries: &Registries,
 ) -> Result<PathBuf> {
@@ -111,77 +116,44 @@ pub async fn pull(
         reference: image.to_string(),
         message,
     };
-    let reference: Reference = image
-        .parse()
-        .map_err(|e| err(format!("not an image reference: {e}")))?;
-    let registry = reference.resolve_registry().to_string();
-    let client = client_for(&registry, registries);
-    let data = client
-        .pull(&reference, auth, WASM_MEDIA_TYPES.to_vec())
-        .await
-        .map_err(|e| err(format!("pulling from {registry}: {e}")))?;
-    let manifest = data
-        .manifest
-        .as_ref()
-        .ok_or_else(|| err("the registry sent no manifest".into()))?;
-    let (layer, descriptor) = data
-        .layers
+    let (mut client, reference) = client_for(image, auth, registries)?;
+    let (bytes, _) = client
+        .manifest(&reference, &[image::MEDIA_MANIFEST, DOCKER_MANIFEST])
+        .await?;
+    let manifest: image::Manifest =
+        serde_json::from_slice(&bytes).map_err(|e| err(format!("artifact manifest: {e}")))?;
+    let layer = manifest
+        .layers()
         .iter()
-        .zip(manifest.layers.iter())
-        .find(|(l, _)| WASM_MEDIA_TYPES.contains(&l.media_type.as_str()))
+        .find(|l| WASM_MEDIA_TYPES.contains(&l.media_type().to_string().as_str()))
         .ok_or_else(|| err("the artifact has no wasm layer".into()))?;
-    let actual = format!("sha256:{}", hex::encode(Sha256::digest(&layer.data)));
-    if actual != descriptor.digest {
-        return Err(err(format!(
-            "layer digest mismatch: the manifest says {}, the registry sent {actual}",
-            descriptor.digest
-        )));
-    }
-    let path = dir.join(actual.trim_start_matches("sha256:"));
+    let digest = image::digest_of(layer);
+    let hex = digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| err(format!("layer digest {digest} is not sha256")))?;
+    let path = dir.join(hex);
     let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, &layer.data).map_err(|e| Error::io(&tmp, e))?;
+    let size = layer.size();
+    if let Err(e) = client.blob(&digest, size, &tmp).await {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
-    tracing::info!(image, digest = %actual, size = layer.data.len(), "artifact pulled from a registry");
+    tracing::info!(image, %digest, size, "artifact pulled from a registry");
     Ok(path)
 }
 
+/// Docker's schema 2 image manifest, which registries still serve for many images.
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
 /// The manifest media types an OCI image pull accepts.
 const IMAGE_MANIFEST_TYPES: [&str; 4] = [
-    oci_client::manifest::OCI_IMAGE_INDEX_MEDIA_TYPE,
-    oci_client::manifest::IMAGE_MANIFEST_LIST_MEDIA_TYPE,
-    oci_client::manifest::OCI_IMAGE_MEDIA_TYPE,
-    oci_client::manifest::IMAGE_MANIFEST_MEDIA_TYPE,
+    image::MEDIA_INDEX,
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    image::MEDIA_MANIFEST,
+    DOCKER_MANIFEST,
 ];
-
-fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-/// A manifest or index, checked against the digest it was asked for by.
-async fn fetch_manifest(
-    client: &Client,
-    r: &Reference,
-    auth: &RegistryAuth,
-    image: &str,
-) -> Result<Vec<u8>> {
-    let err = |message: String| Error::Artifact {
-        reference: image.to_string(),
-        message,
-    };
-    let (bytes, _) = client
-        .pull_manifest_raw(r, auth, &IMAGE_MANIFEST_TYPES)
-        .await
-        .map_err(|e| err(format!("pulling from {}: {e}", r.resolve_registry())))?;
-    if let Some(want) = r.digest() {
-        let got = sha256(&bytes);
-        if got != want {
-            return Err(err(format!(
-                "the registry sent a manifest hashing to {got} for {want}"
-            )));
-        }
-    }
-    Ok(bytes.to_vec())
-}
 
 /// A container's `imagePullPolicy`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -249,7 +221,7 @@ pub fn never_pulled(image: &str) -> Error {
 /// the registry; with Never, only that.
 pub async fn pull_image(
     image: &str,
-    auth: &RegistryAuth,
+    auth: &Auth,
     store: &ImageStore,
     platform: &Platform,
     policy: PullPolicy,
@@ -276,12 +248,8 @@ pub async fn pull_image(
             "the image is not on this node and imagePullPolicy is Never".into(),
         ));
     }
-    let reference: Reference = image
-        .parse()
-        .map_err(|e| err(format!("not an image reference: {e}")))?;
-    let registry = reference.resolve_registry().to_string();
-    let client = client_for(&registry, registries);
-    let mut bytes = fetch_manifest(&client, &reference, auth, image).await?;
+    let (mut client, reference) = client_for(image, auth, registries)?;
+    let (mut bytes, _) = client.manifest(&reference, &IMAGE_MANIFEST_TYPES).await?;
     let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
         .map_err(|e| {
             err(format!(
@@ -294,12 +262,8 @@ pub async fn pull_image(
         .to_string();
     if image::is_index(&media_type) {
         let chosen = image::choose_from_index(image, &bytes, platform)?;
-        let by_digest = Reference::with_digest(
-            reference.registry().to_string(),
-            reference.repository().to_string(),
-            image::digest_of(&chosen),
-        );
-        bytes = fetch_manifest(&client, &by_digest, auth, image).await?;
+        let by_digest = reference.at(&image::digest_of(&chosen));
+        bytes = client.manifest(&by_digest, &IMAGE_MANIFEST_TYPES).await?.0;
     }
     let manifest: image::Manifest =
         serde_json::from_slice(&bytes).map_err(|e| err(format!("image manifest: {e}")))?;
@@ -309,13 +273,10 @@ pub async fn pull_image(
             continue;
         }
         let tmp = store.scratch("pull");
-        let file = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(|e| Error::io(&tmp, e))?;
-        let pulled = client.pull_blob(&reference, digest.as_str(), file).await;
-        if let Err(e) = pulled {
+        let size = d.size();
+        if let Err(e) = client.blob(&digest, size, &tmp).await {
             let _ = std::fs::remove_file(&tmp);
-            return Err(err(format!("blob {digest}: {e}")));
+            return Err(e);
         }
         store.put_file(&digest, &tmp)?;
     }
@@ -400,14 +361,17 @@ mod tests {
     fn credentials_come_from_dockerconfigjson() {
         let doc = br#"{"auths": {"https://reg.example:5000": {"auth": "dXNlcjpwYXNz"}, "other.io": {"username": "a", "password": "b"}}}"#.to_vec();
         assert!(
-            matches!(auth_for("reg.example:5000", std::slice::from_ref(&doc)), RegistryAuth::Basic(u, p) if u == "user" && p == "pass")
+            matches!(auth_for("reg.example:5000", std::slice::from_ref(&doc)), Auth::Basic(u, p) if u == "user" && p == "pass")
         );
         assert!(
-            matches!(auth_for("other.io", std::slice::from_ref(&doc)), RegistryAuth::Basic(u, p) if u == "a" && p == "b")
+            matches!(auth_for("other.io", std::slice::from_ref(&doc)), Auth::Basic(u, p) if u == "a" && p == "b")
         );
         assert!(matches!(
-            auth_for("nowhere.io", &[doc]),
-            RegistryAuth::Anonymous
+            auth_for("nowhere.io", std::slice::from_ref(&doc)),
+            Auth::Anonymous
         ));
+        let hub =
+            br#"{"auths": {"https://index.docker.io/v1/": {"auth": "dXNlcjpwYXNz"}}}"#.to_vec();
+        assert!(matches!(auth_for("docker.io", &[hub]), Auth::Basic(..)));
     }
 }

@@ -218,7 +218,7 @@ pub(super) async fn container_image(
     let auth = if registry {
         pull_auth(inner, pod, ns, &c.image).await
     } else {
-        oci_client::secrets::RegistryAuth::Anonymous
+        crate::distribution::Auth::Anonymous
     };
     let failed = |e: Error| {
         let reason = if policy == PullPolicy::Never {
@@ -274,8 +274,10 @@ pub(super) async fn container_image(
     };
     // Out of reach of the controller or the registry, the image this node ran last under the
     // name keeps the pod running (the kubelet would fail it with ErrImagePull).
+    // A registry's refusal of the pod's credentials is final, as for wasm artifacts.
     let digest = match fetched {
         Ok(d) => d,
+        Err(e @ Error::Refused { .. }) => return Err(failed(e)),
         Err(e) => match images.recorded(&c.image) {
             Some(d) => {
                 tracing::info!(image = %c.image, error = %shoal_transport::report(&e), "using the image this node has");
@@ -341,12 +343,7 @@ async fn precompiled(inner: &Inner, client: &shoal_transport::Client, artifact: 
 }
 
 /// Registry credentials for `image` from the pod's imagePullSecrets.
-async fn pull_auth(
-    inner: &Inner,
-    pod: &Pod,
-    ns: &str,
-    image: &str,
-) -> oci_client::secrets::RegistryAuth {
+async fn pull_auth(inner: &Inner, pod: &Pod, ns: &str, image: &str) -> crate::distribution::Auth {
     let registry = image.split_once('/').map(|(r, _)| r).unwrap_or_default();
     let mut docs = Vec::new();
     for r in &pod.spec.image_pull_secrets {

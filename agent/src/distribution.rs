@@ -1,0 +1,795 @@
+//! A client for the OCI distribution API (registry v2), as much of it as pulling needs:
+//! manifests and blobs by reference, behind a registry's token challenge (`Bearer`, with the
+//! pod's credentials sent to the token service) or `Basic` credentials, following redirects
+//! to blob storage (without the registry's credentials). Every size a registry controls is
+//! bounded, and every blob is hashed as it arrives.
+//!
+//! Written here rather than taken from `oci-client`: that crate brings reqwest, h2, a URL
+//! parser with IDNA tables and the regex engine, about 1 MB of an agent, for the four
+//! requests below. hyper and rustls are in the agent already.
+
+use crate::error::{Error, Result};
+use base64::Engine as _;
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use hyper::{Response, StatusCode, Uri};
+use sha2::{Digest as _, Sha256};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt as _;
+
+/// A manifest or index larger than this is refused (containerd's limit is the same).
+pub const MAX_MANIFEST: usize = 4 << 20;
+/// A token service's answer larger than this is refused.
+const MAX_TOKEN: usize = 64 << 10;
+const MAX_REDIRECTS: usize = 5;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a response may stall (headers, or between two chunks of its body).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Credentials for a registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Auth {
+    Anonymous,
+    Basic(String, String),
+}
+
+/// An image reference: `[registry/]repository[:tag][@digest]`, with Docker's defaults
+/// (`docker.io`, `library/` for a one-part name, tag `latest`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reference {
+    registry: String,
+    repository: String,
+    tag: Option<String>,
+    digest: Option<String>,
+}
+
+impl std::str::FromStr for Reference {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Reference, String> {
+        let (name, digest) = match s.rsplit_once('@') {
+            Some((n, d)) => (n, Some(d)),
+            None => (s, None),
+        };
+        if let Some(d) = digest {
+            let ok = d.strip_prefix("sha256:").is_some_and(|h| {
+                h.len() == 64
+                    && h.bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            });
+            if !ok {
+                return Err(format!("digest {d:?} is not sha256: and 64 hex digits"));
+            }
+        }
+        let (registry, path) = match name.split_once('/') {
+            Some((first, rest))
+                if first.contains('.') || first.contains(':') || first == "localhost" =>
+            {
+                (first.to_string(), rest.to_string())
+            }
+            _ if name.contains('/') => ("docker.io".to_string(), name.to_string()),
+            _ => ("docker.io".to_string(), format!("library/{name}")),
+        };
+        let (repository, tag) = match path.rsplit_once(':') {
+            Some((r, t)) if !t.contains('/') => (r.to_string(), Some(t.to_string())),
+            _ => (path, None),
+        };
+        let component = |c: &str| {
+            !c.is_empty()
+                && c.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+                && c.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        };
+        if repository.len() > 255 || !repository.split('/').all(component) {
+            return Err(format!(
+                "repository {repository:?} must be lowercase letters, digits and . _ - / \
+                 (each part starting with a letter or digit)"
+            ));
+        }
+        if let Some(t) = &tag {
+            let ok = t.len() <= 128
+                && t.bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !ok {
+                return Err(format!("tag {t:?} is not a valid tag"));
+            }
+        }
+        if registry.is_empty() || registry.contains(|c: char| c.is_whitespace() || c == '@') {
+            return Err(format!("registry {registry:?} is not a host name"));
+        }
+        Ok(Reference {
+            registry,
+            repository,
+            tag,
+            digest: digest.map(str::to_string),
+        })
+    }
+}
+
+impl Reference {
+    /// The reference for the same repository at `digest`.
+    pub fn at(&self, digest: &str) -> Reference {
+        Reference {
+            tag: None,
+            digest: Some(digest.to_string()),
+            ..self.clone()
+        }
+    }
+
+    /// The registry as written (`docker.io` when none was).
+    pub fn registry(&self) -> &str {
+        &self.registry
+    }
+
+    pub fn repository(&self) -> &str {
+        &self.repository
+    }
+
+    pub fn digest(&self) -> Option<&str> {
+        self.digest.as_deref()
+    }
+
+    /// What a manifest is asked for by: the digest, else the tag, else `latest`.
+    fn manifest_ref(&self) -> &str {
+        self.digest
+            .as_deref()
+            .or(self.tag.as_deref())
+            .unwrap_or("latest")
+    }
+
+    /// The host the API is served from (Docker Hub's is not its name).
+    fn api_host(&self) -> &str {
+        match self.registry.as_str() {
+            "docker.io" | "index.docker.io" => "registry-1.docker.io",
+            r => r,
+        }
+    }
+}
+
+/// A `WWW-Authenticate` challenge: its scheme and parameters.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Challenge {
+    pub scheme: String,
+    pub params: Vec<(String, String)>,
+}
+
+impl Challenge {
+    /// Parses `Bearer realm="https://auth",service="reg",scope="repository:x:pull"`.
+    pub fn parse(header: &str) -> Option<Challenge> {
+        let header = header.trim();
+        let (scheme, mut rest) = header.split_once(' ').unwrap_or((header, ""));
+        if scheme.is_empty() {
+            return None;
+        }
+        let mut params = Vec::new();
+        loop {
+            rest = rest.trim_start_matches([' ', ',']);
+            if rest.is_empty() {
+                break;
+            }
+            let (key, after) = rest.split_once('=')?;
+            let (value, after) = match after.strip_prefix('"') {
+                Some(quoted) => {
+                    let mut value = String::new();
+                    let mut chars = quoted.char_indices();
+                    let mut end = None;
+                    while let Some((i, c)) = chars.next() {
+                        match c {
+                            '\\' => value.extend(chars.next().map(|(_, c)| c)),
+                            '"' => {
+                                end = Some(i + 1);
+                                break;
+                            }
+                            c => value.push(c),
+                        }
+                    }
+                    (value, &quoted[end?..])
+                }
+                None => {
+                    let end = after.find(',').unwrap_or(after.len());
+                    (after[..end].trim().to_string(), &after[end..])
+                }
+            };
+            params.push((key.trim().to_ascii_lowercase(), value));
+            rest = after;
+        }
+        Some(Challenge {
+            scheme: scheme.to_ascii_lowercase(),
+            params,
+        })
+    }
+
+    fn param(&self, key: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// How requests to one registry are made: its scheme, credentials and the token it gave.
+pub struct Client {
+    reference: Reference,
+    /// The image as written, for error messages.
+    image: String,
+    plain_http: bool,
+    auth: Auth,
+    /// What goes in `Authorization` once a challenge has been answered.
+    authorization: Option<String>,
+}
+
+impl Client {
+    pub fn new(image: &str, reference: Reference, auth: Auth, plain_http: bool) -> Client {
+        Client {
+            reference,
+            image: image.to_string(),
+            plain_http,
+            auth,
+            authorization: None,
+        }
+    }
+
+    fn fail(&self, message: String) -> Error {
+        Error::Artifact {
+            reference: self.image.clone(),
+            message: format!("pulling from {}: {message}", self.reference.registry),
+        }
+    }
+
+    /// The registry said no to these credentials (or to none).
+    fn refused(&self, message: String) -> Error {
+        Error::Refused {
+            reference: self.image.clone(),
+            message: format!("pulling from {}: {message}", self.reference.registry),
+        }
+    }
+
+    fn base(&self) -> String {
+        let scheme = if self.plain_http { "http" } else { "https" };
+        format!("{scheme}://{}", self.reference.api_host())
+    }
+
+    /// The manifest (or index) `r` names, its bytes and media type, checked against the
+    /// digest when `r` has one.
+    pub async fn manifest(&mut self, r: &Reference, accept: &[&str]) -> Result<(Vec<u8>, String)> {
+        let url = format!(
+            "{}/v2/{}/manifests/{}",
+            self.base(),
+            r.repository,
+            r.manifest_ref()
+        );
+        let response = self.get(&url, &accept.join(", ")).await?;
+        let media_type = response
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let bytes = self.read_all(response, MAX_MANIFEST, "manifest").await?;
+        if let Some(want) = r.digest() {
+            let got = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+            if got != want {
+                return Err(self.fail(format!(
+                    "the registry sent a manifest hashing to {got} for {want}"
+                )));
+            }
+        }
+        Ok((bytes, media_type))
+    }
+
+    /// Writes the blob `digest` of `size` bytes to `to`, refusing more bytes than that and
+    /// bytes that do not hash to it.
+    pub async fn blob(&mut self, digest: &str, size: u64, to: &std::path::Path) -> Result<()> {
+        let url = format!(
+            "{}/v2/{}/blobs/{digest}",
+            self.base(),
+            self.reference.repository
+        );
+        let mut response = self.get(&url, "*/*").await?;
+        let mut file = tokio::fs::File::create(to)
+            .await
+            .map_err(|e| Error::io(to, e))?;
+        let mut hash = Sha256::new();
+        let mut got = 0u64;
+        while let Some(frame) = self.next_frame(&mut response, digest).await? {
+            got += frame.len() as u64;
+            if got > size {
+                return Err(self.fail(format!(
+                    "blob {digest}: the registry sent more than the {size} bytes the manifest gives"
+                )));
+            }
+            hash.update(&frame);
+            file.write_all(&frame).await.map_err(|e| Error::io(to, e))?;
+        }
+        file.flush().await.map_err(|e| Error::io(to, e))?;
+        let actual = format!("sha256:{}", hex::encode(hash.finalize()));
+        if got != size || actual != digest {
+            return Err(self.fail(format!(
+                "blob {digest}: digest mismatch: the registry sent {got} bytes hashing to \
+                 {actual} ({size} bytes expected)"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn next_frame(
+        &self,
+        response: &mut Response<Incoming>,
+        what: &str,
+    ) -> Result<Option<hyper::body::Bytes>> {
+        loop {
+            let frame = tokio::time::timeout(IDLE_TIMEOUT, response.body_mut().frame())
+                .await
+                .map_err(|_| self.fail(format!("{what}: the registry stopped sending")))?;
+            match frame {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(self.fail(format!("{what}: {e}"))),
+                Some(Ok(f)) => {
+                    if let Ok(data) = f.into_data() {
+                        return Ok(Some(data));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn read_all(
+        &self,
+        mut response: Response<Incoming>,
+        limit: usize,
+        what: &str,
+    ) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(frame) = self.next_frame(&mut response, what).await? {
+            if out.len() + frame.len() > limit {
+                return Err(self.fail(format!("the {what} is larger than {limit} bytes")));
+            }
+            out.extend_from_slice(&frame);
+        }
+        Ok(out)
+    }
+
+    /// GET `url`: answers the registry's challenge once, follows redirects (sending the
+    /// registry's credentials only to the registry itself); any status but 200 is an error
+    /// naming it, with the registry's own message.
+    async fn get(&mut self, url: &str, accept: &str) -> Result<Response<Incoming>> {
+        let registry_host = self.reference.api_host().to_string();
+        let mut url: Uri = url
+            .parse()
+            .map_err(|e| self.fail(format!("URL {url}: {e}")))?;
+        let mut challenged = false;
+        let mut redirects = 0;
+        loop {
+            let to_registry = url.authority().map(|a| a.as_str()) == Some(registry_host.as_str());
+            let authorization = if to_registry {
+                self.authorization.as_deref()
+            } else {
+                None
+            };
+            let response = self.send(&url, accept, authorization).await?;
+            let status = response.status();
+            if status == StatusCode::OK {
+                return Ok(response);
+            }
+            if status == StatusCode::UNAUTHORIZED && to_registry && !challenged {
+                challenged = true;
+                let header = response
+                    .headers()
+                    .get(hyper::header::WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                self.answer(&header).await?;
+                continue;
+            }
+            if status.is_redirection() {
+                redirects += 1;
+                let location = response
+                    .headers()
+                    .get(hyper::header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .ok_or_else(|| self.fail(format!("{url}: {status} with no Location")))?;
+                if redirects > MAX_REDIRECTS {
+                    return Err(self.fail(format!("{url}: more than {MAX_REDIRECTS} redirects")));
+                }
+                url = resolve(&url, location)
+                    .ok_or_else(|| self.fail(format!("{url}: bad redirect to {location:?}")))?;
+                continue;
+            }
+            let body = self
+                .read_all(response, 4096, "error")
+                .await
+                .unwrap_or_default();
+            let message = registry_message(&body);
+            if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+                return Err(self.refused(format!(
+                    "{url}: {status}: access denied ({}){message}",
+                    match self.auth {
+                        Auth::Anonymous => "no imagePullSecret has credentials for this registry",
+                        Auth::Basic(..) => "with the imagePullSecret's credentials",
+                    }
+                )));
+            }
+            return Err(self.fail(match status {
+                StatusCode::NOT_FOUND => format!("{url}: {status}: not found{message}"),
+                _ => format!("{url}: {status}{message}"),
+            }));
+        }
+    }
+
+    /// Answers a `WWW-Authenticate` challenge: Basic with the credentials, or Bearer with a
+    /// token from the realm it names.
+    async fn answer(&mut self, header: &str) -> Result<()> {
+        let challenge = Challenge::parse(header)
+            .ok_or_else(|| self.fail(format!("the registry asks for credentials ({header:?})")))?;
+        let basic = match &self.auth {
+            Auth::Basic(u, p) => Some(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+            )),
+            Auth::Anonymous => None,
+        };
+        match challenge.scheme.as_str() {
+            "basic" => {
+                let basic = basic.ok_or_else(|| {
+                    self.fail(
+                        "the registry asks for credentials and no imagePullSecret has any for it"
+                            .into(),
+                    )
+                })?;
+                self.authorization = Some(basic);
+                Ok(())
+            }
+            "bearer" => {
+                let realm = challenge.param("realm").ok_or_else(|| {
+                    self.fail(format!("a Bearer challenge with no realm ({header:?})"))
+                })?;
+                let mut query = Vec::new();
+                if let Some(service) = challenge.param("service") {
+                    query.push(format!("service={}", encode(service)));
+                }
+                let scope = challenge
+                    .param("scope")
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("repository:{}:pull", self.reference.repository));
+                query.push(format!("scope={}", encode(&scope)));
+                let sep = if realm.contains('?') { '&' } else { '?' };
+                let url = format!("{realm}{sep}{}", query.join("&"));
+                let uri: Uri = url
+                    .parse()
+                    .map_err(|e| self.fail(format!("token realm {realm:?}: {e}")))?;
+                // The credentials go to the token service only over TLS, or where the
+                // registry itself is spoken to in plain HTTP (loopback, --insecure-registry).
+                let safe = uri.scheme_str() == Some("https") || self.plain_http;
+                let response = self
+                    .send(&uri, "application/json", basic.as_deref().filter(|_| safe))
+                    .await?;
+                let status = response.status();
+                let body = self.read_all(response, MAX_TOKEN, "token").await?;
+                if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+                    return Err(self.refused(format!(
+                        "token service {realm}: {status}{}",
+                        registry_message(&body)
+                    )));
+                }
+                if status != StatusCode::OK {
+                    return Err(self.fail(format!(
+                        "token service {realm}: {status}{}",
+                        registry_message(&body)
+                    )));
+                }
+                #[derive(serde::Deserialize)]
+                struct Token {
+                    token: Option<String>,
+                    access_token: Option<String>,
+                }
+                let t: Token = serde_json::from_slice(&body)
+                    .map_err(|e| self.fail(format!("token service {realm}: {e}")))?;
+                let token = t
+                    .token
+                    .or(t.access_token)
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| self.fail(format!("token service {realm} sent no token")))?;
+                self.authorization = Some(format!("Bearer {token}"));
+                Ok(())
+            }
+            other => Err(self.fail(format!(
+                "the registry asks for {other} authentication, which Shoal does not speak"
+            ))),
+        }
+    }
+
+    /// One request on a connection of its own.
+    async fn send(
+        &self,
+        url: &Uri,
+        accept: &str,
+        authorization: Option<&str>,
+    ) -> Result<Response<Incoming>> {
+        let https = match url.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(self.fail(format!("{url}: not an http(s) URL"))),
+        };
+        let host = url
+            .host()
+            .ok_or_else(|| self.fail(format!("{url}: no host")))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let tcp = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        .map_err(|_| self.fail(format!("{url}: connecting timed out")))?
+        .map_err(|e| self.fail(format!("{url}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let path = url
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
+        let authority = url
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_default();
+        let mut request = hyper::Request::get(path)
+            .header(hyper::header::HOST, authority)
+            .header(hyper::header::ACCEPT, accept)
+            .header(
+                hyper::header::USER_AGENT,
+                concat!("shoal/", env!("CARGO_PKG_VERSION")),
+            );
+        if let Some(a) = authorization {
+            request = request.header(hyper::header::AUTHORIZATION, a);
+        }
+        let request = request
+            .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+            .map_err(|e| self.fail(format!("{url}: {e}")))?;
+        let exchange = async {
+            if https {
+                let name = rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(|e| format!("{host}: {e}"))?;
+                let tls = tokio_rustls::TlsConnector::from(tls_config())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?;
+                request_on(tls, request).await
+            } else {
+                request_on(tcp, request).await
+            }
+        };
+        tokio::time::timeout(IDLE_TIMEOUT, exchange)
+            .await
+            .map_err(|_| self.fail(format!("{url}: no answer")))?
+            .map_err(|e| self.fail(format!("{url}: {e}")))
+    }
+}
+
+async fn request_on<S>(
+    stream: S,
+    request: hyper::Request<http_body_util::Empty<hyper::body::Bytes>>,
+) -> std::result::Result<Response<Incoming>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        // Ends with the response's body (or its error, which the body reports).
+        let _ = conn.await;
+    });
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The TLS settings for registries: the system's roots (`/etc/ssl/certs`, or
+/// `SSL_CERT_FILE`/`SSL_CERT_DIR`), and the Mozilla roots where the system has none.
+fn tls_config() -> Arc<rustls::ClientConfig> {
+    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            shoal_transport::install_crypto_provider();
+            let mut roots = rustls::RootCertStore::empty();
+            let native = rustls_native_certs::load_native_certs();
+            for e in &native.errors {
+                tracing::warn!(error = %e, "reading the system's CA certificates");
+            }
+            let (added, _) = roots.add_parsable_certificates(native.certs);
+            if added == 0 {
+                roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            }
+            Arc::new(
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth(),
+            )
+        })
+        .clone()
+}
+
+/// `location` (absolute, or relative to `base`) as a URL.
+fn resolve(base: &Uri, location: &str) -> Option<Uri> {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        return location.parse().ok();
+    }
+    let scheme = base.scheme_str()?;
+    let authority = base.authority()?.as_str();
+    if location.starts_with('/') {
+        return format!("{scheme}://{authority}{location}").parse().ok();
+    }
+    let dir = base.path().rsplit_once('/').map_or("", |(d, _)| d);
+    format!("{scheme}://{authority}{dir}/{location}")
+        .parse()
+        .ok()
+}
+
+/// A query value, percent-encoded.
+fn encode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// The registry's own words from an error body (`{"errors":[{"code","message"}]}`).
+fn registry_message(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Errors {
+        errors: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    match serde_json::from_slice::<Errors>(body) {
+        Ok(e) if !e.errors.is_empty() => {
+            let parts: Vec<String> = e
+                .errors
+                .iter()
+                .map(|e| format!("{} {}", e.code, e.message).trim().to_string())
+                .collect();
+            format!(" ({})", parts.join("; "))
+        }
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_take_dockers_defaults() {
+        for (written, registry, repository, tag, digest, api) in [
+            (
+                "busybox",
+                "docker.io",
+                "library/busybox",
+                None,
+                None,
+                "registry-1.docker.io",
+            ),
+            (
+                "team/app:1.2",
+                "docker.io",
+                "team/app",
+                Some("1.2"),
+                None,
+                "registry-1.docker.io",
+            ),
+            (
+                "ghcr.io/team/app:v1",
+                "ghcr.io",
+                "team/app",
+                Some("v1"),
+                None,
+                "ghcr.io",
+            ),
+            (
+                "127.0.0.1:5000/hello",
+                "127.0.0.1:5000",
+                "hello",
+                None,
+                None,
+                "127.0.0.1:5000",
+            ),
+            (
+                "localhost/a/b/c:t",
+                "localhost",
+                "a/b/c",
+                Some("t"),
+                None,
+                "localhost",
+            ),
+        ] {
+            let r: Reference = written.parse().unwrap();
+            assert_eq!(
+                (
+                    r.registry(),
+                    r.repository(),
+                    r.tag.as_deref(),
+                    r.digest(),
+                    r.api_host()
+                ),
+                (registry, repository, tag, digest, api),
+                "{written}"
+            );
+        }
+        let d = format!("sha256:{}", "ab".repeat(32));
+        let r: Reference = format!("reg:5000/app:1@{d}").parse().unwrap();
+        assert_eq!((r.repository(), r.manifest_ref()), ("app", d.as_str()));
+        let r: Reference = "reg:5000/app".parse().unwrap();
+        assert_eq!(r.manifest_ref(), "latest");
+        assert_eq!(r.at(&d).manifest_ref(), d);
+    }
+
+    #[test]
+    fn bad_references_say_what_is_wrong() {
+        for (written, names) in [
+            ("reg.io/App:1", "repository"),
+            ("reg.io/app:-x", "tag"),
+            ("reg.io/app@sha256:abc", "digest"),
+            ("reg.io//app", "repository"),
+            ("reg.io/app@md5:00", "digest"),
+        ] {
+            let e = written.parse::<Reference>().unwrap_err();
+            assert!(e.contains(names), "{written}: {e}");
+        }
+    }
+
+    #[test]
+    fn challenges_are_parsed_with_quoted_and_bare_values() {
+        let c = Challenge::parse(
+            r#"Bearer realm="https://auth.io/token",service="reg.io",scope="repository:a/b:pull,push""#,
+        )
+        .unwrap();
+        assert_eq!(c.scheme, "bearer");
+        assert_eq!(c.param("realm"), Some("https://auth.io/token"));
+        assert_eq!(c.param("scope"), Some("repository:a/b:pull,push"));
+        let c = Challenge::parse(r#"Basic realm=registry, charset="UTF-8""#).unwrap();
+        assert_eq!(
+            (c.scheme.as_str(), c.param("realm")),
+            ("basic", Some("registry"))
+        );
+        assert_eq!(c.param("charset"), Some("UTF-8"));
+        assert!(Challenge::parse(r#"Bearer realm="unterminated"#).is_none());
+    }
+
+    #[test]
+    fn redirects_resolve_against_the_request() {
+        let base: Uri = "https://reg.io/v2/a/blobs/sha256:1".parse().unwrap();
+        for (location, want) in [
+            ("https://cdn.io/x?sig=1", "https://cdn.io/x?sig=1"),
+            ("/other/y", "https://reg.io/other/y"),
+            ("z", "https://reg.io/v2/a/blobs/z"),
+        ] {
+            assert_eq!(resolve(&base, location).unwrap().to_string(), want);
+        }
+    }
+
+    #[test]
+    fn error_bodies_give_the_registrys_words() {
+        let body =
+            br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{}}]}"#;
+        assert_eq!(
+            registry_message(body),
+            " (MANIFEST_UNKNOWN manifest unknown)"
+        );
+        assert_eq!(registry_message(b"<html>"), "");
+    }
+}
