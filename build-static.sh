@@ -16,7 +16,9 @@
 # Where rustup has no standard library for a target (this project's build machine has none for
 # armv7-unknown-linux-musleabihf or x86_64-unknown-linux-musl), the standard library is built
 # from source, which needs `rustup component add rust-src` and uses cargo's build-std on the
-# stable toolchain (RUSTC_BOOTSTRAP); the binary is the same.
+# stable toolchain (RUSTC_BOOTSTRAP); the binary is the same. The agent flavour's release build
+# always builds it so, aborting on panic with no unwind tables (Cargo.toml's `agent` profile):
+# it needs rust-src on every target.
 #
 # Each binary lands in target/TARGET/release/shoal (or debug/), statically linked: nothing to
 # install on the device. A release build is copied to dist/shoal-ARCH (full) or
@@ -64,6 +66,13 @@ for t in $targets; do
         missing="$missing; rustup target add $t (or rustup component add rust-src)"
     fi
 done
+case " $flavours " in
+    *" agent "*)
+        if [ "$profile" = release ] && [ ! -d "$sysroot/lib/rustlib/src/rust/library" ]; then
+            missing="$missing; rustup component add rust-src (the agent flavour's standard library)"
+        fi
+        ;;
+esac
 if [ -n "$missing" ]; then
     echo "build-static.sh needs:${missing#;}" >&2
     exit 3
@@ -95,9 +104,18 @@ for t in $targets; do
                 dir=agent
             fi
             rustflags="$rustflags -C relocation-model=static"
+            # The profile aborts on panic; so does a standard library built for it, with no
+            # unwind tables anywhere (see Cargo.toml). Needs rust-src.
+            [ "$profile" = release ] && rustflags="$rustflags -C force-unwind-tables=no"
         fi
+        std=std,panic_unwind
+        [ "$dir" = agent ] && std=std,panic_abort
         echo "building shoal ($flavour) for $t ($dir)" >&2
-        if [ -d "$sysroot/lib/rustlib/$t" ]; then
+        if [ "$dir" = agent ] && [ -d "$sysroot/lib/rustlib/$t" ]; then
+            # shellcheck disable=SC2086
+            RUSTFLAGS=$rustflags RUSTC_BOOTSTRAP=1 cargo zigbuild $build $features --target "$t" --bin shoal \
+                -Zbuild-std=$std "$@"
+        elif [ -d "$sysroot/lib/rustlib/$t" ]; then
             # shellcheck disable=SC2086
             RUSTFLAGS=$rustflags cargo zigbuild $build $features --target "$t" --bin shoal "$@"
         else
@@ -105,7 +123,7 @@ for t in $targets; do
             # files and libc, so rustc must not look for its own (self-contained) copies.
             # shellcheck disable=SC2086
             RUSTFLAGS=$rustflags RUSTC_BOOTSTRAP=1 cargo-zigbuild rustc $build $features --target "$t" --bin shoal \
-                -Zbuild-std=std,panic_unwind "$@" -- -C link-self-contained=no
+                -Zbuild-std=$std "$@" -- -C link-self-contained=no
         fi
         out=${CARGO_TARGET_DIR:-target}/$t/$dir/shoal
         echo "$out ($flavour)" >&2

@@ -9,9 +9,10 @@
 //! cross build takes several minutes on 2 cores); `SHOAL_BENCH_NO_BUILD=1` measures whatever
 //! is already built; `SHOAL_BENCH_ONLY=aarch64,x86_64` measures only the targets named and
 //! `SHOAL_BENCH_FLAVOURS=agent` only that flavour. The agent flavour is built as
-//! `build-static.sh` builds it (the `agent` profile, not position-independent) into
-//! `target/footprint-agent`, so both stay built. aarch64 needs Debian's cross gcc, armv7
-//! `build-static.sh`'s tools (zig, cargo-zigbuild, rust-src), both qemu-user-static; a target
+//! `build-static.sh` builds it (the `agent` profile, not position-independent, its standard
+//! library built from rust-src to abort on panic) into `target/footprint-agent`, so both stay
+//! built. aarch64 needs Debian's cross gcc, armv7 `build-static.sh`'s tools (zig,
+//! cargo-zigbuild), both qemu-user-static, the agent flavour rust-src; a target
 //! is skipped with the reason when something is missing.
 
 #[path = "../tests/kit/mod.rs"]
@@ -130,7 +131,13 @@ fn binary(t: &Target, flavour: Flavour) -> Result<PathBuf, String> {
                 c.args(["--target", t.triple]);
             }
             if flavour == Flavour::Agent {
-                c.env("RUSTFLAGS", "-C relocation-model=static");
+                // As build-static.sh: a standard library built to abort, no unwind tables.
+                c.arg("-Zbuild-std=std,panic_abort")
+                    .env("RUSTC_BOOTSTRAP", "1")
+                    .env(
+                        "RUSTFLAGS",
+                        "-C relocation-model=static -C force-unwind-tables=no",
+                    );
             }
             c
         } else {

@@ -15,8 +15,9 @@ pub fn shoal_bin() -> &'static str {
     env!("CARGO_BIN_EXE_shoal")
 }
 
-/// The binary the agents of [`Hosts`] run: `SHOAL_AGENT_BIN` when set (a bench comparing
-/// builds, such as the agent flavour of `build-static.sh`), else the one cargo built.
+/// The binary agents run (those of [`Hosts`] and [`Agent::with`]): `SHOAL_AGENT_BIN` when set
+/// (a bench comparing builds, or the tests run against the agent flavour of
+/// `build-static.sh`), else the one cargo built.
 pub fn agent_bin() -> std::ffi::OsString {
     std::env::var_os("SHOAL_AGENT_BIN").unwrap_or_else(|| shoal_bin().into())
 }
@@ -270,7 +271,7 @@ impl Agent {
             dir: dir.to_path_buf(),
             token: None,
             args: Vec::new(),
-            program: vec![shoal_bin().into()],
+            program: vec![agent_bin()],
         }
     }
 
