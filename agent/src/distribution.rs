@@ -368,60 +368,58 @@ impl Client {
         let mut challenged = false;
         let mut redirects = 0;
         loop {
-            let to_registry = url.authority().map(|a| a.as_str()) == Some(registry_host.as_str());
-            let authorization = if to_registry {
-                self.authorization.as_deref()
-            } else {
-                None
-            };
+            let to_registry = is_host(&url, &registry_host);
+            let authorization = self.authorization.as_deref().filter(|_| to_registry);
             let response = self.send(&url, accept, authorization).await?;
             let status = response.status();
-            if status == StatusCode::OK {
-                return Ok(response);
-            }
-            if status == StatusCode::UNAUTHORIZED && to_registry && !challenged {
-                challenged = true;
-                let header = response
+            let header = |name| {
+                response
                     .headers()
-                    .get(hyper::header::WWW_AUTHENTICATE)
+                    .get(name)
                     .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_string();
-                self.answer(&header).await?;
-                continue;
-            }
-            if status.is_redirection() {
-                redirects += 1;
-                let location = response
-                    .headers()
-                    .get(hyper::header::LOCATION)
-                    .and_then(|v| v.to_str().ok())
-                    .ok_or_else(|| self.fail(format!("{url}: {status} with no Location")))?;
-                if redirects > MAX_REDIRECTS {
-                    return Err(self.fail(format!("{url}: more than {MAX_REDIRECTS} redirects")));
+                    .map(str::to_string)
+            };
+            let next = step(status, to_registry, challenged, redirects);
+            match next {
+                Step::Done => return Ok(response),
+                Step::Answer => {
+                    challenged = true;
+                    let challenge = header(hyper::header::WWW_AUTHENTICATE).unwrap_or_default();
+                    self.answer(&challenge).await?;
                 }
-                url = resolve(&url, location)
-                    .ok_or_else(|| self.fail(format!("{url}: bad redirect to {location:?}")))?;
-                continue;
-            }
-            let body = self
-                .read_all(response, 4096, "error")
-                .await
-                .unwrap_or_default();
-            let message = registry_message(&body);
-            if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
-                return Err(self.refused(format!(
-                    "{url}: {status}: access denied ({}){message}",
-                    match self.auth {
-                        Auth::Anonymous => "no imagePullSecret has credentials for this registry",
-                        Auth::Basic(..) => "with the imagePullSecret's credentials",
+                Step::Follow => {
+                    redirects += 1;
+                    let location = header(hyper::header::LOCATION)
+                        .ok_or_else(|| self.fail(format!("{url}: {status} with no Location")))?;
+                    url = resolve(&url, &location)
+                        .ok_or_else(|| self.fail(format!("{url}: bad redirect to {location:?}")))?;
+                }
+                Step::TooManyRedirects => {
+                    return Err(self.fail(format!("{url}: more than {MAX_REDIRECTS} redirects")))
+                }
+                Step::Refused | Step::Failed => {
+                    let body = self
+                        .read_all(response, 4096, "error")
+                        .await
+                        .unwrap_or_default();
+                    let message = registry_message(&body);
+                    if next == Step::Refused {
+                        return Err(self.refused(format!(
+                            "{url}: {status}: access denied ({}){message}",
+                            match self.auth {
+                                Auth::Anonymous => {
+                                    "no imagePullSecret has credentials for this registry"
+                                }
+                                Auth::Basic(..) => "with the imagePullSecret's credentials",
+                            }
+                        )));
                     }
-                )));
+                    return Err(self.fail(match status {
+                        StatusCode::NOT_FOUND => format!("{url}: {status}: not found{message}"),
+                        _ => format!("{url}: {status}{message}"),
+                    }));
+                }
             }
-            return Err(self.fail(match status {
-                StatusCode::NOT_FOUND => format!("{url}: {status}: not found{message}"),
-                _ => format!("{url}: {status}{message}"),
-            }));
         }
     }
 
@@ -440,7 +438,7 @@ impl Client {
         match challenge.scheme.as_str() {
             "basic" => {
                 let basic = basic.ok_or_else(|| {
-                    self.fail(
+                    self.refused(
                         "the registry asks for credentials and no imagePullSecret has any for it"
                             .into(),
                     )
@@ -622,6 +620,39 @@ fn tls_config() -> Arc<rustls::ClientConfig> {
         .clone()
 }
 
+/// What a response to a GET leads to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    Done,
+    /// The registry's challenge, answered once per request.
+    Answer,
+    Follow,
+    TooManyRedirects,
+    /// The credentials (or their absence) refused: final, the node's copy must not serve.
+    Refused,
+    Failed,
+}
+
+/// The decision behind [`Client::get`]: by the status, whether the URL is the registry's
+/// (a redirect's storage host is not challenged for the registry's credentials), whether its
+/// challenge was answered already, and how many redirects were followed.
+fn step(status: StatusCode, to_registry: bool, challenged: bool, redirects: usize) -> Step {
+    match status {
+        StatusCode::OK => Step::Done,
+        StatusCode::UNAUTHORIZED if to_registry && !challenged => Step::Answer,
+        s if s.is_redirection() && redirects >= MAX_REDIRECTS => Step::TooManyRedirects,
+        s if s.is_redirection() => Step::Follow,
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Step::Refused,
+        _ => Step::Failed,
+    }
+}
+
+/// Whether `url` is served by `host` (`name[:port]`, as the registry's API host is written):
+/// only there does the registry's `Authorization` go.
+fn is_host(url: &Uri, host: &str) -> bool {
+    url.authority().map(|a| a.as_str()) == Some(host)
+}
+
 /// `location` (absolute, or relative to `base`) as a URL.
 fn resolve(base: &Uri, location: &str) -> Option<Uri> {
     if location.starts_with("http://") || location.starts_with("https://") {
@@ -768,6 +799,45 @@ mod tests {
         );
         assert_eq!(c.param("charset"), Some("UTF-8"));
         assert!(Challenge::parse(r#"Bearer realm="unterminated"#).is_none());
+    }
+
+    #[test]
+    fn each_status_leads_to_one_step() {
+        use Step::*;
+        let found = StatusCode::TEMPORARY_REDIRECT;
+        for (status, to_registry, challenged, redirects, want) in [
+            (StatusCode::OK, true, false, 0, Done),
+            (StatusCode::OK, false, true, 3, Done),
+            (StatusCode::UNAUTHORIZED, true, false, 0, Answer),
+            (StatusCode::UNAUTHORIZED, true, true, 0, Refused),
+            // Blob storage's 401 is not the registry's challenge: no credentials go there.
+            (StatusCode::UNAUTHORIZED, false, false, 1, Refused),
+            (StatusCode::FORBIDDEN, true, false, 0, Refused),
+            (found, true, false, 0, Follow),
+            (found, false, true, MAX_REDIRECTS - 1, Follow),
+            (found, false, true, MAX_REDIRECTS, TooManyRedirects),
+            (StatusCode::NOT_FOUND, true, false, 0, Failed),
+            (StatusCode::SERVICE_UNAVAILABLE, true, true, 0, Failed),
+        ] {
+            assert_eq!(
+                step(status, to_registry, challenged, redirects),
+                want,
+                "{status} to_registry={to_registry} challenged={challenged} redirects={redirects}"
+            );
+        }
+    }
+
+    #[test]
+    fn credentials_go_only_to_the_registrys_host() {
+        let host = "reg.io:5000";
+        for (url, want) in [
+            ("https://reg.io:5000/v2/a/blobs/x", true),
+            ("https://reg.io/v2/a/blobs/x", false),
+            ("https://cdn.reg.io:5000/x", false),
+            ("https://storage.example/x?sig=1", false),
+        ] {
+            assert_eq!(is_host(&url.parse().unwrap(), host), want, "{url}");
+        }
     }
 
     #[test]
