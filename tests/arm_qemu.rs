@@ -14,8 +14,11 @@
 //! (CI sets it) it fails instead, with the install hint.
 
 mod kit;
+#[path = "kit/registry.rs"]
+mod registry;
 
 use kit::{repo_path, Agent, Cluster, Controller};
+use registry::Registry;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -315,6 +318,9 @@ fn runs_the_example_on(arm: &Arm) {
         !agent_log.contains("compiled locally"),
         "nothing compiled on the Pi:\n{agent_log}"
     );
+    if !arm.features.is_empty() {
+        a_module_it_pulls_is_compiled_by_the_controller(&c, triple);
+    }
 
     // A container image that has only amd64 is not scheduled on the Pi, and the pod says why.
     use shoal_runtime::oci::build::{tar_dir, write_layout, ImageSpec};
@@ -351,6 +357,50 @@ fn runs_the_example_on(arm: &Arm) {
             p["status"]["phase"] == "Pending" && p["status"]["conditions"][0]["message"] == want
         },
     );
+}
+
+/// A wasm module the Pi pulls from a registry itself (with the pod's credentials, which the
+/// controller never holds the module under) runs there too: the agent-only build uploads it
+/// to the controller, which compiles it for the node's target and keeps nothing of it.
+fn a_module_it_pulls_is_compiled_by_the_controller(c: &Cluster, triple: &str) {
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(registry.push_wasm(&kit::wasm_fixture("probe", "wasm32-wasip1"), "probe:v1"));
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: pulled}}\nspec:\n  runtimeClassName: wasm\n  restartPolicy: Never\n  containers:\n  - name: probe\n    image: {}/probe:v1\n    args: [print, pulled by the Pi]\n",
+        registry.addr
+    );
+    c.controller
+        .shoal_stdin(&["apply", "-f", "-"], Some(&pod))
+        .ok();
+    c.wait_for(
+        "the pulled module's pod Succeeded on the Pi",
+        Duration::from_secs(180),
+        |c| c.pod("pulled")["status"]["phase"] == "Succeeded",
+    );
+    assert_eq!(c.shoal(&["logs", "pulled"]).ok(), "pulled by the Pi\n");
+    let controller_log = c.controller.log();
+    assert!(
+        controller_log.lines().any(|l| l
+            .contains("compiled a module a node pulled, for its target")
+            && l.contains(triple)),
+        "{controller_log}"
+    );
+    let agent_log = c.agents[0].log();
+    assert!(
+        agent_log.contains("artifact pulled from a registry")
+            && agent_log
+                .lines()
+                .any(|l| l.contains("loaded code precompiled by the controller")
+                    && l.contains("pulled=true")),
+        "{agent_log}"
+    );
+    let kept = std::fs::read_dir(c.controller.dir.join("artifacts/precompiled/uploads"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(kept, 0, "the controller keeps nothing of a node's module");
 }
 
 #[test]

@@ -932,3 +932,123 @@ fn a_node_gets_code_only_for_its_own_target_and_subpath_is_never_dropped() {
     let pods = c.shoal(&["get", "pods"]).stdout();
     assert!(!pods.contains("peek"), "{pods}");
 }
+
+/// What a node uploads for the controller to compile (a module it pulled from a registry,
+/// `Request::Compile`), as a thief would send it.
+async fn upload(
+    node: &Credentials,
+    bytes: &[u8],
+    digest: &str,
+    target: &shoal_api::WasmTarget,
+) -> Result<Response, String> {
+    let file = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
+    std::fs::write(file.path(), bytes).map_err(|e| e.to_string())?;
+    let client = Client::connect(node).await.map_err(|e| e.to_string())?;
+    let req = Request::Compile {
+        digest: digest.into(),
+        size: bytes.len() as u64,
+        target: target.clone(),
+    };
+    let mut stream = client
+        .upload(&req, file.path())
+        .await
+        .map_err(|e| e.to_string())?;
+    let first = stream.next().await.map_err(|e| e.to_string())?;
+    let mut code = 0;
+    while let Ok(Some(Response::Chunk(c))) = stream.next().await {
+        code += c.len();
+    }
+    client.close().await;
+    match first {
+        Some(Response::Artifact { size, .. }) => {
+            assert_eq!(size as usize, code, "the code announced is the code sent");
+            Ok(Response::Artifact {
+                digest: String::new(),
+                size,
+            })
+        }
+        Some(other) => Ok(other),
+        None => Err("no answer".into()),
+    }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+/// A node that cannot compile has the controller compile what it pulled from a registry. A
+/// thief with its credentials gets compiling only within bounds: for the node's own target,
+/// while a wasm pod with a registry image is bound to it, of a size and a digest that hold,
+/// and only for wasm; the controller keeps nothing of what it was sent.
+#[test]
+fn a_stolen_node_has_modules_compiled_only_within_bounds() {
+    let c = Cluster::start(1);
+    let node = stolen(&c.agents[0]);
+    let name = c.agents[0].name.clone();
+    let reported: serde_json::Value =
+        serde_json::from_str(&c.shoal(&["get", "node", &name, "-o", "json"]).ok()).unwrap();
+    let target: shoal_api::WasmTarget =
+        serde_json::from_value(reported["status"]["runtimeHandlers"][0]["wasmTarget"].clone())
+            .expect("the node reports its wasm target");
+    let module = std::fs::read(kit::wasm_fixture("probe", "wasm32-wasip1")).unwrap();
+    let digest = sha256(&module);
+    rt().block_on(async {
+        refused(
+            upload(&node, &module, &digest, &target).await,
+            ErrorCode::Forbidden,
+            "runs no wasm pod whose image names a registry",
+        );
+    });
+    // A wasm pod with a registry image, bound to the node (its pull fails: nothing listens).
+    c.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: pulls}}\nspec:\n  nodeName: {name}\n  runtimeClassName: wasm\n  containers:\n  - {{name: c, image: 127.0.0.1:9/probe:v1}}\n"
+    ));
+    let mut other = target.clone();
+    other.triple = "riscv64gc-unknown-linux-gnu".into();
+    rt().block_on(async {
+        refused(
+            upload(&node, &module, &digest, &other).await,
+            ErrorCode::Forbidden,
+            "which it did not report",
+        );
+        let huge = Client::connect(&node).await.unwrap();
+        let req = Request::Compile {
+            digest: digest.clone(),
+            size: 1 << 40,
+            target: target.clone(),
+        };
+        refused(
+            huge.call(&req).await.map_err(|e| e.to_string()),
+            ErrorCode::BadRequest,
+            "more than the 67108864 a node may have compiled",
+        );
+        huge.close().await;
+        refused(
+            upload(&node, &module, &sha256(b"another module"), &target).await,
+            ErrorCode::BadRequest,
+            "digest mismatch",
+        );
+        let text = b"#!/bin/sh\necho not wasm\n";
+        refused(
+            upload(&node, text, &sha256(text), &target).await,
+            ErrorCode::Invalid,
+            "not a wasm module or component",
+        );
+        match upload(&node, &module, &digest, &target).await {
+            Ok(Response::Artifact { size, .. }) => assert!(size > 0),
+            other => panic!("the node's own module, compiled: {other:?}"),
+        }
+    });
+    let uploads = c.controller.dir.join("artifacts/precompiled/uploads");
+    let kept = std::fs::read_dir(&uploads).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(kept, 0, "nothing of a node's upload stays in {uploads:?}");
+    let fetched = rt().block_on(ask(
+        &node,
+        &Request::Fetch {
+            reference: digest.clone(),
+            offset: 0,
+        },
+    ));
+    refused(fetched, ErrorCode::NotFound, "");
+}

@@ -262,9 +262,12 @@ impl ArtifactCache {
     }
 
     async fn fetch(&self, client: &Client, reference: &str) -> Result<PathBuf> {
-        self.transfer(client, reference, &self.dir, |offset| Request::Fetch {
-            reference: reference.to_string(),
-            offset,
+        self.transfer(reference, &self.dir, async |offset| {
+            let request = Request::Fetch {
+                reference: reference.to_string(),
+                offset,
+            };
+            Ok(client.stream(&request).await?)
         })
         .await
     }
@@ -283,23 +286,57 @@ impl ArtifactCache {
         let dir = self.dir.join("precompiled");
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let code = self
-            .transfer(client, &key, &dir, |offset| Request::FetchPrecompiled {
-                reference: digest.to_string(),
-                target: target.clone(),
-                offset,
+            .transfer(&key, &dir, async |offset| {
+                let request = Request::FetchPrecompiled {
+                    reference: digest.to_string(),
+                    target: target.clone(),
+                    offset,
+                };
+                Ok(client.stream(&request).await?)
             })
             .await?;
         Ok(code)
     }
 
-    /// One resumable transfer from the controller: `request(offset)` asks for the bytes from
+    /// The code for `target` compiled by the controller from the module at `module`, which
+    /// this node pulled from a registry and cannot compile itself (the agent-only build):
+    /// the module is uploaded and the code comes back on the same stream, checked against
+    /// the digest the controller announces. Not resumable: a broken transfer starts over.
+    pub async fn compile_at_controller(
+        &self,
+        client: &Client,
+        module: &Path,
+        target: &shoal_api::WasmTarget,
+    ) -> Result<PathBuf> {
+        let digest = hash(module).await?;
+        let size = std::fs::metadata(module)
+            .map_err(|e| Error::io(module, e))?
+            .len();
+        let key = format!("compiled/{digest}/{}", target.key());
+        let held = self.lock_for(&key);
+        let _held = held.lock().await;
+        let dir = self.dir.join("precompiled");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        // The controller answers from the first byte: nothing earlier is resumed from.
+        let _ = std::fs::remove_file(self.by_reference(&key).with_extension("partial"));
+        let request = Request::Compile {
+            digest,
+            size,
+            target: target.clone(),
+        };
+        self.transfer(&key, &dir, async |_| {
+            Ok(client.upload(&request, module).await?)
+        })
+        .await
+    }
+
+    /// One resumable transfer from the controller: `open(offset)` asks for the bytes from
     /// `offset` on; the result is kept in `dir` by the digest the controller announced.
     async fn transfer(
         &self,
-        client: &Client,
         reference: &str,
         dir: &Path,
-        request: impl Fn(u64) -> Request,
+        open: impl AsyncFnOnce(u64) -> Result<shoal_transport::ResponseStream>,
     ) -> Result<PathBuf> {
         let err = |message: String| Error::Artifact {
             reference: reference.to_string(),
@@ -307,7 +344,7 @@ impl ArtifactCache {
         };
         let partial = self.by_reference(reference).with_extension("partial");
         let offset = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
-        let mut stream = client.stream(&request(offset)).await?;
+        let mut stream = open(offset).await?;
         let (digest, size) = match stream.next().await? {
             Some(Response::Artifact { digest, size }) => (digest, size),
             Some(Response::Error(e)) => return Err(err(e.message)),

@@ -18,14 +18,7 @@ pub const WASM_MEDIA_TYPES: [&str; 3] = [
     "application/vnd.module.wasm.content.layer.v1+wasm",
 ];
 
-/// Does this image name a registry (`host.tld/...`, `host:port/...`, `localhost/...`)?
-/// Names without one are artifacts kept by the controller (`shoal push`).
-pub fn names_a_registry(image: &str) -> bool {
-    match image.split_once('/') {
-        Some((first, _)) => first.contains('.') || first.contains(':') || first == "localhost",
-        None => false,
-    }
-}
+pub use shoal_api::names_a_registry;
 
 fn is_loopback(registry: &str) -> bool {
     let host = registry
@@ -301,17 +294,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn which_images_name_a_registry() {
-        for (image, registry) in [
-            ("hello:1", false),
-            ("team/hello:1", false),
-            ("ghcr.io/team/hello:1", true),
-            ("127.0.0.1:5000/hello:1", true),
-            ("localhost/hello", true),
-            ("hello@sha256:abc", false),
-        ] {
-            assert_eq!(names_a_registry(image), registry, "{image}");
-        }
+    fn which_registries_are_loopback() {
         assert!(
             is_loopback("127.0.0.1:5000")
                 && is_loopback("localhost:5000")

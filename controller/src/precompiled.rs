@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use sha2::{Digest, Sha256};
 use shoal_api::WasmTarget;
 use shoal_runtime::wasm::Precompiler;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
@@ -29,6 +29,37 @@ pub struct Precompiled {
     compiling: Arc<Semaphore>,
     /// Compiles started on a push, in the background.
     tasks: TaskTracker,
+    /// The nodes uploading a module to compile now.
+    uploading: Mutex<HashSet<String>>,
+}
+
+/// The most a node may upload to have compiled: larger modules than any edge device runs.
+pub const MAX_UPLOAD: u64 = 64 << 20;
+
+/// A node's turn to upload a module (see [`Precompiled::upload_turn`]): the file it is
+/// written to, removed with the turn.
+pub struct UploadTurn<'a> {
+    pub path: PathBuf,
+    dir: PathBuf,
+    node: String,
+    owner: &'a Precompiled,
+}
+
+impl UploadTurn<'_> {
+    /// Creates the (empty) upload file.
+    pub fn create(&self) -> Result<std::fs::File> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        std::fs::File::create(&self.path).map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+impl Drop for UploadTurn<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        if let Ok(mut uploading) = self.owner.uploading.lock() {
+            uploading.remove(&self.node);
+        }
+    }
 }
 
 /// Is this a wasm module or component (binary, or WAT text), as opposed to an image blob?
@@ -75,6 +106,7 @@ impl Precompiled {
             locks: Mutex::default(),
             compiling: Arc::new(Semaphore::new(1)),
             tasks: TaskTracker::new(),
+            uploading: Mutex::default(),
         }
     }
 
@@ -120,23 +152,28 @@ impl Precompiled {
         Ok(Blob { digest, size, path })
     }
 
-    async fn compile(&self, artifact: &Blob, target: &WasmTarget, path: &Path) -> Result<()> {
+    /// Compiles the module or component at `source` for `target`, one compile at a time.
+    async fn compile_file(&self, source: &Path, target: &WasmTarget) -> Result<Vec<u8>> {
         let _turn = self
             .compiling
             .acquire()
             .await
             .map_err(|_| Error::Internal("precompiler closed".into()))?;
-        let (compiler, source, target_c) =
-            (self.compiler.clone(), artifact.path.clone(), target.clone());
-        let started = std::time::Instant::now();
-        let code = tokio::task::spawn_blocking(move || {
+        let (compiler, source, target) =
+            (self.compiler.clone(), source.to_path_buf(), target.clone());
+        tokio::task::spawn_blocking(move || {
             let bytes = std::fs::read(&source).map_err(|e| Error::io(&source, e))?;
             compiler
-                .compile(&target_c, &bytes)
+                .compile(&target, &bytes)
                 .map_err(|e| Error::Invalid(format!("{}: {e}", source.display())))
         })
         .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
+        .map_err(|e| Error::Internal(e.to_string()))?
+    }
+
+    async fn compile(&self, artifact: &Blob, target: &WasmTarget, path: &Path) -> Result<()> {
+        let started = std::time::Instant::now();
+        let code = self.compile_file(&artifact.path, target).await?;
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, &code)
@@ -154,6 +191,53 @@ impl Precompiled {
         );
         shoal_runtime::wasm::prune(&self.dir, self.limit, path);
         Ok(())
+    }
+
+    /// Where `node` uploads a module it pulled, for [`Precompiled::compile_upload`]: one
+    /// upload per node at a time (the guard frees its turn), never two nodes' in one file.
+    pub fn upload_turn(&self, node: &str) -> Result<UploadTurn<'_>> {
+        let mut uploading = self
+            .uploading
+            .lock()
+            .map_err(|_| Error::Internal("upload lock poisoned".into()))?;
+        if !uploading.insert(node.to_string()) {
+            return Err(Error::TooManyRequests(format!(
+                "node {node:?} has a module compiling already: one at a time"
+            )));
+        }
+        let dir = self.dir.join("uploads");
+        Ok(UploadTurn {
+            path: dir.join(format!("{node}.wasm")),
+            node: node.to_string(),
+            dir,
+            owner: self,
+        })
+    }
+
+    /// Compiles a module a node uploaded (one it pulled from a registry with a pod's
+    /// credentials) for the node's `target`, in the same queue as pushed artifacts. The code
+    /// is answered, not kept: it is that node's alone.
+    pub async fn compile_upload(
+        &self,
+        turn: &UploadTurn<'_>,
+        target: &WasmTarget,
+    ) -> Result<Vec<u8>> {
+        if !is_wasm(&turn.path) {
+            return Err(Error::Invalid(format!(
+                "node {:?} uploaded something that is not a wasm module or component",
+                turn.node
+            )));
+        }
+        let started = std::time::Instant::now();
+        let code = self.compile_file(&turn.path, target).await?;
+        tracing::info!(
+            node = %turn.node,
+            target = %target.triple,
+            bytes = code.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "compiled a module a node pulled, for its target"
+        );
+        Ok(code)
     }
 
     /// Starts compiling a newly pushed artifact for each of `targets` in the background (a

@@ -184,17 +184,25 @@ mod tests {
     #[test]
     fn a_precompile_request_for_a_target_without_features_round_trips() {
         for features in [vec![], vec!["has_lse".to_string()]] {
-            let req = Request::FetchPrecompiled {
+            let target = shoal_api::WasmTarget {
+                wasmtime: "48.0.8".into(),
+                triple: "pulley32".into(),
+                features,
+            };
+            let fetch = Request::FetchPrecompiled {
                 reference: "sha256:00".into(),
-                target: shoal_api::WasmTarget {
-                    wasmtime: "48.0.8".into(),
-                    triple: "pulley32".into(),
-                    features,
-                },
+                target: target.clone(),
                 offset: 7,
             };
-            let bytes = encode(&req).unwrap();
-            assert_eq!(read_all(&bytes, MAX_FRAME).unwrap(), Some(req));
+            let compile = Request::Compile {
+                digest: "sha256:00".into(),
+                size: 7,
+                target,
+            };
+            for req in [fetch, compile] {
+                let bytes = encode(&req).unwrap();
+                assert_eq!(read_all(&bytes, MAX_FRAME).unwrap(), Some(req));
+            }
         }
     }
 

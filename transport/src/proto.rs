@@ -244,6 +244,16 @@ pub enum Request {
     ReportCronRun {
         report: Vec<u8>,
     },
+    /// A node that cannot compile wasm (the agent-only build) has the controller compile a
+    /// module it pulled from a registry itself: `size` bytes whose sha256 is `digest` follow
+    /// as [`Request::Chunk`] frames, and the answer is the code for `target` (its own), as
+    /// [`Request::Fetch`] answers. The controller keeps neither the module nor the code: a
+    /// module pulled with a pod's credentials is never served to another node.
+    Compile {
+        digest: String,
+        size: u64,
+        target: shoal_api::WasmTarget,
+    },
 }
 
 /// What travels on an [`Request::Exec`] stream once the command started: input and terminal

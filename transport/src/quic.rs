@@ -506,6 +506,35 @@ impl Client {
         })
     }
 
+    /// Sends `req`, then the file at `body` as [`Request::Chunk`] frames on the same stream
+    /// (an upload), and returns the stream of responses. A server that refuses the upload
+    /// stops reading it and answers why: then that answer is what the stream holds.
+    pub async fn upload(&self, req: &Request, body: &std::path::Path) -> Result<ResponseStream> {
+        use tokio::io::AsyncReadExt;
+        let mut file = tokio::fs::File::open(body)
+            .await
+            .map_err(|e| Error::io(body, e))?;
+        let (mut send, recv) = self.open(req).await?;
+        let mut buf = vec![0u8; UPLOAD_CHUNK];
+        loop {
+            let n = file.read(&mut buf).await.map_err(|e| Error::io(body, e))?;
+            if n == 0 {
+                let _ = send.finish();
+                break;
+            }
+            if frame::write(&mut send, &Request::Chunk(buf[..n].to_vec()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        Ok(ResponseStream {
+            recv: frame::Reader::new(recv, frame::MAX_FRAME),
+            _send: send,
+        })
+    }
+
     /// Opens a stream with `req` and keeps its sending side for what goes both ways (exec).
     pub async fn open(&self, req: &Request) -> Result<(SendStream, RecvStream)> {
         let opened = async {
@@ -536,6 +565,9 @@ impl Client {
         self.endpoint.wait_idle().await;
     }
 }
+
+/// The size of an upload's chunk frames.
+const UPLOAD_CHUNK: usize = 256 * 1024;
 
 pub struct ResponseStream {
     recv: frame::Reader<RecvStream>,

@@ -238,8 +238,8 @@ pub(super) async fn container_image(
                 .await
         };
         let (path, present) = got.map_err(failed)?;
-        if let (false, Some(client)) = (registry, client) {
-            precompiled(inner, client, &path).await;
+        if let Some(client) = client {
+            precompiled(inner, client, &path, registry).await;
         }
         return Ok(Image {
             path,
@@ -299,26 +299,41 @@ pub(super) async fn container_image(
     })
 }
 
-/// Takes the controller's precompiled code for the wasm artifact at `artifact` (kept by its
-/// digest), unless it is compiled here already. Whatever goes wrong only means compiling it
-/// here, so it is logged, not returned.
-async fn precompiled(inner: &Inner, client: &shoal_transport::Client, artifact: &std::path::Path) {
+/// Takes code the controller compiled for this node's target for the wasm artifact at
+/// `artifact` (kept by its digest), unless it is compiled here already: for an artifact the
+/// controller holds, the code it precompiled; for one this node pulled from a registry
+/// (`pulled`), only where this build cannot compile, the code of the module it uploads.
+/// Whatever goes wrong only means compiling it here (or, without a compiler, the pod's
+/// CreateContainerError saying so), so it is logged, not returned.
+async fn precompiled(
+    inner: &Inner,
+    client: &shoal_transport::Client,
+    artifact: &std::path::Path,
+    pulled: bool,
+) {
     let Some(digest) = artifact.file_name().and_then(|n| n.to_str()) else {
         return;
     };
-    if inner.wasm.is_compiled(digest) {
+    if inner.wasm.is_compiled(digest) || (pulled && shoal_runtime::wasm::COMPILES) {
         return;
     }
     let target = inner.wasm.target();
     let reference = format!("sha256:{digest}");
-    let code = match inner
-        .artifacts
-        .get_precompiled(client, &reference, target)
-        .await
-    {
+    let code = if pulled {
+        inner
+            .artifacts
+            .compile_at_controller(client, artifact, target)
+            .await
+    } else {
+        inner
+            .artifacts
+            .get_precompiled(client, &reference, target)
+            .await
+    };
+    let code = match code {
         Ok(code) => code,
         Err(e) => {
-            tracing::info!(artifact = %reference, error = %shoal_transport::report(&e), "no precompiled code from the controller; compiling here");
+            tracing::info!(artifact = %reference, error = %shoal_transport::report(&e), "no code compiled by the controller; compiling here");
             return;
         }
     };
@@ -332,6 +347,7 @@ async fn precompiled(inner: &Inner, client: &shoal_transport::Client, artifact: 
         Ok(()) => tracing::info!(
             artifact = %reference,
             target = %target.triple,
+            pulled,
             "loaded code precompiled by the controller; nothing compiled here"
         ),
         Err(e) => {

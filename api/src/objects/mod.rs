@@ -23,6 +23,7 @@ pub use namespace::*;
 pub use network_policy::*;
 pub use node::*;
 pub use pod::*;
+pub use pod_containers::names_a_registry;
 pub use service::*;
 pub use storage::*;
 pub use workloads::*;

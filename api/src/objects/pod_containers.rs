@@ -3,6 +3,15 @@
 
 use super::{Container, PodSpec};
 
+/// Does this image name a registry (`host.tld/...`, `host:port/...`, `localhost/...`)?
+/// Names without one are artifacts kept by the controller (`shoal push`).
+pub fn names_a_registry(image: &str) -> bool {
+    match image.split_once('/') {
+        Some((first, _)) => first.contains('.') || first.contains(':') || first == "localhost",
+        None => false,
+    }
+}
+
 impl Container {
     /// A restartable init container: a sidecar, as Kubernetes calls it.
     pub fn is_sidecar(&self) -> bool {
@@ -53,5 +62,24 @@ impl PodSpec {
             *slot = n.max(*slot);
         }
         running
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_a_registry;
+
+    #[test]
+    fn which_images_name_a_registry() {
+        for (image, registry) in [
+            ("hello:1", false),
+            ("team/hello:1", false),
+            ("ghcr.io/team/hello:1", true),
+            ("127.0.0.1:5000/hello:1", true),
+            ("localhost/hello", true),
+            ("hello@sha256:abc", false),
+        ] {
+            assert_eq!(names_a_registry(image), registry, "{image}");
+        }
     }
 }

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::service::{Reply, Service};
 use crate::store::{Store, StoreConfig};
 use shoal_transport::pki::{Ca, JoinToken, ADMIN_ORG, DEFAULT_CERT_TTL};
-use shoal_transport::proto::{Request, Response};
+use shoal_transport::proto::{Request, Response, WireError};
 use shoal_transport::quic::{peer_identity, peer_key, send_response};
 use shoal_transport::{Credentials, Identity, Server};
 use std::net::SocketAddr;
@@ -20,9 +20,11 @@ use tokio_util::task::TaskTracker;
 
 mod links;
 mod packets;
+mod transfers;
 
 use links::Anonymous;
 pub use links::NodeLinks;
+use transfers::{compile_upload, receive_push, send_blob};
 
 /// Streams one connection may have open at once; more wait (QUIC flow control enforces the
 /// same limit on the client's side).
@@ -434,86 +436,6 @@ fn refusal(e: Error) -> Response {
     Response::Error(e.into())
 }
 
-/// Receives an upload: chunk frames after the request, filed only if size and digest match.
-async fn receive_push(
-    recv: &mut quinn::RecvStream,
-    service: &Service,
-    reference: &str,
-    size: u64,
-    digest: &str,
-    platforms: &[String],
-) -> Response {
-    let mut upload = match service.artifacts().begin() {
-        Ok(u) => u,
-        Err(e) => return Response::Error(e.into()),
-    };
-    while upload.written() < size {
-        match shoal_transport::frame::read::<Request, _>(recv, shoal_transport::frame::MAX_FRAME)
-            .await
-        {
-            Ok(Some(Request::Chunk(bytes))) => {
-                if upload.written() + bytes.len() as u64 > size {
-                    return refusal(Error::BadRequest(format!(
-                        "upload of {reference} is longer than the {size} bytes announced"
-                    )));
-                }
-                if let Err(e) = upload.write(&bytes) {
-                    return Response::Error(e.into());
-                }
-            }
-            Ok(Some(_)) => return refusal(Error::BadRequest("expected upload data".into())),
-            Ok(None) => break,
-            Err(e) => {
-                let why = shoal_transport::report(&e);
-                return refusal(Error::BadRequest(format!("upload of {reference}: {why}")));
-            }
-        }
-    }
-    match service
-        .artifacts()
-        .finish(upload, reference, size, digest, platforms)
-    {
-        Ok(blob) => {
-            tracing::info!(reference, digest = %blob.digest, size = blob.size, "artifact pushed");
-            service.precompile_for_nodes(&blob).await;
-            Response::Artifact {
-                digest: blob.digest,
-                size: blob.size,
-            }
-        }
-        Err(e) => Response::Error(e.into()),
-    }
-}
-
-/// Chunk size for artifact transfers: small enough to resume cheaply, large enough to be fast.
-const CHUNK: usize = 256 * 1024;
-
-async fn send_blob(
-    send: &mut quinn::SendStream,
-    blob: &crate::artifacts::Blob,
-    offset: u64,
-) -> shoal_transport::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let io = |e| shoal_transport::Error::io(&blob.path, e);
-    let header = Response::Artifact {
-        digest: blob.digest.clone(),
-        size: blob.size,
-    };
-    send_response(send, &header).await?;
-    let mut file = tokio::fs::File::open(&blob.path).await.map_err(io)?;
-    file.seek(std::io::SeekFrom::Start(offset))
-        .await
-        .map_err(io)?;
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = file.read(&mut buf).await.map_err(io)?;
-        if n == 0 {
-            return Ok(());
-        }
-        send_response(send, &Response::Chunk(buf[..n].to_vec())).await?;
-    }
-}
-
 /// Relays a request to a node over its own connection and pipes the answers back.
 async fn relay(
     send: &mut quinn::SendStream,
@@ -733,6 +655,24 @@ async fn serve_stream(
             _ => refusal(Error::Forbidden("only admins may push artifacts".into())),
         };
         let _ = send_response(&mut send, &response).await;
+        let _ = send.finish();
+        return;
+    }
+    if let Request::Compile {
+        digest,
+        size,
+        target,
+    } = &request
+    {
+        let done = match service.authorize_compile(who, *size, target).await {
+            Ok(node) => compile_upload(&mut send, &mut recv, service, node, digest, *size, target)
+                .await
+                .map_err(WireError::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
+            let _ = send_response(&mut send, &Response::Error(e)).await;
+        }
         let _ = send.finish();
         return;
     }

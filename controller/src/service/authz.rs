@@ -172,6 +172,39 @@ impl Service {
         }
     }
 
+    /// Whether `who` may upload a module of `size` bytes for the controller to compile for
+    /// `target`: a node only, for its own target, within [`crate::precompiled::MAX_UPLOAD`],
+    /// and only while a wasm pod whose image names a registry is bound to it (what it pulled
+    /// itself). A stolen node's worst is the controller's compile queue, one module at a
+    /// time; it learns nothing it did not send.
+    pub async fn authorize_compile<'w>(
+        &self,
+        who: &'w Identity,
+        size: u64,
+        target: &shoal_api::WasmTarget,
+    ) -> std::result::Result<&'w str, WireError> {
+        let Identity::Node(node) = who else {
+            return Err(forbidden(format!(
+                "{who} may not have a module compiled: only a node, for a module it pulled (an admin pushes it with `shoal push`)"
+            )));
+        };
+        let max = crate::precompiled::MAX_UPLOAD;
+        if size > max {
+            return Err(Error::BadRequest(format!(
+                "node {node:?}: a module of {size} bytes is more than the {max} a node may have compiled"
+            ))
+            .into());
+        }
+        self.check_reported_target(node, target).await?;
+        let pods: Vec<Pod> = self.store.list_typed(Kind::Pod, None).await?;
+        if !pods.iter().any(|p| pulls_wasm_itself(p, node)) {
+            return Err(forbidden(format!(
+                "node {node:?} runs no wasm pod whose image names a registry: it has only pushed artifacts compiled, which the controller holds"
+            )));
+        }
+        Ok(node)
+    }
+
     /// The pod ranges node `node`'s packets are relayed by (`shoal_api::pod_routes`): each
     /// packet must come from its own pods and go to another node's; refused for a node that
     /// is not registered.
@@ -310,6 +343,16 @@ impl Service {
             })
             .unwrap_or(false)
     }
+}
+
+/// Whether `pod` is a wasm pod bound to `node` with a container whose image the node pulls
+/// from a registry itself.
+fn pulls_wasm_itself(pod: &Pod, node: &str) -> bool {
+    pod.spec.node_name.as_deref() == Some(node)
+        && crate::scheduler::runtime_of(pod) == "wasm"
+        && (pod.spec.init_containers.iter())
+            .chain(&pod.spec.containers)
+            .any(|c| shoal_api::names_a_registry(&c.image))
 }
 
 /// Whether `bytes` is a mirror pod `node` may create: a Pod annotated as a mirror, bound to

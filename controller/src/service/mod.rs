@@ -397,7 +397,10 @@ impl Service {
                 self.record_event(who, &about, &type_, &reason, &message)
                     .await
             }
-            Request::Push { .. } | Request::Chunk(_) | Request::Tunnel { .. } => Err(bad_request(
+            Request::Push { .. }
+            | Request::Chunk(_)
+            | Request::Tunnel { .. }
+            | Request::Compile { .. } => Err(bad_request(
                 "uploads and tunnels are handled by the connection, not here",
             )),
             Request::Dial { .. } => Err(bad_request(
