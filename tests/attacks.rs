@@ -980,7 +980,7 @@ fn sha256(bytes: &[u8]) -> String {
 /// A node that cannot compile has the controller compile what it pulled from a registry. A
 /// thief with its credentials gets compiling only within bounds: for the node's own target,
 /// while a wasm pod with a registry image is bound to it, of a size and a digest that hold,
-/// and only for wasm; the controller keeps nothing of what it was sent.
+/// only for wasm, and at a bounded rate; the controller keeps nothing of what it was sent.
 #[test]
 fn a_stolen_node_has_modules_compiled_only_within_bounds() {
     let c = Cluster::start(1);
@@ -1039,6 +1039,23 @@ fn a_stolen_node_has_modules_compiled_only_within_bounds() {
             Ok(Response::Artifact { size, .. }) => assert!(size > 0),
             other => panic!("the node's own module, compiled: {other:?}"),
         }
+        // Each try counts, refused or not: 16 at once, then one a minute.
+        let mut answers = Vec::new();
+        for _ in 0..16 {
+            let answer = upload(&node, &module, &sha256(b"again"), &target).await;
+            let limited =
+                matches!(&answer, Ok(Response::Error(e)) if e.code == ErrorCode::TooManyRequests);
+            answers.push(answer);
+            if limited {
+                break;
+            }
+        }
+        assert_eq!(answers.len(), 14, "3 compiles so far, 13 more: {answers:?}");
+        refused(
+            answers.pop().unwrap(),
+            ErrorCode::TooManyRequests,
+            "had 16 modules compiled lately",
+        );
     });
     let uploads = c.controller.dir.join("artifacts/precompiled/uploads");
     let kept = std::fs::read_dir(&uploads).map(|d| d.count()).unwrap_or(0);

@@ -8,6 +8,11 @@ use std::time::Instant;
 pub const EVENT_BURST: f64 = 300.0;
 /// Events a node may record a second, sustained (the kubelet's eventRecordQPS is 5).
 pub const EVENT_PER_SECOND: f64 = 5.0;
+/// Modules a node may have the controller compile at once (`Request::Compile`): a node's
+/// registry modules after its compile cache was lost.
+pub const COMPILE_BURST: f64 = 16.0;
+/// Modules a node may have compiled a second, sustained: one a minute.
+pub const COMPILE_PER_SECOND: f64 = 1.0 / 60.0;
 /// Callers remembered at most; the fullest buckets are forgotten first.
 const MAX_CALLERS: usize = 10_000;
 

@@ -174,8 +174,9 @@ impl Service {
 
     /// Whether `who` may upload a module of `size` bytes for the controller to compile for
     /// `target`: a node only, for its own target, within [`crate::precompiled::MAX_UPLOAD`],
-    /// and only while a wasm pod whose image names a registry is bound to it (what it pulled
-    /// itself). A stolen node's worst is the controller's compile queue, one module at a
+    /// only while a wasm pod whose image names a registry is bound to it (what it pulled
+    /// itself), and within its budget ([`crate::rate::COMPILE_BURST`], then one a minute).
+    /// A stolen node's worst is the controller's compile queue, one module at a
     /// time; it learns nothing it did not send.
     pub async fn authorize_compile<'w>(
         &self,
@@ -201,6 +202,18 @@ impl Service {
             return Err(forbidden(format!(
                 "node {node:?} runs no wasm pod whose image names a registry: it has only pushed artifacts compiled, which the controller holds"
             )));
+        }
+        let allowed = self
+            .compile_budget
+            .lock()
+            .map(|mut b| b.take(node, std::time::Instant::now()))
+            .unwrap_or(false);
+        if !allowed {
+            return Err(Error::TooManyRequests(format!(
+                "node {node:?} had {} modules compiled lately: one a minute more at most",
+                crate::rate::COMPILE_BURST
+            ))
+            .into());
         }
         Ok(node)
     }

@@ -62,6 +62,8 @@ pub struct Service {
     revocations: tokio::sync::broadcast::Sender<Identity>,
     /// Events each node may still record now (a token bucket per node).
     event_budget: Arc<std::sync::Mutex<crate::rate::Buckets>>,
+    /// Modules each node may still have compiled now (`Request::Compile`).
+    compile_budget: Arc<std::sync::Mutex<crate::rate::Buckets>>,
     artifacts: Arc<Artifacts>,
     precompiled: Arc<Precompiled>,
     cluster_cidr: crate::ipam::ClusterCidr,
@@ -144,6 +146,10 @@ impl Service {
             event_budget: Arc::new(std::sync::Mutex::new(crate::rate::Buckets::new(
                 crate::rate::EVENT_BURST,
                 crate::rate::EVENT_PER_SECOND,
+            ))),
+            compile_budget: Arc::new(std::sync::Mutex::new(crate::rate::Buckets::new(
+                crate::rate::COMPILE_BURST,
+                crate::rate::COMPILE_PER_SECOND,
             ))),
             artifacts,
             precompiled,
