@@ -494,14 +494,17 @@ fn node_version(c: &Cluster, node: &str) -> String {
 }
 
 /// An aarch64 agent (the agent-only build a Pi runs) upgraded over the air under qemu, as the
-/// x86 ones are in tests/agent_upgrade.rs (which also shows the rollbacks): the binary
-/// rebuilt with another version string is pushed (its platform, linux/arm64, read from its
-/// ELF header), fetched by the node over its own link, swapped in and exec'd in the same
-/// process, and the node reports the new version. Needs root: the kernel runs the exec'd
+/// x86 ones are in tests/agent_upgrade.rs: the binary rebuilt with another version string is
+/// pushed (its platform, linux/arm64, read from its ELF header), fetched by the node over its
+/// own link, swapped in and exec'd in the same process, and the node reports the new version.
+/// Then a broken aarch64 binary (it exits at once) is rolled back by the Pi itself and the
+/// rollout pauses with the reason (tests/agent_upgrade.rs adds the pods and a binary that
+/// never reports Ready). Needs root: the kernel runs the exec'd
 /// aarch64 binary through a binfmt_misc entry for qemu that the test registers for its life.
 #[test]
-fn root_an_aarch64_agent_under_qemu_is_upgraded_over_the_air() {
-    let test = "root_an_aarch64_agent_under_qemu_is_upgraded_over_the_air";
+fn root_an_aarch64_agent_under_qemu_is_upgraded_over_the_air_and_rolls_back_a_broken_binary() {
+    let test =
+        "root_an_aarch64_agent_under_qemu_is_upgraded_over_the_air_and_rolls_back_a_broken_binary";
     use std::os::unix::fs::MetadataExt;
     // /proc/self belongs to the process's effective user.
     if !std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
@@ -549,19 +552,7 @@ fn root_an_aarch64_agent_under_qemu_is_upgraded_over_the_air() {
         .shoal(&["push", next.to_str().unwrap(), "shoal:next-arm64"])
         .ok();
     assert!(pushed.contains("@sha256:"), "{pushed}");
-    c.apply(
-        r#"apiVersion: shoal.dev/v1alpha1
-kind: AgentUpgrade
-metadata: {name: pi-to-next}
-spec:
-  version: "NEXT"
-  binaries: ["shoal:next-arm64"]
-  maxUnavailable: 1
-  readyTimeoutSeconds: 180
-"#
-        .replace("NEXT", NEXT)
-        .as_str(),
-    );
+    c.apply(&upgrade("pi-to-next", NEXT, "shoal:next-arm64"));
     c.wait_for("the Pi upgraded", Duration::from_secs(360), |c| {
         let u: serde_json::Value = serde_json::from_str(
             &c.shoal(&["get", "agentupgrade", "pi-to-next", "-o", "json"])
@@ -595,4 +586,82 @@ spec:
         std::fs::read(&next).unwrap(),
         "the node's binary is the pushed one"
     );
+
+    // An aarch64 binary that exits at once: the Pi goes back by itself, the rollout pauses.
+    let broken = exits_at_once(dir.path());
+    c.shoal(&["push", broken.to_str().unwrap(), "shoal:broken-arm64"])
+        .ok();
+    c.apply(&upgrade(
+        "pi-to-broken",
+        "9.9.9-broken",
+        "shoal:broken-arm64",
+    ));
+    let status = |c: &Cluster| -> serde_json::Value {
+        serde_json::from_str(
+            &c.shoal(&["get", "agentupgrade", "pi-to-broken", "-o", "json"])
+                .ok(),
+        )
+        .unwrap()
+    };
+    c.wait_for("the broken rollout paused", Duration::from_secs(360), |c| {
+        status(c)["status"]["phase"] == "Paused"
+    });
+    let u = status(&c);
+    let reason = u["status"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&format!("node {name} went back to its previous binary"))
+            && reason.contains("exited before it reported Ready"),
+        "{u}"
+    );
+    assert_eq!(u["status"]["nodes"][0]["state"], "RolledBack", "{u}");
+    c.wait_for(
+        "the Pi back on the rebuilt binary",
+        Duration::from_secs(180),
+        |c| node_version(c, name) == format!("shoal-v{NEXT}"),
+    );
+    assert_eq!(
+        std::fs::read(&bin).unwrap(),
+        std::fs::read(&next).unwrap(),
+        "the previous binary is back in place"
+    );
+    let events = c.shoal(&["get", "events"]).ok();
+    assert!(
+        events.contains("went back to") && events.contains("Rollout paused"),
+        "{events}"
+    );
+    assert!(!events.contains("NodeNotReady"), "{events}");
+}
+
+/// An AgentUpgrade of every node to `version`, the binary pushed as `binary`, one node at a
+/// time, each given three minutes (qemu is slow) to report Ready on it.
+fn upgrade(name: &str, version: &str, binary: &str) -> String {
+    format!(
+        "apiVersion: shoal.dev/v1alpha1\nkind: AgentUpgrade\nmetadata: {{name: {name}}}\nspec:\n  version: \"{version}\"\n  binaries: [\"{binary}\"]\n  maxUnavailable: 1\n  readyTimeoutSeconds: 180\n"
+    )
+}
+
+/// A static aarch64 executable that exits 1 at once: what a broken build would be.
+fn exits_at_once(dir: &Path) -> PathBuf {
+    let source = dir.join("exits.rs");
+    std::fs::write(&source, "fn main() { std::process::exit(1) }\n").unwrap();
+    let out = dir.join("shoal-broken");
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let built = Command::new(rustc)
+        .args([
+            "--target",
+            AARCH64.target,
+            "-C",
+            "linker=aarch64-linux-gnu-gcc",
+            "-o",
+        ])
+        .arg(&out)
+        .arg(&source)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    out
 }
