@@ -1,5 +1,5 @@
 //! Pulling wasm artifacts and container images from OCI registries (distribution API v2, the
-//! client in `distribution.rs`): anonymous, or with the basic credentials of the pod's
+//! client in `distribution/`): anonymous, or with the basic credentials of the pod's
 //! `imagePullSecrets` (sent to the registry's token service when it challenges for a bearer
 //! token). Each blob is checked against its digest; plain HTTP is used only for registries on
 //! loopback or listed as insecure.
