@@ -446,6 +446,37 @@ fn pod_uses(pod: &Pod, kind: Kind, name: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// Who may have a module compiled: a node, for a wasm pod bound to it whose image (of
+    /// any container, init ones too) names a registry.
+    #[test]
+    fn a_node_has_compiled_only_what_its_wasm_pods_pull_from_a_registry() {
+        let pod = |node: &str, runtime: Option<&str>, init: &str, image: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p"},
+                "spec": {
+                    "nodeName": node,
+                    "runtimeClassName": runtime,
+                    "initContainers": [{"name": "i", "image": init}],
+                    "containers": [{"name": "c", "image": image}]
+                }
+            }))
+            .expect("a pod")
+        };
+        for (node, runtime, init, image, allowed) in [
+            ("n1", Some("wasm"), "hello:1", "reg.io/app:1", true),
+            ("n1", Some("wasm"), "127.0.0.1:5000/init:1", "hello:1", true),
+            ("n1", Some("wasm"), "hello:1", "team/hello:1", false),
+            ("n2", Some("wasm"), "hello:1", "reg.io/app:1", false),
+            ("n1", None, "hello:1", "reg.io/app:1", false),
+        ] {
+            assert_eq!(
+                pulls_wasm_itself(&pod(node, runtime, init, image), "n1"),
+                allowed,
+                "{node} {runtime:?} {init} {image}"
+            );
+        }
+    }
+
     #[test]
     fn what_an_init_container_reads_is_the_pods_too() {
         let pod: Pod = serde_json::from_value(serde_json::json!({
